@@ -1,0 +1,36 @@
+# schedlab: `make train` and `make test` set everything up themselves on a fresh machine.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+.PHONY: help install train test lint format clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP) ## create .venv and install schedlab with its dev tools
+
+train: $(STAMP) ## train the default job (MLP on the bundled digits, cosine lr); ARGS="..." adds overrides
+	$(BIN)/python -m runner $(ARGS)
+
+test: $(STAMP) ## run the test suite (in parallel on all cores)
+	$(BIN)/python -m pytest -n auto $(ARGS)
+
+lint: $(STAMP) ## ruff check + format check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP) ## apply ruff's fixes and formatting
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+clean: ## remove the venv and all run outputs
+	rm -rf $(VENV) outputs/runs outputs/multirun .pytest_cache .ruff_cache

@@ -1,0 +1,71 @@
+"""Config -> the objects a run needs. The loop receives these and builds nothing itself."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from runner.data import TensorData, load_data
+from runner.models import build_model
+from schedulers import ConfigError, build_scheduler
+
+
+@dataclass
+class Run:
+    device: torch.device
+    data: TensorData
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+    elif torch.cuda.is_available():
+        torch.backends.cudnn.benchmark = True
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` picks cuda, then mps, then cpu; an explicit device that is absent is an error."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("trainer.device", name, "CUDA is not available here; use auto or cpu")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("trainer.device", name, "MPS is not available here; use auto or cpu")
+    return torch.device(name)
+
+
+def build_optimizer(cfg: Mapping[str, Any], model: torch.nn.Module) -> torch.optim.Optimizer:
+    params = model.parameters()
+    common = {"lr": cfg["lr"], "weight_decay": cfg["weight_decay"]}
+    if cfg["name"] == "sgd":
+        return torch.optim.SGD(params, momentum=cfg["momentum"], nesterov=cfg["nesterov"], **common)
+    cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[cfg["name"]]
+    return cls(params, betas=tuple(cfg["betas"]), eps=cfg["eps"], **common)
+
+
+def build_run(cfg: Mapping[str, Any]) -> Run:
+    """Seed, then data, model, optimizer, scheduler, in that order (the order fixes the RNG use)."""
+    seed_everything(cfg["seed"], cfg["trainer"]["deterministic"])
+    device = resolve_device(cfg["trainer"]["device"])
+    data = load_data(cfg["data"]).to(device)
+    model = build_model(cfg["model"], data.image_shape, data.num_classes).to(device)
+    optimizer = build_optimizer(cfg["optimizer"], model)
+    scheduler = build_scheduler(cfg["scheduler"], optimizer, epochs=cfg["epochs"])
+    return Run(device, data, model, optimizer, scheduler)

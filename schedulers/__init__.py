@@ -1,0 +1,9 @@
+"""From a scheduler config to a torch LR scheduler: lookup, validation, construction.
+
+torch is imported only when a scheduler is built, so validating a config is cheap.
+"""
+
+from schedulers.errors import ConfigError
+from schedulers.registry import SCHEDULES, build_scheduler, validate_scheduler
+
+__all__ = ["SCHEDULES", "ConfigError", "build_scheduler", "validate_scheduler"]

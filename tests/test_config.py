@@ -1,0 +1,54 @@
+"""The composed config: every group option composes and validates; bad values name their key."""
+
+from __future__ import annotations
+
+import pytest
+from hydra.errors import ConfigCompositionException
+
+from runner.config import validate
+from schedulers import ConfigError
+from tests.conftest import CONF, make_cfg
+
+OPTIONS = {
+    group: sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+    for group in ("model", "optimizer", "scheduler", "data", "logger", "trainer")
+}
+FILE_DATASETS = {"mnist", "fashion_mnist", "cifar10"}
+
+
+@pytest.mark.parametrize(
+    "override", [f"{g}={o}" for g, opts in OPTIONS.items() for o in opts if o not in FILE_DATASETS]
+)
+def test_every_group_option_composes_and_validates(override):
+    validate(make_cfg(override))
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("epochs=0", "epochs"),
+        ("seed=-1", "seed"),
+        ("optimizer.lr=0", "optimizer.lr"),
+        ("optimizer.lr=-0.1", "optimizer.lr"),
+        ("optimizer.momentum=1.0", "optimizer.momentum"),
+        ("optimizer.weight_decay=-1", "optimizer.weight_decay"),
+        ("data.batch_size=0", "data.batch_size"),
+        ("data.val_fraction=1.0", "data.val_fraction"),
+        ("trainer.device=tpu", "trainer.device"),
+        ("trainer.amp=maybe", "trainer.amp"),
+        ("trainer.log_every_n_steps=-1", "trainer.log_every_n_steps"),
+        ("trainer.progress=fancy", "trainer.progress"),
+        ("logger.mode=sometimes", "logger.mode"),
+        ("scheduler.eta_min=1.0", "scheduler.eta_min"),
+        ("model.dropout=-0.5", "model.dropout"),
+    ],
+)
+def test_bad_values_fail_validation_naming_the_key(override, key):
+    with pytest.raises(ConfigError) as err:
+        validate(make_cfg(override))
+    assert err.value.key == key
+
+
+def test_unknown_key_is_rejected_by_struct_mode():
+    with pytest.raises(ConfigCompositionException, match="lrr"):
+        make_cfg("optimizer.lrr=0.1")

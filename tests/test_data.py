@@ -1,0 +1,101 @@
+"""Datasets: the bundled digits split, and torchvision's on-disk formats read without network."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from runner.data import batches, load_data, validate_data
+from runner.train import train
+from schedulers import ConfigError
+from tests.conftest import make_cfg, read_metrics
+
+
+def write_idx_dataset(folder: Path, n_train: int, n_test: int, seed: int = 0) -> None:
+    """A tiny data set in the IDX format of MNIST/FashionMNIST (what torchvision reads)."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        labels = np.arange(n, dtype=np.uint8) % 10
+        # images that carry their label (a bright row at the label's height) plus noise
+        images = rng.integers(0, 60, size=(n, 28, 28), dtype=np.uint8)
+        images[np.arange(n), labels * 2 + 4, :] = 255
+        (folder / f"{prefix}-images-idx3-ubyte").write_bytes(
+            struct.pack(">IIII", 2051, n, 28, 28) + images.tobytes()
+        )
+        (folder / f"{prefix}-labels-idx1-ubyte").write_bytes(
+            struct.pack(">II", 2049, n) + labels.tobytes()
+        )
+
+
+@pytest.mark.parametrize(
+    ("data", "folder"), [("mnist", "MNIST"), ("fashion_mnist", "FashionMNIST")]
+)
+def test_idx_files_on_disk_train_one_epoch(tmp_path, data, folder):
+    write_idx_dataset(tmp_path / "root" / folder / "raw", n_train=200, n_test=50)
+    cfg = make_cfg("logger=none", f"data={data}", f"data.root={tmp_path / 'root'}", "epochs=1")
+    loaded = load_data(cfg.data)
+    assert loaded.image_shape == (1, 28, 28)
+    assert (len(loaded.y_train), len(loaded.y_val)) == (200, 50)
+    assert loaded.x_train.mean().abs() < 1e-4  # standardised with train statistics
+
+    result = train(cfg, tmp_path / "run")
+    assert result.status == "completed"
+    assert len(read_metrics(tmp_path / "run")) == 1
+
+
+def test_limit_takes_the_first_training_images(tmp_path):
+    write_idx_dataset(tmp_path / "MNIST" / "raw", n_train=100, n_test=20)
+    cfg = make_cfg("data=mnist", f"data.root={tmp_path}", "data.limit=30")
+    assert len(load_data(cfg.data).y_train) == 30
+
+
+@pytest.mark.parametrize("data", ["mnist", "fashion_mnist", "cifar10"])
+def test_missing_root_names_key_path_and_fix(tmp_path, data):
+    cfg = make_cfg(f"data={data}", f"data.root={tmp_path / 'nothing'}")
+    with pytest.raises(ConfigError) as err:
+        validate_data(cfg.data)
+    assert err.value.key == "data.root"
+    assert str(tmp_path / "nothing") in str(err.value)
+    assert "download=True" in str(err.value)
+
+
+def test_corrupt_cifar_files_give_a_config_error(tmp_path):
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    for name in ("data_batch_1", "test_batch"):
+        (folder / name).write_bytes(b"not a pickle")
+    cfg = make_cfg("data=cifar10", f"data.root={tmp_path}")
+    with pytest.raises(ConfigError) as err:
+        load_data(cfg.data)
+    assert err.value.key == "data.root"
+
+
+def test_digits_split_is_stratified_and_fixed_by_split_seed():
+    cfg = make_cfg()
+    a, b = load_data(cfg.data), load_data(cfg.data)
+    assert (len(a.y_train), len(a.y_val)) == (1437, 360)
+    assert a.image_shape == (1, 8, 8) and a.num_classes == 10
+    assert (a.x_val == b.x_val).all() and (a.y_train == b.y_train).all()
+    counts = np.bincount(a.y_val.numpy(), minlength=10)
+    assert counts.min() >= 35 and counts.max() <= 37  # ~36 of each digit: stratified
+    other = load_data(make_cfg("data.split_seed=1").data)
+    assert not (other.y_val == a.y_val).all()
+
+
+def test_batches_cover_every_sample_once_in_a_seeded_order():
+    import torch
+
+    x = torch.arange(10).float().unsqueeze(1)
+    y = torch.arange(10)
+
+    def order(seed):
+        return torch.cat([yb for _, yb in batches(x, y, 3, torch.Generator().manual_seed(seed))])
+
+    assert sorted(order(0).tolist()) == list(range(10))
+    assert order(0).tolist() == order(0).tolist() != order(1).tolist()
+    sizes = [len(yb) for _, yb in batches(x, y, 3)]
+    assert sizes == [3, 3, 3, 1]
