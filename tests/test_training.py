@@ -82,3 +82,8 @@ def test_diverging_run_stops_and_is_marked(tmp_path):
     assert len(rows) < 10
     assert not math.isfinite(rows[-1]["train/loss"])
     assert json.loads((tmp_path / "status.json").read_text())["status"] == "diverged"
+
+
+def test_amp_on_cpu_runs_in_bfloat16_and_learns(tmp_path):
+    result = train(make_cfg(*FAST, "trainer.amp=true", "epochs=5"), tmp_path)
+    assert result.status == "completed" and result.best_val_acc > 0.85
