@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install train test lint format clean
+.PHONY: help install train test lint format clean lecture-curves thumbnails
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -23,6 +23,14 @@ train: $(STAMP) ## train the default job (MLP on the bundled digits, cosine lr);
 
 test: $(STAMP) ## run the test suite (in parallel on all cores)
 	$(BIN)/python -m pytest -n auto $(ARGS)
+
+lecture-curves: $(STAMP) ## the lecture's six lr curves on its toy problem -> outputs/lecture_curves/
+	$(BIN)/python -m schedulers.lecture --out outputs/lecture_curves
+
+thumbnails: $(STAMP) ## regenerate the README's schedule thumbnails in docs/schedules/
+	$(BIN)/python -m schedulers.preview --small --quiet --out docs/schedules epochs=30 \
+	  scheduler=$$(ls conf/scheduler | sed 's/\.yaml$$//' | paste -sd, -)
+	rm -f docs/schedules/compare.png
 
 lint: $(STAMP) ## ruff check + format check
 	$(BIN)/ruff check .

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -11,8 +12,8 @@ import numpy as np
 import torch
 
 from runner.data import TensorData, load_data
-from runner.models import build_model
-from schedulers import ConfigError, build_scheduler
+from runner.models import build_model, model_parts
+from schedulers import ConfigError, LRSchedule, build_scheduler
 
 
 @dataclass
@@ -21,7 +22,7 @@ class Run:
     data: TensorData
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scheduler: LRSchedule
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -51,8 +52,18 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def build_optimizer(cfg: Mapping[str, Any], model: torch.nn.Module) -> torch.optim.Optimizer:
-    params = model.parameters()
+def build_optimizer(
+    cfg: Mapping[str, Any], model: torch.nn.Module, model_cfg: Mapping[str, Any]
+) -> torch.optim.Optimizer:
+    """One param group, or one per model part with lr = optimizer.lr x its multiplier."""
+    scales = cfg["param_groups"]
+    if scales is None:
+        params: Any = model.parameters()
+    else:
+        params = [
+            {"params": ps, "lr": cfg["lr"] * scales.get(part, 1.0), "name": part}
+            for part, ps in model_parts(model, model_cfg).items()
+        ]
     common = {"lr": cfg["lr"], "weight_decay": cfg["weight_decay"]}
     if cfg["name"] == "sgd":
         return torch.optim.SGD(params, momentum=cfg["momentum"], nesterov=cfg["nesterov"], **common)
@@ -66,6 +77,10 @@ def build_run(cfg: Mapping[str, Any]) -> Run:
     device = resolve_device(cfg["trainer"]["device"])
     data = load_data(cfg["data"]).to(device)
     model = build_model(cfg["model"], data.image_shape, data.num_classes).to(device)
-    optimizer = build_optimizer(cfg["optimizer"], model)
-    scheduler = build_scheduler(cfg["scheduler"], optimizer, epochs=cfg["epochs"])
+    optimizer = build_optimizer(cfg["optimizer"], model, cfg["model"])
+    # the only place epochs meet batches: per-step schedules need the batches per epoch
+    steps_per_epoch = math.ceil(len(data.y_train) / cfg["data"]["batch_size"])
+    scheduler = build_scheduler(
+        cfg["scheduler"], optimizer, epochs=cfg["epochs"], steps_per_epoch=steps_per_epoch
+    )
     return Run(device, data, model, optimizer, scheduler)

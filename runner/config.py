@@ -6,6 +6,7 @@ checks values, so a typo costs a second and a clear message, not a crashed run.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -13,6 +14,7 @@ from typing import Any
 from schedulers import ConfigError, validate_scheduler
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
+EPOCH_METRICS = ("train/loss", "train/acc", "val/loss", "val/acc")  # what a Plateau may monitor
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 _PROGRESS = ("auto", "bar", "line")
 
@@ -29,9 +31,32 @@ def _int(key: str, value: Any, low: int) -> int:
     return value
 
 
+def group_multipliers(scales: Any, model_cfg: Mapping[str, Any]) -> list[float]:
+    """The lr multiplier of each param group the optimizer will get, in build order."""
+    from runner.models import part_names
+
+    if scales is None:
+        return [1.0]
+    parts = part_names(model_cfg)
+    if not isinstance(scales, Mapping):
+        raise ConfigError(
+            "optimizer.param_groups", scales, f"must be null or a mapping over {list(parts)}"
+        )
+    for part, scale in scales.items():
+        if part not in parts:
+            raise ConfigError(
+                f"optimizer.param_groups.{part}",
+                scale,
+                f"'{part}' is not a part of {model_cfg['name']}; parts: {list(parts)}",
+            )
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or scale <= 0:
+            raise ConfigError(f"optimizer.param_groups.{part}", scale, "must be a number > 0")
+    return [float(scales.get(p, 1.0)) for p in parts]
+
+
 def validate(cfg: Mapping[str, Any]) -> None:
     """Raise ConfigError naming the first bad key; returns quietly when the config can run."""
-    from runner.data import validate_data
+    from runner.data import train_size, validate_data
     from runner.loggers import validate_logger
     from runner.models import validate_model
 
@@ -65,7 +90,13 @@ def validate(cfg: Mapping[str, Any]) -> None:
     if "momentum" in opt and not 0 <= _number("optimizer.momentum", opt["momentum"]) < 1:
         raise ConfigError("optimizer.momentum", opt["momentum"], "must be in [0, 1)")
 
-    validate_scheduler(cfg["scheduler"], epochs=epochs, base_lr=lr)
-
     validate_data(cfg["data"])
+    base_lrs = [lr * m for m in group_multipliers(opt["param_groups"], cfg["model"])]
+    validate_scheduler(
+        cfg["scheduler"],
+        epochs=epochs,
+        steps_per_epoch=math.ceil(train_size(cfg["data"]) / cfg["data"]["batch_size"]),
+        base_lrs=base_lrs,
+        metrics=EPOCH_METRICS,
+    )
     validate_logger(cfg["logger"])

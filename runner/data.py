@@ -8,6 +8,7 @@ reproducible order.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,6 +95,17 @@ def validate_data(cfg: Mapping[str, Any]) -> None:
             f"{cls} not found: expected {missing[0]} in {where}. No download at run time; "
             + _FETCH_HINT.format(cls=cls, root=cfg["root"]),
         )
+
+
+def train_size(cfg: Mapping[str, Any]) -> int:
+    """Number of training samples, known without loading the data (for steps per epoch)."""
+    name = cfg["name"]
+    if name == "digits":
+        return 1797 - math.ceil(1797 * cfg["val_fraction"])  # how train_test_split rounds
+    if name == "fake":
+        return cfg["train_size"]
+    full = 50_000 if name == "cifar10" else 60_000
+    return full if cfg["limit"] is None else min(full, cfg["limit"])
 
 
 def load_data(cfg: Mapping[str, Any]) -> TensorData:

@@ -82,5 +82,6 @@ def open_logger(
         for pattern in ("lr/*", "train/*", "val/*", "time/*"):
             run.define_metric(pattern, step_metric="epoch")
         run.define_metric("trainer/global_step")
-        run.define_metric("train/step_loss", step_metric="trainer/global_step")
+        for pattern in ("train/step_loss", "lr_step/*"):
+            run.define_metric(pattern, step_metric="trainer/global_step")
         yield RunLogger(run_dir, run)

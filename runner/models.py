@@ -14,6 +14,35 @@ from schedulers import ConfigError
 MODELS = ("mlp", "lenet", "resnet18")
 
 
+def part_names(cfg: Mapping[str, Any]) -> tuple[str, ...]:
+    """The named parts of a model that `optimizer.param_groups` can give their own lr."""
+    if cfg["name"] == "mlp":
+        return ("hidden", "head") if cfg["hidden"] else ("head",)
+    return {"lenet": ("features", "classifier"), "resnet18": ("backbone", "head")}[cfg["name"]]
+
+
+def model_parts(model: nn.Module, cfg: Mapping[str, Any]) -> dict[str, list[nn.Parameter]]:
+    """Parameters of each part in `part_names` order; together they cover the whole model."""
+    if cfg["name"] == "mlp":
+        *hidden, head = model.net
+        groups = {
+            "hidden": [p for m in hidden for p in m.parameters()],
+            "head": [*head.parameters()],
+        }
+    elif cfg["name"] == "lenet":
+        groups = {
+            "features": [*model.features.parameters()],
+            "classifier": [*model.classifier.parameters()],
+        }
+    else:
+        head_ids = {id(p) for p in model.fc.parameters()}
+        groups = {
+            "backbone": [p for p in model.parameters() if id(p) not in head_ids],
+            "head": [*model.fc.parameters()],
+        }
+    return {name: groups[name] for name in part_names(cfg)}
+
+
 class MLP(nn.Module):
     def __init__(self, in_features: int, hidden: list[int], num_classes: int, dropout: float):
         super().__init__()

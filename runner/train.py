@@ -107,9 +107,16 @@ def fit(cfg: DictConfig, run: Run, logger: RunLogger) -> Result:
                 scaler.update()
             loss_sum += loss.detach() * y.shape[0]
             correct += (logits.argmax(1) == y).sum()
+            scheduler.step_batch()  # advances only `interval: step` schedules
             step += 1
             if every and step % every == 0:
-                logger.log_step({"trainer/global_step": step, "train/step_loss": loss.item()})
+                step_lrs = {
+                    f"lr_step/{n}": g["lr"]
+                    for n, g in zip(names, optimizer.param_groups, strict=True)
+                }
+                logger.log_step(
+                    {"trainer/global_step": step, "train/step_loss": loss.item(), **step_lrs}
+                )
             if bar is not None:
                 bar.update()
         if bar is not None:
@@ -119,9 +126,6 @@ def fit(cfg: DictConfig, run: Run, logger: RunLogger) -> Result:
 
         # -- validate
         val_loss, val_acc = evaluate(run, amp_ctx, max(batch_size, 1024))
-
-        # -- schedule: once per epoch, after the batch loop (sets the lr of the next epoch)
-        scheduler.step()
 
         # -- log
         best_acc = max(best_acc, val_acc)
@@ -135,6 +139,10 @@ def fit(cfg: DictConfig, run: Run, logger: RunLogger) -> Result:
             "time/epoch_s": time.perf_counter() - t0,
         }
         logger.log_epoch(row)
+
+        # -- schedule: once per epoch, after the batch loop (sets the lr of the next epoch);
+        # a Plateau schedule reads its monitored metric from the row
+        scheduler.step_epoch(row)
         lr_text = " ".join(f"{k}={v:.3g}" for k, v in lrs.items())
         log.info(
             f"epoch {epoch:>3}/{cfg.epochs}  {lr_text}  train/loss={train_loss:.4f} "

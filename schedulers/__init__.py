@@ -5,5 +5,6 @@ torch is imported only when a scheduler is built, so validating a config is chea
 
 from schedulers.errors import ConfigError
 from schedulers.registry import SCHEDULES, build_scheduler, validate_scheduler
+from schedulers.schedule import LRSchedule
 
-__all__ = ["SCHEDULES", "ConfigError", "build_scheduler", "validate_scheduler"]
+__all__ = ["SCHEDULES", "ConfigError", "LRSchedule", "build_scheduler", "validate_scheduler"]

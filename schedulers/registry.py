@@ -1,16 +1,24 @@
 """Scheduler names -> torch schedulers, with the checks each one needs.
 
 One table, so an unknown name can list every valid one, and so validation runs
-from the config alone (no optimizer, data or model yet) at start-up.
+from the config alone (no optimizer, data or model yet) at start-up. Every
+schedule counts in units of `scheduler.interval` (epochs, or batches when
+`interval: step`), like torch's own schedulers count their `step()` calls.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import math
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from schedulers.errors import ConfigError
+from schedulers.expr import ExpressionError, LrExpression, parse
+from schedulers.schedule import LRSchedule
+
+COMMON = ("name", "interval", "warmup_epochs", "warmup_start_factor")
+INTERVALS = ("epoch", "step")
 
 
 @dataclass(frozen=True)
@@ -18,37 +26,91 @@ class Context:
     """What a schedule needs to know about the run besides its own keys."""
 
     epochs: int
-    base_lr: float
+    steps_per_epoch: int
+    interval: str
+    base_lrs: tuple[float, ...]  # the optimizer's lr of each param group
+    warmup: int  # warmup length, in units of `interval`
+
+    @property
+    def per_epoch(self) -> int:
+        return 1 if self.interval == "epoch" else self.steps_per_epoch
+
+    @property
+    def length(self) -> int:
+        """Steps left for the schedule itself once warmup is done."""
+        return self.epochs * self.per_epoch - self.warmup
 
 
 @dataclass(frozen=True)
-class Schedule:
-    params: tuple[str, ...]  # keys this schedule accepts besides `name`
+class Spec:
+    params: tuple[str, ...]  # keys this schedule accepts besides the COMMON ones
     check: Callable[[Mapping[str, Any], Context], None]
-    build: Callable[
-        [Any, Mapping[str, Any], Context], Any
-    ]  # (optimizer, params, ctx) -> LRScheduler
-    summary: str
+    # (optimizer, params, ctx) -> a torch LRScheduler
+    build: Callable[[Any, Mapping[str, Any], Context], Any]
+    torch_name: str
+    warmup: bool = True  # False where the schedule has its own warm-up or cycle
 
 
-def _int_at_least(key: str, value: Any, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ConfigError(key, value, f"must be an integer >= {low}")
+# -- checks shared by several schedules --------------------------------------------------------
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def _in_unit_interval(key: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
-        raise ConfigError(key, value, "must be a number in (0, 1]")
+def need_int(key: str, v: Any, low: int, optional: bool = False) -> None:
+    if optional and v is None:
+        return
+    if isinstance(v, bool) or not isinstance(v, int) or v < low:
+        raise ConfigError(f"scheduler.{key}", v, f"must be an integer >= {low}")
 
 
-def _t_max(p: Mapping[str, Any], ctx: Context) -> int:
-    return ctx.epochs if p.get("T_max") is None else p["T_max"]
+def need_range(key: str, v: Any, low: float, high: float, *, lo_open: bool, hi_open: bool) -> None:
+    ok = (
+        _is_number(v)
+        and (v > low if lo_open else v >= low)
+        and (v < high if hi_open else v <= high)
+    )
+    if not ok:
+        interval = f"{'(' if lo_open else '['}{low}, {high}{')' if hi_open else ']'}"
+        raise ConfigError(f"scheduler.{key}", v, f"must be a number in {interval}")
 
 
-# -- step ---------------------------------------------------------------------------------
+def need_positive(key: str, v: Any, optional: bool = False) -> None:
+    if optional and v is None:
+        return
+    if not _is_number(v) or v <= 0:
+        raise ConfigError(f"scheduler.{key}", v, "must be a number > 0")
+
+
+def need_choice(key: str, v: Any, choices: Sequence[str]) -> None:
+    if v not in choices:
+        raise ConfigError(f"scheduler.{key}", v, f"must be one of {list(choices)}")
+
+
+def need_bool(key: str, v: Any) -> None:
+    if not isinstance(v, bool):
+        raise ConfigError(f"scheduler.{key}", v, "must be true or false")
+
+
+def need_gamma(p: Mapping[str, Any], ctx: Context) -> None:
+    need_range("gamma", p["gamma"], 0, 1, lo_open=True, hi_open=False)
+
+
+def need_eta_min(p: Mapping[str, Any], ctx: Context) -> None:
+    need_range("eta_min", p["eta_min"], 0, math.inf, lo_open=False, hi_open=True)
+    if p["eta_min"] >= min(ctx.base_lrs):
+        raise ConfigError(
+            "scheduler.eta_min", p["eta_min"], f"must be below the lr ({min(ctx.base_lrs)})"
+        )
+
+
+def _or_length(v: int | None, ctx: Context) -> int:
+    return ctx.length if v is None else v
+
+
+# -- the ordered schedules of the lecture ------------------------------------------------------
 def _check_step(p: Mapping[str, Any], ctx: Context) -> None:
-    _int_at_least("scheduler.step_size", p["step_size"], 1)
-    _in_unit_interval("scheduler.gamma", p["gamma"])
+    need_int("step_size", p["step_size"], 1)
+    need_gamma(p, ctx)
 
 
 def _build_step(opt: Any, p: Mapping[str, Any], ctx: Context) -> Any:
@@ -57,24 +119,99 @@ def _build_step(opt: Any, p: Mapping[str, Any], ctx: Context) -> Any:
     return StepLR(opt, step_size=p["step_size"], gamma=p["gamma"])
 
 
-# -- cosine -------------------------------------------------------------------------------
+def _check_multistep(p: Mapping[str, Any], ctx: Context) -> None:
+    ms = p["milestones"]
+    ints = isinstance(ms, Sequence) and all(
+        isinstance(m, int) and not isinstance(m, bool) for m in ms
+    )
+    if not ints or not ms or ms[0] < 1 or any(b <= a for a, b in zip(ms, ms[1:], strict=False)):
+        raise ConfigError(
+            "scheduler.milestones", ms, "must be a non-empty list of strictly increasing ints >= 1"
+        )
+    need_gamma(p, ctx)
+
+
+def _build_multistep(opt: Any, p: Mapping[str, Any], ctx: Context) -> Any:
+    from torch.optim.lr_scheduler import MultiStepLR
+
+    return MultiStepLR(opt, milestones=list(p["milestones"]), gamma=p["gamma"])
+
+
+def _build_exponential(opt: Any, p: Mapping[str, Any], ctx: Context) -> Any:
+    from torch.optim.lr_scheduler import ExponentialLR
+
+    return ExponentialLR(opt, gamma=p["gamma"])
+
+
 def _check_cosine(p: Mapping[str, Any], ctx: Context) -> None:
-    if p.get("T_max") is not None:
-        _int_at_least("scheduler.T_max", p["T_max"], 1)
-    eta_min = p["eta_min"]
-    if isinstance(eta_min, bool) or not isinstance(eta_min, (int, float)) or eta_min < 0:
-        raise ConfigError("scheduler.eta_min", eta_min, "must be a number >= 0")
-    if eta_min >= ctx.base_lr:
-        raise ConfigError("scheduler.eta_min", eta_min, f"must be below optimizer.lr={ctx.base_lr}")
+    need_int("T_max", p["T_max"], 1, optional=True)
+    need_eta_min(p, ctx)
 
 
 def _build_cosine(opt: Any, p: Mapping[str, Any], ctx: Context) -> Any:
     from torch.optim.lr_scheduler import CosineAnnealingLR
 
-    return CosineAnnealingLR(opt, T_max=_t_max(p, ctx), eta_min=p["eta_min"])
+    return CosineAnnealingLR(opt, T_max=_or_length(p["T_max"], ctx), eta_min=p["eta_min"])
 
 
-# -- none ---------------------------------------------------------------------------------
+# -- adaptive ----------------------------------------------------------------------------------
+def _check_plateau(p: Mapping[str, Any], ctx: Context) -> None:
+    need_choice("mode", p["mode"], ("min", "max"))
+    need_range("factor", p["factor"], 0, 1, lo_open=True, hi_open=True)
+    need_int("patience", p["patience"], 0)
+    need_range("threshold", p["threshold"], 0, math.inf, lo_open=False, hi_open=True)
+    need_choice("threshold_mode", p["threshold_mode"], ("rel", "abs"))
+    need_int("cooldown", p["cooldown"], 0)
+    need_range("min_lr", p["min_lr"], 0, math.inf, lo_open=False, hi_open=True)
+    need_range("eps", p["eps"], 0, math.inf, lo_open=False, hi_open=True)
+    if ctx.interval != "epoch":
+        raise ConfigError(
+            "scheduler.interval", ctx.interval, "plateau needs 'epoch': it steps on a val metric"
+        )
+
+
+def _build_plateau(opt: Any, p: Mapping[str, Any], ctx: Context) -> Any:
+    from torch.optim.lr_scheduler import ReduceLROnPlateau
+
+    keys = ("mode", "factor", "patience", "threshold", "threshold_mode", "cooldown", "min_lr")
+    return ReduceLROnPlateau(opt, eps=p["eps"], **{k: p[k] for k in keys})
+
+
+# -- custom ------------------------------------------------------------------------------------
+def _lambda_texts(p: Mapping[str, Any], n_groups: int) -> list[str]:
+    """One expression for every group, or exactly one per group."""
+    value = p["lr_lambda"]
+    texts = [value] if isinstance(value, str) else list(value)
+    if len(texts) == 1:
+        return texts * n_groups
+    if len(texts) != n_groups:
+        raise ConfigError(
+            "scheduler.lr_lambda",
+            texts,
+            f"give one expression, or one per param group ({n_groups} groups)",
+        )
+    return texts
+
+
+def _check_lambda(p: Mapping[str, Any], ctx: Context) -> None:
+    for text in _lambda_texts(p, len(ctx.base_lrs)):
+        try:
+            fn = parse(text)
+            for t in range(ctx.length):
+                value = fn(float(t))
+                if not (math.isfinite(value) and value >= 0):
+                    raise ExpressionError(f"gives {value} at epoch {t}; must be finite and >= 0")
+        except (ExpressionError, ArithmeticError) as err:
+            raise ConfigError("scheduler.lr_lambda", text, str(err)) from None
+
+
+def _build_lambda(opt: Any, p: Mapping[str, Any], ctx: Context) -> Any:
+    from torch.optim.lr_scheduler import LambdaLR
+
+    texts = _lambda_texts(p, len(opt.param_groups))
+    return LambdaLR(opt, lr_lambda=[LrExpression(t) for t in texts])
+
+
 def _constant(epoch: int) -> float:
     """Module-level (not a lambda) so the scheduler's state stays picklable."""
     return 1.0
@@ -86,41 +223,297 @@ def _build_none(opt: Any, p: Mapping[str, Any], ctx: Context) -> Any:
     return LambdaLR(opt, lr_lambda=_constant)
 
 
-SCHEDULES: dict[str, Schedule] = {
-    "step": Schedule(("step_size", "gamma"), _check_step, _build_step, "StepLR"),
-    "cosine": Schedule(("T_max", "eta_min"), _check_cosine, _build_cosine, "CosineAnnealingLR"),
-    "none": Schedule((), lambda p, ctx: None, _build_none, "constant lr"),
+# -- modern practice ---------------------------------------------------------------------------
+def _check_cosine_restarts(p: Mapping[str, Any], ctx: Context) -> None:
+    need_int("T_0", p["T_0"], 1)
+    need_int("T_mult", p["T_mult"], 1)
+    need_eta_min(p, ctx)
+
+
+def _build_cosine_restarts(opt: Any, p: Mapping[str, Any], ctx: Context) -> Any:
+    from torch.optim.lr_scheduler import CosineAnnealingWarmRestarts
+
+    return CosineAnnealingWarmRestarts(opt, T_0=p["T_0"], T_mult=p["T_mult"], eta_min=p["eta_min"])
+
+
+def _check_linear(p: Mapping[str, Any], ctx: Context) -> None:
+    need_range("start_factor", p["start_factor"], 0, 1, lo_open=True, hi_open=False)
+    need_range("end_factor", p["end_factor"], 0, 1, lo_open=False, hi_open=False)
+    need_int("total_iters", p["total_iters"], 1, optional=True)
+
+
+def _build_linear(opt: Any, p: Mapping[str, Any], ctx: Context) -> Any:
+    from torch.optim.lr_scheduler import LinearLR
+
+    return LinearLR(
+        opt,
+        start_factor=p["start_factor"],
+        end_factor=p["end_factor"],
+        total_iters=_or_length(p["total_iters"], ctx),
+    )
+
+
+def _check_poly(p: Mapping[str, Any], ctx: Context) -> None:
+    need_positive("power", p["power"])
+    need_int("total_iters", p["total_iters"], 1, optional=True)
+
+
+def _build_poly(opt: Any, p: Mapping[str, Any], ctx: Context) -> Any:
+    from torch.optim.lr_scheduler import PolynomialLR
+
+    return PolynomialLR(opt, total_iters=_or_length(p["total_iters"], ctx), power=p["power"])
+
+
+def _check_onecycle(p: Mapping[str, Any], ctx: Context) -> None:
+    need_positive("max_lr", p["max_lr"], optional=True)
+    need_range("pct_start", p["pct_start"], 0, 1, lo_open=True, hi_open=True)
+    need_choice("anneal_strategy", p["anneal_strategy"], ("cos", "linear"))
+    need_range("div_factor", p["div_factor"], 1, math.inf, lo_open=False, hi_open=True)
+    need_range("final_div_factor", p["final_div_factor"], 1, math.inf, lo_open=False, hi_open=True)
+    need_bool("three_phase", p["three_phase"])
+    need_bool("cycle_momentum", p["cycle_momentum"])
+
+
+def _build_onecycle(opt: Any, p: Mapping[str, Any], ctx: Context) -> Any:
+    from torch.optim.lr_scheduler import OneCycleLR
+
+    max_lr = [g["lr"] for g in opt.param_groups] if p["max_lr"] is None else p["max_lr"]
+    keys = ("pct_start", "anneal_strategy", "div_factor", "final_div_factor", "three_phase")
+    return OneCycleLR(
+        opt,
+        max_lr=max_lr,
+        total_steps=ctx.length,
+        cycle_momentum=p["cycle_momentum"],
+        **{k: p[k] for k in keys},
+    )
+
+
+def _cyclic_bounds(p: Mapping[str, Any], lrs: Sequence[float]) -> tuple[list[float], list[float]]:
+    """max_lr defaults to each group's lr, base_lr to max_lr / 10 (Smith's rule of thumb)."""
+    top = list(lrs) if p["max_lr"] is None else [p["max_lr"]] * len(lrs)
+    low = [m / 10 for m in top] if p["base_lr"] is None else [p["base_lr"]] * len(lrs)
+    return low, top
+
+
+def _cyclic_up(p: Mapping[str, Any], ctx: Context) -> int:
+    return 2 * ctx.per_epoch if p["step_size_up"] is None else p["step_size_up"]
+
+
+def _check_cyclic(p: Mapping[str, Any], ctx: Context) -> None:
+    need_positive("base_lr", p["base_lr"], optional=True)
+    need_positive("max_lr", p["max_lr"], optional=True)
+    low, top = _cyclic_bounds(p, ctx.base_lrs)
+    if any(lo >= hi for lo, hi in zip(low, top, strict=True)):
+        raise ConfigError("scheduler.base_lr", p["base_lr"], f"must be below max_lr ({min(top)})")
+    need_int("step_size_up", p["step_size_up"], 1, optional=True)
+    need_int("step_size_down", p["step_size_down"], 1, optional=True)
+    need_choice("mode", p["mode"], ("triangular", "triangular2", "exp_range"))
+    need_gamma(p, ctx)
+    need_bool("cycle_momentum", p["cycle_momentum"])
+
+
+def _build_cyclic(opt: Any, p: Mapping[str, Any], ctx: Context) -> Any:
+    from torch.optim.lr_scheduler import CyclicLR
+
+    low, top = _cyclic_bounds(p, [g["lr"] for g in opt.param_groups])
+    return CyclicLR(
+        opt,
+        base_lr=low,
+        max_lr=top,
+        step_size_up=_cyclic_up(p, ctx),
+        step_size_down=p["step_size_down"],
+        mode=p["mode"],
+        gamma=p["gamma"],
+        cycle_momentum=p["cycle_momentum"],
+    )
+
+
+def _check_wsd(p: Mapping[str, Any], ctx: Context) -> None:
+    from schedulers.wsd import DECAY_SHAPES
+
+    need_range("decay_fraction", p["decay_fraction"], 0, 1, lo_open=True, hi_open=False)
+    need_choice("decay_shape", p["decay_shape"], DECAY_SHAPES)
+    need_range("final_lr_scale", p["final_lr_scale"], 0, 1, lo_open=False, hi_open=True)
+
+
+def _build_wsd(opt: Any, p: Mapping[str, Any], ctx: Context) -> Any:
+    from schedulers.wsd import WarmupStableDecayLR
+
+    keys = ("decay_fraction", "decay_shape", "final_lr_scale")
+    return WarmupStableDecayLR(opt, total=ctx.length, **{k: p[k] for k in keys})
+
+
+def _no_check(p: Mapping[str, Any], ctx: Context) -> None:
+    return None
+
+
+SCHEDULES: dict[str, Spec] = {
+    "step": Spec(("step_size", "gamma"), _check_step, _build_step, "StepLR"),
+    "multistep": Spec(("milestones", "gamma"), _check_multistep, _build_multistep, "MultiStepLR"),
+    "exponential": Spec(("gamma",), need_gamma, _build_exponential, "ExponentialLR"),
+    "cosine": Spec(("T_max", "eta_min"), _check_cosine, _build_cosine, "CosineAnnealingLR"),
+    "plateau": Spec(
+        (
+            "monitor",
+            "mode",
+            "factor",
+            "patience",
+            "threshold",
+            "threshold_mode",
+            "cooldown",
+            "min_lr",
+            "eps",
+        ),
+        _check_plateau,
+        _build_plateau,
+        "ReduceLROnPlateau",
+    ),
+    "lambda": Spec(("lr_lambda",), _check_lambda, _build_lambda, "LambdaLR"),
+    "cosine_restarts": Spec(
+        ("T_0", "T_mult", "eta_min"),
+        _check_cosine_restarts,
+        _build_cosine_restarts,
+        "CosineAnnealingWarmRestarts",
+    ),
+    "linear": Spec(
+        ("start_factor", "end_factor", "total_iters"), _check_linear, _build_linear, "LinearLR"
+    ),
+    "poly": Spec(("total_iters", "power"), _check_poly, _build_poly, "PolynomialLR"),
+    "onecycle": Spec(
+        (
+            "max_lr",
+            "pct_start",
+            "anneal_strategy",
+            "div_factor",
+            "final_div_factor",
+            "three_phase",
+            "cycle_momentum",
+        ),
+        _check_onecycle,
+        _build_onecycle,
+        "OneCycleLR",
+        warmup=False,
+    ),
+    "cyclic": Spec(
+        (
+            "base_lr",
+            "max_lr",
+            "step_size_up",
+            "step_size_down",
+            "mode",
+            "gamma",
+            "cycle_momentum",
+        ),
+        _check_cyclic,
+        _build_cyclic,
+        "CyclicLR",
+        warmup=False,
+    ),
+    "wsd": Spec(
+        ("decay_fraction", "decay_shape", "final_lr_scale"),
+        _check_wsd,
+        _build_wsd,
+        "WarmupStableDecayLR (schedlab)",
+    ),
+    "none": Spec((), _no_check, _build_none, "constant (LambdaLR of 1)"),
 }
 
 
-def _lookup(cfg: Mapping[str, Any]) -> tuple[Schedule, dict[str, Any]]:
+def _resolve(
+    cfg: Mapping[str, Any],
+    *,
+    epochs: int,
+    steps_per_epoch: int,
+    base_lrs: Sequence[float],
+    metrics: Collection[str] | None = None,
+) -> tuple[Spec, dict[str, Any], Context]:
+    """Look the schedule up and check every key: the single validation path."""
     name = cfg.get("name")
     if name not in SCHEDULES:
         raise ConfigError("scheduler.name", name, f"must be one of {sorted(SCHEDULES)}")
     spec = SCHEDULES[name]
+    allowed = (*COMMON[1:], *spec.params)
     params = {k: v for k, v in cfg.items() if k != "name"}
-    unknown = sorted(set(params) - set(spec.params))
-    if unknown:
+    for key in params:
+        if key not in allowed:
+            raise ConfigError(
+                f"scheduler.{key}",
+                params[key],
+                f"unknown key for scheduler '{name}'; allowed keys: {list(allowed)}",
+            )
+    for key in allowed:
+        if key not in params:
+            raise ConfigError(f"scheduler.{key}", None, f"required by scheduler '{name}'")
+
+    need_choice("interval", params["interval"], INTERVALS)
+    need_int("warmup_epochs", params["warmup_epochs"], 0)
+    need_range(
+        "warmup_start_factor", params["warmup_start_factor"], 0, 1, lo_open=True, hi_open=False
+    )
+    if params["warmup_epochs"] and not spec.warmup:
         raise ConfigError(
-            f"scheduler.{unknown[0]}",
-            params[unknown[0]],
-            f"unknown key for scheduler '{name}'; allowed keys: {list(spec.params)}",
+            "scheduler.warmup_epochs",
+            params["warmup_epochs"],
+            f"must be 0 for '{name}', which shapes its own start",
         )
-    missing = [k for k in spec.params if k not in params]
-    if missing:
-        raise ConfigError(f"scheduler.{missing[0]}", None, f"required by scheduler '{name}'")
-    return spec, params
-
-
-def validate_scheduler(cfg: Mapping[str, Any], *, epochs: int, base_lr: float) -> None:
-    """Raise ConfigError for any scheduler setting that cannot work; builds nothing."""
-    spec, params = _lookup(cfg)
-    spec.check(params, Context(epochs=epochs, base_lr=base_lr))
-
-
-def build_scheduler(cfg: Mapping[str, Any], optimizer: Any, *, epochs: int) -> Any:
-    """A torch LR scheduler for `optimizer`, stepped once per epoch by the loop."""
-    spec, params = _lookup(cfg)
-    ctx = Context(epochs=epochs, base_lr=optimizer.param_groups[0]["lr"])
+    if params["warmup_epochs"] >= epochs:
+        raise ConfigError(
+            "scheduler.warmup_epochs", params["warmup_epochs"], f"must be below epochs ({epochs})"
+        )
+    per_epoch = 1 if params["interval"] == "epoch" else steps_per_epoch
+    ctx = Context(
+        epochs=epochs,
+        steps_per_epoch=steps_per_epoch,
+        interval=params["interval"],
+        base_lrs=tuple(base_lrs),
+        warmup=params["warmup_epochs"] * per_epoch,
+    )
+    if "monitor" in params and metrics is not None and params["monitor"] not in metrics:
+        raise ConfigError(
+            "scheduler.monitor", params["monitor"], f"must be one of {sorted(metrics)}"
+        )
     spec.check(params, ctx)
-    return spec.build(optimizer, params, ctx)
+    return spec, params, ctx
+
+
+def validate_scheduler(
+    cfg: Mapping[str, Any],
+    *,
+    epochs: int,
+    steps_per_epoch: int,
+    base_lrs: Sequence[float],
+    metrics: Collection[str] | None = None,
+) -> None:
+    """Raise ConfigError for any scheduler setting that cannot work; builds nothing.
+
+    `metrics`, when given, are the names a Plateau `monitor` may choose from.
+    """
+    _resolve(
+        cfg, epochs=epochs, steps_per_epoch=steps_per_epoch, base_lrs=base_lrs, metrics=metrics
+    )
+
+
+def build_scheduler(
+    cfg: Mapping[str, Any], optimizer: Any, *, epochs: int, steps_per_epoch: int
+) -> LRSchedule:
+    """The schedule for `optimizer`; the loop calls step_batch() and step_epoch() on it."""
+    base_lrs = [g["lr"] for g in optimizer.param_groups]
+    spec, params, ctx = _resolve(
+        cfg, epochs=epochs, steps_per_epoch=steps_per_epoch, base_lrs=base_lrs
+    )
+    main = spec.build(optimizer, params, ctx)
+    warmup = None
+    if ctx.warmup:
+        from torch.optim.lr_scheduler import LinearLR
+
+        # Built after the main schedule, so its first (small) lr is the one in effect.
+        warmup = LinearLR(
+            optimizer, start_factor=params["warmup_start_factor"], total_iters=ctx.warmup
+        )
+    return LRSchedule(
+        main,
+        interval=ctx.interval,
+        warmup=warmup,
+        warmup_steps=ctx.warmup,
+        monitor=params.get("monitor"),
+    )

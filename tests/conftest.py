@@ -16,6 +16,12 @@ ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 WANDB_CLI = Path(sys.executable).parent / "wandb"
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # pytest-xdist runs one worker per core: one torch thread each avoids oversubscription
+    import torch
+
+    torch.set_num_threads(1)
+
 
 def make_cfg(*overrides: str) -> DictConfig:
     """The config `python -m runner <overrides>` would run, composed by Hydra's compose API."""
@@ -29,6 +35,8 @@ def read_metrics(run_dir: Path) -> list[dict]:
 
 def run_cli(*args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        env["OMP_NUM_THREADS"] = "1"
     return subprocess.run(
         [sys.executable, "-m", "runner", *args],
         cwd=cwd,

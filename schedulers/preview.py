@@ -1,0 +1,162 @@
+"""Preview lr curves without data or training: `python -m schedulers.preview scheduler=<name>`.
+
+Takes the same overrides as `python -m runner` (same Hydra config, same
+composition), builds the optimizer's param groups on dummy tensors and steps the
+real schedule through the run's epochs and batches. Sweep syntax
+(`scheduler=step,cosine`) previews each and overlays them in compare.png.
+ReduceLROnPlateau is fed a metric that never improves, so its curve shows the
+fastest decay its settings allow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+def expand(overrides: list[str]) -> list[list[str]]:
+    """Every combination a Hydra multirun with these overrides would launch."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    (batch,) = BasicSweeper.split_arguments(parsed, max_batch_size=None)
+    return [list(combo) for combo in batch]
+
+
+def compose_config(overrides: list[str]) -> Any:
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        return compose("config", overrides=overrides)
+
+
+def simulate(cfg: Any, steps_per_epoch: int | None = None) -> dict[str, Any]:
+    """Step the configured schedule like the loop does; lr per epoch and per batch, per group."""
+    import torch
+
+    from runner.config import group_multipliers
+    from runner.data import train_size
+    from runner.models import part_names
+    from schedulers import build_scheduler
+
+    if steps_per_epoch is None:
+        steps_per_epoch = math.ceil(train_size(cfg.data) / cfg.data.batch_size)
+    lr = cfg.optimizer.lr
+    multipliers = group_multipliers(cfg.optimizer.param_groups, cfg.model)
+    names = part_names(cfg.model) if cfg.optimizer.param_groups is not None else ["group0"]
+    groups = [{"params": [torch.zeros(1, requires_grad=True)], "lr": lr * m} for m in multipliers]
+    opt = torch.optim.SGD(groups, lr=lr, momentum=0.9)
+    schedule = build_scheduler(
+        cfg.scheduler, opt, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch
+    )
+    never_improves = {m: 1.0 for m in ("train/loss", "train/acc", "val/loss", "val/acc")}
+    per_epoch, per_step = [], []
+    for _ in range(cfg.epochs):
+        per_epoch.append([g["lr"] for g in opt.param_groups])
+        for _ in range(steps_per_epoch):
+            per_step.append([g["lr"] for g in opt.param_groups])
+            opt.step()
+            schedule.step_batch()
+        schedule.step_epoch(never_improves)
+    return {
+        "names": list(names),
+        "per_epoch": per_epoch,
+        "per_step": per_step,
+        "steps_per_epoch": steps_per_epoch,
+        "interval": cfg.scheduler.interval,
+    }
+
+
+def curves(label: str, sim: dict[str, Any]) -> dict[str, tuple[list[float], list[float]]]:
+    """x in epochs; per-batch schedules are drawn at batch resolution."""
+    if sim["interval"] == "step":
+        rows, spe = sim["per_step"], sim["steps_per_epoch"]
+        xs = [i / spe for i in range(len(rows))]
+    else:
+        rows = sim["per_epoch"]
+        xs = list(range(len(rows)))
+    names = sim["names"]
+    return {
+        (label if len(names) == 1 else f"{label} {n}"): (xs, [r[g] for r in rows])
+        for g, n in enumerate(names)
+    }
+
+
+def table(labels: list[str], sims: list[dict[str, Any]]) -> str:
+    """Per-epoch lr (the lr each epoch starts with), one column per schedule and group."""
+    header, columns = ["epoch"], []
+    for label, sim in zip(labels, sims, strict=True):
+        for g, name in enumerate(sim["names"]):
+            header.append(label if len(sim["names"]) == 1 else f"{label} {name}")
+            columns.append([row[g] for row in sim["per_epoch"]])
+    widths = [max(5, len(h)) for h in header]
+    lines = ["  ".join(h.rjust(w) for h, w in zip(header, widths, strict=True))]
+    for e in range(len(columns[0])):
+        cells = [str(e), *(f"{c[e]:.6g}" for c in columns)]
+        lines.append("  ".join(c.rjust(w) for c, w in zip(cells, widths, strict=True)))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m schedulers.preview",
+        description="Print and plot the lr a schedule gives each epoch, without data or training.",
+        epilog="examples:\n"
+        "  python -m schedulers.preview scheduler=step epochs=30\n"
+        "  python -m schedulers.preview scheduler=step,cosine,onecycle epochs=30\n"
+        "  python -m schedulers.preview scheduler=cosine scheduler.warmup_epochs=3",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for python -m runner")
+    parser.add_argument("--out", type=Path, default=Path("outputs/preview"), help="PNG folder")
+    parser.add_argument(
+        "--steps-per-epoch", type=int, default=None, help="default: from the data config"
+    )
+    parser.add_argument("--small", action="store_true", help="thumbnail-sized figures")
+    parser.add_argument("--quiet", action="store_true", help="no table, only the PNG paths")
+    args = parser.parse_args(argv)
+
+    from hydra.errors import HydraException
+
+    from schedulers import ConfigError
+    from schedulers.plot import plot_lr_curves
+
+    labels, sims = [], []
+    try:
+        for combo in expand(args.overrides or []):
+            cfg = compose_config(combo)
+            sched_keys = [
+                o.removeprefix("scheduler=").removeprefix("scheduler.")
+                for o in combo
+                if o.startswith("scheduler")
+            ]
+            labels.append(",".join(sched_keys) or cfg.scheduler.name)
+            sims.append(simulate(cfg, args.steps_per_epoch))
+    except (ConfigError, HydraException) as err:
+        print(f"config error: {err}", file=sys.stderr)
+        return 2
+    if not args.quiet:
+        print(table(labels, sims))
+    args.out.mkdir(parents=True, exist_ok=True)
+    for label, sim in zip(labels, sims, strict=True):
+        png = args.out / f"{label.replace('/', '_')}.png"
+        path = plot_lr_curves(curves(label, sim), png, label, small=args.small)
+        print(f"wrote {path}")
+    if len(sims) > 1:
+        overlay = {
+            k: v
+            for label, sim in zip(labels, sims, strict=True)
+            for k, v in curves(label, sim).items()
+        }
+        print(f"wrote {plot_lr_curves(overlay, args.out / 'compare.png', 'lr schedules')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

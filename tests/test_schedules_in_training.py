@@ -1,0 +1,173 @@
+"""Schedules inside the real loop: every option, per-batch stepping, Plateau, param groups."""
+
+from __future__ import annotations
+
+import csv
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from runner.builders import build_run
+from runner.config import validate
+from runner.loggers import RunLogger
+from runner.train import fit, train
+from schedulers import ConfigError
+from schedulers.lecture import main as lecture_main
+from schedulers.lecture import run_toy
+from schedulers.preview import simulate
+from tests.conftest import CONF, make_cfg, read_metrics
+
+FAST = ("logger=none", "trainer.progress=line")
+SCHEDULERS = sorted(p.stem for p in (CONF / "scheduler").glob("*.yaml"))
+
+
+class RecordingLogger(RunLogger):
+    """The real jsonl logger that also keeps the per-step rows W&B would get."""
+
+    def __init__(self, run_dir):
+        super().__init__(run_dir)
+        self.steps: list[dict] = []
+
+    def log_step(self, row):
+        self.steps.append(dict(row))
+
+
+@pytest.mark.parametrize("name", [s for s in SCHEDULERS if s != "plateau"])
+def test_loop_lrs_equal_the_preview_for_every_schedule(tmp_path, name):
+    cfg = make_cfg(*FAST, f"scheduler={name}", "epochs=6", "optimizer.lr=0.05")
+    train(cfg, tmp_path)
+    logged = [r["lr/group0"] for r in read_metrics(tmp_path)]
+    assert logged == [row[0] for row in simulate(cfg)["per_epoch"]]
+    assert all(r["val/acc"] > 0 for r in read_metrics(tmp_path))
+
+
+def test_per_batch_schedule_moves_the_lr_inside_an_epoch(tmp_path):
+    cfg = make_cfg(*FAST, "scheduler=onecycle", "epochs=3", "trainer.log_every_n_steps=1")
+    validate(cfg)
+    logger = RecordingLogger(tmp_path)
+    fit(cfg, build_run(cfg), logger)
+    sim = simulate(cfg)
+    steps_per_epoch = sim["steps_per_epoch"]  # 23 batches of 64 digits
+    # lr_step is the lr after the step's scheduler.step_batch(), i.e. the next batch's lr
+    logged = [s["lr_step/group0"] for s in logger.steps]
+    assert logged == [row[0] for row in sim["per_step"][1:]] + [logged[-1]]
+    first_epoch = logged[:steps_per_epoch]
+    assert len(set(first_epoch)) == steps_per_epoch
+    assert 0.99 * cfg.optimizer.lr < max(logged) <= cfg.optimizer.lr  # peaks at max_lr = lr
+
+
+def test_plateau_is_fed_the_monitored_val_metric(tmp_path):
+    cfg = make_cfg(
+        *FAST,
+        "scheduler=plateau",
+        "scheduler.monitor=val/acc",
+        "scheduler.mode=max",
+        "scheduler.patience=0",
+        "scheduler.factor=0.5",
+        "epochs=12",
+    )
+    train(cfg, tmp_path)
+    rows = read_metrics(tmp_path)
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=cfg.optimizer.lr)
+    ref = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=0.5, patience=0)
+    for row in rows:
+        assert row["lr/group0"] == opt.param_groups[0]["lr"]
+        ref.step(row["val/acc"])
+    assert rows[-1]["lr/group0"] < cfg.optimizer.lr  # val/acc did plateau at some point
+
+
+def test_monitor_must_be_a_metric_the_loop_produces():
+    with pytest.raises(ConfigError) as err:
+        validate(make_cfg("scheduler=plateau", "scheduler.monitor=val/accuracy"))
+    assert err.value.key == "scheduler.monitor"
+    assert "val/acc" in str(err.value)
+
+
+def test_param_groups_give_named_parts_their_own_lr(tmp_path):
+    cfg = make_cfg(
+        *FAST,
+        "model=lenet",
+        "scheduler=step",
+        "optimizer.param_groups={features: 1.0, classifier: 0.1}",
+        "epochs=2",
+        "optimizer.lr=0.02",
+    )
+    train(cfg, tmp_path)
+    for row in read_metrics(tmp_path):
+        assert row["lr/features"] == pytest.approx(0.02)
+        assert row["lr/classifier"] == pytest.approx(0.002)
+
+
+def test_lecture_two_group_lambda_on_a_real_lenet(tmp_path):
+    cfg = make_cfg(
+        *FAST,
+        "model=lenet",
+        "scheduler=lambda",
+        "scheduler.lr_lambda=['0.1 ** (epoch // 2)', '0.95 ** epoch']",
+        "optimizer.param_groups={features: 1.0, classifier: 1.0}",
+        "epochs=5",
+        "optimizer.lr=0.01",
+    )
+    train(cfg, tmp_path)
+    for row in read_metrics(tmp_path):
+        e = row["epoch"]
+        assert row["lr/features"] == pytest.approx(0.01 * 0.1 ** (e // 2), rel=1e-12)
+        assert row["lr/classifier"] == pytest.approx(0.01 * 0.95**e, rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        (["optimizer.param_groups={head: 0.1, tail: 1.0}"], "optimizer.param_groups.tail"),
+        (["optimizer.param_groups={head: 0}"], "optimizer.param_groups.head"),
+        (["model=lenet", "optimizer.param_groups={head: 1.0}"], "optimizer.param_groups.head"),
+        (["scheduler=lambda", "scheduler.lr_lambda=['1', '1']"], "scheduler.lr_lambda"),
+        (["scheduler=cosine", "optimizer.lr=0.001", "scheduler.eta_min=0.01"], "scheduler.eta_min"),
+    ],
+)
+def test_group_and_schedule_mismatches_fail_at_startup(overrides, key):
+    with pytest.raises(ConfigError) as err:
+        validate(make_cfg(*overrides))
+    assert err.value.key == key
+
+
+def test_preview_cli_prints_the_table_and_writes_pngs(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "schedulers.preview", "scheduler=step,cosine", "epochs=5",
+         "optimizer.lr=0.1", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].split() == ["epoch", "step", "cosine"]
+    table = [[float(v) for v in line.split()] for line in lines[1:6]]
+    assert [r[0] for r in table] == [0, 1, 2, 3, 4]
+    assert [r[1] for r in table] == [0.1] * 5  # step_size 10 > 5 epochs: no decay yet
+    for t, row in enumerate(table):
+        assert row[2] == pytest.approx(0.05 * (1 + math.cos(math.pi * t / 5)), abs=1e-6)
+    for png in ("step.png", "cosine.png", "compare.png"):
+        assert (tmp_path / png).stat().st_size > 1000
+
+
+def test_preview_rejects_a_bad_value_with_exit_2(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "schedulers.preview", "scheduler=step", "scheduler.gamma=2",
+         "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert "scheduler.gamma=2" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_lecture_curves_command_writes_six_figures_and_tables(tmp_path):
+    lecture_main(["--out", str(tmp_path)])
+    names = ["step", "multistep", "exponential", "cosine", "plateau", "lambda"]
+    for name in names:
+        assert (tmp_path / f"lecture_{name}.png").stat().st_size > 1000
+        with (tmp_path / f"lecture_{name}.csv").open() as f:
+            rows = list(csv.reader(f))[1:]
+        assert [[float(v) for v in r[1:]] for r in rows] == run_toy(name)
