@@ -1,9 +1,15 @@
 """`python -m runner [overrides]`: the Hydra entry point. Heavy imports wait until a run starts,
-so `--help` and config errors come back quickly."""
+so `--help` and config errors come back quickly.
+
+Exit codes of a single run: 0 completed, 1 crashed, 2 bad config, 3 diverged. In a
+multirun every job catches its own failure, records it in `status.json` and returns,
+so one bad job never stops the sweep (and the sweep report still gets written).
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -14,6 +20,15 @@ from omegaconf import DictConfig
 
 from schedulers import ConfigError
 
+EXIT_CONFIG = 2
+EXIT_DIVERGED = 3
+log = logging.getLogger("schedlab")
+
+
+def _mark_failed(run_dir: Path, error: str) -> None:
+    status = {"status": "failed", "error": error}
+    (run_dir / "status.json").write_text(json.dumps(status, indent=2) + "\n")
+
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float:
@@ -21,20 +36,31 @@ def main(cfg: DictConfig) -> float:
     from runner.train import train
 
     hc = HydraConfig.get()
+    run_dir = Path(hc.runtime.output_dir)
     multirun = hc.mode == RunMode.MULTIRUN
     try:
         result = train(
             cfg,
-            hc.runtime.output_dir,
+            run_dir,
             overrides=list(hc.overrides.task),
-            sweep_name=hc.sweep.dir.rstrip("/").replace("/", "_") if multirun else None,
+            sweep_name="_".join(Path(hc.sweep.dir).parts[-2:]) if multirun else None,
         )
     except ConfigError as err:
         # Hydra has already made the run dir; mark it so it is not mistaken for a run.
-        status = {"status": "failed", "error": f"config error: {err}"}
-        (Path(hc.runtime.output_dir) / "status.json").write_text(json.dumps(status) + "\n")
+        _mark_failed(run_dir, f"config error: {err}")
         print(f"config error: {err}", file=sys.stderr)
-        sys.exit(2)
+        if multirun:
+            return float("nan")
+        sys.exit(EXIT_CONFIG)
+    except Exception as err:
+        if not multirun:
+            _mark_failed(run_dir, repr(err))
+            raise
+        log.exception(f"job {hc.job.num} failed; the sweep goes on")
+        _mark_failed(run_dir, repr(err))
+        return float("nan")
+    if result.status == "diverged" and not multirun:
+        sys.exit(EXIT_DIVERGED)
     return result.best_val_acc
 
 

@@ -73,7 +73,7 @@ def open_logger(
         group=cfg["group"] or sweep_name,
         tags=[t[:64] for t in (*cfg["tags"], *overrides)],  # W&B caps tags at 64 chars
         name=cfg["run_name"] or (",".join(overrides) or None),
-        config=config,
+        config={**config, "overrides": overrides},
         dir=str(run_dir),
         reinit="finish_previous",
         settings=wandb.Settings(console="off", silent=True, x_disable_stats=True),

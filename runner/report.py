@@ -1,0 +1,302 @@
+"""Sweep report: which configuration won, by how much, read from the run dirs alone.
+
+`python -m runner.report <sweep dir>` (also run by a Hydra callback at the end of
+every multirun) reads each job's `metrics.jsonl`, `status.json` and
+`.hydra/overrides.yaml`, groups the jobs by their overrides minus `seed`, and
+writes `report.md`, `report.csv` and lr / val-loss / val-acc overlays into the
+sweep dir. Diverged and failed jobs are counted in their row, not dropped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from hydra.experimental.callback import Callback
+
+DEFAULT_TARGET_ACC = 0.95
+
+
+@dataclass
+class Job:
+    path: Path
+    overrides: list[str]
+    status: str  # completed | diverged | failed | incomplete
+    rows: list[dict[str, Any]]
+    wall_time_s: float | None
+
+    def series(self, key: str) -> list[float]:
+        return [r[key] for r in self.rows if key in r]
+
+    @property
+    def lr_key(self) -> str | None:
+        """The first param group's lr column (lr/group0, or lr/<part> with param groups)."""
+        return next((k for k in (self.rows[0] if self.rows else {}) if k.startswith("lr/")), None)
+
+
+@dataclass
+class Group:
+    label: str
+    jobs: list[Job] = field(default_factory=list)
+
+    def count(self, status: str) -> int:
+        return sum(j.status == status for j in self.jobs)
+
+    @property
+    def finished(self) -> list[Job]:
+        """Jobs whose metrics describe a whole run: the ones the statistics are over."""
+        return [j for j in self.jobs if j.status == "completed" and j.rows]
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+    if not values:
+        return math.nan, math.nan
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def _without_seed(overrides: list[str]) -> list[str]:
+    return [o for o in overrides if o.lstrip("+~").split("=", 1)[0] != "seed"]
+
+
+def load_jobs(sweep_dir: Path) -> list[Job]:
+    jobs = []
+    for overrides_file in sorted(Path(sweep_dir).glob("*/.hydra/overrides.yaml")):
+        path = overrides_file.parent.parent
+        metrics = path / "metrics.jsonl"
+        rows = (
+            [json.loads(line) for line in metrics.read_text().splitlines()]
+            if metrics.exists()
+            else []
+        )
+        status_file = path / "status.json"
+        status = json.loads(status_file.read_text()) if status_file.exists() else {}
+        jobs.append(
+            Job(
+                path=path,
+                overrides=list(yaml.safe_load(overrides_file.read_text()) or []),
+                status=status.get("status", "incomplete"),
+                rows=rows,
+                wall_time_s=status.get("wall_time_s"),
+            )
+        )
+    return jobs
+
+
+def common_overrides(jobs: list[Job]) -> list[str]:
+    """Overrides every job shares: said once in the header, left out of the row labels."""
+    if not jobs:
+        return []
+    shared = set(jobs[0].overrides).intersection(*(j.overrides for j in jobs[1:]))
+    return [o for o in jobs[0].overrides if o in shared]
+
+
+def group_jobs(jobs: list[Job]) -> list[Group]:
+    """One group per configuration: jobs with the same overrides apart from `seed`."""
+    common = set(common_overrides(jobs))
+    groups: dict[str, Group] = {}
+    for job in jobs:
+        label = " ".join(o for o in _without_seed(job.overrides) if o not in common)
+        groups.setdefault(label or "(defaults)", Group(label or "(defaults)")).jobs.append(job)
+    return list(groups.values())
+
+
+def summarize(group: Group, target_acc: float) -> dict[str, Any]:
+    done = group.finished
+    final_acc = _mean_std([j.series("val/acc")[-1] for j in done])
+    best_acc = _mean_std([max(j.series("val/acc")) for j in done])
+    final_loss = _mean_std([j.series("val/loss")[-1] for j in done])
+    best_loss = _mean_std([min(j.series("val/loss")) for j in done])
+    reach = [
+        next((i + 1 for i, a in enumerate(j.series("val/acc")) if a >= target_acc), None)
+        for j in done
+    ]
+    reached = [r for r in reach if r is not None]
+    walls = [j.wall_time_s for j in done if j.wall_time_s is not None]
+    return {
+        "config": group.label,
+        "n": len(group.jobs),
+        "completed": len(done),
+        "diverged": group.count("diverged"),
+        "failed": group.count("failed") + group.count("incomplete"),
+        "best_val_acc_mean": best_acc[0],
+        "best_val_acc_std": best_acc[1],
+        "final_val_acc_mean": final_acc[0],
+        "final_val_acc_std": final_acc[1],
+        "best_val_loss_mean": best_loss[0],
+        "best_val_loss_std": best_loss[1],
+        "final_val_loss_mean": final_loss[0],
+        "final_val_loss_std": final_loss[1],
+        "epochs_to_target_mean": statistics.fmean(reached) if reached else math.nan,
+        "reached_target": len(reached),
+        "wall_time_s_mean": statistics.fmean(walls) if walls else math.nan,
+    }
+
+
+def _sort_key(row: dict[str, Any]) -> tuple[bool, float]:
+    acc = row["best_val_acc_mean"]
+    return (math.isnan(acc), -acc if not math.isnan(acc) else 0.0)
+
+
+def _pm(mean: float, std: float, digits: int = 4) -> str:
+    return "—" if math.isnan(mean) else f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def markdown(
+    rows: list[dict[str, Any]], target_acc: float, sweep_dir: Path, common: list[str]
+) -> str:
+    shared = " ".join(o for o in common if not o.lstrip("+~").startswith("seed=")) or "none"
+    lines = [
+        f"# Sweep report: {sweep_dir}",
+        "",
+        f"Overrides shared by every run: `{shared}`.",
+        "",
+        f"Best first, by mean best val acc over completed seeds. Statistics are over completed "
+        f"runs; diverged and failed runs are counted in their own columns. Epochs to "
+        f"{target_acc:.0%}: mean over the seeds that reached it (k/n reached).",
+        "",
+        "| # | config | runs | done | diverged | failed | best val acc | final val acc "
+        f"| best val loss | final val loss | epochs to {target_acc:.0%} | wall s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for rank, r in enumerate(rows, 1):
+        epochs = r["epochs_to_target_mean"]
+        to_target = (
+            f"{'—' if math.isnan(epochs) else f'{epochs:.1f}'} "
+            f"({r['reached_target']}/{r['completed']})"
+        )
+        wall = "—" if math.isnan(r["wall_time_s_mean"]) else f"{r['wall_time_s_mean']:.1f}"
+        lines.append(
+            f"| {rank} | `{r['config']}` | {r['n']} | {r['completed']} | {r['diverged']} "
+            f"| {r['failed']} | {_pm(r['best_val_acc_mean'], r['best_val_acc_std'])} "
+            f"| {_pm(r['final_val_acc_mean'], r['final_val_acc_std'])} "
+            f"| {_pm(r['best_val_loss_mean'], r['best_val_loss_std'])} "
+            f"| {_pm(r['final_val_loss_mean'], r['final_val_loss_std'])} | {to_target} | {wall} |"
+        )
+    if len(rows) > 1 and not math.isnan(rows[0]["best_val_acc_mean"]):
+        gap = rows[0]["best_val_acc_mean"] - rows[1]["best_val_acc_mean"]
+        lines += ["", f"Winner: `{rows[0]['config']}`, ahead of `{rows[1]['config']}` by "
+                  f"{gap:.4f} mean best val acc."]  # fmt: skip
+    lines += ["", "![lr](lr.png) ![val loss](val_loss.png) ![val acc](val_acc.png)", ""]
+    return "\n".join(lines)
+
+
+def _band(jobs: list[Job], key: str) -> tuple[list[int], list[float], list[float]]:
+    """Per-epoch mean and std over the jobs that reached that epoch."""
+    length = max((len(j.series(key)) for j in jobs), default=0)
+    xs, means, stds = [], [], []
+    for e in range(length):
+        vals = [s[e] for s in (j.series(key) for j in jobs) if len(s) > e and math.isfinite(s[e])]
+        if vals:
+            m, s = _mean_std(vals)
+            xs.append(e)
+            means.append(m)
+            stds.append(s)
+    return xs, means, stds
+
+
+def plot_overlays(groups: list[Group], out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    for key, fname, title, log_y in (
+        ("lr", "lr.png", "learning rate (first param group)", True),
+        ("val/loss", "val_loss.png", "val loss (mean ± std over seeds)", False),
+        ("val/acc", "val_acc.png", "val accuracy (mean ± std over seeds)", False),
+    ):
+        fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
+        for g in groups:
+            jobs = [j for j in g.jobs if j.rows]
+            if not jobs:
+                continue
+            col = jobs[0].lr_key if key == "lr" else key
+            if col is None:
+                continue
+            xs, means, stds = _band(jobs, col)
+            (line,) = ax.plot(xs, means, label=g.label, linewidth=1.6)
+            if key != "lr" and len(jobs) > 1:
+                lo = [m - s for m, s in zip(means, stds, strict=True)]
+                hi = [m + s for m, s in zip(means, stds, strict=True)]
+                ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.2)
+        if log_y:
+            ax.set_yscale("log", nonpositive="mask")  # cosine's lr of 0 leaves a gap, not a cliff
+        ax.set_xlabel("epoch")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="best")
+        fig.tight_layout()
+        fig.savefig(out / fname)
+        plt.close(fig)
+        paths.append(out / fname)
+    return paths
+
+
+def write_report(sweep_dir: Path | str, target_acc: float = DEFAULT_TARGET_ACC) -> str:
+    """Write report.md, report.csv and the overlays into sweep_dir; return the markdown."""
+    sweep_dir = Path(sweep_dir)
+    jobs = load_jobs(sweep_dir)
+    groups = group_jobs(jobs)
+    if not groups:
+        raise FileNotFoundError(f"no runs found under {sweep_dir} (expected <job>/.hydra/)")
+    rows = sorted((summarize(g, target_acc) for g in groups), key=_sort_key)
+    with (sweep_dir / "report.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    text = markdown(rows, target_acc, sweep_dir, common_overrides(jobs))
+    (sweep_dir / "report.md").write_text(text)
+    by_label = {g.label: g for g in groups}
+    plot_overlays([by_label[r["config"]] for r in rows], sweep_dir)
+    return text
+
+
+class SweepReport(Callback):
+    """Hydra callback: writes the report when a multirun ends (in the launching process)."""
+
+    def __init__(self, target_acc: float = DEFAULT_TARGET_ACC) -> None:
+        self.target_acc = target_acc
+
+    def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
+        # HydraConfig is not available here in Hydra 1.3; the sweep dir is in the config.
+        sweep_dir = Path(config.hydra.sweep.dir)
+        try:
+            print(write_report(sweep_dir, self.target_acc))
+            print(f"report written to {sweep_dir / 'report.md'}")
+        except FileNotFoundError as err:
+            print(f"no sweep report: {err}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m runner.report",
+        description="Summarise a sweep dir: a table (md + csv) and overlay plots, best first.",
+    )
+    parser.add_argument(
+        "sweep_dir", type=Path, help="a multirun dir, e.g. outputs/multirun/<date>/<time>"
+    )
+    parser.add_argument(
+        "--target-acc",
+        type=float,
+        default=DEFAULT_TARGET_ACC,
+        help=f"accuracy for the epochs-to-target column (default {DEFAULT_TARGET_ACC})",
+    )
+    args = parser.parse_args(argv)
+    try:
+        print(write_report(args.sweep_dir, args.target_acc))
+    except FileNotFoundError as err:
+        raise SystemExit(f"error: {err}") from None
+    print(f"report written to {args.sweep_dir / 'report.md'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,186 @@
+"""Multiruns end to end: basic and joblib launchers, failures that do not stop a sweep, the
+report's numbers against the runs' own metrics, presets, and the Optuna sweeper."""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+import yaml
+
+from runner.train import train
+from tests.conftest import make_cfg, read_metrics, run_cli, wandb_records
+
+
+def report_rows(sweep: Path) -> dict[str, dict[str, str]]:
+    with (sweep / "report.csv").open() as f:
+        return {row["config"]: row for row in csv.DictReader(f)}
+
+
+def job_dirs(sweep: Path) -> dict[str, Path]:
+    """job dir by its overrides (as Hydra recorded them)."""
+    return {
+        " ".join(yaml.safe_load((d / ".hydra" / "overrides.yaml").read_text())): d
+        for d in sorted(p for p in sweep.iterdir() if (p / ".hydra").is_dir())
+    }
+
+
+def test_two_schedules_two_seeds_report_matches_the_runs(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = run_cli(
+        "-m", "scheduler=step,cosine", "seed=0,1", "epochs=3", f"hydra.sweep.dir={sweep}",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    rows = report_rows(sweep)
+    assert set(rows) == {"scheduler=step", "scheduler=cosine"}
+    jobs = job_dirs(sweep)
+    for label, row in rows.items():
+        assert (int(row["n"]), int(row["completed"]), int(row["diverged"])) == (2, 2, 0)
+        runs = [read_metrics(d) for o, d in jobs.items() if o.startswith(label + " ")]
+        best = [max(r["val/acc"] for r in rs) for rs in runs]
+        final_loss = [rs[-1]["val/loss"] for rs in runs]
+        assert float(row["best_val_acc_mean"]) == pytest.approx(statistics.fmean(best))
+        assert float(row["best_val_acc_std"]) == pytest.approx(statistics.stdev(best))
+        assert float(row["final_val_loss_mean"]) == pytest.approx(statistics.fmean(final_loss))
+        assert float(row["final_val_loss_std"]) == pytest.approx(statistics.stdev(final_loss))
+    ranked = [r["config"] for r in csv.DictReader((sweep / "report.csv").open())]
+    means = [float(rows[c]["best_val_acc_mean"]) for c in ranked]
+    assert means == sorted(means, reverse=True)  # best first
+    report = (sweep / "report.md").read_text()
+    assert "| 1 |" in report and "| 2 |" in report
+    for png in ("lr.png", "val_loss.png", "val_acc.png"):
+        assert (sweep / png).stat().st_size > 1000
+    assert "report written to" in proc.stdout
+
+    # one W&B run per job (not job 0's run reused), grouped under the sweep, tagged
+    run_ids, groups = set(), set()
+    for overrides, job in jobs.items():
+        (run,) = [r["run"] for r in wandb_records(job) if r["type"] == "run"]
+        run_ids.add(run["run_id"])
+        groups.add(run.get("run_group"))
+        assert set(overrides.split()) <= set(run.get("tags", []))
+        assert run["config"]["update"]["overrides"] == overrides.split()
+    assert len(run_ids) == 4
+    assert groups == {"_".join(sweep.parts[-2:])}
+
+
+def test_diverged_and_failed_jobs_do_not_stop_the_sweep(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = run_cli(
+        "-m", "optimizer.lr=0.05,100000000.0,-1", "scheduler=none", "epochs=3", "logger=none",
+        f"hydra.sweep.dir={sweep}", cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    status = {o: json.loads((d / "status.json").read_text()) for o, d in job_dirs(sweep).items()}
+    by_lr = {o.split()[0]: s["status"] for o, s in status.items()}
+    assert by_lr == {
+        "optimizer.lr=0.05": "completed",
+        "optimizer.lr=100000000.0": "diverged",
+        "optimizer.lr=-1": "failed",
+    }
+    rows = report_rows(sweep)
+    assert rows["optimizer.lr=100000000.0"]["diverged"] == "1"
+    assert rows["optimizer.lr=-1"]["failed"] == "1"
+    assert rows["optimizer.lr=0.05"]["completed"] == "1"
+    ranked = list(csv.DictReader((sweep / "report.csv").open()))
+    assert ranked[0]["config"] == "optimizer.lr=0.05"  # runs with results rank above the rest
+    assert (
+        "optimizer.lr=-1" in status["optimizer.lr=-1 scheduler=none epochs=3 logger=none"]["error"]
+    )
+
+
+def test_joblib_launcher_runs_jobs_in_parallel_processes(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = run_cli(
+        "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "scheduler=step,cosine",
+        "epochs=2", f"hydra.sweep.dir={sweep}", cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "Joblib.Parallel" in proc.stdout + proc.stderr
+    jobs = job_dirs(sweep)
+    assert len(jobs) == 2
+    run_ids = set()
+    for job in jobs.values():
+        assert json.loads((job / "status.json").read_text())["status"] == "completed"
+        assert len(read_metrics(job)) == 2
+        (run,) = [r["run"] for r in wandb_records(job) if r["type"] == "run"]
+        run_ids.add(run["run_id"])
+    assert len(run_ids) == 2
+    assert len(report_rows(sweep)) == 2
+
+
+def test_lecture_schedulers_preset_ranks_all_six(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = run_cli(
+        "-m", "+experiment=lecture_schedulers", "epochs=10", "hydra.sweeper.params.seed=0",
+        "logger=none", f"hydra.sweep.dir={sweep}", cwd=tmp_path, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    rows = report_rows(sweep)
+    names = ["step", "multistep", "exponential", "cosine", "plateau", "lambda"]
+    assert set(rows) == {f"+lecture_schedule={n}" for n in names}
+    assert all(r["completed"] == "1" for r in rows.values())
+    # the lecture's 200-epoch parameters, scaled to 10 epochs
+    configs = {
+        o.split()[0].split("=")[1]: yaml.safe_load((d / "config.yaml").read_text())
+        for o, d in job_dirs(sweep).items()
+    }
+    assert configs["step"]["scheduler"]["step_size"] == round(50 / 20)
+    assert configs["multistep"]["scheduler"]["milestones"] == [2, 6, 8]
+    assert configs["exponential"]["scheduler"]["gamma"] == pytest.approx(0.95**20)
+    assert configs["cosine"]["scheduler"]["T_max"] == 2
+    assert configs["plateau"]["scheduler"]["patience"] == 1
+    assert all(c["model"]["name"] == "lenet" for c in configs.values())
+    lam = next(d for o, d in job_dirs(sweep).items() if o.startswith("+lecture_schedule=lambda"))
+    for row in read_metrics(lam):  # two groups, each on its scaled lecture lambda
+        e = row["epoch"]
+        assert row["lr/features"] == pytest.approx(0.02 * 0.1 ** (e * 10 // 10), rel=1e-12)
+        assert row["lr/classifier"] == pytest.approx(0.02 * 0.95 ** (e * 20), rel=1e-12)
+
+
+def test_lecture_lenet_preset_is_the_lecture_script(tmp_path):
+    cfg = make_cfg("+experiment=lecture_lenet", "logger=none", "trainer.progress=line")
+    assert (cfg.seed, cfg.epochs, cfg.data.batch_size) == (1, 10, 16)
+    assert (cfg.model.name, cfg.optimizer.name, cfg.optimizer.lr, cfg.optimizer.momentum) == (
+        "lenet",
+        "sgd",
+        0.01,
+        0.9,
+    )
+    assert (cfg.scheduler.name, cfg.scheduler.step_size, cfg.scheduler.gamma) == ("step", 10, 0.1)
+    result = train(cfg, tmp_path)
+    assert result.best_val_acc > 0.9
+    assert [r["lr/group0"] for r in read_metrics(tmp_path)] == [0.01] * 10
+
+
+def test_init_lr_preset_sweeps_the_lectures_small_values():
+    from hydra import compose, initialize_config_dir
+
+    from tests.conftest import CONF
+
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=["+experiment=init_lr"], return_hydra_config=True)
+    assert cfg.hydra.sweeper.params["optimizer.lr"] == "0.01,0.001,0.0001"
+
+
+def test_optuna_searches_and_maximises_best_val_acc(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = run_cli(
+        "+hparams_search=optuna", "hydra.sweeper.n_trials=3", "epochs=3", "logger=none",
+        f"hydra.sweep.dir={sweep}", cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    result = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    best = max(max(r["val/acc"] for r in read_metrics(d)) for d in job_dirs(sweep).values())
+    assert result["best_value"] == pytest.approx(best)
+    assert set(result["best_params"]) == {
+        "optimizer.lr",
+        "scheduler.step_size",
+        "scheduler.gamma",
+        "scheduler.warmup_epochs",
+    }
+    assert len(report_rows(sweep)) == 3
