@@ -71,13 +71,21 @@ def build_optimizer(
     return cls(params, betas=tuple(cfg["betas"]), eps=cfg["eps"], **common)
 
 
-def build_run(cfg: Mapping[str, Any]) -> Run:
-    """Seed, then data, model, optimizer, scheduler, in that order (the order fixes the RNG use)."""
+def build_training_parts(
+    cfg: Mapping[str, Any],
+) -> tuple[torch.device, TensorData, torch.nn.Module, torch.optim.Optimizer]:
+    """Seed, then data, model, optimizer, in that order (the order fixes the RNG use)."""
     seed_everything(cfg["seed"], cfg["trainer"]["deterministic"])
     device = resolve_device(cfg["trainer"]["device"])
     data = load_data(cfg["data"]).to(device)
     model = build_model(cfg["model"], data.image_shape, data.num_classes).to(device)
     optimizer = build_optimizer(cfg["optimizer"], model, cfg["model"])
+    return device, data, model, optimizer
+
+
+def build_run(cfg: Mapping[str, Any]) -> Run:
+    """Everything `fit` needs: the training parts plus the lr schedule."""
+    device, data, model, optimizer = build_training_parts(cfg)
     # the only place epochs meet batches: per-step schedules need the batches per epoch
     steps_per_epoch = math.ceil(len(data.y_train) / cfg["data"]["batch_size"])
     scheduler = build_scheduler(

@@ -58,6 +58,7 @@ def validate(cfg: Mapping[str, Any]) -> None:
     """Raise ConfigError naming the first bad key; returns quietly when the config can run."""
     from runner.data import train_size, validate_data
     from runner.loggers import validate_logger
+    from runner.lr_find import validate_lr_find
     from runner.models import validate_model
 
     _int("seed", cfg["seed"], 0)
@@ -82,9 +83,15 @@ def validate(cfg: Mapping[str, Any]) -> None:
     opt = cfg["optimizer"]
     if opt["name"] not in OPTIMIZERS:
         raise ConfigError("optimizer.name", opt["name"], f"must be one of {list(OPTIMIZERS)}")
-    lr = _number("optimizer.lr", opt["lr"])
-    if lr <= 0:
-        raise ConfigError("optimizer.lr", opt["lr"], "must be > 0")
+    validate_lr_find(cfg["lr_find"])
+    if opt["lr"] == "find":
+        # Decided by the range test before training, and validated again then; until then
+        # check the schedule against the largest lr the test can return.
+        lr = float(cfg["lr_find"]["end_lr"])
+    else:
+        lr = _number("optimizer.lr", opt["lr"])
+        if lr <= 0:
+            raise ConfigError("optimizer.lr", opt["lr"], "must be > 0, or find (LR range test)")
     if _number("optimizer.weight_decay", opt["weight_decay"]) < 0:
         raise ConfigError("optimizer.weight_decay", opt["weight_decay"], "must be >= 0")
     if "momentum" in opt and not 0 <= _number("optimizer.momentum", opt["momentum"]) < 1:

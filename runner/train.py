@@ -42,7 +42,7 @@ def group_names(optimizer: torch.optim.Optimizer) -> list[str]:
     return [g.get("name", f"group{i}") for i, g in enumerate(optimizer.param_groups)]
 
 
-def _autocast(device: torch.device, enabled: bool) -> tuple[Any, torch.amp.GradScaler | None]:
+def autocast(device: torch.device, enabled: bool) -> tuple[Any, torch.amp.GradScaler | None]:
     """bf16 autocast where the device supports it, else fp16 with a GradScaler."""
     if not enabled:
         return nullcontext(), None
@@ -51,22 +51,48 @@ def _autocast(device: torch.device, enabled: bool) -> tuple[Any, torch.amp.GradS
     return torch.autocast(device.type, dtype=torch.bfloat16), None
 
 
+def train_step(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    amp_ctx: Any,
+    scaler: torch.amp.GradScaler | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward, backward, optimizer.step() on one batch; returns (loss, logits), no host sync."""
+    with amp_ctx:
+        logits = model(x)
+        loss = F.cross_entropy(logits.float(), y)
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is None:
+        loss.backward()
+        optimizer.step()
+    else:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    return loss.detach(), logits.detach()
+
+
 @torch.no_grad()
-def evaluate(run: Run, amp_ctx: Any, batch_size: int) -> tuple[float, float]:
-    run.model.eval()
-    loss_sum = torch.zeros((), device=run.device)
-    correct = torch.zeros((), device=run.device)
-    for x, y in batches(run.data.x_val, run.data.y_val, batch_size):
+def evaluate(
+    model: torch.nn.Module, x_val: torch.Tensor, y_val: torch.Tensor, amp_ctx: Any, batch_size: int
+) -> tuple[float, float]:
+    """Mean loss and accuracy over the whole validation split (one host sync at the end)."""
+    model.eval()
+    loss_sum = torch.zeros((), device=x_val.device)
+    correct = torch.zeros((), device=x_val.device)
+    for x, y in batches(x_val, y_val, batch_size):
         with amp_ctx:
-            logits = run.model(x)
+            logits = model(x)
         loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
         correct += (logits.argmax(1) == y).sum()
-    n = run.data.y_val.shape[0]
+    n = y_val.shape[0]
     return loss_sum.item() / n, correct.item() / n
 
 
-def _progress_bar(cfg: DictConfig, total: int, desc: str) -> Any:
-    mode = cfg.trainer.progress
+def progress_bar(mode: str, total: int, desc: str) -> Any:
+    """A tqdm bar on a terminal (or when mode is `bar`), else None: the caller logs lines."""
     if mode == "line" or (mode == "auto" and not sys.stderr.isatty()):
         return None
     from tqdm import tqdm
@@ -76,7 +102,7 @@ def _progress_bar(cfg: DictConfig, total: int, desc: str) -> Any:
 
 def fit(cfg: DictConfig, run: Run, logger: RunLogger) -> Result:
     model, optimizer, scheduler, data = run.model, run.optimizer, run.scheduler, run.data
-    amp_ctx, scaler = _autocast(run.device, cfg.trainer.amp)
+    amp_ctx, scaler = autocast(run.device, cfg.trainer.amp)
     shuffle = torch.Generator().manual_seed(cfg.seed)  # data order: its own stream, seeded
     names = group_names(optimizer)
     batch_size = cfg.data.batch_size
@@ -92,20 +118,10 @@ def fit(cfg: DictConfig, run: Run, logger: RunLogger) -> Result:
         model.train()
         loss_sum = torch.zeros((), device=run.device)
         correct = torch.zeros((), device=run.device)
-        bar = _progress_bar(cfg, steps_per_epoch, f"epoch {epoch}/{cfg.epochs}")
+        bar = progress_bar(cfg.trainer.progress, steps_per_epoch, f"epoch {epoch}/{cfg.epochs}")
         for x, y in batches(data.x_train, data.y_train, batch_size, shuffle):
-            with amp_ctx:
-                logits = model(x)
-                loss = F.cross_entropy(logits.float(), y)
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is None:
-                loss.backward()
-                optimizer.step()
-            else:
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-            loss_sum += loss.detach() * y.shape[0]
+            loss, logits = train_step(model, optimizer, x, y, amp_ctx, scaler)
+            loss_sum += loss * y.shape[0]
             correct += (logits.argmax(1) == y).sum()
             scheduler.step_batch()  # advances only `interval: step` schedules
             step += 1
@@ -125,7 +141,7 @@ def fit(cfg: DictConfig, run: Run, logger: RunLogger) -> Result:
         train_loss, train_acc = loss_sum.item() / n_train, correct.item() / n_train
 
         # -- validate
-        val_loss, val_acc = evaluate(run, amp_ctx, max(batch_size, 1024))
+        val_loss, val_acc = evaluate(model, data.x_val, data.y_val, amp_ctx, max(batch_size, 1024))
 
         # -- log
         best_acc = max(best_acc, val_acc)
@@ -158,6 +174,23 @@ def fit(cfg: DictConfig, run: Run, logger: RunLogger) -> Result:
     return Result(status, best_acc, cfg.epochs)
 
 
+def use_range_test(cfg: DictConfig, run_dir: Path) -> float:
+    """optimizer.lr=find: run the LR range test, then train with its suggestion.
+
+    onecycle/cyclic get it as max_lr (their max_lr/base_lr are reset to null, which
+    means optimizer.lr and optimizer.lr / 10, Smith's bounds)."""
+    from runner.lr_find import find_lr
+
+    lr, _ = find_lr(cfg, run_dir / "lr_find")
+    cfg.optimizer.lr = float(lr)
+    for key in ("max_lr", "base_lr"):
+        if key in cfg.scheduler:
+            cfg.scheduler[key] = None
+    validate(cfg)  # the schedule's checks against the lr it will really get
+    log.info(f"lr range test chose optimizer.lr={lr:.4g} ({cfg.lr_find.suggestion})")
+    return float(lr)
+
+
 def train(
     cfg: DictConfig,
     run_dir: Path,
@@ -168,8 +201,11 @@ def train(
     validate(cfg)  # before anything is built or written
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    found = use_range_test(cfg, run_dir) if cfg.optimizer.lr == "find" else None
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     config = OmegaConf.to_container(cfg, resolve=True)
+    if found is not None:
+        config["lr_find"]["found_lr"] = found  # W&B config: the lr the range test chose
     t0 = time.perf_counter()
     run = build_run(cfg)
     log.info(
