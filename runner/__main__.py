@@ -1,9 +1,10 @@
 """`python -m runner [overrides]`: the Hydra entry point. Heavy imports wait until a run starts,
 so `--help` and config errors come back quickly.
 
-Exit codes of a single run: 0 completed, 1 crashed, 2 bad config, 3 diverged. In a
-multirun every job catches its own failure, records it in `status.json` and returns,
-so one bad job never stops the sweep (and the sweep report still gets written).
+Exit codes of a single run: 0 completed, 1 crashed, 2 bad config, 3 diverged, 130/143
+interrupted (SIGINT/SIGTERM). In a multirun every job catches its own failure, records
+it in `status.json` and returns, so one bad job never stops the sweep (and the sweep
+report still gets written); an interrupt stops the sweep.
 """
 
 from __future__ import annotations
@@ -59,10 +60,40 @@ def main(cfg: DictConfig) -> float:
         log.exception(f"job {hc.job.num} failed; the sweep goes on")
         _mark_failed(run_dir, repr(err))
         return float("nan")
+    if result.status == "interrupted":
+        sys.exit(128 + (result.signum or 0))
     if result.status == "diverged" and not multirun:
         sys.exit(EXIT_DIVERGED)
     return result.best_val_acc
 
 
-if __name__ == "__main__":
+_NO_COMPOSE = {"--help", "-h", "--hydra-help", "--version", "--shell-completion", "-sc"}
+
+
+def check_composition(argv: list[str]) -> None:
+    """Compose the config for these overrides before Hydra starts, so a typo'd key, an
+    unknown group option or a bad override is a config error (exit 2, no run dir) like
+    every other bad value, rather than Hydra's generic exit 1. Sweeps are expanded and
+    every combination is checked."""
+    if _NO_COMPOSE & set(argv):
+        return
+    overrides = [a for a in argv if not a.startswith("-") and "=" in a]
+    from hydra.errors import HydraException
+
+    from runner.compose import compose_config, expand
+
+    try:
+        for combo in expand(overrides):
+            compose_config(combo)
+    except HydraException as err:
+        print(f"config error: {err}", file=sys.stderr)
+        sys.exit(EXIT_CONFIG)
+
+
+def cli() -> None:
+    check_composition(sys.argv[1:])
     main()
+
+
+if __name__ == "__main__":
+    cli()

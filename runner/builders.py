@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +24,17 @@ class Run:
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: LRSchedule
+    amp_ctx: Any  # autocast context (or a no-op)
+    scaler: torch.amp.GradScaler | None  # fp16 only
+
+
+def autocast(device: torch.device, enabled: bool) -> tuple[Any, torch.amp.GradScaler | None]:
+    """bf16 autocast where the device supports it, else fp16 with a GradScaler."""
+    if not enabled:
+        return nullcontext(), None
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return torch.autocast("cuda", dtype=torch.float16), torch.amp.GradScaler("cuda")
+    return torch.autocast(device.type, dtype=torch.bfloat16), None
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -91,4 +103,4 @@ def build_run(cfg: Mapping[str, Any]) -> Run:
     scheduler = build_scheduler(
         cfg["scheduler"], optimizer, epochs=cfg["epochs"], steps_per_epoch=steps_per_epoch
     )
-    return Run(device, data, model, optimizer, scheduler)
+    return Run(device, data, model, optimizer, scheduler, *autocast(device, cfg["trainer"]["amp"]))

@@ -54,8 +54,40 @@ def group_multipliers(scales: Any, model_cfg: Mapping[str, Any]) -> list[float]:
     return [float(scales.get(p, 1.0)) for p in parts]
 
 
+TOP_LEVEL = ("model", "optimizer", "scheduler", "data", "logger", "trainer", "lr_find",
+             "seed", "epochs", "resume")  # fmt: skip
+
+
+def check_known_keys(cfg: Mapping[str, Any]) -> None:
+    """Keys added with `+key=...` that nothing reads are typos: reject them by name.
+
+    A group's allowed keys are those of its option's YAML file (the scheduler's are
+    checked by its registry, which knows every schedule's parameters)."""
+    import yaml
+
+    from runner.compose import CONF
+
+    for key in cfg:
+        if key not in TOP_LEVEL:
+            raise ConfigError(key, cfg[key], f"unknown top-level key; known: {list(TOP_LEVEL)}")
+    for group in ("model", "optimizer", "data", "logger", "trainer", "lr_find"):
+        option = cfg[group].get("name", "default")
+        path = CONF / group / f"{option}.yaml"
+        if not path.is_file():
+            continue  # an unknown name: the group's own check names the choices
+        allowed = list(yaml.safe_load(path.read_text()))
+        for key in cfg[group]:
+            if key not in allowed:
+                raise ConfigError(
+                    f"{group}.{key}",
+                    cfg[group][key],
+                    f"unknown key; {group} '{option}' has {allowed}",
+                )
+
+
 def validate(cfg: Mapping[str, Any]) -> None:
     """Raise ConfigError naming the first bad key; returns quietly when the config can run."""
+    check_known_keys(cfg)
     from runner.data import train_size, validate_data
     from runner.loggers import validate_logger
     from runner.lr_find import validate_lr_find
@@ -73,6 +105,22 @@ def validate(cfg: Mapping[str, Any]) -> None:
         if not isinstance(trainer[key], bool):
             raise ConfigError(f"trainer.{key}", trainer[key], "must be true or false")
     _int("trainer.log_every_n_steps", trainer["log_every_n_steps"], 0)
+    if trainer["monitor"] not in EPOCH_METRICS:
+        raise ConfigError(
+            "trainer.monitor", trainer["monitor"], f"must be one of {list(EPOCH_METRICS)}"
+        )
+    if trainer["monitor_mode"] not in ("min", "max"):
+        raise ConfigError("trainer.monitor_mode", trainer["monitor_mode"], "must be min or max")
+    if not isinstance(trainer["checkpoint"], bool):
+        raise ConfigError("trainer.checkpoint", trainer["checkpoint"], "must be true or false")
+    if (
+        trainer["diverge_loss"] is not None
+        and _number("trainer.diverge_loss", trainer["diverge_loss"]) <= 0
+    ):
+        raise ConfigError("trainer.diverge_loss", trainer["diverge_loss"], "must be null or > 0")
+    from runner.builders import resolve_device
+
+    resolve_device(trainer["device"])  # `cuda` without CUDA: an error now, not mid-run
     if trainer["progress"] not in _PROGRESS:
         raise ConfigError(
             "trainer.progress", trainer["progress"], f"must be one of {list(_PROGRESS)}"

@@ -129,8 +129,9 @@ def range_test(
     """
     import torch
 
+    from runner.builders import autocast
     from runner.data import batches
-    from runner.train import autocast, evaluate, progress_bar, train_step
+    from runner.train import evaluate, progress_bar, train_step
 
     device = next(model.parameters()).device
     saved = (

@@ -1,4 +1,5 @@
-"""OmegaConf resolvers the configs use to scale the lecture's 200-epoch settings to a run.
+"""OmegaConf resolvers the configs use: lecture scaling (200 epochs -> the run's) and the
+run dir of a resumed run.
 
 Registered when `runner` is imported, so they exist wherever a config is resolved
 (the CLI, the compose API in tests, joblib workers).
@@ -21,6 +22,18 @@ def lecture_gamma(gamma: float, epochs: int) -> float:
     return float(gamma) ** (LECTURE_EPOCHS / epochs)
 
 
+def run_dir(resume: object, default: str) -> str:
+    """hydra.run.dir: the dir named by resume=<dir>, else the default (also for resume=true)."""
+    return resume if isinstance(resume, str) and resume.lower() != "true" else default
+
+
+def hydra_subdir(resume: object) -> str:
+    """Where Hydra writes its .hydra/ files: nested when resuming, so the original stays."""
+    return ".hydra/resumed" if resume else ".hydra"
+
+
 def register() -> None:
+    OmegaConf.register_new_resolver("run_dir", run_dir, replace=True)
+    OmegaConf.register_new_resolver("hydra_subdir", hydra_subdir, replace=True)
     OmegaConf.register_new_resolver("lecture_epochs", lecture_epochs, replace=True)
     OmegaConf.register_new_resolver("lecture_gamma", lecture_gamma, replace=True)

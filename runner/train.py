@@ -13,7 +13,6 @@ import math
 import sys
 import time
 from collections.abc import Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,33 +21,28 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.nn import functional as F
 
+from runner import checkpoint
 from runner.builders import Run, build_run
 from runner.config import validate
 from runner.data import batches
 from runner.loggers import RunLogger, open_logger
+from runner.stopping import StopFlag, stop_on_signals
+from schedulers import ConfigError
 
 log = logging.getLogger("schedlab")
 
 
 @dataclass(frozen=True)
 class Result:
-    status: str  # completed | diverged
+    status: str  # completed | diverged | interrupted
     best_val_acc: float
-    epochs_run: int
+    epochs_done: int
+    signum: int | None = None  # the signal that interrupted the run
 
 
 def group_names(optimizer: torch.optim.Optimizer) -> list[str]:
     """A param group's `name` if it has one, else group<i>; keys of the `lr/<group>` metrics."""
     return [g.get("name", f"group{i}") for i, g in enumerate(optimizer.param_groups)]
-
-
-def autocast(device: torch.device, enabled: bool) -> tuple[Any, torch.amp.GradScaler | None]:
-    """bf16 autocast where the device supports it, else fp16 with a GradScaler."""
-    if not enabled:
-        return nullcontext(), None
-    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        return torch.autocast("cuda", dtype=torch.float16), torch.amp.GradScaler("cuda")
-    return torch.autocast(device.type, dtype=torch.bfloat16), None
 
 
 def train_step(
@@ -100,17 +94,38 @@ def progress_bar(mode: str, total: int, desc: str) -> Any:
     return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True, file=sys.stderr)
 
 
-def fit(cfg: DictConfig, run: Run, logger: RunLogger) -> Result:
+def fit(
+    cfg: DictConfig,
+    run: Run,
+    logger: RunLogger,
+    *,
+    ckpt_dir: Path | None = None,
+    start: dict[str, Any] | None = None,
+    stop: StopFlag | None = None,
+) -> Result:
+    """Train from epoch 0, or from the checkpoint `start`; checkpoint into ckpt_dir if given."""
     model, optimizer, scheduler, data = run.model, run.optimizer, run.scheduler, run.data
-    amp_ctx, scaler = autocast(run.device, cfg.trainer.amp)
     shuffle = torch.Generator().manual_seed(cfg.seed)  # data order: its own stream, seeded
+    progress = checkpoint.restore(start, run, shuffle) if start else checkpoint.Progress()
+    stop = stop or StopFlag()
     names = group_names(optimizer)
     batch_size = cfg.data.batch_size
     steps_per_epoch = math.ceil(data.y_train.shape[0] / batch_size)
     every = cfg.trainer.log_every_n_steps
-    best_acc, step, status = 0.0, 0, "completed"
+    monitor, sign = cfg.trainer.monitor, (1 if cfg.trainer.monitor_mode == "max" else -1)
+    diverge_loss = cfg.trainer.diverge_loss
+    t_start = time.perf_counter() - progress.elapsed_s
 
-    for epoch in range(cfg.epochs):
+    def save(is_best: bool = False) -> None:
+        if ckpt_dir is not None and cfg.trainer.checkpoint:
+            progress.elapsed_s = time.perf_counter() - t_start
+            checkpoint.save(ckpt_dir, run=run, progress=progress, shuffle=shuffle,
+                            wandb_id=logger.run_id, is_best=is_best)  # fmt: skip
+
+    if start is None:
+        save()  # a resume point even before the first epoch ends
+
+    for epoch in range(progress.epoch, cfg.epochs):
         t0 = time.perf_counter()
         lrs = {f"lr/{n}": g["lr"] for n, g in zip(names, optimizer.param_groups, strict=True)}
 
@@ -120,31 +135,46 @@ def fit(cfg: DictConfig, run: Run, logger: RunLogger) -> Result:
         correct = torch.zeros((), device=run.device)
         bar = progress_bar(cfg.trainer.progress, steps_per_epoch, f"epoch {epoch}/{cfg.epochs}")
         for x, y in batches(data.x_train, data.y_train, batch_size, shuffle):
-            loss, logits = train_step(model, optimizer, x, y, amp_ctx, scaler)
+            loss, logits = train_step(model, optimizer, x, y, run.amp_ctx, run.scaler)
             loss_sum += loss * y.shape[0]
             correct += (logits.argmax(1) == y).sum()
             scheduler.step_batch()  # advances only `interval: step` schedules
-            step += 1
-            if every and step % every == 0:
+            progress.step += 1
+            if every and progress.step % every == 0:
                 step_lrs = {
                     f"lr_step/{n}": g["lr"]
                     for n, g in zip(names, optimizer.param_groups, strict=True)
                 }
                 logger.log_step(
-                    {"trainer/global_step": step, "train/step_loss": loss.item(), **step_lrs}
+                    {
+                        "trainer/global_step": progress.step,
+                        "train/step_loss": loss.item(),
+                        **step_lrs,
+                    }
                 )
             if bar is not None:
                 bar.update()
+            if stop.signum is not None:
+                break
         if bar is not None:
             bar.close()
+
+        # -- interrupted: drop the partial epoch; last.pt (the epoch before) is the resume point
+        if stop.signum is not None:
+            log.warning(
+                f"interrupted in epoch {epoch}; resume continues from epoch {progress.epoch}"
+            )
+            return Result("interrupted", progress.best_val_acc, progress.epoch, stop.signum)
         n_train = data.y_train.shape[0]
         train_loss, train_acc = loss_sum.item() / n_train, correct.item() / n_train
 
         # -- validate
-        val_loss, val_acc = evaluate(model, data.x_val, data.y_val, amp_ctx, max(batch_size, 1024))
+        val_loss, val_acc = evaluate(
+            model, data.x_val, data.y_val, run.amp_ctx, max(batch_size, 1024)
+        )
 
         # -- log
-        best_acc = max(best_acc, val_acc)
+        progress.best_val_acc = max(progress.best_val_acc, val_acc)
         row = {
             "epoch": epoch,
             **lrs,
@@ -155,10 +185,6 @@ def fit(cfg: DictConfig, run: Run, logger: RunLogger) -> Result:
             "time/epoch_s": time.perf_counter() - t0,
         }
         logger.log_epoch(row)
-
-        # -- schedule: once per epoch, after the batch loop (sets the lr of the next epoch);
-        # a Plateau schedule reads its monitored metric from the row
-        scheduler.step_epoch(row)
         lr_text = " ".join(f"{k}={v:.3g}" for k, v in lrs.items())
         log.info(
             f"epoch {epoch:>3}/{cfg.epochs}  {lr_text}  train/loss={train_loss:.4f} "
@@ -166,12 +192,26 @@ def fit(cfg: DictConfig, run: Run, logger: RunLogger) -> Result:
             f"({row['time/epoch_s']:.2f}s)"
         )
 
-        # -- stop a diverged run: nothing after a NaN/inf loss is worth computing
-        if not math.isfinite(train_loss) or not math.isfinite(val_loss):
-            status = "diverged"
-            log.warning(f"loss is not finite at epoch {epoch}: run diverged, stopping")
-            return Result(status, best_acc, epoch + 1)
-    return Result(status, best_acc, cfg.epochs)
+        # -- stop a diverged run: nothing after a NaN/inf (or too large) loss is worth computing
+        losses = (train_loss, val_loss)
+        if not all(map(math.isfinite, losses)) or (
+            diverge_loss is not None and max(losses) > diverge_loss
+        ):
+            log.warning(f"loss {train_loss:.4g} at epoch {epoch}: run diverged, stopping")
+            return Result("diverged", progress.best_val_acc, epoch + 1)
+
+        # -- schedule: once per epoch, after the batch loop (sets the lr of the next epoch);
+        # a Plateau schedule reads its monitored metric from the row
+        scheduler.step_epoch(row)
+
+        # -- checkpoint: the state the next epoch starts from
+        progress.epoch = epoch + 1
+        value = row[monitor]
+        is_best = progress.best_metric is None or sign * value > sign * progress.best_metric
+        if is_best:
+            progress.best_metric = value
+        save(is_best)
+    return Result("completed", progress.best_val_acc, cfg.epochs)
 
 
 def use_range_test(cfg: DictConfig, run_dir: Path) -> float:
@@ -191,34 +231,78 @@ def use_range_test(cfg: DictConfig, run_dir: Path) -> float:
     return float(lr)
 
 
+def load_resume(cfg: DictConfig, run_dir: Path) -> tuple[DictConfig, Path, dict[str, Any]]:
+    """`resume=<run dir>` (or `resume=true` in the Hydra run dir): its saved config, the dir,
+    and its last checkpoint."""
+    target = run_dir if cfg.resume is True else Path(str(cfg.resume))
+    if not (target / "config.yaml").is_file():
+        raise ConfigError(
+            "resume", str(cfg.resume), f"no run to resume: {target}/config.yaml missing"
+        )
+    saved = OmegaConf.load(target / "config.yaml")
+    OmegaConf.set_struct(saved, True)
+    state = checkpoint.load(target / checkpoint.LAST)
+    return saved, target, state
+
+
+def _keep_rows_before(metrics: Path, epoch: int) -> None:
+    """Rows logged after the checkpoint was written are redone by the resumed run."""
+    if metrics.exists():
+        lines = metrics.read_text().splitlines()
+        kept = [line for line in lines if json.loads(line)["epoch"] < epoch]
+        metrics.write_text("".join(line + "\n" for line in kept))
+
+
 def train(
     cfg: DictConfig,
     run_dir: Path,
     overrides: Sequence[str] = (),
     sweep_name: str | None = None,
 ) -> Result:
-    """Validate, build, fit, and leave metrics.jsonl, config.yaml and status.json in run_dir."""
-    validate(cfg)  # before anything is built or written
+    """Validate, build, fit, and leave metrics.jsonl, config.yaml, checkpoints and
+    status.json in run_dir."""
     run_dir = Path(run_dir)
+    state = None
+    if cfg.resume:
+        cfg, run_dir, state = load_resume(cfg, run_dir)
+    validate(cfg)  # before anything is built or written
     run_dir.mkdir(parents=True, exist_ok=True)
     found = use_range_test(cfg, run_dir) if cfg.optimizer.lr == "find" else None
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    if state is None:
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    else:
+        _keep_rows_before(run_dir / "metrics.jsonl", state["progress"]["epoch"])
+        log.info(f"resuming {run_dir} at epoch {state['progress']['epoch']}")
     config = OmegaConf.to_container(cfg, resolve=True)
     if found is not None:
         config["lr_find"]["found_lr"] = found  # W&B config: the lr the range test chose
-    t0 = time.perf_counter()
     run = build_run(cfg)
     log.info(
         f"{cfg.model.name} on {cfg.data.name} ({run.device}), {cfg.optimizer.name} "
         f"lr={cfg.optimizer.lr}, scheduler={cfg.scheduler.name}, {cfg.epochs} epochs"
     )
-    with open_logger(cfg.logger, run_dir, config, list(overrides), sweep_name) as logger:
-        result = fit(cfg, run, logger)
-        wall = time.perf_counter() - t0
+    wandb_id = state["wandb_id"] if state else None
+    with (
+        open_logger(cfg.logger, run_dir, config, list(overrides), sweep_name, wandb_id) as logger,
+        stop_on_signals() as stop,
+    ):
+        t0 = time.perf_counter()
+        result = fit(cfg, run, logger, ckpt_dir=run_dir, start=state, stop=stop)
+        wall = time.perf_counter() - t0 + (state["progress"]["elapsed_s"] if state else 0.0)
         logger.summary(
-            {"status": result.status, "best/val_acc": result.best_val_acc, "time/total_s": wall}
+            {
+                "status": result.status,
+                "diverged": result.status == "diverged",
+                "best/val_acc": result.best_val_acc,
+                "time/total_s": wall,
+            }
         )
-    status = {**result.__dict__, "wall_time_s": wall}
+    status = {
+        "status": result.status,
+        "best_val_acc": result.best_val_acc,
+        "epochs_done": result.epochs_done,
+        "wall_time_s": wall,
+    }
     (run_dir / "status.json").write_text(json.dumps(status, indent=2) + "\n")
     log.info(f"{result.status}: best val/acc={result.best_val_acc:.4f}; outputs in {run_dir}")
     return result

@@ -16,25 +16,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
-
-
-def expand(overrides: list[str]) -> list[list[str]]:
-    """Every combination a Hydra multirun with these overrides would launch."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    parsed = OverridesParser.create().parse_overrides(overrides)
-    (batch,) = BasicSweeper.split_arguments(parsed, max_batch_size=None)
-    return [list(combo) for combo in batch]
-
-
-def compose_config(overrides: list[str]) -> Any:
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(str(CONF), version_base="1.3"):
-        return compose("config", overrides=overrides)
-
 
 def simulate(cfg: Any, steps_per_epoch: int | None = None) -> dict[str, Any]:
     """Step the configured schedule like the loop does; lr per epoch and per batch, per group."""
@@ -124,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from hydra.errors import HydraException
 
+    from runner.compose import compose_config, expand
     from schedulers import ConfigError
     from schedulers.plot import plot_lr_curves
 

@@ -9,11 +9,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-ROOT = Path(__file__).resolve().parents[1]
-CONF = ROOT / "conf"
+from runner.compose import CONF as CONF  # re-exported for the tests
+from runner.compose import compose_config
+
 WANDB_CLI = Path(sys.executable).parent / "wandb"
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
@@ -25,8 +25,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 
 def make_cfg(*overrides: str) -> DictConfig:
     """The config `python -m runner <overrides>` would run, composed by Hydra's compose API."""
-    with initialize_config_dir(str(CONF), version_base="1.3"):
-        return compose("config", overrides=list(overrides))
+    return compose_config(list(overrides))
 
 
 def read_metrics(run_dir: Path) -> list[dict]:

@@ -1,0 +1,52 @@
+"""SIGINT/SIGTERM: stop cleanly at the next batch boundary; a second signal exits at once.
+
+The loop polls the flag after each batch, abandons the partial epoch (the
+checkpoint of the epoch before stays the resume point), and exits with 128 +
+the signal number (130 for Ctrl-C, 143 for SIGTERM).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+log = logging.getLogger("schedlab")
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@dataclass
+class StopFlag:
+    signum: int | None = None
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + (self.signum or 0)
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[StopFlag]:
+    flag = StopFlag()
+    if threading.current_thread() is not threading.main_thread():
+        yield flag  # handlers can only be installed in the main thread (e.g. some launchers)
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        if flag.signum is not None:
+            os._exit(128 + signum)  # second signal: no more waiting; last.pt is always whole
+        flag.signum = signum
+        log.warning(
+            f"{signal.Signals(signum).name}: stopping after this batch and keeping the last "
+            "checkpoint (send it again to exit at once)"
+        )
+
+    previous = {s: signal.signal(s, handler) for s in SIGNALS}
+    try:
+        yield flag
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)

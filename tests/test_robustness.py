@@ -1,0 +1,242 @@
+"""Nothing lost: exact resume after SIGKILL, clean stops on signals, divergence, W&B failure,
+secrets kept out of outputs, and a battery of malformed configs that all fail cleanly."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from runner.loggers import open_logger
+from runner.train import train
+from tests.conftest import make_cfg, read_metrics, run_cli, wandb_records
+
+# LeNet with batch 16 on digits: ~0.3 s an epoch, slow enough to be stopped mid-run
+SLOW = ("model=lenet", "data.batch_size=16", "optimizer.lr=0.02", "trainer.progress=line")
+
+
+def start(args: list[str], cwd: Path) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env["OMP_NUM_THREADS"] = "1"
+    return subprocess.Popen(
+        [sys.executable, "-m", "runner", *args], cwd=cwd, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def wait_for_rows(run_dir: Path, n: int, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    metrics = run_dir / "metrics.jsonl"
+    while time.monotonic() < deadline:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= n:
+            return
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.02)
+    raise AssertionError(f"no {n} epochs within {timeout}s")
+
+
+def comparable(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows]
+
+
+def reference(tmp_path: Path, args: list[str]) -> list[dict]:
+    """The same run, never interrupted, through the same CLI."""
+    proc = run_cli(*args, f"hydra.run.dir={tmp_path / 'reference'}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    return comparable(read_metrics(tmp_path / "reference"))
+
+
+@pytest.mark.parametrize(
+    "schedule",
+    [
+        ["scheduler=step", "scheduler.step_size=2", "scheduler.gamma=0.5"],
+        ["scheduler=cosine", "scheduler.warmup_epochs=1"],
+        ["scheduler=plateau", "scheduler.patience=0", "scheduler.factor=0.5"],
+    ],
+    ids=["step", "cosine", "plateau"],
+)
+def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path, schedule):
+    args = [*SLOW, *schedule, "epochs=6", "logger=none", "trainer.log_every_n_steps=7"]
+    run_dir = tmp_path / "run"
+    proc = start([*args, f"hydra.run.dir={run_dir}"], tmp_path)
+    wait_for_rows(run_dir, 2, proc)
+    proc.kill()  # SIGKILL: no handler, no cleanup
+    proc.communicate()
+    assert not (run_dir / "status.json").exists()
+    assert (run_dir / "last.pt").exists()
+    assert len(read_metrics(run_dir)) < 6
+
+    resumed = run_cli(f"resume={run_dir}", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    rows = read_metrics(run_dir)
+    assert [r["epoch"] for r in rows] == list(range(6))  # no duplicate epochs
+    assert comparable(rows) == reference(tmp_path, args)  # every value, every epoch
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "completed"
+    assert (run_dir / "best.pt").exists()
+    if "scheduler=plateau" in schedule:
+        assert len({r["lr/group0"] for r in rows}) > 1  # Plateau state carried over a reduction
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_stops_quickly_keeps_a_checkpoint_and_resumes(tmp_path, sig):
+    args = [*SLOW, "epochs=6"]
+    run_dir = tmp_path / "run"
+    proc = start([*args, f"hydra.run.dir={run_dir}"], tmp_path)
+    wait_for_rows(run_dir, 1, proc)
+    time.sleep(0.1)  # into the next epoch
+    sent = time.monotonic()
+    proc.send_signal(sig)
+    proc.communicate(timeout=30)
+    assert time.monotonic() - sent < 5
+    assert proc.returncode == 128 + sig
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["status"] == "interrupted"
+    assert (run_dir / "last.pt").exists()
+
+    # both spellings of resume: the run dir as the value, or Hydra's run dir + resume=true
+    how = (
+        [f"resume={run_dir}"]
+        if sig == signal.SIGTERM
+        else [f"hydra.run.dir={run_dir}", "resume=true"]
+    )
+    resumed = run_cli(*how, cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    rows = read_metrics(run_dir)
+    assert [r["epoch"] for r in rows] == list(range(6))
+    # the W&B run continues under the same id
+    ids = {p.name.rsplit("-", 1)[1] for p in run_dir.glob("wandb/offline-run-*")}
+    assert len(ids) == 1 and len(list(run_dir.glob("wandb/offline-run-*"))) == 2
+    assert comparable(rows) == reference(tmp_path, [*args, "logger=none"])
+
+
+def test_corrupt_checkpoint_gives_a_clear_error(tmp_path):
+    run_dir = tmp_path / "run"
+    done = run_cli("epochs=2", "logger=none", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    last = run_dir / "last.pt"
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])  # truncated
+    proc = run_cli(f"resume={run_dir}", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "last.pt is unreadable" in proc.stderr and "resume=" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_resume_of_a_dir_without_a_run_is_a_config_error(tmp_path):
+    proc = run_cli(f"resume={tmp_path / 'nothing'}", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "resume=" in proc.stderr and "config.yaml missing" in proc.stderr
+
+
+def test_nan_loss_marks_the_run_diverged_with_its_own_exit_code(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = run_cli("optimizer.lr=1e10", "scheduler=none", "epochs=5", f"hydra.run.dir={run_dir}",
+                   cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 3
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "diverged"
+    summary = {}
+    for record in wandb_records(run_dir):
+        if record["type"] == "summary":
+            summary.update(record["summary"].get("update", {}))
+    assert summary["diverged"] is True and summary["status"] == "diverged"
+
+
+def test_diverge_loss_threshold_stops_a_run(tmp_path):
+    cfg = make_cfg("logger=none", "trainer.diverge_loss=0.5", "epochs=5")
+    result = train(cfg, tmp_path)
+    assert result.status == "diverged" and result.epochs_done == 1
+
+
+def test_unwritable_wandb_dir_costs_a_warning_not_the_run(tmp_path, caplog):
+    (tmp_path / "wandb").write_text("a file where W&B wants its folder")
+    result = train(make_cfg("epochs=2"), tmp_path)
+    assert result.status == "completed"
+    assert len(read_metrics(tmp_path)) == 2
+    assert any("W&B could not start" in r.message for r in caplog.records)
+
+
+def test_wandb_dying_mid_run_leaves_metrics_jsonl_complete(tmp_path, caplog):
+    cfg = make_cfg("epochs=2")
+    with open_logger(cfg.logger, tmp_path, {}, [], None) as logger:
+        logger.log_epoch({"epoch": 0, "val/acc": 0.5})
+        logger.wandb_run.finish()  # the service is gone from here on
+        logger.log_epoch({"epoch": 1, "val/acc": 0.6})
+        logger.log_epoch({"epoch": 2, "val/acc": 0.7})
+    assert [r["epoch"] for r in read_metrics(tmp_path)] == [0, 1, 2]
+    assert sum("W&B logging failed" in r.message for r in caplog.records) == 1
+
+
+def test_no_api_key_or_environment_in_outputs(tmp_path):
+    secrets = {"WANDB_API_KEY": "local-0123456789abcdef0123456789abcdef01234567",
+               "SCHEDLAB_TEST_SECRET": "hunter2-do-not-write"}  # fmt: skip
+    run_dir = tmp_path / "run"
+    env = {**os.environ, **secrets}
+    proc = subprocess.run(
+        [sys.executable, "-m", "runner", "epochs=1", f"hydra.run.dir={run_dir}"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    for path in run_dir.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            for value in secrets.values():
+                assert value.encode() not in data, path
+
+
+BAD = [
+    ("epochs=0", "epochs"),
+    ("epochs=-3", "epochs"),
+    ("epochs=abc", "epochs"),
+    ("seed=-1", "seed"),
+    ("optimizer.lr=0", "optimizer.lr"),
+    ("optimizer.lr=-0.1", "optimizer.lr"),
+    ("optimizer.lr=fast", "optimizer.lr"),
+    ("optimizer.momentum=1.5", "optimizer.momentum"),
+    ("optimizer.weight_decay=-1", "optimizer.weight_decay"),
+    ("data.batch_size=0", "data.batch_size"),
+    ("data.batch_size=-8", "data.batch_size"),
+    ("data.val_fraction=0", "data.val_fraction"),
+    ("trainer.device=cuda", "trainer.device"),
+    ("trainer.device=tpu", "trainer.device"),
+    ("trainer.amp=yes", "trainer.amp"),
+    ("trainer.monitor=val/f1", "trainer.monitor"),
+    ("trainer.diverge_loss=-1", "trainer.diverge_loss"),
+    ("scheduler.gamma=0 scheduler=step", "scheduler.gamma"),
+    ("scheduler=step scheduler.step_size=0", "scheduler.step_size"),
+    ("scheduler=multistep scheduler.milestones=[5,2]", "scheduler.milestones"),
+    ("scheduler=cosine scheduler.eta_min=1.0", "scheduler.eta_min"),
+    ("scheduler=plateau scheduler.mode=up", "scheduler.mode"),
+    ("scheduler=plateau scheduler.factor=1.0", "scheduler.factor"),
+    ("scheduler=lambda scheduler.lr_lambda=exec(1)", "scheduler.lr_lambda"),
+    ("scheduler.warmup_epochs=50", "scheduler.warmup_epochs"),
+    ("scheduler=onecycle scheduler.warmup_epochs=2", "scheduler.warmup_epochs"),
+    ("model.dropout=1.0", "model.dropout"),
+    ("model=lenet model.min_input_size=4", "model.min_input_size"),
+    ("logger.mode=sometimes", "logger.mode"),
+    ("lr_find.start_lr=0", "lr_find.start_lr"),
+    ("lr_find.num_iters=3", "lr_find.num_iters"),
+    ("optimizer.lrr=0.1", "optimizer.lrr"),
+    ("+optimizer.foo=1", "optimizer.foo"),
+    ("+bogus=1", "bogus"),
+    ("scheduler=nope", "scheduler"),
+    ("optimizer.param_groups={tail:1}", "optimizer.param_groups.tail"),
+    ("data=mnist data.root=/nonexistent/mnist", "data.root"),
+    ("resume=/nonexistent/run", "resume"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "key"), BAD, ids=[b[0] for b in BAD])
+def test_malformed_config_exits_2_naming_the_key(tmp_path, overrides, key):
+    proc = run_cli(*overrides.split(), cwd=tmp_path)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert key in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) <= 20  # one message, not a dump
+    # nothing left behind but, at most, a run dir marked failed
+    for run_dir in (tmp_path / "outputs").glob("runs/*/*"):
+        assert json.loads((run_dir / "status.json").read_text())["status"] == "failed"
