@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install train test lint format clean lecture-curves thumbnails
+.PHONY: help install train test lint format clean lecture-curves thumbnails bench
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -31,6 +31,12 @@ thumbnails: $(STAMP) ## regenerate the README's schedule thumbnails in docs/sche
 	$(BIN)/python -m schedulers.preview --small --quiet --out docs/schedules epochs=30 \
 	  scheduler=$$(ls conf/scheduler | sed 's/\.yaml$$//' | paste -sd, -)
 	rm -f docs/schedules/compare.png
+
+bench: $(STAMP) ## benchmarks (not part of test): overhead vs hand loop/Lightning, start-up, GPU
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	WANDB_SILENT=true $(BIN)/python benchmarks/bench_overhead.py
+	$(BIN)/python benchmarks/bench_startup.py
+	$(BIN)/python benchmarks/bench_gpu.py
 
 lint: $(STAMP) ## ruff check + format check
 	$(BIN)/ruff check .

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from runner.data import TensorData, load_data
+from runner.data import TensorData, load_data, place
 from runner.models import build_model, model_parts
 from schedulers import ConfigError, LRSchedule, build_scheduler
 
@@ -26,6 +26,11 @@ class Run:
     scheduler: LRSchedule
     amp_ctx: Any  # autocast context (or a no-op)
     scaler: torch.amp.GradScaler | None  # fp16 only
+    forward: torch.nn.Module  # what batches go through: the model, or torch.compile of it
+    channels_last: bool  # batches converted to channels_last before the forward pass
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
 
 def autocast(device: torch.device, enabled: bool) -> tuple[Any, torch.amp.GradScaler | None]:
@@ -84,23 +89,33 @@ def build_optimizer(
 
 
 def build_training_parts(
-    cfg: Mapping[str, Any],
+    cfg: Mapping[str, Any], data: TensorData | None = None
 ) -> tuple[torch.device, TensorData, torch.nn.Module, torch.optim.Optimizer]:
-    """Seed, then data, model, optimizer, in that order (the order fixes the RNG use)."""
+    """Seed, then data, model, optimizer, in that order (the order fixes the RNG use).
+    `data` skips loading (loading uses no RNG; the split is fixed by data.split_seed)."""
     seed_everything(cfg["seed"], cfg["trainer"]["deterministic"])
     device = resolve_device(cfg["trainer"]["device"])
-    data = load_data(cfg["data"]).to(device)
+    data = place(data if data is not None else load_data(cfg["data"]), device)
     model = build_model(cfg["model"], data.image_shape, data.num_classes).to(device)
     optimizer = build_optimizer(cfg["optimizer"], model, cfg["model"])
     return device, data, model, optimizer
 
 
-def build_run(cfg: Mapping[str, Any]) -> Run:
+def build_run(cfg: Mapping[str, Any], data: TensorData | None = None) -> Run:
     """Everything `fit` needs: the training parts plus the lr schedule."""
-    device, data, model, optimizer = build_training_parts(cfg)
+    device, data, model, optimizer = build_training_parts(cfg, data)
     # the only place epochs meet batches: per-step schedules need the batches per epoch
     steps_per_epoch = math.ceil(len(data.y_train) / cfg["data"]["batch_size"])
     scheduler = build_scheduler(
         cfg["scheduler"], optimizer, epochs=cfg["epochs"], steps_per_epoch=steps_per_epoch
     )
-    return Run(device, data, model, optimizer, scheduler, *autocast(device, cfg["trainer"]["amp"]))
+    trainer = cfg["trainer"]
+    has_conv = any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+    channels_last = trainer["channels_last"] is True or (
+        trainer["channels_last"] == "auto" and device.type == "cuda" and has_conv
+    )
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    forward = torch.compile(model) if trainer["compile"] else model
+    amp_ctx, scaler = autocast(device, trainer["amp"])
+    return Run(device, data, model, optimizer, scheduler, amp_ctx, scaler, forward, channels_last)

@@ -101,7 +101,11 @@ def validate(cfg: Mapping[str, Any]) -> None:
         raise ConfigError(
             "trainer.device", trainer["device"], "must be auto, cpu, mps, cuda or cuda:N"
         )
-    for key in ("amp", "deterministic"):
+    if trainer["channels_last"] not in ("auto", True, False):
+        raise ConfigError(
+            "trainer.channels_last", trainer["channels_last"], "must be auto, true or false"
+        )
+    for key in ("amp", "deterministic", "compile"):
         if not isinstance(trainer[key], bool):
             raise ConfigError(f"trainer.{key}", trainer[key], "must be true or false")
     _int("trainer.log_every_n_steps", trainer["log_every_n_steps"], 0)

@@ -27,10 +27,11 @@ class RunLogger:
     run, never the training: metrics.jsonl is the record that must not be lost.
     """
 
-    def __init__(self, run_dir: Path, wandb_run: Any = None) -> None:
+    def __init__(self, run_dir: Path, wandb_run: Any = None, background: Any = None) -> None:
         self.metrics_path = run_dir / "metrics.jsonl"
         self.wandb_run = wandb_run
         self.run_id: str | None = getattr(wandb_run, "id", None)
+        self.background = background  # runs W&B calls off the training thread when given
 
     def log_epoch(self, row: Mapping[str, Any]) -> None:
         with self.metrics_path.open("a") as f:
@@ -47,11 +48,24 @@ class RunLogger:
     def _to_wandb(self, call: Any) -> None:
         if self.wandb_run is None:
             return
-        try:
-            call(self.wandb_run)
-        except Exception as err:
-            log.warning(f"W&B logging failed ({err!r}); continuing with metrics.jsonl only")
-            self.wandb_run = None
+
+        def guarded() -> None:
+            if self.wandb_run is None:
+                return
+            try:
+                call(self.wandb_run)
+            except Exception as err:
+                log.warning(f"W&B logging failed ({err!r}); continuing with metrics.jsonl only")
+                self.wandb_run = None
+
+        if self.background is None:
+            guarded()
+        else:
+            self.background.submit(guarded)
+
+    def flush(self) -> None:
+        if self.background is not None:
+            self.background.flush()
 
 
 def validate_logger(cfg: Mapping[str, Any]) -> None:
@@ -70,6 +84,7 @@ def open_logger(
     overrides: list[str],
     sweep_name: str | None,
     resume_id: str | None = None,
+    background: Any = None,
 ) -> Iterator[RunLogger]:
     """A RunLogger for the duration of one run; the W&B run is finished on exit, with a
     failing exit code if the body raised (Hydra would otherwise record a crash as exit 0).
@@ -86,7 +101,7 @@ def open_logger(
         log.warning(f"W&B could not start ({err!r}); continuing with metrics.jsonl only")
         yield RunLogger(run_dir)
         return
-    logger = RunLogger(run_dir, run)
+    logger = RunLogger(run_dir, run, background)
     try:
         yield logger
     except BaseException:
@@ -96,6 +111,10 @@ def open_logger(
 
 
 def _finish(logger: RunLogger, exit_code: int) -> None:
+    try:
+        logger.flush()  # W&B calls still queued go out before the run is closed
+    except Exception as err:
+        log.warning(f"background work failed ({err!r})")
     if logger.wandb_run is not None:
         try:
             logger.wandb_run.finish(exit_code=exit_code)

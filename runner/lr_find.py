@@ -157,13 +157,15 @@ def range_test(
             lr = lr_at(i, cfg)
             for group, ratio in zip(optimizer.param_groups, ratios, strict=True):
                 group["lr"] = lr * ratio
-            loss, _ = train_step(model, optimizer, x, y, amp_ctx, scaler)
+            loss, _ = train_step(model, optimizer, x.to(device), y.to(device), amp_ctx, scaler)
             if bar is not None:
                 bar.update()
             if cfg["val_every"]:
                 if (i + 1) % cfg["val_every"]:
                     continue
-                loss_value = evaluate(model, data.x_val, data.y_val, amp_ctx, 1024)[0]
+                loss_value = evaluate(
+                    model, data.x_val, data.y_val, amp_ctx=amp_ctx, batch_size=1024, device=device
+                )[0]
                 model.train()
             else:
                 loss_value = loss.item()

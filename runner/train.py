@@ -12,7 +12,7 @@ import logging
 import math
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,8 +22,10 @@ from omegaconf import DictConfig, OmegaConf
 from torch.nn import functional as F
 
 from runner import checkpoint
+from runner.background import Background
 from runner.builders import Run, build_run
 from runner.config import validate
+from runner.data import augment as augment_batch
 from runner.data import batches
 from runner.loggers import RunLogger, open_logger
 from runner.stopping import StopFlag, stop_on_signals
@@ -70,15 +72,22 @@ def train_step(
 
 @torch.no_grad()
 def evaluate(
-    model: torch.nn.Module, x_val: torch.Tensor, y_val: torch.Tensor, amp_ctx: Any, batch_size: int
+    model: torch.nn.Module,
+    x_val: torch.Tensor,
+    y_val: torch.Tensor,
+    *,
+    amp_ctx: Any,
+    batch_size: int,
+    device: torch.device,
+    prepare: Callable[[torch.Tensor], torch.Tensor] = lambda x: x,
 ) -> tuple[float, float]:
     """Mean loss and accuracy over the whole validation split (one host sync at the end)."""
     model.eval()
-    loss_sum = torch.zeros((), device=x_val.device)
-    correct = torch.zeros((), device=x_val.device)
-    for x, y in batches(x_val, y_val, batch_size):
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device)
+    for x, y in batches(x_val, y_val, batch_size, device=device):
         with amp_ctx:
-            logits = model(x)
+            logits = model(prepare(x))
         loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
         correct += (logits.argmax(1) == y).sum()
     n = y_val.shape[0]
@@ -102,28 +111,42 @@ def fit(
     ckpt_dir: Path | None = None,
     start: dict[str, Any] | None = None,
     stop: StopFlag | None = None,
+    background: Background | None = None,
 ) -> Result:
-    """Train from epoch 0, or from the checkpoint `start`; checkpoint into ckpt_dir if given."""
-    model, optimizer, scheduler, data = run.model, run.optimizer, run.scheduler, run.data
+    """Train from epoch 0, or from the checkpoint `start`; checkpoint into ckpt_dir if given
+    (written on `background`'s thread when given)."""
     shuffle = torch.Generator().manual_seed(cfg.seed)  # data order: its own stream, seeded
     progress = checkpoint.restore(start, run, shuffle) if start else checkpoint.Progress()
     stop = stop or StopFlag()
+    t_start = time.perf_counter() - progress.elapsed_s
+    saver = None
+    if ckpt_dir is not None and cfg.trainer.checkpoint:
+        saver = checkpoint.Checkpointer(ckpt_dir, cfg.trainer.checkpoint_interval_s, background)
+    try:
+        return _epochs(cfg, run, logger, progress, shuffle, stop, saver, t_start)
+    finally:
+        if saver is not None:
+            saver.persist()  # the newest completed epoch is on disk however the loop ended
+
+
+def _epochs(
+    cfg: DictConfig,
+    run: Run,
+    logger: RunLogger,
+    progress: checkpoint.Progress,
+    shuffle: torch.Generator,
+    stop: StopFlag,
+    saver: checkpoint.Checkpointer | None,
+    t_start: float,
+) -> Result:
+    model, optimizer, scheduler, data = run.model, run.optimizer, run.scheduler, run.data
     names = group_names(optimizer)
     batch_size = cfg.data.batch_size
     steps_per_epoch = math.ceil(data.y_train.shape[0] / batch_size)
     every = cfg.trainer.log_every_n_steps
     monitor, sign = cfg.trainer.monitor, (1 if cfg.trainer.monitor_mode == "max" else -1)
     diverge_loss = cfg.trainer.diverge_loss
-    t_start = time.perf_counter() - progress.elapsed_s
-
-    def save(is_best: bool = False) -> None:
-        if ckpt_dir is not None and cfg.trainer.checkpoint:
-            progress.elapsed_s = time.perf_counter() - t_start
-            checkpoint.save(ckpt_dir, run=run, progress=progress, shuffle=shuffle,
-                            wandb_id=logger.run_id, is_best=is_best)  # fmt: skip
-
-    if start is None:
-        save()  # a resume point even before the first epoch ends
+    augment = cfg.data.get("augment", False)  # only image sets that have the key
 
     for epoch in range(progress.epoch, cfg.epochs):
         t0 = time.perf_counter()
@@ -134,8 +157,12 @@ def fit(
         loss_sum = torch.zeros((), device=run.device)
         correct = torch.zeros((), device=run.device)
         bar = progress_bar(cfg.trainer.progress, steps_per_epoch, f"epoch {epoch}/{cfg.epochs}")
-        for x, y in batches(data.x_train, data.y_train, batch_size, shuffle):
-            loss, logits = train_step(model, optimizer, x, y, run.amp_ctx, run.scaler)
+        for x, y in batches(data.x_train, data.y_train, batch_size, shuffle, run.device):
+            if augment:
+                x = augment_batch(x, shuffle)
+            loss, logits = train_step(
+                run.forward, optimizer, run.prepare(x), y, run.amp_ctx, run.scaler
+            )
             loss_sum += loss * y.shape[0]
             correct += (logits.argmax(1) == y).sum()
             scheduler.step_batch()  # advances only `interval: step` schedules
@@ -170,8 +197,9 @@ def fit(
 
         # -- validate
         val_loss, val_acc = evaluate(
-            model, data.x_val, data.y_val, run.amp_ctx, max(batch_size, 1024)
-        )
+            run.forward, data.x_val, data.y_val, amp_ctx=run.amp_ctx,
+            batch_size=max(batch_size, 1024), device=run.device, prepare=run.prepare,
+        )  # fmt: skip
 
         # -- log
         progress.best_val_acc = max(progress.best_val_acc, val_acc)
@@ -210,7 +238,9 @@ def fit(
         is_best = progress.best_metric is None or sign * value > sign * progress.best_metric
         if is_best:
             progress.best_metric = value
-        save(is_best)
+        if saver is not None:
+            progress.elapsed_s = time.perf_counter() - t_start
+            saver.epoch_end(checkpoint.snapshot(run, progress, shuffle, logger.run_id), is_best)
     return Result("completed", progress.best_val_acc, cfg.epochs)
 
 
@@ -241,6 +271,9 @@ def load_resume(cfg: DictConfig, run_dir: Path) -> tuple[DictConfig, Path, dict[
         )
     saved = OmegaConf.load(target / "config.yaml")
     OmegaConf.set_struct(saved, True)
+    if not (target / checkpoint.LAST).exists() and not (target / checkpoint.BEST).exists():
+        log.info(f"{target} has no checkpoint yet (stopped in its first epoch): starting over")
+        return saved, target, None
     state = checkpoint.load(target / checkpoint.LAST)
     return saved, target, state
 
@@ -262,17 +295,18 @@ def train(
     """Validate, build, fit, and leave metrics.jsonl, config.yaml, checkpoints and
     status.json in run_dir."""
     run_dir = Path(run_dir)
-    state = None
-    if cfg.resume:
+    state, resuming = None, bool(cfg.resume)
+    if resuming:
         cfg, run_dir, state = load_resume(cfg, run_dir)
     validate(cfg)  # before anything is built or written
     run_dir.mkdir(parents=True, exist_ok=True)
     found = use_range_test(cfg, run_dir) if cfg.optimizer.lr == "find" else None
-    if state is None:
+    if not resuming:
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     else:
-        _keep_rows_before(run_dir / "metrics.jsonl", state["progress"]["epoch"])
-        log.info(f"resuming {run_dir} at epoch {state['progress']['epoch']}")
+        start_epoch = state["progress"]["epoch"] if state else 0
+        _keep_rows_before(run_dir / "metrics.jsonl", start_epoch)
+        log.info(f"resuming {run_dir} at epoch {start_epoch}")
     config = OmegaConf.to_container(cfg, resolve=True)
     if found is not None:
         config["lr_find"]["found_lr"] = found  # W&B config: the lr the range test chose
@@ -283,11 +317,17 @@ def train(
     )
     wandb_id = state["wandb_id"] if state else None
     with (
-        open_logger(cfg.logger, run_dir, config, list(overrides), sweep_name, wandb_id) as logger,
+        Background() as background,
+        open_logger(
+            cfg.logger, run_dir, config, list(overrides), sweep_name, wandb_id, background
+        ) as logger,
         stop_on_signals() as stop,
     ):
         t0 = time.perf_counter()
-        result = fit(cfg, run, logger, ckpt_dir=run_dir, start=state, stop=stop)
+        result = fit(
+            cfg, run, logger, ckpt_dir=run_dir, start=state, stop=stop, background=background
+        )
+        background.flush()  # checkpoints on disk before status.json says how the run ended
         wall = time.perf_counter() - t0 + (state["progress"]["elapsed_s"] if state else 0.0)
         logger.summary(
             {

@@ -66,7 +66,7 @@ def test_missing_root_names_key_path_and_fix(tmp_path, data):
 def test_corrupt_cifar_files_give_a_config_error(tmp_path):
     folder = tmp_path / "cifar-10-batches-py"
     folder.mkdir()
-    for name in ("data_batch_1", "test_batch"):
+    for name in [*(f"data_batch_{i}" for i in range(1, 6)), "test_batch"]:
         (folder / name).write_bytes(b"not a pickle")
     cfg = make_cfg("data=cifar10", f"data.root={tmp_path}")
     with pytest.raises(ConfigError) as err:
@@ -99,3 +99,57 @@ def test_batches_cover_every_sample_once_in_a_seeded_order():
     assert order(0).tolist() == order(0).tolist() != order(1).tolist()
     sizes = [len(yb) for _, yb in batches(x, y, 3)]
     assert sizes == [3, 3, 3, 1]
+
+
+def write_cifar_dataset(root: Path, per_batch: int, seed: int = 0) -> None:
+    """A tiny data set in CIFAR-10's python format (the layout torchvision reads)."""
+    import pickle
+
+    rng = np.random.default_rng(seed)
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    for name in [*(f"data_batch_{i}" for i in range(1, 6)), "test_batch"]:
+        labels = [int(v) for v in rng.integers(0, 10, per_batch)]
+        data = rng.integers(0, 256, (per_batch, 3 * 32 * 32), dtype=np.uint8)
+        with (folder / name).open("wb") as f:
+            pickle.dump({b"data": data, b"labels": labels}, f)
+
+
+def test_cifar_files_on_disk_load_as_tensors(tmp_path):
+    write_cifar_dataset(tmp_path, per_batch=12)
+    data = load_data(make_cfg("data=cifar10", f"data.root={tmp_path}").data)
+    assert data.image_shape == (3, 32, 32)
+    assert (len(data.y_train), len(data.y_val)) == (60, 12)
+    assert data.x_train.mean(dim=(0, 2, 3)).abs().max() < 1e-4  # standardised per channel
+
+
+def test_cifar10_fast_preset_trains_on_a_tiny_cifar_set(tmp_path):
+    write_cifar_dataset(tmp_path / "data", per_batch=16)
+    cfg = make_cfg(
+        "+experiment=cifar10_fast", f"data.root={tmp_path / 'data'}", "epochs=1",
+        "data.batch_size=32", "logger=none", "trainer.progress=line",
+    )  # fmt: skip
+    assert (cfg.model.name, cfg.scheduler.name, cfg.scheduler.interval) == (
+        "resnet18", "onecycle", "step",
+    )  # fmt: skip
+    assert cfg.data.augment and cfg.trainer.amp
+    result = train(cfg, tmp_path / "run")
+    assert result.status == "completed"
+    assert len(read_metrics(tmp_path / "run")) == 1
+
+
+def test_batch_augmentation_is_a_seeded_random_crop_and_flip():
+    import torch
+
+    from runner.data import augment
+
+    x = torch.randn(16, 3, 8, 8)
+    out = augment(x, torch.Generator().manual_seed(0), pad=2)
+    assert out.shape == x.shape
+    again = augment(x, torch.Generator().manual_seed(0), pad=2)
+    assert torch.equal(out, again)
+    assert not torch.equal(out, augment(x, torch.Generator().manual_seed(1), pad=2))
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
+    for i in range(16):  # every image is a 8x8 window of its padded self, maybe mirrored
+        windows = [padded[i, :, dy : dy + 8, dx : dx + 8] for dy in range(5) for dx in range(5)]
+        assert any(torch.equal(out[i], w) or torch.equal(out[i], w.flip(2)) for w in windows)

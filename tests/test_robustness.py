@@ -62,7 +62,8 @@ def reference(tmp_path: Path, args: list[str]) -> list[dict]:
     ids=["step", "cosine", "plateau"],
 )
 def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path, schedule):
-    args = [*SLOW, *schedule, "epochs=6", "logger=none", "trainer.log_every_n_steps=7"]
+    args = [*SLOW, *schedule, "epochs=6", "logger=none", "trainer.log_every_n_steps=7",
+            "trainer.checkpoint_interval_s=0"]  # fmt: skip
     run_dir = tmp_path / "run"
     proc = start([*args, f"hydra.run.dir={run_dir}"], tmp_path)
     wait_for_rows(run_dir, 2, proc)
@@ -113,6 +114,20 @@ def test_signal_stops_quickly_keeps_a_checkpoint_and_resumes(tmp_path, sig):
     ids = {p.name.rsplit("-", 1)[1] for p in run_dir.glob("wandb/offline-run-*")}
     assert len(ids) == 1 and len(list(run_dir.glob("wandb/offline-run-*"))) == 2
     assert comparable(rows) == reference(tmp_path, [*args, "logger=none"])
+
+
+def test_sigkill_before_the_first_checkpoint_resumes_by_starting_over(tmp_path):
+    args = [*SLOW, "epochs=4", "logger=none", "trainer.checkpoint_interval_s=3600"]
+    run_dir = tmp_path / "run"
+    proc = start([*args, f"hydra.run.dir={run_dir}"], tmp_path)
+    wait_for_rows(run_dir, 1, proc)
+    proc.kill()
+    proc.communicate()
+    assert not (run_dir / "last.pt").exists()  # the interval had not passed yet
+    resumed = run_cli(f"resume={run_dir}", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert comparable(read_metrics(run_dir)) == reference(tmp_path, args)
+    assert (run_dir / "last.pt").exists()  # written at the end
 
 
 def test_corrupt_checkpoint_gives_a_clear_error(tmp_path):
@@ -240,3 +255,16 @@ def test_malformed_config_exits_2_naming_the_key(tmp_path, overrides, key):
     # nothing left behind but, at most, a run dir marked failed
     for run_dir in (tmp_path / "outputs").glob("runs/*/*"):
         assert json.loads((run_dir / "status.json").read_text())["status"] == "failed"
+
+
+def test_best_and_last_checkpoints_hold_the_right_epochs(tmp_path):
+    import torch
+
+    train(make_cfg("logger=none", "epochs=5", "trainer.checkpoint_interval_s=0"), tmp_path)
+    rows = read_metrics(tmp_path)
+    best_epoch = max(range(5), key=lambda e: (rows[e]["val/acc"], -e))  # first best (strict >)
+    last = torch.load(tmp_path / "last.pt", weights_only=True)
+    best = torch.load(tmp_path / "best.pt", weights_only=True)
+    assert last["progress"]["epoch"] == 5
+    assert best["progress"]["epoch"] == best_epoch + 1
+    assert best["progress"]["best_metric"] == rows[best_epoch]["val/acc"]

@@ -87,3 +87,13 @@ def test_diverging_run_stops_and_is_marked(tmp_path):
 def test_amp_on_cpu_runs_in_bfloat16_and_learns(tmp_path):
     result = train(make_cfg(*FAST, "trainer.amp=true", "epochs=5"), tmp_path)
     assert result.status == "completed" and result.best_val_acc > 0.85
+
+
+def test_channels_last_conv_net_trains_like_the_default_layout(tmp_path):
+    base = ("model=lenet", "epochs=2", "optimizer.lr=0.02", *FAST)
+    train(make_cfg(*base, "trainer.channels_last=false"), tmp_path / "a")
+    train(make_cfg(*base, "trainer.channels_last=true"), tmp_path / "b")
+    a, b = read_metrics(tmp_path / "a"), read_metrics(tmp_path / "b")
+    for ra, rb in zip(a, b, strict=True):  # same math, another memory layout
+        assert rb["train/loss"] == pytest.approx(ra["train/loss"], rel=1e-4)
+        assert rb["val/acc"] == pytest.approx(ra["val/acc"], abs=0.01)

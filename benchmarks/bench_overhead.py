@@ -1,0 +1,192 @@
+"""What does the runner cost over the loop you would write by hand, and over Lightning?
+
+Same model, data tensors, optimizer, scheduler, epochs and seed; measured in one
+process, interleaved, several repeats, median. Timed: the training itself (every
+epoch with its validation), not start-up (imports, data loading, W&B init:
+see bench_startup.py).
+  (a) hand: a minimal hand-written PyTorch loop (metrics accumulated on device)
+  (b) runner: schedlab's fit() with logging on (W&B offline + metrics.jsonl) and
+      its per-epoch checkpoints
+  (c) lightning: PyTorch Lightning's Trainer on the same job (optional: pip install lightning)
+
+    python benchmarks/bench_overhead.py [--repeats 5] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch  # noqa: E402
+from common import interleaved, machine, median, write  # noqa: E402
+from torch.nn import functional as F  # noqa: E402
+
+from runner.builders import build_run  # noqa: E402
+from runner.compose import compose_config  # noqa: E402
+from runner.config import validate  # noqa: E402
+from runner.loggers import open_logger  # noqa: E402
+from runner.models import build_model  # noqa: E402
+from runner.train import fit  # noqa: E402
+
+JOBS = {
+    "digits MLP": ["epochs=10"],
+    "digits LeNet": ["model=lenet", "epochs=5"],
+    "FakeData 32x32 ResNet-18": [
+        "model=resnet18", "data=fake", "data.train_size=256", "data.val_size=64",
+        "data.batch_size=32", "epochs=1",
+    ],
+}  # fmt: skip
+QUICK = {"digits MLP": ["epochs=2"]}
+
+
+def hand_loop(cfg: Any, data: Any) -> None:
+    """What a user writes: seed, model, SGD + cosine, shuffle by index, eval each epoch."""
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model, data.image_shape, data.num_classes)
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.optimizer.lr, momentum=0.9)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    bs, n = cfg.data.batch_size, len(data.y_train)
+    for epoch in range(cfg.epochs):
+        model.train()
+        perm = torch.randperm(n, generator=gen)
+        loss_sum, correct = torch.zeros(()), torch.zeros(())
+        for i in range(0, n, bs):
+            idx = perm[i : i + bs]
+            x, y = data.x_train[idx], data.y_train[idx]
+            logits = model(x)
+            loss = F.cross_entropy(logits, y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            loss_sum += loss.detach() * len(y)
+            correct += (logits.argmax(1) == y).sum()
+        model.eval()
+        with torch.no_grad():
+            logits = model(data.x_val)
+            val_loss = F.cross_entropy(logits, data.y_val).item()
+            val_acc = (logits.argmax(1) == data.y_val).float().mean().item()
+        sched.step()
+        _ = (epoch, loss_sum.item() / n, correct.item() / n, val_loss, val_acc)
+
+
+def runner_loop(cfg: Any, data: Any, logger: Any, tmp: Path) -> None:
+    run = build_run(cfg, data)  # seeded model + optimizer + schedule, like the hand loop builds
+    fit(cfg, run, logger, ckpt_dir=tmp)
+
+
+def lightning_loop(cfg: Any, data: Any, tmp: Path) -> None:
+    import lightning as L
+    from lightning.pytorch.loggers import CSVLogger
+    from torch.utils.data import DataLoader, TensorDataset
+
+    class Module(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = build_model(cfg.model, data.image_shape, data.num_classes)
+
+        def training_step(self, batch: Any, _: int) -> torch.Tensor:
+            x, y = batch
+            logits = self.model(x)
+            loss = F.cross_entropy(logits, y)
+            self.log("train/loss", loss, on_step=False, on_epoch=True)
+            self.log("train/acc", (logits.argmax(1) == y).float().mean(), on_epoch=True)
+            return loss
+
+        def validation_step(self, batch: Any, _: int) -> None:
+            x, y = batch
+            logits = self.model(x)
+            self.log("val/loss", F.cross_entropy(logits, y))
+            self.log("val/acc", (logits.argmax(1) == y).float().mean())
+
+        def configure_optimizers(self) -> Any:
+            opt = torch.optim.SGD(self.parameters(), lr=cfg.optimizer.lr, momentum=0.9)
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
+            return [opt], [sched]
+
+    L.seed_everything(cfg.seed, verbose=False)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    train_dl = DataLoader(TensorDataset(data.x_train, data.y_train),
+                          batch_size=cfg.data.batch_size, shuffle=True, generator=gen)  # fmt: skip
+    val_dl = DataLoader(TensorDataset(data.x_val, data.y_val), batch_size=1024)
+    trainer = L.Trainer(
+        max_epochs=cfg.epochs, accelerator="cpu", devices=1, logger=CSVLogger(tmp),
+        default_root_dir=tmp, enable_progress_bar=False, enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )  # fmt: skip
+    trainer.fit(Module(), train_dl, val_dl)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--quick", action="store_true", help="one tiny job (a smoke test)")
+    parser.add_argument("--no-lightning", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        import lightning  # noqa: F401
+
+        with_lightning = not args.no_lightning
+    except ImportError:
+        with_lightning = False
+        print("lightning is not installed: skipping (c); pip install lightning")
+
+    import logging
+
+    logging.getLogger("lightning").setLevel(logging.ERROR)
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    results = {}
+    for job, overrides in (QUICK if args.quick else JOBS).items():
+        cfg = compose_config([*overrides, "trainer.progress=line", "trainer.device=cpu"])
+        validate(cfg)
+        data = build_run(cfg).data
+        with (
+            tempfile.TemporaryDirectory() as tmp,
+            open_logger(cfg.logger, Path(tmp), {}, [], None) as logger,  # W&B offline, started once
+        ):
+            variants = {
+                "hand": lambda: hand_loop(cfg, data),  # noqa: B023
+                "runner": lambda: runner_loop(cfg, data, logger, Path(tmp) / "runner"),  # noqa: B023
+            }
+            if with_lightning:
+                variants["lightning"] = lambda: lightning_loop(cfg, data, Path(tmp) / "pl")  # noqa: B023, E501
+            for name in variants:  # warm-up: first-call costs (allocator, W&B service) out
+                (Path(tmp) / name).mkdir()
+            for fn in variants.values():
+                fn()
+            times = interleaved(variants, 1 if args.quick else args.repeats)
+        results[job] = {name: median(ts) for name, ts in times.items()} | {"all": times}
+        print(
+            f"{job}: " + ", ".join(f"{k} {v:.3f}s" for k, v in results[job].items() if k != "all")
+        )
+
+    lines = [
+        "| job | hand loop s | runner s | Lightning s | runner / hand | runner / Lightning |",
+        "|---|---|---|---|---|---|",
+    ]
+    for job, r in results.items():
+        pl = r.get("lightning", math.nan)
+        lines.append(
+            f"| {job} | {r['hand']:.3f} | {r['runner']:.3f} | {pl:.3f} "
+            f"| {r['runner'] / r['hand']:.3f} | {r['runner'] / pl:.3f} |"
+        )
+    note = (
+        f"\nMedian of {1 if args.quick else args.repeats} interleaved repeats; "
+        "targets: runner/hand ≤ 1.03, runner/Lightning ≤ 0.7."
+    )
+    payload = {"machine": machine(), "results": results}
+    if not args.quick:
+        write("overhead", payload, "\n".join(lines) + note)
+    else:
+        print("\n".join(lines))
+    return payload
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,17 @@
+"""The benchmarks stay runnable (they are not timed here: `make bench` measures)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+
+def test_overhead_benchmark_runs_its_quick_job():
+    import bench_overhead
+
+    payload = bench_overhead.main(["--quick", "--no-lightning"])
+    result = payload["results"]["digits MLP"]
+    assert result["hand"] > 0 and result["runner"] > 0
+    assert payload["machine"]["cores"] >= 1
