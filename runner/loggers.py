@@ -1,14 +1,18 @@
-"""Where metrics go: always `metrics.jsonl` in the run dir, plus W&B when configured.
+"""Where metrics go: always `metrics.jsonl` in the run dir, plus W&B and/or TensorBoard.
 
-Both receive the same epoch rows, so an offline run can be reported on without
-W&B, and a W&B run can be compared against the file it came with.
+Every backend receives the same rows under the same keys: one row per epoch
+(`epoch`, `lr/<group>`, `train/*`, `val/*`, `time/*`) and step rows
+(`"kind": "step"`, `trainer/global_step`, `lr_step/<group>` every step of a
+per-batch schedule, `train/step_loss` every `trainer.log_every_n_steps`). A backend
+that fails costs one warning, never the training: metrics.jsonl is the record that
+must not be lost.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -17,46 +21,66 @@ from schedulers import ConfigError
 
 log = logging.getLogger("schedlab")
 
+LOGGERS = ("wandb", "tensorboard")
 WANDB_MODES = ("offline", "online", "disabled")
 
 
 class RunLogger:
-    """Fans every row out to the jsonl file and, if present, the W&B run.
-
-    A W&B failure mid-run (disk full, service gone) costs one warning and the W&B
-    run, never the training: metrics.jsonl is the record that must not be lost.
-    """
-
-    def __init__(self, run_dir: Path, wandb_run: Any = None, background: Any = None) -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        wandb_run: Any = None,
+        tb_writer: Any = None,
+        background: Any = None,
+    ) -> None:
         self.metrics_path = run_dir / "metrics.jsonl"
-        self.wandb_run = wandb_run
+        self.wandb_run, self.tb_writer = wandb_run, tb_writer
         self.run_id: str | None = getattr(wandb_run, "id", None)
-        self.background = background  # runs W&B calls off the training thread when given
+        self.background = background  # runs backend calls off the training thread when given
+        self._step_rows: list[str] = []  # written with the epoch row that ends their epoch
 
     def log_epoch(self, row: Mapping[str, Any]) -> None:
-        with self.metrics_path.open("a") as f:
-            f.write(json.dumps(dict(row)) + "\n")  # NaN/inf as Python's json writes them
-        self._to_wandb(lambda run: run.log(dict(row)))
+        row = dict(row)
+        with self.metrics_path.open("a") as f:  # NaN/inf as Python's json writes them
+            f.write("".join(self._step_rows) + json.dumps(row) + "\n")
+        self._step_rows.clear()
+        self._to_backends(row, step=row["epoch"])
 
     def log_step(self, row: Mapping[str, Any]) -> None:
-        """Per-step rows (train/step_loss) go to W&B only; metrics.jsonl holds one row per epoch."""
-        self._to_wandb(lambda run: run.log(dict(row)))
+        row = {"kind": "step", **row}
+        self._step_rows.append(json.dumps(row) + "\n")
+        self._to_backends(row, step=row["trainer/global_step"])
 
     def summary(self, values: Mapping[str, Any]) -> None:
-        self._to_wandb(lambda run: run.summary.update(dict(values)))
+        self._call("wandb_run", lambda run: run.summary.update(dict(values)))
 
-    def _to_wandb(self, call: Any) -> None:
-        if self.wandb_run is None:
+    def _to_backends(self, row: dict[str, Any], step: int) -> None:
+        self._call("wandb_run", lambda run: run.log({k: v for k, v in row.items() if k != "kind"}))
+        scalars = {
+            k: v
+            for k, v in row.items()
+            if k not in ("kind", "epoch", "trainer/global_step") and isinstance(v, (int, float))
+        }
+
+        def to_tb(writer: Any) -> None:
+            for key, value in scalars.items():
+                writer.add_scalar(key, value, global_step=step)
+
+        self._call("tb_writer", to_tb)
+
+    def _call(self, attr: str, call: Callable[[Any], Any]) -> None:
+        if getattr(self, attr) is None:
             return
 
         def guarded() -> None:
-            if self.wandb_run is None:
+            backend = getattr(self, attr)
+            if backend is None:
                 return
             try:
-                call(self.wandb_run)
+                call(backend)
             except Exception as err:
-                log.warning(f"W&B logging failed ({err!r}); continuing with metrics.jsonl only")
-                self.wandb_run = None
+                log.warning(f"{attr.split('_')[0]} logging failed ({err!r}); continuing without it")
+                setattr(self, attr, None)
 
         if self.background is None:
             guarded()
@@ -69,11 +93,15 @@ class RunLogger:
 
 
 def validate_logger(cfg: Mapping[str, Any]) -> None:
-    name = cfg["name"]
-    if name not in ("wandb", "none"):
-        raise ConfigError("logger.name", name, "must be one of ['wandb', 'none']")
-    if name == "wandb" and cfg["mode"] not in WANDB_MODES:
-        raise ConfigError("logger.mode", cfg["mode"], f"must be one of {list(WANDB_MODES)}")
+    for name in cfg:
+        if name not in LOGGERS:
+            raise ConfigError(
+                f"logger.{name}", cfg[name], f"unknown logger; choose from {list(LOGGERS)}"
+            )
+    if "wandb" in cfg and cfg["wandb"]["mode"] not in WANDB_MODES:
+        raise ConfigError(
+            "logger.wandb.mode", cfg["wandb"]["mode"], f"must be one of {list(WANDB_MODES)}"
+        )
 
 
 @contextmanager
@@ -86,22 +114,18 @@ def open_logger(
     resume_id: str | None = None,
     background: Any = None,
 ) -> Iterator[RunLogger]:
-    """A RunLogger for the duration of one run; the W&B run is finished on exit, with a
-    failing exit code if the body raised (Hydra would otherwise record a crash as exit 0).
-
-    If W&B cannot start (unwritable dir, bad settings, no service), the run goes on with
-    metrics.jsonl after one warning.
-    """
-    if cfg["name"] != "wandb" or cfg["mode"] == "disabled":
-        yield RunLogger(run_dir)
-        return
-    try:
-        run = _start_wandb(cfg, run_dir, config, overrides, sweep_name, resume_id)
-    except Exception as err:
-        log.warning(f"W&B could not start ({err!r}); continuing with metrics.jsonl only")
-        yield RunLogger(run_dir)
-        return
-    logger = RunLogger(run_dir, run, background)
+    """A RunLogger for one run. The W&B run is finished on exit, with a failing exit code
+    if the body raised (Hydra would otherwise record a crash as exit 0). A backend that
+    cannot start (unwritable dir, no service) costs one warning."""
+    wandb_run = tb_writer = None
+    if "wandb" in cfg and cfg["wandb"]["mode"] != "disabled":
+        wandb_run = _start(
+            "W&B",
+            lambda: _start_wandb(cfg["wandb"], run_dir, config, overrides, sweep_name, resume_id),
+        )
+    if "tensorboard" in cfg:
+        tb_writer = _start("TensorBoard", lambda: _start_tensorboard(cfg["tensorboard"], run_dir))
+    logger = RunLogger(run_dir, wandb_run, tb_writer, background)
     try:
         yield logger
     except BaseException:
@@ -110,16 +134,35 @@ def open_logger(
     _finish(logger, exit_code=0)
 
 
+def _start(what: str, start: Callable[[], Any]) -> Any:
+    try:
+        return start()
+    except Exception as err:
+        log.warning(f"{what} could not start ({err!r}); continuing with metrics.jsonl")
+        return None
+
+
 def _finish(logger: RunLogger, exit_code: int) -> None:
     try:
-        logger.flush()  # W&B calls still queued go out before the run is closed
+        logger.flush()  # backend calls still queued go out before the backends close
     except Exception as err:
         log.warning(f"background work failed ({err!r})")
-    if logger.wandb_run is not None:
-        try:
-            logger.wandb_run.finish(exit_code=exit_code)
-        except Exception as err:
-            log.warning(f"W&B could not finish the run ({err!r})")
+    for attr, close in (
+        ("wandb_run", lambda run: run.finish(exit_code=exit_code)),
+        ("tb_writer", lambda writer: writer.close()),
+    ):
+        backend = getattr(logger, attr)
+        if backend is not None:
+            try:
+                close(backend)
+            except Exception as err:
+                log.warning(f"{attr.split('_')[0]} could not close ({err!r})")
+
+
+def _start_tensorboard(cfg: Mapping[str, Any], run_dir: Path) -> Any:
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(log_dir=str(run_dir / cfg["dir"]), flush_secs=cfg["flush_secs"])
 
 
 def _start_wandb(

@@ -147,10 +147,14 @@ def _epochs(
     monitor, sign = cfg.trainer.monitor, (1 if cfg.trainer.monitor_mode == "max" else -1)
     diverge_loss = cfg.trainer.diverge_loss
     augment = cfg.data.get("augment", False)  # only image sets that have the key
+    per_step = scheduler.interval == "step"  # then the lr of every step is logged
+
+    def lrs_now(prefix: str) -> dict[str, float]:
+        return {f"{prefix}{n}": g["lr"] for n, g in zip(names, optimizer.param_groups, strict=True)}
 
     for epoch in range(progress.epoch, cfg.epochs):
         t0 = time.perf_counter()
-        lrs = {f"lr/{n}": g["lr"] for n, g in zip(names, optimizer.param_groups, strict=True)}
+        lrs = lrs_now("lr/")
 
         # -- train: one optimizer.step() per batch; loss/acc summed on device, no per-batch sync
         model.train()
@@ -165,20 +169,13 @@ def _epochs(
             )
             loss_sum += loss * y.shape[0]
             correct += (logits.argmax(1) == y).sum()
+            step_row = lrs_now("lr_step/") if per_step else {}  # the lr this step used
             scheduler.step_batch()  # advances only `interval: step` schedules
             progress.step += 1
             if every and progress.step % every == 0:
-                step_lrs = {
-                    f"lr_step/{n}": g["lr"]
-                    for n, g in zip(names, optimizer.param_groups, strict=True)
-                }
-                logger.log_step(
-                    {
-                        "trainer/global_step": progress.step,
-                        "train/step_loss": loss.item(),
-                        **step_lrs,
-                    }
-                )
+                step_row = {**lrs_now("lr_step/"), "train/step_loss": loss.item()}  # a host sync
+            if step_row:
+                logger.log_step({"trainer/global_step": progress.step, "epoch": epoch, **step_row})
             if bar is not None:
                 bar.update()
             if stop.signum is not None:

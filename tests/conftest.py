@@ -28,8 +28,10 @@ def make_cfg(*overrides: str) -> DictConfig:
     return compose_config(list(overrides))
 
 
-def read_metrics(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+def read_metrics(run_dir: Path, kind: str = "epoch") -> list[dict]:
+    """The epoch rows of a run's metrics.jsonl (or its step rows, kind="step")."""
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if r.get("kind", "epoch") == kind]
 
 
 def run_cli(*args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:

@@ -38,7 +38,7 @@ def test_every_group_option_composes_and_validates(override):
         ("trainer.amp=maybe", "trainer.amp"),
         ("trainer.log_every_n_steps=-1", "trainer.log_every_n_steps"),
         ("trainer.progress=fancy", "trainer.progress"),
-        ("logger.mode=sometimes", "logger.mode"),
+        ("logger.wandb.mode=sometimes", "logger.wandb.mode"),
         ("scheduler.eta_min=1.0", "scheduler.eta_min"),
         ("model.dropout=-0.5", "model.dropout"),
     ],

@@ -34,8 +34,11 @@ def wait_for_rows(run_dir: Path, n: int, proc: subprocess.Popen, timeout: float 
     deadline = time.monotonic() + timeout
     metrics = run_dir / "metrics.jsonl"
     while time.monotonic() < deadline:
-        if metrics.exists() and len(metrics.read_text().splitlines()) >= n:
-            return
+        try:
+            if metrics.exists() and len(read_metrics(run_dir)) >= n:  # epoch rows
+                return
+        except ValueError:  # caught a line half-written; look again
+            pass
         assert proc.poll() is None, proc.communicate()
         time.sleep(0.02)
     raise AssertionError(f"no {n} epochs within {timeout}s")
@@ -183,7 +186,7 @@ def test_wandb_dying_mid_run_leaves_metrics_jsonl_complete(tmp_path, caplog):
         logger.log_epoch({"epoch": 1, "val/acc": 0.6})
         logger.log_epoch({"epoch": 2, "val/acc": 0.7})
     assert [r["epoch"] for r in read_metrics(tmp_path)] == [0, 1, 2]
-    assert sum("W&B logging failed" in r.message for r in caplog.records) == 1
+    assert sum("wandb logging failed" in r.message for r in caplog.records) == 1
 
 
 def test_no_api_key_or_environment_in_outputs(tmp_path):
@@ -232,7 +235,7 @@ BAD = [
     ("scheduler=onecycle scheduler.warmup_epochs=2", "scheduler.warmup_epochs"),
     ("model.dropout=1.0", "model.dropout"),
     ("model=lenet model.min_input_size=4", "model.min_input_size"),
-    ("logger.mode=sometimes", "logger.mode"),
+    ("logger.wandb.mode=sometimes", "logger.wandb.mode"),
     ("lr_find.start_lr=0", "lr_find.start_lr"),
     ("lr_find.num_iters=3", "lr_find.num_iters"),
     ("optimizer.lrr=0.1", "optimizer.lrr"),
