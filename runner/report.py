@@ -15,12 +15,15 @@ import json
 import math
 import statistics
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 from hydra.experimental.callback import Callback
+
+from runner.compare import METRICS, Comparison, all_pairs
+from runner.compare import markdown as compare_markdown
 
 DEFAULT_TARGET_ACC = 0.95
 
@@ -32,6 +35,7 @@ class Job:
     status: str  # completed | diverged | failed | incomplete
     rows: list[dict[str, Any]]
     wall_time_s: float | None
+    seed: int | None = None
 
     def series(self, key: str) -> list[float]:
         return [r[key] for r in self.rows if key in r]
@@ -71,11 +75,10 @@ def load_jobs(sweep_dir: Path) -> list[Job]:
     for overrides_file in sorted(Path(sweep_dir).glob("*/.hydra/overrides.yaml")):
         path = overrides_file.parent.parent
         metrics = path / "metrics.jsonl"
-        rows = (
-            [json.loads(line) for line in metrics.read_text().splitlines()]
-            if metrics.exists()
-            else []
-        )
+        lines = metrics.read_text().splitlines() if metrics.exists() else []
+        rows = [r for r in map(json.loads, lines) if r.get("kind") != "step"]  # epoch rows
+        config_file = path / "config.yaml"
+        config = yaml.safe_load(config_file.read_text()) if config_file.exists() else {}
         status_file = path / "status.json"
         status = json.loads(status_file.read_text()) if status_file.exists() else {}
         jobs.append(
@@ -85,6 +88,7 @@ def load_jobs(sweep_dir: Path) -> list[Job]:
                 status=status.get("status", "incomplete"),
                 rows=rows,
                 wall_time_s=status.get("wall_time_s"),
+                seed=(config or {}).get("seed"),
             )
         )
     return jobs
@@ -149,8 +153,22 @@ def _pm(mean: float, std: float, digits: int = 4) -> str:
     return "—" if math.isnan(mean) else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
+def per_seed(groups: list[Group], metric: str) -> dict[str, dict[int, float]]:
+    """Each configuration's metric per seed, over its completed runs."""
+    key, reduce, _ = METRICS[metric]
+    return {
+        g.label: {j.seed: reduce(j.series(key)) for j in g.finished if j.seed is not None}
+        for g in groups
+    }
+
+
 def markdown(
-    rows: list[dict[str, Any]], target_acc: float, sweep_dir: Path, common: list[str]
+    rows: list[dict[str, Any]],
+    target_acc: float,
+    sweep_dir: Path,
+    common: list[str],
+    comparisons: list[Comparison],
+    metric: str,
 ) -> str:
     shared = " ".join(o for o in common if not o.lstrip("+~").startswith("seed=")) or "none"
     lines = [
@@ -166,7 +184,12 @@ def markdown(
         f"| best val loss | final val loss | epochs to {target_acc:.0%} | wall s |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for rank, r in enumerate(rows, 1):
+    ties = {(c.a, c.b) for c in comparisons if c.tie}
+    rank = 0
+    for i, r in enumerate(rows):
+        tied = i > 0 and (rows[i - 1]["config"], r["config"]) in ties
+        rank = rank if tied else i + 1
+        label = f"={rank}" if tied else str(rank)
         epochs = r["epochs_to_target_mean"]
         to_target = (
             f"{'—' if math.isnan(epochs) else f'{epochs:.1f}'} "
@@ -174,7 +197,7 @@ def markdown(
         )
         wall = "—" if math.isnan(r["wall_time_s_mean"]) else f"{r['wall_time_s_mean']:.1f}"
         lines.append(
-            f"| {rank} | `{r['config']}` | {r['n']} | {r['completed']} | {r['diverged']} "
+            f"| {label} | `{r['config']}` | {r['n']} | {r['completed']} | {r['diverged']} "
             f"| {r['failed']} | {_pm(r['best_val_acc_mean'], r['best_val_acc_std'])} "
             f"| {_pm(r['final_val_acc_mean'], r['final_val_acc_std'])} "
             f"| {_pm(r['best_val_loss_mean'], r['best_val_loss_std'])} "
@@ -183,7 +206,10 @@ def markdown(
     if len(rows) > 1 and not math.isnan(rows[0]["best_val_acc_mean"]):
         gap = rows[0]["best_val_acc_mean"] - rows[1]["best_val_acc_mean"]
         lines += ["", f"Winner: `{rows[0]['config']}`, ahead of `{rows[1]['config']}` by "
-                  f"{gap:.4f} mean best val acc."]  # fmt: skip
+                  f"{gap:.4f} mean best val acc; `=n` marks a rank tied with the one above "
+                  "(paired 95 % interval contains 0)."]  # fmt: skip
+    if len(rows) > 1:
+        lines += ["", *compare_markdown(comparisons, metric)]
     lines += ["", "![lr](lr.png) ![val loss](val_loss.png) ![val acc](val_acc.png)", ""]
     return "\n".join(lines)
 
@@ -241,8 +267,13 @@ def plot_overlays(groups: list[Group], out: Path) -> list[Path]:
     return paths
 
 
-def write_report(sweep_dir: Path | str, target_acc: float = DEFAULT_TARGET_ACC) -> str:
-    """Write report.md, report.csv and the overlays into sweep_dir; return the markdown."""
+def write_report(
+    sweep_dir: Path | str,
+    target_acc: float = DEFAULT_TARGET_ACC,
+    metric: str = "best_val_acc",
+) -> str:
+    """Write report.md, report.csv, comparisons.csv and the overlays into sweep_dir;
+    return the markdown."""
     sweep_dir = Path(sweep_dir)
     jobs = load_jobs(sweep_dir)
     groups = group_jobs(jobs)
@@ -253,9 +284,15 @@ def write_report(sweep_dir: Path | str, target_acc: float = DEFAULT_TARGET_ACC) 
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    text = markdown(rows, target_acc, sweep_dir, common_overrides(jobs))
-    (sweep_dir / "report.md").write_text(text)
     by_label = {g.label: g for g in groups}
+    ranked = [by_label[r["config"]] for r in rows]
+    comparisons = all_pairs(per_seed(ranked, metric), higher_is_better=METRICS[metric][2])
+    with (sweep_dir / "comparisons.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow([*Comparison.__dataclass_fields__])
+        writer.writerows([list(asdict(c).values()) for c in comparisons])
+    text = markdown(rows, target_acc, sweep_dir, common_overrides(jobs), comparisons, metric)
+    (sweep_dir / "report.md").write_text(text)
     plot_overlays([by_label[r["config"]] for r in rows], sweep_dir)
     return text
 
@@ -263,14 +300,16 @@ def write_report(sweep_dir: Path | str, target_acc: float = DEFAULT_TARGET_ACC) 
 class SweepReport(Callback):
     """Hydra callback: writes the report when a multirun ends (in the launching process)."""
 
-    def __init__(self, target_acc: float = DEFAULT_TARGET_ACC) -> None:
-        self.target_acc = target_acc
+    def __init__(
+        self, target_acc: float = DEFAULT_TARGET_ACC, metric: str = "best_val_acc"
+    ) -> None:
+        self.target_acc, self.metric = target_acc, metric
 
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
         # HydraConfig is not available here in Hydra 1.3; the sweep dir is in the config.
         sweep_dir = Path(config.hydra.sweep.dir)
         try:
-            print(write_report(sweep_dir, self.target_acc))
+            print(write_report(sweep_dir, self.target_acc, self.metric))
             print(f"report written to {sweep_dir / 'report.md'}")
         except FileNotFoundError as err:
             print(f"no sweep report: {err}")
@@ -290,9 +329,15 @@ def main(argv: list[str] | None = None) -> None:
         default=DEFAULT_TARGET_ACC,
         help=f"accuracy for the epochs-to-target column (default {DEFAULT_TARGET_ACC})",
     )
+    parser.add_argument(
+        "--metric",
+        choices=list(METRICS),
+        default="best_val_acc",
+        help="metric the paired seed-by-seed comparison uses",
+    )
     args = parser.parse_args(argv)
     try:
-        print(write_report(args.sweep_dir, args.target_acc))
+        print(write_report(args.sweep_dir, args.target_acc, args.metric))
     except FileNotFoundError as err:
         raise SystemExit(f"error: {err}") from None
     print(f"report written to {args.sweep_dir / 'report.md'}")
