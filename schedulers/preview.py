@@ -4,21 +4,24 @@ Takes the same overrides as `python -m runner` (same Hydra config, same
 composition), builds the optimizer's param groups on dummy tensors and steps the
 real schedule through the run's epochs and batches. Sweep syntax
 (`scheduler=step,cosine`) previews each and overlays them in compare.png.
-ReduceLROnPlateau is fed a metric that never improves, so its curve shows the
-fastest decay its settings allow.
+ReduceLROnPlateau is fed the lecture's metric (0.5, then 0.4 from epoch 5 on,
+never improving again). `trace=true` (or --trace) also prints and writes the
+scheduler's internals per epoch (see schedulers/trace.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import math
 import sys
 from pathlib import Path
 from typing import Any
 
 
-def simulate(cfg: Any, steps_per_epoch: int | None = None) -> dict[str, Any]:
-    """Step the configured schedule like the loop does; lr per epoch and per batch, per group."""
+def build_preview(cfg: Any, steps_per_epoch: int | None = None) -> tuple[Any, Any, list[str], int]:
+    """The configured schedule on an optimizer over dummy tensors with the run's param groups:
+    (optimizer, schedule, group names, steps per epoch)."""
     import torch
 
     from runner.config import group_multipliers
@@ -36,17 +39,25 @@ def simulate(cfg: Any, steps_per_epoch: int | None = None) -> dict[str, Any]:
     schedule = build_scheduler(
         cfg.scheduler, opt, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch
     )
-    never_improves = {m: 1.0 for m in ("train/loss", "train/acc", "val/loss", "val/acc")}
+    return opt, schedule, list(names), steps_per_epoch
+
+
+def simulate(cfg: Any, steps_per_epoch: int | None = None) -> dict[str, Any]:
+    """Step the configured schedule like the loop does; lr per epoch and per batch, per group.
+    A Plateau schedule sees the lecture's metric: 0.5, then 0.4 from epoch 5 on."""
+    from schedulers.lecture import plateau_loss
+
+    opt, schedule, names, steps_per_epoch = build_preview(cfg, steps_per_epoch)
     per_epoch, per_step = [], []
-    for _ in range(cfg.epochs):
+    for epoch in range(cfg.epochs):
         per_epoch.append([g["lr"] for g in opt.param_groups])
         for _ in range(steps_per_epoch):
             per_step.append([g["lr"] for g in opt.param_groups])
             opt.step()
             schedule.step_batch()
-        schedule.step_epoch(never_improves)
+        schedule.step_epoch({schedule.monitor: plateau_loss(epoch)} if schedule.monitor else {})
     return {
-        "names": list(names),
+        "names": names,
         "per_epoch": per_epoch,
         "per_step": per_step,
         "steps_per_epoch": steps_per_epoch,
@@ -101,7 +112,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--small", action="store_true", help="thumbnail-sized figures")
     parser.add_argument("--quiet", action="store_true", help="no table, only the PNG paths")
+    parser.add_argument(
+        "--trace", action="store_true", help="internals per epoch (also: trace=true)"
+    )
     args = parser.parse_args(argv)
+    if "trace=true" in args.overrides:
+        args.overrides.remove("trace=true")
+        args.trace = True
 
     from hydra.errors import HydraException
 
@@ -109,9 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     from schedulers import ConfigError
     from schedulers.plot import plot_lr_curves
 
-    labels, sims = [], []
+    labels, sims, combos = [], [], expand(args.overrides or [])
     try:
-        for combo in expand(args.overrides or []):
+        for combo in combos:
             cfg = compose_config(combo)
             sched_keys = [
                 o.removeprefix("scheduler=").removeprefix("scheduler.")
@@ -130,6 +147,24 @@ def main(argv: list[str] | None = None) -> int:
         png = args.out / f"{label.replace('/', '_')}.png"
         path = plot_lr_curves(curves(label, sim), png, label, small=args.small)
         print(f"wrote {path}")
+    if args.trace:
+        from schedulers.lecture import plateau_loss
+        from schedulers.trace import as_markdown, trace_schedule
+
+        for label, combo in zip(labels, combos, strict=True):
+            cfg = compose_config(combo)
+            _, schedule, _, spe = build_preview(cfg, args.steps_per_epoch)
+            units = cfg.epochs * (spe if schedule.interval == "step" else 1)
+            rows = trace_schedule(schedule, units, plateau_loss)
+            text = as_markdown(rows, label)
+            print(text)
+            stem = args.out / f"{label.replace('/', '_')}_trace"
+            stem.with_suffix(".md").write_text(text)
+            with stem.with_suffix(".csv").open("w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+                writer.writeheader()
+                writer.writerows(rows)
+            print(f"wrote {stem}.md and {stem}.csv")
     if len(sims) > 1:
         overlay = {
             k: v

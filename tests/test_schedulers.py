@@ -385,3 +385,40 @@ def test_unknown_name_lists_every_schedule():
         validate_scheduler({**COMMON, "name": "nope"}, epochs=10, steps_per_epoch=1, base_lrs=[0.1])
     for name in BASE:
         assert f"'{name}'" in str(err.value)
+
+
+# -- internals trace ---------------------------------------------------------------------------
+def _lecture_schedule(name: str):
+    from schedulers.lecture import toy_params
+
+    params = toy_params(name)
+    opt = torch.optim.SGD([{"params": [p]} for p in params], lr=LR, momentum=0.9)
+    return build_scheduler(lecture_config(name), opt, epochs=MAX_EPOCH, steps_per_epoch=1)
+
+
+def test_trace_flags_exactly_the_multistep_milestones():
+    from schedulers.trace import flagged_epochs, trace_schedule
+
+    rows = trace_schedule(_lecture_schedule("multistep"), MAX_EPOCH)
+    assert flagged_epochs(rows) == [50, 125, 160]
+    for r in rows:
+        assert r["last_epoch"] == r["epoch"] and r["base_lr"] == LR
+        assert r["get_last_lr"] == r["lr_in_use"]
+        if r["differs"]:  # the decay applied a second time
+            assert r["get_lr_outside_step"] == pytest.approx(r["lr_in_use"] * 0.1)
+    assert [r["lr_in_use"] for r in rows] == [row[0] for row in run_toy("multistep")]
+
+
+def test_trace_of_plateau_matches_torchs_counters():
+    from schedulers.trace import trace_schedule
+
+    rows = trace_schedule(_lecture_schedule("plateau"), 60, plateau_loss)
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=LR, momentum=0.9)
+    ref = tls.ReduceLROnPlateau(opt, mode="min", factor=0.1, patience=10, cooldown=10, min_lr=1e-4)
+    for epoch, row in enumerate(rows):
+        assert row["lr_in_use"] == opt.param_groups[0]["lr"]
+        ref.step(plateau_loss(epoch))
+        assert (row["best"], row["num_bad_epochs"], row["cooldown_counter"]) == (
+            ref.best, ref.num_bad_epochs, ref.cooldown_counter,
+        )  # fmt: skip
+    assert not any(r["differs"] for r in rows)

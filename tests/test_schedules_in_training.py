@@ -162,3 +162,17 @@ def test_lecture_curves_command_writes_six_figures_and_tables(tmp_path):
         with (tmp_path / f"lecture_{name}.csv").open() as f:
             rows = list(csv.reader(f))[1:]
         assert [[float(v) for v in r[1:]] for r in rows] == run_toy(name)
+
+
+def test_preview_trace_writes_markdown_and_csv(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "schedulers.preview", "scheduler=multistep",
+         "scheduler.milestones=[3,6]", "epochs=8", "trace=true", "--quiet", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "differs from the lr in use at epochs [3, 6]" in proc.stdout
+    with (tmp_path / "multistep,milestones=[3,6]_trace.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r["epoch"] for r in rows if r["differs"] == "True"] == ["3", "6"]
+    assert (tmp_path / "multistep,milestones=[3,6]_trace.md").exists()

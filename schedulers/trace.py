@@ -1,0 +1,103 @@
+"""What the scheduler does each epoch, as the lecture shows it with a debugger.
+
+Per epoch (before that epoch's `step()`) and per param group: `last_epoch`,
+`base_lrs`, the lr in `optimizer.param_groups` (the lr the epoch trains with),
+`get_last_lr()`, and what `get_lr()` returns when called outside `step()` - the
+lecture's scripts printed that; torch now warns about it, because for chainable
+schedules it is the formula `step()` applies to the *current* lr, so at a
+milestone it returns the decay applied a second time. Epochs where it differs
+from the lr in use are flagged. For ReduceLROnPlateau: `best`, `num_bad_epochs`
+and `cooldown_counter` after seeing that epoch's metric.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+EXPLAIN = (
+    "get_lr() is the update step() applies to the current lr (the chainable form); "
+    "called outside step() it can apply that update again (at a milestone: lr x gamma), "
+    "so it shows an lr the optimizer never used. Read get_last_lr() or param_groups."
+)
+
+
+def _active(schedule: Any) -> Any:
+    """The torch scheduler in charge this epoch: the warmup while it lasts, else the main one."""
+    if schedule.warmup is not None and schedule.count < schedule.warmup_steps:
+        return schedule.warmup
+    return schedule.main
+
+
+def trace_schedule(
+    schedule: Any, epochs: int, metric: Callable[[int], float] | None = None
+) -> list[dict[str, Any]]:
+    """Step `schedule` (an LRSchedule) `epochs` times - batches for a per-batch schedule -
+    as the loop would; one row per step and param group."""
+    from torch.optim.lr_scheduler import ReduceLROnPlateau
+
+    opt = schedule.optimizer
+    rows = []
+    for epoch in range(epochs):
+        sched = _active(schedule)
+        plateau = isinstance(sched, ReduceLROnPlateau)
+        if plateau:
+            chained = [math.nan] * len(opt.param_groups)
+        else:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "To get the last learning rate computed..."
+                chained = list(sched.get_lr())
+        last = schedule.get_last_lr()
+        in_use = [g["lr"] for g in opt.param_groups]
+        last_epoch, base_lrs = sched.last_epoch, list(getattr(sched, "base_lrs", []))
+        value = metric(epoch) if metric else 1.0
+        opt.step()
+        if schedule.interval == "step":
+            schedule.step_batch()
+        else:
+            schedule.step_epoch({schedule.monitor: value} if schedule.monitor else {})
+        for g, lr in enumerate(in_use):
+            row = {
+                "epoch": epoch,
+                "group": g,
+                "last_epoch": last_epoch,
+                "base_lr": base_lrs[g] if base_lrs else math.nan,
+                "lr_in_use": lr,
+                "get_last_lr": last[g],
+                "get_lr_outside_step": chained[g],
+                "differs": not plateau and not math.isclose(chained[g], lr, rel_tol=1e-12),
+            }
+            if plateau:
+                row |= {
+                    "metric": value,
+                    "best": sched.best,
+                    "num_bad_epochs": sched.num_bad_epochs,
+                    "cooldown_counter": sched.cooldown_counter,
+                }
+            rows.append(row)
+    return rows
+
+
+def flagged_epochs(rows: list[dict[str, Any]]) -> list[int]:
+    return sorted({r["epoch"] for r in rows if r["differs"]})
+
+
+def as_markdown(rows: list[dict[str, Any]], title: str) -> str:
+    keys = list(rows[0])
+    lines = [f"# Scheduler trace: {title}", "", "| " + " | ".join(keys) + " |",
+             "|" + "---|" * len(keys)]  # fmt: skip
+    for r in rows:
+        cells = [
+            ("**yes**" if v else "")
+            if k == "differs"
+            else (f"{v:.6g}" if isinstance(v, float) else str(v))
+            for k, v in r.items()
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    flagged = flagged_epochs(rows)
+    if flagged:
+        lines += ["", f"get_lr() outside step() differs from the lr in use at epochs {flagged}: "
+                  + EXPLAIN]  # fmt: skip
+    return "\n".join(lines) + "\n"
