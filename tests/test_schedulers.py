@@ -120,21 +120,7 @@ def test_warmup_in_front_of_plateau_feeds_the_metric_afterwards():
 
 def test_onecycle_steps_per_batch_over_the_whole_run():
     epochs, steps = 4, 5
-    got = lrs_of(
-        {
-            "name": "onecycle",
-            "interval": "step",
-            "max_lr": None,
-            "pct_start": 0.3,
-            "anneal_strategy": "cos",
-            "div_factor": 25.0,
-            "final_div_factor": 1e4,
-            "three_phase": False,
-            "cycle_momentum": True,
-        },
-        epochs=epochs,
-        steps=steps,
-    )
+    got = lrs_of(BASE["onecycle"], epochs=epochs, steps=steps)
     opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1, momentum=0.9)
     ref = tls.OneCycleLR(opt, max_lr=0.1, total_steps=epochs * steps)
     expected = []
@@ -147,17 +133,7 @@ def test_onecycle_steps_per_batch_over_the_whole_run():
 
 
 def test_cyclic_triangular_bounces_between_max_over_10_and_max():
-    cfg = {
-        "name": "cyclic",
-        "interval": "step",
-        "base_lr": None,
-        "max_lr": None,
-        "step_size_up": None,
-        "step_size_down": None,
-        "mode": "triangular",
-        "gamma": 1.0,
-        "cycle_momentum": False,
-    }
+    cfg = BASE["cyclic"]
     got = lrs_of(cfg, epochs=8, steps=5)
     assert got[0] == pytest.approx(0.01)  # base = max / 10
     assert got[10] == pytest.approx(0.1)  # up in 2 epochs (10 batches)
@@ -281,40 +257,22 @@ def test_lambda_state_is_only_its_text():
 
 
 # -- validation ---------------------------------------------------------------------------------
-BASE = {
-    "step": {"name": "step", "step_size": 5, "gamma": 0.1},
-    "multistep": {"name": "multistep", "milestones": [3, 6], "gamma": 0.1},
-    "exponential": {"name": "exponential", "gamma": 0.9},
-    "cosine": {"name": "cosine", "T_max": None, "eta_min": 0.0},
-    "plateau": {**lecture_config("plateau"), "monitor": "val/loss"},
-    "lambda": {"name": "lambda", "lr_lambda": "0.9 ** epoch"},
-    "onecycle": {
-        "name": "onecycle",
-        "max_lr": None,
-        "pct_start": 0.3,
-        "anneal_strategy": "cos",
-        "div_factor": 25.0,
-        "final_div_factor": 1e4,
-        "three_phase": False,
-        "cycle_momentum": True,
-        "interval": "step",
-    },
-    "cyclic": {
-        "name": "cyclic",
-        "base_lr": None,
-        "max_lr": None,
-        "step_size_up": None,
-        "step_size_down": None,
-        "mode": "triangular",
-        "gamma": 1.0,
-        "cycle_momentum": False,
-        "interval": "step",
-    },
-    "cosine_restarts": {"name": "cosine_restarts", "T_0": 5, "T_mult": 2, "eta_min": 0.0},
-    "linear": {"name": "linear", "start_factor": 1.0, "end_factor": 0.0, "total_iters": None},
-    "poly": {"name": "poly", "total_iters": None, "power": 2.0},
-    "wsd": {"name": "wsd", "decay_fraction": 0.2, "decay_shape": "linear", "final_lr_scale": 0.0},
-}
+def _yaml_defaults() -> dict[str, dict]:
+    """Every schedule's defaults as conf/scheduler/<name>.yaml gives them."""
+    import yaml
+
+    from runner.compose import CONF
+
+    return {
+        p.stem: {**COMMON, **yaml.safe_load(p.read_text())}
+        for p in sorted((CONF / "scheduler").glob("*.yaml"))
+    }
+
+
+BASE = _yaml_defaults()
+del BASE["none"]
+
+
 BAD = [
     ("step", {"gamma": 0.0}, "scheduler.gamma"),
     ("step", {"gamma": 1.5}, "scheduler.gamma"),
