@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
 from pathlib import Path
 
@@ -61,6 +62,8 @@ def main(cfg: DictConfig) -> float:
         _mark_failed(run_dir, repr(err))
         return float("nan")
     if result.status == "interrupted":
+        if result.chain:  # e.g. submitit's SIGUSR2 handler: it requeues the job, which resumes
+            signal.raise_signal(result.signum)
         sys.exit(128 + (result.signum or 0))
     if result.status == "diverged" and not multirun:
         sys.exit(EXIT_DIVERGED)

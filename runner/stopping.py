@@ -1,8 +1,12 @@
-"""SIGINT/SIGTERM: stop cleanly at the next batch boundary; a second signal exits at once.
+"""SIGINT/SIGTERM/SIGUSR2: stop cleanly at the next batch boundary; a second signal exits
+at once.
 
-The loop polls the flag after each batch, abandons the partial epoch (the
-checkpoint of the epoch before stays the resume point), and exits with 128 +
-the signal number (130 for Ctrl-C, 143 for SIGTERM).
+The loop polls the flag after each batch, abandons the partial epoch, writes the
+newest completed epoch's checkpoint, and exits with 128 + the signal number (130
+for Ctrl-C, 143 for SIGTERM, 140 for SIGUSR2). SIGUSR2 is what Slurm/submitit send
+before a time-out or preemption: when a launcher had its own handler installed
+(submitit's requeues the job), `chain` says to hand the signal on to it once the
+run has stopped, so the job comes back and resumes from last.pt.
 """
 
 from __future__ import annotations
@@ -16,12 +20,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 log = logging.getLogger("schedlab")
-SIGNALS = (signal.SIGINT, signal.SIGTERM)
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)
 
 
 @dataclass
 class StopFlag:
     signum: int | None = None
+    chain: bool = False  # a launcher's own handler should get the signal after we stop
 
     @property
     def exit_code(self) -> int:
@@ -50,3 +55,6 @@ def stop_on_signals() -> Iterator[StopFlag]:
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
+        if flag.signum is not None:
+            before = previous[flag.signum]
+            flag.chain = callable(before) and before is not signal.default_int_handler

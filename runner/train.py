@@ -7,6 +7,7 @@ epoch is the one its batches used.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -40,6 +41,7 @@ class Result:
     best_val_acc: float
     epochs_done: int
     signum: int | None = None  # the signal that interrupted the run
+    chain: bool = False  # pass that signal on to the launcher's handler (see stopping.py)
 
 
 def group_names(optimizer: torch.optim.Optimizer) -> list[str]:
@@ -275,6 +277,15 @@ def load_resume(cfg: DictConfig, run_dir: Path) -> tuple[DictConfig, Path, dict[
     return saved, target, state
 
 
+def _same_run_on_disk(cfg: DictConfig, run_dir: Path) -> bool:
+    saved = run_dir / "config.yaml"
+    return (
+        (run_dir / checkpoint.LAST).exists()
+        and saved.exists()
+        and (saved.read_text() == OmegaConf.to_yaml(cfg, resolve=True))
+    )
+
+
 def _keep_rows_before(metrics: Path, epoch: int) -> None:
     """Rows logged after the checkpoint was written are redone by the resumed run."""
     if metrics.exists():
@@ -292,6 +303,11 @@ def train(
     """Validate, build, fit, and leave metrics.jsonl, config.yaml, checkpoints and
     status.json in run_dir."""
     run_dir = Path(run_dir)
+    if not cfg.resume and _same_run_on_disk(cfg, run_dir):
+        # a requeued job (Slurm time-out/preemption) or the same command run again into the
+        # same dir: continue instead of starting over
+        log.info(f"{run_dir} holds a checkpoint of this same config: resuming it")
+        cfg.resume = True
     state, resuming = None, bool(cfg.resume)
     if resuming:
         cfg, run_dir, state = load_resume(cfg, run_dir)
@@ -334,6 +350,8 @@ def train(
                 "time/total_s": wall,
             }
         )
+    if result.status == "interrupted":  # stop.chain is set when the handlers are restored
+        result = dataclasses.replace(result, chain=stop.chain)
     status = {
         "status": result.status,
         "best_val_acc": result.best_val_acc,

@@ -271,3 +271,30 @@ def test_best_and_last_checkpoints_hold_the_right_epochs(tmp_path):
     assert last["progress"]["epoch"] == 5
     assert best["progress"]["epoch"] == best_epoch + 1
     assert best["progress"]["best_metric"] == rows[best_epoch]["val/acc"]
+
+
+def test_the_same_command_into_the_same_dir_resumes_like_a_requeued_job(tmp_path):
+    """What a Slurm requeue does: the job runs again with the same config and run dir."""
+    args = [*SLOW, "epochs=5", "logger=none", "trainer.checkpoint_interval_s=0",
+            f"hydra.run.dir={tmp_path / 'run'}"]  # fmt: skip
+    proc = start(args, tmp_path)
+    wait_for_rows(tmp_path / "run", 2, proc)
+    proc.kill()
+    proc.communicate()
+    again = run_cli(*args, cwd=tmp_path)  # no resume= at all
+    assert again.returncode == 0, again.stderr
+    assert "holds a checkpoint of this same config" in again.stdout + again.stderr
+    rows = read_metrics(tmp_path / "run")
+    assert [r["epoch"] for r in rows] == list(range(5))
+    assert comparable(rows) == reference(tmp_path, [a for a in args if "hydra.run.dir" not in a])
+
+
+def test_sigusr2_before_a_time_out_checkpoints_and_exits_140(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = start([*SLOW, "epochs=6", "logger=none", f"hydra.run.dir={run_dir}"], tmp_path)
+    wait_for_rows(run_dir, 1, proc)
+    proc.send_signal(signal.SIGUSR2)
+    proc.communicate(timeout=30)
+    assert proc.returncode == 128 + signal.SIGUSR2  # no launcher handler to pass it on to
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "interrupted"
+    assert (run_dir / "last.pt").exists()

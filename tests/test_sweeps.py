@@ -184,3 +184,16 @@ def test_optuna_searches_and_maximises_best_val_acc(tmp_path):
         "scheduler.warmup_epochs",
     }
     assert len(report_rows(sweep)) == 3
+
+
+def test_submitit_local_launcher_runs_a_sweep_and_the_report_covers_it(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = run_cli(
+        "-m", "hydra/launcher=local", "scheduler=step,cosine", "epochs=2", "logger=none",
+        f"hydra.sweep.dir={sweep}", cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert (sweep / ".submitit").is_dir()  # really went through submitit
+    rows = report_rows(sweep)
+    assert set(rows) == {"scheduler=step", "scheduler=cosine"}
+    assert all(r["completed"] == "1" for r in rows.values())
