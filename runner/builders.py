@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from runner.data import TensorData, load_data, place
+from runner.distributed import SINGLE, Dist
 from runner.models import build_model, model_parts
 from schedulers import ConfigError, LRSchedule, build_scheduler
 
@@ -26,8 +27,9 @@ class Run:
     scheduler: LRSchedule
     amp_ctx: Any  # autocast context (or a no-op)
     scaler: torch.amp.GradScaler | None  # fp16 only
-    forward: torch.nn.Module  # what batches go through: the model, or torch.compile of it
+    forward: torch.nn.Module  # what batches go through: the model, compiled and/or DDP-wrapped
     channels_last: bool  # batches converted to channels_last before the forward pass
+    dist: Dist = SINGLE  # this process's rank among torchrun's, or a single process
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
@@ -54,11 +56,12 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         torch.backends.cudnn.benchmark = True
 
 
-def resolve_device(name: str) -> torch.device:
-    """`auto` picks cuda, then mps, then cpu; an explicit device that is absent is an error."""
+def resolve_device(name: str, dist: Dist = SINGLE) -> torch.device:
+    """`auto` picks cuda, then mps, then cpu; an explicit device that is absent is an error.
+    Under torchrun each rank takes the GPU of its local rank."""
     if name == "auto":
         if torch.cuda.is_available():
-            return torch.device("cuda")
+            return torch.device("cuda", dist.local_rank) if dist.active else torch.device("cuda")
         if torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
@@ -89,21 +92,21 @@ def build_optimizer(
 
 
 def build_training_parts(
-    cfg: Mapping[str, Any], data: TensorData | None = None
+    cfg: Mapping[str, Any], data: TensorData | None = None, dist: Dist = SINGLE
 ) -> tuple[torch.device, TensorData, torch.nn.Module, torch.optim.Optimizer]:
     """Seed, then data, model, optimizer, in that order (the order fixes the RNG use).
     `data` skips loading (loading uses no RNG; the split is fixed by data.split_seed)."""
     seed_everything(cfg["seed"], cfg["trainer"]["deterministic"])
-    device = resolve_device(cfg["trainer"]["device"])
+    device = resolve_device(cfg["trainer"]["device"], dist)
     data = place(data if data is not None else load_data(cfg["data"]), device)
     model = build_model(cfg["model"], data.image_shape, data.num_classes).to(device)
     optimizer = build_optimizer(cfg["optimizer"], model, cfg["model"])
     return device, data, model, optimizer
 
 
-def build_run(cfg: Mapping[str, Any], data: TensorData | None = None) -> Run:
+def build_run(cfg: Mapping[str, Any], data: TensorData | None = None, dist: Dist = SINGLE) -> Run:
     """Everything `fit` needs: the training parts plus the lr schedule."""
-    device, data, model, optimizer = build_training_parts(cfg, data)
+    device, data, model, optimizer = build_training_parts(cfg, data, dist)
     # the only place epochs meet batches: per-step schedules need the batches per epoch
     steps_per_epoch = math.ceil(len(data.y_train) / cfg["data"]["batch_size"])
     scheduler = build_scheduler(
@@ -116,6 +119,15 @@ def build_run(cfg: Mapping[str, Any], data: TensorData | None = None) -> Run:
     )
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    forward = torch.compile(model) if trainer["compile"] else model
+    forward: torch.nn.Module = model
+    if dist.active:
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [device.index] if device.type == "cuda" else None
+        forward = DistributedDataParallel(model, device_ids=ids)
+    if trainer["compile"]:
+        forward = torch.compile(forward)
     amp_ctx, scaler = autocast(device, trainer["amp"])
-    return Run(device, data, model, optimizer, scheduler, amp_ctx, scaler, forward, channels_last)
+    return Run(
+        device, data, model, optimizer, scheduler, amp_ctx, scaler, forward, channels_last, dist
+    )

@@ -123,6 +123,9 @@ def validate(cfg: Mapping[str, Any]) -> None:
     ):
         raise ConfigError("trainer.diverge_loss", trainer["diverge_loss"], "must be null or > 0")
     from runner.builders import resolve_device
+    from runner.distributed import wanted
+
+    wanted(trainer["strategy"])  # ddp outside torchrun: an error now
 
     resolve_device(trainer["device"])  # `cuda` without CUDA: an error now, not mid-run
     if trainer["progress"] not in _PROGRESS:

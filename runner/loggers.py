@@ -32,8 +32,10 @@ class RunLogger:
         wandb_run: Any = None,
         tb_writer: Any = None,
         background: Any = None,
+        write: bool = True,
     ) -> None:
         self.metrics_path = run_dir / "metrics.jsonl"
+        self.write = write  # False on DDP ranks other than 0: they log nothing
         self.wandb_run, self.tb_writer = wandb_run, tb_writer
         self.run_id: str | None = getattr(wandb_run, "id", None)
         self.background = background  # runs backend calls off the training thread when given
@@ -41,8 +43,9 @@ class RunLogger:
 
     def log_epoch(self, row: Mapping[str, Any]) -> None:
         row = dict(row)
-        with self.metrics_path.open("a") as f:  # NaN/inf as Python's json writes them
-            f.write("".join(self._step_rows) + json.dumps(row) + "\n")
+        if self.write:
+            with self.metrics_path.open("a") as f:  # NaN/inf as Python's json writes them
+                f.write("".join(self._step_rows) + json.dumps(row) + "\n")
         self._step_rows.clear()
         self._to_backends(row, step=row["epoch"])
 

@@ -7,6 +7,8 @@ Registered when `runner` is imported, so they exist wherever a config is resolve
 
 from __future__ import annotations
 
+import os
+
 from omegaconf import OmegaConf
 
 LECTURE_EPOCHS = 200  # the lecture's demos ran for 200 epochs
@@ -23,8 +25,15 @@ def lecture_gamma(gamma: float, epochs: int) -> float:
 
 
 def run_dir(resume: object, default: str) -> str:
-    """hydra.run.dir: the dir named by resume=<dir>, else the default (also for resume=true)."""
-    return resume if isinstance(resume, str) and resume.lower() != "true" else default
+    """hydra.run.dir: the dir named by resume=<dir>, else the default (also for resume=true).
+    Under torchrun every rank resolves it, at slightly different times: they share a dir
+    named by torchrun's run id instead of the clock (hydra#2070)."""
+    if isinstance(resume, str) and resume.lower() != "true":
+        return resume
+    run_id = os.environ.get("TORCHELASTIC_RUN_ID")
+    if run_id and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return f"outputs/runs/torchrun-{run_id}"
+    return default
 
 
 def hydra_subdir(resume: object) -> str:

@@ -56,17 +56,20 @@ def train_step(
     y: torch.Tensor,
     amp_ctx: Any,
     scaler: torch.amp.GradScaler | None,
+    grad_scale: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Forward, backward, optimizer.step() on one batch; returns (loss, logits), no host sync."""
+    """Forward, backward, optimizer.step() on one batch; returns (loss, logits), no host sync.
+    `grad_scale` multiplies the loss that is backpropagated (DDP: this rank's share)."""
     with amp_ctx:
         logits = model(x)
         loss = F.cross_entropy(logits.float(), y)
     optimizer.zero_grad(set_to_none=True)
+    scaled = loss if grad_scale == 1.0 else loss * grad_scale
     if scaler is None:
-        loss.backward()
+        scaled.backward()
         optimizer.step()
     else:
-        scaler.scale(loss).backward()
+        scaler.scale(scaled).backward()
         scaler.step(optimizer)
         scaler.update()
     return loss.detach(), logits.detach()
@@ -141,7 +144,9 @@ def _epochs(
     saver: checkpoint.Checkpointer | None,
     t_start: float,
 ) -> Result:
-    model, optimizer, scheduler, data = run.model, run.optimizer, run.scheduler, run.data
+    model, optimizer, scheduler, data, dist = (
+        run.model, run.optimizer, run.scheduler, run.data, run.dist
+    )  # fmt: skip
     names = group_names(optimizer)
     batch_size = cfg.data.batch_size
     steps_per_epoch = math.ceil(data.y_train.shape[0] / batch_size)
@@ -166,8 +171,13 @@ def _epochs(
         for x, y in batches(data.x_train, data.y_train, batch_size, shuffle, run.device):
             if augment:
                 x = augment_batch(x, shuffle)
+            grad_scale = 1.0
+            if dist.active:  # this rank's share of the global batch, weighted by its size
+                global_n = y.shape[0]
+                x, y = x[dist.rank :: dist.world], y[dist.rank :: dist.world]
+                grad_scale = dist.world * y.shape[0] / global_n
             loss, logits = train_step(
-                run.forward, optimizer, run.prepare(x), y, run.amp_ctx, run.scaler
+                run.forward, optimizer, run.prepare(x), y, run.amp_ctx, run.scaler, grad_scale
             )
             loss_sum += loss * y.shape[0]
             correct += (logits.argmax(1) == y).sum()
@@ -191,6 +201,7 @@ def _epochs(
                 f"interrupted in epoch {epoch}; resume continues from epoch {progress.epoch}"
             )
             return Result("interrupted", progress.best_val_acc, progress.epoch, stop.signum)
+        dist.all_reduce_sum(loss_sum, correct)  # every rank logs and schedules on the same value
         n_train = data.y_train.shape[0]
         train_loss, train_acc = loss_sum.item() / n_train, correct.item() / n_train
 
@@ -301,8 +312,21 @@ def train(
     sweep_name: str | None = None,
 ) -> Result:
     """Validate, build, fit, and leave metrics.jsonl, config.yaml, checkpoints and
-    status.json in run_dir."""
-    run_dir = Path(run_dir)
+    status.json in run_dir (under torchrun: rank 0 writes, every rank trains)."""
+    from runner.distributed import setup, teardown
+
+    dist = setup(cfg.trainer.strategy)
+    if not dist.is_main:
+        logging.getLogger("schedlab").setLevel(logging.WARNING)
+    try:
+        return _train(cfg, Path(run_dir), overrides, sweep_name, dist)
+    finally:
+        teardown(dist)
+
+
+def _train(
+    cfg: DictConfig, run_dir: Path, overrides: Sequence[str], sweep_name: str | None, dist: Any
+) -> Result:
     if not cfg.resume and _same_run_on_disk(cfg, run_dir):
         # a requeued job (Slurm time-out/preemption) or the same command run again into the
         # same dir: continue instead of starting over
@@ -315,31 +339,36 @@ def train(
     run_dir.mkdir(parents=True, exist_ok=True)
     found = use_range_test(cfg, run_dir) if cfg.optimizer.lr == "find" else None
     if not resuming:
-        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        if dist.is_main:
+            (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     else:
         start_epoch = state["progress"]["epoch"] if state else 0
-        _keep_rows_before(run_dir / "metrics.jsonl", start_epoch)
+        if dist.is_main:
+            _keep_rows_before(run_dir / "metrics.jsonl", start_epoch)
         log.info(f"resuming {run_dir} at epoch {start_epoch}")
     config = OmegaConf.to_container(cfg, resolve=True)
     if found is not None:
         config["lr_find"]["found_lr"] = found  # W&B config: the lr the range test chose
-    run = build_run(cfg)
+    run = build_run(cfg, dist=dist)
     log.info(
         f"{cfg.model.name} on {cfg.data.name} ({run.device}), {cfg.optimizer.name} "
         f"lr={cfg.optimizer.lr}, scheduler={cfg.scheduler.name}, {cfg.epochs} epochs"
     )
     wandb_id = state["wandb_id"] if state else None
+    loggers = cfg.logger if dist.is_main else {}  # only rank 0 talks to W&B / TensorBoard
     with (
         Background() as background,
         open_logger(
-            cfg.logger, run_dir, config, list(overrides), sweep_name, wandb_id, background
+            loggers, run_dir, config, list(overrides), sweep_name, wandb_id, background
         ) as logger,
         stop_on_signals() as stop,
     ):
+        logger.write = dist.is_main
         t0 = time.perf_counter()
         result = fit(
-            cfg, run, logger, ckpt_dir=run_dir, start=state, stop=stop, background=background
-        )
+            cfg, run, logger, ckpt_dir=run_dir if dist.is_main else None, start=state,
+            stop=stop, background=background,
+        )  # fmt: skip
         background.flush()  # checkpoints on disk before status.json says how the run ended
         wall = time.perf_counter() - t0 + (state["progress"]["elapsed_s"] if state else 0.0)
         logger.summary(
@@ -358,6 +387,7 @@ def train(
         "epochs_done": result.epochs_done,
         "wall_time_s": wall,
     }
-    (run_dir / "status.json").write_text(json.dumps(status, indent=2) + "\n")
+    if dist.is_main:
+        (run_dir / "status.json").write_text(json.dumps(status, indent=2) + "\n")
     log.info(f"{result.status}: best val/acc={result.best_val_acc:.4f}; outputs in {run_dir}")
     return result
