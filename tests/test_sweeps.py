@@ -197,3 +197,50 @@ def test_submitit_local_launcher_runs_a_sweep_and_the_report_covers_it(tmp_path)
     rows = report_rows(sweep)
     assert set(rows) == {"scheduler=step", "scheduler=cosine"}
     assert all(r["completed"] == "1" for r in rows.values())
+
+
+def test_submitit_job_signalled_mid_run_is_requeued_and_resumes_exactly(tmp_path):
+    """SIGUSR2 is Slurm's time-out/preemption warning: the run checkpoints, hands the signal
+    to submitit, submitit requeues the job, and the job resumes from its last.pt."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    args = ["model=lenet", "data.batch_size=16", "optimizer.lr=0.02", "epochs=5",
+            "logger=none", "trainer.checkpoint_interval_s=0", "trainer.progress=line"]  # fmt: skip
+    sweep = tmp_path / "sweep"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "runner", "-m", "hydra/launcher=local", *args,
+         f"hydra.sweep.dir={sweep}"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if len(read_metrics(sweep / "0")) >= 2:
+                break
+        except (FileNotFoundError, ValueError):
+            pass
+        time.sleep(0.05)
+    task = subprocess.run(["pgrep", "-f", f"submitit.core._submit {sweep}"],
+                          capture_output=True, text=True).stdout.split()  # fmt: skip
+    assert task, "the submitit task process was not found"
+    os.kill(int(task[-1]), signal.SIGUSR2)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-2000:]
+    logs = "".join(p.read_text() for p in sweep.glob(".submitit/*/*.out"))
+    assert "SIGUSR2: stopping after this batch" in logs
+    assert "holds a checkpoint of this same config" in logs  # the requeued job resumed
+    ref = subprocess.run(  # same environment (thread count) as the submitit job
+        [sys.executable, "-m", "runner", *args, f"hydra.run.dir={tmp_path / 'reference'}"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert ref.returncode == 0, ref.stderr
+
+    def strip(rows):
+        return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows]
+
+    assert strip(read_metrics(sweep / "0")) == strip(read_metrics(tmp_path / "reference"))
