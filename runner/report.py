@@ -170,7 +170,7 @@ def markdown(
     comparisons: list[Comparison],
     metric: str,
 ) -> str:
-    shared = " ".join(o for o in common if not o.lstrip("+~").startswith("seed=")) or "none"
+    shared = " ".join(_without_seed(common)) or "none"
     lines = [
         f"# Sweep report: {sweep_dir}",
         "",
