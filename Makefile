@@ -35,10 +35,11 @@ thumbnails: $(STAMP) ## regenerate the README's schedule thumbnails in docs/sche
 	  scheduler=$$(ls conf/scheduler | sed 's/\.yaml$$//' | paste -sd, -)
 	rm -f docs/schedules/compare.png
 
-bench: $(STAMP) ## benchmarks (not part of test): overhead vs hand loop/Lightning, start-up, GPU
+bench: $(STAMP) ## benchmarks (not part of test): overhead vs hand loop/Lightning, start-up, fused sweeps, GPU
 	$(BIN)/pip install --quiet -e '.[dev,bench]'
 	WANDB_SILENT=true $(BIN)/python benchmarks/bench_overhead.py
 	$(BIN)/python benchmarks/bench_startup.py
+	WANDB_SILENT=true $(BIN)/python benchmarks/bench_fused.py
 	$(BIN)/python benchmarks/bench_gpu.py
 
 lint: $(STAMP) ## ruff check + format check

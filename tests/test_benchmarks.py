@@ -15,3 +15,12 @@ def test_overhead_benchmark_runs_its_quick_job():
     result = payload["results"]["digits MLP"]
     assert result["hand"] > 0 and result["runner"] > 0
     assert payload["machine"]["cores"] >= 1
+
+
+def test_fused_benchmark_runs_its_quick_sweep():
+    import bench_fused
+
+    payload = bench_fused.main(["--quick"])
+    result = payload["results"]["digits MLP"]
+    assert result["sweep basic"] > 0 and result["sweep fused"] > 0
+    assert result["training ratio"] > 0

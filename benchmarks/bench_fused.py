@@ -1,0 +1,128 @@
+"""How much faster is a fused sweep (hydra/launcher=fused) than the basic launcher?
+
+Six schedules (the lecture's: step, multistep, exponential, cosine, plateau, lambda),
+seed 0, 20 epochs, on digits with the MLP and with LeNet, logger=none. Measured in one
+process, interleaved, median of --repeats:
+  sweep:    the whole multirun through Hydra (`python -m runner -m ...` in-process):
+            Hydra composes every job's config (twice: sweeper and launcher) and
+            runs every job through run_job, the same for both launchers; the sweep
+            report callback is left out (it is the same work for both)
+  training: only the training: train() for each job one after another, as the basic
+            launcher calls it, vs runner.fused.train_group() for all six
+
+    python benchmarks/bench_fused.py [--repeats 3] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import hydra  # noqa: E402
+from common import interleaved, machine, median, write  # noqa: E402
+
+from runner.__main__ import main as runner_main  # noqa: E402
+from runner.compose import CONF, compose_config  # noqa: E402
+from runner.fused import Member, train_group  # noqa: E402
+from runner.train import train  # noqa: E402
+
+SCHEDULES = ["step", "multistep", "exponential", "cosine", "plateau", "lambda"]
+JOBS = {"digits MLP": ["model=mlp"], "digits LeNet": ["model=lenet"]}
+COMMON = ["epochs=20", "seed=0", "logger=none"]
+QUICK_COMMON = ["epochs=2", "seed=0", "logger=none"]
+# the runner's Hydra app, with the config dir given absolutely (this is not `-m runner`)
+APP = hydra.main(version_base="1.3", config_path=str(CONF), config_name="config")(
+    runner_main.__wrapped__
+)
+
+
+def sweep(overrides: list[str], launcher: str, out: Path) -> None:
+    argv = sys.argv
+    sys.argv = [
+        "runner", "-m", f"scheduler={','.join(SCHEDULES)}", *overrides,
+        f"hydra/launcher={launcher}", f"hydra.sweep.dir={out}", "~hydra.callbacks.sweep_report",
+        "hydra.job_logging.root.level=WARNING", "hydra.hydra_logging.root.level=WARNING",
+    ]  # fmt: skip
+    try:
+        APP()
+    finally:
+        sys.argv = argv
+
+
+def separate(configs: list[Any], out: Path) -> None:
+    for i, cfg in enumerate(configs):
+        assert train(cfg.copy(), out / str(i)).status == "completed"
+
+
+def fused(configs: list[Any], out: Path) -> None:
+    members = [Member(cfg.copy(), out / str(i), [], None) for i, cfg in enumerate(configs)]
+    train_group(members)
+    assert all(m.result is not None and m.result.status == "completed" for m in members)
+
+
+def measure(job: list[str], common: list[str], repeats: int) -> dict[str, float]:
+    overrides = [*job, *common]
+    configs = [compose_config([*overrides, f"scheduler={s}"]) for s in SCHEDULES]
+    with tempfile.TemporaryDirectory() as tmp:
+        runs = iter(range(10**6))
+
+        def fresh() -> Path:
+            return Path(tmp) / str(next(runs))
+
+        times = interleaved(
+            {
+                "sweep basic": lambda: sweep(overrides, "basic", fresh()),
+                "sweep fused": lambda: sweep(overrides, "fused", fresh()),
+                "training separate": lambda: separate(configs, fresh()),
+                "training fused": lambda: fused(configs, fresh()),
+            },
+            repeats,
+        )
+    result = {name: median(values) for name, values in times.items()}
+    result["sweep ratio"] = result["sweep basic"] / result["sweep fused"]
+    result["training ratio"] = result["training separate"] / result["training fused"]
+    return result
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="MLP, 2 epochs, 1 repeat (smoke)")
+    args = parser.parse_args(argv)
+    logging.getLogger("schedlab").setLevel(logging.WARNING)
+    jobs = {"digits MLP": JOBS["digits MLP"]} if args.quick else JOBS
+    common = QUICK_COMMON if args.quick else COMMON
+    repeats = 1 if args.quick else args.repeats
+    if not args.quick:  # imports and first-call costs out of the way, untimed
+        measure(JOBS["digits MLP"], QUICK_COMMON, 1)
+    results = {name: measure(job, common, repeats) for name, job in jobs.items()}
+    payload = {"machine": machine(), "repeats": repeats, "jobs": len(SCHEDULES),
+               "overrides": common, "results": results}  # fmt: skip
+    lines = [
+        f"Six schedules ({', '.join(SCHEDULES)}), {' '.join(common)}; median of {repeats}.",
+        "",
+        "| job | sweep: basic s | fused s | **basic/fused** | training: separate s | fused s "
+        "| **separate/fused** |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, r in results.items():
+        lines.append(
+            f"| {name} | {r['sweep basic']:.2f} | {r['sweep fused']:.2f} | "
+            f"**{r['sweep ratio']:.2f}x** | {r['training separate']:.2f} | "
+            f"{r['training fused']:.2f} | **{r['training ratio']:.2f}x** |"
+        )
+    if not args.quick:
+        write("fused", payload, "\n".join(lines))
+    else:
+        print("\n".join(lines))
+    return payload
+
+
+if __name__ == "__main__":
+    main()

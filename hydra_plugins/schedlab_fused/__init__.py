@@ -1,0 +1,1 @@
+"""schedlab's Hydra launcher plugin: `hydra/launcher=fused` (see fused_launcher.py)."""

@@ -1,0 +1,145 @@
+"""`hydra/launcher=fused`: a multirun's fusable jobs train together as one stacked model.
+
+    python -m runner -m hydra/launcher=fused scheduler=step,cosine,plateau seed=0,1,2
+
+The launcher groups the sweep's jobs by what shapes a batch (model, data, batch size,
+epochs, ...; see runner/fused.py), trains each group of two or more in this process
+as one stacked model, then passes every job through Hydra's `run_job` like the basic
+launcher does: the same run dir, `.hydra/`, `train.log`, callbacks, return value, and
+its rows and summary sent to W&B/TensorBoard as its own run. Jobs that cannot fuse
+(another model, dropout, resume, ...) run one after another as the basic launcher runs
+them, with a one-line notice saying why.
+"""
+
+import copy
+import functools
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from hydra.core.config_store import ConfigStore
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.utils import JobReturn, configure_log, filter_overrides, run_job, setup_globals
+from hydra.plugins.launcher import Launcher
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FusedLauncherConf:
+    _target_: str = "hydra_plugins.schedlab_fused.fused_launcher.FusedLauncher"
+    # most jobs trained as one stacked model; a larger group is split into chunks of this size
+    max_group: int = 64
+
+
+ConfigStore.instance().store(
+    group="hydra/launcher", name="fused", node=FusedLauncherConf, provider="schedlab"
+)
+
+
+class FusedLauncher(Launcher):
+    def __init__(self, max_group: int = 64) -> None:
+        super().__init__()
+        if max_group < 1:
+            raise ValueError(f"hydra.launcher.max_group={max_group}: must be >= 1")
+        self.max_group = max_group
+        self.config: DictConfig | None = None
+        self.task_function: TaskFunction | None = None
+        self.hydra_context: HydraContext | None = None
+
+    def setup(
+        self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
+    ) -> None:
+        self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
+
+    def launch(
+        self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
+    ) -> Sequence[JobReturn]:
+        from runner.fused import Member, group_key, replay, train_group, why_not_fusable
+
+        setup_globals()
+        assert self.config is not None and self.hydra_context is not None
+        assert self.task_function is not None
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+
+        jobs = [self._job_config(initial_job_idx + i, o) for i, o in enumerate(job_overrides)]
+        groups: dict[str, list[int]] = {}
+        members: dict[int, Member] = {}
+        for i, config in enumerate(jobs):
+            task_cfg, run_dir = _task_config(config)
+            reason = why_not_fusable(task_cfg)
+            if reason is not None:
+                log.info(f"\t#{initial_job_idx + i} runs on its own: {reason}")
+                continue
+            sweep = Path(str(config.hydra.sweep.dir))
+            members[i] = Member(
+                task_cfg, run_dir, list(config.hydra.overrides.task), "_".join(sweep.parts[-2:])
+            )
+            groups.setdefault(group_key(task_cfg), []).append(i)
+        chunks = [
+            idx[s : s + self.max_group]
+            for idx in groups.values()
+            for s in range(0, len(idx), self.max_group)
+        ]
+        for chunk in chunks:
+            if len(chunk) == 1:  # nothing to fuse with: an ordinary job
+                members.pop(chunk[0])
+        for chunk in (c for c in chunks if len(c) > 1):
+            numbers = ", ".join(f"#{initial_job_idx + i}" for i in chunk)
+            log.info(f"Training {len(chunk)} jobs as one fused model: {numbers}")
+            train_group([members[i] for i in chunk])
+
+        runs: list[JobReturn] = []
+        for i, config in enumerate(jobs):
+            lst = " ".join(filter_overrides(job_overrides[i]))
+            log.info(f"\t#{initial_job_idx + i} : {lst}" + (" (fused)" if i in members else ""))
+            task = (
+                functools.partial(_replayed, replay, members[i])
+                if i in members
+                else self.task_function
+            )
+            runs.append(
+                run_job(
+                    hydra_context=self.hydra_context,
+                    task_function=task,
+                    config=config,
+                    job_dir_key="hydra.sweep.dir",
+                    job_subdir_key="hydra.sweep.subdir",
+                )
+            )
+            configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        return runs
+
+    def _job_config(self, idx: int, overrides: Sequence[str]) -> DictConfig:
+        assert self.hydra_context is not None and self.config is not None
+        config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+        with open_dict(config):
+            config.hydra.job.id = idx
+            config.hydra.job.num = idx
+        return config
+
+
+def _replayed(replay: object, member: object, _task_cfg: DictConfig) -> float:
+    return replay(member)  # type: ignore[operator]
+
+
+def _task_config(config: DictConfig) -> tuple[DictConfig, Path]:
+    """The job's config without `hydra`, resolved as its job would see it, and its run dir
+    (computed as hydra.core.utils.run_job computes it)."""
+    previous = HydraConfig.instance().cfg
+    HydraConfig.instance().set_config(config)
+    try:
+        out = str(OmegaConf.select(config, "hydra.sweep.dir"))
+        run_dir = Path(os.path.abspath(os.path.join(out, str(config.hydra.sweep.subdir))))
+        task_cfg = copy.deepcopy(config)
+        with read_write(task_cfg), open_dict(task_cfg):
+            del task_cfg["hydra"]
+        OmegaConf.resolve(task_cfg)
+    finally:
+        HydraConfig.instance().cfg = previous
+    return task_cfg, run_dir

@@ -1,0 +1,361 @@
+"""Fused sweeps: the jobs of a multirun that share a batch shape, trained as one stacked model.
+
+Used by the `hydra/launcher=fused` plugin (hydra_plugins/schedlab_fused/). Jobs fuse when
+they differ only in what each member can have for itself: seed (init and data order), the
+schedule and its parameters, optimizer hyper-parameters (lr, momentum, weight decay,
+betas, eps, param-group multipliers) and when to call a run diverged. Everything that
+shapes a batch or the model (model, data, batch size, epochs, device) must match.
+
+Each member keeps what a single run has: its model built from its own seed (then
+stacked, runner/stacked.py), its own shuffle generator, its own torch optimizer and
+real torch scheduler (which set the lr that the fused step reads), its own
+metrics.jsonl/config.yaml/status.json in its own run dir. The loop below mirrors
+runner/train.py's `_epochs` phase for phase; rows carry the same keys.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch.nn import functional as F
+
+from runner.builders import build_optimizer, resolve_device, seed_everything
+from runner.config import validate
+from runner.data import TensorData, batches, load_data, place
+from runner.loggers import RunLogger, open_logger
+from runner.models import build_model
+from runner.stacked import FusedOptimizer, StackedNet
+from runner.stopping import stop_on_signals
+from runner.train import Result, group_names, progress_bar
+from schedulers import ConfigError, build_scheduler
+
+log = logging.getLogger("schedlab")
+
+FUSED_MODELS = ("mlp", "lenet")
+# keys each member may set for itself; everything else must be equal to fuse
+PER_MEMBER = {
+    "seed": None,
+    "scheduler": None,
+    "logger": None,
+    "lr_find": None,
+    "optimizer": ("lr", "momentum", "weight_decay", "betas", "eps", "param_groups"),
+    "trainer": (
+        "diverge_loss", "monitor", "monitor_mode", "log_every_n_steps", "progress",
+        "checkpoint", "checkpoint_interval_s", "channels_last",
+    ),
+}  # fmt: skip
+
+
+def why_not_fusable(cfg: DictConfig) -> str | None:
+    """None when the job can train inside a fused group, else the reason (shown once)."""
+    try:
+        validate(cfg)
+    except ConfigError:
+        return "its config is invalid (the job reports the error itself)"
+    if cfg.model.name not in FUSED_MODELS:
+        return f"model={cfg.model.name} (fused: {', '.join(FUSED_MODELS)})"
+    if cfg.model.name == "mlp" and cfg.model.dropout > 0:
+        return "dropout draws from the global RNG, so members cannot match separate runs"
+    reasons = {
+        "resume": cfg.resume not in (None, False),
+        "optimizer.lr=find": cfg.optimizer.lr == "find",
+        "data.augment": bool(cfg.data.get("augment", False)),
+        "trainer.amp": cfg.trainer.amp,
+        "trainer.compile": cfg.trainer.compile,
+        "trainer.strategy=ddp": cfg.trainer.strategy == "ddp",
+    }
+    bad = [name for name, on in reasons.items() if on]
+    return f"{', '.join(bad)} is not supported fused" if bad else None
+
+
+def group_key(cfg: DictConfig) -> str:
+    """Jobs with equal keys share a batch shape and can train as one stacked model."""
+    shared = OmegaConf.to_container(cfg, resolve=True)
+    for top, keys in PER_MEMBER.items():
+        if keys is None:
+            shared.pop(top, None)
+        else:
+            for key in keys:
+                shared[top].pop(key, None)
+    return json.dumps(shared, sort_keys=True)
+
+
+@dataclass
+class Member:
+    """One job of a fused group: its config (the job's, without `hydra`) and run dir."""
+
+    cfg: DictConfig
+    run_dir: Path
+    overrides: list[str]
+    sweep_name: str | None
+    log_lines: list[tuple[int, str]] = field(default_factory=list)  # replayed into train.log
+    result: Result | None = None
+    summary: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+
+def train_group(members: Sequence[Member]) -> None:
+    """Train the members as one stacked model; leaves each one's run dir as a single run
+    would (config.yaml, metrics.jsonl, status.json) and its result on the member."""
+    t0 = time.perf_counter()
+    try:
+        with stop_on_signals() as stop:
+            _fit(members, stop)  # raises SystemExit(128 + signal) when interrupted
+    except Exception as err:
+        log.exception("the fused group failed")
+        for m in members:
+            if m.result is None:
+                m.error = repr(err)
+    finally:
+        _write_status(members, time.perf_counter() - t0)
+
+
+def _write_status(members: Sequence[Member], wall: float) -> None:
+    for m in members:
+        if m.error is not None or m.result is None:
+            status = {"status": "failed", "error": m.error or "the fused group stopped"}
+        else:
+            assert m.result is not None
+            status = {
+                "status": m.result.status,
+                "best_val_acc": m.result.best_val_acc,
+                "epochs_done": m.result.epochs_done,
+                "wall_time_s": wall,
+                "fused_jobs": len(members),  # trained together with this many jobs (one process)
+            }
+            m.summary = {
+                "status": m.result.status,
+                "diverged": m.result.status == "diverged",
+                "best/val_acc": m.result.best_val_acc,
+                "time/total_s": wall,
+            }
+        m.run_dir.mkdir(parents=True, exist_ok=True)
+        (m.run_dir / "status.json").write_text(json.dumps(status, indent=2) + "\n")
+
+
+def _note(member: Member, message: str, level: int = logging.INFO) -> None:
+    member.log_lines.append((level, message))
+    if level > logging.INFO:  # warnings show now too, not only in the job's train.log
+        log.log(level, message)
+
+
+def _build(members: Sequence[Member]) -> tuple[torch.device, TensorData, StackedNet, list, list]:
+    """Each member's model, optimizer and scheduler exactly as build_run makes them (same
+    seed -> same init), then the models stacked. Data is loaded once for all."""
+    first = members[0].cfg
+    device = resolve_device(first.trainer.device)
+    data = place(load_data(first.data), device)
+    steps_per_epoch = math.ceil(len(data.y_train) / first.data.batch_size)
+    models, optimizers, schedules = [], [], []
+    for m in members:
+        cfg = m.cfg
+        seed_everything(cfg.seed, cfg.trainer.deterministic)
+        model = build_model(cfg.model, data.image_shape, data.num_classes).to(device)
+        optimizer = build_optimizer(cfg.optimizer, model, cfg.model)
+        schedule = build_scheduler(
+            cfg.scheduler, optimizer, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch
+        )
+        # never stepped itself (the fused step reads its lr); a step without gradients
+        # changes nothing and tells torch's scheduler the optimizer is in use (no warning)
+        optimizer.step()
+        models.append(model)
+        optimizers.append(optimizer)
+        schedules.append(schedule)
+    net = StackedNet(models)
+    return device, data, net, optimizers, schedules
+
+
+def _param_groups(net: StackedNet, optimizers: Sequence[torch.optim.Optimizer]) -> list[list[int]]:
+    """groups[p][k]: which param group of member k's optimizer holds stacked param p."""
+    group_of = [
+        {id(q): i for i, g in enumerate(opt.param_groups) for q in g["params"]}
+        for opt in optimizers
+    ]
+    return [[group_of[k][id(param)] for k, param in enumerate(sources)] for sources in net.sources]
+
+
+def _resize(data: TensorData, size: int | None) -> TensorData:
+    """LeNet's upsampling of small images, done once for the data set instead of per batch
+    (bilinear interpolation is per image: the same numbers either way)."""
+    if size is None or data.x_train.shape[-1] == size:
+        return data
+
+    def up(x: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+    return TensorData(up(data.x_train), data.y_train, up(data.x_val), data.y_val, data.num_classes)
+
+
+def _fit(members: Sequence[Member], stop: Any) -> None:
+    first = members[0].cfg
+    for m in members:
+        m.run_dir.mkdir(parents=True, exist_ok=True)
+        (m.run_dir / "config.yaml").write_text(OmegaConf.to_yaml(m.cfg, resolve=True))
+    device, data, net, optimizers, schedules = _build(members)
+    data = _resize(data, net.input_size)
+    k, epochs, batch_size = len(members), first.epochs, first.data.batch_size
+    fused = FusedOptimizer(
+        net.stacked_params(), optimizers, _param_groups(net, optimizers), first.optimizer.name
+    )
+    loggers = [RunLogger(m.run_dir) for m in members]  # metrics.jsonl now; backends replayed
+    names = [group_names(opt) for opt in optimizers]
+    shuffles = [torch.Generator().manual_seed(m.cfg.seed) for m in members]
+    best = [0.0] * k
+    active = list(range(k))
+    per_step = [s.interval == "step" for s in schedules]
+    every = [m.cfg.trainer.log_every_n_steps for m in members]
+    n_train, step = data.y_train.shape[0], 0
+    steps_per_epoch = math.ceil(n_train / batch_size)
+    for m in members:
+        _note(m, f"fused with {k - 1} other job(s): {first.model.name} on {first.data.name} "
+                 f"({device}), {m.cfg.optimizer.name} lr={m.cfg.optimizer.lr}, "
+                 f"scheduler={m.cfg.scheduler.name}, {epochs} epochs")  # fmt: skip
+
+    def lrs_now(i: int, prefix: str) -> dict[str, float]:
+        groups = optimizers[i].param_groups
+        return {f"{prefix}{n}": g["lr"] for n, g in zip(names[i], groups, strict=True)}
+
+    for epoch in range(epochs):
+        t0 = time.perf_counter()
+        lrs = [lrs_now(i, "lr/") for i in range(k)]
+
+        # -- train: member i's batch is its own permutation's slice, gathered as [K, B, ...]
+        orders = torch.stack([torch.randperm(n_train, generator=g) for g in shuffles]).to(device)
+        loss_sum = torch.zeros(k, device=device)
+        correct = torch.zeros(k, device=device)
+        bar = progress_bar(first.trainer.progress, steps_per_epoch, f"fused x{k} epoch {epoch}")
+        for start in range(0, n_train, batch_size):
+            idx = orders[:, start : start + batch_size]
+            x, y = data.x_train[idx], data.y_train[idx]
+            logits = net(x)
+            loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none")
+            loss = loss.view(k, -1).mean(1)  # each member's mean over its own batch
+            fused.zero_grad()
+            loss.sum().backward()  # members share no weights: each gets its own gradient
+            fused.step()
+            loss = loss.detach()
+            loss_sum += loss * y.shape[1]
+            correct += (logits.detach().argmax(-1) == y).sum(1)
+            step += 1
+            step_loss = loss.tolist() if any(n and step % n == 0 for n in every) else None
+            for i in active:
+                row = lrs_now(i, "lr_step/") if per_step[i] else {}
+                schedules[i].step_batch()
+                if every[i] and step % every[i] == 0:
+                    row = {**lrs_now(i, "lr_step/"), "train/step_loss": step_loss[i]}
+                if row:
+                    loggers[i].log_step({"trainer/global_step": step, "epoch": epoch, **row})
+            if any(per_step):
+                fused.refresh()
+            if bar is not None:
+                bar.update()
+            if stop.signum is not None:
+                break
+        if bar is not None:
+            bar.close()
+        if stop.signum is not None:
+            for i in active:
+                members[i].result = Result("interrupted", best[i], epoch, stop.signum)
+                _note(members[i], f"interrupted in epoch {epoch}", logging.WARNING)
+            raise SystemExit(128 + stop.signum)
+        # sums on the device, divided on the host in double precision, as train.py does
+        train_loss = [v / n_train for v in loss_sum.tolist()]
+        train_acc = [v / n_train for v in correct.tolist()]
+
+        # -- validate: every member on the whole validation split
+        val_loss, val_acc = _evaluate(net, data, max(batch_size, 1024), device)
+
+        # -- log, then stop diverged members and step the others' schedules
+        epoch_s = time.perf_counter() - t0
+        for i in list(active):
+            m, cfg = members[i], members[i].cfg
+            row = {
+                "epoch": epoch,
+                **lrs[i],
+                "train/loss": train_loss[i],
+                "train/acc": train_acc[i],
+                "val/loss": val_loss[i],
+                "val/acc": val_acc[i],
+                "time/epoch_s": epoch_s,
+            }
+            loggers[i].log_epoch(row)
+            best[i] = max(best[i], val_acc[i])
+            lr_text = " ".join(f"{key}={v:.3g}" for key, v in lrs[i].items())
+            _note(m, f"epoch {epoch:>3}/{epochs}  {lr_text}  train/loss={train_loss[i]:.4f} "
+                     f"train/acc={train_acc[i]:.3f}  val/loss={val_loss[i]:.4f} "
+                     f"val/acc={val_acc[i]:.3f}  ({epoch_s:.2f}s, fused x{k})")  # fmt: skip
+            losses = (train_loss[i], val_loss[i])
+            limit = cfg.trainer.diverge_loss
+            if not all(map(math.isfinite, losses)) or (limit is not None and max(losses) > limit):
+                _note(m, f"loss {train_loss[i]:.4g} at epoch {epoch}: run diverged, stopping; "
+                         "the other fused jobs go on", logging.WARNING)  # fmt: skip
+                m.result = Result("diverged", best[i], epoch + 1)
+                fused.freeze(i)
+                active.remove(i)
+                continue
+            schedules[i].step_epoch(row)
+        fused.refresh()
+        accs = [val_acc[i] for i in active]
+        log.info(
+            f"fused epoch {epoch:>3}/{epochs}: {len(active)}/{k} jobs training"
+            + (f", val/acc {min(accs):.3f}..{max(accs):.3f}" if accs else "")
+            + f" ({epoch_s:.2f}s)"
+        )
+        if not active:
+            break
+    for i in active:
+        members[i].result = Result("completed", best[i], epochs)
+        _note(members[i], f"completed: best val/acc={best[i]:.4f}; outputs in {members[i].run_dir}")
+
+
+@torch.no_grad()
+def _evaluate(
+    net: StackedNet, data: TensorData, batch_size: int, device: torch.device
+) -> tuple[list[float], list[float]]:
+    """Each member's mean loss and accuracy over the validation split (one host sync)."""
+    net.eval()
+    loss_sum = torch.zeros(net.k, device=device)
+    correct = torch.zeros(net.k, device=device)
+    for x, y in batches(data.x_val, data.y_val, batch_size, device=device):
+        logits = net(x)  # the same batch for every member: [K, N, classes]
+        loss = F.cross_entropy(logits.flatten(0, 1), y.repeat(net.k), reduction="none")
+        loss_sum += loss.view(net.k, -1).sum(1)
+        correct += (logits.argmax(-1) == y).sum(1)
+    net.train()
+    n = data.y_val.shape[0]
+    return [v / n for v in loss_sum.tolist()], [v / n for v in correct.tolist()]
+
+
+def replay(member: Member) -> float:
+    """The job's own part, run inside Hydra's job context (its train.log, .hydra/, callbacks):
+    its log lines, then its rows and summary sent to W&B/TensorBoard as a single run
+    sends them. Returns what the task function returns: the best val accuracy."""
+    for level, line in member.log_lines:
+        log.log(level, line)
+    if member.error is not None or member.result is None:
+        log.error(f"job failed in its fused group: {member.error}")
+        return float("nan")
+    cfg = member.cfg
+    config = OmegaConf.to_container(cfg, resolve=True)
+    lines = (member.run_dir / "metrics.jsonl").read_text().splitlines()
+    rows = [json.loads(line) for line in lines]
+    with open_logger(
+        cfg.logger, member.run_dir, config, member.overrides, member.sweep_name
+    ) as logger:
+        logger.write = False  # metrics.jsonl is already written
+        for row in rows:
+            if row.get("kind") == "step":
+                logger.log_step({k: v for k, v in row.items() if k != "kind"})
+            else:
+                logger.log_epoch(row)
+        logger.summary(member.summary)
+    return member.result.best_val_acc

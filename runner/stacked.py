@@ -1,0 +1,222 @@
+"""K copies of one small model trained as one: every parameter stacked along a leading K axis.
+
+A fused sweep (hydra/launcher=fused) trains K jobs that differ only in schedule, optimizer
+hyper-parameters and seed. Each job's model is first built exactly as a single run builds
+it (same seed, same init), then its parameters are stacked: Linear layers become one
+batched matmul over [K, B, features], Conv2d layers one grouped convolution over
+[B, K*C, H, W]. Every member sees only its own weights and its own batch, so the K
+members compute what K separate runs compute, in one pass.
+
+`FusedOptimizer` then does SGD(momentum)/Adam/AdamW over the stacked tensors with
+per-member hyper-parameters, read from each member's own torch optimizer, which the
+member's real torch scheduler drives (see runner/fused.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+FUSABLE_LAYERS = (nn.Linear, nn.Conv2d, nn.ReLU, nn.MaxPool2d, nn.Flatten)
+
+
+def layers_of(model: nn.Module) -> list[nn.Module]:
+    """The model's leaf modules in forward order (MLP and LeNet are plain chains)."""
+    return [m for m in model.modules() if not list(m.children())]
+
+
+class StackedNet(nn.Module):
+    """K models of one chain of Linear/Conv2d/ReLU/MaxPool2d/Flatten layers, as one module.
+
+    Input [K, B, C, H, W] (each member its own batch) or [N, C, H, W] (one batch for all,
+    e.g. the validation split); output logits [K, B, classes]."""
+
+    def __init__(self, models: Sequence[nn.Module]) -> None:
+        super().__init__()
+        self.k = len(models)
+        chains = [layers_of(m) for m in models]
+        self.kinds: list[nn.Module] = []  # the layer types, from member 0 (all share them)
+        self.weights = nn.ParameterList()
+        self.biases = nn.ParameterList()
+        self.sources: list[list[nn.Parameter]] = []  # member params behind each stacked one
+        for i, layer in enumerate(chains[0]):
+            if not isinstance(layer, FUSABLE_LAYERS):
+                raise TypeError(f"cannot stack a {type(layer).__name__}")
+            self.kinds.append(layer)
+            if isinstance(layer, (nn.Linear, nn.Conv2d)):
+                for name, out in (("weight", self.weights), ("bias", self.biases)):
+                    members = [getattr(chain[i], name) for chain in chains]
+                    out.append(nn.Parameter(torch.stack([p.detach() for p in members])))
+                    self.sources.append(members)
+        # ReLU then 2x2 max-pool equals pool then ReLU (max commutes with the monotone
+        # ReLU), and pooling first does the ReLU on a quarter of the values
+        for i in range(len(self.kinds) - 1):
+            if isinstance(self.kinds[i], nn.ReLU) and isinstance(self.kinds[i + 1], nn.MaxPool2d):
+                self.kinds[i], self.kinds[i + 1] = self.kinds[i + 1], self.kinds[i]
+        # LeNet upsamples small images; the fused loop resizes the data once instead
+        self.input_size: int | None = getattr(models[0], "input_size", None)
+
+    def stacked_params(self) -> list[nn.Parameter]:
+        """In the order of `sources` (weight, bias per layer)."""
+        return [p for pair in zip(self.weights, self.biases, strict=True) for p in pair]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        k = self.k
+        shared = x.dim() == 4 or (x.dim() == 2 and not isinstance(self.kinds[0], nn.Conv2d))
+        if isinstance(self.kinds[0], nn.Conv2d):
+            # conv layout [B, K*C, H, W]: member k owns channel block k
+            x = x.repeat(1, k, 1, 1) if shared else x.transpose(0, 1).flatten(1, 2)
+            # grouped convolutions and max-pooling are several times faster channels-last
+            x = x.contiguous(memory_format=torch.channels_last)
+        elif shared:
+            x = x.unsqueeze(0).expand(k, *x.shape)
+        conv_layout = isinstance(self.kinds[0], nn.Conv2d)
+        p = 0
+        for layer in self.kinds:
+            if isinstance(layer, nn.Conv2d):
+                w, b = self.weights[p], self.biases[p]
+                w = w.flatten(0, 1).contiguous(memory_format=torch.channels_last)
+                x = F.conv2d(
+                    x, w, b.flatten(), layer.stride, layer.padding,
+                    layer.dilation, groups=k * layer.groups,
+                )  # fmt: skip
+                p += 1
+            elif isinstance(layer, nn.Linear):
+                x = torch.baddbmm(self.biases[p].unsqueeze(1), x, self.weights[p].transpose(1, 2))
+                p += 1
+            elif isinstance(layer, nn.Flatten):
+                if conv_layout:  # [B, K*C, H, W] -> [K, B, C*H*W], C*H*W in NCHW order
+                    x = x.contiguous().unflatten(1, (k, -1)).flatten(2).transpose(0, 1)
+                    conv_layout = False
+                else:
+                    x = x.flatten(2)
+            else:  # ReLU, MaxPool2d: per channel, so per member in either layout
+                x = layer(x)
+        return x
+
+    @torch.no_grad()
+    def unstack_into(self, member: int) -> None:
+        """Copy member's current weights back into its own model (e.g. to save it)."""
+        for stacked, members in zip(self.stacked_params(), self.sources, strict=True):
+            members[member].copy_(stacked[member])
+
+
+def column(values: Sequence[float], like: torch.Tensor) -> torch.Tensor:
+    """Per-member values shaped [K, 1, ...] to broadcast over a stacked tensor like `like`."""
+    shape = (len(values),) + (1,) * (like.dim() - 1)
+    return torch.tensor(values, dtype=like.dtype, device=like.device).view(shape)
+
+
+class FusedOptimizer:
+    """One optimizer step for all K members over stacked tensors.
+
+    Hyper-parameters are per member and per param group: `groups[p][k]` is the index of
+    the param group of member k's optimizer that stacked param p belongs to. `refresh()`
+    reads lr (and momentum/betas, which OneCycleLR and CyclicLR cycle) from the members'
+    torch optimizers, which their torch schedulers have just stepped. The update is
+    torch's own SGD/Adam/AdamW arithmetic, applied to [K, ...] tensors.
+    """
+
+    def __init__(
+        self,
+        params: Sequence[torch.Tensor],
+        members: Sequence[torch.optim.Optimizer],
+        groups: Sequence[Sequence[int]],
+        name: str,
+    ) -> None:
+        self.params, self.members, self.groups, self.name = list(params), members, groups, name
+        self.k = len(members)
+        self.active = torch.ones(self.k, dtype=torch.bool)
+        self.steps = 0
+        self.state: list[dict[str, torch.Tensor]] = [{} for _ in self.params]
+        self.hyper: list[dict[str, Any]] = []
+        self.refresh()
+
+    def _per_member(self, p: int, key: str, pick: Any = None) -> list[float]:
+        return [
+            (pick or (lambda v: v))(opt.param_groups[self.groups[p][k]][key])
+            for k, opt in enumerate(self.members)
+        ]
+
+    def refresh(self) -> None:
+        """Re-read every member's hyper-parameters; call after its scheduler stepped."""
+        self.hyper = [self._hyper(p, param) for p, param in enumerate(self.params)]
+
+    def _hyper(self, p: int, param: torch.Tensor) -> dict[str, Any]:
+        def col(values: list[float]) -> torch.Tensor:
+            return column(values, param)
+
+        on = self.active.tolist()
+        lr = [v if active else 0.0 for v, active in zip(self._per_member(p, "lr"), on, strict=True)]
+        wd = self._per_member(p, "weight_decay")
+        h: dict[str, Any] = {"lr": lr, "wd": wd, "neg_lr": col([-v for v in lr])}
+        if any(wd):
+            h["wd_t"] = col(wd)
+        if self.name == "sgd":
+            h["momentum"] = col(self._per_member(p, "momentum"))
+            h["nesterov"] = self.members[0].param_groups[0]["nesterov"]
+        else:
+            h["beta1"] = self._per_member(p, "betas", lambda b: b[0])
+            h["beta2"] = self._per_member(p, "betas", lambda b: b[1])
+            h["eps"] = col(self._per_member(p, "eps"))
+            if self.name == "adamw":
+                h["decay_t"] = col([1 - a * w for a, w in zip(lr, wd, strict=True)])
+        return h
+
+    @torch.no_grad()
+    def freeze(self, member: int) -> None:
+        """A diverged member: zero its weights and state, lr 0 from now on. Its NaNs never
+        reach the others (each member's slice is computed on its own) and zeros keep the
+        wasted arithmetic on finite numbers."""
+        self.active[member] = False
+        for p, param in enumerate(self.params):
+            param[member] = 0
+            for buf in self.state[p].values():
+                buf[member] = 0
+        self.refresh()
+
+    def zero_grad(self) -> None:
+        for param in self.params:
+            param.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        self.steps += 1
+        for p, param in enumerate(self.params):
+            if param.grad is not None:
+                step = self._sgd if self.name == "sgd" else self._adam
+                step(param, param.grad, self.state[p], self.hyper[p])
+
+    def _sgd(self, param: torch.Tensor, grad: torch.Tensor, state: dict, h: dict) -> None:
+        if "wd_t" in h:
+            grad = grad.addcmul(param, h["wd_t"])
+        buf = state.get("momentum_buffer")
+        if buf is None:
+            buf = state["momentum_buffer"] = grad.clone()
+        else:
+            buf.mul_(h["momentum"]).add_(grad)
+        grad = grad.addcmul(buf, h["momentum"]) if h["nesterov"] else buf
+        param.addcmul_(grad, h["neg_lr"])
+
+    def _adam(self, param: torch.Tensor, grad: torch.Tensor, state: dict, h: dict) -> None:
+        if not state:
+            state["exp_avg"] = torch.zeros_like(param)
+            state["exp_avg_sq"] = torch.zeros_like(param)
+        if self.name == "adamw":
+            if any(h["wd"]):
+                param.mul_(h["decay_t"])
+        elif "wd_t" in h:
+            grad = grad.addcmul(param, h["wd_t"])
+        t, b1, b2 = self.steps, h["beta1"], h["beta2"]
+        state["exp_avg"].lerp_(grad, column([1 - b for b in b1], param))
+        state["exp_avg_sq"].mul_(column(b2, param))
+        state["exp_avg_sq"].addcmul_(grad.mul(grad), column([1 - b for b in b2], param))
+        # torch computes these per step in Python floats; so do we, per member
+        step_size = column([-lr / (1 - b**t) for lr, b in zip(h["lr"], b1, strict=True)], param)
+        bc2_sqrt = column([(1 - b**t) ** 0.5 for b in b2], param)
+        denom = (state["exp_avg_sq"].sqrt() / bc2_sqrt).add_(h["eps"])
+        param.addcmul_(state["exp_avg"] / denom, step_size)
