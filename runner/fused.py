@@ -256,12 +256,10 @@ def _fit(members: Sequence[Member], stop: Any) -> None:
                     loggers[i].log_step({"trainer/global_step": step, "epoch": epoch, **row})
             if any(per_step):
                 fused.refresh()
-            if bar is not None:
-                bar.update()
+            bar.update()
             if stop.signum is not None:
                 break
-        if bar is not None:
-            bar.close()
+        bar.close()
         if stop.signum is not None:
             for i in active:
                 members[i].result = Result("interrupted", best[i], epoch, stop.signum)

@@ -158,8 +158,7 @@ def range_test(
             for group, ratio in zip(optimizer.param_groups, ratios, strict=True):
                 group["lr"] = lr * ratio
             loss, _ = train_step(model, optimizer, x.to(device), y.to(device), amp_ctx, scaler)
-            if bar is not None:
-                bar.update()
+            bar.update()
             if cfg["val_every"]:
                 if (i + 1) % cfg["val_every"]:
                     continue
@@ -180,8 +179,7 @@ def range_test(
                 result.stopped_early = True
                 break
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
         model.load_state_dict(saved[0])
         optimizer.load_state_dict(saved[1])
         torch.set_rng_state(saved[2])

@@ -99,10 +99,20 @@ def evaluate(
     return loss_sum.item() / n, correct.item() / n
 
 
+class NoBar:
+    """What progress_bar gives when there is no terminal: the caller logs lines instead."""
+
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def progress_bar(mode: str, total: int, desc: str) -> Any:
-    """A tqdm bar on a terminal (or when mode is `bar`), else None: the caller logs lines."""
+    """A tqdm bar on a terminal (or when mode is `bar`), else a NoBar."""
     if mode == "line" or (mode == "auto" and not sys.stderr.isatty()):
-        return None
+        return NoBar()
     from tqdm import tqdm
 
     return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True, file=sys.stderr)
@@ -188,12 +198,10 @@ def _epochs(
                 step_row = {**lrs_now("lr_step/"), "train/step_loss": loss.item()}  # a host sync
             if step_row:
                 logger.log_step({"trainer/global_step": progress.step, "epoch": epoch, **step_row})
-            if bar is not None:
-                bar.update()
+            bar.update()
             if stop.signum is not None:
                 break
-        if bar is not None:
-            bar.close()
+        bar.close()
 
         # -- interrupted: drop the partial epoch; last.pt (the epoch before) is the resume point
         if stop.signum is not None:

@@ -234,3 +234,49 @@ def test_submitit_job_signalled_mid_run_is_requeued_and_resumes_exactly(tmp_path
     )  # fmt: skip
     assert ref.returncode == 0, ref.stderr
     assert comparable(read_metrics(sweep / "0")) == comparable(read_metrics(tmp_path / "reference"))
+
+
+def test_submitit_job_killed_with_sigterm_resumes_when_the_sweep_is_run_again(tmp_path):
+    """SIGTERM (a scancel, or the node going away) is not a requeue under submitit: the
+    job checkpoints and stops as interrupted. Running the same sweep again into the same
+    dir resumes it from last.pt, and it ends as if it had never stopped."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tests.test_robustness import comparable, wait_for_rows
+
+    args = ["model=lenet", "data.batch_size=16", "optimizer.lr=0.02", "epochs=5",
+            "logger=none", "trainer.checkpoint_interval_s=0", "trainer.progress=line"]  # fmt: skip
+    sweep = tmp_path / "sweep"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "runner", "-m", "hydra/launcher=local", *args,
+               f"hydra.sweep.dir={sweep}"]  # fmt: skip
+    proc = subprocess.Popen(
+        command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    wait_for_rows(sweep / "0", 2, proc)
+    task = subprocess.run(["pgrep", "-f", f"submitit.core._submit {sweep}"],
+                          capture_output=True, text=True).stdout.split()  # fmt: skip
+    assert task, "the submitit task process was not found"
+    os.kill(int(task[-1]), signal.SIGTERM)
+    proc.communicate(timeout=300)
+    status = json.loads((sweep / "0" / "status.json").read_text())
+    assert status["status"] == "interrupted"
+    assert (sweep / "0" / "last.pt").exists()
+    done = len(read_metrics(sweep / "0"))
+    assert 2 <= done < 5
+
+    again = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True,
+                           timeout=300)  # fmt: skip
+    assert again.returncode == 0, again.stderr[-2000:]
+    logs = "".join(p.read_text() for p in sweep.glob(".submitit/*/*.out"))
+    assert "holds a checkpoint of this same config" in logs
+    assert json.loads((sweep / "0" / "status.json").read_text())["status"] == "completed"
+    ref = subprocess.run(  # same environment (thread count) as the submitit job
+        [sys.executable, "-m", "runner", *args, f"hydra.run.dir={tmp_path / 'reference'}"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert ref.returncode == 0, ref.stderr
+    assert comparable(read_metrics(sweep / "0")) == comparable(read_metrics(tmp_path / "reference"))
