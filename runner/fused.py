@@ -19,15 +19,20 @@ import json
 import logging
 import math
 import time
+import uuid
 from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.nn import functional as F
 
+from runner import checkpoint
+from runner.background import Background
 from runner.builders import build_optimizer, resolve_device, seed_everything
 from runner.config import validate
 from runner.data import TensorData, batches, load_data, place
@@ -101,6 +106,7 @@ class Member:
     result: Result | None = None
     summary: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
+    wandb_id: str | None = None  # chosen up front: the checkpoints name the W&B run to resume
 
 
 def train_group(members: Sequence[Member]) -> None:
@@ -108,8 +114,10 @@ def train_group(members: Sequence[Member]) -> None:
     would (config.yaml, metrics.jsonl, status.json) and its result on the member."""
     t0 = time.perf_counter()
     try:
-        with stop_on_signals() as stop:
-            _fit(members, stop)  # raises SystemExit(128 + signal) when interrupted
+        # checkpoints are written on the background thread; `cleanup` persists the newest
+        # epoch of every member however the loop ends, before that thread is joined
+        with Background() as background, ExitStack() as cleanup, stop_on_signals() as stop:
+            _fit(members, stop, background, cleanup)  # SystemExit(128 + signal) if interrupted
     except Exception as err:
         log.exception("the fused group failed")
         for m in members:
@@ -148,7 +156,9 @@ def _note(member: Member, message: str, level: int = logging.INFO) -> None:
         log.log(level, message)
 
 
-def _build(members: Sequence[Member]) -> tuple[torch.device, TensorData, StackedNet, list, list]:
+def _build(
+    members: Sequence[Member],
+) -> tuple[torch.device, TensorData, StackedNet, list, list, list]:
     """Each member's model, optimizer and scheduler exactly as build_run makes them (same
     seed -> same init), then the models stacked. Data is loaded once for all."""
     first = members[0].cfg
@@ -171,7 +181,7 @@ def _build(members: Sequence[Member]) -> tuple[torch.device, TensorData, Stacked
         optimizers.append(optimizer)
         schedules.append(schedule)
     net = StackedNet(models)
-    return device, data, net, optimizers, schedules
+    return device, data, net, models, optimizers, schedules
 
 
 def _param_groups(net: StackedNet, optimizers: Sequence[torch.optim.Optimizer]) -> list[list[int]]:
@@ -195,12 +205,46 @@ def _resize(data: TensorData, size: int | None) -> TensorData:
     return TensorData(up(data.x_train), data.y_train, up(data.x_val), data.y_val, data.num_classes)
 
 
-def _fit(members: Sequence[Member], stop: Any) -> None:
+def _member_state(
+    i: int,
+    net: StackedNet,
+    fused: FusedOptimizer,
+    parts: dict[str, list],
+    progress: Any,
+    shuffle: torch.Generator,
+    wandb_id: str | None,
+) -> dict[str, Any]:
+    """Member i as a single run's checkpoint (runner/checkpoint.py's format): its weights
+    and optimizer state unstacked into its own model and torch optimizer, so that the
+    ordinary runner can resume the job."""
+    net.unstack_into(i)
+    optimizer = parts["optimizers"][i]
+    for p, sources in enumerate(net.sources):
+        state, group = fused.state[p], optimizer.param_groups[fused.groups[p][i]]
+        if fused.name == "sgd":
+            if state and group["momentum"] != 0:
+                optimizer.state[sources[i]] = {"momentum_buffer": state["momentum_buffer"][i]}
+        elif state:
+            optimizer.state[sources[i]] = {
+                "step": torch.tensor(float(fused.steps)),
+                "exp_avg": state["exp_avg"][i],
+                "exp_avg_sq": state["exp_avg_sq"][i],
+            }
+    run = SimpleNamespace(
+        model=parts["models"][i], optimizer=optimizer, scheduler=parts["schedules"][i], scaler=None
+    )  # fmt: skip
+    return checkpoint.snapshot(run, progress, shuffle, wandb_id)
+
+
+def _fit(members: Sequence[Member], stop: Any, background: Background, cleanup: ExitStack) -> None:
     first = members[0].cfg
     for m in members:
         m.run_dir.mkdir(parents=True, exist_ok=True)
         (m.run_dir / "config.yaml").write_text(OmegaConf.to_yaml(m.cfg, resolve=True))
-    device, data, net, optimizers, schedules = _build(members)
+        if "wandb" in m.cfg.logger and m.cfg.logger.wandb.mode != "disabled":
+            m.wandb_id = uuid.uuid4().hex[:8]  # W&B's own ids are 8 characters of [a-z0-9]
+    device, data, net, models, optimizers, schedules = _build(members)
+    parts = {"models": models, "optimizers": optimizers, "schedules": schedules}
     data = _resize(data, net.input_size)
     k, epochs, batch_size = len(members), first.epochs, first.data.batch_size
     fused = FusedOptimizer(
@@ -209,7 +253,17 @@ def _fit(members: Sequence[Member], stop: Any) -> None:
     loggers = [RunLogger(m.run_dir) for m in members]  # metrics.jsonl now; backends replayed
     names = [group_names(opt) for opt in optimizers]
     shuffles = [torch.Generator().manual_seed(m.cfg.seed) for m in members]
-    best = [0.0] * k
+    progress = [checkpoint.Progress() for _ in members]
+    savers = [
+        checkpoint.Checkpointer(m.run_dir, m.cfg.trainer.checkpoint_interval_s, background)
+        if m.cfg.trainer.checkpoint
+        else None
+        for m in members
+    ]
+    for saver in savers:
+        if saver is not None:
+            cleanup.callback(saver.persist)
+    t_start = time.perf_counter()
     active = list(range(k))
     per_step = [s.interval == "step" for s in schedules]
     every = [m.cfg.trainer.log_every_n_steps for m in members]
@@ -262,7 +316,9 @@ def _fit(members: Sequence[Member], stop: Any) -> None:
         bar.close()
         if stop.signum is not None:
             for i in active:
-                members[i].result = Result("interrupted", best[i], epoch, stop.signum)
+                members[i].result = Result(
+                    "interrupted", progress[i].best_val_acc, epoch, stop.signum
+                )
                 _note(members[i], f"interrupted in epoch {epoch}", logging.WARNING)
             raise SystemExit(128 + stop.signum)
         # sums on the device, divided on the host in double precision, as train.py does
@@ -286,7 +342,8 @@ def _fit(members: Sequence[Member], stop: Any) -> None:
                 "time/epoch_s": epoch_s,
             }
             loggers[i].log_epoch(row)
-            best[i] = max(best[i], val_acc[i])
+            p = progress[i]
+            p.best_val_acc = max(p.best_val_acc, val_acc[i])
             lr_text = " ".join(f"{key}={v:.3g}" for key, v in lrs[i].items())
             _note(m, f"epoch {epoch:>3}/{epochs}  {lr_text}  train/loss={train_loss[i]:.4f} "
                      f"train/acc={train_acc[i]:.3f}  val/loss={val_loss[i]:.4f} "
@@ -296,11 +353,22 @@ def _fit(members: Sequence[Member], stop: Any) -> None:
             if not all(map(math.isfinite, losses)) or (limit is not None and max(losses) > limit):
                 _note(m, f"loss {train_loss[i]:.4g} at epoch {epoch}: run diverged, stopping; "
                          "the other fused jobs go on", logging.WARNING)  # fmt: skip
-                m.result = Result("diverged", best[i], epoch + 1)
+                m.result = Result("diverged", p.best_val_acc, epoch + 1)
                 fused.freeze(i)
                 active.remove(i)
                 continue
             schedules[i].step_epoch(row)
+
+            # -- checkpoint: the state the member's next epoch starts from (as train.py)
+            p.epoch, p.step = epoch + 1, step
+            value, sign = row[cfg.trainer.monitor], (1 if cfg.trainer.monitor_mode == "max" else -1)
+            is_best = p.best_metric is None or sign * value > sign * p.best_metric
+            if is_best:
+                p.best_metric = value
+            if savers[i] is not None:
+                p.elapsed_s = time.perf_counter() - t_start
+                state = _member_state(i, net, fused, parts, p, shuffles[i], m.wandb_id)
+                savers[i].epoch_end(state, is_best)
         fused.refresh()
         accs = [val_acc[i] for i in active]
         log.info(
@@ -311,8 +379,9 @@ def _fit(members: Sequence[Member], stop: Any) -> None:
         if not active:
             break
     for i in active:
-        members[i].result = Result("completed", best[i], epochs)
-        _note(members[i], f"completed: best val/acc={best[i]:.4f}; outputs in {members[i].run_dir}")
+        best = progress[i].best_val_acc
+        members[i].result = Result("completed", best, epochs)
+        _note(members[i], f"completed: best val/acc={best:.4f}; outputs in {members[i].run_dir}")
 
 
 @torch.no_grad()
@@ -347,7 +416,7 @@ def replay(member: Member) -> float:
     lines = (member.run_dir / "metrics.jsonl").read_text().splitlines()
     rows = [json.loads(line) for line in lines]
     with open_logger(
-        cfg.logger, member.run_dir, config, member.overrides, member.sweep_name
+        cfg.logger, member.run_dir, config, member.overrides, member.sweep_name, member.wandb_id
     ) as logger:
         logger.write = False  # metrics.jsonl is already written
         for row in rows:

@@ -296,7 +296,8 @@ def load_resume(cfg: DictConfig, run_dir: Path) -> tuple[DictConfig, Path, dict[
     return saved, target, state
 
 
-def _same_run_on_disk(cfg: DictConfig, run_dir: Path) -> bool:
+def same_run_on_disk(cfg: DictConfig, run_dir: Path) -> bool:
+    """run_dir holds a checkpoint of this very config: a run to continue, not to redo."""
     saved = run_dir / "config.yaml"
     return (
         (run_dir / checkpoint.LAST).exists()
@@ -335,7 +336,7 @@ def train(
 def _train(
     cfg: DictConfig, run_dir: Path, overrides: Sequence[str], sweep_name: str | None, dist: Any
 ) -> Result:
-    if not cfg.resume and _same_run_on_disk(cfg, run_dir):
+    if not cfg.resume and same_run_on_disk(cfg, run_dir):
         # a requeued job (Slurm time-out/preemption) or the same command run again into the
         # same dir: continue instead of starting over
         log.info(f"{run_dir} holds a checkpoint of this same config: resuming it")

@@ -234,14 +234,15 @@ def test_jobs_that_cannot_fuse_run_on_their_own_with_a_notice(tmp_path):
         assert len(read_metrics(job)) == 2
 
 
-def test_sigint_stops_a_fused_sweep_and_marks_every_member_interrupted(tmp_path):
+def test_sigint_stops_a_fused_sweep_and_running_it_again_resumes_each_job(tmp_path):
+    """Ctrl-C: every member checkpoints and is marked interrupted; the same command again
+    resumes each job from its last.pt on its own."""
     from tests.test_robustness import SLOW, start, wait_for_rows
 
+    args = [*SLOW, "epochs=6", "seed=0,1", "logger=none"]
     sweep = tmp_path / "sweep"
-    proc = start(
-        ["-m", "hydra/launcher=fused", *SLOW, "epochs=30", "seed=0,1", "logger=none",
-         f"hydra.sweep.dir={sweep}"], tmp_path,
-    )  # fmt: skip
+    command = ["-m", "hydra/launcher=fused", *args, f"hydra.sweep.dir={sweep}"]
+    proc = start(command, tmp_path)
     wait_for_rows(sweep / "0", 1, proc)
     sent = time.monotonic()
     proc.send_signal(signal.SIGINT)
@@ -251,4 +252,53 @@ def test_sigint_stops_a_fused_sweep_and_marks_every_member_interrupted(tmp_path)
     for job in ("0", "1"):
         status = json.loads((sweep / job / "status.json").read_text())
         assert status["status"] == "interrupted"
-        assert 1 <= len(read_metrics(sweep / job)) < 30
+        assert (sweep / job / "last.pt").exists()
+        assert 1 <= len(read_metrics(sweep / job)) < 6
+
+    again = run_cli(*command, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert (again.stdout + again.stderr).count("holds a checkpoint of this config") == 2
+    for job in ("0", "1"):
+        assert json.loads((sweep / job / "status.json").read_text())["status"] == "completed"
+        assert [r["epoch"] for r in read_metrics(sweep / job)] == list(range(6))
+
+
+class StopAfter:
+    """A StopFlag whose signal arrives after `n` looks (the loop looks once a batch)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    @property
+    def signum(self) -> int | None:
+        self.n -= 1
+        return signal.SIGINT if self.n < 0 else None
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_fused_checkpoints_resume_with_the_ordinary_runner(tmp_path, monkeypatch, optimizer):
+    """A fused member's last.pt is a single run's checkpoint: stopped after epoch 2 of 5,
+    each job resumed by train() ends like a separate run that never stopped."""
+    import contextlib
+
+    import runner.fused
+
+    steps_per_epoch = 23  # digits: 1437 training images, batch 64
+    stop = StopAfter(2 * steps_per_epoch)
+    monkeypatch.setattr(runner.fused, "stop_on_signals", lambda: contextlib.nullcontext(stop))
+    common = [
+        "epochs=5",
+        "logger=none",
+        f"optimizer={optimizer}",
+        "trainer.checkpoint_interval_s=0",
+    ]
+    jobs = [[*common, "scheduler=plateau"], [*common, "scheduler=onecycle", "seed=1"]]
+    with pytest.raises(SystemExit):
+        train_members(tmp_path, jobs)
+    for i, overrides in enumerate(jobs):
+        run_dir = tmp_path / "fused" / str(i)
+        assert json.loads((run_dir / "status.json").read_text())["status"] == "interrupted"
+        result = train(make_cfg(*overrides), run_dir)  # finds its checkpoint, resumes
+        assert result.status == "completed"
+        assert [r["epoch"] for r in read_metrics(run_dir)] == list(range(5))
+        assert_same_rows(run_dir, _separate(tmp_path, overrides))

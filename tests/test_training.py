@@ -89,6 +89,14 @@ def test_amp_on_cpu_runs_in_bfloat16_and_learns(tmp_path):
     assert result.status == "completed" and result.best_val_acc > 0.85
 
 
+def test_channels_last_auto_means_conv_nets_on_cpu():
+    from runner.builders import build_run
+
+    assert build_run(make_cfg("model=lenet", "trainer.device=cpu")).channels_last
+    assert not build_run(make_cfg("model=mlp", "trainer.device=cpu")).channels_last
+    assert not build_run(make_cfg("model=lenet", "trainer.channels_last=false")).channels_last
+
+
 def test_channels_last_conv_net_trains_like_the_default_layout(tmp_path):
     base = ("model=lenet", "epochs=2", "optimizer.lr=0.02", *FAST)
     train(make_cfg(*base, "trainer.channels_last=false"), tmp_path / "a")

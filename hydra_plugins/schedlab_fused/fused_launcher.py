@@ -60,6 +60,7 @@ class FusedLauncher(Launcher):
         self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
     ) -> Sequence[JobReturn]:
         from runner.fused import Member, group_key, replay, train_group, why_not_fusable
+        from runner.train import same_run_on_disk
 
         setup_globals()
         assert self.config is not None and self.hydra_context is not None
@@ -73,6 +74,8 @@ class FusedLauncher(Launcher):
         for i, config in enumerate(jobs):
             task_cfg, run_dir = _task_config(config)
             reason = why_not_fusable(task_cfg)
+            if reason is None and same_run_on_disk(task_cfg, run_dir):
+                reason = "its run dir holds a checkpoint of this config, which it resumes"
             if reason is not None:
                 log.info(f"\t#{initial_job_idx + i} runs on its own: {reason}")
                 continue
