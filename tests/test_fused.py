@@ -220,17 +220,19 @@ def test_fused_sweep_equals_the_basic_launcher_job_by_job(tmp_path):
 def test_jobs_that_cannot_fuse_run_on_their_own_with_a_notice(tmp_path):
     sweep = tmp_path / "sweep"
     proc = run_cli(
-        "-m", "hydra/launcher=fused", "model.dropout=0.0,0.3", "seed=0,1", "epochs=2",
-        "logger=none", f"hydra.sweep.dir={sweep}", cwd=tmp_path,
+        "-m", "hydra/launcher=fused", "hydra.launcher.max_group=2", "model.dropout=0.0,0.3",
+        "seed=0,1,2", "epochs=2", "logger=none", f"hydra.sweep.dir={sweep}", cwd=tmp_path,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout + proc.stderr
-    assert out.count("runs on its own: dropout") == 2
-    assert "Training 2 jobs as one fused model: #0, #1" in out
+    assert out.count("runs on its own: dropout") == 3
+    assert "Training 2 jobs as one fused model: #0, #1" in out  # max_group splits #0-#2
+    assert "#2 runs on its own: no job to fuse with" in out
     for overrides, job in job_dirs(sweep).items():
         status = json.loads((job / "status.json").read_text())
         assert status["status"] == "completed"
-        assert ("fused_jobs" in status) == ("dropout=0.0" in overrides)
+        fused = "dropout=0.0" in overrides and "seed=2" not in overrides
+        assert ("fused_jobs" in status) == fused, overrides
         assert len(read_metrics(job)) == 2
 
 

@@ -92,6 +92,7 @@ class FusedLauncher(Launcher):
         for chunk in chunks:
             if len(chunk) == 1:  # nothing to fuse with: an ordinary job
                 members.pop(chunk[0])
+                log.info(f"\t#{initial_job_idx + chunk[0]} runs on its own: no job to fuse with")
         for chunk in (c for c in chunks if len(c) > 1):
             numbers = ", ".join(f"#{initial_job_idx + i}" for i in chunk)
             log.info(f"Training {len(chunk)} jobs as one fused model: {numbers}")
