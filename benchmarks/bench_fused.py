@@ -1,7 +1,8 @@
 """How much faster is a fused sweep (hydra/launcher=fused) than the basic launcher?
 
 Six schedules (the lecture's: step, multistep, exponential, cosine, plateau, lambda),
-seed 0, 20 epochs, on digits with the MLP and with LeNet, logger=none. Measured in one
+seed 0, 20 epochs, on digits with the MLP and with LeNet, and the MLP with seeds 0-2
+(18 jobs), logger=none. Measured in one
 process, interleaved, median of --repeats:
   sweep:    the whole multirun through Hydra (`python -m runner -m ...` in-process):
             Hydra composes every job's config (twice: sweeper and launcher) and
@@ -33,19 +34,25 @@ from runner.fused import Member, train_group  # noqa: E402
 from runner.train import train  # noqa: E402
 
 SCHEDULES = ["step", "multistep", "exponential", "cosine", "plateau", "lambda"]
-JOBS = {"digits MLP": ["model=mlp"], "digits LeNet": ["model=lenet"]}
-COMMON = ["epochs=20", "seed=0", "logger=none"]
-QUICK_COMMON = ["epochs=2", "seed=0", "logger=none"]
+# job -> (overrides, seeds): six jobs each, and the MLP also as 6 schedules x 3 seeds
+JOBS = {
+    "digits MLP": (["model=mlp"], [0]),
+    "digits LeNet": (["model=lenet"], [0]),
+    "digits MLP, 3 seeds (18 jobs)": (["model=mlp"], [0, 1, 2]),
+}
+COMMON = ["epochs=20", "logger=none"]
+QUICK_COMMON = ["epochs=2", "logger=none"]
 # the runner's Hydra app, with the config dir given absolutely (this is not `-m runner`)
 APP = hydra.main(version_base="1.3", config_path=str(CONF), config_name="config")(
     runner_main.__wrapped__
 )
 
 
-def sweep(overrides: list[str], launcher: str, out: Path) -> None:
+def sweep(overrides: list[str], seeds: list[int], launcher: str, out: Path) -> None:
     argv = sys.argv
     sys.argv = [
-        "runner", "-m", f"scheduler={','.join(SCHEDULES)}", *overrides,
+        "runner", "-m", f"scheduler={','.join(SCHEDULES)}", f"seed={','.join(map(str, seeds))}",
+        *overrides,
         f"hydra/launcher={launcher}", f"hydra.sweep.dir={out}", "~hydra.callbacks.sweep_report",
         "hydra.job_logging.root.level=WARNING", "hydra.hydra_logging.root.level=WARNING",
     ]  # fmt: skip
@@ -66,9 +73,13 @@ def fused(configs: list[Any], out: Path) -> None:
     assert all(m.result is not None and m.result.status == "completed" for m in members)
 
 
-def measure(job: list[str], common: list[str], repeats: int) -> dict[str, float]:
-    overrides = [*job, *common]
-    configs = [compose_config([*overrides, f"scheduler={s}"]) for s in SCHEDULES]
+def measure(job: tuple[list[str], list[int]], common: list[str], repeats: int) -> dict[str, float]:
+    overrides, seeds = [*job[0], *common], job[1]
+    configs = [
+        compose_config([*overrides, f"scheduler={s}", f"seed={seed}"])
+        for s in SCHEDULES
+        for seed in seeds
+    ]
     with tempfile.TemporaryDirectory() as tmp:
         runs = iter(range(10**6))
 
@@ -77,8 +88,8 @@ def measure(job: list[str], common: list[str], repeats: int) -> dict[str, float]
 
         times = interleaved(
             {
-                "sweep basic": lambda: sweep(overrides, "basic", fresh()),
-                "sweep fused": lambda: sweep(overrides, "fused", fresh()),
+                "sweep basic": lambda: sweep(overrides, seeds, "basic", fresh()),
+                "sweep fused": lambda: sweep(overrides, seeds, "fused", fresh()),
                 "training separate": lambda: separate(configs, fresh()),
                 "training fused": lambda: fused(configs, fresh()),
             },
@@ -102,10 +113,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if not args.quick:  # imports and first-call costs out of the way, untimed
         measure(JOBS["digits MLP"], QUICK_COMMON, 1)
     results = {name: measure(job, common, repeats) for name, job in jobs.items()}
-    payload = {"machine": machine(), "repeats": repeats, "jobs": len(SCHEDULES),
+    payload = {"machine": machine(), "repeats": repeats, "schedules": SCHEDULES,
                "overrides": common, "results": results}  # fmt: skip
     lines = [
-        f"Six schedules ({', '.join(SCHEDULES)}), {' '.join(common)}; median of {repeats}.",
+        f"Six schedules ({', '.join(SCHEDULES)}), seed 0 unless said, {' '.join(common)}; "
+        f"median of {repeats}.",
         "",
         "| job | sweep: basic s | fused s | **basic/fused** | training: separate s | fused s "
         "| **separate/fused** |",
