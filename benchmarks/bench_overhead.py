@@ -6,7 +6,8 @@ epoch with its validation), not start-up (imports, data loading, W&B init:
 see bench_startup.py).
   (a) hand: a minimal hand-written PyTorch loop (metrics accumulated on device)
   (b) runner: schedlab's fit() with logging on (W&B offline + metrics.jsonl) and
-      its per-epoch checkpoints
+      its per-epoch checkpoints, W&B calls and checkpoint writes on its writer
+      thread and that thread flushed at the end, as a real run does
   (c) lightning: PyTorch Lightning's Trainer on the same job (optional: pip install lightning)
 
     python benchmarks/bench_overhead.py [--repeats 5] [--quick]
@@ -27,6 +28,7 @@ import torch  # noqa: E402
 from common import interleaved, machine, median, write  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 
+from runner.background import Background  # noqa: E402
 from runner.builders import build_run  # noqa: E402
 from runner.compose import compose_config  # noqa: E402
 from runner.config import validate  # noqa: E402
@@ -76,9 +78,12 @@ def hand_loop(cfg: Any, data: Any) -> None:
         _ = (epoch, loss_sum.item() / n, correct.item() / n, val_loss, val_acc)
 
 
-def runner_loop(cfg: Any, data: Any, logger: Any, tmp: Path) -> None:
+def runner_loop(cfg: Any, data: Any, logger: Any, tmp: Path, background: Background) -> None:
+    """As runner/train.py runs it: W&B calls and checkpoint writes on the writer thread,
+    which is flushed at the end (a run writes status.json only after that)."""
     run = build_run(cfg, data)  # seeded model + optimizer + schedule, like the hand loop builds
-    fit(cfg, run, logger, ckpt_dir=tmp)
+    fit(cfg, run, logger, ckpt_dir=tmp, background=background)
+    background.flush()
 
 
 def lightning_loop(cfg: Any, data: Any, tmp: Path) -> None:
@@ -148,11 +153,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         data = build_run(cfg).data
         with (
             tempfile.TemporaryDirectory() as tmp,
-            open_logger(cfg.logger, Path(tmp), {}, [], None) as logger,  # W&B offline, started once
+            Background() as background,
+            # W&B offline, started once
+            open_logger(cfg.logger, Path(tmp), {}, [], None, background=background) as logger,
         ):
             variants = {
                 "hand": lambda: hand_loop(cfg, data),  # noqa: B023
-                "runner": lambda: runner_loop(cfg, data, logger, Path(tmp) / "runner"),  # noqa: B023
+                "runner": lambda: runner_loop(cfg, data, logger, Path(tmp) / "runner", background),  # noqa: B023, E501
             }
             if with_lightning:
                 variants["lightning"] = lambda: lightning_loop(cfg, data, Path(tmp) / "pl")  # noqa: B023, E501
