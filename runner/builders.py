@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from runner.data import TensorData, load_data, place
+from runner.data import TensorData, load_data, place, resize_images
 from runner.distributed import SINGLE, Dist
 from runner.models import build_model, model_parts
 from schedulers import ConfigError, LRSchedule, build_scheduler
@@ -98,8 +98,9 @@ def build_training_parts(
     `data` skips loading (loading uses no RNG; the split is fixed by data.split_seed)."""
     seed_everything(cfg["seed"], cfg["trainer"]["deterministic"])
     device = resolve_device(cfg["trainer"]["device"], dist)
-    data = place(data if data is not None else load_data(cfg["data"]), device)
+    data = data if data is not None else load_data(cfg["data"])
     model = build_model(cfg["model"], data.image_shape, data.num_classes).to(device)
+    data = place(resize_images(data, getattr(model, "input_size", None)), device)
     optimizer = build_optimizer(cfg["optimizer"], model, cfg["model"])
     return device, data, model, optimizer
 

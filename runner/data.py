@@ -140,6 +140,20 @@ def place(data: TensorData, device: Any) -> TensorData:
     return TensorData(*pinned, num_classes=data.num_classes)
 
 
+def resize_images(data: TensorData, size: int | None) -> TensorData:
+    """Images upsampled (bilinear) to `size` once for the whole set, for models that need a
+    minimum input size (LeNet on 8x8 digits), instead of in every forward pass. Bilinear
+    interpolation is per image, so the numbers are the ones per-batch resizing gives."""
+    if size is None or data.x_train.shape[-1] == size:
+        return data
+    from torch.nn import functional as F
+
+    def up(x: Any) -> Any:
+        return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+    return TensorData(up(data.x_train), data.y_train, up(data.x_val), data.y_val, data.num_classes)
+
+
 def batches(
     x: torch.Tensor,
     y: torch.Tensor,

@@ -35,7 +35,7 @@ from runner import checkpoint
 from runner.background import Background
 from runner.builders import build_optimizer, resolve_device, seed_everything
 from runner.config import validate
-from runner.data import TensorData, batches, load_data, place
+from runner.data import TensorData, batches, load_data, place, resize_images
 from runner.loggers import RunLogger, open_logger
 from runner.models import build_model
 from runner.stacked import FusedOptimizer, StackedNet
@@ -163,7 +163,7 @@ def _build(
     seed -> same init), then the models stacked. Data is loaded once for all."""
     first = members[0].cfg
     device = resolve_device(first.trainer.device)
-    data = place(load_data(first.data), device)
+    data = load_data(first.data)
     steps_per_epoch = math.ceil(len(data.y_train) / first.data.batch_size)
     models, optimizers, schedules = [], [], []
     for m in members:
@@ -181,6 +181,7 @@ def _build(
         optimizers.append(optimizer)
         schedules.append(schedule)
     net = StackedNet(models)
+    data = place(resize_images(data, getattr(models[0], "input_size", None)), device)
     return device, data, net, models, optimizers, schedules
 
 
@@ -191,18 +192,6 @@ def _param_groups(net: StackedNet, optimizers: Sequence[torch.optim.Optimizer]) 
         for opt in optimizers
     ]
     return [[group_of[k][id(param)] for k, param in enumerate(sources)] for sources in net.sources]
-
-
-def _resize(data: TensorData, size: int | None) -> TensorData:
-    """LeNet's upsampling of small images, done once for the data set instead of per batch
-    (bilinear interpolation is per image: the same numbers either way)."""
-    if size is None or data.x_train.shape[-1] == size:
-        return data
-
-    def up(x: torch.Tensor) -> torch.Tensor:
-        return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-
-    return TensorData(up(data.x_train), data.y_train, up(data.x_val), data.y_val, data.num_classes)
 
 
 def _member_state(
@@ -245,7 +234,6 @@ def _fit(members: Sequence[Member], stop: Any, background: Background, cleanup: 
             m.wandb_id = uuid.uuid4().hex[:8]  # W&B's own ids are 8 characters of [a-z0-9]
     device, data, net, models, optimizers, schedules = _build(members)
     parts = {"models": models, "optimizers": optimizers, "schedules": schedules}
-    data = _resize(data, net.input_size)
     k, epochs, batch_size = len(members), first.epochs, first.data.batch_size
     fused = FusedOptimizer(
         net.stacked_params(), optimizers, _param_groups(net, optimizers), first.optimizer.name

@@ -57,8 +57,6 @@ class StackedNet(nn.Module):
         for i in range(len(self.kinds) - 1):
             if isinstance(self.kinds[i], nn.ReLU) and isinstance(self.kinds[i + 1], nn.MaxPool2d):
                 self.kinds[i], self.kinds[i + 1] = self.kinds[i + 1], self.kinds[i]
-        # LeNet upsamples small images; the fused loop resizes the data once instead
-        self.input_size: int | None = getattr(models[0], "input_size", None)
 
     def stacked_params(self) -> list[nn.Parameter]:
         """In the order of `sources` (weight, bias per layer)."""

@@ -7,8 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from torch.nn import functional as F
 
-from runner.data import batches, load_data, validate_data
+from runner.data import batches, load_data, resize_images, validate_data
 from runner.train import train
 from schedulers import ConfigError
 from tests.conftest import make_cfg, read_metrics
@@ -153,3 +155,14 @@ def test_batch_augmentation_is_a_seeded_random_crop_and_flip():
     for i in range(16):  # every image is a 8x8 window of its padded self, maybe mirrored
         windows = [padded[i, :, dy : dy + 8, dx : dx + 8] for dy in range(5) for dx in range(5)]
         assert any(torch.equal(out[i], w) or torch.equal(out[i], w.flip(2)) for w in windows)
+
+
+def test_resizing_the_set_once_equals_resizing_every_batch():
+    """LeNet's runs upsample the 8x8 digits once; the model would do it per batch."""
+    data = load_data(make_cfg().data)
+    big = resize_images(data, 32)
+    assert big.x_train.shape[1:] == (1, 32, 32) and torch.equal(big.y_val, data.y_val)
+    idx = torch.randperm(len(data.y_train), generator=torch.Generator().manual_seed(0))[:64]
+    per_batch = F.interpolate(data.x_train[idx], size=32, mode="bilinear", align_corners=False)
+    assert torch.equal(big.x_train[idx], per_batch)
+    assert resize_images(data, 8) is data and resize_images(data, None) is data
