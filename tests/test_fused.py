@@ -304,3 +304,21 @@ def test_fused_checkpoints_resume_with_the_ordinary_runner(tmp_path, monkeypatch
         assert result.status == "completed"
         assert [r["epoch"] for r in read_metrics(run_dir)] == list(range(5))
         assert_same_rows(run_dir, _separate(tmp_path, overrides))
+
+
+def test_optuna_trials_are_fused_batch_by_batch(tmp_path):
+    """The sweeper hands the launcher n_jobs trials at a time; each batch trains fused and
+    Optuna gets every trial's best val accuracy back."""
+    sweep = tmp_path / "sweep"
+    proc = run_cli(
+        "+hparams_search=optuna", "hydra/launcher=fused", "hydra.sweeper.n_trials=4",
+        "hydra.sweeper.n_jobs=2", "epochs=3", "logger=none", f"hydra.sweep.dir={sweep}",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout + proc.stderr
+    assert "Training 2 jobs as one fused model: #0, #1" in out
+    assert "Training 2 jobs as one fused model: #2, #3" in out
+    result = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    best = max(max(r["val/acc"] for r in read_metrics(d)) for d in job_dirs(sweep).values())
+    assert result["best_value"] == pytest.approx(best)
