@@ -322,3 +322,19 @@ def test_optuna_trials_are_fused_batch_by_batch(tmp_path):
     result = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     best = max(max(r["val/acc"] for r in read_metrics(d)) for d in job_dirs(sweep).values())
     assert result["best_value"] == pytest.approx(best)
+
+
+def test_a_crash_in_a_fused_group_marks_its_members_failed_and_returns(tmp_path, monkeypatch):
+    """Like a crashing job under the basic launcher: recorded, and the sweep goes on."""
+    import runner.stacked
+    from runner.fused import replay
+
+    def broken(self, x):
+        raise RuntimeError("boom in the stacked forward")
+
+    monkeypatch.setattr(runner.stacked.StackedNet, "forward", broken)
+    members = train_members(tmp_path, [["epochs=2", "logger=none"], ["epochs=2", "seed=1"]])
+    for member in members:
+        status = json.loads((member.run_dir / "status.json").read_text())
+        assert status["status"] == "failed" and "boom" in status["error"]
+        assert math.isnan(replay(member))  # what the job returns to Hydra (and Optuna)
