@@ -34,6 +34,16 @@ class Progress:
     best_metric: float | None = None  # of trainer.monitor, for best.pt
     elapsed_s: float = 0.0  # training wall time before this process
 
+    def end_epoch(self, epoch: int, value: float, mode: str) -> bool:
+        """Epoch `epoch` is done and the monitored metric was `value`: True when that is the
+        best so far (mode max or min), i.e. when best.pt should take this epoch."""
+        self.epoch = epoch + 1
+        sign = 1 if mode == "max" else -1
+        is_best = self.best_metric is None or sign * value > sign * self.best_metric
+        if is_best:
+            self.best_metric = value
+        return is_best
+
 
 def _rng_state(shuffle: torch.Generator) -> dict[str, Any]:
     # Python's and numpy's states are 600-odd ints each: stored as tensors they are one

@@ -40,7 +40,7 @@ from runner.loggers import RunLogger, open_logger
 from runner.models import build_model
 from runner.stacked import FusedOptimizer, StackedNet
 from runner.stopping import stop_on_signals
-from runner.train import Result, group_names, progress_bar
+from runner.train import Result, describe_epoch, diverged, group_names, outcome, progress_bar
 from schedulers import ConfigError, build_scheduler
 
 log = logging.getLogger("schedlab")
@@ -132,20 +132,8 @@ def _write_status(members: Sequence[Member], wall: float) -> None:
         if m.error is not None or m.result is None:
             status = {"status": "failed", "error": m.error or "the fused group stopped"}
         else:
-            assert m.result is not None
-            status = {
-                "status": m.result.status,
-                "best_val_acc": m.result.best_val_acc,
-                "epochs_done": m.result.epochs_done,
-                "wall_time_s": wall,
-                "fused_jobs": len(members),  # trained together with this many jobs (one process)
-            }
-            m.summary = {
-                "status": m.result.status,
-                "diverged": m.result.status == "diverged",
-                "best/val_acc": m.result.best_val_acc,
-                "time/total_s": wall,
-            }
+            status, m.summary = outcome(m.result, wall)
+            status["fused_jobs"] = len(members)  # trained with this many jobs, one process
         m.run_dir.mkdir(parents=True, exist_ok=True)
         (m.run_dir / "status.json").write_text(json.dumps(status, indent=2) + "\n")
 
@@ -332,13 +320,8 @@ def _fit(members: Sequence[Member], stop: Any, background: Background, cleanup: 
             loggers[i].log_epoch(row)
             p = progress[i]
             p.best_val_acc = max(p.best_val_acc, val_acc[i])
-            lr_text = " ".join(f"{key}={v:.3g}" for key, v in lrs[i].items())
-            _note(m, f"epoch {epoch:>3}/{epochs}  {lr_text}  train/loss={train_loss[i]:.4f} "
-                     f"train/acc={train_acc[i]:.3f}  val/loss={val_loss[i]:.4f} "
-                     f"val/acc={val_acc[i]:.3f}  ({epoch_s:.2f}s, fused x{k})")  # fmt: skip
-            losses = (train_loss[i], val_loss[i])
-            limit = cfg.trainer.diverge_loss
-            if not all(map(math.isfinite, losses)) or (limit is not None and max(losses) > limit):
+            _note(m, describe_epoch(row, epochs, f", fused x{k}"))
+            if diverged(row, cfg.trainer.diverge_loss):
                 _note(m, f"loss {train_loss[i]:.4g} at epoch {epoch}: run diverged, stopping; "
                          "the other fused jobs go on", logging.WARNING)  # fmt: skip
                 m.result = Result("diverged", p.best_val_acc, epoch + 1)
@@ -348,11 +331,8 @@ def _fit(members: Sequence[Member], stop: Any, background: Background, cleanup: 
             schedules[i].step_epoch(row)
 
             # -- checkpoint: the state the member's next epoch starts from (as train.py)
-            p.epoch, p.step = epoch + 1, step
-            value, sign = row[cfg.trainer.monitor], (1 if cfg.trainer.monitor_mode == "max" else -1)
-            is_best = p.best_metric is None or sign * value > sign * p.best_metric
-            if is_best:
-                p.best_metric = value
+            p.step = step
+            is_best = p.end_epoch(epoch, row[cfg.trainer.monitor], cfg.trainer.monitor_mode)
             if savers[i] is not None:
                 p.elapsed_s = time.perf_counter() - t_start
                 state = _member_state(i, net, fused, parts, p, shuffles[i], m.wandb_id)

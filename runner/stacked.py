@@ -64,15 +64,15 @@ class StackedNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         k = self.k
-        shared = x.dim() == 4 or (x.dim() == 2 and not isinstance(self.kinds[0], nn.Conv2d))
-        if isinstance(self.kinds[0], nn.Conv2d):
+        conv_layout = isinstance(self.kinds[0], nn.Conv2d)
+        shared = x.dim() == 4 or (x.dim() == 2 and not conv_layout)
+        if conv_layout:
             # conv layout [B, K*C, H, W]: member k owns channel block k
             x = x.repeat(1, k, 1, 1) if shared else x.transpose(0, 1).flatten(1, 2)
             # grouped convolutions and max-pooling are several times faster channels-last
             x = x.contiguous(memory_format=torch.channels_last)
         elif shared:
             x = x.unsqueeze(0).expand(k, *x.shape)
-        conv_layout = isinstance(self.kinds[0], nn.Conv2d)
         p = 0
         for layer in self.kinds:
             if isinstance(layer, nn.Conv2d):
@@ -184,9 +184,9 @@ class FusedOptimizer:
     @torch.no_grad()
     def step(self) -> None:
         self.steps += 1
+        step = self._sgd if self.name == "sgd" else self._adam
         for p, param in enumerate(self.params):
             if param.grad is not None:
-                step = self._sgd if self.name == "sgd" else self._adam
                 step(param, param.grad, self.state[p], self.hyper[p])
 
     def _sgd(self, param: torch.Tensor, grad: torch.Tensor, state: dict, h: dict) -> None:

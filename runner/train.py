@@ -44,6 +44,41 @@ class Result:
     chain: bool = False  # pass that signal on to the launcher's handler (see stopping.py)
 
 
+def describe_epoch(row: dict[str, Any], epochs: int, note: str = "") -> str:
+    """The log line of an epoch row; `note` is added after the epoch's time."""
+    lr_text = " ".join(f"{k}={v:.3g}" for k, v in row.items() if k.startswith("lr/"))
+    return (
+        f"epoch {row['epoch']:>3}/{epochs}  {lr_text}  train/loss={row['train/loss']:.4f} "
+        f"train/acc={row['train/acc']:.3f}  val/loss={row['val/loss']:.4f} "
+        f"val/acc={row['val/acc']:.3f}  ({row['time/epoch_s']:.2f}s{note})"
+    )
+
+
+def diverged(row: dict[str, Any], diverge_loss: float | None) -> bool:
+    """A NaN/inf loss, or one above trainer.diverge_loss: nothing after it is worth computing."""
+    losses = (row["train/loss"], row["val/loss"])
+    return not all(map(math.isfinite, losses)) or (
+        diverge_loss is not None and max(losses) > diverge_loss
+    )
+
+
+def outcome(result: Result, wall_s: float) -> tuple[dict[str, Any], dict[str, Any]]:
+    """How a run ended: its status.json record and its W&B summary."""
+    status = {
+        "status": result.status,
+        "best_val_acc": result.best_val_acc,
+        "epochs_done": result.epochs_done,
+        "wall_time_s": wall_s,
+    }
+    summary = {
+        "status": result.status,
+        "diverged": result.status == "diverged",
+        "best/val_acc": result.best_val_acc,
+        "time/total_s": wall_s,
+    }
+    return status, summary
+
+
 def group_names(optimizer: torch.optim.Optimizer) -> list[str]:
     """A param group's `name` if it has one, else group<i>; keys of the `lr/<group>` metrics."""
     return [g.get("name", f"group{i}") for i, g in enumerate(optimizer.param_groups)]
@@ -161,8 +196,6 @@ def _epochs(
     batch_size = cfg.data.batch_size
     steps_per_epoch = math.ceil(data.y_train.shape[0] / batch_size)
     every = cfg.trainer.log_every_n_steps
-    monitor, sign = cfg.trainer.monitor, (1 if cfg.trainer.monitor_mode == "max" else -1)
-    diverge_loss = cfg.trainer.diverge_loss
     augment = cfg.data.get("augment", False)  # only image sets that have the key
     per_step = scheduler.interval == "step"  # then the lr of every step is logged
 
@@ -231,18 +264,10 @@ def _epochs(
             "time/epoch_s": time.perf_counter() - t0,
         }
         logger.log_epoch(row)
-        lr_text = " ".join(f"{k}={v:.3g}" for k, v in lrs.items())
-        log.info(
-            f"epoch {epoch:>3}/{cfg.epochs}  {lr_text}  train/loss={train_loss:.4f} "
-            f"train/acc={train_acc:.3f}  val/loss={val_loss:.4f} val/acc={val_acc:.3f}  "
-            f"({row['time/epoch_s']:.2f}s)"
-        )
+        log.info(describe_epoch(row, cfg.epochs))
 
         # -- stop a diverged run: nothing after a NaN/inf (or too large) loss is worth computing
-        losses = (train_loss, val_loss)
-        if not all(map(math.isfinite, losses)) or (
-            diverge_loss is not None and max(losses) > diverge_loss
-        ):
+        if diverged(row, cfg.trainer.diverge_loss):
             log.warning(f"loss {train_loss:.4g} at epoch {epoch}: run diverged, stopping")
             return Result("diverged", progress.best_val_acc, epoch + 1)
 
@@ -251,11 +276,7 @@ def _epochs(
         scheduler.step_epoch(row)
 
         # -- checkpoint: the state the next epoch starts from
-        progress.epoch = epoch + 1
-        value = row[monitor]
-        is_best = progress.best_metric is None or sign * value > sign * progress.best_metric
-        if is_best:
-            progress.best_metric = value
+        is_best = progress.end_epoch(epoch, row[cfg.trainer.monitor], cfg.trainer.monitor_mode)
         if saver is not None:
             progress.elapsed_s = time.perf_counter() - t_start
             saver.epoch_end(checkpoint.snapshot(run, progress, shuffle, logger.run_id), is_best)
@@ -380,22 +401,10 @@ def _train(
         )  # fmt: skip
         background.flush()  # checkpoints on disk before status.json says how the run ended
         wall = time.perf_counter() - t0 + (state["progress"]["elapsed_s"] if state else 0.0)
-        logger.summary(
-            {
-                "status": result.status,
-                "diverged": result.status == "diverged",
-                "best/val_acc": result.best_val_acc,
-                "time/total_s": wall,
-            }
-        )
+        status, summary = outcome(result, wall)
+        logger.summary(summary)
     if result.status == "interrupted":  # stop.chain is set when the handlers are restored
         result = dataclasses.replace(result, chain=stop.chain)
-    status = {
-        "status": result.status,
-        "best_val_acc": result.best_val_acc,
-        "epochs_done": result.epochs_done,
-        "wall_time_s": wall,
-    }
     if dist.is_main:
         (run_dir / "status.json").write_text(json.dumps(status, indent=2) + "\n")
     log.info(f"{result.status}: best val/acc={result.best_val_acc:.4f}; outputs in {run_dir}")

@@ -12,7 +12,6 @@ them, with a one-line notice saying why.
 """
 
 import copy
-import functools
 import logging
 import os
 from collections.abc import Sequence
@@ -103,7 +102,7 @@ class FusedLauncher(Launcher):
             lst = " ".join(filter_overrides(job_overrides[i]))
             log.info(f"\t#{initial_job_idx + i} : {lst}" + (" (fused)" if i in members else ""))
             task = (
-                functools.partial(_replayed, replay, members[i])
+                (lambda _task_cfg, member=members[i]: replay(member))
                 if i in members
                 else self.task_function
             )
@@ -126,10 +125,6 @@ class FusedLauncher(Launcher):
             config.hydra.job.id = idx
             config.hydra.job.num = idx
         return config
-
-
-def _replayed(replay: object, member: object, _task_cfg: DictConfig) -> float:
-    return replay(member)  # type: ignore[operator]
 
 
 def _task_config(config: DictConfig) -> tuple[DictConfig, Path]:
