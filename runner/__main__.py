@@ -77,18 +77,21 @@ def check_composition(argv: list[str]) -> None:
     """Compose the config for these overrides before Hydra starts, so a typo'd key, an
     unknown group option or a bad override is a config error (exit 2, no run dir) like
     every other bad value, rather than Hydra's generic exit 1. Sweeps are expanded and
-    every combination is checked."""
+    every combination is checked, and the launcher's own keys (hydra/launcher=fused)."""
     if _NO_COMPOSE & set(argv):
         return
     overrides = [a for a in argv if not a.startswith("-") and "=" in a]
     from hydra.errors import HydraException
 
+    from hydra_plugins.schedlab_fused.fused_launcher import check_launcher
     from runner.compose import compose_config, expand
 
     try:
-        for combo in expand(overrides):
+        first, *others = expand(overrides)
+        check_launcher(compose_config(first, with_hydra=True).hydra.launcher)
+        for combo in others:
             compose_config(combo)
-    except HydraException as err:
+    except (HydraException, ConfigError) as err:
         print(f"config error: {err}", file=sys.stderr)
         sys.exit(EXIT_CONFIG)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import random
 from collections.abc import Mapping
 from contextlib import nullcontext
@@ -12,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from runner.data import TensorData, load_data, place, resize_images
+from runner.data import TensorData, load_data, place, resize_images, steps_per_epoch
 from runner.distributed import SINGLE, Dist
 from runner.models import build_model, model_parts
 from schedulers import ConfigError, LRSchedule, build_scheduler
@@ -109,9 +108,9 @@ def build_run(cfg: Mapping[str, Any], data: TensorData | None = None, dist: Dist
     """Everything `fit` needs: the training parts plus the lr schedule."""
     device, data, model, optimizer = build_training_parts(cfg, data, dist)
     # the only place epochs meet batches: per-step schedules need the batches per epoch
-    steps_per_epoch = math.ceil(len(data.y_train) / cfg["data"]["batch_size"])
+    per_epoch = steps_per_epoch(len(data.y_train), cfg["data"]["batch_size"])
     scheduler = build_scheduler(
-        cfg["scheduler"], optimizer, epochs=cfg["epochs"], steps_per_epoch=steps_per_epoch
+        cfg["scheduler"], optimizer, epochs=cfg["epochs"], steps_per_epoch=per_epoch
     )
     trainer = cfg["trainer"]
     has_conv = any(isinstance(m, torch.nn.Conv2d) for m in model.modules())

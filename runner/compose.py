@@ -19,8 +19,9 @@ def expand(overrides: list[str]) -> list[list[str]]:
     return [list(combo) for combo in batch]
 
 
-def compose_config(overrides: list[str]) -> Any:
+def compose_config(overrides: list[str], with_hydra: bool = False) -> Any:
+    """The job's config; `with_hydra` keeps Hydra's own node (launcher, sweep dir, ...)."""
     from hydra import compose, initialize_config_dir
 
     with initialize_config_dir(str(CONF), version_base="1.3"):
-        return compose("config", overrides=overrides)
+        return compose("config", overrides=overrides, return_hydra_config=with_hydra)

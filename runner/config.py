@@ -6,7 +6,6 @@ checks values, so a typo costs a second and a clear message, not a crashed run.
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -88,7 +87,7 @@ def check_known_keys(cfg: Mapping[str, Any]) -> None:
 def validate(cfg: Mapping[str, Any]) -> None:
     """Raise ConfigError naming the first bad key; returns quietly when the config can run."""
     check_known_keys(cfg)
-    from runner.data import train_size, validate_data
+    from runner.data import steps_per_epoch, train_size, validate_data
     from runner.loggers import validate_logger
     from runner.lr_find import validate_lr_find
     from runner.models import validate_model
@@ -157,7 +156,7 @@ def validate(cfg: Mapping[str, Any]) -> None:
     validate_scheduler(
         cfg["scheduler"],
         epochs=epochs,
-        steps_per_epoch=math.ceil(train_size(cfg["data"]) / cfg["data"]["batch_size"]),
+        steps_per_epoch=steps_per_epoch(train_size(cfg["data"]), cfg["data"]["batch_size"]),
         base_lrs=base_lrs,
         metrics=EPOCH_METRICS,
     )

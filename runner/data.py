@@ -114,6 +114,12 @@ def train_size(cfg: Mapping[str, Any]) -> int:
     return full if cfg["limit"] is None else min(full, cfg["limit"])
 
 
+def steps_per_epoch(n_train: int, batch_size: int) -> int:
+    """Optimizer steps in an epoch: `batches()` yields the last, smaller batch too. The one
+    formula behind per-step schedules, the loops' step counts and the previews."""
+    return math.ceil(n_train / batch_size)
+
+
 def load_data(cfg: Mapping[str, Any]) -> TensorData:
     name = cfg["name"]
     if name == "digits":

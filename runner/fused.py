@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 import uuid
 from collections.abc import Sequence
@@ -35,7 +34,7 @@ from runner import checkpoint
 from runner.background import Background
 from runner.builders import build_optimizer, resolve_device, seed_everything
 from runner.config import validate
-from runner.data import TensorData, batches, load_data, place, resize_images
+from runner.data import TensorData, batches, load_data, place, resize_images, steps_per_epoch
 from runner.loggers import RunLogger, open_logger
 from runner.models import build_model
 from runner.stacked import FusedOptimizer, StackedNet
@@ -152,7 +151,7 @@ def _build(
     first = members[0].cfg
     device = resolve_device(first.trainer.device)
     data = load_data(first.data)
-    steps_per_epoch = math.ceil(len(data.y_train) / first.data.batch_size)
+    per_epoch = steps_per_epoch(len(data.y_train), first.data.batch_size)
     models, optimizers, schedules = [], [], []
     for m in members:
         cfg = m.cfg
@@ -160,7 +159,7 @@ def _build(
         model = build_model(cfg.model, data.image_shape, data.num_classes).to(device)
         optimizer = build_optimizer(cfg.optimizer, model, cfg.model)
         schedule = build_scheduler(
-            cfg.scheduler, optimizer, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch
+            cfg.scheduler, optimizer, epochs=cfg.epochs, steps_per_epoch=per_epoch
         )
         # never stepped itself (the fused step reads its lr); a step without gradients
         # changes nothing and tells torch's scheduler the optimizer is in use (no warning)
@@ -198,22 +197,33 @@ def _member_state(
     optimizer = parts["optimizers"][i]
     for p, sources in enumerate(net.sources):
         state, group = fused.state[p], optimizer.param_groups[fused.groups[p][i]]
+        own = {name: net.as_member(p, buf[i]) for name, buf in state.items()}
         if fused.name == "sgd":
-            if state and group["momentum"] != 0:
-                optimizer.state[sources[i]] = {"momentum_buffer": state["momentum_buffer"][i]}
-        elif state:
-            optimizer.state[sources[i]] = {
-                "step": torch.tensor(float(fused.steps)),
-                "exp_avg": state["exp_avg"][i],
-                "exp_avg_sq": state["exp_avg_sq"][i],
-            }
+            if own and group["momentum"] != 0:
+                optimizer.state[sources[i]] = own
+        elif own:
+            optimizer.state[sources[i]] = {"step": torch.tensor(float(fused.steps)), **own}
     run = SimpleNamespace(
         model=parts["models"][i], optimizer=optimizer, scheduler=parts["schedules"][i], scaler=None
     )  # fmt: skip
     return checkpoint.snapshot(run, progress, shuffle, wandb_id)
 
 
+def _data_streams(members: Sequence[Member]) -> tuple[list[torch.Generator], int]:
+    """The shuffle generators (a single run seeds its own with its seed, so members of one
+    seed draw the same batches) and how many consecutive members read each one: members of
+    a seed share one gathered batch when the seeds split the group evenly (members are
+    sorted by seed), else every member gets its own."""
+    seeds = [m.cfg.seed for m in members]
+    distinct = list(dict.fromkeys(seeds))
+    per = len(seeds) // len(distinct)
+    if seeds != [s for s in distinct for _ in range(per)]:
+        distinct, per = seeds, 1
+    return [torch.Generator().manual_seed(s) for s in distinct], per
+
+
 def _fit(members: Sequence[Member], stop: Any, background: Background, cleanup: ExitStack) -> None:
+    members = sorted(members, key=lambda m: m.cfg.seed)  # same seed, same batches: adjacent
     first = members[0].cfg
     for m in members:
         m.run_dir.mkdir(parents=True, exist_ok=True)
@@ -228,7 +238,8 @@ def _fit(members: Sequence[Member], stop: Any, background: Background, cleanup: 
     )
     loggers = [RunLogger(m.run_dir) for m in members]  # metrics.jsonl now; backends replayed
     names = [group_names(opt) for opt in optimizers]
-    shuffles = [torch.Generator().manual_seed(m.cfg.seed) for m in members]
+    streams, per = _data_streams(members)
+    shuffles = [streams[i // per] for i in range(k)]  # member i's, for its checkpoints
     progress = [checkpoint.Progress() for _ in members]
     savers = [
         checkpoint.Checkpointer(m.run_dir, m.cfg.trainer.checkpoint_interval_s, background)
@@ -244,7 +255,7 @@ def _fit(members: Sequence[Member], stop: Any, background: Background, cleanup: 
     per_step = [s.interval == "step" for s in schedules]
     every = [m.cfg.trainer.log_every_n_steps for m in members]
     n_train, step = data.y_train.shape[0], 0
-    steps_per_epoch = math.ceil(n_train / batch_size)
+    per_epoch = steps_per_epoch(n_train, batch_size)
     for m in members:
         _note(m, f"fused with {k - 1} other job(s): {first.model.name} on {first.data.name} "
                  f"({device}), {m.cfg.optimizer.name} lr={m.cfg.optimizer.lr}, "
@@ -258,14 +269,15 @@ def _fit(members: Sequence[Member], stop: Any, background: Background, cleanup: 
         t0 = time.perf_counter()
         lrs = [lrs_now(i, "lr/") for i in range(k)]
 
-        # -- train: member i's batch is its own permutation's slice, gathered as [K, B, ...]
-        orders = torch.stack([torch.randperm(n_train, generator=g) for g in shuffles]).to(device)
+        # -- train: member i's batch is its seed's permutation's slice, gathered as [D, B, ...]
+        # (D = K / per data streams; members i*per .. i*per+per-1 read stream i)
+        orders = torch.stack([torch.randperm(n_train, generator=g) for g in streams]).to(device)
         loss_sum = torch.zeros(k, device=device)
         correct = torch.zeros(k, device=device)
-        bar = progress_bar(first.trainer.progress, steps_per_epoch, f"fused x{k} epoch {epoch}")
+        bar = progress_bar(first.trainer.progress, per_epoch, f"fused x{k} epoch {epoch}")
         for start in range(0, n_train, batch_size):
             idx = orders[:, start : start + batch_size]
-            x, y = data.x_train[idx], data.y_train[idx]
+            x, y = data.x_train[idx], data.y_train[idx].repeat_interleave(per, 0)
             logits = net(x)
             loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none")
             loss = loss.view(k, -1).mean(1)  # each member's mean over its own batch

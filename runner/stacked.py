@@ -32,8 +32,7 @@ def layers_of(model: nn.Module) -> list[nn.Module]:
 class StackedNet(nn.Module):
     """K models of one chain of Linear/Conv2d/ReLU/MaxPool2d/Flatten layers, as one module.
 
-    Input [K, B, C, H, W] (each member its own batch) or [N, C, H, W] (one batch for all,
-    e.g. the validation split); output logits [K, B, classes]."""
+    Input: see forward(); output logits [K, B, classes]."""
 
     def __init__(self, models: Sequence[nn.Module]) -> None:
         super().__init__()
@@ -43,6 +42,7 @@ class StackedNet(nn.Module):
         self.weights = nn.ParameterList()
         self.biases = nn.ParameterList()
         self.sources: list[list[nn.Parameter]] = []  # member params behind each stacked one
+        self.transposed: list[bool] = []  # stacked param p holds each member's param transposed
         for i, layer in enumerate(chains[0]):
             if not isinstance(layer, FUSABLE_LAYERS):
                 raise TypeError(f"cannot stack a {type(layer).__name__}")
@@ -50,8 +50,16 @@ class StackedNet(nn.Module):
             if isinstance(layer, (nn.Linear, nn.Conv2d)):
                 for name, out in (("weight", self.weights), ("bias", self.biases)):
                     members = [getattr(chain[i], name) for chain in chains]
-                    out.append(nn.Parameter(torch.stack([p.detach() for p in members])))
+                    # Linear weights are kept [K, in, out]: the batched matmul then needs no
+                    # transpose, and its weight gradient arrives in the parameter's layout
+                    # (no copy per step)
+                    flip = name == "weight" and isinstance(layer, nn.Linear)
+                    out.append(
+                        nn.Parameter(torch.stack([p.detach().T if flip else p.detach()
+                                                  for p in members]).contiguous())
+                    )  # fmt: skip
                     self.sources.append(members)
+                    self.transposed.append(flip)
         # ReLU then 2x2 max-pool equals pool then ReLU (max commutes with the monotone
         # ReLU), and pooling first does the ReLU on a quarter of the values
         for i in range(len(self.kinds) - 1):
@@ -63,19 +71,30 @@ class StackedNet(nn.Module):
         return [p for pair in zip(self.weights, self.biases, strict=True) for p in pair]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [D, B, C, H, W] (or [D, B, F]) with D dividing K, member k reading input
+        k // (K // D): each member its own batch (D = K), or members that draw the same
+        batches (same seed) sharing one (gathered once); or [N, C, H, W] / [N, F], one
+        batch for all (D = 1)."""
         k = self.k
         conv_layout = isinstance(self.kinds[0], nn.Conv2d)
-        shared = x.dim() == 4 or (x.dim() == 2 and not conv_layout)
+        if x.dim() in (2, 4):  # one batch for every member
+            x = x.unsqueeze(0)
+        m = x.shape[0]  # inputs along the member axis: becomes k at the first weighted layer
+        if k % m:
+            raise ValueError(f"{m} inputs for {k} members: the count must divide {k}")
         if conv_layout:
-            # conv layout [B, K*C, H, W]: member k owns channel block k
-            x = x.repeat(1, k, 1, 1) if shared else x.transpose(0, 1).flatten(1, 2)
+            # conv layout [B, M*C, H, W]: input block j feeds members j*K/M .. (j+1)*K/M - 1
+            x = x.transpose(0, 1).flatten(1, 2)
             # grouped convolutions and max-pooling are several times faster channels-last
             x = x.contiguous(memory_format=torch.channels_last)
-        elif shared:
-            x = x.unsqueeze(0).expand(k, *x.shape)
         p = 0
         for layer in self.kinds:
             if isinstance(layer, nn.Conv2d):
+                if m != k:  # one input per member: oneDNN's dense convolution of a shared
+                    # one-channel input (LeNet's first) measured slower than the grouped one
+                    x = x.unflatten(1, (m, -1)).repeat_interleave(k // m, 1).flatten(1, 2)
+                    x = x.contiguous(memory_format=torch.channels_last)
+                    m = k
                 w, b = self.weights[p], self.biases[p]
                 w = w.flatten(0, 1).contiguous(memory_format=torch.channels_last)
                 x = F.conv2d(
@@ -84,11 +103,14 @@ class StackedNet(nn.Module):
                 )  # fmt: skip
                 p += 1
             elif isinstance(layer, nn.Linear):
-                x = torch.baddbmm(self.biases[p].unsqueeze(1), x, self.weights[p].transpose(1, 2))
+                if m != k:
+                    x = x.expand(k, *x.shape[1:]) if m == 1 else x.repeat_interleave(k // m, 0)
+                    m = k
+                x = torch.baddbmm(self.biases[p].unsqueeze(1), x, self.weights[p])
                 p += 1
             elif isinstance(layer, nn.Flatten):
-                if conv_layout:  # [B, K*C, H, W] -> [K, B, C*H*W], C*H*W in NCHW order
-                    x = x.contiguous().unflatten(1, (k, -1)).flatten(2).transpose(0, 1)
+                if conv_layout:  # [B, M*C, H, W] -> [M, B, C*H*W], C*H*W in NCHW order
+                    x = x.contiguous().unflatten(1, (m, -1)).flatten(2).transpose(0, 1)
                     conv_layout = False
                 else:
                     x = x.flatten(2)
@@ -96,11 +118,16 @@ class StackedNet(nn.Module):
                 x = layer(x)
         return x
 
+    def as_member(self, p: int, value: torch.Tensor) -> torch.Tensor:
+        """One member's slice of stacked param p (or of its grad/optimizer state) in the
+        layout of that member's own parameter."""
+        return value.T if self.transposed[p] else value
+
     @torch.no_grad()
     def unstack_into(self, member: int) -> None:
         """Copy member's current weights back into its own model (e.g. to save it)."""
-        for stacked, members in zip(self.stacked_params(), self.sources, strict=True):
-            members[member].copy_(stacked[member])
+        for p, stacked in enumerate(self.stacked_params()):
+            self.sources[p][member].copy_(self.as_member(p, stacked[member]))
 
 
 def column(values: Sequence[float], like: torch.Tensor) -> torch.Tensor:

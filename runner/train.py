@@ -27,7 +27,7 @@ from runner.background import Background
 from runner.builders import Run, build_run
 from runner.config import validate
 from runner.data import augment as augment_batch
-from runner.data import batches
+from runner.data import batches, steps_per_epoch
 from runner.loggers import RunLogger, open_logger
 from runner.stopping import StopFlag, stop_on_signals
 from schedulers import ConfigError
@@ -194,7 +194,7 @@ def _epochs(
     )  # fmt: skip
     names = group_names(optimizer)
     batch_size = cfg.data.batch_size
-    steps_per_epoch = math.ceil(data.y_train.shape[0] / batch_size)
+    per_epoch = steps_per_epoch(data.y_train.shape[0], batch_size)
     every = cfg.trainer.log_every_n_steps
     augment = cfg.data.get("augment", False)  # only image sets that have the key
     per_step = scheduler.interval == "step"  # then the lr of every step is logged
@@ -210,7 +210,7 @@ def _epochs(
         model.train()
         loss_sum = torch.zeros((), device=run.device)
         correct = torch.zeros((), device=run.device)
-        bar = progress_bar(cfg.trainer.progress, steps_per_epoch, f"epoch {epoch}/{cfg.epochs}")
+        bar = progress_bar(cfg.trainer.progress, per_epoch, f"epoch {epoch}/{cfg.epochs}")
         for x, y in batches(data.x_train, data.y_train, batch_size, shuffle, run.device):
             if augment:
                 x = augment_batch(x, shuffle)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -25,12 +24,13 @@ def build_preview(cfg: Any, steps_per_epoch: int | None = None) -> tuple[Any, An
     import torch
 
     from runner.config import group_multipliers
+    from runner.data import steps_per_epoch as steps_in_epoch
     from runner.data import train_size
     from runner.models import part_names
     from schedulers import build_scheduler
 
     if steps_per_epoch is None:
-        steps_per_epoch = math.ceil(train_size(cfg.data) / cfg.data.batch_size)
+        steps_per_epoch = steps_in_epoch(train_size(cfg.data), cfg.data.batch_size)
     lr = cfg.optimizer.lr
     multipliers = group_multipliers(cfg.optimizer.param_groups, cfg.model)
     names = part_names(cfg.model) if cfg.optimizer.param_groups is not None else ["group0"]

@@ -32,29 +32,40 @@ def models(make, seeds):
 
 
 @pytest.mark.parametrize(
-    "make, shape, exact",
+    "make, shape",
     [
-        (lambda: MLP(64, [32, 16], 10, 0.0), (1, 8, 8), True),
-        (lambda: LeNet(1, 32, 10, 32), (1, 32, 32), False),  # grouped conv: rounding differs
+        (lambda: MLP(64, [32, 16], 10, 0.0), (1, 8, 8)),
+        (lambda: LeNet(1, 32, 10, 32), (1, 32, 32)),
     ],
 )
-def test_stacked_net_computes_what_each_member_computes(make, shape, exact):
+def test_stacked_net_computes_what_each_member_computes(make, shape):
+    """Equal up to rounding: a batched matmul over [K, in, out] weights and a grouped
+    convolution sum in another order than nn.Linear / nn.Conv2d (about 1 ulp)."""
     members = models(make, [0, 1, 2])
     net = StackedNet(members)
     x = torch.randn(3, 16, *shape)
     y = torch.randint(0, 10, (3, 16))
     ref = torch.stack([m(x[i]) for i, m in enumerate(members)])
     out = net(x)
-    assert torch.equal(out, ref) if exact else torch.allclose(out, ref, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(out, ref, rtol=1e-5, atol=1e-6)
     shared = net(x[0])  # one batch for all members (validation)
     assert torch.allclose(shared, torch.stack([m(x[0]) for m in members]), atol=1e-6)
+    # members 0-2 reading batches 0, 0, 0 (one seed: gathered once, D = 1) and a net of
+    # 4 members reading 2 batches (members 0, 1 batch 0; members 2, 3 batch 1)
+    assert torch.allclose(net(x[:1]), torch.stack([m(x[0]) for m in members]), atol=1e-6)
+    four = StackedNet(models(make, [0, 1, 2, 3]))
+    pairs = torch.stack([m(x[i // 2]) for i, m in enumerate(models(make, [0, 1, 2, 3]))])
+    assert torch.allclose(four(x[:2]), pairs, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="must divide"):
+        four(x[:3])
 
     sum(F.cross_entropy(m(x[i]), y[i]) for i, m in enumerate(members)).backward()
     loss = F.cross_entropy(out.flatten(0, 1), y.flatten(), reduction="none").view(3, -1).mean(1)
     loss.sum().backward()
-    for stacked, sources in zip(net.stacked_params(), net.sources, strict=True):
-        expected = torch.stack([p.grad for p in sources])
-        assert torch.allclose(stacked.grad, expected, rtol=1e-5, atol=1e-7)
+    for p, (stacked, sources) in enumerate(zip(net.stacked_params(), net.sources, strict=True)):
+        for k, source in enumerate(sources):
+            grad = net.as_member(p, stacked.grad[k])
+            assert torch.allclose(grad, source.grad, rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.parametrize(
@@ -338,3 +349,15 @@ def test_a_crash_in_a_fused_group_marks_its_members_failed_and_returns(tmp_path,
         status = json.loads((member.run_dir / "status.json").read_text())
         assert status["status"] == "failed" and "boom" in status["error"]
         assert math.isnan(replay(member))  # what the job returns to Hydra (and Optuna)
+
+
+def test_a_bad_max_group_is_a_config_error_before_any_job(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = run_cli(
+        "-m", "hydra/launcher=fused", "hydra.launcher.max_group=0", "seed=0,1",
+        f"hydra.sweep.dir={sweep}", cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert "hydra.launcher.max_group=0: must be >= 1" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not sweep.exists()  # nothing started

@@ -25,6 +25,8 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
+from schedulers import ConfigError
+
 log = logging.getLogger(__name__)
 
 
@@ -40,11 +42,20 @@ ConfigStore.instance().store(
 )
 
 
+def check_launcher(launcher: DictConfig) -> None:
+    """The fused launcher's keys, checked by `python -m runner` before Hydra starts (a config
+    error, exit 2) and again when Hydra builds the launcher."""
+    if launcher.get("_target_") != FusedLauncherConf._target_:
+        return
+    max_group = launcher.max_group  # an int: Hydra's structured config rejects anything else
+    if max_group < 1:
+        raise ConfigError("hydra.launcher.max_group", max_group, "must be >= 1 (jobs per group)")
+
+
 class FusedLauncher(Launcher):
     def __init__(self, max_group: int = 64) -> None:
         super().__init__()
-        if max_group < 1:
-            raise ValueError(f"hydra.launcher.max_group={max_group}: must be >= 1")
+        check_launcher(OmegaConf.structured(FusedLauncherConf(max_group=max_group)))
         self.max_group = max_group
         self.config: DictConfig | None = None
         self.task_function: TaskFunction | None = None
