@@ -79,11 +79,12 @@ def hand_loop(cfg: Any, data: Any) -> None:
 
 
 def runner_loop(cfg: Any, data: Any, logger: Any, tmp: Path, background: Background) -> None:
-    """As runner/train.py runs it: W&B calls and checkpoint writes on the writer thread,
-    which is flushed at the end (a run writes status.json only after that)."""
+    """As runner/train.py runs it: W&B calls (batched, see runner/loggers.py) and checkpoint
+    writes on the writer thread; at the end every waiting row is sent and the thread is
+    flushed before the clock stops (a run writes status.json only after that)."""
     run = build_run(cfg, data)  # seeded model + optimizer + schedule, like the hand loop builds
     fit(cfg, run, logger, ckpt_dir=tmp, background=background)
-    background.flush()
+    logger.flush()  # sends the rows still waiting, then waits for the writer thread
 
 
 def lightning_loop(cfg: Any, data: Any, tmp: Path) -> None:

@@ -6,12 +6,20 @@ Every backend receives the same rows under the same keys: one row per epoch
 per-batch schedule, `train/step_loss` every `trainer.log_every_n_steps`). A backend
 that fails costs one warning, never the training: metrics.jsonl is the record that
 must not be lost.
+
+metrics.jsonl gets each row at once; the backends get rows in batches, at most one
+batch every SEND_EVERY_S seconds (and whatever is left at the end of the run). Every
+call into W&B wakes its client's threads, which then compete with the training thread
+for the GIL: spread over a run of 10 ms epochs, 14 calls cost the loop 7-19 %,
+sent together after a second they cost ~2 % (measured, 2-core CPU). Epochs longer
+than that are sent as they end.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,6 +31,10 @@ log = logging.getLogger("schedlab")
 
 LOGGERS = ("wandb", "tensorboard")
 WANDB_MODES = ("offline", "online", "disabled")
+SEND_EVERY_S = 1.0  # rows reach W&B/TensorBoard at most this long after they are logged
+
+
+_NOT_SCALARS = ("kind", "epoch", "trainer/global_step")  # axes and tags, not TensorBoard scalars
 
 
 class RunLogger:
@@ -33,6 +45,7 @@ class RunLogger:
         tb_writer: Any = None,
         background: Any = None,
         write: bool = True,
+        send_every_s: float = SEND_EVERY_S,
     ) -> None:
         self.metrics_path = run_dir / "metrics.jsonl"
         self.write = write  # False on DDP ranks other than 0: they log nothing
@@ -40,6 +53,9 @@ class RunLogger:
         self.run_id: str | None = getattr(wandb_run, "id", None)
         self.background = background  # runs backend calls off the training thread when given
         self._step_rows: list[str] = []  # written with the epoch row that ends their epoch
+        self._outbox: list[tuple[dict[str, Any], int]] = []  # (row, step) not yet sent
+        self.send_every_s = send_every_s
+        self._sent_at = time.monotonic()
 
     def log_epoch(self, row: Mapping[str, Any]) -> None:
         row = dict(row)
@@ -55,20 +71,34 @@ class RunLogger:
         self._to_backends(row, step=row["trainer/global_step"])
 
     def summary(self, values: Mapping[str, Any]) -> None:
+        self._send()  # the rows first, as they were logged first
         self._call("wandb_run", lambda run: run.summary.update(dict(values)))
 
     def _to_backends(self, row: dict[str, Any], step: int) -> None:
-        self._call("wandb_run", lambda run: run.log({k: v for k, v in row.items() if k != "kind"}))
-        scalars = {
-            k: v
-            for k, v in row.items()
-            if k not in ("kind", "epoch", "trainer/global_step") and isinstance(v, (int, float))
-        }
+        if self.wandb_run is None and self.tb_writer is None:
+            return
+        self._outbox.append((row, step))
+        if time.monotonic() - self._sent_at >= self.send_every_s:
+            self._send()
+
+    def _send(self) -> None:
+        """Everything logged since the last send, in order, as one job per backend."""
+        rows, self._outbox = self._outbox, []
+        self._sent_at = time.monotonic()
+        if not rows:
+            return
+
+        def to_wandb(run: Any) -> None:
+            for row, _ in rows:
+                run.log({k: v for k, v in row.items() if k != "kind"})
 
         def to_tb(writer: Any) -> None:
-            for key, value in scalars.items():
-                writer.add_scalar(key, value, global_step=step)
+            for row, step in rows:
+                for key, value in row.items():
+                    if key not in _NOT_SCALARS and isinstance(value, (int, float)):
+                        writer.add_scalar(key, value, global_step=step)
 
+        self._call("wandb_run", to_wandb)
         self._call("tb_writer", to_tb)
 
     def _call(self, attr: str, call: Callable[[Any], Any]) -> None:
@@ -91,6 +121,8 @@ class RunLogger:
             self.background.submit(guarded)
 
     def flush(self) -> None:
+        """Send what is waiting and wait until the backends have it."""
+        self._send()
         if self.background is not None:
             self.background.flush()
 

@@ -43,3 +43,46 @@ def test_two_loggers_at_once_get_the_same_rows(tmp_path):
     tb_acc = [v for _, v in tensorboard_scalars(tmp_path)["val/acc"]]
     jsonl_acc = [r["val/acc"] for r in read_metrics(tmp_path)]
     assert wandb_acc == pytest.approx(jsonl_acc) and tb_acc == pytest.approx(jsonl_acc, rel=1e-6)
+
+
+class Recorder:
+    """Stands in for a W&B run: records what reaches it, in order."""
+
+    id = "recorder"
+
+    def __init__(self) -> None:
+        self.rows: list[dict] = []
+        self.summary: dict = {}  # run.summary.update(...) is a dict update
+
+    def log(self, row: dict) -> None:
+        self.rows.append(row)
+
+
+def test_backend_rows_go_out_in_batches_in_order_and_all_by_the_end(tmp_path):
+    """Short epochs: rows wait (at most send_every_s) and go as one batch; metrics.jsonl
+    gets each at once. The summary and the end of the run send whatever still waits."""
+    from runner.background import Background
+    from runner.loggers import RunLogger
+
+    run = Recorder()
+    with Background() as background:
+        logger = RunLogger(tmp_path, wandb_run=run, background=background, send_every_s=60)
+        for epoch in range(3):
+            logger.log_step({"trainer/global_step": epoch, "epoch": epoch, "train/step_loss": 1.0})
+            logger.log_epoch({"epoch": epoch, "val/acc": epoch / 10})
+        background.flush()
+        assert run.rows == []  # waiting: less than send_every_s has passed
+        assert [r["epoch"] for r in read_metrics(tmp_path)] == [0, 1, 2]  # the record is written
+        logger.summary({"best/val_acc": 0.2})
+        background.flush()
+        assert [r["epoch"] for r in run.rows] == [0, 0, 1, 1, 2, 2]  # step row, epoch row, ...
+        assert "kind" not in run.rows[0] and run.rows[0]["train/step_loss"] == 1.0
+        assert run.summary == {"best/val_acc": 0.2}  # after the rows
+
+        logger.send_every_s = 0  # long epochs: each row goes as it is logged
+        logger.log_epoch({"epoch": 3, "val/acc": 0.3})
+        background.flush()
+        assert run.rows[-1] == {"epoch": 3, "val/acc": 0.3}
+        logger.log_epoch({"epoch": 4, "val/acc": 0.4})
+        logger.flush()
+        assert [r["epoch"] for r in run.rows[-2:]] == [3, 4]
