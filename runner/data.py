@@ -178,7 +178,7 @@ def batches(
             xb, yb = x[start : start + batch_size], y[start : start + batch_size]
         else:
             idx = order[start : start + batch_size]
-            xb, yb = x[idx], y[idx]
+            xb, yb = x.index_select(0, idx), y.index_select(0, idx)  # leaner than x[idx]
         if device is not None and xb.device != device:  # host-resident data (did not fit)
             xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
         yield xb, yb
