@@ -196,13 +196,16 @@ def _epochs(
     batch_size = cfg.data.batch_size
     per_epoch = steps_per_epoch(data.y_train.shape[0], batch_size)
     every = cfg.trainer.log_every_n_steps
+    # read once: an OmegaConf lookup costs microseconds, and 10 ms epochs add them up
+    epochs, bar_mode, diverge_loss = cfg.epochs, cfg.trainer.progress, cfg.trainer.diverge_loss
+    monitor, monitor_mode = cfg.trainer.monitor, cfg.trainer.monitor_mode
     augment = cfg.data.get("augment", False)  # only image sets that have the key
     per_step = scheduler.interval == "step"  # then the lr of every step is logged
 
     def lrs_now(prefix: str) -> dict[str, float]:
         return {f"{prefix}{n}": g["lr"] for n, g in zip(names, optimizer.param_groups, strict=True)}
 
-    for epoch in range(progress.epoch, cfg.epochs):
+    for epoch in range(progress.epoch, epochs):
         t0 = time.perf_counter()
         lrs = lrs_now("lr/")
 
@@ -210,7 +213,7 @@ def _epochs(
         model.train()
         loss_sum = torch.zeros((), device=run.device)
         correct = torch.zeros((), device=run.device)
-        bar = progress_bar(cfg.trainer.progress, per_epoch, f"epoch {epoch}/{cfg.epochs}")
+        bar = progress_bar(bar_mode, per_epoch, f"epoch {epoch}/{epochs}")
         for x, y in batches(data.x_train, data.y_train, batch_size, shuffle, run.device):
             if augment:
                 x = augment_batch(x, shuffle)
@@ -264,10 +267,10 @@ def _epochs(
             "time/epoch_s": time.perf_counter() - t0,
         }
         logger.log_epoch(row)
-        log.info(describe_epoch(row, cfg.epochs))
+        log.info(describe_epoch(row, epochs))
 
         # -- stop a diverged run: nothing after a NaN/inf (or too large) loss is worth computing
-        if diverged(row, cfg.trainer.diverge_loss):
+        if diverged(row, diverge_loss):
             log.warning(f"loss {train_loss:.4g} at epoch {epoch}: run diverged, stopping")
             return Result("diverged", progress.best_val_acc, epoch + 1)
 
@@ -276,11 +279,11 @@ def _epochs(
         scheduler.step_epoch(row)
 
         # -- checkpoint: the state the next epoch starts from
-        is_best = progress.end_epoch(epoch, row[cfg.trainer.monitor], cfg.trainer.monitor_mode)
+        is_best = progress.end_epoch(epoch, row[monitor], monitor_mode)
         if saver is not None:
             progress.elapsed_s = time.perf_counter() - t_start
             saver.epoch_end(checkpoint.snapshot(run, progress, shuffle, logger.run_id), is_best)
-    return Result("completed", progress.best_val_acc, cfg.epochs)
+    return Result("completed", progress.best_val_acc, epochs)
 
 
 def use_range_test(cfg: DictConfig, run_dir: Path) -> float:
