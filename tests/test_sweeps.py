@@ -199,41 +199,70 @@ def test_submitit_local_launcher_runs_a_sweep_and_the_report_covers_it(tmp_path)
     assert all(r["completed"] == "1" for r in rows.values())
 
 
+# a LeNet job long enough to signal mid-run, checkpointed every epoch
+SUBMITIT_ARGS = [
+    "model=lenet", "data.batch_size=16", "optimizer.lr=0.02", "epochs=5",
+    "logger=none", "trainer.checkpoint_interval_s=0", "trainer.progress=line",
+]  # fmt: skip
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # the submitit job and its reference run alike
+
+
+def submitit_command(sweep: Path) -> list[str]:
+    import sys
+
+    return [sys.executable, "-m", "runner", "-m", "hydra/launcher=local", *SUBMITIT_ARGS,
+            f"hydra.sweep.dir={sweep}"]  # fmt: skip
+
+
+def signal_submitit_task(sweep: Path, signum: int) -> None:
+    """Send signum to the job's own process (submitit's task), as Slurm would."""
+    import os
+    import subprocess
+
+    task = subprocess.run(["pgrep", "-f", f"submitit.core._submit {sweep}"],
+                          capture_output=True, text=True).stdout.split()  # fmt: skip
+    assert task, "the submitit task process was not found"
+    os.kill(int(task[-1]), signum)
+
+
+def assert_same_as_uninterrupted(run_dir: Path, tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from tests.test_robustness import comparable
+
+    ref = subprocess.run(
+        [sys.executable, "-m", "runner", *SUBMITIT_ARGS, f"hydra.run.dir={tmp_path / 'reference'}"],
+        cwd=tmp_path, env={**os.environ, **ONE_THREAD}, capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert ref.returncode == 0, ref.stderr
+    assert comparable(read_metrics(run_dir)) == comparable(read_metrics(tmp_path / "reference"))
+
+
 def test_submitit_job_signalled_mid_run_is_requeued_and_resumes_exactly(tmp_path):
     """SIGUSR2 is Slurm's time-out/preemption warning: the run checkpoints, hands the signal
     to submitit, submitit requeues the job, and the job resumes from its last.pt."""
     import os
     import signal
     import subprocess
-    import sys
 
-    from tests.test_robustness import comparable, wait_for_rows
+    from tests.test_robustness import wait_for_rows
 
-    args = ["model=lenet", "data.batch_size=16", "optimizer.lr=0.02", "epochs=5",
-            "logger=none", "trainer.checkpoint_interval_s=0", "trainer.progress=line"]  # fmt: skip
     sweep = tmp_path / "sweep"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "runner", "-m", "hydra/launcher=local", *args,
-         f"hydra.sweep.dir={sweep}"],
-        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        submitit_command(sweep), cwd=tmp_path, env={**os.environ, **ONE_THREAD},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     wait_for_rows(sweep / "0", 2, proc)
-    task = subprocess.run(["pgrep", "-f", f"submitit.core._submit {sweep}"],
-                          capture_output=True, text=True).stdout.split()  # fmt: skip
-    assert task, "the submitit task process was not found"
-    os.kill(int(task[-1]), signal.SIGUSR2)
+    signal_submitit_task(sweep, signal.SIGUSR2)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-2000:]
     logs = "".join(p.read_text() for p in sweep.glob(".submitit/*/*.out"))
     assert "SIGUSR2: stopping after this batch" in logs
     assert "holds a checkpoint of this same config" in logs  # the requeued job resumed
-    ref = subprocess.run(  # same environment (thread count) as the submitit job
-        [sys.executable, "-m", "runner", *args, f"hydra.run.dir={tmp_path / 'reference'}"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert ref.returncode == 0, ref.stderr
-    assert comparable(read_metrics(sweep / "0")) == comparable(read_metrics(tmp_path / "reference"))
+    assert_same_as_uninterrupted(sweep / "0", tmp_path)
 
 
 def test_submitit_job_killed_with_sigterm_resumes_when_the_sweep_is_run_again(tmp_path):
@@ -243,24 +272,17 @@ def test_submitit_job_killed_with_sigterm_resumes_when_the_sweep_is_run_again(tm
     import os
     import signal
     import subprocess
-    import sys
 
-    from tests.test_robustness import comparable, wait_for_rows
+    from tests.test_robustness import wait_for_rows
 
-    args = ["model=lenet", "data.batch_size=16", "optimizer.lr=0.02", "epochs=5",
-            "logger=none", "trainer.checkpoint_interval_s=0", "trainer.progress=line"]  # fmt: skip
     sweep = tmp_path / "sweep"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "runner", "-m", "hydra/launcher=local", *args,
-               f"hydra.sweep.dir={sweep}"]  # fmt: skip
+    env = {**os.environ, **ONE_THREAD}
     proc = subprocess.Popen(
-        command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+        submitit_command(sweep), cwd=tmp_path, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
     wait_for_rows(sweep / "0", 2, proc)
-    task = subprocess.run(["pgrep", "-f", f"submitit.core._submit {sweep}"],
-                          capture_output=True, text=True).stdout.split()  # fmt: skip
-    assert task, "the submitit task process was not found"
-    os.kill(int(task[-1]), signal.SIGTERM)
+    signal_submitit_task(sweep, signal.SIGTERM)
     proc.communicate(timeout=300)
     status = json.loads((sweep / "0" / "status.json").read_text())
     assert status["status"] == "interrupted"
@@ -268,15 +290,10 @@ def test_submitit_job_killed_with_sigterm_resumes_when_the_sweep_is_run_again(tm
     done = len(read_metrics(sweep / "0"))
     assert 2 <= done < 5
 
-    again = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True,
-                           timeout=300)  # fmt: skip
+    again = subprocess.run(submitit_command(sweep), cwd=tmp_path, env=env,
+                           capture_output=True, text=True, timeout=300)  # fmt: skip
     assert again.returncode == 0, again.stderr[-2000:]
     logs = "".join(p.read_text() for p in sweep.glob(".submitit/*/*.out"))
     assert "holds a checkpoint of this same config" in logs
     assert json.loads((sweep / "0" / "status.json").read_text())["status"] == "completed"
-    ref = subprocess.run(  # same environment (thread count) as the submitit job
-        [sys.executable, "-m", "runner", *args, f"hydra.run.dir={tmp_path / 'reference'}"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert ref.returncode == 0, ref.stderr
-    assert comparable(read_metrics(sweep / "0")) == comparable(read_metrics(tmp_path / "reference"))
+    assert_same_as_uninterrupted(sweep / "0", tmp_path)
