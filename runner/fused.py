@@ -254,6 +254,9 @@ def _fit(members: Sequence[Member], stop: Any, background: Background, cleanup: 
     active = list(range(k))
     per_step = [s.interval == "step" for s in schedules]
     every = [m.cfg.trainer.log_every_n_steps for m in members]
+    # read once, as train.py does: OmegaConf lookups per member per epoch add up
+    diverge_loss = [m.cfg.trainer.diverge_loss for m in members]
+    monitor = [(m.cfg.trainer.monitor, m.cfg.trainer.monitor_mode) for m in members]
     n_train, step = data.y_train.shape[0], 0
     per_epoch = steps_per_epoch(n_train, batch_size)
     for m in members:
@@ -319,7 +322,7 @@ def _fit(members: Sequence[Member], stop: Any, background: Background, cleanup: 
         # -- log, then stop diverged members and step the others' schedules
         epoch_s = time.perf_counter() - t0
         for i in list(active):
-            m, cfg = members[i], members[i].cfg
+            m = members[i]
             row = {
                 "epoch": epoch,
                 **lrs[i],
@@ -333,7 +336,7 @@ def _fit(members: Sequence[Member], stop: Any, background: Background, cleanup: 
             p = progress[i]
             p.best_val_acc = max(p.best_val_acc, val_acc[i])
             _note(m, describe_epoch(row, epochs, f", fused x{k}"))
-            if diverged(row, cfg.trainer.diverge_loss):
+            if diverged(row, diverge_loss[i]):
                 _note(m, f"loss {train_loss[i]:.4g} at epoch {epoch}: run diverged, stopping; "
                          "the other fused jobs go on", logging.WARNING)  # fmt: skip
                 m.result = Result("diverged", p.best_val_acc, epoch + 1)
@@ -344,7 +347,8 @@ def _fit(members: Sequence[Member], stop: Any, background: Background, cleanup: 
 
             # -- checkpoint: the state the member's next epoch starts from (as train.py)
             p.step = step
-            is_best = p.end_epoch(epoch, row[cfg.trainer.monitor], cfg.trainer.monitor_mode)
+            key, mode = monitor[i]
+            is_best = p.end_epoch(epoch, row[key], mode)
             if savers[i] is not None:
                 p.elapsed_s = time.perf_counter() - t_start
                 state = _member_state(i, net, fused, parts, p, shuffles[i], m.wandb_id)

@@ -44,10 +44,13 @@ ConfigStore.instance().store(
 
 def check_launcher(launcher: DictConfig) -> None:
     """The fused launcher's keys, checked by `python -m runner` before Hydra starts (a config
-    error, exit 2) and again when Hydra builds the launcher."""
-    if launcher.get("_target_") != FusedLauncherConf._target_:
-        return
-    max_group = launcher.max_group  # an int: Hydra's structured config rejects anything else
+    error, exit 2); Hydra building the launcher checks them again (FusedLauncher.__init__)."""
+    if launcher.get("_target_") == FusedLauncherConf._target_:
+        check_max_group(launcher.max_group)
+
+
+def check_max_group(max_group: int) -> None:
+    # an int: Hydra's structured config rejects anything else
     if max_group < 1:
         raise ConfigError("hydra.launcher.max_group", max_group, "must be >= 1 (jobs per group)")
 
@@ -55,7 +58,7 @@ def check_launcher(launcher: DictConfig) -> None:
 class FusedLauncher(Launcher):
     def __init__(self, max_group: int = 64) -> None:
         super().__init__()
-        check_launcher(OmegaConf.structured(FusedLauncherConf(max_group=max_group)))
+        check_max_group(max_group)
         self.max_group = max_group
         self.config: DictConfig | None = None
         self.task_function: TaskFunction | None = None
