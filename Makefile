@@ -32,7 +32,7 @@ lecture-curves: $(STAMP) ## the lecture's six lr curves on its toy problem -> ou
 
 thumbnails: $(STAMP) ## regenerate the README's schedule thumbnails in docs/schedules/
 	$(BIN)/python -m schedulers.preview --small --quiet --out docs/schedules epochs=30 \
-	  scheduler=$$(ls conf/scheduler | sed 's/\.yaml$$//' | paste -sd, -)
+	  scheduler=$$(ls conf/scheduler | grep -v '^target' | sed 's/\.yaml$$//' | paste -sd, -)
 	rm -f docs/schedules/compare.png
 
 bench: $(STAMP) ## benchmarks (not part of test): overhead vs hand loop/Lightning, start-up, fused sweeps, GPU

@@ -1,7 +1,8 @@
 """`python -m runner [overrides]`: the Hydra entry point. Heavy imports wait until a run starts,
 so `--help` and config errors come back quickly.
 
-Exit codes of a single run: 0 completed, 1 crashed, 2 bad config, 3 diverged, 130/143
+Exit codes of a single run: 0 completed, 1 crashed (or an output could not be written:
+one line names the file and the cause), 2 bad config, 3 diverged, 130/143
 interrupted (SIGINT/SIGTERM). In a multirun every job catches its own failure, records
 it in `status.json` and returns, so one bad job never stops the sweep (and the sweep
 report still gets written); an interrupt stops the sweep.
@@ -9,7 +10,6 @@ report still gets written); an interrupt stops the sweep.
 
 from __future__ import annotations
 
-import json
 import logging
 import signal
 import sys
@@ -20,16 +20,30 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from runner.files import WriteFailed, read_json, write_json_atomic
 from schedulers import ConfigError
 
 EXIT_CONFIG = 2
 EXIT_DIVERGED = 3
+EXIT_WRITE = 1  # an output file could not be written (disk full, read-only, I/O error)
 log = logging.getLogger("schedlab")
 
 
-def _mark_failed(run_dir: Path, error: str) -> None:
-    status = {"status": "failed", "error": error}
-    (run_dir / "status.json").write_text(json.dumps(status, indent=2) + "\n")
+def _mark_failed(run_dir: Path, error: str, config_error: bool = False) -> None:
+    """Record a failed job in its status.json, unless that would lose a record: a completed
+    run's status is never overwritten, and a config error (e.g. a resume refused for a
+    damaged last.pt) leaves a dir that already holds a run as it was. Best effort: a disk
+    that cannot take status.json costs a warning, not a second error."""
+    path = run_dir / "status.json"
+    current = read_json(path)
+    if current is not None and current.get("status") == "completed":
+        return
+    if config_error and (current is not None or (run_dir / "config.yaml").exists()):
+        return
+    try:
+        write_json_atomic(path, {"status": "failed", "error": error})
+    except (WriteFailed, FileNotFoundError) as err:
+        log.warning(f"could not mark {run_dir} failed ({err})")
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
@@ -49,11 +63,17 @@ def main(cfg: DictConfig) -> float:
         )
     except ConfigError as err:
         # Hydra has already made the run dir; mark it so it is not mistaken for a run.
-        _mark_failed(run_dir, f"config error: {err}")
+        _mark_failed(run_dir, f"config error: {err}", config_error=True)
         print(f"config error: {err}", file=sys.stderr)
         if multirun:
             return float("nan")
         sys.exit(EXIT_CONFIG)
+    except WriteFailed as err:  # disk full, read-only, I/O error: one line, no traceback
+        _mark_failed(run_dir, f"error: {err}")
+        print(f"error: {err}", file=sys.stderr)
+        if multirun:
+            return float("nan")
+        sys.exit(EXIT_WRITE)
     except Exception as err:
         if not multirun:
             _mark_failed(run_dir, repr(err))
@@ -73,31 +93,95 @@ def main(cfg: DictConfig) -> float:
 _NO_COMPOSE = {"--help", "-h", "--hydra-help", "--version", "--shell-completion", "-sc"}
 
 
+def config_dirs(argv: list[str]) -> list[str]:
+    """The dirs given with Hydra's `--config-dir DIR` / `-cd DIR` (or `--config-dir=DIR`):
+    a user's own groups (model/my_cnn.yaml -> model=my_cnn) beside the built-ins."""
+    dirs = []
+    for i, arg in enumerate(argv):
+        if arg in ("--config-dir", "-cd") and i + 1 < len(argv):
+            dirs.append(argv[i + 1])
+        elif arg.startswith("--config-dir="):
+            dirs.append(arg.split("=", 1)[1])
+    return dirs
+
+
 def check_composition(argv: list[str]) -> None:
     """Compose the config for these overrides before Hydra starts, so a typo'd key, an
     unknown group option or a bad override is a config error (exit 2, no run dir) like
     every other bad value, rather than Hydra's generic exit 1. Sweeps are expanded and
-    every combination is checked, and the launcher's own keys (hydra/launcher=fused)."""
+    every combination is checked, and the launcher's own keys (hydra/launcher=fused).
+    A single new run is validated whole here too, so a bad value (a `_target_` that cannot
+    be imported, a typo'd kwarg) leaves nothing on disk; in a sweep each job still checks
+    and records its own config, so one bad combination never stops the others."""
     if _NO_COMPOSE & set(argv):
         return
-    overrides = [a for a in argv if not a.startswith("-") and "=" in a]
+    dirs = config_dirs(argv)
+    overrides = [
+        a for a in argv if not a.startswith("-") and "=" in a and a not in dirs
+    ]  # fmt: skip
+    multirun = "-m" in argv or "--multirun" in argv
     from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
 
     from hydra_plugins.schedlab_fused.fused_launcher import check_launcher
     from runner.compose import compose_config, expand
 
     try:
         first, *others = expand(overrides)
-        check_launcher(compose_config(first, with_hydra=True).hydra.launcher)
+        composed = compose_config(first, with_hydra=True, config_dirs=dirs)
+        check_launcher(composed.hydra.launcher)
         for combo in others:
-            compose_config(combo)
-    except (HydraException, ConfigError) as err:
+            compose_config(combo, config_dirs=dirs)
+        if not multirun and not composed.resume:
+            from omegaconf import open_dict
+
+            from runner.config import validate  # imports torch: only once the run is valid
+
+            with open_dict(composed):
+                del composed["hydra"]
+            validate(composed)
+    except (HydraException, ConfigError, OmegaConfBaseException) as err:
+        print(f"config error: {one_line(err)}", file=sys.stderr)
+        sys.exit(EXIT_CONFIG)
+
+
+def one_line(err: Exception) -> str:
+    """Hydra's composition errors span lines (a tab-indented list of the group's options,
+    then the search path, then a link); say the same on one line, with the cause of a
+    failed override ("Error merging override epochs=abc") after it."""
+    lines = str(err).split("\nConfig search path:")[0].splitlines()
+    head = [line.strip() for line in lines if line.strip() and not line.startswith("\t")]
+    listed = [line.strip() for line in lines if line.startswith("\t")]
+    text = " ".join(head) + (" " + ", ".join(listed) if listed else "")
+    cause = err.__cause__
+    if cause is not None and str(cause).splitlines():
+        text += f": {str(cause).splitlines()[0]}"
+    link = "See https://hydra.cc/docs/1.2/advanced/override_grammar/basic for details"
+    return text.replace(link, "").strip()
+
+
+def check_resume_dir(argv: list[str]) -> None:
+    """`resume=<dir>` naming a dir that holds no run is a config error before Hydra starts:
+    Hydra would otherwise create that dir (it is the run dir) only for the run to refuse it."""
+    if _NO_COMPOSE & set(argv) or "-m" in argv or "--multirun" in argv:
+        return
+    given = dict(a.lstrip("+").split("=", 1) for a in argv if not a.startswith("-") and "=" in a)
+    value = given.get("resume", "").strip("'\"")
+    if value.lower() in ("", "null", "none", "false"):
+        return
+    target = given.get("hydra.run.dir") if value.lower() == "true" else value
+    if target and not (Path(target) / "config.yaml").is_file():
+        err = ConfigError("resume", value, f"no run to resume: {target}/config.yaml missing")
         print(f"config error: {err}", file=sys.stderr)
         sys.exit(EXIT_CONFIG)
 
 
 def cli() -> None:
+    from runner.compose import options_first
+
+    sys.argv[1:] = options_first(sys.argv[1:])
     check_composition(sys.argv[1:])
+    check_resume_dir(sys.argv[1:])
     main()
 
 

@@ -11,9 +11,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from runner import optimizers
 from runner.data import TensorData, load_data, place, resize_images, steps_per_epoch
 from runner.distributed import SINGLE, Dist
 from runner.models import build_model, model_parts
+from runner.optimizers import split_params
 from schedulers import ConfigError, LRSchedule, build_scheduler
 
 
@@ -74,20 +76,10 @@ def resolve_device(name: str, dist: Dist = SINGLE) -> torch.device:
 def build_optimizer(
     cfg: Mapping[str, Any], model: torch.nn.Module, model_cfg: Mapping[str, Any]
 ) -> torch.optim.Optimizer:
-    """One param group, or one per model part with lr = optimizer.lr x its multiplier."""
-    scales = cfg["param_groups"]
-    if scales is None:
-        params: Any = model.parameters()
-    else:
-        params = [
-            {"params": ps, "lr": cfg["lr"] * scales.get(part, 1.0), "name": part}
-            for part, ps in model_parts(model, model_cfg).items()
-        ]
-    common = {"lr": cfg["lr"], "weight_decay": cfg["weight_decay"]}
-    if cfg["name"] == "sgd":
-        return torch.optim.SGD(params, momentum=cfg["momentum"], nesterov=cfg["nesterov"], **common)
-    cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[cfg["name"]]
-    return cls(params, betas=tuple(cfg["betas"]), eps=cfg["eps"], **common)
+    """One param group, or one per model part / name pattern (optimizer.param_groups), each
+    with lr = optimizer.lr x its multiplier."""
+    groups = split_params(cfg, list(model.named_parameters()), model_parts(model, model_cfg))
+    return optimizers.build_optimizer(cfg, groups)
 
 
 def build_training_parts(

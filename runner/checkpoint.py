@@ -1,7 +1,7 @@
 """Checkpoints: everything needed to continue a run as if it had never stopped.
 
-Written atomically (temp file + os.replace), so `last.pt` is always a whole
-checkpoint, whatever kills the process. Only tensors
+Written atomically (runner/files.py: temp file + fsync + os.replace), so `last.pt` is
+always a whole checkpoint, whatever kills the process. Only tensors
 and plain containers are stored, so loading uses `torch.load(weights_only=True)`.
 """
 
@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import random
 import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from runner import files
 from schedulers import ConfigError
 
 LAST, BEST = "last.pt", "best.pt"
@@ -108,6 +108,7 @@ class Checkpointer:
 
     def __init__(self, run_dir: Path, interval_s: float, background: Any = None) -> None:
         self.run_dir, self.interval_s, self.background = run_dir, interval_s, background
+        remove_orphans(run_dir)  # a run or resume starting here: no earlier write is in flight
         self.latest: dict[str, Any] | None = None
         self.best: dict[str, Any] | None = None
         self._best_written = True
@@ -135,11 +136,11 @@ class Checkpointer:
 
         def write() -> None:
             if write_last:
-                _atomic(lambda tmp: torch.save(latest, tmp), last_path)
+                files.replace_atomic(last_path, lambda tmp: torch.save(latest, tmp))
             if write_best and same and write_last:  # the same epoch: a link, not a second save
-                _atomic(lambda tmp: _link_or_copy(last_path, tmp), best_path)
+                files.replace_atomic(best_path, lambda tmp: _link_or_copy(last_path, tmp))
             elif write_best:
-                _atomic(lambda tmp: torch.save(best, tmp), best_path)
+                files.replace_atomic(best_path, lambda tmp: torch.save(best, tmp))
 
         if self.background is None:
             write()
@@ -147,7 +148,7 @@ class Checkpointer:
             self.background.submit(write)
 
 
-def _link_or_copy(src: Path, dst: str) -> None:
+def _link_or_copy(src: Path, dst: Path) -> None:
     os.unlink(dst)
     try:
         os.link(src, dst)  # last.pt is later replaced, not rewritten, so the link stays intact
@@ -155,32 +156,38 @@ def _link_or_copy(src: Path, dst: str) -> None:
         shutil.copyfile(src, dst)
 
 
-def _atomic(write: Any, target: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+def remove_orphans(run_dir: Path) -> None:
+    """Temp checkpoints a kill -9 left mid-write (`.last.pt.<random>.tmp`): never whole."""
+    files.remove_orphans(run_dir, (LAST, BEST))
+
+
+def _damaged(path: Path, why: str) -> ConfigError:
+    return ConfigError(
+        "resume",
+        str(path.parent),
+        f"{path} is damaged ({why}); the run cannot continue from it: start it again, "
+        "or restore the file",
+    )
+
+
+_KEYS = ("model", "optimizer", "scheduler", "progress", "rng")
 
 
 def load(path: Path) -> dict[str, Any]:
     """A checkpoint, or a ConfigError saying why it cannot be used (never a raw pickle error)."""
     if not path.exists():
         raise ConfigError("resume", str(path.parent), f"no {path.name} there: nothing to resume")
+    if path.stat().st_size == 0:
+        raise _damaged(path, "an empty file")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated, corrupt, or not a checkpoint at all
-        raise ConfigError(
-            "resume",
-            str(path.parent),
-            f"{path.name} is unreadable ({type(err).__name__}: {str(err).splitlines()[0][:120]}); "
-            "the run cannot continue from it — start it again, or restore the file",
-        ) from None
-    if not isinstance(state, dict) or "progress" not in state:
-        raise ConfigError("resume", str(path.parent), f"{path.name} is not a schedlab checkpoint")
+        first = next((line.strip() for line in str(err).splitlines() if line.strip()), "")
+        first = first.split(". ")[0][:100]  # torch appends paragraphs of advice
+        why = f"{type(err).__name__}: {first}" if first else type(err).__name__
+        raise _damaged(path, why) from None
+    if not isinstance(state, dict) or any(key not in state for key in _KEYS):
+        raise _damaged(path, "not a schedlab checkpoint")
     return state
 
 

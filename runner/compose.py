@@ -3,10 +3,33 @@ and tests. Same config dir and same composition as `python -m runner`."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+# Hydra's command-line options that take a value
+_WITH_VALUE = {"--config-dir", "-cd", "--config-path", "-cp", "--config-name", "-cn", "--cfg",
+               "-c", "--package", "-p", "--experimental-rerun"}  # fmt: skip
+
+
+def options_first(argv: Sequence[str]) -> list[str]:
+    """Hydra's options moved in front of the overrides, keeping their order: argparse
+    (Python < 3.12) rejects overrides on both sides of an option, so
+    `--config-dir conf model=x -m seed=0,1` would fail with "unrecognized arguments"."""
+    options, overrides = [], []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg in _WITH_VALUE and i + 1 < len(argv):
+            options += [arg, argv[i + 1]]
+            i += 2
+            continue
+        (options if arg.startswith("-") else overrides).append(arg)
+        i += 1
+    return [*options, *overrides]
 
 
 def expand(overrides: list[str]) -> list[list[str]]:
@@ -19,9 +42,15 @@ def expand(overrides: list[str]) -> list[list[str]]:
     return [list(combo) for combo in batch]
 
 
-def compose_config(overrides: list[str], with_hydra: bool = False) -> Any:
-    """The job's config; `with_hydra` keeps Hydra's own node (launcher, sweep dir, ...)."""
+def compose_config(
+    overrides: list[str], with_hydra: bool = False, config_dirs: Sequence[str] = ()
+) -> Any:
+    """The job's config; `with_hydra` keeps Hydra's own node (launcher, sweep dir, ...).
+    `config_dirs` are a user's own config dirs (`--config-dir`), searched beside conf/."""
     from hydra import compose, initialize_config_dir
 
+    if config_dirs:
+        paths = ",".join(f"file://{Path(d).resolve()}" for d in config_dirs)
+        overrides = [*overrides, f"hydra.searchpath=[{paths}]"]
     with initialize_config_dir(str(CONF), version_base="1.3"):
         return compose("config", overrides=overrides, return_hydra_config=with_hydra)

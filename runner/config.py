@@ -1,161 +1,79 @@
 """Start-up validation of the whole composed config, before any data or model is built.
 
-Hydra already rejects unknown keys (struct mode) and unknown group options; this
-checks values, so a typo costs a second and a clear message, not a crashed run.
+One pass, group by group: each built-in option's keys, types and ranges come from its
+schema (runner/schema.py), the scheduler's from its registry, a `_target_` component's
+from its target's signature; then the checks that tie keys together or need the machine.
+A typo costs a second and a clear message naming the key, not a crashed run.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from typing import Any
 
+from runner.schema import EPOCH_METRICS, GROUPS, Run, Trainer, check_node
 from schedulers import ConfigError, validate_scheduler
-
-OPTIMIZERS = ("sgd", "adam", "adamw")
-EPOCH_METRICS = ("train/loss", "train/acc", "val/loss", "val/acc")  # what a Plateau may monitor
-_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
-_PROGRESS = ("auto", "bar", "line")
+from schedulers.checks import is_number
 
 
-def _number(key: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(key, value, "must be a number")
-    return float(value)
+def planned_groups(cfg: Mapping[str, Any]) -> list[tuple[str, float]]:
+    """The param groups the optimizer will get, as (label, lr multiplier) in build order,
+    found before anything is built: from the built-in model's part names, or, for name
+    patterns, from the parameter names of the model built on the meta device."""
+    from runner.data import data_shape
+    from runner.models import model_parts, part_names, probe_model
+    from runner.optimizers import split_params, uses_parts
 
-
-def _int(key: str, value: Any, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ConfigError(key, value, f"must be an integer >= {low}")
-    return value
-
-
-def group_multipliers(scales: Any, model_cfg: Mapping[str, Any]) -> list[float]:
-    """The lr multiplier of each param group the optimizer will get, in build order."""
-    from runner.models import part_names
-
-    if scales is None:
-        return [1.0]
+    opt, model_cfg = cfg["optimizer"], cfg["model"]
+    if opt.get("param_groups") is None:
+        return [("group0", 1.0)]
     parts = part_names(model_cfg)
-    if not isinstance(scales, Mapping):
-        raise ConfigError(
-            "optimizer.param_groups", scales, f"must be null or a mapping over {list(parts)}"
-        )
-    for part, scale in scales.items():
-        if part not in parts:
-            raise ConfigError(
-                f"optimizer.param_groups.{part}",
-                scale,
-                f"'{part}' is not a part of {model_cfg['name']}; parts: {list(parts)}",
-            )
-        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or scale <= 0:
-            raise ConfigError(f"optimizer.param_groups.{part}", scale, "must be a number > 0")
-    return [float(scales.get(p, 1.0)) for p in parts]
-
-
-TOP_LEVEL = ("model", "optimizer", "scheduler", "data", "logger", "trainer", "lr_find",
-             "seed", "epochs", "resume")  # fmt: skip
-
-
-def check_known_keys(cfg: Mapping[str, Any]) -> None:
-    """Keys added with `+key=...` that nothing reads are typos: reject them by name.
-
-    A group's allowed keys are those of its option's YAML file (the scheduler's are
-    checked by its registry, which knows every schedule's parameters)."""
-    import yaml
-
-    from runner.compose import CONF
-
-    for key in cfg:
-        if key not in TOP_LEVEL:
-            raise ConfigError(key, cfg[key], f"unknown top-level key; known: {list(TOP_LEVEL)}")
-    for group in ("model", "optimizer", "data", "logger", "trainer", "lr_find"):
-        option = cfg[group].get("name", "default")
-        path = CONF / group / f"{option}.yaml"
-        if not path.is_file():
-            continue  # an unknown name: the group's own check names the choices
-        allowed = list(yaml.safe_load(path.read_text()))
-        for key in cfg[group]:
-            if key not in allowed:
-                raise ConfigError(
-                    f"{group}.{key}",
-                    cfg[group][key],
-                    f"unknown key; {group} '{option}' has {allowed}",
-                )
+    if uses_parts(opt, parts):
+        scales = opt["param_groups"]
+        return [(p, float(scales.get(p, 1.0))) for p in parts]
+    model = probe_model(model_cfg, *data_shape(cfg["data"]))
+    groups = split_params(opt, list(model.named_parameters()), model_parts(model, model_cfg))
+    return [(g.name or "group0", g.scale) for g in groups]
 
 
 def validate(cfg: Mapping[str, Any]) -> None:
     """Raise ConfigError naming the first bad key; returns quietly when the config can run."""
-    check_known_keys(cfg)
-    from runner.data import steps_per_epoch, train_size, validate_data
+    from omegaconf import DictConfig, OmegaConf
+
+    if isinstance(cfg, DictConfig):
+        for key in sorted(OmegaConf.missing_keys(cfg)):
+            raise ConfigError(key, "???", "must be set (it has no default)")
+    from runner.builders import resolve_device
+    from runner.data import data_shape, steps_per_epoch, train_size, validate_data
+    from runner.distributed import wanted
     from runner.loggers import validate_logger
     from runner.lr_find import validate_lr_find
     from runner.models import validate_model
+    from runner.optimizers import validate_optimizer
 
-    _int("seed", cfg["seed"], 0)
-    epochs = _int("epochs", cfg["epochs"], 1)
+    check_node("", {k: v for k, v in cfg.items() if k not in GROUPS}, Run)
+    check_node("trainer", cfg["trainer"], Trainer)
+    wanted(cfg["trainer"]["strategy"])  # ddp outside torchrun: an error now
+    resolve_device(cfg["trainer"]["device"])  # `cuda` without CUDA: an error now, not mid-run
 
-    trainer = cfg["trainer"]
-    if not isinstance(trainer["device"], str) or not _DEVICE.match(trainer["device"]):
-        raise ConfigError(
-            "trainer.device", trainer["device"], "must be auto, cpu, mps, cuda or cuda:N"
-        )
-    if trainer["channels_last"] not in ("auto", True, False):
-        raise ConfigError(
-            "trainer.channels_last", trainer["channels_last"], "must be auto, true or false"
-        )
-    for key in ("amp", "deterministic", "compile"):
-        if not isinstance(trainer[key], bool):
-            raise ConfigError(f"trainer.{key}", trainer[key], "must be true or false")
-    _int("trainer.log_every_n_steps", trainer["log_every_n_steps"], 0)
-    if trainer["monitor"] not in EPOCH_METRICS:
-        raise ConfigError(
-            "trainer.monitor", trainer["monitor"], f"must be one of {list(EPOCH_METRICS)}"
-        )
-    if trainer["monitor_mode"] not in ("min", "max"):
-        raise ConfigError("trainer.monitor_mode", trainer["monitor_mode"], "must be min or max")
-    if not isinstance(trainer["checkpoint"], bool):
-        raise ConfigError("trainer.checkpoint", trainer["checkpoint"], "must be true or false")
-    if (
-        trainer["diverge_loss"] is not None
-        and _number("trainer.diverge_loss", trainer["diverge_loss"]) <= 0
-    ):
-        raise ConfigError("trainer.diverge_loss", trainer["diverge_loss"], "must be null or > 0")
-    from runner.builders import resolve_device
-    from runner.distributed import wanted
-
-    wanted(trainer["strategy"])  # ddp outside torchrun: an error now
-
-    resolve_device(trainer["device"])  # `cuda` without CUDA: an error now, not mid-run
-    if trainer["progress"] not in _PROGRESS:
-        raise ConfigError(
-            "trainer.progress", trainer["progress"], f"must be one of {list(_PROGRESS)}"
-        )
-
-    validate_model(cfg["model"])
+    validate_data(cfg["data"])
+    validate_model(cfg["model"], *data_shape(cfg["data"]))
 
     opt = cfg["optimizer"]
-    if opt["name"] not in OPTIMIZERS:
-        raise ConfigError("optimizer.name", opt["name"], f"must be one of {list(OPTIMIZERS)}")
     validate_lr_find(cfg["lr_find"])
     if opt["lr"] == "find":
         # Decided by the range test before training, and validated again then; until then
         # check the schedule against the largest lr the test can return.
         lr = float(cfg["lr_find"]["end_lr"])
     else:
-        lr = _number("optimizer.lr", opt["lr"])
-        if lr <= 0:
-            raise ConfigError("optimizer.lr", opt["lr"], "must be > 0, or find (LR range test)")
-    if _number("optimizer.weight_decay", opt["weight_decay"]) < 0:
-        raise ConfigError("optimizer.weight_decay", opt["weight_decay"], "must be >= 0")
-    if "momentum" in opt and not 0 <= _number("optimizer.momentum", opt["momentum"]) < 1:
-        raise ConfigError("optimizer.momentum", opt["momentum"], "must be in [0, 1)")
-
-    validate_data(cfg["data"])
-    base_lrs = [lr * m for m in group_multipliers(opt["param_groups"], cfg["model"])]
+        if not is_number(opt["lr"]) or opt["lr"] <= 0:
+            raise ConfigError("optimizer.lr", opt["lr"], "must be a number > 0, or find")
+        lr = float(opt["lr"])
+    validate_optimizer(opt, lr)
+    base_lrs = [lr * m for _, m in planned_groups(cfg)]
     validate_scheduler(
         cfg["scheduler"],
-        epochs=epochs,
+        epochs=cfg["epochs"],
         steps_per_epoch=steps_per_epoch(train_size(cfg["data"]), cfg["data"]["batch_size"]),
         base_lrs=base_lrs,
         metrics=EPOCH_METRICS,

@@ -70,26 +70,14 @@ class TensorData:
 def validate_data(cfg: Mapping[str, Any]) -> None:
     """Fail before training on bad values, or when a file-based dataset is not on disk
     (saying how to get it)."""
+    from runner.schema import SCHEMAS, check_node
+
     name = cfg["name"]
     if name not in DATASETS:
         raise ConfigError("data.name", name, f"must be one of {list(DATASETS)}")
-    bs = cfg["batch_size"]
-    if isinstance(bs, bool) or not isinstance(bs, int) or bs < 1:
-        raise ConfigError("data.batch_size", bs, "must be an integer >= 1")
-    if name == "digits" and not 0 < cfg["val_fraction"] < 1:
-        raise ConfigError("data.val_fraction", cfg["val_fraction"], "must be in (0, 1)")
-    if name == "fake":
-        for key in ("train_size", "val_size", "num_classes"):
-            if cfg[key] < 1:
-                raise ConfigError(f"data.{key}", cfg[key], "must be >= 1")
-        if len(cfg["image_size"]) != 3 or min(cfg["image_size"]) < 1:
-            raise ConfigError("data.image_size", list(cfg["image_size"]), "must be [C, H, W] >= 1")
+    check_node("data", cfg, SCHEMAS["data"][name])
     if name not in _TORCHVISION:
         return
-    if name == "cifar10" and not isinstance(cfg["augment"], bool):
-        raise ConfigError("data.augment", cfg["augment"], "must be true or false")
-    if cfg["limit"] is not None and cfg["limit"] < 1:
-        raise ConfigError("data.limit", cfg["limit"], "must be null or >= 1")
     cls, folder, files = _TORCHVISION[name]
     root = Path(cfg["root"])
     missing = [f for f in files if not (root / folder / f).exists()]
@@ -112,6 +100,23 @@ def train_size(cfg: Mapping[str, Any]) -> int:
         return cfg["train_size"]
     full = 50_000 if name == "cifar10" else 60_000
     return full if cfg["limit"] is None else min(full, cfg["limit"])
+
+
+# (channels, height, width) and classes of each built-in set, known without loading it
+_SHAPES = {
+    "digits": ((1, 8, 8), 10),
+    "mnist": ((1, 28, 28), 10),
+    "fashion_mnist": ((1, 28, 28), 10),
+    "cifar10": ((3, 32, 32), 10),
+}
+
+
+def data_shape(cfg: Mapping[str, Any]) -> tuple[tuple[int, int, int], int]:
+    """The images' [C, H, W] and the number of classes, for start-up checks that need the
+    model's parameter names (built on the meta device) before any data is loaded."""
+    if cfg["name"] == "fake":
+        return tuple(cfg["image_size"]), cfg["num_classes"]  # type: ignore[return-value]
+    return _SHAPES[cfg["name"]]
 
 
 def steps_per_epoch(n_train: int, batch_size: int) -> int:

@@ -30,7 +30,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.nn import functional as F
 
-from runner import checkpoint
+from runner import checkpoint, files, models, optimizers
 from runner.background import Background
 from runner.builders import build_optimizer, resolve_device, seed_everything
 from runner.config import validate
@@ -39,12 +39,12 @@ from runner.loggers import RunLogger, open_logger
 from runner.models import build_model
 from runner.stacked import FusedOptimizer, StackedNet
 from runner.stopping import stop_on_signals
+from runner.targets import label
 from runner.train import Result, describe_epoch, diverged, group_names, outcome, progress_bar
 from schedulers import ConfigError, build_scheduler
 
 log = logging.getLogger("schedlab")
 
-FUSED_MODELS = ("mlp", "lenet")
 # keys each member may set for itself; everything else must be equal to fuse
 PER_MEMBER = {
     "seed": None,
@@ -65,8 +65,12 @@ def why_not_fusable(cfg: DictConfig) -> str | None:
         validate(cfg)
     except ConfigError:
         return "its config is invalid (the job reports the error itself)"
-    if cfg.model.name not in FUSED_MODELS:
-        return f"model={cfg.model.name} (fused: {', '.join(FUSED_MODELS)})"
+    model_spec, opt_spec = models.spec_of(cfg.model), optimizers.spec_of(cfg.optimizer)
+    if model_spec is None or not model_spec.fusable:
+        fusable = [name for name, spec in models.MODELS.items() if spec.fusable]
+        return f"model={label(cfg.model)} (fused: {', '.join(fusable)})"
+    if opt_spec is None or not opt_spec.fusable:
+        return f"optimizer={label(cfg.optimizer)} (fused: {', '.join(optimizers.OPTIMIZERS)})"
     if cfg.model.name == "mlp" and cfg.model.dropout > 0:
         return "dropout draws from the global RNG, so members cannot match separate runs"
     reasons = {
@@ -117,6 +121,11 @@ def train_group(members: Sequence[Member]) -> None:
         # epoch of every member however the loop ends, before that thread is joined
         with Background() as background, ExitStack() as cleanup, stop_on_signals() as stop:
             _fit(members, stop, background, cleanup)  # SystemExit(128 + signal) if interrupted
+    except files.WriteFailed as err:  # disk full, read-only: one line names the file
+        log.error(f"the fused group stopped: {err}")
+        for m in members:
+            if m.result is None:
+                m.error = f"error: {err}"
     except Exception as err:
         log.exception("the fused group failed")
         for m in members:
@@ -134,7 +143,11 @@ def _write_status(members: Sequence[Member], wall: float) -> None:
             status, m.summary = outcome(m.result, wall)
             status["fused_jobs"] = len(members)  # trained with this many jobs, one process
         m.run_dir.mkdir(parents=True, exist_ok=True)
-        (m.run_dir / "status.json").write_text(json.dumps(status, indent=2) + "\n")
+        try:
+            files.write_json_atomic(m.run_dir / "status.json", status)
+        except files.WriteFailed as err:  # the other members' status still gets written
+            log.error(f"error: {err}")
+            m.error = m.error or f"error: {err}"
 
 
 def _note(member: Member, message: str, level: int = logging.INFO) -> None:
@@ -227,7 +240,7 @@ def _fit(members: Sequence[Member], stop: Any, background: Background, cleanup: 
     first = members[0].cfg
     for m in members:
         m.run_dir.mkdir(parents=True, exist_ok=True)
-        (m.run_dir / "config.yaml").write_text(OmegaConf.to_yaml(m.cfg, resolve=True))
+        files.write_text_atomic(m.run_dir / "config.yaml", OmegaConf.to_yaml(m.cfg, resolve=True))
         if "wandb" in m.cfg.logger and m.cfg.logger.wandb.mode != "disabled":
             m.wandb_id = uuid.uuid4().hex[:8]  # W&B's own ids are 8 characters of [a-z0-9]
     device, data, net, models, optimizers, schedules = _build(members)
@@ -260,9 +273,9 @@ def _fit(members: Sequence[Member], stop: Any, background: Background, cleanup: 
     n_train, step = data.y_train.shape[0], 0
     per_epoch = steps_per_epoch(n_train, batch_size)
     for m in members:
-        _note(m, f"fused with {k - 1} other job(s): {first.model.name} on {first.data.name} "
-                 f"({device}), {m.cfg.optimizer.name} lr={m.cfg.optimizer.lr}, "
-                 f"scheduler={m.cfg.scheduler.name}, {epochs} epochs")  # fmt: skip
+        _note(m, f"fused with {k - 1} other job(s): {label(first.model)} on {first.data.name} "
+                 f"({device}), {label(m.cfg.optimizer)} lr={m.cfg.optimizer.lr}, "
+                 f"scheduler={label(m.cfg.scheduler)}, {epochs} epochs")  # fmt: skip
 
     def lrs_now(i: int, prefix: str) -> dict[str, float]:
         groups = optimizers[i].param_groups
@@ -397,8 +410,7 @@ def replay(member: Member) -> float:
         return float("nan")
     cfg = member.cfg
     config = OmegaConf.to_container(cfg, resolve=True)
-    lines = (member.run_dir / "metrics.jsonl").read_text().splitlines()
-    rows = [json.loads(line) for line in lines]
+    rows = files.read_jsonl(member.run_dir / "metrics.jsonl")
     with open_logger(
         cfg.logger, member.run_dir, config, member.overrides, member.sweep_name, member.wandb_id
     ) as logger:

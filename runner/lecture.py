@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from runner import files
+
 PARTS = ("curves", "lenet", "schedulers", "init_lr")
 OPTIONS = {"part": "all", "quick": "false", "fresh": "false", "out": "outputs/lecture"}
 
@@ -75,7 +77,7 @@ def part_curves(out: Path, quick: bool) -> Section:
         opt = torch.optim.SGD([{"params": [p]} for p in params], lr=0.1, momentum=0.9)
         schedule = build_scheduler(lecture_config(name), opt, epochs=200, steps_per_epoch=1)
         rows = trace_schedule(schedule, 200)
-        (out / f"trace_{name}.md").write_text(as_markdown(rows, name))
+        files.write_text_atomic(out / f"trace_{name}.md", as_markdown(rows, name), fsync=False)
         traces[name] = flagged_epochs(rows)
     return Section(
         title="1. Six schedulers on the lecture's toy problem",
@@ -105,8 +107,7 @@ def _train(overrides: list[str], run_dir: Path) -> list[dict[str, Any]]:
     from runner.train import train
 
     train(compose_config([*overrides, "logger=none", "trainer.progress=line"]), run_dir)
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    return [r for r in map(json.loads, lines) if r.get("kind") != "step"]
+    return [r for r in files.read_jsonl(run_dir / "metrics.jsonl") if r.get("kind") != "step"]
 
 
 def _plot_run(rows: list[dict[str, Any]], path: Path, title: str) -> None:
@@ -128,7 +129,7 @@ def _plot_run(rows: list[dict[str, Any]], path: Path, title: str) -> None:
         ax.grid(alpha=0.3)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path)
+    files.replace_atomic(path, lambda tmp: fig.savefig(tmp, format="png"), fsync=False)
     plt.close(fig)
 
 
@@ -346,15 +347,15 @@ def main(argv: list[str] | None = None) -> Path:
         print(f"[{i}/{len(PARTS)}] {name}: running{' (quick)' if quick else ''} ...", flush=True)
         t0 = time.perf_counter()
         section = RUNNERS[name](root / name, quick)
-        done.write_text(json.dumps(section.__dict__, ensure_ascii=False, indent=2))
+        files.write_text_atomic(done, json.dumps(section.__dict__, ensure_ascii=False, indent=2))
         print(f"[{i}/{len(PARTS)}] {name}: {time.perf_counter() - t0:.0f}s", flush=True)
     sections = [
         Section(**json.loads((root / n / "section.json").read_text()))
         for n in PARTS
         if (root / n / "section.json").exists()
     ]
-    (root / "index.md").write_text(to_markdown(sections))
-    (root / "index.html").write_text(to_html(sections, root))
+    files.write_text_atomic(root / "index.md", to_markdown(sections), fsync=False)
+    files.write_text_atomic(root / "index.html", to_html(sections, root), fsync=False)
     print(f"wrote {root / 'index.md'} and {root / 'index.html'}")
     return root
 

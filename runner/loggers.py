@@ -25,12 +25,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from runner.files import append_line
 from schedulers import ConfigError
 
 log = logging.getLogger("schedlab")
 
-LOGGERS = ("wandb", "tensorboard")
-WANDB_MODES = ("offline", "online", "disabled")
 SEND_EVERY_S = 1.0  # rows reach W&B/TensorBoard at most this long after they are logged
 
 
@@ -59,9 +58,8 @@ class RunLogger:
 
     def log_epoch(self, row: Mapping[str, Any]) -> None:
         row = dict(row)
-        if self.write:
-            with self.metrics_path.open("a") as f:  # NaN/inf as Python's json writes them
-                f.write("".join(self._step_rows) + json.dumps(row) + "\n")
+        if self.write:  # the epoch's rows in one write; NaN/inf as Python's json writes them
+            append_line(self.metrics_path, "".join(self._step_rows) + json.dumps(row))
         self._step_rows.clear()
         self._to_backends(row, step=row["epoch"])
 
@@ -128,15 +126,16 @@ class RunLogger:
 
 
 def validate_logger(cfg: Mapping[str, Any]) -> None:
+    """One node per backend, each checked by its schema."""
+    from runner.schema import SCHEMAS, check_node
+
+    backends = SCHEMAS["logger"]
     for name in cfg:
-        if name not in LOGGERS:
+        if name not in backends:
             raise ConfigError(
-                f"logger.{name}", cfg[name], f"unknown logger; choose from {list(LOGGERS)}"
+                f"logger.{name}", cfg[name], f"unknown logger; choose from {list(backends)}"
             )
-    if "wandb" in cfg and cfg["wandb"]["mode"] not in WANDB_MODES:
-        raise ConfigError(
-            "logger.wandb.mode", cfg["wandb"]["mode"], f"must be one of {list(WANDB_MODES)}"
-        )
+        check_node(f"logger.{name}", cfg[name], backends[name])
 
 
 @contextmanager

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import io
 import logging
 import math
 import sys
@@ -24,11 +25,11 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from runner import files
+from runner.schema import LrFind, check_node
 from schedulers import ConfigError
 
 log = logging.getLogger("schedlab")
-MODES = ("exp", "linear")
-SUGGESTIONS = ("steepest", "min_loss_div_10")
 EXPLAIN = {
     "steepest": "lr where the smoothed loss falls fastest per decade of lr (Smith's choice)",
     "min_loss_div_10": "a tenth of the lr at the lowest smoothed loss (just before divergence)",
@@ -36,33 +37,11 @@ EXPLAIN = {
 
 
 def validate_lr_find(cfg: Mapping[str, Any]) -> None:
-    def number(key: str) -> float:
-        v = cfg[key]
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-            raise ConfigError(f"lr_find.{key}", v, "must be a finite number")
-        return float(v)
-
-    start, end = number("start_lr"), number("end_lr")
-    if start <= 0:
-        raise ConfigError("lr_find.start_lr", cfg["start_lr"], "must be > 0")
-    if end <= start:
+    """Each key by its schema, then the range itself."""
+    check_node("lr_find", cfg, LrFind)
+    if cfg["end_lr"] <= cfg["start_lr"]:
+        start = cfg["start_lr"]
         raise ConfigError("lr_find.end_lr", cfg["end_lr"], f"must be > start_lr ({start})")
-    n = cfg["num_iters"]
-    if isinstance(n, bool) or not isinstance(n, int) or n < 10:
-        raise ConfigError("lr_find.num_iters", n, "must be an integer >= 10")
-    if cfg["mode"] not in MODES:
-        raise ConfigError("lr_find.mode", cfg["mode"], f"must be one of {list(MODES)}")
-    if not 0 <= number("smooth") < 1:
-        raise ConfigError("lr_find.smooth", cfg["smooth"], "must be in [0, 1)")
-    if number("diverge_threshold") <= 1:
-        raise ConfigError("lr_find.diverge_threshold", cfg["diverge_threshold"], "must be > 1")
-    v = cfg["val_every"]
-    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-        raise ConfigError("lr_find.val_every", v, "must be an integer >= 0")
-    if cfg["suggestion"] not in SUGGESTIONS:
-        raise ConfigError(
-            "lr_find.suggestion", cfg["suggestion"], f"must be one of {list(SUGGESTIONS)}"
-        )
 
 
 def lr_at(i: int, cfg: Mapping[str, Any]) -> float:
@@ -206,10 +185,11 @@ def write_outputs(result: RangeTest, out: Path, chosen: str) -> tuple[Path, Path
 
     out.mkdir(parents=True, exist_ok=True)
     csv_path, png_path = out / "lr_find.csv", out / "lr_find.png"
-    with csv_path.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["lr", "loss", "smoothed_loss"])
-        writer.writerows(result.rows())
+    f = io.StringIO(newline="")
+    writer = csv.writer(f)
+    writer.writerow(["lr", "loss", "smoothed_loss"])
+    writer.writerows(result.rows())
+    files.write_text_atomic(csv_path, f.getvalue(), fsync=False)
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
     ax.plot(result.lrs, result.losses, color="0.75", linewidth=0.8, label="loss")
     ax.plot(result.lrs, result.smooth, linewidth=1.8, label="smoothed loss")
@@ -227,7 +207,7 @@ def write_outputs(result: RangeTest, out: Path, chosen: str) -> tuple[Path, Path
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(png_path)
+    files.replace_atomic(png_path, lambda tmp: fig.savefig(tmp, format="png"), fsync=False)
     plt.close(fig)
     return csv_path, png_path
 
@@ -277,10 +257,16 @@ def main(cfg: DictConfig) -> float:
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         sys.exit(2)
+    except files.WriteFailed as err:  # disk full, read-only: one line, no traceback
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(1)
     print(f"wrote {out / 'lr_find.png'} and {out / 'lr_find.csv'}")
     print(f"train with it: python -m runner optimizer.lr={lr:.4g}  (or optimizer.lr=find)")
     return lr
 
 
 if __name__ == "__main__":
+    from runner.compose import options_first
+
+    sys.argv[1:] = options_first(sys.argv[1:])
     main()

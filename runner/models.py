@@ -1,46 +1,22 @@
-"""The models a run can train, each shaped by the data it is given (channels, size, classes)."""
+"""The models a run can train, each shaped by the data it is given (channels, size, classes).
+
+Built-ins are one entry each in `MODELS` (name -> spec); any other `nn.Module` comes by
+`_target_` (runner/targets.py), and is offered the data's `num_classes`, `in_channels`
+and `image_size` when its constructor takes them.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from runner import schema, targets
 from schedulers import ConfigError
-
-MODELS = ("mlp", "lenet", "resnet18")
-
-
-def part_names(cfg: Mapping[str, Any]) -> tuple[str, ...]:
-    """The named parts of a model that `optimizer.param_groups` can give their own lr."""
-    if cfg["name"] == "mlp":
-        return ("hidden", "head") if cfg["hidden"] else ("head",)
-    return {"lenet": ("features", "classifier"), "resnet18": ("backbone", "head")}[cfg["name"]]
-
-
-def model_parts(model: nn.Module, cfg: Mapping[str, Any]) -> dict[str, list[nn.Parameter]]:
-    """Parameters of each part in `part_names` order; together they cover the whole model."""
-    if cfg["name"] == "mlp":
-        *hidden, head = model.net
-        groups = {
-            "hidden": [p for m in hidden for p in m.parameters()],
-            "head": [*head.parameters()],
-        }
-    elif cfg["name"] == "lenet":
-        groups = {
-            "features": [*model.features.parameters()],
-            "classifier": [*model.classifier.parameters()],
-        }
-    else:
-        head_ids = {id(p) for p in model.fc.parameters()}
-        groups = {
-            "backbone": [p for p in model.parameters() if id(p) not in head_ids],
-            "head": [*model.fc.parameters()],
-        }
-    return {name: groups[name] for name in part_names(cfg)}
 
 
 class MLP(nn.Module):
@@ -105,36 +81,147 @@ def _resnet18(in_channels: int, image_size: int, num_classes: int, small_stem: A
     return model
 
 
-def validate_model(cfg: Mapping[str, Any]) -> None:
-    name = cfg["name"]
+# -- the built-ins: build, named parts (for per-part lrs) and checks -------------------------
+Shape = tuple[int, int, int]  # (channels, height, width) of the data's images
+
+
+def _build_mlp(cfg: Mapping[str, Any], shape: Shape, num_classes: int) -> nn.Module:
+    channels, height, width = shape
+    return MLP(channels * height * width, list(cfg["hidden"]), num_classes, cfg["dropout"])
+
+
+def _mlp_parts(model: nn.Module, cfg: Mapping[str, Any]) -> dict[str, list[nn.Parameter]]:
+    *hidden, head = model.net
+    parts = {"hidden": [p for m in hidden for p in m.parameters()], "head": [*head.parameters()]}
+    return parts if cfg["hidden"] else {"head": parts["head"]}
+
+
+def _build_lenet(cfg: Mapping[str, Any], shape: Shape, num_classes: int) -> nn.Module:
+    return LeNet(shape[0], min(shape[1:]), num_classes, cfg["min_input_size"])
+
+
+def _lenet_parts(model: nn.Module, cfg: Mapping[str, Any]) -> dict[str, list[nn.Parameter]]:
+    return {
+        "features": [*model.features.parameters()],
+        "classifier": [*model.classifier.parameters()],
+    }
+
+
+def _build_resnet18(cfg: Mapping[str, Any], shape: Shape, num_classes: int) -> nn.Module:
+    return _resnet18(shape[0], min(shape[1:]), num_classes, cfg["small_input_stem"])
+
+
+def _resnet18_parts(model: nn.Module, cfg: Mapping[str, Any]) -> dict[str, list[nn.Parameter]]:
+    head_ids = {id(p) for p in model.fc.parameters()}
+    return {
+        "backbone": [p for p in model.parameters() if id(p) not in head_ids],
+        "head": [*model.fc.parameters()],
+    }
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    build: Callable[[Mapping[str, Any], Shape, int], nn.Module]
+    # named parts in order; `optimizer.param_groups={part: multiplier}` picks from these
+    parts: Callable[[nn.Module, Mapping[str, Any]], dict[str, list[nn.Parameter]]]
+    part_names: Callable[[Mapping[str, Any]], tuple[str, ...]]
+    schema: type  # its keys, types, defaults and checks (runner/schema.py)
+    fusable: bool  # runner/stacked.py can stack it (hydra/launcher=fused)
+
+
+MODELS: dict[str, ModelSpec] = {
+    "mlp": ModelSpec(
+        _build_mlp,
+        _mlp_parts,
+        lambda cfg: ("hidden", "head") if cfg["hidden"] else ("head",),
+        schema.Mlp,
+        fusable=True,
+    ),
+    "lenet": ModelSpec(
+        _build_lenet, _lenet_parts, lambda cfg: ("features", "classifier"), schema.LeNet, True
+    ),
+    "resnet18": ModelSpec(
+        _build_resnet18, _resnet18_parts, lambda cfg: ("backbone", "head"), schema.ResNet18, False
+    ),
+}
+
+
+def spec_of(cfg: Mapping[str, Any]) -> ModelSpec | None:
+    """The built-in's spec, or None for a `_target_` model."""
+    if targets.is_target(cfg):
+        return None
+    name = cfg.get("name")
     if name not in MODELS:
         raise ConfigError(
-            "model.name", name, f"must be one of {list(MODELS)}"
-        )  # validate_model ran
-    if name == "mlp":
-        hidden = cfg["hidden"]
-        if not all(isinstance(h, int) and not isinstance(h, bool) and h > 0 for h in hidden):
-            raise ConfigError("model.hidden", list(hidden), "must be a list of positive integers")
-        if not 0 <= cfg["dropout"] < 1:
-            raise ConfigError("model.dropout", cfg["dropout"], "must be in [0, 1)")
-    elif name == "lenet" and cfg["min_input_size"] < 16:
-        # two 5x5 convs with 2x2 pools leave nothing of a smaller image
-        raise ConfigError("model.min_input_size", cfg["min_input_size"], "must be >= 16 for LeNet")
-    elif name == "resnet18" and cfg["small_input_stem"] not in ("auto", True, False):
-        raise ConfigError(
-            "model.small_input_stem", cfg["small_input_stem"], "must be auto, true or false"
+            "model.name", name, f"must be one of {list(MODELS)}, or give model._target_"
         )
+    return MODELS[name]
 
 
-def build_model(
-    cfg: Mapping[str, Any], image_shape: tuple[int, int, int], num_classes: int
-) -> nn.Module:
-    channels, height, width = image_shape
-    name = cfg["name"]
-    if name == "mlp":
-        return MLP(channels * height * width, list(cfg["hidden"]), num_classes, cfg["dropout"])
-    if name == "lenet":
-        return LeNet(channels, min(height, width), num_classes, cfg["min_input_size"])
-    if name == "resnet18":
-        return _resnet18(channels, min(height, width), num_classes, cfg["small_input_stem"])
-    raise ConfigError("model.name", name, f"must be one of {list(MODELS)}")  # validate_model ran
+def part_names(cfg: Mapping[str, Any]) -> tuple[str, ...]:
+    """The named parts of a built-in model that `optimizer.param_groups` can give their own
+    lr (a `_target_` model has none: its groups are parameter-name patterns)."""
+    spec = spec_of(cfg)
+    return () if spec is None else spec.part_names(cfg)
+
+
+def model_parts(model: nn.Module, cfg: Mapping[str, Any]) -> dict[str, list[nn.Parameter]]:
+    """Parameters of each part in `part_names` order; together they cover the whole model."""
+    spec = spec_of(cfg)
+    return {} if spec is None else spec.parts(model, cfg)
+
+
+# what the runner offers a `_target_` model's constructor, when it takes these arguments
+OFFERED = ("num_classes", "in_channels", "image_size")
+
+
+def _offered(target: Any, cfg: Mapping[str, Any], shape: Shape, num_classes: int) -> dict:
+    values = {"num_classes": num_classes, "in_channels": shape[0], "image_size": min(shape[1:])}
+    return {k: v for k, v in values.items() if k not in cfg and targets.accepts(target, k)}
+
+
+def validate_model(cfg: Mapping[str, Any], shape: Shape | None = None, classes: int = 10) -> None:
+    """A built-in's checks, or for a `_target_`: importable, kwargs bound to its signature,
+    and built on the meta device (no memory, no compute) so its own argument checks run."""
+    spec = spec_of(cfg)
+    if spec is not None:
+        schema.check_node("model", cfg, spec.schema)
+        return
+    target = targets.locate("model", cfg)
+    kwargs = targets.kwargs_of(cfg)
+    if shape is not None:
+        kwargs.update(_offered(target, cfg, shape, classes))
+    targets.bind("model", target, kwargs)
+    if shape is not None:
+        probe_model(cfg, shape, classes)
+
+
+def probe_model(cfg: Mapping[str, Any], shape: Shape, num_classes: int) -> nn.Module:
+    """The model built without memory (meta device), for its parameter names at start-up;
+    on CPU if its constructor needs real values. A constructor error is a config error."""
+    try:
+        with torch.device("meta"):
+            return build_model(cfg, shape, num_classes)
+    except ConfigError:
+        raise
+    except Exception:
+        pass
+    try:
+        return build_model(cfg, shape, num_classes)
+    except ConfigError:
+        raise
+    except Exception as err:
+        key = targets.key_named_in("model", str(err), targets.kwargs_of(cfg))
+        value = cfg.get(key.split(".", 1)[1])
+        raise ConfigError(key, value, f"building the model failed: {err}") from None
+
+
+def build_model(cfg: Mapping[str, Any], image_shape: Shape, num_classes: int) -> nn.Module:
+    spec = spec_of(cfg)
+    if spec is not None:
+        return spec.build(cfg, image_shape, num_classes)
+    target = targets.locate("model", cfg)
+    model = targets.instantiate(cfg, **_offered(target, cfg, image_shape, num_classes))
+    if not isinstance(model, nn.Module):
+        raise ConfigError("model._target_", cfg["_target_"], "must build a torch.nn.Module")
+    return model

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
+import io
+import logging
 import math
 import statistics
+import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,6 +26,9 @@ from hydra.experimental.callback import Callback
 
 from runner.compare import METRICS, Comparison, all_pairs
 from runner.compare import markdown as compare_markdown
+from runner.files import WriteFailed, read_json, read_jsonl, replace_atomic, write_text_atomic
+
+log = logging.getLogger("schedlab")
 
 DEFAULT_TARGET_ACC = 0.95
 
@@ -70,25 +75,36 @@ def _without_seed(overrides: list[str]) -> list[str]:
     return [o for o in overrides if o.lstrip("+~").split("=", 1)[0] != "seed"]
 
 
+def _read_yaml(path: Path) -> Any:
+    """A YAML file's content; None when it is missing or damaged (with a warning)."""
+    try:
+        return yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        log.warning(f"{path} is damaged; read as missing ({type(err).__name__})")
+        return None
+
+
 def load_jobs(sweep_dir: Path) -> list[Job]:
+    """Every job of the sweep as its files describe it. Damaged files never stop the
+    report: a torn metrics line is skipped, an empty or undecodable status.json reads as
+    no status (the job counts as incomplete)."""
     jobs = []
     for overrides_file in sorted(Path(sweep_dir).glob("*/.hydra/overrides.yaml")):
         path = overrides_file.parent.parent
-        metrics = path / "metrics.jsonl"
-        lines = metrics.read_text().splitlines() if metrics.exists() else []
-        rows = [r for r in map(json.loads, lines) if r.get("kind") != "step"]  # epoch rows
-        config_file = path / "config.yaml"
-        config = yaml.safe_load(config_file.read_text()) if config_file.exists() else {}
-        status_file = path / "status.json"
-        status = json.loads(status_file.read_text()) if status_file.exists() else {}
+        rows = [r for r in read_jsonl(path / "metrics.jsonl") if r.get("kind") != "step"]
+        config = _read_yaml(path / "config.yaml")
+        status = read_json(path / "status.json") or {}
+        overrides = _read_yaml(overrides_file)
         jobs.append(
             Job(
                 path=path,
-                overrides=list(yaml.safe_load(overrides_file.read_text()) or []),
-                status=status.get("status", "incomplete"),
+                overrides=[str(o) for o in overrides] if isinstance(overrides, list) else [],
+                status=str(status.get("status", "incomplete")),
                 rows=rows,
                 wall_time_s=status.get("wall_time_s"),
-                seed=(config or {}).get("seed"),
+                seed=config.get("seed") if isinstance(config, dict) else None,
             )
         )
     return jobs
@@ -259,9 +275,10 @@ def plot_overlays(groups: list[Group], out: Path) -> list[Path]:
         ax.set_xlabel("epoch")
         ax.set_title(title)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="best")
+        if ax.lines:  # a sweep whose jobs all failed has nothing to label
+            ax.legend(fontsize=7, loc="best")
         fig.tight_layout()
-        fig.savefig(out / fname)
+        replace_atomic(out / fname, lambda tmp, fig=fig: fig.savefig(tmp, format="png"), False)
         plt.close(fig)
         paths.append(out / fname)
     return paths
@@ -280,19 +297,21 @@ def write_report(
     if not groups:
         raise FileNotFoundError(f"no runs found under {sweep_dir} (expected <job>/.hydra/)")
     rows = sorted((summarize(g, target_acc) for g in groups), key=_sort_key)
-    with (sweep_dir / "report.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    f = io.StringIO(newline="")
+    writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(sweep_dir / "report.csv", f.getvalue(), fsync=False)
     by_label = {g.label: g for g in groups}
     ranked = [by_label[r["config"]] for r in rows]
     comparisons = all_pairs(per_seed(ranked, metric), higher_is_better=METRICS[metric][2])
-    with (sweep_dir / "comparisons.csv").open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow([*Comparison.__dataclass_fields__])
-        writer.writerows([list(asdict(c).values()) for c in comparisons])
+    f = io.StringIO(newline="")
+    table = csv.writer(f)
+    table.writerow([*Comparison.__dataclass_fields__])
+    table.writerows([list(asdict(c).values()) for c in comparisons])
+    write_text_atomic(sweep_dir / "comparisons.csv", f.getvalue(), fsync=False)
     text = markdown(rows, target_acc, sweep_dir, common_overrides(jobs), comparisons, metric)
-    (sweep_dir / "report.md").write_text(text)
+    write_text_atomic(sweep_dir / "report.md", text, fsync=False)
     plot_overlays([by_label[r["config"]] for r in rows], sweep_dir)
     return text
 
@@ -313,6 +332,8 @@ class SweepReport(Callback):
             print(f"report written to {sweep_dir / 'report.md'}")
         except FileNotFoundError as err:
             print(f"no sweep report: {err}")
+        except WriteFailed as err:  # the sweep's jobs are done and on disk; only this failed
+            print(f"no sweep report: {err}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -338,7 +359,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         print(write_report(args.sweep_dir, args.target_acc, args.metric))
-    except FileNotFoundError as err:
+    except (FileNotFoundError, WriteFailed) as err:
         raise SystemExit(f"error: {err}") from None
     print(f"report written to {args.sweep_dir / 'report.md'}")
 

@@ -22,7 +22,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.nn import functional as F
 
-from runner import checkpoint
+from runner import checkpoint, files
 from runner.background import Background
 from runner.builders import Run, build_run
 from runner.config import validate
@@ -30,6 +30,7 @@ from runner.data import augment as augment_batch
 from runner.data import batches, steps_per_epoch
 from runner.loggers import RunLogger, open_logger
 from runner.stopping import StopFlag, stop_on_signals
+from runner.targets import label
 from schedulers import ConfigError
 
 log = logging.getLogger("schedlab")
@@ -296,8 +297,8 @@ def use_range_test(cfg: DictConfig, run_dir: Path) -> float:
     lr, _ = find_lr(cfg, run_dir / "lr_find")
     cfg.optimizer.lr = float(lr)
     for key in ("max_lr", "base_lr"):
-        if key in cfg.scheduler:
-            cfg.scheduler[key] = None
+        if key in cfg.scheduler and cfg.scheduler.get("name") in ("onecycle", "cyclic"):
+            cfg.scheduler[key] = None  # a `_target_` class keeps the arguments it was given
     validate(cfg)  # the schedule's checks against the lr it will really get
     log.info(f"lr range test chose optimizer.lr={lr:.4g} ({cfg.lr_find.suggestion})")
     return float(lr)
@@ -311,7 +312,16 @@ def load_resume(cfg: DictConfig, run_dir: Path) -> tuple[DictConfig, Path, dict[
         raise ConfigError(
             "resume", str(cfg.resume), f"no run to resume: {target}/config.yaml missing"
         )
-    saved = OmegaConf.load(target / "config.yaml")
+    checkpoint.remove_orphans(target)  # temp files of writes a kill -9 cut short
+    try:
+        saved = OmegaConf.load(target / "config.yaml")
+    except Exception as err:  # not YAML at all
+        why = f"{type(err).__name__}: {str(err).strip()[:120]}"
+        raise ConfigError(
+            "resume", str(cfg.resume), f"{target}/config.yaml is damaged ({why})"
+        ) from None
+    if not isinstance(saved, DictConfig):
+        raise ConfigError("resume", str(cfg.resume), f"{target}/config.yaml is not a run config")
     OmegaConf.set_struct(saved, True)
     if not (target / checkpoint.LAST).exists() and not (target / checkpoint.BEST).exists():
         log.info(f"{target} has no checkpoint yet (stopped in its first epoch): starting over")
@@ -331,11 +341,12 @@ def same_run_on_disk(cfg: DictConfig, run_dir: Path) -> bool:
 
 
 def _keep_rows_before(metrics: Path, epoch: int) -> None:
-    """Rows logged after the checkpoint was written are redone by the resumed run."""
+    """Rows logged after the checkpoint was written are redone by the resumed run; a line
+    torn by a kill or a full disk is dropped (read_jsonl warns about it)."""
     if metrics.exists():
-        lines = metrics.read_text().splitlines()
-        kept = [line for line in lines if json.loads(line)["epoch"] < epoch]
-        metrics.write_text("".join(line + "\n" for line in kept))
+        kept = [r for r in files.read_jsonl(metrics) if isinstance(r.get("epoch"), int)]
+        lines = [json.dumps(r) + "\n" for r in kept if r["epoch"] < epoch]
+        files.write_text_atomic(metrics, "".join(lines))
 
 
 def train(
@@ -373,7 +384,7 @@ def _train(
     found = use_range_test(cfg, run_dir) if cfg.optimizer.lr == "find" else None
     if not resuming:
         if dist.is_main:
-            (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+            files.write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     else:
         start_epoch = state["progress"]["epoch"] if state else 0
         if dist.is_main:
@@ -384,8 +395,8 @@ def _train(
         config["lr_find"]["found_lr"] = found  # W&B config: the lr the range test chose
     run = build_run(cfg, dist=dist)
     log.info(
-        f"{cfg.model.name} on {cfg.data.name} ({run.device}), {cfg.optimizer.name} "
-        f"lr={cfg.optimizer.lr}, scheduler={cfg.scheduler.name}, {cfg.epochs} epochs"
+        f"{label(cfg.model)} on {cfg.data.name} ({run.device}), {label(cfg.optimizer)} "
+        f"lr={cfg.optimizer.lr}, scheduler={label(cfg.scheduler)}, {cfg.epochs} epochs"
     )
     wandb_id = state["wandb_id"] if state else None
     loggers = cfg.logger if dist.is_main else {}  # only rank 0 talks to W&B / TensorBoard
@@ -409,6 +420,6 @@ def _train(
     if result.status == "interrupted":  # stop.chain is set when the handlers are restored
         result = dataclasses.replace(result, chain=stop.chain)
     if dist.is_main:
-        (run_dir / "status.json").write_text(json.dumps(status, indent=2) + "\n")
+        files.write_json_atomic(run_dir / "status.json", status)
     log.info(f"{result.status}: best val/acc={result.best_val_acc:.4f}; outputs in {run_dir}")
     return result

@@ -1,10 +1,19 @@
 """From a scheduler config to a torch LR scheduler: lookup, validation, construction.
 
-torch is imported only when a scheduler is built, so validating a config is cheap.
+A config names a built-in (`name: cosine`), any scheduler class (`_target_: ...`), or a
+`name: sequence` of phases. torch is imported only when a scheduler is built or a
+`_target_`/sequence is tried out, so validating a built-in config is cheap.
 """
 
 from schedulers.errors import ConfigError
-from schedulers.registry import SCHEDULES, build_scheduler, validate_scheduler
+from schedulers.registry import SCHEDULES, build_scheduler, schedule_label, validate_scheduler
 from schedulers.schedule import LRSchedule
 
-__all__ = ["SCHEDULES", "ConfigError", "LRSchedule", "build_scheduler", "validate_scheduler"]
+__all__ = [
+    "SCHEDULES",
+    "ConfigError",
+    "LRSchedule",
+    "build_scheduler",
+    "schedule_label",
+    "validate_scheduler",
+]

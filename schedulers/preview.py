@@ -23,17 +23,15 @@ def build_preview(cfg: Any, steps_per_epoch: int | None = None) -> tuple[Any, An
     (optimizer, schedule, group names, steps per epoch)."""
     import torch
 
-    from runner.config import group_multipliers
+    from runner.config import planned_groups
     from runner.data import steps_per_epoch as steps_in_epoch
     from runner.data import train_size
-    from runner.models import part_names
     from schedulers import build_scheduler
 
     if steps_per_epoch is None:
         steps_per_epoch = steps_in_epoch(train_size(cfg.data), cfg.data.batch_size)
     lr = cfg.optimizer.lr
-    multipliers = group_multipliers(cfg.optimizer.param_groups, cfg.model)
-    names = part_names(cfg.model) if cfg.optimizer.param_groups is not None else ["group0"]
+    names, multipliers = zip(*planned_groups(cfg), strict=True)  # parts or name patterns
     groups = [{"params": [torch.zeros(1, requires_grad=True)], "lr": lr * m} for m in multipliers]
     opt = torch.optim.SGD(groups, lr=lr, momentum=0.9)
     schedule = build_scheduler(
@@ -95,6 +93,23 @@ def table(labels: list[str], sims: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def label_of(combo: list[str], scheduler: Any) -> str:
+    """A preview's name: its scheduler overrides (`step,step_size=5`), else the schedule's
+    name or, for a `_target_`, its class name."""
+    from schedulers import schedule_label
+
+    keys = []
+    for override in combo:
+        bare = override.lstrip("+")
+        if not bare.startswith("scheduler"):  # also `~scheduler` (a deletion): no label
+            continue
+        if bare.startswith("scheduler._target_="):
+            keys.append(bare.split("=", 1)[1].rsplit(".", 1)[-1])
+        else:
+            keys.append(bare.removeprefix("scheduler=").removeprefix("scheduler."))
+    return ",".join(keys) or schedule_label(scheduler)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m schedulers.preview",
@@ -102,7 +117,10 @@ def main(argv: list[str] | None = None) -> int:
         epilog="examples:\n"
         "  python -m schedulers.preview scheduler=step epochs=30\n"
         "  python -m schedulers.preview scheduler=step,cosine,onecycle epochs=30\n"
-        "  python -m schedulers.preview scheduler=cosine scheduler.warmup_epochs=3",
+        "  python -m schedulers.preview scheduler=cosine scheduler.warmup_epochs=3\n"
+        "  python -m schedulers.preview scheduler=sequence trace=true\n"
+        "  python -m schedulers.preview scheduler=target "
+        "scheduler._target_=torch.optim.lr_scheduler.ExponentialLR +scheduler.gamma=0.8",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for python -m runner")
@@ -111,6 +129,10 @@ def main(argv: list[str] | None = None) -> int:
         "--steps-per-epoch", type=int, default=None, help="default: from the data config"
     )
     parser.add_argument("--small", action="store_true", help="thumbnail-sized figures")
+    parser.add_argument(
+        "--config-dir", "-cd", action="append", default=[], dest="config_dirs",
+        help="your own config dir beside schedlab's (as for python -m runner)",
+    )  # fmt: skip
     parser.add_argument("--quiet", action="store_true", help="no table, only the PNG paths")
     parser.add_argument(
         "--trace", action="store_true", help="internals per epoch (also: trace=true)"
@@ -129,13 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     labels, sims, combos = [], [], expand(args.overrides or [])
     try:
         for combo in combos:
-            cfg = compose_config(combo)
-            sched_keys = [
-                o.removeprefix("scheduler=").removeprefix("scheduler.")
-                for o in combo
-                if o.startswith("scheduler")
-            ]
-            labels.append(",".join(sched_keys) or cfg.scheduler.name)
+            cfg = compose_config(combo, config_dirs=args.config_dirs)
+            labels.append(label_of(combo, cfg.scheduler))
             sims.append(simulate(cfg, args.steps_per_epoch))
     except (ConfigError, HydraException) as err:
         print(f"config error: {err}", file=sys.stderr)
@@ -149,10 +166,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {path}")
     if args.trace:
         from schedulers.lecture import plateau_loss
-        from schedulers.trace import as_markdown, trace_schedule
+        from schedulers.trace import as_markdown, fields, trace_schedule
 
         for label, combo in zip(labels, combos, strict=True):
-            cfg = compose_config(combo)
+            cfg = compose_config(combo, config_dirs=args.config_dirs)
             _, schedule, _, spe = build_preview(cfg, args.steps_per_epoch)
             units = cfg.epochs * (spe if schedule.interval == "step" else 1)
             rows = trace_schedule(schedule, units, plateau_loss)
@@ -161,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
             stem = args.out / f"{label.replace('/', '_')}_trace"
             stem.with_suffix(".md").write_text(text)
             with stem.with_suffix(".csv").open("w", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+                writer = csv.DictWriter(f, fieldnames=fields(rows))
                 writer.writeheader()
                 writer.writerows(rows)
             print(f"wrote {stem}.md and {stem}.csv")

@@ -8,17 +8,22 @@ schedule counts in units of `scheduler.interval` (epochs, or batches when
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
+from schedulers import checks
 from schedulers.errors import ConfigError
 from schedulers.expr import ExpressionError, LrExpression, parse
 from schedulers.schedule import LRSchedule
 
 COMMON = ("name", "interval", "warmup_epochs", "warmup_start_factor")
 INTERVALS = ("epoch", "step")
+SEQUENCE = "sequence"  # phases run one after another (schedulers/sequence.py)
+TARGET = "_target_"  # any scheduler class by its import path (schedulers/target.py)
 
 
 @dataclass(frozen=True)
@@ -30,20 +35,29 @@ class Context:
     interval: str
     base_lrs: tuple[float, ...]  # the optimizer's lr of each param group
     warmup: int  # warmup length, in units of `interval`
+    span: int | None = None  # a sequence phase's own length; None: the rest of the run
 
     @property
     def per_epoch(self) -> int:
         return 1 if self.interval == "epoch" else self.steps_per_epoch
 
     @property
-    def length(self) -> int:
-        """Steps left for the schedule itself once warmup is done."""
+    def run_length(self) -> int:
+        """Steps of the whole run once warmup is done, in units of `interval`."""
         return self.epochs * self.per_epoch - self.warmup
+
+    @property
+    def length(self) -> int:
+        """Steps of the schedule itself: the run once warmup is done, or a phase's length."""
+        return self.run_length if self.span is None else self.span
 
 
 @dataclass(frozen=True)
 class Spec:
-    params: tuple[str, ...]  # keys this schedule accepts besides the COMMON ones
+    # keys this schedule accepts besides the COMMON ones -> their defaults, which
+    # conf/scheduler/<name>.yaml repeats (a test keeps the two equal); a sequence
+    # phase that leaves a key out gets its default
+    params: Mapping[str, Any]
     check: Callable[[Mapping[str, Any], Context], None]
     # (optimizer, params, ctx) -> a torch LRScheduler
     build: Callable[[Any, Mapping[str, Any], Context], Any]
@@ -52,43 +66,25 @@ class Spec:
 
 
 # -- checks shared by several schedules --------------------------------------------------------
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
+# the shared helpers (schedulers/checks.py), with keys relative to `scheduler.`
 def need_int(key: str, v: Any, low: int, optional: bool = False) -> None:
-    if optional and v is None:
-        return
-    if isinstance(v, bool) or not isinstance(v, int) or v < low:
-        raise ConfigError(f"scheduler.{key}", v, f"must be an integer >= {low}")
+    checks.need_int(f"scheduler.{key}", v, low, optional)
 
 
 def need_range(key: str, v: Any, low: float, high: float, *, lo_open: bool, hi_open: bool) -> None:
-    ok = (
-        _is_number(v)
-        and (v > low if lo_open else v >= low)
-        and (v < high if hi_open else v <= high)
-    )
-    if not ok:
-        interval = f"{'(' if lo_open else '['}{low}, {high}{')' if hi_open else ']'}"
-        raise ConfigError(f"scheduler.{key}", v, f"must be a number in {interval}")
+    checks.need_number(f"scheduler.{key}", v, low, high, lo_open=lo_open, hi_open=hi_open)
 
 
 def need_positive(key: str, v: Any, optional: bool = False) -> None:
-    if optional and v is None:
-        return
-    if not _is_number(v) or v <= 0:
-        raise ConfigError(f"scheduler.{key}", v, "must be a number > 0")
+    checks.need_positive(f"scheduler.{key}", v, optional)
 
 
 def need_choice(key: str, v: Any, choices: Sequence[str]) -> None:
-    if v not in choices:
-        raise ConfigError(f"scheduler.{key}", v, f"must be one of {list(choices)}")
+    checks.need_choice(f"scheduler.{key}", v, choices)
 
 
 def need_bool(key: str, v: Any) -> None:
-    if not isinstance(v, bool):
-        raise ConfigError(f"scheduler.{key}", v, "must be true or false")
+    checks.need_bool(f"scheduler.{key}", v)
 
 
 def need_gamma(p: Mapping[str, Any], ctx: Context) -> None:
@@ -347,47 +343,61 @@ def _no_check(p: Mapping[str, Any], ctx: Context) -> None:
     return None
 
 
+def _defaults(**params: Any) -> Mapping[str, Any]:
+    return MappingProxyType(params)
+
+
 SCHEDULES: dict[str, Spec] = {
-    "step": Spec(("step_size", "gamma"), _check_step, _build_step, "StepLR"),
-    "multistep": Spec(("milestones", "gamma"), _check_multistep, _build_multistep, "MultiStepLR"),
-    "exponential": Spec(("gamma",), need_gamma, _build_exponential, "ExponentialLR"),
-    "cosine": Spec(("T_max", "eta_min"), _check_cosine, _build_cosine, "CosineAnnealingLR"),
+    "step": Spec(_defaults(step_size=10, gamma=0.1), _check_step, _build_step, "StepLR"),
+    "multistep": Spec(
+        _defaults(milestones=[8, 14, 17], gamma=0.1),
+        _check_multistep,
+        _build_multistep,
+        "MultiStepLR",
+    ),
+    "exponential": Spec(_defaults(gamma=0.9), need_gamma, _build_exponential, "ExponentialLR"),
+    "cosine": Spec(
+        _defaults(T_max=None, eta_min=0.0), _check_cosine, _build_cosine, "CosineAnnealingLR"
+    ),
     "plateau": Spec(
-        (
-            "monitor",
-            "mode",
-            "factor",
-            "patience",
-            "threshold",
-            "threshold_mode",
-            "cooldown",
-            "min_lr",
-            "eps",
+        _defaults(
+            monitor="val/loss",
+            mode="min",
+            factor=0.1,
+            patience=3,
+            threshold=0.0001,
+            threshold_mode="rel",
+            cooldown=0,
+            min_lr=0.0,
+            eps=1.0e-08,
         ),
         _check_plateau,
         _build_plateau,
         "ReduceLROnPlateau",
     ),
-    "lambda": Spec(("lr_lambda",), _check_lambda, _build_lambda, "LambdaLR"),
+    "lambda": Spec(_defaults(lr_lambda="0.95 ** epoch"), _check_lambda, _build_lambda, "LambdaLR"),
     "cosine_restarts": Spec(
-        ("T_0", "T_mult", "eta_min"),
+        _defaults(T_0=5, T_mult=2, eta_min=0.0),
         _check_cosine_restarts,
         _build_cosine_restarts,
         "CosineAnnealingWarmRestarts",
     ),
     "linear": Spec(
-        ("start_factor", "end_factor", "total_iters"), _check_linear, _build_linear, "LinearLR"
+        _defaults(start_factor=1.0, end_factor=0.0, total_iters=None),
+        _check_linear,
+        _build_linear,
+        "LinearLR",
     ),
-    "poly": Spec(("total_iters", "power"), _check_poly, _build_poly, "PolynomialLR"),
+    "poly": Spec(_defaults(total_iters=None, power=2.0), _check_poly, _build_poly, "PolynomialLR"),
     "onecycle": Spec(
-        (
-            "max_lr",
-            "pct_start",
-            "anneal_strategy",
-            "div_factor",
-            "final_div_factor",
-            "three_phase",
-            "cycle_momentum",
+        _defaults(
+            max_lr=None,
+            pct_start=0.3,
+            anneal_strategy="cos",
+            div_factor=25.0,
+            final_div_factor=10000.0,
+            three_phase=False,
+            cycle_momentum=True,
         ),
         _check_onecycle,
         _build_onecycle,
@@ -395,14 +405,14 @@ SCHEDULES: dict[str, Spec] = {
         warmup=False,
     ),
     "cyclic": Spec(
-        (
-            "base_lr",
-            "max_lr",
-            "step_size_up",
-            "step_size_down",
-            "mode",
-            "gamma",
-            "cycle_momentum",
+        _defaults(
+            base_lr=None,
+            max_lr=None,
+            step_size_up=None,
+            step_size_down=None,
+            mode="triangular",
+            gamma=1.0,
+            cycle_momentum=False,
         ),
         _check_cyclic,
         _build_cyclic,
@@ -410,13 +420,156 @@ SCHEDULES: dict[str, Spec] = {
         warmup=False,
     ),
     "wsd": Spec(
-        ("decay_fraction", "decay_shape", "final_lr_scale"),
+        _defaults(decay_fraction=0.2, decay_shape="linear", final_lr_scale=0.0),
         _check_wsd,
         _build_wsd,
         "WarmupStableDecayLR (schedlab)",
     ),
-    "none": Spec((), _no_check, _build_none, "constant (LambdaLR of 1)"),
+    "none": Spec(_defaults(), _no_check, _build_none, "constant (LambdaLR of 1)"),
 }
+
+
+# -- one path for every schedule node: a top-level `scheduler` or a sequence phase -----------
+@dataclass(frozen=True)
+class Node:
+    """A checked schedule: how to build its torch scheduler on an optimizer, and what it needs."""
+
+    label: str
+    build: Callable[[Any], Any]  # optimizer -> torch scheduler (or a SequenceLR)
+    monitor: str | None = None  # the metric its step() needs (ReduceLROnPlateau), else None
+    # OneCycleLR rewrites the param groups' `initial_lr`, which the schedules built after it
+    # would take as their base lr: in a sequence it can only be the last phase
+    last_only: bool = False
+
+
+def schedule_label(cfg: Mapping[str, Any]) -> str:
+    """How a schedule is named in logs, labels and file names: its `name`, or the class name
+    of its `_target_`."""
+    target = cfg.get(TARGET)
+    if target is not None:
+        return str(target).rsplit(".", 1)[-1]
+    return str(cfg.get("name"))
+
+
+def _kind(node: Mapping[str, Any], where: str) -> str:
+    """'target', 'sequence' or a built-in name; ConfigError for anything else."""
+    name, target = node.get("name"), node.get(TARGET)
+    if name is not None and target is not None:
+        raise ConfigError(
+            f"{where}.{TARGET}",
+            target,
+            f"give either name (a built-in schedule, here '{name}') or _target_ (a class), "
+            "not both; on the command line use scheduler=target scheduler._target_=...",
+        )
+    if target is not None:
+        return "target"
+    if name != SEQUENCE and name not in SCHEDULES:
+        raise ConfigError(
+            f"{where}.name",
+            name,
+            f"must be one of {sorted([*SCHEDULES, SEQUENCE])}, "
+            "or give a scheduler class as _target_",
+        )
+    return name
+
+
+def rekey(err: ConfigError, where: str, keys: Collection[str]) -> ConfigError:
+    """A check's `scheduler.<key>` error, renamed to `<where>.<key>` for a phase's own keys."""
+    key = err.key.removeprefix("scheduler.")
+    if where == "scheduler" or key == err.key or key not in keys:
+        return err
+    return ConfigError(f"{where}.{key}", err.value, err.rule)
+
+
+def resolve_node(
+    node: Mapping[str, Any],
+    ctx: Context,
+    where: str,
+    *,
+    ours: Sequence[str],
+    metrics: Collection[str] | None = None,
+) -> Node:
+    """Check one schedule node against `ctx`: the top-level `scheduler` (where="scheduler",
+    ours = the common keys, every key required) or a sequence phase (where=
+    "scheduler.phases.<i>", ours = ("length",), missing keys take the schedule's defaults)."""
+    top = where == "scheduler"
+    kind = _kind(node, where)
+    if kind == "target":
+        from schedulers.target import resolve_target
+
+        return resolve_target(node, ctx, where, ours=ours, metrics=metrics)
+    if kind == SEQUENCE:
+        if not top:
+            raise ConfigError(
+                f"{where}.name",
+                SEQUENCE,
+                "a phase cannot be a sequence itself; list its phases in this sequence instead",
+            )
+        from schedulers.sequence import resolve_sequence
+
+        return resolve_sequence(node, ctx, ours=ours, metrics=metrics)
+
+    spec = SCHEDULES[kind]
+    allowed = (*ours, *spec.params)
+    params = {k: v for k, v in node.items() if k != "name"}
+    for key in params:
+        if key not in allowed:
+            raise ConfigError(
+                f"{where}.{key}",
+                params[key],
+                f"unknown key for scheduler '{kind}'; allowed keys: {list(allowed)}",
+            )
+    if top:
+        for key in allowed:
+            if key not in params:
+                raise ConfigError(f"{where}.{key}", None, f"required by scheduler '{kind}'")
+        if params["warmup_epochs"] and not spec.warmup:
+            raise ConfigError(
+                "scheduler.warmup_epochs",
+                params["warmup_epochs"],
+                f"must be 0 for '{kind}', which shapes its own start",
+            )
+    else:
+        for key, default in spec.params.items():
+            params.setdefault(key, copy.deepcopy(default))
+    if "monitor" in spec.params and metrics is not None and params["monitor"] not in metrics:
+        raise ConfigError(
+            f"{where}.monitor", params["monitor"], f"must be one of {sorted(metrics)}"
+        )
+    try:
+        spec.check(params, ctx)
+    except ConfigError as err:
+        raise rekey(err, where, params) from None
+    return Node(
+        label=kind,
+        build=lambda opt: spec.build(opt, params, ctx),
+        monitor=params.get("monitor"),
+        last_only=spec.torch_name == "OneCycleLR",
+    )
+
+
+def _context(
+    cfg: Mapping[str, Any], *, epochs: int, steps_per_epoch: int, base_lrs: Sequence[float]
+) -> Context:
+    """The common keys (interval, warmup), checked."""
+    for key in COMMON[1:]:
+        if key not in cfg:
+            raise ConfigError(f"scheduler.{key}", None, "required (conf/config.yaml sets it)")
+    need_choice("interval", cfg["interval"], INTERVALS)
+    need_int("warmup_epochs", cfg["warmup_epochs"], 0)
+    need_range("warmup_start_factor", cfg["warmup_start_factor"], 0, 1, lo_open=True, hi_open=False)
+    if cfg["warmup_epochs"] >= epochs:
+        raise ConfigError(
+            "scheduler.warmup_epochs", cfg["warmup_epochs"], f"must be below epochs ({epochs})"
+        )
+    per_epoch = 1 if cfg["interval"] == "epoch" else steps_per_epoch
+    return Context(
+        epochs=epochs,
+        steps_per_epoch=steps_per_epoch,
+        interval=cfg["interval"],
+        base_lrs=tuple(base_lrs),
+        warmup=cfg["warmup_epochs"] * per_epoch,
+    )
 
 
 def _resolve(
@@ -426,54 +579,12 @@ def _resolve(
     steps_per_epoch: int,
     base_lrs: Sequence[float],
     metrics: Collection[str] | None = None,
-) -> tuple[Spec, dict[str, Any], Context]:
+) -> tuple[Node, Context]:
     """Look the schedule up and check every key: the single validation path."""
-    name = cfg.get("name")
-    if name not in SCHEDULES:
-        raise ConfigError("scheduler.name", name, f"must be one of {sorted(SCHEDULES)}")
-    spec = SCHEDULES[name]
-    allowed = (*COMMON[1:], *spec.params)
-    params = {k: v for k, v in cfg.items() if k != "name"}
-    for key in params:
-        if key not in allowed:
-            raise ConfigError(
-                f"scheduler.{key}",
-                params[key],
-                f"unknown key for scheduler '{name}'; allowed keys: {list(allowed)}",
-            )
-    for key in allowed:
-        if key not in params:
-            raise ConfigError(f"scheduler.{key}", None, f"required by scheduler '{name}'")
-
-    need_choice("interval", params["interval"], INTERVALS)
-    need_int("warmup_epochs", params["warmup_epochs"], 0)
-    need_range(
-        "warmup_start_factor", params["warmup_start_factor"], 0, 1, lo_open=True, hi_open=False
-    )
-    if params["warmup_epochs"] and not spec.warmup:
-        raise ConfigError(
-            "scheduler.warmup_epochs",
-            params["warmup_epochs"],
-            f"must be 0 for '{name}', which shapes its own start",
-        )
-    if params["warmup_epochs"] >= epochs:
-        raise ConfigError(
-            "scheduler.warmup_epochs", params["warmup_epochs"], f"must be below epochs ({epochs})"
-        )
-    per_epoch = 1 if params["interval"] == "epoch" else steps_per_epoch
-    ctx = Context(
-        epochs=epochs,
-        steps_per_epoch=steps_per_epoch,
-        interval=params["interval"],
-        base_lrs=tuple(base_lrs),
-        warmup=params["warmup_epochs"] * per_epoch,
-    )
-    if "monitor" in params and metrics is not None and params["monitor"] not in metrics:
-        raise ConfigError(
-            "scheduler.monitor", params["monitor"], f"must be one of {sorted(metrics)}"
-        )
-    spec.check(params, ctx)
-    return spec, params, ctx
+    _kind(cfg, "scheduler")  # an unknown name before anything else
+    ctx = _context(cfg, epochs=epochs, steps_per_epoch=steps_per_epoch, base_lrs=base_lrs)
+    node = resolve_node(cfg, ctx, "scheduler", ours=COMMON[1:], metrics=metrics)
+    return node, ctx
 
 
 def validate_scheduler(
@@ -484,7 +595,8 @@ def validate_scheduler(
     base_lrs: Sequence[float],
     metrics: Collection[str] | None = None,
 ) -> None:
-    """Raise ConfigError for any scheduler setting that cannot work; builds nothing.
+    """Raise ConfigError for any scheduler setting that cannot work. Builds nothing on the
+    run's optimizer (a `_target_` or a sequence is tried on a throwaway one).
 
     `metrics`, when given, are the names a Plateau `monitor` may choose from.
     """
@@ -498,22 +610,20 @@ def build_scheduler(
 ) -> LRSchedule:
     """The schedule for `optimizer`; the loop calls step_batch() and step_epoch() on it."""
     base_lrs = [g["lr"] for g in optimizer.param_groups]
-    spec, params, ctx = _resolve(
-        cfg, epochs=epochs, steps_per_epoch=steps_per_epoch, base_lrs=base_lrs
-    )
-    main = spec.build(optimizer, params, ctx)
+    node, ctx = _resolve(cfg, epochs=epochs, steps_per_epoch=steps_per_epoch, base_lrs=base_lrs)
+    main = node.build(optimizer)
     warmup = None
     if ctx.warmup:
         from torch.optim.lr_scheduler import LinearLR
 
         # Built after the main schedule, so its first (small) lr is the one in effect.
         warmup = LinearLR(
-            optimizer, start_factor=params["warmup_start_factor"], total_iters=ctx.warmup
+            optimizer, start_factor=cfg["warmup_start_factor"], total_iters=ctx.warmup
         )
     return LRSchedule(
         main,
         interval=ctx.interval,
         warmup=warmup,
         warmup_steps=ctx.warmup,
-        monitor=params.get("monitor"),
+        monitor=node.monitor,
     )

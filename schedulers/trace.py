@@ -7,7 +7,8 @@ lecture's scripts printed that; torch now warns about it, because for chainable
 schedules it is the formula `step()` applies to the *current* lr, so at a
 milestone it returns the decay applied a second time. Epochs where it differs
 from the lr in use are flagged. For ReduceLROnPlateau: `best`, `num_bad_epochs`
-and `cooldown_counter` after seeing that epoch's metric.
+and `cooldown_counter` after seeing that epoch's metric. In a `sequence`, the phase in charge
+is the scheduler shown (its own `last_epoch` and `base_lrs`), and a `phase` column says which.
 """
 
 from __future__ import annotations
@@ -25,10 +26,23 @@ EXPLAIN = (
 
 
 def _active(schedule: Any) -> Any:
-    """The torch scheduler in charge this epoch: the warmup while it lasts, else the main one."""
+    """The torch scheduler in charge this epoch: the warmup while it lasts, else the main one
+    (in a sequence: its phase in charge)."""
     if schedule.warmup is not None and schedule.count < schedule.warmup_steps:
         return schedule.warmup
-    return schedule.main
+    return getattr(schedule.main, "active", schedule.main)
+
+
+def _phase(schedule: Any) -> str:
+    """Which part of a sequence is in charge: 'warmup' or the phase's index."""
+    if schedule.warmup is not None and schedule.count < schedule.warmup_steps:
+        return "warmup"
+    return str(schedule.main.index)
+
+
+def fields(rows: list[dict[str, Any]]) -> list[str]:
+    """Every column, in first-seen order (plateau columns appear once a plateau is in charge)."""
+    return list(dict.fromkeys(k for r in rows for k in r))
 
 
 def trace_schedule(
@@ -39,9 +53,11 @@ def trace_schedule(
     from torch.optim.lr_scheduler import ReduceLROnPlateau
 
     opt = schedule.optimizer
+    sequence = hasattr(schedule.main, "active")
     rows = []
     for epoch in range(epochs):
         sched = _active(schedule)
+        phase = _phase(schedule) if sequence else None
         plateau = isinstance(sched, ReduceLROnPlateau)
         if plateau:
             chained = [math.nan] * len(opt.param_groups)
@@ -61,6 +77,7 @@ def trace_schedule(
         for g, lr in enumerate(in_use):
             row = {
                 "epoch": epoch,
+                **({"phase": phase} if sequence else {}),
                 "group": g,
                 "last_epoch": last_epoch,
                 "base_lr": base_lrs[g] if base_lrs else math.nan,
@@ -85,15 +102,15 @@ def flagged_epochs(rows: list[dict[str, Any]]) -> list[int]:
 
 
 def as_markdown(rows: list[dict[str, Any]], title: str) -> str:
-    keys = list(rows[0])
+    keys = fields(rows)
     lines = [f"# Scheduler trace: {title}", "", "| " + " | ".join(keys) + " |",
              "|" + "---|" * len(keys)]  # fmt: skip
     for r in rows:
         cells = [
-            ("**yes**" if v else "")
+            ("**yes**" if r.get(k) else "")
             if k == "differs"
-            else (f"{v:.6g}" if isinstance(v, float) else str(v))
-            for k, v in r.items()
+            else ("" if k not in r else f"{r[k]:.6g}" if isinstance(r[k], float) else str(r[k]))
+            for k in keys
         ]
         lines.append("| " + " | ".join(cells) + " |")
     flagged = flagged_epochs(rows)

@@ -14,13 +14,32 @@ OPTIONS = {
     for group in ("model", "optimizer", "scheduler", "data", "logger", "trainer")
 }
 FILE_DATASETS = {"mnist", "fashion_mnist", "cifar10"}
+# the `target` options name no class until the user gives one
+TARGETS = {
+    "model=target": ["model._target_=tests.user_models.TinyNet"],
+    "optimizer=target": ["optimizer._target_=torch.optim.RMSprop"],
+    "scheduler=target": [
+        "scheduler._target_=torch.optim.lr_scheduler.ExponentialLR",
+        "+scheduler.gamma=0.9",
+    ],
+}
 
 
 @pytest.mark.parametrize(
     "override", [f"{g}={o}" for g, opts in OPTIONS.items() for o in opts if o not in FILE_DATASETS]
 )
 def test_every_group_option_composes_and_validates(override):
-    validate(make_cfg(override))
+    validate(make_cfg(override, *TARGETS.get(override, [])))
+
+
+@pytest.mark.parametrize(
+    "override", [t for t in sorted(TARGETS) if t.split("=")[1] in OPTIONS[t.split("=")[0]]]
+)
+def test_a_target_option_without_its_target_is_a_config_error(override):
+    group = override.split("=")[0]
+    with pytest.raises(ConfigError) as err:
+        validate(make_cfg(override))
+    assert err.value.key == f"{group}._target_"
 
 
 @pytest.mark.parametrize(

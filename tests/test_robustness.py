@@ -141,7 +141,7 @@ def test_corrupt_checkpoint_gives_a_clear_error(tmp_path):
     last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])  # truncated
     proc = run_cli(f"resume={run_dir}", cwd=tmp_path)
     assert proc.returncode == 2
-    assert "last.pt is unreadable" in proc.stderr and "resume=" in proc.stderr
+    assert "last.pt is damaged" in proc.stderr and "resume=" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 

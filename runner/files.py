@@ -1,0 +1,202 @@
+"""How the runner writes and reads its files, so that nothing it leaves behind is torn.
+
+- Whole files (status.json, config.yaml, reports, CSVs, checkpoints) are written to a
+  temp file in the same dir, fsynced, then `os.replace`d over the target: a reader, or
+  a run killed mid-write, sees the old file or the new one, never half of one. The temp
+  file is removed if the write fails; one orphaned by a SIGKILL is named
+  `.<name>.<random>.tmp` and `remove_orphans` clears it.
+- metrics.jsonl is appended one block of whole lines per `os.write` call (unbuffered,
+  so flushed), and a line torn by a full disk is never continued by the next row.
+- Readers are tolerant: `read_jsonl` returns the whole rows and skips a damaged line
+  with one warning naming the file and line; `read_json` gives None for a missing,
+  empty or undecodable file (status.json: "no status").
+- A write that fails because the disk is full, read-only, over quota or broken raises
+  `WriteFailed`, whose message is the one line the CLI prints:
+  `cannot write <path>: <cause>`.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import secrets
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("schedlab")
+
+# the errors that mean "this file cannot be written here", not a bug in the runner
+WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EIO, errno.EFBIG})
+
+
+class WriteFailed(OSError):
+    """A file could not be written (disk full, read-only, over quota, I/O error)."""
+
+    def __init__(self, path: Path | str, cause: OSError) -> None:
+        super().__init__(cause.errno, cause.strerror or str(cause), str(path))
+        self.path, self.cause = Path(path), cause
+
+    def __str__(self) -> str:
+        return f"cannot write {self.path}: {self.strerror}"
+
+    def __reduce__(self) -> tuple[Any, ...]:  # picklable (joblib workers send it back)
+        return type(self), (self.path, self.cause)
+
+
+@contextmanager
+def writing(path: Path | str) -> Iterator[None]:
+    """Turn a disk-full/read-only/I-O error raised inside into a WriteFailed naming path."""
+    try:
+        yield
+    except WriteFailed:
+        raise
+    except OSError as err:
+        if err.errno in WRITE_ERRNOS:
+            raise WriteFailed(path, err) from err
+        raise
+
+
+def _write_all(fd: int, data: bytes | memoryview) -> None:
+    view = memoryview(data)
+    while view:  # os.write may write less than asked (a full disk, a signal)
+        view = view[os.write(fd, view) :]
+
+
+def _temp_name(target: Path) -> Path:
+    return target.parent / f".{target.name}.{secrets.token_hex(4)}.tmp"
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def replace_atomic(path: Path | str, fill: Callable[[Path], None], fsync: bool = True) -> None:
+    """`fill(tmp)` writes the new content to a temp file next to `path` (created empty,
+    with the permissions a new file gets); it is then fsynced and put in place with
+    os.replace. On any error the temp file is removed and `path` is left as it was."""
+    target = Path(path)
+    with writing(target):
+        while True:
+            tmp = _temp_name(target)
+            try:
+                os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+                break
+            except FileExistsError:
+                continue
+        try:
+            fill(tmp)
+            if fsync:
+                _fsync(tmp)
+            os.replace(tmp, target)
+        finally:
+            with suppress(OSError):
+                os.unlink(tmp)  # gone already when os.replace succeeded
+
+
+def write_bytes_atomic(path: Path | str, data: bytes | memoryview, fsync: bool = True) -> None:
+    def fill(tmp: Path) -> None:
+        fd = os.open(tmp, os.O_WRONLY | os.O_TRUNC)
+        try:
+            _write_all(fd, data)
+            if fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    replace_atomic(path, fill, fsync=False)  # fsynced above, on the fd it was written with
+
+
+def write_text_atomic(path: Path | str, text: str, fsync: bool = True) -> None:
+    write_bytes_atomic(path, text.encode("utf-8"), fsync)
+
+
+def write_json_atomic(path: Path | str, value: Any, fsync: bool = True) -> None:
+    """`value` as indented JSON (NaN/inf as Python's json writes them), atomically."""
+    write_text_atomic(path, json.dumps(value, indent=2) + "\n", fsync)
+
+
+def append_line(path: Path | str, line: str) -> None:
+    """Append `line` (one or more whole lines; a final newline is added if missing) with a
+    single write call. If the file ends in a line torn by an earlier failed write, a newline
+    goes first, so the torn fragment stays a line of its own that readers skip."""
+    target = Path(path)
+    data = (line if line.endswith("\n") else line + "\n").encode("utf-8")
+    with writing(target):
+        fd = os.open(target, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)
+        try:
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                data = b"\n" + data
+            _write_all(fd, data)
+        finally:
+            os.close(fd)
+
+
+def read_jsonl(path: Path | str) -> list[dict[str, Any]]:
+    """The rows of a JSON-lines file (none if it is missing). A line that is not a whole
+    JSON object (torn by a full disk or a kill, or damaged) is skipped with a warning that
+    names the file and the line."""
+    target = Path(path)
+    try:
+        data = target.read_bytes()
+    except FileNotFoundError:
+        return []
+    lines = data.split(b"\n")
+    last = max((n for n, raw in enumerate(lines) if raw.strip()), default=-1)
+    rows = []
+    for n, raw in enumerate(lines):
+        if not raw.strip():
+            continue
+        try:
+            row = json.loads(raw.decode("utf-8"))
+            if not isinstance(row, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            what = "the last line, torn" if n == last else "damaged"
+            log.warning(f"{target}: line {n + 1} ({what}) skipped: {err}")
+            continue
+        rows.append(row)
+    return rows
+
+
+def read_json(path: Path | str) -> dict[str, Any] | None:
+    """A JSON object from a file, or None when the file is missing, empty or damaged (a
+    warning says which, for the last two)."""
+    target = Path(path)
+    try:
+        data = target.read_bytes()
+    except FileNotFoundError:
+        return None
+    try:
+        value = json.loads(data.decode("utf-8"))
+        if not isinstance(value, dict):
+            raise ValueError("not a JSON object")
+    except ValueError as err:
+        why = "is empty" if not data.strip() else f"is damaged ({err})"
+        log.warning(f"{target} {why}; read as missing")
+        return None
+    return value
+
+
+def remove_orphans(run_dir: Path | str, names: Iterable[str]) -> list[Path]:
+    """Delete the temp files `replace_atomic` left for these names when a process was
+    killed mid-write (`.<name>.<random>.tmp`); returns what was removed."""
+    removed = []
+    for name in names:
+        for tmp in Path(run_dir).glob(f".{name}.*.tmp"):
+            try:
+                tmp.unlink()
+            except FileNotFoundError:
+                continue
+            removed.append(tmp)
+    if removed:
+        log.info(f"removed {len(removed)} temp file(s) left by an interrupted write in {run_dir}")
+    return removed

@@ -1,0 +1,236 @@
+"""Every key of every built-in option, declared once: its type, default and check.
+
+One dataclass per option (trainer, lr_find, each model, optimizer, data set and logger);
+a field's default is the value conf/<group>/<option>.yaml gives it (the YAML keeps the
+comments users read, a test keeps the two equal) and its metadata holds its check, one of
+the shared helpers in schedulers/checks.py. `check_node` walks a node against its schema
+in one pass: unknown keys, missing keys, then each value. Checks that involve several keys
+or the machine (a dataset root on disk, CUDA present) stay with the code that knows them.
+
+The dataclasses are not registered in Hydra's ConfigStore as typed schemas on purpose:
+OmegaConf's typed nodes coerce values ("yes", "on", 1 -> True for a bool), so
+`trainer.amp=yes` would pass silently; checked here, it is a config error naming the key.
+Scheduler keys are declared by the scheduler registry (schedulers/registry.py), whose
+`Spec.params` are the same kind of table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from schedulers import ConfigError
+from schedulers.checks import (
+    Check,
+    anything,
+    boolean,
+    choice,
+    int_list,
+    integer,
+    matches,
+    number,
+    text,
+)
+
+EPOCH_METRICS = ("train/loss", "train/acc", "val/loss", "val/acc")  # what may be monitored
+_DEVICE = r"auto|cpu|mps|cuda(:\d+)?"
+
+
+def key(default: Any, check: Check) -> Any:
+    """A schema field: its default (lists copied per instance) and its check."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"check": check})
+    return field(default=default, metadata={"check": check})
+
+
+# -- trainer and the LR range test --------------------------------------------------------------
+@dataclass
+class Trainer:
+    device: str = key("auto", matches(_DEVICE, "must be auto, cpu, mps, cuda or cuda:N"))
+    strategy: str = key("auto", choice("auto", "single", "ddp"))
+    amp: bool = key(False, boolean())
+    channels_last: Any = key("auto", choice("auto", True, False))
+    compile: bool = key(False, boolean())
+    deterministic: bool = key(False, boolean())
+    log_every_n_steps: int = key(50, integer(0))
+    progress: str = key("auto", choice("auto", "bar", "line"))
+    checkpoint: bool = key(True, boolean())
+    checkpoint_interval_s: float = key(1.0, number(0))
+    monitor: str = key("val/acc", choice(*EPOCH_METRICS))
+    monitor_mode: str = key("max", choice("min", "max"))
+    diverge_loss: float | None = key(None, number(0, lo_open=True, optional=True))
+
+
+@dataclass
+class LrFind:
+    start_lr: float = key(1e-6, number(0, lo_open=True))
+    end_lr: float = key(10.0, number(0, lo_open=True))
+    num_iters: int = key(100, integer(10))
+    mode: str = key("exp", choice("exp", "linear"))
+    smooth: float = key(0.9, number(0, 1, hi_open=True))
+    diverge_threshold: float = key(4.0, number(1, lo_open=True))
+    val_every: int = key(0, integer(0))
+    suggestion: str = key("min_loss_div_10", choice("steepest", "min_loss_div_10"))
+
+
+# -- models -------------------------------------------------------------------------------------
+@dataclass
+class Mlp:
+    name: str = key("mlp", choice("mlp"))
+    hidden: list[int] = key([256], int_list(1))
+    dropout: float = key(0.0, number(0, 1, hi_open=True))
+
+
+@dataclass
+class LeNet:
+    name: str = key("lenet", choice("lenet"))
+    # two 5x5 convs with 2x2 pools leave nothing of an image below 16 px
+    min_input_size: int = key(32, integer(16))
+
+
+@dataclass
+class ResNet18:
+    name: str = key("resnet18", choice("resnet18"))
+    small_input_stem: Any = key("auto", choice("auto", True, False))
+
+
+# -- optimizers (a `_target_` optimizer's keys are bound to its own signature instead) ----------
+_LR = number(0, lo_open=True)  # `find` is allowed too: see runner/config.py
+
+
+@dataclass
+class Sgd:
+    name: str = key("sgd", choice("sgd"))
+    lr: Any = key(0.05, anything())
+    momentum: float = key(0.9, number(0, 1, hi_open=True))
+    weight_decay: float = key(0.0, number(0))
+    nesterov: bool = key(False, boolean())
+    param_groups: Any = key(None, anything())  # checked against the model: runner/optimizers.py
+
+
+@dataclass
+class Adam:
+    name: str = key("adam", choice("adam"))
+    lr: Any = key(0.001, anything())
+    betas: list[float] = key([0.9, 0.999], anything())  # two numbers: runner/optimizers.py
+    eps: float = key(1e-8, number(0, lo_open=True))
+    weight_decay: float = key(0.0, number(0))
+    param_groups: Any = key(None, anything())
+
+
+@dataclass
+class AdamW(Adam):
+    name: str = key("adamw", choice("adamw"))
+    weight_decay: float = key(0.01, number(0))
+
+
+# -- data ---------------------------------------------------------------------------------------
+@dataclass
+class Digits:
+    name: str = key("digits", choice("digits"))
+    num_classes: int = key(10, choice(10))
+    batch_size: int = key(64, integer(1))
+    val_fraction: float = key(0.2, number(0, 1, lo_open=True, hi_open=True))
+    split_seed: int = key(0, integer(0))
+
+
+@dataclass
+class Fake:
+    name: str = key("fake", choice("fake"))
+    batch_size: int = key(32, integer(1))
+    train_size: int = key(256, integer(1))
+    val_size: int = key(64, integer(1))
+    image_size: list[int] = key([3, 32, 32], int_list(1, length=3))
+    num_classes: int = key(10, integer(2))
+
+
+@dataclass
+class Mnist:
+    name: str = key("mnist", choice("mnist"))
+    root: str = key("data", text())
+    num_classes: int = key(10, choice(10))
+    batch_size: int = key(128, integer(1))
+    limit: int | None = key(None, integer(1, optional=True))
+
+
+@dataclass
+class FashionMnist(Mnist):
+    name: str = key("fashion_mnist", choice("fashion_mnist"))
+
+
+@dataclass
+class Cifar10(Mnist):
+    name: str = key("cifar10", choice("cifar10"))
+    augment: bool = key(False, boolean())
+
+
+# -- loggers: the logger node holds one sub-node per backend (logger=[wandb,tensorboard]) -----
+@dataclass
+class Wandb:
+    mode: str = key("offline", choice("offline", "online", "disabled"))
+    project: str = key("schedlab", text())
+    entity: str | None = key(None, text(optional=True))
+    group: str | None = key(None, text(optional=True))
+    tags: list[str] = key([], anything())
+    run_name: str | None = key(None, text(optional=True))
+
+
+@dataclass
+class TensorBoard:
+    dir: str = key("tensorboard", text())
+    flush_secs: int = key(10, integer(1))
+
+
+@dataclass
+class Run:
+    """The top-level keys; the groups have their own tables below."""
+
+    seed: int = key(0, integer(0))
+    epochs: int = key(20, integer(1))
+    resume: Any = key(None, anything())  # a run dir or true: checked when resuming
+
+
+# the group options without a registry of their own (models and optimizers name their
+# schema in runner/models.py's and runner/optimizers.py's tables)
+SCHEMAS: dict[str, dict[str, type]] = {
+    "data": {
+        "digits": Digits,
+        "fake": Fake,
+        "mnist": Mnist,
+        "fashion_mnist": FashionMnist,
+        "cifar10": Cifar10,
+    },  # fmt: skip
+    "trainer": {"default": Trainer},
+    "lr_find": {"default": LrFind},
+    "logger": {"wandb": Wandb, "tensorboard": TensorBoard},
+}
+GROUPS = ("model", "optimizer", "scheduler", "data", "logger", "trainer", "lr_find")
+
+
+def check_node(prefix: str, node: Mapping[str, Any], schema: type) -> None:
+    """Every key of `node` declared by `schema`, every declared key present, every value
+    passing its field's check. Raises ConfigError naming the first bad key."""
+    fields = {f.name: f for f in dataclasses.fields(schema)}
+    for name in node:
+        if name not in fields:
+            raise ConfigError(
+                f"{prefix}.{name}" if prefix else name,
+                node[name],
+                f"unknown key; {prefix or 'the config'} has {list(fields)}",
+            )
+    for name, f in fields.items():
+        full = f"{prefix}.{name}" if prefix else name
+        if name not in node:
+            raise ConfigError(full, None, "missing; its default is " + repr(_default(f)))
+        f.metadata["check"](full, node[name])
+
+
+def _default(f: dataclasses.Field) -> Any:
+    return f.default_factory() if f.default is dataclasses.MISSING else f.default
+
+
+def defaults(schema: type) -> dict[str, Any]:
+    """The schema's values, as its YAML file should hold them."""
+    return {f.name: _default(f) for f in dataclasses.fields(schema)}

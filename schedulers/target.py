@@ -1,0 +1,197 @@
+"""Any scheduler class by its import path: Hydra's `_target_` with `_partial_: true`.
+
+    _target_: torch.optim.lr_scheduler.CosineAnnealingLR
+    _partial_: true      # Hydra builds a partial; the runner adds the optimizer
+    T_max: 40
+
+The node's other keys are the class's keyword arguments, except ours (`interval`,
+`warmup_epochs`, `warmup_start_factor` at the top, `length` in a sequence phase, and
+`monitor` when the class is a ReduceLROnPlateau). Before anything is built for the run,
+the kwargs are bound to the class's signature (a typo'd or missing argument is a config
+error naming it), then the schedule is built on a throwaway optimizer and stepped through
+its whole length, so a value the class rejects, or an lr that goes negative or non-finite,
+is a config error naming the key and the step instead of a crash mid-run.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import re
+import warnings
+from collections.abc import Callable, Collection, Mapping, Sequence
+from typing import Any
+
+from schedulers.errors import ConfigError
+
+TARGET = "_target_"
+HYDRA_KEYS = ("_target_", "_partial_", "_convert_", "_recursive_")
+DEFAULT_MONITOR = "val/loss"
+
+
+def plain(node: Mapping[str, Any]) -> dict[str, Any]:
+    """A plain dict (an OmegaConf node resolved and converted)."""
+    try:
+        from omegaconf import DictConfig, OmegaConf
+    except ImportError:  # pragma: no cover - omegaconf comes with hydra
+        return dict(node)
+    if isinstance(node, DictConfig):
+        return OmegaConf.to_container(node, resolve=True)  # type: ignore[return-value]
+    return dict(node)
+
+
+def locate(path: Any, where: str) -> Callable[..., Any]:
+    """The class (or factory function) `_target_` names; unimportable -> ConfigError."""
+    from hydra._internal.utils import _locate  # what hydra.utils.get_class uses, without its log
+
+    if not isinstance(path, str) or not path:
+        raise ConfigError(
+            f"{where}.{TARGET}", path, "must be a dotted path, e.g. torch.optim.lr_scheduler.StepLR"
+        )
+    try:
+        target = _locate(path)
+    except Exception as err:  # ImportError, or an error raised inside that module
+        cause = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ConfigError(f"{where}.{TARGET}", path, f"cannot be imported: {cause}") from None
+    if not callable(target):
+        raise ConfigError(f"{where}.{TARGET}", path, "is not a class or a function")
+    return target
+
+
+def is_plateau(target: Any) -> bool:
+    from torch.optim.lr_scheduler import ReduceLROnPlateau
+
+    return isinstance(target, type) and issubclass(target, ReduceLROnPlateau)
+
+
+def bind(target: Callable[..., Any], kwargs: Mapping[str, Any], where: str) -> None:
+    """`target(optimizer, **kwargs)` must be a valid call: every key a parameter, every
+    required parameter given. Values are tried by the dry run."""
+    try:
+        sig = inspect.signature(target)
+    except (TypeError, ValueError):
+        return  # no signature to read: the dry run will tell
+    name = getattr(target, "__name__", str(target))
+    params = list(sig.parameters.values())
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in params)
+    known = [p.name for p in params[1:] if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    for key in kwargs:
+        if key not in known and not takes_any:
+            raise ConfigError(
+                f"{where}.{key}", kwargs[key], f"{name} has no argument '{key}'; it takes {known}"
+            )
+    try:
+        sig.bind(None, **kwargs)  # the optimizer comes first
+    except TypeError as err:
+        missing = re.search(r"missing a required argument: '(\w+)'", str(err))
+        if missing:
+            raise ConfigError(
+                f"{where}.{missing.group(1)}", None, f"required by {name}; set it in the config"
+            ) from None
+        twice = re.search(r"multiple values for argument '(\w+)'", str(err))
+        key = f"{where}.{twice.group(1)}" if twice else f"{where}.{TARGET}"
+        raise ConfigError(key, kwargs.get(twice.group(1)) if twice else name, str(err)) from None
+
+
+def key_named_in(where: str, message: str, keys: Collection[str]) -> str:
+    """The kwarg an error message names (torch: 'Expected positive integer T_max, ...'),
+    else the node itself."""
+    for key in sorted(keys, key=len, reverse=True):
+        if re.search(rf"(?<![\w.]){re.escape(key)}(?!\w)", message, re.IGNORECASE):
+            return f"{where}.{key}"
+    return where
+
+
+def dry_run(
+    build: Callable[[Any], Any], base_lrs: Sequence[float], steps: int, metric: bool
+) -> tuple[int, str, Any] | None:
+    """Build on a throwaway optimizer (one dummy parameter per param group, with the run's
+    lrs) and step `steps` times, feeding a flat metric when `metric`. Returns None, or
+    (step, what went wrong, the scheduler or None if building failed)."""
+    import torch
+
+    groups = [{"params": [torch.zeros(1, requires_grad=True)], "lr": lr} for lr in base_lrs]
+    opt = torch.optim.SGD(groups, lr=base_lrs[0], momentum=0.9)
+    sched, step = None, 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            sched = build(opt)
+            for step in range(steps + 1):
+                if step:
+                    opt.step()  # no grads: changes nothing, but keeps torch's order check quiet
+                    sched.step(1.0) if metric else sched.step()
+                lrs = [float(g["lr"]) for g in opt.param_groups]
+                bad = [lr for lr in lrs if not (math.isfinite(lr) and lr >= 0)]
+                if bad:
+                    return step, f"gives lr {bad[0]}; an lr must be finite and >= 0", sched
+        except Exception as err:
+            text = str(err).splitlines()[0] if str(err) else ""
+            return step, f"{type(err).__name__}: {text}" if text else type(err).__name__, sched
+    return None
+
+
+def build_target(path: str, kwargs: Mapping[str, Any], hydra_keys: Mapping[str, Any]) -> Any:
+    """optimizer -> the scheduler, through Hydra's instantiate with `_partial_: true`."""
+    from hydra.utils import instantiate
+
+    spec = {TARGET: path, **kwargs, "_convert_": "all", **hydra_keys, "_partial_": True}
+
+    def build(optimizer: Any) -> Any:
+        return instantiate(spec)(optimizer)
+
+    return build
+
+
+def resolve_target(
+    node: Mapping[str, Any],
+    ctx: Any,
+    where: str,
+    *,
+    ours: Sequence[str],
+    metrics: Collection[str] | None = None,
+) -> Any:
+    """Check a `_target_` node (the top-level scheduler or a sequence phase) -> registry.Node."""
+    from schedulers.registry import Node
+
+    node = plain(node)
+    target = locate(node[TARGET], where)
+    if node.get("_partial_", True) is not True:
+        raise ConfigError(
+            f"{where}._partial_",
+            node["_partial_"],
+            "must be true: the runner calls the scheduler class with the optimizer",
+        )
+    if "_args_" in node:
+        raise ConfigError(
+            f"{where}._args_", node["_args_"], "give the arguments by name (the optimizer is first)"
+        )
+    plateau = is_plateau(target)
+    mine = (*ours, "monitor") if plateau else tuple(ours)
+    kwargs = {k: v for k, v in node.items() if k not in HYDRA_KEYS and k not in mine}
+    name = getattr(target, "__name__", str(target))
+    bind(target, kwargs, where)
+    monitor = None
+    if plateau:
+        monitor = node.get("monitor", DEFAULT_MONITOR)
+        if metrics is not None and monitor not in metrics:
+            raise ConfigError(f"{where}.monitor", monitor, f"must be one of {sorted(metrics)}")
+        if ctx.interval != "epoch":
+            raise ConfigError(
+                "scheduler.interval",
+                ctx.interval,
+                f"{name} needs 'epoch': it steps on a val metric",
+            )
+    hydra_keys = {k: node[k] for k in ("_convert_", "_recursive_") if k in node}
+    build = build_target(node[TARGET], kwargs, hydra_keys)
+    failed = dry_run(build, ctx.base_lrs, ctx.length, metric=plateau)
+    if failed is not None:
+        step, problem, sched = failed
+        key = key_named_in(where, problem, kwargs)
+        value = kwargs[key.rsplit(".", 1)[-1]] if key != where else node[TARGET]
+        when = "cannot be built" if sched is None else f"fails at {ctx.interval} {step}"
+        raise ConfigError(key, value, f"{name} {when}: {problem}")
+    from torch.optim.lr_scheduler import OneCycleLR
+
+    last_only = isinstance(target, type) and issubclass(target, OneCycleLR)
+    return Node(label=name, build=build, monitor=monitor, last_only=last_only)

@@ -1,0 +1,316 @@
+"""Nothing lost (issue #18): files written atomically, a full disk ends a run cleanly, and
+damaged files (a torn metrics line, an empty status.json, a broken last.pt) are read
+safely or refused with one clear line."""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from runner import files, report
+from runner.checkpoint import Checkpointer
+from runner.train import train
+from tests.conftest import make_cfg, read_metrics, run_cli
+
+ENOSPC = os.strerror(errno.ENOSPC)  # "No space left on device"
+
+
+def _no_space(*_: object) -> None:
+    raise OSError(errno.ENOSPC, ENOSPC)
+
+
+# -- unit: the writers and readers
+
+
+def test_write_text_atomic_keeps_the_old_file_when_the_write_fails(tmp_path, monkeypatch):
+    path = tmp_path / "status.json"
+    files.write_text_atomic(path, "old\n")
+    real_write = os.write
+
+    def half_then_full(fd: int, data: bytes) -> int:
+        real_write(fd, bytes(data[: len(data) // 2]))
+        _no_space()
+
+    monkeypatch.setattr(os, "write", half_then_full)
+    with pytest.raises(files.WriteFailed) as caught:
+        files.write_text_atomic(path, "a new and longer content\n")
+    monkeypatch.undo()
+    assert str(caught.value) == f"cannot write {path}: {ENOSPC}"
+    assert caught.value.errno == errno.ENOSPC
+    assert path.read_text() == "old\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["status.json"]  # temp file removed
+
+
+def test_a_failing_replace_leaves_the_old_file_and_no_temp(tmp_path, monkeypatch):
+    path = tmp_path / "config.yaml"
+    path.write_text("old: 1\n")
+    monkeypatch.setattr(os, "replace", _no_space)
+    with pytest.raises(files.WriteFailed, match="cannot write .*config.yaml: No space left"):
+        files.write_json_atomic(path, {"new": 2})
+    assert path.read_text() == "old: 1\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["config.yaml"]
+
+
+def test_other_os_errors_are_not_write_failures(tmp_path):
+    with pytest.raises(FileNotFoundError) as caught:
+        files.write_text_atomic(tmp_path / "no" / "dir" / "x.txt", "x")
+    assert not isinstance(caught.value, files.WriteFailed)
+
+
+def test_read_jsonl_skips_a_torn_last_line_and_warns_once(tmp_path, caplog):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"epoch": 0}\n{"epoch": 1}\n{"epoch": 2, "val/lo')
+    with caplog.at_level(logging.WARNING, logger="schedlab"):
+        assert files.read_jsonl(path) == [{"epoch": 0}, {"epoch": 1}]
+    warnings = [r.message for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert str(path) in warnings[0] and "line 3" in warnings[0] and "last line" in warnings[0]
+
+
+def test_read_jsonl_skips_a_damaged_middle_line_and_reads_nan(tmp_path, caplog):
+    path = tmp_path / "metrics.jsonl"
+    path.write_bytes(b'{"epoch": 0, "loss": NaN}\n\xff\xfe garbage\n[1, 2]\n{"epoch": 1}\n')
+    rows = files.read_jsonl(path)
+    assert [r["epoch"] for r in rows] == [0, 1] and rows[0]["loss"] != rows[0]["loss"]
+    assert sum("line 2" in r.message or "line 3" in r.message for r in caplog.records) == 2
+    assert files.read_jsonl(tmp_path / "missing.jsonl") == []
+
+
+def test_read_json_reads_an_empty_or_damaged_file_as_missing(tmp_path, caplog):
+    path = tmp_path / "status.json"
+    assert files.read_json(path) is None and not caplog.records  # missing: no warning
+    path.write_bytes(b"")
+    assert files.read_json(path) is None
+    path.write_text('{"status": "compl')
+    assert files.read_json(path) is None
+    assert len(caplog.records) == 2 and "empty" in caplog.records[0].message
+    path.write_text('{"status": "completed"}')
+    assert files.read_json(path) == {"status": "completed"}
+
+
+def test_append_line_never_continues_a_torn_line(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    files.append_line(path, '{"epoch": 0}')
+    with path.open("a") as f:
+        f.write('{"epoch": 1, "tor')  # what a full disk left
+    files.append_line(path, '{"kind": "step"}\n{"epoch": 1}')
+    assert path.read_text().splitlines()[-2:] == ['{"kind": "step"}', '{"epoch": 1}']
+    assert [r.get("epoch") for r in files.read_jsonl(path)] == [0, None, 1]
+
+
+def test_a_new_checkpointer_removes_orphaned_temp_checkpoints(tmp_path):
+    orphans = [tmp_path / ".last.pt.0a1b2c3d.tmp", tmp_path / ".best.pt.tmp8x_q.tmp"]
+    keep = [tmp_path / "last.pt", tmp_path / ".hydra", tmp_path / ".status.json.notes"]
+    for p in [*orphans, *keep[:1], *keep[2:]]:
+        p.write_bytes(b"half a checkpoint")
+    keep[1].mkdir()
+    Checkpointer(tmp_path, interval_s=0)
+    assert not any(p.exists() for p in orphans)
+    assert all(p.exists() for p in keep)
+
+
+# -- a full disk at each write site, through the CLI
+
+# `python -m runner` with one write site failing: ENOSPC from fsync for the whole-file
+# writes (status.json, config.yaml, last.pt: where a full disk shows on delayed
+# allocation) or from a write(2) that got half the line out (metrics.jsonl), after
+# SCHEDLAB_FAIL_AFTER successful writes of that file.
+DRIVER = r"""
+import errno, os, runpy, sys
+name, after = os.environ["SCHEDLAB_FAIL_WRITE"], int(os.environ["SCHEDLAB_FAIL_AFTER"])
+seen = [0]
+
+def target(fd, exact):
+    path = os.path.basename(os.readlink(f"/proc/self/fd/{fd}"))
+    if exact:
+        return path == name
+    return path.startswith(f".{name}.") and path.endswith(".tmp")
+
+def due():
+    seen[0] += 1
+    return seen[0] > after
+
+def no_space():
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+real_write, real_fsync = os.write, os.fsync
+
+def write(fd, data):
+    if target(fd, exact=True) and due():
+        real_write(fd, bytes(data[: len(data) // 2]))
+        no_space()
+    return real_write(fd, data)
+
+def fsync(fd):
+    if target(fd, exact=False) and due():
+        no_space()
+    return real_fsync(fd)
+
+if name == "metrics.jsonl":
+    os.write = write
+else:
+    os.fsync = fsync
+sys.argv = ["runner", *sys.argv[1:]]
+runpy.run_module("runner", run_name="__main__", alter_sys=True)
+"""
+
+
+def run_failing(name: str, after: int, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env.update(SCHEDLAB_FAIL_WRITE=name, SCHEDLAB_FAIL_AFTER=str(after), OMP_NUM_THREADS="1")
+    return subprocess.run(
+        [sys.executable, "-c", DRIVER, *args], cwd=cwd, env=env,
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+
+
+def epochs_on_disk(run_dir: Path) -> int:
+    return torch.load(run_dir / "last.pt", weights_only=True)["progress"]["epoch"]
+
+
+def sweep_report(sweep: Path, write: bool = True) -> dict:
+    """`python -m runner.report <sweep>` (its main, in-process, when `write`): the one job."""
+    if write:
+        report.main([str(sweep)])
+        assert (sweep / "report.md").exists()
+    (job,) = report.load_jobs(sweep)
+    return {"status": job.status, "epochs": [r["epoch"] for r in job.rows]}
+
+
+ARGS = ("epochs=3", "logger=none", "trainer.checkpoint_interval_s=0", "trainer.progress=line")
+
+
+@pytest.mark.parametrize(
+    ("name", "after", "left"),
+    [
+        ("status.json", 0, 3),  # the run trained, only its status could not be written
+        ("metrics.jsonl", 1, 1),  # epoch 0's row is out, epoch 1's torn in half
+        ("last.pt", 1, 1),  # epoch 0's checkpoint is out, epoch 1's is not
+        ("config.yaml", 0, None),  # nothing started
+    ],
+    ids=["status.json", "metrics.jsonl", "last.pt", "config.yaml"],
+)
+def test_a_full_disk_ends_the_run_with_one_line_and_loses_nothing(tmp_path, name, after, left):
+    sweep = tmp_path / "sweep"
+    run_dir = sweep / "0"
+    proc = run_failing(name, after, *ARGS, f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.strip() == f"error: cannot write {run_dir / name}: {ENOSPC}"
+    assert not list(run_dir.glob(".*.tmp"))  # no temp file left behind
+
+    if left is None:  # config.yaml: no run to resume, and the report says the job failed
+        assert json.loads((run_dir / "status.json").read_text())["status"] == "failed"
+        assert sweep_report(sweep) == {"status": "failed", "epochs": []}
+        resumed = run_cli(f"resume={run_dir}", cwd=tmp_path)
+        assert resumed.returncode == 2 and "config.yaml missing" in resumed.stderr
+        return
+
+    # the last good checkpoint and every row before it are whole
+    assert epochs_on_disk(run_dir) == left
+    assert [r["epoch"] for r in files.read_jsonl(run_dir / "metrics.jsonl")][:left] == list(
+        range(left)
+    )
+    status = files.read_json(run_dir / "status.json")
+    assert status is None if name == "status.json" else status["status"] == "failed"
+    before = sweep_report(sweep)
+    assert before["status"] == ("incomplete" if name == "status.json" else "failed")
+
+    resumed = run_cli(f"resume={run_dir}", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert [r["epoch"] for r in read_metrics(run_dir)] == [0, 1, 2]  # no torn line, no repeat
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "completed"
+    assert sweep_report(sweep, write=False) == {"status": "completed", "epochs": [0, 1, 2]}
+
+
+def test_a_report_that_cannot_be_written_is_one_line(tmp_path, monkeypatch):
+    train(make_cfg("logger=none", "epochs=1"), tmp_path / "sweep" / "0")
+    (tmp_path / "sweep" / "0" / ".hydra").mkdir()
+    (tmp_path / "sweep" / "0" / ".hydra" / "overrides.yaml").write_text("- epochs=1\n")
+    (tmp_path / "sweep" / "report.md").write_text("the old report")
+    monkeypatch.setattr(os, "fsync", _no_space)
+    monkeypatch.setattr(os, "replace", _no_space)
+    with pytest.raises(SystemExit, match=r"^error: cannot write .*report\.csv: No space left"):
+        report.main([str(tmp_path / "sweep")])
+    assert (tmp_path / "sweep" / "report.md").read_text() == "the old report"
+
+
+# -- damaged files left by an earlier crash
+
+
+def test_torn_metrics_and_an_empty_status_are_read_resumed_and_rerun(tmp_path):
+    sweep = tmp_path / "sweep"
+    args = ("-m", *ARGS, "seed=0", f"hydra.sweep.dir={sweep}")
+    first = run_cli(*args, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    run_dir = sweep / "0"
+
+    def damage() -> None:
+        with (run_dir / "metrics.jsonl").open("a") as f:
+            f.write('{"epoch": 3, "lr/gro')  # a row a full disk cut short
+        (run_dir / "status.json").write_bytes(b"")
+
+    damage()
+    assert sweep_report(sweep) == {"status": "incomplete", "epochs": [0, 1, 2]}
+    # the same sweep run again: the job resumes its own run, it is not marked failed
+    again = run_cli(*args, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "completed"
+    assert sweep_report(sweep, write=False) == {"status": "completed", "epochs": [0, 1, 2]}
+    damage()
+    assert train(make_cfg(f"resume={run_dir}"), run_dir).status == "completed"
+    assert [r["epoch"] for r in read_metrics(run_dir)] == [0, 1, 2]
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "completed"
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("finished") / "run"
+    train(make_cfg("logger=none", "epochs=2"), run_dir)
+    return run_dir
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated", "random"])
+def test_a_damaged_last_pt_is_refused_and_the_status_is_kept(tmp_path, finished_run, damage):
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished_run, run_dir)
+    last = run_dir / "last.pt"
+    data = last.read_bytes()
+    last.unlink()  # best.pt may be a hard link to it: leave that one whole
+    last.write_bytes(
+        {"empty": b"", "truncated": data[: len(data) // 2], "random": os.urandom(4096)}[damage]
+    )
+    status = (run_dir / "status.json").read_bytes()
+    proc = run_cli(f"resume={run_dir}", cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith(f"config error: resume='{run_dir}': {last} is damaged (")
+    assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+    assert (run_dir / "status.json").read_bytes() == status
+
+
+def test_resume_of_a_missing_dir_creates_nothing(tmp_path):
+    for args in ([f"resume={tmp_path / 'nothing'}"],
+                 [f"hydra.run.dir={tmp_path / 'nothing'}", "resume=true"]):  # fmt: skip
+        proc = run_cli(*args, cwd=tmp_path)
+        assert proc.returncode == 2 and "config.yaml missing" in proc.stderr, proc.stderr
+        assert not (tmp_path / "nothing").exists()
+        assert not (tmp_path / "outputs").exists()
+
+
+def test_orphaned_temp_checkpoints_are_removed_on_resume(tmp_path, finished_run):
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished_run, run_dir)
+    orphan = run_dir / ".last.pt.5f3a9c1e.tmp"  # a kill -9 during a checkpoint write
+    orphan.write_bytes(b"\x80half")
+    result = train(make_cfg(f"resume={run_dir}"), tmp_path / "ignored")
+    assert result.status == "completed"
+    assert not orphan.exists()
+    assert not (tmp_path / "ignored").exists()

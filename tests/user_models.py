@@ -1,0 +1,41 @@
+"""Models a user might bring: defined here, outside the project's packages, and reached by
+`model._target_=tests.user_models.<Class>` (the tests put the repo root on PYTHONPATH)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class TinyNet(nn.Module):
+    """An MLP in two named parts, taking the data's shape from the runner's offer."""
+
+    def __init__(self, in_channels: int, image_size: int, num_classes: int, hidden: int = 32):
+        super().__init__()
+        self.backbone = nn.Sequential(
+            nn.Flatten(), nn.Linear(in_channels * image_size * image_size, hidden), nn.ReLU()
+        )
+        self.head = nn.Linear(hidden, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))
+
+
+class SmallCNN(nn.Module):
+    """A small conv net; `classes` is not a name the runner offers, so configs interpolate
+    ${data.num_classes} for it."""
+
+    def __init__(self, classes: int, in_channels: int = 1, width: int = 8):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, width, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(width, width, 3, padding=1),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(2),
+            nn.Flatten(),
+        )
+        self.head = nn.Linear(4 * width, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
