@@ -8,6 +8,7 @@ reproducible order.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -92,31 +93,15 @@ def validate_data(cfg: Mapping[str, Any]) -> None:
 
 
 def train_size(cfg: Mapping[str, Any]) -> int:
-    """Number of training samples, known without loading the data (for steps per epoch)."""
-    name = cfg["name"]
-    if name == "digits":
-        return 1797 - math.ceil(1797 * cfg["val_fraction"])  # how train_test_split rounds
-    if name == "fake":
-        return cfg["train_size"]
-    full = 50_000 if name == "cifar10" else 60_000
-    return full if cfg["limit"] is None else min(full, cfg["limit"])
-
-
-# (channels, height, width) and classes of each built-in set, known without loading it
-_SHAPES = {
-    "digits": ((1, 8, 8), 10),
-    "mnist": ((1, 28, 28), 10),
-    "fashion_mnist": ((1, 28, 28), 10),
-    "cifar10": ((3, 32, 32), 10),
-}
+    """Number of training samples, read from the data (for steps per epoch)."""
+    return int(load_data(cfg).y_train.shape[0])
 
 
 def data_shape(cfg: Mapping[str, Any]) -> tuple[tuple[int, int, int], int]:
-    """The images' [C, H, W] and the number of classes, for start-up checks that need the
-    model's parameter names (built on the meta device) before any data is loaded."""
-    if cfg["name"] == "fake":
-        return tuple(cfg["image_size"]), cfg["num_classes"]  # type: ignore[return-value]
-    return _SHAPES[cfg["name"]]
+    """The images' [C, H, W] and the number of classes, read from the data: start-up
+    checks build the model on the meta device with them."""
+    data = load_data(cfg)
+    return data.image_shape, data.num_classes
 
 
 def steps_per_epoch(n_train: int, batch_size: int) -> int:
@@ -126,6 +111,23 @@ def steps_per_epoch(n_train: int, batch_size: int) -> int:
 
 
 def load_data(cfg: Mapping[str, Any]) -> TensorData:
+    """The data set, loaded once per process for the same settings: start-up validation
+    reads its sizes and shapes from it, then the run trains on the same tensors (and a
+    sweep's jobs in one process share them). Loading uses no global RNG."""
+    import json
+
+    from omegaconf import DictConfig, OmegaConf
+
+    plain = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+    settings = {k: v for k, v in dict(plain).items() if k != "batch_size"}  # not the data's
+    return _load(json.dumps(settings, sort_keys=True, default=str))
+
+
+@functools.lru_cache(maxsize=1)
+def _load(settings: str) -> TensorData:
+    import json
+
+    cfg = json.loads(settings)
     name = cfg["name"]
     if name == "digits":
         return _digits(cfg)

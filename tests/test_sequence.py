@@ -12,7 +12,7 @@ import yaml
 from torch.optim import lr_scheduler as tls
 
 from schedulers import SCHEDULES, ConfigError, build_scheduler, schedule_label, validate_scheduler
-from tests.conftest import CONF, read_metrics, run_cli
+from tests.conftest import CONF, make_cfg, read_metrics, run_cli
 
 COMMON = {"interval": "epoch", "warmup_epochs": 0, "warmup_start_factor": 0.1}
 T = "torch.optim.lr_scheduler."
@@ -309,12 +309,14 @@ def _lr0(run: Path) -> float:
     return yaml.safe_load((run / "config.yaml").read_text())["optimizer"]["lr"]
 
 
-def test_cli_sequence_logs_sequential_lrs(tmp_path):
+def test_a_training_run_with_a_sequence_logs_sequential_lrs(tmp_path):
+    """In-process (the CLI path of scheduler overrides is tested by the `_target_` runs)."""
+    from runner.train import train
+
     run = tmp_path / "run"
     phases = "[{name:linear,length:2,start_factor:0.1,end_factor:1.0},{name:cosine,length:null}]"
-    proc = run_cli(f"hydra.run.dir={run}", "logger=none", "epochs=6", "scheduler=sequence",
-                   f"scheduler.phases={phases}", cwd=tmp_path)  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    cfg = make_cfg("logger=none", "epochs=6", "scheduler=sequence", f"scheduler.phases={phases}")
+    assert train(cfg, run).status == "completed"
     lr = _lr0(run)
     expected = torch_lrs(
         lambda opt: tls.SequentialLR(
