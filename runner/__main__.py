@@ -10,10 +10,13 @@ report still gets written); an interrupt stops the sweep.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -46,21 +49,69 @@ def _mark_failed(run_dir: Path, error: str, config_error: bool = False) -> None:
         log.warning(f"could not mark {run_dir} failed ({err})")
 
 
+_CLI_STOP = None  # the signal flag `cli` installed for a single run, before Hydra starts
+
+# What a failed or diverged job of a sweep returns. Not NaN: the Optuna sweeper
+# (hydra-optuna-sweeper 1.3, _impl.py) passes a job's float to study.tell(state=COMPLETE);
+# Optuna 2.10 rejects a NaN there (ValueError), and the sweeper's fallback,
+# tell(state=FAIL, values=[nan]), raises "Values cannot be specified when state is ...
+# FAIL", ending the study. Raising optuna.TrialPruned (or any exception) instead would be
+# a FAIL that the sweeper counts against max_failure_rate (0.0 by default: the study stops
+# too), with a traceback. So a failed or diverged trial is a COMPLETE one with the worst
+# value the maximised objective (best val accuracy) can have: the study records it
+# (status.json says failed or diverged), the sampler learns that region is bad, and
+# study.best_trial is one of the others. Other sweepers ignore the value.
+WORST_OBJECTIVE = 0.0
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float:
     """Returns the best val accuracy, the objective a Hydra sweeper (e.g. Optuna) maximises."""
-    from runner.train import train
+    global _CLI_STOP
+    from runner.stopping import stop_on_signals
 
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     multirun = hc.mode == RunMode.MULTIRUN
+    outer, _CLI_STOP = _CLI_STOP, None
+    if outer is not None and multirun:  # a sweep after all (its preset says so): per job
+        outer.restore()
+        outer = None
+    # the handlers are in place before torch is imported: a signal during start-up
+    # leaves status.json `interrupted` (runner/stopping.py), not a traceback
+    with contextlib.nullcontext(outer) if outer is not None else stop_on_signals() as stop:
+        result = _run_job(cfg, hc, run_dir, multirun, stop)
+        stop.restore()  # sets stop.chain
+    if isinstance(result, float):  # a job of a sweep that failed (NaN)
+        return WORST_OBJECTIVE
+    if result.status == "interrupted":
+        if stop.chain:  # e.g. submitit's SIGUSR2 handler: it requeues the job, which resumes
+            signal.raise_signal(result.signum)
+        sys.exit(128 + (result.signum or 0))
+    if result.status == "diverged":
+        if not multirun:
+            sys.exit(EXIT_DIVERGED)
+        return WORST_OBJECTIVE  # its best epoch came before the blow-up: not a candidate
+    return result.best_val_acc
+
+
+def _run_job(cfg: DictConfig, hc: Any, run_dir: Path, multirun: bool, stop: Any) -> Any:
+    """The run's Result, or (a job of a sweep that failed) NaN for the sweeper."""
+    from runner.train import RunDirRefused, train
+
     try:
-        result = train(
+        return train(
             cfg,
             run_dir,
             overrides=list(hc.overrides.task),
             sweep_name="_".join(Path(hc.sweep.dir).parts[-2:]) if multirun else None,
+            stop=stop,
         )
+    except RunDirRefused as err:  # the dir is another run's: leave it exactly as it is
+        print(f"config error: {err}", file=sys.stderr)
+        if multirun:
+            return float("nan")
+        sys.exit(EXIT_CONFIG)
     except ConfigError as err:
         # Hydra has already made the run dir; mark it so it is not mistaken for a run.
         _mark_failed(run_dir, f"config error: {err}", config_error=True)
@@ -81,13 +132,6 @@ def main(cfg: DictConfig) -> float:
         log.exception(f"job {hc.job.num} failed; the sweep goes on")
         _mark_failed(run_dir, repr(err))
         return float("nan")
-    if result.status == "interrupted":
-        if result.chain:  # e.g. submitit's SIGUSR2 handler: it requeues the job, which resumes
-            signal.raise_signal(result.signum)
-        sys.exit(128 + (result.signum or 0))
-    if result.status == "diverged" and not multirun:
-        sys.exit(EXIT_DIVERGED)
-    return result.best_val_acc
 
 
 _NO_COMPOSE = {"--help", "-h", "--hydra-help", "--version", "--shell-completion", "-sc"}
@@ -143,6 +187,9 @@ def check_composition(argv: list[str]) -> None:
     except (HydraException, ConfigError, OmegaConfBaseException) as err:
         print(f"config error: {one_line(err)}", file=sys.stderr)
         sys.exit(EXIT_CONFIG)
+    except (RecursionError, OSError) as err:  # an override nested too deep for the parser
+        print(f"config error: an override nested too deep to read ({err})", file=sys.stderr)
+        sys.exit(EXIT_CONFIG)
 
 
 def one_line(err: Exception) -> str:
@@ -176,13 +223,57 @@ def check_resume_dir(argv: list[str]) -> None:
         sys.exit(EXIT_CONFIG)
 
 
+def _given(argv: list[str]) -> dict[str, str]:
+    return {
+        k.lstrip("+"): v.strip("'\"")
+        for k, v in (a.split("=", 1) for a in argv if not a.startswith("-") and "=" in a)
+    }
+
+
+def check_run_dir(argv: list[str]) -> None:
+    """A single run into a dir that exists (hydra.run.dir=<dir>, or resume=<dir>) is checked
+    before Hydra writes its .hydra/ and train.log there: another run writing into it, or
+    (for a new run) another run's results in it, or (with resume=) an override the resume
+    cannot apply, is a config error (exit 2) that leaves every file as it was; a complete
+    run asked for nothing more says so and exits 0 (no W&B run, no file touched)."""
+    if _NO_COMPOSE & set(argv) or "-m" in argv or "--multirun" in argv:
+        return
+    if int(os.environ.get("RANK", "0")) != 0:
+        return  # torchrun: rank 0 holds the run dir; the other ranks write nothing there
+    given = _given(argv)
+    resume = given.get("resume", "")
+    resuming = resume.lower() not in ("", "null", "none", "false")
+    target = resume if resuming and resume.lower() != "true" else given.get("hydra.run.dir")
+    if not target or not Path(target).is_dir():
+        return  # a new dated dir, or one Hydra makes now
+    dirs = config_dirs(argv)
+    overrides = [a for a in argv if not a.startswith("-") and "=" in a and a not in dirs]
+    from runner.train import check_run_dir as check
+
+    try:
+        done = check(Path(target), overrides, resuming, config_dirs=dirs)
+    except ConfigError as err:
+        print(f"config error: {err}", file=sys.stderr)
+        sys.exit(EXIT_CONFIG)
+    if done is not None:
+        print(done)
+        sys.exit(0)
+
+
 def cli() -> None:
+    global _CLI_STOP
     from runner.compose import options_first
+    from runner.stopping import stop_on_signals
 
     sys.argv[1:] = options_first(sys.argv[1:])
     check_composition(sys.argv[1:])
     check_resume_dir(sys.argv[1:])
-    main()
+    check_run_dir(sys.argv[1:])
+    if "-m" in sys.argv or "--multirun" in sys.argv:
+        main()  # each job installs its handlers as it starts (a launcher may run them elsewhere)
+        return
+    with stop_on_signals() as _CLI_STOP:  # from before Hydra makes the run dir
+        main()
 
 
 if __name__ == "__main__":

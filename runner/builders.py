@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Mapping
 from contextlib import nullcontext
@@ -43,6 +44,26 @@ def autocast(device: torch.device, enabled: bool) -> tuple[Any, torch.amp.GradSc
     if device.type == "cuda" and not torch.cuda.is_bf16_supported():
         return torch.autocast("cuda", dtype=torch.float16), torch.amp.GradScaler("cuda")
     return torch.autocast(device.type, dtype=torch.bfloat16), None
+
+
+def set_threads(setting: Any) -> None:
+    """trainer.num_threads: N sets torch's CPU threads; auto keeps what the process the user
+    started uses, also in a hydra/launcher=joblib worker, where joblib would otherwise leave
+    cpu_count // n_jobs (the same seed then gives other float sums, so other metrics than
+    the basic launcher's). Other launchers' jobs keep their own setting (submitit's
+    cpus_per_task)."""
+    if setting != "auto":
+        torch.set_num_threads(int(setting))
+        return
+    from runner.resolvers import USER_THREADS, in_loky_worker
+
+    noted = os.environ.get(USER_THREADS)
+    if not in_loky_worker() or noted is None:
+        return
+    # as torch reads the variable: a positive integer, else its default (the physical cores,
+    # what it gives the inter-op pool, which these variables do not change)
+    wanted = int(noted) if noted.strip().isdigit() and int(noted) > 0 else 0
+    torch.set_num_threads(wanted or torch.get_num_interop_threads())
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -87,6 +108,7 @@ def build_training_parts(
 ) -> tuple[torch.device, TensorData, torch.nn.Module, torch.optim.Optimizer]:
     """Seed, then data, model, optimizer, in that order (the order fixes the RNG use).
     `data` skips loading (loading uses no RNG; the split is fixed by data.split_seed)."""
+    set_threads(cfg["trainer"]["num_threads"])
     seed_everything(cfg["seed"], cfg["trainer"]["deterministic"])
     device = resolve_device(cfg["trainer"]["device"], dist)
     data = data if data is not None else load_data(cfg["data"])

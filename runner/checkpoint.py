@@ -20,6 +20,7 @@ import torch
 
 from runner import files
 from schedulers import ConfigError
+from schedulers.checks import mode_for
 
 LAST, BEST = "last.pt", "best.pt"
 
@@ -34,11 +35,14 @@ class Progress:
     best_metric: float | None = None  # of trainer.monitor, for best.pt
     elapsed_s: float = 0.0  # training wall time before this process
 
-    def end_epoch(self, epoch: int, value: float, mode: str) -> bool:
-        """Epoch `epoch` is done and the monitored metric was `value`: True when that is the
-        best so far (mode max or min), i.e. when best.pt should take this epoch."""
+    def end_epoch(self, epoch: int, value: float, mode: str, metric: str | None = None) -> bool:
+        """Epoch `epoch` is done and the monitored metric (named `metric`) was `value`: True
+        when that is the best so far (trainer.monitor_mode max, min, or auto: by `metric`,
+        schedulers.checks.mode_for), i.e. when best.pt should take this epoch. Without
+        `metric`, auto means max (the default monitor is val/acc)."""
         self.epoch = epoch + 1
-        sign = 1 if mode == "max" else -1
+        resolved = mode_for(metric, mode) if metric is not None else mode
+        sign = -1 if resolved == "min" else 1
         is_best = self.best_metric is None or sign * value > sign * self.best_metric
         if is_best:
             self.best_metric = value
@@ -116,6 +120,14 @@ class Checkpointer:
         self._last_write = (
             time.monotonic()
         )  # a run shorter than the interval writes once, at the end
+
+    def start(self, state: dict[str, Any]) -> None:
+        """last.pt before the first epoch of a new run, written now (not on the background
+        thread): a run killed in its first epoch resumes from it like from any other, with
+        its W&B run id. Not best.pt. A few ms for a small model."""
+        self.latest = state
+        self._last_write = time.monotonic()
+        files.replace_atomic(self.run_dir / LAST, lambda tmp: torch.save(state, tmp))
 
     def epoch_end(self, state: dict[str, Any], is_best: bool) -> None:
         self.latest, self._latest_written = state, False

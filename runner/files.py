@@ -13,17 +13,22 @@
 - A write that fails because the disk is full, read-only, over quota or broken raises
   `WriteFailed`, whose message is the one line the CLI prints:
   `cannot write <path>: <cause>`.
+- One run per run dir: `hold_run_dir` takes an exclusive `flock` on `<run dir>/.lock`
+  for the run's life. The kernel drops it when the process ends, however it ends, so a
+  lock left by a killed run never blocks the next one.
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import logging
 import os
 import secrets
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -200,3 +205,68 @@ def remove_orphans(run_dir: Path | str, names: Iterable[str]) -> list[Path]:
     if removed:
         log.info(f"removed {len(removed)} temp file(s) left by an interrupted write in {run_dir}")
     return removed
+
+
+LOCK = ".lock"
+
+
+class RunDirBusy(Exception):
+    """Another process holds the run dir's lock; `pid` is the one it wrote, if any."""
+
+    def __init__(self, run_dir: Path, pid: int | None) -> None:
+        super().__init__(f"{run_dir} is in use by another run" + (f" (pid {pid})" if pid else ""))
+        self.run_dir, self.pid = run_dir, pid
+
+
+@dataclass
+class RunDirLock:
+    fd: int
+
+    def claim(self) -> None:
+        """Write this process's pid into the lock file: for the message a second run gets.
+        Called once the run has passed its checks, so a refused run writes nothing."""
+        with suppress(OSError):  # only a courtesy: a full disk must not stop the run here
+            os.ftruncate(self.fd, 0)
+            os.pwrite(self.fd, f"{os.getpid()}\n".encode(), 0)
+
+
+def _pid(fd: int) -> int | None:
+    try:
+        text = os.pread(fd, 32, 0).decode().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return int(text) if text.isdigit() else None
+
+
+@contextmanager
+def hold_run_dir(run_dir: Path | str) -> Iterator[RunDirLock]:
+    """Hold `<run_dir>/.lock` exclusively until the block ends (or the process does);
+    RunDirBusy at once if another process holds it."""
+    path = Path(run_dir) / LOCK
+    with writing(path):
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)  # not inherited by child processes
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunDirBusy(Path(run_dir), _pid(fd)) from None
+        yield RunDirLock(fd)
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def run_dir_holder(run_dir: Path | str) -> RunDirBusy | None:
+    """Whether another process holds the run dir's lock (a RunDirBusy saying which), without
+    taking it or creating anything."""
+    try:
+        fd = os.open(Path(run_dir) / LOCK, os.O_RDONLY)
+    except OSError:
+        return None  # no lock file: no run has held this dir since it was made
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return RunDirBusy(Path(run_dir), _pid(fd))
+        return None
+    finally:
+        os.close(fd)

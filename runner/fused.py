@@ -42,6 +42,7 @@ from runner.stopping import stop_on_signals
 from runner.targets import label
 from runner.train import Result, describe_epoch, diverged, group_names, outcome, progress_bar
 from schedulers import ConfigError, build_scheduler
+from schedulers.checks import mode_for
 
 log = logging.getLogger("schedlab")
 
@@ -269,7 +270,11 @@ def _fit(members: Sequence[Member], stop: Any, background: Background, cleanup: 
     every = [m.cfg.trainer.log_every_n_steps for m in members]
     # read once, as train.py does: OmegaConf lookups per member per epoch add up
     diverge_loss = [m.cfg.trainer.diverge_loss for m in members]
-    monitor = [(m.cfg.trainer.monitor, m.cfg.trainer.monitor_mode) for m in members]
+    # trainer.monitor_mode may be auto: resolved once, by the one helper
+    monitor = [
+        (m.cfg.trainer.monitor, mode_for(m.cfg.trainer.monitor, m.cfg.trainer.monitor_mode))
+        for m in members
+    ]
     n_train, step = data.y_train.shape[0], 0
     per_epoch = steps_per_epoch(n_train, batch_size)
     for m in members:
@@ -361,7 +366,7 @@ def _fit(members: Sequence[Member], stop: Any, background: Background, cleanup: 
             # -- checkpoint: the state the member's next epoch starts from (as train.py)
             p.step = step
             key, mode = monitor[i]
-            is_best = p.end_epoch(epoch, row[key], mode)
+            is_best = p.end_epoch(epoch, row[key], mode, key)
             if savers[i] is not None:
                 p.elapsed_s = time.perf_counter() - t_start
                 state = _member_state(i, net, fused, parts, p, shuffles[i], m.wandb_id)
@@ -407,7 +412,7 @@ def replay(member: Member) -> float:
         log.log(level, line)
     if member.error is not None or member.result is None:
         log.error(f"job failed in its fused group: {member.error}")
-        return float("nan")
+        return 0.0  # the worst objective, as a failed single job returns (runner/__main__.py)
     cfg = member.cfg
     config = OmegaConf.to_container(cfg, resolve=True)
     rows = files.read_jsonl(member.run_dir / "metrics.jsonl")

@@ -171,8 +171,10 @@ def open_logger(
 def _start(what: str, start: Callable[[], Any]) -> Any:
     try:
         return start()
-    except Exception as err:
-        log.warning(f"{what} could not start ({err!r}); continuing with metrics.jsonl")
+    except Exception as err:  # one line: W&B's messages span several
+        why = next((line for line in str(err).splitlines() if line.strip()), "")
+        cause = f"{type(err).__name__}: {why.strip()}" if why else type(err).__name__
+        log.warning(f"{what} could not start ({cause}); continuing with metrics.jsonl")
         return None
 
 
@@ -211,6 +213,9 @@ def _start_wandb(
 
     # reinit="finish_previous" gives every job of an in-process multirun its own run
     # instead of reusing job 0's; resume="allow" continues a resumed run's W&B run.
+    # Online, an unreachable server would block wandb.init for its default 90 s: bounded
+    # by init_timeout_s, after which it raises and _start warns once.
+    timeout = {"init_timeout": float(cfg["init_timeout_s"])} if cfg["mode"] == "online" else {}
     run = wandb.init(
         mode=cfg["mode"],
         project=cfg["project"],
@@ -224,7 +229,7 @@ def _start_wandb(
         resume="allow" if resume_id else None,
         reinit="finish_previous",
         settings=wandb.Settings(
-            console="off", silent=True, x_disable_stats=True, x_disable_meta=True
+            console="off", silent=True, x_disable_stats=True, x_disable_meta=True, **timeout
         ),
     )
     run.define_metric("epoch")

@@ -8,6 +8,7 @@ Registered when `runner` is imported, so they exist wherever a config is resolve
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
 from omegaconf import OmegaConf
 
@@ -17,6 +18,18 @@ LECTURE_EPOCHS = 200  # the lecture's demos ran for 200 epochs
 def lecture_epochs(n: int, epochs: int) -> int:
     """n epochs of the lecture's 200, as the same share of a run of `epochs` (at least 1)."""
     return max(1, round(n * epochs / LECTURE_EPOCHS))
+
+
+def lecture_milestones(milestones: Sequence[int], epochs: int) -> list[int]:
+    """The lecture's milestones, each scaled as by lecture_epochs and kept strictly
+    increasing (as MultiStepLR's check wants): one that rounds onto or below the one before
+    it moves to the epoch after it, so every decay stays (50, 125, 160 of 200 -> 5, 12, 16
+    of 20, but 1, 2, 3 of 3 rather than 1, 2, 2)."""
+    out: list[int] = []
+    for m in milestones:
+        scaled = lecture_epochs(int(m), epochs)
+        out.append(max(scaled, out[-1] + 1) if out else scaled)
+    return out
 
 
 def lecture_gamma(gamma: float, epochs: int) -> float:
@@ -41,8 +54,34 @@ def hydra_subdir(resume: object) -> str:
     return ".hydra/resumed" if resume else ".hydra"
 
 
+USER_THREADS = "SCHEDLAB_USER_THREADS"  # set by record_user_threads, read by runner/builders.py
+
+
+def in_loky_worker() -> bool:
+    """A job run by hydra/launcher=joblib: joblib's loky backend names its processes so."""
+    import multiprocessing
+
+    return multiprocessing.current_process().name.startswith("LokyProcess")
+
+
+def record_user_threads() -> None:
+    """Note, in the environment the launcher's workers inherit, where the process the user
+    started takes its torch thread count from: MKL_NUM_THREADS, else OMP_NUM_THREADS (as
+    torch reads them), else "" (torch's default, the physical cores). joblib's loky workers
+    get these variables set to cpu_count // n_jobs when the user set none, so their
+    reductions would sum in another order; trainer.num_threads=auto undoes that
+    (runner/builders.py). A worker keeps its parent's note."""
+    if in_loky_worker():
+        return
+    os.environ[USER_THREADS] = (
+        os.environ.get("MKL_NUM_THREADS") or os.environ.get("OMP_NUM_THREADS") or ""
+    )
+
+
 def register() -> None:
+    record_user_threads()
     OmegaConf.register_new_resolver("run_dir", run_dir, replace=True)
     OmegaConf.register_new_resolver("hydra_subdir", hydra_subdir, replace=True)
     OmegaConf.register_new_resolver("lecture_epochs", lecture_epochs, replace=True)
     OmegaConf.register_new_resolver("lecture_gamma", lecture_gamma, replace=True)
+    OmegaConf.register_new_resolver("lecture_milestones", lecture_milestones, replace=True)

@@ -23,18 +23,24 @@ from typing import Any
 
 from schedulers import ConfigError
 from schedulers.checks import (
+    MODES,
     Check,
     anything,
+    auto_or_int,
     boolean,
     choice,
     int_list,
     integer,
     matches,
+    need_mode,
     number,
+    str_list,
     text,
 )
 
 EPOCH_METRICS = ("train/loss", "train/acc", "val/loss", "val/acc")  # what may be monitored
+SEED_MAX = 2**32 - 1  # numpy's np.random.seed (and scikit-learn's random_state) take no more
+MAX_EPOCHS = 1_000_000  # validation steps through every epoch of a schedule (lr_lambda, _target_)
 _DEVICE = r"auto|cpu|mps|cuda(:\d+)?"
 
 
@@ -53,14 +59,24 @@ class Trainer:
     amp: bool = key(False, boolean())
     channels_last: Any = key("auto", choice("auto", True, False))
     compile: bool = key(False, boolean())
+    # torch's CPU threads; auto: what `python -m runner` itself uses, in joblib workers too
+    num_threads: Any = key("auto", auto_or_int(1))
     deterministic: bool = key(False, boolean())
     log_every_n_steps: int = key(50, integer(0))
     progress: str = key("auto", choice("auto", "bar", "line"))
     checkpoint: bool = key(True, boolean())
     checkpoint_interval_s: float = key(1.0, number(0))
     monitor: str = key("val/acc", choice(*EPOCH_METRICS))
-    monitor_mode: str = key("max", choice("min", "max"))
+    # auto: max for an accuracy, min for a loss (schedulers.checks.mode_for); checked
+    # against monitor below
+    monitor_mode: str = key("auto", choice(*MODES))
     diverge_loss: float | None = key(None, number(0, lo_open=True, optional=True))
+
+    @staticmethod
+    def check_keys(prefix: str, node: Mapping[str, Any]) -> None:
+        """What ties keys together: a mode that contradicts its metric."""
+        mode, metric = node["monitor_mode"], node["monitor"]
+        need_mode(f"{prefix}.monitor_mode", mode, metric, f"{prefix}.monitor")
 
 
 @dataclass
@@ -133,7 +149,7 @@ class Digits:
     num_classes: int = key(10, choice(10))
     batch_size: int = key(64, integer(1))
     val_fraction: float = key(0.2, number(0, 1, lo_open=True, hi_open=True))
-    split_seed: int = key(0, integer(0))
+    split_seed: int = key(0, integer(0, high=SEED_MAX))
 
 
 @dataclass
@@ -173,8 +189,11 @@ class Wandb:
     project: str = key("schedlab", text())
     entity: str | None = key(None, text(optional=True))
     group: str | None = key(None, text(optional=True))
-    tags: list[str] = key([], anything())
+    tags: list[str] = key([], str_list())
     run_name: str | None = key(None, text(optional=True))
+    # mode online: how long wandb.init may wait for the server before the run goes on
+    # without W&B (one warning); offline and disabled never wait for a network
+    init_timeout_s: float = key(10.0, number(0, lo_open=True))
 
 
 @dataclass
@@ -187,8 +206,8 @@ class TensorBoard:
 class Run:
     """The top-level keys; the groups have their own tables below."""
 
-    seed: int = key(0, integer(0))
-    epochs: int = key(20, integer(1))
+    seed: int = key(0, integer(0, high=SEED_MAX))
+    epochs: int = key(20, integer(1, high=MAX_EPOCHS))
     resume: Any = key(None, anything())  # a run dir or true: checked when resuming
 
 
@@ -212,6 +231,10 @@ GROUPS = ("model", "optimizer", "scheduler", "data", "logger", "trainer", "lr_fi
 def check_node(prefix: str, node: Mapping[str, Any], schema: type) -> None:
     """Every key of `node` declared by `schema`, every declared key present, every value
     passing its field's check. Raises ConfigError naming the first bad key."""
+    from omegaconf import DictConfig, OmegaConf
+
+    if isinstance(node, DictConfig):  # plain values, `${...}` resolved: what errors show
+        node = OmegaConf.to_container(node, resolve=True)  # type: ignore[assignment]
     fields = {f.name: f for f in dataclasses.fields(schema)}
     for name in node:
         if name not in fields:
@@ -225,6 +248,9 @@ def check_node(prefix: str, node: Mapping[str, Any], schema: type) -> None:
         if name not in node:
             raise ConfigError(full, None, "missing; its default is " + repr(_default(f)))
         f.metadata["check"](full, node[name])
+    check_keys = getattr(schema, "check_keys", None)
+    if check_keys is not None:
+        check_keys(prefix, node)
 
 
 def _default(f: dataclasses.Field) -> Any:

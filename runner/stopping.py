@@ -7,6 +7,10 @@ for Ctrl-C, 143 for SIGTERM, 140 for SIGUSR2). SIGUSR2 is what Slurm/submitit se
 before a time-out or preemption: when a launcher had its own handler installed
 (submitit's requeues the job), `chain` says to hand the signal on to it once the
 run has stopped, so the job comes back and resumes from last.pt.
+
+The CLI installs the handlers before Hydra starts a single run (a sweep: each job, as it
+starts), so a signal during start-up (data loading, W&B) is seen too: the run stops at
+the next step of its start-up and leaves `status.json` `interrupted`, no traceback.
 """
 
 from __future__ import annotations
@@ -15,9 +19,9 @@ import logging
 import os
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 log = logging.getLogger("schedlab")
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)
@@ -27,6 +31,8 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)
 class StopFlag:
     signum: int | None = None
     chain: bool = False  # a launcher's own handler should get the signal after we stop
+    # puts the handlers that were there before back (at once; idempotent), which sets `chain`
+    restore: Callable[[], None] = field(default=lambda: None, repr=False, compare=False)
 
     @property
     def exit_code(self) -> int:
@@ -50,11 +56,19 @@ def stop_on_signals() -> Iterator[StopFlag]:
         )
 
     previous = {s: signal.signal(s, handler) for s in SIGNALS}
-    try:
-        yield flag
-    finally:
+
+    def restore() -> None:
+        if not previous:
+            return
         for s, h in previous.items():
             signal.signal(s, h)
         if flag.signum is not None:
             before = previous[flag.signum]
             flag.chain = callable(before) and before is not signal.default_int_handler
+        previous.clear()
+
+    flag.restore = restore
+    try:
+        yield flag
+    finally:
+        restore()

@@ -14,12 +14,13 @@ import math
 import sys
 import time
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from torch.nn import functional as F
 
 from runner import checkpoint, files
@@ -173,6 +174,8 @@ def fit(
     saver = None
     if ckpt_dir is not None and cfg.trainer.checkpoint:
         saver = checkpoint.Checkpointer(ckpt_dir, cfg.trainer.checkpoint_interval_s, background)
+        if start is None:  # a new run: last.pt is on disk before its first batch
+            saver.start(checkpoint.snapshot(run, progress, shuffle, logger.run_id))
     try:
         return _epochs(cfg, run, logger, progress, shuffle, stop, saver, t_start)
     finally:
@@ -280,7 +283,7 @@ def _epochs(
         scheduler.step_epoch(row)
 
         # -- checkpoint: the state the next epoch starts from
-        is_best = progress.end_epoch(epoch, row[monitor], monitor_mode)
+        is_best = progress.end_epoch(epoch, row[monitor], monitor_mode, monitor)
         if saver is not None:
             progress.elapsed_s = time.perf_counter() - t_start
             saver.epoch_end(checkpoint.snapshot(run, progress, shuffle, logger.run_id), is_best)
@@ -304,25 +307,42 @@ def use_range_test(cfg: DictConfig, run_dir: Path) -> float:
     return float(lr)
 
 
-def load_resume(cfg: DictConfig, run_dir: Path) -> tuple[DictConfig, Path, dict[str, Any]]:
-    """`resume=<run dir>` (or `resume=true` in the Hydra run dir): its saved config, the dir,
-    and its last checkpoint."""
+class RunDirRefused(ConfigError):
+    """This run may not write into its run dir: another run is writing there, or the dir
+    holds another run's results. Nothing in the dir is touched, status.json included."""
+
+
+def _saved_config_path(cfg: DictConfig, run_dir: Path) -> Path:
+    """The dir `resume=` names: its value, or (resume=true) the Hydra run dir."""
     target = run_dir if cfg.resume is True else Path(str(cfg.resume))
     if not (target / "config.yaml").is_file():
         raise ConfigError(
             "resume", str(cfg.resume), f"no run to resume: {target}/config.yaml missing"
         )
-    checkpoint.remove_orphans(target)  # temp files of writes a kill -9 cut short
+    return target
+
+
+def read_saved_config(target: Path, value: object) -> DictConfig:
+    """A run dir's config.yaml, or a ConfigError (key `resume`) saying why it cannot be used."""
     try:
         saved = OmegaConf.load(target / "config.yaml")
     except Exception as err:  # not YAML at all
         why = f"{type(err).__name__}: {str(err).strip()[:120]}"
         raise ConfigError(
-            "resume", str(cfg.resume), f"{target}/config.yaml is damaged ({why})"
+            "resume", str(value), f"{target}/config.yaml is damaged ({why})"
         ) from None
     if not isinstance(saved, DictConfig):
-        raise ConfigError("resume", str(cfg.resume), f"{target}/config.yaml is not a run config")
+        raise ConfigError("resume", str(value), f"{target}/config.yaml is not a run config")
     OmegaConf.set_struct(saved, True)
+    return saved
+
+
+def load_resume(cfg: DictConfig, run_dir: Path) -> tuple[DictConfig, Path, dict[str, Any] | None]:
+    """`resume=<run dir>` (or `resume=true` in the Hydra run dir): its saved config, the dir,
+    and its last checkpoint (None when it stopped before writing one)."""
+    target = _saved_config_path(cfg, run_dir)
+    checkpoint.remove_orphans(target)  # temp files of writes a kill -9 cut short
+    saved = read_saved_config(target, cfg.resume)
     if not (target / checkpoint.LAST).exists() and not (target / checkpoint.BEST).exists():
         log.info(f"{target} has no checkpoint yet (stopped in its first epoch): starting over")
         return saved, target, None
@@ -330,14 +350,267 @@ def load_resume(cfg: DictConfig, run_dir: Path) -> tuple[DictConfig, Path, dict[
     return saved, target, state
 
 
+# -- what a resume may change -----------------------------------------------------------------
+# Keys that change how a run is shown or how often it is saved, never what it computes: given
+# with resume=, they are applied. `epochs` may be raised where the schedule's lengths are
+# explicit (extend_blocker). Anything else is refused, naming the key.
+SAFE_ON_RESUME = (
+    "trainer.progress",
+    "trainer.checkpoint_interval_s",
+    "trainer.log_every_n_steps",
+    "logger",
+)
+_ABSENT = object()
+
+
+def _override_keys(overrides: Sequence[str]) -> dict[str, str]:
+    """The config keys (or groups) the overrides set -> the value as given; resume= and
+    hydra.* left out."""
+    try:
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+        pairs = [(o.key_or_group, o.input_line or "") for o in parsed]
+    except Exception:  # Hydra has parsed them already; this is only a fallback
+        pairs = [(o.split("=", 1)[0].lstrip("+~"), o) for o in overrides]
+    keys = {}
+    for key, text in pairs:
+        key = key.split("@", 1)[0].replace("/", ".")
+        if key != "resume" and key.split(".")[0] != "hydra":
+            keys[key] = text.split("=", 1)[1] if "=" in text else ""
+    return keys
+
+
+def _plain(value: Any) -> Any:
+    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+
+
+def extend_blocker(scheduler: Any) -> tuple[str, str] | None:
+    """Why more epochs would change the schedule a run has already followed: the key of a
+    length that means "the whole run" (or `scheduler`, for a schedule that has none), and
+    what it means. None where every length is explicit (step, multistep, exponential,
+    plateau, lambda, none, cyclic, cosine_restarts, cosine/linear/poly with their length
+    set, a sequence whose last phase has a length, a `_target_` class, whose arguments are
+    saved as given)."""
+    name = scheduler.get("name")
+    if name == "sequence":
+        phases = list(scheduler.get("phases") or [])
+        for i, phase in enumerate(phases):
+            if phase.get("length") is None:
+                key = f"scheduler.phases.{i}.length"
+                return key, f"{key} is null: the last phase takes the rest of the run"
+        return None
+    key = {"cosine": "T_max", "linear": "total_iters", "poly": "total_iters"}.get(name)
+    if key is not None and scheduler.get(key) is None:
+        return f"scheduler.{key}", f"scheduler.{key} is null: {name} spans the whole run"
+    if name in ("onecycle", "wsd"):
+        return "scheduler", f"scheduler={name} spans the whole run (it has no length to set)"
+    return None
+
+
+def apply_resume_overrides(
+    saved: DictConfig, given: DictConfig, overrides: Sequence[str], run_dir: Path
+) -> list[str]:
+    """Apply to the saved config the overrides given with resume= (values as composed in
+    `given`), or raise a ConfigError naming the ones that cannot be applied. Returns what
+    changed, as `key=value` texts; an override equal to the saved value changes nothing."""
+    changes, refused = [], []
+    texts = _override_keys(overrides)
+    for key, text in texts.items():
+        new = _plain(OmegaConf.select(given, key, default=_ABSENT))
+        old = _plain(OmegaConf.select(saved, key, default=_ABSENT))
+        if new is not _ABSENT and new == old:
+            continue
+        if key == "epochs" and isinstance(new, int) and isinstance(old, int):
+            _check_extension(saved, old, new, run_dir)
+        elif new is _ABSENT or not (key in SAFE_ON_RESUME or key.startswith("logger.")):
+            refused.append((key, text if new is _ABSENT else new, old))
+            continue
+        with open_dict(saved):
+            OmegaConf.update(saved, key, new, merge=False)
+        changes.append(f"{key}={new}" + (f" (was {old})" if key == "epochs" else ""))
+    if refused:
+        key, new, old = refused[0]
+        others = ", ".join(k for k, _, _ in refused[1:])
+        was = "" if old is _ABSENT else f" ({key}={old!r} there)"
+        raise ConfigError(
+            key,
+            new,
+            f"a resumed run keeps the config saved in {run_dir}/config.yaml{was}"
+            + (f"; also refused: {others}" if others else "")
+            + "; with resume= only a larger epochs and "
+            + ", ".join(f"{k}.*" if k == "logger" else k for k in SAFE_ON_RESUME)
+            + " may be given: start a new run for another config",
+        )
+    return changes
+
+
+def _check_extension(saved: DictConfig, old: int, new: int, run_dir: Path) -> None:
+    if new < old:
+        raise ConfigError(
+            "epochs", new, f"below the saved epochs={old}: a resumed run can only be extended"
+        )
+    blocker = extend_blocker(saved.scheduler)
+    if blocker is not None:
+        key, why = blocker
+        how = (
+            "use a schedule with explicit lengths"
+            if key == "scheduler"
+            else f"set {key} (in units of scheduler.interval)"
+        )
+        raise ConfigError(
+            "epochs",
+            new,
+            f"cannot extend {run_dir} from {old} epochs: {why}, so more epochs would stretch "
+            f"a schedule the run has already followed; {how} in a run you mean to extend, or "
+            f"start a new run with epochs={new}",
+        )
+
+
+def finished(run_dir: Path, epochs: int) -> dict[str, Any] | None:
+    """status.json of a run that completed all `epochs` (None if it did not)."""
+    status = files.read_json(run_dir / "status.json")
+    if status is None or status.get("status") != "completed":
+        return None
+    done = status.get("epochs_done")
+    return status if isinstance(done, int) and done >= epochs else None
+
+
+def nothing_to_do(run_dir: Path, status: dict[str, Any]) -> str:
+    return (
+        f"{run_dir} is already complete ({status['epochs_done']} epochs, best val/acc "
+        f"{status.get('best_val_acc', float('nan')):.4f}): nothing to do; to train longer: "
+        f"resume={run_dir} epochs=<more>"
+    )
+
+
+# -- one run per run dir -------------------------------------------------------------------------
 def same_run_on_disk(cfg: DictConfig, run_dir: Path) -> bool:
     """run_dir holds a checkpoint of this very config: a run to continue, not to redo."""
+    return (run_dir / checkpoint.LAST).exists() and _same_config(run_dir, cfg)
+
+
+def _same_config(run_dir: Path, cfg: DictConfig) -> bool:
+    """run_dir/config.yaml is this config's. With optimizer.lr=find it holds the lr the range
+    test found (and onecycle/cyclic's max_lr/base_lr reset): compared as given."""
+    try:
+        saved_text = (run_dir / "config.yaml").read_text()
+    except (OSError, UnicodeDecodeError):
+        return False
+    wanted = OmegaConf.to_yaml(cfg, resolve=True)
+    if saved_text == wanted or OmegaConf.select(cfg, "optimizer.lr") != "find":
+        return saved_text == wanted
+    try:
+        saved = OmegaConf.create(saved_text)
+        saved.optimizer.lr = "find"
+        for key in ("max_lr", "base_lr"):
+            if key in saved.scheduler and saved.scheduler.get("name") in ("onecycle", "cyclic"):
+                saved.scheduler[key] = cfg.scheduler.get(key)
+    except Exception:  # not this runner's config at all
+        return False
+    return OmegaConf.to_yaml(saved) == wanted
+
+
+def _differing_keys(saved_text: str, cfg: DictConfig) -> list[str]:
+    def flat(value: Any, prefix: str = "") -> dict[str, Any]:
+        if isinstance(value, dict):
+            out: dict[str, Any] = {}
+            for k, v in value.items():
+                out.update(flat(v, f"{prefix}{k}."))
+            return out
+        return {prefix[:-1]: value}
+
+    try:
+        old = flat(OmegaConf.to_container(OmegaConf.create(saved_text)))
+    except Exception:
+        return []
+    new = flat(OmegaConf.to_container(cfg, resolve=True))
+    return [
+        k for k in sorted(old.keys() | new.keys()) if old.get(k, _ABSENT) != new.get(k, _ABSENT)
+    ]
+
+
+def other_run_in(run_dir: Path, cfg: DictConfig) -> str | None:
+    """Why run_dir holds another run's results, which a new run would mix with its own; None
+    when it holds none (a dir Hydra just made, a run that failed or was stopped before it
+    wrote a row or a checkpoint) or a checkpoint of this same config (same_run_on_disk)."""
+    if same_run_on_disk(cfg, run_dir):
+        return None
     saved = run_dir / "config.yaml"
-    return (
-        (run_dir / checkpoint.LAST).exists()
-        and saved.exists()
-        and (saved.read_text() == OmegaConf.to_yaml(cfg, resolve=True))
+    try:
+        saved_text = saved.read_text()
+    except FileNotFoundError:
+        saved_text = None
+    except (OSError, UnicodeDecodeError):
+        saved_text = ""
+    if saved_text is not None and not _same_config(run_dir, cfg):
+        keys = _differing_keys(saved_text, cfg)
+        shown = ", ".join(keys[:3]) + (", ..." if len(keys) > 3 else "")
+        return "its config.yaml is another run's" + (f" (differs in {shown})" if keys else "")
+    found = [
+        n for n in ("metrics.jsonl", checkpoint.LAST, checkpoint.BEST) if (run_dir / n).exists()
+    ]
+    status = files.read_json(run_dir / "status.json")
+    if status is not None and status.get("status") in ("completed", "diverged"):
+        found.append("status.json")
+    if found:
+        return f"it holds a run's results ({', '.join(found)}) with no checkpoint to continue"
+    return None
+
+
+def refuse_other_run(run_dir: Path, cfg: DictConfig) -> None:
+    why = other_run_in(run_dir, cfg)
+    if why is not None:
+        raise RunDirRefused(
+            "hydra.run.dir",
+            str(run_dir),
+            f"{why}; a new run would mix its files with that one's. To continue that run: "
+            f"resume={run_dir}; for a new run: another hydra.run.dir (or none: a new dated dir)",
+        )
+
+
+def busy(err: files.RunDirBusy) -> RunDirRefused:
+    who = f"another run (pid {err.pid})" if err.pid else "another run"
+    return RunDirRefused(
+        "hydra.run.dir",
+        str(err.run_dir),
+        f"{who} is writing into it; wait for it to end (resume={err.run_dir} then continues "
+        "it), or give another hydra.run.dir",
     )
+
+
+def check_run_dir(
+    run_dir: Path, overrides: Sequence[str], resuming: bool, config_dirs: Sequence[str] = ()
+) -> str | None:
+    """The CLI's check of an existing run dir before Hydra writes into it (its .hydra/ and
+    train.log), so that a refused run leaves the dir byte for byte as it was: RunDirRefused
+    if another run holds it or it holds another run; a ConfigError for overrides a resume
+    cannot apply; the line to print (and exit 0) when the run is already complete and
+    nothing is asked of it. None: go on."""
+    holder = files.run_dir_holder(run_dir)
+    if holder is not None:
+        raise busy(holder)
+    from runner.compose import compose_config
+
+    given = compose_config(list(overrides), with_hydra=True, config_dirs=config_dirs)
+    with open_dict(given):
+        del given["hydra"]
+    if resuming:
+        saved = read_saved_config(run_dir, given.resume)
+        apply_resume_overrides(saved, given, overrides, run_dir)
+        epochs = saved.epochs
+    elif same_run_on_disk(given, run_dir):
+        epochs = given.epochs
+    else:
+        refuse_other_run(run_dir, given)
+        return None
+    status = finished(run_dir, epochs)
+    if status is None or not (run_dir / checkpoint.LAST).exists():
+        return None  # a run to continue (or one that stopped before its first checkpoint)
+    # as the run itself would: a damaged last.pt is refused, and it is the last epoch's
+    if checkpoint.load(run_dir / checkpoint.LAST)["progress"]["epoch"] < epochs:
+        return None
+    return nothing_to_do(run_dir, status)
 
 
 def _keep_rows_before(metrics: Path, epoch: int) -> None:
@@ -354,33 +627,117 @@ def train(
     run_dir: Path,
     overrides: Sequence[str] = (),
     sweep_name: str | None = None,
+    stop: StopFlag | None = None,
 ) -> Result:
     """Validate, build, fit, and leave metrics.jsonl, config.yaml, checkpoints and
-    status.json in run_dir (under torchrun: rank 0 writes, every rank trains)."""
+    status.json in run_dir (under torchrun: rank 0 writes, every rank trains).
+
+    `overrides` are the ones the run was given (Hydra's task overrides): with resume= they
+    are applied to the saved config or refused (apply_resume_overrides). `stop` is the flag
+    of signal handlers the caller installed (the CLI: before Hydra starts); without one,
+    handlers are installed for the whole run, start-up included."""
     from runner.distributed import setup, teardown
 
     dist = setup(cfg.trainer.strategy)
     if not dist.is_main:
         logging.getLogger("schedlab").setLevel(logging.WARNING)
     try:
-        return _train(cfg, Path(run_dir), overrides, sweep_name, dist)
+        if stop is not None:
+            return _train(cfg, Path(run_dir), overrides, sweep_name, dist, stop)
+        with stop_on_signals() as own:
+            result = _train(cfg, Path(run_dir), overrides, sweep_name, dist, own)
+        if result.status == "interrupted":  # own.chain is set once the handlers are restored
+            result = dataclasses.replace(result, chain=own.chain)
+        return result
     finally:
         teardown(dist)
 
 
+def _interrupted(stop: StopFlag, state: dict[str, Any] | None) -> Result:
+    """A signal came during start-up: no epoch ran in this process."""
+    progress = state["progress"] if state else {}
+    log.warning(f"{signal_name(stop.signum)} during start-up: stopped before the first epoch")
+    return Result(
+        "interrupted", progress.get("best_val_acc", 0.0), progress.get("epoch", 0), stop.signum
+    )
+
+
+def _stopped(run_dir: Path, dist: Any, stop: StopFlag, state: dict[str, Any] | None) -> Result:
+    """A signal came during start-up, before the loggers: status.json says `interrupted`."""
+    result = _interrupted(stop, state)
+    if dist.is_main:
+        files.write_json_atomic(run_dir / "status.json", outcome(result, 0.0)[0])
+    return result
+
+
+def signal_name(signum: int | None) -> str:
+    import signal
+
+    try:
+        return signal.Signals(signum or 0).name
+    except ValueError:
+        return f"signal {signum}"
+
+
 def _train(
-    cfg: DictConfig, run_dir: Path, overrides: Sequence[str], sweep_name: str | None, dist: Any
+    cfg: DictConfig,
+    run_dir: Path,
+    overrides: Sequence[str],
+    sweep_name: str | None,
+    dist: Any,
+    stop: StopFlag,
 ) -> Result:
-    if not cfg.resume and same_run_on_disk(cfg, run_dir):
-        # a requeued job (Slurm time-out/preemption) or the same command run again into the
-        # same dir: continue instead of starting over
-        log.info(f"{run_dir} holds a checkpoint of this same config: resuming it")
-        cfg.resume = True
-    state, resuming = None, bool(cfg.resume)
+    resuming = bool(cfg.resume)
     if resuming:
-        cfg, run_dir, state = load_resume(cfg, run_dir)
-    validate(cfg)  # before anything is built or written
-    run_dir.mkdir(parents=True, exist_ok=True)
+        run_dir = _saved_config_path(cfg, run_dir)  # nothing is created for a missing run
+    else:
+        validate(cfg)  # before anything is built or written
+    with ExitStack() as held:
+        lock = None
+        if dist.is_main:  # only rank 0 writes, so only rank 0 holds the run dir
+            run_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                lock = held.enter_context(files.hold_run_dir(run_dir))
+            except files.RunDirBusy as err:
+                raise busy(err) from None
+        if not resuming and same_run_on_disk(cfg, run_dir):
+            # a requeued job (Slurm time-out/preemption) or the same command run again into
+            # the same dir: continue instead of starting over
+            log.info(f"{run_dir} holds a checkpoint of this same config: resuming it")
+            cfg.resume, resuming = True, True
+        elif not resuming and dist.is_main:
+            refuse_other_run(run_dir, cfg)
+        state, changes = None, []
+        if resuming:
+            given = cfg
+            cfg, run_dir, state = load_resume(cfg, run_dir)
+            changes = apply_resume_overrides(cfg, given, overrides, run_dir)
+            validate(cfg)
+            start_epoch = state["progress"]["epoch"] if state else 0
+            status = finished(run_dir, cfg.epochs) if start_epoch >= cfg.epochs else None
+            if status is not None:  # nothing to train: no W&B run, no file touched
+                log.info(nothing_to_do(run_dir, status))
+                return Result("completed", status.get("best_val_acc", 0.0), start_epoch)
+        if lock is not None:
+            lock.claim()
+        return _run(cfg, run_dir, overrides, sweep_name, dist, stop, resuming, state, changes)
+
+
+def _run(
+    cfg: DictConfig,
+    run_dir: Path,
+    overrides: Sequence[str],
+    sweep_name: str | None,
+    dist: Any,
+    stop: StopFlag,
+    resuming: bool,
+    state: dict[str, Any] | None,
+    changes: list[str],
+) -> Result:
+    """Start-up (range test, config.yaml, data, model, loggers), then fit; a signal during
+    start-up is looked for between its steps."""
+    if stop.signum is not None:
+        return _stopped(run_dir, dist, stop, state)
     found = use_range_test(cfg, run_dir) if cfg.optimizer.lr == "find" else None
     if not resuming:
         if dist.is_main:
@@ -388,16 +745,28 @@ def _train(
     else:
         start_epoch = state["progress"]["epoch"] if state else 0
         if dist.is_main:
+            if changes:  # the run dir's config is the one the run now follows
+                files.write_text_atomic(
+                    run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True)
+                )
+                if finished(run_dir, 0) is not None:  # it is no longer complete
+                    with files.writing(run_dir / "status.json"):
+                        (run_dir / "status.json").unlink(missing_ok=True)
             _keep_rows_before(run_dir / "metrics.jsonl", start_epoch)
-        log.info(f"resuming {run_dir} at epoch {start_epoch}")
+        applied = f" with {', '.join(changes)}" if changes else ""
+        log.info(f"resuming {run_dir} at epoch {start_epoch}{applied}")
     config = OmegaConf.to_container(cfg, resolve=True)
     if found is not None:
         config["lr_find"]["found_lr"] = found  # W&B config: the lr the range test chose
+    if stop.signum is not None:
+        return _stopped(run_dir, dist, stop, state)
     run = build_run(cfg, dist=dist)
     log.info(
         f"{label(cfg.model)} on {cfg.data.name} ({run.device}), {label(cfg.optimizer)} "
         f"lr={cfg.optimizer.lr}, scheduler={label(cfg.scheduler)}, {cfg.epochs} epochs"
     )
+    if stop.signum is not None:  # e.g. while the data loaded
+        return _stopped(run_dir, dist, stop, state)
     wandb_id = state["wandb_id"] if state else None
     loggers = cfg.logger if dist.is_main else {}  # only rank 0 talks to W&B / TensorBoard
     with (
@@ -405,20 +774,20 @@ def _train(
         open_logger(
             loggers, run_dir, config, list(overrides), sweep_name, wandb_id, background
         ) as logger,
-        stop_on_signals() as stop,
     ):
         logger.write = dist.is_main
         t0 = time.perf_counter()
-        result = fit(
-            cfg, run, logger, ckpt_dir=run_dir if dist.is_main else None, start=state,
-            stop=stop, background=background,
-        )  # fmt: skip
+        if stop.signum is not None:  # while W&B started
+            result = _interrupted(stop, state)
+        else:
+            result = fit(
+                cfg, run, logger, ckpt_dir=run_dir if dist.is_main else None, start=state,
+                stop=stop, background=background,
+            )  # fmt: skip
         background.flush()  # checkpoints on disk before status.json says how the run ended
         wall = time.perf_counter() - t0 + (state["progress"]["elapsed_s"] if state else 0.0)
         status, summary = outcome(result, wall)
         logger.summary(summary)
-    if result.status == "interrupted":  # stop.chain is set when the handlers are restored
-        result = dataclasses.replace(result, chain=stop.chain)
     if dist.is_main:
         files.write_json_atomic(run_dir / "status.json", status)
     log.info(f"{result.status}: best val/acc={result.best_val_acc:.4f}; outputs in {run_dir}")

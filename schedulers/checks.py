@@ -22,11 +22,23 @@ def is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def need_int(key: str, v: Any, low: int, optional: bool = False) -> None:
+INT64_MAX = 2**63 - 1  # the largest integer torch (and most of numpy) can take
+
+
+def need_int(key: str, v: Any, low: int, optional: bool = False, high: int | None = None) -> None:
+    """An integer (not a bool) in [low, high]; with no `high`, one that fits an int64, so
+    an overflowing value is a config error here rather than an OverflowError in torch."""
     if optional and v is None:
         return
-    if isinstance(v, bool) or not isinstance(v, int) or v < low:
-        raise ConfigError(key, v, f"must be an integer >= {low}" + (" or null" * optional))
+    top = INT64_MAX if high is None else high
+    if isinstance(v, bool) or not isinstance(v, int) or not low <= v <= top:
+        if high is None and isinstance(v, int) and not isinstance(v, bool) and v > top:
+            rule = f"must be an integer >= {low} that fits in 64 bits (<= 2**63 - 1)"
+        elif high is None:
+            rule = f"must be an integer >= {low}"
+        else:
+            rule = f"must be an integer in [{low}, {high}]"
+        raise ConfigError(key, v, rule + (" or null" * optional))
 
 
 def need_number(
@@ -84,11 +96,21 @@ def need_match(key: str, v: Any, pattern: str, rule: str) -> None:
         raise ConfigError(key, v, rule)
 
 
+def need_str_list(key: str, v: Any) -> None:
+    ok = (
+        isinstance(v, Sequence)
+        and not isinstance(v, str)
+        and all(isinstance(x, str) and x for x in v)
+    )
+    if not ok:
+        raise ConfigError(key, v, "must be a list of non-empty strings")
+
+
 def need_int_list(key: str, v: Any, low: int, length: int | None = None) -> None:
     ok = (
         isinstance(v, Sequence)
         and not isinstance(v, str)
-        and all(isinstance(x, int) and not isinstance(x, bool) and x >= low for x in v)
+        and all(isinstance(x, int) and not isinstance(x, bool) and low <= x <= INT64_MAX for x in v)
         and (length is None or len(v) == length)
     )
     if not ok:
@@ -97,8 +119,8 @@ def need_int_list(key: str, v: Any, low: int, length: int | None = None) -> None
 
 
 # -- the same checks as values: a schema field names its check once ----------------------
-def integer(low: int, optional: bool = False) -> Check:
-    return lambda key, v: need_int(key, v, low, optional)
+def integer(low: int, optional: bool = False, high: int | None = None) -> Check:
+    return lambda key, v: need_int(key, v, low, optional, high)
 
 
 def number(
@@ -112,6 +134,19 @@ def number(
     return lambda key, v: need_number(
         key, v, low, high, lo_open=lo_open, hi_open=hi_open, optional=optional
     )
+
+
+def auto_or_int(low: int) -> Check:
+    """`auto`, or an integer >= low."""
+
+    def check(key: str, v: Any) -> None:
+        if v != "auto":
+            try:
+                need_int(key, v, low)
+            except ConfigError:
+                raise ConfigError(key, v, f"must be auto or an integer >= {low}") from None
+
+    return check
 
 
 def choice(*choices: Any) -> Check:
@@ -134,5 +169,52 @@ def int_list(low: int, length: int | None = None) -> Check:
     return lambda key, v: need_int_list(key, v, low, length)
 
 
+def str_list() -> Check:
+    return need_str_list
+
+
 def anything() -> Check:
     return lambda key, v: None
+
+
+# -- which way a monitored metric should go -------------------------------------------------
+MODES = ("auto", "min", "max")
+
+
+def natural_mode(metric: Any) -> str | None:
+    """'max' for an accuracy (`val/acc`), 'min' for a loss (`train/loss`), else None."""
+    name = str(metric).rsplit("/", 1)[-1].lower()
+    if name.endswith("acc") or name.endswith("accuracy"):
+        return "max"
+    if name.endswith("loss"):
+        return "min"
+    return None
+
+
+def mode_for(metric: Any, mode: str) -> str:
+    """The one place `auto` is resolved: 'min' or 'max' for monitoring `metric`. An explicit
+    min or max is returned as given (need_mode has checked it against the metric)."""
+    if mode != "auto":
+        return mode
+    natural = natural_mode(metric)
+    if natural is None:
+        raise ValueError(f"mode auto cannot tell which way {metric!r} should go: give min or max")
+    return natural
+
+
+def need_mode(key: str, mode: Any, metric: Any, metric_key: str) -> None:
+    """`mode` (at `key`) is auto, min or max, and agrees with the metric it is for: min for a
+    loss, max for an accuracy. A contradiction (`monitor=val/acc mode=min`) would reduce
+    the lr, or pick best.pt, whenever the metric improves."""
+    need_choice(key, mode, MODES)
+    natural = natural_mode(metric)
+    if natural is None:
+        if mode == "auto":
+            rule = f"cannot tell which way {metric_key}={metric!r} should go: give min or max"
+            raise ConfigError(key, mode, rule)
+        return
+    if mode != "auto" and mode != natural:
+        what = "an accuracy (higher is better)" if natural == "max" else "a loss (lower is better)"
+        raise ConfigError(
+            key, mode, f"contradicts {metric_key}={metric!r}, {what}: use {natural} or auto"
+        )

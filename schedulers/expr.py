@@ -93,6 +93,24 @@ def parse(text: str) -> Evaluator:
     return _compile(tree.body)
 
 
+def first_bad(fn: Evaluator, count: int, unit: str = "epoch") -> str | None:
+    """What goes wrong first when `fn` is evaluated at 0, 1, ..., count - 1, or None. A
+    multiplier must be a finite real number >= 0; a domain error (log(0)), a division by
+    zero, an overflow or a complex result ((-1) ** 0.5) is reported with the epoch (or the
+    step, with `unit="step"`) at which it happens."""
+    for t in range(count):
+        try:
+            value = fn(float(t))
+        except (ArithmeticError, ValueError, TypeError) as err:
+            why = str(err) or type(err).__name__
+            return f"fails at {unit} {t} ({type(err).__name__}: {why})"
+        if isinstance(value, complex):
+            return f"gives the complex number {value} at {unit} {t}; must be a real number >= 0"
+        if not (math.isfinite(value) and value >= 0):
+            return f"gives {value} at {unit} {t}; must be finite and >= 0"
+    return None
+
+
 class LrExpression:
     """A picklable LambdaLR multiplier; its state is just the text (LambdaLR saves __dict__)."""
 

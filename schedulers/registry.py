@@ -17,8 +17,9 @@ from typing import Any
 
 from schedulers import checks
 from schedulers.errors import ConfigError
-from schedulers.expr import ExpressionError, LrExpression, parse
+from schedulers.expr import ExpressionError, LrExpression, first_bad, parse
 from schedulers.schedule import LRSchedule
+from schedulers.target import plain
 
 COMMON = ("name", "interval", "warmup_epochs", "warmup_start_factor")
 INTERVALS = ("epoch", "step")
@@ -152,7 +153,8 @@ def _build_cosine(opt: Any, p: Mapping[str, Any], ctx: Context) -> Any:
 
 # -- adaptive ----------------------------------------------------------------------------------
 def _check_plateau(p: Mapping[str, Any], ctx: Context) -> None:
-    need_choice("mode", p["mode"], ("min", "max"))
+    # auto: min for a loss, max for an accuracy; an explicit contradiction is an error
+    checks.need_mode("scheduler.mode", p["mode"], p["monitor"], "monitor")
     need_range("factor", p["factor"], 0, 1, lo_open=True, hi_open=True)
     need_int("patience", p["patience"], 0)
     need_range("threshold", p["threshold"], 0, math.inf, lo_open=False, hi_open=True)
@@ -169,8 +171,9 @@ def _check_plateau(p: Mapping[str, Any], ctx: Context) -> None:
 def _build_plateau(opt: Any, p: Mapping[str, Any], ctx: Context) -> Any:
     from torch.optim.lr_scheduler import ReduceLROnPlateau
 
-    keys = ("mode", "factor", "patience", "threshold", "threshold_mode", "cooldown", "min_lr")
-    return ReduceLROnPlateau(opt, eps=p["eps"], **{k: p[k] for k in keys})
+    keys = ("factor", "patience", "threshold", "threshold_mode", "cooldown", "min_lr")
+    mode = checks.mode_for(p["monitor"], p["mode"])
+    return ReduceLROnPlateau(opt, mode=mode, eps=p["eps"], **{k: p[k] for k in keys})
 
 
 # -- custom ------------------------------------------------------------------------------------
@@ -190,15 +193,17 @@ def _lambda_texts(p: Mapping[str, Any], n_groups: int) -> list[str]:
 
 
 def _check_lambda(p: Mapping[str, Any], ctx: Context) -> None:
+    """Each expression evaluated at every value LambdaLR will give it: 0 at the start, then
+    one more per step() (per epoch, or per batch with `interval: step`) once warmup is done,
+    the step after the last epoch included, so it cannot fail in the middle of a run."""
+    unit = "epoch" if ctx.interval == "epoch" else "step"
     for text in _lambda_texts(p, len(ctx.base_lrs)):
         try:
-            fn = parse(text)
-            for t in range(ctx.length):
-                value = fn(float(t))
-                if not (math.isfinite(value) and value >= 0):
-                    raise ExpressionError(f"gives {value} at epoch {t}; must be finite and >= 0")
-        except (ExpressionError, ArithmeticError) as err:
-            raise ConfigError("scheduler.lr_lambda", text, str(err)) from None
+            problem = first_bad(parse(text), ctx.length + 1, unit)
+        except ExpressionError as err:
+            problem = str(err)
+        if problem is not None:
+            raise ConfigError("scheduler.lr_lambda", text, problem)
 
 
 def _build_lambda(opt: Any, p: Mapping[str, Any], ctx: Context) -> Any:
@@ -362,7 +367,7 @@ SCHEDULES: dict[str, Spec] = {
     "plateau": Spec(
         _defaults(
             monitor="val/loss",
-            mode="min",
+            mode="auto",
             factor=0.1,
             patience=3,
             threshold=0.0001,
@@ -581,6 +586,9 @@ def _resolve(
     metrics: Collection[str] | None = None,
 ) -> tuple[Node, Context]:
     """Look the schedule up and check every key: the single validation path."""
+    # plain values, interpolations resolved: what is checked (and what an error shows) is
+    # the value, never `${...}` or an OmegaConf node
+    cfg = plain(cfg)
     _kind(cfg, "scheduler")  # an unknown name before anything else
     ctx = _context(cfg, epochs=epochs, steps_per_epoch=steps_per_epoch, base_lrs=base_lrs)
     node = resolve_node(cfg, ctx, "scheduler", ours=COMMON[1:], metrics=metrics)

@@ -93,6 +93,40 @@ def bind(target: Callable[..., Any], kwargs: Mapping[str, Any], where: str) -> N
         raise ConfigError(key, kwargs.get(twice.group(1)) if twice else name, str(err)) from None
 
 
+def _need_finite(key: str, value: Any) -> None:
+    """No NaN or infinity in a kwarg (or a list of them): a class may not reject it (torch's
+    ReduceLROnPlateau takes factor=nan and then never lowers the lr), so it is rejected here."""
+    todo = [value]
+    while todo:  # a loop, not recursion: a deeply nested list is no RecursionError
+        item = todo.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            rule = "must be a finite number" if item is value else "must hold finite numbers only"
+            raise ConfigError(key, value, rule)
+        if isinstance(item, (list, tuple)):
+            todo.extend(item)
+
+
+def _plateau_mode(target: Any, kwargs: dict[str, Any], monitor: str, where: str) -> dict[str, Any]:
+    """`mode` is the class's own argument; it must agree with `monitor` (max for an
+    accuracy, min for a loss). `auto`, or no mode where the class takes one, becomes the
+    metric's (the class's default `min` would cut the lr whenever an accuracy improves)."""
+    from schedulers.checks import mode_for, need_mode
+
+    if "mode" in kwargs:
+        need_mode(f"{where}.mode", kwargs["mode"], monitor, "monitor")
+    elif not _takes(target, "mode"):
+        return kwargs
+    return {**kwargs, "mode": mode_for(monitor, kwargs.get("mode", "auto"))}
+
+
+def _takes(target: Any, name: str) -> bool:
+    try:
+        params = inspect.signature(target).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == name or p.kind is p.VAR_KEYWORD for p in params)
+
+
 def key_named_in(where: str, message: str, keys: Collection[str]) -> str:
     """The kwarg an error message names (torch: 'Expected positive integer T_max, ...'),
     else the node itself."""
@@ -171,11 +205,14 @@ def resolve_target(
     kwargs = {k: v for k, v in node.items() if k not in HYDRA_KEYS and k not in mine}
     name = getattr(target, "__name__", str(target))
     bind(target, kwargs, where)
+    for key, value in kwargs.items():
+        _need_finite(f"{where}.{key}", value)
     monitor = None
     if plateau:
         monitor = node.get("monitor", DEFAULT_MONITOR)
         if metrics is not None and monitor not in metrics:
             raise ConfigError(f"{where}.monitor", monitor, f"must be one of {sorted(metrics)}")
+        kwargs = _plateau_mode(target, kwargs, monitor, where)
         if ctx.interval != "epoch":
             raise ConfigError(
                 "scheduler.interval",

@@ -194,7 +194,7 @@ ARGS = ("epochs=3", "logger=none", "trainer.checkpoint_interval_s=0", "trainer.p
     [
         ("status.json", 0, 3),  # the run trained, only its status could not be written
         ("metrics.jsonl", 1, 1),  # epoch 0's row is out, epoch 1's torn in half
-        ("last.pt", 1, 1),  # epoch 0's checkpoint is out, epoch 1's is not
+        ("last.pt", 2, 1),  # epoch 0's checkpoint is out, epoch 1's is not
         ("config.yaml", 0, None),  # nothing started
     ],
     ids=["status.json", "metrics.jsonl", "last.pt", "config.yaml"],

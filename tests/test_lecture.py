@@ -74,3 +74,100 @@ def test_page_renders_in_headless_chromium_with_no_broken_image(page):
     total, loaded = browser_check.check(page / "index.html", shot)
     assert total >= 10 and loaded == total
     assert shot.stat().st_size > 10_000
+
+
+# -- every preset, quick and full: every job of its sweep validates ------------------------------
+def sweep_jobs(overrides: list[str]) -> list[list[str]]:
+    """The overrides of every job a multirun with `overrides` launches: the preset's own
+    hydra.sweeper.params first, the command line after (it wins for a key in both), as
+    Hydra's BasicSweeper combines them."""
+    from runner.compose import compose_config, expand
+
+    params = compose_config(overrides, with_hydra=True).hydra.sweeper.params or {}
+    swept = [f"{key}={value}" for key, value in params.items()]
+    return expand([*swept, *(o for o in overrides if not o.startswith("hydra."))])
+
+
+QUICK_SWEEP = ["epochs=3", "hydra.sweeper.params.seed='0,1'"]
+PRESETS = {
+    # runner.lecture's parts (runner/lecture.py), quick and full
+    "lenet": [["+experiment=lecture_lenet"]],
+    "lenet quick": [["+experiment=lecture_lenet", "epochs=3"]],
+    "schedulers": sweep_jobs(["+experiment=lecture_schedulers", "logger=none"]),
+    "schedulers quick": sweep_jobs(["+experiment=lecture_schedulers", "logger=none", *QUICK_SWEEP]),
+    "init_lr": [
+        *sweep_jobs(["+experiment=init_lr", "logger=none", "epochs=10"]),
+        ["model=lenet", "logger=none", "optimizer.lr=find", "epochs=10"],  # range test + run
+    ],
+    "init_lr quick": [
+        *sweep_jobs(["+experiment=init_lr", "logger=none", *QUICK_SWEEP]),
+        ["model=lenet", "logger=none", "optimizer.lr=find", "epochs=3"],
+    ],
+    # conf/experiment/*.yaml as the README runs them (cifar10_fast: below, it needs CIFAR)
+    "experiment=lecture_schedulers": sweep_jobs(["+experiment=lecture_schedulers"]),
+    "experiment=init_lr": sweep_jobs(["+experiment=init_lr"]),
+    "experiment=lecture_lenet": [["+experiment=lecture_lenet"]],
+}
+
+
+def test_the_presets_cover_every_experiment_file():
+    from tests.conftest import CONF
+
+    named = {o.split("=")[1] for jobs in PRESETS.values() for job in jobs for o in job
+             if o.startswith("+experiment=")}  # fmt: skip
+    assert named | {"cifar10_fast"} == {p.stem for p in (CONF / "experiment").glob("*.yaml")}
+    assert len(PRESETS["schedulers"]) == 18 and len(PRESETS["schedulers quick"]) == 12
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_every_job_of_every_preset_validates(preset):
+    from runner.config import validate
+    from tests.conftest import make_cfg
+
+    for job in PRESETS[preset]:
+        validate(make_cfg(*job))
+
+
+def test_the_cifar10_preset_validates_given_its_data(monkeypatch):
+    """cifar10_fast needs CIFAR-10 on disk: its files' check and loading are stood in for by
+    the shape and size the real data set has."""
+    from types import SimpleNamespace
+
+    import runner.data
+    from runner.config import validate
+    from runner.schema import SCHEMAS, check_node
+    from tests.conftest import make_cfg
+
+    y_train = SimpleNamespace(shape=(50_000,))
+    fake = SimpleNamespace(y_train=y_train, image_shape=(3, 32, 32), num_classes=10)
+    monkeypatch.setattr(runner.data, "load_data", lambda cfg: fake)
+    monkeypatch.setattr(
+        runner.data,
+        "validate_data",
+        lambda cfg: check_node("data", cfg, SCHEMAS["data"]["cifar10"]),
+    )
+    for epochs in ([], ["epochs=3"]):
+        validate(make_cfg("+experiment=cifar10_fast", *epochs))
+
+
+def test_scaled_lecture_milestones_stay_strictly_increasing():
+    from runner.resolvers import lecture_milestones
+
+    assert lecture_milestones([50, 125, 160], 200) == [50, 125, 160]
+    assert lecture_milestones([50, 125, 160], 20) == [5, 12, 16]
+    for epochs in range(1, 60):
+        ms = lecture_milestones([50, 125, 160], epochs)
+        assert ms[0] >= 1 and all(b > a for a, b in zip(ms, ms[1:], strict=False)), epochs
+
+
+def test_a_config_error_shows_resolved_values_not_interpolations():
+    from runner.config import validate
+    from schedulers import ConfigError
+    from tests.conftest import make_cfg
+
+    with pytest.raises(ConfigError) as err:
+        validate(make_cfg("scheduler=multistep", "scheduler.milestones=[${epochs},${epochs}]"))
+    assert "scheduler.milestones=[20, 20]" in str(err.value) and "${" not in str(err.value)
+    with pytest.raises(ConfigError) as err:
+        validate(make_cfg("model.hidden=[${epochs},0]"))
+    assert "model.hidden=[20, 0]" in str(err.value)

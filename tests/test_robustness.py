@@ -119,18 +119,21 @@ def test_signal_stops_quickly_keeps_a_checkpoint_and_resumes(tmp_path, sig):
     assert comparable(rows) == reference(tmp_path, [*args, "logger=none"])
 
 
-def test_sigkill_before_the_first_checkpoint_resumes_by_starting_over(tmp_path):
+def test_sigkill_before_the_first_interval_resumes_from_the_checkpoint_before_epoch_0(tmp_path):
+    import torch
+
     args = [*SLOW, "epochs=4", "logger=none", "trainer.checkpoint_interval_s=3600"]
     run_dir = tmp_path / "run"
     proc = start([*args, f"hydra.run.dir={run_dir}"], tmp_path)
     wait_for_rows(run_dir, 1, proc)
     proc.kill()
     proc.communicate()
-    assert not (run_dir / "last.pt").exists()  # the interval had not passed yet
+    # the interval had not passed yet: last.pt is the one written before the first epoch
+    assert torch.load(run_dir / "last.pt", weights_only=True)["progress"]["epoch"] == 0
     resumed = run_cli(f"resume={run_dir}", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert comparable(read_metrics(run_dir)) == reference(tmp_path, args)
-    assert (run_dir / "last.pt").exists()  # written at the end
+    assert torch.load(run_dir / "last.pt", weights_only=True)["progress"]["epoch"] == 4
 
 
 def test_corrupt_checkpoint_gives_a_clear_error(tmp_path):

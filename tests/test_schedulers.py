@@ -301,6 +301,8 @@ BAD = [
     ("plateau", {"cooldown": -2}, "scheduler.cooldown"),
     ("plateau", {"min_lr": -1.0}, "scheduler.min_lr"),
     ("plateau", {"monitor": "val/los"}, "scheduler.monitor"),
+    ("plateau", {"monitor": "val/acc", "mode": "min"}, "scheduler.mode"),
+    ("plateau", {"monitor": "val/loss", "mode": "max"}, "scheduler.mode"),
     ("plateau", {"interval": "step"}, "scheduler.interval"),
     ("lambda", {"lr_lambda": "__import__('os')"}, "scheduler.lr_lambda"),
     ("lambda", {"lr_lambda": "1 / (epoch - 3)"}, "scheduler.lr_lambda"),
@@ -381,3 +383,67 @@ def test_trace_of_plateau_matches_torchs_counters():
             ref.best, ref.num_bad_epochs, ref.cooldown_counter,
         )  # fmt: skip
     assert not any(r["differs"] for r in rows)
+
+
+# -- plateau: the mode follows the monitored metric ---------------------------------------------
+def _plateau_lrs(cfg: dict, accs: list[float]) -> list[float]:
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    sched = build_scheduler({**COMMON, **BASE["plateau"], **cfg}, opt, epochs=len(accs),
+                            steps_per_epoch=1)  # fmt: skip
+    lrs = []
+    for acc in accs:
+        sched.step_epoch({"val/acc": acc, "val/loss": 1 - acc})
+        lrs.append(opt.param_groups[0]["lr"])
+    return lrs
+
+
+@pytest.mark.parametrize("mode", ["auto", "max"])
+def test_plateau_on_val_acc_cuts_the_lr_only_when_acc_stops_improving(mode):
+    """mode auto (the default) is max for an accuracy: rising acc keeps the lr, a flat one
+    cuts it after `patience` epochs (the old default, min, cut it on every improvement)."""
+    accs = [0.5, 0.6, 0.7, 0.8, 0.8, 0.8, 0.9]
+    lrs = _plateau_lrs({"monitor": "val/acc", "mode": mode, "patience": 0}, accs)
+    assert lrs == pytest.approx([0.1, 0.1, 0.1, 0.1, 0.01, 0.001, 0.001])
+
+
+def test_plateau_auto_on_a_loss_is_min():
+    lrs = _plateau_lrs({"monitor": "val/loss", "patience": 0}, [0.5, 0.6, 0.7, 0.7])
+    # the loss (1 - acc) falls, then stays: cut once it stops falling
+    assert lrs == pytest.approx([0.1, 0.1, 0.1, 0.01])
+    assert BASE["plateau"]["mode"] == "auto"
+
+
+def test_plateau_mode_contradicting_its_monitor_names_the_key_in_targets_and_phases():
+    t = "torch.optim.lr_scheduler.ReduceLROnPlateau"
+    cases = [
+        ({"_target_": t, "monitor": "val/acc", "mode": "min"}, "scheduler.mode"),
+        (
+            {"name": "sequence", "phases": [
+                {"name": "none", "length": 2},
+                {"name": "plateau", "length": None, "monitor": "val/acc", "mode": "min"},
+            ]},
+            "scheduler.phases.1.mode",
+        ),
+    ]  # fmt: skip
+    for cfg, key in cases:
+        with pytest.raises(ConfigError, match="contradicts") as err:
+            validate_scheduler({**COMMON, **cfg}, epochs=10, steps_per_epoch=1, base_lrs=[0.1])
+        assert err.value.key == key
+
+
+def test_a_target_plateau_without_mode_follows_its_monitor():
+    t = "torch.optim.lr_scheduler.ReduceLROnPlateau"
+    for mode in ({}, {"mode": "auto"}):
+        cfg = {**COMMON, "_target_": t, "monitor": "val/acc", "patience": 0, **mode}
+        opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+        sched = build_scheduler(cfg, opt, epochs=5, steps_per_epoch=1)
+        assert sched.main.mode == "max"
+
+
+def test_a_plateau_phase_follows_its_monitor():
+    phases = [{"name": "none", "length": 1}, {"name": "plateau", "length": None,
+              "monitor": "val/acc", "patience": 0}]  # fmt: skip
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    cfg = {**COMMON, "name": "sequence", "phases": phases}
+    sched = build_scheduler(cfg, opt, epochs=6, steps_per_epoch=1)
+    assert sched.main._schedulers[1].mode == "max"

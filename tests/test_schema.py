@@ -56,6 +56,9 @@ def test_top_level_keys_are_declared_in_the_run_schema():
         ({"channels_last": "yes"}, "trainer.channels_last", "one of"),
         ({"device": "cuda:x"}, "trainer.device", "cuda:N"),
         ({"monitor": "val/f1"}, "trainer.monitor", "one of"),
+        ({"monitor_mode": "up"}, "trainer.monitor_mode", "one of"),
+        ({"monitor_mode": "min"}, "trainer.monitor_mode", "contradicts"),  # monitor: val/acc
+        ({"monitor": "val/loss", "monitor_mode": "max"}, "trainer.monitor_mode", "contradicts"),
         ({"colour": "red"}, "trainer.colour", "unknown key"),
     ],
 )
@@ -94,3 +97,36 @@ def test_validation_rejects_through_the_schema(override, key):
     with pytest.raises(ConfigError) as err:
         validate(make_cfg(*override.split()))
     assert err.value.key == key
+
+
+def test_monitor_mode_auto_follows_the_metric_and_agreeing_modes_pass():
+    from runner.checkpoint import Progress
+    from schedulers.checks import mode_for
+
+    assert defaults(Trainer)["monitor_mode"] == "auto"
+    for monitor, mode in [("val/acc", "auto"), ("val/acc", "max"), ("train/loss", "min")]:
+        check_node(
+            "trainer", {**defaults(Trainer), "monitor": monitor, "monitor_mode": mode}, Trainer
+        )
+    assert [mode_for(m, "auto") for m in ("val/acc", "train/acc", "val/loss", "train/loss")] == [
+        "max", "max", "min", "min",
+    ]  # fmt: skip
+    p = Progress()
+    assert [p.end_epoch(e, v, "auto", "val/loss") for e, v in enumerate([1.0, 0.5, 0.7])] == [
+        True, True, False,
+    ]  # fmt: skip
+
+
+def test_best_pt_by_val_loss_with_mode_auto_is_the_lowest_loss(tmp_path):
+    import torch
+
+    from runner.train import train
+    from tests.conftest import read_metrics
+
+    cfg = make_cfg("logger=none", "epochs=4", "trainer.checkpoint_interval_s=0",
+                   "trainer.monitor=val/loss")  # fmt: skip
+    train(cfg, tmp_path)
+    rows = read_metrics(tmp_path)
+    best_epoch = min(range(4), key=lambda e: (rows[e]["val/loss"], e))
+    best = torch.load(tmp_path / "best.pt", weights_only=True)
+    assert best["progress"]["best_metric"] == rows[best_epoch]["val/loss"]

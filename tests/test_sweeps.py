@@ -113,6 +113,34 @@ def test_joblib_launcher_runs_jobs_in_parallel_processes(tmp_path):
     assert len(report_rows(sweep)) == 2
 
 
+def test_joblib_workers_give_the_basic_launchers_metrics_for_the_same_seeds(tmp_path):
+    """With no thread variable set by the user, joblib's workers would get OMP_NUM_THREADS =
+    cpu_count // n_jobs while the basic launcher's jobs use torch's default: other float sums,
+    other metrics. trainer.num_threads=auto gives the workers the user's thread count."""
+    import os
+    import subprocess
+    import sys
+
+    drop = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "SCHEDLAB_USER_THREADS")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_") and k not in drop}
+    args = ["scheduler=step,cosine", "epochs=2", "logger=none"]
+    rows = {}
+    for launcher in ("basic", "joblib"):
+        sweep = tmp_path / launcher
+        extra = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"] * (launcher == "joblib")
+        proc = subprocess.run(
+            [sys.executable, "-m", "runner", "-m", *extra, *args, f"hydra.sweep.dir={sweep}"],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        rows[launcher] = {
+            o: [{k: v for k, v in r.items() if k != "time/epoch_s"} for r in read_metrics(d)]
+            for o, d in job_dirs(sweep).items()
+        }
+    assert len(rows["basic"]) == 2
+    assert rows["joblib"] == rows["basic"]  # every value equal, not just close
+
+
 def test_lecture_schedulers_preset_ranks_all_six(tmp_path):
     sweep = tmp_path / "sweep"
     proc = run_cli(
@@ -184,6 +212,34 @@ def test_optuna_searches_and_maximises_best_val_acc(tmp_path):
         "scheduler.warmup_epochs",
     }
     assert len(report_rows(sweep)) == 3
+
+
+def test_an_optuna_study_survives_a_failed_and_a_diverged_trial(tmp_path):
+    """warmup_epochs=2 of 2 epochs is a config error, lr 1000 diverges: with the sampler's
+    seed 0 the 4 trials are diverged, failed, completed, failed. Each is recorded (its
+    status.json; told to the study as a COMPLETE trial of value 0.0, not a FAIL the sweeper
+    would count against max_failure_rate), the study runs all its trials, and the best is
+    the completed one."""
+    sweep = tmp_path / "sweep"
+    proc = run_cli(
+        "+hparams_search=optuna", "hydra.sweeper.n_trials=4",
+        "optimizer.lr=choice(0.05,1000.0)", "scheduler.warmup_epochs=choice(0,2)",
+        "scheduler.step_size=1", "scheduler.gamma=0.5", "epochs=2", "logger=none",
+        "trainer.diverge_loss=100", f"hydra.sweep.dir={sweep}", cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout + proc.stderr
+    assert "Traceback" not in out and "Failed experiment" not in out
+    status = {  # by job number: a sampled combination may come twice
+        d: json.loads((d / "status.json").read_text())["status"]
+        for d in sweep.iterdir()
+        if (d / ".hydra").is_dir()
+    }
+    assert sorted(status.values()) == ["completed", "diverged", "failed", "failed"]
+    result = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert result["best_params"] == {"optimizer.lr": 0.05, "scheduler.warmup_epochs": 0}
+    (done,) = [d for d, s in status.items() if s == "completed"]
+    assert result["best_value"] == pytest.approx(max(r["val/acc"] for r in read_metrics(done)))
 
 
 def test_submitit_local_launcher_runs_a_sweep_and_the_report_covers_it(tmp_path):
