@@ -130,7 +130,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"{r['training fused']:.2f} | **{r['training ratio']:.2f}x** |"
         )
     if not args.quick:
-        write("fused", payload, "\n".join(lines))
+        # a CUDA machine keeps its own file beside the CPU numbers
+        write("fused_gpu" if payload["machine"]["gpu"] else "fused", payload, "\n".join(lines))
     else:
         print("\n".join(lines))
     return payload

@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     payload = {"machine": machine(), "images_per_s": ips, "ratio": ratio, "args": vars(args)}
     if cuda:
-        write("gpu", payload, table)
+        write("gpu_compile" if args.compile else "gpu", payload, table)
     else:
         print(table)
     return payload

@@ -24,14 +24,11 @@ class Dist:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
+    active: bool = False  # a process group joined (also for one process: strategy=ddp, nproc 1)
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
-
-    @property
-    def active(self) -> bool:
-        return self.world > 1
 
     def all_reduce_sum(self, *tensors: Any) -> None:
         if self.active:
@@ -45,7 +42,12 @@ SINGLE = Dist()  # one process, no process group
 
 
 def launched_by_torchrun() -> bool:
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    """torchrun sets these for every worker, also with --nproc_per_node=1."""
+    return "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def several_ranks() -> bool:
+    return launched_by_torchrun() and int(os.environ["WORLD_SIZE"]) > 1
 
 
 def wanted(strategy: str) -> bool:
@@ -57,7 +59,8 @@ def wanted(strategy: str) -> bool:
             strategy,
             "needs torchrun: torchrun --nproc_per_node=N -m runner ...",
         )
-    return strategy == "ddp" or (strategy == "auto" and launched_by_torchrun())
+    # auto joins only when there is someone to join: torchrun with one process trains alone
+    return strategy == "ddp" or (strategy == "auto" and several_ranks())
 
 
 def setup(strategy: str) -> Dist:
@@ -72,7 +75,7 @@ def setup(strategy: str) -> Dist:
     local = int(os.environ.get("LOCAL_RANK", "0"))
     if torch.cuda.is_available():
         torch.cuda.set_device(local)
-    return Dist(dist.get_rank(), dist.get_world_size(), local)
+    return Dist(dist.get_rank(), dist.get_world_size(), local, active=True)
 
 
 def teardown(d: Dist) -> None:

@@ -41,3 +41,24 @@ def test_two_ranks_match_one_process_and_write_one_run(tmp_path):
 def test_ddp_outside_torchrun_is_a_config_error():
     with pytest.raises(ConfigError, match="torchrun"):
         validate(make_cfg("trainer.strategy=ddp"))
+
+
+@pytest.mark.parametrize(
+    ("env", "strategy", "joins"),
+    [
+        ({"LOCAL_RANK": "0", "WORLD_SIZE": "1"}, "ddp", True),  # torchrun, one process: asked
+        ({"LOCAL_RANK": "0", "WORLD_SIZE": "1"}, "auto", False),  # nobody to join
+        ({"LOCAL_RANK": "1", "WORLD_SIZE": "2"}, "auto", True),
+        ({"LOCAL_RANK": "0", "WORLD_SIZE": "2"}, "single", False),
+    ],
+)
+def test_which_launches_join_a_process_group(monkeypatch, env, strategy, joins):
+    """`--nproc_per_node=1 ... trainer.strategy=ddp` joins (nccl + DDP on one GPU: the
+    smoke run of benchmarks/gpu_smoke.sh); auto joins only with several ranks."""
+    from runner.distributed import wanted
+
+    for key in ("LOCAL_RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert wanted(strategy) is joins
