@@ -23,7 +23,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from runner.files import WriteFailed, read_json, write_json_atomic
+from runner.files import WRITE_ERRNOS, WriteFailed, read_json, write_json_atomic
 from schedulers import ConfigError
 
 EXIT_CONFIG = 2
@@ -190,6 +190,14 @@ def check_composition(argv: list[str]) -> None:
     except (RecursionError, OSError) as err:  # an override nested too deep for the parser
         print(f"config error: an override nested too deep to read ({err})", file=sys.stderr)
         sys.exit(EXIT_CONFIG)
+    except AssertionError as err:  # OmegaConf: a key set under a node that is null
+        print(
+            f"config error: an override sets a key under a node that is null ({err}); e.g. "
+            "hydra.sweeper.params.<key>=... needs a preset that defines hydra.sweeper.params: "
+            "sweep with <key>=a,b instead",
+            file=sys.stderr,
+        )
+        sys.exit(EXIT_CONFIG)
 
 
 def one_line(err: Exception) -> str:
@@ -269,11 +277,27 @@ def cli() -> None:
     check_composition(sys.argv[1:])
     check_resume_dir(sys.argv[1:])
     check_run_dir(sys.argv[1:])
-    if "-m" in sys.argv or "--multirun" in sys.argv:
-        main()  # each job installs its handlers as it starts (a launcher may run them elsewhere)
-        return
-    with stop_on_signals() as _CLI_STOP:  # from before Hydra makes the run dir
-        main()
+    # Hydra's own writes (.hydra/, the sweep dir) failing on a full or read-only disk: one
+    # line, as for the runner's files. Hydra re-raises (instead of printing a trace and
+    # exiting) only with HYDRA_FULL_ERROR set; every error of a job is handled in main().
+    full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"  # the user asked for traces
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        if "-m" in sys.argv or "--multirun" in sys.argv:
+            main()  # each job installs its handlers as it starts (a launcher may run them)
+            return
+        with stop_on_signals() as _CLI_STOP:  # from before Hydra makes the run dir
+            main()
+    except Exception as err:
+        if isinstance(err, OSError) and err.errno in WRITE_ERRNOS:
+            print(f"error: {WriteFailed(err.filename or '?', err)}", file=sys.stderr)
+            sys.exit(EXIT_WRITE)
+        if full_error:
+            raise
+        # what Hydra itself prints without HYDRA_FULL_ERROR: the error, not the trace
+        print(f"{err}\n\nSet the environment variable HYDRA_FULL_ERROR=1 for a complete "
+              "stack trace.", file=sys.stderr)  # fmt: skip
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -130,8 +130,9 @@ def build_run(cfg: Mapping[str, Any], data: TensorData | None = None, dist: Dist
     has_conv = any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
     # conv nets run faster channels-last on CUDA (tensor cores) and on CPU (oneDNN): measured
     # 17 % for LeNet and 7 % for ResNet-18 per run on 2 CPU cores; MPS is left alone
-    channels_last = trainer["channels_last"] is True or (
-        trainer["channels_last"] == "auto" and device.type in ("cuda", "cpu") and has_conv
+    channels_last = data.x_train.dim() == 4 and (  # a memory format of 4-D tensors only
+        trainer["channels_last"] is True
+        or (trainer["channels_last"] == "auto" and device.type in ("cuda", "cpu") and has_conv)
     )
     if channels_last:
         model = model.to(memory_format=torch.channels_last)

@@ -110,8 +110,13 @@ class Checkpointer:
     10 ms epochs it keeps checkpoint I/O from dominating the run, and a SIGKILL costs at
     most `interval_s` of recomputation (a resume is exact from any epoch)."""
 
-    def __init__(self, run_dir: Path, interval_s: float, background: Any = None) -> None:
+    def __init__(
+        self, run_dir: Path, interval_s: float, background: Any = None, config: str | None = None
+    ) -> None:
+        """`config`: the run's config.yaml text, kept in every checkpoint, so that a resume
+        can tell a config.yaml edited since from the config the run trained with."""
         self.run_dir, self.interval_s, self.background = run_dir, interval_s, background
+        self.config = config
         remove_orphans(run_dir)  # a run or resume starting here: no earlier write is in flight
         self.latest: dict[str, Any] | None = None
         self.best: dict[str, Any] | None = None
@@ -125,11 +130,13 @@ class Checkpointer:
         """last.pt before the first epoch of a new run, written now (not on the background
         thread): a run killed in its first epoch resumes from it like from any other, with
         its W&B run id. Not best.pt. A few ms for a small model."""
+        state["config"] = self.config
         self.latest = state
         self._last_write = time.monotonic()
         files.replace_atomic(self.run_dir / LAST, lambda tmp: torch.save(state, tmp))
 
     def epoch_end(self, state: dict[str, Any], is_best: bool) -> None:
+        state["config"] = self.config
         self.latest, self._latest_written = state, False
         if is_best:
             self.best, self._best_written = state, False

@@ -1,6 +1,7 @@
 """Datasets as tensors in memory, and shuffled mini-batches drawn from them.
 
-Every supported dataset is small enough to hold as one tensor, so batching is
+Images are [N, C, H, W]; 1-D signals (MNIST-1D) are [N, C, L]. Every supported dataset
+is small enough to hold as one tensor, so batching is
 index shuffling with a seeded generator: no per-sample Python work, no worker
 processes (which also keeps the joblib launcher happy), and an exactly
 reproducible order.
@@ -34,7 +35,7 @@ _TORCHVISION = {
         [*(f"data_batch_{i}" for i in range(1, 6)), "test_batch"],
     ),
 }
-DATASETS = ("digits", "fake", *_TORCHVISION)
+DATASETS = ("digits", "fake", "mnist1d", *_TORCHVISION)
 
 _FETCH_HINT = (
     "download it once on a machine with network, e.g.\n"
@@ -46,7 +47,8 @@ _FETCH_HINT = (
 
 @dataclass(frozen=True)
 class TensorData:
-    """Normalised float images [N, C, H, W] and integer labels [N], for train and val."""
+    """Normalised float samples (images [N, C, H, W] or signals [N, C, L]) and integer
+    labels [N], for train and val."""
 
     x_train: torch.Tensor
     y_train: torch.Tensor
@@ -55,8 +57,9 @@ class TensorData:
     num_classes: int
 
     @property
-    def image_shape(self) -> tuple[int, int, int]:
-        return tuple(self.x_train.shape[1:])  # type: ignore[return-value]
+    def image_shape(self) -> tuple[int, ...]:
+        """One sample's shape: (C, H, W) for images, (C, L) for 1-D signals."""
+        return tuple(self.x_train.shape[1:])
 
     def to(self, device: Any) -> TensorData:
         return TensorData(
@@ -77,6 +80,8 @@ def validate_data(cfg: Mapping[str, Any]) -> None:
     if name not in DATASETS:
         raise ConfigError("data.name", name, f"must be one of {list(DATASETS)}")
     check_node("data", cfg, SCHEMAS["data"][name])
+    if name == "mnist1d":
+        _check_mnist1d(cfg)
     if name not in _TORCHVISION:
         return
     cls, folder, files = _TORCHVISION[name]
@@ -97,9 +102,9 @@ def train_size(cfg: Mapping[str, Any]) -> int:
     return int(load_data(cfg).y_train.shape[0])
 
 
-def data_shape(cfg: Mapping[str, Any]) -> tuple[tuple[int, int, int], int]:
-    """The images' [C, H, W] and the number of classes, read from the data: start-up
-    checks build the model on the meta device with them."""
+def data_shape(cfg: Mapping[str, Any]) -> tuple[tuple[int, ...], int]:
+    """A sample's shape ([C, H, W] or [C, L]) and the number of classes, read from the
+    data: start-up checks build the model on the meta device with them."""
     data = load_data(cfg)
     return data.image_shape, data.num_classes
 
@@ -133,6 +138,10 @@ def _load(settings: str) -> TensorData:
         return _digits(cfg)
     if name == "fake":
         return _fake(cfg)
+    if name == "mnist1d":
+        from runner.mnist1d import load_mnist1d
+
+        return load_mnist1d(cfg)
     if name == "cifar10":
         return _cifar10(cfg)
     return _torchvision(cfg)
@@ -213,6 +222,22 @@ def _standardise(x_train: torch.Tensor, x_val: torch.Tensor) -> tuple[torch.Tens
     mean = x_train.mean(dim=(0, 2, 3), keepdim=True)
     std = x_train.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-8)
     return (x_train - mean) / std, (x_val - mean) / std
+
+
+def _check_mnist1d(cfg: Mapping[str, Any]) -> None:
+    """What the generator needs beyond each key's own range: both splits non-empty, a
+    padding interval that is one."""
+    low, high = cfg["padding"]
+    if low > high:
+        raise ConfigError("data.padding", [low, high], "must be [low, high] with low <= high")
+    total = cfg["num_samples"] // 10 * 10  # the generator makes num_samples // 10 per class
+    n_train = int(total * cfg["train_split"])
+    if not 0 < n_train < total:
+        raise ConfigError(
+            "data.train_split",
+            cfg["train_split"],
+            f"leaves {n_train} of {total} samples for training: both splits need samples",
+        )
 
 
 def _digits(cfg: Mapping[str, Any]) -> TensorData:

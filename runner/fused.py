@@ -120,8 +120,12 @@ def train_group(members: Sequence[Member]) -> None:
     try:
         # checkpoints are written on the background thread; `cleanup` persists the newest
         # epoch of every member however the loop ends, before that thread is joined
-        with Background() as background, ExitStack() as cleanup, stop_on_signals() as stop:
-            _fit(members, stop, background, cleanup)  # SystemExit(128 + signal) if interrupted
+        with ExitStack() as locks:
+            members = _lock_run_dirs(members, locks)
+            if not members:
+                return
+            with Background() as background, ExitStack() as cleanup, stop_on_signals() as stop:
+                _fit(members, stop, background, cleanup)  # SystemExit(128 + n) if interrupted
     except files.WriteFailed as err:  # disk full, read-only: one line names the file
         log.error(f"the fused group stopped: {err}")
         for m in members:
@@ -134,6 +138,24 @@ def train_group(members: Sequence[Member]) -> None:
                 m.error = repr(err)
     finally:
         _write_status(members, time.perf_counter() - t0)
+
+
+def _lock_run_dirs(members: Sequence[Member], locks: ExitStack) -> list[Member]:
+    """Each member's run dir held for the group's training, as a single run holds its own:
+    a second run into one of them is refused. A member whose dir another process took
+    since the launcher checked it is left out with that error (its files untouched)."""
+    from runner.train import busy
+
+    held = []
+    for m in members:
+        m.run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            locks.enter_context(files.hold_run_dir(m.run_dir)).claim()
+        except files.RunDirBusy as err:
+            m.error = f"error: {busy(err)}"
+            continue
+        held.append(m)
+    return held
 
 
 def _write_status(members: Sequence[Member], wall: float) -> None:
@@ -181,7 +203,7 @@ def _build(
         models.append(model)
         optimizers.append(optimizer)
         schedules.append(schedule)
-    net = StackedNet(models)
+    net = StackedNet(models, sample_rank=len(data.image_shape))
     data = place(resize_images(data, getattr(models[0], "input_size", None)), device)
     return device, data, net, models, optimizers, schedules
 
@@ -256,14 +278,25 @@ def _fit(members: Sequence[Member], stop: Any, background: Background, cleanup: 
     shuffles = [streams[i // per] for i in range(k)]  # member i's, for its checkpoints
     progress = [checkpoint.Progress() for _ in members]
     savers = [
-        checkpoint.Checkpointer(m.run_dir, m.cfg.trainer.checkpoint_interval_s, background)
+        checkpoint.Checkpointer(
+            m.run_dir,
+            m.cfg.trainer.checkpoint_interval_s,
+            background,
+            config=OmegaConf.to_yaml(m.cfg, resolve=True),
+        )
         if m.cfg.trainer.checkpoint
         else None
         for m in members
     ]
-    for saver in savers:
+    for i, saver in enumerate(savers):
         if saver is not None:
             cleanup.callback(saver.persist)
+            # as a single run: last.pt is on disk before the first batch, so a job killed
+            # in its first epoch resumes (on its own) instead of starting over
+            state = _member_state(
+                i, net, fused, parts, progress[i], shuffles[i], members[i].wandb_id
+            )
+            saver.start(state)
     t_start = time.perf_counter()
     active = list(range(k))
     per_step = [s.interval == "step" for s in schedules]

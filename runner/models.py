@@ -1,5 +1,9 @@
 """The models a run can train, each shaped by the data it is given (channels, size, classes).
 
+Images come as [C, H, W] samples, 1-D signals (data=mnist1d) as [C, L]; each built-in
+says which it takes, so a mismatch is a config error at start-up, not a shape error in
+the first forward pass.
+
 Built-ins are one entry each in `MODELS` (name -> spec); any other `nn.Module` comes by
 `_target_` (runner/targets.py), and is offered the data's `num_classes`, `in_channels`
 and `image_size` when its constructor takes them.
@@ -7,6 +11,7 @@ and `image_size` when its constructor takes them.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -67,6 +72,51 @@ class LeNet(nn.Module):
         return self.classifier(self.features(x))
 
 
+class CNN1d(nn.Module):
+    """The MNIST-1D paper's 1-D conv net: Conv1d + ReLU layers (padding 1), then a linear
+    head on the flattened features; `features` and `classifier` (LeNet's names, so the
+    lecture's two-group LambdaLR applies as is) can get their own lrs."""
+
+    def __init__(
+        self, in_channels: int, length: int, num_classes: int,
+        channels: int, kernel_sizes: list[int], stride: int,
+    ) -> None:  # fmt: skip
+        super().__init__()
+        layers: list[nn.Module] = []
+        width = in_channels
+        for k in kernel_sizes:
+            length = (length + 2 - k) // stride + 1
+            if length < 1:
+                raise ConfigError(
+                    "model.kernel_sizes", list(kernel_sizes), "leave nothing of the signal"
+                )
+            layers += [nn.Conv1d(width, channels, k, stride=stride, padding=1), nn.ReLU()]
+            width = channels
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(width * length, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+class GRU(nn.Module):
+    """The MNIST-1D paper's GRU: the signal's points as time steps (channels as features),
+    every step's hidden state flattened into a linear head."""
+
+    def __init__(
+        self, in_channels: int, length: int, num_classes: int, hidden_size: int,
+        bidirectional: bool,
+    ) -> None:  # fmt: skip
+        super().__init__()
+        self.gru = nn.GRU(in_channels, hidden_size, batch_first=True, bidirectional=bidirectional)
+        directions = 2 if bidirectional else 1
+        self.head = nn.Linear(hidden_size * directions * length, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        steps, _ = self.gru(x.transpose(1, 2))  # [B, C, L] -> [B, L, C]: L time steps
+        return self.head(steps.flatten(1))
+
+
 def _resnet18(in_channels: int, image_size: int, num_classes: int, small_stem: Any) -> nn.Module:
     from torchvision.models import resnet18
 
@@ -82,18 +132,42 @@ def _resnet18(in_channels: int, image_size: int, num_classes: int, small_stem: A
 
 
 # -- the built-ins: build, named parts (for per-part lrs) and checks -------------------------
-Shape = tuple[int, int, int]  # (channels, height, width) of the data's images
+Shape = tuple[int, ...]  # one sample's: (channels, height, width) or (channels, length)
+IMAGES, SIGNALS = 3, 2  # the ranks of those shapes
 
 
 def _build_mlp(cfg: Mapping[str, Any], shape: Shape, num_classes: int) -> nn.Module:
-    channels, height, width = shape
-    return MLP(channels * height * width, list(cfg["hidden"]), num_classes, cfg["dropout"])
+    return MLP(math.prod(shape), list(cfg["hidden"]), num_classes, cfg["dropout"])
+
+
+def _build_logistic(cfg: Mapping[str, Any], shape: Shape, num_classes: int) -> nn.Module:
+    return MLP(math.prod(shape), [], num_classes, 0.0)
+
+
+def _build_cnn1d(cfg: Mapping[str, Any], shape: Shape, num_classes: int) -> nn.Module:
+    channels, length = shape
+    return CNN1d(
+        channels, length, num_classes, cfg["channels"], list(cfg["kernel_sizes"]), cfg["stride"]
+    )
+
+
+def _build_gru(cfg: Mapping[str, Any], shape: Shape, num_classes: int) -> nn.Module:
+    channels, length = shape
+    return GRU(channels, length, num_classes, cfg["hidden_size"], cfg["bidirectional"])
+
+
+def _two_parts(first: str, second: str) -> Callable[[nn.Module, Any], dict[str, list]]:
+    """Parts read off two submodules of the same names (features/classifier, gru/head)."""
+    return lambda model, cfg: {
+        first: [*getattr(model, first).parameters()],
+        second: [*getattr(model, second).parameters()],
+    }
 
 
 def _mlp_parts(model: nn.Module, cfg: Mapping[str, Any]) -> dict[str, list[nn.Parameter]]:
     *hidden, head = model.net
     parts = {"hidden": [p for m in hidden for p in m.parameters()], "head": [*head.parameters()]}
-    return parts if cfg["hidden"] else {"head": parts["head"]}
+    return parts if cfg.get("hidden") else {"head": parts["head"]}  # logistic: no hidden
 
 
 def _build_lenet(cfg: Mapping[str, Any], shape: Shape, num_classes: int) -> nn.Module:
@@ -127,6 +201,7 @@ class ModelSpec:
     part_names: Callable[[Mapping[str, Any]], tuple[str, ...]]
     schema: type  # its keys, types, defaults and checks (runner/schema.py)
     fusable: bool  # runner/stacked.py can stack it (hydra/launcher=fused)
+    inputs: tuple[int, ...] = (IMAGES, SIGNALS)  # the sample ranks it takes
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -137,25 +212,31 @@ MODELS: dict[str, ModelSpec] = {
         schema.Mlp,
         fusable=True,
     ),
+    "logistic": ModelSpec(
+        _build_logistic, _mlp_parts, lambda cfg: ("head",), schema.Logistic, fusable=True
+    ),
     "lenet": ModelSpec(
-        _build_lenet, _lenet_parts, lambda cfg: ("features", "classifier"), schema.LeNet, True
+        _build_lenet, _lenet_parts, lambda cfg: ("features", "classifier"), schema.LeNet, True,
+        inputs=(IMAGES,),
     ),
     "resnet18": ModelSpec(
-        _build_resnet18, _resnet18_parts, lambda cfg: ("backbone", "head"), schema.ResNet18, False
+        _build_resnet18, _resnet18_parts, lambda cfg: ("backbone", "head"), schema.ResNet18,
+        False, inputs=(IMAGES,),
     ),
-}
+    "cnn1d": ModelSpec(
+        _build_cnn1d, _two_parts("features", "classifier"), lambda cfg: ("features", "classifier"),
+        schema.Cnn1d, fusable=True, inputs=(SIGNALS,),
+    ),
+    "gru": ModelSpec(
+        _build_gru, _two_parts("gru", "head"), lambda cfg: ("gru", "head"), schema.Gru,
+        fusable=False, inputs=(SIGNALS,),
+    ),
+}  # fmt: skip
 
 
 def spec_of(cfg: Mapping[str, Any]) -> ModelSpec | None:
     """The built-in's spec, or None for a `_target_` model."""
-    if targets.is_target(cfg):
-        return None
-    name = cfg.get("name")
-    if name not in MODELS:
-        raise ConfigError(
-            "model.name", name, f"must be one of {list(MODELS)}, or give model._target_"
-        )
-    return MODELS[name]
+    return targets.builtin_spec("model", cfg, MODELS)
 
 
 def part_names(cfg: Mapping[str, Any]) -> tuple[str, ...]:
@@ -186,6 +267,16 @@ def validate_model(cfg: Mapping[str, Any], shape: Shape | None = None, classes: 
     spec = spec_of(cfg)
     if spec is not None:
         schema.check_node("model", cfg, spec.schema)
+        if shape is not None:
+            if len(shape) not in spec.inputs:
+                kinds = {IMAGES: "images [C, H, W]", SIGNALS: "1-D signals [C, L]"}
+                wants = " or ".join(kinds[r] for r in spec.inputs)
+                raise ConfigError(
+                    "model.name", cfg["name"], f"takes {wants}; the data gives "
+                    f"{kinds.get(len(shape), f'samples of shape {list(shape)}')}",
+                )  # fmt: skip
+            with torch.device("meta"):  # its own shape checks (CNN1d's lengths), no memory
+                spec.build(cfg, shape, classes)
         return
     target = targets.locate("model", cfg)
     kwargs = targets.kwargs_of(cfg)

@@ -52,14 +52,7 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {
 
 def spec_of(cfg: Mapping[str, Any]) -> OptimizerSpec | None:
     """The built-in's spec, or None for a `_target_` optimizer."""
-    if targets.is_target(cfg):
-        return None
-    name = cfg.get("name")
-    if name not in OPTIMIZERS:
-        raise ConfigError(
-            "optimizer.name", name, f"must be one of {list(OPTIMIZERS)}, or give optimizer._target_"
-        )
-    return OPTIMIZERS[name]
+    return targets.builtin_spec("optimizer", cfg, OPTIMIZERS)
 
 
 # -- param groups ---------------------------------------------------------------------------

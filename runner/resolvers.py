@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import Any
 
-from omegaconf import OmegaConf
+from omegaconf import ListConfig, OmegaConf
 
 LECTURE_EPOCHS = 200  # the lecture's demos ran for 200 epochs
 
@@ -20,7 +21,7 @@ def lecture_epochs(n: int, epochs: int) -> int:
     return max(1, round(n * epochs / LECTURE_EPOCHS))
 
 
-def lecture_milestones(milestones: Sequence[int], epochs: int) -> list[int]:
+def lecture_milestones(milestones: Sequence[int], epochs: int) -> Any:
     """The lecture's milestones, each scaled as by lecture_epochs and kept strictly
     increasing (as MultiStepLR's check wants): one that rounds onto or below the one before
     it moves to the epoch after it, so every decay stays (50, 125, 160 of 200 -> 5, 12, 16
@@ -29,7 +30,9 @@ def lecture_milestones(milestones: Sequence[int], epochs: int) -> list[int]:
     for m in milestones:
         scaled = lecture_epochs(int(m), epochs)
         out.append(max(scaled, out[-1] + 1) if out else scaled)
-    return out
+    # a ListConfig, not a list: OmegaConf.resolve (the fused launcher's) cannot put a plain
+    # list in place of the interpolation it resolves
+    return ListConfig(out)
 
 
 def lecture_gamma(gamma: float, epochs: int) -> float:

@@ -107,6 +107,26 @@ class LeNet:
 
 
 @dataclass
+class Logistic:
+    name: str = key("logistic", choice("logistic"))
+
+
+@dataclass
+class Cnn1d:
+    name: str = key("cnn1d", choice("cnn1d"))
+    channels: int = key(25, integer(1, high=4096))
+    kernel_sizes: list[int] = key([5, 3, 3], int_list(1))
+    stride: int = key(2, integer(1))
+
+
+@dataclass
+class Gru:
+    name: str = key("gru", choice("gru"))
+    hidden_size: int = key(6, integer(1, high=4096))
+    bidirectional: bool = key(True, boolean())
+
+
+@dataclass
 class ResNet18:
     name: str = key("resnet18", choice("resnet18"))
     small_input_stem: Any = key("auto", choice("auto", True, False))
@@ -160,6 +180,26 @@ class Fake:
     val_size: int = key(64, integer(1))
     image_size: list[int] = key([3, 32, 32], int_list(1, length=3))
     num_classes: int = key(10, integer(2))
+
+
+@dataclass
+class Mnist1d:
+    name: str = key("mnist1d", choice("mnist1d"))
+    root: str = key("data", text())  # the generated set is cached under <root>/mnist1d/
+    num_classes: int = key(10, choice(10))
+    batch_size: int = key(100, integer(1))
+    # the generator's arguments (mnist1d.data.get_dataset_args), its defaults
+    num_samples: int = key(5000, integer(10, high=10_000_000))
+    train_split: float = key(0.8, number(0, 1, lo_open=True, hi_open=True))
+    padding: list[int] = key([36, 60], int_list(0, length=2))
+    scale_coeff: float = key(0.4, number(0, 1.9))
+    max_translation: int = key(48, integer(1))
+    corr_noise_scale: float = key(0.25, number(0))
+    iid_noise_scale: float = key(0.02, number(0))
+    shear_scale: float = key(0.75, number(0))
+    shuffle_seq: bool = key(False, boolean())
+    final_seq_length: int = key(40, integer(1, high=100_000))
+    seed: int = key(42, integer(0, high=SEED_MAX))
 
 
 @dataclass
@@ -217,6 +257,7 @@ SCHEMAS: dict[str, dict[str, type]] = {
     "data": {
         "digits": Digits,
         "fake": Fake,
+        "mnist1d": Mnist1d,
         "mnist": Mnist,
         "fashion_mnist": FashionMnist,
         "cifar10": Cifar10,

@@ -3,9 +3,9 @@
 A fused sweep (hydra/launcher=fused) trains K jobs that differ only in schedule, optimizer
 hyper-parameters and seed. Each job's model is first built exactly as a single run builds
 it (same seed, same init), then its parameters are stacked: Linear layers become one
-batched matmul over [K, B, features], Conv2d layers one grouped convolution over
-[B, K*C, H, W]. Every member sees only its own weights and its own batch, so the K
-members compute what K separate runs compute, in one pass.
+batched matmul over [K, B, features], Conv2d (Conv1d) layers one grouped convolution
+over [B, K*C, H, W] ([B, K*C, L]). Every member sees only its own weights and its own
+batch, so the K members compute what K separate runs compute, in one pass.
 
 `FusedOptimizer` then does SGD(momentum)/Adam/AdamW over the stacked tensors with
 per-member hyper-parameters, read from each member's own torch optimizer, which the
@@ -21,7 +21,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-FUSABLE_LAYERS = (nn.Linear, nn.Conv2d, nn.ReLU, nn.MaxPool2d, nn.Flatten)
+FUSABLE_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.ReLU, nn.MaxPool2d, nn.Flatten)
+CONVS = (nn.Conv1d, nn.Conv2d)
 
 
 def layers_of(model: nn.Module) -> list[nn.Module]:
@@ -30,13 +31,16 @@ def layers_of(model: nn.Module) -> list[nn.Module]:
 
 
 class StackedNet(nn.Module):
-    """K models of one chain of Linear/Conv2d/ReLU/MaxPool2d/Flatten layers, as one module.
+    """K models of one chain of Linear/Conv1d/Conv2d/ReLU/MaxPool2d/Flatten layers, as one
+    module. `sample_rank`: the dims of one sample (3 for images [C, H, W], 2 for signals
+    [C, L]), which tells one batch for all from one batch per member.
 
     Input: see forward(); output logits [K, B, classes]."""
 
-    def __init__(self, models: Sequence[nn.Module]) -> None:
+    def __init__(self, models: Sequence[nn.Module], sample_rank: int = 3) -> None:
         super().__init__()
         self.k = len(models)
+        self.sample_rank = sample_rank
         chains = [layers_of(m) for m in models]
         self.kinds: list[nn.Module] = []  # the layer types, from member 0 (all share them)
         self.weights = nn.ParameterList()
@@ -47,7 +51,7 @@ class StackedNet(nn.Module):
             if not isinstance(layer, FUSABLE_LAYERS):
                 raise TypeError(f"cannot stack a {type(layer).__name__}")
             self.kinds.append(layer)
-            if isinstance(layer, (nn.Linear, nn.Conv2d)):
+            if isinstance(layer, (nn.Linear, *CONVS)):
                 for name, out in (("weight", self.weights), ("bias", self.biases)):
                     members = [getattr(chain[i], name) for chain in chains]
                     # Linear weights are kept [K, in, out]: the batched matmul then needs no
@@ -71,13 +75,14 @@ class StackedNet(nn.Module):
         return [p for pair in zip(self.weights, self.biases, strict=True) for p in pair]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: [D, B, C, H, W] (or [D, B, F]) with D dividing K, member k reading input
+        """x: [D, B, *sample] (or [D, B, F]) with D dividing K, member k reading input
         k // (K // D): each member its own batch (D = K), or members that draw the same
-        batches (same seed) sharing one (gathered once); or [N, C, H, W] / [N, F], one
+        batches (same seed) sharing one (gathered once); or [N, *sample] / [N, F], one
         batch for all (D = 1)."""
         k = self.k
-        conv_layout = isinstance(self.kinds[0], nn.Conv2d)
-        if x.dim() in (2, 4):  # one batch for every member
+        conv_layout = isinstance(self.kinds[0], CONVS)
+        images = isinstance(self.kinds[0], nn.Conv2d)  # channels-last applies to 4-D only
+        if x.dim() in (2, self.sample_rank + 1):  # one batch for every member
             x = x.unsqueeze(0)
         m = x.shape[0]  # inputs along the member axis: becomes k at the first weighted layer
         if k % m:
@@ -85,11 +90,21 @@ class StackedNet(nn.Module):
         if conv_layout:
             # conv layout [B, M*C, H, W]: input block j feeds members j*K/M .. (j+1)*K/M - 1
             x = x.transpose(0, 1).flatten(1, 2)
-            # grouped convolutions and max-pooling are several times faster channels-last
-            x = x.contiguous(memory_format=torch.channels_last)
+            if images:  # grouped convolutions and max-pooling: several times faster so
+                x = x.contiguous(memory_format=torch.channels_last)
         p = 0
         for layer in self.kinds:
-            if isinstance(layer, nn.Conv2d):
+            if isinstance(layer, nn.Conv1d):
+                if m != k:
+                    x = x.unflatten(1, (m, -1)).repeat_interleave(k // m, 1).flatten(1, 2)
+                    m = k
+                w, b = self.weights[p], self.biases[p]
+                x = F.conv1d(
+                    x, w.flatten(0, 1), b.flatten(), layer.stride, layer.padding,
+                    layer.dilation, groups=k * layer.groups,
+                )  # fmt: skip
+                p += 1
+            elif isinstance(layer, nn.Conv2d):
                 if m != k:  # one input per member: oneDNN's dense convolution of a shared
                     # one-channel input (LeNet's first) measured slower than the grouped one
                     x = x.unflatten(1, (m, -1)).repeat_interleave(k // m, 1).flatten(1, 2)
@@ -109,7 +124,7 @@ class StackedNet(nn.Module):
                 x = torch.baddbmm(self.biases[p].unsqueeze(1), x, self.weights[p])
                 p += 1
             elif isinstance(layer, nn.Flatten):
-                if conv_layout:  # [B, M*C, H, W] -> [M, B, C*H*W], C*H*W in NCHW order
+                if conv_layout:  # [B, M*C, *S] -> [M, B, C*prod(S)], in NC* order
                     x = x.contiguous().unflatten(1, (m, -1)).flatten(2).transpose(0, 1)
                     conv_layout = False
                 else:

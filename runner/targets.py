@@ -23,6 +23,20 @@ def is_target(node: Mapping[str, Any]) -> bool:
     return node.get(TARGET) is not None
 
 
+def builtin_spec(group: str, node: Mapping[str, Any], table: Mapping[str, Any]) -> Any:
+    """The spec of a built-in option from its group's name -> spec table, None for a
+    `_target_` component, or a ConfigError naming `<group>.name` (models and optimizers
+    share this rule)."""
+    if is_target(node):
+        return None
+    name = node.get("name")
+    if name not in table:
+        raise ConfigError(
+            f"{group}.name", name, f"must be one of {list(table)}, or give {group}._target_"
+        )
+    return table[name]
+
+
 def label(node: Mapping[str, Any]) -> str:
     """How a component is named in logs and reports: its `name`, or its class name."""
     if is_target(node):

@@ -173,7 +173,12 @@ def fit(
     t_start = time.perf_counter() - progress.elapsed_s
     saver = None
     if ckpt_dir is not None and cfg.trainer.checkpoint:
-        saver = checkpoint.Checkpointer(ckpt_dir, cfg.trainer.checkpoint_interval_s, background)
+        saver = checkpoint.Checkpointer(
+            ckpt_dir,
+            cfg.trainer.checkpoint_interval_s,
+            background,
+            config=OmegaConf.to_yaml(cfg, resolve=True),  # = the config.yaml written for it
+        )
         if start is None:  # a new run: last.pt is on disk before its first batch
             saver.start(checkpoint.snapshot(run, progress, shuffle, logger.run_id))
     try:
@@ -337,17 +342,62 @@ def read_saved_config(target: Path, value: object) -> DictConfig:
     return saved
 
 
-def load_resume(cfg: DictConfig, run_dir: Path) -> tuple[DictConfig, Path, dict[str, Any] | None]:
+def load_resume(
+    cfg: DictConfig, run_dir: Path
+) -> tuple[DictConfig, Path, dict[str, Any] | None, list[str]]:
     """`resume=<run dir>` (or `resume=true` in the Hydra run dir): its saved config, the dir,
-    and its last checkpoint (None when it stopped before writing one)."""
+    its last checkpoint (None when it stopped before writing one), and the edits made to
+    config.yaml by hand since that checkpoint, as `key=value` texts (edit_changes)."""
     target = _saved_config_path(cfg, run_dir)
     checkpoint.remove_orphans(target)  # temp files of writes a kill -9 cut short
     saved = read_saved_config(target, cfg.resume)
     if not (target / checkpoint.LAST).exists() and not (target / checkpoint.BEST).exists():
         log.info(f"{target} has no checkpoint yet (stopped in its first epoch): starting over")
-        return saved, target, None
+        return saved, target, None, []
     state = checkpoint.load(target / checkpoint.LAST)
-    return saved, target, state
+    return saved, target, state, edit_changes(saved, state, target)
+
+
+def _leaves(node: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(node, dict):
+        return {prefix.rstrip("."): node}
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        out.update(_leaves(value, f"{prefix}{key}."))
+    return out
+
+
+def edit_changes(saved: DictConfig, state: dict[str, Any], run_dir: Path) -> list[str]:
+    """config.yaml edited by hand after the checkpoint was written (the checkpoint keeps the
+    config text the run trained with): each edited key is held to the rules of an override
+    given with resume=, so an edited `epochs` extends the run or is refused like
+    `resume=<dir> epochs=N`, and any other edit that would change what was computed is a
+    ConfigError naming it, instead of a schedule that silently keeps its old length."""
+    trained = state.get("config")
+    if not isinstance(trained, str):
+        return []  # a checkpoint from before configs were kept in it
+    old = _leaves(OmegaConf.to_container(OmegaConf.create(trained), resolve=True))
+    new = _leaves(OmegaConf.to_container(saved, resolve=True))
+    changes = []
+    for key in sorted(set(old) | set(new)):
+        was, now = old.get(key, _ABSENT), new.get(key, _ABSENT)
+        if was == now:
+            continue
+        if key == "epochs" and isinstance(was, int) and isinstance(now, int):
+            _check_extension(OmegaConf.create(trained), was, now, run_dir)
+        elif not (key in SAFE_ON_RESUME or key.startswith("logger.")):
+            shown = "(absent)" if now is _ABSENT else now
+            raise ConfigError(
+                key,
+                shown,
+                f"{run_dir}/config.yaml was edited after its last checkpoint was written "
+                f"({key} was {'(absent)' if was is _ABSENT else repr(was)}); a resume "
+                "continues the run it saved: only a larger epochs and "
+                + ", ".join(f"{k}.*" if k == "logger" else k for k in SAFE_ON_RESUME)
+                + " may change. Restore the file, or start a new run with this config",
+            )
+        changes.append(f"{key}={now}" + (f" (was {was}, edited in config.yaml)"))
+    return changes
 
 
 # -- what a resume may change -----------------------------------------------------------------
@@ -597,6 +647,8 @@ def check_run_dir(
         del given["hydra"]
     if resuming:
         saved = read_saved_config(run_dir, given.resume)
+        if (run_dir / checkpoint.LAST).exists():  # edits refused before Hydra writes a file
+            edit_changes(saved, checkpoint.load(run_dir / checkpoint.LAST), run_dir)
         apply_resume_overrides(saved, given, overrides, run_dir)
         epochs = saved.epochs
     elif same_run_on_disk(given, run_dir):
@@ -710,8 +762,8 @@ def _train(
         state, changes = None, []
         if resuming:
             given = cfg
-            cfg, run_dir, state = load_resume(cfg, run_dir)
-            changes = apply_resume_overrides(cfg, given, overrides, run_dir)
+            cfg, run_dir, state, changes = load_resume(cfg, run_dir)
+            changes += apply_resume_overrides(cfg, given, overrides, run_dir)
             validate(cfg)
             start_epoch = state["progress"]["epoch"] if state else 0
             status = finished(run_dir, cfg.epochs) if start_epoch >= cfg.epochs else None

@@ -23,13 +23,15 @@ TARGETS = {
         "+scheduler.gamma=0.9",
     ],
 }
+# the 1-D models need 1-D data
+NEEDS = {f"model={m}": ["data=mnist1d", "data.num_samples=200"] for m in ("cnn1d", "gru")}
 
 
 @pytest.mark.parametrize(
     "override", [f"{g}={o}" for g, opts in OPTIONS.items() for o in opts if o not in FILE_DATASETS]
 )
 def test_every_group_option_composes_and_validates(override):
-    validate(make_cfg(override, *TARGETS.get(override, [])))
+    validate(make_cfg(override, *TARGETS.get(override, []), *NEEDS.get(override, [])))
 
 
 @pytest.mark.parametrize(

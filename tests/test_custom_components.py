@@ -16,8 +16,8 @@ from runner.config import planned_groups, validate
 from runner.data import load_data
 from runner.train import train
 from schedulers import ConfigError
-from tests.conftest import make_cfg, read_metrics, run_cli
-from tests.test_robustness import comparable, reference, start, wait_for_rows
+from tests.conftest import cli_in_process, make_cfg, read_metrics, run_cli
+from tests.test_robustness import comparable, reference, resume_in_process, start, wait_for_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ("model=target", "model._target_=tests.user_models.TinyNet")
@@ -152,8 +152,7 @@ def test_resume_after_sigkill_is_exact_for_a_user_model(tmp_path):
     proc.kill()
     proc.communicate()
     assert (run_dir / "last.pt").exists() and len(read_metrics(run_dir)) < 5
-    resumed = run_cli(f"resume={run_dir}", cwd=tmp_path)
-    assert resumed.returncode == 0, resumed.stderr
+    assert resume_in_process(run_dir).status == "completed"  # the job of resume=<dir>
     rows = comparable(read_metrics(run_dir))
     assert [r["epoch"] for r in rows] == list(range(5))
     assert rows == reference(tmp_path, args)
@@ -169,7 +168,9 @@ CLI_BAD = [
 
 @pytest.mark.parametrize(("overrides", "key", "words"), CLI_BAD, ids=[b[1] for b in CLI_BAD])
 def test_a_bad_target_is_exit_2_naming_the_key_nothing_written(tmp_path, overrides, key, words):
-    proc = run_cli(*overrides, cwd=tmp_path)
+    # the first as a `python -m runner` process, the others by the same cli() in this process
+    run = run_cli if overrides is CLI_BAD[0][0] else cli_in_process
+    proc = run(*overrides, cwd=tmp_path)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert f"config error: {key}" in proc.stderr and words in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr
@@ -222,7 +223,7 @@ def test_target_components_run_on_their_own_under_the_fused_launcher(tmp_path):
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout + proc.stderr
-    assert out.count("runs on its own: model=TinyNet (fused: mlp, lenet)") == 2
+    assert out.count("runs on its own: model=TinyNet (fused: mlp, logistic, lenet, cnn1d)") == 2
     statuses = [json.loads(p.read_text()) for p in sweep.glob("*/status.json")]
     assert [s["status"] for s in statuses] == ["completed"] * 2
     assert not any("fused_jobs" in s for s in statuses)

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from runner.config import validate
+from runner.train import train
 from schedulers import ConfigError
-from tests.conftest import make_cfg, read_metrics, run_cli
+from tests.conftest import make_cfg, one_torch_thread, read_metrics
 
 TORCHRUN = Path(sys.executable).parent / "torchrun"
 
@@ -27,8 +28,10 @@ def test_two_ranks_match_one_process_and_write_one_run(tmp_path):
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert ddp.returncode == 0, ddp.stderr[-3000:]
-    one = run_cli(*args, "logger=none", f"hydra.run.dir={tmp_path / 'one'}", cwd=tmp_path)
-    assert one.returncode == 0, one.stderr
+    # one process on the whole batch: the job `python -m runner <args>` runs, in this process
+    with one_torch_thread():
+        one = train(make_cfg(*args, "logger=none"), tmp_path / "one", overrides=args)
+    assert one.status == "completed"
     a, b = read_metrics(tmp_path / "ddp"), read_metrics(tmp_path / "one")
     assert [r["epoch"] for r in a] == [0, 1, 2]  # one metrics.jsonl, written once
     for ra, rb in zip(a, b, strict=True):

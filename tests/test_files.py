@@ -19,7 +19,7 @@ import torch
 from runner import files, report
 from runner.checkpoint import Checkpointer
 from runner.train import train
-from tests.conftest import make_cfg, read_metrics, run_cli
+from tests.conftest import cli_in_process, make_cfg, read_metrics, run_cli
 
 ENOSPC = os.strerror(errno.ENOSPC)  # "No space left on device"
 
@@ -122,22 +122,25 @@ def test_a_new_checkpointer_removes_orphaned_temp_checkpoints(tmp_path):
 
 # `python -m runner` with one write site failing: ENOSPC from fsync for the whole-file
 # writes (status.json, config.yaml, last.pt: where a full disk shows on delayed
-# allocation) or from a write(2) that got half the line out (metrics.jsonl), after
-# SCHEDLAB_FAIL_AFTER successful writes of that file.
+# allocation) or from a write(2) that got half the line out (metrics.jsonl), after `after`
+# successful writes of that file. One interpreter runs the cases one after the other (as
+# a sweep runs its jobs), each as `python -m runner` with its own exit status and its own
+# stdout and stderr (file descriptors 1 and 2 sent to that case's files): one start-up of
+# the interpreter for all of them.
 DRIVER = r"""
-import errno, os, runpy, sys
-name, after = os.environ["SCHEDLAB_FAIL_WRITE"], int(os.environ["SCHEDLAB_FAIL_AFTER"])
-seen = [0]
+import errno, json, os, runpy, sys, traceback
+cases = json.loads(sys.argv[1])
+case = {"name": None, "after": 0, "seen": 0}
 
 def target(fd, exact):
     path = os.path.basename(os.readlink(f"/proc/self/fd/{fd}"))
     if exact:
-        return path == name
-    return path.startswith(f".{name}.") and path.endswith(".tmp")
+        return path == case["name"]
+    return path.startswith(f".{case['name']}.") and path.endswith(".tmp")
 
 def due():
-    seen[0] += 1
-    return seen[0] > after
+    case["seen"] += 1
+    return case["seen"] > case["after"]
 
 def no_space():
     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
@@ -145,32 +148,80 @@ def no_space():
 real_write, real_fsync = os.write, os.fsync
 
 def write(fd, data):
-    if target(fd, exact=True) and due():
+    if case["name"] == "metrics.jsonl" and target(fd, exact=True) and due():
         real_write(fd, bytes(data[: len(data) // 2]))
         no_space()
     return real_write(fd, data)
 
 def fsync(fd):
-    if target(fd, exact=False) and due():
+    if case["name"] not in (None, "metrics.jsonl") and target(fd, exact=False) and due():
         no_space()
     return real_fsync(fd)
 
-if name == "metrics.jsonl":
-    os.write = write
-else:
-    os.fsync = fsync
-sys.argv = ["runner", *sys.argv[1:]]
-runpy.run_module("runner", run_name="__main__", alter_sys=True)
+os.write, os.fsync = write, fsync
+saved, codes = (os.dup(1), os.dup(2)), []
+for c in cases:
+    sys.stdout.flush(), sys.stderr.flush()
+    for fd, path in ((1, c["stdout"]), (2, c["stderr"])):
+        out = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        os.dup2(out, fd)
+        os.close(out)
+    case.update(name=c["name"], after=c["after"], seen=0)
+    sys.argv = ["runner", *c["argv"]]
+    try:  # what the interpreter makes of the way `python -m runner` ends
+        runpy.run_module("runner", run_name="__main__", alter_sys=True)
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else int(exit_.code is not None)
+        if isinstance(exit_.code, str):
+            print(exit_.code, file=sys.stderr)
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    case["name"] = None
+    sys.stdout.flush(), sys.stderr.flush()
+    os.dup2(saved[0], 1), os.dup2(saved[1], 2)
+    codes.append(code)
+print(json.dumps(codes))
 """
 
+ARGS = ("epochs=3", "logger=none", "trainer.checkpoint_interval_s=0", "trainer.progress=line")
+FULL_DISK = {  # the file that cannot be written: (successful writes of it before, epochs left)
+    "status.json": (0, 3),  # the run trained, only its status could not be written
+    "metrics.jsonl": (1, 1),  # epoch 0's row is out, epoch 1's torn in half
+    "last.pt": (2, 1),  # epoch 0's checkpoint is out, epoch 1's is not
+    "config.yaml": (0, None),  # nothing started
+}
 
-def run_failing(name: str, after: int, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+
+@pytest.fixture(scope="module")
+def full_disk(tmp_path_factory) -> dict[str, tuple[Path, subprocess.CompletedProcess]]:
+    """Each FULL_DISK case's dir and its `python -m runner ... hydra.run.dir=<dir>/sweep/0`,
+    all run by one DRIVER process."""
+    base = tmp_path_factory.mktemp("full_disk")
+    dirs = {name: base / name.replace(".", "_") for name in FULL_DISK}
+    cases = [
+        {"name": name, "after": after, "argv": [*ARGS, f"hydra.run.dir={dirs[name] / 'sweep/0'}"],
+         "stdout": str(base / f"{name}.stdout"), "stderr": str(base / f"{name}.stderr")}
+        for name, (after, _) in FULL_DISK.items()
+    ]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
-    env.update(SCHEDLAB_FAIL_WRITE=name, SCHEDLAB_FAIL_AFTER=str(after), OMP_NUM_THREADS="1")
-    return subprocess.run(
-        [sys.executable, "-c", DRIVER, *args], cwd=cwd, env=env,
-        capture_output=True, text=True, timeout=300,
+    env["OMP_NUM_THREADS"] = "1"
+    driver = subprocess.run(
+        [sys.executable, "-c", DRIVER, json.dumps(cases)], cwd=base, env=env,
+        capture_output=True, text=True, timeout=600,
     )  # fmt: skip
+    assert driver.returncode == 0, driver.stderr[-3000:]
+    codes = json.loads(driver.stdout.splitlines()[-1])
+    return {
+        c["name"]: (
+            dirs[c["name"]],
+            subprocess.CompletedProcess(
+                c["argv"], code, Path(c["stdout"]).read_text(), Path(c["stderr"]).read_text()
+            ),
+        )
+        for c, code in zip(cases, codes, strict=True)
+    }
 
 
 def epochs_on_disk(run_dir: Path) -> int:
@@ -186,23 +237,12 @@ def sweep_report(sweep: Path, write: bool = True) -> dict:
     return {"status": job.status, "epochs": [r["epoch"] for r in job.rows]}
 
 
-ARGS = ("epochs=3", "logger=none", "trainer.checkpoint_interval_s=0", "trainer.progress=line")
-
-
-@pytest.mark.parametrize(
-    ("name", "after", "left"),
-    [
-        ("status.json", 0, 3),  # the run trained, only its status could not be written
-        ("metrics.jsonl", 1, 1),  # epoch 0's row is out, epoch 1's torn in half
-        ("last.pt", 2, 1),  # epoch 0's checkpoint is out, epoch 1's is not
-        ("config.yaml", 0, None),  # nothing started
-    ],
-    ids=["status.json", "metrics.jsonl", "last.pt", "config.yaml"],
-)
-def test_a_full_disk_ends_the_run_with_one_line_and_loses_nothing(tmp_path, name, after, left):
+@pytest.mark.parametrize("name", list(FULL_DISK))
+def test_a_full_disk_ends_the_run_with_one_line_and_loses_nothing(full_disk, name):
+    tmp_path, proc = full_disk[name]
+    left = FULL_DISK[name][1]
     sweep = tmp_path / "sweep"
     run_dir = sweep / "0"
-    proc = run_failing(name, after, *ARGS, f"hydra.run.dir={run_dir}", cwd=tmp_path)
     assert proc.returncode == 1, proc.stderr
     assert proc.stderr.strip() == f"error: cannot write {run_dir / name}: {ENOSPC}"
     assert not list(run_dir.glob(".*.tmp"))  # no temp file left behind
@@ -210,7 +250,7 @@ def test_a_full_disk_ends_the_run_with_one_line_and_loses_nothing(tmp_path, name
     if left is None:  # config.yaml: no run to resume, and the report says the job failed
         assert json.loads((run_dir / "status.json").read_text())["status"] == "failed"
         assert sweep_report(sweep) == {"status": "failed", "epochs": []}
-        resumed = run_cli(f"resume={run_dir}", cwd=tmp_path)
+        resumed = cli_in_process(f"resume={run_dir}", cwd=tmp_path)
         assert resumed.returncode == 2 and "config.yaml missing" in resumed.stderr
         return
 
@@ -289,7 +329,7 @@ def test_a_damaged_last_pt_is_refused_and_the_status_is_kept(tmp_path, finished_
         {"empty": b"", "truncated": data[: len(data) // 2], "random": os.urandom(4096)}[damage]
     )
     status = (run_dir / "status.json").read_bytes()
-    proc = run_cli(f"resume={run_dir}", cwd=tmp_path)
+    proc = cli_in_process(f"resume={run_dir}", cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith(f"config error: resume='{run_dir}': {last} is damaged (")
     assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
@@ -299,7 +339,7 @@ def test_a_damaged_last_pt_is_refused_and_the_status_is_kept(tmp_path, finished_
 def test_resume_of_a_missing_dir_creates_nothing(tmp_path):
     for args in ([f"resume={tmp_path / 'nothing'}"],
                  [f"hydra.run.dir={tmp_path / 'nothing'}", "resume=true"]):  # fmt: skip
-        proc = run_cli(*args, cwd=tmp_path)
+        proc = cli_in_process(*args, cwd=tmp_path)
         assert proc.returncode == 2 and "config.yaml missing" in proc.stderr, proc.stderr
         assert not (tmp_path / "nothing").exists()
         assert not (tmp_path / "outputs").exists()

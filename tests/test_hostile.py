@@ -11,7 +11,7 @@ import pytest
 
 from runner.config import validate
 from schedulers import ConfigError
-from tests.conftest import make_cfg, read_metrics, run_cli
+from tests.conftest import cli_in_process, make_cfg, read_metrics, run_cli
 
 PLATEAU = "scheduler._target_=torch.optim.lr_scheduler.ReduceLROnPlateau"
 
@@ -117,7 +117,12 @@ CLI = [
 
 @pytest.mark.parametrize(("overrides", "key"), CLI, ids=[" ".join(o) for o, _ in CLI])
 def test_hostile_value_on_the_command_line_exits_2_with_one_line(tmp_path, overrides, key):
-    result = run_cli(*overrides, cwd=tmp_path, timeout=120)
+    # the first as a `python -m runner` process, the others by the same cli() in this process
+    result = (
+        run_cli(*overrides, cwd=tmp_path, timeout=120)
+        if overrides is CLI[0][0]
+        else cli_in_process(*overrides, cwd=tmp_path)
+    )
     assert result.returncode == 2, result.stderr[-2000:]
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith(f"config error: {key}="), result.stderr

@@ -24,7 +24,7 @@ def page(tmp_path_factory):
 def test_every_part_has_a_section_with_its_figures(page):
     text = (page / "index.md").read_text()
     titles = re.findall(r"^## (.+)$", text, flags=re.M)
-    assert len(titles) == len(PARTS) == 4
+    assert len(titles) == len(PARTS) == 5
     for section in text.split("\n## ")[1:]:
         assert "**Lecture:**" in section and "**讲座：**" in section and "```bash" in section
         figures = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", section)
@@ -103,7 +103,12 @@ PRESETS = {
         *sweep_jobs(["+experiment=init_lr", "logger=none", *QUICK_SWEEP]),
         ["model=lenet", "logger=none", "optimizer.lr=find", "epochs=3"],
     ],
+    "mnist1d": sweep_jobs(["+experiment=mnist1d_schedules", "logger=none"]),
+    "mnist1d quick": sweep_jobs(
+        ["+experiment=mnist1d_schedules", "logger=none", "data.num_samples=1000", *QUICK_SWEEP]
+    ),
     # conf/experiment/*.yaml as the README runs them (cifar10_fast: below, it needs CIFAR)
+    "experiment=mnist1d_models": sweep_jobs(["+experiment=mnist1d_models"]),
     "experiment=lecture_schedulers": sweep_jobs(["+experiment=lecture_schedulers"]),
     "experiment=init_lr": sweep_jobs(["+experiment=init_lr"]),
     "experiment=lecture_lenet": [["+experiment=lecture_lenet"]],
@@ -117,6 +122,7 @@ def test_the_presets_cover_every_experiment_file():
              if o.startswith("+experiment=")}  # fmt: skip
     assert named | {"cifar10_fast"} == {p.stem for p in (CONF / "experiment").glob("*.yaml")}
     assert len(PRESETS["schedulers"]) == 18 and len(PRESETS["schedulers quick"]) == 12
+    assert len(PRESETS["mnist1d"]) == 40 and len(PRESETS["experiment=mnist1d_models"]) == 20
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))
@@ -171,3 +177,18 @@ def test_a_config_error_shows_resolved_values_not_interpolations():
     with pytest.raises(ConfigError) as err:
         validate(make_cfg("model.hidden=[${epochs},0]"))
     assert "model.hidden=[20, 0]" in str(err.value)
+
+
+def test_a_quick_page_is_never_continued_by_a_full_run(tmp_path):
+    """Each kind continues its own newest page; a page from before page.json is not reused."""
+    from runner.lecture import PAGE, output_dir
+
+    base = tmp_path / "lecture"
+    (base / "2026-01-01_00-00-00").mkdir(parents=True)  # an old page: mode unknown
+    quick_page = base / "2026-01-02_00-00-00"
+    quick_page.mkdir()
+    (quick_page / PAGE).write_text('{"quick": true}')
+    assert output_dir(base, fresh=False, quick=True) == quick_page
+    full = output_dir(base, fresh=False, quick=False)
+    assert full.parent == base and full not in (quick_page, base / "2026-01-01_00-00-00")
+    assert output_dir(base, fresh=True, quick=True) != quick_page

@@ -15,7 +15,14 @@ import pytest
 
 from runner.loggers import open_logger
 from runner.train import train
-from tests.conftest import make_cfg, read_metrics, run_cli, wandb_records
+from tests.conftest import (
+    cli_in_process,
+    make_cfg,
+    one_torch_thread,
+    read_metrics,
+    run_cli,
+    wandb_records,
+)
 
 # LeNet with batch 16 on digits: ~0.3 s an epoch, slow enough to be stopped mid-run
 SLOW = ("model=lenet", "data.batch_size=16", "optimizer.lr=0.02", "trainer.progress=line")
@@ -48,11 +55,29 @@ def comparable(rows: list[dict]) -> list[dict]:
     return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows]
 
 
+_REFERENCES: dict[tuple[str, ...], list[dict]] = {}
+
+
 def reference(tmp_path: Path, args: list[str]) -> list[dict]:
-    """The same run, never interrupted, through the same CLI."""
-    proc = run_cli(*args, f"hydra.run.dir={tmp_path / 'reference'}", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
-    return comparable(read_metrics(tmp_path / "reference"))
+    """The same run, never interrupted: the job `python -m runner <args>` runs, train() on
+    the config composed from the same overrides, in this process (no interpreter start-up)
+    on one torch thread, as `start` runs the interrupted one. Computed once per set of args."""
+    key = tuple(args)
+    if key not in _REFERENCES:
+        run_dir = tmp_path / "reference"
+        with one_torch_thread():
+            result = train(make_cfg(*args), run_dir, overrides=list(args))
+        assert result.status == "completed"
+        _REFERENCES[key] = comparable(read_metrics(run_dir))
+    return _REFERENCES[key]
+
+
+def resume_in_process(run_dir: Path):
+    """The job `python -m runner resume=<dir>` runs: train() on the saved run, in this
+    process, on one torch thread as `start` runs the interrupted one (the command itself
+    resumes in the signal and requeue tests below, and in test_custom_project.py)."""
+    with one_torch_thread():
+        return train(make_cfg(f"resume={run_dir}"), run_dir, overrides=[f"resume={run_dir}"])
 
 
 @pytest.mark.parametrize(
@@ -76,8 +101,7 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path, schedule):
     assert (run_dir / "last.pt").exists()
     assert len(read_metrics(run_dir)) < 6
 
-    resumed = run_cli(f"resume={run_dir}", cwd=tmp_path)
-    assert resumed.returncode == 0, resumed.stderr
+    assert resume_in_process(run_dir).status == "completed"
     rows = read_metrics(run_dir)
     assert [r["epoch"] for r in rows] == list(range(6))  # no duplicate epochs
     assert comparable(rows) == reference(tmp_path, args)  # every value, every epoch
@@ -130,26 +154,24 @@ def test_sigkill_before_the_first_interval_resumes_from_the_checkpoint_before_ep
     proc.communicate()
     # the interval had not passed yet: last.pt is the one written before the first epoch
     assert torch.load(run_dir / "last.pt", weights_only=True)["progress"]["epoch"] == 0
-    resumed = run_cli(f"resume={run_dir}", cwd=tmp_path)
-    assert resumed.returncode == 0, resumed.stderr
+    assert resume_in_process(run_dir).status == "completed"
     assert comparable(read_metrics(run_dir)) == reference(tmp_path, args)
     assert torch.load(run_dir / "last.pt", weights_only=True)["progress"]["epoch"] == 4
 
 
 def test_corrupt_checkpoint_gives_a_clear_error(tmp_path):
     run_dir = tmp_path / "run"
-    done = run_cli("epochs=2", "logger=none", f"hydra.run.dir={run_dir}", cwd=tmp_path)
-    assert done.returncode == 0, done.stderr
+    assert train(make_cfg("epochs=2", "logger=none"), run_dir).status == "completed"
     last = run_dir / "last.pt"
     last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])  # truncated
-    proc = run_cli(f"resume={run_dir}", cwd=tmp_path)
+    proc = cli_in_process(f"resume={run_dir}", cwd=tmp_path)
     assert proc.returncode == 2
     assert "last.pt is damaged" in proc.stderr and "resume=" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 
 def test_resume_of_a_dir_without_a_run_is_a_config_error(tmp_path):
-    proc = run_cli(f"resume={tmp_path / 'nothing'}", cwd=tmp_path)
+    proc = cli_in_process(f"resume={tmp_path / 'nothing'}", cwd=tmp_path)
     assert proc.returncode == 2
     assert "resume=" in proc.stderr and "config.yaml missing" in proc.stderr
 
@@ -253,7 +275,9 @@ BAD = [
 
 @pytest.mark.parametrize(("overrides", "key"), BAD, ids=[b[0] for b in BAD])
 def test_malformed_config_exits_2_naming_the_key(tmp_path, overrides, key):
-    proc = run_cli(*overrides.split(), cwd=tmp_path)
+    """The CLI's own checks, in-process (cli_in_process; test_hostile.py and
+    test_custom_components.py run such commands as real processes)."""
+    proc = cli_in_process(*overrides.split(), cwd=tmp_path)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert key in proc.stderr
     assert "Traceback" not in proc.stderr

@@ -15,15 +15,18 @@ from runner import files
 from runner.stopping import StopFlag
 from runner.train import RunDirRefused, extend_blocker, train
 from schedulers import ConfigError
-from tests.conftest import make_cfg, read_metrics, run_cli
+from tests.conftest import cli_in_process, make_cfg, read_metrics
 from tests.test_robustness import SLOW, comparable, start, wait_for_rows
 
 
 def snapshot(run_dir: Path) -> dict[str, bytes | None]:
-    """Every file under the run dir, byte for byte; W&B's debug-core.log only by name: W&B's
-    service process (shared by the test process's runs) appends to it on its own time."""
+    """Every file under the run dir, byte for byte; W&B's debug-core.log and
+    debug-internal.log only by name: W&B's service process (shared by the test process's
+    runs) appends to them on its own time, also after the run has ended."""
     return {
-        str(p.relative_to(run_dir)): None if p.name == "debug-core.log" else p.read_bytes()
+        str(p.relative_to(run_dir)): None
+        if p.name in ("debug-core.log", "debug-internal.log")
+        else p.read_bytes()
         for p in run_dir.rglob("*")
         if p.is_file()
     }
@@ -41,26 +44,27 @@ def resume(run_dir: Path, *overrides: str):
 def test_a_second_run_into_a_used_dir_is_refused_and_a_complete_one_is_left_alone(tmp_path):
     """Sequential: a new run into a dir holding another run's results exits 2 naming the dir
     and the way out; resuming the complete run without changes says so and exits 0; an
-    extension the schedule cannot take is refused naming the key. No file changes."""
+    extension the schedule cannot take is refused naming the key. No file changes. (The
+    CLI's checks before Hydra starts, in-process: cli_in_process.)"""
     run_dir = tmp_path / "run"
     assert train(make_cfg("epochs=2"), run_dir).status == "completed"  # cosine, W&B offline
     before = snapshot(run_dir)
     assert len(list(run_dir.glob("wandb/offline-run-*"))) == 1
 
-    other = run_cli("epochs=3", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    other = cli_in_process("epochs=3", f"hydra.run.dir={run_dir}", cwd=tmp_path)
     assert other.returncode == 2, other.stderr
     assert other.stderr.startswith(f"config error: hydra.run.dir='{run_dir}': ")
     assert f"resume={run_dir}" in other.stderr and "differs in epochs" in other.stderr
     assert "Traceback" not in other.stderr and len(other.stderr.strip().splitlines()) == 1
     assert snapshot(run_dir) == before
 
-    again = run_cli(f"resume={run_dir}", cwd=tmp_path)
+    again = cli_in_process(f"resume={run_dir}", cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     assert f"{run_dir} is already complete (2 epochs" in again.stdout
     assert len((again.stdout + again.stderr).strip().splitlines()) == 1
     assert snapshot(run_dir) == before  # no new W&B run, no .hydra/resumed, train.log as it was
 
-    longer = run_cli(f"resume={run_dir}", "epochs=4", cwd=tmp_path)
+    longer = cli_in_process(f"resume={run_dir}", "epochs=4", cwd=tmp_path)
     assert longer.returncode == 2, longer.stderr
     assert longer.stderr.startswith("config error: epochs=4: cannot extend")
     assert "scheduler.T_max" in longer.stderr and "Traceback" not in longer.stderr
@@ -93,11 +97,18 @@ def test_in_process_a_used_dir_is_refused_unless_it_is_this_run(tmp_path):
 
 
 def test_a_concurrent_second_run_is_refused_and_the_first_completes(tmp_path):
+    """The first run is paused (SIGSTOP) mid-run while the second is checked: it is still
+    running and holding its dir however long the check takes, so a short run will do."""
     run_dir = tmp_path / "run"
-    first = start([*SLOW, "epochs=25", "logger=none", f"hydra.run.dir={run_dir}"], tmp_path)
+    first = start([*SLOW, "epochs=4", "logger=none", f"hydra.run.dir={run_dir}"], tmp_path)
     wait_for_rows(run_dir, 1, first)
-    second = run_cli(*SLOW, "epochs=25", "logger=none", f"hydra.run.dir={run_dir}", cwd=tmp_path)
-    assert first.poll() is None, "the first run ended before the second was checked"
+    first.send_signal(signal.SIGSTOP)
+    try:
+        second = cli_in_process(*SLOW, "epochs=4", "logger=none", f"hydra.run.dir={run_dir}",
+                                cwd=tmp_path)  # fmt: skip
+        assert first.poll() is None, "the first run ended before the second was checked"
+    finally:
+        first.send_signal(signal.SIGCONT)
     assert second.returncode == 2, second.stderr
     assert second.stderr.startswith(
         f"config error: hydra.run.dir='{run_dir}': another run (pid {first.pid}) is writing"
@@ -105,7 +116,7 @@ def test_a_concurrent_second_run_is_refused_and_the_first_completes(tmp_path):
     assert "Traceback" not in second.stderr
     out, err = first.communicate(timeout=300)
     assert first.returncode == 0, err[-2000:]
-    assert [r["epoch"] for r in read_metrics(run_dir)] == list(range(25))
+    assert [r["epoch"] for r in read_metrics(run_dir)] == list(range(4))
     assert json.loads((run_dir / "status.json").read_text())["status"] == "completed"
 
 

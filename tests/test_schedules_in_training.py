@@ -15,6 +15,7 @@ from runner.train import train
 from schedulers import ConfigError
 from schedulers.lecture import main as lecture_main
 from schedulers.lecture import run_toy
+from schedulers.preview import main as preview_main
 from schedulers.preview import simulate
 from tests.conftest import CONF, make_cfg, read_metrics
 
@@ -144,15 +145,14 @@ def test_preview_cli_prints_the_table_and_writes_pngs(tmp_path):
         assert (tmp_path / png).stat().st_size > 1000
 
 
-def test_preview_rejects_a_bad_value_with_exit_2(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "-m", "schedulers.preview", "scheduler=step", "scheduler.gamma=2",
-         "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert proc.returncode == 2
-    assert "scheduler.gamma=2" in proc.stderr
-    assert "Traceback" not in proc.stderr
+def test_preview_rejects_a_bad_value_with_exit_2(tmp_path, capsys):
+    """The command's main, in this process: `python -m schedulers.preview` exits with what
+    it returns (test_preview_cli_prints_the_table_and_writes_pngs runs it as a process)."""
+    code = preview_main(["scheduler=step", "scheduler.gamma=2", "--out", str(tmp_path)])
+    assert code == 2
+    stderr = capsys.readouterr().err
+    assert "scheduler.gamma=2" in stderr
+    assert "Traceback" not in stderr
 
 
 def test_lecture_curves_command_writes_six_figures_and_tables(tmp_path):
@@ -165,14 +165,13 @@ def test_lecture_curves_command_writes_six_figures_and_tables(tmp_path):
         assert [[float(v) for v in r[1:]] for r in rows] == run_toy(name)
 
 
-def test_preview_trace_writes_markdown_and_csv(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "-m", "schedulers.preview", "scheduler=multistep",
-         "scheduler.milestones=[3,6]", "epochs=8", "trace=true", "--quiet", "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
-    assert "differs from the lr in use at epochs [3, 6]" in proc.stdout
+def test_preview_trace_writes_markdown_and_csv(tmp_path, capsys):
+    """The command's main, in this process (as in test_preview_rejects_a_bad_value_with_exit_2)."""
+    code = preview_main(["scheduler=multistep", "scheduler.milestones=[3,6]", "epochs=8",
+                         "trace=true", "--quiet", "--out", str(tmp_path)])  # fmt: skip
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    assert "differs from the lr in use at epochs [3, 6]" in out.out
     with (tmp_path / "multistep,milestones=[3,6]_trace.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert [r["epoch"] for r in rows if r["differs"] == "True"] == ["3", "6"]

@@ -93,15 +93,43 @@ def test_diverged_and_failed_jobs_do_not_stop_the_sweep(tmp_path):
     )
 
 
-def test_joblib_launcher_runs_jobs_in_parallel_processes(tmp_path):
-    sweep = tmp_path / "sweep"
-    proc = run_cli(
-        "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "scheduler=step,cosine",
-        "epochs=2", f"hydra.sweep.dir={sweep}", cwd=tmp_path,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
-    assert "Joblib.Parallel" in proc.stdout + proc.stderr
-    jobs = job_dirs(sweep)
+def test_joblib_launcher_runs_jobs_in_parallel_processes_with_the_basic_launchers_metrics(
+    tmp_path,
+):
+    """Each job in its own worker process with its own W&B run, and the same metrics as the
+    basic launcher's jobs for the same seeds: with no thread variable set by the user,
+    joblib's workers would get OMP_NUM_THREADS = cpu_count // n_jobs while the basic
+    launcher's jobs use torch's default: other float sums, other metrics.
+    trainer.num_threads=auto gives the workers the user's thread count. (One joblib sweep
+    for both: W&B, which only the joblib one logs to, does not change metrics.jsonl.)"""
+    import os
+    import subprocess
+    import sys
+
+    drop = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "SCHEDLAB_USER_THREADS")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_") and k not in drop}
+    args = ["scheduler=step,cosine", "epochs=2"]
+    outputs, rows = {}, {}
+    for launcher in ("joblib", "basic"):
+        sweep = tmp_path / launcher
+        extra = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"] * (launcher == "joblib")
+        logger = ["logger=none"] * (launcher == "basic")
+        proc = subprocess.run(
+            [sys.executable, "-m", "runner", "-m", *extra, *args, *logger,
+             f"hydra.sweep.dir={sweep}"],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        outputs[launcher] = proc.stdout + proc.stderr
+        rows[launcher] = {
+            o.replace(" logger=none", ""): [
+                {k: v for k, v in r.items() if k != "time/epoch_s"} for r in read_metrics(d)
+            ]
+            for o, d in job_dirs(sweep).items()
+        }
+
+    assert "Joblib.Parallel" in outputs["joblib"]
+    jobs = job_dirs(tmp_path / "joblib")
     assert len(jobs) == 2
     run_ids = set()
     for job in jobs.values():
@@ -110,33 +138,8 @@ def test_joblib_launcher_runs_jobs_in_parallel_processes(tmp_path):
         (run,) = [r["run"] for r in wandb_records(job) if r["type"] == "run"]
         run_ids.add(run["run_id"])
     assert len(run_ids) == 2
-    assert len(report_rows(sweep)) == 2
+    assert len(report_rows(tmp_path / "joblib")) == 2
 
-
-def test_joblib_workers_give_the_basic_launchers_metrics_for_the_same_seeds(tmp_path):
-    """With no thread variable set by the user, joblib's workers would get OMP_NUM_THREADS =
-    cpu_count // n_jobs while the basic launcher's jobs use torch's default: other float sums,
-    other metrics. trainer.num_threads=auto gives the workers the user's thread count."""
-    import os
-    import subprocess
-    import sys
-
-    drop = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "SCHEDLAB_USER_THREADS")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_") and k not in drop}
-    args = ["scheduler=step,cosine", "epochs=2", "logger=none"]
-    rows = {}
-    for launcher in ("basic", "joblib"):
-        sweep = tmp_path / launcher
-        extra = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"] * (launcher == "joblib")
-        proc = subprocess.run(
-            [sys.executable, "-m", "runner", "-m", *extra, *args, f"hydra.sweep.dir={sweep}"],
-            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
-        )  # fmt: skip
-        assert proc.returncode == 0, proc.stderr[-2000:]
-        rows[launcher] = {
-            o: [{k: v for k, v in r.items() if k != "time/epoch_s"} for r in read_metrics(d)]
-            for o, d in job_dirs(sweep).items()
-        }
     assert len(rows["basic"]) == 2
     assert rows["joblib"] == rows["basic"]  # every value equal, not just close
 
@@ -282,19 +285,11 @@ def signal_submitit_task(sweep: Path, signum: int) -> None:
 
 
 def assert_same_as_uninterrupted(run_dir: Path, tmp_path: Path) -> None:
-    import os
-    import subprocess
-    import sys
+    """The job's rows equal those of the same run never interrupted: its job's train() on
+    the same overrides, in this process on one thread (ONE_THREAD); shared by the tests."""
+    from tests.test_robustness import comparable, reference
 
-    from tests.test_robustness import comparable
-
-    ref = subprocess.run(
-        [sys.executable, "-m", "runner", *SUBMITIT_ARGS, f"hydra.run.dir={tmp_path / 'reference'}"],
-        cwd=tmp_path, env={**os.environ, **ONE_THREAD}, capture_output=True, text=True,
-        timeout=300,
-    )  # fmt: skip
-    assert ref.returncode == 0, ref.stderr
-    assert comparable(read_metrics(run_dir)) == comparable(read_metrics(tmp_path / "reference"))
+    assert comparable(read_metrics(run_dir)) == reference(tmp_path, SUBMITIT_ARGS)
 
 
 def test_submitit_job_signalled_mid_run_is_requeued_and_resumes_exactly(tmp_path):

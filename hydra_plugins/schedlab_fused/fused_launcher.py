@@ -89,6 +89,8 @@ class FusedLauncher(Launcher):
             reason = why_not_fusable(task_cfg)
             if reason is None and same_run_on_disk(task_cfg, run_dir):
                 reason = "its run dir holds a checkpoint of this config, which it resumes"
+            if reason is None:
+                reason = _run_dir_conflict(task_cfg, run_dir)
             if reason is not None:
                 log.info(f"\t#{initial_job_idx + i} runs on its own: {reason}")
                 continue
@@ -139,6 +141,19 @@ class FusedLauncher(Launcher):
             config.hydra.job.id = idx
             config.hydra.job.num = idx
         return config
+
+
+def _run_dir_conflict(task_cfg: DictConfig, run_dir: Path) -> str | None:
+    """Why a job's run dir cannot take a fused member: another process holds it, or it holds
+    another run's results. The job then runs on its own, where the single run's checks
+    refuse it with their full message and leave the dir as it was."""
+    from runner import files
+    from runner.train import other_run_in
+
+    if files.run_dir_holder(run_dir) is not None:
+        return "its run dir is in use by another run"
+    why = other_run_in(run_dir, task_cfg)
+    return None if why is None else f"its run dir holds another run: {why}"
 
 
 def _task_config(config: DictConfig) -> tuple[DictConfig, Path]:
