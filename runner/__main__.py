@@ -268,6 +268,18 @@ def check_run_dir(argv: list[str]) -> None:
         sys.exit(0)
 
 
+def _write_error(err: BaseException | None) -> OSError | None:
+    """The disk-full/read-only OSError behind err, if any: logging's dictConfig wraps the one
+    from opening train.log in a ValueError ("Unable to configure handler 'file'")."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, OSError) and err.errno in WRITE_ERRNOS:
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
+
+
 def cli() -> None:
     global _CLI_STOP
     from runner.compose import options_first
@@ -289,8 +301,9 @@ def cli() -> None:
         with stop_on_signals() as _CLI_STOP:  # from before Hydra makes the run dir
             main()
     except Exception as err:
-        if isinstance(err, OSError) and err.errno in WRITE_ERRNOS:
-            print(f"error: {WriteFailed(err.filename or '?', err)}", file=sys.stderr)
+        cause = _write_error(err)
+        if cause is not None:
+            print(f"error: {WriteFailed(cause.filename or '?', cause)}", file=sys.stderr)
             sys.exit(EXIT_WRITE)
         if full_error:
             raise

@@ -80,3 +80,37 @@ def test_a_fused_sweep_refuses_a_job_dir_holding_another_run_and_fuses_the_rest(
     for job in ("1", "2"):
         status = json.loads((sweep / job / "status.json").read_text())
         assert status["status"] == "completed" and status["fused_jobs"] == 2
+
+
+def test_a_full_disk_in_a_fused_group_fails_its_jobs_cleanly_and_a_rerun_resumes_them(tmp_path):
+    """metrics.jsonl torn by a full disk in epoch 1: every member fails with the one-line
+    error, nothing later is lost, and the same sweep run again resumes each job."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.test_files import DRIVER
+
+    sweep = tmp_path / "sweep"
+    argv = ["-m", "hydra/launcher=fused", "epochs=3", "logger=none", "seed=0,1",
+            "trainer.checkpoint_interval_s=0", "trainer.progress=line",
+            f"hydra.sweep.dir={sweep}"]  # fmt: skip
+    case = {"name": "metrics.jsonl", "after": 2, "argv": argv,  # both epoch-0 rows, then torn
+            "stdout": str(tmp_path / "out"), "stderr": str(tmp_path / "err")}  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    driver = subprocess.run(
+        [sys.executable, "-c", DRIVER, json.dumps([case])], cwd=tmp_path, env=env,
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert driver.returncode == 0, driver.stderr[-3000:]
+    logged = (tmp_path / "out").read_text() + (tmp_path / "err").read_text()
+    assert "the fused group stopped: cannot write" in logged and "Traceback" not in logged
+    for job in ("0", "1"):
+        status = json.loads((sweep / job / "status.json").read_text())
+        assert status["status"] == "failed" and "No space left on device" in status["error"]
+        assert (sweep / job / "last.pt").exists()
+    again = run_cli(*argv, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    for job in ("0", "1"):
+        assert [r["epoch"] for r in read_metrics(sweep / job)] == [0, 1, 2]  # no torn line
+        assert json.loads((sweep / job / "status.json").read_text())["status"] == "completed"

@@ -52,3 +52,33 @@ def test_a_key_under_a_null_node_is_a_config_error(tmp_path):
     proc = run_cli("-m", "hydra.sweeper.params.seed=0,1", "logger=none", cwd=tmp_path)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "hydra.sweeper.params.<key>" in proc.stderr
+
+
+# the same command with Hydra's train.log (opened by logging's FileHandler) failing to open
+TRAIN_LOG_DRIVER = r"""
+import errno, logging, os, runpy, sys
+real_open = logging.FileHandler._open
+
+def open_(self):
+    if self.baseFilename.endswith("train.log"):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), self.baseFilename)
+    return real_open(self)
+
+logging.FileHandler._open = open_
+sys.argv = ["runner", *sys.argv[1:]]
+runpy.run_module("runner", run_name="__main__", alter_sys=True)
+"""
+
+
+def test_a_full_disk_under_hydras_train_log_is_one_line(tmp_path):
+    run_dir = tmp_path / "run"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "HYDRA_"))}
+    proc = subprocess.run(
+        [sys.executable, "-c", TRAIN_LOG_DRIVER, "epochs=1", "logger=none",
+         f"hydra.run.dir={run_dir}"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 1
+    want = f"error: cannot write {run_dir / 'train.log'}: {os.strerror(errno.ENOSPC)}"
+    assert proc.stderr.strip() == want
+    assert not (run_dir / "last.pt").exists()
