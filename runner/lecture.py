@@ -56,6 +56,21 @@ def _runner_cli(args: list[str], cwd: Path) -> None:
         raise RuntimeError(f"python -m runner {' '.join(args)} failed:\n{proc.stderr[-2000:]}")
 
 
+QUICK_SWEEP = ["epochs=3", "hydra.sweeper.params.seed='0,1'"]  # quick=true: 3 epochs, 2 seeds
+
+
+def _sweep(sweep: Path, experiment: str, extra: list[str]) -> Path:
+    """`python -m runner -m +experiment=<experiment>` into `sweep` (its report written there)."""
+    args = ["-m", f"+experiment={experiment}", "logger=none", f"hydra.sweep.dir={sweep}"]
+    _runner_cli([*args, *extra], cwd=Path.cwd())
+    return sweep
+
+
+def _sweep_figures(part: str) -> list[str]:
+    """The sweep report's lr and val curves of a part, relative to the page."""
+    return [f"{part}/sweep/{name}.png" for name in ("lr", "val_acc", "val_loss")]
+
+
 def _report_table(sweep: Path) -> str:
     """The ranking table and the paired comparisons of a sweep report."""
     lines = (sweep / "report.md").read_text().splitlines()
@@ -166,11 +181,7 @@ def part_lenet(out: Path, quick: bool) -> Section:
 
 
 def part_schedulers(out: Path, quick: bool) -> Section:
-    sweep = out / "sweep"
-    args = ["-m", "+experiment=lecture_schedulers", "logger=none", f"hydra.sweep.dir={sweep}"]
-    if quick:
-        args += ["epochs=3", "hydra.sweeper.params.seed='0,1'"]
-    _runner_cli(args, cwd=Path.cwd())
+    sweep = _sweep(out / "sweep", "lecture_schedulers", QUICK_SWEEP if quick else [])
     return Section(
         title="3. Which scheduler wins on a real model, and is it noise?",
         claim_en="Ordered schedules (Step, MultiStep, Exponential, Cosine), the adaptive one "
@@ -179,11 +190,7 @@ def part_schedulers(out: Path, quick: bool) -> Section:
         claim_zh="有序调整（Step、MultiStep、Exponential、Cosine）、自适应调整（ReduceLROnPlateau）"
         "与自定义调整（LambdaLR）会得到不同的训练曲线；比较它们需要多个随机种子。",
         command="python -m runner -m +experiment=lecture_schedulers",
-        figures=[
-            "schedulers/sweep/lr.png",
-            "schedulers/sweep/val_acc.png",
-            "schedulers/sweep/val_loss.png",
-        ],  # fmt: skip
+        figures=_sweep_figures("schedulers"),
         table=_report_table(sweep),
         differs="The lecture's parameters were for 200 epochs; here they are scaled to the run "
         "(step_size 50/200 of the epochs, gamma 0.95 -> 0.95^(200/epochs), ...). On digits the "
@@ -195,10 +202,7 @@ def part_init_lr(out: Path, quick: bool) -> Section:
     from runner.compose import compose_config
     from runner.lr_find import find_lr
 
-    sweep = out / "small_values"
-    args = ["-m", "+experiment=init_lr", "logger=none", f"hydra.sweep.dir={sweep}"]
-    args += ["epochs=3", "hydra.sweeper.params.seed='0,1'"] if quick else ["epochs=10"]
-    _runner_cli(args, cwd=Path.cwd())
+    sweep = _sweep(out / "small_values", "init_lr", QUICK_SWEEP if quick else ["epochs=10"])
     model = ["model=lenet", "logger=none", "trainer.progress=line"]
     lr, result = find_lr(compose_config(model), out / "range_test")
     rows = _train([*model, f"optimizer.lr={lr}", f"epochs={3 if quick else 10}"], out / "at_found")
@@ -237,11 +241,8 @@ def part_init_lr(out: Path, quick: bool) -> Section:
 
 
 def part_mnist1d(out: Path, quick: bool) -> Section:
-    sweep = out / "sweep"
-    args = ["-m", "+experiment=mnist1d_schedules", "logger=none", f"hydra.sweep.dir={sweep}"]
-    if quick:
-        args += ["epochs=3", "data.num_samples=1000", "hydra.sweeper.params.seed='0,1'"]
-    _runner_cli(args, cwd=Path.cwd())
+    extra = [*QUICK_SWEEP, "data.num_samples=1000"] if quick else []
+    sweep = _sweep(out / "sweep", "mnist1d_schedules", extra)
     return Section(
         title="5. The same question where the schedule matters: MNIST-1D",
         claim_en="On digits every sensible schedule ends within noise of the others. MNIST-1D "
@@ -251,11 +252,7 @@ def part_mnist1d(out: Path, quick: bool) -> Section:
         "2020）是为区分模型而设计的一维信号数据集，也能区分学习率调度：在论文的一维 CNN 上比较"
         "课程的六种调度、恒定学习率与 one-cycle，每种 5 个随机种子。",
         command="python -m runner -m +experiment=mnist1d_schedules",
-        figures=[
-            "mnist1d/sweep/lr.png",
-            "mnist1d/sweep/val_acc.png",
-            "mnist1d/sweep/val_loss.png",
-        ],  # fmt: skip
+        figures=_sweep_figures("mnist1d"),
         table=_report_table(sweep),
         differs="Not in the lecture: a second data set, generated locally by the mnist1d "
         "package (no download). The schedules' parameters are the lecture's, scaled to the "

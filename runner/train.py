@@ -376,7 +376,8 @@ def edit_changes(saved: DictConfig, state: dict[str, Any], run_dir: Path) -> lis
     trained = state.get("config")
     if not isinstance(trained, str):
         return []  # a checkpoint from before configs were kept in it
-    old = _leaves(OmegaConf.to_container(OmegaConf.create(trained), resolve=True))
+    trained_cfg = OmegaConf.create(trained)
+    old = _leaves(OmegaConf.to_container(trained_cfg, resolve=True))
     new = _leaves(OmegaConf.to_container(saved, resolve=True))
     changes = []
     for key in sorted(set(old) | set(new)):
@@ -384,7 +385,7 @@ def edit_changes(saved: DictConfig, state: dict[str, Any], run_dir: Path) -> lis
         if was == now:
             continue
         if key == "epochs" and isinstance(was, int) and isinstance(now, int):
-            _check_extension(OmegaConf.create(trained), was, now, run_dir)
+            _check_extension(trained_cfg, was, now, run_dir)
         elif not (key in SAFE_ON_RESUME or key.startswith("logger.")):
             shown = "(absent)" if now is _ABSENT else now
             raise ConfigError(
@@ -645,10 +646,12 @@ def check_run_dir(
     given = compose_config(list(overrides), with_hydra=True, config_dirs=config_dirs)
     with open_dict(given):
         del given["hydra"]
+    last, state = run_dir / checkpoint.LAST, None
     if resuming:
         saved = read_saved_config(run_dir, given.resume)
-        if (run_dir / checkpoint.LAST).exists():  # edits refused before Hydra writes a file
-            edit_changes(saved, checkpoint.load(run_dir / checkpoint.LAST), run_dir)
+        if last.exists():  # edits refused before Hydra writes a file
+            state = checkpoint.load(last)
+            edit_changes(saved, state, run_dir)
         apply_resume_overrides(saved, given, overrides, run_dir)
         epochs = saved.epochs
     elif same_run_on_disk(given, run_dir):
@@ -657,10 +660,11 @@ def check_run_dir(
         refuse_other_run(run_dir, given)
         return None
     status = finished(run_dir, epochs)
-    if status is None or not (run_dir / checkpoint.LAST).exists():
+    if status is None or not last.exists():
         return None  # a run to continue (or one that stopped before its first checkpoint)
     # as the run itself would: a damaged last.pt is refused, and it is the last epoch's
-    if checkpoint.load(run_dir / checkpoint.LAST)["progress"]["epoch"] < epochs:
+    state = state if state is not None else checkpoint.load(last)
+    if state["progress"]["epoch"] < epochs:
         return None
     return nothing_to_do(run_dir, status)
 

@@ -1,5 +1,5 @@
-"""Hydra's own writes (.hydra/*.yaml) failing on a full disk end the CLI with one line, as the
-runner's own files do, and nothing else about Hydra's error output changes."""
+"""Hydra's own writes (.hydra/*.yaml, train.log) failing on a full disk end the CLI with one
+line, as the runner's own files do, and nothing else about Hydra's error output changes."""
 
 from __future__ import annotations
 
@@ -8,33 +8,48 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import run_cli
 
-# `python -m runner` with Hydra's `.hydra/config.yaml` write failing for lack of space
+# `python -m runner` with one of Hydra's files failing for lack of space: `.hydra/config.yaml`
+# (written with open()) or `train.log` (opened by logging's FileHandler, which logging's
+# dictConfig reports as a ValueError wrapping the OSError)
 DRIVER = r"""
-import builtins, errno, os, runpy, sys
-real_open = builtins.open
+import builtins, errno, logging, os, runpy, sys
+failing = os.environ["SCHEDLAB_FAIL_HYDRA"]
+real_open, real_handler_open = builtins.open, logging.FileHandler._open
+
+def no_space(path):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
 
 def open_(file, mode="r", *args, **kwargs):
-    if "w" in mode and str(file).endswith(os.path.join(".hydra", "config.yaml")):
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(file))
+    if "w" in mode and str(file).endswith(failing):
+        no_space(file)
     return real_open(file, mode, *args, **kwargs)
 
-builtins.open = open_
+def handler_open(self):
+    if self.baseFilename.endswith(failing):
+        no_space(self.baseFilename)
+    return real_handler_open(self)
+
+builtins.open, logging.FileHandler._open = open_, handler_open
 sys.argv = ["runner", *sys.argv[1:]]
 runpy.run_module("runner", run_name="__main__", alter_sys=True)
 """
 
 
-def test_a_full_disk_under_hydras_own_files_is_one_line(tmp_path):
+@pytest.mark.parametrize("failing", [os.path.join(".hydra", "config.yaml"), "train.log"])
+def test_a_full_disk_under_hydras_own_files_is_one_line(tmp_path, failing):
     run_dir = tmp_path / "run"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "HYDRA_"))}
+    env["SCHEDLAB_FAIL_HYDRA"] = failing
     proc = subprocess.run(
         [sys.executable, "-c", DRIVER, "epochs=1", "logger=none", f"hydra.run.dir={run_dir}"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 1
-    want = f"error: cannot write {run_dir / '.hydra' / 'config.yaml'}: {os.strerror(errno.ENOSPC)}"
+    want = f"error: cannot write {run_dir / failing}: {os.strerror(errno.ENOSPC)}"
     assert proc.stderr.strip() == want
     assert not (run_dir / "last.pt").exists()
 
@@ -52,33 +67,3 @@ def test_a_key_under_a_null_node_is_a_config_error(tmp_path):
     proc = run_cli("-m", "hydra.sweeper.params.seed=0,1", "logger=none", cwd=tmp_path)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "hydra.sweeper.params.<key>" in proc.stderr
-
-
-# the same command with Hydra's train.log (opened by logging's FileHandler) failing to open
-TRAIN_LOG_DRIVER = r"""
-import errno, logging, os, runpy, sys
-real_open = logging.FileHandler._open
-
-def open_(self):
-    if self.baseFilename.endswith("train.log"):
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), self.baseFilename)
-    return real_open(self)
-
-logging.FileHandler._open = open_
-sys.argv = ["runner", *sys.argv[1:]]
-runpy.run_module("runner", run_name="__main__", alter_sys=True)
-"""
-
-
-def test_a_full_disk_under_hydras_train_log_is_one_line(tmp_path):
-    run_dir = tmp_path / "run"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "HYDRA_"))}
-    proc = subprocess.run(
-        [sys.executable, "-c", TRAIN_LOG_DRIVER, "epochs=1", "logger=none",
-         f"hydra.run.dir={run_dir}"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert proc.returncode == 1
-    want = f"error: cannot write {run_dir / 'train.log'}: {os.strerror(errno.ENOSPC)}"
-    assert proc.stderr.strip() == want
-    assert not (run_dir / "last.pt").exists()
