@@ -31,7 +31,7 @@ lecture-curves: $(STAMP) ## the lecture's six lr curves on its toy problem -> ou
 	$(BIN)/python -m schedulers.lecture --out outputs/lecture_curves
 
 thumbnails: $(STAMP) ## regenerate the README's schedule thumbnails in docs/schedules/
-	$(BIN)/python -m schedulers.preview --small --quiet --out docs/schedules epochs=30 \
+	$(BIN)/python -m runner.preview --small --quiet --out docs/schedules epochs=30 \
 	  scheduler=$$(ls conf/scheduler | grep -v '^target' | sed 's/\.yaml$$//' | paste -sd, -)
 	rm -f docs/schedules/compare.png
 
@@ -42,9 +42,10 @@ bench: $(STAMP) ## benchmarks (not part of test): overhead vs hand loop/Lightnin
 	WANDB_SILENT=true $(BIN)/python benchmarks/bench_fused.py
 	$(BIN)/python benchmarks/bench_gpu.py
 
-lint: $(STAMP) ## ruff check + format check
+lint: $(STAMP) ## ruff check + format check + the import layers (import-linter, pyproject.toml)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 format: $(STAMP) ## apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix .

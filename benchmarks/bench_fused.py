@@ -9,7 +9,7 @@ process, interleaved, median of --repeats:
             runs every job through run_job, the same for both launchers; the sweep
             report callback is left out (it is the same work for both)
   training: only the training: train() for each job one after another, as the basic
-            launcher calls it, vs runner.fused.train_group() for all six
+            launcher calls it, vs runner.sweep.fused.train_group() for all six
 
     python benchmarks/bench_fused.py [--repeats 3] [--quick]
 """
@@ -29,9 +29,9 @@ import hydra  # noqa: E402
 from common import interleaved, machine, median, write  # noqa: E402
 
 from runner.__main__ import main as runner_main  # noqa: E402
-from runner.compose import CONF, compose_config  # noqa: E402
-from runner.fused import Member, train_group  # noqa: E402
-from runner.train import train  # noqa: E402
+from runner.core.compose import CONF, compose_config  # noqa: E402
+from runner.run.train import train  # noqa: E402
+from runner.sweep.fused import Member, train_group  # noqa: E402
 
 SCHEDULES = ["step", "multistep", "exponential", "cosine", "plateau", "lambda"]
 # job -> (overrides, seeds): six jobs each, and the MLP also as 6 schedules x 3 seeds

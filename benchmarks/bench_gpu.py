@@ -21,12 +21,12 @@ import torch  # noqa: E402
 from common import interleaved, machine, median, write  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 
-from runner.builders import build_run  # noqa: E402
-from runner.compose import compose_config  # noqa: E402
-from runner.data import TensorData  # noqa: E402
-from runner.loggers import RunLogger  # noqa: E402
-from runner.models import build_model  # noqa: E402
-from runner.train import fit  # noqa: E402
+from runner.core.builders import build_run  # noqa: E402
+from runner.core.compose import compose_config  # noqa: E402
+from runner.core.data import TensorData  # noqa: E402
+from runner.core.loggers import RunLogger  # noqa: E402
+from runner.core.models import build_model  # noqa: E402
+from runner.run.train import fit  # noqa: E402
 
 
 def synthetic(n: int, device: torch.device) -> TensorData:

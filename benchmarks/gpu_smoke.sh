@@ -54,7 +54,20 @@ run lenet_amp 150 $R model=lenet trainer.amp=true epochs=3 logger=tensorboard \
 run lr_find 150 $PY -m runner.lr_find model=lenet hydra.run.dir=$S/lr_find &
 run ddp 150 $PY -m torch.distributed.run --standalone --nproc_per_node=1 -m runner model=lenet \
     trainer.strategy=ddp epochs=2 logger=none hydra.run.dir=$S/ddp &
+if [ "${MNIST1D:-0}" = 1 ]; then  # docs/mnist1d/: the two MNIST-1D presets' reports, anew
+    run mnist1d_schedules 300 $R -m +experiment=mnist1d_schedules logger=none \
+        hydra.sweep.dir=$S/mnist1d_schedules &
+    run mnist1d_models 400 $R -m +experiment=mnist1d_models logger=none \
+        hydra.sweep.dir=$S/mnist1d_models &
+fi
 wait
+if [ "${MNIST1D:-0}" = 1 ]; then
+    for d in mnist1d_schedules mnist1d_models; do
+        for f in report.md report.csv comparisons.csv val_acc.png; do
+            cp "$S/$d/$f" "$OUT/${d}_$f" 2>/dev/null
+        done
+    done
+fi
 
 echo "== checks"
 $PY - "$S" <<'EOF'
@@ -113,11 +126,26 @@ except Exception as e:  # noqa: BLE001
     check("fused_vs_basic", False, repr(e))
 EOF
 
+if [ "${RACE:-0}" = 1 ]; then  # the README's raced MNIST-1D sweep (hydra/sweeper=race)
+    echo "== race ($(left)s left)"
+    run race $(( $(left) / 2 )) $R -m hydra/sweeper=race +experiment=mnist1d_schedules \
+        hydra.sweeper.max_seeds=10 logger=none hydra.sweep.dir=$S/race
+    tail -n 5 "$S/race.log"
+    cp "$S/race/report.md" "$OUT/race_report.md" 2>/dev/null
+    cp "$S/race/race.json" "$OUT/race.json" 2>/dev/null
+fi
+
 echo "== benchmarks ($(left)s left)"
-run bench_gpu $(( $(left) / 3 )) $PY benchmarks/bench_gpu.py
-run bench_gpu_compile $(( $(left) * 2 / 3 )) $PY benchmarks/bench_gpu.py --compile --repeats 3
-run bench_fused $(left) $PY benchmarks/bench_fused.py --repeats 1
-cat $S/bench_*.log
+BENCHES=${BENCHES:-"gpu gpu_compile fused"}  # which of them to run
+for b in $BENCHES; do
+    case $b in
+        gpu) run bench_gpu $(( $(left) / 3 )) $PY benchmarks/bench_gpu.py ;;
+        gpu_compile) run bench_gpu_compile $(( $(left) * 2 / 3 )) \
+            $PY benchmarks/bench_gpu.py --compile --repeats 3 ;;
+        fused) run bench_fused $(left) $PY benchmarks/bench_fused.py --repeats 1 ;;
+    esac
+done
+cat $S/bench_*.log 2>/dev/null
 
 echo "== collect"
 for f in $S/*.log; do echo "##### $f"; tail -n 25 "$f"; done >"$OUT/smoke_logs.txt"

@@ -23,7 +23,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from runner.files import WRITE_ERRNOS, WriteFailed, read_json, write_json_atomic
+from runner.core.compose import compose_config, expand, options_first
+from runner.core.files import WRITE_ERRNOS, WriteFailed, read_json, write_json_atomic
+from runner.core.stopping import stop_on_signals
+from runner.sweep.launch import check_launcher, check_sweeper
 from schedulers import ConfigError
 
 EXIT_CONFIG = 2
@@ -68,8 +71,6 @@ WORST_OBJECTIVE = 0.0
 def main(cfg: DictConfig) -> float:
     """Returns the best val accuracy, the objective a Hydra sweeper (e.g. Optuna) maximises."""
     global _CLI_STOP
-    from runner.stopping import stop_on_signals
-
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     multirun = hc.mode == RunMode.MULTIRUN
@@ -78,7 +79,7 @@ def main(cfg: DictConfig) -> float:
         outer.restore()
         outer = None
     # the handlers are in place before torch is imported: a signal during start-up
-    # leaves status.json `interrupted` (runner/stopping.py), not a traceback
+    # leaves status.json `interrupted` (runner/core/stopping.py), not a traceback
     with contextlib.nullcontext(outer) if outer is not None else stop_on_signals() as stop:
         result = _run_job(cfg, hc, run_dir, multirun, stop)
         stop.restore()  # sets stop.chain
@@ -97,7 +98,8 @@ def main(cfg: DictConfig) -> float:
 
 def _run_job(cfg: DictConfig, hc: Any, run_dir: Path, multirun: bool, stop: Any) -> Any:
     """The run's Result, or (a job of a sweep that failed) NaN for the sweeper."""
-    from runner.train import RunDirRefused, train
+    from runner.run.rundir import RunDirRefused  # these import torch: not for --help
+    from runner.run.train import train
 
     try:
         return train(
@@ -167,19 +169,17 @@ def check_composition(argv: list[str]) -> None:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from hydra_plugins.schedlab_fused.fused_launcher import check_launcher
-    from runner.compose import compose_config, expand
-
     try:
         first, *others = expand(overrides)
         composed = compose_config(first, with_hydra=True, config_dirs=dirs)
         check_launcher(composed.hydra.launcher)
+        check_sweeper(composed.hydra.sweeper, overrides)
         for combo in others:
             compose_config(combo, config_dirs=dirs)
         if not multirun and not composed.resume:
             from omegaconf import open_dict
 
-            from runner.config import validate  # imports torch: only once the run is valid
+            from runner.core.config import validate  # imports torch: only once the run is valid
 
             with open_dict(composed):
                 del composed["hydra"]
@@ -256,7 +256,7 @@ def check_run_dir(argv: list[str]) -> None:
         return  # a new dated dir, or one Hydra makes now
     dirs = config_dirs(argv)
     overrides = [a for a in argv if not a.startswith("-") and "=" in a and a not in dirs]
-    from runner.train import check_run_dir as check
+    from runner.run.rundir import check_run_dir as check  # imports torch (checkpoints)
 
     try:
         done = check(Path(target), overrides, resuming, config_dirs=dirs)
@@ -282,9 +282,6 @@ def _write_error(err: BaseException | None) -> OSError | None:
 
 def cli() -> None:
     global _CLI_STOP
-    from runner.compose import options_first
-    from runner.stopping import stop_on_signals
-
     sys.argv[1:] = options_first(sys.argv[1:])
     check_composition(sys.argv[1:])
     check_resume_dir(sys.argv[1:])

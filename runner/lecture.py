@@ -29,7 +29,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runner import files
+from runner.core import files
+from runner.core.compose import compose_config
+from runner.core.lr_find import find_lr
+from runner.run.train import train
+from schedulers import build_scheduler
+from schedulers.lecture import lecture_config, toy_params, write_curves
+from schedulers.trace import as_markdown, flagged_epochs, trace_schedule
 
 PARTS = ("curves", "lenet", "schedulers", "init_lr", "mnist1d")
 OPTIONS = {"part": "all", "quick": "false", "fresh": "false", "out": "outputs/lecture"}
@@ -81,14 +87,9 @@ def _report_table(sweep: Path) -> str:
 
 
 def part_curves(out: Path, quick: bool) -> Section:
-    from schedulers.lecture import lecture_config, toy_params, write_curves
-    from schedulers.trace import as_markdown, flagged_epochs, trace_schedule
-
     out.mkdir(parents=True, exist_ok=True)
     paths = write_curves(out)
     import torch
-
-    from schedulers import build_scheduler
 
     traces = {}
     for name in ("step", "multistep"):
@@ -109,7 +110,7 @@ def part_curves(out: Path, quick: bool) -> Section:
         "设置下一个 epoch 的学习率："
         "StepLR 与 MultiStepLR 阶梯下降，ExponentialLR 指数衰减，CosineAnnealingLR 余弦变化，"
         "ReduceLROnPlateau 在监控指标不再下降时调整，LambdaLR 按自定义函数（每个参数组一个）调整。",
-        command="python -m schedulers.lecture   # and: python -m schedulers.preview "
+        command="python -m schedulers.lecture   # and: python -m runner.preview "
         "scheduler=multistep trace=true",
         figures=[f"curves/{p.name}" for p in paths],
         table="Internals traces (last_epoch, base_lrs, lr in use, get_last_lr, get_lr outside "
@@ -122,9 +123,6 @@ def part_curves(out: Path, quick: bool) -> Section:
 
 
 def _train(overrides: list[str], run_dir: Path) -> list[dict[str, Any]]:
-    from runner.compose import compose_config
-    from runner.train import train
-
     train(compose_config([*overrides, "logger=none", "trainer.progress=line"]), run_dir)
     return [r for r in files.read_jsonl(run_dir / "metrics.jsonl") if r.get("kind") != "step"]
 
@@ -199,9 +197,6 @@ def part_schedulers(out: Path, quick: bool) -> Section:
 
 
 def part_init_lr(out: Path, quick: bool) -> Section:
-    from runner.compose import compose_config
-    from runner.lr_find import find_lr
-
     sweep = _sweep(out / "small_values", "init_lr", QUICK_SWEEP if quick else ["epochs=10"])
     model = ["model=lenet", "logger=none", "trainer.progress=line"]
     lr, result = find_lr(compose_config(model), out / "range_test")

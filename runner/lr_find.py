@@ -1,255 +1,22 @@
-"""The LR range test of Smith (2017): find the largest lr at which the loss still falls fast.
+"""`python -m runner.lr_find <overrides>`: the LR range test on its own (runner/core/lr_find.py),
+with the training config's overrides; writes lr_find.csv and lr_find.png into the run dir."""
 
-`python -m runner.lr_find <overrides>` takes the training config (same model,
-data, optimizer), raises the lr every batch from `lr_find.start_lr` to
-`lr_find.end_lr`, records (lr, loss, smoothed loss), stops when the smoothed loss
-diverges, restores the model, optimizer and RNG to their state before the test,
-and writes `lr_find.csv`, `lr_find.png` and two suggestions. A training run with
-`optimizer.lr=find` runs it first and trains with the chosen suggestion.
-"""
-
-from __future__ import annotations
-
-import copy
-import csv
-import io
-import logging
-import math
 import sys
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from runner import files
-from runner.schema import LrFind, check_node
+from runner.core import files
+from runner.core.compose import options_first
+from runner.core.config import validate
+from runner.core.lr_find import find_lr
 from schedulers import ConfigError
-
-log = logging.getLogger("schedlab")
-EXPLAIN = {
-    "steepest": "lr where the smoothed loss falls fastest per decade of lr (Smith's choice)",
-    "min_loss_div_10": "a tenth of the lr at the lowest smoothed loss (just before divergence)",
-}
-
-
-def validate_lr_find(cfg: Mapping[str, Any]) -> None:
-    """Each key by its schema, then the range itself."""
-    check_node("lr_find", cfg, LrFind)
-    if cfg["end_lr"] <= cfg["start_lr"]:
-        start = cfg["start_lr"]
-        raise ConfigError("lr_find.end_lr", cfg["end_lr"], f"must be > start_lr ({start})")
-
-
-def lr_at(i: int, cfg: Mapping[str, Any]) -> float:
-    """The lr of iteration i: geometric (exp) or arithmetic (linear) from start_lr to end_lr."""
-    start, end, n = cfg["start_lr"], cfg["end_lr"], cfg["num_iters"]
-    frac = i / (n - 1)
-    if cfg["mode"] == "exp":
-        return start * (end / start) ** frac
-    return start + (end - start) * frac
-
-
-def smoothed(losses: list[float], beta: float) -> list[float]:
-    """Bias-corrected EMA: avg_i = beta avg_{i-1} + (1 - beta) loss_i, divided by 1 - beta^(i+1)."""
-    avg, out = 0.0, []
-    for i, loss in enumerate(losses):
-        avg = beta * avg + (1 - beta) * loss
-        out.append(avg / (1 - beta ** (i + 1)))
-    return out
-
-
-@dataclass
-class RangeTest:
-    lrs: list[float] = field(default_factory=list)
-    losses: list[float] = field(default_factory=list)
-    smooth: list[float] = field(default_factory=list)
-    stopped_early: bool = False
-    suggestions: dict[str, float] = field(default_factory=dict)
-
-    def rows(self) -> list[tuple[float, float, float]]:
-        return list(zip(self.lrs, self.losses, self.smooth, strict=True))
-
-
-def suggest(lrs: list[float], smooth: list[float]) -> dict[str, float]:
-    """Both suggestions from the smoothed curve; with 20+ points the noisy first 10 % and
-    last 5 % are left out of the slope search, as torch-lr-finder and fastai do."""
-    n = len(lrs)
-    lo, hi = (n // 10, n - n // 20) if n >= 20 else (0, n)
-    x = [math.log10(lr) for lr in lrs]
-    # central differences of the loss against log10(lr); the most negative is the steepest fall
-    slopes = {
-        i: (smooth[i + 1] - smooth[i - 1]) / (x[i + 1] - x[i - 1])
-        for i in range(max(lo, 1), min(hi, n - 1))
-    }
-    steepest = min(slopes, key=slopes.__getitem__)
-    lowest = min(range(n), key=smooth.__getitem__)
-    return {"steepest": lrs[steepest], "min_loss_div_10": lrs[lowest] / 10}
-
-
-def range_test(
-    cfg: Mapping[str, Any],
-    model: Any,
-    optimizer: Any,
-    data: Any,
-    *,
-    seed: int,
-    batch_size: int,
-    amp: bool = False,
-    progress: str = "auto",
-) -> RangeTest:
-    """Run the test on `model`/`optimizer`; both (and the torch RNG) are restored afterwards.
-
-    Param groups keep their lr ratios: each group's lr is its initial lr / the first
-    group's initial lr, times the lr of the iteration.
-    """
-    import torch
-
-    from runner.builders import autocast
-    from runner.data import batches
-    from runner.train import evaluate, progress_bar, train_step
-
-    device = next(model.parameters()).device
-    saved = (
-        copy.deepcopy(model.state_dict()),
-        copy.deepcopy(optimizer.state_dict()),
-        torch.get_rng_state(),
-        torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-    )
-    ratios = [g["lr"] / optimizer.param_groups[0]["lr"] for g in optimizer.param_groups]
-    amp_ctx, scaler = autocast(device, amp)
-    shuffle = torch.Generator().manual_seed(seed)
-    result = RangeTest()
-    bar = progress_bar(progress, cfg["num_iters"], "lr range test")
-
-    def stream():
-        while True:
-            yield from batches(data.x_train, data.y_train, batch_size, shuffle)
-
-    try:
-        model.train()
-        best = math.inf
-        for i, (x, y) in zip(range(cfg["num_iters"]), stream(), strict=False):
-            lr = lr_at(i, cfg)
-            for group, ratio in zip(optimizer.param_groups, ratios, strict=True):
-                group["lr"] = lr * ratio
-            loss, _ = train_step(model, optimizer, x.to(device), y.to(device), amp_ctx, scaler)
-            bar.update()
-            if cfg["val_every"]:
-                if (i + 1) % cfg["val_every"]:
-                    continue
-                loss_value = evaluate(
-                    model, data.x_val, data.y_val, amp_ctx=amp_ctx, batch_size=1024, device=device
-                )[0]
-                model.train()
-            else:
-                loss_value = loss.item()
-            result.lrs.append(lr)
-            result.losses.append(loss_value)
-            if not math.isfinite(loss_value):
-                result.stopped_early = True
-                break
-            result.smooth = smoothed(result.losses, cfg["smooth"])
-            best = min(best, result.smooth[-1])
-            if result.smooth[-1] > cfg["diverge_threshold"] * best:
-                result.stopped_early = True
-                break
-    finally:
-        bar.close()
-        model.load_state_dict(saved[0])
-        optimizer.load_state_dict(saved[1])
-        torch.set_rng_state(saved[2])
-        if saved[3] is not None:
-            torch.cuda.set_rng_state_all(saved[3])
-    # a NaN/inf last point carries no information for the suggestions
-    finite = [i for i, v in enumerate(result.losses) if math.isfinite(v)]
-    result.lrs = [result.lrs[i] for i in finite]
-    result.losses = [result.losses[i] for i in finite]
-    result.smooth = smoothed(result.losses, cfg["smooth"])
-    if len(result.lrs) < 3:
-        raise RuntimeError(
-            f"the loss diverged within {len(result.lrs)} points; lower lr_find.start_lr"
-        )
-    result.suggestions = suggest(result.lrs, result.smooth)
-    return result
-
-
-def write_outputs(result: RangeTest, out: Path, chosen: str) -> tuple[Path, Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out.mkdir(parents=True, exist_ok=True)
-    csv_path, png_path = out / "lr_find.csv", out / "lr_find.png"
-    f = io.StringIO(newline="")
-    writer = csv.writer(f)
-    writer.writerow(["lr", "loss", "smoothed_loss"])
-    writer.writerows(result.rows())
-    files.write_text_atomic(csv_path, f.getvalue(), fsync=False)
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
-    ax.plot(result.lrs, result.losses, color="0.75", linewidth=0.8, label="loss")
-    ax.plot(result.lrs, result.smooth, linewidth=1.8, label="smoothed loss")
-    for name, style in (("steepest", "--"), ("min_loss_div_10", ":")):
-        lr = result.suggestions[name]
-        mark = " (used)" if name == chosen else ""
-        ax.axvline(lr, linestyle=style, color="C3" if name == chosen else "C2",
-                   label=f"{name}: {lr:.3g}{mark}")  # fmt: skip
-    ax.set_xscale("log")
-    ax.set_xlabel("learning rate (log scale)")
-    ax.set_ylabel("loss")
-    low = min(min(result.losses), min(result.smooth))
-    ax.set_ylim(low - 0.05 * abs(low), max(result.smooth[0], low) * 1.5)  # divergence off-chart
-    ax.set_title("LR range test (Smith 2017)")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    files.replace_atomic(png_path, lambda tmp: fig.savefig(tmp, format="png"), fsync=False)
-    plt.close(fig)
-    return csv_path, png_path
-
-
-def describe(result: RangeTest, chosen: str) -> str:
-    lines = [
-        f"lr range test: {len(result.lrs)} points from {result.lrs[0]:.3g} to {result.lrs[-1]:.3g}"
-        + (" (stopped early: the loss diverged)" if result.stopped_early else ""),
-    ]
-    for name, lr in result.suggestions.items():
-        used = "  <- used" if name == chosen else ""
-        lines.append(f"  {name:<16} {lr:.4g}   {EXPLAIN[name]}{used}")
-    return "\n".join(lines)
-
-
-def find_lr(cfg: DictConfig, out: Path) -> tuple[float, RangeTest]:
-    """Build the run's model/data/optimizer (same seed as training), test, write outputs."""
-    from runner.builders import build_training_parts
-
-    probe = copy.deepcopy(cfg)
-    probe.optimizer.lr = 1.0  # group lrs become the param-group multipliers
-    _, data, model, optimizer = build_training_parts(probe)
-    result = range_test(
-        cfg.lr_find,
-        model,
-        optimizer,
-        data,
-        seed=cfg.seed,
-        batch_size=cfg.data.batch_size,
-        amp=cfg.trainer.amp,
-        progress=cfg.trainer.progress,
-    )
-    chosen = cfg.lr_find.suggestion
-    write_outputs(result, out, chosen)
-    print(describe(result, chosen))
-    return result.suggestions[chosen], result
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float:
-    from runner.config import validate
-
     out = Path(HydraConfig.get().runtime.output_dir)
     try:
         validate(cfg)
@@ -266,7 +33,5 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
-    from runner.compose import options_first
-
     sys.argv[1:] = options_first(sys.argv[1:])
     main()

@@ -13,6 +13,9 @@ import csv
 from pathlib import Path
 from typing import Any
 
+from schedulers import build_scheduler
+from schedulers.plot import plot_lr_curves
+
 LR = 0.1
 MAX_EPOCH = 200
 ITERATIONS = 10
@@ -63,8 +66,6 @@ def run_toy(name: str, cfg: dict[str, Any] | None = None) -> list[list[float]]:
     """lr of every param group at each epoch of the toy demo."""
     import torch
 
-    from schedulers import build_scheduler
-
     params = toy_params(name)
     opt = torch.optim.SGD([{"params": [p]} for p in params], lr=LR, momentum=0.9)
     schedule = build_scheduler(
@@ -83,8 +84,6 @@ def run_toy(name: str, cfg: dict[str, Any] | None = None) -> list[list[float]]:
 
 
 def write_curves(out: Path) -> list[Path]:
-    from schedulers.plot import plot_lr_curves
-
     written = []
     for name, cfg in LECTURE.items():
         lrs = run_toy(name)

@@ -18,39 +18,16 @@ from typing import Any
 from schedulers import checks
 from schedulers.errors import ConfigError
 from schedulers.expr import ExpressionError, LrExpression, first_bad, parse
+from schedulers.node import Context, Node
 from schedulers.schedule import LRSchedule
-from schedulers.target import plain
+from schedulers.sequence import resolve_sequence
+from schedulers.target import plain, resolve_target
+from schedulers.wsd import DECAY_SHAPES, WarmupStableDecayLR
 
 COMMON = ("name", "interval", "warmup_epochs", "warmup_start_factor")
 INTERVALS = ("epoch", "step")
 SEQUENCE = "sequence"  # phases run one after another (schedulers/sequence.py)
 TARGET = "_target_"  # any scheduler class by its import path (schedulers/target.py)
-
-
-@dataclass(frozen=True)
-class Context:
-    """What a schedule needs to know about the run besides its own keys."""
-
-    epochs: int
-    steps_per_epoch: int
-    interval: str
-    base_lrs: tuple[float, ...]  # the optimizer's lr of each param group
-    warmup: int  # warmup length, in units of `interval`
-    span: int | None = None  # a sequence phase's own length; None: the rest of the run
-
-    @property
-    def per_epoch(self) -> int:
-        return 1 if self.interval == "epoch" else self.steps_per_epoch
-
-    @property
-    def run_length(self) -> int:
-        """Steps of the whole run once warmup is done, in units of `interval`."""
-        return self.epochs * self.per_epoch - self.warmup
-
-    @property
-    def length(self) -> int:
-        """Steps of the schedule itself: the run once warmup is done, or a phase's length."""
-        return self.run_length if self.span is None else self.span
 
 
 @dataclass(frozen=True)
@@ -330,16 +307,12 @@ def _build_cyclic(opt: Any, p: Mapping[str, Any], ctx: Context) -> Any:
 
 
 def _check_wsd(p: Mapping[str, Any], ctx: Context) -> None:
-    from schedulers.wsd import DECAY_SHAPES
-
     need_range("decay_fraction", p["decay_fraction"], 0, 1, lo_open=True, hi_open=False)
     need_choice("decay_shape", p["decay_shape"], DECAY_SHAPES)
     need_range("final_lr_scale", p["final_lr_scale"], 0, 1, lo_open=False, hi_open=True)
 
 
 def _build_wsd(opt: Any, p: Mapping[str, Any], ctx: Context) -> Any:
-    from schedulers.wsd import WarmupStableDecayLR
-
     keys = ("decay_fraction", "decay_shape", "final_lr_scale")
     return WarmupStableDecayLR(opt, total=ctx.length, **{k: p[k] for k in keys})
 
@@ -435,18 +408,6 @@ SCHEDULES: dict[str, Spec] = {
 
 
 # -- one path for every schedule node: a top-level `scheduler` or a sequence phase -----------
-@dataclass(frozen=True)
-class Node:
-    """A checked schedule: how to build its torch scheduler on an optimizer, and what it needs."""
-
-    label: str
-    build: Callable[[Any], Any]  # optimizer -> torch scheduler (or a SequenceLR)
-    monitor: str | None = None  # the metric its step() needs (ReduceLROnPlateau), else None
-    # OneCycleLR rewrites the param groups' `initial_lr`, which the schedules built after it
-    # would take as their base lr: in a sequence it can only be the last phase
-    last_only: bool = False
-
-
 def schedule_label(cfg: Mapping[str, Any]) -> str:
     """How a schedule is named in logs, labels and file names: its `name`, or the class name
     of its `_target_`."""
@@ -500,8 +461,6 @@ def resolve_node(
     top = where == "scheduler"
     kind = _kind(node, where)
     if kind == "target":
-        from schedulers.target import resolve_target
-
         return resolve_target(node, ctx, where, ours=ours, metrics=metrics)
     if kind == SEQUENCE:
         if not top:
@@ -510,9 +469,7 @@ def resolve_node(
                 SEQUENCE,
                 "a phase cannot be a sequence itself; list its phases in this sequence instead",
             )
-        from schedulers.sequence import resolve_sequence
-
-        return resolve_sequence(node, ctx, ours=ours, metrics=metrics)
+        return resolve_sequence(node, ctx, ours=ours, metrics=metrics, resolve=resolve_node)
 
     spec = SCHEDULES[kind]
     allowed = (*ours, *spec.params)

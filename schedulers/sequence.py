@@ -17,7 +17,7 @@ too.
 from __future__ import annotations
 
 from bisect import bisect_right
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -25,7 +25,7 @@ from torch import Tensor
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from schedulers.errors import ConfigError
-from schedulers.registry import Context, Node, resolve_node
+from schedulers.node import Context, Node
 from schedulers.target import dry_run
 
 
@@ -144,10 +144,12 @@ def resolve_sequence(
     *,
     ours: Sequence[str],
     metrics: Collection[str] | None = None,
+    resolve: Callable[..., Node],
 ) -> Node:
     """Check a `name: sequence` node: its phases one by one through the same path as a
-    top-level schedule (a Context whose length is the phase's), their lengths against the
-    run, then the whole sequence on a throwaway optimizer."""
+    top-level schedule (`resolve`: the registry's resolve_node, passed in rather than
+    imported, as the registry imports this), their lengths against the run, then the whole
+    sequence on a throwaway optimizer."""
     for key in node:
         if key not in ("name", "phases", *ours):
             raise ConfigError(
@@ -184,7 +186,7 @@ def resolve_sequence(
                 f"{total} (epochs x {ctx.per_epoch}, minus warmup)",
             )
         phase_ctx = replace(ctx, span=span)
-        nodes.append(resolve_node(phase, phase_ctx, where, ours=["length"], metrics=metrics))
+        nodes.append(resolve(phase, phase_ctx, where, ours=["length"], metrics=metrics))
         if nodes[-1].last_only and not last:
             key = f"{where}.{'name' if 'name' in phase else '_target_'}"
             raise ConfigError(

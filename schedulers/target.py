@@ -22,7 +22,9 @@ import warnings
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
+from schedulers.checks import mode_for, need_call, need_mode
 from schedulers.errors import ConfigError
+from schedulers.node import Node
 
 TARGET = "_target_"
 HYDRA_KEYS = ("_target_", "_partial_", "_convert_", "_recursive_")
@@ -64,35 +66,6 @@ def is_plateau(target: Any) -> bool:
     return isinstance(target, type) and issubclass(target, ReduceLROnPlateau)
 
 
-def bind(target: Callable[..., Any], kwargs: Mapping[str, Any], where: str) -> None:
-    """`target(optimizer, **kwargs)` must be a valid call: every key a parameter, every
-    required parameter given. Values are tried by the dry run."""
-    try:
-        sig = inspect.signature(target)
-    except (TypeError, ValueError):
-        return  # no signature to read: the dry run will tell
-    name = getattr(target, "__name__", str(target))
-    params = list(sig.parameters.values())
-    takes_any = any(p.kind is p.VAR_KEYWORD for p in params)
-    known = [p.name for p in params[1:] if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-    for key in kwargs:
-        if key not in known and not takes_any:
-            raise ConfigError(
-                f"{where}.{key}", kwargs[key], f"{name} has no argument '{key}'; it takes {known}"
-            )
-    try:
-        sig.bind(None, **kwargs)  # the optimizer comes first
-    except TypeError as err:
-        missing = re.search(r"missing a required argument: '(\w+)'", str(err))
-        if missing:
-            raise ConfigError(
-                f"{where}.{missing.group(1)}", None, f"required by {name}; set it in the config"
-            ) from None
-        twice = re.search(r"multiple values for argument '(\w+)'", str(err))
-        key = f"{where}.{twice.group(1)}" if twice else f"{where}.{TARGET}"
-        raise ConfigError(key, kwargs.get(twice.group(1)) if twice else name, str(err)) from None
-
-
 def _need_finite(key: str, value: Any) -> None:
     """No NaN or infinity in a kwarg (or a list of them): a class may not reject it (torch's
     ReduceLROnPlateau takes factor=nan and then never lowers the lr), so it is rejected here."""
@@ -110,8 +83,6 @@ def _plateau_mode(target: Any, kwargs: dict[str, Any], monitor: str, where: str)
     """`mode` is the class's own argument; it must agree with `monitor` (max for an
     accuracy, min for a loss). `auto`, or no mode where the class takes one, becomes the
     metric's (the class's default `min` would cut the lr whenever an accuracy improves)."""
-    from schedulers.checks import mode_for, need_mode
-
     if "mode" in kwargs:
         need_mode(f"{where}.mode", kwargs["mode"], monitor, "monitor")
     elif not _takes(target, "mode"):
@@ -186,7 +157,6 @@ def resolve_target(
     metrics: Collection[str] | None = None,
 ) -> Any:
     """Check a `_target_` node (the top-level scheduler or a sequence phase) -> registry.Node."""
-    from schedulers.registry import Node
 
     node = plain(node)
     target = locate(node[TARGET], where)
@@ -204,7 +174,7 @@ def resolve_target(
     mine = (*ours, "monitor") if plateau else tuple(ours)
     kwargs = {k: v for k, v in node.items() if k not in HYDRA_KEYS and k not in mine}
     name = getattr(target, "__name__", str(target))
-    bind(target, kwargs, where)
+    need_call(where, target, dict(kwargs), leading=1)  # the optimizer comes first
     for key, value in kwargs.items():
         _need_finite(f"{where}.{key}", value)
     monitor = None

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from omegaconf import DictConfig
 
-from runner.compose import CONF as CONF  # re-exported for the tests
-from runner.compose import compose_config
+from runner.core.compose import CONF as CONF  # re-exported for the tests
+from runner.core.compose import compose_config
 
 WANDB_CLI = Path(sys.executable).parent / "wandb"
 
@@ -131,7 +131,7 @@ def cfg_factory():
 # pytest-xdist gives each worker a first share of consecutive tests, so a fixture's tests
 # are not spread over two workers that would each build it, and the longest set-up starts
 # at once instead of holding the run up at its end. Otherwise the order is the file order.
-SHARED_FIXTURES_FIRST = ("page", "full_disk", "finished_run", "cosine_run")
+SHARED_FIXTURES_FIRST = ("page", "basic_race", "full_disk", "finished_run", "cosine_run")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

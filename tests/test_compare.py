@@ -5,12 +5,13 @@ from __future__ import annotations
 import csv
 import json
 import math
+import statistics
 
 import pytest
 import yaml
 
-from runner.compare import compare, paired_ci
-from runner.report import write_report
+from runner.sweep.compare import compare, paired_ci, seeds_needed
+from runner.sweep.report import write_report
 
 T_975_DF2 = 4.302652729911275  # Student t quantiles, from tables
 T_975_DF4 = 2.7764451051977987
@@ -82,3 +83,111 @@ def test_losses_compare_lower_as_better():
     assert c.a_wins == 3 and c.verdict == "a better"
     mean, lo, hi = paired_ci([1.0, 1.0, 1.0])
     assert (mean, lo, hi) == (1.0, 1.0, 1.0)
+
+
+# ---- Holm's correction and the seeds a tie needs, against scipy directly
+
+PER_SEED = {  # three configurations x 4 seeds: one clear gap, one small, one in between
+    "cosine": [0.95, 0.96, 0.94, 0.97],
+    "plateau": [0.94, 0.95, 0.945, 0.955],
+    "step": [0.90, 0.92, 0.89, 0.93],
+}
+
+
+def test_holm_adjusted_p_and_intervals_equal_scipy(tmp_path):
+    from scipy import stats
+
+    sweep = tmp_path / "sweep"
+    n = 0
+    for schedule, vals in PER_SEED.items():
+        for seed, v in enumerate(vals):
+            fake_job(sweep, n, schedule, seed, v)
+            n += 1
+    write_report(sweep)
+    rows = list(csv.DictReader((sweep / "comparisons.csv").open()))
+    assert len(rows) == 3
+    for col in ("p_value", "p_holm", "ci_holm_low", "ci_holm_high", "seeds_needed"):
+        assert col in rows[0]
+
+    # direct: scipy's paired t test, Holm's step-down by hand, scipy's t interval
+    raw = {}
+    for row in rows:
+        a, b = (PER_SEED[row[k].split("=")[1]] for k in ("a", "b"))
+        raw[(row["a"], row["b"])] = (
+            stats.ttest_rel(a, b).pvalue,
+            [x - y for x, y in zip(a, b, strict=True)],
+        )
+    order = sorted(raw, key=lambda k: raw[k][0])
+    m, alpha, running = len(order), 0.05, 0.0
+    for i, pair in enumerate(order):
+        p, diffs = raw[pair]
+        running = max(running, min(1.0, (m - i) * p))
+        (row,) = [r for r in rows if (r["a"], r["b"]) == pair]
+        assert float(row["p_value"]) == pytest.approx(p)
+        assert float(row["p_holm"]) == pytest.approx(running)
+        lo, hi = stats.t.interval(1 - alpha / (m - i), len(diffs) - 1,
+                                  loc=statistics.fmean(diffs), scale=stats.sem(diffs))  # fmt: skip
+        assert (float(row["ci_holm_low"]), float(row["ci_holm_high"])) == pytest.approx((lo, hi))
+        assert ("better" in row["verdict"]) == (running < alpha)
+        assert (row["seeds_needed"] == "nan") == (running < alpha)  # sized for ties only
+    # the uncorrected interval stays what it was
+    (top,) = [r for r in rows if (r["a"], r["b"]) == ("scheduler=cosine", "scheduler=plateau")]
+    d = [x - y for x, y in zip(PER_SEED["cosine"], PER_SEED["plateau"], strict=True)]
+    lo, hi = stats.t.interval(0.95, 3, loc=statistics.fmean(d), scale=stats.sem(d))
+    assert (float(top["ci_low"]), float(top["ci_high"])) == pytest.approx((lo, hi))
+
+
+def scipy_seeds_needed(effect: float, alpha: float = 0.05, target: float = 0.8) -> int:
+    """The smallest n whose two-sided paired t test has power >= target (scipy's nct)."""
+    from scipy import stats
+
+    n = 2
+    while True:
+        crit = stats.t.ppf(1 - alpha / 2, n - 1)
+        nc = effect * math.sqrt(n)
+        if stats.nct.sf(crit, n - 1, nc) + stats.nct.cdf(-crit, n - 1, nc) >= target:
+            return n
+        n += 1
+
+
+def test_seeds_needed_is_the_paired_t_power_formula(tmp_path):
+    assert seeds_needed([0.0, 1.0]) == scipy_seeds_needed(0.5 / statistics.stdev([0.0, 1.0]))
+    # the textbook case: effect 0.5 sd, two-sided 5 %, 80 % power -> 34 pairs
+    diffs = [0.5 + x for x in (-1.0, 1.0, -1.0, 1.0)]
+    effect = statistics.fmean(diffs) / statistics.stdev(diffs)
+    assert seeds_needed(diffs) == scipy_seeds_needed(effect)
+    assert scipy_seeds_needed(0.5) == 34
+    assert seeds_needed([0.01, -0.01, 0.01, -0.01]) == math.inf  # no difference to resolve
+
+    # and in comparisons.csv for a tie: 3 seeds, diffs .01 .00 .02
+    sweep = sweep_of(tmp_path, [0.91, 0.90, 0.92], [0.90, 0.90, 0.90])
+    text = write_report(sweep)
+    (row,) = list(csv.DictReader((sweep / "comparisons.csv").open()))
+    assert "tie" in row["verdict"]
+    effect = 0.01 / statistics.stdev([0.01, 0.0, 0.02])
+    assert int(row["seeds_needed"]) == scipy_seeds_needed(effect)
+    assert f"~{scipy_seeds_needed(effect)} seeds would resolve" in text
+    assert "Holm" in text
+
+
+def test_seeds_needed_of_a_tie_in_a_family_is_sized_at_its_holm_level():
+    """In a family of m pairs, the pair with the i-th smallest p is decided at alpha/(m - i):
+    its seeds-needed figure is the power formula at that level (here more seeds than the
+    ties have; at the family's plain 0.05 it could be fewer)."""
+    from runner.sweep.compare import all_pairs
+
+    values = {  # 4 seeds: a clear gap to c, a small one between a and b
+        "a": {0: 0.91, 1: 0.92, 2: 0.90, 3: 0.93},
+        "b": {0: 0.90, 1: 0.92, 2: 0.90, 3: 0.91},
+        "c": {0: 0.80, 1: 0.83, 2: 0.79, 3: 0.81},
+    }
+    pairs = all_pairs(values, higher_is_better=True)
+    ranked = sorted(pairs, key=lambda c: c.p_value)
+    for i, c in enumerate(ranked):
+        if not c.tie:
+            continue
+        diffs = [values[c.a][s] - values[c.b][s] for s in range(4)]
+        effect = statistics.fmean(diffs) / statistics.stdev(diffs)
+        assert c.seeds_needed == scipy_seeds_needed(effect, alpha=0.05 / (len(ranked) - i))
+        assert c.seeds_needed > c.n
+    assert any(c.tie for c in pairs)

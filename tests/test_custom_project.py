@@ -10,9 +10,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from runner.compose import compose_config
-from runner.train import train
-from schedulers.preview import main as preview
+from runner.core.compose import compose_config
+from runner.preview import main as preview
+from runner.run.train import train
 from tests.conftest import one_torch_thread, read_metrics, run_cli
 from tests.test_robustness import comparable, start, wait_for_rows
 
@@ -72,7 +72,7 @@ def test_the_example_project_trains_sweeps_finds_an_lr_and_resumes(tmp_path, mon
     assert 10 <= len(points) <= 20
 
     # the schedule's preview, per param group of the project's optimizer: its main, in this
-    # process, run from the project dir as `python -m schedulers.preview` is
+    # process, run from the project dir as `python -m runner.preview` is
     monkeypatch.chdir(project)
     capsys.readouterr()
     assert preview([

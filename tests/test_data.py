@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from runner.data import batches, load_data, resize_images, validate_data
-from runner.train import train
+from runner.core.data import batches, load_data, resize_images, validate_data
+from runner.run.train import train
 from schedulers import ConfigError
 from tests.conftest import make_cfg, read_metrics
 
@@ -144,7 +144,7 @@ def test_cifar10_fast_preset_trains_on_a_tiny_cifar_set(tmp_path):
 def test_batch_augmentation_is_a_seeded_random_crop_and_flip():
     import torch
 
-    from runner.data import augment
+    from runner.core.data import augment
 
     x = torch.randn(16, 3, 8, 8)
     out = augment(x, torch.Generator().manual_seed(0), pad=2)

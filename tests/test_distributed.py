@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from runner.config import validate
-from runner.train import train
+from runner.core.config import validate
+from runner.run.train import train
 from schedulers import ConfigError
 from tests.conftest import make_cfg, one_torch_thread, read_metrics
 
@@ -58,7 +58,7 @@ def test_ddp_outside_torchrun_is_a_config_error():
 def test_which_launches_join_a_process_group(monkeypatch, env, strategy, joins):
     """`--nproc_per_node=1 ... trainer.strategy=ddp` joins (nccl + DDP on one GPU: the
     smoke run of benchmarks/gpu_smoke.sh); auto joins only with several ranks."""
-    from runner.distributed import wanted
+    from runner.core.distributed import wanted
 
     for key in ("LOCAL_RANK", "WORLD_SIZE"):
         monkeypatch.delenv(key, raising=False)

@@ -16,9 +16,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from runner import files, report
-from runner.checkpoint import Checkpointer
-from runner.train import train
+from runner.core import files
+from runner.core.checkpoint import Checkpointer
+from runner.run.train import train
+from runner.sweep import report
 from tests.conftest import cli_in_process, make_cfg, read_metrics, run_cli
 
 ENOSPC = os.strerror(errno.ENOSPC)  # "No space left on device"
@@ -229,7 +230,7 @@ def epochs_on_disk(run_dir: Path) -> int:
 
 
 def sweep_report(sweep: Path, write: bool = True) -> dict:
-    """`python -m runner.report <sweep>` (its main, in-process, when `write`): the one job."""
+    """`python -m runner.sweep.report <sweep>` (its main, in-process, when `write`): the one job."""
     if write:
         report.main([str(sweep)])
         assert (sweep / "report.md").exists()

@@ -14,10 +14,10 @@ import torch
 import yaml
 from torch.nn import functional as F
 
-from runner.fused import Member, group_key, train_group, why_not_fusable
-from runner.models import MLP, LeNet
-from runner.stacked import FusedOptimizer, StackedNet
-from runner.train import train
+from runner.core.models import MLP, LeNet
+from runner.run.train import train
+from runner.sweep.fused import Member, group_key, train_group, why_not_fusable
+from runner.sweep.stacked import FusedOptimizer, StackedNet
 from tests.conftest import make_cfg, read_metrics, run_cli, wandb_records
 
 REL = 1e-4  # the issue's tolerance for losses/accuracies; lrs must be equal
@@ -294,11 +294,11 @@ def test_fused_checkpoints_resume_with_the_ordinary_runner(tmp_path, monkeypatch
     each job resumed by train() ends like a separate run that never stopped."""
     import contextlib
 
-    import runner.fused
+    import runner.sweep.fused
 
     steps_per_epoch = 23  # digits: 1437 training images, batch 64
     stop = StopAfter(2 * steps_per_epoch)
-    monkeypatch.setattr(runner.fused, "stop_on_signals", lambda: contextlib.nullcontext(stop))
+    monkeypatch.setattr(runner.sweep.fused, "stop_on_signals", lambda: contextlib.nullcontext(stop))
     common = [
         "epochs=5",
         "logger=none",
@@ -337,13 +337,13 @@ def test_optuna_trials_are_fused_batch_by_batch(tmp_path):
 
 def test_a_crash_in_a_fused_group_marks_its_members_failed_and_returns(tmp_path, monkeypatch):
     """Like a crashing job under the basic launcher: recorded, and the sweep goes on."""
-    import runner.stacked
-    from runner.fused import replay
+    import runner.sweep.stacked
+    from runner.sweep.fused import replay
 
     def broken(self, x):
         raise RuntimeError("boom in the stacked forward")
 
-    monkeypatch.setattr(runner.stacked.StackedNet, "forward", broken)
+    monkeypatch.setattr(runner.sweep.stacked.StackedNet, "forward", broken)
     members = train_members(tmp_path, [["epochs=2", "logger=none"], ["epochs=2", "seed=1"]])
     for member in members:
         status = json.loads((member.run_dir / "status.json").read_text())

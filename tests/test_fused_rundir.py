@@ -8,9 +8,11 @@ import json
 import pytest
 import torch
 
-from runner import checkpoint, files, fused
-from runner.fused import Member, train_group
-from runner.train import same_run_on_disk, train
+from runner.core import checkpoint, files
+from runner.run.rundir import same_run_on_disk
+from runner.run.train import train
+from runner.sweep import fused
+from runner.sweep.fused import Member, train_group
 from tests.conftest import make_cfg, read_metrics, run_cli
 
 COMMON = ["epochs=2", "logger=none", "scheduler=step"]

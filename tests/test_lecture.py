@@ -81,7 +81,7 @@ def sweep_jobs(overrides: list[str]) -> list[list[str]]:
     """The overrides of every job a multirun with `overrides` launches: the preset's own
     hydra.sweeper.params first, the command line after (it wins for a key in both), as
     Hydra's BasicSweeper combines them."""
-    from runner.compose import compose_config, expand
+    from runner.core.compose import compose_config, expand
 
     params = compose_config(overrides, with_hydra=True).hydra.sweeper.params or {}
     swept = [f"{key}={value}" for key, value in params.items()]
@@ -127,7 +127,7 @@ def test_the_presets_cover_every_experiment_file():
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))
 def test_every_job_of_every_preset_validates(preset):
-    from runner.config import validate
+    from runner.core.config import validate
     from tests.conftest import make_cfg
 
     for job in PRESETS[preset]:
@@ -139,16 +139,17 @@ def test_the_cifar10_preset_validates_given_its_data(monkeypatch):
     the shape and size the real data set has."""
     from types import SimpleNamespace
 
-    import runner.data
-    from runner.config import validate
-    from runner.schema import SCHEMAS, check_node
+    import runner.core.config
+    import runner.core.data
+    from runner.core.config import validate
+    from runner.core.schema import SCHEMAS, check_node
     from tests.conftest import make_cfg
 
     y_train = SimpleNamespace(shape=(50_000,))
     fake = SimpleNamespace(y_train=y_train, image_shape=(3, 32, 32), num_classes=10)
-    monkeypatch.setattr(runner.data, "load_data", lambda cfg: fake)
+    monkeypatch.setattr(runner.core.data, "load_data", lambda cfg: fake)
     monkeypatch.setattr(
-        runner.data,
+        runner.core.config,  # validate() calls the validate_data it imported
         "validate_data",
         lambda cfg: check_node("data", cfg, SCHEMAS["data"]["cifar10"]),
     )
@@ -157,7 +158,7 @@ def test_the_cifar10_preset_validates_given_its_data(monkeypatch):
 
 
 def test_scaled_lecture_milestones_stay_strictly_increasing():
-    from runner.resolvers import lecture_milestones
+    from runner.core.resolvers import lecture_milestones
 
     assert lecture_milestones([50, 125, 160], 200) == [50, 125, 160]
     assert lecture_milestones([50, 125, 160], 20) == [5, 12, 16]
@@ -167,7 +168,7 @@ def test_scaled_lecture_milestones_stay_strictly_increasing():
 
 
 def test_a_config_error_shows_resolved_values_not_interpolations():
-    from runner.config import validate
+    from runner.core.config import validate
     from schedulers import ConfigError
     from tests.conftest import make_cfg
 

@@ -10,10 +10,10 @@ import sys
 import pytest
 import torch
 
-from runner.builders import build_training_parts
-from runner.config import validate
-from runner.lr_find import lr_at, range_test, smoothed, suggest
-from runner.train import train
+from runner.core.builders import build_training_parts
+from runner.core.config import validate
+from runner.core.lr_find import lr_at, range_test, smoothed, suggest
+from runner.run.train import train
 from schedulers import ConfigError
 from tests.conftest import make_cfg, read_metrics
 

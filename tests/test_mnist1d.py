@@ -11,13 +11,13 @@ import torch
 from mnist1d.data import make_dataset
 from mnist1d.utils import ObjectView
 
-from runner import data as data_module
-from runner import mnist1d
-from runner.config import validate
-from runner.fused import why_not_fusable
-from runner.models import CNN1d, build_model
-from runner.stacked import StackedNet
-from runner.train import train
+from runner.core import data as data_module
+from runner.core import mnist1d
+from runner.core.config import validate
+from runner.core.models import CNN1d, build_model
+from runner.run.train import train
+from runner.sweep.fused import why_not_fusable
+from runner.sweep.stacked import StackedNet
 from schedulers import ConfigError
 from tests.conftest import make_cfg, read_metrics, run_cli
 from tests.test_fused import _separate, assert_same_rows, train_members

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from runner.models import LeNet, build_model, validate_model
+from runner.core.models import LeNet, build_model, validate_model
 from schedulers import ConfigError
 from tests.conftest import make_cfg
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from runner.train import train
+from runner.run.train import train
 from schedulers import ConfigError
 from tests.conftest import make_cfg, read_metrics, run_cli
 

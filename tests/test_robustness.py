@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from runner.loggers import open_logger
-from runner.train import train
+from runner.core.loggers import open_logger
+from runner.run.train import train
 from tests.conftest import (
     cli_in_process,
     make_cfg,

@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from runner import files
-from runner.stopping import StopFlag
-from runner.train import RunDirRefused, extend_blocker, train
+from runner.core import files
+from runner.core.stopping import StopFlag
+from runner.run.rundir import RunDirRefused, extend_blocker
+from runner.run.train import train
 from schedulers import ConfigError
 from tests.conftest import cli_in_process, make_cfg, read_metrics
 from tests.test_robustness import SLOW, comparable, start, wait_for_rows
@@ -218,16 +219,16 @@ def test_which_schedules_can_be_extended(overrides, blocker):
 
 
 def test_a_signal_during_start_up_leaves_status_interrupted(tmp_path, monkeypatch):
-    import runner.train
+    import runner.run.train
 
-    real, stop = runner.train.build_run, StopFlag()
+    real, stop = runner.run.train.build_run, StopFlag()
 
     def slow_start(*args, **kwargs):  # the signal arrives while the data loads
         run = real(*args, **kwargs)
         stop.signum = signal.SIGTERM  # what the handler does
         return run
 
-    monkeypatch.setattr(runner.train, "build_run", slow_start)
+    monkeypatch.setattr(runner.run.train, "build_run", slow_start)
     result = train(make_cfg("logger=none", "epochs=2"), tmp_path, stop=stop)
     assert result.status == "interrupted" and result.signum == signal.SIGTERM
     status = json.loads((tmp_path / "status.json").read_text())
@@ -255,11 +256,11 @@ def test_a_signal_right_after_the_run_dir_appears_exits_cleanly(tmp_path, sig):
 
 
 def test_last_pt_exists_before_the_first_epoch_and_resumes_exactly(tmp_path, monkeypatch):
-    import runner.train
+    import runner.run.train
 
     args = ("logger=none", "epochs=2", "trainer.checkpoint_interval_s=3600")
     run_dir = tmp_path / "run"
-    real, stop, seen = runner.train.train_step, StopFlag(), []
+    real, stop, seen = runner.run.train.train_step, StopFlag(), []
 
     def step_then_stop(*a, **kw):  # a signal in the third batch of epoch 0
         seen.append((run_dir / "last.pt").exists())
@@ -267,7 +268,7 @@ def test_last_pt_exists_before_the_first_epoch_and_resumes_exactly(tmp_path, mon
             stop.signum = signal.SIGINT
         return real(*a, **kw)
 
-    monkeypatch.setattr(runner.train, "train_step", step_then_stop)
+    monkeypatch.setattr(runner.run.train, "train_step", step_then_stop)
     stopped = train(make_cfg(*args), run_dir, stop=stop)
     monkeypatch.undo()
     assert seen == [True] * 3  # on disk before the first batch

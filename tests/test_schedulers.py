@@ -261,7 +261,7 @@ def _yaml_defaults() -> dict[str, dict]:
     """Every schedule's defaults as conf/scheduler/<name>.yaml gives them."""
     import yaml
 
-    from runner.compose import CONF
+    from runner.core.compose import CONF
 
     return {
         p.stem: {**COMMON, **yaml.safe_load(p.read_text())}

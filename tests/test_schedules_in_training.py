@@ -10,13 +10,13 @@ import sys
 import pytest
 import torch
 
-from runner.config import validate
-from runner.train import train
+from runner.core.config import validate
+from runner.preview import main as preview_main
+from runner.preview import simulate
+from runner.run.train import train
 from schedulers import ConfigError
 from schedulers.lecture import main as lecture_main
 from schedulers.lecture import run_toy
-from schedulers.preview import main as preview_main
-from schedulers.preview import simulate
 from tests.conftest import CONF, make_cfg, read_metrics
 
 FAST = ("logger=none", "trainer.progress=line")
@@ -129,7 +129,7 @@ def test_group_and_schedule_mismatches_fail_at_startup(overrides, key):
 
 def test_preview_cli_prints_the_table_and_writes_pngs(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "schedulers.preview", "scheduler=step,cosine", "epochs=5",
+        [sys.executable, "-m", "runner.preview", "scheduler=step,cosine", "epochs=5",
          "optimizer.lr=0.1", "--out", str(tmp_path)],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
@@ -146,7 +146,7 @@ def test_preview_cli_prints_the_table_and_writes_pngs(tmp_path):
 
 
 def test_preview_rejects_a_bad_value_with_exit_2(tmp_path, capsys):
-    """The command's main, in this process: `python -m schedulers.preview` exits with what
+    """The command's main, in this process: `python -m runner.preview` exits with what
     it returns (test_preview_cli_prints_the_table_and_writes_pngs runs it as a process)."""
     code = preview_main(["scheduler=step", "scheduler.gamma=2", "--out", str(tmp_path)])
     assert code == 2

@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from runner.config import validate
-from runner.models import MODELS
-from runner.optimizers import OPTIMIZERS
-from runner.schema import GROUPS, SCHEMAS, Run, Trainer, check_node, defaults
+from runner.core.config import validate
+from runner.core.models import MODELS
+from runner.core.optimizers import OPTIMIZERS
+from runner.core.schema import GROUPS, SCHEMAS, Run, Trainer, check_node, defaults
 from schedulers import ConfigError
 from tests.conftest import CONF, make_cfg
 
@@ -100,7 +100,7 @@ def test_validation_rejects_through_the_schema(override, key):
 
 
 def test_monitor_mode_auto_follows_the_metric_and_agreeing_modes_pass():
-    from runner.checkpoint import Progress
+    from runner.core.checkpoint import Progress
     from schedulers.checks import mode_for
 
     assert defaults(Trainer)["monitor_mode"] == "auto"
@@ -120,7 +120,7 @@ def test_monitor_mode_auto_follows_the_metric_and_agreeing_modes_pass():
 def test_best_pt_by_val_loss_with_mode_auto_is_the_lowest_loss(tmp_path):
     import torch
 
-    from runner.train import train
+    from runner.run.train import train
     from tests.conftest import read_metrics
 
     cfg = make_cfg("logger=none", "epochs=4", "trainer.checkpoint_interval_s=0",

@@ -311,7 +311,7 @@ def _lr0(run: Path) -> float:
 
 def test_a_training_run_with_a_sequence_logs_sequential_lrs(tmp_path):
     """In-process (the CLI path of scheduler overrides is tested by the `_target_` runs)."""
-    from runner.train import train
+    from runner.run.train import train
 
     run = tmp_path / "run"
     phases = "[{name:linear,length:2,start_factor:0.1,end_factor:1.0},{name:cosine,length:null}]"

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from runner.train import train
+from runner.run.train import train
 from tests.conftest import make_cfg, read_metrics, run_cli, wandb_records
 
 

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from runner.train import train
+from runner.run.train import train
 from tests.conftest import make_cfg, read_metrics
 
 FAST = ("logger=none", "trainer.progress=line")
@@ -90,7 +90,7 @@ def test_amp_on_cpu_runs_in_bfloat16_and_learns(tmp_path):
 
 
 def test_channels_last_auto_means_conv_nets_on_cpu():
-    from runner.builders import build_run
+    from runner.core.builders import build_run
 
     assert build_run(make_cfg("model=lenet", "trainer.device=cpu")).channels_last
     assert not build_run(make_cfg("model=mlp", "trainer.device=cpu")).channels_last

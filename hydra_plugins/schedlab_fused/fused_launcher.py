@@ -3,7 +3,7 @@
     python -m runner -m hydra/launcher=fused scheduler=step,cosine,plateau seed=0,1,2
 
 The launcher groups the sweep's jobs by what shapes a batch (model, data, batch size,
-epochs, ...; see runner/fused.py), trains each group of two or more in this process
+epochs, ...; see runner/sweep/fused.py), trains each group of two or more in this process
 as one stacked model, then passes every job through Hydra's `run_job` like the basic
 launcher does: the same run dir, `.hydra/`, `train.log`, callbacks, return value, and
 its rows and summary sent to W&B/TensorBoard as its own run. Jobs that cannot fuse
@@ -25,14 +25,14 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from schedulers import ConfigError
+from runner.sweep.launch import FUSED_LAUNCHER, check_max_group
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class FusedLauncherConf:
-    _target_: str = "hydra_plugins.schedlab_fused.fused_launcher.FusedLauncher"
+    _target_: str = FUSED_LAUNCHER
     # most jobs trained as one stacked model; a larger group is split into chunks of this size
     max_group: int = 64
 
@@ -40,19 +40,6 @@ class FusedLauncherConf:
 ConfigStore.instance().store(
     group="hydra/launcher", name="fused", node=FusedLauncherConf, provider="schedlab"
 )
-
-
-def check_launcher(launcher: DictConfig) -> None:
-    """The fused launcher's keys, checked by `python -m runner` before Hydra starts (a config
-    error, exit 2); Hydra building the launcher checks them again (FusedLauncher.__init__)."""
-    if launcher.get("_target_") == FusedLauncherConf._target_:
-        check_max_group(launcher.max_group)
-
-
-def check_max_group(max_group: int) -> None:
-    # an int: Hydra's structured config rejects anything else
-    if max_group < 1:
-        raise ConfigError("hydra.launcher.max_group", max_group, "must be >= 1 (jobs per group)")
 
 
 class FusedLauncher(Launcher):
@@ -72,8 +59,9 @@ class FusedLauncher(Launcher):
     def launch(
         self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
     ) -> Sequence[JobReturn]:
-        from runner.fused import Member, group_key, replay, train_group, why_not_fusable
-        from runner.train import same_run_on_disk
+        # torch-heavy: imported when a fused sweep launches, not when Hydra scans its plugins
+        from runner.run.rundir import same_run_on_disk
+        from runner.sweep.fused import Member, group_key, replay, train_group, why_not_fusable
 
         setup_globals()
         assert self.config is not None and self.hydra_context is not None
@@ -147,8 +135,8 @@ def _run_dir_conflict(task_cfg: DictConfig, run_dir: Path) -> str | None:
     """Why a job's run dir cannot take a fused member: another process holds it, or it holds
     another run's results. The job then runs on its own, where the single run's checks
     refuse it with their full message and leave the dir as it was."""
-    from runner import files
-    from runner.train import other_run_in
+    from runner.core import files  # as in launch(): not at Hydra's plugin scan
+    from runner.run.rundir import other_run_in
 
     if files.run_dir_holder(run_dir) is not None:
         return "its run dir is in use by another run"

@@ -9,7 +9,7 @@ batch, so the K members compute what K separate runs compute, in one pass.
 
 `FusedOptimizer` then does SGD(momentum)/Adam/AdamW over the stacked tensors with
 per-member hyper-parameters, read from each member's own torch optimizer, which the
-member's real torch scheduler drives (see runner/fused.py).
+member's real torch scheduler drives (see runner/sweep/fused.py).
 """
 
 from __future__ import annotations

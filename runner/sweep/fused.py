@@ -7,10 +7,10 @@ betas, eps, param-group multipliers) and when to call a run diverged. Everything
 shapes a batch or the model (model, data, batch size, epochs, device) must match.
 
 Each member keeps what a single run has: its model built from its own seed (then
-stacked, runner/stacked.py), its own shuffle generator, its own torch optimizer and
+stacked, runner/sweep/stacked.py), its own shuffle generator, its own torch optimizer and
 real torch scheduler (which set the lr that the fused step reads), its own
 metrics.jsonl/config.yaml/status.json in its own run dir. The loop below mirrors
-runner/train.py's `_epochs` phase for phase; rows carry the same keys.
+runner/run/train.py's `_epochs` phase for phase; rows carry the same keys.
 """
 
 from __future__ import annotations
@@ -19,9 +19,10 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -30,19 +31,20 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.nn import functional as F
 
-from runner import checkpoint, files, models, optimizers
-from runner.background import Background
-from runner.builders import build_optimizer, resolve_device, seed_everything
-from runner.config import validate
-from runner.data import TensorData, batches, load_data, place, resize_images, steps_per_epoch
-from runner.loggers import RunLogger, open_logger
-from runner.models import build_model
-from runner.stacked import FusedOptimizer, StackedNet
-from runner.stopping import stop_on_signals
-from runner.targets import label
-from runner.train import Result, describe_epoch, diverged, group_names, outcome, progress_bar
+from runner.core import checkpoint, files, models, optimizers
+from runner.core.background import Background
+from runner.core.builders import build_optimizer, resolve_device, seed_everything
+from runner.core.config import validate
+from runner.core.data import TensorData, batches, load_data, place, resize_images, steps_per_epoch
+from runner.core.engine import Engine, Result, Track
+from runner.core.loggers import RunLogger, open_logger
+from runner.core.models import build_model
+from runner.core.stopping import stop_on_signals
+from runner.core.targets import label
+from runner.run.rundir import busy
+from runner.run.train import outcome
+from runner.sweep.stacked import FusedOptimizer, StackedNet
 from schedulers import ConfigError, build_scheduler
-from schedulers.checks import mode_for
 
 log = logging.getLogger("schedlab")
 
@@ -144,8 +146,6 @@ def _lock_run_dirs(members: Sequence[Member], locks: ExitStack) -> list[Member]:
     """Each member's run dir held for the group's training, as a single run holds its own:
     a second run into one of them is refused. A member whose dir another process took
     since the launcher checked it is left out with that error (its files untouched)."""
-    from runner.train import busy
-
     held = []
     for m in members:
         m.run_dir.mkdir(parents=True, exist_ok=True)
@@ -173,7 +173,7 @@ def _write_status(members: Sequence[Member], wall: float) -> None:
             m.error = m.error or f"error: {err}"
 
 
-def _note(member: Member, message: str, level: int = logging.INFO) -> None:
+def _note(member: Member, level: int, message: str) -> None:
     member.log_lines.append((level, message))
     if level > logging.INFO:  # warnings show now too, not only in the job's train.log
         log.log(level, message)
@@ -226,7 +226,7 @@ def _member_state(
     shuffle: torch.Generator,
     wandb_id: str | None,
 ) -> dict[str, Any]:
-    """Member i as a single run's checkpoint (runner/checkpoint.py's format): its weights
+    """Member i as a single run's checkpoint (runner/core/checkpoint.py's format): its weights
     and optimizer state unstacked into its own model and torch optimizer, so that the
     ordinary runner can resume the job."""
     net.unstack_into(i)
@@ -273,7 +273,6 @@ def _fit(members: Sequence[Member], stop: Any, background: Background, cleanup: 
         net.stacked_params(), optimizers, _param_groups(net, optimizers), first.optimizer.name
     )
     loggers = [RunLogger(m.run_dir) for m in members]  # metrics.jsonl now; backends replayed
-    names = [group_names(opt) for opt in optimizers]
     streams, per = _data_streams(members)
     shuffles = [streams[i // per] for i in range(k)]  # member i's, for its checkpoints
     progress = [checkpoint.Progress() for _ in members]
@@ -297,126 +296,101 @@ def _fit(members: Sequence[Member], stop: Any, background: Background, cleanup: 
                 i, net, fused, parts, progress[i], shuffles[i], members[i].wandb_id
             )
             saver.start(state)
-    t_start = time.perf_counter()
-    active = list(range(k))
-    per_step = [s.interval == "step" for s in schedules]
-    every = [m.cfg.trainer.log_every_n_steps for m in members]
-    # read once, as train.py does: OmegaConf lookups per member per epoch add up
-    diverge_loss = [m.cfg.trainer.diverge_loss for m in members]
-    # trainer.monitor_mode may be auto: resolved once, by the one helper
-    monitor = [
-        (m.cfg.trainer.monitor, mode_for(m.cfg.trainer.monitor, m.cfg.trainer.monitor_mode))
-        for m in members
-    ]
-    n_train, step = data.y_train.shape[0], 0
-    per_epoch = steps_per_epoch(n_train, batch_size)
-    for m in members:
-        _note(m, f"fused with {k - 1} other job(s): {label(first.model)} on {first.data.name} "
-                 f"({device}), {label(m.cfg.optimizer)} lr={m.cfg.optimizer.lr}, "
-                 f"scheduler={label(m.cfg.scheduler)}, {epochs} epochs")  # fmt: skip
-
-    def lrs_now(i: int, prefix: str) -> dict[str, float]:
-        groups = optimizers[i].param_groups
-        return {f"{prefix}{n}": g["lr"] for n, g in zip(names[i], groups, strict=True)}
-
-    for epoch in range(epochs):
-        t0 = time.perf_counter()
-        lrs = [lrs_now(i, "lr/") for i in range(k)]
-
-        # -- train: member i's batch is its seed's permutation's slice, gathered as [D, B, ...]
-        # (D = K / per data streams; members i*per .. i*per+per-1 read stream i)
-        orders = torch.stack([torch.randperm(n_train, generator=g) for g in streams]).to(device)
-        loss_sum = torch.zeros(k, device=device)
-        correct = torch.zeros(k, device=device)
-        bar = progress_bar(first.trainer.progress, per_epoch, f"fused x{k} epoch {epoch}")
-        for start in range(0, n_train, batch_size):
-            idx = orders[:, start : start + batch_size]
-            x, y = data.x_train[idx], data.y_train[idx].repeat_interleave(per, 0)
-            logits = net(x)
-            loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none")
-            loss = loss.view(k, -1).mean(1)  # each member's mean over its own batch
-            fused.zero_grad()
-            loss.sum().backward()  # members share no weights: each gets its own gradient
-            fused.step()
-            loss = loss.detach()
-            loss_sum += loss * y.shape[1]
-            correct += (logits.detach().argmax(-1) == y).sum(1)
-            step += 1
-            step_loss = loss.tolist() if any(n and step % n == 0 for n in every) else None
-            for i in active:
-                row = lrs_now(i, "lr_step/") if per_step[i] else {}
-                schedules[i].step_batch()
-                if every[i] and step % every[i] == 0:
-                    row = {**lrs_now(i, "lr_step/"), "train/step_loss": step_loss[i]}
-                if row:
-                    loggers[i].log_step({"trainer/global_step": step, "epoch": epoch, **row})
-            if any(per_step):
-                fused.refresh()
-            bar.update()
-            if stop.signum is not None:
-                break
-        bar.close()
-        if stop.signum is not None:
-            for i in active:
-                members[i].result = Result(
-                    "interrupted", progress[i].best_val_acc, epoch, stop.signum
-                )
-                _note(members[i], f"interrupted in epoch {epoch}", logging.WARNING)
-            raise SystemExit(128 + stop.signum)
-        # sums on the device, divided on the host in double precision, as train.py does
-        train_loss = [v / n_train for v in loss_sum.tolist()]
-        train_acc = [v / n_train for v in correct.tolist()]
-
-        # -- validate: every member on the whole validation split
-        val_loss, val_acc = _evaluate(net, data, max(batch_size, 1024), device)
-
-        # -- log, then stop diverged members and step the others' schedules
-        epoch_s = time.perf_counter() - t0
-        for i in list(active):
-            m = members[i]
-            row = {
-                "epoch": epoch,
-                **lrs[i],
-                "train/loss": train_loss[i],
-                "train/acc": train_acc[i],
-                "val/loss": val_loss[i],
-                "val/acc": val_acc[i],
-                "time/epoch_s": epoch_s,
-            }
-            loggers[i].log_epoch(row)
-            p = progress[i]
-            p.best_val_acc = max(p.best_val_acc, val_acc[i])
-            _note(m, describe_epoch(row, epochs, f", fused x{k}"))
-            if diverged(row, diverge_loss[i]):
-                _note(m, f"loss {train_loss[i]:.4g} at epoch {epoch}: run diverged, stopping; "
-                         "the other fused jobs go on", logging.WARNING)  # fmt: skip
-                m.result = Result("diverged", p.best_val_acc, epoch + 1)
-                fused.freeze(i)
-                active.remove(i)
-                continue
-            schedules[i].step_epoch(row)
-
-            # -- checkpoint: the state the member's next epoch starts from (as train.py)
-            p.step = step
-            key, mode = monitor[i]
-            is_best = p.end_epoch(epoch, row[key], mode, key)
-            if savers[i] is not None:
-                p.elapsed_s = time.perf_counter() - t_start
-                state = _member_state(i, net, fused, parts, p, shuffles[i], m.wandb_id)
-                savers[i].epoch_end(state, is_best)
-        fused.refresh()
-        accs = [val_acc[i] for i in active]
-        log.info(
-            f"fused epoch {epoch:>3}/{epochs}: {len(active)}/{k} jobs training"
-            + (f", val/acc {min(accs):.3f}..{max(accs):.3f}" if accs else "")
-            + f" ({epoch_s:.2f}s)"
+    tracks = [
+        Track(
+            optimizers[i], schedules[i], loggers[i], progress[i],
+            snapshot=lambda p, i=i: _member_state(
+                i, net, fused, parts, p, shuffles[i], members[i].wandb_id
+            ),
+            saver=savers[i], say=partial(_note, m), diverge_loss=m.cfg.trainer.diverge_loss,
+            monitor=m.cfg.trainer.monitor, monitor_mode=m.cfg.trainer.monitor_mode,
+            log_every=m.cfg.trainer.log_every_n_steps,
         )
-        if not active:
-            break
-    for i in active:
-        best = progress[i].best_val_acc
-        members[i].result = Result("completed", best, epochs)
-        _note(members[i], f"completed: best val/acc={best:.4f}; outputs in {members[i].run_dir}")
+        for i, m in enumerate(members)
+    ]  # fmt: skip
+    engine = Engine(
+        tracks, epochs, note=f", fused x{k}", diverge_note="; the other fused jobs go on",
+        group="fused",
+    )  # fmt: skip
+    for m in members:
+        _note(m, logging.INFO, f"fused with {k - 1} other job(s): {label(first.model)} on "
+                 f"{first.data.name} ({device}), {label(m.cfg.optimizer)} "
+                 f"lr={m.cfg.optimizer.lr}, scheduler={label(m.cfg.scheduler)}, "
+                 f"{epochs} epochs")  # fmt: skip
+    models = StackedModels(net, fused, data, streams, per, batch_size, device)
+    models.any_per_step = any(t.per_step for t in tracks)
+    engine.run(
+        models, start=0, stop=stop, bar_mode=first.trainer.progress,
+        desc=f"fused x{k} epoch {{epoch}}",
+    )  # fmt: skip
+    _collect(members, tracks)
+    if stop.signum is not None:
+        raise SystemExit(128 + stop.signum)
+    for i in engine.active:
+        best = tracks[i].progress.best_val_acc
+        _note(members[i], logging.INFO,
+              f"completed: best val/acc={best:.4f}; outputs in {members[i].run_dir}")  # fmt: skip
+
+
+class StackedModels:
+    """The K stacked models' side of the epoch engine (runner/core/engine.py): member i's
+    batch is its seed's permutation's slice, gathered as [D, B, ...] (D = K / per data
+    streams; members i*per .. i*per+per-1 read stream i), one fused optimizer step for all."""
+
+    def __init__(
+        self, net: StackedNet, fused: FusedOptimizer, data: TensorData,
+        streams: list[torch.Generator], per: int, batch_size: int, device: torch.device,
+    ) -> None:  # fmt: skip
+        self.net, self.fused, self.data, self.streams, self.per = net, fused, data, streams, per
+        self.batch_size, self.device, self.k = batch_size, device, net.k
+        self.n_train = data.y_train.shape[0]
+        self.steps_per_epoch = steps_per_epoch(self.n_train, batch_size)
+        self.any_per_step = False  # then the fused step reads the lrs before every step
+        self.loss_sum = self.correct = torch.zeros(())
+
+    def batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n, device = self.n_train, self.device
+        orders = torch.stack([torch.randperm(n, generator=g) for g in self.streams]).to(device)
+        self.loss_sum = torch.zeros(self.k, device=device)
+        self.correct = torch.zeros(self.k, device=device)
+        data = self.data
+        for start in range(0, n, self.batch_size):
+            idx = orders[:, start : start + self.batch_size]
+            yield data.x_train[idx], data.y_train[idx].repeat_interleave(self.per, 0)
+
+    def train_batch(self, batch: tuple[torch.Tensor, torch.Tensor]) -> Callable[[], list[float]]:
+        x, y = batch
+        if self.any_per_step:
+            self.fused.refresh()  # the lrs (and momenta) the schedules set after the last step
+        logits = self.net(x)
+        loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none")
+        loss = loss.view(self.k, -1).mean(1)  # each member's mean over its own batch
+        self.fused.zero_grad()
+        loss.sum().backward()  # members share no weights: each gets its own gradient
+        self.fused.step()
+        loss = loss.detach()
+        self.loss_sum += loss * y.shape[1]
+        self.correct += (logits.detach().argmax(-1) == y).sum(1)
+        return loss.tolist
+
+    def train_metrics(self) -> tuple[list[float], list[float]]:
+        # sums on the device, divided on the host in double precision, as train.py does
+        n = self.n_train
+        return [v / n for v in self.loss_sum.tolist()], [v / n for v in self.correct.tolist()]
+
+    def validate(self) -> tuple[list[float], list[float]]:
+        return _evaluate(self.net, self.data, max(self.batch_size, 1024), self.device)
+
+    def stop_member(self, i: int) -> None:
+        self.fused.freeze(i)  # weights and state zeroed, lr 0: its NaNs never spread
+
+    def epoch_done(self, epoch: int) -> None:
+        self.fused.refresh()  # the lrs the schedules set for the next epoch
+
+
+def _collect(members: Sequence[Member], tracks: Sequence[Track]) -> None:
+    for m, t in zip(members, tracks, strict=True):
+        m.result = t.result
 
 
 @torch.no_grad()

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from runner import files
+from runner.core import files
 
 log = logging.getLogger("schedlab")
 
@@ -91,11 +91,10 @@ def _write(path: Path, arrays: Mapping[str, Any], args: Mapping[str, Any]) -> No
         log.warning("MNIST-1D not cached (%s): each run will generate it", err)
 
 
-def load_mnist1d(cfg: Mapping[str, Any]) -> Any:
-    """TensorData of [N, 1, final_seq_length] float32 signals and their labels."""
-    import torch
-
-    from runner.data import TensorData
+def load_mnist1d(cfg: Mapping[str, Any]) -> tuple[Any, Any, Any, Any]:
+    """x_train, y_train, x_val, y_val: [N, 1, final_seq_length] float32 signals and their
+    labels (runner/core/data.py makes them its TensorData)."""
+    import torch  # at call time: the cache helpers above are used without torch
 
     path = cache_path(cfg)
     arrays = _read(path)
@@ -110,10 +109,9 @@ def load_mnist1d(cfg: Mapping[str, Any]) -> Any:
     def labels(a: Any) -> torch.Tensor:
         return torch.as_tensor(a, dtype=torch.long)
 
-    return TensorData(
+    return (
         signals(arrays["x"]),
         labels(arrays["y"]),
         signals(arrays["x_test"]),
         labels(arrays["y_test"]),
-        num_classes=cfg["num_classes"],
     )

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from runner.core.schema import SCHEMAS, check_node
 from schedulers import ConfigError
 
 if TYPE_CHECKING:
@@ -74,8 +75,6 @@ class TensorData:
 def validate_data(cfg: Mapping[str, Any]) -> None:
     """Fail before training on bad values, or when a file-based dataset is not on disk
     (saying how to get it)."""
-    from runner.schema import SCHEMAS, check_node
-
     name = cfg["name"]
     if name not in DATASETS:
         raise ConfigError("data.name", name, f"must be one of {list(DATASETS)}")
@@ -139,9 +138,9 @@ def _load(settings: str) -> TensorData:
     if name == "fake":
         return _fake(cfg)
     if name == "mnist1d":
-        from runner.mnist1d import load_mnist1d
+        from runner.core.mnist1d import load_mnist1d  # its generator only when asked for
 
-        return load_mnist1d(cfg)
+        return TensorData(*load_mnist1d(cfg), num_classes=cfg["num_classes"])
     if name == "cifar10":
         return _cifar10(cfg)
     return _torchvision(cfg)

@@ -5,7 +5,7 @@ says which it takes, so a mismatch is a config error at start-up, not a shape er
 the first forward pass.
 
 Built-ins are one entry each in `MODELS` (name -> spec); any other `nn.Module` comes by
-`_target_` (runner/targets.py), and is offered the data's `num_classes`, `in_channels`
+`_target_` (runner/core/targets.py), and is offered the data's `num_classes`, `in_channels`
 and `image_size` when its constructor takes them.
 """
 
@@ -20,8 +20,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from runner import schema, targets
+from runner.core import schema, targets
 from schedulers import ConfigError
+from schedulers.checks import need_call
 
 
 class MLP(nn.Module):
@@ -199,8 +200,8 @@ class ModelSpec:
     # named parts in order; `optimizer.param_groups={part: multiplier}` picks from these
     parts: Callable[[nn.Module, Mapping[str, Any]], dict[str, list[nn.Parameter]]]
     part_names: Callable[[Mapping[str, Any]], tuple[str, ...]]
-    schema: type  # its keys, types, defaults and checks (runner/schema.py)
-    fusable: bool  # runner/stacked.py can stack it (hydra/launcher=fused)
+    schema: type  # its keys, types, defaults and checks (runner/core/schema.py)
+    fusable: bool  # runner/sweep/stacked.py can stack it (hydra/launcher=fused)
     inputs: tuple[int, ...] = (IMAGES, SIGNALS)  # the sample ranks it takes
 
 
@@ -282,7 +283,7 @@ def validate_model(cfg: Mapping[str, Any], shape: Shape | None = None, classes: 
     kwargs = targets.kwargs_of(cfg)
     if shape is not None:
         kwargs.update(_offered(target, cfg, shape, classes))
-    targets.bind("model", target, kwargs)
+    need_call("model", target, kwargs)
     if shape is not None:
         probe_model(cfg, shape, classes)
 

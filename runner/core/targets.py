@@ -77,40 +77,6 @@ def accepts(target: Callable[..., Any], name: str) -> bool:
     return p is not None and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
 
 
-def bind(
-    group: str,
-    target: Callable[..., Any],
-    kwargs: Mapping[str, Any],
-    leading: int = 0,
-) -> None:
-    """Check that `target(<leading positional args>, **kwargs)` is a valid call: every key
-    a parameter of the target, every required parameter given. Values are not checked."""
-    try:
-        sig = inspect.signature(target)
-    except (TypeError, ValueError):
-        return  # a builtin without a signature: instantiate will tell
-    name = getattr(target, "__name__", str(target))
-    params = list(sig.parameters.values())
-    takes_any = any(p.kind is p.VAR_KEYWORD for p in params)
-    known = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-    for key in kwargs:
-        if key not in known and not takes_any:
-            raise ConfigError(
-                f"{group}.{key}",
-                kwargs[key],
-                f"{name} has no argument '{key}'; it takes {sorted(known)}",
-            )
-    try:
-        sig.bind(*([None] * leading), **kwargs)
-    except TypeError as err:
-        missing = re.search(r"missing a required argument: '(\w+)'", str(err))
-        if missing:
-            raise ConfigError(
-                f"{group}.{missing.group(1)}", None, f"required by {name}; set it in the config"
-            ) from None
-        raise ConfigError(f"{group}.{TARGET}", name, str(err)) from None
-
-
 def key_named_in(group: str, message: str, keys: Collection[str]) -> str:
     """The config key a constructor's error message names (torch says e.g. 'Invalid alpha
     value: -1'), else the group's `_target_`."""

@@ -133,7 +133,7 @@ class ResNet18:
 
 
 # -- optimizers (a `_target_` optimizer's keys are bound to its own signature instead) ----------
-_LR = number(0, lo_open=True)  # `find` is allowed too: see runner/config.py
+_LR = number(0, lo_open=True)  # `find` is allowed too: see runner/core/config.py
 
 
 @dataclass
@@ -143,14 +143,15 @@ class Sgd:
     momentum: float = key(0.9, number(0, 1, hi_open=True))
     weight_decay: float = key(0.0, number(0))
     nesterov: bool = key(False, boolean())
-    param_groups: Any = key(None, anything())  # checked against the model: runner/optimizers.py
+    # checked against the model: runner/core/optimizers.py
+    param_groups: Any = key(None, anything())
 
 
 @dataclass
 class Adam:
     name: str = key("adam", choice("adam"))
     lr: Any = key(0.001, anything())
-    betas: list[float] = key([0.9, 0.999], anything())  # two numbers: runner/optimizers.py
+    betas: list[float] = key([0.9, 0.999], anything())  # two numbers: runner/core/optimizers.py
     eps: float = key(1e-8, number(0, lo_open=True))
     weight_decay: float = key(0.0, number(0))
     param_groups: Any = key(None, anything())
@@ -252,7 +253,7 @@ class Run:
 
 
 # the group options without a registry of their own (models and optimizers name their
-# schema in runner/models.py's and runner/optimizers.py's tables)
+# schema in runner/core/models.py's and runner/core/optimizers.py's tables)
 SCHEMAS: dict[str, dict[str, type]] = {
     "data": {
         "digits": Digits,

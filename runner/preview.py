@@ -1,4 +1,4 @@
-"""Preview lr curves without data or training: `python -m schedulers.preview scheduler=<name>`.
+"""Preview lr curves without data or training: `python -m runner.preview scheduler=<name>`.
 
 Takes the same overrides as `python -m runner` (same Hydra config, same
 composition), builds the optimizer's param groups on dummy tensors and steps the
@@ -17,16 +17,20 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from runner.core.compose import compose_config, expand
+from runner.core.config import planned_groups
+from runner.core.data import steps_per_epoch as steps_in_epoch
+from runner.core.data import train_size
+from schedulers import ConfigError, build_scheduler, schedule_label
+from schedulers.lecture import plateau_loss
+from schedulers.plot import plot_lr_curves
+from schedulers.trace import as_markdown, fields, trace_schedule
+
 
 def build_preview(cfg: Any, steps_per_epoch: int | None = None) -> tuple[Any, Any, list[str], int]:
     """The configured schedule on an optimizer over dummy tensors with the run's param groups:
     (optimizer, schedule, group names, steps per epoch)."""
     import torch
-
-    from runner.config import planned_groups
-    from runner.data import steps_per_epoch as steps_in_epoch
-    from runner.data import train_size
-    from schedulers import build_scheduler
 
     if steps_per_epoch is None:
         steps_per_epoch = steps_in_epoch(train_size(cfg.data), cfg.data.batch_size)
@@ -43,8 +47,6 @@ def build_preview(cfg: Any, steps_per_epoch: int | None = None) -> tuple[Any, An
 def simulate(cfg: Any, steps_per_epoch: int | None = None) -> dict[str, Any]:
     """Step the configured schedule like the loop does; lr per epoch and per batch, per group.
     A Plateau schedule sees the lecture's metric: 0.5, then 0.4 from epoch 5 on."""
-    from schedulers.lecture import plateau_loss
-
     opt, schedule, names, steps_per_epoch = build_preview(cfg, steps_per_epoch)
     per_epoch, per_step = [], []
     for epoch in range(cfg.epochs):
@@ -96,8 +98,6 @@ def table(labels: list[str], sims: list[dict[str, Any]]) -> str:
 def label_of(combo: list[str], scheduler: Any) -> str:
     """A preview's name: its scheduler overrides (`step,step_size=5`), else the schedule's
     name or, for a `_target_`, its class name."""
-    from schedulers import schedule_label
-
     keys = []
     for override in combo:
         bare = override.lstrip("+")
@@ -112,14 +112,14 @@ def label_of(combo: list[str], scheduler: Any) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m schedulers.preview",
+        prog="python -m runner.preview",
         description="Print and plot the lr a schedule gives each epoch, without data or training.",
         epilog="examples:\n"
-        "  python -m schedulers.preview scheduler=step epochs=30\n"
-        "  python -m schedulers.preview scheduler=step,cosine,onecycle epochs=30\n"
-        "  python -m schedulers.preview scheduler=cosine scheduler.warmup_epochs=3\n"
-        "  python -m schedulers.preview scheduler=sequence trace=true\n"
-        "  python -m schedulers.preview scheduler=target "
+        "  python -m runner.preview scheduler=step epochs=30\n"
+        "  python -m runner.preview scheduler=step,cosine,onecycle epochs=30\n"
+        "  python -m runner.preview scheduler=cosine scheduler.warmup_epochs=3\n"
+        "  python -m runner.preview scheduler=sequence trace=true\n"
+        "  python -m runner.preview scheduler=target "
         "scheduler._target_=torch.optim.lr_scheduler.ExponentialLR +scheduler.gamma=0.8",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -144,10 +144,6 @@ def main(argv: list[str] | None = None) -> int:
 
     from hydra.errors import HydraException
 
-    from runner.compose import compose_config, expand
-    from schedulers import ConfigError
-    from schedulers.plot import plot_lr_curves
-
     labels, sims, combos = [], [], expand(args.overrides or [])
     try:
         for combo in combos:
@@ -165,9 +161,6 @@ def main(argv: list[str] | None = None) -> int:
         path = plot_lr_curves(curves(label, sim), png, label, small=args.small)
         print(f"wrote {path}")
     if args.trace:
-        from schedulers.lecture import plateau_loss
-        from schedulers.trace import as_markdown, fields, trace_schedule
-
         for label, combo in zip(labels, combos, strict=True):
             cfg = compose_config(combo, config_dirs=args.config_dirs)
             _, schedule, _, spe = build_preview(cfg, args.steps_per_epoch)

@@ -25,7 +25,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from runner.files import append_line
+from runner.core.files import append_line
+from runner.core.schema import SCHEMAS, check_node
 from schedulers import ConfigError
 
 log = logging.getLogger("schedlab")
@@ -127,8 +128,6 @@ class RunLogger:
 
 def validate_logger(cfg: Mapping[str, Any]) -> None:
     """One node per backend, each checked by its schema."""
-    from runner.schema import SCHEMAS, check_node
-
     backends = SCHEMAS["logger"]
     for name in cfg:
         if name not in backends:

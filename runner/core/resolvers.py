@@ -57,7 +57,8 @@ def hydra_subdir(resume: object) -> str:
     return ".hydra/resumed" if resume else ".hydra"
 
 
-USER_THREADS = "SCHEDLAB_USER_THREADS"  # set by record_user_threads, read by runner/builders.py
+# set by record_user_threads, read by runner/core/builders.py
+USER_THREADS = "SCHEDLAB_USER_THREADS"
 
 
 def in_loky_worker() -> bool:
@@ -73,7 +74,7 @@ def record_user_threads() -> None:
     torch reads them), else "" (torch's default, the physical cores). joblib's loky workers
     get these variables set to cpu_count // n_jobs when the user set none, so their
     reductions would sum in another order; trainer.num_threads=auto undoes that
-    (runner/builders.py). A worker keeps its parent's note."""
+    (runner/core/builders.py). A worker keeps its parent's note."""
     if in_loky_worker():
         return
     os.environ[USER_THREADS] = (

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any
 
-from runner import schema, targets
+from runner.core import schema, targets
 from schedulers import ConfigError
-from schedulers.checks import is_number, need_number, need_positive
+from schedulers.checks import is_number, need_call, need_number, need_positive
 
 OURS = ("param_groups",)  # keys of a `_target_` optimizer that the runner reads itself
 
@@ -38,9 +38,9 @@ def _no_check(cfg: Mapping[str, Any]) -> None:
 class OptimizerSpec:
     cls: str  # the torch.optim class
     keys: tuple[str, ...]  # config keys passed to it besides lr and weight_decay
-    schema: type  # its keys, types, defaults and checks (runner/schema.py)
+    schema: type  # its keys, types, defaults and checks (runner/core/schema.py)
     check: Callable[[Mapping[str, Any]], None]  # what ties keys together
-    fusable: bool = True  # runner/stacked.py's FusedOptimizer implements its step
+    fusable: bool = True  # runner/sweep/stacked.py's FusedOptimizer implements its step
 
 
 OPTIMIZERS: dict[str, OptimizerSpec] = {
@@ -147,7 +147,7 @@ def validate_optimizer(cfg: Mapping[str, Any], lr: float) -> None:
         need_number("optimizer.weight_decay", cfg["weight_decay"], 0)
     target = targets.locate("optimizer", cfg)
     kwargs = {**targets.kwargs_of(cfg, OURS), "lr": lr}
-    targets.bind("optimizer", target, kwargs, leading=1)
+    need_call("optimizer", target, kwargs, leading=1)  # params first
     import torch
 
     try:

@@ -1,7 +1,7 @@
 """Start-up validation of the whole composed config, before any data or model is built.
 
 One pass, group by group: each built-in option's keys, types and ranges come from its
-schema (runner/schema.py), the scheduler's from its registry, a `_target_` component's
+schema (runner/core/schema.py), the scheduler's from its registry, a `_target_` component's
 from its target's signature; then the checks that tie keys together or need the machine.
 A typo costs a second and a clear message naming the key, not a crashed run.
 """
@@ -11,7 +11,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from runner.schema import EPOCH_METRICS, GROUPS, Run, Trainer, check_node
+from runner.core.builders import resolve_device
+from runner.core.data import data_shape, steps_per_epoch, train_size, validate_data
+from runner.core.distributed import wanted
+from runner.core.loggers import validate_logger
+from runner.core.lr_find import validate_lr_find
+from runner.core.models import model_parts, part_names, probe_model, validate_model
+from runner.core.optimizers import split_params, uses_parts, validate_optimizer
+from runner.core.schema import EPOCH_METRICS, GROUPS, Run, Trainer, check_node
 from schedulers import ConfigError, validate_scheduler
 from schedulers.checks import is_number
 
@@ -20,10 +27,6 @@ def planned_groups(cfg: Mapping[str, Any]) -> list[tuple[str, float]]:
     """The param groups the optimizer will get, as (label, lr multiplier) in build order,
     found before anything is built: from the built-in model's part names, or, for name
     patterns, from the parameter names of the model built on the meta device."""
-    from runner.data import data_shape
-    from runner.models import model_parts, part_names, probe_model
-    from runner.optimizers import split_params, uses_parts
-
     opt, model_cfg = cfg["optimizer"], cfg["model"]
     if opt.get("param_groups") is None:
         return [("group0", 1.0)]
@@ -43,14 +46,6 @@ def validate(cfg: Mapping[str, Any]) -> None:
     if isinstance(cfg, DictConfig):
         for key in sorted(OmegaConf.missing_keys(cfg)):
             raise ConfigError(key, "???", "must be set (it has no default)")
-    from runner.builders import resolve_device
-    from runner.data import data_shape, steps_per_epoch, train_size, validate_data
-    from runner.distributed import wanted
-    from runner.loggers import validate_logger
-    from runner.lr_find import validate_lr_find
-    from runner.models import validate_model
-    from runner.optimizers import validate_optimizer
-
     check_node("", {k: v for k, v in cfg.items() if k not in GROUPS}, Run)
     check_node("trainer", cfg["trainer"], Trainer)
     wanted(cfg["trainer"]["strategy"])  # ddp outside torchrun: an error now

@@ -12,11 +12,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from runner import optimizers
-from runner.data import TensorData, load_data, place, resize_images, steps_per_epoch
-from runner.distributed import SINGLE, Dist
-from runner.models import build_model, model_parts
-from runner.optimizers import split_params
+from runner.core import optimizers
+from runner.core.data import TensorData, load_data, place, resize_images, steps_per_epoch
+from runner.core.distributed import SINGLE, Dist
+from runner.core.models import build_model, model_parts
+from runner.core.optimizers import split_params
+from runner.core.resolvers import USER_THREADS, in_loky_worker
 from schedulers import ConfigError, LRSchedule, build_scheduler
 
 
@@ -55,8 +56,6 @@ def set_threads(setting: Any) -> None:
     if setting != "auto":
         torch.set_num_threads(int(setting))
         return
-    from runner.resolvers import USER_THREADS, in_loky_worker
-
     noted = os.environ.get(USER_THREADS)
     if not in_loky_worker() or noted is None:
         return

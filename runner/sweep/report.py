@@ -1,6 +1,6 @@
 """Sweep report: which configuration won, by how much, read from the run dirs alone.
 
-`python -m runner.report <sweep dir>` (also run by a Hydra callback at the end of
+`python -m runner.sweep.report <sweep dir>` (also run by a Hydra callback at the end of
 every multirun) reads each job's `metrics.jsonl`, `status.json` and
 `.hydra/overrides.yaml`, groups the jobs by their overrides minus `seed`, and
 writes `report.md`, `report.csv` and lr / val-loss / val-acc overlays into the
@@ -17,115 +17,27 @@ import math
 import statistics
 import sys
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import yaml
 from hydra.experimental.callback import Callback
 
-from runner.compare import METRICS, Comparison, all_pairs
-from runner.compare import markdown as compare_markdown
-from runner.files import WriteFailed, read_json, read_jsonl, replace_atomic, write_text_atomic
+from runner.core.files import WriteFailed, read_json, replace_atomic, write_text_atomic
+from runner.sweep.compare import METRICS, Comparison, all_pairs
+from runner.sweep.compare import markdown as compare_markdown
+from runner.sweep.jobs import Group, Job, common_overrides, group_jobs, load_jobs, without_seed
+from runner.sweep.race import RACE_FILE
 
 log = logging.getLogger("schedlab")
 
 DEFAULT_TARGET_ACC = 0.95
 
 
-@dataclass
-class Job:
-    path: Path
-    overrides: list[str]
-    status: str  # completed | diverged | failed | incomplete
-    rows: list[dict[str, Any]]
-    wall_time_s: float | None
-    seed: int | None = None
-
-    def series(self, key: str) -> list[float]:
-        return [r[key] for r in self.rows if key in r]
-
-    @property
-    def lr_key(self) -> str | None:
-        """The first param group's lr column (lr/group0, or lr/<part> with param groups)."""
-        return next((k for k in (self.rows[0] if self.rows else {}) if k.startswith("lr/")), None)
-
-
-@dataclass
-class Group:
-    label: str
-    jobs: list[Job] = field(default_factory=list)
-
-    def count(self, status: str) -> int:
-        return sum(j.status == status for j in self.jobs)
-
-    @property
-    def finished(self) -> list[Job]:
-        """Jobs whose metrics describe a whole run: the ones the statistics are over."""
-        return [j for j in self.jobs if j.status == "completed" and j.rows]
-
-
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
     if not values:
         return math.nan, math.nan
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-
-
-def _without_seed(overrides: list[str]) -> list[str]:
-    return [o for o in overrides if o.lstrip("+~").split("=", 1)[0] != "seed"]
-
-
-def _read_yaml(path: Path) -> Any:
-    """A YAML file's content; None when it is missing or damaged (with a warning)."""
-    try:
-        return yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        return None
-    except (yaml.YAMLError, UnicodeDecodeError) as err:
-        log.warning(f"{path} is damaged; read as missing ({type(err).__name__})")
-        return None
-
-
-def load_jobs(sweep_dir: Path) -> list[Job]:
-    """Every job of the sweep as its files describe it. Damaged files never stop the
-    report: a torn metrics line is skipped, an empty or undecodable status.json reads as
-    no status (the job counts as incomplete)."""
-    jobs = []
-    for overrides_file in sorted(Path(sweep_dir).glob("*/.hydra/overrides.yaml")):
-        path = overrides_file.parent.parent
-        rows = [r for r in read_jsonl(path / "metrics.jsonl") if r.get("kind") != "step"]
-        config = _read_yaml(path / "config.yaml")
-        status = read_json(path / "status.json") or {}
-        overrides = _read_yaml(overrides_file)
-        jobs.append(
-            Job(
-                path=path,
-                overrides=[str(o) for o in overrides] if isinstance(overrides, list) else [],
-                status=str(status.get("status", "incomplete")),
-                rows=rows,
-                wall_time_s=status.get("wall_time_s"),
-                seed=config.get("seed") if isinstance(config, dict) else None,
-            )
-        )
-    return jobs
-
-
-def common_overrides(jobs: list[Job]) -> list[str]:
-    """Overrides every job shares: said once in the header, left out of the row labels."""
-    if not jobs:
-        return []
-    shared = set(jobs[0].overrides).intersection(*(j.overrides for j in jobs[1:]))
-    return [o for o in jobs[0].overrides if o in shared]
-
-
-def group_jobs(jobs: list[Job]) -> list[Group]:
-    """One group per configuration: jobs with the same overrides apart from `seed`."""
-    common = set(common_overrides(jobs))
-    groups: dict[str, Group] = {}
-    for job in jobs:
-        label = " ".join(o for o in _without_seed(job.overrides) if o not in common)
-        groups.setdefault(label or "(defaults)", Group(label or "(defaults)")).jobs.append(job)
-    return list(groups.values())
 
 
 def summarize(group: Group, target_acc: float) -> dict[str, Any]:
@@ -186,7 +98,7 @@ def markdown(
     comparisons: list[Comparison],
     metric: str,
 ) -> str:
-    shared = " ".join(_without_seed(common)) or "none"
+    shared = " ".join(without_seed(common)) or "none"
     lines = [
         f"# Sweep report: {sweep_dir}",
         "",
@@ -223,11 +135,98 @@ def markdown(
         gap = rows[0]["best_val_acc_mean"] - rows[1]["best_val_acc_mean"]
         lines += ["", f"Winner: `{rows[0]['config']}`, ahead of `{rows[1]['config']}` by "
                   f"{gap:.4f} mean best val acc; `=n` marks a rank tied with the one above "
-                  "(paired 95 % interval contains 0)."]  # fmt: skip
+                  "(not significantly different after Holm's correction)."]  # fmt: skip
     if len(rows) > 1:
         lines += ["", *compare_markdown(comparisons, metric)]
     lines += ["", "![lr](lr.png) ![val loss](val_loss.png) ![val acc](val_acc.png)", ""]
     return "\n".join(lines)
+
+
+def _fmt(value: float | None, spec: str = "+.4f") -> str:
+    return "—" if value is None or (isinstance(value, float) and math.isnan(value)) else (
+        format(value, spec))  # fmt: skip
+
+
+def _evidence(e: dict[str, Any], vs: str) -> str:
+    """A race comparison as the report prints it: difference with the current best, its
+    Holm-adjusted interval and p-value."""
+    interval = f"[{_fmt(e.get('ci_holm_low'))}, {_fmt(e.get('ci_holm_high'))}]"
+    return (
+        f"vs `{vs}` on {e.get('n')} seeds: {_fmt(e.get('mean_diff'))}, Holm-adjusted interval "
+        f"{interval}, p (Holm) = {_fmt(e.get('p_holm'), '.3g')}"
+    )
+
+
+def race_markdown(race: dict[str, Any]) -> list[str]:
+    """The race's decisions (race.json) as a report section: each configuration's fate
+    with its evidence, and the runs used against the full grid."""
+    settings = race["settings"]
+    configs = race["configurations"]
+    label = {c["index"]: c["label"] for c in configs}
+    n_rounds = len(race["rounds"])
+    reason = race.get("reason")
+    grid = race["full_grid"]
+    saved = grid - race["runs_used"]
+    lines = [
+        f"## Race: `{settings['metric']}`, alpha {settings['alpha']:g}, Holm-corrected",
+        "",
+        f"Runs used: **{race['runs_used']} of the full grid's {grid}** ({len(configs)} "
+        f"configurations x {settings['max_seeds']} seeds, hydra.sweeper.max_seeds), "
+        f"{saved} saved, in {n_rounds} round{'s' * (n_rounds != 1)} (min_seeds "
+        f"{settings['min_seeds']}, max_runs {settings['max_runs'] or 'null'}). After each "
+        "round every configuration still in the race was compared with the current best "
+        "(best mean) on their shared seeds (paired t, two-sided, Holm's correction across "
+        "the round's comparisons) and dropped if significantly worse. The paired table "
+        "above asks more: every pair at once, Holm-corrected across all of them, so a "
+        "configuration the race dropped early (few seeds) can be a tie there; its verdict "
+        "here is the race's.",
+        "",
+    ]
+    if reason is None:
+        lines += [f"The race stopped after round {n_rounds} without finishing (interrupted): "
+                  "run the same command again to continue it.", ""]  # fmt: skip
+    last = race["rounds"][-1] if race["rounds"] else {}
+    last_vs = {e["config"]: e for e in last.get("comparisons", [])}
+    lines += ["| config | fate | seeds | mean | evidence |", "|---|---|---|---|---|"]
+    for c in sorted(configs, key=lambda c: (c["fate"] == "dropped", -c.get("dropped_round", 0))):
+        if c["fate"] == "dropped":
+            fate = f"dropped in round {c['dropped_round']}"
+            evidence = _evidence(c, label[c["vs"]])
+        else:
+            fate = f"in the race at the end: {reason or 'still racing'}"
+            if c["index"] == last.get("best"):
+                evidence = f"best mean after round {n_rounds}"
+            elif c["index"] in last_vs:
+                evidence = "not significantly worse: " + _evidence(
+                    last_vs[c["index"]], label[last["best"]]
+                )
+            else:
+                evidence = "—"
+        losses = sum(j.get("counted_as_loss", False) for j in c.get("jobs", {}).values())
+        if losses:
+            evidence += f"; {losses} failed/diverged run(s) counted as a loss"
+        lines.append(
+            f"| `{c['label']}` | {fate} | {c['seeds']} | {_fmt(c.get('mean'), '.4f')} "
+            f"| {evidence} |"
+        )
+    lines += ["", "![race survivors: lr](race_lr.png) "
+              "![race survivors: val acc](race_val_acc.png)"]  # fmt: skip
+    return lines
+
+
+def _race(sweep_dir: Path, jobs: list[Job]) -> list[str]:
+    """The race section and its survivors' overlays, when the sweep was a race."""
+    race = read_json(sweep_dir / RACE_FILE)
+    if race is None:
+        return []
+    by_dir = {j.path.name: j for j in jobs}
+    survivors = [c for c in race["configurations"] if c["fate"] != "dropped"]
+    groups = [
+        Group(c["label"], [by_dir[j["dir"]] for j in c["jobs"].values() if j["dir"] in by_dir])
+        for c in survivors
+    ]
+    plot_overlays(groups, sweep_dir, ("lr", "val/acc"), "race_", "race survivors: ")
+    return race_markdown(race)
 
 
 def _band(jobs: list[Job], key: str) -> tuple[list[int], list[float], list[float]]:
@@ -244,18 +243,31 @@ def _band(jobs: list[Job], key: str) -> tuple[list[int], list[float], list[float
     return xs, means, stds
 
 
-def plot_overlays(groups: list[Group], out: Path) -> list[Path]:
+OVERLAYS = {  # key -> (file name, title, log y)
+    "lr": ("lr.png", "learning rate (first param group)", True),
+    "val/loss": ("val_loss.png", "val loss (mean ± std over seeds)", False),
+    "val/acc": ("val_acc.png", "val accuracy (mean ± std over seeds)", False),
+}
+
+
+def plot_overlays(
+    groups: list[Group],
+    out: Path,
+    keys: Sequence[str] = tuple(OVERLAYS),
+    prefix: str = "",
+    heading: str = "",
+) -> list[Path]:
+    """One overlay per key (`<prefix><file name>` in `out`, titled `<heading><title>`), a
+    line per group."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     paths = []
-    for key, fname, title, log_y in (
-        ("lr", "lr.png", "learning rate (first param group)", True),
-        ("val/loss", "val_loss.png", "val loss (mean ± std over seeds)", False),
-        ("val/acc", "val_acc.png", "val accuracy (mean ± std over seeds)", False),
-    ):
+    for key in keys:
+        fname, title, log_y = OVERLAYS[key]
+        fname, title = prefix + fname, heading + title
         fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
         for g in groups:
             jobs = [j for j in g.jobs if j.rows]
@@ -311,6 +323,9 @@ def write_report(
     table.writerows([list(asdict(c).values()) for c in comparisons])
     write_text_atomic(sweep_dir / "comparisons.csv", f.getvalue(), fsync=False)
     text = markdown(rows, target_acc, sweep_dir, common_overrides(jobs), comparisons, metric)
+    race = _race(sweep_dir, jobs)
+    if race:
+        text += "\n".join(["", *race, ""])
     write_text_atomic(sweep_dir / "report.md", text, fsync=False)
     plot_overlays([by_label[r["config"]] for r in rows], sweep_dir)
     return text
@@ -338,7 +353,7 @@ class SweepReport(Callback):
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m runner.report",
+        prog="python -m runner.sweep.report",
         description="Summarise a sweep dir: a table (md + csv) and overlay plots, best first.",
     )
     parser.add_argument(

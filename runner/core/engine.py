@@ -1,0 +1,295 @@
+"""The epoch engine: everything around the batches of an epoch, written once for K members.
+
+A single run is K = 1 (runner/run/train.py); a fused group trains K jobs as one stacked
+model (runner/sweep/fused.py). The two differ only in how a batch is trained and
+validated; what happens per step (the lr schedule's per-step advance, step rows) and at
+the end of an epoch (the epoch row, its log line, divergence, the schedule's step with the
+monitored metric, the best epoch, the checkpoint snapshot) happens here, so a metric or a
+stop rule added once reaches both.
+
+Rows: `lr/<group>` is the lr the epoch's batches used (read before its first batch), and
+`momentum/<group>` beside it when the schedule cycles momentum (SGD's momentum or Adam's
+beta1, as OneCycleLR and CyclicLR set them). Step rows carry the same as `lr_step/` and
+`momentum_step/`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+
+from runner.core import checkpoint
+from runner.core.loggers import RunLogger
+from runner.core.steps import progress_bar
+from schedulers.checks import mode_for
+
+log = logging.getLogger("schedlab")
+
+
+@dataclass(frozen=True)
+class Result:
+    status: str  # completed | diverged | interrupted
+    best_val_acc: float
+    epochs_done: int
+    signum: int | None = None  # the signal that interrupted the run
+    chain: bool = False  # pass that signal on to the launcher's handler (see stopping.py)
+
+
+def describe_epoch(row: dict[str, Any], epochs: int, note: str = "") -> str:
+    """The log line of an epoch row; `note` is added after the epoch's time."""
+    lr_text = " ".join(f"{k}={v:.3g}" for k, v in row.items() if k.startswith("lr/"))
+    return (
+        f"epoch {row['epoch']:>3}/{epochs}  {lr_text}  train/loss={row['train/loss']:.4f} "
+        f"train/acc={row['train/acc']:.3f}  val/loss={row['val/loss']:.4f} "
+        f"val/acc={row['val/acc']:.3f}  ({row['time/epoch_s']:.2f}s{note})"
+    )
+
+
+def diverged(row: dict[str, Any], diverge_loss: float | None) -> bool:
+    """A NaN/inf loss, or one above trainer.diverge_loss: nothing after it is worth computing."""
+    losses = (row["train/loss"], row["val/loss"])
+    return not all(map(math.isfinite, losses)) or (
+        diverge_loss is not None and max(losses) > diverge_loss
+    )
+
+
+def group_names(optimizer: torch.optim.Optimizer) -> list[str]:
+    """A param group's `name` if it has one, else group<i>; keys of the `lr/<group>` metrics."""
+    return [g.get("name", f"group{i}") for i, g in enumerate(optimizer.param_groups)]
+
+
+def cycles_momentum(schedule: Any) -> bool:
+    """The schedule sets momentum (or Adam's beta1) as it goes: OneCycleLR or CyclicLR with
+    cycle_momentum, alone or as a phase of a sequence."""
+    main = getattr(schedule, "main", schedule)
+    parts = [main, *getattr(main, "_schedulers", [])]
+    return any(getattr(part, "cycle_momentum", False) for part in parts)
+
+
+@dataclass
+class Track:
+    """One member's side of the loop: its optimizer and schedule, where its rows and log lines
+    go, its checkpoint state and its stop rules. Built once; the engine reads the config
+    values from here, not from OmegaConf (lookups cost microseconds, epochs can be 10 ms)."""
+
+    optimizer: torch.optim.Optimizer
+    scheduler: Any  # schedulers.LRSchedule
+    logger: RunLogger
+    progress: checkpoint.Progress
+    snapshot: Callable[[checkpoint.Progress], dict[str, Any]]  # its checkpoint state now
+    saver: checkpoint.Checkpointer | None
+    say: Callable[[int, str], None]  # a log line: (level, text)
+    diverge_loss: float | None
+    monitor: str
+    monitor_mode: str  # max | min | auto
+    log_every: int  # trainer.log_every_n_steps (0: no step rows but per-step lrs)
+    result: Result | None = None
+
+    def __post_init__(self) -> None:
+        self.names = group_names(self.optimizer)
+        self.per_step = self.scheduler.interval == "step"  # then every step's lr is logged
+        self.momentum = cycles_momentum(self.scheduler)
+        self.monitor_mode = mode_for(self.monitor, self.monitor_mode)
+
+    def rates(self, lr_key: str, momentum_key: str) -> dict[str, float]:
+        """The lr of each param group now, and its momentum when the schedule cycles it."""
+        groups = self.optimizer.param_groups
+        row = {f"{lr_key}{n}": g["lr"] for n, g in zip(self.names, groups, strict=True)}
+        if self.momentum:
+            for n, g in zip(self.names, groups, strict=True):
+                row[f"{momentum_key}{n}"] = g["betas"][0] if "betas" in g else g["momentum"]
+        return row
+
+
+class Models(Protocol):
+    """How batches are trained and validated: one model (runner/run/train.py) or K stacked
+    ones (runner/sweep/fused.py). Everything else in an epoch is the engine's."""
+
+    steps_per_epoch: int
+
+    def batches(self, epoch: int) -> Iterable[Any]:
+        """The epoch's batches (the models set to train mode, the sums reset)."""
+
+    def train_batch(self, batch: Any) -> Callable[[], list[float]]:
+        """One optimizer step on every member; returns how to read each one's loss of it
+        (a host sync, so only called on the steps that log it)."""
+
+    def train_metrics(self) -> tuple[list[float], list[float]]:
+        """Each member's mean train loss and accuracy over the epoch."""
+
+    def validate(self) -> tuple[list[float], list[float]]:
+        """Each member's loss and accuracy on the whole validation split."""
+
+    def stop_member(self, i: int) -> None:
+        """Member i diverged: it trains no more (the others go on)."""
+
+    def epoch_done(self, epoch: int) -> None:
+        """After the engine's epoch end: whatever the models need before the next epoch."""
+
+
+def say_to_log(level: int, text: str) -> None:
+    log.log(level, text)
+
+
+class Engine:
+    """Steps and epoch ends for K tracks; `active` are the ones still training."""
+
+    def __init__(
+        self, tracks: Sequence[Track], epochs: int, *, step: int = 0, elapsed_s: float = 0.0,
+        note: str = "", diverge_note: str = "", group: str | None = None,
+    ) -> None:  # fmt: skip
+        self.tracks, self.epochs, self.step = list(tracks), epochs, step
+        self.active = list(range(len(self.tracks)))
+        self.note, self.diverge_note = note, diverge_note
+        self.group = group  # a fused group's name: then one summary line per epoch too
+        self.t_start = time.perf_counter() - elapsed_s  # wall time counts the earlier processes
+        self._any_per_step = any(t.per_step for t in self.tracks)
+        self._everies = tuple({t.log_every for t in self.tracks if t.log_every})
+        self._rates: list[dict[str, float]] = []
+        self._t0 = 0.0
+        self.epoch_s = 0.0  # the last epoch's wall time, as its rows say
+
+    def run(self, models: Models, *, start: int, stop: Any, bar_mode: str, desc: str) -> None:
+        """Epochs `start`..epochs-1: per batch one optimizer step and the step's bookkeeping;
+        per epoch the train means, validation and the epoch end. A signal (`stop.signum`)
+        drops the partial epoch. `desc` (formatted with epoch, epochs) names the bar."""
+        for epoch in range(start, self.epochs):
+            self.begin_epoch()
+
+            # -- train: one optimizer step per batch, nothing read back unless it is logged
+            bar = progress_bar(
+                bar_mode, models.steps_per_epoch, desc.format(epoch=epoch, epochs=self.epochs)
+            )
+            for batch in models.batches(epoch):
+                self.after_step(epoch, models.train_batch(batch))
+                bar.update()
+                if stop.signum is not None:
+                    break
+            bar.close()
+
+            # -- interrupted: last.pt (the epoch before) is where a resume continues
+            if stop.signum is not None:
+                self.interrupt(epoch, stop.signum)
+                return
+
+            # -- validate, then rows, divergence, schedules, best epoch, checkpoints
+            train = models.train_metrics()
+            val = models.validate()
+            for i in self.end_epoch(epoch, train, val):
+                models.stop_member(i)
+            models.epoch_done(epoch)
+            if self.group is not None:
+                accs = [val[1][i] for i in self.active]
+                log.info(
+                    f"{self.group} epoch {epoch:>3}/{self.epochs}: {len(self.active)}/"
+                    f"{len(self.tracks)} jobs training"
+                    + (f", val/acc {min(accs):.3f}..{max(accs):.3f}" if accs else "")
+                    + f" ({self.epoch_s:.2f}s)"
+                )
+            if not self.active:
+                return
+        self.complete()
+
+    def begin_epoch(self) -> None:
+        """Before the first batch: the rates this epoch's batches start with."""
+        self._t0 = time.perf_counter()
+        self._rates = [t.rates("lr/", "momentum/") for t in self.tracks]
+
+    def after_step(self, epoch: int, step_loss: Callable[[], list[float]]) -> None:
+        """After each optimizer step: per-step schedules advance, step rows are logged.
+        `step_loss()` (each member's loss of this step; a host sync) is called only on the
+        steps that log it."""
+        self.step += 1
+        step = self.step
+        if not self._any_per_step:  # most steps of most runs: nothing to do
+            for n in self._everies:
+                if step % n == 0:
+                    break
+            else:
+                return
+        losses = None
+        for i in self.active:
+            t = self.tracks[i]
+            # the rates this step used: read before a per-step schedule advances
+            row = t.rates("lr_step/", "momentum_step/") if t.per_step else {}
+            t.scheduler.step_batch()  # advances only `interval: step` schedules
+            if t.log_every and step % t.log_every == 0:
+                losses = step_loss() if losses is None else losses
+                row = row or t.rates("lr_step/", "momentum_step/")
+                row["train/step_loss"] = losses[i]
+            if row:
+                t.logger.log_step({"trainer/global_step": step, "epoch": epoch, **row})
+
+    def end_epoch(
+        self,
+        epoch: int,
+        train: tuple[list[float], list[float]],
+        val: tuple[list[float], list[float]],
+    ) -> list[int]:
+        """After validation: each active member's row logged, divergence checked, schedule
+        stepped with the row (Plateau reads its monitored metric there), best tracked and
+        checkpoint state snapshotted. `train`/`val` are (losses, accuracies), one per member.
+        Returns the members that diverged in this epoch (they leave `active`)."""
+        epoch_s = self.epoch_s = time.perf_counter() - self._t0
+        (train_loss, train_acc), (val_loss, val_acc) = train, val
+        stopped = []
+        for i in list(self.active):
+            t, p = self.tracks[i], self.tracks[i].progress
+            row = {
+                "epoch": epoch,
+                **self._rates[i],
+                "train/loss": train_loss[i],
+                "train/acc": train_acc[i],
+                "val/loss": val_loss[i],
+                "val/acc": val_acc[i],
+                "time/epoch_s": epoch_s,
+            }
+            t.logger.log_epoch(row)
+            p.best_val_acc = max(p.best_val_acc, val_acc[i])
+            t.say(logging.INFO, describe_epoch(row, self.epochs, self.note))
+
+            # -- a diverged run stops: nothing after a NaN/inf (or too large) loss is worth it
+            if diverged(row, t.diverge_loss):
+                t.say(
+                    logging.WARNING,
+                    f"loss {train_loss[i]:.4g} at epoch {epoch}: run diverged, stopping"
+                    + self.diverge_note,
+                )
+                t.result = Result("diverged", p.best_val_acc, epoch + 1)
+                self.active.remove(i)
+                stopped.append(i)
+                continue
+
+            # -- schedule: once per epoch, after the batch loop (sets the next epoch's lr)
+            t.scheduler.step_epoch(row)
+
+            # -- checkpoint: the state the next epoch starts from
+            p.step = self.step
+            is_best = p.end_epoch(epoch, row[t.monitor], t.monitor_mode, t.monitor)
+            if t.saver is not None:
+                p.elapsed_s = time.perf_counter() - self.t_start
+                t.saver.epoch_end(t.snapshot(p), is_best)
+        return stopped
+
+    def interrupt(self, epoch: int, signum: int) -> None:
+        """A signal in epoch `epoch`: its partial epoch is dropped; each member's last.pt
+        (the epoch before) is where a resume continues."""
+        for i in self.active:
+            t = self.tracks[i]
+            t.result = Result("interrupted", t.progress.best_val_acc, t.progress.epoch, signum)
+            t.say(
+                logging.WARNING,
+                f"interrupted in epoch {epoch}; resume continues from epoch {t.progress.epoch}",
+            )
+
+    def complete(self) -> None:
+        """Every member still active trained all its epochs."""
+        for i in self.active:
+            t = self.tracks[i]
+            t.result = Result("completed", t.progress.best_val_acc, self.epochs)

@@ -1,0 +1,382 @@
+"""A run dir's rules: one run per dir, resume= and what it may change, a finished run left
+alone. Checked by the CLI before Hydra writes (check_run_dir) and by the run itself."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from runner.core import checkpoint, files
+from runner.core.compose import compose_config
+from schedulers import ConfigError
+
+log = logging.getLogger("schedlab")
+
+
+class RunDirRefused(ConfigError):
+    """This run may not write into its run dir: another run is writing there, or the dir
+    holds another run's results. Nothing in the dir is touched, status.json included."""
+
+
+def saved_config_path(cfg: DictConfig, run_dir: Path) -> Path:
+    """The dir `resume=` names: its value, or (resume=true) the Hydra run dir."""
+    target = run_dir if cfg.resume is True else Path(str(cfg.resume))
+    if not (target / "config.yaml").is_file():
+        raise ConfigError(
+            "resume", str(cfg.resume), f"no run to resume: {target}/config.yaml missing"
+        )
+    return target
+
+
+def read_saved_config(target: Path, value: object) -> DictConfig:
+    """A run dir's config.yaml, or a ConfigError (key `resume`) saying why it cannot be used."""
+    try:
+        saved = OmegaConf.load(target / "config.yaml")
+    except Exception as err:  # not YAML at all
+        why = f"{type(err).__name__}: {str(err).strip()[:120]}"
+        raise ConfigError(
+            "resume", str(value), f"{target}/config.yaml is damaged ({why})"
+        ) from None
+    if not isinstance(saved, DictConfig):
+        raise ConfigError("resume", str(value), f"{target}/config.yaml is not a run config")
+    OmegaConf.set_struct(saved, True)
+    return saved
+
+
+def load_resume(
+    cfg: DictConfig, run_dir: Path
+) -> tuple[DictConfig, Path, dict[str, Any] | None, list[str]]:
+    """`resume=<run dir>` (or `resume=true` in the Hydra run dir): its saved config, the dir,
+    its last checkpoint (None when it stopped before writing one), and the edits made to
+    config.yaml by hand since that checkpoint, as `key=value` texts (edit_changes)."""
+    target = saved_config_path(cfg, run_dir)
+    checkpoint.remove_orphans(target)  # temp files of writes a kill -9 cut short
+    saved = read_saved_config(target, cfg.resume)
+    if not (target / checkpoint.LAST).exists() and not (target / checkpoint.BEST).exists():
+        log.info(f"{target} has no checkpoint yet (stopped in its first epoch): starting over")
+        return saved, target, None, []
+    state = checkpoint.load(target / checkpoint.LAST)
+    return saved, target, state, edit_changes(saved, state, target)
+
+
+def _leaves(node: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(node, dict):
+        return {prefix.rstrip("."): node}
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        out.update(_leaves(value, f"{prefix}{key}."))
+    return out
+
+
+def edit_changes(saved: DictConfig, state: dict[str, Any], run_dir: Path) -> list[str]:
+    """config.yaml edited by hand after the checkpoint was written (the checkpoint keeps the
+    config text the run trained with): each edited key is held to the rules of an override
+    given with resume=, so an edited `epochs` extends the run or is refused like
+    `resume=<dir> epochs=N`, and any other edit that would change what was computed is a
+    ConfigError naming it, instead of a schedule that silently keeps its old length."""
+    trained = state.get("config")
+    if not isinstance(trained, str):
+        return []  # a checkpoint from before configs were kept in it
+    trained_cfg = OmegaConf.create(trained)
+    old = _leaves(OmegaConf.to_container(trained_cfg, resolve=True))
+    new = _leaves(OmegaConf.to_container(saved, resolve=True))
+    changes = []
+    for key in sorted(set(old) | set(new)):
+        was, now = old.get(key, _ABSENT), new.get(key, _ABSENT)
+        if was == now:
+            continue
+        if key == "epochs" and isinstance(was, int) and isinstance(now, int):
+            _check_extension(trained_cfg, was, now, run_dir)
+        elif not (key in SAFE_ON_RESUME or key.startswith("logger.")):
+            shown = "(absent)" if now is _ABSENT else now
+            raise ConfigError(
+                key,
+                shown,
+                f"{run_dir}/config.yaml was edited after its last checkpoint was written "
+                f"({key} was {'(absent)' if was is _ABSENT else repr(was)}); a resume "
+                "continues the run it saved: only a larger epochs and "
+                + ", ".join(f"{k}.*" if k == "logger" else k for k in SAFE_ON_RESUME)
+                + " may change. Restore the file, or start a new run with this config",
+            )
+        changes.append(f"{key}={now}" + (f" (was {was}, edited in config.yaml)"))
+    return changes
+
+
+# -- what a resume may change -----------------------------------------------------------------
+# Keys that change how a run is shown or how often it is saved, never what it computes: given
+# with resume=, they are applied. `epochs` may be raised where the schedule's lengths are
+# explicit (extend_blocker). Anything else is refused, naming the key.
+SAFE_ON_RESUME = (
+    "trainer.progress",
+    "trainer.checkpoint_interval_s",
+    "trainer.log_every_n_steps",
+    "logger",
+)
+_ABSENT = object()
+
+
+def _override_keys(overrides: Sequence[str]) -> dict[str, str]:
+    """The config keys (or groups) the overrides set -> the value as given; resume= and
+    hydra.* left out."""
+    try:
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+        pairs = [(o.key_or_group, o.input_line or "") for o in parsed]
+    except Exception:  # Hydra has parsed them already; this is only a fallback
+        pairs = [(o.split("=", 1)[0].lstrip("+~"), o) for o in overrides]
+    keys = {}
+    for key, text in pairs:
+        key = key.split("@", 1)[0].replace("/", ".")
+        if key != "resume" and key.split(".")[0] != "hydra":
+            keys[key] = text.split("=", 1)[1] if "=" in text else ""
+    return keys
+
+
+def _plain(value: Any) -> Any:
+    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+
+
+def extend_blocker(scheduler: Any) -> tuple[str, str] | None:
+    """Why more epochs would change the schedule a run has already followed: the key of a
+    length that means "the whole run" (or `scheduler`, for a schedule that has none), and
+    what it means. None where every length is explicit (step, multistep, exponential,
+    plateau, lambda, none, cyclic, cosine_restarts, cosine/linear/poly with their length
+    set, a sequence whose last phase has a length, a `_target_` class, whose arguments are
+    saved as given)."""
+    name = scheduler.get("name")
+    if name == "sequence":
+        phases = list(scheduler.get("phases") or [])
+        for i, phase in enumerate(phases):
+            if phase.get("length") is None:
+                key = f"scheduler.phases.{i}.length"
+                return key, f"{key} is null: the last phase takes the rest of the run"
+        return None
+    key = {"cosine": "T_max", "linear": "total_iters", "poly": "total_iters"}.get(name)
+    if key is not None and scheduler.get(key) is None:
+        return f"scheduler.{key}", f"scheduler.{key} is null: {name} spans the whole run"
+    if name in ("onecycle", "wsd"):
+        return "scheduler", f"scheduler={name} spans the whole run (it has no length to set)"
+    return None
+
+
+def apply_resume_overrides(
+    saved: DictConfig, given: DictConfig, overrides: Sequence[str], run_dir: Path
+) -> list[str]:
+    """Apply to the saved config the overrides given with resume= (values as composed in
+    `given`), or raise a ConfigError naming the ones that cannot be applied. Returns what
+    changed, as `key=value` texts; an override equal to the saved value changes nothing."""
+    changes, refused = [], []
+    texts = _override_keys(overrides)
+    for key, text in texts.items():
+        new = _plain(OmegaConf.select(given, key, default=_ABSENT))
+        old = _plain(OmegaConf.select(saved, key, default=_ABSENT))
+        if new is not _ABSENT and new == old:
+            continue
+        if key == "epochs" and isinstance(new, int) and isinstance(old, int):
+            _check_extension(saved, old, new, run_dir)
+        elif new is _ABSENT or not (key in SAFE_ON_RESUME or key.startswith("logger.")):
+            refused.append((key, text if new is _ABSENT else new, old))
+            continue
+        with open_dict(saved):
+            OmegaConf.update(saved, key, new, merge=False)
+        changes.append(f"{key}={new}" + (f" (was {old})" if key == "epochs" else ""))
+    if refused:
+        key, new, old = refused[0]
+        others = ", ".join(k for k, _, _ in refused[1:])
+        was = "" if old is _ABSENT else f" ({key}={old!r} there)"
+        raise ConfigError(
+            key,
+            new,
+            f"a resumed run keeps the config saved in {run_dir}/config.yaml{was}"
+            + (f"; also refused: {others}" if others else "")
+            + "; with resume= only a larger epochs and "
+            + ", ".join(f"{k}.*" if k == "logger" else k for k in SAFE_ON_RESUME)
+            + " may be given: start a new run for another config",
+        )
+    return changes
+
+
+def _check_extension(saved: DictConfig, old: int, new: int, run_dir: Path) -> None:
+    if new < old:
+        raise ConfigError(
+            "epochs", new, f"below the saved epochs={old}: a resumed run can only be extended"
+        )
+    blocker = extend_blocker(saved.scheduler)
+    if blocker is not None:
+        key, why = blocker
+        how = (
+            "use a schedule with explicit lengths"
+            if key == "scheduler"
+            else f"set {key} (in units of scheduler.interval)"
+        )
+        raise ConfigError(
+            "epochs",
+            new,
+            f"cannot extend {run_dir} from {old} epochs: {why}, so more epochs would stretch "
+            f"a schedule the run has already followed; {how} in a run you mean to extend, or "
+            f"start a new run with epochs={new}",
+        )
+
+
+def finished(run_dir: Path, epochs: int) -> dict[str, Any] | None:
+    """status.json of a run that completed all `epochs` (None if it did not)."""
+    status = files.read_json(run_dir / "status.json")
+    if status is None or status.get("status") != "completed":
+        return None
+    done = status.get("epochs_done")
+    return status if isinstance(done, int) and done >= epochs else None
+
+
+def nothing_to_do(run_dir: Path, status: dict[str, Any]) -> str:
+    return (
+        f"{run_dir} is already complete ({status['epochs_done']} epochs, best val/acc "
+        f"{status.get('best_val_acc', float('nan')):.4f}): nothing to do; to train longer: "
+        f"resume={run_dir} epochs=<more>"
+    )
+
+
+# -- one run per run dir -------------------------------------------------------------------------
+def same_run_on_disk(cfg: DictConfig, run_dir: Path) -> bool:
+    """run_dir holds a checkpoint of this very config: a run to continue, not to redo."""
+    return (run_dir / checkpoint.LAST).exists() and _same_config(run_dir, cfg)
+
+
+def _same_config(run_dir: Path, cfg: DictConfig) -> bool:
+    """run_dir/config.yaml is this config's. With optimizer.lr=find it holds the lr the range
+    test found (and onecycle/cyclic's max_lr/base_lr reset): compared as given."""
+    try:
+        saved_text = (run_dir / "config.yaml").read_text()
+    except (OSError, UnicodeDecodeError):
+        return False
+    wanted = OmegaConf.to_yaml(cfg, resolve=True)
+    if saved_text == wanted or OmegaConf.select(cfg, "optimizer.lr") != "find":
+        return saved_text == wanted
+    try:
+        saved = OmegaConf.create(saved_text)
+        saved.optimizer.lr = "find"
+        for key in ("max_lr", "base_lr"):
+            if key in saved.scheduler and saved.scheduler.get("name") in ("onecycle", "cyclic"):
+                saved.scheduler[key] = cfg.scheduler.get(key)
+    except Exception:  # not this runner's config at all
+        return False
+    return OmegaConf.to_yaml(saved) == wanted
+
+
+def _differing_keys(saved_text: str, cfg: DictConfig) -> list[str]:
+    def flat(value: Any, prefix: str = "") -> dict[str, Any]:
+        if isinstance(value, dict):
+            out: dict[str, Any] = {}
+            for k, v in value.items():
+                out.update(flat(v, f"{prefix}{k}."))
+            return out
+        return {prefix[:-1]: value}
+
+    try:
+        old = flat(OmegaConf.to_container(OmegaConf.create(saved_text)))
+    except Exception:
+        return []
+    new = flat(OmegaConf.to_container(cfg, resolve=True))
+    return [
+        k for k in sorted(old.keys() | new.keys()) if old.get(k, _ABSENT) != new.get(k, _ABSENT)
+    ]
+
+
+def other_run_in(run_dir: Path, cfg: DictConfig) -> str | None:
+    """Why run_dir holds another run's results, which a new run would mix with its own; None
+    when it holds none (a dir Hydra just made, a run that failed or was stopped before it
+    wrote a row or a checkpoint) or a checkpoint of this same config (same_run_on_disk)."""
+    if same_run_on_disk(cfg, run_dir):
+        return None
+    saved = run_dir / "config.yaml"
+    try:
+        saved_text = saved.read_text()
+    except FileNotFoundError:
+        saved_text = None
+    except (OSError, UnicodeDecodeError):
+        saved_text = ""
+    if saved_text is not None and not _same_config(run_dir, cfg):
+        keys = _differing_keys(saved_text, cfg)
+        shown = ", ".join(keys[:3]) + (", ..." if len(keys) > 3 else "")
+        return "its config.yaml is another run's" + (f" (differs in {shown})" if keys else "")
+    found = [
+        n for n in ("metrics.jsonl", checkpoint.LAST, checkpoint.BEST) if (run_dir / n).exists()
+    ]
+    status = files.read_json(run_dir / "status.json")
+    if status is not None and status.get("status") in ("completed", "diverged"):
+        found.append("status.json")
+    if found:
+        return f"it holds a run's results ({', '.join(found)}) with no checkpoint to continue"
+    return None
+
+
+def refuse_other_run(run_dir: Path, cfg: DictConfig) -> None:
+    why = other_run_in(run_dir, cfg)
+    if why is not None:
+        raise RunDirRefused(
+            "hydra.run.dir",
+            str(run_dir),
+            f"{why}; a new run would mix its files with that one's. To continue that run: "
+            f"resume={run_dir}; for a new run: another hydra.run.dir (or none: a new dated dir)",
+        )
+
+
+def busy(err: files.RunDirBusy) -> RunDirRefused:
+    who = f"another run (pid {err.pid})" if err.pid else "another run"
+    return RunDirRefused(
+        "hydra.run.dir",
+        str(err.run_dir),
+        f"{who} is writing into it; wait for it to end (resume={err.run_dir} then continues "
+        "it), or give another hydra.run.dir",
+    )
+
+
+def check_run_dir(
+    run_dir: Path, overrides: Sequence[str], resuming: bool, config_dirs: Sequence[str] = ()
+) -> str | None:
+    """The CLI's check of an existing run dir before Hydra writes into it (its .hydra/ and
+    train.log), so that a refused run leaves the dir byte for byte as it was: RunDirRefused
+    if another run holds it or it holds another run; a ConfigError for overrides a resume
+    cannot apply; the line to print (and exit 0) when the run is already complete and
+    nothing is asked of it. None: go on."""
+    holder = files.run_dir_holder(run_dir)
+    if holder is not None:
+        raise busy(holder)
+    given = compose_config(list(overrides), with_hydra=True, config_dirs=config_dirs)
+    with open_dict(given):
+        del given["hydra"]
+    last, state = run_dir / checkpoint.LAST, None
+    if resuming:
+        saved = read_saved_config(run_dir, given.resume)
+        if last.exists():  # edits refused before Hydra writes a file
+            state = checkpoint.load(last)
+            edit_changes(saved, state, run_dir)
+        apply_resume_overrides(saved, given, overrides, run_dir)
+        epochs = saved.epochs
+    elif same_run_on_disk(given, run_dir):
+        epochs = given.epochs
+    else:
+        refuse_other_run(run_dir, given)
+        return None
+    status = finished(run_dir, epochs)
+    if status is None or not last.exists():
+        return None  # a run to continue (or one that stopped before its first checkpoint)
+    # as the run itself would: a damaged last.pt is refused, and it is the last epoch's
+    state = state if state is not None else checkpoint.load(last)
+    if state["progress"]["epoch"] < epochs:
+        return None
+    return nothing_to_do(run_dir, status)
+
+
+def keep_rows_before(metrics: Path, epoch: int) -> None:
+    """Rows logged after the checkpoint was written are redone by the resumed run; a line
+    torn by a kill or a full disk is dropped (read_jsonl warns about it)."""
+    if metrics.exists():
+        kept = [r for r in files.read_jsonl(metrics) if isinstance(r.get("epoch"), int)]
+        lines = [json.dumps(r) + "\n" for r in kept if r["epoch"] < epoch]
+        files.write_text_atomic(metrics, "".join(lines))

@@ -1,0 +1,351 @@
+"""The training loop: build from config, then per epoch train -> validate -> scheduler.step().
+
+Read top to bottom; each phase is marked. The scheduler steps once per epoch,
+after the batch loop, exactly as the lecture teaches, and the lr logged for an
+epoch is the one its batches used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from runner.core import checkpoint, files
+from runner.core.background import Background
+from runner.core.builders import Run, build_run
+from runner.core.config import validate
+from runner.core.data import augment as augment_batch
+from runner.core.data import batches, steps_per_epoch
+from runner.core.distributed import setup, teardown
+from runner.core.engine import Engine, Result, Track, say_to_log
+from runner.core.loggers import RunLogger, open_logger
+from runner.core.lr_find import find_lr
+from runner.core.steps import evaluate, train_step
+from runner.core.stopping import StopFlag, stop_on_signals
+from runner.core.targets import label
+from runner.run.rundir import (
+    apply_resume_overrides,
+    busy,
+    finished,
+    keep_rows_before,
+    load_resume,
+    nothing_to_do,
+    refuse_other_run,
+    same_run_on_disk,
+    saved_config_path,
+)
+
+log = logging.getLogger("schedlab")
+
+
+def outcome(result: Result, wall_s: float) -> tuple[dict[str, Any], dict[str, Any]]:
+    """How a run ended: its status.json record and its W&B summary."""
+    status = {
+        "status": result.status,
+        "best_val_acc": result.best_val_acc,
+        "epochs_done": result.epochs_done,
+        "wall_time_s": wall_s,
+    }
+    summary = {
+        "status": result.status,
+        "diverged": result.status == "diverged",
+        "best/val_acc": result.best_val_acc,
+        "time/total_s": wall_s,
+    }
+    return status, summary
+
+
+def fit(
+    cfg: DictConfig,
+    run: Run,
+    logger: RunLogger,
+    *,
+    ckpt_dir: Path | None = None,
+    start: dict[str, Any] | None = None,
+    stop: StopFlag | None = None,
+    background: Background | None = None,
+) -> Result:
+    """Train from epoch 0, or from the checkpoint `start`; checkpoint into ckpt_dir if given
+    (written on `background`'s thread when given)."""
+    shuffle = torch.Generator().manual_seed(cfg.seed)  # data order: its own stream, seeded
+    progress = checkpoint.restore(start, run, shuffle) if start else checkpoint.Progress()
+    saver = None
+    if ckpt_dir is not None and cfg.trainer.checkpoint:
+        saver = checkpoint.Checkpointer(
+            ckpt_dir,
+            cfg.trainer.checkpoint_interval_s,
+            background,
+            config=OmegaConf.to_yaml(cfg, resolve=True),  # = the config.yaml written for it
+        )
+        if start is None:  # a new run: last.pt is on disk before its first batch
+            saver.start(checkpoint.snapshot(run, progress, shuffle, logger.run_id))
+    track = Track(
+        run.optimizer, run.scheduler, logger, progress,
+        snapshot=lambda p: checkpoint.snapshot(run, p, shuffle, logger.run_id),
+        saver=saver, say=say_to_log, diverge_loss=cfg.trainer.diverge_loss,
+        monitor=cfg.trainer.monitor, monitor_mode=cfg.trainer.monitor_mode,
+        log_every=cfg.trainer.log_every_n_steps,
+    )  # fmt: skip
+    engine = Engine([track], cfg.epochs, step=progress.step, elapsed_s=progress.elapsed_s)
+    try:
+        engine.run(
+            SingleModel(cfg, run, shuffle), start=progress.epoch, stop=stop or StopFlag(),
+            bar_mode=cfg.trainer.progress, desc="epoch {epoch}/{epochs}",
+        )  # fmt: skip
+    finally:
+        if saver is not None:
+            saver.persist()  # the newest completed epoch is on disk however the loop ended
+    assert track.result is not None
+    return track.result
+
+
+class SingleModel:
+    """One model's side of the epoch engine (runner/core/engine.py): its batches (this
+    rank's share of each under DDP), the training step, the epoch's sums, validation."""
+
+    def __init__(self, cfg: DictConfig, run: Run, shuffle: torch.Generator) -> None:
+        self.run, self.shuffle = run, shuffle
+        # read once: an OmegaConf lookup costs microseconds, and 10 ms epochs add them up
+        self.batch_size = cfg.data.batch_size
+        self.augment = cfg.data.get("augment", False)  # only image sets that have the key
+        self.n_train = run.data.y_train.shape[0]
+        self.steps_per_epoch = steps_per_epoch(self.n_train, self.batch_size)
+        self.loss_sum = self.correct = torch.zeros(())
+
+    def batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        run = self.run
+        run.model.train()
+        # loss/acc summed on the device: no host sync per batch
+        self.loss_sum = torch.zeros((), device=run.device)
+        self.correct = torch.zeros((), device=run.device)
+        data = run.data
+        return batches(data.x_train, data.y_train, self.batch_size, self.shuffle, run.device)
+
+    def train_batch(self, batch: tuple[torch.Tensor, torch.Tensor]) -> Callable[[], list[float]]:
+        run, (x, y) = self.run, batch
+        if self.augment:
+            x = augment_batch(x, self.shuffle)
+        grad_scale = 1.0
+        dist = run.dist
+        if dist.active:  # this rank's share of the global batch, weighted by its size
+            global_n = y.shape[0]
+            x, y = x[dist.rank :: dist.world], y[dist.rank :: dist.world]
+            grad_scale = dist.world * y.shape[0] / global_n
+        loss, logits = train_step(
+            run.forward, run.optimizer, run.prepare(x), y, run.amp_ctx, run.scaler, grad_scale
+        )
+        self.loss_sum += loss * y.shape[0]
+        self.correct += (logits.argmax(1) == y).sum()
+        return lambda: [loss.item()]
+
+    def train_metrics(self) -> tuple[list[float], list[float]]:
+        # every rank logs and schedules on the same value
+        self.run.dist.all_reduce_sum(self.loss_sum, self.correct)
+        return [self.loss_sum.item() / self.n_train], [self.correct.item() / self.n_train]
+
+    def validate(self) -> tuple[list[float], list[float]]:
+        run = self.run
+        loss, acc = evaluate(
+            run.forward, run.data.x_val, run.data.y_val, amp_ctx=run.amp_ctx,
+            batch_size=max(self.batch_size, 1024), device=run.device, prepare=run.prepare,
+        )  # fmt: skip
+        return [loss], [acc]
+
+    def stop_member(self, i: int) -> None:
+        pass  # a single run ends with its only member (the engine has no one left)
+
+    def epoch_done(self, epoch: int) -> None:
+        pass
+
+
+def use_range_test(cfg: DictConfig, run_dir: Path) -> float:
+    """optimizer.lr=find: run the LR range test, then train with its suggestion.
+
+    onecycle/cyclic get it as max_lr (their max_lr/base_lr are reset to null, which
+    means optimizer.lr and optimizer.lr / 10, Smith's bounds)."""
+    lr, _ = find_lr(cfg, run_dir / "lr_find")
+    cfg.optimizer.lr = float(lr)
+    for key in ("max_lr", "base_lr"):
+        if key in cfg.scheduler and cfg.scheduler.get("name") in ("onecycle", "cyclic"):
+            cfg.scheduler[key] = None  # a `_target_` class keeps the arguments it was given
+    validate(cfg)  # the schedule's checks against the lr it will really get
+    log.info(f"lr range test chose optimizer.lr={lr:.4g} ({cfg.lr_find.suggestion})")
+    return float(lr)
+
+
+def train(
+    cfg: DictConfig,
+    run_dir: Path,
+    overrides: Sequence[str] = (),
+    sweep_name: str | None = None,
+    stop: StopFlag | None = None,
+) -> Result:
+    """Validate, build, fit, and leave metrics.jsonl, config.yaml, checkpoints and
+    status.json in run_dir (under torchrun: rank 0 writes, every rank trains).
+
+    `overrides` are the ones the run was given (Hydra's task overrides): with resume= they
+    are applied to the saved config or refused (apply_resume_overrides). `stop` is the flag
+    of signal handlers the caller installed (the CLI: before Hydra starts); without one,
+    handlers are installed for the whole run, start-up included."""
+    dist = setup(cfg.trainer.strategy)
+    if not dist.is_main:
+        logging.getLogger("schedlab").setLevel(logging.WARNING)
+    try:
+        if stop is not None:
+            return _train(cfg, Path(run_dir), overrides, sweep_name, dist, stop)
+        with stop_on_signals() as own:
+            result = _train(cfg, Path(run_dir), overrides, sweep_name, dist, own)
+        if result.status == "interrupted":  # own.chain is set once the handlers are restored
+            result = dataclasses.replace(result, chain=own.chain)
+        return result
+    finally:
+        teardown(dist)
+
+
+def _interrupted(stop: StopFlag, state: dict[str, Any] | None) -> Result:
+    """A signal came during start-up: no epoch ran in this process."""
+    progress = state["progress"] if state else {}
+    log.warning(f"{signal_name(stop.signum)} during start-up: stopped before the first epoch")
+    return Result(
+        "interrupted", progress.get("best_val_acc", 0.0), progress.get("epoch", 0), stop.signum
+    )
+
+
+def _stopped(run_dir: Path, dist: Any, stop: StopFlag, state: dict[str, Any] | None) -> Result:
+    """A signal came during start-up, before the loggers: status.json says `interrupted`."""
+    result = _interrupted(stop, state)
+    if dist.is_main:
+        files.write_json_atomic(run_dir / "status.json", outcome(result, 0.0)[0])
+    return result
+
+
+def signal_name(signum: int | None) -> str:
+    import signal
+
+    try:
+        return signal.Signals(signum or 0).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+def _train(
+    cfg: DictConfig,
+    run_dir: Path,
+    overrides: Sequence[str],
+    sweep_name: str | None,
+    dist: Any,
+    stop: StopFlag,
+) -> Result:
+    resuming = bool(cfg.resume)
+    if resuming:
+        run_dir = saved_config_path(cfg, run_dir)  # nothing is created for a missing run
+    else:
+        validate(cfg)  # before anything is built or written
+    with ExitStack() as held:
+        lock = None
+        if dist.is_main:  # only rank 0 writes, so only rank 0 holds the run dir
+            run_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                lock = held.enter_context(files.hold_run_dir(run_dir))
+            except files.RunDirBusy as err:
+                raise busy(err) from None
+        if not resuming and same_run_on_disk(cfg, run_dir):
+            # a requeued job (Slurm time-out/preemption) or the same command run again into
+            # the same dir: continue instead of starting over
+            log.info(f"{run_dir} holds a checkpoint of this same config: resuming it")
+            cfg.resume, resuming = True, True
+        elif not resuming and dist.is_main:
+            refuse_other_run(run_dir, cfg)
+        state, changes = None, []
+        if resuming:
+            given = cfg
+            cfg, run_dir, state, changes = load_resume(cfg, run_dir)
+            changes += apply_resume_overrides(cfg, given, overrides, run_dir)
+            validate(cfg)
+            start_epoch = state["progress"]["epoch"] if state else 0
+            status = finished(run_dir, cfg.epochs) if start_epoch >= cfg.epochs else None
+            if status is not None:  # nothing to train: no W&B run, no file touched
+                log.info(nothing_to_do(run_dir, status))
+                return Result("completed", status.get("best_val_acc", 0.0), start_epoch)
+        if lock is not None:
+            lock.claim()
+        return _run(cfg, run_dir, overrides, sweep_name, dist, stop, resuming, state, changes)
+
+
+def _run(
+    cfg: DictConfig,
+    run_dir: Path,
+    overrides: Sequence[str],
+    sweep_name: str | None,
+    dist: Any,
+    stop: StopFlag,
+    resuming: bool,
+    state: dict[str, Any] | None,
+    changes: list[str],
+) -> Result:
+    """Start-up (range test, config.yaml, data, model, loggers), then fit; a signal during
+    start-up is looked for between its steps."""
+    if stop.signum is not None:
+        return _stopped(run_dir, dist, stop, state)
+    found = use_range_test(cfg, run_dir) if cfg.optimizer.lr == "find" else None
+    if not resuming:
+        if dist.is_main:
+            files.write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    else:
+        start_epoch = state["progress"]["epoch"] if state else 0
+        if dist.is_main:
+            if changes:  # the run dir's config is the one the run now follows
+                files.write_text_atomic(
+                    run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True)
+                )
+                if finished(run_dir, 0) is not None:  # it is no longer complete
+                    with files.writing(run_dir / "status.json"):
+                        (run_dir / "status.json").unlink(missing_ok=True)
+            keep_rows_before(run_dir / "metrics.jsonl", start_epoch)
+        applied = f" with {', '.join(changes)}" if changes else ""
+        log.info(f"resuming {run_dir} at epoch {start_epoch}{applied}")
+    config = OmegaConf.to_container(cfg, resolve=True)
+    if found is not None:
+        config["lr_find"]["found_lr"] = found  # W&B config: the lr the range test chose
+    if stop.signum is not None:
+        return _stopped(run_dir, dist, stop, state)
+    run = build_run(cfg, dist=dist)
+    log.info(
+        f"{label(cfg.model)} on {cfg.data.name} ({run.device}), {label(cfg.optimizer)} "
+        f"lr={cfg.optimizer.lr}, scheduler={label(cfg.scheduler)}, {cfg.epochs} epochs"
+    )
+    if stop.signum is not None:  # e.g. while the data loaded
+        return _stopped(run_dir, dist, stop, state)
+    wandb_id = state["wandb_id"] if state else None
+    loggers = cfg.logger if dist.is_main else {}  # only rank 0 talks to W&B / TensorBoard
+    with (
+        Background() as background,
+        open_logger(
+            loggers, run_dir, config, list(overrides), sweep_name, wandb_id, background
+        ) as logger,
+    ):
+        logger.write = dist.is_main
+        t0 = time.perf_counter()
+        if stop.signum is not None:  # while W&B started
+            result = _interrupted(stop, state)
+        else:
+            result = fit(
+                cfg, run, logger, ckpt_dir=run_dir if dist.is_main else None, start=state,
+                stop=stop, background=background,
+            )  # fmt: skip
+        background.flush()  # checkpoints on disk before status.json says how the run ended
+        wall = time.perf_counter() - t0 + (state["progress"]["elapsed_s"] if state else 0.0)
+        status, summary = outcome(result, wall)
+        logger.summary(summary)
+    if dist.is_main:
+        files.write_json_atomic(run_dir / "status.json", status)
+    log.info(f"{result.status}: best val/acc={result.best_val_acc:.4f}; outputs in {run_dir}")
+    return result

@@ -1,0 +1,3 @@
+"""Sweeps: fused groups (many runs as one stacked model), the sweep report and its paired
+comparisons. Built on runner.core and runner.run; the Hydra plugins import this, never
+the reverse."""

@@ -1,0 +1,114 @@
+"""A sweep's jobs as their run dirs describe them (metrics.jsonl, status.json, config.yaml,
+.hydra/overrides.yaml), grouped into configurations: what the sweep report and the race
+both read, so they judge the same numbers."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from runner.core.files import read_json, read_jsonl
+
+log = logging.getLogger("schedlab")
+
+
+@dataclass
+class Job:
+    path: Path
+    overrides: list[str]
+    status: str  # completed | diverged | failed | incomplete
+    rows: list[dict[str, Any]]
+    wall_time_s: float | None
+    seed: int | None = None
+
+    def series(self, key: str) -> list[float]:
+        return [r[key] for r in self.rows if key in r]
+
+    @property
+    def lr_key(self) -> str | None:
+        """The first param group's lr column (lr/group0, or lr/<part> with param groups)."""
+        return next((k for k in (self.rows[0] if self.rows else {}) if k.startswith("lr/")), None)
+
+
+@dataclass
+class Group:
+    label: str
+    jobs: list[Job] = field(default_factory=list)
+
+    def count(self, status: str) -> int:
+        return sum(j.status == status for j in self.jobs)
+
+    @property
+    def finished(self) -> list[Job]:
+        """Jobs whose metrics describe a whole run: the ones the statistics are over."""
+        return [j for j in self.jobs if j.status == "completed" and j.rows]
+
+
+def without_seed(overrides: list[str]) -> list[str]:
+    return [o for o in overrides if o.lstrip("+~").split("=", 1)[0] != "seed"]
+
+
+def _read_yaml(path: Path) -> Any:
+    """A YAML file's content; None when it is missing or damaged (with a warning)."""
+    try:
+        return yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        log.warning(f"{path} is damaged; read as missing ({type(err).__name__})")
+        return None
+
+
+def load_job(path: Path) -> Job | None:
+    """One job as its files describe it; None when its dir holds no `.hydra/overrides.yaml`
+    (not a job of a sweep, or one that has not started). Damaged files never stop the
+    report: a torn metrics line is skipped, an empty or undecodable status.json reads as
+    no status (the job counts as incomplete)."""
+    path = Path(path)
+    overrides_file = path / ".hydra" / "overrides.yaml"
+    if not overrides_file.is_file():
+        return None
+    rows = [r for r in read_jsonl(path / "metrics.jsonl") if r.get("kind") != "step"]
+    config = _read_yaml(path / "config.yaml")
+    status = read_json(path / "status.json") or {}
+    overrides = _read_yaml(overrides_file)
+    return Job(
+        path=path,
+        overrides=[str(o) for o in overrides] if isinstance(overrides, list) else [],
+        status=str(status.get("status", "incomplete")),
+        rows=rows,
+        wall_time_s=status.get("wall_time_s"),
+        seed=config.get("seed") if isinstance(config, dict) else None,
+    )
+
+
+def load_jobs(sweep_dir: Path) -> list[Job]:
+    """Every job of the sweep (`load_job` of each `<job>/.hydra/overrides.yaml`)."""
+    jobs = []
+    for overrides_file in sorted(Path(sweep_dir).glob("*/.hydra/overrides.yaml")):
+        job = load_job(overrides_file.parent.parent)
+        if job is not None:
+            jobs.append(job)
+    return jobs
+
+
+def common_overrides(jobs: list[Job]) -> list[str]:
+    """Overrides every job shares: said once in the header, left out of the row labels."""
+    if not jobs:
+        return []
+    shared = set(jobs[0].overrides).intersection(*(j.overrides for j in jobs[1:]))
+    return [o for o in jobs[0].overrides if o in shared]
+
+
+def group_jobs(jobs: list[Job]) -> list[Group]:
+    """One group per configuration: jobs with the same overrides apart from `seed`."""
+    common = set(common_overrides(jobs))
+    groups: dict[str, Group] = {}
+    for job in jobs:
+        label = " ".join(o for o in without_seed(job.overrides) if o not in common)
+        groups.setdefault(label or "(defaults)", Group(label or "(defaults)")).jobs.append(job)
+    return list(groups.values())

@@ -1,0 +1,107 @@
+"""The keys of the project's Hydra plugins (hydra_plugins/), checked by `python -m runner`
+before Hydra starts, so that a bad value is a config error (exit 2) naming the key. Light on
+purpose: Hydra imports the plugins, and they import this, at every start-up."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from omegaconf import DictConfig
+
+from runner.sweep.compare import METRICS
+from schedulers import ConfigError
+
+# the fused launcher's class, as `hydra/launcher=fused` names it
+FUSED_LAUNCHER = "hydra_plugins.schedlab_fused.fused_launcher.FusedLauncher"
+# the race sweeper's class, as `hydra/sweeper=race` names it
+RACE_SWEEPER = "hydra_plugins.schedlab_race.race_sweeper.RaceSweeper"
+
+
+def check_launcher(launcher: DictConfig) -> None:
+    """The fused launcher's keys; Hydra building the launcher checks them again."""
+    if launcher.get("_target_") == FUSED_LAUNCHER:
+        check_max_group(launcher.max_group)
+
+
+def check_max_group(max_group: int) -> None:
+    # an int: Hydra's structured config rejects anything else
+    if max_group < 1:
+        raise ConfigError("hydra.launcher.max_group", max_group, "must be >= 1 (jobs per group)")
+
+
+def check_sweeper(sweeper: DictConfig, overrides: Sequence[str] = ()) -> None:
+    """The race sweeper's keys and the command's overrides with it (Hydra building the
+    sweeper checks the keys again): the race gives every job its seed, so a `seed=`
+    override (or `hydra.sweeper.params.seed=`) on the command line is refused rather than
+    silently replaced; and round 1 (every configuration x min_seeds) must fit max_runs."""
+    if sweeper.get("_target_") != RACE_SWEEPER:
+        return
+    check_race(sweeper.min_seeds, sweeper.max_seeds, sweeper.alpha, sweeper.metric,
+               sweeper.max_runs)  # fmt: skip
+    for override in overrides:
+        key, _, value = override.partition("=")
+        if key.lstrip("+~") in ("seed", "hydra.sweeper.params.seed"):
+            raise ConfigError(
+                "seed",
+                value,
+                "hydra/sweeper=race gives each job its seed (0, 1, ... up to "
+                "hydra.sweeper.max_seeds); leave seed= out and set hydra.sweeper.min_seeds / "
+                "max_seeds instead",
+            )
+    if sweeper.max_runs is not None:
+        task = [o for o in overrides if not o.lstrip("+~").startswith("hydra")]
+        configs, _ = configurations(task, sweeper.get("params"))
+        check_round_one(len(configs), sweeper.min_seeds, sweeper.max_runs)
+
+
+def check_race(min_seeds: int, max_seeds: int, alpha: float, metric: str,
+               max_runs: int | None) -> None:  # fmt: skip
+    """The race sweeper's own keys (types are checked by its structured config)."""
+    if min_seeds < 2:
+        raise ConfigError("hydra.sweeper.min_seeds", min_seeds,
+                          "must be >= 2 (a paired t test needs 2 seeds)")  # fmt: skip
+    if max_seeds < min_seeds:
+        raise ConfigError("hydra.sweeper.max_seeds", max_seeds,
+                          f"must be >= hydra.sweeper.min_seeds ({min_seeds})")  # fmt: skip
+    if not 0 < alpha < 1:
+        raise ConfigError("hydra.sweeper.alpha", alpha, "must be in (0, 1)")
+    if metric not in METRICS:
+        raise ConfigError("hydra.sweeper.metric", metric, f"must be one of {list(METRICS)}")
+    if max_runs is not None and max_runs < 1:
+        raise ConfigError("hydra.sweeper.max_runs", max_runs, "must be >= 1, or null (no budget)")
+
+
+def check_round_one(n_configs: int, min_seeds: int, max_runs: int | None) -> None:
+    """Round 1 runs every configuration with min_seeds seeds: a budget below that cannot
+    even start the race."""
+    if max_runs is not None and n_configs * min_seeds > max_runs:
+        raise ConfigError(
+            "hydra.sweeper.max_runs",
+            max_runs,
+            f"round 1 alone needs {n_configs} configurations x {min_seeds} seeds "
+            f"(hydra.sweeper.min_seeds) = {n_configs * min_seeds} runs",
+        )
+
+
+def _key(override: str) -> str:
+    return override.lstrip("+~").split("=", 1)[0]
+
+
+def configurations(
+    arguments: Sequence[str], params: Mapping[str, Any] | None, config_loader: Any = None
+) -> tuple[list[list[str]], list[str]]:
+    """The race's configurations: every combination of the sweep (hydra.sweeper.params, as
+    the basic sweeper reads them, then the command's overrides), each a list of overrides.
+    A `seed` in params (a preset's seed list, e.g. +experiment=mnist1d_schedules) is left
+    out, since the race gives the seeds; it is returned so the sweeper can say so. (A `seed=`
+    on the command line is refused before Hydra starts: runner/sweep/launch.py.)"""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    ignored = [f"{k}={v}" for k, v in (params or {}).items() if _key(str(k)) == "seed"]
+    given = [f"{k}={v}" for k, v in (params or {}).items() if _key(str(k)) != "seed"]
+    given += [o for o in arguments if _key(o) != "seed"]
+    parsed = OverridesParser.create(config_loader=config_loader).parse_overrides(given)
+    (batch,) = BasicSweeper.split_arguments(parsed, max_batch_size=None)
+    return [list(c) for c in batch], ignored
