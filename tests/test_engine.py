@@ -84,3 +84,29 @@ def test_fused_group_with_cyclic_momentum_logs_it_as_separate_runs_do(tmp_path):
         assert [r["momentum/group0"] for r in rows] == at_epoch
         assert [s["momentum_step/group0"] for s in steps] == at_step
         assert [r["momentum/group0"] for r in read_metrics(separate)] == at_epoch
+
+
+def test_time_waiting_for_batches_is_its_own_column(tmp_path, monkeypatch):
+    """time/data_s: the part of time/epoch_s spent waiting for the next batch, so a slow
+    data source shows (here every batch takes 5 ms to arrive)."""
+    import time
+
+    import runner.run.train
+
+    real = runner.run.train.batches
+
+    def slow_batches(*args, **kwargs):
+        for batch in real(*args, **kwargs):
+            time.sleep(0.005)
+            yield batch
+
+    monkeypatch.setattr(runner.run.train, "batches", slow_batches)
+    assert train(make_cfg("epochs=2", "logger=none"), tmp_path).status == "completed"
+    rows = read_metrics(tmp_path)
+    per_epoch = 23  # digits: 1437 training samples, batches of 64
+    for row in rows:
+        assert 0.005 * per_epoch <= row["time/data_s"] <= row["time/epoch_s"]
+    monkeypatch.undo()
+    assert train(make_cfg("epochs=1", "logger=none"), tmp_path / "fast").status == "completed"
+    (fast,) = read_metrics(tmp_path / "fast")
+    assert fast["time/data_s"] < 0.005 * per_epoch

@@ -112,6 +112,7 @@ class Models(Protocol):
     ones (runner/sweep/fused.py). Everything else in an epoch is the engine's."""
 
     steps_per_epoch: int
+    batch_size: int  # samples per step (the bar shows samples/s)
 
     def batches(self, epoch: int) -> Iterable[Any]:
         """The epoch's batches (the models set to train mode, the sums reset)."""
@@ -154,6 +155,7 @@ class Engine:
         self._rates: list[dict[str, float]] = []
         self._t0 = 0.0
         self.epoch_s = 0.0  # the last epoch's wall time, as its rows say
+        self.data_s = 0.0  # of which waiting for batches
 
     def run(self, models: Models, *, start: int, stop: Any, bar_mode: str, desc: str) -> None:
         """Epochs `start`..epochs-1: per batch one optimizer step and the step's bookkeeping;
@@ -164,14 +166,29 @@ class Engine:
 
             # -- train: one optimizer step per batch, nothing read back unless it is logged
             bar = progress_bar(
-                bar_mode, models.steps_per_epoch, desc.format(epoch=epoch, epochs=self.epochs)
-            )
-            for batch in models.batches(epoch):
-                self.after_step(epoch, models.train_batch(batch))
+                bar_mode, models.steps_per_epoch, desc.format(epoch=epoch, epochs=self.epochs),
+                models.batch_size,
+            )  # fmt: skip
+            per_step, logged = self._any_per_step, self._logged_steps(models.steps_per_epoch)
+            # the time spent waiting for the next batch: a loader that starves the model
+            # shows as time/data_s close to time/epoch_s
+            batches, data_s = iter(models.batches(epoch)), 0.0
+            while True:
+                t0 = time.perf_counter()
+                batch = next(batches, None)
+                data_s += time.perf_counter() - t0
+                if batch is None:
+                    break
+                step_loss = models.train_batch(batch)
+                if per_step or self.step + 1 in logged:
+                    self.after_step(epoch, step_loss)
+                else:  # most steps of most runs: nothing else to do
+                    self.step += 1
                 bar.update()
                 if stop.signum is not None:
                     break
             bar.close()
+            self.data_s = data_s
 
             # -- interrupted: last.pt (the epoch before) is where a resume continues
             if stop.signum is not None:
@@ -195,6 +212,12 @@ class Engine:
             if not self.active:
                 return
         self.complete()
+
+    def _logged_steps(self, n: int) -> set[int]:
+        """Which of the next n steps log a step row (trainer.log_every_n_steps)."""
+        first, last = self.step + 1, self.step + n
+        return {s for every in self._everies for s in range(-(-first // every) * every,
+                                                             last + 1, every)}  # fmt: skip
 
     def begin_epoch(self) -> None:
         """Before the first batch: the rates this epoch's batches start with."""
@@ -249,6 +272,7 @@ class Engine:
                 "val/loss": val_loss[i],
                 "val/acc": val_acc[i],
                 "time/epoch_s": epoch_s,
+                "time/data_s": self.data_s,
             }
             t.logger.log_epoch(row)
             p.best_val_acc = max(p.best_val_acc, val_acc[i])

@@ -73,10 +73,12 @@ class NoBar:
         pass
 
 
-def progress_bar(mode: str, total: int, desc: str) -> Any:
-    """A tqdm bar on a terminal (or when mode is `bar`), else a NoBar."""
+def progress_bar(mode: str, total: int, desc: str, batch_size: int | None = None) -> Any:
+    """A tqdm bar on a terminal (or when mode is `bar`), else a NoBar. With `batch_size`,
+    it counts batches but shows samples and samples/s."""
     if mode == "line" or (mode == "auto" and not sys.stderr.isatty()):
         return NoBar()
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True, file=sys.stderr)
+    scale = {"unit": "sample", "unit_scale": batch_size} if batch_size else {}
+    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True, file=sys.stderr, **scale)
