@@ -4,8 +4,10 @@
 #
 #   OUT=/some/dir bash benchmarks/gpu_smoke.sh
 #
-# Every check prints "CHECK <name> PASS|FAIL <detail>"; the whole log and the results
-# (benchmarks/results/*gpu*, the smoke runs' metrics) land in $OUT. On a machine without
+# Every check prints "CHECK <name> PASS|FAIL <detail>"; the results (benchmarks/results/
+# *gpu*, the smoke runs' dirs without checkpoints) land in $OUT/gpu_run.tgz. Options:
+# MNIST1D=1 also runs both MNIST-1D presets (docs/mnist1d/), RACE=1 the raced MNIST-1D
+# sweep (README "Racing"), BENCHES="gpu gpu_compile fused" picks the benchmarks. On a machine without
 # CUDA it still runs (on CPU), so the script itself is exercised before device time is spent.
 set -u
 OUT=${OUT:-$(mktemp -d)}
@@ -61,14 +63,6 @@ if [ "${MNIST1D:-0}" = 1 ]; then  # docs/mnist1d/: the two MNIST-1D presets' rep
         hydra.sweep.dir=$S/mnist1d_models &
 fi
 wait
-if [ "${MNIST1D:-0}" = 1 ]; then
-    for d in mnist1d_schedules mnist1d_models; do
-        for f in report.md report.csv comparisons.csv val_acc.png; do
-            cp "$S/$d/$f" "$OUT/${d}_$f" 2>/dev/null
-        done
-    done
-fi
-
 echo "== checks"
 $PY - "$S" <<'EOF'
 import json, sys
@@ -131,8 +125,6 @@ if [ "${RACE:-0}" = 1 ]; then  # the README's raced MNIST-1D sweep (hydra/sweepe
     run race $(( $(left) / 2 )) $R -m hydra/sweeper=race +experiment=mnist1d_schedules \
         hydra.sweeper.max_seeds=10 logger=none hydra.sweep.dir=$S/race
     tail -n 5 "$S/race.log"
-    cp "$S/race/report.md" "$OUT/race_report.md" 2>/dev/null
-    cp "$S/race/race.json" "$OUT/race.json" 2>/dev/null
 fi
 
 echo "== benchmarks ($(left)s left)"
@@ -148,7 +140,10 @@ done
 cat $S/bench_*.log 2>/dev/null
 
 echo "== collect"
-for f in $S/*.log; do echo "##### $f"; tail -n 25 "$f"; done >"$OUT/smoke_logs.txt"
-cp benchmarks/results/*gpu* "$OUT/" 2>/dev/null
-tar czf "$OUT/runs.tgz" -C "$S" --exclude='*.pt' --exclude='wandb' . 2>/dev/null
+# one archive (the device tool returns few files): the logs, the benchmark results, and
+# every run dir without checkpoints, W&B or TensorBoard files (the sweeps' reports can be
+# written again from them: python -m runner.sweep.report <dir>)
+for f in $S/*.log; do echo "##### $f"; tail -n 25 "$f"; done >"$S/smoke_logs.txt"
+mkdir -p "$S/results" && cp benchmarks/results/*gpu* "$S/results/" 2>/dev/null
+tar czf "$OUT/gpu_run.tgz" -C "$S" --exclude='*.pt' --exclude='wandb' --exclude='tensorboard' .
 echo "done in $(($(date +%s) - T0))s"

@@ -24,6 +24,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from runner.core.compose import compose_config, expand, options_first
+from runner.core.distributed import launch_rank
 from runner.core.files import WRITE_ERRNOS, WriteFailed, read_json, write_json_atomic
 from runner.core.stopping import stop_on_signals
 from runner.sweep.launch import check_launcher, check_sweeper
@@ -39,7 +40,11 @@ def _mark_failed(run_dir: Path, error: str, config_error: bool = False) -> None:
     """Record a failed job in its status.json, unless that would lose a record: a completed
     run's status is never overwritten, and a config error (e.g. a resume refused for a
     damaged last.pt) leaves a dir that already holds a run as it was. Best effort: a disk
-    that cannot take status.json costs a warning, not a second error."""
+    that cannot take status.json costs a warning, not a second error. Only rank 0 (of
+    torchrun, or of a multi-task submitit job) writes it: another rank fails too when rank 0
+    stops (its collectives lose their peer), and must not overwrite how rank 0 ended."""
+    if launch_rank() != 0:
+        return
     path = run_dir / "status.json"
     current = read_json(path)
     if current is not None and current.get("status") == "completed":

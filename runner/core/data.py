@@ -22,6 +22,8 @@ from schedulers import ConfigError
 if TYPE_CHECKING:
     import torch
 
+    from runner.core.stream import StreamData
+
 # torchvision class name, the folder it reads under data.root, and the files that must be there.
 _TORCHVISION = {
     "mnist": ("MNIST", "MNIST/raw", ["train-images-idx3-ubyte", "t10k-images-idx3-ubyte"]),
@@ -76,6 +78,11 @@ def validate_data(cfg: Mapping[str, Any]) -> None:
     """Fail before training on bad values, or when a file-based dataset is not on disk
     (saying how to get it)."""
     name = cfg["name"]
+    if name == "dataset":  # any torch Dataset, streamed: runner/core/stream.py
+        from runner.core.stream import validate
+
+        validate(cfg)
+        return
     if name not in DATASETS:
         raise ConfigError("data.name", name, f"must be one of {list(DATASETS)}")
     check_node("data", cfg, SCHEMAS["data"][name])
@@ -114,10 +121,12 @@ def steps_per_epoch(n_train: int, batch_size: int) -> int:
     return math.ceil(n_train / batch_size)
 
 
-def load_data(cfg: Mapping[str, Any]) -> TensorData:
+def load_data(cfg: Mapping[str, Any]) -> TensorData | StreamData:
     """The data set, loaded once per process for the same settings: start-up validation
     reads its sizes and shapes from it, then the run trains on the same tensors (and a
-    sweep's jobs in one process share them). Loading uses no global RNG."""
+    sweep's jobs in one process share them). Loading uses no global RNG. data=dataset gives
+    a StreamData (runner/core/stream.py) unless it is materialised (data.in_memory); it
+    answers the same size and shape questions."""
     import json
 
     from omegaconf import DictConfig, OmegaConf
@@ -128,11 +137,16 @@ def load_data(cfg: Mapping[str, Any]) -> TensorData:
 
 
 @functools.lru_cache(maxsize=1)
-def _load(settings: str) -> TensorData:
+def _load(settings: str) -> TensorData | StreamData:
     import json
 
     cfg = json.loads(settings)
     name = cfg["name"]
+    if name == "dataset":
+        from runner.core.stream import StreamData, load
+
+        loaded = load(cfg)
+        return loaded if isinstance(loaded, StreamData) else TensorData(*loaded)
     if name == "digits":
         return _digits(cfg)
     if name == "fake":
@@ -151,6 +165,9 @@ def place(data: TensorData, device: Any) -> TensorData:
     pinned host memory, and `batches` copies each batch over without blocking."""
     import torch
 
+    if not isinstance(data, TensorData):  # streamed: each batch is moved as it comes
+        return data
+
     if device.type != "cuda":
         return data.to(device)
     nbytes = sum(t.numel() * t.element_size() for t in (data.x_train, data.x_val))
@@ -165,6 +182,8 @@ def resize_images(data: TensorData, size: int | None) -> TensorData:
     """Images upsampled (bilinear) to `size` once for the whole set, for models that need a
     minimum input size (LeNet on 8x8 digits), instead of in every forward pass. Bilinear
     interpolation is per image, so the numbers are the ones per-batch resizing gives."""
+    if not isinstance(data, TensorData):  # streamed: the model resizes (LeNet's forward)
+        return data
     if size is None or data.x_train.shape[-1] == size:
         return data
     from torch.nn import functional as F

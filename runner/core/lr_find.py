@@ -27,6 +27,7 @@ from runner.core.builders import autocast, build_training_parts
 from runner.core.data import batches
 from runner.core.schema import LrFind, check_node
 from runner.core.steps import evaluate, progress_bar, train_step
+from runner.core.stream import Loaders, is_streamed
 from schedulers import ConfigError
 
 log = logging.getLogger("schedlab")
@@ -104,7 +105,8 @@ def range_test(
     """Run the test on `model`/`optimizer`; both (and the torch RNG) are restored afterwards.
 
     Param groups keep their lr ratios: each group's lr is its initial lr / the first
-    group's initial lr, times the lr of the iteration.
+    group's initial lr, times the lr of the iteration. A streamed data set (data=dataset
+    not in memory) is streamed through the run's DataLoaders, not materialised for the test.
     """
     import torch
 
@@ -121,9 +123,24 @@ def range_test(
     result = RangeTest()
     bar = progress_bar(progress, cfg["num_iters"], "lr range test")
 
+    # a streamed data set (data=dataset) is streamed here too, epoch after epoch, in the
+    # order and with the per-sample seeds training uses (runner/core/stream.py)
+    loaders = Loaders(data, batch_size, seed, device) if is_streamed(data) else None
+
     def stream():
+        epoch = 0
         while True:
-            yield from batches(data.x_train, data.y_train, batch_size, shuffle)
+            if loaders is not None:
+                yield from loaders.train(epoch, shuffle)
+            else:
+                yield from batches(data.x_train, data.y_train, batch_size, shuffle)
+            epoch += 1
+
+    def val_loss() -> float:
+        if loaders is not None:
+            return loaders.evaluate(model, amp_ctx)[0]
+        x_val, y_val = data.x_val, data.y_val
+        return evaluate(model, x_val, y_val, amp_ctx=amp_ctx, batch_size=1024, device=device)[0]
 
     try:
         model.train()
@@ -137,9 +154,7 @@ def range_test(
             if cfg["val_every"]:
                 if (i + 1) % cfg["val_every"]:
                     continue
-                loss_value = evaluate(
-                    model, data.x_val, data.y_val, amp_ctx=amp_ctx, batch_size=1024, device=device
-                )[0]
+                loss_value = val_loss()
                 model.train()
             else:
                 loss_value = loss.item()

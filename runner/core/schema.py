@@ -223,6 +223,25 @@ class Cifar10(Mnist):
     augment: bool = key(False, boolean())
 
 
+@dataclass
+class Dataset:
+    """data=dataset: any torch Dataset by `_target_`, streamed (runner/core/stream.py)."""
+
+    name: str = key("dataset", choice("dataset"))
+    # `_target_` nodes (a Dataset class and its kwargs; null: stream.DEMO's FakeData), checked
+    # in runner/core/stream.py
+    train: Any = key(None, anything())
+    val: Any = key(None, anything())
+    num_classes: int | None = key(None, integer(2, optional=True))  # null: from the train set
+    batch_size: int = key(32, integer(1))
+    num_workers: int = key(0, integer(0, high=1024))
+    pin_memory: Any = key("auto", choice("auto", True, False))
+    persistent_workers: bool = key(False, boolean())
+    prefetch_factor: int | None = key(None, integer(1, optional=True))
+    collate_fn: Any = key(None, anything())  # null or a `_target_` node
+    in_memory: Any = key("auto", choice("auto", True, False))
+
+
 # -- loggers: the logger node holds one sub-node per backend (logger=[wandb,tensorboard]) -----
 @dataclass
 class Wandb:
@@ -262,6 +281,7 @@ SCHEMAS: dict[str, dict[str, type]] = {
         "mnist": Mnist,
         "fashion_mnist": FashionMnist,
         "cifar10": Cifar10,
+        "dataset": Dataset,
     },  # fmt: skip
     "trainer": {"default": Trainer},
     "lr_find": {"default": LrFind},

@@ -30,6 +30,7 @@ from runner.core.loggers import RunLogger, open_logger
 from runner.core.lr_find import find_lr
 from runner.core.steps import evaluate, train_step
 from runner.core.stopping import StopFlag, stop_on_signals
+from runner.core.stream import loaders_for
 from runner.core.targets import label
 from runner.run.rundir import (
     apply_resume_overrides,
@@ -119,6 +120,8 @@ class SingleModel:
         self.n_train = run.data.y_train.shape[0]
         self.steps_per_epoch = steps_per_epoch(self.n_train, self.batch_size)
         self.loss_sum = self.correct = torch.zeros(())
+        # data=dataset not held in memory: DataLoaders (runner/core/stream.py), else None
+        self.stream = loaders_for(cfg.data, run.data, self.batch_size, cfg.seed, run.device)
 
     def batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         run = self.run
@@ -126,6 +129,8 @@ class SingleModel:
         # loss/acc summed on the device: no host sync per batch
         self.loss_sum = torch.zeros((), device=run.device)
         self.correct = torch.zeros((), device=run.device)
+        if self.stream is not None:  # the same order, drawn from the same generator
+            return self.stream.train(epoch, self.shuffle)
         data = run.data
         return batches(data.x_train, data.y_train, self.batch_size, self.shuffle, run.device)
 
@@ -153,6 +158,9 @@ class SingleModel:
 
     def validate(self) -> tuple[list[float], list[float]]:
         run = self.run
+        if self.stream is not None:
+            loss, acc = self.stream.evaluate(run.forward, run.amp_ctx, run.prepare)
+            return [loss], [acc]
         loss, acc = evaluate(
             run.forward, run.data.x_val, run.data.y_val, amp_ctx=run.amp_ctx,
             batch_size=max(self.batch_size, 1024), device=run.device, prepare=run.prepare,
@@ -189,7 +197,8 @@ def train(
     stop: StopFlag | None = None,
 ) -> Result:
     """Validate, build, fit, and leave metrics.jsonl, config.yaml, checkpoints and
-    status.json in run_dir (under torchrun: rank 0 writes, every rank trains).
+    status.json in run_dir (under torchrun or in a multi-task submitit job: rank 0 writes,
+    every rank trains).
 
     `overrides` are the ones the run was given (Hydra's task overrides): with resume= they
     are applied to the saved config or refused (apply_resume_overrides). `stop` is the flag
@@ -197,7 +206,10 @@ def train(
     handlers are installed for the whole run, start-up included."""
     dist = setup(cfg.trainer.strategy)
     if not dist.is_main:
-        logging.getLogger("schedlab").setLevel(logging.WARNING)
+        quiet_rank(Path(run_dir))
+    elif dist.active:  # train.log says that the run was one over several processes
+        backend = torch.distributed.get_backend()
+        log.info(f"DDP: {dist.world} process(es), {backend}; rank 0 writes the run dir")
     try:
         if stop is not None:
             return _train(cfg, Path(run_dir), overrides, sweep_name, dist, stop)
@@ -208,6 +220,20 @@ def train(
         return result
     finally:
         teardown(dist)
+
+
+def quiet_rank(run_dir: Path) -> None:
+    """A rank other than 0 logs only warnings, and none into the run dir: the launcher made
+    every task a Hydra job with its own handler on <run dir>/train.log (submitit's tasks;
+    torchrun's ranks share one dir), which would interleave every rank's lines with rank
+    0's. Its warnings still reach its own stderr (submitit: the task's log)."""
+    logging.getLogger("schedlab").setLevel(logging.WARNING)
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        name = getattr(handler, "baseFilename", None)
+        if name is not None and Path(name).resolve().is_relative_to(run_dir.resolve()):
+            root.removeHandler(handler)
+            handler.close()
 
 
 def _interrupted(stop: StopFlag, state: dict[str, Any] | None) -> Result:
@@ -236,6 +262,19 @@ def signal_name(signum: int | None) -> str:
         return f"signal {signum}"
 
 
+@dataclasses.dataclass
+class _Start:
+    """How a run starts, as rank 0 read it from the run dir (`_decide`); under DDP the
+    other ranks receive it whole, the loaded last.pt included."""
+
+    cfg: DictConfig | None  # the resumed run's saved config (None: the config given)
+    run_dir: Path
+    resuming: bool = False
+    state: dict[str, Any] | None = None
+    changes: list[str] = dataclasses.field(default_factory=list)
+    done: Result | None = None  # nothing left to train
+
+
 def _train(
     cfg: DictConfig,
     run_dir: Path,
@@ -244,40 +283,62 @@ def _train(
     dist: Any,
     stop: StopFlag,
 ) -> Result:
+    if not cfg.resume:
+        validate(cfg)  # before anything is built or written
+    with ExitStack() as held:
+        # Rank 0 alone reads the run dir and decides (new run, resume, nothing to do, or a
+        # refusal), holding its lock, before anything is written there; every other rank
+        # takes that decision and the last.pt state rank 0 loaded, so that a requeued
+        # multi-task job resumes all ranks from the same checkpoint.
+        start = dist.from_main(lambda: _decide(cfg, run_dir, overrides, dist, held))
+        if start.done is not None:
+            return start.done
+        if start.cfg is not None:
+            cfg = start.cfg
+        return _run(cfg, start.run_dir, overrides, sweep_name, dist, stop, start.resuming,
+                    start.state, start.changes)  # fmt: skip
+
+
+def _decide(
+    cfg: DictConfig, run_dir: Path, overrides: Sequence[str], dist: Any, held: ExitStack
+) -> _Start:
+    """Rank 0's (or a single process's) look at the run dir, its lock held in `held` for
+    the rest of the run: the same config in the same dir continues from last.pt (a requeued
+    job, or the same command run again), another run's files are refused."""
     resuming = bool(cfg.resume)
     if resuming:
         run_dir = saved_config_path(cfg, run_dir)  # nothing is created for a missing run
-    else:
-        validate(cfg)  # before anything is built or written
-    with ExitStack() as held:
-        lock = None
-        if dist.is_main:  # only rank 0 writes, so only rank 0 holds the run dir
-            run_dir.mkdir(parents=True, exist_ok=True)
-            try:
-                lock = held.enter_context(files.hold_run_dir(run_dir))
-            except files.RunDirBusy as err:
-                raise busy(err) from None
-        if not resuming and same_run_on_disk(cfg, run_dir):
-            # a requeued job (Slurm time-out/preemption) or the same command run again into
-            # the same dir: continue instead of starting over
-            log.info(f"{run_dir} holds a checkpoint of this same config: resuming it")
-            cfg.resume, resuming = True, True
-        elif not resuming and dist.is_main:
-            refuse_other_run(run_dir, cfg)
-        state, changes = None, []
-        if resuming:
-            given = cfg
-            cfg, run_dir, state, changes = load_resume(cfg, run_dir)
-            changes += apply_resume_overrides(cfg, given, overrides, run_dir)
-            validate(cfg)
-            start_epoch = state["progress"]["epoch"] if state else 0
-            status = finished(run_dir, cfg.epochs) if start_epoch >= cfg.epochs else None
-            if status is not None:  # nothing to train: no W&B run, no file touched
-                log.info(nothing_to_do(run_dir, status))
-                return Result("completed", status.get("best_val_acc", 0.0), start_epoch)
+    lock = None
+    if dist.is_main:  # only rank 0 writes, so only rank 0 holds the run dir
+        run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            lock = held.enter_context(files.hold_run_dir(run_dir))
+        except files.RunDirBusy as err:
+            raise busy(err) from None
+    if not resuming and same_run_on_disk(cfg, run_dir):
+        # a requeued job (Slurm time-out/preemption) or the same command run again into
+        # the same dir: continue instead of starting over
+        log.info(f"{run_dir} holds a checkpoint of this same config: resuming it")
+        cfg.resume, resuming = True, True
+    elif not resuming:
+        refuse_other_run(run_dir, cfg)
+    if not resuming:
         if lock is not None:
             lock.claim()
-        return _run(cfg, run_dir, overrides, sweep_name, dist, stop, resuming, state, changes)
+        return _Start(None, run_dir)
+    given = cfg
+    cfg, run_dir, state, changes = load_resume(cfg, run_dir)
+    changes += apply_resume_overrides(cfg, given, overrides, run_dir)
+    validate(cfg)
+    start_epoch = state["progress"]["epoch"] if state else 0
+    status = finished(run_dir, cfg.epochs) if start_epoch >= cfg.epochs else None
+    if status is not None:  # nothing to train: no W&B run, no file touched
+        log.info(nothing_to_do(run_dir, status))
+        done = Result("completed", status.get("best_val_acc", 0.0), start_epoch)
+        return _Start(cfg, run_dir, True, done=done)
+    if lock is not None:
+        lock.claim()
+    return _Start(cfg, run_dir, True, state, changes)
 
 
 def _run(

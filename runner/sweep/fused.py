@@ -40,6 +40,7 @@ from runner.core.engine import Engine, Result, Track
 from runner.core.loggers import RunLogger, open_logger
 from runner.core.models import build_model
 from runner.core.stopping import stop_on_signals
+from runner.core.stream import is_streamed
 from runner.core.targets import label
 from runner.run.rundir import busy
 from runner.run.train import outcome
@@ -74,6 +75,8 @@ def why_not_fusable(cfg: DictConfig) -> str | None:
         return f"model={label(cfg.model)} (fused: {', '.join(fusable)})"
     if opt_spec is None or not opt_spec.fusable:
         return f"optimizer={label(cfg.optimizer)} (fused: {', '.join(optimizers.OPTIMIZERS)})"
+    if cfg.data.name == "dataset" and is_streamed(load_data(cfg.data)):  # loaded by validate
+        return "data=dataset is streamed (fused needs it in memory: data.in_memory=true)"
     if cfg.model.name == "mlp" and cfg.model.dropout > 0:
         return "dropout draws from the global RNG, so members cannot match separate runs"
     reasons = {

@@ -1,0 +1,228 @@
+"""data=dataset: any torch Dataset by `_target_`, streamed through a DataLoader with a seeded
+order; the same rows with any num_workers, after a kill -9 and resume, and materialised."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from runner.core.data import TensorData, load_data
+from runner.core.stream import SeededSamples, StreamData
+from runner.run.train import train
+from tests.conftest import cli_in_process, make_cfg, one_torch_thread, read_metrics, run_cli
+from tests.test_robustness import comparable, start, wait_for_rows
+
+ROOT = Path(__file__).resolve().parents[1]
+V2 = "torchvision.transforms.v2"
+FAST = ("logger=none", "trainer.progress=line", "model.hidden=[16]", "data.batch_size=16")
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    """An ImageFolder tree of 8x8 RGB PNGs, 3 classes: 60 train, 20 val images, each class
+    brightest in its own channel."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 60), ("val", 20)):
+        for i in range(n):
+            c = i % 3
+            pixels = rng.integers(0, 120, (8, 8, 3), dtype=np.uint8)
+            pixels[..., c] += 120
+            path = root / split / f"class{c}" / f"{i}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(pixels).save(path)
+    return root
+
+
+@pytest.fixture
+def importable(monkeypatch):
+    """`tests.user_datasets` importable by the runner's subprocesses, as a user's package."""
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+
+
+def pipeline(random: bool) -> str:
+    steps = [f"{{_target_:{V2}.ToImage}}"]
+    if random:
+        steps += [f"{{_target_:{V2}.RandomCrop,size:8,padding:1}}",
+                  f"{{_target_:{V2}.RandomHorizontalFlip}}"]  # fmt: skip
+    steps.append(
+        f"{{_target_:{V2}.ToDtype,dtype:{{_target_:hydra.utils.get_object,path:torch.float32}},"
+        "scale:true}"
+    )
+    return f"{{_target_:{V2}.Compose,transforms:[{','.join(steps)}]}}"
+
+
+def folder_args(
+    root: Path, *, random: bool = True, target: str = "torchvision.datasets.ImageFolder",
+    extra: str = "",
+) -> list[str]:  # fmt: skip
+    """data=dataset with an ImageFolder (or `target`) per split; `extra` adds train kwargs."""
+    return [
+        "data=dataset",
+        f"data.train={{_target_:{target},root:'{root}/train',transform:{pipeline(random)}{extra}}}",
+        f"data.val={{_target_:{target},root:'{root}/val',transform:{pipeline(False)}}}",
+    ]
+
+
+def run_in_process(tmp_path: Path, name: str, args: list[str]) -> list[dict]:
+    run_dir = tmp_path / name
+    with one_torch_thread():
+        result = train(make_cfg(*args), run_dir, overrides=args)
+    assert result.status == "completed"
+    return read_metrics(run_dir)
+
+
+def test_a_sample_is_seeded_by_run_seed_epoch_and_index_alone(folder):
+    from torchvision.datasets import ImageFolder
+    from torchvision.transforms import v2
+
+    tf = v2.Compose([v2.ToImage(), v2.RandomCrop(8, padding=2), v2.RandomHorizontalFlip(),
+                     v2.ToDtype(torch.float32, scale=True)])  # fmt: skip
+    ds = SeededSamples(ImageFolder(str(folder / "train"), transform=tf), seed=3)
+    before = torch.get_rng_state()
+    a = [ds[(1, i)][0] for i in range(6)]
+    assert torch.equal(torch.get_rng_state(), before)  # the training RNG is left alone
+    assert all(torch.equal(x, ds[(1, i)][0]) for i, x in reversed(list(enumerate(a))))
+    assert any(not torch.equal(x, ds[(2, i)][0]) for i, x in enumerate(a))  # epoch 2 redraws
+    other = SeededSamples(ds.dataset, seed=4)
+    assert any(not torch.equal(x, other[(1, i)][0]) for i, x in enumerate(a))
+
+
+def test_image_folder_with_random_transforms_gives_the_same_rows_with_any_num_workers(
+    tmp_path, folder, caplog
+):
+    args = [*folder_args(folder), *FAST, "epochs=3", "data.in_memory=auto"]
+    with caplog.at_level(logging.INFO, logger="schedlab"):
+        two = run_in_process(tmp_path, "two", [*args, "data.num_workers=2"])
+    assert "data.in_memory=auto: streamed: the train transforms are random" in caplog.text
+    zero = run_in_process(tmp_path, "zero", [*args, "data.num_workers=0"])
+    assert [r["epoch"] for r in two] == [0, 1, 2]
+    assert comparable(two) == comparable(zero)  # every value, every epoch
+    assert two[-1]["train/loss"] < two[0]["train/loss"]  # it learns from the images
+    assert all(0 <= r["time/data_s"] <= r["time/epoch_s"] for r in two)
+    other_seed = run_in_process(tmp_path, "seed1", [*args, "seed=1"])
+    assert comparable(other_seed) != comparable(zero)
+
+
+def test_resume_after_sigkill_of_a_streamed_run_equals_an_uninterrupted_run(
+    tmp_path, folder, importable
+):
+    # 5 ms a sample: ~0.2 s an epoch with 2 workers, slow enough to be killed mid-run
+    args = [*folder_args(folder, target="tests.user_datasets.SlowFolder", extra=",delay_s:0.005"),
+            *FAST, "epochs=6", "data.num_workers=2", "trainer.checkpoint_interval_s=0",
+            "scheduler=step", "scheduler.step_size=2"]  # fmt: skip
+    run_dir = tmp_path / "run"
+    proc = start([*args, f"hydra.run.dir={run_dir}"], tmp_path)
+    wait_for_rows(run_dir, 2, proc)
+    proc.kill()  # SIGKILL: no handler, no cleanup; its workers follow their parent
+    proc.communicate()
+    assert not (run_dir / "status.json").exists()
+    assert len(read_metrics(run_dir)) < 6
+
+    with one_torch_thread():
+        resumed = train(make_cfg(f"resume={run_dir}"), run_dir, overrides=[f"resume={run_dir}"])
+    assert resumed.status == "completed"
+    rows = read_metrics(run_dir)
+    assert [r["epoch"] for r in rows] == list(range(6))
+    assert comparable(rows) == comparable(run_in_process(tmp_path, "reference", args))
+
+
+def test_a_user_dataset_class_trains_through_the_cli(tmp_path, importable):
+    blobs = "tests.user_datasets.Blobs"
+    args = ["data=dataset", f"data.train={{_target_:{blobs},size:90}}",
+            f"data.val={{_target_:{blobs},size:30,offset:1}}", *FAST, "epochs=3",
+            "data.num_workers=1", "data.in_memory=false"]  # fmt: skip
+    proc = run_cli(*args, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    rows = read_metrics(tmp_path / "run")
+    assert len(rows) == 3
+    assert rows[-1]["val/acc"] > 0.6  # 3 well-separated classes: far above chance
+
+
+@pytest.mark.parametrize(
+    ("extra", "key", "words"),
+    [
+        (",sizze:3", "data.train.sizze", "has no argument 'sizze'"),
+        ("nested", "data.train.transform.transforms.1.sise", "RandomCrop has no argument"),
+        ("nope", "data.train.root", "not found"),
+        ("empty", "data.train.root", "Couldn't find any class folder"),
+        ("pil", "data.train.transform", "float tensor"),
+    ],
+    ids=["typo", "nested-typo", "missing-root", "empty-root", "no-to-tensor"],
+)  # fmt: skip
+def test_a_bad_dataset_node_is_a_config_error_naming_its_key(tmp_path, folder, importable,
+                                                               extra, key, words):  # fmt: skip
+    blobs = "tests.user_datasets.Blobs"
+    crop = pipeline(random=True).replace("size:8", "sise:8")
+    train = {
+        "nested": f"{{_target_:torchvision.datasets.ImageFolder,root:'{folder}/train',"
+        f"transform:{crop}}}",
+        "nope": f"{{_target_:torchvision.datasets.ImageFolder,root:'{tmp_path}/nope'}}",
+        "empty": f"{{_target_:torchvision.datasets.ImageFolder,root:'{tmp_path}'}}",
+        "pil": "{_target_:torchvision.datasets.FakeData,size:4}",
+    }.get(extra, f"{{_target_:{blobs},size:9{extra}}}")
+    proc = cli_in_process("data=dataset", f"data.train={train}", cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert f"config error: {key}=" in proc.stderr
+    assert words in proc.stderr
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_num_classes_is_asked_for_when_the_dataset_cannot_say(tmp_path, importable):
+    train = "{_target_:tests.user_datasets.NoClasses,size:9}"
+    proc = cli_in_process("data=dataset", f"data.train={train}", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "config error: data.num_classes=None: NoClasses has no `classes`" in proc.stderr
+    assert "set data.num_classes" in proc.stderr
+    proc = cli_in_process("data=dataset", "data.train={_target_:torch.nn.Identity}", cwd=tmp_path)
+    assert "data.train._target_='torch.nn.Identity': is not a map-style" in proc.stderr
+
+
+def test_in_memory_true_gives_the_rows_of_the_streamed_run(tmp_path, folder):
+    args = [*folder_args(folder, random=False), *FAST, "epochs=2"]
+    held = run_in_process(tmp_path, "held", [*args, "data.in_memory=true"])
+    streamed = run_in_process(tmp_path, "streamed", [*args, "data.in_memory=false"])
+    assert comparable(held) == comparable(streamed)
+
+
+def test_in_memory_auto_streams_random_transforms_and_holds_the_rest(folder, caplog):
+    def choose(random: bool) -> object:
+        cfg = make_cfg(*folder_args(folder, random=random), "data.in_memory=auto")
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="schedlab"):
+            return load_data(cfg.data)
+
+    held = choose(random=False)
+    assert isinstance(held, TensorData)
+    assert held.x_train.shape == (60, 3, 8, 8) and held.num_classes == 3
+    assert "data.in_memory=auto: materialised in memory: no random transforms" in caplog.text
+    streamed = choose(random=True)
+    assert isinstance(streamed, StreamData)
+    assert (streamed.image_shape, streamed.num_classes) == ((3, 8, 8), 3)
+    assert "data.in_memory=auto: streamed: the train transforms are random" in caplog.text
+
+
+def test_the_lr_range_test_streams_a_streamed_dataset(tmp_path, folder):
+    from runner.core.lr_find import find_lr
+
+    cfg = make_cfg(*folder_args(folder), *FAST, "data.in_memory=false", "lr_find.num_iters=12",
+                   "lr_find.val_every=4")  # fmt: skip
+    with one_torch_thread():
+        lr, result = find_lr(cfg, tmp_path / "lr_find")
+    assert len(result.lrs) == 3  # 12 batches (4 streamed epochs), val loss every 4th
+    assert all(np.isfinite(result.losses)) and lr > 0
+    assert (tmp_path / "lr_find" / "lr_find.csv").exists()
+
+
+def test_a_streamed_dataset_is_not_fused_unless_held_in_memory(folder):
+    from runner.sweep.fused import why_not_fusable
+
+    args = [*folder_args(folder, random=False), *FAST]
+    assert "data=dataset is streamed" in why_not_fusable(make_cfg(*args, "data.in_memory=false"))
+    assert why_not_fusable(make_cfg(*args, "data.in_memory=true")) is None
