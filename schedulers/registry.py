@@ -20,9 +20,7 @@ from schedulers.errors import ConfigError
 from schedulers.expr import ExpressionError, LrExpression, first_bad, parse
 from schedulers.node import Context, Node
 from schedulers.schedule import LRSchedule
-from schedulers.sequence import resolve_sequence
 from schedulers.target import plain, resolve_target
-from schedulers.wsd import DECAY_SHAPES, WarmupStableDecayLR
 
 COMMON = ("name", "interval", "warmup_epochs", "warmup_start_factor")
 INTERVALS = ("epoch", "step")
@@ -307,12 +305,16 @@ def _build_cyclic(opt: Any, p: Mapping[str, Any], ctx: Context) -> Any:
 
 
 def _check_wsd(p: Mapping[str, Any], ctx: Context) -> None:
+    from schedulers.wsd import DECAY_SHAPES  # imports torch: not at start-up (`--help`)
+
     need_range("decay_fraction", p["decay_fraction"], 0, 1, lo_open=True, hi_open=False)
     need_choice("decay_shape", p["decay_shape"], DECAY_SHAPES)
     need_range("final_lr_scale", p["final_lr_scale"], 0, 1, lo_open=False, hi_open=True)
 
 
 def _build_wsd(opt: Any, p: Mapping[str, Any], ctx: Context) -> Any:
+    from schedulers.wsd import WarmupStableDecayLR  # imports torch: not at start-up
+
     keys = ("decay_fraction", "decay_shape", "final_lr_scale")
     return WarmupStableDecayLR(opt, total=ctx.length, **{k: p[k] for k in keys})
 
@@ -469,6 +471,8 @@ def resolve_node(
                 SEQUENCE,
                 "a phase cannot be a sequence itself; list its phases in this sequence instead",
             )
+        from schedulers.sequence import resolve_sequence  # imports torch: not at start-up
+
         return resolve_sequence(node, ctx, ours=ours, metrics=metrics, resolve=resolve_node)
 
     spec = SCHEDULES[kind]

@@ -53,3 +53,21 @@ def test_an_import_against_the_layers_fails_the_check(tmp_path, module, planted,
     proc = lint_imports(code)
     assert proc.returncode == 1, proc.stdout
     assert any(line.startswith(broken) and "BROKEN" in line for line in proc.stdout.splitlines())
+
+
+def test_the_cli_and_the_plugins_start_without_torch():
+    """`python -m runner --help` and Hydra's scan of the project's plugins stay light: torch
+    (a second or more to import) waits until a run starts. A module-level import of torch
+    anywhere below them (a scheduler module, say) fails this."""
+    code = (
+        "import sys\n"
+        "import runner.__main__, schedulers\n"
+        "import hydra_plugins.schedlab_fused.fused_launcher\n"
+        "import hydra_plugins.schedlab_race.race_sweeper\n"
+        "print(sorted(m for m in ('torch', 'numpy', 'matplotlib') if m in sys.modules))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "torch" not in proc.stdout, proc.stdout

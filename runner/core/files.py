@@ -145,6 +145,37 @@ def append_line(path: Path | str, line: str) -> None:
             os.close(fd)
 
 
+class LineAppender:
+    """append_line for a file appended to again and again (a run's metrics.jsonl, every
+    epoch): the file stays open between appends, so each is one write call, not five. After
+    a failed write it is closed, and the next append opens it again and, as append_line
+    does, starts with a newline if the file ends in a torn line."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self._file: Any = None  # raw, unbuffered; closed by close() or when collected
+
+    def append(self, line: str) -> None:
+        data = (line if line.endswith("\n") else line + "\n").encode("utf-8")
+        with writing(self.path):
+            try:
+                if self._file is None:
+                    fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)
+                    self._file = os.fdopen(fd, "r+b", buffering=0)
+                    size = os.fstat(fd).st_size
+                    if size and os.pread(fd, 1, size - 1) != b"\n":
+                        data = b"\n" + data
+                _write_all(self._file.fileno(), data)
+            except OSError:
+                self.close()
+                raise
+
+    def close(self) -> None:
+        if self._file is not None:
+            file, self._file = self._file, None
+            file.close()
+
+
 def read_jsonl(path: Path | str) -> list[dict[str, Any]]:
     """The rows of a JSON-lines file (none if it is missing). A line that is not a whole
     JSON object (torn by a full disk or a kill, or damaged) is skipped with a warning that

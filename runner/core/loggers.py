@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from runner.core.files import append_line
+from runner.core.files import LineAppender
 from runner.core.schema import SCHEMAS, check_node
 from schedulers import ConfigError
 
@@ -48,6 +48,7 @@ class RunLogger:
         send_every_s: float = SEND_EVERY_S,
     ) -> None:
         self.metrics_path = run_dir / "metrics.jsonl"
+        self._metrics = LineAppender(self.metrics_path)
         self.write = write  # False on DDP ranks other than 0: they log nothing
         self.wandb_run, self.tb_writer = wandb_run, tb_writer
         self.run_id: str | None = getattr(wandb_run, "id", None)
@@ -60,7 +61,7 @@ class RunLogger:
     def log_epoch(self, row: Mapping[str, Any]) -> None:
         row = dict(row)
         if self.write:  # the epoch's rows in one write; NaN/inf as Python's json writes them
-            append_line(self.metrics_path, "".join(self._step_rows) + json.dumps(row))
+            self._metrics.append("".join(self._step_rows) + json.dumps(row))
         self._step_rows.clear()
         self._to_backends(row, step=row["epoch"])
 
@@ -118,6 +119,10 @@ class RunLogger:
             guarded()
         else:
             self.background.submit(guarded)
+
+    def close_metrics(self) -> None:
+        """metrics.jsonl is kept open between epochs; closed at the end of the run."""
+        self._metrics.close()
 
     def flush(self) -> None:
         """Send what is waiting and wait until the backends have it."""
@@ -178,6 +183,7 @@ def _start(what: str, start: Callable[[], Any]) -> Any:
 
 
 def _finish(logger: RunLogger, exit_code: int) -> None:
+    logger.close_metrics()
     try:
         logger.flush()  # backend calls still queued go out before the backends close
     except Exception as err:

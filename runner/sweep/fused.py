@@ -276,6 +276,8 @@ def _fit(members: Sequence[Member], stop: Any, background: Background, cleanup: 
         net.stacked_params(), optimizers, _param_groups(net, optimizers), first.optimizer.name
     )
     loggers = [RunLogger(m.run_dir) for m in members]  # metrics.jsonl now; backends replayed
+    for logger in loggers:
+        cleanup.callback(logger.close_metrics)
     streams, per = _data_streams(members)
     shuffles = [streams[i // per] for i in range(k)]  # member i's, for its checkpoints
     progress = [checkpoint.Progress() for _ in members]
