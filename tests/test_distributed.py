@@ -20,9 +20,19 @@ from tests.conftest import cli_in_process, make_cfg, one_torch_thread, read_metr
 TORCHRUN = Path(sys.executable).parent / "torchrun"
 
 
-def test_two_ranks_match_one_process_and_write_one_run(tmp_path):
+@pytest.mark.parametrize(
+    "data",
+    [
+        [],  # the bundled digits, in memory
+        # a Dataset streamed through a DataLoader (torchvision's FakeData, data=dataset's
+        # default), its samples seeded by (seed, epoch, index) on every rank alike
+        ["data=dataset", "data.in_memory=false", "data.num_workers=0"],
+    ],
+    ids=["in_memory", "streamed"],
+)
+def test_two_ranks_match_one_process_and_write_one_run(tmp_path, data):
     args = ["epochs=3", "scheduler=step", "scheduler.step_size=1", "scheduler.gamma=0.5",
-            "data.batch_size=64", "trainer.progress=line"]  # fmt: skip
+            "data.batch_size=64", "trainer.progress=line", *data]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
     env["OMP_NUM_THREADS"] = "1"
     ddp = subprocess.run(
