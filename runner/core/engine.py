@@ -225,17 +225,12 @@ class Engine:
         self._rates = [t.rates("lr/", "momentum/") for t in self.tracks]
 
     def after_step(self, epoch: int, step_loss: Callable[[], list[float]]) -> None:
-        """After each optimizer step: per-step schedules advance, step rows are logged.
+        """After an optimizer step that advances a per-step schedule or logs a step row (run()
+        counts the other steps itself): schedules advance, step rows are logged.
         `step_loss()` (each member's loss of this step; a host sync) is called only on the
         steps that log it."""
         self.step += 1
         step = self.step
-        if not self._any_per_step:  # most steps of most runs: nothing to do
-            for n in self._everies:
-                if step % n == 0:
-                    break
-            else:
-                return
         losses = None
         for i in self.active:
             t = self.tracks[i]
@@ -295,7 +290,7 @@ class Engine:
 
             # -- checkpoint: the state the next epoch starts from
             p.step = self.step
-            is_best = p.end_epoch(epoch, row[t.monitor], t.monitor_mode, t.monitor)
+            is_best = p.end_epoch(epoch, row[t.monitor], t.monitor_mode)  # resolved once
             if t.saver is not None:
                 p.elapsed_s = time.perf_counter() - self.t_start
                 t.saver.epoch_end(t.snapshot(p), is_best)

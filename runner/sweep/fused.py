@@ -322,8 +322,8 @@ def _fit(members: Sequence[Member], stop: Any, background: Background, cleanup: 
                  f"{first.data.name} ({device}), {label(m.cfg.optimizer)} "
                  f"lr={m.cfg.optimizer.lr}, scheduler={label(m.cfg.scheduler)}, "
                  f"{epochs} epochs")  # fmt: skip
-    models = StackedModels(net, fused, data, streams, per, batch_size, device)
-    models.any_per_step = any(t.per_step for t in tracks)
+    per_step = any(t.per_step for t in tracks)  # then the lrs are read before every step
+    models = StackedModels(net, fused, data, streams, per, batch_size, device, per_step)
     engine.run(
         models, start=0, stop=stop, bar_mode=first.trainer.progress,
         desc=f"fused x{k} epoch {{epoch}}",
@@ -345,12 +345,13 @@ class StackedModels:
     def __init__(
         self, net: StackedNet, fused: FusedOptimizer, data: TensorData,
         streams: list[torch.Generator], per: int, batch_size: int, device: torch.device,
+        any_per_step: bool,
     ) -> None:  # fmt: skip
         self.net, self.fused, self.data, self.streams, self.per = net, fused, data, streams, per
         self.batch_size, self.device, self.k = batch_size, device, net.k
         self.n_train = data.y_train.shape[0]
         self.steps_per_epoch = steps_per_epoch(self.n_train, batch_size)
-        self.any_per_step = False  # then the fused step reads the lrs before every step
+        self.any_per_step = any_per_step  # then the fused step reads the lrs before every step
         self.loss_sum = self.correct = torch.zeros(())
 
     def batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
