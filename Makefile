@@ -35,9 +35,10 @@ thumbnails: $(STAMP) ## regenerate the README's schedule thumbnails in docs/sche
 	  scheduler=$$(ls conf/scheduler | grep -v '^target' | sed 's/\.yaml$$//' | paste -sd, -)
 	rm -f docs/schedules/compare.png
 
-bench: $(STAMP) ## benchmarks (not part of test): overhead vs hand loop/Lightning, start-up, fused sweeps, GPU
+bench: $(STAMP) ## benchmarks (not part of test): overhead vs hand loop/Lightning, streamed data, start-up, fused sweeps, GPU
 	$(BIN)/pip install --quiet -e '.[dev,bench]'
 	WANDB_SILENT=true $(BIN)/python benchmarks/bench_overhead.py
+	WANDB_SILENT=true $(BIN)/python benchmarks/bench_stream.py
 	$(BIN)/python benchmarks/bench_startup.py
 	WANDB_SILENT=true $(BIN)/python benchmarks/bench_fused.py
 	$(BIN)/python benchmarks/bench_gpu.py

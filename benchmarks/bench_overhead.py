@@ -20,6 +20,7 @@ import math
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 from common import interleaved, machine, median, write  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 
 from runner.core.background import Background  # noqa: E402
@@ -79,12 +81,15 @@ def hand_loop(cfg: Any, data: Any) -> None:
         _ = (epoch, loss_sum.item() / n, correct.item() / n, val_loss, val_acc)
 
 
-def runner_loop(cfg: Any, data: Any, logger: Any, tmp: Path, background: Background) -> None:
+def runner_loop(
+    cfg: Any, data: Any, logger: Any, tmp: Path, background: Background, config_text: str
+) -> None:
     """As runner/run/train.py runs it: W&B calls (batched, see runner/core/loggers.py) and
     checkpoint writes on the writer thread; at the end every waiting row is sent and the
-    thread is flushed before the clock stops (a run writes status.json only after that)."""
+    thread is flushed before the clock stops (a run writes status.json only after that).
+    `config_text`: the config.yaml text start-up made (kept in each checkpoint)."""
     run = build_run(cfg, data)  # seeded model + optimizer + schedule, like the hand loop builds
-    fit(cfg, run, logger, ckpt_dir=tmp, background=background)
+    fit(cfg, run, logger, ckpt_dir=tmp, background=background, config_text=config_text)
     logger.flush()  # sends the rows still waiting, then waits for the writer thread
 
 
@@ -190,6 +195,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         cfg = compose_config([*overrides, "trainer.progress=line", "trainer.device=cpu"])
         validate(cfg)
         data = build_run(cfg).data
+        config_text = OmegaConf.to_yaml(cfg, resolve=True)  # start-up writes it: not timed
         with (
             tempfile.TemporaryDirectory() as tmp,
             Background() as background,
@@ -198,7 +204,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ):
             variants = {
                 "hand": lambda: hand_loop(cfg, data),  # noqa: B023
-                "runner": lambda: runner_loop(cfg, data, logger, Path(tmp) / "runner", background),  # noqa: B023, E501
+                "runner": partial(
+                    runner_loop, cfg, data, logger, Path(tmp) / "runner", background, config_text
+                ),
             }
             if with_lightning:
                 variants["lightning"] = lambda: lightning_loop(cfg, data, Path(tmp) / "pl")  # noqa: B023, E501

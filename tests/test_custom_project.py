@@ -1,5 +1,6 @@
 """examples/custom_project end to end, as its README runs it: a user's package and config dir
-beside schedlab, trained, killed and resumed, swept with a report, range-tested, previewed."""
+beside schedlab, trained, killed and resumed, swept with a report, range-tested, previewed;
+its own Dataset class and an ImageFolder of the PNGs its helper writes, trained."""
 
 from __future__ import annotations
 
@@ -10,10 +11,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+
 from runner.core.compose import compose_config
 from runner.preview import main as preview
 from runner.run.train import train
-from tests.conftest import one_torch_thread, read_metrics, run_cli
+from tests.conftest import cli_in_process, one_torch_thread, read_metrics, run_cli
 from tests.test_robustness import comparable, start, wait_for_rows
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "custom_project"
@@ -82,3 +87,90 @@ def test_the_example_project_trains_sweeps_finds_an_lr_and_resumes(tmp_path, mon
     shown = capsys.readouterr().out
     assert "step backbone" in shown and "step head" in shown
     assert (project / "preview" / "step.png").is_file()
+
+
+def copy_project(tmp_path: Path, monkeypatch) -> Path:
+    """A copy of the example, its `mynets` importable in this process (for cli_in_process)
+    and its runs on one torch thread (two threads on a busy 2-core machine run ~20x slower)."""
+    project = tmp_path / "project"
+    shutil.copytree(EXAMPLE, project, ignore=shutil.ignore_patterns("outputs", "__pycache__"))
+    shutil.rmtree(project / "data", ignore_errors=True)  # PNGs written in the example itself
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.syspath_prepend(str(project))
+    for name in [m for m in sys.modules if m == "mynets" or m.startswith("mynets.")]:
+        monkeypatch.delitem(sys.modules, name)  # this copy's, not another test's
+    return project
+
+
+def test_the_projects_own_dataset_class_trains_and_its_kwargs_are_checked(tmp_path, monkeypatch):
+    project = copy_project(tmp_path, monkeypatch)
+
+    # the README's command: mynets.data.Shapes through data=dataset, the project's SmallCNN
+    proc = run_cli("--config-dir", "conf", "model=small_cnn", "data=shapes", "epochs=2",
+                   "logger=none", "hydra.run.dir=run", cwd=project)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    run = project / "run"
+    assert json.loads((run / "status.json").read_text())["status"] == "completed"
+    assert "SmallCNN on dataset" in proc.stdout + proc.stderr
+    # num_classes: null, so len(Shapes.classes); in_channels 1, from the images themselves
+    weights = torch.load(run / "last.pt", weights_only=False)["model"]
+    assert weights["head.1.weight"].shape == (4, 32)
+    assert weights["backbone.0.weight"].shape[1] == 1
+    rows = read_metrics(run)
+    assert [r["epoch"] for r in rows] == [0, 1]
+    assert rows[0]["train/loss"] != rows[1]["train/loss"]
+    assert rows[-1]["val/acc"] > 0.6  # 4 classes, chance 0.25
+
+    # a typo'd kwarg of the class is a config error naming its key, nothing run (exit 2):
+    # Hydra's own (the key is not in shapes.yaml), then, appended with +, the signature's
+    for typo, words in (("data.train.sizze=3", "Could not override 'data.train.sizze'"),
+                        ("+data.train.sizze=3", "Shapes has no argument 'sizze'")):  # fmt: skip
+        proc = cli_in_process("--config-dir", "conf", "data=shapes", typo, cwd=project)
+        assert proc.returncode == 2, proc.stderr
+        assert words in proc.stderr
+    assert "config error: data.train.sizze=3: Shapes has no argument" in proc.stderr
+    assert not (project / "outputs").exists()
+
+
+def test_the_png_writer_makes_an_image_folder_that_data_images_trains_on(tmp_path, monkeypatch):
+    project = copy_project(tmp_path, monkeypatch)
+
+    # the README's command, with fewer images
+    writer = subprocess.run(
+        [sys.executable, "-m", "mynets.make_images", "data/images", "--train", "240",
+         "--val", "60"],
+        cwd=project, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert writer.returncode == 0, writer.stderr
+    images = project / "data" / "images"
+    for split, n in (("train", 240), ("val", 60)):
+        folders = sorted(p.name for p in (images / split).iterdir())
+        assert folders == ["cross", "disc", "square", "triangle"]
+        assert len(list((images / split).glob("*/*.png"))) == n
+    # each PNG is its Shapes sample (train: offset 0), in 8-bit grey
+    from mynets.data import Shapes
+    from PIL import Image
+
+    image, label = Shapes(240)[6]
+    png = np.asarray(Image.open(images / "train" / Shapes.classes[label] / "00006.png"))
+    assert png.shape == (16, 16) and png.dtype == np.uint8
+    assert np.array_equal(png, (image[0] * 255).round().byte().numpy())
+    # the classes are the folders: with one gone, a 3-class problem
+    for split in ("train", "val"):
+        shutil.rmtree(images / split / "cross")
+
+    proc = run_cli("--config-dir", "conf", "model=small_cnn", "data=images", "epochs=3",
+                   "logger=none", "hydra.run.dir=run", cwd=project)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    run = project / "run"
+    log = (run / "train.log").read_text()
+    assert "streamed: the train transforms are random" in log
+    assert OmegaConf.load(run / "config.yaml").data.num_workers == 2
+    weights = torch.load(run / "last.pt", weights_only=False)["model"]
+    assert weights["head.1.weight"].shape == (3, 32)  # disc, square, triangle
+    assert weights["backbone.0.weight"].shape[1] == 3  # ImageFolder reads RGB
+    rows = read_metrics(run)
+    assert [r["epoch"] for r in rows] == [0, 1, 2]
+    assert all(r["time/data_s"] > 0 for r in rows)
+    # it learns (val/acc is not steady yet on so few images in 3 epochs)
+    assert rows[-1]["train/loss"] < rows[0]["train/loss"]

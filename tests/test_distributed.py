@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -193,6 +194,27 @@ def test_a_sweep_job_on_two_submitit_tasks_matches_one_process_and_writes_one_ru
     assert (run_dir / ".hydra" / "config.yaml").is_file()
 
 
+STREAMED = ["data=dataset", "data.in_memory=false", "logger=none"]  # FakeData, DataLoader
+
+
+def test_a_two_task_job_on_streamed_data_matches_one_process(tmp_path):
+    """data=dataset streamed through each task's DataLoader, each rank's sampler fetching
+    only its share of every global batch: the rows of one process on the same batches."""
+    sweep = tmp_path / "sweep"
+    proc = two_task_job(sweep, *STREAMED)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "global_rank=1(2)" in task_logs(sweep, 1)
+    with one_torch_thread():
+        one = train(make_cfg(*JOB_ARGS, *STREAMED), tmp_path / "one", overrides=JOB_ARGS)
+    assert one.status == "completed"
+    rows, ref = read_metrics(sweep / "0"), read_metrics(tmp_path / "one")
+    assert [r["epoch"] for r in rows] == [0, 1]
+    for ra, rb in zip(rows, ref, strict=True):
+        assert ra["lr/group0"] == rb["lr/group0"]
+        for key in ("train/loss", "train/acc", "val/loss", "val/acc"):
+            assert ra[key] == pytest.approx(rb[key], abs=1e-4), key
+
+
 class StopInEpoch:
     """A stop flag that reads as SIGUSR2 once the run has logged `n` epochs: the run stops
     in epoch n and keeps last.pt of its first n epochs, as a job whose time ran out."""
@@ -270,3 +292,158 @@ def test_a_refused_run_dir_ends_every_task_of_the_job(tmp_path):
         assert "config error: hydra.run.dir=" in log and "Traceback" not in log, task
     # status.json, metrics, checkpoints: as the other run left them
     assert run_files(sweep / "0") == before
+
+
+# -- a signal that reaches one rank: every rank stops after the same batch (agreed_stop)
+
+# enough epochs that the run is still training when its first epoch row appears; the lr
+# halves each epoch, so two ranks and one process stay within the tolerance throughout
+STOP_ARGS = ["epochs=16", "scheduler=step", "scheduler.step_size=1", "scheduler.gamma=0.5",
+             "data.batch_size=64", "trainer.progress=line", "trainer.checkpoint_interval_s=0",
+             "logger=none"]  # fmt: skip
+
+
+def worker_pids(parent: int) -> dict[int, int]:
+    """The pids of torchrun's workers (its children), by the RANK torchrun gave each."""
+    ranks = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            if ppid != parent:
+                continue
+            env = (stat.parent / "environ").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):  # gone meanwhile
+            continue
+        rank = next((e[5:] for e in env if e.startswith(b"RANK=")), None)
+        if rank is not None:
+            ranks[int(rank)] = int(stat.parent.name)
+    return ranks
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds the ranks in /proc")
+def test_a_signal_to_one_rank_stops_every_rank_after_the_same_batch_and_resumes_exactly(
+    tmp_path,
+):
+    """SIGTERM to rank 1 alone, mid-run: rank 0 (which got no signal, and writes the run
+    dir) stops after the same batch, rather than waiting in its next backward's all-reduce
+    for a rank that left (nccl waits for ever; gloo fails the run: `Connection closed by
+    peer`). The run ends `interrupted`, last.pt of its last whole epoch, and a resume
+    (one process: as the tests above show, two ranks train like one) ends like a run that
+    was never stopped."""
+    run_dir = tmp_path / "ddp"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env["OMP_NUM_THREADS"] = "1"
+    proc = subprocess.Popen(
+        [str(TORCHRUN), "--standalone", "--nproc_per_node=2", "-m", "runner", *STOP_ARGS,
+         f"hydra.run.dir={run_dir}"],  # strategy auto: joins (2 ranks), and resumes alone
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,  # its own process group: all of it is killed if it hangs
+    )  # fmt: skip
+    try:
+        metrics = run_dir / "metrics.jsonl"
+        deadline = time.monotonic() + 120
+        while not (metrics.exists() and metrics.read_text().count("\n") >= 1):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.01)
+        ranks = worker_pids(proc.pid)  # training epoch 1 now
+        assert sorted(ranks) == [0, 1]
+        os.kill(ranks[1], signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)  # a rank left waiting: no exit, a timeout
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["status"] == "interrupted", (status, err[-3000:])
+    # rank 0 ended it as a run interrupted by SIGTERM: 143 (torchrun may stop rank 1 itself
+    # once rank 0 has exited, before rank 1 does)
+    assert "exitcode  : 143" in err and "Connection closed" not in err + out, err[-3000:]
+    log = (run_dir / "train.log").read_text()
+    assert "rank 0: SIGTERM on another rank: every rank stops after this batch" in log
+    rows = read_metrics(run_dir)  # the epochs before the signal, the partial one dropped
+    assert 1 <= status["epochs_done"] == len(rows) < 16
+
+    with one_torch_thread():
+        resumed = train(make_cfg(*STOP_ARGS), run_dir)  # finds last.pt, continues it
+        assert resumed.status == "completed"
+        whole = train(make_cfg(*STOP_ARGS), tmp_path / "one")  # one process, never stopped
+    assert whole.status == "completed"
+    a, b = read_metrics(run_dir), read_metrics(tmp_path / "one")
+    assert [r["epoch"] for r in a] == list(range(16))
+    for ra, rb in zip(a, b, strict=True):
+        assert ra["lr/group0"] == rb["lr/group0"]
+        for key in ("train/loss", "train/acc", "val/loss", "val/acc"):
+            assert ra[key] == pytest.approx(rb[key], abs=1e-4), (ra["epoch"], key)
+
+
+def _agree(rank: int, init: str, out: str) -> None:
+    """One rank of test_ranks_agree_on_a_signal: epochs of 10 steps, checks every 4th step
+    (4, 8, and 10, the epoch's end), a signal set on some rank before some step; writes
+    after which step each epoch stopped, on what, and how many all-reduces it took."""
+    import torch.distributed as tdist
+
+    from runner.core.distributed import Dist, agreed_stop
+    from runner.core.stopping import StopFlag
+
+    tdist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+    calls = [0]
+    real = tdist.all_reduce
+
+    def counted(*args: object, **kwargs: object) -> object:
+        calls[0] += 1
+        return real(*args, **kwargs)
+
+    tdist.all_reduce = counted
+    results = []
+    # (rank: signal number, set before step) for each epoch
+    for signals in ({}, {1: (signal.SIGTERM, 5)}, {0: (signal.SIGINT, 9)},
+                    {0: (signal.SIGINT, 6), 1: (signal.SIGTERM, 7)}):  # fmt: skip
+        flag, calls[0] = StopFlag(), 0
+        stop = agreed_stop(flag, Dist(rank, 2, rank, active=True), every=4)
+        stopped = None
+        for step in range(1, 11):
+            sig, before = signals.get(rank, (None, 0))
+            if step == before:
+                flag.signum = sig  # what this rank's handler does
+            if (got := stop.requested(step, 10)) is not None:
+                stopped = (step, got)
+                break
+        results.append({"stopped": stopped, "own": flag.signum, "all_reduces": calls[0]})
+    tdist.destroy_process_group()
+    Path(out, f"{rank}.json").write_text(json.dumps(results))
+
+
+def test_ranks_agree_on_a_signal_every_few_steps_and_at_the_epochs_end(tmp_path):
+    """The agreement alone, on two gloo processes: a signal on one rank stops both after the
+    same check step (none between checks: no collective, no host sync there), the one that
+    got none included; at the epoch's end it always checks; two signals: both stop on the
+    larger number. One process: the flag itself."""
+    import torch.multiprocessing as mp
+
+    from runner.core.distributed import SINGLE, Dist, agreed_stop
+    from runner.core.stopping import StopFlag
+
+    flag = StopFlag()
+    assert agreed_stop(flag, SINGLE) is flag
+    assert agreed_stop(flag, Dist(0, 1, 0, active=True)) is flag  # nproc 1: nobody to wait for
+
+    init = f"file://{tmp_path / 'store'}"
+    ctx = mp.start_processes(_agree, (init, str(tmp_path)), nprocs=2, join=False,
+                             start_method="spawn")  # fmt: skip
+    deadline = time.monotonic() + 60
+    while not ctx.join(timeout=max(1.0, deadline - time.monotonic())):
+        if time.monotonic() > deadline:  # a rank left waiting in a collective
+            for p in ctx.processes:
+                p.kill()
+            pytest.fail("a rank waited for ever")
+    r0, r1 = (json.loads((tmp_path / f"{r}.json").read_text()) for r in (0, 1))
+    term, sigint = int(signal.SIGTERM), int(signal.SIGINT)
+    # no signal: checks at steps 4, 8 and 10 only
+    assert r0[0] == r1[0] == {"stopped": None, "own": None, "all_reduces": 3}
+    # SIGTERM to rank 1 before step 5: both stop after step 8; rank 0's own flag stays unset
+    assert r0[1] == {"stopped": [8, term], "own": None, "all_reduces": 2}
+    assert r1[1] == {"stopped": [8, term], "own": term, "all_reduces": 2}
+    # SIGINT to rank 0 before step 9: seen at the epoch's end, step 10
+    assert r0[2]["stopped"] == r1[2]["stopped"] == [10, sigint]
+    # SIGINT on rank 0 (before step 6), SIGTERM on rank 1 (step 7): both on SIGTERM after 8
+    assert r0[3]["stopped"] == r1[3]["stopped"] == [8, term]

@@ -13,11 +13,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from runner.core import files
-from runner.core.checkpoint import Checkpointer
+from runner.core.checkpoint import Checkpointer, _numpy_state
 from runner.run.train import train
 from runner.sweep import report
 from tests.conftest import cli_in_process, make_cfg, read_metrics, run_cli
@@ -117,6 +118,34 @@ def test_a_new_checkpointer_removes_orphaned_temp_checkpoints(tmp_path):
     Checkpointer(tmp_path, interval_s=0)
     assert not any(p.exists() for p in orphans)
     assert all(p.exists() for p in keep)
+
+
+def _same_numpy_state(a, b) -> bool:
+    return a[0] == b[0] and np.array_equal(a[1], b[1]) and tuple(a[2:]) == tuple(b[2:])
+
+
+def test_the_numpy_rng_state_in_a_snapshot_is_always_numpys_own():
+    """checkpoint._numpy_state reuses its last copy while numpy's global generator is
+    untouched (a cheap read of its raw words): every draw, a reseed, set_state and a
+    consumed cached Gaussian (which leaves the words as they were) must be seen."""
+    np.random.seed(3)
+    first = _numpy_state()
+    assert _same_numpy_state(first, np.random.get_state())
+    assert _numpy_state() is first  # untouched: the same copy, not a new get_state()
+    steps = [
+        lambda: np.random.rand(),  # a draw
+        lambda: np.random.seed(4),  # a reseed
+        lambda: np.random.set_state(first),  # put back
+        lambda: np.random.standard_normal(),  # a pair drawn, one cached (has_gauss)
+        lambda: np.random.standard_normal(),  # the cached one consumed: words unchanged
+        lambda: None,
+    ]
+    for step in steps:
+        step()
+        assert _same_numpy_state(_numpy_state(), np.random.get_state())
+    taken = _numpy_state()
+    np.random.rand(3)
+    assert not _same_numpy_state(taken, np.random.get_state())  # the copy was not a view
 
 
 # -- a full disk at each write site, through the CLI

@@ -145,8 +145,7 @@ def test_the_cifar10_preset_validates_given_its_data(monkeypatch):
     from runner.core.schema import SCHEMAS, check_node
     from tests.conftest import make_cfg
 
-    y_train = SimpleNamespace(shape=(50_000,))
-    fake = SimpleNamespace(y_train=y_train, image_shape=(3, 32, 32), num_classes=10)
+    fake = SimpleNamespace(n_train=50_000, image_shape=(3, 32, 32), num_classes=10)
     monkeypatch.setattr(runner.core.data, "load_data", lambda cfg: fake)
     monkeypatch.setattr(
         runner.core.config,  # validate() calls the validate_data it imported

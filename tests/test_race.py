@@ -124,7 +124,10 @@ def test_interrupted_race_continues_where_it_stopped(basic_race, tmp_path):
     sweep = tmp_path / "sweep"
     log = (tmp_path / "first.log").open("w")  # a file, not a pipe nobody reads while it runs
     cmd = [sys.executable, "-m", "runner", *args]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
+    # niced: on a loaded machine (2 cores, pytest -n 2) this polling loop must still see
+    # round 2 start within its jobs' fraction of a second, or the race ends first
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
+                            preexec_fn=lambda: os.nice(10))  # fmt: skip
     deadline = time.monotonic() + 240
     # round 1 decided and round 2 under way: interrupt inside its first job
     while not (sweep / "race.json").exists() or not any(sweep.glob("c*_seed3/.hydra")):

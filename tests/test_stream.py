@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from runner.core.data import TensorData, load_data
-from runner.core.stream import SeededSamples, StreamData
+from runner.core.stream import EpochBatches, SeededSamples, StreamData
 from runner.run.train import train
 from tests.conftest import cli_in_process, make_cfg, one_torch_thread, read_metrics, run_cli
 from tests.test_robustness import comparable, start, wait_for_rows
@@ -226,3 +226,70 @@ def test_a_streamed_dataset_is_not_fused_unless_held_in_memory(folder):
     args = [*folder_args(folder, random=False), *FAST]
     assert "data=dataset is streamed" in why_not_fusable(make_cfg(*args, "data.in_memory=false"))
     assert why_not_fusable(make_cfg(*args, "data.in_memory=true")) is None
+
+
+def test_under_ddp_each_rank_fetches_only_its_share_of_each_global_batch():
+    """The in-memory path's slice (every world-th sample from the rank-th), taken by the
+    sampler, so a rank's loader fetches and transforms only the samples it trains on; the
+    shares of all ranks are the global batch, the last (smaller) one included."""
+    order = torch.randperm(10, generator=torch.Generator().manual_seed(0))
+    whole = EpochBatches(10, 4)
+    whole.set_epoch(3, order)
+    ranks = [EpochBatches(10, 4, rank, 2) for rank in range(2)]
+    for sampler in ranks:
+        sampler.set_epoch(3, order)
+    shares = [list(sampler) for sampler in ranks]
+    assert list(whole.global_sizes()) == [4, 4, 2]
+    for k, batch in enumerate(whole):
+        assert shares[0][k] == batch[0::2] and shares[1][k] == batch[1::2]
+    assert all(e == 3 for share in shares for batch in share for e, _ in batch)
+
+
+def test_a_batch_is_fetched_with_one_save_and_restore_of_the_rngs_and_per_sample_seeds():
+    """SeededSamples.__getitems__ (the DataLoader's batch fetch): the same samples as one
+    __getitem__ each, and training's RNGs as they were."""
+
+    class Noisy(torch.utils.data.Dataset):
+        def __len__(self) -> int:
+            return 8
+
+        def __getitem__(self, i: int):
+            return torch.rand(2) + float(np.random.rand()), i
+
+    samples = SeededSamples(Noisy(), seed=5)
+    keys = [(1, i) for i in (3, 0, 7)]
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    batch = samples.__getitems__(keys)
+    assert torch.equal(torch.get_rng_state(), before)
+    for (x, i), key in zip(batch, keys, strict=True):
+        alone, j = samples[key]
+        assert i == j == key[1] and torch.equal(x, alone)
+    assert not torch.equal(batch[0][0], batch[1][0])  # each sample its own seed
+
+
+def test_a_sweep_over_streamed_data_runs_under_the_fused_launcher_and_reports(tmp_path, folder):
+    """The fused launcher cannot stack a streamed set: each job runs on its own with the
+    usual notice, and the sweep's report (table, paired comparison, plots) reads the
+    streamed runs like any other."""
+    import csv
+
+    sweep = tmp_path / "sweep"
+    proc = run_cli(
+        "-m", "hydra/launcher=fused", *folder_args(folder), *FAST, "data.in_memory=false",
+        "epochs=2", "scheduler=step,cosine", "seed=0,1", f"hydra.sweep.dir={sweep}",
+        cwd=tmp_path, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout + proc.stderr
+    assert out.count("runs on its own: data=dataset is streamed") == 4
+    with (sweep / "report.csv").open() as f:
+        table = list(csv.DictReader(f))
+    assert sorted(r["config"] for r in table) == ["scheduler=cosine", "scheduler=step"]
+    assert all(r["completed"] == "2" for r in table)
+    report = (sweep / "report.md").read_text()
+    assert "scheduler=cosine" in report and "paired" in report.lower()
+    assert any(sweep.glob("*.png"))
+    for run_dir in sorted(p.parent for p in sweep.glob("*/metrics.jsonl")):
+        rows = read_metrics(run_dir)
+        assert [r["epoch"] for r in rows] == [0, 1] and all("time/data_s" in r for r in rows)

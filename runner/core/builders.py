@@ -121,7 +121,7 @@ def build_run(cfg: Mapping[str, Any], data: TensorData | None = None, dist: Dist
     """Everything `fit` needs: the training parts plus the lr schedule."""
     device, data, model, optimizer = build_training_parts(cfg, data, dist)
     # the only place epochs meet batches: per-step schedules need the batches per epoch
-    per_epoch = steps_per_epoch(len(data.y_train), cfg["data"]["batch_size"])
+    per_epoch = steps_per_epoch(data.n_train, cfg["data"]["batch_size"])
     scheduler = build_scheduler(
         cfg["scheduler"], optimizer, epochs=cfg["epochs"], steps_per_epoch=per_epoch
     )
@@ -129,7 +129,7 @@ def build_run(cfg: Mapping[str, Any], data: TensorData | None = None, dist: Dist
     has_conv = any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
     # conv nets run faster channels-last on CUDA (tensor cores) and on CPU (oneDNN): measured
     # 17 % for LeNet and 7 % for ResNet-18 per run on 2 CPU cores; MPS is left alone
-    channels_last = data.x_train.dim() == 4 and (  # a memory format of 4-D tensors only
+    channels_last = len(data.image_shape) == 3 and (  # a memory format of 4-D batches only
         trainer["channels_last"] is True
         or (trainer["channels_last"] == "auto" and device.type in ("cuda", "cpu") and has_conv)
     )

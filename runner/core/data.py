@@ -64,6 +64,11 @@ class TensorData:
         """One sample's shape: (C, H, W) for images, (C, L) for 1-D signals."""
         return tuple(self.x_train.shape[1:])
 
+    @property
+    def n_train(self) -> int:
+        """Training samples (StreamData says the same): what steps per epoch are made of."""
+        return int(self.y_train.shape[0])
+
     def to(self, device: Any) -> TensorData:
         return TensorData(
             self.x_train.to(device),
@@ -105,7 +110,7 @@ def validate_data(cfg: Mapping[str, Any]) -> None:
 
 def train_size(cfg: Mapping[str, Any]) -> int:
     """Number of training samples, read from the data (for steps per epoch)."""
-    return int(load_data(cfg).y_train.shape[0])
+    return load_data(cfg).n_train
 
 
 def data_shape(cfg: Mapping[str, Any]) -> tuple[tuple[int, ...], int]:

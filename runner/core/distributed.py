@@ -2,26 +2,44 @@
 runner ...`) or the tasks of one submitit job (`-m hydra/launcher=slurm
 hydra.launcher.tasks_per_node=4 hydra.launcher.nodes=2`: every task runs the job).
 
-Every rank holds the whole (small) data set, draws the same seeded permutation,
-and takes every N-th sample of each global batch; DistributedDataParallel
+Every rank draws the same seeded permutation and trains on every N-th sample of each
+global batch: an in-memory set is held whole by every rank and sliced; a streamed one
+(data=dataset) has each rank's sampler fetch only its share (runner/core/stream.py,
+EpochBatches). DistributedDataParallel
 averages the gradients, and each rank's loss is scaled so the update equals one
 process training on the global batch. Train metrics are all-reduced before they
 are logged (Plateau sees the same value everywhere); every rank steps the
 schedule identically; only rank 0 writes files, checkpoints and W&B, and rank 0
 alone decides from the run dir how the run starts (`Dist.from_main`).
+
+A signal reaches the ranks at different moments, or only one of them (`kill -TERM` of one
+rank's pid): a rank that left the batch loop on its own would leave the others waiting in
+their next backward's all-reduce for ever. So every rank stops after the same batch
+(`agreed_stop`): every `STOP_CHECK_EVERY` steps, and after the last step of an epoch, the
+ranks all-reduce (MAX) the signal each one got, and all stop on the one any got.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
+import signal
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from schedulers import ConfigError
 
+if TYPE_CHECKING:
+    import torch
+
+log = logging.getLogger("schedlab")
 STRATEGIES = ("auto", "single", "ddp")
+# how often (in steps of an epoch) the ranks agree whether to stop: each check is one
+# all-reduce of one int and a host sync, so a GPU run loses its asynchrony once per
+# STOP_CHECK_EVERY steps, and a signal waits at most that many steps
+STOP_CHECK_EVERY = 16
 T = TypeVar("T")
 
 
@@ -205,3 +223,74 @@ def teardown(d: Dist) -> None:
 
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def agreed_stop(stop: Any, dist: Dist, every: int = STOP_CHECK_EVERY) -> Any:
+    """What the epoch engine asks whether to stop (`requested(step, steps)`): the flag
+    itself for one process, where nobody waits for anybody; under DDP an `AgreedStop`
+    around it, so every rank stops after the same batch."""
+    if not dist.active or dist.world == 1:
+        return stop
+    import torch
+    import torch.distributed as tdist
+
+    # nccl reduces tensors on this rank's GPU (the one setup() made current), gloo on the CPU
+    on_gpu = tdist.get_backend() == "nccl"
+    device = torch.device("cuda", torch.cuda.current_device()) if on_gpu else torch.device("cpu")
+    return AgreedStop(stop, dist.rank, every, device)
+
+
+class AgreedStop:
+    """A stop flag the ranks of one DDP run read alike. `flag` is this rank's own (its
+    signal handler sets `flag.signum`); `requested` answers, on every rank, the same
+    signal after the same step, or None.
+
+    Only some steps check, the same ones on every rank (each `every`-th step of an epoch,
+    and its last), so every rank joins the same collectives: there the ranks all-reduce
+    (MAX) the signal number each one has (0: none), and once any rank has one, all of them
+    stop on it, the ranks that got none included (their run ends `interrupted` with it too).
+    The other steps cost nothing: no collective, no host sync (a GPU run stays
+    asynchronous between checks). A signal waits at most `every` steps; the partial
+    epoch is dropped as in one process, so where it is seen does not change what a
+    resume continues from."""
+
+    def __init__(self, flag: Any, rank: int, every: int, device: torch.device) -> None:
+        import torch
+
+        if every < 1:
+            raise ValueError(f"every must be >= 1, got {every}")
+        self.flag, self.rank, self.every = flag, rank, every
+        self.signum: int | None = None  # the signal every rank agreed to stop on
+        self._box = torch.zeros(1, dtype=torch.int32, device=device)  # reused: no allocation
+
+    def requested(self, step: int, steps: int) -> int | None:
+        """The signal to stop on after `step` (1-based) of an epoch of `steps` steps, the
+        same on every rank; `step >= steps`: the epoch's end, always a check.
+
+        The agreed signal is kept here, not set on `flag`: for this rank's handler a signal
+        that comes later is still its first, so it still finishes cleanly (torchrun sends
+        SIGTERM to the ranks still running once one has exited; as a second signal it
+        would end rank 0 at once, maybe before status.json), and only a rank that got
+        the signal itself hands it on to a launcher's handler (`chain`)."""
+        if self.signum is not None or (step % self.every and step < steps):
+            return self.signum
+        import torch.distributed as tdist
+
+        self._box.fill_(self.flag.signum or 0)
+        tdist.all_reduce(self._box, op=tdist.ReduceOp.MAX)
+        agreed = int(self._box.item())  # the one host sync, on check steps only
+        if agreed:
+            self.signum = agreed
+            if self.flag.signum is None:
+                log.warning(
+                    f"rank {self.rank}: {_signal_name(agreed)} on another rank: every rank "
+                    "stops after this batch"
+                )
+        return self.signum
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"

@@ -159,8 +159,14 @@ class Engine:
 
     def run(self, models: Models, *, start: int, stop: Any, bar_mode: str, desc: str) -> None:
         """Epochs `start`..epochs-1: per batch one optimizer step and the step's bookkeeping;
-        per epoch the train means, validation and the epoch end. A signal (`stop.signum`)
-        drops the partial epoch. `desc` (formatted with epoch, epochs) names the bar."""
+        per epoch the train means, validation and the epoch end. A signal drops the partial
+        epoch: `stop.requested(step, steps)` is asked after each step of the epoch but its
+        last, then once after its batches as `(steps, steps)`; it returns the signal to stop
+        on, or None (a StopFlag: this process's signal; under DDP an AgreedStop, which
+        answers every rank alike, so all of them stop after the same batch and none waits
+        in a collective for a rank that left). A `stop` with only `signum` is read as a
+        StopFlag. `desc` (formatted with epoch, epochs) names the bar."""
+        requested = getattr(stop, "requested", None) or (lambda step, steps: stop.signum)
         for epoch in range(start, self.epochs):
             self.begin_epoch()
 
@@ -169,10 +175,12 @@ class Engine:
                 bar_mode, models.steps_per_epoch, desc.format(epoch=epoch, epochs=self.epochs),
                 models.batch_size,
             )  # fmt: skip
-            per_step, logged = self._any_per_step, self._logged_steps(models.steps_per_epoch)
+            n = models.steps_per_epoch
+            per_step, logged = self._any_per_step, self._logged_steps(n)
             # the time spent waiting for the next batch: a loader that starves the model
             # shows as time/data_s close to time/epoch_s
             batches, data_s = iter(models.batches(epoch)), 0.0
+            done, signum = 0, None  # steps of this epoch; the signal to stop on
             while True:
                 t0 = time.perf_counter()
                 batch = next(batches, None)
@@ -185,14 +193,18 @@ class Engine:
                 else:  # most steps of most runs: nothing else to do
                     self.step += 1
                 bar.update()
-                if stop.signum is not None:
+                done += 1
+                # the epoch's end is asked once, below, however many batches there were
+                if done < n and (signum := requested(done, n)) is not None:
                     break
             bar.close()
             self.data_s = data_s
+            if signum is None:
+                signum = requested(n, n)
 
             # -- interrupted: last.pt (the epoch before) is where a resume continues
-            if stop.signum is not None:
-                self.interrupt(epoch, stop.signum)
+            if signum is not None:
+                self.interrupt(epoch, signum)
                 return
 
             # -- validate, then rows, divergence, schedules, best epoch, checkpoints

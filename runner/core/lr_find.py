@@ -131,7 +131,7 @@ def range_test(
         epoch = 0
         while True:
             if loaders is not None:
-                yield from loaders.train(epoch, shuffle)
+                yield from ((x, y) for x, y, _ in loaders.train(epoch, shuffle))
             else:
                 yield from batches(data.x_train, data.y_train, batch_size, shuffle)
             epoch += 1

@@ -1,7 +1,8 @@
 """SIGINT/SIGTERM/SIGUSR2: stop cleanly at the next batch boundary; a second signal exits
 at once.
 
-The loop polls the flag after each batch, abandons the partial epoch, writes the
+The loop polls the flag after each batch (under DDP: the ranks agree on it every few
+batches, runner/core/distributed.py), abandons the partial epoch, writes the
 newest completed epoch's checkpoint, and exits with 128 + the signal number (130
 for Ctrl-C, 143 for SIGTERM, 140 for SIGUSR2). SIGUSR2 is what Slurm/submitit send
 before a time-out or preemption: when a launcher had its own handler installed
@@ -37,6 +38,13 @@ class StopFlag:
     @property
     def exit_code(self) -> int:
         return 128 + (self.signum or 0)
+
+    def requested(self, step: int, steps: int) -> int | None:
+        """The signal to stop on after `step` of an epoch of `steps` steps, as the epoch
+        engine asks after every step: this process's own signal, at once. Under DDP the
+        engine asks an AgreedStop instead (runner/core/distributed.py), which has the ranks
+        agree on it every few steps, so that all of them stop after the same batch."""
+        return self.signum
 
 
 @contextmanager

@@ -95,17 +95,26 @@ def _seed_globals(seed: int) -> None:
 
 
 @contextlib.contextmanager
-def isolated_rng(seed: int) -> Iterator[None]:
-    """The global RNGs (torch CPU, random, numpy) seeded with `seed` inside, as they were
-    after: loading and fetching samples in the main process leave training's RNG alone."""
+def preserved_rng() -> Iterator[None]:
+    """The global RNGs (torch CPU, random, numpy) as they were before, whatever draws or
+    seeds them inside: loading and fetching samples in the main process leave training's
+    RNG alone. Saving and restoring costs ~150 us (numpy's and Python's states are copied
+    word by word), so a batch is fetched inside one of these, not each sample."""
     saved = torch.default_generator.get_state(), random.getstate(), np.random.get_state()
-    _seed_globals(seed)
     try:
         yield
     finally:
         torch.default_generator.set_state(saved[0])
         random.setstate(saved[1])
         np.random.set_state(saved[2])
+
+
+@contextlib.contextmanager
+def isolated_rng(seed: int) -> Iterator[None]:
+    """The global RNGs seeded with `seed` inside, as they were after (preserved_rng)."""
+    with preserved_rng():
+        _seed_globals(seed)
+        yield
 
 
 class SeededSamples(Dataset):
@@ -120,21 +129,34 @@ class SeededSamples(Dataset):
         return len(self.dataset)
 
     def __getitem__(self, key: tuple[int, int]) -> Any:
-        epoch, index = key
-        seed = sample_seed(self.seed, epoch, index)
+        return self.__getitems__([key])[0]
+
+    def __getitems__(self, keys: list[tuple[int, int]]) -> list[Any]:
+        """A batch's samples (the DataLoader asks for a batch at once), each fetched with the
+        RNGs seeded from (seed, epoch, index); in the main process the RNGs training uses
+        are saved before the batch and restored after it."""
         if get_worker_info() is not None:  # a worker's RNGs are its own: no need to restore
-            _seed_globals(seed)
-            return self.dataset[index]
-        with isolated_rng(seed):
-            return self.dataset[index]
+            return self._fetch(keys)
+        with preserved_rng():
+            return self._fetch(keys)
+
+    def _fetch(self, keys: list[tuple[int, int]]) -> list[Any]:
+        samples = []
+        for epoch, index in keys:
+            _seed_globals(sample_seed(self.seed, epoch, index))
+            samples.append(self.dataset[index])
+        return samples
 
 
 class EpochBatches(Sampler[list[tuple[int, int]]]):
     """A batch sampler over the order set for the epoch (in order when none), yielding
-    (epoch, index) pairs; the last, smaller batch is kept, as `batches()` keeps it."""
+    (epoch, index) pairs; the last, smaller batch is kept, as `batches()` keeps it. Under
+    DDP (`rank` of `world`) it yields only this rank's share of each global batch, every
+    world-th sample from the rank-th (the in-memory path's slice), so a rank fetches and
+    transforms only the samples it trains on."""
 
-    def __init__(self, n: int, batch_size: int) -> None:
-        self.n, self.batch_size = n, batch_size
+    def __init__(self, n: int, batch_size: int, rank: int = 0, world: int = 1) -> None:
+        self.n, self.batch_size, self.rank, self.world = n, batch_size, rank, world
         self.epoch, self.order = VAL_EPOCH, list(range(n))
 
     def set_epoch(self, epoch: int, order: torch.Tensor | None = None) -> None:
@@ -147,17 +169,22 @@ class EpochBatches(Sampler[list[tuple[int, int]]]):
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         epoch, order, size = self.epoch, self.order, self.batch_size
+        rank, world = self.rank, self.world
         for start in range(0, self.n, size):
-            yield [(epoch, i) for i in order[start : start + size]]
+            yield [(epoch, i) for i in order[start : start + size][rank::world]]
+
+    def global_sizes(self) -> Iterator[int]:
+        """How many samples each global batch has (all ranks' shares together)."""
+        for start in range(0, self.n, self.batch_size):
+            yield min(self.batch_size, self.n - start)
 
 
 # -- the loaded data set ------------------------------------------------------------------------
 @dataclass(frozen=True, eq=False)
 class StreamData:
-    """Both splits as datasets, with what the rest of the runner reads from a TensorData:
-    `image_shape`, `num_classes`, and `x_train`/`y_train`/`x_val`/`y_val` as shape-only
-    tensors on the meta device, so code that reads only sizes (steps per epoch, whether
-    samples are images) works unchanged, and code that would compute on them fails loudly."""
+    """Both splits as datasets, with the sizes the rest of the runner reads from any data
+    (a TensorData says the same): `image_shape`, `num_classes`, `n_train`. Its samples are
+    only ever fetched through the Loaders below."""
 
     train: Any
     val: Any
@@ -167,20 +194,8 @@ class StreamData:
     collate_fn: Callable[[list[Any]], Any] | None = None
 
     @property
-    def x_train(self) -> torch.Tensor:
-        return torch.empty((len(self.train), *self.image_shape), device="meta")
-
-    @property
-    def y_train(self) -> torch.Tensor:
-        return torch.empty((len(self.train),), dtype=torch.long, device="meta")
-
-    @property
-    def x_val(self) -> torch.Tensor:
-        return torch.empty((len(self.val), *self.image_shape), device="meta")
-
-    @property
-    def y_val(self) -> torch.Tensor:
-        return torch.empty((len(self.val),), dtype=torch.long, device="meta")
+    def n_train(self) -> int:
+        return len(self.train)
 
     def to(self, device: Any) -> StreamData:
         return self  # batches are moved one at a time
@@ -200,24 +215,29 @@ class Loaders:
     epoch's order is set on the train batch sampler before its iterator is made."""
 
     def __init__(
-        self, data: StreamData, batch_size: int, seed: int, device: torch.device
+        self, data: StreamData, batch_size: int, seed: int, device: torch.device,
+        share: tuple[int, int] = (0, 1),
     ) -> None:  # fmt: skip
+        """`share`: (rank, world) under DDP, each rank then loads only its share of each
+        training batch; every rank validates on the whole val split (as in memory)."""
         opts = data.loader
         self.device = device
         pin = opts["pin_memory"]
         self.pin = device.type == "cuda" if pin == "auto" else bool(pin)
         self.n_val = len(data.val)
-        self.train_batches = EpochBatches(len(data.train), batch_size)
+        self.train_batches = EpochBatches(len(data.train), batch_size, *share)
         self.val_batches = EpochBatches(self.n_val, val_batch_size(batch_size))
         self.train_loader = _loader(data.train, self.train_batches, seed, data, self.pin)
         self.val_loader = _loader(data.val, self.val_batches, seed, data, self.pin)
 
-    def train(self, epoch: int, shuffle: torch.Generator) -> Iterator[tuple[Any, Any]]:
+    def train(self, epoch: int, shuffle: torch.Generator) -> Iterator[tuple[Any, Any, int]]:
         """The epoch's batches on the device, in the order drawn from `shuffle` (the same
-        draw as the in-memory `batches()`)."""
+        draw as the in-memory `batches()`), as (x, y, n): this rank's share and the size
+        of the global batch it is a share of (DDP scales its loss by the two)."""
         order = torch.randperm(self.train_batches.n, generator=shuffle)
         self.train_batches.set_epoch(epoch, order)
-        return self._moved(self.train_loader)
+        sizes = self.train_batches.global_sizes()
+        return ((x, y, n) for (x, y), n in zip(self._moved(self.train_loader), sizes, strict=True))
 
     def val(self) -> Iterator[tuple[Any, Any]]:
         """The val split in order, every sample seeded as in every other epoch."""
@@ -275,13 +295,14 @@ def _loader(
 
 
 def loaders_for(
-    data_cfg: Mapping[str, Any], data: Any, batch_size: int, seed: int, device: torch.device
-) -> Loaders | None:
+    data_cfg: Mapping[str, Any], data: Any, batch_size: int, seed: int, device: torch.device,
+    share: tuple[int, int] = (0, 1),
+) -> Loaders | None:  # fmt: skip
     """A run's Loaders when its data is streamed, else None (in-memory tensors); with
     data=dataset the in_memory decision is logged into the run's log either way."""
     if data_cfg.get("name") == "dataset" and last_choice:
         log.info(last_choice)
-    return Loaders(data, batch_size, seed, device) if is_streamed(data) else None
+    return Loaders(data, batch_size, seed, device, share) if is_streamed(data) else None
 
 
 # -- validation ---------------------------------------------------------------------------------

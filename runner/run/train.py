@@ -24,7 +24,7 @@ from runner.core.builders import Run, build_run
 from runner.core.config import validate
 from runner.core.data import augment as augment_batch
 from runner.core.data import batches, steps_per_epoch
-from runner.core.distributed import setup, teardown
+from runner.core.distributed import agreed_stop, setup, teardown
 from runner.core.engine import Engine, Result, Track, say_to_log
 from runner.core.loggers import RunLogger, open_logger
 from runner.core.lr_find import find_lr
@@ -73,18 +73,23 @@ def fit(
     start: dict[str, Any] | None = None,
     stop: StopFlag | None = None,
     background: Background | None = None,
+    config_text: str | None = None,
 ) -> Result:
     """Train from epoch 0, or from the checkpoint `start`; checkpoint into ckpt_dir if given
-    (written on `background`'s thread when given)."""
+    (written on `background`'s thread when given). `config_text`: the run's config.yaml
+    text, kept in every checkpoint (made from cfg when not given; the CLI passes the text it
+    wrote, a few ms saved)."""
     shuffle = torch.Generator().manual_seed(cfg.seed)  # data order: its own stream, seeded
     progress = checkpoint.restore(start, run, shuffle) if start else checkpoint.Progress()
     saver = None
     if ckpt_dir is not None and cfg.trainer.checkpoint:
+        if config_text is None:  # = the config.yaml written for it
+            config_text = OmegaConf.to_yaml(cfg, resolve=True)
         saver = checkpoint.Checkpointer(
             ckpt_dir,
             cfg.trainer.checkpoint_interval_s,
             background,
-            config=OmegaConf.to_yaml(cfg, resolve=True),  # = the config.yaml written for it
+            config=config_text,
         )
         if start is None:  # a new run: last.pt is on disk before its first batch
             saver.start(checkpoint.snapshot(run, progress, shuffle, logger.run_id))
@@ -98,7 +103,8 @@ def fit(
     engine = Engine([track], cfg.epochs, step=progress.step, elapsed_s=progress.elapsed_s)
     try:
         engine.run(
-            SingleModel(cfg, run, shuffle), start=progress.epoch, stop=stop or StopFlag(),
+            SingleModel(cfg, run, shuffle), start=progress.epoch,
+            stop=agreed_stop(stop or StopFlag(), run.dist),  # under DDP: every rank stops together
             bar_mode=cfg.trainer.progress, desc="epoch {epoch}/{epochs}",
         )  # fmt: skip
     finally:
@@ -117,11 +123,15 @@ class SingleModel:
         # read once: an OmegaConf lookup costs microseconds, and 10 ms epochs add them up
         self.batch_size = cfg.data.batch_size
         self.augment = cfg.data.get("augment", False)  # only image sets that have the key
-        self.n_train = run.data.y_train.shape[0]
+        self.n_train = run.data.n_train
         self.steps_per_epoch = steps_per_epoch(self.n_train, self.batch_size)
         self.loss_sum = self.correct = torch.zeros(())
-        # data=dataset not held in memory: DataLoaders (runner/core/stream.py), else None
-        self.stream = loaders_for(cfg.data, run.data, self.batch_size, cfg.seed, run.device)
+        # data=dataset not held in memory: DataLoaders (runner/core/stream.py), else None;
+        # under DDP each rank's loader fetches only its share of each batch
+        self.stream = loaders_for(
+            cfg.data, run.data, self.batch_size, cfg.seed, run.device,
+            share=(run.dist.rank, run.dist.world) if run.dist.active else (0, 1),
+        )  # fmt: skip
 
     def batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         run = self.run
@@ -134,15 +144,20 @@ class SingleModel:
         data = run.data
         return batches(data.x_train, data.y_train, self.batch_size, self.shuffle, run.device)
 
-    def train_batch(self, batch: tuple[torch.Tensor, torch.Tensor]) -> Callable[[], list[float]]:
-        run, (x, y) = self.run, batch
+    def train_batch(self, batch: tuple[Any, ...]) -> Callable[[], list[float]]:
+        """`batch`: (x, y) in memory, the global batch; (x, y, n) streamed, this rank's
+        share already (the loader fetched only it) of a global batch of n."""
+        run, (x, y) = self.run, batch[:2]
         if self.augment:
             x = augment_batch(x, self.shuffle)
         grad_scale = 1.0
         dist = run.dist
         if dist.active:  # this rank's share of the global batch, weighted by its size
-            global_n = y.shape[0]
-            x, y = x[dist.rank :: dist.world], y[dist.rank :: dist.world]
+            if self.stream is None:
+                global_n = y.shape[0]
+                x, y = x[dist.rank :: dist.world], y[dist.rank :: dist.world]
+            else:
+                global_n = batch[2]
             grad_scale = dist.world * y.shape[0] / global_n
         loss, logits = train_step(
             run.forward, run.optimizer, run.prepare(x), y, run.amp_ctx, run.scaler, grad_scale
@@ -357,16 +372,15 @@ def _run(
     if stop.signum is not None:
         return _stopped(run_dir, dist, stop, state)
     found = use_range_test(cfg, run_dir) if cfg.optimizer.lr == "find" else None
+    config_text = OmegaConf.to_yaml(cfg, resolve=True)  # config.yaml, and in each checkpoint
     if not resuming:
         if dist.is_main:
-            files.write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+            files.write_text_atomic(run_dir / "config.yaml", config_text)
     else:
         start_epoch = state["progress"]["epoch"] if state else 0
         if dist.is_main:
             if changes:  # the run dir's config is the one the run now follows
-                files.write_text_atomic(
-                    run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True)
-                )
+                files.write_text_atomic(run_dir / "config.yaml", config_text)
                 if finished(run_dir, 0) is not None:  # it is no longer complete
                     with files.writing(run_dir / "status.json"):
                         (run_dir / "status.json").unlink(missing_ok=True)
@@ -400,7 +414,7 @@ def _run(
         else:
             result = fit(
                 cfg, run, logger, ckpt_dir=run_dir if dist.is_main else None, start=state,
-                stop=stop, background=background,
+                stop=stop, background=background, config_text=config_text,
             )  # fmt: skip
         background.flush()  # checkpoints on disk before status.json says how the run ended
         wall = time.perf_counter() - t0 + (state["progress"]["elapsed_s"] if state else 0.0)

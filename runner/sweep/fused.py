@@ -190,7 +190,7 @@ def _build(
     first = members[0].cfg
     device = resolve_device(first.trainer.device)
     data = load_data(first.data)
-    per_epoch = steps_per_epoch(len(data.y_train), first.data.batch_size)
+    per_epoch = steps_per_epoch(data.n_train, first.data.batch_size)
     models, optimizers, schedules = [], [], []
     for m in members:
         cfg = m.cfg
