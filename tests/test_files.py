@@ -18,7 +18,8 @@ import pytest
 import torch
 
 from runner.core import files
-from runner.core.checkpoint import Checkpointer, _numpy_state
+from runner.core.checkpoint import Checkpointer
+from runner.core.rngs import numpy_state
 from runner.run.train import train
 from runner.sweep import report
 from tests.conftest import cli_in_process, make_cfg, read_metrics, run_cli
@@ -125,13 +126,13 @@ def _same_numpy_state(a, b) -> bool:
 
 
 def test_the_numpy_rng_state_in_a_snapshot_is_always_numpys_own():
-    """checkpoint._numpy_state reuses its last copy while numpy's global generator is
+    """runner.core.rngs.numpy_state reuses its last copy while numpy's global generator is
     untouched (a cheap read of its raw words): every draw, a reseed, set_state and a
     consumed cached Gaussian (which leaves the words as they were) must be seen."""
     np.random.seed(3)
-    first = _numpy_state()
+    first = numpy_state()
     assert _same_numpy_state(first, np.random.get_state())
-    assert _numpy_state() is first  # untouched: the same copy, not a new get_state()
+    assert numpy_state() is first  # untouched: the same copy, not a new get_state()
     steps = [
         lambda: np.random.rand(),  # a draw
         lambda: np.random.seed(4),  # a reseed
@@ -142,8 +143,8 @@ def test_the_numpy_rng_state_in_a_snapshot_is_always_numpys_own():
     ]
     for step in steps:
         step()
-        assert _same_numpy_state(_numpy_state(), np.random.get_state())
-    taken = _numpy_state()
+        assert _same_numpy_state(numpy_state(), np.random.get_state())
+    taken = numpy_state()
     np.random.rand(3)
     assert not _same_numpy_state(taken, np.random.get_state())  # the copy was not a view
 

@@ -293,3 +293,47 @@ def test_a_sweep_over_streamed_data_runs_under_the_fused_launcher_and_reports(tm
     for run_dir in sorted(p.parent for p in sweep.glob("*/metrics.jsonl")):
         rows = read_metrics(run_dir)
         assert [r["epoch"] for r in rows] == [0, 1] and all("time/data_s" in r for r in rows)
+
+
+class Draws(torch.utils.data.Dataset):
+    """Samples that draw from torch's generator, and from Python's or numpy's for the
+    indices in `others` (a transform that uses them only sometimes)."""
+
+    def __init__(self, others: dict[int, str]) -> None:
+        self.others = others
+
+    def __len__(self) -> int:
+        return 16
+
+    def __getitem__(self, i: int):
+        x = torch.rand(2)
+        if self.others.get(i) == "numpy":
+            x += float(np.random.rand())
+        elif self.others.get(i) == "random":
+            import random
+
+            x += random.random()
+        return x, i
+
+
+@pytest.mark.parametrize("other", [None, "numpy", "random"])
+def test_only_torchs_generator_is_seeded_until_a_sample_draws_from_another(other):
+    """Every sample equals the one fetched with all three global RNGs seeded from (seed,
+    epoch, index), whichever generators the dataset draws from; a batch that drew from
+    Python's or numpy's is fetched again fully seeded, and so is every batch after it."""
+    from runner.core.stream import isolated_rng, sample_seed
+
+    dataset = Draws({5: other} if other else {})
+    samples = SeededSamples(dataset, seed=7)
+    batches = [[(2, i) for i in (0, 1, 2)], [(2, i) for i in (3, 5, 4)], [(2, 6), (2, 7)]]
+    np.random.seed(1)
+    before = (torch.get_rng_state(), np.random.get_state()[1].copy())
+    for k, keys in enumerate(batches):
+        got = samples.__getitems__(keys)
+        for (x, _), (epoch, i) in zip(got, keys, strict=True):
+            with isolated_rng(sample_seed(7, epoch, i)):
+                expected = dataset[i][0]
+            assert torch.equal(x, expected), (other, i)
+        assert samples.every_rng == (other is not None and k >= 1)
+    assert torch.equal(torch.get_rng_state(), before[0])  # training's RNGs left alone
+    assert np.array_equal(np.random.get_state()[1], before[1])

@@ -7,7 +7,6 @@ and plain containers are stored, so loading uses `torch.load(weights_only=True)`
 
 from __future__ import annotations
 
-import ctypes
 import functools
 import os
 import random
@@ -21,6 +20,7 @@ import numpy as np
 import torch
 
 from runner.core import files
+from runner.core.rngs import numpy_state
 from schedulers import ConfigError
 from schedulers.checks import mode_for
 
@@ -58,7 +58,7 @@ def _rng_state(shuffle: torch.Generator) -> dict[str, Any]:
     (on the writer thread, and only then)."""
     return {
         "python": random.getstate(),
-        "numpy": _numpy_state(),
+        "numpy": numpy_state(),
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if _cuda_available() else [],
         "shuffle": shuffle.get_state(),
@@ -68,45 +68,6 @@ def _rng_state(shuffle: torch.Generator) -> dict[str, Any]:
 @functools.cache
 def _cuda_available() -> bool:
     return torch.cuda.is_available()  # ~20 us a call; it cannot change within a process
-
-
-class _NumpyGlobalState:
-    """numpy's global RNG state, as np.random.get_state() gives it, taken cheaply when it has
-    not changed. get_state() costs 50-100 us (numpy copies its 624 words one at a time), and
-    between two epoch ends numpy's global generator is nearly always untouched (only user
-    code draws from it). Its raw words (MT19937's key[624] and pos) are read in place
-    through numpy's documented ctypes interface to tell; checked against get_state() once,
-    and not used when they disagree or the generator object is replaced. A cached legacy
-    Gaussian (has_gauss) can be consumed without the words changing: then never reused."""
-
-    def __init__(self) -> None:
-        self._bitgen: Any = None
-        self._words: np.ndarray | None = None  # a live view of the generator's words
-        self._seen: np.ndarray | None = None  # the words when `_state` was taken
-        self._state: tuple[Any, ...] | None = None
-        try:
-            bitgen = np.random.mtrand._rand._bit_generator
-            words = np.ctypeslib.as_array(
-                (ctypes.c_uint32 * 625).from_address(bitgen.ctypes.state_address)
-            )
-            _, key, pos, *_ = np.random.get_state()
-            if np.array_equal(words[:624], key) and int(words[624]) == pos:
-                self._bitgen, self._words = bitgen, words
-        except Exception:  # another numpy layout: get_state() every time
-            pass
-
-    def __call__(self) -> tuple[Any, ...]:
-        if self._words is None or np.random.mtrand._rand._bit_generator is not self._bitgen:
-            return np.random.get_state()
-        if self._state is not None and np.array_equal(self._words, self._seen):
-            return self._state  # never written to: _packed and set_state copy it
-        state = np.random.get_state()
-        self._state = None if state[3] else state  # state[3]: has_gauss
-        self._seen = self._words.copy()
-        return state
-
-
-_numpy_state = _NumpyGlobalState()
 
 
 def _packed(state: dict[str, Any]) -> dict[str, Any]:
