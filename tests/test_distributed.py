@@ -232,6 +232,9 @@ class StopInEpoch:
             return None
         return signal.SIGUSR2 if done >= self.n else None
 
+    def requested(self, step: int, steps: int) -> int | None:
+        return self.signum  # as StopFlag's
+
     def restore(self) -> None:
         pass
 
@@ -447,3 +450,75 @@ def test_ranks_agree_on_a_signal_every_few_steps_and_at_the_epochs_end(tmp_path)
     assert r0[2]["stopped"] == r1[2]["stopped"] == [10, sigint]
     # SIGINT on rank 0 (before step 6), SIGTERM on rank 1 (step 7): both on SIGTERM after 8
     assert r0[3]["stopped"] == r1[3]["stopped"] == [8, term]
+
+
+def test_a_last_batch_too_small_to_share_is_a_config_error_on_every_rank(tmp_path):
+    """A rank with an empty share of the epoch's last batch would train on nothing (a NaN
+    loss, averaged into every rank's gradients): start-up refuses it, naming the key."""
+    from runner.core.distributed import Dist, check_shares
+
+    four = Dist(rank=0, world=4, active=True)
+    with pytest.raises(ConfigError, match="data.batch_size.*2 sample.*4 DDP ranks"):
+        check_shares(130, 64, four)
+    check_shares(128, 64, four)  # every batch whole
+    check_shares(132, 64, four)  # a last batch of 4: one sample each
+    check_shares(130, 64, Dist())  # one process: any last batch
+    # through torchrun, 2 ranks: the digits' training samples in batches of all but one
+    n = make_cfg_data_size()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env["OMP_NUM_THREADS"] = "1"
+    proc = subprocess.run(
+        [str(TORCHRUN), "--standalone", "--nproc_per_node=2", "-m", "runner",
+         "trainer.strategy=ddp", f"data.batch_size={n - 1}", "logger=none", "epochs=1",
+         f"hydra.run.dir={tmp_path / 'run'}"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    assert proc.stderr.count(f"config error: data.batch_size={n - 1}") == 2, proc.stderr[-3000:]
+    assert "runner/run/train.py" not in proc.stderr  # no rank's traceback (torchrun has one)
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def make_cfg_data_size() -> int:
+    from runner.core.data import train_size
+
+    return train_size(make_cfg().data)
+
+
+def _start_up(rank: int, port: int, out: str) -> None:
+    """One rank of test_a_signal_during_start_up: launched as torchrun would (its env), the
+    run's config given; rank 1 already holds a SIGTERM when start-up begins."""
+    env = {"RANK": rank, "LOCAL_RANK": rank, "WORLD_SIZE": 2, "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": port, "OMP_NUM_THREADS": 1}  # fmt: skip
+    os.environ.update({k: str(v) for k, v in env.items()})
+    from runner.core.stopping import StopFlag
+
+    flag = StopFlag(signum=signal.SIGTERM if rank == 1 else None)
+    cfg = make_cfg("trainer.strategy=ddp", "logger=none", "epochs=2")
+    result = train(cfg, Path(out) / "run", stop=flag)
+    Path(out, f"{rank}.json").write_text(json.dumps([result.status, result.signum]))
+
+
+def test_a_signal_during_start_up_on_one_rank_stops_every_rank(tmp_path):
+    """The ranks agree at start-up's checks too: a rank that stopped alone would leave the
+    others in the model's first broadcast."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.start_processes(_start_up, (port, str(tmp_path)), nprocs=2, join=False,
+                             start_method="spawn")  # fmt: skip
+    deadline = time.monotonic() + 90
+    while not ctx.join(timeout=max(1.0, deadline - time.monotonic())):
+        if time.monotonic() > deadline:
+            for p in ctx.processes:
+                p.kill()
+            pytest.fail("a rank waited for ever")
+    for rank in (0, 1):  # rank 0 got no signal: it stops on rank 1's
+        assert json.loads((tmp_path / f"{rank}.json").read_text()) == ["interrupted", 15]
+    status = json.loads((tmp_path / "run" / "status.json").read_text())
+    assert status["status"] == "interrupted" and status["epochs_done"] == 0
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()

@@ -287,6 +287,9 @@ class StopAfter:
         self.n -= 1
         return signal.SIGINT if self.n < 0 else None
 
+    def requested(self, step: int, steps: int) -> int | None:
+        return self.signum  # as StopFlag's: the engine asks once a batch
+
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
 def test_fused_checkpoints_resume_with_the_ordinary_runner(tmp_path, monkeypatch, optimizer):

@@ -225,6 +225,19 @@ def teardown(d: Dist) -> None:
             dist.destroy_process_group()
 
 
+def check_shares(n_train: int, batch_size: int, dist: Dist) -> None:
+    """Every rank needs a sample of every global batch: a last batch smaller than the world
+    size would leave a rank an empty share (a NaN loss, and DDP averaging it into every
+    rank's gradients). Raised alike on every rank, before anything is built."""
+    last = n_train % batch_size or batch_size
+    if dist.active and last < dist.world:
+        raise ConfigError(
+            "data.batch_size", batch_size, f"the last batch of an epoch ({n_train} training "
+            f"samples) has {last} sample(s), fewer than the {dist.world} DDP ranks that "
+            "share it; choose a batch size that leaves at least one sample per rank",
+        )  # fmt: skip
+
+
 def agreed_stop(stop: Any, dist: Dist, every: int = STOP_CHECK_EVERY) -> Any:
     """What the epoch engine asks whether to stop (`requested(step, steps)`): the flag
     itself for one process, where nobody waits for anybody; under DDP an `AgreedStop`

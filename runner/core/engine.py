@@ -164,9 +164,9 @@ class Engine:
         last, then once after its batches as `(steps, steps)`; it returns the signal to stop
         on, or None (a StopFlag: this process's signal; under DDP an AgreedStop, which
         answers every rank alike, so all of them stop after the same batch and none waits
-        in a collective for a rank that left). A `stop` with only `signum` is read as a
-        StopFlag. `desc` (formatted with epoch, epochs) names the bar."""
-        requested = getattr(stop, "requested", None) or (lambda step, steps: stop.signum)
+        in a collective for a rank that left). `desc` (formatted with epoch, epochs) names
+        the bar."""
+        requested = stop.requested
         for epoch in range(start, self.epochs):
             self.begin_epoch()
 

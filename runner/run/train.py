@@ -23,8 +23,8 @@ from runner.core.background import Background
 from runner.core.builders import Run, build_run
 from runner.core.config import validate
 from runner.core.data import augment as augment_batch
-from runner.core.data import batches, steps_per_epoch
-from runner.core.distributed import agreed_stop, setup, teardown
+from runner.core.data import batches, steps_per_epoch, train_size
+from runner.core.distributed import agreed_stop, check_shares, setup, teardown
 from runner.core.engine import Engine, Result, Track, say_to_log
 from runner.core.loggers import RunLogger, open_logger
 from runner.core.lr_find import find_lr
@@ -251,18 +251,18 @@ def quiet_rank(run_dir: Path) -> None:
             handler.close()
 
 
-def _interrupted(stop: StopFlag, state: dict[str, Any] | None) -> Result:
+def _interrupted(signum: int, state: dict[str, Any] | None) -> Result:
     """A signal came during start-up: no epoch ran in this process."""
     progress = state["progress"] if state else {}
-    log.warning(f"{signal_name(stop.signum)} during start-up: stopped before the first epoch")
+    log.warning(f"{signal_name(signum)} during start-up: stopped before the first epoch")
     return Result(
-        "interrupted", progress.get("best_val_acc", 0.0), progress.get("epoch", 0), stop.signum
+        "interrupted", progress.get("best_val_acc", 0.0), progress.get("epoch", 0), signum
     )
 
 
-def _stopped(run_dir: Path, dist: Any, stop: StopFlag, state: dict[str, Any] | None) -> Result:
+def _stopped(run_dir: Path, dist: Any, signum: int, state: dict[str, Any] | None) -> Result:
     """A signal came during start-up, before the loggers: status.json says `interrupted`."""
-    result = _interrupted(stop, state)
+    result = _interrupted(signum, state)
     if dist.is_main:
         files.write_json_atomic(run_dir / "status.json", outcome(result, 0.0)[0])
     return result
@@ -310,6 +310,7 @@ def _train(
             return start.done
         if start.cfg is not None:
             cfg = start.cfg
+        check_shares(train_size(cfg.data), cfg.data.batch_size, dist)  # every rank alike
         return _run(cfg, start.run_dir, overrides, sweep_name, dist, stop, start.resuming,
                     start.state, start.changes)  # fmt: skip
 
@@ -368,9 +369,16 @@ def _run(
     changes: list[str],
 ) -> Result:
     """Start-up (range test, config.yaml, data, model, loggers), then fit; a signal during
-    start-up is looked for between its steps."""
-    if stop.signum is not None:
-        return _stopped(run_dir, dist, stop, state)
+    start-up is looked for between its steps. Under DDP the ranks agree there (every rank
+    asks at the same points, runner/core/distributed.py): a rank that left alone would
+    leave the others waiting in the model's first broadcast."""
+    agreed = agreed_stop(stop, dist)
+
+    def signalled() -> int | None:
+        return agreed.requested(1, 1)  # (1, 1): an epoch's end, where every rank asks
+
+    if (signum := signalled()) is not None:
+        return _stopped(run_dir, dist, signum, state)
     found = use_range_test(cfg, run_dir) if cfg.optimizer.lr == "find" else None
     config_text = OmegaConf.to_yaml(cfg, resolve=True)  # config.yaml, and in each checkpoint
     if not resuming:
@@ -390,15 +398,15 @@ def _run(
     config = OmegaConf.to_container(cfg, resolve=True)
     if found is not None:
         config["lr_find"]["found_lr"] = found  # W&B config: the lr the range test chose
-    if stop.signum is not None:
-        return _stopped(run_dir, dist, stop, state)
+    if (signum := signalled()) is not None:
+        return _stopped(run_dir, dist, signum, state)
     run = build_run(cfg, dist=dist)
     log.info(
         f"{label(cfg.model)} on {cfg.data.name} ({run.device}), {label(cfg.optimizer)} "
         f"lr={cfg.optimizer.lr}, scheduler={label(cfg.scheduler)}, {cfg.epochs} epochs"
     )
-    if stop.signum is not None:  # e.g. while the data loaded
-        return _stopped(run_dir, dist, stop, state)
+    if (signum := signalled()) is not None:  # e.g. while the data loaded
+        return _stopped(run_dir, dist, signum, state)
     wandb_id = state["wandb_id"] if state else None
     loggers = cfg.logger if dist.is_main else {}  # only rank 0 talks to W&B / TensorBoard
     with (
@@ -409,8 +417,8 @@ def _run(
     ):
         logger.write = dist.is_main
         t0 = time.perf_counter()
-        if stop.signum is not None:  # while W&B started
-            result = _interrupted(stop, state)
+        if (signum := signalled()) is not None:  # while W&B started
+            result = _interrupted(signum, state)
         else:
             result = fit(
                 cfg, run, logger, ckpt_dir=run_dir if dist.is_main else None, start=state,
