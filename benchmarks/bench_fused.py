@@ -26,7 +26,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import hydra  # noqa: E402
-from common import interleaved, machine, median, write  # noqa: E402
+from common import interleaved, machine, median, write_or_print  # noqa: E402
 
 from runner.__main__ import main as runner_main  # noqa: E402
 from runner.core.compose import CONF, compose_config  # noqa: E402
@@ -129,11 +129,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"**{r['sweep ratio']:.2f}x** | {r['training separate']:.2f} | "
             f"{r['training fused']:.2f} | **{r['training ratio']:.2f}x** |"
         )
-    if not args.quick:
-        # a CUDA machine keeps its own file beside the CPU numbers
-        write("fused_gpu" if payload["machine"]["gpu"] else "fused", payload, "\n".join(lines))
-    else:
-        print("\n".join(lines))
+    # a CUDA machine keeps its own file beside the CPU numbers
+    name = "fused_gpu" if payload["machine"]["gpu"] else "fused"
+    write_or_print(name, payload, "\n".join(lines), args.quick)
     return payload
 
 

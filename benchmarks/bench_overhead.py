@@ -27,7 +27,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-from common import interleaved, machine, median, write  # noqa: E402
+from common import interleaved, machine, median, write_or_print  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 
@@ -242,10 +242,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "engine's own work (median of 3 instrumented runs) ≤ 0.5 ms per epoch."
     )
     payload = {"machine": machine(), "results": results}
-    if not args.quick:
-        write("overhead", payload, "\n".join(lines) + note)
-    else:
-        print("\n".join(lines))
+    write_or_print("overhead", payload, "\n".join(lines) + note, args.quick)
     return payload
 
 

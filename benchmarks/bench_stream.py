@@ -27,15 +27,18 @@ import itertools
 import sys
 import tempfile
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-from common import interleaved, machine, median, write  # noqa: E402
+from bench_overhead import runner_loop  # noqa: E402
+from common import interleaved, machine, median, write_or_print  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
+from torch.optim.optimizer import register_optimizer_step_post_hook  # noqa: E402
 from torch.utils.data import DataLoader, Dataset  # noqa: E402
 
 from runner.core.background import Background  # noqa: E402
@@ -46,7 +49,6 @@ from runner.core.data import load_data  # noqa: E402
 from runner.core.loggers import open_logger  # noqa: E402
 from runner.core.models import build_model  # noqa: E402
 from runner.core.stream import val_batch_size  # noqa: E402
-from runner.run.train import fit  # noqa: E402
 
 MODULE = "bench_stream"  # the `_target_`s below: benchmarks/ is on sys.path (script dir, tests)
 TARGET = 1.03  # runner / hand on the same streamed dataset
@@ -180,16 +182,17 @@ def hand_loop(cfg: Any, data: Any) -> int:
     return steps
 
 
-def runner_loop(cfg: Any, data: Any, logger: Any, ckpt_dir: Path, background: Background) -> int:
-    """As bench_overhead.py runs it (runner/run/train.py's fit, logging and checkpoints on,
-    the writer thread flushed before the clock stops). Returns the optimizer steps taken."""
-    run = build_run(cfg, data)
+def counted_runner_loop(
+    cfg: Any, data: Any, logger: Any, ckpt_dir: Path, background: Background, config_text: str
+) -> int:
+    """bench_overhead.py's runner_loop (fit with logging and checkpoints on, the writer
+    thread flushed before the clock stops); returns the optimizer steps it took."""
     steps = [0]
-    run.optimizer.register_step_post_hook(lambda *_: steps.__setitem__(0, steps[0] + 1))
-    # config_text: the config.yaml text, made by start-up (not timed) in a real run
-    fit(cfg, run, logger, ckpt_dir=ckpt_dir, background=background,
-        config_text=OmegaConf.to_yaml(cfg, resolve=True))  # fmt: skip
-    logger.flush()
+    hook = register_optimizer_step_post_hook(lambda *_: steps.__setitem__(0, steps[0] + 1))
+    try:
+        runner_loop(cfg, data, logger, ckpt_dir, background, config_text)
+    finally:
+        hook.remove()
     return steps[0]
 
 
@@ -235,7 +238,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         def runner(cfg: Any, data: Any) -> Callable[[], int]:
             where = Path(tmp) / f"ckpt{next(ckpt)}"
             where.mkdir()
-            return lambda: runner_loop(cfg, data, logger, where, background)
+            text = OmegaConf.to_yaml(cfg, resolve=True)  # start-up makes it: not timed
+            return partial(counted_runner_loop, cfg, data, logger, where, background, text)
 
         jobs = VS_HAND_QUICK if args.quick else VS_HAND
         for job, (overrides, datasets, workers) in jobs.items():
@@ -296,10 +300,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"data.in_memory=false; target: runner / hand ≤ {TARGET} on the same streamed dataset."
     )
     payload = {"machine": machine(), "target": TARGET, "results": results}
-    if not args.quick:
-        write("stream", payload, "\n".join(lines) + note)
-    else:
-        print("\n".join(lines))
+    write_or_print("stream", payload, "\n".join(lines) + note, args.quick)
     return payload
 
 

@@ -66,3 +66,11 @@ def write(name: str, payload: dict[str, Any], table: str) -> None:
     )
     (RESULTS / f"{name}.md").write_text(header + table + "\n")
     print(header + table)
+
+
+def write_or_print(name: str, payload: dict[str, Any], table: str, quick: bool) -> None:
+    """A full run's results go to benchmarks/results/; a --quick smoke run only prints."""
+    if quick:
+        print(table)
+    else:
+        write(name, payload, table)

@@ -99,9 +99,10 @@ def _seed_globals(seed: int) -> None:
 def preserved_rng() -> Iterator[None]:
     """The global RNGs (torch CPU, random, numpy) as they were before, whatever draws or
     seeds them inside: loading and fetching samples in the main process leave training's
-    RNG alone. Saving and restoring costs ~150 us (numpy's and Python's states are copied
-    word by word), so a batch is fetched inside one of these, not each sample."""
-    saved = torch.default_generator.get_state(), random.getstate(), np.random.get_state()
+    RNG alone. Saving and restoring costs ~150 us (Python's state, and numpy's when it
+    moved, are copied word by word), so a batch is fetched inside one of these, not each
+    sample."""
+    saved = torch.default_generator.get_state(), random.getstate(), numpy_state()
     try:
         yield
     finally:
