@@ -23,7 +23,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from runner.core.compose import compose_config, expand, options_first
+from runner.core.compose import compose_config, expand, one_line, options_first
 from runner.core.distributed import launch_rank
 from runner.core.files import WRITE_ERRNOS, WriteFailed, read_json, write_json_atomic
 from runner.core.stopping import stop_on_signals
@@ -203,21 +203,6 @@ def check_composition(argv: list[str]) -> None:
             file=sys.stderr,
         )
         sys.exit(EXIT_CONFIG)
-
-
-def one_line(err: Exception) -> str:
-    """Hydra's composition errors span lines (a tab-indented list of the group's options,
-    then the search path, then a link); say the same on one line, with the cause of a
-    failed override ("Error merging override epochs=abc") after it."""
-    lines = str(err).split("\nConfig search path:")[0].splitlines()
-    head = [line.strip() for line in lines if line.strip() and not line.startswith("\t")]
-    listed = [line.strip() for line in lines if line.startswith("\t")]
-    text = " ".join(head) + (" " + ", ".join(listed) if listed else "")
-    cause = err.__cause__
-    if cause is not None and str(cause).splitlines():
-        text += f": {str(cause).splitlines()[0]}"
-    link = "See https://hydra.cc/docs/1.2/advanced/override_grammar/basic for details"
-    return text.replace(link, "").strip()
 
 
 def check_resume_dir(argv: list[str]) -> None:

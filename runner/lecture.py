@@ -1,7 +1,8 @@
 """Reproduce the whole lecture with one command and read it as one page.
 
     python -m runner.lecture [part=all|curves|lenet|schedulers|init_lr|mnist1d] [quick=true]
-                             [fresh=true]
+                             [fresh=true] [data=<group> data.<key>=<value> ...]
+                             [--config-dir DIR]
 
 Parts: (1) the six toy curves of the lecture plus the StepLR/MultiStepLR internals
 trace, (2) the lecture's LeNet training setting, (3) a sweep of the six schedulers
@@ -12,6 +13,13 @@ lecture's own data). Output: outputs/lecture/<time>/ with
 index.md and a self-contained index.html (figures embedded). A rerun continues in
 the newest such dir made the same way (quick or full) and reuses finished parts;
 fresh=true starts a new one.
+
+`data=` and `data.<key>=` overrides move parts 2-4 (LeNet, the scheduler sweep, the
+initial-lr advice) from digits to other data, the runner's own groups or yours (e.g.
+data=dataset with data.train={_target_: ...}, streamed through a DataLoader); the page names
+the data on each of those sections. Parts 1 and 5 keep their own (the toy problem,
+MNIST-1D). `--config-dir DIR` adds a project's own groups (data=<its group>), as for
+`python -m runner`.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ import csv
 import html
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -30,15 +39,17 @@ from pathlib import Path
 from typing import Any
 
 from runner.core import files
-from runner.core.compose import compose_config
+from runner.core.compose import compose_config, one_line
+from runner.core.config import validate
 from runner.core.lr_find import find_lr
 from runner.run.train import train
-from schedulers import build_scheduler
+from schedulers import ConfigError, build_scheduler
 from schedulers.lecture import lecture_config, toy_params, write_curves
 from schedulers.trace import as_markdown, flagged_epochs, trace_schedule
 
 PARTS = ("curves", "lenet", "schedulers", "init_lr", "mnist1d")
 OPTIONS = {"part": "all", "quick": "false", "fresh": "false", "out": "outputs/lecture"}
+ON_DATA = ("lenet", "schedulers", "init_lr")  # the parts that data= overrides move
 
 
 @dataclass
@@ -52,6 +63,19 @@ class Section:
     figures: list[str] = field(default_factory=list)  # paths relative to the page
     table: str = ""  # markdown
     differs: str = ""  # where the result departs from the lecture
+
+
+def _on_data(section: Section, data: list[str]) -> Section:
+    """A part run on data= given to the lecture: its command says so, and its notes about
+    digits give way to the data it ran on."""
+    if data:
+        commands = section.command.split(" ; ")
+        section.command = " ; ".join(f"{c} {shlex.join(data)}" for c in commands)
+        section.differs = (
+            f"Run on {shlex.join(data)} (given to the lecture), not on the lecture's data "
+            "or the bundled digits."
+        )
+    return section
 
 
 def _runner_cli(args: list[str], cwd: Path) -> None:
@@ -86,7 +110,7 @@ def _report_table(sweep: Path) -> str:
     return "\n".join(body).strip()
 
 
-def part_curves(out: Path, quick: bool) -> Section:
+def part_curves(out: Path, quick: bool, data: list[str]) -> Section:
     out.mkdir(parents=True, exist_ok=True)
     paths = write_curves(out)
     import torch
@@ -122,8 +146,17 @@ def part_curves(out: Path, quick: bool) -> Section:
     )
 
 
+CONFIG_DIR = "--config-dir="  # how a --config-dir given to the lecture sits among its data args
+
+
+def _compose(args: list[str]) -> Any:
+    """The config of the runner's command line `args` (overrides and --config-dir=DIR)."""
+    dirs = [a.removeprefix(CONFIG_DIR) for a in args if a.startswith(CONFIG_DIR)]
+    return compose_config([a for a in args if not a.startswith(CONFIG_DIR)], config_dirs=dirs)
+
+
 def _train(overrides: list[str], run_dir: Path) -> list[dict[str, Any]]:
-    train(compose_config([*overrides, "logger=none", "trainer.progress=line"]), run_dir)
+    train(_compose([*overrides, "logger=none", "trainer.progress=line"]), run_dir)
     return [r for r in files.read_jsonl(run_dir / "metrics.jsonl") if r.get("kind") != "step"]
 
 
@@ -150,11 +183,12 @@ def _plot_run(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def part_lenet(out: Path, quick: bool) -> Section:
+def part_lenet(out: Path, quick: bool, data: list[str]) -> Section:
     out.mkdir(parents=True, exist_ok=True)
-    overrides = ["+experiment=lecture_lenet", *(["epochs=3"] if quick else [])]
+    overrides = ["+experiment=lecture_lenet", *data, *(["epochs=3"] if quick else [])]
     rows = _train(overrides, out / "run")
-    _plot_run(rows, out / "lenet.png", "LeNet, the lecture's setting, on digits")
+    on = shlex.join(data) if data else "digits"
+    _plot_run(rows, out / "lenet.png", f"LeNet, the lecture's setting, on {on}")
     table = (
         "| epoch | lr | train loss | train acc | val loss | val acc |\n|---|---|---|---|---|---|\n"
     )
@@ -163,7 +197,7 @@ def part_lenet(out: Path, quick: bool) -> Section:
         f"| {r['val/loss']:.4f} | {r['val/acc']:.3f} |"
         for r in rows
     )
-    return Section(
+    section = Section(
         title="2. The lecture's LeNet training script",
         claim_en="LeNet, seed 1, batch 16, SGD lr 0.01 momentum 0.9, StepLR(step_size=10, "
         "gamma=0.1), 10 epochs, validating every epoch and stepping the scheduler after it.",
@@ -176,11 +210,12 @@ def part_lenet(out: Path, quick: bool) -> Section:
         "this runs on scikit-learn's 8x8 digits (10 classes) upsampled to LeNet's 32x32. "
         "With step_size=10 over 10 epochs the lr never decays, as in the lecture.",
     )
+    return _on_data(section, data)
 
 
-def part_schedulers(out: Path, quick: bool) -> Section:
-    sweep = _sweep(out / "sweep", "lecture_schedulers", QUICK_SWEEP if quick else [])
-    return Section(
+def part_schedulers(out: Path, quick: bool, data: list[str]) -> Section:
+    sweep = _sweep(out / "sweep", "lecture_schedulers", [*data, *(QUICK_SWEEP if quick else [])])
+    section = Section(
         title="3. Which scheduler wins on a real model, and is it noise?",
         claim_en="Ordered schedules (Step, MultiStep, Exponential, Cosine), the adaptive one "
         "(ReduceLROnPlateau) and the custom one (LambdaLR) lead to different training curves; "
@@ -194,12 +229,14 @@ def part_schedulers(out: Path, quick: bool) -> Section:
         "(step_size 50/200 of the epochs, gamma 0.95 -> 0.95^(200/epochs), ...). On digits the "
         "top schedules are usually within the paired 95 % interval of each other.",
     )
+    return _on_data(section, data)
 
 
-def part_init_lr(out: Path, quick: bool) -> Section:
-    sweep = _sweep(out / "small_values", "init_lr", QUICK_SWEEP if quick else ["epochs=10"])
-    model = ["model=lenet", "logger=none", "trainer.progress=line"]
-    lr, result = find_lr(compose_config(model), out / "range_test")
+def part_init_lr(out: Path, quick: bool, data: list[str]) -> Section:
+    extra = [*data, *(QUICK_SWEEP if quick else ["epochs=10"])]
+    sweep = _sweep(out / "small_values", "init_lr", extra)
+    model = ["model=lenet", *data, "logger=none", "trainer.progress=line"]
+    lr, result = find_lr(_compose(model), out / "range_test")
     rows = _train([*model, f"optimizer.lr={lr}", f"epochs={3 if quick else 10}"], out / "at_found")
     _plot_run(rows, out / "at_found.png", f"LeNet at the range test's lr {lr:.3g}")
     found_acc = max(r["val/acc"] for r in rows)
@@ -212,7 +249,7 @@ def part_init_lr(out: Path, quick: bool) -> Section:
         f"({best_small['config']}) reached {float(best_small['best_val_acc_mean']):.3f} "
         "(mean over seeds)."
     )
-    return Section(
+    section = Section(
         title="4. Choosing the initial learning rate",
         claim_en="Either start small (0.01, 0.001, 0.0001) or search for the largest lr at "
         "which "
@@ -233,9 +270,10 @@ def part_init_lr(out: Path, quick: bool) -> Section:
         "The range test's steepest-descent point sits high for LeNet, so the page trains at "
         "the more conservative min-loss / 10 (lr_find.suggestion).",
     )
+    return _on_data(section, data)
 
 
-def part_mnist1d(out: Path, quick: bool) -> Section:
+def part_mnist1d(out: Path, quick: bool, data: list[str]) -> Section:
     extra = [*QUICK_SWEEP, "data.num_samples=1000"] if quick else []
     sweep = _sweep(out / "sweep", "mnist1d_schedules", extra)
     return Section(
@@ -255,7 +293,7 @@ def part_mnist1d(out: Path, quick: bool) -> Section:
     )
 
 
-RUNNERS: dict[str, Callable[[Path, bool], Section]] = {
+RUNNERS: dict[str, Callable[[Path, bool, list[str]], Section]] = {
     "curves": part_curves,
     "lenet": part_lenet,
     "schedulers": part_schedulers,
@@ -333,12 +371,28 @@ def to_html(sections: list[Section], root: Path) -> str:
     return "\n".join(parts)
 
 
-def parse_args(argv: list[str]) -> dict[str, str]:
-    opts = dict(OPTIONS)
-    for arg in argv:
+def parse_args(argv: list[str]) -> dict[str, Any]:
+    """The lecture's options, and under "data" the data= / data.<key>= overrides in order
+    (with each --config-dir DIR as --config-dir=DIR)."""
+    opts: dict[str, Any] = dict(OPTIONS)
+    opts["data"] = []
+    args = iter(argv)
+    for arg in args:
+        if arg in ("--config-dir", "-cd"):
+            arg = CONFIG_DIR + next(args, "")
+        if arg.startswith(CONFIG_DIR):
+            if arg == CONFIG_DIR:
+                raise SystemExit("error: --config-dir needs a directory")
+            opts["data"].append(arg)
+            continue
         key, sep, value = arg.partition("=")
+        if sep and (key == "data" or key.startswith("data.")):
+            opts["data"].append(arg)
+            continue
         if not sep or key not in OPTIONS:
-            raise SystemExit(f"error: {arg!r}: expected key=value with key in {list(OPTIONS)}")
+            raise SystemExit(
+                f"error: {arg!r}: expected key=value with key in {[*OPTIONS, 'data']} or data.<key>"
+            )
         opts[key] = value
     if opts["part"] not in ("all", *PARTS):
         raise SystemExit(f"error: part={opts['part']!r}: choose from {['all', *PARTS]}")
@@ -348,15 +402,17 @@ def parse_args(argv: list[str]) -> dict[str, str]:
     return opts
 
 
-PAGE = "page.json"  # how a page dir's parts were run: {"quick": bool}
+PAGE = "page.json"  # how a page dir's parts were run: {"quick": bool, "data": [overrides]}
 
 
-def output_dir(base: Path, fresh: bool, quick: bool = False) -> Path:
-    """The newest page made the same way (quick or full), to continue; else a new dated dir.
-    A quick page is never continued by a full run or the other way round: its sweeps hold
-    runs of another config, and its sections would be shown as the other kind's."""
+def output_dir(base: Path, fresh: bool, quick: bool = False, data: list[str] | None = None) -> Path:
+    """The newest page made the same way (quick or full, on the same data), to continue;
+    else a new dated dir. A quick page is never continued by a full run or the other way
+    round, nor a page on digits by one on other data: its sweeps hold runs of another
+    config, and its sections would be shown as the other kind's."""
+    made = {"quick": quick, "data": data or []}
     existing = sorted(p for p in base.glob("*") if p.is_dir()) if base.exists() else []
-    same = [p for p in existing if (files.read_json(p / PAGE) or {}).get("quick") == quick]
+    same = [p for p in existing if _made(p) == made]
     if same and not fresh:
         return same[-1]
     new = base / time.strftime("%Y-%m-%d_%H-%M-%S")
@@ -365,13 +421,35 @@ def output_dir(base: Path, fresh: bool, quick: bool = False) -> Path:
     return new
 
 
+def _made(page: Path) -> dict[str, Any] | None:
+    """How a page was made (a page from before "data" was recorded ran on digits)."""
+    made = files.read_json(page / PAGE)
+    return {"quick": made.get("quick"), "data": made.get("data", [])} if made else None
+
+
+def check_data(data: list[str], wanted: tuple[str, ...]) -> None:
+    """data= overrides checked before any part runs: a typo'd key, an unknown group, a bad
+    value or a dataset that cannot be built is one line and exit 2, as in `python -m runner`."""
+    if not data or not set(wanted) & set(ON_DATA):
+        return
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        validate(_compose(["+experiment=lecture_lenet", *data]))
+    except (HydraException, ConfigError, OmegaConfBaseException) as err:
+        print(f"config error: {one_line(err)}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 def main(argv: list[str] | None = None) -> Path:
     opts = parse_args(sys.argv[1:] if argv is None else argv)
-    quick = opts["quick"] == "true"
-    root = output_dir(Path(opts["out"]), opts["fresh"] == "true", quick)
-    root.mkdir(parents=True, exist_ok=True)
-    files.write_json_atomic(root / PAGE, {"quick": quick}, fsync=False)
+    quick, data = opts["quick"] == "true", opts["data"]
     wanted = PARTS if opts["part"] == "all" else (opts["part"],)
+    check_data(data, wanted)
+    root = output_dir(Path(opts["out"]), opts["fresh"] == "true", quick, data)
+    root.mkdir(parents=True, exist_ok=True)
+    files.write_json_atomic(root / PAGE, {"quick": quick, "data": data}, fsync=False)
     for i, name in enumerate(PARTS, 1):
         done = root / name / "section.json"
         if name not in wanted:
@@ -382,7 +460,7 @@ def main(argv: list[str] | None = None) -> Path:
         print(f"[{i}/{len(PARTS)}] {name}: running{' (quick)' if quick else ''} ...", flush=True)
         t0 = time.perf_counter()
         try:
-            section = RUNNERS[name](root / name, quick)
+            section = RUNNERS[name](root / name, quick, data)
         except RuntimeError as err:  # a sweep that failed: its own error, not a traceback
             raise SystemExit(f"error: part {name} failed ({root / name}): {err}") from None
         files.write_text_atomic(done, json.dumps(section.__dict__, ensure_ascii=False, indent=2))

@@ -132,6 +132,31 @@ def test_a_submitit_task_knows_its_rank_before_joining(monkeypatch):
     assert launch_rank() == 0
 
 
+def test_jobs_sharing_a_node_rendezvous_on_their_own_ports_despite_an_inherited_master_port(
+    monkeypatch,
+):
+    """The shell that submits a sweep may export MASTER_PORT (it ran torchrun before); Slurm
+    copies it into every job, and two multi-task jobs on one node would both bind it. Each
+    job's port comes from its job id instead: a requeue (same id) finds the same one."""
+    import torch.distributed as dist
+
+    from runner.core import distributed
+
+    calls: list[str] = []
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(
+        dist, "init_process_group", lambda *a, **kw: calls.append(kw["init_method"])
+    )
+    for job in ("4242", "4243", "4242"):
+        launched_as(monkeypatch, {**LOCAL_TASK_1_OF_2, "SUBMITIT_LOCAL_JOB_ID": job})
+        monkeypatch.setenv("MASTER_PORT", "29500")
+        assert distributed._join_submitit_job("gloo") == 1  # the local rank
+    ports = [int(c.rsplit(":", 1)[1]) for c in calls]
+    assert all(c.startswith("tcp://127.0.0.1:") for c in calls)
+    assert ports[0] == ports[2] != ports[1] and 29500 not in ports
+    assert all(20000 <= p <= 60000 for p in ports)
+
+
 # the torchrun test's run, two epochs: the same global batch of 64 on one or two ranks
 JOB_ARGS = ["epochs=2", "scheduler=step", "scheduler.step_size=1", "scheduler.gamma=0.5",
             "data.batch_size=64", "trainer.progress=line",

@@ -6,6 +6,7 @@ import base64
 import csv
 import io
 import re
+from pathlib import Path
 
 import pytest
 
@@ -192,3 +193,65 @@ def test_a_quick_page_is_never_continued_by_a_full_run(tmp_path):
     full = output_dir(base, fresh=False, quick=False)
     assert full.parent == base and full not in (quick_page, base / "2026-01-01_00-00-00")
     assert output_dir(base, fresh=True, quick=True) != quick_page
+
+
+def test_parts_on_data_run_on_streamed_data_given_to_the_lecture(tmp_path):
+    """data= moves the LeNet run, the sweeps and the range test onto other data, here
+    torchvision FakeData streamed through a DataLoader; the page says so, and a page on
+    digits is not continued by it. (Part 3 runs its sweep as part 4 does.)"""
+    from omegaconf import OmegaConf
+
+    from runner.lecture import PAGE
+
+    data = ["data=dataset", "data.in_memory=false", "data.num_workers=0"]
+    for part in ("lenet", "init_lr"):
+        page = main(["quick=true", f"out={tmp_path}", f"part={part}", *data])
+    assert len(list(tmp_path.iterdir())) == 1  # the second part continued the same page
+    assert OmegaConf.load(page / PAGE) == {"quick": True, "data": data}
+    run = OmegaConf.load(page / "lenet" / "run" / "config.yaml")
+    assert run.data.name == "dataset" and run.data.in_memory is False and run.data.batch_size == 16
+    swept = sorted((page / "init_lr" / "small_values").glob("*/config.yaml"))
+    assert len(swept) == 6 and all(OmegaConf.load(c).data.in_memory is False for c in swept)
+    found = OmegaConf.load(page / "init_lr" / "at_found" / "config.yaml")
+    assert found.data.name == "dataset" and found.data.in_memory is False
+    assert (page / "init_lr" / "range_test" / "lr_find.png").stat().st_size > 1000
+    sections = (page / "index.md").read_text().split("\n## ")[1:]
+    assert len(sections) == 2
+    for section in sections:
+        assert "Run on data=dataset data.in_memory=false data.num_workers=0" in section
+        assert "8x8" not in section and "on digits" not in section.lower()  # digits' notes
+        commands = section.split("```bash\n")[1].split("\n```")[0].split(" ; ")
+        assert all(c.endswith(" ".join(data)) for c in commands)
+    assert main(["quick=true", f"out={tmp_path}", "part=curves"]) != page  # on digits: its own
+
+
+@pytest.mark.parametrize(
+    "arg, key",
+    [("data=nope", "data"), ("data.batch_size=0", "data.batch_size"),
+     ("data.nope=1", "nope")],
+)  # fmt: skip
+def test_bad_data_for_the_lecture_is_exit_2_before_any_part_runs(tmp_path, capsys, arg, key):
+    with pytest.raises(SystemExit) as exit_:
+        main(["quick=true", f"out={tmp_path}", "part=lenet", arg])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("config error:") and key in err and len(err.splitlines()) == 1
+    assert not tmp_path.exists() or not any(tmp_path.iterdir())  # nothing made
+
+
+def test_a_projects_own_data_group_is_given_with_config_dir(tmp_path, monkeypatch, capsys):
+    """`--config-dir DIR data=<its group>`, as for `python -m runner`: the group is found
+    and validated (here the custom project's Shapes, one typo'd kwarg refused by name)."""
+    from runner.lecture import check_data
+
+    project = Path(__file__).resolve().parents[1] / "examples" / "custom_project"
+    monkeypatch.syspath_prepend(str(project))
+    for argv in (["--config-dir", str(project / "conf")], [f"--config-dir={project / 'conf'}"]):
+        opts = parse_args([*argv, "data=shapes", "quick=true"])
+        assert opts["data"] == [f"--config-dir={project / 'conf'}", "data=shapes"]
+        check_data(opts["data"], ("lenet",))  # found and valid: no exit
+    with pytest.raises(SystemExit) as exit_:
+        check_data([*opts["data"], "+data.train.nosie=0.2"], ("lenet",))
+    assert exit_.value.code == 2 and "nosie" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="needs a directory"):
+        parse_args(["--config-dir"])

@@ -54,3 +54,18 @@ def compose_config(
         overrides = [*overrides, f"hydra.searchpath=[{paths}]"]
     with initialize_config_dir(str(CONF), version_base="1.3"):
         return compose("config", overrides=overrides, return_hydra_config=with_hydra)
+
+
+def one_line(err: Exception) -> str:
+    """Hydra's composition errors span lines (a tab-indented list of the group's options,
+    then the search path, then a link); say the same on one line, with the cause of a
+    failed override ("Error merging override epochs=abc") after it."""
+    lines = str(err).split("\nConfig search path:")[0].splitlines()
+    head = [line.strip() for line in lines if line.strip() and not line.startswith("\t")]
+    listed = [line.strip() for line in lines if line.startswith("\t")]
+    text = " ".join(head) + (" " + ", ".join(listed) if listed else "")
+    cause = err.__cause__
+    if cause is not None and str(cause).splitlines():
+        text += f": {str(cause).splitlines()[0]}"
+    link = "See https://hydra.cc/docs/1.2/advanced/override_grammar/basic for details"
+    return text.replace(link, "").strip()

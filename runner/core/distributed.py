@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import random
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -195,13 +196,22 @@ def setup(strategy: str) -> Dist:
     return Dist(dist.get_rank(), dist.get_world_size(), local, active=True)
 
 
+def job_port(job_id: str) -> int:
+    """The rendezvous port of a submitit job: drawn from its job id (as submitit draws it
+    when MASTER_PORT is unset), so the jobs of a sweep sharing a node use different ports
+    and a requeued job (same id) the same one. An inherited MASTER_PORT is ignored: the shell
+    that submits a sweep (one that ran torchrun, say) exports it into every job of the
+    sweep alike, and two of them on one node would then collide on it."""
+    return random.Random(job_id).randint(20000, 60000)
+
+
 def _join_submitit_job(backend: str) -> int:
     """Rendezvous of a submitit job's tasks; returns the local rank. Ranks, world size and
     the address come from submitit's TorchDistributedEnvironment (the first host of the
-    job; a port drawn from the job id, so the jobs of a sweep sharing a node use different
-    ports, and a requeued job the same one), passed to init_process_group rather than
-    exported, so this process still reads as not started by torchrun."""
+    job), the port from `job_port`, passed to init_process_group rather than exported, so
+    this process still reads as not started by torchrun."""
     import torch.distributed as dist
+    from submitit import JobEnvironment
     from submitit.helpers import TorchDistributedEnvironment
 
     env = TorchDistributedEnvironment()
@@ -210,7 +220,7 @@ def _join_submitit_job(backend: str) -> int:
         host = "127.0.0.1" if env.world_size == env.local_world_size else env.master_addr
         dist.init_process_group(
             backend,
-            init_method=f"tcp://{host}:{env.master_port}",
+            init_method=f"tcp://{host}:{job_port(JobEnvironment().job_id)}",
             rank=env.rank,
             world_size=env.world_size,
         )
