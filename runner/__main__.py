@@ -16,7 +16,7 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -72,6 +72,15 @@ _CLI_STOP = None  # the signal flag `cli` installed for a single run, before Hyd
 WORST_OBJECTIVE = 0.0
 
 
+def _stop_with(signum: int | None, chain: bool) -> NoReturn:
+    """End the process as the signal asked: through the handler it replaced when that one
+    acts on it (e.g. submitit's SIGUSR2 handler requeues the job, which resumes), else with
+    128 + the signal's number, which also stops a sweep."""
+    if chain and signum is not None:
+        signal.raise_signal(signum)
+    sys.exit(128 + (signum or 0))
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float:
     """Returns the best val accuracy, the objective a Hydra sweeper (e.g. Optuna) maximises."""
@@ -88,12 +97,15 @@ def main(cfg: DictConfig) -> float:
     with contextlib.nullcontext(outer) if outer is not None else stop_on_signals() as stop:
         result = _run_job(cfg, hc, run_dir, multirun, stop)
         stop.restore()  # sets stop.chain
-    if isinstance(result, float):  # a job of a sweep that failed (NaN)
+    failed = isinstance(result, float)  # a job of a sweep that failed (NaN)
+    if not failed and result.status == "interrupted":
+        _stop_with(result.signum, stop.chain)
+    if multirun and stop.signum is not None:
+        # the signal came after the job's last check (its last epoch, status.json): the job
+        # is complete as recorded, and the sweep stops here as asked rather than losing it
+        _stop_with(stop.signum, stop.chain)
+    if failed:
         return WORST_OBJECTIVE
-    if result.status == "interrupted":
-        if stop.chain:  # e.g. submitit's SIGUSR2 handler: it requeues the job, which resumes
-            signal.raise_signal(result.signum)
-        sys.exit(128 + (result.signum or 0))
     if result.status == "diverged":
         if not multirun:
             sys.exit(EXIT_DIVERGED)

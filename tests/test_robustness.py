@@ -143,6 +143,34 @@ def test_signal_stops_quickly_keeps_a_checkpoint_and_resumes(tmp_path, sig):
     assert comparable(rows) == reference(tmp_path, [*args, "logger=none"])
 
 
+# a job whose SIGINT arrives after its last stop check, while it finishes (status.json, ...)
+LATE_SIGNAL = """
+import runpy, signal, sys
+import runner.run.train as t
+real = t.train
+def train(*args, **kwargs):
+    result = real(*args, **kwargs)
+    signal.raise_signal(signal.SIGINT)  # only the job's handler sees it: it notes the signal
+    return result
+t.train = train
+sys.argv = ["runner", *sys.argv[1:]]
+runpy.run_module("runner", run_name="__main__", alter_sys=True)  # as python -m runner
+"""
+
+
+def test_a_signal_while_a_sweep_job_finishes_stops_the_sweep_after_it(tmp_path):
+    """Ctrl-C as a job of a sweep finishes (past its last check): the job stays complete as
+    recorded and the sweep stops there, as asked, instead of the signal being lost."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    args = ["-m", "seed=0,1", "epochs=1", "logger=none", "trainer.progress=line",
+            "hydra.sweep.dir=sweep"]  # fmt: skip
+    proc = subprocess.run([sys.executable, "-c", LATE_SIGNAL, *args], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 128 + signal.SIGINT, proc.stderr[-2000:]
+    assert json.loads((tmp_path / "sweep/0/status.json").read_text())["status"] == "completed"
+    assert not (tmp_path / "sweep/1").exists()  # the sweep stopped after job 0
+
+
 def test_sigkill_before_the_first_interval_resumes_from_the_checkpoint_before_epoch_0(tmp_path):
     import torch
 
