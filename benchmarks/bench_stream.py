@@ -16,6 +16,10 @@ its validation), not start-up (imports, building the datasets, W&B init).
       streamed (`Digits` below, data=dataset, in_memory=false: runner), and the hand
       DataLoader loop over those `Digits`; no transform, so what is left is the per-sample
       path itself
+A run's fixed costs (last.pt written before the first epoch, the last checkpoints and W&B
+rows waited for at the end: ~40 ms with a 3 MB model, fsync included) weigh on a job of
+under a second; each job of (1) is therefore also run at twice its epochs, and the extra
+epochs alone give the per-epoch ratio and the runner's fixed cost per run.
 
     python benchmarks/bench_stream.py [--repeats 5] [--quick] [--threads N]
 """
@@ -130,6 +134,7 @@ VS_HAND = {
     "crop + flip 3×32×32, 2 workers": (["epochs=3"], images(1024, 256), 2),
 }
 VS_HAND_QUICK = {"crop + flip 3×32×32, 0 workers": (["epochs=1"], images(128, 64), 0)}
+LONGER = 2  # (1) again at this many times its epochs: what the extra epochs cost
 # (2) digits: in memory vs streamed (and the hand DataLoader loop on the streamed set)
 DIGITS_EPOCHS = {False: 5, True: 1}  # by --quick
 
@@ -244,16 +249,34 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         jobs = VS_HAND_QUICK if args.quick else VS_HAND
         for job, (overrides, datasets, workers) in jobs.items():
             cfg = config(overrides, datasets, workers)
-            data = build_run(cfg).data  # built once: both loops get the same dataset objects
+            longer = config([*overrides, f"epochs={cfg.epochs * LONGER}"], datasets, workers)
+            data = build_run(cfg).data  # built once: every loop gets the same dataset objects
             median_s, times, steps = measure(
-                {"hand": lambda: hand_loop(cfg, data), "runner": runner(cfg, data)},  # noqa: B023
+                {
+                    "hand": lambda: hand_loop(cfg, data),  # noqa: B023
+                    "runner": runner(cfg, data),
+                    "hand, longer": lambda: hand_loop(longer, data),  # noqa: B023
+                    "runner, longer": runner(longer, data),
+                },
                 repeats,
                 warm_up=not args.quick,
             )
-            r = median_s | {"ratio": median_s["runner"] / median_s["hand"], "steps": steps}
+            extra = cfg.epochs * (LONGER - 1)  # epochs the longer runs add
+            per_epoch = {k: (median_s[f"{k}, longer"] - median_s[k]) / extra
+                         for k in ("hand", "runner")}  # fmt: skip
+            fixed_s = (median_s["runner"] - median_s["hand"]) - cfg.epochs * (
+                per_epoch["runner"] - per_epoch["hand"]
+            )
+            r = median_s | {
+                "ratio": median_s["runner"] / median_s["hand"],
+                "per-epoch ratio": per_epoch["runner"] / per_epoch["hand"],
+                "runner fixed s": fixed_s,
+                "steps": steps,
+            }
             results["vs hand"][job] = r | {"all": times}
             print(f"{job}: hand {r['hand']:.3f}s, runner {r['runner']:.3f}s, "
-                  f"runner/hand {r['ratio']:.3f}, steps {steps}")  # fmt: skip
+                  f"runner/hand {r['ratio']:.3f}; per extra epoch {r['per-epoch ratio']:.3f}, "
+                  f"runner's fixed cost {1000 * fixed_s:.0f} ms; steps {steps}")  # fmt: skip
 
         epochs = f"epochs={DIGITS_EPOCHS[args.quick]}"
         held_cfg = config([epochs], None)
@@ -281,11 +304,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     lines = [
         "| job (CPU, MLP, batch 64) | hand DataLoader loop s | runner, streamed s "
-        "| runner / hand |",
-        "|---|---|---|---|",
+        f"| runner / hand | runner / hand per extra epoch (at {LONGER}× the epochs) "
+        "| runner's fixed cost per run ms |",
+        "|---|---|---|---|---|---|",
     ]
     for job, r in results["vs hand"].items():
-        lines.append(f"| {job} | {r['hand']:.3f} | {r['runner']:.3f} | {r['ratio']:.3f} |")
+        fixed_ms = 1000 * r["runner fixed s"]
+        lines.append(f"| {job} | {r['hand']:.3f} | {r['runner']:.3f} | {r['ratio']:.3f} "
+                     f"| {r['per-epoch ratio']:.3f} | {fixed_ms:.0f} |")  # fmt: skip
     d = results["digits"]
     lines += [
         "",

@@ -34,6 +34,8 @@ def test_stream_benchmark_runs_its_quick_jobs():
     payload = bench_stream.main(["--quick"])
     (job,) = payload["results"]["vs hand"].values()
     assert job["hand"] > 0 and job["runner"] > 0 and math.isfinite(job["ratio"])
+    assert job["hand, longer"] > 0 and job["runner, longer"] > 0
+    assert math.isfinite(job["per-epoch ratio"]) and math.isfinite(job["runner fixed s"])
     assert job["steps"]["hand"] == job["steps"]["runner"] == 2  # 128 samples, batch 64, 1 epoch
     digits = payload["results"]["digits"]
     assert digits["in memory"] > 0 and digits["streamed"] > 0 and digits["hand"] > 0

@@ -85,7 +85,12 @@ def _splitmix(x: int) -> int:
 def sample_seed(seed: int, epoch: int, index: int) -> int:
     """A 64-bit seed for one sample in one epoch: splitmix64 chained over the three, so
     neighbouring samples and epochs get unrelated streams."""
-    return _splitmix(_splitmix(_splitmix(seed) ^ (epoch & _MASK)) ^ index)
+    return _splitmix(epoch_seed(seed, epoch) ^ index)
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """sample_seed's part shared by the samples of an epoch (a batch computes it once)."""
+    return _splitmix(_splitmix(seed) ^ (epoch & _MASK))
 
 
 def _seed_globals(seed: int) -> None:
@@ -174,10 +179,12 @@ class SeededSamples(Dataset):
 
     def _fetch(self, keys: list[tuple[int, int]], every_rng: bool) -> list[Any]:
         seed_rngs = _seed_globals if every_rng else torch.default_generator.manual_seed
-        samples = []
-        for epoch, index in keys:
-            seed_rngs(sample_seed(self.seed, epoch, index))
-            samples.append(self.dataset[index])
+        samples, dataset, shared = [], self.dataset, {}  # shared: epoch -> epoch_seed
+        for epoch, index in keys:  # = seed_rngs(sample_seed(self.seed, epoch, index))
+            if (prefix := shared.get(epoch)) is None:
+                prefix = shared[epoch] = epoch_seed(self.seed, epoch)
+            seed_rngs(_splitmix(prefix ^ index))
+            samples.append(dataset[index])
         return samples
 
 
