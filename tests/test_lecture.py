@@ -36,6 +36,23 @@ def test_every_part_has_a_section_with_its_figures(page):
     assert "get_lr()" in text  # the documented difference at the milestones
 
 
+def test_the_scheduler_sweep_ranks_all_six_and_lambda_keeps_one_lr_per_group(page):
+    """Part 3's sweep (+experiment=lecture_schedulers, quick: 3 epochs, seeds 0 and 1)."""
+    from tests.test_sweeps import job_dirs, report_rows
+
+    sweep = page / "schedulers" / "sweep"
+    rows = report_rows(sweep)
+    names = ["step", "multistep", "exponential", "cosine", "plateau", "lambda"]
+    assert set(rows) == {f"+lecture_schedule={n}" for n in names}
+    assert all(r["completed"] == "2" for r in rows.values())
+    lams = [d for o, d in job_dirs(sweep).items() if o.startswith("+lecture_schedule=lambda")]
+    assert len(lams) == 2
+    for row in (r for lam in lams for r in read_metrics(lam)):  # its scaled lecture lambdas
+        e = row["epoch"]
+        assert row["lr/features"] == pytest.approx(0.02 * 0.1 ** (e * 10 // 3), rel=1e-12)
+        assert row["lr/classifier"] == pytest.approx(0.02 * 0.95 ** (e * 200 / 3), rel=1e-12)
+
+
 def test_the_toy_curves_on_the_page_equal_torch(page):
     for name in LECTURE:
         with (page / "curves" / f"lecture_{name}.csv").open() as f:
