@@ -299,6 +299,12 @@ def cli() -> None:
             return
         with stop_on_signals() as _CLI_STOP:  # from before Hydra makes the run dir
             main()
+    except KeyboardInterrupt:  # Ctrl-C between two jobs of a sweep, where no job's handler is
+        print(
+            "interrupted between two jobs of the sweep; the same command continues it",
+            file=sys.stderr,
+        )
+        sys.exit(128 + signal.SIGINT)
     except Exception as err:
         cause = _write_error(err)
         if cause is not None:

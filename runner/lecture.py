@@ -378,6 +378,9 @@ def parse_args(argv: list[str]) -> dict[str, Any]:
     opts["data"] = []
     args = iter(argv)
     for arg in args:
+        if arg in ("--help", "-h"):
+            print(__doc__)
+            raise SystemExit(0)
         if arg in ("--config-dir", "-cd"):
             arg = CONFIG_DIR + next(args, "")
         if arg.startswith(CONFIG_DIR):

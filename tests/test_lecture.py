@@ -79,6 +79,14 @@ def test_rerun_reuses_finished_parts(page, capsys):
     assert "lenet: done before, reused" in capsys.readouterr().out
 
 
+def test_help_shows_the_options(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        parse_args(["--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert "part=all|curves|lenet|schedulers|init_lr|mnist1d" in out and "--config-dir" in out
+
+
 @pytest.mark.parametrize("arg", ["part=nope", "quick=maybe", "colour=red", "quick"])
 def test_bad_arguments_are_refused(arg):
     with pytest.raises(SystemExit, match="error"):

@@ -171,6 +171,41 @@ def test_a_signal_while_a_sweep_job_finishes_stops_the_sweep_after_it(tmp_path):
     assert not (tmp_path / "sweep/1").exists()  # the sweep stopped after job 0
 
 
+# Ctrl-C just after job 0's handlers were put back: between two jobs of the sweep
+BETWEEN_JOBS = """
+import contextlib, runpy, signal, sys
+import runner.core.stopping as stopping
+real, ended = stopping.stop_on_signals, []
+@contextlib.contextmanager
+def stop_on_signals():
+    with real() as flag:
+        yield flag
+    ended.append(1)
+    if len(ended) == 1:
+        signal.raise_signal(signal.SIGINT)  # Python's own handler again: KeyboardInterrupt
+stopping.stop_on_signals = stop_on_signals
+sys.argv = ["runner", *sys.argv[1:]]
+runpy.run_module("runner", run_name="__main__", alter_sys=True)
+"""
+
+
+def test_ctrl_c_between_two_jobs_of_a_sweep_is_one_line_and_a_rerun_continues(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    args = ["-m", "seed=0,1", "epochs=1", "logger=none", "trainer.progress=line",
+            "hydra.sweep.dir=sweep"]  # fmt: skip
+    proc = subprocess.run([sys.executable, "-c", BETWEEN_JOBS, *args], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 128 + signal.SIGINT, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and "interrupted between two jobs" in proc.stderr
+    assert json.loads((tmp_path / "sweep/0/status.json").read_text())["status"] == "completed"
+    assert not (tmp_path / "sweep/1").exists()
+    first = (tmp_path / "sweep/0/metrics.jsonl").stat().st_mtime_ns
+    again = run_cli(*args, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert (tmp_path / "sweep/0/metrics.jsonl").stat().st_mtime_ns == first  # not retrained
+    assert json.loads((tmp_path / "sweep/1/status.json").read_text())["status"] == "completed"
+
+
 def test_sigkill_before_the_first_interval_resumes_from_the_checkpoint_before_epoch_0(tmp_path):
     import torch
 
