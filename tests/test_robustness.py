@@ -143,6 +143,18 @@ def test_signal_stops_quickly_keeps_a_checkpoint_and_resumes(tmp_path, sig):
     assert comparable(rows) == reference(tmp_path, [*args, "logger=none"])
 
 
+TWO_JOBS = ["-m", "seed=0,1", "epochs=1", "logger=none", "trainer.progress=line",
+            "hydra.sweep.dir=sweep"]  # fmt: skip
+
+
+def sweep_with(script: str, cwd: Path) -> subprocess.CompletedProcess:
+    """TWO_JOBS run by `python -c script` (which patches the runner, then runs it as
+    `python -m runner` does)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    return subprocess.run([sys.executable, "-c", script, *TWO_JOBS], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+
+
 # a job whose SIGINT arrives after its last stop check, while it finishes (status.json, ...)
 LATE_SIGNAL = """
 import runpy, signal, sys
@@ -161,11 +173,7 @@ runpy.run_module("runner", run_name="__main__", alter_sys=True)  # as python -m 
 def test_a_signal_while_a_sweep_job_finishes_stops_the_sweep_after_it(tmp_path):
     """Ctrl-C as a job of a sweep finishes (past its last check): the job stays complete as
     recorded and the sweep stops there, as asked, instead of the signal being lost."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
-    args = ["-m", "seed=0,1", "epochs=1", "logger=none", "trainer.progress=line",
-            "hydra.sweep.dir=sweep"]  # fmt: skip
-    proc = subprocess.run([sys.executable, "-c", LATE_SIGNAL, *args], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    proc = sweep_with(LATE_SIGNAL, tmp_path)
     assert proc.returncode == 128 + signal.SIGINT, proc.stderr[-2000:]
     assert json.loads((tmp_path / "sweep/0/status.json").read_text())["status"] == "completed"
     assert not (tmp_path / "sweep/1").exists()  # the sweep stopped after job 0
@@ -190,17 +198,13 @@ runpy.run_module("runner", run_name="__main__", alter_sys=True)
 
 
 def test_ctrl_c_between_two_jobs_of_a_sweep_is_one_line_and_a_rerun_continues(tmp_path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
-    args = ["-m", "seed=0,1", "epochs=1", "logger=none", "trainer.progress=line",
-            "hydra.sweep.dir=sweep"]  # fmt: skip
-    proc = subprocess.run([sys.executable, "-c", BETWEEN_JOBS, *args], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    proc = sweep_with(BETWEEN_JOBS, tmp_path)
     assert proc.returncode == 128 + signal.SIGINT, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr and "interrupted between two jobs" in proc.stderr
     assert json.loads((tmp_path / "sweep/0/status.json").read_text())["status"] == "completed"
     assert not (tmp_path / "sweep/1").exists()
     first = (tmp_path / "sweep/0/metrics.jsonl").stat().st_mtime_ns
-    again = run_cli(*args, cwd=tmp_path)
+    again = run_cli(*TWO_JOBS, cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-2000:]
     assert (tmp_path / "sweep/0/metrics.jsonl").stat().st_mtime_ns == first  # not retrained
     assert json.loads((tmp_path / "sweep/1/status.json").read_text())["status"] == "completed"
