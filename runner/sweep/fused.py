@@ -131,8 +131,6 @@ def train_group(members: Sequence[Member]) -> None:
                 return
             with Background() as background, ExitStack() as cleanup, stop_on_signals() as stop:
                 _fit(members, stop, background, cleanup)  # SystemExit(128 + n) if interrupted
-            if stop.signum is not None:  # came as the group finished: complete, but stop here
-                raise SystemExit(128 + stop.signum)
     except files.WriteFailed as err:  # disk full, read-only: one line names the file
         log.error(f"the fused group stopped: {err}")
         for m in members:
