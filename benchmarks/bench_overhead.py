@@ -27,7 +27,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-from common import interleaved, machine, median, write_or_print  # noqa: E402
+from common import interleaved, machine, median, per_epoch_split, write_or_print  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 
@@ -214,11 +214,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     runner_loop, cfg, data, logger, Path(tmp) / "runner", background, config_text
                 ),
             }
-            longer = compose_config(
-                [*overrides, f"epochs={cfg.epochs * LONGER}", "trainer.progress=line",
-                 "trainer.device=cpu"]
-            )  # fmt: skip
             if job in MARGINAL and not args.quick:
+                longer = compose_config(
+                    [*overrides, f"epochs={cfg.epochs * LONGER}", "trainer.progress=line",
+                     "trainer.device=cpu"]
+                )  # fmt: skip
                 variants["hand, longer"] = lambda: hand_loop(longer, data)  # noqa: B023
                 variants["runner, longer"] = partial(
                     runner_loop, longer, data, logger, Path(tmp) / "runner, longer",
@@ -235,12 +235,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         results[job] = {name: median(ts) for name, ts in times.items()} | {"all": times}
         results[job]["engine_ms_per_epoch"] = engine_ms
         if "runner, longer" in results[job]:
-            r, extra = results[job], cfg.epochs * (LONGER - 1)
-            per_epoch = {k: (r[f"{k}, longer"] - r[k]) / extra for k in ("hand", "runner")}
-            r["per-epoch ratio"] = per_epoch["runner"] / per_epoch["hand"]
-            r["runner fixed s"] = (r["runner"] - r["hand"]) - cfg.epochs * (
-                per_epoch["runner"] - per_epoch["hand"]
-            )
+            results[job] |= per_epoch_split(results[job], cfg.epochs, LONGER)
         print(
             f"{job}: "
             + ", ".join(f"{k} {results[job][k]:.3f}s" for k in variants)

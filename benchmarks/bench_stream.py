@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 from bench_overhead import runner_loop  # noqa: E402
-from common import interleaved, machine, median, write_or_print  # noqa: E402
+from common import interleaved, machine, median, per_epoch_split, write_or_print  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 from torch.optim.optimizer import register_optimizer_step_post_hook  # noqa: E402
@@ -261,22 +261,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 repeats,
                 warm_up=not args.quick,
             )
-            extra = cfg.epochs * (LONGER - 1)  # epochs the longer runs add
-            per_epoch = {k: (median_s[f"{k}, longer"] - median_s[k]) / extra
-                         for k in ("hand", "runner")}  # fmt: skip
-            fixed_s = (median_s["runner"] - median_s["hand"]) - cfg.epochs * (
-                per_epoch["runner"] - per_epoch["hand"]
-            )
-            r = median_s | {
-                "ratio": median_s["runner"] / median_s["hand"],
-                "per-epoch ratio": per_epoch["runner"] / per_epoch["hand"],
-                "runner fixed s": fixed_s,
-                "steps": steps,
-            }
+            r = median_s | per_epoch_split(median_s, cfg.epochs, LONGER)
+            r |= {"ratio": median_s["runner"] / median_s["hand"], "steps": steps}
             results["vs hand"][job] = r | {"all": times}
             print(f"{job}: hand {r['hand']:.3f}s, runner {r['runner']:.3f}s, "
                   f"runner/hand {r['ratio']:.3f}; per extra epoch {r['per-epoch ratio']:.3f}, "
-                  f"runner's fixed cost {1000 * fixed_s:.0f} ms; steps {steps}")  # fmt: skip
+                  f"runner's fixed cost {1000 * r['runner fixed s']:.0f} ms; "
+                  f"steps {steps}")  # fmt: skip
 
         epochs = f"epochs={DIGITS_EPOCHS[args.quick]}"
         held_cfg = config([epochs], None)

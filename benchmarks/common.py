@@ -56,6 +56,18 @@ def median(values: list[float]) -> float:
     return statistics.median(values)
 
 
+def per_epoch_split(median_s: dict[str, float], epochs: int, longer: int) -> dict[str, float]:
+    """From the medians of "hand" and "runner" at `epochs` and of "hand, longer" and
+    "runner, longer" at `longer` times them: runner / hand over the extra epochs alone, and
+    what the runner costs once a run beyond the hand loop (its start and end)."""
+    extra = epochs * (longer - 1)
+    per_epoch = {k: (median_s[f"{k}, longer"] - median_s[k]) / extra for k in ("hand", "runner")}
+    fixed_s = (median_s["runner"] - median_s["hand"]) - epochs * (
+        per_epoch["runner"] - per_epoch["hand"]
+    )
+    return {"per-epoch ratio": per_epoch["runner"] / per_epoch["hand"], "runner fixed s": fixed_s}
+
+
 def write(name: str, payload: dict[str, Any], table: str) -> None:
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")

@@ -197,7 +197,7 @@ def part_lenet(out: Path, quick: bool, data: list[str]) -> Section:
         f"| {r['val/loss']:.4f} | {r['val/acc']:.3f} |"
         for r in rows
     )
-    section = Section(
+    return Section(
         title="2. The lecture's LeNet training script",
         claim_en="LeNet, seed 1, batch 16, SGD lr 0.01 momentum 0.9, StepLR(step_size=10, "
         "gamma=0.1), 10 epochs, validating every epoch and stepping the scheduler after it.",
@@ -210,12 +210,11 @@ def part_lenet(out: Path, quick: bool, data: list[str]) -> Section:
         "this runs on scikit-learn's 8x8 digits (10 classes) upsampled to LeNet's 32x32. "
         "With step_size=10 over 10 epochs the lr never decays, as in the lecture.",
     )
-    return _on_data(section, data)
 
 
 def part_schedulers(out: Path, quick: bool, data: list[str]) -> Section:
     sweep = _sweep(out / "sweep", "lecture_schedulers", [*data, *(QUICK_SWEEP if quick else [])])
-    section = Section(
+    return Section(
         title="3. Which scheduler wins on a real model, and is it noise?",
         claim_en="Ordered schedules (Step, MultiStep, Exponential, Cosine), the adaptive one "
         "(ReduceLROnPlateau) and the custom one (LambdaLR) lead to different training curves; "
@@ -229,7 +228,6 @@ def part_schedulers(out: Path, quick: bool, data: list[str]) -> Section:
         "(step_size 50/200 of the epochs, gamma 0.95 -> 0.95^(200/epochs), ...). On digits the "
         "top schedules are usually within the paired 95 % interval of each other.",
     )
-    return _on_data(section, data)
 
 
 def part_init_lr(out: Path, quick: bool, data: list[str]) -> Section:
@@ -249,7 +247,7 @@ def part_init_lr(out: Path, quick: bool, data: list[str]) -> Section:
         f"({best_small['config']}) reached {float(best_small['best_val_acc_mean']):.3f} "
         "(mean over seeds)."
     )
-    section = Section(
+    return Section(
         title="4. Choosing the initial learning rate",
         claim_en="Either start small (0.01, 0.001, 0.0001) or search for the largest lr at "
         "which "
@@ -270,7 +268,6 @@ def part_init_lr(out: Path, quick: bool, data: list[str]) -> Section:
         "The range test's steepest-descent point sits high for LeNet, so the page trains at "
         "the more conservative min-loss / 10 (lr_find.suggestion).",
     )
-    return _on_data(section, data)
 
 
 def part_mnist1d(out: Path, quick: bool, data: list[str]) -> Section:
@@ -464,6 +461,8 @@ def main(argv: list[str] | None = None) -> Path:
         t0 = time.perf_counter()
         try:
             section = RUNNERS[name](root / name, quick, data)
+            if name in ON_DATA:
+                section = _on_data(section, data)
         except RuntimeError as err:  # a sweep that failed: its own error, not a traceback
             raise SystemExit(f"error: part {name} failed ({root / name}): {err}") from None
         files.write_text_atomic(done, json.dumps(section.__dict__, ensure_ascii=False, indent=2))
