@@ -554,3 +554,54 @@ def test_a_signal_during_start_up_on_one_rank_stops_every_rank(tmp_path):
     status = json.loads((tmp_path / "run" / "status.json").read_text())
     assert status["status"] == "interrupted" and status["epochs_done"] == 0
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def _leave(rank: int, init: str, out: str, peer_stuck: bool) -> None:
+    """One rank of test_ranks_leave_together: both end a run; with `peer_stuck` rank 1 never
+    reaches teardown (it hangs, then dies)."""
+    import logging
+
+    import torch.distributed as tdist
+
+    from runner.core.distributed import Dist, teardown
+
+    tdist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+    if peer_stuck and rank == 1:
+        time.sleep(5)
+        os._exit(0)
+    warnings: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: warnings.append(record.getMessage())  # type: ignore[method-assign]
+    logging.getLogger("schedlab").addHandler(handler)
+    t0 = time.monotonic()
+    teardown(Dist(rank, 2, rank, active=True), wait_for_peers=True, wait_s=1.0)
+    Path(out, f"{rank}.json").write_text(json.dumps(
+        {"s": time.monotonic() - t0, "initialized": tdist.is_initialized(), "warnings": warnings}
+    ))  # fmt: skip
+
+
+@pytest.mark.parametrize("peer_stuck", [False, True])
+def test_ranks_leave_the_process_group_together_and_never_wait_for_ever(tmp_path, peer_stuck):
+    """A run that ended alike on every rank: the ranks meet before destroying the gloo group
+    (a rank tearing down while its peer still wrote the checkpoint aborted in gloo); a peer
+    that never comes costs the bounded wait and a warning, not a hang."""
+    import torch.multiprocessing as mp
+
+    init = f"file://{tmp_path / 'store'}"
+    ctx = mp.start_processes(_leave, (init, str(tmp_path), peer_stuck), nprocs=2, join=False,
+                             start_method="spawn")  # fmt: skip
+    deadline = time.monotonic() + 60
+    for p in ctx.processes:
+        p.join(timeout=max(0.0, deadline - time.monotonic()))
+    alive = [p for p in ctx.processes if p.is_alive()]
+    for p in alive:
+        p.kill()
+    assert not alive, "a rank waited for ever"
+    r0 = json.loads((tmp_path / "0.json").read_text())
+    assert r0["initialized"] is False
+    if peer_stuck:  # waited wait_s=1, not the 5 s rank 1 hung
+        assert 0.8 < r0["s"] < 4.5
+        assert any("the other ranks did not reach the run's end" in w for w in r0["warnings"])
+    else:
+        r1 = json.loads((tmp_path / "1.json").read_text())
+        assert r1["initialized"] is False and r0["warnings"] == r1["warnings"] == []

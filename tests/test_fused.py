@@ -276,6 +276,61 @@ def test_sigint_stops_a_fused_sweep_and_running_it_again_resumes_each_job(tmp_pa
         assert [r["epoch"] for r in read_metrics(sweep / job)] == list(range(6))
 
 
+# the second fused group of a sweep is stopped by Ctrl-C after its epoch 1
+SECOND_GROUP_STOPPED = """
+import runpy, signal, sys
+import runner.sweep.fused as f
+real_fit, real_done, calls = f._fit, f.StackedModels.epoch_done, []
+def _fit(*args, **kwargs):
+    calls.append(1)
+    return real_fit(*args, **kwargs)
+def epoch_done(self, epoch):
+    real_done(self, epoch)
+    if len(calls) == 2 and epoch == 1:
+        signal.raise_signal(signal.SIGINT)  # the group's handler notes it: it stops there
+f._fit, f.StackedModels.epoch_done = _fit, epoch_done
+sys.argv = ["runner", *sys.argv[1:]]
+runpy.run_module("runner", run_name="__main__", alter_sys=True)  # as python -m runner
+"""
+
+
+def test_a_stopped_fused_sweep_loses_no_w_and_b_rows_of_its_groups(tmp_path):
+    """Two fused groups (max_group=2), Ctrl-C in the second: the first group's jobs are in
+    W&B already (their rows were not held back until every group had trained), and the
+    rerun's resumed jobs send their rows from before the stop as well as after it: every
+    job ends with one W&B run holding all of metrics.jsonl."""
+    import os
+    import subprocess
+    import sys
+
+    sweep = tmp_path / "sweep"
+    args = ["-m", "hydra/launcher=fused", "hydra.launcher.max_group=2", "seed=0,1,2,3",
+            "epochs=4", "trainer.progress=line", f"hydra.sweep.dir={sweep}"]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    proc = subprocess.run([sys.executable, "-c", SECOND_GROUP_STOPPED, *args], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 128 + signal.SIGINT, proc.stderr[-2000:]
+
+    def logged(job: Path) -> list[float]:
+        history = [r["history"]["item"] for r in wandb_records(job) if r["type"] == "history"]
+        return [h["val/acc"] for h in history if "val/acc" in h]
+
+    for job in ("0", "1"):  # the first group: complete, and in W&B
+        assert json.loads((sweep / job / "status.json").read_text())["status"] == "completed"
+        assert logged(sweep / job) == [r["val/acc"] for r in read_metrics(sweep / job)]
+    for job in ("2", "3"):  # the second: stopped after epoch 1, nothing sent yet
+        assert json.loads((sweep / job / "status.json").read_text())["status"] == "interrupted"
+        assert [r["epoch"] for r in read_metrics(sweep / job)] == [0, 1]
+        assert not (sweep / job / "wandb").exists()
+
+    again = run_cli(*args, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-2000:]
+    for job in ("0", "1", "2", "3"):  # one W&B run each (wandb_records), all rows in it
+        rows = read_metrics(sweep / job)
+        assert [r["epoch"] for r in rows] == [0, 1, 2, 3]
+        assert logged(sweep / job) == [r["val/acc"] for r in rows]
+
+
 class StopAfter:
     """A StopFlag whose signal arrives after `n` looks (the loop looks once a batch)."""
 

@@ -96,31 +96,42 @@ class FusedLauncher(Launcher):
             if len(chunk) == 1:  # nothing to fuse with: an ordinary job
                 members.pop(chunk[0])
                 log.info(f"\t#{initial_job_idx + chunk[0]} runs on its own: no job to fuse with")
+        # each group's jobs pass through run_job (W&B, .hydra/) as soon as it has trained: a
+        # later group stopped by a signal then leaves the earlier ones complete everywhere (a
+        # rerun finds them complete and sends nothing)
+        runs: dict[int, JobReturn] = {}
         for chunk in (c for c in chunks if len(c) > 1):
             numbers = ", ".join(f"#{initial_job_idx + i}" for i in chunk)
             log.info(f"Training {len(chunk)} jobs as one fused model: {numbers}")
             train_group([members[i] for i in chunk])
-
-        runs: list[JobReturn] = []
+            for i in chunk:
+                member = members[i]
+                runs[i] = self._run_job(
+                    jobs[i], job_overrides[i], initial_job_idx + i,
+                    lambda _task_cfg, member=member: replay(member),
+                )  # fmt: skip
         for i, config in enumerate(jobs):
-            lst = " ".join(filter_overrides(job_overrides[i]))
-            log.info(f"\t#{initial_job_idx + i} : {lst}" + (" (fused)" if i in members else ""))
-            task = (
-                (lambda _task_cfg, member=members[i]: replay(member))
-                if i in members
-                else self.task_function
-            )
-            runs.append(
-                run_job(
-                    hydra_context=self.hydra_context,
-                    task_function=task,
-                    config=config,
-                    job_dir_key="hydra.sweep.dir",
-                    job_subdir_key="hydra.sweep.subdir",
-                )
-            )
-            configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
-        return runs
+            if i not in runs:
+                runs[i] = self._run_job(config, job_overrides[i], initial_job_idx + i, None)
+        return [runs[i] for i in range(len(jobs))]
+
+    def _run_job(
+        self, config: DictConfig, overrides: Sequence[str], number: int, task: TaskFunction | None
+    ) -> JobReturn:
+        """As the basic launcher runs a job; `task` replays a fused member (None: the job
+        trains on its own)."""
+        assert self.config is not None and self.hydra_context is not None
+        lst = " ".join(filter_overrides(overrides))
+        log.info(f"\t#{number} : {lst}" + (" (fused)" if task is not None else ""))
+        ret = run_job(
+            hydra_context=self.hydra_context,
+            task_function=task or self.task_function,
+            config=config,
+            job_dir_key="hydra.sweep.dir",
+            job_subdir_key="hydra.sweep.subdir",
+        )
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        return ret
 
     def _job_config(self, idx: int, overrides: Sequence[str]) -> DictConfig:
         assert self.hydra_context is not None and self.config is not None

@@ -127,11 +127,16 @@ def _optimizer_snapshot(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
 
 
 def snapshot(
-    run: Any, progress: Progress, shuffle: torch.Generator, wandb_id: str | None
+    run: Any,
+    progress: Progress,
+    shuffle: torch.Generator,
+    wandb_id: str | None,
+    rows_sent: bool = True,
 ) -> dict[str, Any]:
     """Everything a resume needs, copied so that later training steps cannot change it.
     Taken at every epoch's end (a few hundred us for a small model), so the flat parts are
-    copied flat."""
+    copied flat. `rows_sent`: whether the rows so far went to the run's W&B/TensorBoard as
+    they were logged (a fused member's go after its group trains)."""
     model = {
         k: _clone(v) if isinstance(v, torch.Tensor) else _snapshot(v)
         for k, v in run.model.state_dict().items()
@@ -144,6 +149,7 @@ def snapshot(
         "progress": dict(vars(progress)),  # numbers only
         "rng": _rng_state(shuffle),  # fresh copies already
         "wandb_id": wandb_id,
+        "rows_sent": rows_sent,
     }
 
 

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("schedlab")
 STRATEGIES = ("auto", "single", "ddp")
+TEARDOWN_WAIT_S = 60.0  # how long a rank that ended cleanly waits for the others to end too
 # how often (in steps of an epoch) the ranks agree whether to stop: each check is one
 # all-reduce of one int and a host sync, so a GPU run loses its asynchrony once per
 # STOP_CHECK_EVERY steps, and a signal waits at most that many steps
@@ -227,12 +228,29 @@ def _join_submitit_job(backend: str) -> int:
     return env.local_rank
 
 
-def teardown(d: Dist) -> None:
-    if d.active:
-        import torch.distributed as dist
+def teardown(d: Dist, wait_for_peers: bool = False, wait_s: float = TEARDOWN_WAIT_S) -> None:
+    """Leave the process group. `wait_for_peers` (a run that ended alike on every rank:
+    completed, or stopped on the agreed batch): the ranks meet once more first, so that no
+    rank destroys its gloo group while a peer still talks to it (seen: the signalled rank,
+    with nothing to write, tearing down while rank 0 wrote the checkpoint, and aborting in
+    gloo's teardown: `terminate called without an active exception`, SIGABRT). The wait
+    is bounded (gloo's monitored_barrier): a rank that died costs `wait_s`, not a hang.
+    After an error there is no wait: the peers may be stuck in a collective."""
+    if not d.active:
+        return
+    import torch.distributed as dist
 
-        if dist.is_initialized():
-            dist.destroy_process_group()
+    if not dist.is_initialized():
+        return
+    if wait_for_peers and d.world > 1 and dist.get_backend() == "gloo":
+        from datetime import timedelta
+
+        try:
+            dist.monitored_barrier(timeout=timedelta(seconds=wait_s))
+        except RuntimeError as err:
+            why = next((line for line in str(err).splitlines() if line.strip()), "")
+            log.warning(f"rank {d.rank}: the other ranks did not reach the run's end ({why})")
+    dist.destroy_process_group()
 
 
 def check_shares(n_train: int, batch_size: int, dist: Dist) -> None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -69,6 +69,21 @@ class RunLogger:
         row = {"kind": "step", **row}
         self._step_rows.append(json.dumps(row) + "\n")
         self._to_backends(row, step=row["trainer/global_step"])
+
+    def resend(self, rows: Iterable[Mapping[str, Any]]) -> None:
+        """Rows already in metrics.jsonl, to the backends only: a fused member's rows reach
+        W&B/TensorBoard after its group trains (runner/sweep/fused.py `replay`), or, when the
+        group was stopped first, when the member resumes on its own."""
+        write, self.write = self.write, False
+        try:
+            for row in rows:
+                if row.get("kind") == "step":
+                    self.log_step({k: v for k, v in row.items() if k != "kind"})
+                else:
+                    self.log_epoch(row)
+        finally:
+            self.write = write
+            self._step_rows.clear()  # never written again with the next epoch's row
 
     def summary(self, values: Mapping[str, Any]) -> None:
         self._send()  # the rows first, as they were logged first

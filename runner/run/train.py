@@ -225,16 +225,19 @@ def train(
     elif dist.active:  # train.log says that the run was one over several processes
         backend = torch.distributed.get_backend()
         log.info(f"DDP: {dist.world} process(es), {backend}; rank 0 writes the run dir")
+    ended = False  # alike on every rank: completed, diverged, or stopped on the agreed batch
     try:
         if stop is not None:
-            return _train(cfg, Path(run_dir), overrides, sweep_name, dist, stop)
-        with stop_on_signals() as own:
-            result = _train(cfg, Path(run_dir), overrides, sweep_name, dist, own)
-        if result.status == "interrupted":  # own.chain is set once the handlers are restored
-            result = dataclasses.replace(result, chain=own.chain)
+            result = _train(cfg, Path(run_dir), overrides, sweep_name, dist, stop)
+        else:
+            with stop_on_signals() as own:
+                result = _train(cfg, Path(run_dir), overrides, sweep_name, dist, own)
+            if result.status == "interrupted":  # own.chain is set once the handlers are restored
+                result = dataclasses.replace(result, chain=own.chain)
+        ended = True
         return result
     finally:
-        teardown(dist)
+        teardown(dist, wait_for_peers=ended)
 
 
 def quiet_rank(run_dir: Path) -> None:
@@ -416,6 +419,9 @@ def _run(
         ) as logger,
     ):
         logger.write = dist.is_main
+        if state is not None and not state.get("rows_sent", True) and dist.is_main:
+            # a fused member stopped before its launcher replayed it: its rows so far first
+            logger.resend(files.read_jsonl(run_dir / "metrics.jsonl"))
         t0 = time.perf_counter()
         if (signum := signalled()) is not None:  # while W&B started
             result = _interrupted(signum, state)

@@ -245,7 +245,9 @@ def _member_state(
     run = SimpleNamespace(
         model=parts["models"][i], optimizer=optimizer, scheduler=parts["schedules"][i], scaler=None
     )  # fmt: skip
-    return checkpoint.snapshot(run, progress, shuffle, wandb_id)
+    # its rows reach W&B/TensorBoard only when the launcher replays the member: a member
+    # resumed on its own before that sends them first (runner/run/train.py)
+    return checkpoint.snapshot(run, progress, shuffle, wandb_id, rows_sent=False)
 
 
 def _data_streams(members: Sequence[Member]) -> tuple[list[torch.Generator], int]:
@@ -432,11 +434,6 @@ def replay(member: Member) -> float:
     with open_logger(
         cfg.logger, member.run_dir, config, member.overrides, member.sweep_name, member.wandb_id
     ) as logger:
-        logger.write = False  # metrics.jsonl is already written
-        for row in rows:
-            if row.get("kind") == "step":
-                logger.log_step({k: v for k, v in row.items() if k != "kind"})
-            else:
-                logger.log_epoch(row)
+        logger.resend(rows)  # metrics.jsonl is already written
         logger.summary(member.summary)
     return member.result.best_val_acc
