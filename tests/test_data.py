@@ -88,6 +88,42 @@ def test_digits_split_is_stratified_and_fixed_by_split_seed():
     assert not (other.y_val == a.y_val).all()
 
 
+@pytest.mark.parametrize("fraction", [0.2, 0.05, 0.35, 0.5])
+@pytest.mark.parametrize("seed", [0, 1, 123])
+def test_digits_and_their_split_are_scikit_learns_without_importing_it(fraction, seed):
+    """runner/core/digits.py reads load_digits' file and splits it as
+    train_test_split(stratify=y, random_state=seed) does, index for index."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    from runner.core import digits
+
+    images, target = digits.load()
+    reference = load_digits()
+    assert np.array_equal(images, reference.images)
+    assert np.array_equal(target, reference.target)
+    train_idx, val_idx = train_test_split(
+        list(range(len(target))), test_size=fraction, stratify=target, random_state=seed
+    )
+    ours = digits.stratified_split(target, fraction, seed)
+    assert [ours[0].tolist(), ours[1].tolist()] == [list(train_idx), list(val_idx)]
+
+
+def test_a_run_on_digits_does_not_import_scikit_learn():
+    """Its import (with scipy's) was 1.3 s of every digits run's start-up."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from runner.core.data import load_data; from tests.conftest import make_cfg; "
+        "load_data(make_cfg().data); print(sorted(m for m in sys.modules "
+        "if m.split('.')[0] in ('sklearn', 'scipy')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=120).stdout  # fmt: skip
+    assert out.strip() == "[]"
+
+
 def test_batches_cover_every_sample_once_in_a_seeded_order():
     import torch
 

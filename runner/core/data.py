@@ -265,17 +265,15 @@ def _check_mnist1d(cfg: Mapping[str, Any]) -> None:
 
 def _digits(cfg: Mapping[str, Any]) -> TensorData:
     import torch
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
 
-    digits = load_digits()
-    x = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
-    y = torch.tensor(digits.target, dtype=torch.long)
-    idx_train, idx_val = train_test_split(
-        list(range(len(y))),
-        test_size=cfg["val_fraction"],
-        stratify=digits.target,
-        random_state=cfg["split_seed"],
+    from runner.core import digits
+
+    images, target = digits.load()
+    x = torch.tensor(images, dtype=torch.float32).unsqueeze(1) / 16.0
+    y = torch.tensor(target, dtype=torch.long)
+    idx_train, idx_val = (
+        torch.from_numpy(i)
+        for i in digits.stratified_split(target, cfg["val_fraction"], cfg["split_seed"])
     )
     x_train, x_val = _standardise(x[idx_train], x[idx_val])
     return TensorData(x_train, y[idx_train], x_val, y[idx_val], num_classes=10)
