@@ -331,6 +331,60 @@ def test_a_stopped_fused_sweep_loses_no_w_and_b_rows_of_its_groups(tmp_path):
         assert logged(sweep / job) == [r["val/acc"] for r in rows]
 
 
+# Ctrl-C while the launcher sends the second job of a group to W&B (after its first row)
+STOPPED_WHILE_SENDING = """
+import runpy, sys
+from runner.core.loggers import RunLogger
+real, calls = RunLogger.resend, []
+def resend(self, rows):
+    calls.append(1)
+    if len(calls) == 2:
+        real(self, list(rows)[:1])
+        raise KeyboardInterrupt  # as Ctrl-C raises it there
+    real(self, rows)
+RunLogger.resend = resend
+sys.argv = ["runner", *sys.argv[1:]]
+runpy.run_module("runner", run_name="__main__", alter_sys=True)  # as python -m runner
+"""
+
+
+def test_a_sweep_stopped_while_its_fused_jobs_are_sent_sends_the_rest_when_run_again(tmp_path):
+    """The group trained, then Ctrl-C while its jobs' rows went to W&B: the job being sent
+    and any after it say so in status.json (rows_sent false), and the same command again
+    sends their rows and summary (the job cut short: again, in full, to its W&B run), where
+    it would otherwise only have found them complete."""
+    import os
+    import subprocess
+    import sys
+
+    sweep = tmp_path / "sweep"
+    args = ["-m", "hydra/launcher=fused", "seed=0,1", "epochs=3", "trainer.progress=line",
+            f"hydra.sweep.dir={sweep}"]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    proc = subprocess.run([sys.executable, "-c", STOPPED_WHILE_SENDING, *args], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 130, proc.stderr[-2000:]
+    status = [json.loads((sweep / job / "status.json").read_text()) for job in ("0", "1")]
+    assert [s["status"] for s in status] == ["completed", "completed"]
+    assert [s["rows_sent"] for s in status] == [True, False]
+
+    def logged(job: Path, newest: bool = False) -> list[float]:
+        records = wandb_records(job, newest)
+        history = [r["history"]["item"] for r in records if r["type"] == "history"]
+        return [h["val/acc"] for h in history if "val/acc" in h]
+
+    assert len(logged(sweep / "1")) == 1  # cut short after its first row
+    again = run_cli(*args, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert (again.stdout + again.stderr).count("sending them now") == 1
+    assert json.loads((sweep / "1" / "status.json").read_text())["rows_sent"] is True
+    for job in ("0", "1"):  # job 0 was sent once, and only once (wandb_records: one file)
+        rows = [r["val/acc"] for r in read_metrics(sweep / job)]
+        assert len(rows) == 3 and logged(sweep / job, newest=job == "1") == rows
+    summary = [r for r in wandb_records(sweep / "1", newest=True) if r["type"] == "summary"]
+    assert summary, "the summary was sent too"
+
+
 class StopAfter:
     """A StopFlag whose signal arrives after `n` looks (the loop looks once a batch)."""
 

@@ -64,6 +64,44 @@ def outcome(result: Result, wall_s: float) -> tuple[dict[str, Any], dict[str, An
     return status, summary
 
 
+def send_rows(
+    cfg: DictConfig,
+    run_dir: Path,
+    overrides: Sequence[str],
+    sweep_name: str | None,
+    wandb_id: str | None,
+    summary: dict[str, Any],
+) -> None:
+    """A run's metrics.jsonl rows and summary to its W&B/TensorBoard after it trained: a
+    fused member's (runner/sweep/fused.py `replay`). Its status.json then says so
+    (`rows_sent`): a sweep stopped while its jobs were being sent leaves the others
+    `rows_sent: false`, and the same command again sends theirs (`_train`)."""
+    config = OmegaConf.to_container(cfg, resolve=True)
+    rows = files.read_jsonl(run_dir / "metrics.jsonl")
+    with open_logger(cfg.logger, run_dir, config, list(overrides), sweep_name, wandb_id) as logger:
+        logger.resend(rows)  # metrics.jsonl is already written
+        logger.summary(summary)
+    status = files.read_json(run_dir / "status.json")
+    if status is not None and status.get("rows_sent") is False:
+        files.write_json_atomic(run_dir / "status.json", {**status, "rows_sent": True})
+
+
+def _send_held_rows(
+    cfg: DictConfig, start: _Start, overrides: Sequence[str], sweep_name: str | None
+) -> None:
+    """A complete run whose rows never all reached its backends (status.json `rows_sent`
+    false: a fused member whose sweep stopped before it was sent) sends them now, instead
+    of only saying it is complete."""
+    status = files.read_json(start.run_dir / "status.json")
+    if status is None or status.get("rows_sent") is not False or start.state is None:
+        return
+    log.info("trained in a fused group whose sweep stopped before this job's rows all "
+             "reached W&B/TensorBoard: sending them now")  # fmt: skip
+    result = Result(status["status"], status.get("best_val_acc", 0.0), status["epochs_done"])
+    _, summary = outcome(result, status.get("wall_time_s", 0.0))
+    send_rows(cfg, start.run_dir, overrides, sweep_name, start.state.get("wandb_id"), summary)
+
+
 def fit(
     cfg: DictConfig,
     run: Run,
@@ -310,6 +348,8 @@ def _train(
         # multi-task job resumes all ranks from the same checkpoint.
         start = dist.from_main(lambda: _decide(cfg, run_dir, overrides, dist, held))
         if start.done is not None:
+            if dist.is_main:
+                _send_held_rows(start.cfg or cfg, start, overrides, sweep_name)
             return start.done
         if start.cfg is not None:
             cfg = start.cfg
@@ -354,7 +394,7 @@ def _decide(
     if status is not None:  # nothing to train: no W&B run, no file touched
         log.info(nothing_to_do(run_dir, status))
         done = Result("completed", status.get("best_val_acc", 0.0), start_epoch)
-        return _Start(cfg, run_dir, True, done=done)
+        return _Start(cfg, run_dir, True, state=state, done=done)
     if lock is not None:
         lock.claim()
     return _Start(cfg, run_dir, True, state, changes)

@@ -37,13 +37,13 @@ from runner.core.builders import build_optimizer, resolve_device, seed_everythin
 from runner.core.config import validate
 from runner.core.data import TensorData, batches, load_data, place, resize_images, steps_per_epoch
 from runner.core.engine import Engine, Result, Track
-from runner.core.loggers import RunLogger, open_logger
+from runner.core.loggers import RunLogger
 from runner.core.models import build_model
 from runner.core.stopping import stop_on_signals
 from runner.core.stream import is_streamed
 from runner.core.targets import label
 from runner.run.rundir import busy
-from runner.run.train import outcome
+from runner.run.train import outcome, send_rows
 from runner.sweep.stacked import FusedOptimizer, StackedNet
 from schedulers import ConfigError, build_scheduler
 
@@ -168,6 +168,7 @@ def _write_status(members: Sequence[Member], wall: float) -> None:
         else:
             status, m.summary = outcome(m.result, wall)
             status["fused_jobs"] = len(members)  # trained with this many jobs, one process
+            status["rows_sent"] = False  # until the launcher has sent them (`replay`)
         m.run_dir.mkdir(parents=True, exist_ok=True)
         try:
             files.write_json_atomic(m.run_dir / "status.json", status)
@@ -428,12 +429,6 @@ def replay(member: Member) -> float:
     if member.error is not None or member.result is None:
         log.error(f"job failed in its fused group: {member.error}")
         return 0.0  # the worst objective, as a failed single job returns (runner/__main__.py)
-    cfg = member.cfg
-    config = OmegaConf.to_container(cfg, resolve=True)
-    rows = files.read_jsonl(member.run_dir / "metrics.jsonl")
-    with open_logger(
-        cfg.logger, member.run_dir, config, member.overrides, member.sweep_name, member.wandb_id
-    ) as logger:
-        logger.resend(rows)  # metrics.jsonl is already written
-        logger.summary(member.summary)
+    send_rows(member.cfg, member.run_dir, member.overrides, member.sweep_name, member.wandb_id,
+              member.summary)  # fmt: skip
     return member.result.best_val_acc
