@@ -385,6 +385,24 @@ def test_a_sweep_stopped_while_its_fused_jobs_are_sent_sends_the_rest_when_run_a
     assert summary, "the summary was sent too"
 
 
+def test_extending_a_fused_job_already_sent_to_w_and_b_sends_only_its_new_rows(tmp_path):
+    """A fused member's last.pt says its rows went to W&B only after training (the
+    launcher's replay); once replayed, `resume=<dir> epochs=...` sends the new epochs only,
+    not the replayed ones a second time."""
+    from runner.sweep.fused import replay
+
+    jobs = [["epochs=2", "scheduler=step"], ["epochs=2", "scheduler=step", "seed=1"]]
+    member = train_members(tmp_path, jobs)[0]  # as the launcher holds it after training
+    run_dir = member.run_dir
+    replay(member)
+    assert json.loads((run_dir / "status.json").read_text())["rows_sent"] is True
+    extend = [f"resume={run_dir}", "epochs=4"]
+    assert train(make_cfg(*extend), run_dir, extend).status == "completed"
+    history = [r["history"]["item"] for r in wandb_records(run_dir, newest=True)
+               if r["type"] == "history"]  # fmt: skip
+    assert [h["epoch"] for h in history if "val/acc" in h] == [2, 3]
+
+
 class StopAfter:
     """A StopFlag whose signal arrives after `n` looks (the loop looks once a batch)."""
 

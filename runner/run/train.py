@@ -387,6 +387,11 @@ def _decide(
         return _Start(None, run_dir)
     given = cfg
     cfg, run_dir, state, changes = load_resume(cfg, run_dir)
+    if state is not None and not state.get("rows_sent", True):
+        # a fused member's checkpoint; its status.json says whether the launcher has sent
+        # its rows since (then a resume, e.g. one that extends it, must not send them again)
+        sent = (files.read_json(run_dir / "status.json") or {}).get("rows_sent")
+        state["rows_sent"] = sent is True
     changes += apply_resume_overrides(cfg, given, overrides, run_dir)
     validate(cfg)
     start_epoch = state["progress"]["epoch"] if state else 0
