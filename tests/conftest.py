@@ -108,10 +108,13 @@ def one_torch_thread() -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def wandb_records(run_dir: Path, newest: bool = False) -> list[dict]:
+def wandb_records(run_dir: Path, newest: bool = False, index: int | None = None) -> list[dict]:
     """Every record of the run's offline .wandb file, decoded by W&B's own CLI (`newest`:
-    of its newest, when a resume has written another; else there must be one)."""
+    of its newest, when a resume has written another; `index`: of the index-th, oldest
+    first; else there must be one)."""
     found = sorted(run_dir.glob("wandb/offline-run-*/run-*.wandb"), key=lambda p: p.stat().st_mtime)
+    if index is not None:
+        found = [found[index]]
     (wandb_file,) = found[-1:] if newest else found
     out = subprocess.run(
         [str(WANDB_CLI), "leet", "inspect", "--json", str(wandb_file)],

@@ -141,6 +141,39 @@ def test_signal_stops_quickly_keeps_a_checkpoint_and_resumes(tmp_path, sig):
     ids = {p.name.rsplit("-", 1)[1] for p in run_dir.glob("wandb/offline-run-*")}
     assert len(ids) == 1 and len(list(run_dir.glob("wandb/offline-run-*"))) == 2
     assert comparable(rows) == reference(tmp_path, [*args, "logger=none"])
+    # the stopped process closed its W&B run: the resumed one sends only its own epochs
+    first, resumed_epochs = wandb_epochs(run_dir), wandb_epochs(run_dir, newest=True)
+    assert resumed_epochs == list(range(resumed_epochs[0], 6)) and resumed_epochs[0] >= 1
+    assert sorted(set(first) | set(resumed_epochs)) == list(range(6))
+    assert "did not end cleanly" not in (run_dir / "train.log").read_text()
+
+
+def wandb_epochs(run_dir: Path, newest: bool = False) -> list[int]:
+    """The epochs of the epoch rows in the run's (first, or newest) offline W&B run."""
+    records = wandb_records(run_dir, index=-1 if newest else 0)
+    items = [r["history"]["item"] for r in records if r["type"] == "history"]
+    return [int(h["epoch"]) for h in items if "val/acc" in h]
+
+
+def test_a_resume_after_sigkill_sends_w_and_b_the_rows_the_killed_process_logged(tmp_path, caplog):
+    """W&B keeps a live run's rows in memory until the run is closed: a SIGKILL loses all the
+    killed process logged (its offline file stays empty). The resume finds last.pt written
+    by a process that never ended cleanly and sends the kept rows again, so W&B ends with
+    every epoch (the epochs after last.pt, trained again, twice: the same values)."""
+    args = ["epochs=30", "trainer.checkpoint_interval_s=0", "trainer.progress=line"]
+    run_dir = tmp_path / "run"
+    proc = start([*args, f"hydra.run.dir={run_dir}"], tmp_path)
+    wait_for_rows(run_dir, 5, proc)
+    proc.kill()
+    proc.communicate()
+    killed_at = len(read_metrics(run_dir))
+    assert killed_at < 30 and not (run_dir / "status.json").exists()
+    with caplog.at_level("INFO", logger="schedlab"):
+        assert resume_in_process(run_dir).status == "completed"
+    assert [r["epoch"] for r in read_metrics(run_dir)] == list(range(30))
+    # the kept rows (up to last.pt) resent first, then the epochs trained from there on
+    assert wandb_epochs(run_dir, newest=True) == list(range(30))
+    assert "did not end cleanly" in caplog.text
 
 
 TWO_JOBS = ["-m", "seed=0,1", "epochs=1", "logger=none", "trainer.progress=line",

@@ -10,9 +10,10 @@ from __future__ import annotations
 import functools
 import os
 import random
+import secrets
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,31 @@ class Progress:
         if is_best:
             self.best_metric = value
         return is_best
+
+
+@dataclass
+class Session:
+    """The process that trains a run: its token goes into every checkpoint it writes, and
+    into status.json when it ends cleanly (after its W&B run is closed). W&B keeps a live
+    run's rows in memory (its offline file gets them when the run is closed), so a
+    SIGKILL loses every row the killed process logged; a resume whose last.pt was
+    written by a process that never ended cleanly (the tokens differ) sends the kept rows
+    again. `wrote`: whether this process wrote last.pt (else it is an earlier one's)."""
+
+    token: str = field(default_factory=lambda: secrets.token_hex(8))
+    wrote: bool = False
+
+    def closed(self, state: dict[str, Any] | None) -> str | None:
+        """The token status.json records at a clean end: the one of the last.pt on disk."""
+        return self.token if self.wrote else (state or {}).get("session")
+
+
+def rows_lost(state: dict[str, Any], status: dict[str, Any] | None) -> bool:
+    """last.pt was written by a process that did not end cleanly (killed): the backends may
+    have lost the rows it logged (W&B holds them in memory until the run is closed).
+    Checkpoints from before sessions were recorded say nothing: False."""
+    token = state.get("session")
+    return token is not None and (status or {}).get("session") != token
 
 
 def _rng_state(shuffle: torch.Generator) -> dict[str, Any]:
@@ -161,12 +187,18 @@ class Checkpointer:
     most `interval_s` of recomputation (a resume is exact from any epoch)."""
 
     def __init__(
-        self, run_dir: Path, interval_s: float, background: Any = None, config: str | None = None
+        self,
+        run_dir: Path,
+        interval_s: float,
+        background: Any = None,
+        config: str | None = None,
+        session: Session | None = None,
     ) -> None:
         """`config`: the run's config.yaml text, kept in every checkpoint, so that a resume
-        can tell a config.yaml edited since from the config the run trained with."""
+        can tell a config.yaml edited since from the config the run trained with.
+        `session`: the process writing (its token in every checkpoint), when it has one."""
         self.run_dir, self.interval_s, self.background = run_dir, interval_s, background
-        self.config = config
+        self.config, self.session = config, session
         remove_orphans(run_dir)  # a run or resume starting here: no earlier write is in flight
         self.latest: dict[str, Any] | None = None
         self.best: dict[str, Any] | None = None
@@ -180,13 +212,20 @@ class Checkpointer:
         """last.pt before the first epoch of a new run, written now (not on the background
         thread): a run killed in its first epoch resumes from it like from any other, with
         its W&B run id. Not best.pt. A few ms for a small model."""
-        state["config"] = self.config
+        self._stamp(state)
         self.latest = state
         self._last_write = time.monotonic()
         files.replace_atomic(self.run_dir / LAST, lambda tmp: torch.save(_packed(state), tmp))
+        if self.session is not None:
+            self.session.wrote = True
+
+    def _stamp(self, state: dict[str, Any]) -> None:
+        state["config"] = self.config
+        if self.session is not None:
+            state["session"] = self.session.token
 
     def epoch_end(self, state: dict[str, Any], is_best: bool) -> None:
-        state["config"] = self.config
+        self._stamp(state)
         self.latest, self._latest_written = state, False
         if is_best:
             self.best, self._best_written = state, False
@@ -198,6 +237,8 @@ class Checkpointer:
         write_best = not self._best_written and self.best is not None
         if not (write_last or write_best):
             return
+        if write_last and self.session is not None:
+            self.session.wrote = True  # on disk once the writer thread is flushed
         latest, best, same = self.latest, self.best, self.best is self.latest
         self._latest_written = self._best_written = True
         self._last_write = time.monotonic()

@@ -112,11 +112,12 @@ def fit(
     stop: StopFlag | None = None,
     background: Background | None = None,
     config_text: str | None = None,
+    session: checkpoint.Session | None = None,
 ) -> Result:
     """Train from epoch 0, or from the checkpoint `start`; checkpoint into ckpt_dir if given
     (written on `background`'s thread when given). `config_text`: the run's config.yaml
     text, kept in every checkpoint (made from cfg when not given; the CLI passes the text it
-    wrote, a few ms saved)."""
+    wrote, a few ms saved). `session`: this process, named in its checkpoints."""
     shuffle = torch.Generator().manual_seed(cfg.seed)  # data order: its own stream, seeded
     progress = checkpoint.restore(start, run, shuffle) if start else checkpoint.Progress()
     saver = None
@@ -128,6 +129,7 @@ def fit(
             cfg.trainer.checkpoint_interval_s,
             background,
             config=config_text,
+            session=session,
         )
         if start is None:  # a new run: last.pt is on disk before its first batch
             saver.start(checkpoint.snapshot(run, progress, shuffle, logger.run_id))
@@ -302,10 +304,15 @@ def _interrupted(signum: int, state: dict[str, Any] | None) -> Result:
 
 
 def _stopped(run_dir: Path, dist: Any, signum: int, state: dict[str, Any] | None) -> Result:
-    """A signal came during start-up, before the loggers: status.json says `interrupted`."""
+    """A signal came during start-up, before the loggers: status.json says `interrupted`
+    (and keeps the session that ended cleanly before: nothing was logged since)."""
     result = _interrupted(signum, state)
     if dist.is_main:
-        files.write_json_atomic(run_dir / "status.json", outcome(result, 0.0)[0])
+        status = outcome(result, 0.0)[0]
+        before = files.read_json(run_dir / "status.json") or {}
+        if "session" in before:
+            status["session"] = before["session"]
+        files.write_json_atomic(run_dir / "status.json", status)
     return result
 
 
@@ -387,11 +394,17 @@ def _decide(
         return _Start(None, run_dir)
     given = cfg
     cfg, run_dir, state, changes = load_resume(cfg, run_dir)
-    if state is not None and not state.get("rows_sent", True):
-        # a fused member's checkpoint; its status.json says whether the launcher has sent
-        # its rows since (then a resume, e.g. one that extends it, must not send them again)
-        sent = (files.read_json(run_dir / "status.json") or {}).get("rows_sent")
-        state["rows_sent"] = sent is True
+    if state is not None:
+        status = files.read_json(run_dir / "status.json")
+        if not state.get("rows_sent", True):
+            # a fused member's checkpoint; its status.json says whether the launcher has
+            # sent its rows since (then a resume, e.g. one that extends it, must not send
+            # them again)
+            state["rows_sent"] = (status or {}).get("rows_sent") is True
+        elif checkpoint.rows_lost(state, status):
+            log.info("the process that wrote its last.pt did not end cleanly (killed?), so "
+                     "W&B/TensorBoard may lack its rows: sending the kept rows again")  # fmt: skip
+            state["rows_sent"] = False
     changes += apply_resume_overrides(cfg, given, overrides, run_dir)
     validate(cfg)
     start_epoch = state["progress"]["epoch"] if state else 0
@@ -456,6 +469,7 @@ def _run(
     if (signum := signalled()) is not None:  # e.g. while the data loaded
         return _stopped(run_dir, dist, signum, state)
     wandb_id = state["wandb_id"] if state else None
+    session = checkpoint.Session()  # this process, in its checkpoints and status.json
     loggers = cfg.logger if dist.is_main else {}  # only rank 0 talks to W&B / TensorBoard
     with (
         Background() as background,
@@ -465,7 +479,8 @@ def _run(
     ):
         logger.write = dist.is_main
         if state is not None and not state.get("rows_sent", True) and dist.is_main:
-            # a fused member stopped before its launcher replayed it: its rows so far first
+            # a fused member stopped before its launcher replayed it, or a process killed
+            # before it closed its W&B run: the rows so far first
             logger.resend(files.read_jsonl(run_dir / "metrics.jsonl"))
         t0 = time.perf_counter()
         if (signum := signalled()) is not None:  # while W&B started
@@ -473,13 +488,14 @@ def _run(
         else:
             result = fit(
                 cfg, run, logger, ckpt_dir=run_dir if dist.is_main else None, start=state,
-                stop=stop, background=background, config_text=config_text,
+                stop=stop, background=background, config_text=config_text, session=session,
             )  # fmt: skip
         background.flush()  # checkpoints on disk before status.json says how the run ended
         wall = time.perf_counter() - t0 + (state["progress"]["elapsed_s"] if state else 0.0)
         status, summary = outcome(result, wall)
         logger.summary(summary)
-    if dist.is_main:
+    if dist.is_main:  # W&B closed: every row logged so far is in it (checkpoint.Session)
+        status["session"] = session.closed(state)
         files.write_json_atomic(run_dir / "status.json", status)
     log.info(f"{result.status}: best val/acc={result.best_val_acc:.4f}; outputs in {run_dir}")
     return result
