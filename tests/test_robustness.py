@@ -289,10 +289,25 @@ def test_nan_loss_marks_the_run_diverged_with_its_own_exit_code(tmp_path):
     assert summary["diverged"] is True and summary["status"] == "diverged"
 
 
-def test_diverge_loss_threshold_stops_a_run(tmp_path):
-    cfg = make_cfg("logger=none", "trainer.diverge_loss=0.5", "epochs=5")
-    result = train(cfg, tmp_path)
+def test_diverge_loss_threshold_stops_a_run_and_the_same_command_does_not_redo_it(
+    tmp_path, monkeypatch, caplog
+):
+    args = ("logger=none", "trainer.diverge_loss=0.5", "epochs=5")
+    result = train(make_cfg(*args), tmp_path)
     assert result.status == "diverged" and result.epochs_done == 1
+    rows = (tmp_path / "metrics.jsonl").read_text()
+    # run again (a sweep run again, a requeue): the same config from the same last.pt only
+    # diverges again, so nothing is trained, and nothing is logged twice
+    import runner.run.train
+
+    monkeypatch.setattr(runner.run.train, "fit", lambda *a, **k: pytest.fail("trained again"))
+    with caplog.at_level("INFO", logger="schedlab"):
+        again = train(make_cfg(*args), tmp_path)
+    assert (again.status, again.epochs_done) == ("diverged", 1)
+    assert again.best_val_acc == result.best_val_acc
+    assert "diverged in epoch 0" in caplog.text and "nothing to do" in caplog.text
+    assert (tmp_path / "metrics.jsonl").read_text() == rows
+    assert json.loads((tmp_path / "status.json").read_text())["status"] == "diverged"
 
 
 def test_unwritable_wandb_dir_costs_a_warning_not_the_run(tmp_path, caplog):

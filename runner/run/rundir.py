@@ -233,7 +233,23 @@ def finished(run_dir: Path, epochs: int) -> dict[str, Any] | None:
     return status if isinstance(done, int) and done >= epochs else None
 
 
+def diverged_from(run_dir: Path, epoch: int) -> dict[str, Any] | None:
+    """status.json of a run that diverged in epoch `epoch`, the one its last.pt continues
+    from (None if it did not): the same config from the same checkpoint only diverges
+    again, so the same command run again trains nothing (resume= with changes does)."""
+    status = files.read_json(run_dir / "status.json")
+    if status is None or status.get("status") != "diverged":
+        return None
+    return status if status.get("epochs_done") == epoch + 1 else None
+
+
 def nothing_to_do(run_dir: Path, status: dict[str, Any]) -> str:
+    if status.get("status") == "diverged":
+        return (
+            f"{run_dir} diverged in epoch {status['epochs_done'] - 1} (best val/acc "
+            f"{status.get('best_val_acc', float('nan')):.4f}): nothing to do, the same config "
+            "diverges again from its last.pt; try a smaller optimizer.lr in a new run"
+        )
     return (
         f"{run_dir} is already complete ({status['epochs_done']} epochs, best val/acc "
         f"{status.get('best_val_acc', float('nan')):.4f}): nothing to do; to train longer: "

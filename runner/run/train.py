@@ -35,6 +35,7 @@ from runner.core.targets import label
 from runner.run.rundir import (
     apply_resume_overrides,
     busy,
+    diverged_from,
     finished,
     keep_rows_before,
     load_resume,
@@ -409,9 +410,13 @@ def _decide(
     validate(cfg)
     start_epoch = state["progress"]["epoch"] if state else 0
     status = finished(run_dir, cfg.epochs) if start_epoch >= cfg.epochs else None
+    if status is None and not changes:
+        status = diverged_from(run_dir, start_epoch)
     if status is not None:  # nothing to train: no W&B run, no file touched
         log.info(nothing_to_do(run_dir, status))
-        done = Result("completed", status.get("best_val_acc", 0.0), start_epoch)
+        diverged = status["status"] == "diverged"
+        epochs_done = status["epochs_done"] if diverged else start_epoch
+        done = Result(status["status"], status.get("best_val_acc", 0.0), epochs_done)
         return _Start(cfg, run_dir, True, state=state, done=done)
     if lock is not None:
         lock.claim()
