@@ -177,6 +177,12 @@ def test_fused_group_member_forced_to_diverge_is_frozen_and_the_others_match(tmp
         assert_same_rows(member.run_dir, _separate(tmp_path, overrides))
         saved = yaml.safe_load((member.run_dir / "config.yaml").read_text())
         assert saved["seed"] == member.cfg.seed
+    # the diverged job's rows were never replayed (no launcher here): the same job run
+    # again trains nothing (it would only diverge again) but sends its held rows
+    assert statuses[0]["rows_sent"] is False
+    again = train(make_cfg(*jobs[0]), members[0].run_dir, jobs[0])
+    assert (again.status, again.epochs_done) == ("diverged", 1)
+    assert json.loads((members[0].run_dir / "status.json").read_text())["rows_sent"] is True
 
 
 def test_fused_lenet_with_adam_and_param_groups_matches_separate_runs(tmp_path):
