@@ -191,3 +191,63 @@ def test_seeds_needed_of_a_tie_in_a_family_is_sized_at_its_holm_level():
         assert c.seeds_needed == scipy_seeds_needed(effect, alpha=0.05 / (len(ranked) - i))
         assert c.seeds_needed > c.n
     assert any(c.tie for c in pairs)
+
+
+def sweep_of_configs(tmp_path, configs: dict[str, list[float]]):
+    sweep, n = tmp_path / "sweep", 0
+    for schedule, values in configs.items():
+        for seed, v in enumerate(values):
+            fake_job(sweep, n, schedule, seed, v)
+            n += 1
+    return sweep
+
+
+def table_rows(text: str) -> dict[str, list[str]]:
+    """The report table's cells by config (rank first)."""
+    rows = {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) > 2 and cells[0].lstrip("=").isdigit() and cells[1].startswith("`sch"):
+            rows[cells[1].strip("`").split("=", 1)[1]] = cells
+    return rows
+
+
+def test_a_rank_is_shared_only_with_the_first_row_of_that_rank(tmp_path):
+    """a ~ b and b ~ c (noisy, not significant) but a is significantly better than c: the
+    ranks are 1, =1, 3 (ties chained through b gave c '=1' while the table said 'better')."""
+    noise = [0.004, -0.006, 0.005, -0.003, 0.0, 0.006, -0.005, 0.002]
+    a = [0.96 + e for e in noise]
+    wobble = [0.02, -0.03, 0.01, 0.025, -0.02, 0.0, 0.03, -0.02]
+    b = [0.95 + e + f for e, f in zip(noise, wobble, strict=True)]
+    c = [0.94 + e for e in noise]
+    text = write_report(sweep_of_configs(tmp_path, {"a": a, "b": b, "c": c}))
+    rows = table_rows(text)
+    pair = next(
+        line for line in text.splitlines() if line.startswith("| `scheduler=a` | `scheduler=c`")
+    )
+    assert pair.rstrip(" |").endswith("better")  # the paired table: a significantly better than c
+    assert [rows[k][0] for k in ("a", "b", "c")] == ["1", "=1", "3"]
+
+
+def test_zero_spread_differences_get_the_sign_tests_p_not_zero():
+    from runner.sweep.compare import paired_p
+
+    assert paired_p([0.0111, 0.0111]) == 0.5  # 2 of 2 seeds: no evidence at 5 %
+    assert paired_p([0.01] * 6) == 2 * 0.5**6 < 0.05
+    assert paired_p([0.0, 0.0, 0.0]) == 1.0
+    assert seeds_needed([0.01, 0.01]) == 6
+
+
+def test_single_seeds_exact_ties_and_empty_configs_are_said_as_such(tmp_path):
+    text = write_report(sweep_of_configs(tmp_path, {"a": [0.9], "b": [0.8]}))
+    assert "0.9000 ±" not in text and "| 0.9000 |" in text  # one seed: no spread shown
+    tie = write_report(sweep_of_configs(tmp_path / "t", {"a": [0.9, 0.8], "b": [0.9, 0.8]}))
+    assert "No winner" in tie and "Winner:" not in tie
+    sweep = sweep_of_configs(tmp_path / "e", {"a": [0.9, 0.8], "b": [0.7, 0.6]})
+    for job in ("2", "3"):  # b: one stopped, one completed with no readable row
+        status = "interrupted" if job == "2" else "completed"
+        (sweep / job / "status.json").write_text(json.dumps({"status": status}))
+        (sweep / job / "metrics.jsonl").write_text("" if job == "3" else "{}\n")
+    text = write_report(sweep)
+    assert table_rows(text)["b"][2:6] == ["2", "0", "0", "2"]  # runs, done, diverged, failed
+    assert "Only `scheduler=a` has completed runs" in text and "by nan" not in text

@@ -76,7 +76,9 @@ def paired_ci(diffs: list[float], level: float = 0.95) -> tuple[float, float, fl
 
 def paired_p(diffs: Sequence[float]) -> float:
     """Two-sided p-value of the paired t test that the mean difference is 0 (NaN for n < 2).
-    Differences that are all equal have no spread: p is 0 when they are not 0, else 1."""
+    Differences that are all equal have no spread, so no t: p is then the exact sign
+    test's, 2 * 0.5**n when they are not 0 (every seed on the same side: 0.5 for 2 seeds,
+    < 0.05 from 6), else 1. On digits this is common: accuracies move in steps of 1/360."""
     from scipy import stats
 
     n = len(diffs)
@@ -84,7 +86,7 @@ def paired_p(diffs: Sequence[float]) -> float:
         return math.nan
     mean, sd = statistics.fmean(diffs), statistics.stdev(diffs)
     if sd == 0:
-        return 1.0 if mean == 0 else 0.0
+        return 1.0 if mean == 0 else min(1.0, 2 * 0.5**n)
     t = mean / (sd / math.sqrt(n))
     return float(2 * stats.t.sf(abs(t), n - 1))
 
@@ -140,8 +142,8 @@ def seeds_needed(diffs: Sequence[float], alpha: float = ALPHA, target: float = P
     mean, sd = statistics.fmean(diffs), statistics.stdev(diffs)
     if mean == 0:
         return math.inf
-    if sd == 0:
-        return 2  # no spread at all: two seeds already show it
+    if sd == 0:  # no spread: paired_p is the sign test's, below alpha from this many seeds
+        return math.floor(math.log2(2 / alpha)) + 1
     effect = abs(mean) / sd
     if power(2, effect, alpha) >= target:
         return 2
@@ -235,14 +237,20 @@ def _fmt_p(p: float) -> str:
 
 def markdown(comparisons: list[Comparison], metric: str) -> list[str]:
     if not comparisons:
-        return ["No two configurations share a seed: nothing to pair."]
+        return ["No two configurations have completed runs on a shared seed: nothing to pair."]
     m = sum(not math.isnan(c.p_value) for c in comparisons)
+    family = (
+        f"The verdict uses Holm's correction across all {m} comparisons with two or more "
+        "shared seeds"
+        if m
+        else "No pair shares two completed seeds, so none has a verdict; Holm's correction would be"
+    )
     lines = [
         f"## Is it noise? Paired by seed, metric `{metric}`",
         "",
         "Mean of the per-seed differences A − B with a 95 % confidence interval from the "
         "paired t distribution; wins count the seeds where each was better.",
-        f"The verdict uses Holm's correction across all {m} comparisons (family-wise error "
+        f"{family} (family-wise error "
         f"{ALPHA:g}): p (Holm) is the adjusted p-value and the Holm CI the paired-t interval at "
         f"level 1 − {ALPHA:g}/(m − i) for the i-th smallest p (i from 0); a tie says how many "
         f"seeds would resolve a difference of its observed size (paired t, "

@@ -34,18 +34,20 @@ log = logging.getLogger("schedlab")
 DEFAULT_TARGET_ACC = 0.95
 
 
-def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+def _mean_std(values: Sequence[float], one: float = 0.0) -> tuple[float, float]:
+    """Mean and sample std; the std of a single value is `one` (NaN in the table: there is
+    no spread to show; 0 for the plots' bands)."""
     if not values:
         return math.nan, math.nan
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else one
 
 
 def summarize(group: Group, target_acc: float) -> dict[str, Any]:
     done = group.finished
-    final_acc = _mean_std([j.series("val/acc")[-1] for j in done])
-    best_acc = _mean_std([max(j.series("val/acc")) for j in done])
-    final_loss = _mean_std([j.series("val/loss")[-1] for j in done])
-    best_loss = _mean_std([min(j.series("val/loss")) for j in done])
+    final_acc = _mean_std([j.series("val/acc")[-1] for j in done], math.nan)
+    best_acc = _mean_std([max(j.series("val/acc")) for j in done], math.nan)
+    final_loss = _mean_std([j.series("val/loss")[-1] for j in done], math.nan)
+    best_loss = _mean_std([min(j.series("val/loss")) for j in done], math.nan)
     reach = [
         next((i + 1 for i, a in enumerate(j.series("val/acc")) if a >= target_acc), None)
         for j in done
@@ -57,7 +59,9 @@ def summarize(group: Group, target_acc: float) -> dict[str, Any]:
         "n": len(group.jobs),
         "completed": len(done),
         "diverged": group.count("diverged"),
-        "failed": group.count("failed") + group.count("incomplete"),
+        # not complete for another reason: a crash, a stop (interrupted), still running, or
+        # completed by its status.json but with no readable metrics.jsonl row
+        "failed": len(group.jobs) - len(done) - group.count("diverged"),
         "best_val_acc_mean": best_acc[0],
         "best_val_acc_std": best_acc[1],
         "final_val_acc_mean": final_acc[0],
@@ -78,7 +82,9 @@ def _sort_key(row: dict[str, Any]) -> tuple[bool, float]:
 
 
 def _pm(mean: float, std: float, digits: int = 4) -> str:
-    return "—" if math.isnan(mean) else f"{mean:.{digits}f} ± {std:.{digits}f}"
+    if math.isnan(mean):
+        return "—"
+    return f"{mean:.{digits}f}" + ("" if math.isnan(std) else f" ± {std:.{digits}f}")
 
 
 def per_seed(groups: list[Group], metric: str) -> dict[str, dict[int, float]]:
@@ -105,18 +111,22 @@ def markdown(
         f"Overrides shared by every run: `{shared}`.",
         "",
         f"Best first, by mean best val acc over completed seeds. Statistics are over completed "
-        f"runs; diverged and failed runs are counted in their own columns. Epochs to "
+        f"runs (± their std; none for a single seed); diverged runs and failed ones "
+        f"(crashed, stopped or unfinished) are counted in their own columns. Epochs to "
         f"{target_acc:.0%}: mean over the seeds that reached it (k/n reached).",
         "",
         "| # | config | runs | done | diverged | failed | best val acc | final val acc "
         f"| best val loss | final val loss | epochs to {target_acc:.0%} | wall s |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    ties = {(c.a, c.b) for c in comparisons if c.tie}
-    rank = 0
+    ties = {frozenset((c.a, c.b)) for c in comparisons if c.tie}
+    rank, leader = 0, None
     for i, r in enumerate(rows):
-        tied = i > 0 and (rows[i - 1]["config"], r["config"]) in ties
-        rank = rank if tied else i + 1
+        # a rank is shared only with its first row: tied with the one above is not enough,
+        # as ties chain (1 = 2 and 2 = 3 while 1 is significantly better than 3)
+        tied = leader is not None and frozenset((leader, r["config"])) in ties
+        if not tied:
+            rank, leader = i + 1, r["config"]
         label = f"={rank}" if tied else str(rank)
         epochs = r["epochs_to_target_mean"]
         to_target = (
@@ -131,15 +141,28 @@ def markdown(
             f"| {_pm(r['best_val_loss_mean'], r['best_val_loss_std'])} "
             f"| {_pm(r['final_val_loss_mean'], r['final_val_loss_std'])} | {to_target} | {wall} |"
         )
-    if len(rows) > 1 and not math.isnan(rows[0]["best_val_acc_mean"]):
-        gap = rows[0]["best_val_acc_mean"] - rows[1]["best_val_acc_mean"]
-        lines += ["", f"Winner: `{rows[0]['config']}`, ahead of `{rows[1]['config']}` by "
-                  f"{gap:.4f} mean best val acc; `=n` marks a rank tied with the one above "
-                  "(not significantly different after Holm's correction)."]  # fmt: skip
+    lines += ["", *_winner(rows)]
     if len(rows) > 1:
         lines += ["", *compare_markdown(comparisons, metric)]
     lines += ["", "![lr](lr.png) ![val loss](val_loss.png) ![val acc](val_acc.png)", ""]
     return "\n".join(lines)
+
+
+def _winner(rows: list[dict[str, Any]]) -> list[str]:
+    """The line under the table: who leads by how much, or why no one does."""
+    if len(rows) < 2 or math.isnan(rows[0]["best_val_acc_mean"]):
+        return []
+    first, second = rows[0], rows[1]
+    ties = "; `=n` marks a rank shared with the first row of that rank (not significantly "
+    ties += "different from it after Holm's correction)."
+    if math.isnan(second["best_val_acc_mean"]):
+        return [f"Only `{first['config']}` has completed runs: nothing to rank it against."]
+    gap = first["best_val_acc_mean"] - second["best_val_acc_mean"]
+    if gap == 0:
+        return [f"No winner: `{first['config']}` and `{second['config']}` tie at "
+                f"{first['best_val_acc_mean']:.4f} mean best val acc{ties}"]  # fmt: skip
+    return [f"Winner: `{first['config']}`, ahead of `{second['config']}` by {gap:.4f} mean "
+            f"best val acc{ties}"]  # fmt: skip
 
 
 def _fmt(value: float | None, spec: str = "+.4f") -> str:
