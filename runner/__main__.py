@@ -224,13 +224,24 @@ def check_resume_dir(argv: list[str]) -> None:
         return
     given = dict(a.lstrip("+").split("=", 1) for a in argv if not a.startswith("-") and "=" in a)
     value = given.get("resume", "").strip("'\"")
+    if "resume" in given and not value.strip():  # the run dir would be the working dir
+        _config_error(ConfigError("resume", value, "give the run dir to continue "
+                                  "(resume=<dir>), or true with hydra.run.dir=<dir>"))  # fmt: skip
     if value.lower() in ("", "null", "none", "false"):
         return
+    if value.lower() == "true" and not given.get("hydra.run.dir"):  # else a new dated dir
+        why = "true continues the run in hydra.run.dir: give hydra.run.dir=<dir> too"
+        _config_error(ConfigError("resume", value, f"{why}, or resume=<dir>"))
     target = given.get("hydra.run.dir") if value.lower() == "true" else value
     if target and not (Path(target) / "config.yaml").is_file():
-        err = ConfigError("resume", value, f"no run to resume: {target}/config.yaml missing")
-        print(f"config error: {err}", file=sys.stderr)
-        sys.exit(EXIT_CONFIG)
+        _config_error(
+            ConfigError("resume", value, f"no run to resume: {target}/config.yaml missing")
+        )
+
+
+def _config_error(err: ConfigError) -> NoReturn:
+    print(f"config error: {err}", file=sys.stderr)
+    sys.exit(EXIT_CONFIG)
 
 
 def _given(argv: list[str]) -> dict[str, str]:

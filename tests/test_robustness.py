@@ -274,6 +274,13 @@ def test_resume_of_a_dir_without_a_run_is_a_config_error(tmp_path):
     proc = cli_in_process(f"resume={tmp_path / 'nothing'}", cwd=tmp_path)
     assert proc.returncode == 2
     assert "resume=" in proc.stderr and "config.yaml missing" in proc.stderr
+    # an empty resume= (the run dir was the working dir) or resume=true with no
+    # hydra.run.dir (a new dated dir was made, then refused): refused, nothing created
+    for given, why in (("resume=''", "give the run dir"), ("resume=true", "hydra.run.dir=")):
+        proc = cli_in_process(given, "epochs=1", "logger=none", cwd=tmp_path)
+        assert proc.returncode == 2 and why in proc.stderr, proc.stderr
+        assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    assert not list(tmp_path.iterdir())
 
 
 def test_nan_loss_marks_the_run_diverged_with_its_own_exit_code(tmp_path):
