@@ -385,3 +385,32 @@ def test_orphaned_temp_checkpoints_are_removed_on_resume(tmp_path, finished_run)
     assert result.status == "completed"
     assert not orphan.exists()
     assert not (tmp_path / "ignored").exists()
+
+
+SHORT_WRITE = """
+import resource, signal, sys
+from pathlib import Path
+import torch
+from runner.core import checkpoint, files
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
+resource.setrlimit(resource.RLIMIT_FSIZE, (8192, 8192))
+target = Path(sys.argv[1]) / "last.pt"
+try:
+    files.replace_atomic(target, lambda tmp: checkpoint.save({"w": torch.zeros(100000)}, tmp))
+except files.WriteFailed as err:
+    print("WriteFailed:", err)
+"""
+
+
+def test_a_checkpoint_cut_short_by_the_disk_is_a_write_failure_not_a_torch_error(tmp_path):
+    """torch.save reports a short write as RuntimeError('unexpected pos'): the checkpoint
+    writer finds the OSError behind it (here a real one: a file size limit, EFBIG), so a
+    full disk ends the run with the one line `cannot write <dir>/last.pt: ...`."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", SHORT_WRITE, str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"WriteFailed: cannot write {tmp_path / 'last.pt'}: File too large" in proc.stdout
+    assert not list(tmp_path.iterdir())  # no last.pt, no temp file left

@@ -215,7 +215,7 @@ class Checkpointer:
         self._stamp(state)
         self.latest = state
         self._last_write = time.monotonic()
-        files.replace_atomic(self.run_dir / LAST, lambda tmp: torch.save(_packed(state), tmp))
+        files.replace_atomic(self.run_dir / LAST, lambda tmp: save(_packed(state), tmp))
         if self.session is not None:
             self.session.wrote = True
 
@@ -246,16 +246,34 @@ class Checkpointer:
 
         def write() -> None:
             if write_last:
-                files.replace_atomic(last_path, lambda tmp: torch.save(_packed(latest), tmp))
+                files.replace_atomic(last_path, lambda tmp: save(_packed(latest), tmp))
             if write_best and same and write_last:  # the same epoch: a link, not a second save
                 files.replace_atomic(best_path, lambda tmp: _link_or_copy(last_path, tmp))
             elif write_best:
-                files.replace_atomic(best_path, lambda tmp: torch.save(_packed(best), tmp))
+                files.replace_atomic(best_path, lambda tmp: save(_packed(best), tmp))
 
         if self.background is None:
             write()
         else:
             self.background.submit(write)
+
+
+def save(obj: Any, tmp: Path) -> None:
+    """torch.save(obj, tmp). torch reports a short write (a full disk, a quota, a file size
+    limit) as a RuntimeError ("unexpected pos"), which would end the run in a traceback:
+    a probe write then raises the OSError behind it, which files.writing turns into the
+    one-line WriteFailed like any other write. On a disk that is not full the probe
+    succeeds and the RuntimeError stands."""
+    try:
+        torch.save(obj, tmp)
+    except RuntimeError:
+        fd = os.open(tmp, os.O_WRONLY | os.O_APPEND)
+        try:
+            os.write(fd, bytes(1 << 16))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        raise
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
