@@ -179,6 +179,10 @@ def check_composition(argv: list[str]) -> None:
     if _NO_COMPOSE & set(argv):
         return
     dirs = config_dirs(argv)
+    for d in dirs:  # Hydra's own message is a warning, an error and a hint, exit 1
+        if not Path(d).is_dir():
+            _config_error(ConfigError("--config-dir", d, "no such directory (give the dir "
+                                      "that holds your config groups)"))  # fmt: skip
     overrides = [
         a for a in argv if not a.startswith("-") and "=" in a and a not in dirs
     ]  # fmt: skip

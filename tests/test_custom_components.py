@@ -234,3 +234,13 @@ def test_options_are_moved_before_the_overrides_for_hydras_parser():
     assert options_first(argv) == [
         "--config-dir", "c", "-m", "--cfg", "job", "model=x", "seed=0,1", "epochs=2",
     ]  # fmt: skip
+
+
+def test_a_config_dir_that_does_not_exist_is_a_config_error(tmp_path):
+    for argv in (["--config-dir", str(tmp_path / "nope")], [f"--config-dir={tmp_path}/nope"]):
+        proc = cli_in_process(*argv, "epochs=1", "logger=none", cwd=tmp_path)
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.startswith("config error: --config-dir=") and "no such directory" in (
+            proc.stderr
+        )
+        assert proc.stderr.count("\n") == 1 and not list(tmp_path.iterdir())
