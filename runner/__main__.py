@@ -278,8 +278,7 @@ def check_run_dir(argv: list[str]) -> None:
     try:
         done = check(Path(target), overrides, resuming, config_dirs=dirs)
     except ConfigError as err:
-        print(f"config error: {err}", file=sys.stderr)
-        sys.exit(EXIT_CONFIG)
+        _config_error(err)
     if done is not None:
         print(done)
         sys.exit(0)

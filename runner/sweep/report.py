@@ -141,7 +141,8 @@ def markdown(
             f"| {_pm(r['best_val_loss_mean'], r['best_val_loss_std'])} "
             f"| {_pm(r['final_val_loss_mean'], r['final_val_loss_std'])} | {to_target} | {wall} |"
         )
-    lines += ["", *_winner(rows)]
+    if winner := _winner(rows):
+        lines += ["", *winner]
     if len(rows) > 1:
         lines += ["", *compare_markdown(comparisons, metric)]
     lines += ["", "![lr](lr.png) ![val loss](val_loss.png) ![val acc](val_acc.png)", ""]
