@@ -48,6 +48,13 @@ run lenet_amp 150 $R model=lenet trainer.amp=true epochs=3 logger=tensorboard \
     run half 150 $R $D epochs=2 hydra.run.dir=$S/half &&
         run resumed 150 $R resume=$S/half epochs=4
 ) &
+(   # the streamed path on CUDA (DataLoader workers, pinned memory, non_blocking copies):
+    # exact resume with 2 workers, 4 epochs straight vs 2 then resume= to 4
+    D="data=dataset data.in_memory=false data.num_workers=2 model=lenet scheduler=step trainer.deterministic=true logger=none"
+    run stream_full 150 $R $D epochs=4 hydra.run.dir=$S/stream_full
+    run stream_half 150 $R $D epochs=2 hydra.run.dir=$S/stream_half &&
+        run stream_resumed 150 $R resume=$S/stream_half epochs=4
+) &
 (   # the fused launcher on CUDA vs the basic one
     F="model=lenet optimizer=adam scheduler=step,cosine,plateau seed=0,1 epochs=3 logger=none"
     run fused 200 $R -m hydra/launcher=fused $F hydra.sweep.dir=$S/fused
@@ -89,20 +96,24 @@ def on_device(d):
     log = (d / "train.log").read_text() if (d / "train.log").exists() else ""
     return next((ln.split(" - ", 1)[-1] for ln in log.splitlines() if " on " in ln), "?")
 
-for name in ("default", "amp_compile", "lenet_amp", "full", "resumed", "lr_find", "ddp"):
-    d = S / ("half" if name == "resumed" else name)
+halves = {"resumed": "half", "stream_resumed": "stream_half"}
+for name in ("default", "amp_compile", "lenet_amp", "full", "resumed", "stream_full",
+             "stream_resumed", "lr_find", "ddp"):
+    d = S / halves.get(name, name)
     st = "completed" if name == "lr_find" else status(d)
     ok = (d / "lr_find.csv").exists() if name == "lr_find" else st == "completed"
     check(name, ok, f"status={st} | {on_device(d)}")
 check("wandb_offline", any((S / "default" / "wandb").glob("offline-run-*")))
 check("tensorboard", any((S / "lenet_amp").rglob("events.out.tfevents.*")))
-try:
-    a, b = rows(S / "full"), rows(S / "half")
-    keys = [k for k in a[0] if not k.startswith("time/")]
-    diff = max(abs(x[k] - y[k]) for x, y in zip(a, b) for k in keys)
-    check("resume_exact", len(a) == len(b) == 4 and diff == 0.0, f"max |diff|={diff:.3g}")
-except Exception as e:  # noqa: BLE001
-    check("resume_exact", False, repr(e))
+for name, full, half in (("resume_exact", "full", "half"),
+                         ("stream_resume_exact", "stream_full", "stream_half")):
+    try:
+        a, b = rows(S / full), rows(S / half)
+        keys = [k for k in a[0] if not k.startswith("time/")]
+        diff = max(abs(x[k] - y[k]) for x, y in zip(a, b) for k in keys)
+        check(name, len(a) == len(b) == 4 and diff == 0.0, f"max |diff|={diff:.3g}")
+    except Exception as e:  # noqa: BLE001
+        check(name, False, repr(e))
 try:
     def jobs(root):
         out = {}
