@@ -25,7 +25,14 @@ from omegaconf import DictConfig
 
 from runner.core.compose import compose_config, expand, one_line, options_first
 from runner.core.distributed import launch_rank
-from runner.core.files import WRITE_ERRNOS, WriteFailed, read_json, write_json_atomic
+from runner.core.files import (
+    WRITE_ERRNOS,
+    RunDirBusy,
+    WriteFailed,
+    keep_run_dir,
+    read_json,
+    write_json_atomic,
+)
 from runner.core.stopping import stop_on_signals
 from runner.sweep.launch import check_launcher, check_sweeper
 from schedulers import ConfigError
@@ -269,8 +276,20 @@ def check_run_dir(argv: list[str]) -> None:
     resume = given.get("resume", "")
     resuming = resume.lower() not in ("", "null", "none", "false")
     target = resume if resuming and resume.lower() != "true" else given.get("hydra.run.dir")
-    if not target or not Path(target).is_dir():
-        return  # a new dated dir, or one Hydra makes now
+    if not target:
+        return  # a new dated dir (microseconds in its name: no other run shares it)
+    existed = Path(target).is_dir()
+    from runner.run.rundir import busy  # imports torch (checkpoints)
+
+    try:  # held from before Hydra writes .hydra/ there; the run takes it over
+        Path(target).mkdir(parents=True, exist_ok=True)
+        keep_run_dir(target)
+    except RunDirBusy as err:
+        _config_error(busy(err))
+    except OSError:
+        return  # a dir that cannot be made or written: Hydra's write says so, in one line
+    if not existed:
+        return  # nothing in it to check
     dirs = config_dirs(argv)
     overrides = [a for a in argv if not a.startswith("-") and "=" in a and a not in dirs]
     from runner.run.rundir import check_run_dir as check  # imports torch (checkpoints)

@@ -89,9 +89,21 @@ def cli_in_process(*args: str, cwd: Path) -> subprocess.CompletedProcess:
             elif not isinstance(code, int):
                 print(code, file=err)
                 code = 1
+        finally:  # the run dir lock cli() took for the run it would start: not this process's
+            release_kept_locks()
     if code is None:
         return run_cli(*args, cwd=cwd)
     return subprocess.CompletedProcess(["runner", *args], code, out.getvalue(), err.getvalue())
+
+
+def release_kept_locks() -> None:
+    """Drop the run-dir locks the CLI took for a run (files.keep_run_dir) that this test
+    process will not start."""
+    from runner.core import files
+
+    for lock in files._KEPT.values():
+        os.close(lock.fd)
+    files._KEPT.clear()
 
 
 @contextlib.contextmanager

@@ -3,8 +3,11 @@ last.pt written before the first epoch (issue #18, "Nothing lost")."""
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -16,7 +19,7 @@ from runner.core.stopping import StopFlag
 from runner.run.rundir import RunDirRefused, extend_blocker
 from runner.run.train import train
 from schedulers import ConfigError
-from tests.conftest import cli_in_process, make_cfg, read_metrics
+from tests.conftest import cli_in_process, make_cfg, read_metrics, release_kept_locks
 from tests.test_robustness import SLOW, comparable, start, wait_for_rows
 
 
@@ -119,6 +122,44 @@ def test_a_concurrent_second_run_is_refused_and_the_first_completes(tmp_path):
     assert first.returncode == 0, err[-2000:]
     assert [r["epoch"] for r in read_metrics(run_dir)] == list(range(4))
     assert json.loads((run_dir / "status.json").read_text())["status"] == "completed"
+
+
+@pytest.mark.parametrize("exists", [False, True], ids=["new dir", "empty dir"])
+def test_the_cli_holds_the_run_dir_before_hydra_writes_into_it(tmp_path, monkeypatch, exists):
+    """Two runs started at once into one hydra.run.dir both passed the CLI's check; the one
+    refused later had already written its .hydra/ over the other's, which mislabels the dir
+    in a sweep report. The CLI now holds the lock when Hydra starts, and the run takes it
+    over (flock is per open file: opening it again would be refused)."""
+    import runner.__main__ as entry
+
+    run_dir = tmp_path / "run"
+    if exists:
+        run_dir.mkdir()
+    seen: list[str] = []
+
+    def hydra_starts() -> None:  # where Hydra would write .hydra/ and train.log
+        fd = os.open(run_dir / ".lock", os.O_RDONLY | os.O_CREAT)  # another open file
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            seen.append("free")
+        except BlockingIOError:
+            seen.append("held")
+        finally:
+            os.close(fd)
+        with files.hold_run_dir(run_dir) as lock:  # the run's own: takes the lock over
+            lock.claim()
+            seen.append((run_dir / ".lock").read_text().strip())
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["runner", "logger=none", f"hydra.run.dir={run_dir}"])
+    monkeypatch.setattr(entry, "main", hydra_starts)
+    monkeypatch.setattr(entry, "_CLI_STOP", None)
+    try:
+        entry.cli()
+    finally:
+        release_kept_locks()
+    assert seen == ["held", str(os.getpid())]
+    assert files.run_dir_holder(run_dir) is None  # released with the run's block
 
 
 def test_the_lock_is_held_for_the_run_and_refuses_an_in_process_second_run(tmp_path):

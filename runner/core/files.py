@@ -15,7 +15,9 @@
   `cannot write <path>: <cause>`.
 - One run per run dir: `hold_run_dir` takes an exclusive `flock` on `<run dir>/.lock`
   for the run's life. The kernel drops it when the process ends, however it ends, so a
-  lock left by a killed run never blocks the next one.
+  lock left by a killed run never blocks the next one. The CLI takes it before Hydra
+  writes .hydra/ there (`keep_run_dir`), and the run's own `hold_run_dir` takes that
+  lock over: flock is per open file, so opening the lock file again would be refused.
 """
 
 from __future__ import annotations
@@ -269,26 +271,51 @@ def _pid(fd: int) -> int | None:
     return int(text) if text.isdigit() else None
 
 
-@contextmanager
-def hold_run_dir(run_dir: Path | str) -> Iterator[RunDirLock]:
-    """Hold `<run_dir>/.lock` exclusively until the block ends (or the process does);
-    RunDirBusy at once if another process holds it."""
+# locks this process took ahead of its run (keep_run_dir), by resolved run dir, until the
+# run's hold_run_dir takes them over
+_KEPT: dict[str, RunDirLock] = {}
+
+
+def _lock(run_dir: Path | str) -> RunDirLock:
     path = Path(run_dir) / LOCK
     with writing(path):
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)  # not inherited by child processes
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RunDirBusy(Path(run_dir), _pid(fd)) from None
-        yield RunDirLock(fd)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        pid = _pid(fd)
+        os.close(fd)
+        raise RunDirBusy(Path(run_dir), pid) from None
+    return RunDirLock(fd)
+
+
+def keep_run_dir(run_dir: Path | str) -> None:
+    """Take the run dir's lock now, for the run this process is about to start: two runs
+    started at once into one dir would otherwise both pass the CLI's check, and the one
+    refused later would already have written its .hydra/ over the other's (the sweep
+    report labels a run from it). RunDirBusy if another process holds it."""
+    key = str(Path(run_dir).resolve())
+    if key not in _KEPT:
+        _KEPT[key] = _lock(run_dir)
+
+
+@contextmanager
+def hold_run_dir(run_dir: Path | str) -> Iterator[RunDirLock]:
+    """Hold `<run_dir>/.lock` exclusively until the block ends (or the process does);
+    RunDirBusy at once if another process holds it. A lock this process kept for the run
+    (keep_run_dir) is taken over."""
+    lock = _KEPT.pop(str(Path(run_dir).resolve()), None) or _lock(run_dir)
+    try:
+        yield lock
     finally:
-        os.close(fd)  # releases the lock
+        os.close(lock.fd)  # releases the lock
 
 
 def run_dir_holder(run_dir: Path | str) -> RunDirBusy | None:
     """Whether another process holds the run dir's lock (a RunDirBusy saying which), without
     taking it or creating anything."""
+    if str(Path(run_dir).resolve()) in _KEPT:
+        return None  # this process took it for its run
     try:
         fd = os.open(Path(run_dir) / LOCK, os.O_RDONLY)
     except OSError:
