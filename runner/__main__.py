@@ -248,6 +248,11 @@ def check_resume_dir(argv: list[str]) -> None:
         _config_error(
             ConfigError("resume", value, f"no run to resume: {target}/config.yaml missing")
         )
+    run_dir = given.get("hydra.run.dir")
+    if value.lower() != "true" and run_dir and Path(run_dir).resolve() != Path(value).resolve():
+        # the run goes on in <dir>; Hydra would put its train.log in the other dir
+        _config_error(ConfigError("hydra.run.dir", run_dir, f"resume={value} continues the "
+                                  "run in its own dir: drop hydra.run.dir"))  # fmt: skip
 
 
 def _config_error(err: ConfigError) -> NoReturn:

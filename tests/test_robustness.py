@@ -281,6 +281,14 @@ def test_resume_of_a_dir_without_a_run_is_a_config_error(tmp_path):
         assert proc.returncode == 2 and why in proc.stderr, proc.stderr
         assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
     assert not list(tmp_path.iterdir())
+    # resume=<run> with another hydra.run.dir: its train.log went there; now refused
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("epochs: 1\n")
+    proc = cli_in_process(f"resume={run}", f"hydra.run.dir={tmp_path / 'other'}", cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith(f"config error: hydra.run.dir='{tmp_path / 'other'}': resume=")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
 
 
 def test_nan_loss_marks_the_run_diverged_with_its_own_exit_code(tmp_path):
