@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import CONF, read_metrics, run_cli, wandb_records
+from tests.conftest import CONF, cli_in_process, read_metrics, run_cli, wandb_records
 
 EPOCHS = 5
 LR = 0.05
@@ -85,6 +85,16 @@ def test_unknown_group_option_lists_the_available_ones(tmp_path):
     assert "Available options in 'scheduler'" in proc.stderr
     for option in ("cosine", "none", "step"):
         assert f" {option}," in proc.stderr  # on one line: "...: cosine, cosine_restarts, ..."
+
+
+def test_an_unknown_group_option_in_a_sweep_stops_it_before_any_job(tmp_path):
+    """As the README says: a bad value fails only its own job (test_sweeps), but no job can
+    be composed from an unknown option, so the sweep stops at once, naming it."""
+    proc = cli_in_process("-m", "scheduler=step,bogus", "epochs=1", "logger=none", cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("config error: ") and "scheduler/bogus" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not list(tmp_path.iterdir())  # no sweep dir, no job
 
 
 def test_missing_dataset_root_exits_2_naming_key_and_path(tmp_path):
