@@ -34,7 +34,7 @@ from runner.core.files import (
     write_json_atomic,
 )
 from runner.core.stopping import stop_on_signals
-from runner.sweep.launch import check_launcher, check_sweeper
+from runner.sweep.launch import check_callbacks, check_launcher, check_sweeper
 from schedulers import ConfigError
 
 EXIT_CONFIG = 2
@@ -202,6 +202,7 @@ def check_composition(argv: list[str]) -> None:
         composed = compose_config(first, with_hydra=True, config_dirs=dirs)
         check_launcher(composed.hydra.launcher)
         check_sweeper(composed.hydra.sweeper, overrides)
+        check_callbacks(composed.hydra.get("callbacks"))
         for combo in others:
             compose_config(combo, config_dirs=dirs)
         if not multirun and not composed.resume:

@@ -97,6 +97,19 @@ def test_an_unknown_group_option_in_a_sweep_stops_it_before_any_job(tmp_path):
     assert not list(tmp_path.iterdir())  # no sweep dir, no job
 
 
+@pytest.mark.parametrize(("override", "says"), [
+    ("hydra.callbacks.sweep_report.metric=bogus", "metric='bogus': must be one of best_val_acc"),
+    ("hydra.callbacks.sweep_report.target_acc=abc", "target_acc='abc': must be a number in"),
+    ("hydra.callbacks.sweep_report.target_acc=1.5", "target_acc=1.5: must be a number in"),
+])  # fmt: skip
+def test_the_sweep_reports_keys_are_checked_before_any_job(tmp_path, override, says):
+    """Found before: only after every job had trained (a warning, no report.md)."""
+    proc = cli_in_process("-m", "seed=0,1", "epochs=1", "logger=none", override, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith(f"config error: hydra.callbacks.sweep_report.{says}")
+    assert proc.stderr.count("\n") == 1 and not list(tmp_path.iterdir())
+
+
 def test_missing_dataset_root_exits_2_naming_key_and_path(tmp_path):
     root = tmp_path / "no-such-root"
     run_dir = tmp_path / "run"

@@ -251,3 +251,14 @@ def test_single_seeds_exact_ties_and_empty_configs_are_said_as_such(tmp_path):
     text = write_report(sweep)
     assert table_rows(text)["b"][2:6] == ["2", "0", "0", "2"]  # runs, done, diverged, failed
     assert "Only `scheduler=a` has completed runs" in text and "by nan" not in text
+
+
+@pytest.mark.parametrize("value", ["0", "1.5", "-0.2"])
+def test_the_report_cli_refuses_a_target_acc_outside_0_1(tmp_path, capsys, value):
+    from runner.sweep.report import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main([str(tmp_path), "--target-acc", value])
+    assert exit_.value.code == 2
+    assert "must be in (0, 1]" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())  # nothing written

@@ -30,6 +30,32 @@ def check_max_group(max_group: int) -> None:
         raise ConfigError("hydra.launcher.max_group", max_group, "must be >= 1 (jobs per group)")
 
 
+SWEEP_REPORT = "runner.sweep.report.SweepReport"
+
+
+def check_report_keys(target_acc: Any, metric: Any, prefix: str = "") -> None:
+    """The sweep report's two options (the callback's keys, or the report CLI's flags):
+    checked when the sweep starts, not found wrong after every job has trained."""
+    if metric not in METRICS:
+        raise ConfigError(f"{prefix}metric", metric, f"must be one of {', '.join(METRICS)}")
+    if (
+        isinstance(target_acc, bool)
+        or not isinstance(target_acc, int | float)
+        or not (0 < target_acc <= 1)
+    ):
+        raise ConfigError(f"{prefix}target_acc", target_acc, "must be a number in (0, 1]")
+
+
+def check_callbacks(callbacks: Mapping[str, Any] | None) -> None:
+    """hydra.callbacks: the sweep report's keys (Hydra builds the callbacks only when the
+    sweep starts, and the report reads them only when it ends)."""
+    for name, callback in (callbacks or {}).items():
+        if isinstance(callback, Mapping) and callback.get("_target_") == SWEEP_REPORT:
+            check_report_keys(callback.get("target_acc", 0.95),
+                              callback.get("metric", "best_val_acc"),
+                              f"hydra.callbacks.{name}.")  # fmt: skip
+
+
 def check_sweeper(sweeper: DictConfig, overrides: Sequence[str] = ()) -> None:
     """The race sweeper's keys and the command's overrides with it (Hydra building the
     sweeper checks the keys again): the race gives every job its seed, so a `seed=`

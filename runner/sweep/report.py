@@ -396,6 +396,8 @@ def main(argv: list[str] | None = None) -> None:
         help="metric the paired seed-by-seed comparison uses",
     )
     args = parser.parse_args(argv)
+    if not 0 < args.target_acc <= 1:
+        parser.error(f"--target-acc {args.target_acc}: must be in (0, 1]")
     try:
         print(write_report(args.sweep_dir, args.target_acc, args.metric))
     except (FileNotFoundError, WriteFailed) as err:
