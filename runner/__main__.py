@@ -23,7 +23,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from runner.core.compose import compose_config, expand, one_line, options_first
+from runner.cli import EXIT_CONFIG, NO_COMPOSE, check_composition, config_dirs, config_error
+from runner.core.compose import options_first
 from runner.core.distributed import launch_rank
 from runner.core.files import (
     WRITE_ERRNOS,
@@ -34,10 +35,8 @@ from runner.core.files import (
     write_json_atomic,
 )
 from runner.core.stopping import stop_on_signals
-from runner.sweep.launch import check_callbacks, check_launcher, check_sweeper
 from schedulers import ConfigError
 
-EXIT_CONFIG = 2
 EXIT_DIVERGED = 3
 EXIT_WRITE = 1  # an output file could not be written (disk full, read-only, I/O error)
 log = logging.getLogger("schedlab")
@@ -160,105 +159,31 @@ def _run_job(cfg: DictConfig, hc: Any, run_dir: Path, multirun: bool, stop: Any)
         return float("nan")
 
 
-_NO_COMPOSE = {"--help", "-h", "--hydra-help", "--version", "--shell-completion", "-sc"}
-
-
-def config_dirs(argv: list[str]) -> list[str]:
-    """The dirs given with Hydra's `--config-dir DIR` / `-cd DIR` (or `--config-dir=DIR`):
-    a user's own groups (model/my_cnn.yaml -> model=my_cnn) beside the built-ins."""
-    dirs = []
-    for i, arg in enumerate(argv):
-        if arg in ("--config-dir", "-cd") and i + 1 < len(argv):
-            dirs.append(argv[i + 1])
-        elif arg.startswith("--config-dir="):
-            dirs.append(arg.split("=", 1)[1])
-    return dirs
-
-
-def check_composition(argv: list[str]) -> None:
-    """Compose the config for these overrides before Hydra starts, so a typo'd key, an
-    unknown group option or a bad override is a config error (exit 2, no run dir) like
-    every other bad value, rather than Hydra's generic exit 1. Sweeps are expanded and
-    every combination is checked, and the launcher's own keys (hydra/launcher=fused).
-    A single new run is validated whole here too, so a bad value (a `_target_` that cannot
-    be imported, a typo'd kwarg) leaves nothing on disk; in a sweep each job still checks
-    and records its own config, so one bad combination never stops the others."""
-    if _NO_COMPOSE & set(argv):
-        return
-    dirs = config_dirs(argv)
-    for d in dirs:  # Hydra's own message is a warning, an error and a hint, exit 1
-        if not Path(d).is_dir():
-            _config_error(ConfigError("--config-dir", d, "no such directory (give the dir "
-                                      "that holds your config groups)"))  # fmt: skip
-    overrides = [
-        a for a in argv if not a.startswith("-") and "=" in a and a not in dirs
-    ]  # fmt: skip
-    multirun = "-m" in argv or "--multirun" in argv
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    try:
-        first, *others = expand(overrides)
-        composed = compose_config(first, with_hydra=True, config_dirs=dirs)
-        check_launcher(composed.hydra.launcher)
-        check_sweeper(composed.hydra.sweeper, overrides)
-        check_callbacks(composed.hydra.get("callbacks"))
-        for combo in others:
-            compose_config(combo, config_dirs=dirs)
-        if not multirun and not composed.resume:
-            from omegaconf import open_dict
-
-            from runner.core.config import validate  # imports torch: only once the run is valid
-
-            with open_dict(composed):
-                del composed["hydra"]
-            validate(composed)
-    except (HydraException, ConfigError, OmegaConfBaseException) as err:
-        print(f"config error: {one_line(err)}", file=sys.stderr)
-        sys.exit(EXIT_CONFIG)
-    except (RecursionError, OSError) as err:  # an override nested too deep for the parser
-        print(f"config error: an override nested too deep to read ({err})", file=sys.stderr)
-        sys.exit(EXIT_CONFIG)
-    except AssertionError as err:  # OmegaConf: a key set under a node that is null
-        print(
-            f"config error: an override sets a key under a node that is null ({err}); e.g. "
-            "hydra.sweeper.params.<key>=... needs a preset that defines hydra.sweeper.params: "
-            "sweep with <key>=a,b instead",
-            file=sys.stderr,
-        )
-        sys.exit(EXIT_CONFIG)
-
-
 def check_resume_dir(argv: list[str]) -> None:
     """`resume=<dir>` naming a dir that holds no run is a config error before Hydra starts:
     Hydra would otherwise create that dir (it is the run dir) only for the run to refuse it."""
-    if _NO_COMPOSE & set(argv) or "-m" in argv or "--multirun" in argv:
+    if NO_COMPOSE & set(argv) or "-m" in argv or "--multirun" in argv:
         return
     given = dict(a.lstrip("+").split("=", 1) for a in argv if not a.startswith("-") and "=" in a)
     value = given.get("resume", "").strip("'\"")
     if "resume" in given and not value.strip():  # the run dir would be the working dir
-        _config_error(ConfigError("resume", value, "give the run dir to continue "
+        config_error(ConfigError("resume", value, "give the run dir to continue "
                                   "(resume=<dir>), or true with hydra.run.dir=<dir>"))  # fmt: skip
     if value.lower() in ("", "null", "none", "false"):
         return
     if value.lower() == "true" and not given.get("hydra.run.dir"):  # else a new dated dir
         why = "true continues the run in hydra.run.dir: give hydra.run.dir=<dir> too"
-        _config_error(ConfigError("resume", value, f"{why}, or resume=<dir>"))
+        config_error(ConfigError("resume", value, f"{why}, or resume=<dir>"))
     target = given.get("hydra.run.dir") if value.lower() == "true" else value
     if target and not (Path(target) / "config.yaml").is_file():
-        _config_error(
+        config_error(
             ConfigError("resume", value, f"no run to resume: {target}/config.yaml missing")
         )
     run_dir = given.get("hydra.run.dir")
     if value.lower() != "true" and run_dir and Path(run_dir).resolve() != Path(value).resolve():
         # the run goes on in <dir>; Hydra would put its train.log in the other dir
-        _config_error(ConfigError("hydra.run.dir", run_dir, f"resume={value} continues the "
+        config_error(ConfigError("hydra.run.dir", run_dir, f"resume={value} continues the "
                                   "run in its own dir: drop hydra.run.dir"))  # fmt: skip
-
-
-def _config_error(err: ConfigError) -> NoReturn:
-    print(f"config error: {err}", file=sys.stderr)
-    sys.exit(EXIT_CONFIG)
 
 
 def _given(argv: list[str]) -> dict[str, str]:
@@ -274,7 +199,7 @@ def check_run_dir(argv: list[str]) -> None:
     (for a new run) another run's results in it, or (with resume=) an override the resume
     cannot apply, is a config error (exit 2) that leaves every file as it was; a complete
     run asked for nothing more says so and exits 0 (no W&B run, no file touched)."""
-    if _NO_COMPOSE & set(argv) or "-m" in argv or "--multirun" in argv:
+    if NO_COMPOSE & set(argv) or "-m" in argv or "--multirun" in argv:
         return
     if int(os.environ.get("RANK", "0")) != 0:
         return  # torchrun: rank 0 holds the run dir; the other ranks write nothing there
@@ -291,7 +216,7 @@ def check_run_dir(argv: list[str]) -> None:
         Path(target).mkdir(parents=True, exist_ok=True)
         keep_run_dir(target)
     except RunDirBusy as err:
-        _config_error(busy(err))
+        config_error(busy(err))
     except OSError:
         return  # a dir that cannot be made or written: Hydra's write says so, in one line
     if not existed:
@@ -303,7 +228,7 @@ def check_run_dir(argv: list[str]) -> None:
     try:
         done = check(Path(target), overrides, resuming, config_dirs=dirs)
     except ConfigError as err:
-        _config_error(err)
+        config_error(err)
     if done is not None:
         print(done)
         sys.exit(0)

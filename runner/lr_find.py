@@ -8,6 +8,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from runner.cli import check_composition
 from runner.core import files
 from runner.core.compose import options_first
 from runner.core.config import validate
@@ -32,6 +33,13 @@ def main(cfg: DictConfig) -> float:
     return lr
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """Config errors (typo'd keys, unknown options, bad values) are one line and exit 2
+    before Hydra makes the run dir, as for `python -m runner`."""
     sys.argv[1:] = options_first(sys.argv[1:])
+    check_composition(sys.argv[1:])
     main()
+
+
+if __name__ == "__main__":
+    cli()

@@ -18,13 +18,23 @@ from pathlib import Path
 from typing import Any
 
 from runner.core.compose import compose_config, expand
-from runner.core.config import planned_groups
+from runner.core.config import planned_groups, validate
 from runner.core.data import steps_per_epoch as steps_in_epoch
 from runner.core.data import train_size
 from schedulers import ConfigError, build_scheduler, schedule_label
 from schedulers.lecture import plateau_loss
 from schedulers.plot import plot_lr_curves
 from schedulers.trace import as_markdown, fields, trace_schedule
+
+
+def check(cfg: Any) -> None:
+    """The runner's own checks (every key, typed, in range), and a number for the lr: a
+    preview has no data to run the LR range test on."""
+    validate(cfg)
+    if cfg.optimizer.lr == "find":
+        raise ConfigError("optimizer.lr", "find", "the preview needs a number (find is "
+                          "decided by the LR range test on the data: run python -m "
+                          "runner.lr_find, then preview with optimizer.lr=<its lr>)")  # fmt: skip
 
 
 def build_preview(cfg: Any, steps_per_epoch: int | None = None) -> tuple[Any, Any, list[str], int]:
@@ -148,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for combo in combos:
             cfg = compose_config(combo, config_dirs=args.config_dirs)
+            check(cfg)
             labels.append(label_of(combo, cfg.scheduler))
             sims.append(simulate(cfg, args.steps_per_epoch))
     except (ConfigError, HydraException) as err:

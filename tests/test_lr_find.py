@@ -129,3 +129,24 @@ def test_cli_prints_both_suggestions_and_writes_plot_and_csv(tmp_path):
     assert (tmp_path / "lr_find.png").stat().st_size > 1000
     rows = list(csv.reader((tmp_path / "lr_find.csv").open()))
     assert rows[0] == ["lr", "loss", "smoothed_loss"] and len(rows) > 10
+
+
+def test_a_test_that_diverges_at_once_is_a_config_error_naming_start_lr():
+    cfg = make_cfg(*FAST, "lr_find.start_lr=100", "lr_find.end_lr=1000")
+    _, data, model, optimizer = build_training_parts(cfg)
+    with pytest.raises(ConfigError) as err:
+        range_test(cfg.lr_find, model, optimizer, data, seed=0, batch_size=64)
+    assert err.value.key == "lr_find.start_lr" and "lower it" in str(err.value)
+
+
+@pytest.mark.parametrize("override", ["optimizer.lrr=1", "scheduler=nope", "optimizer.lr=-1"])
+def test_cli_config_errors_are_one_line_and_leave_nothing(tmp_path, override):
+    """Before: Hydra made outputs/runs/<date>/ first, and a typo'd key or unknown option
+    was Hydra's own multi-line error with exit 1."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "runner.lr_find", override], capture_output=True, text=True,
+        timeout=120, cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("config error: ") and proc.stderr.count("\n") == 1
+    assert not list(tmp_path.iterdir())

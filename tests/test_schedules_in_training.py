@@ -155,6 +155,23 @@ def test_preview_rejects_a_bad_value_with_exit_2(tmp_path, capsys):
     assert "Traceback" not in stderr
 
 
+@pytest.mark.parametrize(("override", "says"), [
+    ("optimizer.lr=find", "optimizer.lr='find': the preview needs a number"),
+    ("optimizer.lr=-1", "optimizer.lr=-1: must be a number > 0"),
+    ("data.batch_size=0", "data.batch_size=0: must be an integer >= 1"),
+    ("data.batch_size=abc", "data.batch_size='abc': must be an integer"),
+    ("seed=abc", "seed='abc': must be an integer"),
+    ("epochs=0", "epochs=0: must be an integer in [1,"),
+])  # fmt: skip
+def test_preview_checks_the_config_as_the_runner_does(tmp_path, capsys, override, says):
+    """Found by a QA pass: tracebacks (lr=find, lr=-1, batch_size=0/abc), a wrong type
+    accepted (seed=abc), and epochs=0 reported as scheduler.warmup_epochs."""
+    assert preview_main([override, "--out", str(tmp_path)]) == 2
+    stderr = capsys.readouterr().err
+    assert stderr.startswith(f"config error: {says}") and stderr.count("\n") == 1, stderr
+    assert not list(tmp_path.iterdir())
+
+
 def test_lecture_curves_command_writes_six_figures_and_tables(tmp_path):
     lecture_main(["--out", str(tmp_path)])
     names = ["step", "multistep", "exponential", "cosine", "plateau", "lambda"]

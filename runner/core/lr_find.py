@@ -180,10 +180,9 @@ def range_test(
     result.lrs = [result.lrs[i] for i in finite]
     result.losses = [result.losses[i] for i in finite]
     result.smooth = smoothed(result.losses, cfg["smooth"])
-    if len(result.lrs) < 3:
-        raise RuntimeError(
-            f"the loss diverged within {len(result.lrs)} points; lower lr_find.start_lr"
-        )
+    if len(result.lrs) < 3:  # a config to change, not a crash: one line, exit 2
+        raise ConfigError("lr_find.start_lr", cfg["start_lr"], f"the loss diverged within "
+                          f"{len(result.lrs)} points of the test: lower it")  # fmt: skip
     result.suggestions = suggest(result.lrs, result.smooth)
     return result
 

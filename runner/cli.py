@@ -1,0 +1,89 @@
+"""What every command line (`python -m runner`, `python -m runner.lr_find`) checks before
+Hydra starts: Hydra makes the run dir and writes .hydra/ before the task runs, and reports
+a bad override as a generic error with exit 1; checked here, a bad config is one line,
+exit 2, with nothing left on disk."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import NoReturn
+
+from runner.core.compose import compose_config, expand, one_line
+from runner.sweep.launch import check_callbacks, check_launcher, check_sweeper
+from schedulers import ConfigError
+
+EXIT_CONFIG = 2
+
+NO_COMPOSE = {"--help", "-h", "--hydra-help", "--version", "--shell-completion", "-sc"}
+
+
+def config_dirs(argv: list[str]) -> list[str]:
+    """The dirs given with Hydra's `--config-dir DIR` / `-cd DIR` (or `--config-dir=DIR`):
+    a user's own groups (model/my_cnn.yaml -> model=my_cnn) beside the built-ins."""
+    dirs = []
+    for i, arg in enumerate(argv):
+        if arg in ("--config-dir", "-cd") and i + 1 < len(argv):
+            dirs.append(argv[i + 1])
+        elif arg.startswith("--config-dir="):
+            dirs.append(arg.split("=", 1)[1])
+    return dirs
+
+
+def check_composition(argv: list[str]) -> None:
+    """Compose the config for these overrides before Hydra starts, so a typo'd key, an
+    unknown group option or a bad override is a config error (exit 2, no run dir) like
+    every other bad value, rather than Hydra's generic exit 1. Sweeps are expanded and
+    every combination is checked, and the launcher's own keys (hydra/launcher=fused).
+    A single new run is validated whole here too, so a bad value (a `_target_` that cannot
+    be imported, a typo'd kwarg) leaves nothing on disk; in a sweep each job still checks
+    and records its own config, so one bad combination never stops the others."""
+    if NO_COMPOSE & set(argv):
+        return
+    dirs = config_dirs(argv)
+    for d in dirs:  # Hydra's own message is a warning, an error and a hint, exit 1
+        if not Path(d).is_dir():
+            config_error(ConfigError("--config-dir", d, "no such directory (give the dir "
+                                      "that holds your config groups)"))  # fmt: skip
+    overrides = [
+        a for a in argv if not a.startswith("-") and "=" in a and a not in dirs
+    ]  # fmt: skip
+    multirun = "-m" in argv or "--multirun" in argv
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        first, *others = expand(overrides)
+        composed = compose_config(first, with_hydra=True, config_dirs=dirs)
+        check_launcher(composed.hydra.launcher)
+        check_sweeper(composed.hydra.sweeper, overrides)
+        check_callbacks(composed.hydra.get("callbacks"))
+        for combo in others:
+            compose_config(combo, config_dirs=dirs)
+        if not multirun and not composed.resume:
+            from omegaconf import open_dict
+
+            from runner.core.config import validate  # imports torch: only once the run is valid
+
+            with open_dict(composed):
+                del composed["hydra"]
+            validate(composed)
+    except (HydraException, ConfigError, OmegaConfBaseException) as err:
+        print(f"config error: {one_line(err)}", file=sys.stderr)
+        sys.exit(EXIT_CONFIG)
+    except (RecursionError, OSError) as err:  # an override nested too deep for the parser
+        print(f"config error: an override nested too deep to read ({err})", file=sys.stderr)
+        sys.exit(EXIT_CONFIG)
+    except AssertionError as err:  # OmegaConf: a key set under a node that is null
+        print(
+            f"config error: an override sets a key under a node that is null ({err}); e.g. "
+            "hydra.sweeper.params.<key>=... needs a preset that defines hydra.sweeper.params: "
+            "sweep with <key>=a,b instead",
+            file=sys.stderr,
+        )
+        sys.exit(EXIT_CONFIG)
+
+
+def config_error(err: ConfigError) -> NoReturn:
+    print(f"config error: {err}", file=sys.stderr)
+    sys.exit(EXIT_CONFIG)
