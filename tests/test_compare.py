@@ -17,7 +17,9 @@ T_975_DF2 = 4.302652729911275  # Student t quantiles, from tables
 T_975_DF4 = 2.7764451051977987
 
 
-def fake_job(sweep, num: int, schedule: str, seed: int, best_acc: float) -> None:
+def fake_job(
+    sweep, num: int, schedule: str, seed: int, best_acc: float, best_loss: float = 0.5
+) -> None:
     job = sweep / str(num)
     (job / ".hydra").mkdir(parents=True)
     (job / ".hydra" / "overrides.yaml").write_text(
@@ -27,7 +29,7 @@ def fake_job(sweep, num: int, schedule: str, seed: int, best_acc: float) -> None
     (job / "status.json").write_text(json.dumps({"status": "completed", "wall_time_s": 1.0}))
     rows = [
         {"epoch": 0, "lr/group0": 0.1, "val/acc": best_acc - 0.05, "val/loss": 1.0},
-        {"epoch": 1, "lr/group0": 0.05, "val/acc": best_acc, "val/loss": 0.5},
+        {"epoch": 1, "lr/group0": 0.05, "val/acc": best_acc, "val/loss": best_loss},
     ]
     (job / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
@@ -262,3 +264,22 @@ def test_the_report_cli_refuses_a_target_acc_outside_0_1(tmp_path, capsys, value
     assert exit_.value.code == 2
     assert "must be in (0, 1]" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_the_table_ranks_by_the_reports_metric(tmp_path):
+    """--metric best_val_loss: ranked by it, lowest first (before: by best val acc, while
+    the shared ranks came from the loss comparisons)."""
+    sweep = tmp_path / "sweep"
+    for seed in range(3):  # a: the better accuracy; b: the lower loss
+        fake_job(sweep, seed, "a", seed, 0.95 + 0.01 * seed, best_loss=0.40 + 0.01 * seed)
+        fake_job(sweep, 3 + seed, "b", seed, 0.90 + 0.01 * seed, best_loss=0.30 + 0.01 * seed)
+    by_acc = write_report(sweep)
+    assert list(table_rows(by_acc)) == ["a", "b"]
+    text = write_report(sweep, metric="best_val_loss")
+    rows = table_rows(text)
+    assert list(rows) == ["b", "a"] and rows["b"][0] == "1"  # a: "=1", 3 seeds tell nothing
+    assert "Best first, by mean best val loss" in text
+    assert (
+        "Winner: `scheduler=b`, ahead of `scheduler=a` by 0.1000 mean best val loss "
+        "(lower is better)" in text
+    )

@@ -16,7 +16,7 @@ import logging
 import math
 import statistics
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -76,9 +76,20 @@ def summarize(group: Group, target_acc: float) -> dict[str, Any]:
     }
 
 
-def _sort_key(row: dict[str, Any]) -> tuple[bool, float]:
-    acc = row["best_val_acc_mean"]
-    return (math.isnan(acc), -acc if not math.isnan(acc) else 0.0)
+def _sort_key(metric: str) -> Callable[[dict[str, Any]], tuple[bool, float]]:
+    """Best first by the report's metric (the one its paired comparisons use, so that a
+    shared rank `=n` and the order answer the same question); no completed run last."""
+    higher = METRICS[metric][2]
+
+    def key(row: dict[str, Any]) -> tuple[bool, float]:
+        mean = row[f"{metric}_mean"]
+        return (math.isnan(mean), 0.0 if math.isnan(mean) else -mean if higher else mean)
+
+    return key
+
+
+def _name(metric: str) -> str:
+    return metric.replace("_", " ")  # best_val_acc -> best val acc
 
 
 def _pm(mean: float, std: float, digits: int = 4) -> str:
@@ -110,7 +121,7 @@ def markdown(
         "",
         f"Overrides shared by every run: `{shared}`.",
         "",
-        f"Best first, by mean best val acc over completed seeds. Statistics are over completed "
+        f"Best first, by mean {_name(metric)} over completed seeds. Statistics are over completed "
         f"runs (± their std; none for a single seed); diverged runs and failed ones "
         f"(crashed, stopped or unfinished) are counted in their own columns. Epochs to "
         f"{target_acc:.0%}: mean over the seeds that reached it (k/n reached).",
@@ -141,7 +152,7 @@ def markdown(
             f"| {_pm(r['best_val_loss_mean'], r['best_val_loss_std'])} "
             f"| {_pm(r['final_val_loss_mean'], r['final_val_loss_std'])} | {to_target} | {wall} |"
         )
-    if winner := _winner(rows):
+    if winner := _winner(rows, metric):
         lines += ["", *winner]
     if len(rows) > 1:
         lines += ["", *compare_markdown(comparisons, metric)]
@@ -149,21 +160,23 @@ def markdown(
     return "\n".join(lines)
 
 
-def _winner(rows: list[dict[str, Any]]) -> list[str]:
+def _winner(rows: list[dict[str, Any]], metric: str) -> list[str]:
     """The line under the table: who leads by how much, or why no one does."""
-    if len(rows) < 2 or math.isnan(rows[0]["best_val_acc_mean"]):
+    mean = f"{metric}_mean"
+    if len(rows) < 2 or math.isnan(rows[0][mean]):
         return []
     first, second = rows[0], rows[1]
     ties = "; `=n` marks a rank shared with the first row of that rank (not significantly "
     ties += "different from it after Holm's correction)."
-    if math.isnan(second["best_val_acc_mean"]):
+    if math.isnan(second[mean]):
         return [f"Only `{first['config']}` has completed runs: nothing to rank it against."]
-    gap = first["best_val_acc_mean"] - second["best_val_acc_mean"]
+    gap = abs(first[mean] - second[mean])
     if gap == 0:
         return [f"No winner: `{first['config']}` and `{second['config']}` tie at "
-                f"{first['best_val_acc_mean']:.4f} mean best val acc{ties}"]  # fmt: skip
+                f"{first[mean]:.4f} mean {_name(metric)}{ties}"]  # fmt: skip
+    lower = "" if METRICS[metric][2] else " (lower is better)"
     return [f"Winner: `{first['config']}`, ahead of `{second['config']}` by {gap:.4f} mean "
-            f"best val acc{ties}"]  # fmt: skip
+            f"{_name(metric)}{lower}{ties}"]  # fmt: skip
 
 
 def _fmt(value: float | None, spec: str = "+.4f") -> str:
@@ -332,7 +345,7 @@ def write_report(
     groups = group_jobs(jobs)
     if not groups:
         raise FileNotFoundError(f"no runs found under {sweep_dir} (expected <job>/.hydra/)")
-    rows = sorted((summarize(g, target_acc) for g in groups), key=_sort_key)
+    rows = sorted((summarize(g, target_acc) for g in groups), key=_sort_key(metric))
     f = io.StringIO(newline="")
     writer = csv.DictWriter(f, fieldnames=list(rows[0]))
     writer.writeheader()
