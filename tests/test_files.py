@@ -367,6 +367,22 @@ def test_a_damaged_last_pt_is_refused_and_the_status_is_kept(tmp_path, finished_
     assert (run_dir / "status.json").read_bytes() == status
 
 
+@pytest.mark.parametrize(("text", "says"), [
+    ("", "config.yaml is empty (damaged)"),  # was: "edited after its last checkpoint"
+    ("epochs: [\n", "config.yaml is damaged (ParserError: "),  # was: several lines
+])  # fmt: skip
+def test_a_damaged_config_yaml_is_refused_in_one_line(tmp_path, finished_run, text, says):
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished_run, run_dir)
+    (run_dir / "config.yaml").write_text(text)
+    status = (run_dir / "status.json").read_bytes()
+    proc = cli_in_process(f"resume={run_dir}", "epochs=3", cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith(f"config error: resume='{run_dir}': {run_dir}/{says}")
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    assert (run_dir / "status.json").read_bytes() == status
+
+
 def test_resume_of_a_missing_dir_creates_nothing(tmp_path):
     for args in ([f"resume={tmp_path / 'nothing'}"],
                  [f"hydra.run.dir={tmp_path / 'nothing'}", "resume=true"]):  # fmt: skip

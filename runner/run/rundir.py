@@ -38,12 +38,14 @@ def read_saved_config(target: Path, value: object) -> DictConfig:
     try:
         saved = OmegaConf.load(target / "config.yaml")
     except Exception as err:  # not YAML at all
-        why = f"{type(err).__name__}: {str(err).strip()[:120]}"
+        why = f"{type(err).__name__}: {' '.join(str(err).split())[:120]}"  # one line
         raise ConfigError(
             "resume", str(value), f"{target}/config.yaml is damaged ({why})"
         ) from None
     if not isinstance(saved, DictConfig):
         raise ConfigError("resume", str(value), f"{target}/config.yaml is not a run config")
+    if not saved:  # not an edit to report key by key: the file lost its contents
+        raise ConfigError("resume", str(value), f"{target}/config.yaml is empty (damaged)")
     OmegaConf.set_struct(saved, True)
     return saved
 
