@@ -242,6 +242,12 @@ def need_call(
             raise ConfigError(
                 f"{where}.{key}", kwargs[key], f"{name} has no argument '{key}'; it takes {known}"
             )
+        # a parameter annotated plainly as a number (torch's `gamma: float`) given a word: the
+        # key now, not a TypeError deep inside the class later
+        annotation = sig.parameters[key].annotation if key in sig.parameters else None
+        kind = {float: "float", int: "int"}.get(annotation, annotation)
+        if kind in ("float", "int") and isinstance(kwargs[key], str):
+            raise ConfigError(f"{where}.{key}", kwargs[key], f"{name} takes a number ({kind})")
     try:
         sig.bind(*([None] * leading), **kwargs)
     except TypeError as err:

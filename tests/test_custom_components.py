@@ -192,6 +192,11 @@ BAD = [
      "optimizer.lr", "> 0"),
     (["optimizer=target", "optimizer._target_=torch.optim.RMSprop",
       "+optimizer.weight_decay=-1"], "optimizer.weight_decay", ">= 0"),
+    # a word for a parameter torch annotates as a number: the key, not the class failing
+    (["scheduler=target", "scheduler._target_=torch.optim.lr_scheduler.ExponentialLR",
+      "+scheduler.gamma=abc"], "scheduler.gamma", "ExponentialLR takes a number (float)"),
+    (["scheduler=target", "scheduler._target_=torch.optim.lr_scheduler.StepLR",
+      "+scheduler.step_size=x"], "scheduler.step_size", "StepLR takes a number (int)"),
 ]  # fmt: skip
 
 
