@@ -18,7 +18,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-from common import interleaved, machine, median, write  # noqa: E402
+from common import interleaved, machine, median, per_epoch_split, write  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 
 from runner.core.builders import build_run  # noqa: E402
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> dict:
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
     if not cuda:
-        args.batch, args.steps, args.repeats = 32, 3, 3
+        args.batch, args.steps, args.repeats = 16, 2, 1
         print("no CUDA here: a small CPU run to exercise the script; these are not GPU numbers")
     n = args.batch * args.steps
     cfg = compose_config([
@@ -84,29 +84,44 @@ def main(argv: list[str] | None = None) -> dict:
         "scheduler=onecycle", "trainer.amp=true", f"trainer.compile={str(args.compile).lower()}",
         "trainer.log_every_n_steps=0", "trainer.progress=line", "logger=none",
     ])  # fmt: skip
-    data = synthetic(n, device)
+    data, longer = synthetic(n, device), synthetic(2 * n, device)
     with tempfile.TemporaryDirectory() as tmp:
 
-        def runner() -> None:
+        def runner(data: TensorData) -> None:
             run = build_run(cfg, data)
             fit(cfg, run, RunLogger(Path(tmp)), ckpt_dir=None)
             if cuda:
                 torch.cuda.synchronize()
 
-        variants = {"hand": lambda: hand_loop(cfg, data, device, args.compile), "runner": runner}
+        variants = {
+            "hand": lambda: hand_loop(cfg, data, device, args.compile),
+            "runner": lambda: runner(data),
+            # the same epoch with twice the batches: what the extra batches cost alone
+            # separates a per-batch cost from the runner's fixed one (building the run)
+            "hand, longer": lambda: hand_loop(cfg, longer, device, args.compile),
+            "runner, longer": lambda: runner(longer),
+        }
         for fn in variants.values():  # warm-up: cudnn autotune, compile
             fn()
         times = interleaved(variants, args.repeats)
     # both time a whole epoch: training batches plus one validation pass
-    ips = {k: n / median(v) for k, v in times.items()}
+    medians = {k: median(v) for k, v in times.items()}
+    ips = {k: n / medians[k] for k in ("hand", "runner")}
     ratio = ips["runner"] / ips["hand"]
+    split = per_epoch_split(medians, args.steps, 2)  # "epochs" here: batches
+    per_batch = 1 / split["per-epoch ratio"]
     table = (
         "| loop | images/s |\n|---|---|\n"
         + "\n".join(f"| {k} | {v:,.0f} |" for k, v in ips.items())
         + f"\n\nrunner / hand = {ratio:.3f} (target ≥ 0.97); batch {args.batch}, "
-        f"{args.steps} batches, compile={args.compile}, device {device}."
+        f"{args.steps} batches, compile={args.compile}, device {device}.\n"
+        f"Over the extra {args.steps} batches of an epoch twice as long: runner / hand = "
+        f"{per_batch:.3f} (images/s); the runner's fixed cost per run beyond the hand loop's: "
+        f"{split['runner fixed s'] * 1000:.0f} ms."
     )
-    payload = {"machine": machine(), "images_per_s": ips, "ratio": ratio, "args": vars(args)}
+    payload = {"machine": machine(), "images_per_s": ips, "ratio": ratio,
+               "per_batch_ratio": per_batch, "runner_fixed_s": split["runner fixed s"],
+               "seconds": medians, "args": vars(args)}  # fmt: skip
     if cuda:
         write("gpu_compile" if args.compile else "gpu", payload, table)
     else:
