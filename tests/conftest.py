@@ -96,6 +96,19 @@ def cli_in_process(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(["runner", *args], code, out.getvalue(), err.getvalue())
 
 
+@pytest.fixture(autouse=True)
+def _hydra_full_error_is_not_left_set() -> Iterator[None]:
+    """runner.__main__.cli() sets HYDRA_FULL_ERROR=1 for the Hydra it starts; a test that
+    calls it in this process must not leave it set for the next test's subprocesses (with
+    it, Hydra's errors print their stack trace and Ctrl-C in a sweep is re-raised)."""
+    before = os.environ.get("HYDRA_FULL_ERROR")
+    yield
+    if before is None:
+        os.environ.pop("HYDRA_FULL_ERROR", None)
+    else:
+        os.environ["HYDRA_FULL_ERROR"] = before
+
+
 def release_kept_locks() -> None:
     """Drop the run-dir locks the CLI took for a run (files.keep_run_dir) that this test
     process will not start."""

@@ -151,6 +151,7 @@ def test_the_cli_holds_the_run_dir_before_hydra_writes_into_it(tmp_path, monkeyp
             seen.append((run_dir / ".lock").read_text().strip())
 
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "")  # cli() sets it for Hydra: undone after the test
     monkeypatch.setattr(sys, "argv", ["runner", "logger=none", f"hydra.run.dir={run_dir}"])
     monkeypatch.setattr(entry, "main", hydra_starts)
     monkeypatch.setattr(entry, "_CLI_STOP", None)
