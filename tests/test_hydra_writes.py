@@ -67,3 +67,19 @@ def test_a_key_under_a_null_node_is_a_config_error(tmp_path):
     proc = run_cli("-m", "hydra.sweeper.params.seed=0,1", "logger=none", cwd=tmp_path)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "hydra.sweeper.params.<key>" in proc.stderr
+
+
+def test_a_sweep_refused_a_used_job_dir_leaves_that_runs_hydra_files(tmp_path):
+    """A second sweep with other values into the same sweep dir: its job 0 is refused (the
+    dir holds the first sweep's run), and Hydra no longer writes that job's .hydra/ first,
+    which relabelled the first run as lr=0.2 in every later report."""
+    sweep = tmp_path / "sweep"
+    first = run_cli("-m", "optimizer.lr=0.1", "epochs=1", "logger=none",
+                    f"hydra.sweep.dir={sweep}", cwd=tmp_path)  # fmt: skip
+    assert first.returncode == 0, first.stderr[-2000:]
+    hydra_files = {p.name: p.read_bytes() for p in (sweep / "0" / ".hydra").iterdir()}
+    second = run_cli("-m", "optimizer.lr=0.2", "epochs=1", "logger=none",
+                     f"hydra.sweep.dir={sweep}", cwd=tmp_path)  # fmt: skip
+    assert "another run's (differs in optimizer.lr)" in second.stderr + second.stdout
+    assert {p.name: p.read_bytes() for p in (sweep / "0" / ".hydra").iterdir()} == hydra_files
+    assert "Overrides shared by every run: `optimizer.lr=0.1 " in (sweep / "report.md").read_text()

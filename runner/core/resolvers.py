@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
+import yaml
 from omegaconf import ListConfig, OmegaConf
 
 LECTURE_EPOCHS = 200  # the lecture's demos ran for 200 epochs
@@ -52,9 +54,29 @@ def run_dir(resume: object, default: str) -> str:
     return default
 
 
-def hydra_subdir(resume: object) -> str:
-    """Where Hydra writes its .hydra/ files: nested when resuming, so the original stays."""
-    return ".hydra/resumed" if resume else ".hydra"
+def hydra_subdir(resume: object, *, _root_: Any = None) -> str | None:
+    """Where Hydra writes its .hydra/ files: nested when resuming, so the original stays;
+    nowhere when the job's dir already holds a run launched with other overrides. Hydra
+    writes them before the job starts, and that job will refuse the dir (it holds another
+    run's results), so writing them would relabel the other run: the sweep report reads a
+    job's config from its .hydra/overrides.yaml (a sweep run again into the same sweep dir
+    with other values did that)."""
+    if resume:
+        return ".hydra/resumed"
+    if _root_ is not None:  # run_job has set the job's output dir by now
+        out = OmegaConf.select(_root_, "hydra.runtime.output_dir", default=None)
+        task = OmegaConf.select(_root_, "hydra.overrides.task", default=None)
+        if out and task is not None and _launched_otherwise(Path(out), list(task)):
+            return None
+    return ".hydra"
+
+
+def _launched_otherwise(run_dir: Path, overrides: list[str]) -> bool:
+    try:
+        saved = yaml.safe_load((run_dir / ".hydra" / "overrides.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return False  # none yet (a new dir), or unreadable: Hydra writes them anew
+    return isinstance(saved, list) and sorted(map(str, saved)) != sorted(overrides)
 
 
 # set by record_user_threads, read by runner/core/builders.py
