@@ -283,3 +283,19 @@ def test_the_table_ranks_by_the_reports_metric(tmp_path):
         "Winner: `scheduler=b`, ahead of `scheduler=a` by 0.1000 mean best val loss "
         "(lower is better)" in text
     )
+
+
+def test_a_repeated_configuration_and_seed_counts_once(tmp_path):
+    """`seed=0,0` (or one job run twice): before, both copies were pooled as two runs."""
+    sweep = tmp_path / "sweep"
+    fake_job(sweep, 0, "a", 0, 0.90)
+    fake_job(sweep, 1, "a", 0, 0.80)  # the same configuration and seed again
+    fake_job(sweep, 2, "a", 1, 0.92)
+    fake_job(sweep, 3, "b", 0, 0.85)
+    fake_job(sweep, 4, "b", 1, 0.86)
+    text = write_report(sweep)
+    a = table_rows(text)["a"]
+    assert a[2:4] == ["2", "2"]  # runs, done
+    assert a[6] == f"{statistics.fmean([0.90, 0.92]):.4f} ± {statistics.stdev([0.90, 0.92]):.4f}"
+    assert "1 job(s) repeat a configuration and seed already in the table" in text
+    assert "repeat a configuration" not in write_report(sweep_of(tmp_path / "x", [0.9], [0.8]))

@@ -38,6 +38,9 @@ class Job:
 class Group:
     label: str
     jobs: list[Job] = field(default_factory=list)
+    # jobs of a (configuration, seed) pair already in `jobs` (e.g. `seed=0,0`): counted
+    # once, or n would grow and the std shrink with copies of one run
+    repeats: list[Job] = field(default_factory=list)
 
     def count(self, status: str) -> int:
         return sum(j.status == status for j in self.jobs)
@@ -111,4 +114,12 @@ def group_jobs(jobs: list[Job]) -> list[Group]:
     for job in jobs:
         label = " ".join(o for o in without_seed(job.overrides) if o not in common)
         groups.setdefault(label or "(defaults)", Group(label or "(defaults)")).jobs.append(job)
+    for group in groups.values():  # one job per seed: its first completed one, else its first
+        whole = {id(j) for j in group.jobs if j.status == "completed" and j.rows}
+        first: dict[int, Job] = {}
+        for job in sorted(group.jobs, key=lambda j: id(j) not in whole):  # stable
+            if job.seed is not None:
+                first.setdefault(job.seed, job)
+        group.repeats = [j for j in group.jobs if j.seed is not None and first[j.seed] is not j]
+        group.jobs = [j for j in group.jobs if j.seed is None or first[j.seed] is j]
     return list(groups.values())

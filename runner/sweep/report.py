@@ -114,6 +114,7 @@ def markdown(
     common: list[str],
     comparisons: list[Comparison],
     metric: str,
+    repeats: int = 0,
 ) -> str:
     shared = " ".join(without_seed(common)) or "none"
     lines = [
@@ -152,6 +153,10 @@ def markdown(
             f"| {_pm(r['best_val_loss_mean'], r['best_val_loss_std'])} "
             f"| {_pm(r['final_val_loss_mean'], r['final_val_loss_std'])} | {to_target} | {wall} |"
         )
+    if repeats:
+        lines += ["", f"{repeats} job(s) repeat a configuration and seed already in the table "
+                  "(the same run twice, e.g. `seed=0,0`): each pair counts once, by its first "
+                  "completed job."]  # fmt: skip
     if winner := _winner(rows, metric):
         lines += ["", *winner]
     if len(rows) > 1:
@@ -359,7 +364,10 @@ def write_report(
     table.writerow([*Comparison.__dataclass_fields__])
     table.writerows([list(asdict(c).values()) for c in comparisons])
     write_text_atomic(sweep_dir / "comparisons.csv", f.getvalue(), fsync=False)
-    text = markdown(rows, target_acc, sweep_dir, common_overrides(jobs), comparisons, metric)
+    repeats = sum(len(g.repeats) for g in groups)
+    text = markdown(
+        rows, target_acc, sweep_dir, common_overrides(jobs), comparisons, metric, repeats
+    )
     race = _race(sweep_dir, jobs)
     if race:
         text += "\n".join(["", *race, ""])
