@@ -80,6 +80,12 @@ def test_a_sweep_refused_a_used_job_dir_leaves_that_runs_hydra_files(tmp_path):
     hydra_files = {p.name: p.read_bytes() for p in (sweep / "0" / ".hydra").iterdir()}
     second = run_cli("-m", "optimizer.lr=0.2", "epochs=1", "logger=none",
                      f"hydra.sweep.dir={sweep}", cwd=tmp_path)  # fmt: skip
-    assert "another run's (differs in optimizer.lr)" in second.stderr + second.stdout
+    said = second.stderr + second.stdout
+    assert (
+        f"config error: hydra.sweep.dir='{sweep / '0'}': its config.yaml is another run's "
+        "(differs in optimizer.lr)"
+        in said
+        and "for a new run: another hydra.sweep.dir" in said
+    )
     assert {p.name: p.read_bytes() for p in (sweep / "0" / ".hydra").iterdir()} == hydra_files
     assert "Overrides shared by every run: `optimizer.lr=0.1 " in (sweep / "report.md").read_text()

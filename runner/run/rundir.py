@@ -333,24 +333,28 @@ def other_run_in(run_dir: Path, cfg: DictConfig) -> str | None:
     return None
 
 
-def refuse_other_run(run_dir: Path, cfg: DictConfig) -> None:
+# the key that names a run's dir, and so the way out: a sweep job's dir comes from the sweep's
+RUN_DIR_KEY, SWEEP_DIR_KEY = "hydra.run.dir", "hydra.sweep.dir"
+
+
+def refuse_other_run(run_dir: Path, cfg: DictConfig, key: str = RUN_DIR_KEY) -> None:
     why = other_run_in(run_dir, cfg)
     if why is not None:
         raise RunDirRefused(
-            "hydra.run.dir",
+            key,
             str(run_dir),
             f"{why}; a new run would mix its files with that one's. To continue that run: "
-            f"resume={run_dir}; for a new run: another hydra.run.dir (or none: a new dated dir)",
+            f"resume={run_dir}; for a new run: another {key} (or none: a new dated dir)",
         )
 
 
-def busy(err: files.RunDirBusy) -> RunDirRefused:
+def busy(err: files.RunDirBusy, key: str = RUN_DIR_KEY) -> RunDirRefused:
     who = f"another run (pid {err.pid})" if err.pid else "another run"
     return RunDirRefused(
-        "hydra.run.dir",
+        key,
         str(err.run_dir),
         f"{who} is writing into it; wait for it to end (resume={err.run_dir} then continues "
-        "it), or give another hydra.run.dir",
+        f"it), or give another {key}",
     )
 
 

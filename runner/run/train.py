@@ -33,6 +33,8 @@ from runner.core.stopping import StopFlag, stop_on_signals
 from runner.core.stream import loaders_for
 from runner.core.targets import label
 from runner.run.rundir import (
+    RUN_DIR_KEY,
+    SWEEP_DIR_KEY,
     apply_resume_overrides,
     busy,
     diverged_from,
@@ -354,7 +356,8 @@ def _train(
         # refusal), holding its lock, before anything is written there; every other rank
         # takes that decision and the last.pt state rank 0 loaded, so that a requeued
         # multi-task job resumes all ranks from the same checkpoint.
-        start = dist.from_main(lambda: _decide(cfg, run_dir, overrides, dist, held))
+        dir_key = RUN_DIR_KEY if sweep_name is None else SWEEP_DIR_KEY
+        start = dist.from_main(lambda: _decide(cfg, run_dir, overrides, dist, held, dir_key))
         if start.done is not None:
             if dist.is_main:
                 _send_held_rows(start.cfg or cfg, start, overrides, sweep_name)
@@ -367,11 +370,17 @@ def _train(
 
 
 def _decide(
-    cfg: DictConfig, run_dir: Path, overrides: Sequence[str], dist: Any, held: ExitStack
+    cfg: DictConfig,
+    run_dir: Path,
+    overrides: Sequence[str],
+    dist: Any,
+    held: ExitStack,
+    dir_key: str = RUN_DIR_KEY,
 ) -> _Start:
     """Rank 0's (or a single process's) look at the run dir, its lock held in `held` for
     the rest of the run: the same config in the same dir continues from last.pt (a requeued
-    job, or the same command run again), another run's files are refused."""
+    job, or the same command run again), another run's files are refused, naming `dir_key`
+    (hydra.sweep.dir for a sweep's job)."""
     resuming = bool(cfg.resume)
     if resuming:
         run_dir = saved_config_path(cfg, run_dir)  # nothing is created for a missing run
@@ -381,14 +390,14 @@ def _decide(
         try:
             lock = held.enter_context(files.hold_run_dir(run_dir))
         except files.RunDirBusy as err:
-            raise busy(err) from None
+            raise busy(err, dir_key) from None
     if not resuming and same_run_on_disk(cfg, run_dir):
         # a requeued job (Slurm time-out/preemption) or the same command run again into
         # the same dir: continue instead of starting over
         log.info(f"{run_dir} holds a checkpoint of this same config: resuming it")
         cfg.resume, resuming = True, True
     elif not resuming:
-        refuse_other_run(run_dir, cfg)
+        refuse_other_run(run_dir, cfg, dir_key)
     if not resuming:
         if lock is not None:
             lock.claim()

@@ -42,7 +42,7 @@ from runner.core.models import build_model
 from runner.core.stopping import stop_on_signals
 from runner.core.stream import is_streamed
 from runner.core.targets import label
-from runner.run.rundir import busy
+from runner.run.rundir import SWEEP_DIR_KEY, busy
 from runner.run.train import outcome, send_rows
 from runner.sweep.stacked import FusedOptimizer, StackedNet
 from schedulers import ConfigError, build_scheduler
@@ -155,7 +155,7 @@ def _lock_run_dirs(members: Sequence[Member], locks: ExitStack) -> list[Member]:
         try:
             locks.enter_context(files.hold_run_dir(m.run_dir)).claim()
         except files.RunDirBusy as err:
-            m.error = f"error: {busy(err)}"
+            m.error = f"error: {busy(err, SWEEP_DIR_KEY)}"
             continue
         held.append(m)
     return held
