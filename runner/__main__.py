@@ -207,8 +207,10 @@ def check_run_dir(argv: list[str]) -> None:
     resume = given.get("resume", "")
     resuming = resume.lower() not in ("", "null", "none", "false")
     target = resume if resuming and resume.lower() != "true" else given.get("hydra.run.dir")
-    if not target:
-        return  # a new dated dir (microseconds in its name: no other run shares it)
+    if not target or "${" in target:
+        # a new dated dir (microseconds in its name: no other run shares it), or a path made
+        # from the config (hydra.run.dir=runs/${optimizer.lr}): the run's own lock guards it
+        return
     existed = Path(target).is_dir()
     from runner.run.rundir import busy  # imports torch (checkpoints)
 
@@ -217,8 +219,10 @@ def check_run_dir(argv: list[str]) -> None:
         keep_run_dir(target)
     except RunDirBusy as err:
         config_error(busy(err))
-    except OSError:
-        return  # a dir that cannot be made or written: Hydra's write says so, in one line
+    except OSError as err:
+        if err.errno in WRITE_ERRNOS:
+            return  # a full or read-only disk: Hydra's write says so, in one line (exit 1)
+        config_error(ConfigError("hydra.run.dir", target, f"cannot be made ({err.strerror})"))
     if not existed:
         return  # nothing in it to check
     dirs = config_dirs(argv)

@@ -89,3 +89,27 @@ def test_a_sweep_refused_a_used_job_dir_leaves_that_runs_hydra_files(tmp_path):
     )
     assert {p.name: p.read_bytes() for p in (sweep / "0" / ".hydra").iterdir()} == hydra_files
     assert "Overrides shared by every run: `optimizer.lr=0.1 " in (sweep / "report.md").read_text()
+
+
+def test_a_new_run_replaces_the_stale_hydra_files_of_a_run_stopped_in_its_start_up(tmp_path):
+    """A run stopped before it wrote config.yaml leaves .hydra/ (its overrides) behind; the
+    dir holds no run, so the next run takes it, and must write its own .hydra/ (a QA pass
+    found the stale overrides kept: lr=0.3 labelled a run of lr=0.1)."""
+    run_dir = tmp_path / "run"
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / ".hydra" / "overrides.yaml").write_text("- optimizer.lr=0.3\n- epochs=1\n")
+    (run_dir / "status.json").write_text('{"status": "interrupted"}')
+    proc = run_cli("optimizer.lr=0.1", "epochs=1", "logger=none", f"hydra.run.dir={run_dir}",
+                   cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "optimizer.lr=0.1" in (run_dir / ".hydra" / "overrides.yaml").read_text()
+
+
+def test_no_rank_but_rank_0_writes_hydra_files(monkeypatch):
+    """Under torchrun rank 0 alone holds the run dir (and may be refused it); Hydra on the
+    other ranks would write .hydra/ into it all the same."""
+    from runner.core.resolvers import hydra_subdir
+
+    assert hydra_subdir(False) == ".hydra" and hydra_subdir(True) == ".hydra/resumed"
+    monkeypatch.setenv("RANK", "1")
+    assert hydra_subdir(False) is None

@@ -163,6 +163,21 @@ def test_the_cli_holds_the_run_dir_before_hydra_writes_into_it(tmp_path, monkeyp
     assert files.run_dir_holder(run_dir) is None  # released with the run's block
 
 
+def test_a_run_dir_that_cannot_be_made_or_is_made_from_the_config(tmp_path):
+    """A file in the way is a config error in one line (was Hydra's three lines, exit 1);
+    a dir named from the config is locked by the run, not under its literal text."""
+    (tmp_path / "afile").write_text("")
+    for target, why in ((tmp_path / "afile", "File exists"),
+                        (tmp_path / "afile" / "sub", "Not a directory")):  # fmt: skip
+        proc = cli_in_process("logger=none", f"hydra.run.dir={target}", cwd=tmp_path)
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+        assert proc.stderr == f"config error: hydra.run.dir='{target}': cannot be made ({why})\n"
+    proc = cli_in_process("epochs=1", "logger=none", "hydra.run.dir=runs/${optimizer.lr}",
+                          cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["0.05"]
+
+
 def test_the_lock_is_held_for_the_run_and_refuses_an_in_process_second_run(tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()

@@ -56,13 +56,16 @@ def run_dir(resume: object, default: str) -> str:
 
 def hydra_subdir(resume: object, *, _root_: Any = None) -> str | None:
     """Where Hydra writes its .hydra/ files: nested when resuming, so the original stays;
-    nowhere when the job's dir already holds a run launched with other overrides. Hydra
+    nowhere under torchrun but on rank 0, or when the job's dir already holds a run
+    launched with other overrides. Hydra
     writes them before the job starts, and that job will refuse the dir (it holds another
     run's results), so writing them would relabel the other run: the sweep report reads a
     job's config from its .hydra/overrides.yaml (a sweep run again into the same sweep dir
     with other values did that)."""
     if resume:
         return ".hydra/resumed"
+    if int(os.environ.get("RANK", "0")) != 0:
+        return None  # torchrun: rank 0 writes them (and holds the dir); it may be refused
     if _root_ is not None:  # run_job has set the job's output dir by now
         out = OmegaConf.select(_root_, "hydra.runtime.output_dir", default=None)
         task = OmegaConf.select(_root_, "hydra.overrides.task", default=None)
@@ -72,6 +75,11 @@ def hydra_subdir(resume: object, *, _root_: Any = None) -> str | None:
 
 
 def _launched_otherwise(run_dir: Path, overrides: list[str]) -> bool:
+    """The dir holds a run (its config.yaml) whose .hydra/ says other overrides. Without a
+    config.yaml (a run stopped in its start-up) the dir holds no run and this one may take
+    it: then its own .hydra/ must replace the stale one."""
+    if not (run_dir / "config.yaml").exists():
+        return False
     try:
         saved = yaml.safe_load((run_dir / ".hydra" / "overrides.yaml").read_text())
     except (OSError, yaml.YAMLError):
