@@ -23,7 +23,14 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from runner.cli import EXIT_CONFIG, NO_COMPOSE, check_composition, config_dirs, config_error
+from runner.cli import (
+    EXIT_CONFIG,
+    NO_COMPOSE,
+    check_composition,
+    config_dirs,
+    config_error,
+    make_run_dir,
+)
 from runner.core.compose import options_first
 from runner.core.distributed import launch_rank
 from runner.core.files import (
@@ -214,15 +221,16 @@ def check_run_dir(argv: list[str]) -> None:
     existed = Path(target).is_dir()
     from runner.run.rundir import busy  # imports torch (checkpoints)
 
+    if not make_run_dir(target):
+        return  # a full or read-only disk: Hydra's write says so, in one line (exit 1)
     try:  # held from before Hydra writes .hydra/ there; the run takes it over
-        Path(target).mkdir(parents=True, exist_ok=True)
         keep_run_dir(target)
     except RunDirBusy as err:
         config_error(busy(err))
     except OSError as err:
         if err.errno in WRITE_ERRNOS:
-            return  # a full or read-only disk: Hydra's write says so, in one line (exit 1)
-        config_error(ConfigError("hydra.run.dir", target, f"cannot be made ({err.strerror})"))
+            return  # as above: Hydra's write of .hydra/ says so
+        config_error(ConfigError("hydra.run.dir", target, f"cannot be written ({err.strerror})"))
     if not existed:
         return  # nothing in it to check
     dirs = config_dirs(argv)

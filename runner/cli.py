@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from runner.core.compose import compose_config, expand, one_line
+from runner.core.files import WRITE_ERRNOS
 from runner.sweep.launch import check_callbacks, check_launcher, check_sweeper
 from schedulers import ConfigError
 
@@ -87,3 +88,17 @@ def check_composition(argv: list[str]) -> None:
 def config_error(err: ConfigError) -> NoReturn:
     print(f"config error: {err}", file=sys.stderr)
     sys.exit(EXIT_CONFIG)
+
+
+def make_run_dir(target: str) -> bool:
+    """Make hydra.run.dir before Hydra does: one it cannot make (a file in the way, no
+    parent, no permission) is a config error naming it, not Hydra's error and hint with
+    exit 1. False for a full or read-only disk, which Hydra's own write then reports in
+    the one line every such failure gets (exit 1)."""
+    try:
+        Path(target).mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        if err.errno in WRITE_ERRNOS:
+            return False
+        config_error(ConfigError("hydra.run.dir", target, f"cannot be made ({err.strerror})"))
+    return True

@@ -8,8 +8,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from runner.cli import check_composition
-from runner.core import files
+from runner.cli import EXIT_CONFIG, check_composition, config_error, make_run_dir
 from runner.core.compose import options_first
 from runner.core.config import validate
 from runner.core.lr_find import find_lr
@@ -25,7 +24,7 @@ def main(cfg: DictConfig) -> float:
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         sys.exit(2)
-    except files.WriteFailed as err:  # disk full, read-only: one line, no traceback
+    except OSError as err:  # disk full, read-only, no such dir: one line, no traceback
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)
     print(f"wrote {out / 'lr_find.png'} and {out / 'lr_find.csv'}")
@@ -35,9 +34,22 @@ def main(cfg: DictConfig) -> float:
 
 def cli() -> None:
     """Config errors (typo'd keys, unknown options, bad values) are one line and exit 2
-    before Hydra makes the run dir, as for `python -m runner`."""
-    sys.argv[1:] = options_first(sys.argv[1:])
-    check_composition(sys.argv[1:])
+    before Hydra makes the run dir, as for `python -m runner`. The range test is one run
+    into a new dir: a sweep (-m) or resume= (whose dir would be a training run's) is
+    refused the same way."""
+    sys.argv[1:] = argv = options_first(sys.argv[1:])
+    if "-m" in argv or "--multirun" in argv:
+        print("config error: -m: the LR range test is one run; run it once per config",
+              file=sys.stderr)  # fmt: skip
+        sys.exit(EXIT_CONFIG)
+    resume = next((a.split("=", 1)[1] for a in argv if a.lstrip("+").startswith("resume=")), "")
+    if resume.lower() not in ("", "null", "false"):
+        why = "the LR range test starts no training run to continue: leave resume= out"
+        config_error(ConfigError("resume", resume, why))
+    check_composition(argv)
+    run_dir = next((a.split("=", 1)[1] for a in argv if a.startswith("hydra.run.dir=")), "")
+    if run_dir and "${" not in run_dir:
+        make_run_dir(run_dir)
     main()
 
 

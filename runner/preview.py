@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from runner.core.compose import compose_config, expand
+from runner.core.compose import compose_config, expand, one_line
 from runner.core.config import planned_groups, validate
 from runner.core.data import steps_per_epoch as steps_in_epoch
 from runner.core.data import train_size
@@ -153,16 +153,22 @@ def main(argv: list[str] | None = None) -> int:
         args.trace = True
 
     from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
 
-    labels, sims, combos = [], [], expand(args.overrides or [])
+    labels, sims, combos = [], [], []
     try:
+        for d in args.config_dirs:  # Hydra only warns, then previews without the dir
+            if not Path(d).is_dir():
+                raise ConfigError("--config-dir", d, "no such directory (give the dir that "
+                                  "holds your config groups)")  # fmt: skip
+        combos = expand(args.overrides or [])
         for combo in combos:
             cfg = compose_config(combo, config_dirs=args.config_dirs)
             check(cfg)
             labels.append(label_of(combo, cfg.scheduler))
             sims.append(simulate(cfg, args.steps_per_epoch))
-    except (ConfigError, HydraException) as err:
-        print(f"config error: {err}", file=sys.stderr)
+    except (ConfigError, HydraException, OmegaConfBaseException) as err:
+        print(f"config error: {one_line(err)}", file=sys.stderr)  # as python -m runner says it
         return 2
     if not args.quiet:
         print(table(labels, sims))

@@ -139,14 +139,19 @@ def test_a_test_that_diverges_at_once_is_a_config_error_naming_start_lr():
     assert err.value.key == "lr_find.start_lr" and "lower it" in str(err.value)
 
 
-@pytest.mark.parametrize("override", ["optimizer.lrr=1", "scheduler=nope", "optimizer.lr=-1"])
-def test_cli_config_errors_are_one_line_and_leave_nothing(tmp_path, override):
-    """Before: Hydra made outputs/runs/<date>/ first, and a typo'd key or unknown option
-    was Hydra's own multi-line error with exit 1."""
+@pytest.mark.parametrize("args", [
+    ["optimizer.lrr=1"], ["scheduler=nope"], ["optimizer.lr=-1"],
+    ["resume=somewhere"], ["-m", "optimizer.lr=0.1,0.2"], ["hydra.run.dir=afile/run"],
+], ids=["typo", "option", "value", "resume", "sweep", "file in the way"])  # fmt: skip
+def test_cli_config_errors_are_one_line_and_leave_nothing(tmp_path, args):
+    """Before: Hydra made outputs/runs/<date>/ (or the resume= dir, or a multirun dir)
+    first, and a typo'd key or unknown option was Hydra's own multi-line error with exit 1,
+    a run dir that could not be made a traceback."""
+    (tmp_path / "afile").write_text("")
     proc = subprocess.run(
-        [sys.executable, "-m", "runner.lr_find", override], capture_output=True, text=True,
+        [sys.executable, "-m", "runner.lr_find", *args], capture_output=True, text=True,
         timeout=120, cwd=tmp_path,
     )  # fmt: skip
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith("config error: ") and proc.stderr.count("\n") == 1
-    assert not list(tmp_path.iterdir())
+    assert [p.name for p in tmp_path.iterdir()] == ["afile"]

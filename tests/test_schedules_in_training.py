@@ -162,6 +162,10 @@ def test_preview_rejects_a_bad_value_with_exit_2(tmp_path, capsys):
     ("data.batch_size=abc", "data.batch_size='abc': must be an integer"),
     ("seed=abc", "seed='abc': must be an integer"),
     ("epochs=0", "epochs=0: must be an integer in [1,"),
+    # Hydra's and OmegaConf's errors, in one line (were the option list, or a traceback)
+    ("scheduler=nope", "In 'config': Could not find 'scheduler/nope' Available options"),
+    ("scheduler=[", "no viable alternative at input '['"),
+    ("epochs=${oops}", "Interpolation key 'oops' not found"),
 ])  # fmt: skip
 def test_preview_checks_the_config_as_the_runner_does(tmp_path, capsys, override, says):
     """Found by a QA pass: tracebacks (lr=find, lr=-1, batch_size=0/abc), a wrong type
@@ -170,6 +174,14 @@ def test_preview_checks_the_config_as_the_runner_does(tmp_path, capsys, override
     stderr = capsys.readouterr().err
     assert stderr.startswith(f"config error: {says}") and stderr.count("\n") == 1, stderr
     assert not list(tmp_path.iterdir())
+
+
+def test_preview_refuses_a_config_dir_that_does_not_exist(tmp_path, capsys):
+    """Before: Hydra's two warnings, then the preview without the dir, exit 0."""
+    out = tmp_path / "out"
+    assert preview_main(["--config-dir", str(tmp_path / "nope"), "--out", str(out)]) == 2
+    assert capsys.readouterr().err.startswith("config error: --config-dir=")
+    assert not out.exists()
 
 
 def test_lecture_curves_command_writes_six_figures_and_tables(tmp_path):

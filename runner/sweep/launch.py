@@ -49,11 +49,26 @@ def check_report_keys(target_acc: Any, metric: Any, prefix: str = "") -> None:
 def check_callbacks(callbacks: Mapping[str, Any] | None) -> None:
     """hydra.callbacks: the sweep report's keys (Hydra builds the callbacks only when the
     sweep starts, and the report reads them only when it ends)."""
+    from hydra._internal.utils import _locate  # what Hydra builds a _target_ with
+
     for name, callback in (callbacks or {}).items():
-        if isinstance(callback, Mapping) and callback.get("_target_") == SWEEP_REPORT:
+        if not isinstance(callback, Mapping) or "_target_" not in callback:
+            continue
+        where = f"hydra.callbacks.{name}"
+        if callback["_target_"] == SWEEP_REPORT:
+            for key in callback:
+                if key not in ("_target_", "target_acc", "metric"):
+                    raise ConfigError(f"{where}.{key}", callback[key],
+                                      "the sweep report takes target_acc and metric")  # fmt: skip
             check_report_keys(callback.get("target_acc", 0.95),
-                              callback.get("metric", "best_val_acc"),
-                              f"hydra.callbacks.{name}.")  # fmt: skip
+                              callback.get("metric", "best_val_acc"), f"{where}.")  # fmt: skip
+            continue
+        try:
+            _locate(str(callback["_target_"]))
+        except ImportError as err:
+            raise ConfigError(f"{where}._target_", callback["_target_"],
+                              f"cannot be imported ({' '.join(str(err).split())[:160]})"
+                              ) from None  # fmt: skip
 
 
 def check_sweeper(sweeper: DictConfig, overrides: Sequence[str] = ()) -> None:
