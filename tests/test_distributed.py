@@ -317,7 +317,7 @@ def test_a_refused_run_dir_ends_every_task_of_the_job(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]  # the sweep goes on: a failed job
     for task in (0, 1):
         log = task_logs(sweep, task)
-        assert "config error: hydra.run.dir=" in log and "Traceback" not in log, task
+        assert "config error: hydra.sweep.dir=" in log and "Traceback" not in log, task
     # status.json, metrics, checkpoints: as the other run left them
     assert run_files(sweep / "0") == before
 

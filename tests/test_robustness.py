@@ -215,6 +215,9 @@ def test_a_signal_while_a_sweep_job_finishes_stops_the_sweep_after_it(tmp_path):
 # Ctrl-C just after job 0's handlers were put back: between two jobs of the sweep
 BETWEEN_JOBS = """
 import contextlib, runpy, signal, sys
+# Ctrl-C as in a shell: Python's own handler, even if the test process that started this
+# one ignores SIGINT (an ignored signal stays ignored across exec; seen under xdist)
+signal.signal(signal.SIGINT, signal.default_int_handler)
 import runner.core.stopping as stopping
 real, ended = stopping.stop_on_signals, []
 @contextlib.contextmanager
