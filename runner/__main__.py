@@ -226,7 +226,7 @@ def check_run_dir(argv: list[str]) -> None:
     try:  # held from before Hydra writes .hydra/ there; the run takes it over
         keep_run_dir(target)
     except RunDirBusy as err:
-        config_error(busy(err))
+        config_error(busy(err, "resume" if target == resume else "hydra.run.dir"))
     except OSError as err:
         if err.errno in WRITE_ERRNOS:
             return  # as above: Hydra's write of .hydra/ says so

@@ -110,6 +110,7 @@ def test_a_concurrent_second_run_is_refused_and_the_first_completes(tmp_path):
     try:
         second = cli_in_process(*SLOW, "epochs=4", "logger=none", f"hydra.run.dir={run_dir}",
                                 cwd=tmp_path)  # fmt: skip
+        resumed = cli_in_process(f"resume={run_dir}", cwd=tmp_path)  # named by resume=
         assert first.poll() is None, "the first run ended before the second was checked"
     finally:
         first.send_signal(signal.SIGCONT)
@@ -118,6 +119,10 @@ def test_a_concurrent_second_run_is_refused_and_the_first_completes(tmp_path):
         f"config error: hydra.run.dir='{run_dir}': another run (pid {first.pid}) is writing"
     )
     assert "Traceback" not in second.stderr
+    assert resumed.returncode == 2 and resumed.stderr == (
+        f"config error: resume='{run_dir}': another run (pid {first.pid}) is writing into it; "
+        "wait for it to end, then run this again\n"
+    )
     out, err = first.communicate(timeout=300)
     assert first.returncode == 0, err[-2000:]
     assert [r["epoch"] for r in read_metrics(run_dir)] == list(range(4))

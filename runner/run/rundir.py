@@ -349,13 +349,14 @@ def refuse_other_run(run_dir: Path, cfg: DictConfig, key: str = RUN_DIR_KEY) -> 
 
 
 def busy(err: files.RunDirBusy, key: str = RUN_DIR_KEY) -> RunDirRefused:
+    """`key`: what named the dir (hydra.run.dir, hydra.sweep.dir, or resume=<dir>)."""
     who = f"another run (pid {err.pid})" if err.pid else "another run"
-    return RunDirRefused(
-        key,
-        str(err.run_dir),
-        f"{who} is writing into it; wait for it to end (resume={err.run_dir} then continues "
-        f"it), or give another {key}",
+    way_out = (
+        "wait for it to end, then run this again"
+        if key == "resume"
+        else f"wait for it to end (resume={err.run_dir} then continues it), or give another {key}"
     )
+    return RunDirRefused(key, str(err.run_dir), f"{who} is writing into it; {way_out}")
 
 
 def check_run_dir(

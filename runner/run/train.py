@@ -390,7 +390,8 @@ def _decide(
         try:
             lock = held.enter_context(files.hold_run_dir(run_dir))
         except files.RunDirBusy as err:
-            raise busy(err, dir_key) from None
+            named = isinstance(cfg.resume, str) and cfg.resume.lower() != "true"  # resume=<dir>
+            raise busy(err, "resume" if named else dir_key) from None
     if not resuming and same_run_on_disk(cfg, run_dir):
         # a requeued job (Slurm time-out/preemption) or the same command run again into
         # the same dir: continue instead of starting over
