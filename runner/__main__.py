@@ -31,6 +31,7 @@ from runner.cli import (
     config_error,
     make_run_dir,
 )
+from runner.cli import given as given_overrides
 from runner.core.compose import options_first
 from runner.core.distributed import launch_rank
 from runner.core.files import (
@@ -171,8 +172,8 @@ def check_resume_dir(argv: list[str]) -> None:
     Hydra would otherwise create that dir (it is the run dir) only for the run to refuse it."""
     if NO_COMPOSE & set(argv) or "-m" in argv or "--multirun" in argv:
         return
-    given = dict(a.lstrip("+").split("=", 1) for a in argv if not a.startswith("-") and "=" in a)
-    value = given.get("resume", "").strip("'\"")
+    given = given_overrides(argv)
+    value = given.get("resume", "")
     if "resume" in given and not value.strip():  # the run dir would be the working dir
         config_error(ConfigError("resume", value, "give the run dir to continue "
                                   "(resume=<dir>), or true with hydra.run.dir=<dir>"))  # fmt: skip
@@ -193,13 +194,6 @@ def check_resume_dir(argv: list[str]) -> None:
                                   "run in its own dir: drop hydra.run.dir"))  # fmt: skip
 
 
-def _given(argv: list[str]) -> dict[str, str]:
-    return {
-        k.lstrip("+"): v.strip("'\"")
-        for k, v in (a.split("=", 1) for a in argv if not a.startswith("-") and "=" in a)
-    }
-
-
 def check_run_dir(argv: list[str]) -> None:
     """A single run into a dir that exists (hydra.run.dir=<dir>, or resume=<dir>) is checked
     before Hydra writes its .hydra/ and train.log there: another run writing into it, or
@@ -210,7 +204,7 @@ def check_run_dir(argv: list[str]) -> None:
         return
     if int(os.environ.get("RANK", "0")) != 0:
         return  # torchrun: rank 0 holds the run dir; the other ranks write nothing there
-    given = _given(argv)
+    given = given_overrides(argv)
     resume = given.get("resume", "")
     resuming = resume.lower() not in ("", "null", "none", "false")
     target = resume if resuming and resume.lower() != "true" else given.get("hydra.run.dir")
@@ -219,7 +213,9 @@ def check_run_dir(argv: list[str]) -> None:
         # from the config (hydra.run.dir=runs/${optimizer.lr}): the run's own lock guards it
         return
     existed = Path(target).is_dir()
-    from runner.run.rundir import busy  # imports torch (checkpoints)
+    # runner.run.rundir imports torch (checkpoints): only for a run into a named dir
+    from runner.run.rundir import busy
+    from runner.run.rundir import check_run_dir as check
 
     if not make_run_dir(target):
         return  # a full or read-only disk: Hydra's write says so, in one line (exit 1)
@@ -235,8 +231,6 @@ def check_run_dir(argv: list[str]) -> None:
         return  # nothing in it to check
     dirs = config_dirs(argv)
     overrides = [a for a in argv if not a.startswith("-") and "=" in a and a not in dirs]
-    from runner.run.rundir import check_run_dir as check  # imports torch (checkpoints)
-
     try:
         done = check(Path(target), overrides, resuming, config_dirs=dirs)
     except ConfigError as err:

@@ -31,6 +31,23 @@ def config_dirs(argv: list[str]) -> list[str]:
     return dirs
 
 
+def given(argv: list[str]) -> dict[str, str]:
+    """The command's `key=value` overrides by key (`+` dropped, quotes around values too)."""
+    return {
+        k.lstrip("+"): v.strip("'\"")
+        for k, v in (a.split("=", 1) for a in argv if not a.startswith("-") and "=" in a)
+    }
+
+
+def check_config_dirs(dirs: list[str]) -> None:
+    """Each `--config-dir` exists: Hydra's own message for one that does not is a warning,
+    an error and a hint (exit 1); the preview's Hydra only warns and goes on without it."""
+    for d in dirs:
+        if not Path(d).is_dir():
+            raise ConfigError("--config-dir", d, "no such directory (give the dir that holds "
+                              "your config groups)")  # fmt: skip
+
+
 def check_composition(argv: list[str]) -> None:
     """Compose the config for these overrides before Hydra starts, so a typo'd key, an
     unknown group option or a bad override is a config error (exit 2, no run dir) like
@@ -42,10 +59,10 @@ def check_composition(argv: list[str]) -> None:
     if NO_COMPOSE & set(argv):
         return
     dirs = config_dirs(argv)
-    for d in dirs:  # Hydra's own message is a warning, an error and a hint, exit 1
-        if not Path(d).is_dir():
-            config_error(ConfigError("--config-dir", d, "no such directory (give the dir "
-                                      "that holds your config groups)"))  # fmt: skip
+    try:
+        check_config_dirs(dirs)
+    except ConfigError as err:
+        config_error(err)
     overrides = [
         a for a in argv if not a.startswith("-") and "=" in a and a not in dirs
     ]  # fmt: skip

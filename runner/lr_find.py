@@ -8,7 +8,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from runner.cli import EXIT_CONFIG, check_composition, config_error, make_run_dir
+from runner.cli import EXIT_CONFIG, check_composition, config_error, given, make_run_dir
 from runner.core.compose import options_first
 from runner.core.config import validate
 from runner.core.lr_find import find_lr
@@ -42,12 +42,13 @@ def cli() -> None:
         print("config error: -m: the LR range test is one run; run it once per config",
               file=sys.stderr)  # fmt: skip
         sys.exit(EXIT_CONFIG)
-    resume = next((a.split("=", 1)[1] for a in argv if a.lstrip("+").startswith("resume=")), "")
+    overrides = given(argv)
+    resume = overrides.get("resume", "")
     if resume.lower() not in ("", "null", "false"):
         why = "the LR range test starts no training run to continue: leave resume= out"
         config_error(ConfigError("resume", resume, why))
     check_composition(argv)
-    run_dir = next((a.split("=", 1)[1] for a in argv if a.startswith("hydra.run.dir=")), "")
+    run_dir = overrides.get("hydra.run.dir", "")
     if run_dir and "${" not in run_dir:
         make_run_dir(run_dir)
     main()

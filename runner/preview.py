@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from runner.cli import check_config_dirs
 from runner.core.compose import compose_config, expand, one_line
 from runner.core.config import planned_groups, validate
 from runner.core.data import steps_per_epoch as steps_in_epoch
@@ -157,10 +158,7 @@ def main(argv: list[str] | None = None) -> int:
 
     labels, sims, combos = [], [], []
     try:
-        for d in args.config_dirs:  # Hydra only warns, then previews without the dir
-            if not Path(d).is_dir():
-                raise ConfigError("--config-dir", d, "no such directory (give the dir that "
-                                  "holds your config groups)")  # fmt: skip
+        check_config_dirs(args.config_dirs)
         combos = expand(args.overrides or [])
         for combo in combos:
             cfg = compose_config(combo, config_dirs=args.config_dirs)

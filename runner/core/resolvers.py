@@ -57,11 +57,10 @@ def run_dir(resume: object, default: str) -> str:
 def hydra_subdir(resume: object, *, _root_: Any = None) -> str | None:
     """Where Hydra writes its .hydra/ files: nested when resuming, so the original stays;
     nowhere under torchrun but on rank 0, or when the job's dir already holds a run
-    launched with other overrides. Hydra
-    writes them before the job starts, and that job will refuse the dir (it holds another
-    run's results), so writing them would relabel the other run: the sweep report reads a
-    job's config from its .hydra/overrides.yaml (a sweep run again into the same sweep dir
-    with other values did that)."""
+    launched with other overrides. Hydra writes them before the job starts, and that job
+    will refuse the dir (it holds another run's results), so writing them would relabel
+    the other run: the sweep report reads a job's config from its .hydra/overrides.yaml (a
+    sweep run again into the same sweep dir with other values did that)."""
     if resume:
         return ".hydra/resumed"
     if int(os.environ.get("RANK", "0")) != 0:

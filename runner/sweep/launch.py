@@ -34,8 +34,8 @@ SWEEP_REPORT = "runner.sweep.report.SweepReport"
 
 
 def check_report_keys(target_acc: Any, metric: Any, prefix: str = "") -> None:
-    """The sweep report's two options (the callback's keys, or the report CLI's flags):
-    checked when the sweep starts, not found wrong after every job has trained."""
+    """The sweep report's two options, as its Hydra callback's keys: checked when the
+    sweep starts, not found wrong after every job has trained."""
     if metric not in METRICS:
         raise ConfigError(f"{prefix}metric", metric, f"must be one of {', '.join(METRICS)}")
     if (
