@@ -322,6 +322,65 @@ def test_a_refused_run_dir_ends_every_task_of_the_job(tmp_path):
     assert run_files(sweep / "0") == before
 
 
+def test_a_torchrun_job_whose_rank_0_refuses_its_run_dir_ends_at_once(tmp_path):
+    """Rank 0 refuses the dir before Hydra (another run holds it) and exits 2; torchrun then
+    sends the other rank SIGTERM, which ends it at once, in its start-up or in the
+    rendezvous where it waits for rank 0 (it used to be SIGKILLed 30 s later)."""
+    from runner.core.files import hold_run_dir
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env["OMP_NUM_THREADS"] = "1"
+    with hold_run_dir(run_dir):  # another run, writing into it
+        t0 = time.monotonic()
+        proc = subprocess.run(
+            [str(TORCHRUN), "--standalone", "--nproc_per_node=2", "-m", "runner", "epochs=1",
+             "logger=none", f"hydra.run.dir={run_dir}"],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        took = time.monotonic() - t0
+    assert proc.returncode != 0
+    assert "config error: hydra.run.dir=" in proc.stderr and "is writing into it" in proc.stderr
+    assert "Unable to shutdown process" not in proc.stderr, proc.stderr[-3000:]
+    assert took < 25, took
+    assert sorted(p.name for p in run_dir.iterdir()) == [".lock"]  # nothing written there
+
+
+def test_sigterm_ends_a_torchrun_worker_waiting_in_the_rendezvous(tmp_path):
+    """Rank 1 of two, its signal handlers installed as the CLI installs them, waits in the
+    rendezvous for a rank 0 that never comes: torchrun's SIGTERM ends it at once."""
+    import socket
+
+    import torch.distributed as tdist
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    # the job's store, which rank 1 joins and where it waits for rank 0
+    store = tdist.TCPStore("127.0.0.1", port, world_size=2, is_master=True, wait_for_workers=False)
+    env = {**os.environ, "RANK": "1", "LOCAL_RANK": "1", "WORLD_SIZE": "2",
+           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}  # fmt: skip
+    code = (
+        "from runner.core.distributed import setup\n"
+        "from runner.core.stopping import stop_on_signals\n"
+        "with stop_on_signals():\n"
+        "    setup('ddp')\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=tmp_path, env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while store.num_keys() < 2:  # rank 1 has registered: it waits in the rendezvous
+            assert proc.poll() is None and time.monotonic() < deadline, proc.returncode
+            time.sleep(0.05)
+        time.sleep(0.5)
+        proc.terminate()  # SIGTERM, as torchrun sends
+        assert proc.wait(timeout=10) == -signal.SIGTERM  # its default action: ended at once
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 # -- a signal that reaches one rank: every rank stops after the same batch (agreed_stop)
 
 # enough epochs that the run is still training when its first epoch row appears; the lr

@@ -26,7 +26,9 @@ import os
 import pickle
 import random
 import signal
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -179,6 +181,14 @@ def wanted(strategy: str) -> bool:
 def setup(strategy: str) -> Dist:
     """Join the process group torchrun prepared, or the one of this submitit job's tasks
     (nccl on CUDA, gloo on CPU)."""
+    global _set_up
+    try:
+        return _setup(strategy)
+    finally:
+        _set_up = True
+
+
+def _setup(strategy: str) -> Dist:
     if not wanted(strategy):
         return SINGLE
     import torch
@@ -188,13 +198,43 @@ def setup(strategy: str) -> Dist:
     if launched_by_torchrun():
         local = int(os.environ.get("LOCAL_RANK", "0"))
         if not dist.is_initialized():
-            dist.init_process_group(backend)
+            with sigterm_ends_the_wait():
+                dist.init_process_group(backend)
     else:
         local = _join_submitit_job(backend)
     if torch.cuda.is_available():
         # Slurm may show a task all of its node's GPUs or only its own (GPU binding)
         torch.cuda.set_device(local % torch.cuda.device_count())
     return Dist(dist.get_rank(), dist.get_world_size(), local, active=True)
+
+
+# -- torchrun ending a job before its workers have joined ------------------------------------
+# When a worker fails, torchrun sends the others SIGTERM and SIGKILLs them 30 s later. A
+# worker that has not joined its process group yet has nothing of the run to keep (train()
+# joins before it writes anything; rank 0's pre-Hydra refusal of its run dir is such a
+# failure): there a SIGTERM ends it at once instead of being kept for the first batch,
+# which it would never reach (the join waits for the rank that left).
+_set_up = False  # setup() has run in this process: from then on a SIGTERM is the run's
+
+
+def unjoined_torchrun_worker() -> bool:
+    """This process is one of several torchrun workers and has not joined their group yet."""
+    return not _set_up and launched_by_torchrun() and int(os.environ["WORLD_SIZE"]) > 1
+
+
+@contextmanager
+def sigterm_ends_the_wait() -> Iterator[None]:
+    """SIGTERM takes its default action (the process ends) while this worker waits in the
+    rendezvous: Python runs a handler only once that C++ wait returns, which it never does
+    when a peer has left."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may set handlers (and gets signals)
+        return
+    previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def job_port(job_id: str) -> int:

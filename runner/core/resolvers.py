@@ -1,5 +1,5 @@
-"""OmegaConf resolvers the configs use: lecture scaling (200 epochs -> the run's) and the
-run dir of a resumed run.
+"""OmegaConf resolvers the configs use: lecture scaling (200 epochs -> the run's), the
+run dir of a resumed run, and where Hydra's own files (.hydra/, train.log) go.
 
 Registered when `runner` is imported, so they exist wherever a config is resolved
 (the CLI, the compose API in tests, joblib workers).
@@ -97,6 +97,14 @@ def in_loky_worker() -> bool:
     return multiprocessing.current_process().name.startswith("LokyProcess")
 
 
+def job_log(path: str) -> str:
+    """Hydra's job log file: <run dir>/train.log, but nowhere (os.devnull) on torchrun's ranks
+    other than 0. Rank 0 holds the run dir, and before Hydra it may refuse it (another run
+    writes there): the other ranks' Hydra would already have opened that run's train.log.
+    They log warnings to their own stderr (runner/run/train.py quiet_rank)."""
+    return os.devnull if int(os.environ.get("RANK", "0")) != 0 else path
+
+
 def record_user_threads() -> None:
     """Note, in the environment the launcher's workers inherit, where the process the user
     started takes its torch thread count from: MKL_NUM_THREADS, else OMP_NUM_THREADS (as
@@ -115,6 +123,7 @@ def register() -> None:
     record_user_threads()
     OmegaConf.register_new_resolver("run_dir", run_dir, replace=True)
     OmegaConf.register_new_resolver("hydra_subdir", hydra_subdir, replace=True)
+    OmegaConf.register_new_resolver("job_log", job_log, replace=True)
     OmegaConf.register_new_resolver("lecture_epochs", lecture_epochs, replace=True)
     OmegaConf.register_new_resolver("lecture_gamma", lecture_gamma, replace=True)
     OmegaConf.register_new_resolver("lecture_milestones", lecture_milestones, replace=True)

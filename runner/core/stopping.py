@@ -12,6 +12,9 @@ run has stopped, so the job comes back and resumes from last.pt.
 The CLI installs the handlers before Hydra starts a single run (a sweep: each job, as it
 starts), so a signal during start-up (data loading, W&B) is seen too: the run stops at
 the next step of its start-up and leaves `status.json` `interrupted`, no traceback.
+One exception: a worker of a torchrun job that has not joined its process group yet ends
+at once on SIGTERM (torchrun ending the job, runner/core/distributed.py); nothing of the
+run has been written then.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+
+from runner.core.distributed import unjoined_torchrun_worker
 
 log = logging.getLogger("schedlab")
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)
@@ -57,6 +62,8 @@ def stop_on_signals() -> Iterator[StopFlag]:
     def handler(signum: int, frame: object) -> None:
         if flag.signum is not None:
             os._exit(128 + signum)  # second signal: no more waiting; last.pt is always whole
+        if signum == signal.SIGTERM and unjoined_torchrun_worker():
+            os._exit(128 + signum)  # torchrun ending the job: nothing of the run here yet
         flag.signum = signum
         log.warning(
             f"{signal.Signals(signum).name}: stopping after this batch and keeping the last "
