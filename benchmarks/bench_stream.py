@@ -38,7 +38,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-from bench_overhead import runner_loop  # noqa: E402
+from bench_overhead import Guarantees, runner_loop  # noqa: E402
 from common import interleaved, machine, median, per_epoch_split, write_or_print  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
@@ -149,16 +149,20 @@ def config(overrides: list[str], datasets: dict[str, Any] | None, workers: int =
     return cfg
 
 
-def hand_loop(cfg: Any, data: Any) -> int:
+def hand_loop(cfg: Any, data: Any, guarded: tuple[Any, Path] | None = None) -> int:
     """What a user writes around a Dataset: seed, model, SGD + cosine, a shuffling DataLoader,
     an eval pass each epoch (sums on the host's tensors, read once per epoch). Returns the
-    optimizer steps taken."""
+    optimizer steps taken. `guarded` (a W&B run, a checkpoint dir): with the runner's
+    checkpoint and W&B guarantees added (bench_overhead.py's Guarantees)."""
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, data.image_shape, data.num_classes)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.optimizer.lr, momentum=0.9)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
     bs, workers = cfg.data.batch_size, cfg.data.num_workers
     gen = torch.Generator().manual_seed(cfg.seed)
+    guard = None
+    if guarded is not None:
+        guard = Guarantees(guarded[1], guarded[0], model, opt, sched, gen)
     train_dl = DataLoader(data.train, bs, shuffle=True, generator=gen, num_workers=workers)
     val_dl = DataLoader(data.val, val_batch_size(bs), num_workers=workers)  # as the runner's
     n, n_val, steps = len(data.train), len(data.val), 0
@@ -181,9 +185,15 @@ def hand_loop(cfg: Any, data: Any) -> int:
                 logits = model(x)
                 val_loss += F.cross_entropy(logits, y, reduction="sum")
                 val_correct += (logits.argmax(1) == y).sum()
+        lr = opt.param_groups[0]["lr"]
         sched.step()
-        _ = (epoch, loss_sum.item() / n, correct.item() / n, val_loss.item() / n_val,
-             val_correct.item() / n_val)  # fmt: skip
+        row = {"epoch": epoch, "lr/group0": lr, "train/loss": loss_sum.item() / n,
+               "train/acc": correct.item() / n, "val/loss": val_loss.item() / n_val,
+               "val/acc": val_correct.item() / n_val}  # fmt: skip
+        if guard is not None:
+            guard.epoch_end(row)
+    if guard is not None:
+        guard.finish()
     return steps
 
 
@@ -251,9 +261,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             cfg = config(overrides, datasets, workers)
             longer = config([*overrides, f"epochs={cfg.epochs * LONGER}"], datasets, workers)
             data = build_run(cfg).data  # built once: every loop gets the same dataset objects
+            guarded_dir = Path(tmp) / f"guarded{next(ckpt)}"
+            guarded_dir.mkdir()
             median_s, times, steps = measure(
                 {
                     "hand": lambda: hand_loop(cfg, data),  # noqa: B023
+                    "hand + guarantees": partial(
+                        hand_loop, cfg, data, (logger.wandb_run, guarded_dir)
+                    ),
                     "runner": runner(cfg, data),
                     "hand, longer": lambda: hand_loop(longer, data),  # noqa: B023
                     "runner, longer": runner(longer, data),
@@ -262,11 +277,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 warm_up=not args.quick,
             )
             r = median_s | per_epoch_split(median_s, cfg.epochs, LONGER)
-            r |= {"ratio": median_s["runner"] / median_s["hand"], "steps": steps}
+            r |= {"ratio": median_s["runner"] / median_s["hand"], "steps": steps,
+                  "vs guarded": median_s["runner"] / median_s["hand + guarantees"]}  # fmt: skip
             results["vs hand"][job] = r | {"all": times}
             print(f"{job}: hand {r['hand']:.3f}s, runner {r['runner']:.3f}s, "
                   f"runner/hand {r['ratio']:.3f}; per extra epoch {r['per-epoch ratio']:.3f}, "
                   f"runner's fixed cost {1000 * r['runner fixed s']:.0f} ms; "
+                  f"runner / (hand + guarantees) {r['vs guarded']:.3f}; "
                   f"steps {steps}")  # fmt: skip
 
         epochs = f"epochs={DIGITS_EPOCHS[args.quick]}"
@@ -296,13 +313,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     lines = [
         "| job (CPU, MLP, batch 64) | hand DataLoader loop s | runner, streamed s "
         f"| runner / hand | runner / hand per extra epoch (at {LONGER}× the epochs) "
-        "| runner's fixed cost per run ms |",
-        "|---|---|---|---|---|---|",
+        "| runner's fixed cost per run ms | hand + guarantees s "
+        "| runner / (hand + guarantees) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for job, r in results["vs hand"].items():
         fixed_ms = 1000 * r["runner fixed s"]
         lines.append(f"| {job} | {r['hand']:.3f} | {r['runner']:.3f} | {r['ratio']:.3f} "
-                     f"| {r['per-epoch ratio']:.3f} | {fixed_ms:.0f} |")  # fmt: skip
+                     f"| {r['per-epoch ratio']:.3f} | {fixed_ms:.0f} "
+                     f"| {r['hand + guarantees']:.3f} | {r['vs guarded']:.3f} |")  # fmt: skip
     d = results["digits"]
     lines += [
         "",
@@ -314,7 +333,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ]
     note = (
         f"\nMedian of {repeats} interleaved repeats; the runner with data=dataset, "
-        f"data.in_memory=false; target: runner / hand ≤ {TARGET} on the same streamed dataset."
+        f"data.in_memory=false; target: runner / hand ≤ {TARGET} on the same streamed dataset. "
+        '"Hand + guarantees": the hand loop with the runner\'s checkpoints and W&B rows '
+        "(bench_overhead.py's Guarantees), not its seeded per-sample data path."
     )
     payload = {"machine": machine(), "target": TARGET, "results": results}
     write_or_print("stream", payload, "\n".join(lines) + note, args.quick)

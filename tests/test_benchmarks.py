@@ -13,8 +13,44 @@ def test_overhead_benchmark_runs_its_quick_job():
 
     payload = bench_overhead.main(["--quick", "--no-lightning"])
     result = payload["results"]["digits MLP"]
-    assert result["hand"] > 0 and result["runner"] > 0
+    assert result["hand"] > 0 and result["runner"] > 0 and result["hand + guarantees"] > 0
     assert payload["machine"]["cores"] >= 1
+
+
+def test_the_hand_loop_with_the_guarantees_keeps_what_the_runner_keeps(tmp_path):
+    """bench_overhead's "hand + guarantees": last.pt (before the first batch, then the last
+    epoch, every RNG in it), best.pt, and one W&B row per epoch."""
+    import bench_overhead
+    import torch
+
+    from runner.core.builders import build_run
+    from runner.core.compose import compose_config
+
+    cfg = compose_config(["epochs=3", "trainer.device=cpu"])
+    data = build_run(cfg).data
+    saves, logged = [], []
+    real_save = bench_overhead.Guarantees.save
+
+    def save(self, obj, name):
+        saves.append((name, obj["epoch"]))
+        real_save(self, obj, name)
+
+    class Run:  # records what reaches W&B
+        def log(self, row):
+            logged.append(row)
+
+    bench_overhead.Guarantees.save = save
+    try:
+        bench_overhead.hand_loop(cfg, data, (Run(), tmp_path))
+    finally:
+        bench_overhead.Guarantees.save = real_save
+    assert saves[0] == ("last.pt", 0) and ("last.pt", 3) in saves
+    last = torch.load(tmp_path / "last.pt", weights_only=False)
+    assert last["epoch"] == 3 and len(last["rng"]) == 4
+    best = torch.load(tmp_path / "best.pt", weights_only=False)
+    assert best["epoch"] == 1 + max(range(3), key=lambda e: (logged[e]["val/acc"], -e))
+    assert [r["epoch"] for r in logged] == [0, 1, 2]
+    assert not list(tmp_path.glob(".*.tmp"))
 
 
 def test_fused_benchmark_runs_its_quick_sweep():
