@@ -113,3 +113,20 @@ def test_no_rank_but_rank_0_writes_hydra_files(monkeypatch):
     assert hydra_subdir(False) == ".hydra" and hydra_subdir(True) == ".hydra/resumed"
     monkeypatch.setenv("RANK", "1")
     assert hydra_subdir(False) is None
+
+
+def test_train_log_is_rank_0s_and_a_users_job_logging_replaces_it(tmp_path, monkeypatch):
+    """Hydra's job log is our hydra/job_logging=schedlab (Hydra's default, the file on
+    torchrun's rank 0 only: the other ranks' Hydra would open the run dir's train.log before
+    rank 0 could refuse that dir); choosing another option replaces it whole."""
+    from runner.core.resolvers import job_log
+
+    assert job_log("run/train.log") == "run/train.log"
+    monkeypatch.setenv("RANK", "1")
+    assert job_log("run/train.log") == os.devnull
+    monkeypatch.delenv("RANK")
+    run_dir = tmp_path / "run"
+    proc = run_cli("epochs=1", "logger=none", "hydra/job_logging=disabled",
+                   f"hydra.run.dir={run_dir}", cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (run_dir / "status.json").exists() and not (run_dir / "train.log").exists()
