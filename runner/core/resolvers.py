@@ -101,7 +101,7 @@ def job_log(path: str) -> str:
     """Hydra's job log file: <run dir>/train.log, but nowhere (os.devnull) on torchrun's ranks
     other than 0. Rank 0 holds the run dir, and before Hydra it may refuse it (another run
     writes there): the other ranks' Hydra would already have opened that run's train.log.
-    They log warnings to their own stderr (runner/run/train.py quiet_rank)."""
+    They log warnings to their own console, stdout (runner/run/train.py quiet_rank)."""
     return os.devnull if int(os.environ.get("RANK", "0")) != 0 else path
 
 

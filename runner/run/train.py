@@ -287,7 +287,7 @@ def quiet_rank(run_dir: Path) -> None:
     """A rank other than 0 logs only warnings, and none into the run dir: the launcher made
     every task a Hydra job with its own handler on <run dir>/train.log (submitit's tasks;
     torchrun's ranks share one dir), which would interleave every rank's lines with rank
-    0's. Its warnings still reach its own stderr (submitit: the task's log)."""
+    0's. Its warnings still reach its own console, stdout (submitit: the task's log)."""
     logging.getLogger("schedlab").setLevel(logging.WARNING)
     root = logging.getLogger()
     for handler in list(root.handlers):
