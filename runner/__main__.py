@@ -33,7 +33,7 @@ from runner.cli import (
 )
 from runner.cli import given as given_overrides
 from runner.core.compose import options_first
-from runner.core.distributed import launch_rank
+from runner.core.distributed import launch_rank, not_rank_0
 from runner.core.files import (
     WRITE_ERRNOS,
     RunDirBusy,
@@ -202,7 +202,7 @@ def check_run_dir(argv: list[str]) -> None:
     run asked for nothing more says so and exits 0 (no W&B run, no file touched)."""
     if NO_COMPOSE & set(argv) or "-m" in argv or "--multirun" in argv:
         return
-    if int(os.environ.get("RANK", "0")) != 0:
+    if not_rank_0():
         return  # torchrun: rank 0 holds the run dir; the other ranks write nothing there
     given = given_overrides(argv)
     resume = given.get("resume", "")

@@ -17,7 +17,7 @@ def test_overhead_benchmark_runs_its_quick_job():
     assert payload["machine"]["cores"] >= 1
 
 
-def test_the_hand_loop_with_the_guarantees_keeps_what_the_runner_keeps(tmp_path):
+def test_the_hand_loop_with_the_guarantees_keeps_what_the_runner_keeps(tmp_path, monkeypatch):
     """bench_overhead's "hand + guarantees": last.pt (before the first batch, then the last
     epoch, every RNG in it), best.pt, and one W&B row per epoch."""
     import bench_overhead
@@ -39,11 +39,8 @@ def test_the_hand_loop_with_the_guarantees_keeps_what_the_runner_keeps(tmp_path)
         def log(self, row):
             logged.append(row)
 
-    bench_overhead.Guarantees.save = save
-    try:
-        bench_overhead.hand_loop(cfg, data, (Run(), tmp_path))
-    finally:
-        bench_overhead.Guarantees.save = real_save
+    monkeypatch.setattr(bench_overhead.Guarantees, "save", save)
+    bench_overhead.hand_loop(cfg, data, (Run(), tmp_path))
     assert saves[0] == ("last.pt", 0) and ("last.pt", 3) in saves
     last = torch.load(tmp_path / "last.pt", weights_only=False)
     assert last["epoch"] == 3 and len(last["rng"]) == 4

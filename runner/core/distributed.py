@@ -120,6 +120,12 @@ def launched_by_torchrun() -> bool:
     return "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
+def not_rank_0() -> bool:
+    """torchrun's RANK says another rank than 0: rank 0 alone holds the run dir and writes
+    into it (Hydra's .hydra/ and train.log, the CLI's pre-Hydra check of the dir)."""
+    return int(os.environ.get("RANK", "0")) != 0
+
+
 def submitit_job() -> Any | None:
     """submitit's JobEnvironment when this process is a task of a submitit job (Hydra's
     submitit launcher: hydra/launcher=slurm|local), else None. submitit marks its jobs with

@@ -15,6 +15,8 @@ from typing import Any
 import yaml
 from omegaconf import ListConfig, OmegaConf
 
+from runner.core.distributed import not_rank_0
+
 LECTURE_EPOCHS = 200  # the lecture's demos ran for 200 epochs
 
 
@@ -63,7 +65,7 @@ def hydra_subdir(resume: object, *, _root_: Any = None) -> str | None:
     sweep run again into the same sweep dir with other values did that)."""
     if resume:
         return ".hydra/resumed"
-    if int(os.environ.get("RANK", "0")) != 0:
+    if not_rank_0():
         return None  # torchrun: rank 0 writes them (and holds the dir); it may be refused
     if _root_ is not None:  # run_job has set the job's output dir by now
         out = OmegaConf.select(_root_, "hydra.runtime.output_dir", default=None)
@@ -102,7 +104,7 @@ def job_log(path: str) -> str:
     other than 0. Rank 0 holds the run dir, and before Hydra it may refuse it (another run
     writes there): the other ranks' Hydra would already have opened that run's train.log.
     They log warnings to their own console, stdout (runner/run/train.py quiet_rank)."""
-    return os.devnull if int(os.environ.get("RANK", "0")) != 0 else path
+    return os.devnull if not_rank_0() else path
 
 
 def record_user_threads() -> None:
