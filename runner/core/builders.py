@@ -15,7 +15,8 @@ import torch
 from runner.core import optimizers
 from runner.core.data import TensorData, load_data, place, resize_images, steps_per_epoch
 from runner.core.distributed import SINGLE, Dist
-from runner.core.models import build_model, model_parts
+from runner.core.model_check import build_for
+from runner.core.models import model_parts
 from runner.core.optimizers import split_params
 from runner.core.resolvers import USER_THREADS, in_loky_worker
 from schedulers import ConfigError, LRSchedule, build_scheduler
@@ -111,7 +112,7 @@ def build_training_parts(
     seed_everything(cfg["seed"], cfg["trainer"]["deterministic"])
     device = resolve_device(cfg["trainer"]["device"], dist)
     data = data if data is not None else load_data(cfg["data"])
-    model = build_model(cfg["model"], data.image_shape, data.num_classes).to(device)
+    model = build_for(cfg["model"], data, device)  # before the optimizer: lazy modules
     data = place(resize_images(data, getattr(model, "input_size", None)), device)
     optimizer = build_optimizer(cfg["optimizer"], model, cfg["model"])
     return device, data, model, optimizer

@@ -12,10 +12,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from runner.core.builders import resolve_device
-from runner.core.data import data_shape, steps_per_epoch, train_size, validate_data
+from runner.core.data import data_shape, load_data, steps_per_epoch, train_size, validate_data
 from runner.core.distributed import wanted
 from runner.core.loggers import validate_logger
 from runner.core.lr_find import validate_lr_find
+from runner.core.model_check import check_model_on_data
 from runner.core.models import model_parts, part_names, probe_model, validate_model
 from runner.core.optimizers import split_params, uses_parts, validate_optimizer
 from runner.core.schema import EPOCH_METRICS, GROUPS, Run, Trainer, check_node
@@ -39,6 +40,15 @@ def planned_groups(cfg: Mapping[str, Any]) -> list[tuple[str, float]]:
     return [(g.name or "group0", g.scale) for g in groups]
 
 
+def fill_inferred(cfg: Mapping[str, Any]) -> None:
+    """Values the data decides (data.num_classes: null, read from the train set) written
+    into the config before anything reads them: `${data.num_classes}` in a model's node
+    then gives the number, and config.yaml and W&B record it."""
+    data = cfg["data"]
+    if data.get("num_classes", 0) is None:
+        data["num_classes"] = load_data(data).num_classes
+
+
 def validate(cfg: Mapping[str, Any]) -> None:
     """Raise ConfigError naming the first bad key; returns quietly when the config can run."""
     from omegaconf import DictConfig, OmegaConf
@@ -52,7 +62,9 @@ def validate(cfg: Mapping[str, Any]) -> None:
     resolve_device(cfg["trainer"]["device"])  # `cuda` without CUDA: an error now, not mid-run
 
     validate_data(cfg["data"])
+    fill_inferred(cfg)
     validate_model(cfg["model"], *data_shape(cfg["data"]))
+    check_model_on_data(cfg["model"], load_data(cfg["data"]), cfg["data"]["name"])
 
     opt = cfg["optimizer"]
     validate_lr_find(cfg["lr_find"])

@@ -258,8 +258,14 @@ OFFERED = ("num_classes", "in_channels", "image_size")
 
 
 def _offered(target: Any, cfg: Mapping[str, Any], shape: Shape, num_classes: int) -> dict:
+    """What the target takes by name; and num_classes to a factory that takes it only
+    through **kwargs, as torchvision's and timm's do (resnet18(**kwargs) -> ResNet(...,
+    num_classes=1000)): left out, they build a 1000-way head whatever the data."""
     values = {"num_classes": num_classes, "in_channels": shape[0], "image_size": min(shape[1:])}
-    return {k: v for k, v in values.items() if k not in cfg and targets.accepts(target, k)}
+    offered = {k: v for k, v in values.items() if k not in cfg and targets.accepts(target, k)}
+    if "num_classes" not in cfg and targets.takes_any_keyword(target):
+        offered["num_classes"] = num_classes
+    return offered
 
 
 def validate_model(cfg: Mapping[str, Any], shape: Shape | None = None, classes: int = 10) -> None:
@@ -313,7 +319,15 @@ def build_model(cfg: Mapping[str, Any], image_shape: Shape, num_classes: int) ->
     if spec is not None:
         return spec.build(cfg, image_shape, num_classes)
     target = targets.locate("model", cfg)
-    model = targets.instantiate(cfg, **_offered(target, cfg, image_shape, num_classes))
+    offered = _offered(target, cfg, image_shape, num_classes)
+    try:
+        model = targets.instantiate(cfg, **offered)
+    except TypeError as err:
+        # a **kwargs that does not take num_classes after all: built without the offer,
+        # and start-up's forward pass checks the output width (runner/core/model_check.py)
+        if "num_classes" not in str(err) or targets.accepts(target, "num_classes"):
+            raise
+        model = targets.instantiate(cfg, **{k: v for k, v in offered.items() if k != "num_classes"})
     if not isinstance(model, nn.Module):
         raise ConfigError("model._target_", cfg["_target_"], "must build a torch.nn.Module")
     return model

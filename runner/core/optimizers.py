@@ -151,10 +151,34 @@ def validate_optimizer(cfg: Mapping[str, Any], lr: float) -> None:
     import torch
 
     try:
-        targets.instantiate({**cfg, "lr": lr}, [torch.zeros(1, requires_grad=True)], ours=OURS)
+        built = targets.instantiate(
+            {**cfg, "lr": lr}, [torch.zeros(1, requires_grad=True)], ours=OURS
+        )
     except Exception as err:
         key = targets.key_named_in("optimizer", str(err), kwargs)
         raise ConfigError(key, cfg.get(key.split(".", 1)[1]), f"rejected: {err}") from None
+    _check_steps(cfg, built)
+
+
+def _check_steps(cfg: Mapping[str, Any], optimizer: Any) -> None:
+    """The loop calls `step()` once a batch on the dense gradients of backward(): an
+    optimizer that needs a closure (LBFGS re-evaluates the loss) or sparse gradients
+    (SparseAdam) would fail at the first batch, after the run dir is made."""
+    import inspect
+
+    import torch
+
+    why = None
+    closure = inspect.signature(optimizer.step).parameters.get("closure")
+    if closure is not None and closure.default is inspect.Parameter.empty:
+        why = "steps only with a closure that re-evaluates the loss (step(closure))"
+    elif isinstance(optimizer, torch.optim.SparseAdam):
+        why = "steps only on sparse gradients (nn.Embedding(sparse=True)); models give dense ones"
+    if why is not None:
+        raise ConfigError(
+            f"optimizer.{targets.TARGET}", cfg[targets.TARGET],
+            f"{why}; the runner calls step() once a batch: use another optimizer",
+        )  # fmt: skip
 
 
 def build_optimizer(cfg: Mapping[str, Any], groups: Sequence[Group]) -> Any:

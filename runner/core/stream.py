@@ -558,3 +558,15 @@ def _materialise(data: StreamData, dataset: Any) -> tuple[torch.Tensor, torch.Te
     loader = _loader(dataset, order, 0, data, pin=False)
     xs, ys = zip(*loader, strict=True)
     return torch.cat(xs), torch.cat(ys).long()
+
+
+def sample_batch(data: StreamData, n: int) -> torch.Tensor:
+    """The inputs of the first `n` training samples, fetched as materialising fetches them
+    (seeded, the global RNGs restored) and collated as the loader collates them: start-up
+    runs the model on them (runner/core/model_check.py)."""
+    from torch.utils.data import default_collate
+
+    samples = SeededSamples(data.train, 0)
+    with preserved_rng():
+        batch = [samples[(MATERIALISE_EPOCH, i)] for i in range(min(n, len(data.train)))]
+        return (data.collate_fn or default_collate)(batch)[0]

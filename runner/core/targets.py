@@ -77,6 +77,15 @@ def accepts(target: Callable[..., Any], name: str) -> bool:
     return p is not None and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
 
 
+def takes_any_keyword(target: Callable[..., Any]) -> bool:
+    """Whether `target` has a **kwargs parameter."""
+    try:
+        params = inspect.signature(target).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.kind == p.VAR_KEYWORD for p in params)
+
+
 def key_named_in(group: str, message: str, keys: Collection[str]) -> str:
     """The config key a constructor's error message names (torch says e.g. 'Invalid alpha
     value: -1'), else the group's `_target_`."""

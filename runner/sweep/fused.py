@@ -38,7 +38,7 @@ from runner.core.config import validate
 from runner.core.data import TensorData, batches, load_data, place, resize_images, steps_per_epoch
 from runner.core.engine import Engine, Result, Track
 from runner.core.loggers import RunLogger
-from runner.core.models import build_model
+from runner.core.model_check import build_for
 from runner.core.stopping import stop_on_signals
 from runner.core.stream import is_streamed
 from runner.core.targets import label
@@ -196,7 +196,7 @@ def _build(
     for m in members:
         cfg = m.cfg
         seed_everything(cfg.seed, cfg.trainer.deterministic)
-        model = build_model(cfg.model, data.image_shape, data.num_classes).to(device)
+        model = build_for(cfg.model, data, device)
         optimizer = build_optimizer(cfg.optimizer, model, cfg.model)
         schedule = build_scheduler(
             cfg.scheduler, optimizer, epochs=cfg.epochs, steps_per_epoch=per_epoch

@@ -1,0 +1,170 @@
+"""The model checked against the data at start-up, before anything is written.
+
+A model that trains without an error can still be the wrong one: torchvision's `resnet18`
+(a factory taking `num_classes` only through `**kwargs`) trains its 1000-way head on three
+classes, and the run ends with exit 0 and an accuracy that means nothing. The config cannot
+say what a user's model outputs; one forward pass of real samples can. It runs on the meta
+device (no memory, no compute), or on the CPU where a model cannot run on meta.
+
+The same pass materialises lazy modules (`nn.LazyLinear`, ...) before the optimizer is
+built: until then they hold no parameters an optimizer could step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.modules.lazy import LazyModuleMixin
+
+from runner.core import targets
+from runner.core.data import TensorData
+from runner.core.models import build_model, spec_of
+from runner.core.stream import sample_batch as streamed_batch
+from schedulers import ConfigError
+
+SAMPLES = 2  # a batch of two: BatchNorm in training mode needs more than one value a channel
+
+
+def sample_batch(data: Any, n: int = SAMPLES) -> torch.Tensor:
+    """The first `n` training inputs as the model gets them (in memory, or fetched and
+    collated as the loader does)."""
+    if isinstance(data, TensorData):
+        return data.x_train[:n]
+    return streamed_batch(data, n)
+
+
+def build_for(model_cfg: Mapping[str, Any], data: Any, device: torch.device) -> nn.Module:
+    """The model on `device`, its lazy modules materialised: single runs and the fused
+    launcher build members through this one function."""
+    model = build_model(model_cfg, data.image_shape, data.num_classes).to(device)
+    materialise(model, data, device)
+    return model
+
+
+def has_lazy(model: nn.Module) -> bool:
+    lazy = (m for m in model.modules() if isinstance(m, LazyModuleMixin))
+    return any(m.has_uninitialized_params() for m in lazy)
+
+
+def materialise(model: nn.Module, data: Any, device: torch.device) -> None:
+    """One forward pass of real samples gives lazy modules their shapes. In eval mode and
+    without gradients: no running statistics moved, no dropout drawn (their own
+    initialisation draws from the seeded RNG, the same in every run of the config)."""
+    if not has_lazy(model):
+        return
+    training = model.training
+    model.eval()
+    with torch.no_grad():
+        model(sample_batch(data).to(device))
+    model.train(training)
+
+
+def model_key(cfg: Mapping[str, Any]) -> str:
+    return "model.name" if spec_of(cfg) is not None else f"model.{targets.TARGET}"
+
+
+def check_model_on_data(cfg: Mapping[str, Any], data: Any, data_name: str) -> None:
+    """Raise a ConfigError when the model cannot train on this data as configured: its
+    inputs' dtype is not the model's, its forward pass fails, its output is not one score
+    per class, or nothing in it trains."""
+    x = sample_batch(data)
+    model, out = _probe(cfg, data, x, data_name)
+    _check_output(cfg, out, data.num_classes, x)
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ConfigError(
+            model_key(cfg), _value(cfg), "has no trainable parameters (none, or every one "
+            "has requires_grad=False): the optimizer would have nothing to train",
+        )  # fmt: skip
+
+
+def _value(cfg: Mapping[str, Any]) -> Any:
+    return cfg.get("name") if spec_of(cfg) is not None else cfg.get(targets.TARGET)
+
+
+def _probe(
+    cfg: Mapping[str, Any], data: Any, x: torch.Tensor, data_name: str
+) -> tuple[nn.Module, Any]:
+    """The model and its output for `x`: on meta first, else built and run on the CPU."""
+    try:
+        with torch.device("meta"):
+            model = build_model(cfg, data.image_shape, data.num_classes)
+        _check_dtype(cfg, model, x, data_name)
+        return model, _forward(model, x.to("meta"))
+    except ConfigError:
+        raise
+    except Exception:  # an op without a meta kernel, .item(), data-dependent shapes
+        pass
+    model = build_model(cfg, data.image_shape, data.num_classes)
+    _check_dtype(cfg, model, x, data_name)
+    try:
+        return model, _forward(model, x)
+    except Exception as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(
+            model_key(cfg), _value(cfg),
+            f"fails on a batch of the data (inputs {list(x.shape)}, {x.dtype}): {first}",
+        ) from None  # fmt: skip
+
+
+def _forward(model: nn.Module, x: torch.Tensor) -> Any:
+    model.train(x.shape[0] > 1)  # as in training, unless one sample is all there is
+    with torch.no_grad():
+        return model(x)
+
+
+def _check_dtype(cfg: Mapping[str, Any], model: nn.Module, x: torch.Tensor, data_name: str) -> None:
+    """Float inputs in another float type than the model's parameters: torch refuses the
+    mix in the first matmul, or (float16 inputs to some ops) computes in the wrong one."""
+    wanted = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
+    if wanted is None or not x.is_floating_point() or x.dtype == wanted:
+        return
+    if data_name == "dataset":
+        raise ConfigError(
+            "data.train.transform", None, f"gives {x.dtype} samples and the model's "
+            f"parameters are {wanted}: add v2.ToDtype(torch.{str(wanted).split('.')[-1]}, "
+            "scale=True) to the transforms",
+        )  # fmt: skip
+    raise ConfigError(
+        model_key(cfg), _value(cfg),
+        f"has {wanted} parameters and the data gives {x.dtype} samples: build it in {x.dtype}",
+    )  # fmt: skip
+
+
+def _check_output(cfg: Mapping[str, Any], out: Any, num_classes: int, x: torch.Tensor) -> None:
+    """One score per class and sample: [batch, num_classes]."""
+    if not torch.is_tensor(out):
+        raise ConfigError(
+            model_key(cfg), _value(cfg), f"returns {type(out).__name__} for a batch; the runner "
+            f"needs a tensor of class scores [batch, {num_classes}] from forward()",
+        )  # fmt: skip
+    shape = list(out.shape)
+    if len(shape) == 2 and shape[0] == x.shape[0] and shape[1] == num_classes:
+        return
+    if len(shape) == 2 and shape[0] == x.shape[0]:
+        key = _width_key(cfg, shape[1])
+        hint = (
+            f"set {key}={num_classes} or ${{data.num_classes}}"
+            if key != model_key(cfg)
+            else "give it num_classes (e.g. model.num_classes=${data.num_classes})"
+        )
+        raise ConfigError(
+            key, cfg.get(key.split(".", 1)[1]), f"the model outputs {shape[1]} class scores "
+            f"and the data has {num_classes} classes (data.num_classes): {hint}",
+        )  # fmt: skip
+    raise ConfigError(
+        model_key(cfg), _value(cfg), f"outputs {shape} for a batch of {x.shape[0]}; the runner "
+        f"needs class scores [batch, {num_classes}]",
+    )  # fmt: skip
+
+
+def _width_key(cfg: Mapping[str, Any], width: int) -> str:
+    """The model's key that set its output width (num_classes, classes, n_out, ...): one
+    whose value is that width and whose name says classes or outputs; else the model."""
+    for key, value in targets.kwargs_of(cfg).items():
+        named = any(word in key.lower() for word in ("class", "out", "label", "head"))
+        if named and isinstance(value, int) and not isinstance(value, bool) and value == width:
+            return f"model.{key}"
+    return model_key(cfg)
