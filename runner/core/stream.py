@@ -618,13 +618,11 @@ def _collate(node: Mapping[str, Any] | None) -> Callable[[list[Any]], Any] | Non
     return instantiate({**dict(plain), "_partial_": True, "_convert_": "all"})
 
 
-def _batch_of(
-    dataset: Any, collate: Callable | None, epoch: int, seed: int = 0, where: str = "data"
-) -> Any:
+def _batch_of(dataset: Any, collate: Callable | None, epoch: int, seed: int = 0) -> Any:
     """Sample 0 alone, collated as the loader collates it."""
     from torch.utils.data import default_collate
 
-    sample = SeededSamples(dataset, seed, where)[(epoch, 0)]
+    sample = SeededSamples(dataset, seed)[(epoch, 0)]
     return (collate or default_collate)([sample])
 
 
