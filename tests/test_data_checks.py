@@ -70,6 +70,15 @@ def test_train_without_val_is_a_config_error_naming_data_val_never_fakedata():
     validate_data(make_cfg("data=dataset").data)  # neither: the FakeData demo, as before
 
 
+def test_the_command_with_train_and_no_val_exits_2_in_one_line(tmp_path):
+    """The probe's reproduction, as a user types it."""
+    proc = cli_in_process("data=dataset", TRAIN, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("config error: data.val=None: must be given with data.train")
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "outputs").exists()
+
+
 def test_val_fraction_is_a_seeded_stratified_split_of_train():
     def split(*extra: str) -> tuple[list[int], list[int]]:
         cfg = make_cfg("data=dataset", f"data.train={{_target_:{LISTED},size:30,kind:none}}",
@@ -156,12 +165,18 @@ def test_labels_of_a_bundled_data_set_are_checked_too(tmp_path):
     [
         ("raises", 0, "false", 0, "could not be read: ValueError: cannot decode this sample"),
         ("raises", 5, "true", 5, "could not be read: ValueError: cannot decode this sample"),
-        ("shape", 5, "true", 5, "shape (1, 5, 4), sample 0's is (1, 4, 4)"),
+        ("shape", 5, "true", 5, "shape (1, 5, 4), data.train[0]'s is (1, 4, 4)"),
     ],
 )  # fmt: skip
 def test_a_sample_that_cannot_be_read_or_batched_is_named(kind, at, in_memory, index, words):
     err = raised(*odd(kind, at, f"data.in_memory={in_memory}"))
     assert err.key == f"data.train[{index}]" and words in err.rule
+
+
+def test_val_samples_of_another_shape_than_train_are_named():
+    val = f"data.val={{_target_:{ODD},size:9,kind:shape,at:0}}"
+    err = raised("data=dataset", TRAIN, val, "data.in_memory=false")
+    assert err.key == "data.val[0]" and "shape (1, 5, 4), data.train[0]'s is (1, 4, 4)" in err.rule
 
 
 def test_a_truncated_png_names_its_file_from_a_worker_too(tmp_path):
@@ -175,7 +190,7 @@ def test_a_truncated_png_names_its_file_from_a_worker_too(tmp_path):
     bad = tmp_path / "c1" / "3.png"
     bad.write_bytes(bad.read_bytes()[:100])
     node = f"{{_target_:torchvision.datasets.ImageFolder,root:'{tmp_path}',transform:{TO_FLOAT}}}"
-    err = raised("data=dataset", f"data.train={node}", VAL, "data.in_memory=true",
+    err = raised("data=dataset", f"data.train={node}", f"data.val={node}", "data.in_memory=true",
                  "data.num_workers=1")  # fmt: skip
     assert err.key == "data.train[4]"  # ImageFolder sorts c0's three files first
     assert err.rule.startswith(f"{bad}: could not be read: OSError: image file is truncated")

@@ -244,8 +244,8 @@ class SeededSamples(Dataset):
         (shape, num_classes), (x, y) = self.expect, sample
         if torch.is_tensor(x) and x.shape != shape:
             raise self._error(
-                index, f"shape {tuple(x.shape)}, sample 0's is {shape}: samples must have one "
-                "shape to be batched (resize them in the transform, or give data.collate_fn)",
+                index, f"shape {tuple(x.shape)}, data.train[0]'s is {shape}: samples must have "
+                "one shape to be batched (resize them in the transform, or give data.collate_fn)",
             )  # fmt: skip
         if type(y) is int and 0 <= y < num_classes:
             return  # the common case, without a call
@@ -515,7 +515,10 @@ def load(cfg: Mapping[str, Any]) -> StreamData | Tensors:
         train, val = _split(train, cfg["val_fraction"], cfg["split_seed"])
     collate = _collate(cfg["collate_fn"])
     shape = _probe_shape(train, collate, "data.train", num_classes)
-    _probe_shape(val, collate, "data.val", num_classes)
+    val_shape = _probe_shape(val, collate, "data.val", num_classes)
+    if val_shape != shape and collate is None:  # the model takes one shape
+        raise ConfigError("data.val[0]", None, f"shape {val_shape}, data.train[0]'s is {shape}: "
+                          "give both splits transforms that make one shape")  # fmt: skip
     data = StreamData(
         train, val, num_classes, shape,
         {k: cfg[k] for k in ("num_workers", "pin_memory", "persistent_workers",
