@@ -167,7 +167,8 @@ def test_a_bad_dataset_node_is_a_config_error_naming_its_key(tmp_path, folder, i
         "empty": f"{{_target_:torchvision.datasets.ImageFolder,root:'{tmp_path}'}}",
         "pil": "{_target_:torchvision.datasets.FakeData,size:4}",
     }.get(extra, f"{{_target_:{blobs},size:9{extra}}}")
-    proc = cli_in_process("data=dataset", f"data.train={train}", cwd=tmp_path)
+    val = "data.val={_target_:tests.user_datasets.Blobs,size:9}"  # required with data.train
+    proc = cli_in_process("data=dataset", f"data.train={train}", val, cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr
     assert f"config error: {key}=" in proc.stderr
     assert words in proc.stderr
@@ -176,11 +177,13 @@ def test_a_bad_dataset_node_is_a_config_error_naming_its_key(tmp_path, folder, i
 
 def test_num_classes_is_asked_for_when_the_dataset_cannot_say(tmp_path, importable):
     train = "{_target_:tests.user_datasets.NoClasses,size:9}"
-    proc = cli_in_process("data=dataset", f"data.train={train}", cwd=tmp_path)
+    val = "data.val={_target_:tests.user_datasets.Blobs,size:9}"  # required with data.train
+    proc = cli_in_process("data=dataset", f"data.train={train}", val, cwd=tmp_path)
     assert proc.returncode == 2
     assert "config error: data.num_classes=None: NoClasses has no `classes`" in proc.stderr
     assert "set data.num_classes" in proc.stderr
-    proc = cli_in_process("data=dataset", "data.train={_target_:torch.nn.Identity}", cwd=tmp_path)
+    proc = cli_in_process("data=dataset", "data.train={_target_:torch.nn.Identity}", val,
+                          cwd=tmp_path)  # fmt: skip
     assert "data.train._target_='torch.nn.Identity': is not a map-style" in proc.stderr
 
 

@@ -48,3 +48,39 @@ class SlowFolder(ImageFolder):
     def __getitem__(self, i: int) -> Any:
         time.sleep(self.delay_s)
         return super().__getitem__(i)
+
+
+class Odd(Blobs):
+    """Blobs (3 classes) with one odd sample at index `at`, odd as `kind` says: its
+    __getitem__ raises ("raises"), its shape differs ("shape"), or its label is out of range
+    ("range"), a float ("float"), one-hot ("onehot") or a str ("str"); "one" gives every
+    sample label 0 (a one-class set)."""
+
+    def __init__(self, size: int, kind: str, at: int = 0, offset: int = 0) -> None:
+        super().__init__(size, offset)
+        self.kind, self.at = kind, at
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, Any]:
+        x, y = super().__getitem__(i)
+        if self.kind == "one":
+            return x, 0
+        if i != self.at:
+            return x, y
+        if self.kind == "raises":
+            raise ValueError("cannot decode this sample")
+        odd = {
+            "shape": lambda: (torch.zeros(1, 5, 4), y),
+            "range": lambda: (x, 7),
+            "float": lambda: (x, float(y) + 0.5),
+            "onehot": lambda: (x, torch.nn.functional.one_hot(torch.tensor(y), 3)),
+            "str": lambda: (x, "mid"),
+        }.get(self.kind)  # any other kind: none odd
+        return (x, y) if odd is None else odd()
+
+
+class Listed(Odd):
+    """Odd, listing its labels in `targets` as torchvision's datasets do."""
+
+    @property
+    def targets(self) -> list[int]:
+        return [0] * len(self.y) if self.kind == "one" else self.y.tolist()

@@ -145,7 +145,17 @@ def load_data(cfg: Mapping[str, Any]) -> TensorData | StreamData:
 def _load(settings: str) -> TensorData | StreamData:
     import json
 
-    cfg = json.loads(settings)
+    data = _build(json.loads(settings))
+    if isinstance(data, TensorData):  # every label in memory: a min and a max, cheap
+        from runner.core.labels import check_labels, warn_one_class
+
+        check_labels("data.train", data.y_train, data.num_classes)
+        check_labels("data.val", data.y_val, data.num_classes)
+        warn_one_class(data.y_train)
+    return data
+
+
+def _build(cfg: dict[str, Any]) -> TensorData | StreamData:
     name = cfg["name"]
     if name == "dataset":
         from runner.core.stream import StreamData, load
@@ -297,12 +307,42 @@ def _fake(cfg: Mapping[str, Any]) -> TensorData:
     return TensorData(x_train, y_train, x_val, y_val, num_classes=cfg["num_classes"])
 
 
-def _cifar10(cfg: Mapping[str, Any]) -> TensorData:
-    """CIFAR-10 from torchvision's on-disk layout (cifar-10-batches-py), read directly:
-    torchvision's class insists on the files' md5 sums, which rules out the small
-    CIFAR-format sets the tests write."""
+# What a CIFAR-10 batch pickle may name: numpy's array and dtype rebuilders, nothing else
+# (its dict, lists, ints and bytes need no import). Python 2's pickles (the released files)
+# say numpy.core, numpy 2's say numpy._core.
+_CIFAR_GLOBALS = {
+    *((core, "_reconstruct") for core in ("numpy.core.multiarray", "numpy._core.multiarray")),
+    *((core, "_frombuffer") for core in ("numpy.core.numeric", "numpy._core.numeric")),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("_codecs", "encode"),  # bytes in a protocol-2 pickle written by Python 3
+}
+
+
+def _load_cifar_batch(file: Any) -> Any:
+    """A CIFAR batch unpickled as data, never code: a plain pickle.load runs whatever a
+    crafted file in data.root names (its __reduce__), so every global it asks for beyond
+    numpy's array rebuilders is refused. This, not torchvision's md5 list, keeps the small
+    CIFAR-format sets the tests write (and any re-packed copy) readable."""
     import pickle
 
+    class Restricted(pickle.Unpickler):
+        def find_class(self, module: str, name: str) -> Any:
+            if (module, name) not in _CIFAR_GLOBALS:
+                raise pickle.UnpicklingError(
+                    f"it asks to import {module}.{name}, which a CIFAR batch (a dict of numpy "
+                    "arrays, lists and bytes) never does: refused, files under data.root are "
+                    "read as data, never run"
+                )
+            return super().find_class(module, name)
+
+    return Restricted(file, encoding="bytes").load()
+
+
+def _cifar10(cfg: Mapping[str, Any]) -> TensorData:
+    """CIFAR-10 from torchvision's on-disk layout (cifar-10-batches-py), read directly (with
+    a restricted unpickler): torchvision's class insists on the files' md5 sums, which rules
+    out the small CIFAR-format sets the tests write."""
     import numpy as np
     import torch
 
@@ -313,7 +353,7 @@ def _cifar10(cfg: Mapping[str, Any]) -> TensorData:
         for name in names:
             try:
                 with (folder / name).open("rb") as f:
-                    batch = pickle.load(f, encoding="bytes")
+                    batch = _load_cifar_batch(f)
                 xs.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
                 ys.extend(batch[b"labels"])
             except Exception as err:  # missing, truncated or not a CIFAR batch

@@ -232,6 +232,9 @@ class Dataset:
     # in runner/core/stream.py
     train: Any = key(None, anything())
     val: Any = key(None, anything())
+    # a share of data.train to validate on instead of data.val (which must be null then)
+    val_fraction: float | None = key(None, number(0, 1, lo_open=True, hi_open=True, optional=True))
+    split_seed: int = key(0, integer(0, high=SEED_MAX))  # draws data.val_fraction's split
     num_classes: int | None = key(None, integer(2, optional=True))  # null: from the train set
     batch_size: int = key(32, integer(1))
     num_workers: int = key(0, integer(0, high=1024))

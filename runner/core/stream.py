@@ -37,9 +37,10 @@ from typing import Any
 import numpy as np
 import torch
 from torch.nn import functional as F
-from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset, get_worker_info
 
 from runner.core import targets
+from runner.core.labels import check_labels, sample_label_problem, warn_one_class
 from runner.core.rngs import numpy_state, same_numpy_state
 from runner.core.schema import SCHEMAS, check_node
 from schedulers import ConfigError
@@ -124,6 +125,45 @@ def isolated_rng(seed: int) -> Iterator[None]:
         yield
 
 
+class SampleError(RuntimeError):
+    """A sample that cannot be fetched, or is not the (x, label) the run needs, named as
+    `<split>[<index>]` (and its file, where the dataset says). Start-up turns it into a
+    ConfigError (`config_error`); mid-run it ends the run as any other error, named.
+
+    Built with one string as well: torch's DataLoader re-raises a worker's error as its type
+    called with the worker's report (a header, the traceback, then our line)."""
+
+    def __init__(self, key: str, rule: str | None = None) -> None:
+        if rule is None:  # the worker's report: our line is the last one naming us
+            marker = f"{type(self).__name__}: "
+            lines = [line for line in key.splitlines() if marker in line]
+            line = lines[-1].split(marker, 1)[1] if lines else key
+            key, _, rule = line.partition(": ")
+        self.key, self.rule = key, rule
+        super().__init__(f"{key}: {rule}")
+
+    def config_error(self) -> ConfigError:
+        return ConfigError(self.key, None, self.rule)
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return f"{type(err).__name__}: {text[:300]}" if text else type(err).__name__
+
+
+def _file_of(dataset: Any, index: int) -> str | None:
+    """The file a sample is read from, where the dataset says (ImageFolder's `samples`,
+    through a Subset), for an error to name it."""
+    while isinstance(dataset, Subset):
+        dataset, index = dataset.dataset, int(dataset.indices[index])
+    samples = getattr(dataset, "samples", None)
+    try:
+        path = samples[index][0] if isinstance(samples, Sequence) else None
+    except (IndexError, TypeError, KeyError):
+        return None
+    return str(path) if isinstance(path, str | Path) else None
+
+
 class SeededSamples(Dataset):
     """The user's dataset, indexed by (epoch, index): each sample fetched as if the global
     RNGs (torch CPU, random, numpy) were seeded from (seed, epoch, index), so its random
@@ -137,8 +177,12 @@ class SeededSamples(Dataset):
     again with all three seeded per sample, and so is every later batch (`every_rng`, per
     process). The samples are the same either way."""
 
-    def __init__(self, dataset: Any, seed: int) -> None:
-        self.dataset, self.seed = dataset, seed
+    def __init__(
+        self, dataset: Any, seed: int, where: str = "data", expect: tuple | None = None
+    ) -> None:
+        """`where`: the split, for errors; `expect`: (sample shape, num_classes) that every
+        (x, label) sample is checked against (for default_collate, which stacks them)."""
+        self.dataset, self.seed, self.where, self.expect = dataset, seed, where, expect
         self.every_rng = False  # the dataset draws from random or numpy: seed all three
 
     def __len__(self) -> int:
@@ -184,8 +228,34 @@ class SeededSamples(Dataset):
             if (prefix := shared.get(epoch)) is None:
                 prefix = shared[epoch] = epoch_seed(self.seed, epoch)
             seed_rngs(_splitmix(prefix ^ index))
-            samples.append(dataset[index])
+            try:
+                sample = dataset[index]
+            except Exception as err:  # a truncated image, the user's own bug
+                raise self._error(index, f"could not be read: {_one_line(err)}") from err
+            if self.expect is not None:
+                self._check(index, sample)
+            samples.append(sample)
         return samples
+
+    def _check(self, index: int, sample: Any) -> None:
+        """An (x, label) sample of the expected shape, with an integer class label."""
+        if not isinstance(sample, tuple | list) or len(sample) != 2:
+            return  # not a pair: collation says what it makes of it
+        (shape, num_classes), (x, y) = self.expect, sample
+        if torch.is_tensor(x) and x.shape != shape:
+            raise self._error(
+                index, f"shape {tuple(x.shape)}, data.train[0]'s is {shape}: samples must have "
+                "one shape to be batched (resize them in the transform, or give data.collate_fn)",
+            )  # fmt: skip
+        if type(y) is int and 0 <= y < num_classes:
+            return  # the common case, without a call
+        problem = sample_label_problem(y, num_classes)
+        if problem is not None:
+            raise self._error(index, problem)
+
+    def _error(self, index: int, what: str) -> SampleError:
+        path = _file_of(self.dataset, index)
+        return SampleError(f"{self.where}[{index}]", f"{path}: {what}" if path else what)
 
 
 class EpochBatches(Sampler[list[tuple[int, int]]]):
@@ -267,8 +337,9 @@ class Loaders:
         self.n_val = len(data.val)
         self.train_batches = EpochBatches(len(data.train), batch_size, *share)
         self.val_batches = EpochBatches(self.n_val, val_batch_size(batch_size))
-        self.train_loader = _loader(data.train, self.train_batches, seed, data, self.pin)
-        self.val_loader = _loader(data.val, self.val_batches, seed, data, self.pin)
+        self.train_loader = _loader(data.train, self.train_batches, seed, data, self.pin,
+                                    "data.train")  # fmt: skip
+        self.val_loader = _loader(data.val, self.val_batches, seed, data, self.pin, "data.val")
 
     def train(self, epoch: int, shuffle: torch.Generator) -> Iterator[tuple[Any, Any, int]]:
         """The epoch's batches on the device, in the order drawn from `shuffle` (the same
@@ -309,9 +380,12 @@ class Loaders:
 
 
 def _loader(
-    dataset: Any, batches: EpochBatches, seed: int, data: StreamData, pin: bool
+    dataset: Any, batches: EpochBatches, seed: int, data: StreamData, pin: bool, where: str
 ) -> DataLoader:
+    """`where` names the split in a sample's error; with default_collate every sample is
+    checked (shape, label) as it is fetched, at a few us a sample."""
     opts = data.loader
+    expect = None if data.collate_fn is not None else (data.image_shape, data.num_classes)
     workers = opts["num_workers"]
     extra: dict[str, Any] = {}
     if workers > 0:
@@ -323,7 +397,7 @@ def _loader(
         if in_loky_worker():  # hydra/launcher=joblib: loky's default context fails (hydra#964)
             extra["multiprocessing_context"] = "fork"
     return DataLoader(
-        SeededSamples(dataset, seed),
+        SeededSamples(dataset, seed, where, expect),
         batch_sampler=batches,
         num_workers=workers,
         pin_memory=pin,
@@ -372,6 +446,32 @@ def validate(cfg: Mapping[str, Any]) -> None:
         for key in ("prefetch_factor", "persistent_workers"):
             if cfg[key] not in (None, False):
                 raise ConfigError(f"data.{key}", cfg[key], "needs data.num_workers > 0")
+    check_splits(cfg)
+
+
+def check_splits(cfg: Mapping[str, Any]) -> None:
+    """The user's data, never mixed with the demo's: data.train and data.val both given, or
+    data.train with data.val_fraction (a seeded split of it), or neither (the FakeData
+    demo). data.train alone used to validate on FakeData: random noise, a meaningless
+    val/acc with exit 0."""
+    train, val, fraction = cfg["train"], cfg["val"], cfg.get("val_fraction")
+    if fraction is not None:
+        if val is not None:
+            raise ConfigError("data.val_fraction", fraction, "splits data.train for validation, "
+                              "so data.val must be null (it is given)")  # fmt: skip
+        if train is None:
+            raise ConfigError("data.val_fraction", fraction, "needs data.train to split "
+                              "(null is the FakeData demo)")  # fmt: skip
+        return
+    if train is not None and val is None:
+        raise ConfigError(
+            "data.val", None, "must be given with data.train (a _target_ node like data.train's; "
+            "null is the FakeData demo's random noise), or set data.val_fraction to validate "
+            "on a seeded split of data.train",
+        )  # fmt: skip
+    if val is not None and train is None:
+        raise ConfigError("data.train", None, "must be given with data.val (null is the "
+                          "FakeData demo's random noise)")  # fmt: skip
 
 
 def _check_target(where: str, node: Mapping[str, Any], collate: bool = False) -> None:
@@ -406,13 +506,21 @@ def load(cfg: Mapping[str, Any]) -> StreamData | Tensors:
     seeded (a user class that draws its data from them gets the same data in a resumed
     process) and restored after."""
     global last_choice
+    check_splits(cfg)
+    nodes = DEMO if cfg["train"] is None else cfg  # data.val null here: data.val_fraction
     with isolated_rng(0):
-        train, val = (_build(f"data.{s}", DEMO[s] if cfg[s] is None else cfg[s]) for s in SPLITS)
+        train, val = (None if nodes[s] is None else _build(f"data.{s}", nodes[s]) for s in SPLITS)
+    num_classes = _num_classes(cfg, train)
+    if val is None:  # data.val_fraction of data.train
+        train, val = _split(train, cfg["val_fraction"], cfg["split_seed"])
     collate = _collate(cfg["collate_fn"])
-    shape = _probe_shape(train, collate, "data.train")
-    _probe_shape(val, collate, "data.val")
+    shape = _probe_shape(train, collate, "data.train", num_classes)
+    val_shape = _probe_shape(val, collate, "data.val", num_classes)
+    if val_shape != shape and collate is None:  # the model takes one shape
+        raise ConfigError("data.val[0]", None, f"shape {val_shape}, data.train[0]'s is {shape}: "
+                          "give both splits transforms that make one shape")  # fmt: skip
     data = StreamData(
-        train, val, _num_classes(cfg, train), shape,
+        train, val, num_classes, shape,
         {k: cfg[k] for k in ("num_workers", "pin_memory", "persistent_workers",
                              "prefetch_factor")},
         collate,
@@ -421,8 +529,55 @@ def load(cfg: Mapping[str, Any]) -> StreamData | Tensors:
     last_choice = f"data.in_memory={cfg['in_memory']}: {why}"
     log.info(last_choice)
     if not materialise:
+        targets_ = _targets(train)
+        if targets_ is not None:
+            warn_one_class(targets_)
         return data
-    return (*_materialise(data, train), *_materialise(data, val), data.num_classes)
+    # data.py checks and warns about the labels of whatever it holds in memory
+    return (*_materialise(data, train, "data.train"), *_materialise(data, val, "data.val"),
+            data.num_classes)  # fmt: skip
+
+
+def _targets(dataset: Any) -> torch.Tensor | None:
+    """The labels a dataset lists without fetching a sample (torchvision's `targets`,
+    through a Subset), or None."""
+    indices = None
+    if isinstance(dataset, Subset):
+        dataset, indices = dataset.dataset, list(dataset.indices)
+    found = getattr(dataset, "targets", None)
+    try:
+        labels = torch.as_tensor(found) if found is not None else None
+    except (TypeError, ValueError, RuntimeError):
+        return None
+    if labels is None or labels.dim() != 1 or len(labels) != len(dataset):
+        return None
+    if labels.is_floating_point():
+        return None
+    return labels if indices is None else labels[indices]
+
+
+def _split(dataset: Any, fraction: float, seed: int) -> tuple[Subset, Subset]:
+    """(train, val) Subsets of `dataset`: `fraction` of it for validation, drawn with
+    `seed`; stratified by class where the dataset lists its labels (`targets`), as
+    data=digits splits. The val samples go through data.train's transforms (seeded, the
+    same in every epoch): give data.val for a val set with transforms of its own."""
+    from runner.core.digits import stratified_split
+
+    n = len(dataset)
+    labels = _targets(dataset)
+    if labels is not None and len(torch.unique(labels)) > 1:
+        idx_train, idx_val = stratified_split(labels.numpy(), fraction, seed)
+    else:
+        order = np.random.RandomState(seed).permutation(n)
+        n_val = math.ceil(fraction * n)
+        idx_train, idx_val = order[n_val:], order[:n_val]
+    if len(idx_train) == 0 or len(idx_val) == 0:
+        raise ConfigError(
+            "data.val_fraction", fraction,
+            f"leaves {len(idx_train)} of {n} samples for training and {len(idx_val)} for "
+            "validation: both splits need samples",
+        )  # fmt: skip
+    return Subset(dataset, idx_train.tolist()), Subset(dataset, idx_val.tolist())
 
 
 def _build(where: str, node: Mapping[str, Any]) -> Any:
@@ -474,19 +629,33 @@ def _batch_of(dataset: Any, collate: Callable | None, epoch: int, seed: int = 0)
     return (collate or default_collate)([sample])
 
 
-def _probe_shape(dataset: Any, collate: Callable | None, where: str) -> tuple[int, ...]:
-    """One sample's shape; samples must collate into (float tensor, label tensor)."""
+def _probe_shape(
+    dataset: Any, collate: Callable | None, where: str, num_classes: int
+) -> tuple[int, ...]:
+    """One sample's shape; samples must collate into (float tensor, label tensor). Sample
+    0's label is checked here; every other one as it is fetched (SeededSamples)."""
+    from torch.utils.data import default_collate
+
     how = (
         f"{where}'s samples must collate into (float tensor, integer label) pairs, e.g. with "
         "transforms v2.ToImage and v2.ToDtype(torch.float32, scale=True)"
     )
     try:
-        x, y = _batch_of(dataset, collate, MATERIALISE_EPOCH)
+        sample = SeededSamples(dataset, 0, where)[(MATERIALISE_EPOCH, 0)]
+    except SampleError as err:  # __getitem__ raised: the dataset's error, not collation's
+        raise err.config_error() from None
+    if collate is None and isinstance(sample, tuple | list) and len(sample) == 2:
+        problem = sample_label_problem(sample[1], num_classes)
+        if problem is not None:
+            raise ConfigError(f"{where}[0]", None, problem)
+    try:
+        x, y = (collate or default_collate)([sample])
     except Exception as err:  # PIL images, dicts, a transform that fails on the sample
         raise ConfigError(f"{where}.transform", None, f"{how}: {err}") from None
-    if not (torch.is_tensor(x) and x.is_floating_point() and torch.is_tensor(y)):
+    if not (torch.is_tensor(x) and x.is_floating_point()):
         got = type(x).__name__ if not torch.is_tensor(x) else f"a {x.dtype} tensor"
         raise ConfigError(f"{where}.transform", None, f"{how}; got {got}")
+    check_labels(where, y, num_classes)
     return tuple(x.shape[1:])
 
 
@@ -551,13 +720,27 @@ def _choose(setting: Any, data: StreamData) -> tuple[bool, str]:
     return True, f"materialised in memory: no random transforms, {size} fits in {share}"
 
 
-def _materialise(data: StreamData, dataset: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every sample once (through the configured workers), as tensors."""
+def _materialise(data: StreamData, dataset: Any, where: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every sample once (through the configured workers), as tensors; every label
+    checked (SeededSamples checks each sample's, a collate_fn's batches are checked here)."""
     order = EpochBatches(len(dataset), 256)
     order.set_epoch(MATERIALISE_EPOCH)
-    loader = _loader(dataset, order, 0, data, pin=False)
-    xs, ys = zip(*loader, strict=True)
-    return torch.cat(xs), torch.cat(ys).long()
+    loader = _loader(dataset, order, 0, data, False, where)
+    xs, ys, done = [], [], 0
+    try:
+        for x, y in loader:
+            check_labels(where, y, data.num_classes, offset=done)
+            xs.append(x)
+            ys.append(y)
+            done += len(y)
+    except SampleError as err:
+        raise err.config_error() from None
+    try:
+        return torch.cat(xs), torch.cat(ys).long()
+    except RuntimeError as err:  # a collate_fn's batches of different sample shapes
+        raise ConfigError(
+            f"{where}.collate_fn", None, f"batches do not concatenate: {err}"
+        ) from None
 
 
 def sample_batch(data: StreamData, n: int) -> torch.Tensor:
@@ -566,7 +749,10 @@ def sample_batch(data: StreamData, n: int) -> torch.Tensor:
     runs the model on them (runner/core/model_check.py)."""
     from torch.utils.data import default_collate
 
-    samples = SeededSamples(data.train, 0)
-    with preserved_rng():
-        batch = [samples[(MATERIALISE_EPOCH, i)] for i in range(min(n, len(data.train)))]
-        return (data.collate_fn or default_collate)(batch)[0]
+    samples = SeededSamples(data.train, 0, "data.train", (data.image_shape, data.num_classes))
+    keys = [(MATERIALISE_EPOCH, i) for i in range(min(n, len(data.train)))]
+    try:
+        with preserved_rng():
+            return (data.collate_fn or default_collate)(samples.__getitems__(keys))[0]
+    except SampleError as err:
+        raise err.config_error() from None
