@@ -180,7 +180,7 @@ def test_a_sweep_job_whose_dir_another_process_writes_is_pending_and_untouched(t
                        cwd=tmp_path)  # fmt: skip
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.splitlines()[-1] == (
-        f"config error: hydra.sweep.dir={sweep}: 1 job(s) refused because another process "
+        f"config error: hydra.sweep.dir='{sweep}': 1 job(s) refused because another process "
         f"was writing into their dir: `1` (pid {PID}); pending, not a loss: run the same "
         "command again once it ends"
     )
@@ -239,7 +239,7 @@ def test_a_sweep_with_no_completed_job_exits_as_a_single_run_would(tmp_path, sta
     result = sweepdir.exit_status(tmp_path)
     assert (result and result[0]) == code
     if code == 2:
-        assert result[1] == (f"config error: hydra.sweep.dir={tmp_path}: all 2 job(s) failed "
+        assert result[1] == (f"config error: hydra.sweep.dir='{tmp_path}': all 2 job(s) failed "
                              "their config check (optimizer.lr=-1: must be > 0)")  # fmt: skip
 
 

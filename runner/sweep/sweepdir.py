@@ -111,7 +111,7 @@ def exit_status(sweep_dir: Path | str) -> tuple[int, str] | None:
     line to print."""
     sweep_dir = Path(sweep_dir)
     pending = refused(sweep_dir)
-    where = f"{SWEEP_DIR_KEY}={sweep_dir}"
+    where = f"{SWEEP_DIR_KEY}={str(sweep_dir)!r}"  # as a ConfigError names it
     if pending:
         return EXIT_CONFIG, f"config error: {where}: {describe_refused(pending)}"
     jobs = load_jobs(sweep_dir)
