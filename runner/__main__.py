@@ -5,7 +5,11 @@ Exit codes of a single run: 0 completed, 1 crashed (or an output could not be wr
 one line names the file and the cause), 2 bad config, 3 diverged, 130/143
 interrupted (SIGINT/SIGTERM). In a multirun every job catches its own failure, records
 it in `status.json` and returns, so one bad job never stops the sweep (and the sweep
-report still gets written); an interrupt stops the sweep.
+report still gets written); an interrupt stops the sweep. A sweep then exits as a single
+run would when no job completed: 2 if every job failed its config check, 3 if every job
+diverged, else 1; and 2 when a job was refused because another process writes its dir
+(pending: the same command runs it once that process ends). A second sweep into a sweep
+dir another one holds is refused, exit 2 (runner/sweep/sweepdir.py).
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from runner.core.files import (
     WriteFailed,
     keep_run_dir,
     read_json,
+    run_dir_holder,
     write_json_atomic,
 )
 from runner.core.stopping import stop_on_signals
@@ -129,8 +134,9 @@ def main(cfg: DictConfig) -> float:
 
 def _run_job(cfg: DictConfig, hc: Any, run_dir: Path, multirun: bool, stop: Any) -> Any:
     """The run's Result, or (a job of a sweep that failed) NaN for the sweeper."""
-    from runner.run.rundir import RunDirRefused  # these import torch: not for --help
+    from runner.run.rundir import DirInUse, RunDirRefused  # these import torch: not for --help
     from runner.run.train import train
+    from runner.sweep.sweepdir import record_refused
 
     try:
         return train(
@@ -143,6 +149,9 @@ def _run_job(cfg: DictConfig, hc: Any, run_dir: Path, multirun: bool, stop: Any)
     except RunDirRefused as err:  # the dir is another run's: leave it exactly as it is
         print(f"config error: {err}", file=sys.stderr)
         if multirun:
+            if isinstance(err, DirInUse):  # pending, not a loss: the sweep dir names it
+                holder = run_dir_holder(run_dir)
+                record_refused(hc.sweep.dir, run_dir, holder.pid if holder else None)
             return float("nan")
         sys.exit(EXIT_CONFIG)
     except ConfigError as err:
@@ -240,6 +249,29 @@ def check_run_dir(argv: list[str]) -> None:
         sys.exit(0)
 
 
+def check_sweep_dir(argv: list[str]) -> None:
+    """A sweep into a named dir (hydra.sweep.dir=<dir>) takes that dir before Hydra writes
+    multirun.yaml there, and holds it to its end: another sweep or race writing into it is
+    a config error (exit 2) that leaves every file there as it was. A dir made from the
+    config (the default's ${now:...}, a preset's) is taken as the sweep starts (the sweep
+    report's on_multirun_start, the race sweeper): runner/sweep/sweepdir.py."""
+    if NO_COMPOSE & set(argv) or not ("-m" in argv or "--multirun" in argv):
+        return
+    if {"--cfg", "-c", "--info", "-i"} & set(argv):
+        return  # Hydra prints and runs nothing
+    target = given_overrides(argv).get("hydra.sweep.dir")
+    if not target or "${" in target:
+        return
+    from runner.sweep import sweepdir
+
+    try:
+        sweepdir.take(target)
+    except ConfigError as err:
+        config_error(err)
+    except OSError:
+        return  # a full or read-only disk: Hydra's write of multirun.yaml says so (exit 1)
+
+
 def _write_error(err: BaseException | None) -> OSError | None:
     """The disk-full/read-only OSError behind err, if any: logging's dictConfig wraps the one
     from opening train.log in a ValueError ("Unable to configure handler 'file'")."""
@@ -258,6 +290,7 @@ def cli() -> None:
     check_composition(sys.argv[1:])
     check_resume_dir(sys.argv[1:])
     check_run_dir(sys.argv[1:])
+    check_sweep_dir(sys.argv[1:])
     # Hydra's own writes (.hydra/, the sweep dir) failing on a full or read-only disk: one
     # line, as for the runner's files. Hydra re-raises (instead of printing a trace and
     # exiting) only with HYDRA_FULL_ERROR set; every error of a job is handled in main().
@@ -266,6 +299,9 @@ def cli() -> None:
     try:
         if "-m" in sys.argv or "--multirun" in sys.argv:
             main()  # each job installs its handlers as it starts (a launcher may run them)
+            from runner.sweep import sweepdir
+
+            sweepdir.end()  # non-zero when no job completed or some are pending
             return
         with stop_on_signals() as _CLI_STOP:  # from before Hydra makes the run dir
             main()

@@ -296,6 +296,6 @@ def test_a_repeated_configuration_and_seed_counts_once(tmp_path):
     text = write_report(sweep)
     a = table_rows(text)["a"]
     assert a[2:4] == ["2", "2"]  # runs, done
-    assert a[6] == f"{statistics.fmean([0.90, 0.92]):.4f} ± {statistics.stdev([0.90, 0.92]):.4f}"
+    assert a[7] == f"{statistics.fmean([0.90, 0.92]):.4f} ± {statistics.stdev([0.90, 0.92]):.4f}"
     assert "1 job(s) repeat a configuration and seed already in the table" in text
     assert "repeat a configuration" not in write_report(sweep_of(tmp_path / "x", [0.9], [0.8]))

@@ -84,7 +84,11 @@ class FusedLauncher(Launcher):
                 continue
             sweep = Path(str(config.hydra.sweep.dir))
             members[i] = Member(
-                task_cfg, run_dir, list(config.hydra.overrides.task), "_".join(sweep.parts[-2:])
+                task_cfg,
+                run_dir,
+                list(config.hydra.overrides.task),
+                "_".join(sweep.parts[-2:]),
+                sweep_dir=sweep,
             )
             groups.setdefault(group_key(task_cfg), []).append(i)
         chunks = [

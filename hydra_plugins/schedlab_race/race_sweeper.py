@@ -80,11 +80,12 @@ class RaceSweeper(Sweeper):
 
         from runner.sweep.launch import configurations
         from runner.sweep.race import Race, RaceSettings
+        from runner.sweep.sweepdir import take_or_exit
 
         assert self.config is not None and self.hydra_context is not None
         log = logging.getLogger("schedlab")
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
-        sweep_dir.mkdir(parents=True, exist_ok=True)
+        take_or_exit(sweep_dir)  # one sweep at a time: held until this process ends
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         configs, ignored = configurations(arguments, self.params, self.hydra_context.config_loader)
         if ignored:

@@ -289,7 +289,7 @@ def _lock(run_dir: Path | str) -> RunDirLock:
     return RunDirLock(fd)
 
 
-def keep_run_dir(run_dir: Path | str) -> None:
+def keep_run_dir(run_dir: Path | str) -> RunDirLock:
     """Take the run dir's lock now, for the run this process is about to start: two runs
     started at once into one dir would otherwise both pass the CLI's check, and the one
     refused later would already have written its .hydra/ over the other's (the sweep
@@ -297,6 +297,7 @@ def keep_run_dir(run_dir: Path | str) -> None:
     key = str(Path(run_dir).resolve())
     if key not in _KEPT:
         _KEPT[key] = _lock(run_dir)
+    return _KEPT[key]
 
 
 @contextmanager

@@ -16,6 +16,7 @@ import yaml
 from omegaconf import ListConfig, OmegaConf
 
 from runner.core.distributed import not_rank_0
+from runner.core.files import run_dir_holder
 
 LECTURE_EPOCHS = 200  # the lecture's demos ran for 200 epochs
 
@@ -72,6 +73,8 @@ def hydra_subdir(resume: object, *, _root_: Any = None) -> str | None:
         task = OmegaConf.select(_root_, "hydra.overrides.task", default=None)
         if out and task is not None and _launched_otherwise(Path(out), list(task)):
             return None
+        if out and run_dir_holder(out) is not None:
+            return None  # another process writes there: this job will be refused (pending)
     return ".hydra"
 
 
@@ -104,7 +107,9 @@ def job_log(path: str) -> str:
     other than 0. Rank 0 holds the run dir, and before Hydra it may refuse it (another run
     writes there): the other ranks' Hydra would already have opened that run's train.log.
     They log warnings to their own console, stdout (runner/run/train.py quiet_rank)."""
-    return os.devnull if not_rank_0() else path
+    if not_rank_0() or run_dir_holder(Path(path).parent) is not None:
+        return os.devnull  # or another process writes that dir: this job will be refused
+    return path
 
 
 def record_user_threads() -> None:

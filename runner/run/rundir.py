@@ -23,6 +23,11 @@ class RunDirRefused(ConfigError):
     holds another run's results. Nothing in the dir is touched, status.json included."""
 
 
+class DirInUse(RunDirRefused):
+    """Refused because another process is writing into the dir (not for what it holds): a
+    sweep counts such a job pending, never a loss (runner/sweep/sweepdir.py)."""
+
+
 def saved_config_path(cfg: DictConfig, run_dir: Path) -> Path:
     """The dir `resume=` names: its value, or (resume=true) the Hydra run dir."""
     target = run_dir if cfg.resume is True else Path(str(cfg.resume))
@@ -348,7 +353,7 @@ def refuse_other_run(run_dir: Path, cfg: DictConfig, key: str = RUN_DIR_KEY) -> 
         )
 
 
-def busy(err: files.RunDirBusy, key: str = RUN_DIR_KEY) -> RunDirRefused:
+def busy(err: files.RunDirBusy, key: str = RUN_DIR_KEY) -> DirInUse:
     """`key`: what named the dir (hydra.run.dir, hydra.sweep.dir, or resume=<dir>)."""
     who = f"another run (pid {err.pid})" if err.pid else "another run"
     way_out = (
@@ -356,7 +361,7 @@ def busy(err: files.RunDirBusy, key: str = RUN_DIR_KEY) -> RunDirRefused:
         if key == "resume"
         else f"wait for it to end (resume={err.run_dir} then continues it), or give another {key}"
     )
-    return RunDirRefused(key, str(err.run_dir), f"{who} is writing into it; {way_out}")
+    return DirInUse(key, str(err.run_dir), f"{who} is writing into it; {way_out}")
 
 
 def check_run_dir(

@@ -45,6 +45,7 @@ from runner.core.targets import label
 from runner.run.rundir import SWEEP_DIR_KEY, busy
 from runner.run.train import outcome, send_rows
 from runner.sweep.stacked import FusedOptimizer, StackedNet
+from runner.sweep.sweepdir import record_refused
 from schedulers import ConfigError, build_scheduler
 
 log = logging.getLogger("schedlab")
@@ -116,6 +117,7 @@ class Member:
     summary: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
     wandb_id: str | None = None  # chosen up front: the checkpoints name the W&B run to resume
+    sweep_dir: Path | None = None  # where a member refused its dir is named (pending)
 
 
 def train_group(members: Sequence[Member]) -> None:
@@ -156,6 +158,8 @@ def _lock_run_dirs(members: Sequence[Member], locks: ExitStack) -> list[Member]:
             locks.enter_context(files.hold_run_dir(m.run_dir)).claim()
         except files.RunDirBusy as err:
             m.error = f"error: {busy(err, SWEEP_DIR_KEY)}"
+            if m.sweep_dir is not None:  # pending, not a loss (runner/sweep/sweepdir.py)
+                record_refused(m.sweep_dir, m.run_dir, err.pid)
             continue
         held.append(m)
     return held

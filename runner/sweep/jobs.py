@@ -11,19 +11,40 @@ from typing import Any
 
 import yaml
 
-from runner.core.files import read_json, read_jsonl
+from runner.core.files import read_json, read_jsonl, run_dir_holder
 
 log = logging.getLogger("schedlab")
+
+# what every epoch row holds and the report and the race read from it
+REPORTED = ("val/acc", "val/loss")
 
 
 @dataclass
 class Job:
     path: Path
     overrides: list[str]
-    status: str  # completed | diverged | failed | incomplete
+    status: str  # completed | diverged | failed | incomplete | running
     rows: list[dict[str, Any]]
     wall_time_s: float | None
     seed: int | None = None
+    error: str | None = None  # status.json's, for a failed job
+
+    @property
+    def config_error(self) -> bool:
+        """Failed its config check (the runner's status.json says `config error: ...`)."""
+        return self.status == "failed" and (self.error or "").startswith("config error")
+
+    @property
+    def readable(self) -> bool:
+        """Its rows describe the whole run: at least one, each with a number for every key
+        the report reads. A completed job whose row lacks one (a metrics.jsonl edited or
+        written by another tool) is unreadable, counted with the failed jobs: a final val
+        acc taken from an earlier epoch, or a mean over some epochs, would be a wrong number."""
+        return bool(self.rows) and all(
+            isinstance(r.get(k), int | float) and not isinstance(r.get(k), bool)
+            for r in self.rows
+            for k in REPORTED
+        )
 
     def series(self, key: str) -> list[float]:
         return [r[key] for r in self.rows if key in r]
@@ -48,7 +69,7 @@ class Group:
     @property
     def finished(self) -> list[Job]:
         """Jobs whose metrics describe a whole run: the ones the statistics are over."""
-        return [j for j in self.jobs if j.status == "completed" and j.rows]
+        return [j for j in self.jobs if j.status == "completed" and j.readable]
 
 
 def without_seed(overrides: list[str]) -> list[str]:
@@ -70,7 +91,9 @@ def load_job(path: Path) -> Job | None:
     """One job as its files describe it; None when its dir holds no `.hydra/overrides.yaml`
     (not a job of a sweep, or one that has not started). Damaged files never stop the
     report: a torn metrics line is skipped, an empty or undecodable status.json reads as
-    no status (the job counts as incomplete)."""
+    no status (the job counts as incomplete). A job whose dir another process holds (its
+    run-dir lock: runner/core/files.py) is `running`, whatever its files say so far: a run
+    in progress, or one resumed to train longer, is no result yet."""
     path = Path(path)
     overrides_file = path / ".hydra" / "overrides.yaml"
     if not overrides_file.is_file():
@@ -79,13 +102,15 @@ def load_job(path: Path) -> Job | None:
     config = _read_yaml(path / "config.yaml")
     status = read_json(path / "status.json") or {}
     overrides = _read_yaml(overrides_file)
+    running = run_dir_holder(path) is not None
     return Job(
         path=path,
         overrides=[str(o) for o in overrides] if isinstance(overrides, list) else [],
-        status=str(status.get("status", "incomplete")),
+        status="running" if running else str(status.get("status", "incomplete")),
         rows=rows,
         wall_time_s=status.get("wall_time_s"),
         seed=config.get("seed") if isinstance(config, dict) else None,
+        error=str(status["error"]) if status.get("error") is not None else None,
     )
 
 
@@ -115,7 +140,7 @@ def group_jobs(jobs: list[Job]) -> list[Group]:
         label = " ".join(o for o in without_seed(job.overrides) if o not in common)
         groups.setdefault(label or "(defaults)", Group(label or "(defaults)")).jobs.append(job)
     for group in groups.values():  # one job per seed: its first completed one, else its first
-        whole = {id(j) for j in group.jobs if j.status == "completed" and j.rows}
+        whole = {id(j) for j in group.jobs if j.status == "completed" and j.readable}
         first: dict[int, Job] = {}
         for job in sorted(group.jobs, key=lambda j: id(j) not in whole):  # stable
             if job.seed is not None:

@@ -35,6 +35,7 @@ from runner.core.files import write_json_atomic
 from runner.sweep.compare import METRICS, Comparison, corrected, raw_comparison
 from runner.sweep.jobs import load_job
 from runner.sweep.launch import check_race, check_round_one
+from runner.sweep.sweepdir import refused
 from schedulers import ConfigError
 
 log = logging.getLogger("schedlab")
@@ -42,7 +43,10 @@ log = logging.getLogger("schedlab")
 RACE_FILE = "race.json"
 # statuses a job never leaves: read back on a re-run, never launched again. `failed` is
 # one of them (a config error fails again; delete the job's dir to retry it); an
-# `interrupted` or missing job is launched again and resumes from its last.pt.
+# `interrupted` or missing job is launched again and resumes from its last.pt. A job refused
+# because another process writes its dir is pending: no value, not a loss; its round decides
+# nothing and the race stops there (race.json `pending`), to go on when run again. A round
+# whose every job failed its config check ends the race: every later round would too.
 FINAL = ("completed", "diverged", "failed")
 LOSS_ACC = 0.0  # what a failed/diverged job scores on an accuracy metric: the worst there is
 
@@ -144,11 +148,19 @@ class Race:
             runs_used += len(needed)
             self.finished.update(on_disk)
             self.finished.update(self._read(todo))
-            self._score(needed)
-            best, comparisons = self._decide(alive, n_round)
+            pending = self._pending(todo)
+            self._score(needed, pending)
+            if pending:  # no decision on part of a round: run again once they end
+                best, comparisons = self._leader(alive), []
+            else:
+                best, comparisons = self._decide(alive, n_round)
             racing, alive = alive, [c for c in alive if c not in self.dropped]
             reason = None
-            if len(alive) == 1:
+            if pending:
+                pass  # the race stops unfinished (below): no reason to end it
+            elif self._config_errors(needed):
+                reason = "every configuration failed its config check"
+            elif len(alive) == 1:
                 reason = "sole survivor"
             elif seeds >= s.max_seeds:
                 reason = "max_seeds reached"
@@ -165,9 +177,16 @@ class Race:
                     "best": best,
                     "comparisons": comparisons,
                     "dropped": [c for c in racing if c not in alive],
+                    "pending": [job_subdir(c, seed) for c, seed in pending],
                 }
             )
             self._write(alive, runs_used, reason)
+            if pending:
+                names = ", ".join(job_subdir(c, seed) for c, seed in pending)
+                log.warning(f"Race stopped after round {n_round}: {len(pending)} job(s) "
+                            f"pending ({names}), another process was writing into their "
+                            "dirs; run the same command again once it ends")  # fmt: skip
+                return results
             if reason is not None:
                 names = ", ".join(f"`{self.labels[c]}`" for c in alive)
                 log.info(f"Race over after round {n_round} ({reason}); in the race: {names}")
@@ -194,13 +213,41 @@ class Race:
             out[(c, seed)] = job
         return out
 
-    def _score(self, needed: list[tuple[int, int]]) -> None:
-        """Each job's metric; a job that failed, diverged or did not finish (e.g. a run dir
-        the runner refused) scores `loss_value`, recomputed over every job so far."""
+    def _pending(self, launched: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        """The launched jobs that were refused because another process writes their dir
+        (the sweep dir's refused.jsonl names them, or that process still holds it): they
+        have no result yet, which is not a loss."""
+        named = {r["dir"] for r in refused(self.sweep_dir)}
+        out = []
+        for c, seed in launched:
+            if (c, seed) in self.finished:
+                continue
+            job = load_job(self.sweep_dir / job_subdir(c, seed))
+            if job_subdir(c, seed) in named or (job is not None and job.status == "running"):
+                out.append((c, seed))
+        return out
+
+    def _config_errors(self, needed: list[tuple[int, int]]) -> bool:
+        """Every job of the round failed its config check: every later round would too."""
+        jobs = [self.finished.get(j) for j in needed]
+        return bool(jobs) and all(j is not None and j.config_error for j in jobs)
+
+    def _leader(self, alive: list[int]) -> int | None:
+        """The best mean among the configurations with a value so far (no comparison)."""
+        _, _, higher = METRICS[self.settings.metric]
+        means = {c: statistics.fmean(self.values[c].values()) for c in alive if self.values[c]}
+        if not means:
+            return None
+        return max(means, key=lambda c: (means[c] if higher else -means[c], -c))
+
+    def _score(self, needed: list[tuple[int, int]], pending: list[tuple[int, int]]) -> None:
+        """Each job's metric; a job that failed, diverged or did not finish scores
+        `loss_value`, recomputed over every job so far. A pending job (its dir another
+        process's) has no value: it is not a loss, and its round decides nothing."""
         key, reduce, _ = METRICS[self.settings.metric]
         scores: dict[tuple[int, int], float] = {}
         for job_id, job in self.finished.items():
-            series = job.series(key) if job.status == "completed" else []
+            series = job.series(key) if job.status == "completed" and job.readable else []
             value = reduce(series) if series else math.nan
             if math.isfinite(value):
                 scores[job_id] = value
@@ -209,6 +256,11 @@ class Race:
         known = [(c, seed) for c, seeds in self.jobs.items() for seed in seeds]
         for c, seed in [*known, *needed]:
             job = self.finished.get((c, seed))
+            if (c, seed) in pending:
+                self.values[c].pop(seed, None)
+                self.jobs[c][seed] = {"dir": job_subdir(c, seed), "status": "pending",
+                                      "value": None, "counted_as_loss": False}  # fmt: skip
+                continue
             self.values[c][seed] = scores.get((c, seed), worst)
             self.jobs[c][seed] = {
                 "dir": job_subdir(c, seed),
@@ -266,6 +318,7 @@ class Race:
                 "full_grid": len(self.configs) * s.max_seeds,
                 "done": reason is not None,
                 "reason": reason,
+                "pending": self.rounds[-1].get("pending", []) if self.rounds else [],
             }
         )
 

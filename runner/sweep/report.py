@@ -28,6 +28,7 @@ from runner.sweep.compare import METRICS, Comparison, all_pairs
 from runner.sweep.compare import markdown as compare_markdown
 from runner.sweep.jobs import Group, Job, common_overrides, group_jobs, load_jobs, without_seed
 from runner.sweep.race import RACE_FILE
+from runner.sweep.sweepdir import describe_refused, refused, take_or_exit
 
 log = logging.getLogger("schedlab")
 
@@ -59,9 +60,12 @@ def summarize(group: Group, target_acc: float) -> dict[str, Any]:
         "n": len(group.jobs),
         "completed": len(done),
         "diverged": group.count("diverged"),
-        # not complete for another reason: a crash, a stop (interrupted), still running, or
-        # completed by its status.json but with no readable metrics.jsonl row
-        "failed": len(group.jobs) - len(done) - group.count("diverged"),
+        # still running: another process holds its run dir (a sweep in progress)
+        "running": group.count("running"),
+        # not complete for another reason: a crash, a stop (interrupted), or completed by
+        # its status.json but unreadable (no metrics.jsonl row, or a row without val/acc
+        # or val/loss: runner/sweep/jobs.py Job.readable)
+        "failed": len(group.jobs) - len(done) - group.count("diverged") - group.count("running"),
         "best_val_acc_mean": best_acc[0],
         "best_val_acc_std": best_acc[1],
         "final_val_acc_mean": final_acc[0],
@@ -115,6 +119,7 @@ def markdown(
     comparisons: list[Comparison],
     metric: str,
     repeats: int = 0,
+    pending: Sequence[dict[str, Any]] = (),
 ) -> str:
     shared = " ".join(without_seed(common)) or "none"
     lines = [
@@ -123,13 +128,15 @@ def markdown(
         f"Overrides shared by every run: `{shared}`.",
         "",
         f"Best first, by mean {_name(metric)} over completed seeds. Statistics are over completed "
-        f"runs (± their std; none for a single seed); diverged runs and failed ones "
-        f"(crashed, stopped or unfinished) are counted in their own columns. Epochs to "
+        f"runs (± their std; none for a single seed); diverged runs, failed ones "
+        f"(crashed, stopped, unfinished or unreadable) and running ones (another process "
+        f"holds their run dir) are counted in their own columns. Epochs to "
         f"{target_acc:.0%}: mean over the seeds that reached it (k/n reached).",
         "",
-        "| # | config | runs | done | diverged | failed | best val acc | final val acc "
-        f"| best val loss | final val loss | epochs to {target_acc:.0%} | wall s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| # | config | runs | done | diverged | failed | running | best val acc "
+        f"| final val acc | best val loss | final val loss | epochs to {target_acc:.0%} "
+        "| wall s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     ties = {frozenset((c.a, c.b)) for c in comparisons if c.tie}
     rank, leader = 0, None
@@ -148,11 +155,14 @@ def markdown(
         wall = "—" if math.isnan(r["wall_time_s_mean"]) else f"{r['wall_time_s_mean']:.1f}"
         lines.append(
             f"| {label} | `{r['config']}` | {r['n']} | {r['completed']} | {r['diverged']} "
-            f"| {r['failed']} | {_pm(r['best_val_acc_mean'], r['best_val_acc_std'])} "
+            f"| {r['failed']} | {r['running']} "
+            f"| {_pm(r['best_val_acc_mean'], r['best_val_acc_std'])} "
             f"| {_pm(r['final_val_acc_mean'], r['final_val_acc_std'])} "
             f"| {_pm(r['best_val_loss_mean'], r['best_val_loss_std'])} "
             f"| {_pm(r['final_val_loss_mean'], r['final_val_loss_std'])} | {to_target} | {wall} |"
         )
+    if pending:
+        lines += ["", describe_refused(list(pending)) + "."]
     if repeats:
         lines += ["", f"{repeats} job(s) repeat a configuration and seed already in the table "
                   "(the same run twice, e.g. `seed=0,0`): each pair counts once, by its first "
@@ -224,7 +234,13 @@ def race_markdown(race: dict[str, Any]) -> list[str]:
         "here is the race's.",
         "",
     ]
-    if reason is None:
+    if race.get("pending"):
+        names = ", ".join(f"`{d}`" for d in race["pending"])
+        lines += [f"The race stopped after round {n_rounds} without deciding it: "
+                  f"{len(race['pending'])} job(s) pending ({names}), another process was "
+                  "writing into their dirs; run the same command again once it ends.",
+                  ""]  # fmt: skip
+    elif reason is None:
         lines += [f"The race stopped after round {n_rounds} without finishing (interrupted): "
                   "run the same command again to continue it.", ""]  # fmt: skip
     last = race["rounds"][-1] if race["rounds"] else {}
@@ -366,8 +382,9 @@ def write_report(
     write_text_atomic(sweep_dir / "comparisons.csv", f.getvalue(), fsync=False)
     repeats = sum(len(g.repeats) for g in groups)
     text = markdown(
-        rows, target_acc, sweep_dir, common_overrides(jobs), comparisons, metric, repeats
-    )
+        rows, target_acc, sweep_dir, common_overrides(jobs), comparisons, metric, repeats,
+        refused(sweep_dir),
+    )  # fmt: skip
     race = _race(sweep_dir, jobs)
     if race:
         text += "\n".join(["", *race, ""])
@@ -383,6 +400,11 @@ class SweepReport(Callback):
         self, target_acc: float = DEFAULT_TARGET_ACC, metric: str = "best_val_acc"
     ) -> None:
         self.target_acc, self.metric = target_acc, metric
+
+    def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
+        """The sweep holds its dir from before the sweeper writes multirun.yaml there (the
+        CLI took a hydra.sweep.dir given on the command line already): one sweep at a time."""
+        take_or_exit(config.hydra.sweep.dir)
 
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
         # HydraConfig is not available here in Hydra 1.3; the sweep dir is in the config.
