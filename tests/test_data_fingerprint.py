@@ -23,6 +23,7 @@ from schedulers import ConfigError
 from tests.conftest import cli_in_process, make_cfg, read_metrics
 from tests.test_rundir import snapshot
 from tests.test_stream import pipeline
+from tests.user_datasets import Blobs
 
 FOLDER = "torchvision.datasets.ImageFolder"
 FAST = ("logger=none", "trainer.progress=line", "model.hidden=[8]", "data.batch_size=16",
@@ -217,10 +218,25 @@ def test_which_data_paths_are_made_absolute(tmp_path, monkeypatch):
     assert fp.absolute_roots(cfg) == []  # once is enough
 
 
-def test_the_fingerprint_of_a_streamed_set_reads_only_its_first_samples():
-    from tests.user_datasets import Counted
+class Counted(Blobs):
+    """Blobs without `targets`, counting the samples fetched from it (`fetched`, for the
+    whole class); sample `broken` cannot be read."""
 
-    counted = "tests.user_datasets.Counted"
+    fetched = 0
+
+    def __init__(self, size: int, offset: int = 0, broken: int = -1) -> None:
+        super().__init__(size, offset)
+        self.broken = broken
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        Counted.fetched += 1
+        if i == self.broken:
+            raise OSError("a bad sector")
+        return super().__getitem__(i)
+
+
+def test_the_fingerprint_of_a_streamed_set_reads_only_its_first_samples():
+    counted = f"{__name__}.Counted"
     splits = ("data=dataset", f"data.train={{_target_:{counted},size:2000}}",
               f"data.val={{_target_:{counted},size:30,offset:1}}")  # fmt: skip
     cfg = make_cfg(*splits, "data.in_memory=false")
@@ -233,6 +249,12 @@ def test_the_fingerprint_of_a_streamed_set_reads_only_its_first_samples():
     # the labels a materialised copy of the same set holds: in_memory=auto may choose either
     kept = make_cfg(*splits, "data.in_memory=true")
     assert fp.fingerprint(kept.data, load_data(kept.data))["labels"] == record["labels"]
+    # a sample that cannot be read: one line naming the split and the sample
+    broken = make_cfg(*splits[:2], f"data.val={{_target_:{counted},size:30,broken:7}}",
+                      "data.in_memory=false")  # fmt: skip
+    said = "data.val='Counted': sample 7's label could not be read: OSError('a bad sector')"
+    with pytest.raises(ConfigError, match="^" + re.escape(said) + "$"):
+        fp.fingerprint(broken.data, load_data(broken.data))
 
 
 GIVES = "this command gives"

@@ -48,14 +48,3 @@ class SlowFolder(ImageFolder):
     def __getitem__(self, i: int) -> Any:
         time.sleep(self.delay_s)
         return super().__getitem__(i)
-
-
-class Counted(Blobs):
-    """Blobs without `targets`, counting the samples fetched from it (`fetched`, for the
-    whole class): what a fingerprint reads of a streamed set."""
-
-    fetched = 0
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        Counted.fetched += 1
-        return super().__getitem__(i)

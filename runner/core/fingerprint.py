@@ -101,7 +101,7 @@ def _digest(value: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _first_labels(dataset: Any) -> list[Any]:
+def _first_labels(dataset: Any, split: str) -> list[Any]:
     """The labels of a streamed dataset's first LABELS samples: its `targets` (torchvision's
     folders and sets) unless a target_transform changes them, else the samples fetched as
     a materialised set fetches them (runner/core/stream.py), so both paths agree."""
@@ -113,8 +113,14 @@ def _first_labels(dataset: Any) -> list[Any]:
         return [torch.as_tensor(t).tolist() for t in list(targets[:n])]
     from runner.core.stream import MATERIALISE_EPOCH, SeededSamples
 
-    samples = SeededSamples(dataset, 0).__getitems__([(MATERIALISE_EPOCH, i) for i in range(n)])
-    return [torch.as_tensor(sample[1]).tolist() for sample in samples]
+    samples, labels = SeededSamples(dataset, 0), []
+    for i in range(n):
+        try:
+            labels.append(torch.as_tensor(samples[(MATERIALISE_EPOCH, i)][1]).tolist())
+        except Exception as err:  # the user's __getitem__, or a label that is no number
+            why = f"sample {i}'s label could not be read: {err!r}"
+            raise ConfigError(f"data.{split}", type(dataset).__name__, why) from None
+    return labels
 
 
 def _sized(targets: Any, n: int) -> bool:
@@ -128,7 +134,7 @@ def _labels(data: Any) -> list[list[Any]]:
     from runner.core.stream import is_streamed
 
     if is_streamed(data):
-        return [_first_labels(data.train), _first_labels(data.val)]
+        return [_first_labels(data.train, "train"), _first_labels(data.val, "val")]
     return [data.y_train[:LABELS].tolist(), data.y_val[:LABELS].tolist()]
 
 
