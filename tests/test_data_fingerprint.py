@@ -18,9 +18,8 @@ from omegaconf import OmegaConf
 from runner.core import fingerprint as fp
 from runner.core.data import load_data
 from runner.run.train import train
-from runner.sweep.fused import Member, train_group
 from schedulers import ConfigError
-from tests.conftest import cli_in_process, make_cfg, read_metrics
+from tests.conftest import cli_in_process, make_cfg, read_metrics, run_cli
 from tests.test_rundir import snapshot
 from tests.test_stream import pipeline
 from tests.user_datasets import Blobs
@@ -143,6 +142,9 @@ def test_a_checkpoint_without_a_fingerprint_resumes_as_before_then_keeps_one(
     assert "root: data/train" in (run_dir / "config.yaml").read_text()  # kept as it was
     state = torch.load(run_dir / "last.pt", weights_only=True)
     assert state["data"]["roots"]["data.train.root"] == str(a / "data" / "train")
+    # the command that made it, again from the same cwd: its relative roots are this run's
+    again = cli_in_process(*RELATIVE, "epochs=3", f"hydra.run.dir={run_dir}", cwd=a)
+    assert again.returncode == 0 and "is already complete" in again.stdout, again.stderr
     # from b those relative roots name b's 120 images: refused, naming both
     before = snapshot(run_dir)
     said = (
@@ -274,12 +276,16 @@ def test_what_differs_is_named(change, named):
     assert str(fp.difference(trained, {**trained, **change})).startswith(named)
 
 
-def test_fused_members_keep_the_fingerprint_in_their_checkpoints(tmp_path):
-    jobs = [["logger=none", "epochs=1", f"seed={s}"] for s in (0, 1)]
-    members = [Member(make_cfg(*o), tmp_path / str(i), o, None) for i, o in enumerate(jobs)]
-    train_group(members)
-    cfg = make_cfg(*jobs[0])
-    expected = fp.fingerprint(cfg.data, load_data(cfg.data))
-    assert expected["args"] and expected["n_train"] > 1000  # digits: made from its arguments
-    for i in range(2):
-        assert torch.load(tmp_path / str(i) / "last.pt", weights_only=True)["data"] == expected
+def test_a_fused_sweep_makes_relative_roots_absolute_and_keeps_the_fingerprint(tmp_path, cwds):
+    a, _ = cwds
+    sweep = tmp_path / "sweep"
+    proc = run_cli("-m", "hydra/launcher=fused", *RELATIVE, "data.in_memory=true", "epochs=1",
+                   "seed=0,1", f"hydra.sweep.dir={sweep}", cwd=a)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "fused with 1 other job" in (sweep / "0" / "train.log").read_text()
+    for job in ("0", "1"):
+        saved = OmegaConf.load(sweep / job / "config.yaml")
+        assert saved.data.train.root == str(a / "data" / "train")  # as a single run's
+        state = torch.load(sweep / job / "last.pt", weights_only=True)
+        assert state["data"]["n_train"] == 48
+        assert state["data"]["roots"]["data.train.root"] == str(a / "data" / "train")
