@@ -171,6 +171,10 @@ def _task_config(config: DictConfig) -> tuple[DictConfig, Path]:
         with read_write(task_cfg), open_dict(task_cfg):
             del task_cfg["hydra"]
         OmegaConf.resolve(task_cfg)
+        from runner.core.fingerprint import absolute_roots  # as a single run's (train.py)
+
+        with read_write(task_cfg):
+            absolute_roots(task_cfg)
     finally:
         HydraConfig.instance().cfg = previous
     return task_cfg, run_dir

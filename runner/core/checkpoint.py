@@ -193,12 +193,15 @@ class Checkpointer:
         background: Any = None,
         config: str | None = None,
         session: Session | None = None,
+        data: dict[str, Any] | None = None,
     ) -> None:
         """`config`: the run's config.yaml text, kept in every checkpoint, so that a resume
         can tell a config.yaml edited since from the config the run trained with.
-        `session`: the process writing (its token in every checkpoint), when it has one."""
+        `session`: the process writing (its token in every checkpoint), when it has one.
+        `data`: the fingerprint of the data it trains on (runner/core/fingerprint.py), so
+        that a resume on other data is refused."""
         self.run_dir, self.interval_s, self.background = run_dir, interval_s, background
-        self.config, self.session = config, session
+        self.config, self.session, self.data = config, session, data
         remove_orphans(run_dir)  # a run or resume starting here: no earlier write is in flight
         self.latest: dict[str, Any] | None = None
         self.best: dict[str, Any] | None = None
@@ -221,6 +224,8 @@ class Checkpointer:
 
     def _stamp(self, state: dict[str, Any]) -> None:
         state["config"] = self.config
+        if self.data is not None:
+            state["data"] = self.data
         if self.session is not None:
             state["session"] = self.session.token
 
@@ -319,12 +324,22 @@ def load(path: Path) -> dict[str, Any]:
     return state
 
 
-def restore(state: dict[str, Any], run: Any, shuffle: torch.Generator) -> Progress:
-    """Put model, optimizer, schedule, scaler and every RNG back; returns the loop progress."""
+def load_weights(state: dict[str, Any], run: Any) -> None:
+    """Put model, optimizer, schedule and scaler back: what fails when the checkpoint is not
+    this model's, which a resume does before it changes any file of the run."""
     run.model.load_state_dict(state["model"])
     run.optimizer.load_state_dict(state["optimizer"])
     run.scheduler.load_state_dict(state["scheduler"])
     if run.scaler is not None and state["scaler"] is not None:
         run.scaler.load_state_dict(state["scaler"])
+
+
+def restore(
+    state: dict[str, Any], run: Any, shuffle: torch.Generator, weights: bool = True
+) -> Progress:
+    """Put every RNG back, and the weights too (load_weights) unless `weights` is False
+    (loaded already); returns the loop progress."""
+    if weights:
+        load_weights(state, run)
     _set_rng_state(state["rng"], shuffle)
     return Progress(**state["progress"])

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -138,11 +139,12 @@ def load_data(cfg: Mapping[str, Any]) -> TensorData | StreamData:
 
     plain = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
     settings = {k: v for k, v in dict(plain).items() if k != "batch_size"}  # not the data's
-    return _load(json.dumps(settings, sort_keys=True, default=str))
+    # relative paths read other data from another cwd (a process that changed dir)
+    return _load(json.dumps(settings, sort_keys=True, default=str), os.getcwd())
 
 
 @functools.lru_cache(maxsize=1)
-def _load(settings: str) -> TensorData | StreamData:
+def _load(settings: str, cwd: str) -> TensorData | StreamData:
     import json
 
     data = _build(json.loads(settings))

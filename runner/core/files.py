@@ -218,10 +218,16 @@ def read_json(path: Path | str) -> dict[str, Any] | None:
         if not isinstance(value, dict):
             raise ValueError("not a JSON object")
     except ValueError as err:
-        why = "is empty" if not data.strip() else f"is damaged ({err})"
-        log.warning(f"{target} {why}; read as missing")
+        key = (os.path.abspath(target), hash(data))
+        if key not in _WARNED:  # once per file and content: a command reads status.json often
+            _WARNED.add(key)
+            why = "is empty" if not data.strip() else f"is damaged ({err})"
+            log.warning(f"{target} {why}; read as missing")
         return None
     return value
+
+
+_WARNED: set[tuple[str, int]] = set()  # damaged JSON files warned about (read_json)
 
 
 def remove_orphans(run_dir: Path | str, names: Iterable[str]) -> list[Path]:

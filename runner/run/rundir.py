@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from runner.core import checkpoint, files
 from runner.core.compose import compose_config
+from runner.core.fingerprint import absolute_roots, check_same_data
 from schedulers import ConfigError
 
 log = logging.getLogger("schedlab")
@@ -272,20 +273,27 @@ def same_run_on_disk(cfg: DictConfig, run_dir: Path) -> bool:
 
 def _same_config(run_dir: Path, cfg: DictConfig) -> bool:
     """run_dir/config.yaml is this config's. With optimizer.lr=find it holds the lr the range
-    test found (and onecycle/cyclic's max_lr/base_lr reset): compared as given."""
+    test found (and onecycle/cyclic's max_lr/base_lr reset): compared as given. One written
+    before data paths were made absolute (fingerprint.absolute_roots) is compared with its
+    relative paths as this cwd reads them: the same command from the same cwd continues it."""
     try:
         saved_text = (run_dir / "config.yaml").read_text()
     except (OSError, UnicodeDecodeError):
         return False
     wanted = OmegaConf.to_yaml(cfg, resolve=True)
-    if saved_text == wanted or OmegaConf.select(cfg, "optimizer.lr") != "find":
-        return saved_text == wanted
+    if saved_text == wanted:
+        return True
+    find = OmegaConf.select(cfg, "optimizer.lr") == "find"
     try:
         saved = OmegaConf.create(saved_text)
-        saved.optimizer.lr = "find"
-        for key in ("max_lr", "base_lr"):
-            if key in saved.scheduler and saved.scheduler.get("name") in ("onecycle", "cyclic"):
-                saved.scheduler[key] = cfg.scheduler.get(key)
+        made = isinstance(saved.get("data"), DictConfig) and absolute_roots(saved)
+        if not (made or find):
+            return False  # no relative data path, no found lr: the text says it all
+        if find:
+            saved.optimizer.lr = "find"
+            for key in ("max_lr", "base_lr"):
+                if key in saved.scheduler and saved.scheduler.get("name") in ("onecycle", "cyclic"):
+                    saved.scheduler[key] = cfg.scheduler.get(key)
     except Exception:  # not this runner's config at all
         return False
     return OmegaConf.to_yaml(saved) == wanted
@@ -385,20 +393,21 @@ def check_run_dir(
             state = checkpoint.load(last)
             edit_changes(saved, state, run_dir)
         apply_resume_overrides(saved, given, overrides, run_dir)
-        epochs = saved.epochs
-    elif same_run_on_disk(given, run_dir):
-        epochs = given.epochs
     else:
-        refuse_other_run(run_dir, given)
-        return None
-    status = finished(run_dir, epochs)
-    if status is None or not last.exists():
-        return None  # a run to continue (or one that stopped before its first checkpoint)
+        absolute_roots(given)  # as the run makes them: config.yaml has them so
+        if not same_run_on_disk(given, run_dir):
+            refuse_other_run(run_dir, given)
+            return None
+        saved = given
+    if not last.exists():
+        return None  # a run that stopped before its first checkpoint: started over
     # as the run itself would: a damaged last.pt is refused, and it is the last epoch's
     state = state if state is not None else checkpoint.load(last)
-    if state["progress"]["epoch"] < epochs:
-        return None
-    return nothing_to_do(run_dir, status)
+    status = finished(run_dir, saved.epochs)
+    if status is not None and state["progress"]["epoch"] >= saved.epochs:
+        return nothing_to_do(run_dir, status)
+    check_same_data(state, saved.data)  # a run to continue: on the data it trained on
+    return None
 
 
 def keep_rows_before(metrics: Path, epoch: int) -> None:

@@ -23,9 +23,10 @@ from runner.core.background import Background
 from runner.core.builders import Run, build_run
 from runner.core.config import validate
 from runner.core.data import augment as augment_batch
-from runner.core.data import batches, steps_per_epoch, train_size
+from runner.core.data import batches, load_data, steps_per_epoch, train_size
 from runner.core.distributed import agreed_stop, check_shares, setup, teardown
 from runner.core.engine import Engine, Result, Track, say_to_log
+from runner.core.fingerprint import absolute_roots, check_same_data, describe, fingerprint
 from runner.core.loggers import RunLogger, open_logger
 from runner.core.lr_find import find_lr
 from runner.core.steps import evaluate, train_step
@@ -116,13 +117,20 @@ def fit(
     background: Background | None = None,
     config_text: str | None = None,
     session: checkpoint.Session | None = None,
+    data: dict[str, Any] | None = None,
+    weights_loaded: bool = False,
 ) -> Result:
-    """Train from epoch 0, or from the checkpoint `start`; checkpoint into ckpt_dir if given
-    (written on `background`'s thread when given). `config_text`: the run's config.yaml
-    text, kept in every checkpoint (made from cfg when not given; the CLI passes the text it
-    wrote, a few ms saved). `session`: this process, named in its checkpoints."""
+    """Train from epoch 0, or from the checkpoint `start` (its weights already in `run` when
+    `weights_loaded`); checkpoint into ckpt_dir if given (written on `background`'s thread
+    when given). `config_text`: the run's config.yaml text, kept in every checkpoint (made
+    from cfg when not given; the CLI passes the text it wrote, a few ms saved). `session`:
+    this process, named in its checkpoints. `data`: the fingerprint of its data, in them too."""
     shuffle = torch.Generator().manual_seed(cfg.seed)  # data order: its own stream, seeded
-    progress = checkpoint.restore(start, run, shuffle) if start else checkpoint.Progress()
+    progress = (
+        checkpoint.restore(start, run, shuffle, weights=not weights_loaded)
+        if start
+        else checkpoint.Progress()
+    )
     saver = None
     if ckpt_dir is not None and cfg.trainer.checkpoint:
         if config_text is None:  # = the config.yaml written for it
@@ -133,6 +141,7 @@ def fit(
             background,
             config=config_text,
             session=session,
+            data=data,
         )
         if start is None:  # a new run: last.pt is on disk before its first batch
             saver.start(checkpoint.snapshot(run, progress, shuffle, logger.run_id))
@@ -350,6 +359,8 @@ def _train(
     stop: StopFlag,
 ) -> Result:
     if not cfg.resume:
+        if made := absolute_roots(cfg):  # config.yaml names the data read, from any cwd
+            log.info(f"data paths resolved against {Path.cwd()}: {', '.join(made)}")
         validate(cfg)  # before anything is built or written
     with ExitStack() as held:
         # Rank 0 alone reads the run dir and decides (new run, resume, nothing to do, or a
@@ -428,6 +439,8 @@ def _decide(
         epochs_done = status["epochs_done"] if diverged else start_epoch
         done = Result(status["status"], status.get("best_val_acc", 0.0), epochs_done)
         return _Start(cfg, run_dir, True, state=state, done=done)
+    if state is not None:  # other data than the checkpoint's: refused, every file as it was
+        check_same_data(state, cfg.data)
     if lock is not None:
         lock.claim()
     return _Start(cfg, run_dir, True, state, changes)
@@ -457,30 +470,24 @@ def _run(
         return _stopped(run_dir, dist, signum, state)
     found = use_range_test(cfg, run_dir) if cfg.optimizer.lr == "find" else None
     config_text = OmegaConf.to_yaml(cfg, resolve=True)  # config.yaml, and in each checkpoint
-    if not resuming:
-        if dist.is_main:
-            files.write_text_atomic(run_dir / "config.yaml", config_text)
-    else:
-        start_epoch = state["progress"]["epoch"] if state else 0
-        if dist.is_main:
-            if changes:  # the run dir's config is the one the run now follows
-                files.write_text_atomic(run_dir / "config.yaml", config_text)
-                if finished(run_dir, 0) is not None:  # it is no longer complete
-                    with files.writing(run_dir / "status.json"):
-                        (run_dir / "status.json").unlink(missing_ok=True)
-            keep_rows_before(run_dir / "metrics.jsonl", start_epoch)
-        applied = f" with {', '.join(changes)}" if changes else ""
-        log.info(f"resuming {run_dir} at epoch {start_epoch}{applied}")
+    if not resuming and dist.is_main:
+        files.write_text_atomic(run_dir / "config.yaml", config_text)
     config = OmegaConf.to_container(cfg, resolve=True)
     if found is not None:
         config["lr_find"]["found_lr"] = found  # W&B config: the lr the range test chose
     if (signum := signalled()) is not None:
         return _stopped(run_dir, dist, signum, state)
     run = build_run(cfg, dist=dist)
+    data = fingerprint(cfg.data, load_data(cfg.data))  # loaded by build_run: cached
     log.info(
         f"{label(cfg.model)} on {cfg.data.name} ({run.device}), {label(cfg.optimizer)} "
         f"lr={cfg.optimizer.lr}, scheduler={label(cfg.scheduler)}, {cfg.epochs} epochs"
     )
+    log.info(describe(data))
+    if resuming:
+        if state is not None:  # a checkpoint this model cannot take fails before any write
+            checkpoint.load_weights(state, run)
+        _resume_writes(run_dir, dist, config_text, state, changes)
     if (signum := signalled()) is not None:  # e.g. while the data loaded
         return _stopped(run_dir, dist, signum, state)
     wandb_id = state["wandb_id"] if state else None
@@ -504,6 +511,7 @@ def _run(
             result = fit(
                 cfg, run, logger, ckpt_dir=run_dir if dist.is_main else None, start=state,
                 stop=stop, background=background, config_text=config_text, session=session,
+                data=data, weights_loaded=state is not None,
             )  # fmt: skip
         background.flush()  # checkpoints on disk before status.json says how the run ended
         wall = time.perf_counter() - t0 + (state["progress"]["elapsed_s"] if state else 0.0)
@@ -511,6 +519,30 @@ def _run(
         logger.summary(summary)
     if dist.is_main:  # W&B closed: every row logged so far is in it (checkpoint.Session)
         status["session"] = session.closed(state)
+        status["data"] = data  # what it trained on (runner/core/fingerprint.py)
         files.write_json_atomic(run_dir / "status.json", status)
     log.info(f"{result.status}: best val/acc={result.best_val_acc:.4f}; outputs in {run_dir}")
     return result
+
+
+def _resume_writes(
+    run_dir: Path,
+    dist: Any,
+    config_text: str,
+    state: dict[str, Any] | None,
+    changes: list[str],
+) -> None:
+    """A resume's changes to the run dir, made once its run is built and its checkpoint
+    loaded into it (a failure before leaves a complete run complete): config.yaml with
+    the changes applied (and status.json no longer saying complete), metrics.jsonl without
+    the rows logged after the checkpoint."""
+    start_epoch = state["progress"]["epoch"] if state else 0
+    if dist.is_main:
+        if changes:  # the run dir's config is the one the run now follows
+            files.write_text_atomic(run_dir / "config.yaml", config_text)
+            if finished(run_dir, 0) is not None:  # it is no longer complete
+                with files.writing(run_dir / "status.json"):
+                    (run_dir / "status.json").unlink(missing_ok=True)
+        keep_rows_before(run_dir / "metrics.jsonl", start_epoch)
+    applied = f" with {', '.join(changes)}" if changes else ""
+    log.info(f"resuming {run_dir} at epoch {start_epoch}{applied}")

@@ -37,6 +37,7 @@ from runner.core.builders import build_optimizer, resolve_device, seed_everythin
 from runner.core.config import validate
 from runner.core.data import TensorData, batches, load_data, place, resize_images, steps_per_epoch
 from runner.core.engine import Engine, Result, Track
+from runner.core.fingerprint import fingerprint as data_fingerprint
 from runner.core.loggers import RunLogger
 from runner.core.model_check import build_for
 from runner.core.stopping import stop_on_signals
@@ -288,12 +289,14 @@ def _fit(members: Sequence[Member], stop: Any, background: Background, cleanup: 
     streams, per = _data_streams(members)
     shuffles = [streams[i // per] for i in range(k)]  # member i's, for its checkpoints
     progress = [checkpoint.Progress() for _ in members]
+    fingerprint = data_fingerprint(first.data, load_data(first.data))  # as a single run's
     savers = [
         checkpoint.Checkpointer(
             m.run_dir,
             m.cfg.trainer.checkpoint_interval_s,
             background,
             config=OmegaConf.to_yaml(m.cfg, resolve=True),
+            data=fingerprint,
         )
         if m.cfg.trainer.checkpoint
         else None

@@ -1,0 +1,245 @@
+"""A run tied to its data: relative data paths made absolute at the run's start, and a
+fingerprint of the data it trained on, kept in every checkpoint, so that `resume=` on other
+data is refused instead of training on it. Before this a root relative to the cwd meant
+that a resume from another cwd trained on whatever that cwd held, with exit 0.
+
+The fingerprint is cheap: sizes, classes and a sample's shape come from the loaded data
+(`load_data`, cached, which start-up loads anyway); the labels hashed are the first
+`LABELS` of each split, read from the tensors in memory, from a streamed dataset's
+`targets` where it has them, else fetched (those samples only, never a pass over the set).
+Bundled sets (digits, fake, mnist1d) are made from their arguments: those are hashed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from schedulers import ConfigError
+
+BUNDLED = ("digits", "fake", "mnist1d")  # generated from their keys; mnist1d's root: a cache
+LABELS = 256  # labels hashed per split
+# keys whose string value names a file or folder: root, data_root, root_dir, path, files, ...
+_PATH_KEY = re.compile(r"(^|_)(root|dir|directory|folder|path|file|filename)s?$")
+# ... and those that always do (torchvision's `root`, the built-in sets' data.root), even
+# before it exists (a download or a cache makes it): made absolute whether or not it exists
+_ROOT_KEY = re.compile(r"(^|_)roots?$")
+_NOT_PATHS = "hydra.utils."  # get_object/get_class/get_method: `path` is an import path
+
+
+# -- paths ----------------------------------------------------------------------------------
+def _path_values(node: Any, prefix: str, key: str = "") -> Iterator[tuple[str, str, bool]]:
+    """(dotted key, value, always a path) of every string under a path-like key of the data
+    config; `key`: the name of the key that holds `node`."""
+    if isinstance(node, Mapping):
+        if str(node.get("_target_") or "").startswith(_NOT_PATHS):
+            return
+        for name, value in node.items():
+            yield from _path_values(value, f"{prefix}.{name}", str(name))
+    elif isinstance(node, (list, tuple)):
+        for i, value in enumerate(node):
+            yield from _path_values(value, f"{prefix}.{i}", key)
+    elif isinstance(node, str) and node and "://" not in node and _PATH_KEY.search(key):
+        yield prefix, node, bool(_ROOT_KEY.search(key))
+
+
+def _plain(data_cfg: Any) -> dict[str, Any]:
+    from omegaconf import DictConfig, OmegaConf
+
+    if isinstance(data_cfg, DictConfig):
+        return OmegaConf.to_container(data_cfg, resolve=True)  # type: ignore[return-value]
+    return dict(data_cfg)
+
+
+def _absolute(value: str, always: bool) -> str | None:
+    """The value as an absolute path against the cwd, when it is one: absolute already, a
+    `root` (`always`), or a path that exists; None for a value that is no path here (a
+    hub name under `path`, a file the dataset makes later)."""
+    expanded = os.path.expanduser(value)
+    if always or os.path.isabs(expanded) or os.path.exists(expanded):
+        return os.path.abspath(expanded)
+    return None
+
+
+def absolute_roots(cfg: Any) -> list[str]:
+    """Relative paths of the data config made absolute in `cfg` itself, at the run's start,
+    so that config.yaml records the data the run reads and a resume from another cwd
+    reads the same: every `root` (root, data_root, ...), and any other path-like key
+    (*_dir, path, file, ...) whose value exists from the cwd (else it is left as given:
+    a name that is not a path, or a file the dataset makes). Returns the `key=value`
+    texts changed."""
+    from omegaconf import OmegaConf, open_dict
+
+    changed = []
+    for key, value, always in _path_values(_plain(cfg.data), "data"):
+        absolute = _absolute(value, always)
+        if absolute is None or absolute == value:
+            continue
+        with open_dict(cfg):
+            OmegaConf.update(cfg, key, absolute, merge=False)
+        changed.append(f"{key}={absolute}")
+    return changed
+
+
+def roots(data_cfg: Any) -> dict[str, str]:
+    """Every path-like value of the data config as the absolute path it names from here."""
+    found = {}
+    for key, value, always in _path_values(_plain(data_cfg), "data"):
+        absolute = _absolute(value, always)
+        if absolute is not None:
+            found[key] = absolute
+    return found
+
+
+# -- the fingerprint ------------------------------------------------------------------------
+def _digest(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _first_labels(dataset: Any, split: str) -> list[Any]:
+    """The labels of a streamed dataset's first LABELS samples: its `targets` (torchvision's
+    folders and sets) unless a target_transform changes them, else the samples fetched as
+    a materialised set fetches them (runner/core/stream.py), so both paths agree."""
+    import torch
+
+    n = min(len(dataset), LABELS)
+    targets = getattr(dataset, "targets", None)
+    if getattr(dataset, "target_transform", None) is None and _sized(targets, len(dataset)):
+        return [torch.as_tensor(t).tolist() for t in list(targets[:n])]
+    from runner.core.stream import MATERIALISE_EPOCH, SeededSamples
+
+    samples, labels = SeededSamples(dataset, 0), []
+    for i in range(n):
+        try:
+            labels.append(torch.as_tensor(samples[(MATERIALISE_EPOCH, i)][1]).tolist())
+        except Exception as err:  # the user's __getitem__, or a label that is no number
+            why = f"sample {i}'s label could not be read: {err!r}"
+            raise ConfigError(f"data.{split}", type(dataset).__name__, why) from None
+    return labels
+
+
+def _sized(targets: Any, n: int) -> bool:
+    try:
+        return targets is not None and len(targets) == n and not isinstance(targets, str)
+    except TypeError:
+        return False
+
+
+def _labels(data: Any) -> list[list[Any]]:
+    from runner.core.stream import is_streamed
+
+    if is_streamed(data):
+        return [_first_labels(data.train, "train"), _first_labels(data.val, "val")]
+    return [data.y_train[:LABELS].tolist(), data.y_val[:LABELS].tolist()]
+
+
+def _n_val(data: Any) -> int:
+    from runner.core.stream import is_streamed
+
+    return len(data.val) if is_streamed(data) else int(data.y_val.shape[0])
+
+
+_last: tuple[Any, dict[str, Any]] | None = None  # (data, its fingerprint): one load, one hash
+
+
+def fingerprint(data_cfg: Any, data: Any) -> dict[str, Any]:
+    """What a run trains on, as plain values (kept in its checkpoints and status.json):
+    `roots` (absolute paths of the data config), `n_train`, `n_val`, `num_classes`,
+    `sample_shape`, and `labels` (a hash of each split's first labels) or, for a bundled
+    set, `args` (a hash of the keys it is generated from). `data`: load_data(data_cfg)."""
+    global _last
+    plain = _plain(data_cfg)
+    if _last is not None and _last[0] is data and _last[1]["_cfg"] == _digest(plain):
+        return {k: v for k, v in _last[1].items() if k != "_cfg"}
+    record: dict[str, Any] = {
+        "n_train": int(data.n_train),
+        "n_val": _n_val(data),
+        "num_classes": int(data.num_classes),
+        "sample_shape": [int(s) for s in data.image_shape],
+    }
+    if plain["name"] in BUNDLED:
+        args = {k: v for k, v in plain.items() if k not in ("batch_size", "root")}
+        record["args"] = _digest(args)
+    else:
+        record["roots"] = roots(plain)
+        record["labels"] = _digest(_labels(data))
+    _last = (data, {**record, "_cfg": _digest(plain)})
+    return record
+
+
+def describe(record: Mapping[str, Any]) -> str:
+    """One line for the run's log: what the fingerprint says."""
+    where = ", ".join(f"{k}={v}" for k, v in record.get("roots", {}).items())
+    return (
+        f"data: {record['n_train']} train / {record['n_val']} val samples, "
+        f"{record['num_classes']} classes, sample shape {record['sample_shape']}"
+        + (f", {where}" if where else "")
+    )
+
+
+# -- the check on resume --------------------------------------------------------------------
+def _split_key(record: Mapping[str, Any], split: str) -> str:
+    """The key that says where a split is read from: its root when it has one."""
+    keys = sorted(record.get("roots", {}))
+    own = [k for k in keys if k.startswith(f"data.{split}.")]
+    return (own or [k for k in keys if k.count(".") == 1] or [f"data.{split}"])[0]
+
+
+def difference(trained: Mapping[str, Any], now: Mapping[str, Any]) -> ConfigError | None:
+    """The first way the data now differs from the data the run trained on, as a ConfigError
+    naming the key (None when they agree)."""
+    n_old, n_new = trained.get("n_train"), now.get("n_train")
+    old_roots, new_roots = trained.get("roots", {}), now.get("roots", {})
+    for key in sorted(set(old_roots) | set(new_roots)):
+        was, is_ = old_roots.get(key), new_roots.get(key)
+        if was != is_:
+            return _refused(
+                key, is_, f"the run trained on {was or '(none)'} ({n_old} train samples), "
+                f"this command gives {is_ or '(none)'} ({n_new})",
+            )  # fmt: skip
+    for split, field in (("train", "n_train"), ("val", "n_val")):
+        if trained.get(field) != now.get(field):
+            key = _split_key(now, split)
+            value = new_roots.get(key, now.get(field))
+            return _refused(
+                key, value, f"the run trained on {trained.get(field)} {split} samples there, "
+                f"this command gives {now.get(field)}",
+            )  # fmt: skip
+    for field, key in (
+        ("num_classes", "data.num_classes"),
+        ("sample_shape", "data"),
+        ("labels", _split_key(now, "train")),  # a hash of the first samples' labels
+        ("args", "data"),  # a hash of a bundled set's generating keys
+    ):
+        was, is_ = trained.get(field), now.get(field)
+        if was != is_:
+            value = new_roots.get(key, is_)
+            what = "the first samples' labels (hashed)" if field == "labels" else field
+            why = f"{what}: the run trained on {was}, this command gives {is_}"
+            return _refused(key, value, why)
+    return None
+
+
+def _refused(key: str, value: Any, why: str) -> ConfigError:
+    return ConfigError(
+        key, value, f"{why}; a resumed run continues on the data it trained on: restore that "
+        "data, or start a new run (without resume=) on this one",
+    )  # fmt: skip
+
+
+def check_same_data(state: Mapping[str, Any], data_cfg: Any) -> None:
+    """resume= on other data than the checkpoint's (`state`) is a ConfigError naming what
+    differs; a checkpoint from before fingerprints were kept resumes as before."""
+    trained = state.get("data")
+    if not isinstance(trained, Mapping):
+        return
+    from runner.core.data import load_data
+
+    refused = difference(trained, fingerprint(data_cfg, load_data(data_cfg)))
+    if refused is not None:
+        raise refused
