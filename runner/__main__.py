@@ -32,7 +32,7 @@ from runner.cli import (
     make_run_dir,
 )
 from runner.cli import given as given_overrides
-from runner.core.compose import options_first
+from runner.core.compose import options_first, searched_first
 from runner.core.distributed import launch_rank, not_rank_0
 from runner.core.files import (
     WRITE_ERRNOS,
@@ -264,11 +264,12 @@ def cli() -> None:
     full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"  # the user asked for traces
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
-        if "-m" in sys.argv or "--multirun" in sys.argv:
-            main()  # each job installs its handlers as it starts (a launcher may run them)
-            return
-        with stop_on_signals() as _CLI_STOP:  # from before Hydra makes the run dir
-            main()
+        with searched_first(config_dirs(sys.argv[1:])):  # the user's files win over conf/'s
+            if "-m" in sys.argv or "--multirun" in sys.argv:
+                main()  # each job installs its handlers as it starts (a launcher may run them)
+                return
+            with stop_on_signals() as _CLI_STOP:  # from before Hydra makes the run dir
+                main()
     except KeyboardInterrupt:  # Ctrl-C between two jobs of a sweep, where no job's handler is
         print(
             "interrupted between two jobs of the sweep; the same command continues it",
