@@ -213,6 +213,10 @@ def check_run_dir(argv: list[str]) -> None:
         # from the config (hydra.run.dir=runs/${optimizer.lr}): the run's own lock guards it
         return
     existed = Path(target).is_dir()
+    if (Path(target) / "multirun.yaml").is_file():  # a run's files would mix with the sweep's
+        config_error(ConfigError("resume" if target == resume else "hydra.run.dir", target,
+                                 "is a sweep dir (it holds multirun.yaml): give the run a "
+                                 "dir of its own"))  # fmt: skip
     # runner.run.rundir imports torch (checkpoints): only for a run into a named dir
     from runner.run.rundir import busy
     from runner.run.rundir import check_run_dir as check
