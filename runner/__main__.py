@@ -36,7 +36,7 @@ from runner.cli import (
     make_run_dir,
 )
 from runner.cli import given as given_overrides
-from runner.core.compose import options_first
+from runner.core.compose import options_first, searched_first
 from runner.core.distributed import launch_rank, not_rank_0
 from runner.core.files import (
     WRITE_ERRNOS,
@@ -222,6 +222,10 @@ def check_run_dir(argv: list[str]) -> None:
         # from the config (hydra.run.dir=runs/${optimizer.lr}): the run's own lock guards it
         return
     existed = Path(target).is_dir()
+    if (Path(target) / "multirun.yaml").is_file():  # a run's files would mix with the sweep's
+        config_error(ConfigError("resume" if target == resume else "hydra.run.dir", target,
+                                 "is a sweep dir (it holds multirun.yaml): give the run a "
+                                 "dir of its own"))  # fmt: skip
     # runner.run.rundir imports torch (checkpoints): only for a run into a named dir
     from runner.run.rundir import busy
     from runner.run.rundir import check_run_dir as check
@@ -297,14 +301,15 @@ def cli() -> None:
     full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"  # the user asked for traces
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
-        if "-m" in sys.argv or "--multirun" in sys.argv:
-            main()  # each job installs its handlers as it starts (a launcher may run them)
-            from runner.sweep import sweepdir
+        with searched_first(config_dirs(sys.argv[1:])):  # the user's files win over conf/'s
+            if "-m" in sys.argv or "--multirun" in sys.argv:
+                main()  # each job installs its handlers as it starts (a launcher may run them)
+                from runner.sweep import sweepdir
 
-            sweepdir.end()  # non-zero when no job completed or some are pending
-            return
-        with stop_on_signals() as _CLI_STOP:  # from before Hydra makes the run dir
-            main()
+                sweepdir.end()  # non-zero when no job completed or some are pending
+                return
+            with stop_on_signals() as _CLI_STOP:  # from before Hydra makes the run dir
+                main()
     except KeyboardInterrupt:  # Ctrl-C between two jobs of a sweep, where no job's handler is
         print(
             "interrupted between two jobs of the sweep; the same command continues it",

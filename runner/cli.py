@@ -5,11 +5,15 @@ exit 2, with nothing left on disk."""
 
 from __future__ import annotations
 
+import os
+import re
 import sys
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
-from runner.core.compose import compose_config, expand, one_line
+import yaml
+
+from runner.core.compose import CONF, check_yaml_files, compose_config, expand, one_line
 from runner.core.files import WRITE_ERRNOS
 from runner.sweep.launch import check_callbacks, check_launcher, check_sweeper
 from schedulers import ConfigError
@@ -41,11 +45,41 @@ def given(argv: list[str]) -> dict[str, str]:
 
 def check_config_dirs(dirs: list[str]) -> None:
     """Each `--config-dir` exists: Hydra's own message for one that does not is a warning,
-    an error and a hint (exit 1); the preview's Hydra only warns and goes on without it."""
+    an error and a hint (exit 1); the preview's Hydra only warns and goes on without it.
+    Its YAML files are checked too (check_yaml_files): a broken one is one line naming it."""
     for d in dirs:
         if not Path(d).is_dir():
             raise ConfigError("--config-dir", d, "no such directory (give the dir that holds "
                               "your config groups)")  # fmt: skip
+        check_yaml_files(d)
+
+
+OUTPUT_DIRS = ("hydra.run.dir", "hydra.sweep.dir", "hydra.sweep.subdir")
+
+
+def check_dir_names(overrides: dict[str, str]) -> None:
+    """A run or sweep dir with a name longer than the file system takes (NAME_MAX, 255
+    bytes on most): Hydra would fail making it (exit 1, a parent dir left behind). Only
+    the literal text is counted: an interpolation (${seed}) only makes a name longer."""
+    for key in OUTPUT_DIRS:
+        path = overrides.get(key)
+        if not path:
+            continue
+        top = _name_max(Path(path))
+        for part in Path(path).parts:
+            size = len(re.sub(r"\$\{[^}]*\}", "", part).encode())
+            if size > top:
+                raise ConfigError(key, path, f"a name of {size} bytes in it; the file system "
+                                  f"takes at most {top}")  # fmt: skip
+
+
+def _name_max(path: Path) -> int:
+    """The file system's longest file name where `path` would be made (255 if unknown)."""
+    existing = next((p for p in [path, *path.parents] if p.is_dir()), Path("."))
+    try:
+        return os.pathconf(existing, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        return 255
 
 
 def check_composition(argv: list[str]) -> None:
@@ -61,6 +95,7 @@ def check_composition(argv: list[str]) -> None:
     dirs = config_dirs(argv)
     try:
         check_config_dirs(dirs)
+        check_dir_names(given(argv))
     except ConfigError as err:
         config_error(err)
     overrides = [
@@ -74,6 +109,7 @@ def check_composition(argv: list[str]) -> None:
         first, *others = expand(overrides)
         composed = compose_config(first, with_hydra=True, config_dirs=dirs)
         check_launcher(composed.hydra.launcher)
+        check_joblib(composed.hydra.launcher)
         check_sweeper(composed.hydra.sweeper, overrides)
         check_callbacks(composed.hydra.get("callbacks"))
         for combo in others:
@@ -87,7 +123,19 @@ def check_composition(argv: list[str]) -> None:
                 del composed["hydra"]
             validate(composed)
     except (HydraException, ConfigError, OmegaConfBaseException) as err:
-        print(f"config error: {one_line(err)}", file=sys.stderr)
+        hint = "" if isinstance(err, ConfigError) else primary_hint(dirs)
+        print(f"config error: {one_line(err)}{hint}", file=sys.stderr)
+        sys.exit(EXIT_CONFIG)
+    except TypeError:  # Hydra: a group given a list of values that are not option names
+        found = group_list_error(overrides, dirs)
+        if found is None:
+            raise
+        config_error(found)
+    except yaml.YAMLError as err:  # a file from hydra.searchpath (--config-dir's are checked)
+        print(f"config error: {' '.join(str(err).split())}", file=sys.stderr)
+        sys.exit(EXIT_CONFIG)
+    except UnicodeDecodeError as err:
+        print(f"config error: a config file Hydra read is not UTF-8 text ({err})", file=sys.stderr)
         sys.exit(EXIT_CONFIG)
     except (RecursionError, OSError) as err:  # an override nested too deep for the parser
         print(f"config error: an override nested too deep to read ({err})", file=sys.stderr)
@@ -100,6 +148,45 @@ def check_composition(argv: list[str]) -> None:
             file=sys.stderr,
         )
         sys.exit(EXIT_CONFIG)
+
+
+JOBLIB_LAUNCHER = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
+
+
+def check_joblib(launcher: Any) -> None:
+    """hydra/launcher=joblib's n_jobs: 0 means nothing to joblib, which refuses it only once
+    the sweep dir and its multirun.yaml are written (exit 1, with Hydra's hint)."""
+    if launcher.get("_target_") != JOBLIB_LAUNCHER:
+        return
+    if launcher.get("n_jobs") == 0:  # an int: the launcher's structured config says so
+        why = "must be the number of jobs at once (>= 1), or -1 for one per CPU core"
+        raise ConfigError("hydra.launcher.n_jobs", 0, f"{why} (-2: all but one, ...)")
+
+
+def primary_hint(dirs: list[str]) -> str:
+    """What to add to a composition error when a user's config.yaml is the primary config:
+    it replaces schedlab's conf/config.yaml whole, so a partial one lacks keys and groups."""
+    for d in dirs:
+        if (Path(d) / "config.yaml").is_file():
+            return (f" ({Path(d) / 'config.yaml'} is used in place of schedlab's "
+                    "conf/config.yaml: start it from a copy of that file)")  # fmt: skip
+    return ""
+
+
+def group_list_error(overrides: list[str], dirs: list[str]) -> ConfigError | None:
+    """The override that gives a config group a list holding something other than option
+    names (optimizer=[1,2]): Hydra fails on it with a TypeError from deep inside."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    for override in OverridesParser.create().parse_overrides(overrides):
+        key = override.key_or_group
+        value = override.value()
+        names = isinstance(value, list) and all(isinstance(v, str) for v in value)
+        group = any((Path(d) / key).is_dir() for d in [str(CONF), *dirs])
+        if group and isinstance(value, list) and not names:
+            why = f"{key}=<name>, or {key}=[<name>,<name>] to merge several"
+            return ConfigError(key, value, f"a config group takes option names: {why}")
+    return None
 
 
 def config_error(err: ConfigError) -> NoReturn:

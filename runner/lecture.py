@@ -36,8 +36,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
+from runner.cli import check_config_dirs
 from runner.core import files
 from runner.core.compose import compose_config, one_line
 from runner.core.config import validate
@@ -368,6 +369,12 @@ def to_html(sections: list[Section], root: Path) -> str:
     return "\n".join(parts)
 
 
+def bad_argument(message: str) -> NoReturn:
+    """One line and exit 2, as every command of the runner says a bad argument."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def parse_args(argv: list[str]) -> dict[str, Any]:
     """The lecture's options, and under "data" the data= / data.<key>= overrides in order
     (with each --config-dir DIR as --config-dir=DIR)."""
@@ -382,7 +389,7 @@ def parse_args(argv: list[str]) -> dict[str, Any]:
             arg = CONFIG_DIR + next(args, "")
         if arg.startswith(CONFIG_DIR):
             if arg == CONFIG_DIR:
-                raise SystemExit("error: --config-dir needs a directory")
+                bad_argument("--config-dir needs a directory")
             opts["data"].append(arg)
             continue
         key, sep, value = arg.partition("=")
@@ -390,15 +397,15 @@ def parse_args(argv: list[str]) -> dict[str, Any]:
             opts["data"].append(arg)
             continue
         if not sep or key not in OPTIONS:
-            raise SystemExit(
-                f"error: {arg!r}: expected key=value with key in {[*OPTIONS, 'data']} or data.<key>"
+            bad_argument(
+                f"{arg!r}: expected key=value with key in {[*OPTIONS, 'data']} or data.<key>"
             )
         opts[key] = value
     if opts["part"] not in ("all", *PARTS):
-        raise SystemExit(f"error: part={opts['part']!r}: choose from {['all', *PARTS]}")
+        bad_argument(f"part={opts['part']!r}: choose from {['all', *PARTS]}")
     for key in ("quick", "fresh"):
         if opts[key] not in ("true", "false"):
-            raise SystemExit(f"error: {key}={opts[key]!r}: must be true or false")
+            bad_argument(f"{key}={opts[key]!r}: must be true or false")
     return opts
 
 
@@ -436,6 +443,7 @@ def check_data(data: list[str], wanted: tuple[str, ...]) -> None:
     from omegaconf.errors import OmegaConfBaseException
 
     try:
+        check_config_dirs([a.removeprefix(CONFIG_DIR) for a in data if a.startswith(CONFIG_DIR)])
         validate(_compose(["+experiment=lecture_lenet", *data]))
     except (HydraException, ConfigError, OmegaConfBaseException) as err:
         print(f"config error: {one_line(err)}", file=sys.stderr)

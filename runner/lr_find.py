@@ -8,8 +8,15 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from runner.cli import EXIT_CONFIG, check_composition, config_error, given, make_run_dir
-from runner.core.compose import options_first
+from runner.cli import (
+    EXIT_CONFIG,
+    check_composition,
+    config_dirs,
+    config_error,
+    given,
+    make_run_dir,
+)
+from runner.core.compose import options_first, searched_first
 from runner.core.config import validate
 from runner.core.lr_find import find_lr
 from schedulers import ConfigError
@@ -51,7 +58,8 @@ def cli() -> None:
     run_dir = overrides.get("hydra.run.dir", "")
     if run_dir and "${" not in run_dir:
         make_run_dir(run_dir)
-    main()
+    with searched_first(config_dirs(argv)):  # the user's files win over conf/'s
+        main()
 
 
 if __name__ == "__main__":

@@ -24,6 +24,9 @@ def is_number(v: Any) -> bool:
 
 
 INT64_MAX = 2**63 - 1  # the largest integer torch (and most of numpy) can take
+# the largest float32, the dtype torch trains in: a larger lr or weight decay fails at the
+# first step ("value cannot be converted to type float without overflow")
+FLOAT32_MAX = 3.4028234663852886e38
 
 
 def need_int(key: str, v: Any, low: int, optional: bool = False, high: int | None = None) -> None:
@@ -58,6 +61,9 @@ def need_number(
     ok = (
         is_number(v) and (v > low if lo_open else v >= low) and (v < high if hi_open else v <= high)
     )
+    if ok and high == math.inf and abs(v) > FLOAT32_MAX:
+        raise ConfigError(key, v, f"must fit in float32 (|x| <= {FLOAT32_MAX:.4g}), the dtype "
+                          "torch computes in")  # fmt: skip
     if not ok:
         if low == -math.inf and high == math.inf:
             rule = "must be a finite number"

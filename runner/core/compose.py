@@ -3,11 +3,31 @@ and tests. Same config dir and same composition as `python -m runner`."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import os
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
+
+# The user's `--config-dir`s of the command being composed, for the search path plugin
+# (hydra_plugins/schedlab_config_dirs), which puts them in front of schedlab's conf/
+USER_DIRS: list[str] = []
+
+
+@contextlib.contextmanager
+def searched_first(config_dirs: Sequence[str]) -> Iterator[None]:
+    """While composing: the user's config dirs come before schedlab's conf/ in Hydra's search
+    path (first match wins), so their `model/mlp.yaml` or `config.yaml` is the one used.
+    Hydra itself puts a `--config-dir` after conf/, where a file of the same name as a
+    built-in is never read."""
+    before = USER_DIRS[:]
+    USER_DIRS[:] = [os.path.abspath(d) for d in config_dirs]
+    try:
+        yield
+    finally:
+        USER_DIRS[:] = before
 
 
 # Hydra's command-line options that take a value
@@ -46,13 +66,10 @@ def compose_config(
     overrides: list[str], with_hydra: bool = False, config_dirs: Sequence[str] = ()
 ) -> Any:
     """The job's config; `with_hydra` keeps Hydra's own node (launcher, sweep dir, ...).
-    `config_dirs` are a user's own config dirs (`--config-dir`), searched beside conf/."""
+    `config_dirs` are a user's own config dirs (`--config-dir`), searched before conf/."""
     from hydra import compose, initialize_config_dir
 
-    if config_dirs:
-        paths = ",".join(f"file://{Path(d).resolve()}" for d in config_dirs)
-        overrides = [*overrides, f"hydra.searchpath=[{paths}]"]
-    with initialize_config_dir(str(CONF), version_base="1.3"):
+    with searched_first(config_dirs), initialize_config_dir(str(CONF), version_base="1.3"):
         return compose("config", overrides=overrides, return_hydra_config=with_hydra)
 
 
@@ -69,3 +86,109 @@ def one_line(err: Exception) -> str:
         text += f": {str(cause).splitlines()[0]}"
     link = "See https://hydra.cc/docs/1.2/advanced/override_grammar/basic for details"
     return text.replace(link, "").strip()
+
+
+# A config file is a few hundred values; an alias bomb ("billion laughs": each level an
+# anchor repeated ten times) is a few lines that OmegaConf would expand into 10**9 nodes
+YAML_MAX_VALUES = 100_000  # after aliases are expanded
+YAML_MAX_DEPTH = 64
+
+
+def check_yaml_files(config_dir: str | Path) -> None:
+    """Every YAML file under a user's config dir reads as Hydra will need it, checked before
+    Hydra reads any: otherwise a syntax error, a duplicate key, a !!python tag or bytes that
+    are not UTF-8 end in PyYAML's or the codec's traceback, and an alias bomb in OmegaConf
+    expanding it until memory runs out. Each problem is a ConfigError naming the file and
+    line. Unused files are checked too: a sweep or a later override may select them."""
+    from schedulers import ConfigError
+
+    for path in sorted(Path(config_dir).rglob("*.yaml")):
+        hidden = any(p.startswith(".") for p in path.relative_to(config_dir).parts)
+        if path.is_file() and not hidden:
+            problem = yaml_problem(path)
+            if problem is not None:
+                raise ConfigError("--config-dir", str(path), problem)
+
+
+def yaml_problem(path: Path) -> str | None:
+    """Why Hydra cannot take this file as a config (None: it can)."""
+    import yaml
+    from omegaconf._utils import get_yaml_loader  # what OmegaConf.load reads with (2.3)
+
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        return f"not UTF-8 text (byte {err.object[err.start]:#04x} at offset {err.start})"
+    except OSError as err:
+        return f"cannot be read ({err.strerror})"
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        if root is None:
+            return None  # an empty file is an empty config
+        problem = _node_problem(root)
+        if problem is not None:
+            return problem
+        loaded = yaml.load(text, Loader=get_yaml_loader())  # duplicate keys, unknown tags
+    except yaml.MarkedYAMLError as err:
+        return _yaml_error(err)
+    except yaml.YAMLError as err:
+        return " ".join(str(err).split())
+    except RecursionError:
+        return f"nested deeper than {YAML_MAX_DEPTH} levels"
+    if not isinstance(loaded, dict):
+        return f"holds a {type(loaded).__name__}, where a config is a mapping (key: value lines)"
+    return None
+
+
+def _yaml_error(err: Any) -> str:
+    """PyYAML's error on one line: where, what, and while doing what."""
+    mark = err.problem_mark or err.context_mark
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    while_ = f" ({err.context})" if err.context else ""
+    return f"{where}{err.problem}{while_}"
+
+
+def _node_problem(root: Any) -> str | None:
+    """An alias bomb (too many values once aliases are expanded), an alias cycle, a
+    nesting too deep, or a !!python tag (a config is data: Hydra's safe loader refuses
+    them, with a traceback)."""
+    import yaml
+
+    sizes: dict[int, int] = {}  # id(node) -> its values counted with aliases expanded
+    open_: set[int] = set()
+
+    def size(node: Any, depth: int) -> int:
+        if id(node) in sizes:
+            return sizes[id(node)]
+        where = f"line {node.start_mark.line + 1}"
+        if depth > YAML_MAX_DEPTH:
+            raise ValueError(f"{where}: nested deeper than {YAML_MAX_DEPTH} levels")
+        if id(node) in open_:
+            raise ValueError(f"{where}: an alias refers to a node that holds it (a cycle)")
+        if node.tag.startswith("tag:yaml.org,2002:python/"):
+            tag = node.tag.replace("tag:yaml.org,2002:", "!!")
+            raise ValueError(f"{where}: a {tag} tag; a config file holds data, not code")
+        if isinstance(node, yaml.MappingNode):
+            children = [n for pair in node.value for n in pair]
+        elif isinstance(node, yaml.SequenceNode):
+            children = node.value
+        else:
+            children = []
+        open_.add(id(node))
+        total = 1
+        for child in children:
+            total += size(child, depth + 1)
+            if total > YAML_MAX_VALUES:
+                raise ValueError(
+                    f"{where}: expands to more than {YAML_MAX_VALUES} values through its "
+                    "aliases (*name): an alias bomb?"
+                )
+        open_.discard(id(node))
+        sizes[id(node)] = total
+        return total
+
+    try:
+        size(root, 0)
+    except ValueError as err:  # the first problem found
+        return str(err)
+    return None

@@ -21,7 +21,7 @@ from runner.core.models import model_parts, part_names, probe_model, validate_mo
 from runner.core.optimizers import split_params, uses_parts, validate_optimizer
 from runner.core.schema import EPOCH_METRICS, GROUPS, Run, Trainer, check_node
 from schedulers import ConfigError, validate_scheduler
-from schedulers.checks import is_number
+from schedulers.checks import is_number, need_number
 
 
 def planned_groups(cfg: Mapping[str, Any]) -> list[tuple[str, float]]:
@@ -75,6 +75,7 @@ def validate(cfg: Mapping[str, Any]) -> None:
     else:
         if not is_number(opt["lr"]) or opt["lr"] <= 0:
             raise ConfigError("optimizer.lr", opt["lr"], "must be a number > 0, or find")
+        need_number("optimizer.lr", opt["lr"])  # and one that fits in float32
         lr = float(opt["lr"])
     validate_optimizer(opt, lr)
     base_lrs = [lr * m for _, m in planned_groups(cfg)]

@@ -441,6 +441,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if not 0 < args.target_acc <= 1:
         parser.error(f"--target-acc {args.target_acc}: must be in (0, 1]")
+    if not args.sweep_dir.is_dir():  # a bad argument: one line, exit 2, like argparse's own
+        why = "is not a directory" if args.sweep_dir.exists() else "no such directory"
+        print(f"error: {args.sweep_dir}: {why} (give a sweep dir, e.g. "
+              "outputs/multirun/<date>/<time>)", file=sys.stderr)  # fmt: skip
+        raise SystemExit(2)
     try:
         print(write_report(args.sweep_dir, args.target_acc, args.metric))
     except (FileNotFoundError, WriteFailed) as err:
