@@ -165,17 +165,26 @@ def test_every_job_of_every_preset_validates(preset):
 
 def test_the_cifar10_preset_validates_given_its_data(monkeypatch):
     """cifar10_fast needs CIFAR-10 on disk: its files' check and loading are stood in for by
-    the shape and size the real data set has."""
-    from types import SimpleNamespace
+    the shape and size the real data set has (and two samples of that shape, which start-up
+    runs the model on)."""
+    import torch
 
     import runner.core.config
     import runner.core.data
     from runner.core.config import validate
+    from runner.core.data import TensorData
     from runner.core.schema import SCHEMAS, check_node
     from tests.conftest import make_cfg
 
-    fake = SimpleNamespace(n_train=50_000, image_shape=(3, 32, 32), num_classes=10)
-    monkeypatch.setattr(runner.core.data, "load_data", lambda cfg: fake)
+    class Cifar(TensorData):
+        @property
+        def n_train(self) -> int:
+            return 50_000
+
+    x, y = torch.zeros(2, 3, 32, 32), torch.tensor([0, 9])
+    fake = Cifar(x, y, x, y, num_classes=10)
+    for module in (runner.core.data, runner.core.config):
+        monkeypatch.setattr(module, "load_data", lambda cfg: fake)
     monkeypatch.setattr(
         runner.core.config,  # validate() calls the validate_data it imported
         "validate_data",
