@@ -68,8 +68,10 @@ def train_in(cwd: Path, monkeypatch: pytest.MonkeyPatch, run_dir: Path, *args: s
 
 def make_old(run_dir: Path, cwd: Path) -> None:
     """The run as it was before this change: relative roots in config.yaml and in last.pt's
-    config, and no fingerprint in last.pt."""
+    config, num_classes as given (null: inferred, not recorded), and no fingerprint in
+    last.pt."""
     text = (run_dir / "config.yaml").read_text().replace(f"{cwd}/", "")
+    text = text.replace("  num_classes: 3\n", "  num_classes: null\n")
     (run_dir / "config.yaml").write_text(text)
     state = torch.load(run_dir / "last.pt", weights_only=True)
     state["config"] = text
@@ -254,7 +256,7 @@ def test_the_fingerprint_of_a_streamed_set_reads_only_its_first_samples():
     # a sample that cannot be read: one line naming the split and the sample
     broken = make_cfg(*splits[:2], f"data.val={{_target_:{counted},size:30,broken:7}}",
                       "data.in_memory=false")  # fmt: skip
-    said = "data.val='Counted': sample 7's label could not be read: OSError('a bad sector')"
+    said = "data.val[7]=None: could not be read: OSError: a bad sector"
     with pytest.raises(ConfigError, match="^" + re.escape(said) + "$"):
         fp.fingerprint(broken.data, load_data(broken.data))
 

@@ -40,13 +40,15 @@ def planned_groups(cfg: Mapping[str, Any]) -> list[tuple[str, float]]:
     return [(g.name or "group0", g.scale) for g in groups]
 
 
-def fill_inferred(cfg: Mapping[str, Any]) -> None:
+def fill_inferred(cfg: Mapping[str, Any]) -> bool:
     """Values the data decides (data.num_classes: null, read from the train set) written
     into the config before anything reads them: `${data.num_classes}` in a model's node
-    then gives the number, and config.yaml and W&B record it."""
+    then gives the number, and config.yaml and W&B record it. Whether one was filled."""
     data = cfg["data"]
-    if data.get("num_classes", 0) is None:
-        data["num_classes"] = load_data(data).num_classes
+    if data.get("num_classes", 0) is not None:
+        return False
+    data["num_classes"] = load_data(data).num_classes
+    return True
 
 
 def validate(cfg: Mapping[str, Any]) -> None:

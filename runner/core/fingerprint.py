@@ -111,16 +111,13 @@ def _first_labels(dataset: Any, split: str) -> list[Any]:
     targets = getattr(dataset, "targets", None)
     if getattr(dataset, "target_transform", None) is None and _sized(targets, len(dataset)):
         return [torch.as_tensor(t).tolist() for t in list(targets[:n])]
-    from runner.core.stream import MATERIALISE_EPOCH, SeededSamples
+    from runner.core.stream import MATERIALISE_EPOCH, SampleError, SeededSamples
 
-    samples, labels = SeededSamples(dataset, 0), []
-    for i in range(n):
-        try:
-            labels.append(torch.as_tensor(samples[(MATERIALISE_EPOCH, i)][1]).tolist())
-        except Exception as err:  # the user's __getitem__, or a label that is no number
-            why = f"sample {i}'s label could not be read: {err!r}"
-            raise ConfigError(f"data.{split}", type(dataset).__name__, why) from None
-    return labels
+    samples = SeededSamples(dataset, 0, f"data.{split}")
+    try:  # the user's __getitem__ failing: one line naming the split and the sample
+        return [torch.as_tensor(samples[(MATERIALISE_EPOCH, i)][1]).tolist() for i in range(n)]
+    except SampleError as err:
+        raise err.config_error() from None
 
 
 def _sized(targets: Any, n: int) -> bool:

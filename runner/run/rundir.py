@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from runner.core import checkpoint, files
 from runner.core.compose import compose_config
+from runner.core.config import fill_inferred
 from runner.core.fingerprint import absolute_roots, check_same_data
 from schedulers import ConfigError
 
@@ -286,8 +287,10 @@ def _same_config(run_dir: Path, cfg: DictConfig) -> bool:
     find = OmegaConf.select(cfg, "optimizer.lr") == "find"
     try:
         saved = OmegaConf.create(saved_text)
-        made = isinstance(saved.get("data"), DictConfig) and absolute_roots(saved)
-        if not (made or find):
+        old = isinstance(saved.get("data"), DictConfig)
+        made = old and absolute_roots(saved)
+        filled = old and fill_inferred(saved)  # a config.yaml from before it was recorded
+        if not (made or filled or find):
             return False  # no relative data path, no found lr: the text says it all
         if find:
             saved.optimizer.lr = "find"
@@ -395,6 +398,7 @@ def check_run_dir(
         apply_resume_overrides(saved, given, overrides, run_dir)
     else:
         absolute_roots(given)  # as the run makes them: config.yaml has them so
+        fill_inferred(given)  # data.num_classes: null, read from the data, likewise
         if not same_run_on_disk(given, run_dir):
             refuse_other_run(run_dir, given)
             return None
