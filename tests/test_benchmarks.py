@@ -14,7 +14,28 @@ def test_overhead_benchmark_runs_its_quick_job():
     payload = bench_overhead.main(["--quick", "--no-lightning"])
     result = payload["results"]["digits MLP"]
     assert result["hand"] > 0 and result["runner"] > 0 and result["hand + guarantees"] > 0
+    assert result["runner, bare"] > 0
     assert payload["machine"]["cores"] >= 1
+
+
+def test_the_bare_runner_keeps_no_checkpoint_and_sends_nothing_to_w_and_b(tmp_path):
+    """bench_overhead's "runner, bare": the runner's loop with nothing to pay for but its
+    metrics.jsonl, so its ratio to the hand loop is the engine's own share."""
+    import bench_overhead
+
+    from runner.core.background import Background
+    from runner.core.builders import build_run
+    from runner.core.loggers import open_logger
+    from tests.conftest import make_cfg
+
+    cfg = make_cfg(*bench_overhead.BARE, "epochs=2", "trainer.progress=line")
+    data = build_run(cfg).data
+    with Background() as background, open_logger(cfg.logger, tmp_path, {}, [], None,
+                                                   background=background) as logger:  # fmt: skip
+        assert logger.wandb_run is None
+        bench_overhead.runner_loop(cfg, data, logger, tmp_path, background, "")
+    assert not list(tmp_path.glob("*.pt"))
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) >= 2
 
 
 def test_the_hand_loop_with_the_guarantees_keeps_what_the_runner_keeps(tmp_path, monkeypatch):
