@@ -1,9 +1,10 @@
 """The docs a newcomer reads: a short README whose tour works, a site that builds with no
-broken link."""
+broken link, and a Reference page that lists every key the code declares."""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import os
 import re
@@ -27,7 +28,7 @@ def test_the_readme_stays_short() -> None:
     assert len(lines) < 260, f"README.md has {len(lines)} lines: move detail into docs/"
 
 
-def test_the_site_builds_strict_with_the_readme_as_home(tmp_path):
+def test_the_site_builds_strict_with_the_readme_as_home_and_the_generated_reference(tmp_path):
     """`mkdocs build --strict`: a link to a page or anchor that does not exist, or a page in
     the nav that is missing, fails the build (mkdocs.yml's `validation` makes each a
     warning, --strict makes a warning fatal)."""
@@ -43,6 +44,45 @@ def test_the_site_builds_strict_with_the_readme_as_home(tmp_path):
     home = (site / "index.html").read_text(encoding="utf-8")
     assert "A five-minute tour" in home
     assert 'href="usage/"' in home  # README's docs/usage.md, relative to the site
+    reference = (site / "reference" / "index.html").read_text(encoding="utf-8")
+    assert "trainer.checkpoint_interval_s" in reference
+    assert "scheduler.pct_start" in reference
+
+
+def declared_keys() -> list[str]:
+    """Every key the code declares: runner/core/schema.py's options (through the models',
+    optimizers' and SCHEMAS tables), the top-level keys and each schedule's registry keys."""
+    from runner.core import models, optimizers, schema
+    from schedulers import registry
+
+    tables = [("", schema.Run)]
+    tables += [("model", spec.schema) for spec in models.MODELS.values()]
+    tables += [("optimizer", spec.schema) for spec in optimizers.OPTIMIZERS.values()]
+    for group, options in schema.SCHEMAS.items():
+        prefix = (lambda name, g=group: f"logger.{name}") if group == "logger" else None
+        tables += [(prefix(name) if prefix else group, cls) for name, cls in options.items()]
+    keys = [f"{p}.{f.name}" if p else f.name for p, cls in tables for f in dataclasses.fields(cls)]
+    keys += [f"scheduler.{k}" for k in registry.COMMON if k != "name"]
+    for spec in registry.SCHEDULES.values():
+        keys += [f"scheduler.{k}" for k in spec.params]
+    return keys
+
+
+def test_the_reference_page_lists_every_declared_key_with_its_default_and_rule():
+    sys.path.insert(0, str(ROOT / "docs"))
+    try:
+        import gen_reference
+    finally:
+        sys.path.remove(str(ROOT / "docs"))
+    page = gen_reference.render()
+    missing = [k for k in declared_keys() if f"`{k}`" not in page]
+    assert not missing, f"keys the Reference page does not list: {missing}"
+    # a row: key, default as YAML writes it, the check's own rule, the YAML file's comment
+    assert "| `trainer.amp` | `false` | must be true or false | mixed precision" in page, page[
+        :2000
+    ]
+    assert "| `optimizer.lr` | `0.05` |" in page  # sgd's
+    assert "| `scheduler.step_size` | `10` | epochs between decays (>= 1) |" in page
 
 
 def tour_commands() -> list[list[str]]:
