@@ -32,8 +32,6 @@ def test_the_site_builds_strict_with_the_readme_as_home_and_the_generated_refere
     """`mkdocs build --strict`: a link to a page or anchor that does not exist, or a page in
     the nav that is missing, fails the build (mkdocs.yml's `validation` makes each a
     warning, --strict makes a warning fatal)."""
-    pytest.importorskip("mkdocs")
-    pytest.importorskip("material")
     site = tmp_path / "site"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "NO_MKDOCS_2_WARNING": "1"}
     proc = subprocess.run(
