@@ -44,8 +44,9 @@ from runner.core.compose import compose_config, one_line
 from runner.core.config import validate
 from runner.core.lr_find import find_lr
 from runner.run.train import train
-from schedulers import ConfigError, build_scheduler
-from schedulers.lecture import lecture_config, toy_params, write_curves
+from schedulers import ConfigError
+from schedulers.lecture import LR, MAX_EPOCH, lecture_config, write_curves
+from schedulers.simulator import throwaway_schedule
 from schedulers.trace import as_markdown, flagged_epochs, trace_schedule
 
 PARTS = ("curves", "lenet", "schedulers", "init_lr", "mnist1d")
@@ -114,14 +115,12 @@ def _report_table(sweep: Path) -> str:
 def part_curves(out: Path, quick: bool, data: list[str]) -> Section:
     out.mkdir(parents=True, exist_ok=True)
     paths = write_curves(out)
-    import torch
-
     traces = {}
     for name in ("step", "multistep"):
-        params = toy_params(name)
-        opt = torch.optim.SGD([{"params": [p]} for p in params], lr=0.1, momentum=0.9)
-        schedule = build_scheduler(lecture_config(name), opt, epochs=200, steps_per_epoch=1)
-        rows = trace_schedule(schedule, 200)
+        schedule = throwaway_schedule(
+            lecture_config(name), epochs=MAX_EPOCH, steps_per_epoch=1, base_lrs=[LR]
+        )
+        rows = trace_schedule(schedule, MAX_EPOCH)
         files.write_text_atomic(out / f"trace_{name}.md", as_markdown(rows, name), fsync=False)
         traces[name] = flagged_epochs(rows)
     return Section(

@@ -1,8 +1,8 @@
 """Preview lr curves without data or training: `python -m runner.preview scheduler=<name>`.
 
 Takes the same overrides as `python -m runner` (same Hydra config, same
-composition), builds the optimizer's param groups on dummy tensors and steps the
-real schedule through the run's epochs and batches. Sweep syntax
+composition), and simulates the real schedule (schedulers.simulate: built on dummy tensors
+with the run's param groups, stepped through the run's epochs and batches). Sweep syntax
 (`scheduler=step,cosine`) previews each and overlays them in compare.png.
 ReduceLROnPlateau is fed the lecture's metric (0.5, then 0.4 from epoch 5 on,
 never improving again). `trace=true` (or --trace) also prints and writes the
@@ -22,9 +22,11 @@ from runner.core.compose import compose_config, expand, one_line
 from runner.core.config import planned_groups, validate
 from runner.core.data import steps_per_epoch as steps_in_epoch
 from runner.core.data import train_size
-from schedulers import ConfigError, build_scheduler, schedule_label
+from schedulers import ConfigError, schedule_label
+from schedulers import simulate as simulate_schedule
 from schedulers.lecture import plateau_loss
 from schedulers.plot import plot_lr_curves
+from schedulers.simulator import throwaway_schedule
 from schedulers.trace import as_markdown, fields, trace_schedule
 
 
@@ -38,42 +40,45 @@ def check(cfg: Any) -> None:
                           "runner.lr_find, then preview with optimizer.lr=<its lr>)")  # fmt: skip
 
 
-def build_preview(cfg: Any, steps_per_epoch: int | None = None) -> tuple[Any, Any, list[str], int]:
-    """The configured schedule on an optimizer over dummy tensors with the run's param groups:
-    (optimizer, schedule, group names, steps per epoch)."""
-    import torch
-
+def run_groups(cfg: Any, steps_per_epoch: int | None = None) -> tuple[list[str], list[float], int]:
+    """The run's param groups, as (names, lrs), and its steps per epoch (default: from the
+    data config)."""
     if steps_per_epoch is None:
         steps_per_epoch = steps_in_epoch(train_size(cfg.data), cfg.data.batch_size)
     lr = cfg.optimizer.lr
     names, multipliers = zip(*planned_groups(cfg), strict=True)  # parts or name patterns
-    groups = [{"params": [torch.zeros(1, requires_grad=True)], "lr": lr * m} for m in multipliers]
-    opt = torch.optim.SGD(groups, lr=lr, momentum=0.9)
-    schedule = build_scheduler(
-        cfg.scheduler, opt, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch
-    )
-    return opt, schedule, list(names), steps_per_epoch
+    return list(names), [lr * m for m in multipliers], steps_per_epoch
 
 
 def simulate(cfg: Any, steps_per_epoch: int | None = None) -> dict[str, Any]:
-    """Step the configured schedule like the loop does; lr per epoch and per batch, per group.
-    A Plateau schedule sees the lecture's metric: 0.5, then 0.4 from epoch 5 on."""
-    opt, schedule, names, steps_per_epoch = build_preview(cfg, steps_per_epoch)
-    per_epoch, per_step = [], []
-    for epoch in range(cfg.epochs):
-        per_epoch.append([g["lr"] for g in opt.param_groups])
-        for _ in range(steps_per_epoch):
-            per_step.append([g["lr"] for g in opt.param_groups])
-            opt.step()
-            schedule.step_batch()
-        schedule.step_epoch({schedule.monitor: plateau_loss(epoch)} if schedule.monitor else {})
+    """The configured schedule stepped like the loop does (schedulers.simulate); lr per epoch
+    and per batch, per group. A Plateau schedule sees the lecture's metric: 0.5, then 0.4 from
+    epoch 5 on."""
+    names, lrs, steps_per_epoch = run_groups(cfg, steps_per_epoch)
+    sim = simulate_schedule(
+        cfg.scheduler,
+        epochs=cfg.epochs,
+        steps_per_epoch=steps_per_epoch,
+        base_lrs=lrs,
+        metric=plateau_loss,
+    )
     return {
         "names": names,
-        "per_epoch": per_epoch,
-        "per_step": per_step,
+        "per_epoch": sim.per_epoch,
+        "per_step": sim.per_step,
         "steps_per_epoch": steps_per_epoch,
         "interval": cfg.scheduler.interval,
     }
+
+
+def trace(cfg: Any, steps_per_epoch: int | None = None) -> list[dict[str, Any]]:
+    """The schedule's internals at every unit it steps in (epochs, or batches)."""
+    _, lrs, spe = run_groups(cfg, steps_per_epoch)
+    schedule = throwaway_schedule(
+        cfg.scheduler, epochs=cfg.epochs, steps_per_epoch=spe, base_lrs=lrs
+    )
+    units = cfg.epochs * (spe if schedule.interval == "step" else 1)
+    return trace_schedule(schedule, units, plateau_loss)
 
 
 def curves(label: str, sim: dict[str, Any]) -> dict[str, tuple[list[float], list[float]]]:
@@ -178,9 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.trace:
         for label, combo in zip(labels, combos, strict=True):
             cfg = compose_config(combo, config_dirs=args.config_dirs)
-            _, schedule, _, spe = build_preview(cfg, args.steps_per_epoch)
-            units = cfg.epochs * (spe if schedule.interval == "step" else 1)
-            rows = trace_schedule(schedule, units, plateau_loss)
+            rows = trace(cfg, args.steps_per_epoch)
             text = as_markdown(rows, label)
             print(text)
             stem = args.out / f"{label.replace('/', '_')}_trace"

@@ -3,7 +3,8 @@ iterations, the lr recorded each epoch before training and `scheduler.step()` af
 
 `python -m schedulers.lecture [--out DIR]` writes one PNG and one CSV per scheduler.
 The schedulers are built from configs through `build_scheduler`, the same path a
-training run takes, so the figures show what schedlab does, not a separate demo.
+training run takes, and stepped by `schedulers.simulate`, so the figures show what schedlab
+does, not a separate demo.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import csv
 from pathlib import Path
 from typing import Any
 
-from schedulers import build_scheduler
+from schedulers import simulate
 from schedulers.plot import plot_lr_curves
 
 LR = 0.1
@@ -63,24 +64,18 @@ def plateau_loss(epoch: int) -> float:
 
 
 def run_toy(name: str, cfg: dict[str, Any] | None = None) -> list[list[float]]:
-    """lr of every param group at each epoch of the toy demo."""
-    import torch
-
-    params = toy_params(name)
-    opt = torch.optim.SGD([{"params": [p]} for p in params], lr=LR, momentum=0.9)
-    schedule = build_scheduler(
-        cfg or lecture_config(name), opt, epochs=MAX_EPOCH, steps_per_epoch=ITERATIONS
+    """lr of every param group at each epoch of the toy demo. The toy's training does not move
+    the lr (Plateau is fed the lecture's metric, not the toy's loss), so the schedule is
+    simulated over as many param groups; tests check it against the lecture's script."""
+    groups = len(toy_params(name))
+    sim = simulate(
+        cfg or lecture_config(name),
+        epochs=MAX_EPOCH,
+        steps_per_epoch=ITERATIONS,
+        base_lrs=[LR] * groups,
+        metric=plateau_loss,
     )
-    lrs = []
-    for epoch in range(MAX_EPOCH):
-        lrs.append([g["lr"] for g in opt.param_groups])
-        for _ in range(ITERATIONS):
-            loss = sum((p**2).sum() for p in params)  # (weights - target) ** 2, target = 0
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        schedule.step_epoch({"loss": plateau_loss(epoch)})
-    return lrs
+    return sim.per_epoch
 
 
 def write_curves(out: Path) -> list[Path]:

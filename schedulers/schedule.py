@@ -8,7 +8,7 @@ ReduceLROnPlateau; doing it one way for every schedule keeps them comparable.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 
@@ -64,3 +64,41 @@ class LRSchedule:
         self.main.load_state_dict(state["main"])
         if self.warmup is not None:
             self.warmup.load_state_dict(state["warmup"])
+
+
+def throwaway_optimizer(base_lrs: Sequence[float]) -> Any:
+    """What a schedule is tried out or simulated on: SGD over one dummy parameter per param
+    group, at `base_lrs`. Momentum 0.9, because OneCycleLR and CyclicLR cycle it; its steps
+    change nothing (there are no gradients)."""
+    import torch  # only when a schedule is stepped: importing schedulers stays cheap
+
+    groups = [{"params": [torch.zeros(1, requires_grad=True)], "lr": lr} for lr in base_lrs]
+    return torch.optim.SGD(groups, lr=base_lrs[0], momentum=0.9)
+
+
+def never_improving(epoch: int) -> float:
+    """The metric a plateau sees where there is none to see (a dry run, a trace without one)."""
+    return 1.0
+
+
+def walk(
+    optimizer: Any,
+    schedule: LRSchedule,
+    epochs: int,
+    steps_per_epoch: int,
+    metric: Callable[[int], float] | None = None,
+) -> Iterator[tuple[int, int]]:
+    """Step `schedule` as the training loop does: each epoch, `steps_per_epoch` times
+    optimizer.step() then step_batch(), then step_epoch() with `metric(epoch)` as the monitored
+    value. Yields (epoch, batch) before every optimizer step, while the param groups hold the
+    lr that step trains with; the caller reads what it needs and stops when it likes (nothing
+    is stepped past the last position it asked for). The one stepping loop outside training:
+    the simulator, the trace and the start-up dry runs all step through it."""
+    for epoch in range(epochs):
+        for batch in range(steps_per_epoch):
+            yield epoch, batch
+            optimizer.step()  # no grads: changes nothing, but keeps torch's order check quiet
+            schedule.step_batch()
+        if schedule.monitor and metric is None:
+            raise ValueError(f"the schedule monitors {schedule.monitor!r}: give a metric")
+        schedule.step_epoch({schedule.monitor: metric(epoch)} if schedule.monitor else {})

@@ -25,6 +25,7 @@ from typing import Any
 from schedulers.checks import mode_for, need_call, need_mode
 from schedulers.errors import ConfigError
 from schedulers.node import Node
+from schedulers.schedule import LRSchedule, never_improving, throwaway_optimizer, walk
 
 TARGET = "_target_"
 HYDRA_KEYS = ("_target_", "_partial_", "_convert_", "_recursive_")
@@ -111,21 +112,19 @@ def dry_run(
     build: Callable[[Any], Any], base_lrs: Sequence[float], steps: int, metric: bool
 ) -> tuple[int, str, Any] | None:
     """Build on a throwaway optimizer (one dummy parameter per param group, with the run's
-    lrs) and step `steps` times, feeding a flat metric when `metric`. Returns None, or
-    (step, what went wrong, the scheduler or None if building failed)."""
-    import torch
-
-    groups = [{"params": [torch.zeros(1, requires_grad=True)], "lr": lr} for lr in base_lrs]
-    opt = torch.optim.SGD(groups, lr=base_lrs[0], momentum=0.9)
+    lrs) and step `steps` times as the loop would (schedule.walk), feeding a flat metric when
+    `metric`. Returns None, or (step, what went wrong, the scheduler or None if building
+    failed)."""
+    opt = throwaway_optimizer(base_lrs)
     sched, step = None, 0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
             sched = build(opt)
+            schedule = LRSchedule(sched, monitor="metric" if metric else None)
+            positions = walk(opt, schedule, steps + 1, 1, never_improving)
             for step in range(steps + 1):
-                if step:
-                    opt.step()  # no grads: changes nothing, but keeps torch's order check quiet
-                    sched.step(1.0) if metric else sched.step()
+                next(positions)  # the lrs after `step` steps: stepped here, so errors say when
                 lrs = [float(g["lr"]) for g in opt.param_groups]
                 bad = [lr for lr in lrs if not (math.isfinite(lr) and lr >= 0)]
                 if bad:

@@ -18,6 +18,8 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
+from schedulers.schedule import never_improving, walk
+
 EXPLAIN = (
     "get_lr() is the update step() applies to the current lr (the chainable form); "
     "called outside step() it can apply that update again (at a milestone: lr x gamma), "
@@ -49,15 +51,18 @@ def trace_schedule(
     schedule: Any, epochs: int, metric: Callable[[int], float] | None = None
 ) -> list[dict[str, Any]]:
     """Step `schedule` (an LRSchedule) `epochs` times - batches for a per-batch schedule -
-    as the loop would; one row per step and param group."""
+    as the loop would (schedule.walk, one unit an "epoch"); one row per step and param group.
+    A plateau sees `metric(epoch)`, or 1.0 without one."""
     from torch.optim.lr_scheduler import ReduceLROnPlateau
 
     opt = schedule.optimizer
     sequence = hasattr(schedule.main, "active")
-    rows = []
-    for epoch in range(epochs):
+    value = metric or never_improving
+    rows: list[dict[str, Any]] = []
+    plateau_unit = None  # a plateau's last rows, its counters read once it has stepped
+    for epoch, _ in walk(opt, schedule, epochs, 1, value):
+        _counters(plateau_unit)
         sched = _active(schedule)
-        phase = _phase(schedule) if sequence else None
         plateau = isinstance(sched, ReduceLROnPlateau)
         if plateau:
             chained = [math.nan] * len(opt.param_groups)
@@ -66,35 +71,39 @@ def trace_schedule(
                 warnings.simplefilter("ignore")  # "To get the last learning rate computed..."
                 chained = list(sched.get_lr())
         last = schedule.get_last_lr()
-        in_use = [g["lr"] for g in opt.param_groups]
-        last_epoch, base_lrs = sched.last_epoch, list(getattr(sched, "base_lrs", []))
-        value = metric(epoch) if metric else 1.0
-        opt.step()
-        if schedule.interval == "step":
-            schedule.step_batch()
-        else:
-            schedule.step_epoch({schedule.monitor: value} if schedule.monitor else {})
-        for g, lr in enumerate(in_use):
-            row = {
+        base_lrs = list(getattr(sched, "base_lrs", []))
+        unit = [
+            {
                 "epoch": epoch,
-                **({"phase": phase} if sequence else {}),
+                **({"phase": _phase(schedule)} if sequence else {}),
                 "group": g,
-                "last_epoch": last_epoch,
+                "last_epoch": sched.last_epoch,
                 "base_lr": base_lrs[g] if base_lrs else math.nan,
                 "lr_in_use": lr,
                 "get_last_lr": last[g],
                 "get_lr_outside_step": chained[g],
                 "differs": not plateau and not math.isclose(chained[g], lr, rel_tol=1e-12),
             }
-            if plateau:
-                row |= {
-                    "metric": value,
-                    "best": sched.best,
-                    "num_bad_epochs": sched.num_bad_epochs,
-                    "cooldown_counter": sched.cooldown_counter,
-                }
-            rows.append(row)
+            for g, lr in enumerate(g["lr"] for g in opt.param_groups)
+        ]
+        rows += unit
+        plateau_unit = (unit, sched, value(epoch)) if plateau else None
+    _counters(plateau_unit)
     return rows
+
+
+def _counters(unit: tuple[list[dict[str, Any]], Any, float] | None) -> None:
+    """A plateau's rows of one unit get the metric it saw and its counters after seeing it."""
+    if unit is None:
+        return
+    rows, sched, value = unit
+    for row in rows:
+        row |= {
+            "metric": value,
+            "best": sched.best,
+            "num_bad_epochs": sched.num_bad_epochs,
+            "cooldown_counter": sched.cooldown_counter,
+        }
 
 
 def flagged_epochs(rows: list[dict[str, Any]]) -> list[int]:
