@@ -16,16 +16,16 @@ from types import MappingProxyType
 from typing import Any
 
 from schedulers import checks
+from schedulers.binder import TARGET, label, plain
 from schedulers.errors import ConfigError
 from schedulers.expr import ExpressionError, LrExpression, first_bad, parse
 from schedulers.node import Context, Node
 from schedulers.schedule import LRSchedule
-from schedulers.target import plain, resolve_target
+from schedulers.target import resolve_target
 
 COMMON = ("name", "interval", "warmup_epochs", "warmup_start_factor")
 INTERVALS = ("epoch", "step")
 SEQUENCE = "sequence"  # phases run one after another (schedulers/sequence.py)
-TARGET = "_target_"  # any scheduler class by its import path (schedulers/target.py)
 
 
 @dataclass(frozen=True)
@@ -412,11 +412,8 @@ SCHEDULES: dict[str, Spec] = {
 # -- one path for every schedule node: a top-level `scheduler` or a sequence phase -----------
 def schedule_label(cfg: Mapping[str, Any]) -> str:
     """How a schedule is named in logs, labels and file names: its `name`, or the class name
-    of its `_target_`."""
-    target = cfg.get(TARGET)
-    if target is not None:
-        return str(target).rsplit(".", 1)[-1]
-    return str(cfg.get("name"))
+    of its `_target_` (as models and optimizers are named)."""
+    return label(cfg)
 
 
 def _kind(node: Mapping[str, Any], where: str) -> str:
@@ -549,7 +546,7 @@ def _resolve(
     """Look the schedule up and check every key: the single validation path."""
     # plain values, interpolations resolved: what is checked (and what an error shows) is
     # the value, never `${...}` or an OmegaConf node
-    cfg = plain(cfg)
+    cfg = dict(plain(cfg))
     _kind(cfg, "scheduler")  # an unknown name before anything else
     ctx = _context(cfg, epochs=epochs, steps_per_epoch=steps_per_epoch, base_lrs=base_lrs)
     node = resolve_node(cfg, ctx, "scheduler", ours=COMMON[1:], metrics=metrics)

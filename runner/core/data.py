@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from runner.core.schema import SCHEMAS, check_node
 from schedulers import ConfigError
+from schedulers.binder import plain
 
 if TYPE_CHECKING:
     import torch
@@ -135,10 +136,7 @@ def load_data(cfg: Mapping[str, Any]) -> TensorData | StreamData:
     answers the same size and shape questions."""
     import json
 
-    from omegaconf import DictConfig, OmegaConf
-
-    plain = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
-    settings = {k: v for k, v in dict(plain).items() if k != "batch_size"}  # not the data's
+    settings = {k: v for k, v in dict(plain(cfg)).items() if k != "batch_size"}  # not the data's
     # relative paths read other data from another cwd (a process that changed dir)
     return _load(json.dumps(settings, sort_keys=True, default=str), os.getcwd())
 

@@ -20,6 +20,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from schedulers import ConfigError
+from schedulers.binder import plain
 
 BUNDLED = ("digits", "fake", "mnist1d")  # generated from their keys; mnist1d's root: a cache
 LABELS = 256  # labels hashed per split
@@ -47,14 +48,6 @@ def _path_values(node: Any, prefix: str, key: str = "") -> Iterator[tuple[str, s
         yield prefix, node, bool(_ROOT_KEY.search(key))
 
 
-def _plain(data_cfg: Any) -> dict[str, Any]:
-    from omegaconf import DictConfig, OmegaConf
-
-    if isinstance(data_cfg, DictConfig):
-        return OmegaConf.to_container(data_cfg, resolve=True)  # type: ignore[return-value]
-    return dict(data_cfg)
-
-
 def _absolute(value: str, always: bool) -> str | None:
     """The value as an absolute path against the cwd, when it is one: absolute already, a
     `root` (`always`), or a path that exists; None for a value that is no path here (a
@@ -75,7 +68,7 @@ def absolute_roots(cfg: Any) -> list[str]:
     from omegaconf import OmegaConf, open_dict
 
     changed = []
-    for key, value, always in _path_values(_plain(cfg.data), "data"):
+    for key, value, always in _path_values(dict(plain(cfg.data)), "data"):
         absolute = _absolute(value, always)
         if absolute is None or absolute == value:
             continue
@@ -88,7 +81,7 @@ def absolute_roots(cfg: Any) -> list[str]:
 def roots(data_cfg: Any) -> dict[str, str]:
     """Every path-like value of the data config as the absolute path it names from here."""
     found = {}
-    for key, value, always in _path_values(_plain(data_cfg), "data"):
+    for key, value, always in _path_values(dict(plain(data_cfg)), "data"):
         absolute = _absolute(value, always)
         if absolute is not None:
             found[key] = absolute
@@ -150,8 +143,8 @@ def fingerprint(data_cfg: Any, data: Any) -> dict[str, Any]:
     `sample_shape`, and `labels` (a hash of each split's first labels) or, for a bundled
     set, `args` (a hash of the keys it is generated from). `data`: load_data(data_cfg)."""
     global _last
-    plain = _plain(data_cfg)
-    if _last is not None and _last[0] is data and _last[1]["_cfg"] == _digest(plain):
+    values = dict(plain(data_cfg))
+    if _last is not None and _last[0] is data and _last[1]["_cfg"] == _digest(values):
         return {k: v for k, v in _last[1].items() if k != "_cfg"}
     record: dict[str, Any] = {
         "n_train": int(data.n_train),
@@ -159,13 +152,13 @@ def fingerprint(data_cfg: Any, data: Any) -> dict[str, Any]:
         "num_classes": int(data.num_classes),
         "sample_shape": [int(s) for s in data.image_shape],
     }
-    if plain["name"] in BUNDLED:
-        args = {k: v for k, v in plain.items() if k not in ("batch_size", "root")}
+    if values["name"] in BUNDLED:
+        args = {k: v for k, v in values.items() if k not in ("batch_size", "root")}
         record["args"] = _digest(args)
     else:
-        record["roots"] = roots(plain)
+        record["roots"] = roots(values)
         record["labels"] = _digest(_labels(data))
-    _last = (data, {**record, "_cfg": _digest(plain)})
+    _last = (data, {**record, "_cfg": _digest(values)})
     return record
 
 

@@ -16,6 +16,7 @@ from runner.core.compose import compose_config
 from runner.core.config import fill_inferred
 from runner.core.fingerprint import absolute_roots, check_same_data
 from schedulers import ConfigError
+from schedulers.binder import plain
 
 log = logging.getLogger("schedlab")
 
@@ -92,8 +93,8 @@ def edit_changes(saved: DictConfig, state: dict[str, Any], run_dir: Path) -> lis
     if not isinstance(trained, str):
         return []  # a checkpoint from before configs were kept in it
     trained_cfg = OmegaConf.create(trained)
-    old = _leaves(OmegaConf.to_container(trained_cfg, resolve=True))
-    new = _leaves(OmegaConf.to_container(saved, resolve=True))
+    old = _leaves(plain(trained_cfg))
+    new = _leaves(plain(saved))
     changes = []
     for key in sorted(set(old) | set(new)):
         was, now = old.get(key, _ABSENT), new.get(key, _ABSENT)
@@ -147,10 +148,6 @@ def _override_keys(overrides: Sequence[str]) -> dict[str, str]:
     return keys
 
 
-def _plain(value: Any) -> Any:
-    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
-
-
 def extend_blocker(scheduler: Any) -> tuple[str, str] | None:
     """Why more epochs would change the schedule a run has already followed: the key of a
     length that means "the whole run" (or `scheduler`, for a schedule that has none), and
@@ -183,8 +180,8 @@ def apply_resume_overrides(
     changes, refused = [], []
     texts = _override_keys(overrides)
     for key, text in texts.items():
-        new = _plain(OmegaConf.select(given, key, default=_ABSENT))
-        old = _plain(OmegaConf.select(saved, key, default=_ABSENT))
+        new = plain(OmegaConf.select(given, key, default=_ABSENT))
+        old = plain(OmegaConf.select(saved, key, default=_ABSENT))
         if new is not _ABSENT and new == old:
             continue
         if key == "epochs" and isinstance(new, int) and isinstance(old, int):
@@ -315,7 +312,7 @@ def _differing_keys(saved_text: str, cfg: DictConfig) -> list[str]:
         old = flat(OmegaConf.to_container(OmegaConf.create(saved_text)))
     except Exception:
         return []
-    new = flat(OmegaConf.to_container(cfg, resolve=True))
+    new = flat(plain(cfg))
     return [
         k for k in sorted(old.keys() | new.keys()) if old.get(k, _ABSENT) != new.get(k, _ABSENT)
     ]
