@@ -86,7 +86,7 @@ def _check_step(p: Mapping[str, Any], ctx: Context) -> None:
 
 
 def _build_step(opt: Any, p: Mapping[str, Any], ctx: Context) -> Any:
-    from torch.optim.lr_scheduler import StepLR
+    from torch.optim.lr_scheduler import StepLR  # torch: not at start-up
 
     return StepLR(opt, step_size=p["step_size"], gamma=p["gamma"])
 
@@ -104,13 +104,13 @@ def _check_multistep(p: Mapping[str, Any], ctx: Context) -> None:
 
 
 def _build_multistep(opt: Any, p: Mapping[str, Any], ctx: Context) -> Any:
-    from torch.optim.lr_scheduler import MultiStepLR
+    from torch.optim.lr_scheduler import MultiStepLR  # torch: not at start-up
 
     return MultiStepLR(opt, milestones=list(p["milestones"]), gamma=p["gamma"])
 
 
 def _build_exponential(opt: Any, p: Mapping[str, Any], ctx: Context) -> Any:
-    from torch.optim.lr_scheduler import ExponentialLR
+    from torch.optim.lr_scheduler import ExponentialLR  # torch: not at start-up
 
     return ExponentialLR(opt, gamma=p["gamma"])
 
@@ -121,7 +121,7 @@ def _check_cosine(p: Mapping[str, Any], ctx: Context) -> None:
 
 
 def _build_cosine(opt: Any, p: Mapping[str, Any], ctx: Context) -> Any:
-    from torch.optim.lr_scheduler import CosineAnnealingLR
+    from torch.optim.lr_scheduler import CosineAnnealingLR  # torch: not at start-up
 
     return CosineAnnealingLR(opt, T_max=_or_length(p["T_max"], ctx), eta_min=p["eta_min"])
 
@@ -144,7 +144,7 @@ def _check_plateau(p: Mapping[str, Any], ctx: Context) -> None:
 
 
 def _build_plateau(opt: Any, p: Mapping[str, Any], ctx: Context) -> Any:
-    from torch.optim.lr_scheduler import ReduceLROnPlateau
+    from torch.optim.lr_scheduler import ReduceLROnPlateau  # torch: not at start-up
 
     keys = ("factor", "patience", "threshold", "threshold_mode", "cooldown", "min_lr")
     mode = checks.mode_for(p["monitor"], p["mode"])
@@ -182,7 +182,7 @@ def _check_lambda(p: Mapping[str, Any], ctx: Context) -> None:
 
 
 def _build_lambda(opt: Any, p: Mapping[str, Any], ctx: Context) -> Any:
-    from torch.optim.lr_scheduler import LambdaLR
+    from torch.optim.lr_scheduler import LambdaLR  # torch: not at start-up
 
     texts = _lambda_texts(p, len(opt.param_groups))
     return LambdaLR(opt, lr_lambda=[LrExpression(t) for t in texts])
@@ -194,7 +194,7 @@ def _constant(epoch: int) -> float:
 
 
 def _build_none(opt: Any, p: Mapping[str, Any], ctx: Context) -> Any:
-    from torch.optim.lr_scheduler import LambdaLR
+    from torch.optim.lr_scheduler import LambdaLR  # torch: not at start-up
 
     return LambdaLR(opt, lr_lambda=_constant)
 
@@ -207,7 +207,7 @@ def _check_cosine_restarts(p: Mapping[str, Any], ctx: Context) -> None:
 
 
 def _build_cosine_restarts(opt: Any, p: Mapping[str, Any], ctx: Context) -> Any:
-    from torch.optim.lr_scheduler import CosineAnnealingWarmRestarts
+    from torch.optim.lr_scheduler import CosineAnnealingWarmRestarts  # torch: not at start-up
 
     return CosineAnnealingWarmRestarts(opt, T_0=p["T_0"], T_mult=p["T_mult"], eta_min=p["eta_min"])
 
@@ -219,7 +219,7 @@ def _check_linear(p: Mapping[str, Any], ctx: Context) -> None:
 
 
 def _build_linear(opt: Any, p: Mapping[str, Any], ctx: Context) -> Any:
-    from torch.optim.lr_scheduler import LinearLR
+    from torch.optim.lr_scheduler import LinearLR  # torch: not at start-up
 
     return LinearLR(
         opt,
@@ -235,7 +235,7 @@ def _check_poly(p: Mapping[str, Any], ctx: Context) -> None:
 
 
 def _build_poly(opt: Any, p: Mapping[str, Any], ctx: Context) -> Any:
-    from torch.optim.lr_scheduler import PolynomialLR
+    from torch.optim.lr_scheduler import PolynomialLR  # torch: not at start-up
 
     return PolynomialLR(opt, total_iters=_or_length(p["total_iters"], ctx), power=p["power"])
 
@@ -251,7 +251,7 @@ def _check_onecycle(p: Mapping[str, Any], ctx: Context) -> None:
 
 
 def _build_onecycle(opt: Any, p: Mapping[str, Any], ctx: Context) -> Any:
-    from torch.optim.lr_scheduler import OneCycleLR
+    from torch.optim.lr_scheduler import OneCycleLR  # torch: not at start-up
 
     max_lr = [g["lr"] for g in opt.param_groups] if p["max_lr"] is None else p["max_lr"]
     keys = ("pct_start", "anneal_strategy", "div_factor", "final_div_factor", "three_phase")
@@ -289,7 +289,7 @@ def _check_cyclic(p: Mapping[str, Any], ctx: Context) -> None:
 
 
 def _build_cyclic(opt: Any, p: Mapping[str, Any], ctx: Context) -> Any:
-    from torch.optim.lr_scheduler import CyclicLR
+    from torch.optim.lr_scheduler import CyclicLR  # torch: not at start-up
 
     low, top = _cyclic_bounds(p, [g["lr"] for g in opt.param_groups])
     return CyclicLR(
@@ -580,7 +580,7 @@ def build_scheduler(
     main = node.build(optimizer)
     warmup = None
     if ctx.warmup:
-        from torch.optim.lr_scheduler import LinearLR
+        from torch.optim.lr_scheduler import LinearLR  # torch: not at start-up
 
         # Built after the main schedule, so its first (small) lr is the one in effect.
         warmup = LinearLR(

@@ -40,7 +40,7 @@ DEFAULT_MONITOR = "val/loss"
 
 
 def is_plateau(target: Any) -> bool:
-    from torch.optim.lr_scheduler import ReduceLROnPlateau  # torch: not at start-up (`--help`)
+    from torch.optim.lr_scheduler import ReduceLROnPlateau  # torch: not at start-up
 
     return isinstance(target, type) and issubclass(target, ReduceLROnPlateau)
 
@@ -75,7 +75,7 @@ def dry_run(
     """Build on a throwaway optimizer (one dummy parameter per param group, with the run's
     lrs) and step `steps` times, feeding a flat metric when `metric`. Returns None, or
     (step, what went wrong, the scheduler or None if building failed)."""
-    import torch  # not at start-up (`--help`)
+    import torch  # torch: not at start-up
 
     groups = [{"params": [torch.zeros(1, requires_grad=True)], "lr": lr} for lr in base_lrs]
     opt = torch.optim.SGD(groups, lr=base_lrs[0], momentum=0.9)
@@ -153,7 +153,7 @@ def resolve_target(
         value = kwargs[key.rsplit(".", 1)[-1]] if key != where else node[TARGET]
         when = "cannot be built" if sched is None else f"fails at {ctx.interval} {step}"
         raise ConfigError(key, value, f"{name} {when}: {problem}")
-    from torch.optim.lr_scheduler import OneCycleLR  # not at start-up (`--help`)
+    from torch.optim.lr_scheduler import OneCycleLR  # torch: not at start-up
 
     last_only = isinstance(target, type) and issubclass(target, OneCycleLR)
     return Node(label=name, build=build, monitor=monitor, last_only=last_only)

@@ -19,6 +19,11 @@ import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+import torch
+from omegaconf import OmegaConf, open_dict
+
+from runner.core.data import load_data
+from runner.core.stream import MATERIALISE_EPOCH, SampleError, SeededSamples, is_streamed
 from schedulers import ConfigError
 from schedulers.binder import plain
 
@@ -65,8 +70,6 @@ def absolute_roots(cfg: Any) -> list[str]:
     (*_dir, path, file, ...) whose value exists from the cwd (else it is left as given:
     a name that is not a path, or a file the dataset makes). Returns the `key=value`
     texts changed."""
-    from omegaconf import OmegaConf, open_dict
-
     changed = []
     for key, value, always in _path_values(dict(plain(cfg.data)), "data"):
         absolute = _absolute(value, always)
@@ -98,14 +101,10 @@ def _first_labels(dataset: Any, split: str) -> list[Any]:
     """The labels of a streamed dataset's first LABELS samples: its `targets` (torchvision's
     folders and sets) unless a target_transform changes them, else the samples fetched as
     a materialised set fetches them (runner/core/stream.py), so both paths agree."""
-    import torch
-
     n = min(len(dataset), LABELS)
     targets = getattr(dataset, "targets", None)
     if getattr(dataset, "target_transform", None) is None and _sized(targets, len(dataset)):
         return [torch.as_tensor(t).tolist() for t in list(targets[:n])]
-    from runner.core.stream import MATERIALISE_EPOCH, SampleError, SeededSamples
-
     samples = SeededSamples(dataset, 0, f"data.{split}")
     try:  # the user's __getitem__ failing: one line naming the split and the sample
         return [torch.as_tensor(samples[(MATERIALISE_EPOCH, i)][1]).tolist() for i in range(n)]
@@ -121,16 +120,12 @@ def _sized(targets: Any, n: int) -> bool:
 
 
 def _labels(data: Any) -> list[list[Any]]:
-    from runner.core.stream import is_streamed
-
     if is_streamed(data):
         return [_first_labels(data.train, "train"), _first_labels(data.val, "val")]
     return [data.y_train[:LABELS].tolist(), data.y_val[:LABELS].tolist()]
 
 
 def _n_val(data: Any) -> int:
-    from runner.core.stream import is_streamed
-
     return len(data.val) if is_streamed(data) else int(data.y_val.shape[0])
 
 
@@ -228,8 +223,6 @@ def check_same_data(state: Mapping[str, Any], data_cfg: Any) -> None:
     trained = state.get("data")
     if not isinstance(trained, Mapping):
         return
-    from runner.core.data import load_data
-
     refused = difference(trained, fingerprint(data_cfg, load_data(data_cfg)))
     if refused is not None:
         raise refused

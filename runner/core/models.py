@@ -118,7 +118,7 @@ class GRU(nn.Module):
 
 
 def _resnet18(in_channels: int, image_size: int, num_classes: int, small_stem: Any) -> nn.Module:
-    from torchvision.models import resnet18
+    from torchvision.models import resnet18  # seconds, cold: only for model=resnet18
 
     model = resnet18(weights=None, num_classes=num_classes)
     if small_stem is True or (small_stem == "auto" and image_size <= 64):

@@ -10,11 +10,14 @@ fall in exactly one group, so no parameter trains at an lr nobody chose.
 
 from __future__ import annotations
 
+import inspect
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any
+
+import torch
 
 from runner.core import schema
 from schedulers import ConfigError, binder
@@ -148,8 +151,6 @@ def validate_optimizer(cfg: Mapping[str, Any], lr: float) -> None:
     target = binder.locate("optimizer", cfg)
     kwargs = {**binder.kwargs_of(cfg, OURS), "lr": lr}
     binder.need_call("optimizer", target, kwargs, leading=1)  # params first
-    import torch
-
     try:
         built = binder.instantiate(
             {**cfg, "lr": lr}, [torch.zeros(1, requires_grad=True)], ours=OURS
@@ -164,10 +165,6 @@ def _check_steps(cfg: Mapping[str, Any], optimizer: Any) -> None:
     """The loop calls `step()` once a batch on the dense gradients of backward(): an
     optimizer that needs a closure (LBFGS re-evaluates the loss) or sparse gradients
     (SparseAdam) would fail at the first batch, after the run dir is made."""
-    import inspect
-
-    import torch
-
     why = None
     closure = inspect.signature(optimizer.step).parameters.get("closure")
     if closure is not None and closure.default is inspect.Parameter.empty:
@@ -183,8 +180,6 @@ def _check_steps(cfg: Mapping[str, Any], optimizer: Any) -> None:
 
 def build_optimizer(cfg: Mapping[str, Any], groups: Sequence[Group]) -> Any:
     """One torch optimizer over `groups`, each at lr = optimizer.lr x its multiplier."""
-    import torch
-
     lr = cfg["lr"]
     if len(groups) == 1 and groups[0].name is None:
         params: Any = groups[0].params

@@ -37,9 +37,11 @@ from typing import Any
 import numpy as np
 import torch
 from torch.nn import functional as F
-from torch.utils.data import DataLoader, Dataset, Sampler, Subset, get_worker_info
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset, default_collate, get_worker_info
 
+from runner.core.digits import stratified_split
 from runner.core.labels import check_labels, sample_label_problem, warn_one_class
+from runner.core.resolvers import in_loky_worker
 from runner.core.rngs import numpy_state, same_numpy_state
 from runner.core.schema import SCHEMAS, check_node
 from schedulers import ConfigError, binder
@@ -390,8 +392,6 @@ def _loader(
         extra["persistent_workers"] = opts["persistent_workers"]
         if opts["prefetch_factor"] is not None:
             extra["prefetch_factor"] = opts["prefetch_factor"]
-        from runner.core.resolvers import in_loky_worker
-
         if in_loky_worker():  # hydra/launcher=joblib: loky's default context fails (hydra#964)
             extra["multiprocessing_context"] = "fork"
     return DataLoader(
@@ -560,8 +560,6 @@ def _split(dataset: Any, fraction: float, seed: int) -> tuple[Subset, Subset]:
     `seed`; stratified by class where the dataset lists its labels (`targets`), as
     data=digits splits. The val samples go through data.train's transforms (seeded, the
     same in every epoch): give data.val for a val set with transforms of its own."""
-    from runner.core.digits import stratified_split
-
     n = len(dataset)
     labels = _targets(dataset)
     if labels is not None and len(torch.unique(labels)) > 1:
@@ -618,8 +616,6 @@ def _collate(node: Mapping[str, Any] | None) -> Callable[[list[Any]], Any] | Non
 
 def _batch_of(dataset: Any, collate: Callable | None, epoch: int, seed: int = 0) -> Any:
     """Sample 0 alone, collated as the loader collates it."""
-    from torch.utils.data import default_collate
-
     sample = SeededSamples(dataset, seed)[(epoch, 0)]
     return (collate or default_collate)([sample])
 
@@ -629,8 +625,6 @@ def _probe_shape(
 ) -> tuple[int, ...]:
     """One sample's shape; samples must collate into (float tensor, label tensor). Sample
     0's label is checked here; every other one as it is fetched (SeededSamples)."""
-    from torch.utils.data import default_collate
-
     how = (
         f"{where}'s samples must collate into (float tensor, integer label) pairs, e.g. with "
         "transforms v2.ToImage and v2.ToDtype(torch.float32, scale=True)"
@@ -742,8 +736,6 @@ def sample_batch(data: StreamData, n: int) -> torch.Tensor:
     """The inputs of the first `n` training samples, fetched as materialising fetches them
     (seeded, the global RNGs restored) and collated as the loader collates them: start-up
     runs the model on them (runner/core/model_check.py)."""
-    from torch.utils.data import default_collate
-
     samples = SeededSamples(data.train, 0, "data.train", (data.image_shape, data.num_classes))
     keys = [(MATERIALISE_EPOCH, i) for i in range(min(n, len(data.train)))]
     try:

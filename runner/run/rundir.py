@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from runner.core import checkpoint, files
@@ -134,8 +135,6 @@ def _override_keys(overrides: Sequence[str]) -> dict[str, str]:
     """The config keys (or groups) the overrides set -> the value as given; resume= and
     hydra.* left out."""
     try:
-        from hydra.core.override_parser.overrides_parser import OverridesParser
-
         parsed = OverridesParser.create().parse_overrides(list(overrides))
         pairs = [(o.key_or_group, o.input_line or "") for o in parsed]
     except Exception:  # Hydra has parsed them already; this is only a fallback

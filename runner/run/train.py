@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import signal
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
@@ -329,8 +330,6 @@ def _stopped(run_dir: Path, dist: Any, signum: int, state: dict[str, Any] | None
 
 
 def signal_name(signum: int | None) -> str:
-    import signal
-
     try:
         return signal.Signals(signum or 0).name
     except ValueError:
