@@ -7,7 +7,6 @@ and every message says what would be accepted.
 
 from __future__ import annotations
 
-import inspect
 import math
 import re
 from collections.abc import Callable, Sequence
@@ -225,43 +224,3 @@ def need_mode(key: str, mode: Any, metric: Any, metric_key: str) -> None:
         raise ConfigError(
             key, mode, f"contradicts {metric_key}={metric!r}, {what}: use {natural} or auto"
         )
-
-
-def need_call(
-    where: str, target: Callable[..., Any], kwargs: dict[str, Any], leading: int = 0
-) -> None:
-    """`target(<leading positional args>, **kwargs)` must be a valid call: every key one of
-    its parameters (the leading ones, e.g. a scheduler's optimizer, are the caller's), every
-    required parameter given. Values are not checked here. For every `_target_` component:
-    a scheduler (schedulers/target.py), a model or an optimizer (runner/core/targets.py)."""
-    try:
-        sig = inspect.signature(target)
-    except (TypeError, ValueError):
-        return  # no signature to read (a builtin): building it will tell
-    name = getattr(target, "__name__", str(target))
-    params = list(sig.parameters.values())
-    takes_any = any(p.kind is p.VAR_KEYWORD for p in params)
-    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-    known = [p.name for p in params[leading:] if p.kind in kinds]
-    for key in kwargs:
-        if key not in known and not takes_any:
-            raise ConfigError(
-                f"{where}.{key}", kwargs[key], f"{name} has no argument '{key}'; it takes {known}"
-            )
-        # a parameter annotated plainly as a number (torch's `gamma: float`) given a word: the
-        # key now, not a TypeError deep inside the class later
-        annotation = sig.parameters[key].annotation if key in sig.parameters else None
-        kind = {float: "float", int: "int"}.get(annotation, annotation)
-        if kind in ("float", "int") and isinstance(kwargs[key], str):
-            raise ConfigError(f"{where}.{key}", kwargs[key], f"{name} takes a number ({kind})")
-    try:
-        sig.bind(*([None] * leading), **kwargs)
-    except TypeError as err:
-        missing = re.search(r"missing a required argument: '(\w+)'", str(err))
-        if missing:
-            raise ConfigError(
-                f"{where}.{missing.group(1)}", None, f"required by {name}; set it in the config"
-            ) from None
-        twice = re.search(r"multiple values for argument '(\w+)'", str(err))
-        key = f"{where}.{twice.group(1)}" if twice else f"{where}._target_"
-        raise ConfigError(key, kwargs.get(twice.group(1)) if twice else name, str(err)) from None

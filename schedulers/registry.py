@@ -16,16 +16,16 @@ from types import MappingProxyType
 from typing import Any
 
 from schedulers import checks
+from schedulers.binder import TARGET, label, plain
 from schedulers.errors import ConfigError
 from schedulers.expr import ExpressionError, LrExpression, first_bad, parse
 from schedulers.node import Context, Node
 from schedulers.schedule import LRSchedule
-from schedulers.target import plain, resolve_target
+from schedulers.target import resolve_target
 
 COMMON = ("name", "interval", "warmup_epochs", "warmup_start_factor")
 INTERVALS = ("epoch", "step")
 SEQUENCE = "sequence"  # phases run one after another (schedulers/sequence.py)
-TARGET = "_target_"  # any scheduler class by its import path (schedulers/target.py)
 
 
 @dataclass(frozen=True)
@@ -86,7 +86,7 @@ def _check_step(p: Mapping[str, Any], ctx: Context) -> None:
 
 
 def _build_step(opt: Any, p: Mapping[str, Any], ctx: Context) -> Any:
-    from torch.optim.lr_scheduler import StepLR
+    from torch.optim.lr_scheduler import StepLR  # torch: not at start-up
 
     return StepLR(opt, step_size=p["step_size"], gamma=p["gamma"])
 
@@ -104,13 +104,13 @@ def _check_multistep(p: Mapping[str, Any], ctx: Context) -> None:
 
 
 def _build_multistep(opt: Any, p: Mapping[str, Any], ctx: Context) -> Any:
-    from torch.optim.lr_scheduler import MultiStepLR
+    from torch.optim.lr_scheduler import MultiStepLR  # torch: not at start-up
 
     return MultiStepLR(opt, milestones=list(p["milestones"]), gamma=p["gamma"])
 
 
 def _build_exponential(opt: Any, p: Mapping[str, Any], ctx: Context) -> Any:
-    from torch.optim.lr_scheduler import ExponentialLR
+    from torch.optim.lr_scheduler import ExponentialLR  # torch: not at start-up
 
     return ExponentialLR(opt, gamma=p["gamma"])
 
@@ -121,7 +121,7 @@ def _check_cosine(p: Mapping[str, Any], ctx: Context) -> None:
 
 
 def _build_cosine(opt: Any, p: Mapping[str, Any], ctx: Context) -> Any:
-    from torch.optim.lr_scheduler import CosineAnnealingLR
+    from torch.optim.lr_scheduler import CosineAnnealingLR  # torch: not at start-up
 
     return CosineAnnealingLR(opt, T_max=_or_length(p["T_max"], ctx), eta_min=p["eta_min"])
 
@@ -144,7 +144,7 @@ def _check_plateau(p: Mapping[str, Any], ctx: Context) -> None:
 
 
 def _build_plateau(opt: Any, p: Mapping[str, Any], ctx: Context) -> Any:
-    from torch.optim.lr_scheduler import ReduceLROnPlateau
+    from torch.optim.lr_scheduler import ReduceLROnPlateau  # torch: not at start-up
 
     keys = ("factor", "patience", "threshold", "threshold_mode", "cooldown", "min_lr")
     mode = checks.mode_for(p["monitor"], p["mode"])
@@ -182,7 +182,7 @@ def _check_lambda(p: Mapping[str, Any], ctx: Context) -> None:
 
 
 def _build_lambda(opt: Any, p: Mapping[str, Any], ctx: Context) -> Any:
-    from torch.optim.lr_scheduler import LambdaLR
+    from torch.optim.lr_scheduler import LambdaLR  # torch: not at start-up
 
     texts = _lambda_texts(p, len(opt.param_groups))
     return LambdaLR(opt, lr_lambda=[LrExpression(t) for t in texts])
@@ -194,7 +194,7 @@ def _constant(epoch: int) -> float:
 
 
 def _build_none(opt: Any, p: Mapping[str, Any], ctx: Context) -> Any:
-    from torch.optim.lr_scheduler import LambdaLR
+    from torch.optim.lr_scheduler import LambdaLR  # torch: not at start-up
 
     return LambdaLR(opt, lr_lambda=_constant)
 
@@ -207,7 +207,7 @@ def _check_cosine_restarts(p: Mapping[str, Any], ctx: Context) -> None:
 
 
 def _build_cosine_restarts(opt: Any, p: Mapping[str, Any], ctx: Context) -> Any:
-    from torch.optim.lr_scheduler import CosineAnnealingWarmRestarts
+    from torch.optim.lr_scheduler import CosineAnnealingWarmRestarts  # torch: not at start-up
 
     return CosineAnnealingWarmRestarts(opt, T_0=p["T_0"], T_mult=p["T_mult"], eta_min=p["eta_min"])
 
@@ -219,7 +219,7 @@ def _check_linear(p: Mapping[str, Any], ctx: Context) -> None:
 
 
 def _build_linear(opt: Any, p: Mapping[str, Any], ctx: Context) -> Any:
-    from torch.optim.lr_scheduler import LinearLR
+    from torch.optim.lr_scheduler import LinearLR  # torch: not at start-up
 
     return LinearLR(
         opt,
@@ -235,7 +235,7 @@ def _check_poly(p: Mapping[str, Any], ctx: Context) -> None:
 
 
 def _build_poly(opt: Any, p: Mapping[str, Any], ctx: Context) -> Any:
-    from torch.optim.lr_scheduler import PolynomialLR
+    from torch.optim.lr_scheduler import PolynomialLR  # torch: not at start-up
 
     return PolynomialLR(opt, total_iters=_or_length(p["total_iters"], ctx), power=p["power"])
 
@@ -251,7 +251,7 @@ def _check_onecycle(p: Mapping[str, Any], ctx: Context) -> None:
 
 
 def _build_onecycle(opt: Any, p: Mapping[str, Any], ctx: Context) -> Any:
-    from torch.optim.lr_scheduler import OneCycleLR
+    from torch.optim.lr_scheduler import OneCycleLR  # torch: not at start-up
 
     max_lr = [g["lr"] for g in opt.param_groups] if p["max_lr"] is None else p["max_lr"]
     keys = ("pct_start", "anneal_strategy", "div_factor", "final_div_factor", "three_phase")
@@ -289,7 +289,7 @@ def _check_cyclic(p: Mapping[str, Any], ctx: Context) -> None:
 
 
 def _build_cyclic(opt: Any, p: Mapping[str, Any], ctx: Context) -> Any:
-    from torch.optim.lr_scheduler import CyclicLR
+    from torch.optim.lr_scheduler import CyclicLR  # torch: not at start-up
 
     low, top = _cyclic_bounds(p, [g["lr"] for g in opt.param_groups])
     return CyclicLR(
@@ -412,11 +412,8 @@ SCHEDULES: dict[str, Spec] = {
 # -- one path for every schedule node: a top-level `scheduler` or a sequence phase -----------
 def schedule_label(cfg: Mapping[str, Any]) -> str:
     """How a schedule is named in logs, labels and file names: its `name`, or the class name
-    of its `_target_`."""
-    target = cfg.get(TARGET)
-    if target is not None:
-        return str(target).rsplit(".", 1)[-1]
-    return str(cfg.get("name"))
+    of its `_target_` (as models and optimizers are named)."""
+    return label(cfg)
 
 
 def _kind(node: Mapping[str, Any], where: str) -> str:
@@ -549,7 +546,7 @@ def _resolve(
     """Look the schedule up and check every key: the single validation path."""
     # plain values, interpolations resolved: what is checked (and what an error shows) is
     # the value, never `${...}` or an OmegaConf node
-    cfg = plain(cfg)
+    cfg = dict(plain(cfg))
     _kind(cfg, "scheduler")  # an unknown name before anything else
     ctx = _context(cfg, epochs=epochs, steps_per_epoch=steps_per_epoch, base_lrs=base_lrs)
     node = resolve_node(cfg, ctx, "scheduler", ours=COMMON[1:], metrics=metrics)
@@ -583,7 +580,7 @@ def build_scheduler(
     main = node.build(optimizer)
     warmup = None
     if ctx.warmup:
-        from torch.optim.lr_scheduler import LinearLR
+        from torch.optim.lr_scheduler import LinearLR  # torch: not at start-up
 
         # Built after the main schedule, so its first (small) lr is the one in effect.
         warmup = LinearLR(

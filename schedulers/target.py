@@ -7,62 +7,41 @@
 The node's other keys are the class's keyword arguments, except ours (`interval`,
 `warmup_epochs`, `warmup_start_factor` at the top, `length` in a sequence phase, and
 `monitor` when the class is a ReduceLROnPlateau). Before anything is built for the run,
-the kwargs are bound to the class's signature (a typo'd or missing argument is a config
-error naming it), then the schedule is built on a throwaway optimizer and stepped through
-its whole length, so a value the class rejects, or an lr that goes negative or non-finite,
-is a config error naming the key and the step instead of a crash mid-run.
+the kwargs are bound to the class's signature by the binder every `_target_` goes through
+(schedulers/binder.py: a typo'd or missing argument is a config error naming it), then
+the schedule is built on a throwaway optimizer and stepped through its whole length, so a
+value the class rejects, or an lr that goes negative or non-finite, is a config error
+naming the key and the step instead of a crash mid-run.
 """
 
 from __future__ import annotations
 
-import inspect
 import math
-import re
 import warnings
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
-from schedulers.checks import mode_for, need_call, need_mode
+from schedulers.binder import (
+    TARGET,
+    accepts,
+    key_named_in,
+    kwargs_of,
+    locate,
+    need_call,
+    partial_of,
+    plain,
+    takes_any_keyword,
+)
+from schedulers.checks import mode_for, need_mode
 from schedulers.errors import ConfigError
 from schedulers.node import Node
 from schedulers.schedule import LRSchedule, never_improving, throwaway_optimizer, walk
 
-TARGET = "_target_"
-HYDRA_KEYS = ("_target_", "_partial_", "_convert_", "_recursive_")
 DEFAULT_MONITOR = "val/loss"
 
 
-def plain(node: Mapping[str, Any]) -> dict[str, Any]:
-    """A plain dict (an OmegaConf node resolved and converted)."""
-    try:
-        from omegaconf import DictConfig, OmegaConf
-    except ImportError:  # pragma: no cover - omegaconf comes with hydra
-        return dict(node)
-    if isinstance(node, DictConfig):
-        return OmegaConf.to_container(node, resolve=True)  # type: ignore[return-value]
-    return dict(node)
-
-
-def locate(path: Any, where: str) -> Callable[..., Any]:
-    """The class (or factory function) `_target_` names; unimportable -> ConfigError."""
-    from hydra._internal.utils import _locate  # what hydra.utils.get_class uses, without its log
-
-    if not isinstance(path, str) or not path:
-        raise ConfigError(
-            f"{where}.{TARGET}", path, "must be a dotted path, e.g. torch.optim.lr_scheduler.StepLR"
-        )
-    try:
-        target = _locate(path)
-    except Exception as err:  # ImportError, or an error raised inside that module
-        cause = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise ConfigError(f"{where}.{TARGET}", path, f"cannot be imported: {cause}") from None
-    if not callable(target):
-        raise ConfigError(f"{where}.{TARGET}", path, "is not a class or a function")
-    return target
-
-
 def is_plateau(target: Any) -> bool:
-    from torch.optim.lr_scheduler import ReduceLROnPlateau
+    from torch.optim.lr_scheduler import ReduceLROnPlateau  # torch: not at start-up
 
     return isinstance(target, type) and issubclass(target, ReduceLROnPlateau)
 
@@ -86,26 +65,9 @@ def _plateau_mode(target: Any, kwargs: dict[str, Any], monitor: str, where: str)
     metric's (the class's default `min` would cut the lr whenever an accuracy improves)."""
     if "mode" in kwargs:
         need_mode(f"{where}.mode", kwargs["mode"], monitor, "monitor")
-    elif not _takes(target, "mode"):
+    elif not (accepts(target, "mode") or takes_any_keyword(target)):
         return kwargs
     return {**kwargs, "mode": mode_for(monitor, kwargs.get("mode", "auto"))}
-
-
-def _takes(target: Any, name: str) -> bool:
-    try:
-        params = inspect.signature(target).parameters.values()
-    except (TypeError, ValueError):
-        return False
-    return any(p.name == name or p.kind is p.VAR_KEYWORD for p in params)
-
-
-def key_named_in(where: str, message: str, keys: Collection[str]) -> str:
-    """The kwarg an error message names (torch: 'Expected positive integer T_max, ...'),
-    else the node itself."""
-    for key in sorted(keys, key=len, reverse=True):
-        if re.search(rf"(?<![\w.]){re.escape(key)}(?!\w)", message, re.IGNORECASE):
-            return f"{where}.{key}"
-    return where
 
 
 def dry_run(
@@ -136,13 +98,11 @@ def dry_run(
 
 
 def build_target(path: str, kwargs: Mapping[str, Any], hydra_keys: Mapping[str, Any]) -> Any:
-    """optimizer -> the scheduler, through Hydra's instantiate with `_partial_: true`."""
-    from hydra.utils import instantiate
-
-    spec = {TARGET: path, **kwargs, "_convert_": "all", **hydra_keys, "_partial_": True}
+    """optimizer -> the scheduler, through the binder's partial (Hydra's `_partial_: true`)."""
+    spec = {TARGET: path, **kwargs, **hydra_keys}
 
     def build(optimizer: Any) -> Any:
-        return instantiate(spec)(optimizer)
+        return partial_of(spec)(optimizer)
 
     return build
 
@@ -156,22 +116,17 @@ def resolve_target(
     metrics: Collection[str] | None = None,
 ) -> Any:
     """Check a `_target_` node (the top-level scheduler or a sequence phase) -> registry.Node."""
-
-    node = plain(node)
-    target = locate(node[TARGET], where)
+    node = dict(plain(node))
+    target = locate(where, node)
     if node.get("_partial_", True) is not True:
         raise ConfigError(
             f"{where}._partial_",
             node["_partial_"],
             "must be true: the runner calls the scheduler class with the optimizer",
         )
-    if "_args_" in node:
-        raise ConfigError(
-            f"{where}._args_", node["_args_"], "give the arguments by name (the optimizer is first)"
-        )
     plateau = is_plateau(target)
     mine = (*ours, "monitor") if plateau else tuple(ours)
-    kwargs = {k: v for k, v in node.items() if k not in HYDRA_KEYS and k not in mine}
+    kwargs = kwargs_of(node, mine)
     name = getattr(target, "__name__", str(target))
     need_call(where, target, dict(kwargs), leading=1)  # the optimizer comes first
     for key, value in kwargs.items():
@@ -193,11 +148,11 @@ def resolve_target(
     failed = dry_run(build, ctx.base_lrs, ctx.length, metric=plateau)
     if failed is not None:
         step, problem, sched = failed
-        key = key_named_in(where, problem, kwargs)
+        key = key_named_in(where, problem, kwargs, fallback=where)
         value = kwargs[key.rsplit(".", 1)[-1]] if key != where else node[TARGET]
         when = "cannot be built" if sched is None else f"fails at {ctx.interval} {step}"
         raise ConfigError(key, value, f"{name} {when}: {problem}")
-    from torch.optim.lr_scheduler import OneCycleLR
+    from torch.optim.lr_scheduler import OneCycleLR  # torch: not at start-up
 
     last_only = isinstance(target, type) and issubclass(target, OneCycleLR)
     return Node(label=name, build=build, monitor=monitor, last_only=last_only)

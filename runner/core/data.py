@@ -10,20 +10,25 @@ reproducible order.
 from __future__ import annotations
 
 import functools
+import json
 import math
 import os
+import pickle
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from runner.core import digits, stream
+from runner.core.labels import check_labels, warn_one_class
 from runner.core.schema import SCHEMAS, check_node
+from runner.core.stream import StreamData
 from schedulers import ConfigError
-
-if TYPE_CHECKING:
-    import torch
-
-    from runner.core.stream import StreamData
+from schedulers.binder import plain
 
 # torchvision class name, the folder it reads under data.root, and the files that must be there.
 _TORCHVISION = {
@@ -85,9 +90,7 @@ def validate_data(cfg: Mapping[str, Any]) -> None:
     (saying how to get it)."""
     name = cfg["name"]
     if name == "dataset":  # any torch Dataset, streamed: runner/core/stream.py
-        from runner.core.stream import validate
-
-        validate(cfg)
+        stream.validate(cfg)
         return
     if name not in DATASETS:
         raise ConfigError("data.name", name, f"must be one of {list(DATASETS)}")
@@ -133,24 +136,15 @@ def load_data(cfg: Mapping[str, Any]) -> TensorData | StreamData:
     sweep's jobs in one process share them). Loading uses no global RNG. data=dataset gives
     a StreamData (runner/core/stream.py) unless it is materialised (data.in_memory); it
     answers the same size and shape questions."""
-    import json
-
-    from omegaconf import DictConfig, OmegaConf
-
-    plain = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
-    settings = {k: v for k, v in dict(plain).items() if k != "batch_size"}  # not the data's
+    settings = {k: v for k, v in dict(plain(cfg)).items() if k != "batch_size"}  # not the data's
     # relative paths read other data from another cwd (a process that changed dir)
     return _load(json.dumps(settings, sort_keys=True, default=str), os.getcwd())
 
 
 @functools.lru_cache(maxsize=1)
 def _load(settings: str, cwd: str) -> TensorData | StreamData:
-    import json
-
     data = _build(json.loads(settings))
     if isinstance(data, TensorData):  # every label in memory: a min and a max, cheap
-        from runner.core.labels import check_labels, warn_one_class
-
         check_labels("data.train", data.y_train, data.num_classes)
         check_labels("data.val", data.y_val, data.num_classes)
         warn_one_class(data.y_train)
@@ -160,9 +154,7 @@ def _load(settings: str, cwd: str) -> TensorData | StreamData:
 def _build(cfg: dict[str, Any]) -> TensorData | StreamData:
     name = cfg["name"]
     if name == "dataset":
-        from runner.core.stream import StreamData, load
-
-        loaded = load(cfg)
+        loaded = stream.load(cfg)
         return loaded if isinstance(loaded, StreamData) else TensorData(*loaded)
     if name == "digits":
         return _digits(cfg)
@@ -180,8 +172,6 @@ def _build(cfg: dict[str, Any]) -> TensorData | StreamData:
 def place(data: TensorData, device: Any) -> TensorData:
     """On the training device when it fits in a quarter of its free memory; otherwise in
     pinned host memory, and `batches` copies each batch over without blocking."""
-    import torch
-
     if not isinstance(data, TensorData):  # streamed: each batch is moved as it comes
         return data
 
@@ -203,7 +193,6 @@ def resize_images(data: TensorData, size: int | None) -> TensorData:
         return data
     if size is None or data.x_train.shape[-1] == size:
         return data
-    from torch.nn import functional as F
 
     def up(x: Any) -> Any:
         return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
@@ -220,8 +209,6 @@ def batches(
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Mini-batches in a random order drawn from `generator`, or in order when it is None.
     Index shuffling of in-memory tensors: no per-sample Python work, no workers."""
-    import torch
-
     n = x.shape[0]
     order = None if generator is None else torch.randperm(n, generator=generator).to(x.device)
     for start in range(0, n, batch_size):
@@ -239,9 +226,6 @@ def augment(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.
     """Random crop (zero padding of `pad` px) and horizontal flip, per image, as batch tensor
     ops on x's device; the randomness comes from `generator` (CPU), so it is seeded and
     checkpointed with the data order."""
-    import torch
-    from torch.nn import functional as F
-
     n, c, h, w = x.shape
     shifts = torch.randint(0, 2 * pad + 1, (2, n), generator=generator).to(x.device)
     flips = (torch.rand(n, generator=generator) < 0.5).to(x.device)
@@ -276,10 +260,6 @@ def _check_mnist1d(cfg: Mapping[str, Any]) -> None:
 
 
 def _digits(cfg: Mapping[str, Any]) -> TensorData:
-    import torch
-
-    from runner.core import digits
-
     images, target = digits.load()
     x = torch.tensor(images, dtype=torch.float32).unsqueeze(1) / 16.0
     y = torch.tensor(target, dtype=torch.long)
@@ -292,7 +272,7 @@ def _digits(cfg: Mapping[str, Any]) -> TensorData:
 
 
 def _fake(cfg: Mapping[str, Any]) -> TensorData:
-    import torch
+    # torchvision (seconds, cold) only for the data sets it makes: not for digits/mnist1d
     from torchvision.datasets import FakeData
     from torchvision.transforms.functional import pil_to_tensor
 
@@ -326,7 +306,6 @@ def _load_cifar_batch(file: Any) -> Any:
     crafted file in data.root names (its __reduce__), so every global it asks for beyond
     numpy's array rebuilders is refused. This, not torchvision's md5 list, keeps the small
     CIFAR-format sets the tests write (and any re-packed copy) readable."""
-    import pickle
 
     class Restricted(pickle.Unpickler):
         def find_class(self, module: str, name: str) -> Any:
@@ -345,9 +324,6 @@ def _cifar10(cfg: Mapping[str, Any]) -> TensorData:
     """CIFAR-10 from torchvision's on-disk layout (cifar-10-batches-py), read directly (with
     a restricted unpickler): torchvision's class insists on the files' md5 sums, which rules
     out the small CIFAR-format sets the tests write."""
-    import numpy as np
-    import torch
-
     folder = Path(cfg["root"]) / "cifar-10-batches-py"
 
     def read(names: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -376,8 +352,7 @@ def _cifar10(cfg: Mapping[str, Any]) -> TensorData:
 
 
 def _torchvision(cfg: Mapping[str, Any]) -> TensorData:
-    import torch
-    import torchvision
+    import torchvision  # seconds, cold: only for the data sets it reads (see _fake)
 
     cls_name = _TORCHVISION[cfg["name"]][0]
     cls = getattr(torchvision.datasets, cls_name)

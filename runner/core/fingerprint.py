@@ -19,7 +19,13 @@ import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+import torch
+from omegaconf import OmegaConf, open_dict
+
+from runner.core.data import load_data
+from runner.core.stream import MATERIALISE_EPOCH, SampleError, SeededSamples, is_streamed
 from schedulers import ConfigError
+from schedulers.binder import plain
 
 BUNDLED = ("digits", "fake", "mnist1d")  # generated from their keys; mnist1d's root: a cache
 LABELS = 256  # labels hashed per split
@@ -47,14 +53,6 @@ def _path_values(node: Any, prefix: str, key: str = "") -> Iterator[tuple[str, s
         yield prefix, node, bool(_ROOT_KEY.search(key))
 
 
-def _plain(data_cfg: Any) -> dict[str, Any]:
-    from omegaconf import DictConfig, OmegaConf
-
-    if isinstance(data_cfg, DictConfig):
-        return OmegaConf.to_container(data_cfg, resolve=True)  # type: ignore[return-value]
-    return dict(data_cfg)
-
-
 def _absolute(value: str, always: bool) -> str | None:
     """The value as an absolute path against the cwd, when it is one: absolute already, a
     `root` (`always`), or a path that exists; None for a value that is no path here (a
@@ -72,10 +70,8 @@ def absolute_roots(cfg: Any) -> list[str]:
     (*_dir, path, file, ...) whose value exists from the cwd (else it is left as given:
     a name that is not a path, or a file the dataset makes). Returns the `key=value`
     texts changed."""
-    from omegaconf import OmegaConf, open_dict
-
     changed = []
-    for key, value, always in _path_values(_plain(cfg.data), "data"):
+    for key, value, always in _path_values(dict(plain(cfg.data)), "data"):
         absolute = _absolute(value, always)
         if absolute is None or absolute == value:
             continue
@@ -88,7 +84,7 @@ def absolute_roots(cfg: Any) -> list[str]:
 def roots(data_cfg: Any) -> dict[str, str]:
     """Every path-like value of the data config as the absolute path it names from here."""
     found = {}
-    for key, value, always in _path_values(_plain(data_cfg), "data"):
+    for key, value, always in _path_values(dict(plain(data_cfg)), "data"):
         absolute = _absolute(value, always)
         if absolute is not None:
             found[key] = absolute
@@ -105,14 +101,10 @@ def _first_labels(dataset: Any, split: str) -> list[Any]:
     """The labels of a streamed dataset's first LABELS samples: its `targets` (torchvision's
     folders and sets) unless a target_transform changes them, else the samples fetched as
     a materialised set fetches them (runner/core/stream.py), so both paths agree."""
-    import torch
-
     n = min(len(dataset), LABELS)
     targets = getattr(dataset, "targets", None)
     if getattr(dataset, "target_transform", None) is None and _sized(targets, len(dataset)):
         return [torch.as_tensor(t).tolist() for t in list(targets[:n])]
-    from runner.core.stream import MATERIALISE_EPOCH, SampleError, SeededSamples
-
     samples = SeededSamples(dataset, 0, f"data.{split}")
     try:  # the user's __getitem__ failing: one line naming the split and the sample
         return [torch.as_tensor(samples[(MATERIALISE_EPOCH, i)][1]).tolist() for i in range(n)]
@@ -128,16 +120,12 @@ def _sized(targets: Any, n: int) -> bool:
 
 
 def _labels(data: Any) -> list[list[Any]]:
-    from runner.core.stream import is_streamed
-
     if is_streamed(data):
         return [_first_labels(data.train, "train"), _first_labels(data.val, "val")]
     return [data.y_train[:LABELS].tolist(), data.y_val[:LABELS].tolist()]
 
 
 def _n_val(data: Any) -> int:
-    from runner.core.stream import is_streamed
-
     return len(data.val) if is_streamed(data) else int(data.y_val.shape[0])
 
 
@@ -150,8 +138,8 @@ def fingerprint(data_cfg: Any, data: Any) -> dict[str, Any]:
     `sample_shape`, and `labels` (a hash of each split's first labels) or, for a bundled
     set, `args` (a hash of the keys it is generated from). `data`: load_data(data_cfg)."""
     global _last
-    plain = _plain(data_cfg)
-    if _last is not None and _last[0] is data and _last[1]["_cfg"] == _digest(plain):
+    values = dict(plain(data_cfg))
+    if _last is not None and _last[0] is data and _last[1]["_cfg"] == _digest(values):
         return {k: v for k, v in _last[1].items() if k != "_cfg"}
     record: dict[str, Any] = {
         "n_train": int(data.n_train),
@@ -159,13 +147,13 @@ def fingerprint(data_cfg: Any, data: Any) -> dict[str, Any]:
         "num_classes": int(data.num_classes),
         "sample_shape": [int(s) for s in data.image_shape],
     }
-    if plain["name"] in BUNDLED:
-        args = {k: v for k, v in plain.items() if k not in ("batch_size", "root")}
+    if values["name"] in BUNDLED:
+        args = {k: v for k, v in values.items() if k not in ("batch_size", "root")}
         record["args"] = _digest(args)
     else:
-        record["roots"] = roots(plain)
+        record["roots"] = roots(values)
         record["labels"] = _digest(_labels(data))
-    _last = (data, {**record, "_cfg": _digest(plain)})
+    _last = (data, {**record, "_cfg": _digest(values)})
     return record
 
 
@@ -235,8 +223,6 @@ def check_same_data(state: Mapping[str, Any], data_cfg: Any) -> None:
     trained = state.get("data")
     if not isinstance(trained, Mapping):
         return
-    from runner.core.data import load_data
-
     refused = difference(trained, fingerprint(data_cfg, load_data(data_cfg)))
     if refused is not None:
         raise refused

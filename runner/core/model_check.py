@@ -19,11 +19,10 @@ import torch
 from torch import nn
 from torch.nn.modules.lazy import LazyModuleMixin
 
-from runner.core import targets
 from runner.core.data import TensorData
 from runner.core.models import build_model, spec_of
 from runner.core.stream import sample_batch as streamed_batch
-from schedulers import ConfigError
+from schedulers import ConfigError, binder
 
 SAMPLES = 2  # a batch of two: BatchNorm in training mode needs more than one value a channel
 
@@ -63,7 +62,7 @@ def materialise(model: nn.Module, data: Any, device: torch.device) -> None:
 
 
 def model_key(cfg: Mapping[str, Any]) -> str:
-    return "model.name" if spec_of(cfg) is not None else f"model.{targets.TARGET}"
+    return "model.name" if spec_of(cfg) is not None else f"model.{binder.TARGET}"
 
 
 def check_model_on_data(cfg: Mapping[str, Any], data: Any, data_name: str) -> None:
@@ -81,7 +80,7 @@ def check_model_on_data(cfg: Mapping[str, Any], data: Any, data_name: str) -> No
 
 
 def _value(cfg: Mapping[str, Any]) -> Any:
-    return cfg.get("name") if spec_of(cfg) is not None else cfg.get(targets.TARGET)
+    return cfg.get("name") if spec_of(cfg) is not None else cfg.get(binder.TARGET)
 
 
 def _probe(
@@ -163,7 +162,7 @@ def _check_output(cfg: Mapping[str, Any], out: Any, num_classes: int, x: torch.T
 def _width_key(cfg: Mapping[str, Any], width: int) -> str:
     """The model's key that set its output width (num_classes, classes, n_out, ...): one
     whose value is that width and whose name says classes or outputs; else the model."""
-    for key, value in targets.kwargs_of(cfg).items():
+    for key, value in binder.kwargs_of(cfg).items():
         named = any(word in key.lower() for word in ("class", "out", "label", "head"))
         if named and isinstance(value, int) and not isinstance(value, bool) and value == width:
             return f"model.{key}"

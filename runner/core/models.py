@@ -5,7 +5,7 @@ says which it takes, so a mismatch is a config error at start-up, not a shape er
 the first forward pass.
 
 Built-ins are one entry each in `MODELS` (name -> spec); any other `nn.Module` comes by
-`_target_` (runner/core/targets.py), and is offered the data's `num_classes`, `in_channels`
+`_target_` (schedulers/binder.py), and is offered the data's `num_classes`, `in_channels`
 and `image_size` when its constructor takes them.
 """
 
@@ -20,9 +20,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from runner.core import schema, targets
-from schedulers import ConfigError
-from schedulers.checks import need_call
+from runner.core import schema
+from schedulers import ConfigError, binder
 
 
 class MLP(nn.Module):
@@ -119,7 +118,7 @@ class GRU(nn.Module):
 
 
 def _resnet18(in_channels: int, image_size: int, num_classes: int, small_stem: Any) -> nn.Module:
-    from torchvision.models import resnet18
+    from torchvision.models import resnet18  # seconds, cold: only for model=resnet18
 
     model = resnet18(weights=None, num_classes=num_classes)
     if small_stem is True or (small_stem == "auto" and image_size <= 64):
@@ -237,7 +236,7 @@ MODELS: dict[str, ModelSpec] = {
 
 def spec_of(cfg: Mapping[str, Any]) -> ModelSpec | None:
     """The built-in's spec, or None for a `_target_` model."""
-    return targets.builtin_spec("model", cfg, MODELS)
+    return binder.builtin_spec("model", cfg, MODELS)
 
 
 def part_names(cfg: Mapping[str, Any]) -> tuple[str, ...]:
@@ -262,8 +261,8 @@ def _offered(target: Any, cfg: Mapping[str, Any], shape: Shape, num_classes: int
     through **kwargs, as torchvision's and timm's do (resnet18(**kwargs) -> ResNet(...,
     num_classes=1000)): left out, they build a 1000-way head whatever the data."""
     values = {"num_classes": num_classes, "in_channels": shape[0], "image_size": min(shape[1:])}
-    offered = {k: v for k, v in values.items() if k not in cfg and targets.accepts(target, k)}
-    if "num_classes" not in cfg and targets.takes_any_keyword(target):
+    offered = {k: v for k, v in values.items() if k not in cfg and binder.accepts(target, k)}
+    if "num_classes" not in cfg and binder.takes_any_keyword(target):
         offered["num_classes"] = num_classes
     return offered
 
@@ -285,11 +284,11 @@ def validate_model(cfg: Mapping[str, Any], shape: Shape | None = None, classes: 
             with torch.device("meta"):  # its own shape checks (CNN1d's lengths), no memory
                 spec.build(cfg, shape, classes)
         return
-    target = targets.locate("model", cfg)
-    kwargs = targets.kwargs_of(cfg)
+    target = binder.locate("model", cfg)
+    kwargs = binder.kwargs_of(cfg)
     if shape is not None:
         kwargs.update(_offered(target, cfg, shape, classes))
-    need_call("model", target, kwargs)
+    binder.need_call("model", target, kwargs)
     if shape is not None:
         probe_model(cfg, shape, classes)
 
@@ -309,7 +308,7 @@ def probe_model(cfg: Mapping[str, Any], shape: Shape, num_classes: int) -> nn.Mo
     except ConfigError:
         raise
     except Exception as err:
-        key = targets.key_named_in("model", str(err), targets.kwargs_of(cfg))
+        key = binder.key_named_in("model", str(err), binder.kwargs_of(cfg))
         value = cfg.get(key.split(".", 1)[1])
         raise ConfigError(key, value, f"building the model failed: {err}") from None
 
@@ -318,16 +317,16 @@ def build_model(cfg: Mapping[str, Any], image_shape: Shape, num_classes: int) ->
     spec = spec_of(cfg)
     if spec is not None:
         return spec.build(cfg, image_shape, num_classes)
-    target = targets.locate("model", cfg)
+    target = binder.locate("model", cfg)
     offered = _offered(target, cfg, image_shape, num_classes)
     try:
-        model = targets.instantiate(cfg, **offered)
+        model = binder.instantiate(cfg, **offered)
     except TypeError as err:
         # a **kwargs that does not take num_classes after all: built without the offer,
         # and start-up's forward pass checks the output width (runner/core/model_check.py)
-        if "num_classes" not in str(err) or targets.accepts(target, "num_classes"):
+        if "num_classes" not in str(err) or binder.accepts(target, "num_classes"):
             raise
-        model = targets.instantiate(cfg, **{k: v for k, v in offered.items() if k != "num_classes"})
+        model = binder.instantiate(cfg, **{k: v for k, v in offered.items() if k != "num_classes"})
     if not isinstance(model, nn.Module):
         raise ConfigError("model._target_", cfg["_target_"], "must build a torch.nn.Module")
     return model

@@ -10,15 +10,18 @@ fall in exactly one group, so no parameter trains at an lr nobody chose.
 
 from __future__ import annotations
 
+import inspect
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any
 
-from runner.core import schema, targets
-from schedulers import ConfigError
-from schedulers.checks import is_number, need_call, need_number, need_positive
+import torch
+
+from runner.core import schema
+from schedulers import ConfigError, binder
+from schedulers.checks import is_number, need_number, need_positive
 
 OURS = ("param_groups",)  # keys of a `_target_` optimizer that the runner reads itself
 
@@ -52,7 +55,7 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {
 
 def spec_of(cfg: Mapping[str, Any]) -> OptimizerSpec | None:
     """The built-in's spec, or None for a `_target_` optimizer."""
-    return targets.builtin_spec("optimizer", cfg, OPTIMIZERS)
+    return binder.builtin_spec("optimizer", cfg, OPTIMIZERS)
 
 
 # -- param groups ---------------------------------------------------------------------------
@@ -145,17 +148,15 @@ def validate_optimizer(cfg: Mapping[str, Any], lr: float) -> None:
     _scales(cfg)
     if "weight_decay" in cfg:
         need_number("optimizer.weight_decay", cfg["weight_decay"], 0)
-    target = targets.locate("optimizer", cfg)
-    kwargs = {**targets.kwargs_of(cfg, OURS), "lr": lr}
-    need_call("optimizer", target, kwargs, leading=1)  # params first
-    import torch
-
+    target = binder.locate("optimizer", cfg)
+    kwargs = {**binder.kwargs_of(cfg, OURS), "lr": lr}
+    binder.need_call("optimizer", target, kwargs, leading=1)  # params first
     try:
-        built = targets.instantiate(
+        built = binder.instantiate(
             {**cfg, "lr": lr}, [torch.zeros(1, requires_grad=True)], ours=OURS
         )
     except Exception as err:
-        key = targets.key_named_in("optimizer", str(err), kwargs)
+        key = binder.key_named_in("optimizer", str(err), kwargs)
         raise ConfigError(key, cfg.get(key.split(".", 1)[1]), f"rejected: {err}") from None
     _check_steps(cfg, built)
 
@@ -164,10 +165,6 @@ def _check_steps(cfg: Mapping[str, Any], optimizer: Any) -> None:
     """The loop calls `step()` once a batch on the dense gradients of backward(): an
     optimizer that needs a closure (LBFGS re-evaluates the loss) or sparse gradients
     (SparseAdam) would fail at the first batch, after the run dir is made."""
-    import inspect
-
-    import torch
-
     why = None
     closure = inspect.signature(optimizer.step).parameters.get("closure")
     if closure is not None and closure.default is inspect.Parameter.empty:
@@ -176,15 +173,13 @@ def _check_steps(cfg: Mapping[str, Any], optimizer: Any) -> None:
         why = "steps only on sparse gradients (nn.Embedding(sparse=True)); models give dense ones"
     if why is not None:
         raise ConfigError(
-            f"optimizer.{targets.TARGET}", cfg[targets.TARGET],
+            f"optimizer.{binder.TARGET}", cfg[binder.TARGET],
             f"{why}; the runner calls step() once a batch: use another optimizer",
         )  # fmt: skip
 
 
 def build_optimizer(cfg: Mapping[str, Any], groups: Sequence[Group]) -> Any:
     """One torch optimizer over `groups`, each at lr = optimizer.lr x its multiplier."""
-    import torch
-
     lr = cfg["lr"]
     if len(groups) == 1 and groups[0].name is None:
         params: Any = groups[0].params
@@ -192,7 +187,7 @@ def build_optimizer(cfg: Mapping[str, Any], groups: Sequence[Group]) -> Any:
         params = [{"params": g.params, "lr": lr * g.scale, "name": g.name} for g in groups]
     spec = spec_of(cfg)
     if spec is None:
-        return targets.instantiate(cfg, params, ours=OURS)
+        return binder.instantiate(cfg, params, ours=OURS)
     kwargs = {k: tuple(cfg[k]) if k == "betas" else cfg[k] for k in spec.keys}
     cls = getattr(torch.optim, spec.cls)
     return cls(params, lr=lr, weight_decay=cfg["weight_decay"], **kwargs)

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from schedulers import ConfigError
+from schedulers.binder import plain
 from schedulers.checks import (
     MODES,
     Check,
@@ -296,10 +297,7 @@ GROUPS = ("model", "optimizer", "scheduler", "data", "logger", "trainer", "lr_fi
 def check_node(prefix: str, node: Mapping[str, Any], schema: type) -> None:
     """Every key of `node` declared by `schema`, every declared key present, every value
     passing its field's check. Raises ConfigError naming the first bad key."""
-    from omegaconf import DictConfig, OmegaConf
-
-    if isinstance(node, DictConfig):  # plain values, `${...}` resolved: what errors show
-        node = OmegaConf.to_container(node, resolve=True)  # type: ignore[assignment]
+    node = plain(node)  # plain values, `${...}` resolved: what errors show
     fields = {f.name: f for f in dataclasses.fields(schema)}
     for name in node:
         if name not in fields:

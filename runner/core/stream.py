@@ -37,14 +37,14 @@ from typing import Any
 import numpy as np
 import torch
 from torch.nn import functional as F
-from torch.utils.data import DataLoader, Dataset, Sampler, Subset, get_worker_info
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset, default_collate, get_worker_info
 
-from runner.core import targets
+from runner.core.digits import stratified_split
 from runner.core.labels import check_labels, sample_label_problem, warn_one_class
+from runner.core.resolvers import in_loky_worker
 from runner.core.rngs import numpy_state, same_numpy_state
 from runner.core.schema import SCHEMAS, check_node
-from schedulers import ConfigError
-from schedulers.checks import need_call
+from schedulers import ConfigError, binder
 
 log = logging.getLogger("schedlab")
 SPLITS = ("train", "val")
@@ -392,8 +392,6 @@ def _loader(
         extra["persistent_workers"] = opts["persistent_workers"]
         if opts["prefetch_factor"] is not None:
             extra["prefetch_factor"] = opts["prefetch_factor"]
-        from runner.core.resolvers import in_loky_worker
-
         if in_loky_worker():  # hydra/launcher=joblib: loky's default context fails (hydra#964)
             extra["multiprocessing_context"] = "fork"
     return DataLoader(
@@ -428,7 +426,7 @@ def validate(cfg: Mapping[str, Any]) -> None:
     check_node("data", cfg, SCHEMAS["data"]["dataset"])
     for split in SPLITS:
         node = DEMO[split] if cfg[split] is None else cfg[split]
-        if not isinstance(node, Mapping) or not targets.is_target(node):
+        if not isinstance(node, Mapping) or not binder.is_target(node):
             raise ConfigError(
                 f"data.{split}", node, "must be a node with _target_ (a Dataset class) and its "
                 "arguments, e.g. {_target_: torchvision.datasets.ImageFolder, root: data/train}",
@@ -439,7 +437,7 @@ def validate(cfg: Mapping[str, Any]) -> None:
             raise ConfigError(f"data.{split}.root", root, f"not found: {Path(root).resolve()}")
     if cfg["collate_fn"] is not None:
         node = cfg["collate_fn"]
-        if not isinstance(node, Mapping) or not targets.is_target(node):
+        if not isinstance(node, Mapping) or not binder.is_target(node):
             raise ConfigError("data.collate_fn", node, "must be null or a node with _target_")
         _check_target("data.collate_fn", node, collate=True)
     if cfg["num_workers"] == 0:
@@ -477,16 +475,17 @@ def check_splits(cfg: Mapping[str, Any]) -> None:
 def _check_target(where: str, node: Mapping[str, Any], collate: bool = False) -> None:
     """`node` and every `_target_` node inside it (a transform pipeline) importable, with
     kwargs its target takes; a collate function is called with the batch first."""
-    target = targets.locate(where, node)
-    kwargs = targets.kwargs_of(node)
-    need_call(where, target, kwargs, leading=1 if collate and not inspect.isclass(target) else 0)
+    target = binder.locate(where, node)
+    kwargs = binder.kwargs_of(node)
+    batch_first = collate and not inspect.isclass(target)
+    binder.need_call(where, target, kwargs, leading=1 if batch_first else 0)
     for key, value in kwargs.items():
         _check_nested(f"{where}.{key}", value)
 
 
 def _check_nested(where: str, value: Any) -> None:
     if isinstance(value, Mapping):
-        if targets.is_target(value):
+        if binder.is_target(value):
             _check_target(where, value)
         else:
             for key, item in value.items():
@@ -561,8 +560,6 @@ def _split(dataset: Any, fraction: float, seed: int) -> tuple[Subset, Subset]:
     `seed`; stratified by class where the dataset lists its labels (`targets`), as
     data=digits splits. The val samples go through data.train's transforms (seeded, the
     same in every epoch): give data.val for a val set with transforms of its own."""
-    from runner.core.digits import stratified_split
-
     n = len(dataset)
     labels = _targets(dataset)
     if labels is not None and len(torch.unique(labels)) > 1:
@@ -584,19 +581,19 @@ def _build(where: str, node: Mapping[str, Any]) -> Any:
     """The dataset; a constructor's error names the key it is about (`root` for a missing
     file), else the node's `_target_`."""
     try:
-        dataset = targets.instantiate(node)
+        dataset = binder.instantiate(node)
     except ConfigError:
         raise
     except Exception as err:  # whatever the user's constructor raises
         cause = err.__cause__ if type(err).__name__ == "InstantiationException" else err
         text = str(cause or err)
-        kwargs = targets.kwargs_of(node)
+        kwargs = binder.kwargs_of(node)
         if isinstance(cause, FileNotFoundError) and "root" in kwargs:
             key = f"{where}.root"
         else:
-            key = targets.key_named_in(where, text, kwargs)
+            key = binder.key_named_in(where, text, kwargs)
         value = node.get(key.rsplit(".", 1)[1], node.get("_target_"))
-        raise ConfigError(key, value, f"{targets.label(node)} failed: {text}") from None
+        raise ConfigError(key, value, f"{binder.label(node)} failed: {text}") from None
     try:
         size = len(dataset) if hasattr(dataset, "__getitem__") else None
     except Exception:  # a __len__ that fails: as unusable as none
@@ -612,19 +609,13 @@ def _collate(node: Mapping[str, Any] | None) -> Callable[[list[Any]], Any] | Non
     """A collate function (its kwargs bound) or an instance of a collator class."""
     if node is None:
         return None
-    if inspect.isclass(targets.locate("data.collate_fn", node)):
-        return targets.instantiate(node)
-    from hydra.utils import instantiate
-    from omegaconf import DictConfig, OmegaConf
-
-    plain = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
-    return instantiate({**dict(plain), "_partial_": True, "_convert_": "all"})
+    if inspect.isclass(binder.locate("data.collate_fn", node)):
+        return binder.instantiate(node)
+    return binder.partial_of(node)
 
 
 def _batch_of(dataset: Any, collate: Callable | None, epoch: int, seed: int = 0) -> Any:
     """Sample 0 alone, collated as the loader collates it."""
-    from torch.utils.data import default_collate
-
     sample = SeededSamples(dataset, seed)[(epoch, 0)]
     return (collate or default_collate)([sample])
 
@@ -634,8 +625,6 @@ def _probe_shape(
 ) -> tuple[int, ...]:
     """One sample's shape; samples must collate into (float tensor, label tensor). Sample
     0's label is checked here; every other one as it is fetched (SeededSamples)."""
-    from torch.utils.data import default_collate
-
     how = (
         f"{where}'s samples must collate into (float tensor, integer label) pairs, e.g. with "
         "transforms v2.ToImage and v2.ToDtype(torch.float32, scale=True)"
@@ -747,8 +736,6 @@ def sample_batch(data: StreamData, n: int) -> torch.Tensor:
     """The inputs of the first `n` training samples, fetched as materialising fetches them
     (seeded, the global RNGs restored) and collated as the loader collates them: start-up
     runs the model on them (runner/core/model_check.py)."""
-    from torch.utils.data import default_collate
-
     samples = SeededSamples(data.train, 0, "data.train", (data.image_shape, data.num_classes))
     keys = [(MATERIALISE_EPOCH, i) for i in range(min(n, len(data.train)))]
     try:

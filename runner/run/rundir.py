@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from runner.core import checkpoint, files
@@ -16,6 +17,7 @@ from runner.core.compose import compose_config
 from runner.core.config import fill_inferred
 from runner.core.fingerprint import absolute_roots, check_same_data
 from schedulers import ConfigError
+from schedulers.binder import plain
 
 log = logging.getLogger("schedlab")
 
@@ -92,8 +94,8 @@ def edit_changes(saved: DictConfig, state: dict[str, Any], run_dir: Path) -> lis
     if not isinstance(trained, str):
         return []  # a checkpoint from before configs were kept in it
     trained_cfg = OmegaConf.create(trained)
-    old = _leaves(OmegaConf.to_container(trained_cfg, resolve=True))
-    new = _leaves(OmegaConf.to_container(saved, resolve=True))
+    old = _leaves(plain(trained_cfg))
+    new = _leaves(plain(saved))
     changes = []
     for key in sorted(set(old) | set(new)):
         was, now = old.get(key, _ABSENT), new.get(key, _ABSENT)
@@ -133,8 +135,6 @@ def _override_keys(overrides: Sequence[str]) -> dict[str, str]:
     """The config keys (or groups) the overrides set -> the value as given; resume= and
     hydra.* left out."""
     try:
-        from hydra.core.override_parser.overrides_parser import OverridesParser
-
         parsed = OverridesParser.create().parse_overrides(list(overrides))
         pairs = [(o.key_or_group, o.input_line or "") for o in parsed]
     except Exception:  # Hydra has parsed them already; this is only a fallback
@@ -145,10 +145,6 @@ def _override_keys(overrides: Sequence[str]) -> dict[str, str]:
         if key != "resume" and key.split(".")[0] != "hydra":
             keys[key] = text.split("=", 1)[1] if "=" in text else ""
     return keys
-
-
-def _plain(value: Any) -> Any:
-    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
 
 
 def extend_blocker(scheduler: Any) -> tuple[str, str] | None:
@@ -183,8 +179,8 @@ def apply_resume_overrides(
     changes, refused = [], []
     texts = _override_keys(overrides)
     for key, text in texts.items():
-        new = _plain(OmegaConf.select(given, key, default=_ABSENT))
-        old = _plain(OmegaConf.select(saved, key, default=_ABSENT))
+        new = plain(OmegaConf.select(given, key, default=_ABSENT))
+        old = plain(OmegaConf.select(saved, key, default=_ABSENT))
         if new is not _ABSENT and new == old:
             continue
         if key == "epochs" and isinstance(new, int) and isinstance(old, int):
@@ -315,7 +311,7 @@ def _differing_keys(saved_text: str, cfg: DictConfig) -> list[str]:
         old = flat(OmegaConf.to_container(OmegaConf.create(saved_text)))
     except Exception:
         return []
-    new = flat(OmegaConf.to_container(cfg, resolve=True))
+    new = flat(plain(cfg))
     return [
         k for k in sorted(old.keys() | new.keys()) if old.get(k, _ABSENT) != new.get(k, _ABSENT)
     ]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import signal
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
@@ -32,7 +33,6 @@ from runner.core.lr_find import find_lr
 from runner.core.steps import evaluate, train_step
 from runner.core.stopping import StopFlag, stop_on_signals
 from runner.core.stream import loaders_for
-from runner.core.targets import label
 from runner.run.rundir import (
     RUN_DIR_KEY,
     SWEEP_DIR_KEY,
@@ -47,6 +47,7 @@ from runner.run.rundir import (
     same_run_on_disk,
     saved_config_path,
 )
+from schedulers.binder import label, plain
 
 log = logging.getLogger("schedlab")
 
@@ -80,7 +81,7 @@ def send_rows(
     fused member's (runner/sweep/fused.py `replay`). Its status.json then says so
     (`rows_sent`): a sweep stopped while its jobs were being sent leaves the others
     `rows_sent: false`, and the same command again sends theirs (`_train`)."""
-    config = OmegaConf.to_container(cfg, resolve=True)
+    config = plain(cfg)
     rows = files.read_jsonl(run_dir / "metrics.jsonl")
     with open_logger(cfg.logger, run_dir, config, list(overrides), sweep_name, wandb_id) as logger:
         logger.resend(rows)  # metrics.jsonl is already written
@@ -329,8 +330,6 @@ def _stopped(run_dir: Path, dist: Any, signum: int, state: dict[str, Any] | None
 
 
 def signal_name(signum: int | None) -> str:
-    import signal
-
     try:
         return signal.Signals(signum or 0).name
     except ValueError:
@@ -472,7 +471,7 @@ def _run(
     config_text = OmegaConf.to_yaml(cfg, resolve=True)  # config.yaml, and in each checkpoint
     if not resuming and dist.is_main:
         files.write_text_atomic(run_dir / "config.yaml", config_text)
-    config = OmegaConf.to_container(cfg, resolve=True)
+    config = plain(cfg)
     if found is not None:
         config["lr_find"]["found_lr"] = found  # W&B config: the lr the range test chose
     if (signum := signalled()) is not None:

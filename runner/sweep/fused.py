@@ -42,12 +42,12 @@ from runner.core.loggers import RunLogger
 from runner.core.model_check import build_for
 from runner.core.stopping import stop_on_signals
 from runner.core.stream import is_streamed
-from runner.core.targets import label
 from runner.run.rundir import SWEEP_DIR_KEY, busy
 from runner.run.train import outcome, send_rows
 from runner.sweep.stacked import FusedOptimizer, StackedNet
 from runner.sweep.sweepdir import record_refused
 from schedulers import ConfigError, build_scheduler
+from schedulers.binder import label
 
 log = logging.getLogger("schedlab")
 
