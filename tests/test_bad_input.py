@@ -13,7 +13,7 @@ import pytest
 from runner.core.compose import compose_config
 from runner.core.config import validate
 from schedulers import ConfigError
-from tests.conftest import CONF, cli_in_process, make_cfg, run_cli
+from tests.helpers import CONF, cli_in_process, make_cfg, run_cli
 
 
 def user_dir(root: Path, files: dict[str, str | bytes]) -> Path:

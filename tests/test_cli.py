@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import CONF, cli_in_process, read_metrics, run_cli, wandb_records
+from tests.helpers import CONF, cli_in_process, read_metrics, run_cli, wandb_records
 
 EPOCHS = 5
 LR = 0.05

@@ -7,7 +7,7 @@ from hydra.errors import ConfigCompositionException
 
 from runner.core.config import validate
 from schedulers import ConfigError
-from tests.conftest import CONF, make_cfg
+from tests.helpers import CONF, make_cfg
 
 OPTIONS = {
     group: sorted(p.stem for p in (CONF / group).glob("*.yaml"))

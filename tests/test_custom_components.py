@@ -16,8 +16,17 @@ from runner.core.config import planned_groups, validate
 from runner.core.data import load_data
 from runner.run.train import train
 from schedulers import ConfigError
-from tests.conftest import cli_in_process, make_cfg, read_metrics, run_cli
-from tests.test_robustness import comparable, reference, resume_in_process, start, wait_for_rows
+from tests.helpers import (
+    cli_in_process,
+    comparable,
+    make_cfg,
+    read_metrics,
+    reference,
+    resume_in_process,
+    run_cli,
+    start,
+    wait_for_rows,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ("model=target", "model._target_=tests.user_models.TinyNet")

@@ -18,8 +18,15 @@ from omegaconf import OmegaConf
 from runner.core.compose import compose_config
 from runner.preview import main as preview
 from runner.run.train import train
-from tests.conftest import cli_in_process, one_torch_thread, read_metrics, run_cli
-from tests.test_robustness import comparable, start, wait_for_rows
+from tests.helpers import (
+    cli_in_process,
+    comparable,
+    one_torch_thread,
+    read_metrics,
+    run_cli,
+    start,
+    wait_for_rows,
+)
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "custom_project"
 OWN = ("--config-dir", "conf", "model=small_cnn", "optimizer=rmsprop", "logger=none")

@@ -13,7 +13,7 @@ from torch.nn import functional as F
 from runner.core.data import batches, load_data, resize_images, validate_data
 from runner.run.train import train
 from schedulers import ConfigError
-from tests.conftest import make_cfg, read_metrics
+from tests.helpers import make_cfg, read_metrics
 
 
 def write_idx_dataset(folder: Path, n_train: int, n_test: int, seed: int = 0) -> None:
@@ -115,7 +115,7 @@ def test_a_run_on_digits_does_not_import_scikit_learn():
     import sys
 
     code = (
-        "import sys; from runner.core.data import load_data; from tests.conftest import make_cfg; "
+        "import sys; from runner.core.data import load_data; from tests.helpers import make_cfg; "
         "load_data(make_cfg().data); print(sorted(m for m in sys.modules "
         "if m.split('.')[0] in ('sklearn', 'scipy')))"
     )

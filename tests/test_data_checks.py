@@ -16,7 +16,7 @@ import torch
 from runner.core.data import load_data, validate_data
 from runner.core.stream import Loaders, SampleError, StreamData
 from schedulers import ConfigError
-from tests.conftest import cli_in_process, make_cfg
+from tests.helpers import cli_in_process, make_cfg
 
 ROOT = Path(__file__).resolve().parents[1]
 BLOBS = "tests.user_datasets.Blobs"

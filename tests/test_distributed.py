@@ -16,7 +16,7 @@ import pytest
 from runner.core.config import validate
 from runner.run.train import train
 from schedulers import ConfigError
-from tests.conftest import cli_in_process, make_cfg, one_torch_thread, read_metrics
+from tests.helpers import cli_in_process, make_cfg, one_torch_thread, read_metrics
 
 TORCHRUN = Path(sys.executable).parent / "torchrun"
 

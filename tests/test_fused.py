@@ -16,11 +16,20 @@ from torch.nn import functional as F
 
 from runner.core.models import MLP, LeNet
 from runner.run.train import train
-from runner.sweep.fused import Member, group_key, train_group, why_not_fusable
+from runner.sweep.fused import group_key, why_not_fusable
 from runner.sweep.stacked import FusedOptimizer, StackedNet
-from tests.conftest import make_cfg, read_metrics, run_cli, wandb_records
-
-REL = 1e-4  # the issue's tolerance for losses/accuracies; lrs must be equal
+from tests.helpers import (
+    SLOW,
+    assert_same_rows,
+    make_cfg,
+    read_metrics,
+    run_cli,
+    start,
+    train_members,
+    train_separate,
+    wait_for_rows,
+    wandb_records,
+)
 
 
 def models(make, seeds):
@@ -132,35 +141,6 @@ def test_fusable_jobs_share_a_key_and_others_say_why_not():
     assert "invalid" in why_not_fusable(make_cfg("optimizer.lr=-1"))
 
 
-def _separate(tmp_path: Path, overrides: list[str]) -> Path:
-    run_dir = tmp_path / "separate" / "_".join(overrides).replace("/", "_")
-    assert train(make_cfg(*overrides), run_dir).status in ("completed", "diverged")
-    return run_dir
-
-
-def assert_same_rows(fused: Path, separate: Path) -> None:
-    """lr values equal; losses and accuracies within REL; same step rows."""
-    for kind in ("epoch", "step"):
-        a, b = read_metrics(fused, kind), read_metrics(separate, kind)
-        assert len(a) == len(b) and (a or kind == "step"), (fused, kind)
-        for row, ref in zip(a, b, strict=True):
-            assert row.keys() == ref.keys()
-            for key, value in row.items():
-                if key.startswith("lr"):
-                    assert value == ref[key], key
-                elif key.startswith(("train/", "val/")):
-                    assert value == pytest.approx(ref[key], rel=REL, nan_ok=True), key
-
-
-def train_members(tmp_path: Path, jobs: list[list[str]]) -> list[Member]:
-    """train_group on these jobs (what the launcher does for one group), in-process."""
-    members = [
-        Member(make_cfg(*o), tmp_path / "fused" / str(i), o, None) for i, o in enumerate(jobs)
-    ]
-    train_group(members)
-    return members
-
-
 def test_fused_group_member_forced_to_diverge_is_frozen_and_the_others_match(tmp_path):
     jobs = [
         ["epochs=3", "logger=none", "scheduler=step", "optimizer.lr=1e20"],  # NaN in epoch 0
@@ -174,7 +154,7 @@ def test_fused_group_member_forced_to_diverge_is_frozen_and_the_others_match(tmp
     assert math.isnan(read_metrics(members[0].run_dir)[0]["train/loss"])
     assert any("diverged" in line for _, line in members[0].log_lines)
     for member, overrides in zip(members, jobs, strict=True):
-        assert_same_rows(member.run_dir, _separate(tmp_path, overrides))
+        assert_same_rows(member.run_dir, train_separate(tmp_path, overrides))
         saved = yaml.safe_load((member.run_dir / "config.yaml").read_text())
         assert saved["seed"] == member.cfg.seed
     # the diverged job's rows were never replayed (no launcher here): the same job run
@@ -194,7 +174,7 @@ def test_fused_lenet_with_adam_and_param_groups_matches_separate_runs(tmp_path):
     members = train_members(tmp_path, jobs)
     for member, overrides in zip(members, jobs, strict=True):
         assert read_metrics(member.run_dir)[0].keys() >= {"lr/features", "lr/classifier"}
-        assert_same_rows(member.run_dir, _separate(tmp_path, overrides))
+        assert_same_rows(member.run_dir, train_separate(tmp_path, overrides))
 
 
 def job_dirs(sweep: Path) -> dict[str, Path]:
@@ -256,7 +236,6 @@ def test_jobs_that_cannot_fuse_run_on_their_own_with_a_notice(tmp_path):
 def test_sigint_stops_a_fused_sweep_and_running_it_again_resumes_each_job(tmp_path):
     """Ctrl-C: every member checkpoints and is marked interrupted; the same command again
     resumes each job from its last.pt on its own."""
-    from tests.test_robustness import SLOW, start, wait_for_rows
 
     args = [*SLOW, "epochs=6", "seed=0,1", "logger=none"]
     sweep = tmp_path / "sweep"
@@ -450,7 +429,7 @@ def test_fused_checkpoints_resume_with_the_ordinary_runner(tmp_path, monkeypatch
         result = train(make_cfg(*overrides), run_dir)  # finds its checkpoint, resumes
         assert result.status == "completed"
         assert [r["epoch"] for r in read_metrics(run_dir)] == list(range(5))
-        assert_same_rows(run_dir, _separate(tmp_path, overrides))
+        assert_same_rows(run_dir, train_separate(tmp_path, overrides))
 
 
 def test_optuna_trials_are_fused_batch_by_batch(tmp_path):

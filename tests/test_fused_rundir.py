@@ -13,7 +13,7 @@ from runner.run.rundir import same_run_on_disk
 from runner.run.train import train
 from runner.sweep import fused
 from runner.sweep.fused import Member, train_group
-from tests.conftest import make_cfg, read_metrics, run_cli
+from tests.helpers import FULL_DISK_DRIVER, make_cfg, read_metrics, run_cli
 
 COMMON = ["epochs=2", "logger=none", "scheduler=step"]
 
@@ -91,8 +91,6 @@ def test_a_full_disk_in_a_fused_group_fails_its_jobs_cleanly_and_a_rerun_resumes
     import subprocess
     import sys
 
-    from tests.test_files import DRIVER
-
     sweep = tmp_path / "sweep"
     argv = ["-m", "hydra/launcher=fused", "epochs=3", "logger=none", "seed=0,1",
             "trainer.checkpoint_interval_s=0", "trainer.progress=line",
@@ -101,7 +99,7 @@ def test_a_full_disk_in_a_fused_group_fails_its_jobs_cleanly_and_a_rerun_resumes
             "stdout": str(tmp_path / "out"), "stderr": str(tmp_path / "err")}  # fmt: skip
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
     driver = subprocess.run(
-        [sys.executable, "-c", DRIVER, json.dumps([case])], cwd=tmp_path, env=env,
+        [sys.executable, "-c", FULL_DISK_DRIVER, json.dumps([case])], cwd=tmp_path, env=env,
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert driver.returncode == 0, driver.stderr[-3000:]

@@ -11,7 +11,7 @@ import pytest
 
 from runner.core.config import validate
 from schedulers import ConfigError
-from tests.conftest import cli_in_process, make_cfg, read_metrics, run_cli
+from tests.helpers import cli_in_process, make_cfg, read_metrics, run_cli
 
 PLATEAU = "scheduler._target_=torch.optim.lr_scheduler.ReduceLROnPlateau"
 

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 
 # `python -m runner` with one of Hydra's files failing for lack of space: `.hydra/config.yaml`
 # (written with open()) or `train.log` (opened by logging's FileHandler, which logging's

@@ -13,8 +13,7 @@ import pytest
 from runner.lecture import PARTS, main, parse_args
 from schedulers.lecture import LECTURE
 from tests import browser_check
-from tests.conftest import read_metrics
-from tests.test_schedulers import torch_reference
+from tests.helpers import CONF, job_dirs, make_cfg, read_metrics, report_rows, torch_reference
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +37,6 @@ def test_every_part_has_a_section_with_its_figures(page):
 
 def test_the_scheduler_sweep_ranks_all_six_and_lambda_keeps_one_lr_per_group(page):
     """Part 3's sweep (+experiment=lecture_schedulers, quick: 3 epochs, seeds 0 and 1)."""
-    from tests.test_sweeps import job_dirs, report_rows
 
     sweep = page / "schedulers" / "sweep"
     rows = report_rows(sweep)
@@ -145,8 +143,6 @@ PRESETS = {
 
 
 def test_the_presets_cover_every_experiment_file():
-    from tests.conftest import CONF
-
     named = {o.split("=")[1] for jobs in PRESETS.values() for job in jobs for o in job
              if o.startswith("+experiment=")}  # fmt: skip
     assert named | {"cifar10_fast"} == {p.stem for p in (CONF / "experiment").glob("*.yaml")}
@@ -157,7 +153,6 @@ def test_the_presets_cover_every_experiment_file():
 @pytest.mark.parametrize("preset", sorted(PRESETS))
 def test_every_job_of_every_preset_validates(preset):
     from runner.core.config import validate
-    from tests.conftest import make_cfg
 
     for job in PRESETS[preset]:
         validate(make_cfg(*job))
@@ -174,7 +169,6 @@ def test_the_cifar10_preset_validates_given_its_data(monkeypatch):
     from runner.core.config import validate
     from runner.core.data import TensorData
     from runner.core.schema import SCHEMAS, check_node
-    from tests.conftest import make_cfg
 
     class Cifar(TensorData):
         @property
@@ -207,7 +201,6 @@ def test_scaled_lecture_milestones_stay_strictly_increasing():
 def test_a_config_error_shows_resolved_values_not_interpolations():
     from runner.core.config import validate
     from schedulers import ConfigError
-    from tests.conftest import make_cfg
 
     with pytest.raises(ConfigError) as err:
         validate(make_cfg("scheduler=multistep", "scheduler.milestones=[${epochs},${epochs}]"))

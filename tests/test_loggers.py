@@ -5,15 +5,7 @@ from __future__ import annotations
 import pytest
 
 from runner.run.train import train
-from tests.conftest import make_cfg, read_metrics, wandb_records
-
-
-def tensorboard_scalars(run_dir) -> dict[str, list[tuple[int, float]]]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    acc = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0})
-    acc.Reload()
-    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+from tests.helpers import make_cfg, read_metrics, tensorboard_scalars, wandb_records
 
 
 def test_tensorboard_events_hold_the_metrics_jsonl_values(tmp_path):

@@ -15,7 +15,7 @@ from runner.core.config import validate
 from runner.core.lr_find import lr_at, range_test, smoothed, suggest
 from runner.run.train import train
 from schedulers import ConfigError
-from tests.conftest import make_cfg, read_metrics
+from tests.helpers import make_cfg, read_metrics
 
 FAST = ("logger=none", "trainer.progress=line")
 

@@ -19,8 +19,14 @@ from runner.run.train import train
 from runner.sweep.fused import why_not_fusable
 from runner.sweep.stacked import StackedNet
 from schedulers import ConfigError
-from tests.conftest import make_cfg, read_metrics, run_cli
-from tests.test_fused import _separate, assert_same_rows, train_members
+from tests.helpers import (
+    assert_same_rows,
+    make_cfg,
+    read_metrics,
+    run_cli,
+    train_members,
+    train_separate,
+)
 
 SMALL = ["data=mnist1d", "data.num_samples=600"]  # 480 train, 120 val: quick to generate
 
@@ -116,7 +122,7 @@ def test_fused_cnn1d_equals_separate_runs(root, tmp_path):
     jobs = [[*common, "scheduler=step", "seed=0"], [*common, "scheduler=onecycle", "seed=1"]]
     members = train_members(tmp_path, jobs)
     for member, overrides in zip(members, jobs, strict=True):
-        assert_same_rows(member.run_dir, _separate(tmp_path, overrides))
+        assert_same_rows(member.run_dir, train_separate(tmp_path, overrides))
 
 
 def test_the_gru_runs_on_its_own_under_the_fused_launcher(root):

@@ -20,7 +20,7 @@ from runner.core.compose import compose_config
 from runner.sweep.launch import check_sweeper, configurations
 from runner.sweep.race import Race, RaceSettings, job_subdir
 from runner.sweep.report import write_report
-from tests.conftest import cli_in_process, read_metrics, run_cli
+from tests.helpers import cli_in_process, fake_run, race_json, read_metrics, run_cli
 
 BAD, CLOSE = "optimizer.lr=0.0001", ("optimizer.lr=0.05", "optimizer.lr=0.045")
 # 1e-4 is far behind after 3 epochs; 0.05 and 0.045 win and lose seeds against each other
@@ -28,10 +28,6 @@ BAD, CLOSE = "optimizer.lr=0.0001", ("optimizer.lr=0.05", "optimizer.lr=0.045")
 RACE = ("-m", "hydra/sweeper=race", "optimizer.lr=0.0001,0.05,0.045", "epochs=3",
         "logger=none", "hydra.sweeper.max_seeds=5")  # fmt: skip
 REL = 1e-4  # the fused launcher's tolerance (tests/test_fused.py)
-
-
-def race_json(sweep: Path) -> dict:
-    return json.loads((sweep / "race.json").read_text())
 
 
 def decisions(race: dict) -> list[tuple]:
@@ -155,21 +151,6 @@ def test_interrupted_race_continues_where_it_stopped(basic_race, tmp_path):
 
 
 # ---- the race's logic on run dirs written here (no training): failed jobs, read-back
-
-
-def fake_run(sweep: Path, overrides: list[str], status: str, best_acc: float) -> None:
-    """A job's run dir as the runner leaves it (`hydra.sweep.subdir=` names the dir)."""
-    task = [o for o in overrides if not o.startswith("hydra.")]
-    subdir = next(o for o in overrides if o.startswith("hydra.sweep.subdir=")).split("=")[1]
-    seed = int(next(o for o in task if o.startswith("seed=")).split("=")[1])
-    job = sweep / subdir
-    (job / ".hydra").mkdir(parents=True)
-    (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(task))
-    (job / "config.yaml").write_text(yaml.safe_dump({"seed": seed}))
-    (job / "status.json").write_text(json.dumps({"status": status, "wall_time_s": 1.0}))
-    if status == "completed":
-        rows = [{"epoch": 0, "lr/group0": 0.1, "val/acc": best_acc, "val/loss": 0.5}]
-        (job / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
 def test_failed_jobs_count_as_a_loss_and_a_rerun_reads_everything_back(tmp_path):

@@ -7,7 +7,7 @@ import pytest
 
 from runner.run.train import train
 from schedulers import ConfigError
-from tests.conftest import make_cfg, read_metrics, run_cli
+from tests.helpers import make_cfg, read_metrics, run_cli
 
 COMMON = ["epochs=3", "logger=none", "trainer.checkpoint_interval_s=0"]
 

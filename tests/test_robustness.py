@@ -15,69 +15,19 @@ import pytest
 
 from runner.core.loggers import open_logger
 from runner.run.train import train
-from tests.conftest import (
+from tests.helpers import (
+    SLOW,
     cli_in_process,
+    comparable,
     make_cfg,
-    one_torch_thread,
     read_metrics,
+    reference,
+    resume_in_process,
     run_cli,
+    start,
+    wait_for_rows,
     wandb_records,
 )
-
-# LeNet with batch 16 on digits: ~0.3 s an epoch, slow enough to be stopped mid-run
-SLOW = ("model=lenet", "data.batch_size=16", "optimizer.lr=0.02", "trainer.progress=line")
-
-
-def start(args: list[str], cwd: Path) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
-    env["OMP_NUM_THREADS"] = "1"
-    return subprocess.Popen(
-        [sys.executable, "-m", "runner", *args], cwd=cwd, env=env,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-
-
-def wait_for_rows(run_dir: Path, n: int, proc: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    metrics = run_dir / "metrics.jsonl"
-    while time.monotonic() < deadline:
-        try:
-            if metrics.exists() and len(read_metrics(run_dir)) >= n:  # epoch rows
-                return
-        except ValueError:  # caught a line half-written; look again
-            pass
-        assert proc.poll() is None, proc.communicate()
-        time.sleep(0.02)
-    raise AssertionError(f"no {n} epochs within {timeout}s")
-
-
-def comparable(rows: list[dict]) -> list[dict]:
-    return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows]
-
-
-_REFERENCES: dict[tuple[str, ...], list[dict]] = {}
-
-
-def reference(tmp_path: Path, args: list[str]) -> list[dict]:
-    """The same run, never interrupted: the job `python -m runner <args>` runs, train() on
-    the config composed from the same overrides, in this process (no interpreter start-up)
-    on one torch thread, as `start` runs the interrupted one. Computed once per set of args."""
-    key = tuple(args)
-    if key not in _REFERENCES:
-        run_dir = tmp_path / "reference"
-        with one_torch_thread():
-            result = train(make_cfg(*args), run_dir, overrides=list(args))
-        assert result.status == "completed"
-        _REFERENCES[key] = comparable(read_metrics(run_dir))
-    return _REFERENCES[key]
-
-
-def resume_in_process(run_dir: Path):
-    """The job `python -m runner resume=<dir>` runs: train() on the saved run, in this
-    process, on one torch thread as `start` runs the interrupted one (the command itself
-    resumes in the signal and requeue tests below, and in test_custom_project.py)."""
-    with one_torch_thread():
-        return train(make_cfg(f"resume={run_dir}"), run_dir, overrides=[f"resume={run_dir}"])
 
 
 @pytest.mark.parametrize(

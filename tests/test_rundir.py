@@ -19,21 +19,17 @@ from runner.core.stopping import StopFlag
 from runner.run.rundir import RunDirRefused, extend_blocker
 from runner.run.train import train
 from schedulers import ConfigError
-from tests.conftest import cli_in_process, make_cfg, read_metrics, release_kept_locks
-from tests.test_robustness import SLOW, comparable, start, wait_for_rows
-
-
-def snapshot(run_dir: Path) -> dict[str, bytes | None]:
-    """Every file under the run dir, byte for byte; W&B's debug-core.log and
-    debug-internal.log only by name: W&B's service process (shared by the test process's
-    runs) appends to them on its own time, also after the run has ended."""
-    return {
-        str(p.relative_to(run_dir)): None
-        if p.name in ("debug-core.log", "debug-internal.log")
-        else p.read_bytes()
-        for p in run_dir.rglob("*")
-        if p.is_file()
-    }
+from tests.helpers import (
+    SLOW,
+    cli_in_process,
+    comparable,
+    make_cfg,
+    read_metrics,
+    release_kept_locks,
+    snapshot,
+    start,
+    wait_for_rows,
+)
 
 
 def resume(run_dir: Path, *overrides: str):

@@ -17,7 +17,7 @@ from runner.run.train import train
 from schedulers import ConfigError
 from schedulers.lecture import main as lecture_main
 from schedulers.lecture import run_toy
-from tests.conftest import CONF, make_cfg, read_metrics
+from tests.helpers import CONF, make_cfg, read_metrics
 
 FAST = ("logger=none", "trainer.progress=line")
 # every option that is a schedule by itself (`target` names no class until it is given one)

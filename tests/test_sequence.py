@@ -12,7 +12,7 @@ import yaml
 from torch.optim import lr_scheduler as tls
 
 from schedulers import SCHEDULES, ConfigError, build_scheduler, schedule_label, validate_scheduler
-from tests.conftest import CONF, make_cfg, read_metrics, run_cli
+from tests.helpers import CONF, make_cfg, read_metrics, run_cli
 
 COMMON = {"interval": "epoch", "warmup_epochs": 0, "warmup_start_factor": 0.1}
 T = "torch.optim.lr_scheduler."

@@ -13,11 +13,19 @@ import torch
 from runner.core.data import TensorData, load_data
 from runner.core.stream import EpochBatches, SeededSamples, StreamData
 from runner.run.train import train
-from tests.conftest import cli_in_process, make_cfg, one_torch_thread, read_metrics, run_cli
-from tests.test_robustness import comparable, start, wait_for_rows
+from tests.helpers import (
+    cli_in_process,
+    comparable,
+    make_cfg,
+    one_torch_thread,
+    pipeline,
+    read_metrics,
+    run_cli,
+    start,
+    wait_for_rows,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
-V2 = "torchvision.transforms.v2"
 FAST = ("logger=none", "trainer.progress=line", "model.hidden=[16]", "data.batch_size=16")
 
 
@@ -44,18 +52,6 @@ def folder(tmp_path_factory) -> Path:
 def importable(monkeypatch):
     """`tests.user_datasets` importable by the runner's subprocesses, as a user's package."""
     monkeypatch.setenv("PYTHONPATH", str(ROOT))
-
-
-def pipeline(random: bool) -> str:
-    steps = [f"{{_target_:{V2}.ToImage}}"]
-    if random:
-        steps += [f"{{_target_:{V2}.RandomCrop,size:8,padding:1}}",
-                  f"{{_target_:{V2}.RandomHorizontalFlip}}"]  # fmt: skip
-    steps.append(
-        f"{{_target_:{V2}.ToDtype,dtype:{{_target_:hydra.utils.get_object,path:torch.float32}},"
-        "scale:true}"
-    )
-    return f"{{_target_:{V2}.Compose,transforms:[{','.join(steps)}]}}"
 
 
 def folder_args(

@@ -27,8 +27,7 @@ from runner.sweep import sweepdir
 from runner.sweep.fused import Member, train_group
 from runner.sweep.race import Race, RaceSettings, job_subdir
 from runner.sweep.report import SweepReport, write_report
-from tests.conftest import cli_in_process, make_cfg, release_kept_locks, run_cli
-from tests.test_race import fake_run, race_json
+from tests.helpers import cli_in_process, fake_run, make_cfg, race_json, release_kept_locks, run_cli
 
 PID = 4242  # the pid a held lock names: "another sweep (pid 4242)"
 QUICK = ("epochs=1", "logger=none", "hydra/job_logging=disabled")

@@ -12,20 +12,18 @@ import pytest
 import yaml
 
 from runner.run.train import train
-from tests.conftest import make_cfg, read_metrics, run_cli, wandb_records
-
-
-def report_rows(sweep: Path) -> dict[str, dict[str, str]]:
-    with (sweep / "report.csv").open() as f:
-        return {row["config"]: row for row in csv.DictReader(f)}
-
-
-def job_dirs(sweep: Path) -> dict[str, Path]:
-    """job dir by its overrides (as Hydra recorded them)."""
-    return {
-        " ".join(yaml.safe_load((d / ".hydra" / "overrides.yaml").read_text())): d
-        for d in sorted(p for p in sweep.iterdir() if (p / ".hydra").is_dir())
-    }
+from tests.helpers import (
+    CONF,
+    comparable,
+    job_dirs,
+    make_cfg,
+    read_metrics,
+    reference,
+    report_rows,
+    run_cli,
+    wait_for_rows,
+    wandb_records,
+)
 
 
 def test_two_schedules_two_seeds_report_matches_the_runs(tmp_path):
@@ -178,8 +176,6 @@ def test_lecture_lenet_preset_is_the_lecture_script(tmp_path):
 def test_init_lr_preset_sweeps_the_lectures_small_values():
     from hydra import compose, initialize_config_dir
 
-    from tests.conftest import CONF
-
     with initialize_config_dir(str(CONF), version_base="1.3"):
         cfg = compose("config", overrides=["+experiment=init_lr"], return_hydra_config=True)
     assert cfg.hydra.sweeper.params["optimizer.lr"] == "0.01,0.001,0.0001"
@@ -274,7 +270,6 @@ def signal_submitit_task(sweep: Path, signum: int) -> None:
 def assert_same_as_uninterrupted(run_dir: Path, tmp_path: Path) -> None:
     """The job's rows equal those of the same run never interrupted: its job's train() on
     the same overrides, in this process on one thread (ONE_THREAD); shared by the tests."""
-    from tests.test_robustness import comparable, reference
 
     assert comparable(read_metrics(run_dir)) == reference(tmp_path, SUBMITIT_ARGS)
 
@@ -285,8 +280,6 @@ def test_submitit_job_signalled_mid_run_is_requeued_and_resumes_exactly(tmp_path
     import os
     import signal
     import subprocess
-
-    from tests.test_robustness import wait_for_rows
 
     sweep = tmp_path / "sweep"
     proc = subprocess.Popen(
@@ -310,8 +303,6 @@ def test_submitit_job_killed_with_sigterm_resumes_when_the_sweep_is_run_again(tm
     import os
     import signal
     import subprocess
-
-    from tests.test_robustness import wait_for_rows
 
     sweep = tmp_path / "sweep"
     env = {**os.environ, **ONE_THREAD}

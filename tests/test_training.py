@@ -8,7 +8,7 @@ import math
 import pytest
 
 from runner.run.train import train
-from tests.conftest import make_cfg, read_metrics
+from tests.helpers import make_cfg, read_metrics
 
 FAST = ("logger=none", "trainer.progress=line")
 
