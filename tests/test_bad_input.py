@@ -63,6 +63,7 @@ def test_the_search_path_hydra_main_builds_puts_the_users_dirs_before_conf(tmp_p
     assert f"file://{a}" not in plain  # only while composing that command
 
 
+@pytest.mark.slow
 def test_a_config_dirs_config_yaml_and_group_option_win_in_a_real_command(tmp_path):
     """Through `python -m runner` itself (Hydra's main): the user's config.yaml is the
     primary config and their model/mlp.yaml the mlp."""

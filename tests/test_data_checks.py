@@ -206,6 +206,7 @@ def write_cifar(root: Path, labels: list[int], protocol: int = pickle.DEFAULT_PR
         (folder / name).write_bytes(pickle.dumps(batch, protocol=protocol))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("protocol", [2, 5])
 def test_cifar_batches_load_through_the_restricted_unpickler(tmp_path, protocol):
     write_cifar(tmp_path, labels=[3, 9], protocol=protocol)

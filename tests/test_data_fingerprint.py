@@ -101,6 +101,7 @@ def test_a_relative_root_resumed_from_another_cwd_trains_on_the_run_s_own_data(
     assert [r["epoch"] for r in read_metrics(run_dir)] == [0, 1, 2]
 
 
+@pytest.mark.slow
 def test_resume_on_changed_data_is_refused_and_every_file_is_left_as_it_was(
     tmp_path, cwds, monkeypatch
 ):
@@ -129,6 +130,7 @@ def test_resume_on_changed_data_is_refused_and_every_file_is_left_as_it_was(
     assert snapshot(run_dir) == before
 
 
+@pytest.mark.slow
 def test_a_checkpoint_without_a_fingerprint_resumes_as_before_then_keeps_one(
     tmp_path, cwds, monkeypatch
 ):
@@ -259,6 +261,7 @@ def test_what_differs_is_named(change, named):
     assert str(fp.difference(trained, {**trained, **change})).startswith(named)
 
 
+@pytest.mark.slow
 def test_a_fused_sweep_makes_relative_roots_absolute_and_keeps_the_fingerprint(tmp_path, cwds):
     a, _ = cwds
     sweep = tmp_path / "sweep"

@@ -46,6 +46,7 @@ def replayed(cfg, key: str) -> tuple[list[float], list[float]]:
     return at_epoch, at_step
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
 def test_single_run_logs_the_momentum_onecycle_sets(tmp_path, optimizer):
     cfg = make_cfg(
@@ -70,6 +71,7 @@ def test_no_momentum_key_where_the_schedule_leaves_it_alone(tmp_path):
     assert "lr/group0" in row and not any(k.startswith("momentum") for k in row)
 
 
+@pytest.mark.slow
 def test_fused_group_with_cyclic_momentum_logs_it_as_separate_runs_do(tmp_path):
     cyclic = ["scheduler=cyclic", "scheduler.cycle_momentum=true", "scheduler.step_size_up=7"]
     jobs = [

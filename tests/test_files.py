@@ -204,6 +204,7 @@ def sweep_report(sweep: Path, write: bool = True) -> dict:
     return {"status": job.status, "epochs": [r["epoch"] for r in job.rows]}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(FULL_DISK))
 def test_a_full_disk_ends_the_run_with_one_line_and_loses_nothing(full_disk, name):
     tmp_path, proc = full_disk[name]
@@ -253,6 +254,7 @@ def test_a_report_that_cannot_be_written_is_one_line(tmp_path, monkeypatch):
 # -- damaged files left by an earlier crash
 
 
+@pytest.mark.slow
 def test_torn_metrics_and_an_empty_status_are_read_resumed_and_rerun(tmp_path):
     sweep = tmp_path / "sweep"
     args = ("-m", *ARGS, "seed=0", f"hydra.sweep.dir={sweep}")
@@ -354,6 +356,7 @@ except files.WriteFailed as err:
 """
 
 
+@pytest.mark.slow
 def test_a_checkpoint_cut_short_by_the_disk_is_a_write_failure_not_a_torch_error(tmp_path):
     """torch.save reports a short write as RuntimeError('unexpected pos'): the checkpoint
     writer finds the OSError behind it (here a real one: a file size limit, EFBIG), so a

@@ -122,6 +122,7 @@ def test_fused_optimizer_steps_like_torch_per_member(name, hypers):
             fused.refresh()
 
 
+@pytest.mark.slow
 def test_fusable_jobs_share_a_key_and_others_say_why_not():
     base = make_cfg("epochs=2")
     variants = [
@@ -141,6 +142,7 @@ def test_fusable_jobs_share_a_key_and_others_say_why_not():
     assert "invalid" in why_not_fusable(make_cfg("optimizer.lr=-1"))
 
 
+@pytest.mark.slow
 def test_fused_group_member_forced_to_diverge_is_frozen_and_the_others_match(tmp_path):
     jobs = [
         ["epochs=3", "logger=none", "scheduler=step", "optimizer.lr=1e20"],  # NaN in epoch 0
@@ -165,6 +167,7 @@ def test_fused_group_member_forced_to_diverge_is_frozen_and_the_others_match(tmp
     assert json.loads((members[0].run_dir / "status.json").read_text())["rows_sent"] is True
 
 
+@pytest.mark.slow
 def test_fused_lenet_with_adam_and_param_groups_matches_separate_runs(tmp_path):
     """Conv members: grouped convolutions round differently from one conv per model, so
     this runs few epochs (a chaotic phase of training can amplify rounding)."""
@@ -184,6 +187,7 @@ def job_dirs(sweep: Path) -> dict[str, Path]:
     }
 
 
+@pytest.mark.slow
 def test_fused_sweep_equals_the_basic_launcher_job_by_job(tmp_path):
     """The acceptance test: 3 schedules x 2 seeds, fused vs basic launcher, per job."""
     sweep_args = ["-m", "scheduler=step,plateau,onecycle", "seed=0,1", "epochs=4"]
@@ -214,6 +218,7 @@ def test_fused_sweep_equals_the_basic_launcher_job_by_job(tmp_path):
     assert all(f"scheduler={s}" in report for s in ("step", "plateau", "onecycle"))
 
 
+@pytest.mark.slow
 def test_jobs_that_cannot_fuse_run_on_their_own_with_a_notice(tmp_path):
     sweep = tmp_path / "sweep"
     proc = run_cli(
@@ -233,6 +238,7 @@ def test_jobs_that_cannot_fuse_run_on_their_own_with_a_notice(tmp_path):
         assert len(read_metrics(job)) == 2
 
 
+@pytest.mark.slow
 def test_sigint_stops_a_fused_sweep_and_running_it_again_resumes_each_job(tmp_path):
     """Ctrl-C: every member checkpoints and is marked interrupted; the same command again
     resumes each job from its last.pt on its own."""
@@ -279,6 +285,7 @@ runpy.run_module("runner", run_name="__main__", alter_sys=True)  # as python -m 
 """
 
 
+@pytest.mark.slow
 def test_a_stopped_fused_sweep_loses_no_w_and_b_rows_of_its_groups(tmp_path):
     """Two fused groups (max_group=2), Ctrl-C in the second: the first group's jobs are in
     W&B already (their rows were not held back until every group had trained), and the
@@ -333,6 +340,7 @@ runpy.run_module("runner", run_name="__main__", alter_sys=True)  # as python -m 
 """
 
 
+@pytest.mark.slow
 def test_a_sweep_stopped_while_its_fused_jobs_are_sent_sends_the_rest_when_run_again(tmp_path):
     """The group trained, then Ctrl-C while its jobs' rows went to W&B: the job being sent
     and any after it say so in status.json (rows_sent false), and the same command again
@@ -370,6 +378,7 @@ def test_a_sweep_stopped_while_its_fused_jobs_are_sent_sends_the_rest_when_run_a
     assert summary, "the summary was sent too"
 
 
+@pytest.mark.slow
 def test_extending_a_fused_job_already_sent_to_w_and_b_sends_only_its_new_rows(tmp_path):
     """A fused member's last.pt says its rows went to W&B only after training (the
     launcher's replay); once replayed, `resume=<dir> epochs=...` sends the new epochs only,
@@ -403,6 +412,7 @@ class StopAfter:
         return self.signum  # as StopFlag's: the engine asks once a batch
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
 def test_fused_checkpoints_resume_with_the_ordinary_runner(tmp_path, monkeypatch, optimizer):
     """A fused member's last.pt is a single run's checkpoint: stopped after epoch 2 of 5,
@@ -432,6 +442,7 @@ def test_fused_checkpoints_resume_with_the_ordinary_runner(tmp_path, monkeypatch
         assert_same_rows(run_dir, train_separate(tmp_path, overrides))
 
 
+@pytest.mark.slow
 def test_optuna_trials_are_fused_batch_by_batch(tmp_path):
     """The sweeper hands the launcher n_jobs trials at a time; each batch trains fused and
     Optuna gets every trial's best val accuracy back."""

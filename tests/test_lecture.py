@@ -22,6 +22,7 @@ def page(tmp_path_factory):
     return main(["quick=true", f"out={out}"])
 
 
+@pytest.mark.slow
 def test_every_part_has_a_section_with_its_figures(page):
     text = (page / "index.md").read_text()
     titles = re.findall(r"^## (.+)$", text, flags=re.M)
@@ -35,6 +36,7 @@ def test_every_part_has_a_section_with_its_figures(page):
     assert "get_lr()" in text  # the documented difference at the milestones
 
 
+@pytest.mark.slow
 def test_the_scheduler_sweep_ranks_all_six_and_lambda_keeps_one_lr_per_group(page):
     """Part 3's sweep (+experiment=lecture_schedulers, quick: 3 epochs, seeds 0 and 1)."""
 
@@ -51,6 +53,7 @@ def test_the_scheduler_sweep_ranks_all_six_and_lambda_keeps_one_lr_per_group(pag
         assert row["lr/classifier"] == pytest.approx(0.02 * 0.95 ** (e * 200 / 3), rel=1e-12)
 
 
+@pytest.mark.slow
 def test_the_toy_curves_on_the_page_equal_torch(page):
     for name in LECTURE:
         with (page / "curves" / f"lecture_{name}.csv").open() as f:
@@ -58,6 +61,7 @@ def test_the_toy_curves_on_the_page_equal_torch(page):
         assert [[float(v) for v in r[1:]] for r in rows] == torch_reference(name)
 
 
+@pytest.mark.slow
 def test_html_is_self_contained_and_every_image_decodes(page):
     from PIL import Image
 
@@ -71,6 +75,7 @@ def test_html_is_self_contained_and_every_image_decodes(page):
     assert "src='http" not in doc and 'src="' not in doc  # nothing fetched from elsewhere
 
 
+@pytest.mark.slow
 def test_rerun_reuses_finished_parts(page, capsys):
     again = main(["quick=true", f"out={page.parent}", "part=lenet"])
     assert again == page
@@ -93,6 +98,7 @@ def test_bad_arguments_are_refused(arg, capsys):
     assert capsys.readouterr().err.startswith("error: ")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
     browser_check.chromium() is None, reason="needs Chromium (apt-get install chromium)"
 )
@@ -150,6 +156,7 @@ def test_the_presets_cover_every_experiment_file():
     assert len(PRESETS["mnist1d"]) == 40 and len(PRESETS["experiment=mnist1d_models"]) == 20
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset", sorted(PRESETS))
 def test_every_job_of_every_preset_validates(preset):
     from runner.core.config import validate
@@ -225,6 +232,7 @@ def test_a_quick_page_is_never_continued_by_a_full_run(tmp_path):
     assert output_dir(base, fresh=True, quick=True) != quick_page
 
 
+@pytest.mark.slow
 def test_the_lenet_part_runs_on_streamed_data_given_to_the_lecture(tmp_path):
     """data= moves the LeNet run onto other data, here torchvision FakeData streamed
     through a DataLoader; the page says so, and a page on digits is not continued by it."""
@@ -282,6 +290,7 @@ def test_bad_data_for_the_lecture_is_exit_2_before_any_part_runs(tmp_path, capsy
     assert not tmp_path.exists() or not any(tmp_path.iterdir())  # nothing made
 
 
+@pytest.mark.slow
 def test_a_projects_own_data_group_is_given_with_config_dir(tmp_path, monkeypatch, capsys):
     """`--config-dir DIR data=<its group>`, as for `python -m runner`: the group is found
     and validated (here the custom project's Shapes, one typo'd kwarg refused by name)."""

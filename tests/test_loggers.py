@@ -26,6 +26,7 @@ def test_tensorboard_events_hold_the_metrics_jsonl_values(tmp_path):
     assert [s for s, _ in scalars["train/step_loss"]] == [10, 20, 30, 40]
 
 
+@pytest.mark.slow
 def test_two_loggers_at_once_get_the_same_rows(tmp_path):
     cfg = make_cfg("logger=[wandb,tensorboard]", "epochs=2", "trainer.progress=line")
     assert set(cfg.logger) == {"wandb", "tensorboard"}

@@ -98,6 +98,7 @@ def test_lazy_modules_are_materialised_before_the_optimizer_is_built() -> None:
     assert torch.equal(build_run(cfg).model.net[1].weight, first)
 
 
+@pytest.mark.slow
 def test_a_lazy_model_trains_end_to_end(tmp_path, monkeypatch) -> None:
     # before: "Attempted to use an uninitialized parameter" in epoch 1, exit 1
     monkeypatch.setenv("PYTHONPATH", str(ROOT))

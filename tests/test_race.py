@@ -53,6 +53,7 @@ def basic_race(tmp_path_factory) -> Path:
     return cwd / "basic"
 
 
+@pytest.mark.slow
 def test_race_drops_the_bad_lr_after_min_seeds_and_races_the_close_pair(basic_race):
     race = race_json(basic_race)
     by_label = {c["label"]: c for c in race["configurations"]}
@@ -102,6 +103,7 @@ def test_race_drops_the_bad_lr_after_min_seeds_and_races_the_close_pair(basic_ra
     assert (basic_race / "race_lr.png").stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_fused_launcher_races_the_same(basic_race, tmp_path):
     result = run_cli(*RACE, "hydra/launcher=fused", "hydra.sweep.dir=fused", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -112,6 +114,7 @@ def test_fused_launcher_races_the_same(basic_race, tmp_path):
     assert values(fused) == pytest.approx(ref, rel=REL)
 
 
+@pytest.mark.slow
 def test_interrupted_race_continues_where_it_stopped(basic_race, tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
     if os.environ.get("PYTEST_XDIST_WORKER"):
@@ -153,6 +156,7 @@ def test_interrupted_race_continues_where_it_stopped(basic_race, tmp_path):
 # ---- the race's logic on run dirs written here (no training): failed jobs, read-back
 
 
+@pytest.mark.slow
 def test_failed_jobs_count_as_a_loss_and_a_rerun_reads_everything_back(tmp_path):
     acc = {"lr=1": [0.90, 0.91, 0.92, 0.93, 0.90], "lr=2": [0.91, 0.90, 0.93, 0.92, 0.91]}
     launched: list[list[str]] = []

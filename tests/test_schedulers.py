@@ -18,6 +18,7 @@ COMMON = {"interval": "epoch", "warmup_epochs": 0, "warmup_start_factor": 0.1}
 
 
 # -- the lecture's toy demo, against torch used directly -----------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "name", ["step", "multistep", "exponential", "cosine", "plateau", "lambda"]
 )
@@ -25,6 +26,7 @@ def test_lecture_curve_equals_torch_value_for_value(name):
     assert run_toy(name) == torch_reference(name)
 
 
+@pytest.mark.slow
 def test_lecture_closed_forms_to_1e_12():
     step, expo, cos = run_toy("step"), run_toy("exponential"), run_toy("cosine")
     for t in range(MAX_EPOCH):

@@ -333,6 +333,7 @@ def test_a_training_run_with_a_sequence_logs_sequential_lrs(tmp_path):
     assert [r["lr/group0"] for r in read_metrics(run)] == [row[0] for row in expected]
 
 
+@pytest.mark.slow
 def test_cli_target_scheduler(tmp_path):
     run = tmp_path / "run"
     proc = run_cli(f"hydra.run.dir={run}", "logger=none", "epochs=4", "scheduler=target",
@@ -343,6 +344,7 @@ def test_cli_target_scheduler(tmp_path):
     assert [r["lr/group0"] for r in read_metrics(run)] == [lr * 0.5**t for t in range(4)]
 
 
+@pytest.mark.slow
 def test_cli_target_config_error(tmp_path):
     proc = run_cli(f"hydra.run.dir={tmp_path / 'run'}", "logger=none", "scheduler=target",
                    f"scheduler._target_={COS}", "+scheduler.T_maxx=5", cwd=tmp_path)  # fmt: skip

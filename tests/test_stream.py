@@ -90,6 +90,7 @@ def test_a_sample_is_seeded_by_run_seed_epoch_and_index_alone(folder):
     assert any(not torch.equal(x, other[(1, i)][0]) for i, x in enumerate(a))
 
 
+@pytest.mark.slow
 def test_image_folder_with_random_transforms_gives_the_same_rows_with_any_num_workers(
     tmp_path, folder, caplog
 ):
@@ -106,6 +107,7 @@ def test_image_folder_with_random_transforms_gives_the_same_rows_with_any_num_wo
     assert comparable(other_seed) != comparable(zero)
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_of_a_streamed_run_equals_an_uninterrupted_run(
     tmp_path, folder, importable
 ):
@@ -129,6 +131,7 @@ def test_resume_after_sigkill_of_a_streamed_run_equals_an_uninterrupted_run(
     assert comparable(rows) == comparable(run_in_process(tmp_path, "reference", args))
 
 
+@pytest.mark.slow
 def test_a_user_dataset_class_trains_through_the_cli(tmp_path, importable):
     blobs = "tests.user_datasets.Blobs"
     args = ["data=dataset", f"data.train={{_target_:{blobs},size:90}}",
@@ -267,6 +270,7 @@ def test_a_batch_is_fetched_with_one_save_and_restore_of_the_rngs_and_per_sample
     assert not torch.equal(batch[0][0], batch[1][0])  # each sample its own seed
 
 
+@pytest.mark.slow
 def test_a_sweep_over_streamed_data_runs_under_the_fused_launcher_and_reports(tmp_path, folder):
     """The fused launcher cannot stack a streamed set: each job runs on its own with the
     usual notice, and the sweep's report (table, paired comparison, plots) reads the

@@ -26,6 +26,7 @@ from tests.helpers import (
 )
 
 
+@pytest.mark.slow
 def test_two_schedules_two_seeds_report_matches_the_runs(tmp_path):
     sweep = tmp_path / "sweep"
     proc = run_cli(
@@ -66,6 +67,7 @@ def test_two_schedules_two_seeds_report_matches_the_runs(tmp_path):
     assert groups == {"_".join(sweep.parts[-2:])}
 
 
+@pytest.mark.slow
 def test_diverged_and_failed_jobs_do_not_stop_the_sweep(tmp_path):
     sweep = tmp_path / "sweep"
     proc = run_cli(
@@ -91,6 +93,7 @@ def test_diverged_and_failed_jobs_do_not_stop_the_sweep(tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_joblib_launcher_runs_jobs_in_parallel_processes_with_the_basic_launchers_metrics(
     tmp_path,
 ):
@@ -158,6 +161,7 @@ def test_lecture_schedulers_preset_scales_the_lectures_parameters():
     assert all(c.model.name == "lenet" for c in configs.values())
 
 
+@pytest.mark.slow
 def test_lecture_lenet_preset_is_the_lecture_script(tmp_path):
     cfg = make_cfg("+experiment=lecture_lenet", "logger=none", "trainer.progress=line")
     assert (cfg.seed, cfg.epochs, cfg.data.batch_size) == (1, 10, 16)
@@ -181,6 +185,7 @@ def test_init_lr_preset_sweeps_the_lectures_small_values():
     assert cfg.hydra.sweeper.params["optimizer.lr"] == "0.01,0.001,0.0001"
 
 
+@pytest.mark.slow
 def test_optuna_searches_and_maximises_best_val_acc(tmp_path):
     sweep = tmp_path / "sweep"
     proc = run_cli(
@@ -200,6 +205,7 @@ def test_optuna_searches_and_maximises_best_val_acc(tmp_path):
     assert len(report_rows(sweep)) == 3
 
 
+@pytest.mark.slow
 def test_an_optuna_study_survives_a_failed_and_a_diverged_trial(tmp_path):
     """warmup_epochs=2 of 2 epochs is a config error, lr 1000 diverges: with the sampler's
     seed 0 the 4 trials are diverged, failed, completed, failed. Each is recorded (its
@@ -228,6 +234,7 @@ def test_an_optuna_study_survives_a_failed_and_a_diverged_trial(tmp_path):
     assert result["best_value"] == pytest.approx(max(r["val/acc"] for r in read_metrics(done)))
 
 
+@pytest.mark.slow
 def test_submitit_local_launcher_runs_a_sweep_and_the_report_covers_it(tmp_path):
     sweep = tmp_path / "sweep"
     proc = run_cli(
@@ -274,6 +281,7 @@ def assert_same_as_uninterrupted(run_dir: Path, tmp_path: Path) -> None:
     assert comparable(read_metrics(run_dir)) == reference(tmp_path, SUBMITIT_ARGS)
 
 
+@pytest.mark.slow
 def test_submitit_job_signalled_mid_run_is_requeued_and_resumes_exactly(tmp_path):
     """SIGUSR2 is Slurm's time-out/preemption warning: the run checkpoints, hands the signal
     to submitit, submitit requeues the job, and the job resumes from its last.pt."""
@@ -296,6 +304,7 @@ def test_submitit_job_signalled_mid_run_is_requeued_and_resumes_exactly(tmp_path
     assert_same_as_uninterrupted(sweep / "0", tmp_path)
 
 
+@pytest.mark.slow
 def test_submitit_job_killed_with_sigterm_resumes_when_the_sweep_is_run_again(tmp_path):
     """SIGTERM (a scancel, or the node going away) is not a requeue under submitit: the
     job checkpoints and stops as interrupted. Running the same sweep again into the same
