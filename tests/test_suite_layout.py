@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.reach import PACKAGES, modules_with_functions, not_reached
+
 TESTS = Path(__file__).resolve().parent
 TEST_MODULE = re.compile(r"^tests\.(test_\w+|conftest)\b")
 NAMED_IN_TEXT = re.compile(r"\btests\.(?:test_\w+|conftest)\b")
@@ -81,3 +83,14 @@ def test_conftest_holds_only_fixtures_and_hooks():
         and not any("fixture" in ast.unparse(d) for d in node.decorator_list)
     ]
     assert others == []
+
+
+def test_the_reach_check_names_each_module_whose_functions_never_ran():
+    """tests/reach.py (`make test-fast` loads it): the modules of all three packages, and
+    of those only the ones none of whose functions ran."""
+    every = modules_with_functions()
+    assert {name.split(".")[0] for name in every.values()} == set(PACKAGES)
+    assert not_reached(set()) == sorted(every.values())
+    one = next(iter(every))
+    assert not_reached(set(every) - {one}) == [every[one]]
+    assert not_reached(set(every)) == []
