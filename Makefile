@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install train test lint format clean lecture lecture-curves thumbnails bench
+.PHONY: help install train test test-fast lint format clean lecture lecture-curves thumbnails bench
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -23,6 +23,10 @@ train: $(STAMP) ## train the default job (MLP on the bundled digits, cosine lr);
 
 test: $(STAMP) ## run the test suite (in parallel on all cores)
 	$(BIN)/python -m pytest -n auto $(ARGS)
+
+# tests.reach fails the tier if a module of runner/, schedulers/ or hydra_plugins/ ran no function
+test-fast: $(STAMP) ## the tests a change can wait for (~2 min): all but those marked slow, every module run
+	$(BIN)/python -m pytest -n auto -m "not slow" -p tests.reach $(ARGS)
 
 lecture: $(STAMP) ## reproduce the whole lecture -> outputs/lecture/<time>/index.html (ARGS="fresh=true")
 	WANDB_SILENT=true $(BIN)/python -m runner.lecture $(ARGS)

@@ -13,7 +13,7 @@ import pytest
 from runner.core.compose import compose_config
 from runner.core.config import validate
 from schedulers import ConfigError
-from tests.conftest import CONF, cli_in_process, make_cfg, run_cli
+from tests.helpers import CONF, cli_in_process, make_cfg, run_cli
 
 
 def user_dir(root: Path, files: dict[str, str | bytes]) -> Path:
@@ -63,6 +63,7 @@ def test_the_search_path_hydra_main_builds_puts_the_users_dirs_before_conf(tmp_p
     assert f"file://{a}" not in plain  # only while composing that command
 
 
+@pytest.mark.slow
 def test_a_config_dirs_config_yaml_and_group_option_win_in_a_real_command(tmp_path):
     """Through `python -m runner` itself (Hydra's main): the user's config.yaml is the
     primary config and their model/mlp.yaml the mlp."""

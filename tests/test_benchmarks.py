@@ -5,9 +5,12 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 
+@pytest.mark.slow
 def test_overhead_benchmark_runs_its_quick_job():
     import bench_overhead
 
@@ -71,6 +74,7 @@ def test_the_hand_loop_with_the_guarantees_keeps_what_the_runner_keeps(tmp_path,
     assert not list(tmp_path.glob(".*.tmp"))
 
 
+@pytest.mark.slow
 def test_fused_benchmark_runs_its_quick_sweep():
     import bench_fused
 
@@ -80,6 +84,7 @@ def test_fused_benchmark_runs_its_quick_sweep():
     assert result["training ratio"] > 0
 
 
+@pytest.mark.slow
 def test_stream_benchmark_runs_its_quick_jobs():
     import math
 

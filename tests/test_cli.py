@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import CONF, cli_in_process, read_metrics, run_cli, wandb_records
+from tests.helpers import CONF, cli_in_process, read_metrics, run_cli, wandb_records
 
 EPOCHS = 5
 LR = 0.05
@@ -30,6 +30,7 @@ def cosine_run(tmp_path_factory) -> tuple[object, Path]:
     return proc, run_dir
 
 
+@pytest.mark.slow
 def test_cosine_run_writes_closed_form_lrs_and_learns(cosine_run):
     proc, run_dir = cosine_run
     assert proc.returncode == 0, proc.stderr
@@ -47,6 +48,7 @@ def test_cosine_run_writes_closed_form_lrs_and_learns(cosine_run):
     assert "best val/acc" in proc.stdout + proc.stderr
 
 
+@pytest.mark.slow
 def test_wandb_offline_run_holds_every_epoch(cosine_run):
     proc, run_dir = cosine_run
     assert proc.returncode == 0, proc.stderr
@@ -69,6 +71,7 @@ def test_wandb_offline_run_holds_every_epoch(cosine_run):
     assert exit_rec.get("exit_code", 0) == 0
 
 
+@pytest.mark.slow
 def test_help_lists_groups_and_options(tmp_path):
     proc = run_cli("--help", cwd=tmp_path)
     assert proc.returncode == 0
@@ -112,6 +115,7 @@ def test_the_sweep_reports_keys_are_checked_before_any_job(tmp_path, override, s
     assert proc.stderr.count("\n") == 1 and not list(tmp_path.iterdir())
 
 
+@pytest.mark.slow
 def test_missing_dataset_root_exits_2_naming_key_and_path(tmp_path):
     root = tmp_path / "no-such-root"
     run_dir = tmp_path / "run"

@@ -240,6 +240,7 @@ def test_zero_spread_differences_get_the_sign_tests_p_not_zero():
     assert seeds_needed([0.01, 0.01]) == 6
 
 
+@pytest.mark.slow
 def test_single_seeds_exact_ties_and_empty_configs_are_said_as_such(tmp_path):
     text = write_report(sweep_of_configs(tmp_path, {"a": [0.9], "b": [0.8]}))
     assert "0.9000 ±" not in text and "| 0.9000 |" in text  # one seed: no spread shown
@@ -266,6 +267,7 @@ def test_the_report_cli_refuses_a_target_acc_outside_0_1(tmp_path, capsys, value
     assert not list(tmp_path.iterdir())  # nothing written
 
 
+@pytest.mark.slow
 def test_the_table_ranks_by_the_reports_metric(tmp_path):
     """--metric best_val_loss: ranked by it, lowest first (before: by best val acc, while
     the shared ranks came from the loss comparisons)."""

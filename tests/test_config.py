@@ -7,7 +7,7 @@ from hydra.errors import ConfigCompositionException
 
 from runner.core.config import validate
 from schedulers import ConfigError
-from tests.conftest import CONF, make_cfg
+from tests.helpers import CONF, make_cfg
 
 OPTIONS = {
     group: sorted(p.stem for p in (CONF / group).glob("*.yaml"))
@@ -27,8 +27,17 @@ TARGETS = {
 NEEDS = {f"model={m}": ["data=mnist1d", "data.num_samples=200"] for m in ("cnn1d", "gru")}
 
 
+# full-size data: 12-40 s each to make and check (the 1-D models' small mnist1d stays fast)
+SLOW_OPTIONS = {"data=mnist1d", "data=dataset", "data=fake"}
+
+
 @pytest.mark.parametrize(
-    "override", [f"{g}={o}" for g, opts in OPTIONS.items() for o in opts if o not in FILE_DATASETS]
+    "override",
+    [
+        pytest.param(o, marks=pytest.mark.slow) if o in SLOW_OPTIONS else o
+        for o in (f"{g}={o}" for g, opts in OPTIONS.items() for o in opts)
+        if o.split("=")[1] not in FILE_DATASETS
+    ],
 )
 def test_every_group_option_composes_and_validates(override):
     validate(make_cfg(override, *TARGETS.get(override, []), *NEEDS.get(override, [])))

@@ -16,8 +16,17 @@ from runner.core.config import planned_groups, validate
 from runner.core.data import load_data
 from runner.run.train import train
 from schedulers import ConfigError
-from tests.conftest import cli_in_process, make_cfg, read_metrics, run_cli
-from tests.test_robustness import comparable, reference, resume_in_process, start, wait_for_rows
+from tests.helpers import (
+    cli_in_process,
+    comparable,
+    make_cfg,
+    read_metrics,
+    reference,
+    resume_in_process,
+    run_cli,
+    start,
+    wait_for_rows,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ("model=target", "model._target_=tests.user_models.TinyNet")
@@ -72,6 +81,7 @@ def hand_loop(epochs: int, seed: int, lr: float, hidden: int) -> list[dict]:
     return rows
 
 
+@pytest.mark.slow
 def test_a_user_model_trains_like_a_hand_written_loop(tmp_path):
     args = [*TINY, "+model.hidden=24", "epochs=3", "logger=none", "optimizer.lr=0.05"]
     proc = run_cli(*args, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
@@ -86,6 +96,7 @@ def test_a_user_model_trains_like_a_hand_written_loop(tmp_path):
     assert rows[-1]["val/acc"] > 0.5  # and it learns
 
 
+@pytest.mark.slow
 def test_a_user_config_dir_adds_model_and_optimizer_options(tmp_path):
     conf = tmp_path / "my_conf"
     (conf / "model").mkdir(parents=True)
@@ -141,6 +152,7 @@ def test_name_patterns_put_every_parameter_in_exactly_one_group():
         assert err.value.key == key and words in str(err.value), str(err.value)
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_is_exact_for_a_user_model(tmp_path):
     args = ["model=target", "model._target_=tests.user_models.SmallCNN",
             "+model.classes=${data.num_classes}", "+model.width=12", "data.batch_size=8",
@@ -166,6 +178,7 @@ CLI_BAD = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("overrides", "key", "words"), CLI_BAD, ids=[b[1] for b in CLI_BAD])
 def test_a_bad_target_is_exit_2_naming_the_key_nothing_written(tmp_path, overrides, key, words):
     # the first as a `python -m runner` process, the others by the same cli() in this process
@@ -220,6 +233,7 @@ def test_every_parameter_of_a_pattern_group_trains_at_its_groups_lr():
     assert not math.isnan(by_group["head"][0])
 
 
+@pytest.mark.slow
 def test_target_components_run_on_their_own_under_the_fused_launcher(tmp_path):
     sweep = tmp_path / "sweep"
     proc = run_cli(

@@ -12,19 +12,28 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from omegaconf import OmegaConf
 
 from runner.core.compose import compose_config
 from runner.preview import main as preview
 from runner.run.train import train
-from tests.conftest import cli_in_process, one_torch_thread, read_metrics, run_cli
-from tests.test_robustness import comparable, start, wait_for_rows
+from tests.helpers import (
+    cli_in_process,
+    comparable,
+    one_torch_thread,
+    read_metrics,
+    run_cli,
+    start,
+    wait_for_rows,
+)
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "custom_project"
 OWN = ("--config-dir", "conf", "model=small_cnn", "optimizer=rmsprop", "logger=none")
 
 
+@pytest.mark.slow
 def test_the_example_project_trains_sweeps_finds_an_lr_and_resumes(tmp_path, monkeypatch, capsys):
     project = tmp_path / "project"
     shutil.copytree(EXAMPLE, project, ignore=shutil.ignore_patterns("outputs", "__pycache__"))
@@ -102,6 +111,7 @@ def copy_project(tmp_path: Path, monkeypatch) -> Path:
     return project
 
 
+@pytest.mark.slow
 def test_the_projects_own_dataset_class_trains_and_its_kwargs_are_checked(tmp_path, monkeypatch):
     project = copy_project(tmp_path, monkeypatch)
 
@@ -132,6 +142,7 @@ def test_the_projects_own_dataset_class_trains_and_its_kwargs_are_checked(tmp_pa
     assert not (project / "outputs").exists()
 
 
+@pytest.mark.slow
 def test_the_png_writer_makes_an_image_folder_that_data_images_trains_on(tmp_path, monkeypatch):
     project = copy_project(tmp_path, monkeypatch)
 

@@ -13,7 +13,7 @@ from torch.nn import functional as F
 from runner.core.data import batches, load_data, resize_images, validate_data
 from runner.run.train import train
 from schedulers import ConfigError
-from tests.conftest import make_cfg, read_metrics
+from tests.helpers import make_cfg, read_metrics
 
 
 def write_idx_dataset(folder: Path, n_train: int, n_test: int, seed: int = 0) -> None:
@@ -109,13 +109,14 @@ def test_digits_and_their_split_are_scikit_learns_without_importing_it(fraction,
     assert [ours[0].tolist(), ours[1].tolist()] == [list(train_idx), list(val_idx)]
 
 
+@pytest.mark.slow
 def test_a_run_on_digits_does_not_import_scikit_learn():
     """Its import (with scipy's) was 1.3 s of every digits run's start-up."""
     import subprocess
     import sys
 
     code = (
-        "import sys; from runner.core.data import load_data; from tests.conftest import make_cfg; "
+        "import sys; from runner.core.data import load_data; from tests.helpers import make_cfg; "
         "load_data(make_cfg().data); print(sorted(m for m in sys.modules "
         "if m.split('.')[0] in ('sklearn', 'scipy')))"
     )
@@ -161,6 +162,7 @@ def test_cifar_files_on_disk_load_as_tensors(tmp_path):
     assert data.x_train.mean(dim=(0, 2, 3)).abs().max() < 1e-4  # standardised per channel
 
 
+@pytest.mark.slow
 def test_cifar10_fast_preset_trains_on_a_tiny_cifar_set(tmp_path):
     write_cifar_dataset(tmp_path / "data", per_batch=16)
     cfg = make_cfg(

@@ -16,7 +16,7 @@ import torch
 from runner.core.data import load_data, validate_data
 from runner.core.stream import Loaders, SampleError, StreamData
 from schedulers import ConfigError
-from tests.conftest import cli_in_process, make_cfg
+from tests.helpers import cli_in_process, make_cfg
 
 ROOT = Path(__file__).resolve().parents[1]
 BLOBS = "tests.user_datasets.Blobs"
@@ -206,6 +206,7 @@ def write_cifar(root: Path, labels: list[int], protocol: int = pickle.DEFAULT_PR
         (folder / name).write_bytes(pickle.dumps(batch, protocol=protocol))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("protocol", [2, 5])
 def test_cifar_batches_load_through_the_restricted_unpickler(tmp_path, protocol):
     write_cifar(tmp_path, labels=[3, 9], protocol=protocol)

@@ -19,10 +19,8 @@ from runner.core import fingerprint as fp
 from runner.core.data import load_data
 from runner.run.train import train
 from schedulers import ConfigError
-from tests.conftest import cli_in_process, make_cfg, read_metrics, run_cli
-from tests.test_rundir import snapshot
-from tests.test_stream import pipeline
-from tests.user_datasets import Blobs
+from tests.helpers import cli_in_process, make_cfg, pipeline, read_metrics, run_cli, snapshot
+from tests.user_datasets import Counted
 
 FOLDER = "torchvision.datasets.ImageFolder"
 FAST = ("logger=none", "trainer.progress=line", "model.hidden=[8]", "data.batch_size=16",
@@ -103,6 +101,7 @@ def test_a_relative_root_resumed_from_another_cwd_trains_on_the_run_s_own_data(
     assert [r["epoch"] for r in read_metrics(run_dir)] == [0, 1, 2]
 
 
+@pytest.mark.slow
 def test_resume_on_changed_data_is_refused_and_every_file_is_left_as_it_was(
     tmp_path, cwds, monkeypatch
 ):
@@ -131,6 +130,7 @@ def test_resume_on_changed_data_is_refused_and_every_file_is_left_as_it_was(
     assert snapshot(run_dir) == before
 
 
+@pytest.mark.slow
 def test_a_checkpoint_without_a_fingerprint_resumes_as_before_then_keeps_one(
     tmp_path, cwds, monkeypatch
 ):
@@ -222,25 +222,8 @@ def test_which_data_paths_are_made_absolute(tmp_path, monkeypatch):
     assert fp.absolute_roots(cfg) == []  # once is enough
 
 
-class Counted(Blobs):
-    """Blobs without `targets`, counting the samples fetched from it (`fetched`, for the
-    whole class); sample `broken` cannot be read."""
-
-    fetched = 0
-
-    def __init__(self, size: int, offset: int = 0, broken: int = -1) -> None:
-        super().__init__(size, offset)
-        self.broken = broken
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        Counted.fetched += 1
-        if i == self.broken:
-            raise OSError("a bad sector")
-        return super().__getitem__(i)
-
-
 def test_the_fingerprint_of_a_streamed_set_reads_only_its_first_samples():
-    counted = f"{__name__}.Counted"
+    counted = "tests.user_datasets.Counted"
     splits = ("data=dataset", f"data.train={{_target_:{counted},size:2000}}",
               f"data.val={{_target_:{counted},size:30,offset:1}}")  # fmt: skip
     cfg = make_cfg(*splits, "data.in_memory=false")
@@ -278,6 +261,7 @@ def test_what_differs_is_named(change, named):
     assert str(fp.difference(trained, {**trained, **change})).startswith(named)
 
 
+@pytest.mark.slow
 def test_a_fused_sweep_makes_relative_roots_absolute_and_keeps_the_fingerprint(tmp_path, cwds):
     a, _ = cwds
     sweep = tmp_path / "sweep"

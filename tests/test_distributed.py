@@ -16,11 +16,12 @@ import pytest
 from runner.core.config import validate
 from runner.run.train import train
 from schedulers import ConfigError
-from tests.conftest import cli_in_process, make_cfg, one_torch_thread, read_metrics
+from tests.helpers import cli_in_process, make_cfg, one_torch_thread, read_metrics
 
 TORCHRUN = Path(sys.executable).parent / "torchrun"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "data",
     [
@@ -198,6 +199,7 @@ def assert_like_one_process(rows: list[dict], tmp_path: Path) -> None:
             assert ra[key] == pytest.approx(rb[key], abs=1e-4), key
 
 
+@pytest.mark.slow
 def test_a_sweep_job_on_two_submitit_tasks_matches_one_process_and_writes_one_run(tmp_path):
     sweep = tmp_path / "sweep"
     proc = two_task_job(sweep, "logger=wandb")
@@ -222,6 +224,7 @@ def test_a_sweep_job_on_two_submitit_tasks_matches_one_process_and_writes_one_ru
 STREAMED = ["data=dataset", "data.in_memory=false", "logger=none"]  # FakeData, DataLoader
 
 
+@pytest.mark.slow
 def test_a_two_task_job_on_streamed_data_matches_one_process(tmp_path):
     """data=dataset streamed through each task's DataLoader, each rank's sampler fetching
     only its share of every global batch: the rows of one process on the same batches."""
@@ -264,6 +267,7 @@ class StopInEpoch:
         pass
 
 
+@pytest.mark.slow
 def test_a_requeued_two_task_job_resumes_every_rank_from_the_same_last_pt(tmp_path):
     """The job's first attempt (one process here) stopped in epoch 1 with last.pt of epoch
     0; the requeued job, two tasks, finds the same config in its dir: rank 0 loads last.pt
@@ -305,6 +309,7 @@ def run_files(run_dir: Path) -> dict[str, bytes]:
             and p.name != "train.log"}  # fmt: skip
 
 
+@pytest.mark.slow
 def test_a_refused_run_dir_ends_every_task_of_the_job(tmp_path):
     """Rank 0 refuses a dir that holds another run; the other rank gets the same config
     error from it (rather than waiting for a rank that gave up) and writes nothing."""
@@ -322,6 +327,7 @@ def test_a_refused_run_dir_ends_every_task_of_the_job(tmp_path):
     assert run_files(sweep / "0") == before
 
 
+@pytest.mark.slow
 def test_a_torchrun_job_whose_rank_0_refuses_its_run_dir_ends_at_once(tmp_path):
     """Rank 0 refuses the dir before Hydra (another run holds it) and exits 2; torchrun then
     sends the other rank SIGTERM, which ends it at once, in its start-up or in the
@@ -347,6 +353,7 @@ def test_a_torchrun_job_whose_rank_0_refuses_its_run_dir_ends_at_once(tmp_path):
     assert sorted(p.name for p in run_dir.iterdir()) == [".lock"]  # nothing written there
 
 
+@pytest.mark.slow
 def test_sigterm_ends_a_torchrun_worker_waiting_in_the_rendezvous(tmp_path):
     """Rank 1 of two, its signal handlers installed as the CLI installs them, waits in the
     rendezvous for a rank 0 that never comes: torchrun's SIGTERM ends it at once."""
@@ -407,6 +414,7 @@ def worker_pids(parent: int) -> dict[int, int]:
     return ranks
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds the ranks in /proc")
 def test_a_signal_to_one_rank_stops_every_rank_after_the_same_batch_and_resumes_exactly(
     tmp_path,
@@ -507,6 +515,7 @@ def _agree(rank: int, init: str, out: str) -> None:
     Path(out, f"{rank}.json").write_text(json.dumps(results))
 
 
+@pytest.mark.slow
 def test_ranks_agree_on_a_signal_every_few_steps_and_at_the_epochs_end(tmp_path):
     """The agreement alone, on two gloo processes: a signal on one rank stops both after the
     same check step (none between checks: no collective, no host sync there), the one that
@@ -543,6 +552,7 @@ def test_ranks_agree_on_a_signal_every_few_steps_and_at_the_epochs_end(tmp_path)
     assert r0[3]["stopped"] == r1[3]["stopped"] == [8, term]
 
 
+@pytest.mark.slow
 def test_a_last_batch_too_small_to_share_is_a_config_error_on_every_rank(tmp_path):
     """A rank with an empty share of the epoch's last batch would train on nothing (a NaN
     loss, averaged into every rank's gradients): start-up refuses it, naming the key."""
@@ -590,6 +600,7 @@ def _start_up(rank: int, port: int, out: str) -> None:
     Path(out, f"{rank}.json").write_text(json.dumps([result.status, result.signum]))
 
 
+@pytest.mark.slow
 def test_a_signal_during_start_up_on_one_rank_stops_every_rank(tmp_path):
     """The ranks agree at start-up's checks too: a rank that stopped alone would leave the
     others in the model's first broadcast."""
@@ -639,6 +650,7 @@ def _leave(rank: int, init: str, out: str, peer_stuck: bool) -> None:
     ))  # fmt: skip
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("peer_stuck", [False, True])
 def test_ranks_leave_the_process_group_together_and_never_wait_for_ever(tmp_path, peer_stuck):
     """A run that ended alike on every rank: the ranks meet before destroying the gloo group

@@ -9,9 +9,15 @@ import torch
 from runner.core.data import steps_per_epoch, train_size
 from runner.run.train import train
 from schedulers import build_scheduler
-from tests.conftest import make_cfg, read_metrics, wandb_records
-from tests.test_fused import _separate, assert_same_rows, train_members
-from tests.test_loggers import tensorboard_scalars
+from tests.helpers import (
+    assert_same_rows,
+    make_cfg,
+    read_metrics,
+    tensorboard_scalars,
+    train_members,
+    train_separate,
+    wandb_records,
+)
 
 
 def replayed(cfg, key: str) -> tuple[list[float], list[float]]:
@@ -40,6 +46,7 @@ def replayed(cfg, key: str) -> tuple[list[float], list[float]]:
     return at_epoch, at_step
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
 def test_single_run_logs_the_momentum_onecycle_sets(tmp_path, optimizer):
     cfg = make_cfg(
@@ -64,6 +71,7 @@ def test_no_momentum_key_where_the_schedule_leaves_it_alone(tmp_path):
     assert "lr/group0" in row and not any(k.startswith("momentum") for k in row)
 
 
+@pytest.mark.slow
 def test_fused_group_with_cyclic_momentum_logs_it_as_separate_runs_do(tmp_path):
     cyclic = ["scheduler=cyclic", "scheduler.cycle_momentum=true", "scheduler.step_size_up=7"]
     jobs = [
@@ -74,7 +82,7 @@ def test_fused_group_with_cyclic_momentum_logs_it_as_separate_runs_do(tmp_path):
     ]
     members = train_members(tmp_path, jobs)
     for member, overrides in zip(members, jobs, strict=True):
-        separate = _separate(tmp_path, overrides)
+        separate = train_separate(tmp_path, overrides)
         assert_same_rows(member.run_dir, separate)
         rows, steps = read_metrics(member.run_dir), read_metrics(member.run_dir, "step")
         if "scheduler=step" in overrides:

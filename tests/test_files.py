@@ -22,7 +22,7 @@ from runner.core.checkpoint import Checkpointer
 from runner.core.rngs import numpy_state
 from runner.run.train import train
 from runner.sweep import report
-from tests.conftest import cli_in_process, make_cfg, read_metrics, run_cli
+from tests.helpers import FULL_DISK_DRIVER, cli_in_process, make_cfg, read_metrics, run_cli
 
 ENOSPC = os.strerror(errno.ENOSPC)  # "No space left on device"
 
@@ -151,70 +151,6 @@ def test_the_numpy_rng_state_in_a_snapshot_is_always_numpys_own():
 
 # -- a full disk at each write site, through the CLI
 
-# `python -m runner` with one write site failing: ENOSPC from fsync for the whole-file
-# writes (status.json, config.yaml, last.pt: where a full disk shows on delayed
-# allocation) or from a write(2) that got half the line out (metrics.jsonl), after `after`
-# successful writes of that file. One interpreter runs the cases one after the other (as
-# a sweep runs its jobs), each as `python -m runner` with its own exit status and its own
-# stdout and stderr (file descriptors 1 and 2 sent to that case's files): one start-up of
-# the interpreter for all of them.
-DRIVER = r"""
-import errno, json, os, runpy, sys, traceback
-cases = json.loads(sys.argv[1])
-case = {"name": None, "after": 0, "seen": 0}
-
-def target(fd, exact):
-    path = os.path.basename(os.readlink(f"/proc/self/fd/{fd}"))
-    if exact:
-        return path == case["name"]
-    return path.startswith(f".{case['name']}.") and path.endswith(".tmp")
-
-def due():
-    case["seen"] += 1
-    return case["seen"] > case["after"]
-
-def no_space():
-    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-real_write, real_fsync = os.write, os.fsync
-
-def write(fd, data):
-    if case["name"] == "metrics.jsonl" and target(fd, exact=True) and due():
-        real_write(fd, bytes(data[: len(data) // 2]))
-        no_space()
-    return real_write(fd, data)
-
-def fsync(fd):
-    if case["name"] not in (None, "metrics.jsonl") and target(fd, exact=False) and due():
-        no_space()
-    return real_fsync(fd)
-
-os.write, os.fsync = write, fsync
-saved, codes = (os.dup(1), os.dup(2)), []
-for c in cases:
-    sys.stdout.flush(), sys.stderr.flush()
-    for fd, path in ((1, c["stdout"]), (2, c["stderr"])):
-        out = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-        os.dup2(out, fd)
-        os.close(out)
-    case.update(name=c["name"], after=c["after"], seen=0)
-    sys.argv = ["runner", *c["argv"]]
-    try:  # what the interpreter makes of the way `python -m runner` ends
-        runpy.run_module("runner", run_name="__main__", alter_sys=True)
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else int(exit_.code is not None)
-        if isinstance(exit_.code, str):
-            print(exit_.code, file=sys.stderr)
-    except BaseException:
-        traceback.print_exc()
-        code = 1
-    case["name"] = None
-    sys.stdout.flush(), sys.stderr.flush()
-    os.dup2(saved[0], 1), os.dup2(saved[1], 2)
-    codes.append(code)
-print(json.dumps(codes))
-"""
 
 ARGS = ("epochs=3", "logger=none", "trainer.checkpoint_interval_s=0", "trainer.progress=line")
 FULL_DISK = {  # the file that cannot be written: (successful writes of it before, epochs left)
@@ -228,7 +164,7 @@ FULL_DISK = {  # the file that cannot be written: (successful writes of it befor
 @pytest.fixture(scope="module")
 def full_disk(tmp_path_factory) -> dict[str, tuple[Path, subprocess.CompletedProcess]]:
     """Each FULL_DISK case's dir and its `python -m runner ... hydra.run.dir=<dir>/sweep/0`,
-    all run by one DRIVER process."""
+    all run by one FULL_DISK_DRIVER process."""
     base = tmp_path_factory.mktemp("full_disk")
     dirs = {name: base / name.replace(".", "_") for name in FULL_DISK}
     cases = [
@@ -239,7 +175,7 @@ def full_disk(tmp_path_factory) -> dict[str, tuple[Path, subprocess.CompletedPro
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
     env["OMP_NUM_THREADS"] = "1"
     driver = subprocess.run(
-        [sys.executable, "-c", DRIVER, json.dumps(cases)], cwd=base, env=env,
+        [sys.executable, "-c", FULL_DISK_DRIVER, json.dumps(cases)], cwd=base, env=env,
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert driver.returncode == 0, driver.stderr[-3000:]
@@ -268,6 +204,7 @@ def sweep_report(sweep: Path, write: bool = True) -> dict:
     return {"status": job.status, "epochs": [r["epoch"] for r in job.rows]}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(FULL_DISK))
 def test_a_full_disk_ends_the_run_with_one_line_and_loses_nothing(full_disk, name):
     tmp_path, proc = full_disk[name]
@@ -317,6 +254,7 @@ def test_a_report_that_cannot_be_written_is_one_line(tmp_path, monkeypatch):
 # -- damaged files left by an earlier crash
 
 
+@pytest.mark.slow
 def test_torn_metrics_and_an_empty_status_are_read_resumed_and_rerun(tmp_path):
     sweep = tmp_path / "sweep"
     args = ("-m", *ARGS, "seed=0", f"hydra.sweep.dir={sweep}")
@@ -418,6 +356,7 @@ except files.WriteFailed as err:
 """
 
 
+@pytest.mark.slow
 def test_a_checkpoint_cut_short_by_the_disk_is_a_write_failure_not_a_torch_error(tmp_path):
     """torch.save reports a short write as RuntimeError('unexpected pos'): the checkpoint
     writer finds the OSError behind it (here a real one: a file size limit, EFBIG), so a

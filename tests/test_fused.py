@@ -16,11 +16,20 @@ from torch.nn import functional as F
 
 from runner.core.models import MLP, LeNet
 from runner.run.train import train
-from runner.sweep.fused import Member, group_key, train_group, why_not_fusable
+from runner.sweep.fused import group_key, why_not_fusable
 from runner.sweep.stacked import FusedOptimizer, StackedNet
-from tests.conftest import make_cfg, read_metrics, run_cli, wandb_records
-
-REL = 1e-4  # the issue's tolerance for losses/accuracies; lrs must be equal
+from tests.helpers import (
+    SLOW,
+    assert_same_rows,
+    make_cfg,
+    read_metrics,
+    run_cli,
+    start,
+    train_members,
+    train_separate,
+    wait_for_rows,
+    wandb_records,
+)
 
 
 def models(make, seeds):
@@ -113,6 +122,7 @@ def test_fused_optimizer_steps_like_torch_per_member(name, hypers):
             fused.refresh()
 
 
+@pytest.mark.slow
 def test_fusable_jobs_share_a_key_and_others_say_why_not():
     base = make_cfg("epochs=2")
     variants = [
@@ -132,35 +142,7 @@ def test_fusable_jobs_share_a_key_and_others_say_why_not():
     assert "invalid" in why_not_fusable(make_cfg("optimizer.lr=-1"))
 
 
-def _separate(tmp_path: Path, overrides: list[str]) -> Path:
-    run_dir = tmp_path / "separate" / "_".join(overrides).replace("/", "_")
-    assert train(make_cfg(*overrides), run_dir).status in ("completed", "diverged")
-    return run_dir
-
-
-def assert_same_rows(fused: Path, separate: Path) -> None:
-    """lr values equal; losses and accuracies within REL; same step rows."""
-    for kind in ("epoch", "step"):
-        a, b = read_metrics(fused, kind), read_metrics(separate, kind)
-        assert len(a) == len(b) and (a or kind == "step"), (fused, kind)
-        for row, ref in zip(a, b, strict=True):
-            assert row.keys() == ref.keys()
-            for key, value in row.items():
-                if key.startswith("lr"):
-                    assert value == ref[key], key
-                elif key.startswith(("train/", "val/")):
-                    assert value == pytest.approx(ref[key], rel=REL, nan_ok=True), key
-
-
-def train_members(tmp_path: Path, jobs: list[list[str]]) -> list[Member]:
-    """train_group on these jobs (what the launcher does for one group), in-process."""
-    members = [
-        Member(make_cfg(*o), tmp_path / "fused" / str(i), o, None) for i, o in enumerate(jobs)
-    ]
-    train_group(members)
-    return members
-
-
+@pytest.mark.slow
 def test_fused_group_member_forced_to_diverge_is_frozen_and_the_others_match(tmp_path):
     jobs = [
         ["epochs=3", "logger=none", "scheduler=step", "optimizer.lr=1e20"],  # NaN in epoch 0
@@ -174,7 +156,7 @@ def test_fused_group_member_forced_to_diverge_is_frozen_and_the_others_match(tmp
     assert math.isnan(read_metrics(members[0].run_dir)[0]["train/loss"])
     assert any("diverged" in line for _, line in members[0].log_lines)
     for member, overrides in zip(members, jobs, strict=True):
-        assert_same_rows(member.run_dir, _separate(tmp_path, overrides))
+        assert_same_rows(member.run_dir, train_separate(tmp_path, overrides))
         saved = yaml.safe_load((member.run_dir / "config.yaml").read_text())
         assert saved["seed"] == member.cfg.seed
     # the diverged job's rows were never replayed (no launcher here): the same job run
@@ -185,6 +167,7 @@ def test_fused_group_member_forced_to_diverge_is_frozen_and_the_others_match(tmp
     assert json.loads((members[0].run_dir / "status.json").read_text())["rows_sent"] is True
 
 
+@pytest.mark.slow
 def test_fused_lenet_with_adam_and_param_groups_matches_separate_runs(tmp_path):
     """Conv members: grouped convolutions round differently from one conv per model, so
     this runs few epochs (a chaotic phase of training can amplify rounding)."""
@@ -194,7 +177,7 @@ def test_fused_lenet_with_adam_and_param_groups_matches_separate_runs(tmp_path):
     members = train_members(tmp_path, jobs)
     for member, overrides in zip(members, jobs, strict=True):
         assert read_metrics(member.run_dir)[0].keys() >= {"lr/features", "lr/classifier"}
-        assert_same_rows(member.run_dir, _separate(tmp_path, overrides))
+        assert_same_rows(member.run_dir, train_separate(tmp_path, overrides))
 
 
 def job_dirs(sweep: Path) -> dict[str, Path]:
@@ -204,6 +187,7 @@ def job_dirs(sweep: Path) -> dict[str, Path]:
     }
 
 
+@pytest.mark.slow
 def test_fused_sweep_equals_the_basic_launcher_job_by_job(tmp_path):
     """The acceptance test: 3 schedules x 2 seeds, fused vs basic launcher, per job."""
     sweep_args = ["-m", "scheduler=step,plateau,onecycle", "seed=0,1", "epochs=4"]
@@ -234,6 +218,7 @@ def test_fused_sweep_equals_the_basic_launcher_job_by_job(tmp_path):
     assert all(f"scheduler={s}" in report for s in ("step", "plateau", "onecycle"))
 
 
+@pytest.mark.slow
 def test_jobs_that_cannot_fuse_run_on_their_own_with_a_notice(tmp_path):
     sweep = tmp_path / "sweep"
     proc = run_cli(
@@ -253,10 +238,10 @@ def test_jobs_that_cannot_fuse_run_on_their_own_with_a_notice(tmp_path):
         assert len(read_metrics(job)) == 2
 
 
+@pytest.mark.slow
 def test_sigint_stops_a_fused_sweep_and_running_it_again_resumes_each_job(tmp_path):
     """Ctrl-C: every member checkpoints and is marked interrupted; the same command again
     resumes each job from its last.pt on its own."""
-    from tests.test_robustness import SLOW, start, wait_for_rows
 
     args = [*SLOW, "epochs=6", "seed=0,1", "logger=none"]
     sweep = tmp_path / "sweep"
@@ -300,6 +285,7 @@ runpy.run_module("runner", run_name="__main__", alter_sys=True)  # as python -m 
 """
 
 
+@pytest.mark.slow
 def test_a_stopped_fused_sweep_loses_no_w_and_b_rows_of_its_groups(tmp_path):
     """Two fused groups (max_group=2), Ctrl-C in the second: the first group's jobs are in
     W&B already (their rows were not held back until every group had trained), and the
@@ -354,6 +340,7 @@ runpy.run_module("runner", run_name="__main__", alter_sys=True)  # as python -m 
 """
 
 
+@pytest.mark.slow
 def test_a_sweep_stopped_while_its_fused_jobs_are_sent_sends_the_rest_when_run_again(tmp_path):
     """The group trained, then Ctrl-C while its jobs' rows went to W&B: the job being sent
     and any after it say so in status.json (rows_sent false), and the same command again
@@ -391,6 +378,7 @@ def test_a_sweep_stopped_while_its_fused_jobs_are_sent_sends_the_rest_when_run_a
     assert summary, "the summary was sent too"
 
 
+@pytest.mark.slow
 def test_extending_a_fused_job_already_sent_to_w_and_b_sends_only_its_new_rows(tmp_path):
     """A fused member's last.pt says its rows went to W&B only after training (the
     launcher's replay); once replayed, `resume=<dir> epochs=...` sends the new epochs only,
@@ -424,6 +412,7 @@ class StopAfter:
         return self.signum  # as StopFlag's: the engine asks once a batch
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
 def test_fused_checkpoints_resume_with_the_ordinary_runner(tmp_path, monkeypatch, optimizer):
     """A fused member's last.pt is a single run's checkpoint: stopped after epoch 2 of 5,
@@ -450,9 +439,10 @@ def test_fused_checkpoints_resume_with_the_ordinary_runner(tmp_path, monkeypatch
         result = train(make_cfg(*overrides), run_dir)  # finds its checkpoint, resumes
         assert result.status == "completed"
         assert [r["epoch"] for r in read_metrics(run_dir)] == list(range(5))
-        assert_same_rows(run_dir, _separate(tmp_path, overrides))
+        assert_same_rows(run_dir, train_separate(tmp_path, overrides))
 
 
+@pytest.mark.slow
 def test_optuna_trials_are_fused_batch_by_batch(tmp_path):
     """The sweeper hands the launcher n_jobs trials at a time; each batch trains fused and
     Optuna gets every trial's best val accuracy back."""

@@ -13,7 +13,7 @@ from runner.run.rundir import same_run_on_disk
 from runner.run.train import train
 from runner.sweep import fused
 from runner.sweep.fused import Member, train_group
-from tests.conftest import make_cfg, read_metrics, run_cli
+from tests.helpers import FULL_DISK_DRIVER, make_cfg, read_metrics, run_cli
 
 COMMON = ["epochs=2", "logger=none", "scheduler=step"]
 
@@ -34,6 +34,7 @@ def test_a_member_whose_run_dir_another_run_holds_is_left_out_untouched(tmp_path
     assert sorted(p.name for p in busy_dir.iterdir()) == [".lock"]  # nothing written
 
 
+@pytest.mark.slow
 def test_fused_members_have_last_pt_before_the_first_batch_and_resume_from_it(
     tmp_path, monkeypatch
 ):
@@ -62,6 +63,7 @@ def test_fused_members_have_last_pt_before_the_first_batch_and_resume_from_it(
             assert a[key] == pytest.approx(b[key], rel=1e-9, abs=1e-12), key
 
 
+@pytest.mark.slow
 def test_a_fused_sweep_refuses_a_job_dir_holding_another_run_and_fuses_the_rest(tmp_path):
     sweep = tmp_path / "sweep"
     other = sweep / "0"
@@ -84,14 +86,13 @@ def test_a_fused_sweep_refuses_a_job_dir_holding_another_run_and_fuses_the_rest(
         assert status["status"] == "completed" and status["fused_jobs"] == 2
 
 
+@pytest.mark.slow
 def test_a_full_disk_in_a_fused_group_fails_its_jobs_cleanly_and_a_rerun_resumes_them(tmp_path):
     """metrics.jsonl torn by a full disk in epoch 1: every member fails with the one-line
     error, nothing later is lost, and the same sweep run again resumes each job."""
     import os
     import subprocess
     import sys
-
-    from tests.test_files import DRIVER
 
     sweep = tmp_path / "sweep"
     argv = ["-m", "hydra/launcher=fused", "epochs=3", "logger=none", "seed=0,1",
@@ -101,7 +102,7 @@ def test_a_full_disk_in_a_fused_group_fails_its_jobs_cleanly_and_a_rerun_resumes
             "stdout": str(tmp_path / "out"), "stderr": str(tmp_path / "err")}  # fmt: skip
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
     driver = subprocess.run(
-        [sys.executable, "-c", DRIVER, json.dumps([case])], cwd=tmp_path, env=env,
+        [sys.executable, "-c", FULL_DISK_DRIVER, json.dumps([case])], cwd=tmp_path, env=env,
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert driver.returncode == 0, driver.stderr[-3000:]

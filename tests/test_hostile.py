@@ -11,7 +11,7 @@ import pytest
 
 from runner.core.config import validate
 from schedulers import ConfigError
-from tests.conftest import cli_in_process, make_cfg, read_metrics, run_cli
+from tests.helpers import cli_in_process, make_cfg, read_metrics, run_cli
 
 PLATEAU = "scheduler._target_=torch.optim.lr_scheduler.ReduceLROnPlateau"
 
@@ -115,6 +115,7 @@ CLI = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("overrides", "key"), CLI, ids=[" ".join(o) for o, _ in CLI])
 def test_hostile_value_on_the_command_line_exits_2_with_one_line(tmp_path, overrides, key):
     # the first as a `python -m runner` process, the others by the same cli() in this process
@@ -135,6 +136,7 @@ def test_a_1000_deep_list_is_a_config_error_without_traceback(tmp_path):
     assert result.returncode == 2 and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_wandb_online_without_a_server_costs_its_timeout_and_one_warning(tmp_path):
     """A key and no reachable server (a closed local port): wandb.init gives up after
     logger.wandb.init_timeout_s instead of its own 90 s, the run warns once and completes

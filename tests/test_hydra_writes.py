@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 
 # `python -m runner` with one of Hydra's files failing for lack of space: `.hydra/config.yaml`
 # (written with open()) or `train.log` (opened by logging's FileHandler, which logging's
@@ -39,6 +39,7 @@ runpy.run_module("runner", run_name="__main__", alter_sys=True)
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("failing", [os.path.join(".hydra", "config.yaml"), "train.log"])
 def test_a_full_disk_under_hydras_own_files_is_one_line(tmp_path, failing):
     run_dir = tmp_path / "run"
@@ -54,6 +55,7 @@ def test_a_full_disk_under_hydras_own_files_is_one_line(tmp_path, failing):
     assert not (run_dir / "last.pt").exists()
 
 
+@pytest.mark.slow
 def test_hydras_own_errors_still_read_as_before(tmp_path):
     """An error Hydra raises while sweeping: its message and hint, no stack trace."""
     args = ["-m", "+experiment=init_lr", "hydra.sweeper.params.seed=0,1", "logger=none"]
@@ -69,6 +71,7 @@ def test_a_key_under_a_null_node_is_a_config_error(tmp_path):
     assert "hydra.sweeper.params.<key>" in proc.stderr
 
 
+@pytest.mark.slow
 def test_a_sweep_refused_a_used_job_dir_leaves_that_runs_hydra_files(tmp_path):
     """A second sweep with other values into the same sweep dir: its job 0 is refused (the
     dir holds the first sweep's run), and Hydra no longer writes that job's .hydra/ first,
@@ -91,6 +94,7 @@ def test_a_sweep_refused_a_used_job_dir_leaves_that_runs_hydra_files(tmp_path):
     assert "Overrides shared by every run: `optimizer.lr=0.1 " in (sweep / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_a_new_run_replaces_the_stale_hydra_files_of_a_run_stopped_in_its_start_up(tmp_path):
     """A run stopped before it wrote config.yaml leaves .hydra/ (its overrides) behind; the
     dir holds no run, so the next run takes it, and must write its own .hydra/ (a QA pass
@@ -115,6 +119,7 @@ def test_no_rank_but_rank_0_writes_hydra_files(monkeypatch):
     assert hydra_subdir(False) is None
 
 
+@pytest.mark.slow
 def test_train_log_is_rank_0s_and_a_users_job_logging_replaces_it(tmp_path, monkeypatch):
     """Hydra's job log is our hydra/job_logging=schedlab (Hydra's default, the file on
     torchrun's rank 0 only: the other ranks' Hydra would open the run dir's train.log before

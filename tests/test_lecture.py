@@ -13,8 +13,7 @@ import pytest
 from runner.lecture import PARTS, main, parse_args
 from schedulers.lecture import LECTURE
 from tests import browser_check
-from tests.conftest import read_metrics
-from tests.test_schedulers import torch_reference
+from tests.helpers import CONF, job_dirs, make_cfg, read_metrics, report_rows, torch_reference
 
 
 @pytest.fixture(scope="module")
@@ -23,6 +22,7 @@ def page(tmp_path_factory):
     return main(["quick=true", f"out={out}"])
 
 
+@pytest.mark.slow
 def test_every_part_has_a_section_with_its_figures(page):
     text = (page / "index.md").read_text()
     titles = re.findall(r"^## (.+)$", text, flags=re.M)
@@ -36,9 +36,9 @@ def test_every_part_has_a_section_with_its_figures(page):
     assert "get_lr()" in text  # the documented difference at the milestones
 
 
+@pytest.mark.slow
 def test_the_scheduler_sweep_ranks_all_six_and_lambda_keeps_one_lr_per_group(page):
     """Part 3's sweep (+experiment=lecture_schedulers, quick: 3 epochs, seeds 0 and 1)."""
-    from tests.test_sweeps import job_dirs, report_rows
 
     sweep = page / "schedulers" / "sweep"
     rows = report_rows(sweep)
@@ -53,6 +53,7 @@ def test_the_scheduler_sweep_ranks_all_six_and_lambda_keeps_one_lr_per_group(pag
         assert row["lr/classifier"] == pytest.approx(0.02 * 0.95 ** (e * 200 / 3), rel=1e-12)
 
 
+@pytest.mark.slow
 def test_the_toy_curves_on_the_page_equal_torch(page):
     for name in LECTURE:
         with (page / "curves" / f"lecture_{name}.csv").open() as f:
@@ -60,6 +61,7 @@ def test_the_toy_curves_on_the_page_equal_torch(page):
         assert [[float(v) for v in r[1:]] for r in rows] == torch_reference(name)
 
 
+@pytest.mark.slow
 def test_html_is_self_contained_and_every_image_decodes(page):
     from PIL import Image
 
@@ -73,6 +75,7 @@ def test_html_is_self_contained_and_every_image_decodes(page):
     assert "src='http" not in doc and 'src="' not in doc  # nothing fetched from elsewhere
 
 
+@pytest.mark.slow
 def test_rerun_reuses_finished_parts(page, capsys):
     again = main(["quick=true", f"out={page.parent}", "part=lenet"])
     assert again == page
@@ -95,6 +98,7 @@ def test_bad_arguments_are_refused(arg, capsys):
     assert capsys.readouterr().err.startswith("error: ")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
     browser_check.chromium() is None, reason="needs Chromium (apt-get install chromium)"
 )
@@ -145,8 +149,6 @@ PRESETS = {
 
 
 def test_the_presets_cover_every_experiment_file():
-    from tests.conftest import CONF
-
     named = {o.split("=")[1] for jobs in PRESETS.values() for job in jobs for o in job
              if o.startswith("+experiment=")}  # fmt: skip
     assert named | {"cifar10_fast"} == {p.stem for p in (CONF / "experiment").glob("*.yaml")}
@@ -154,10 +156,10 @@ def test_the_presets_cover_every_experiment_file():
     assert len(PRESETS["mnist1d"]) == 40 and len(PRESETS["experiment=mnist1d_models"]) == 20
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset", sorted(PRESETS))
 def test_every_job_of_every_preset_validates(preset):
     from runner.core.config import validate
-    from tests.conftest import make_cfg
 
     for job in PRESETS[preset]:
         validate(make_cfg(*job))
@@ -174,7 +176,6 @@ def test_the_cifar10_preset_validates_given_its_data(monkeypatch):
     from runner.core.config import validate
     from runner.core.data import TensorData
     from runner.core.schema import SCHEMAS, check_node
-    from tests.conftest import make_cfg
 
     class Cifar(TensorData):
         @property
@@ -207,7 +208,6 @@ def test_scaled_lecture_milestones_stay_strictly_increasing():
 def test_a_config_error_shows_resolved_values_not_interpolations():
     from runner.core.config import validate
     from schedulers import ConfigError
-    from tests.conftest import make_cfg
 
     with pytest.raises(ConfigError) as err:
         validate(make_cfg("scheduler=multistep", "scheduler.milestones=[${epochs},${epochs}]"))
@@ -232,6 +232,7 @@ def test_a_quick_page_is_never_continued_by_a_full_run(tmp_path):
     assert output_dir(base, fresh=True, quick=True) != quick_page
 
 
+@pytest.mark.slow
 def test_the_lenet_part_runs_on_streamed_data_given_to_the_lecture(tmp_path):
     """data= moves the LeNet run onto other data, here torchvision FakeData streamed
     through a DataLoader; the page says so, and a page on digits is not continued by it."""
@@ -289,6 +290,7 @@ def test_bad_data_for_the_lecture_is_exit_2_before_any_part_runs(tmp_path, capsy
     assert not tmp_path.exists() or not any(tmp_path.iterdir())  # nothing made
 
 
+@pytest.mark.slow
 def test_a_projects_own_data_group_is_given_with_config_dir(tmp_path, monkeypatch, capsys):
     """`--config-dir DIR data=<its group>`, as for `python -m runner`: the group is found
     and validated (here the custom project's Shapes, one typo'd kwarg refused by name)."""

@@ -5,15 +5,7 @@ from __future__ import annotations
 import pytest
 
 from runner.run.train import train
-from tests.conftest import make_cfg, read_metrics, wandb_records
-
-
-def tensorboard_scalars(run_dir) -> dict[str, list[tuple[int, float]]]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    acc = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0})
-    acc.Reload()
-    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+from tests.helpers import make_cfg, read_metrics, tensorboard_scalars, wandb_records
 
 
 def test_tensorboard_events_hold_the_metrics_jsonl_values(tmp_path):
@@ -34,6 +26,7 @@ def test_tensorboard_events_hold_the_metrics_jsonl_values(tmp_path):
     assert [s for s, _ in scalars["train/step_loss"]] == [10, 20, 30, 40]
 
 
+@pytest.mark.slow
 def test_two_loggers_at_once_get_the_same_rows(tmp_path):
     cfg = make_cfg("logger=[wandb,tensorboard]", "epochs=2", "trainer.progress=line")
     assert set(cfg.logger) == {"wandb", "tensorboard"}

@@ -13,9 +13,10 @@ import torch
 from runner.core.builders import build_training_parts
 from runner.core.config import validate
 from runner.core.lr_find import lr_at, range_test, smoothed, suggest
+from runner.lr_find import cli as lr_find_cli
 from runner.run.train import train
 from schedulers import ConfigError
-from tests.conftest import make_cfg, read_metrics
+from tests.helpers import make_cfg, read_metrics
 
 FAST = ("logger=none", "trainer.progress=line")
 
@@ -117,6 +118,7 @@ def test_bad_ranges_fail_before_training(override, key):
     assert err.value.key == key
 
 
+@pytest.mark.slow
 def test_cli_prints_both_suggestions_and_writes_plot_and_csv(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "runner.lr_find", "lr_find.num_iters=60", "logger=none",
@@ -139,6 +141,7 @@ def test_a_test_that_diverges_at_once_is_a_config_error_naming_start_lr():
     assert err.value.key == "lr_find.start_lr" and "lower it" in str(err.value)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args", [
     ["optimizer.lrr=1"], ["scheduler=nope"], ["optimizer.lr=-1"],
     ["resume=somewhere"], ["-m", "optimizer.lr=0.1,0.2"], ["hydra.run.dir=afile/run"],
@@ -154,4 +157,23 @@ def test_cli_config_errors_are_one_line_and_leave_nothing(tmp_path, args):
     )  # fmt: skip
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith("config error: ") and proc.stderr.count("\n") == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["afile"]
+
+
+@pytest.mark.parametrize("args", [
+    ["optimizer.lrr=1"], ["scheduler=nope"], ["resume=somewhere"],
+    ["-m", "optimizer.lr=0.1,0.2"], ["hydra.run.dir=afile/run"],
+], ids=["typo", "option", "resume", "sweep", "file in the way"])  # fmt: skip
+def test_cli_config_errors_before_hydra_in_this_process(tmp_path, monkeypatch, capsys, args):
+    """The refusals of test_cli_config_errors_are_one_line_and_leave_nothing that come
+    before Hydra starts, from runner.lr_find.cli() in this process: the fast tier's run of
+    runner/lr_find.py (that test's subprocesses are slow)."""
+    (tmp_path / "afile").write_text("")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["runner.lr_find", *args])
+    with pytest.raises(SystemExit) as exit_:
+        lr_find_cli()
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("config error: ") and err.count("\n") == 1
     assert [p.name for p in tmp_path.iterdir()] == ["afile"]

@@ -19,8 +19,14 @@ from runner.run.train import train
 from runner.sweep.fused import why_not_fusable
 from runner.sweep.stacked import StackedNet
 from schedulers import ConfigError
-from tests.conftest import make_cfg, read_metrics, run_cli
-from tests.test_fused import _separate, assert_same_rows, train_members
+from tests.helpers import (
+    assert_same_rows,
+    make_cfg,
+    read_metrics,
+    run_cli,
+    train_members,
+    train_separate,
+)
 
 SMALL = ["data=mnist1d", "data.num_samples=600"]  # 480 train, 120 val: quick to generate
 
@@ -57,6 +63,7 @@ def test_generated_data_equals_the_packages_make_dataset(root):
         assert torch.equal(x[:, 0], torch.as_tensor(ref["x" + key], dtype=torch.float32))
 
 
+@pytest.mark.slow
 def test_the_cache_is_keyed_by_the_parameters_reused_and_rebuilt_when_damaged(
     root, monkeypatch, caplog
 ):
@@ -88,6 +95,7 @@ def test_the_cache_is_keyed_by_the_parameters_reused_and_rebuilt_when_damaged(
     assert np.load(cached)["x"].shape == (480, 40)  # and rewritten whole
 
 
+@pytest.mark.slow
 def test_cnn1d_and_gru_learn_mnist1d_above_chance(root, tmp_path):
     common = small(root, "optimizer=adam", "optimizer.lr=0.01", "logger=none", "scheduler=none")
     cnn = train(make_cfg(*common, "model=cnn1d", "epochs=6"), tmp_path / "cnn")
@@ -110,15 +118,17 @@ def test_stacked_cnn1d_computes_what_each_member_computes():
     assert torch.allclose(shared, torch.stack([m(x[0]) for m in members]), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_fused_cnn1d_equals_separate_runs(root, tmp_path):
     assert why_not_fusable(make_cfg(*small(root, "model=cnn1d"))) is None
     common = small(root, "model=cnn1d", "epochs=3", "logger=none")
     jobs = [[*common, "scheduler=step", "seed=0"], [*common, "scheduler=onecycle", "seed=1"]]
     members = train_members(tmp_path, jobs)
     for member, overrides in zip(members, jobs, strict=True):
-        assert_same_rows(member.run_dir, _separate(tmp_path, overrides))
+        assert_same_rows(member.run_dir, train_separate(tmp_path, overrides))
 
 
+@pytest.mark.slow
 def test_the_gru_runs_on_its_own_under_the_fused_launcher(root):
     reason = why_not_fusable(make_cfg(*small(root, "model=gru")))
     assert reason and "gru" in reason
@@ -142,6 +152,7 @@ def test_bad_mnist1d_settings_are_config_errors(root, overrides, key):
     assert err.value.key == key
 
 
+@pytest.mark.slow
 def test_a_1d_model_on_images_is_an_error_naming_the_key_before_anything_is_written(tmp_path):
     proc = run_cli("model=cnn1d", "logger=none", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     assert proc.returncode == 2
@@ -149,6 +160,7 @@ def test_a_1d_model_on_images_is_an_error_naming_the_key_before_anything_is_writ
     assert "Traceback" not in proc.stderr and not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("choice", ["logistic", "mlp", "cnn1d", "gru"])
 def test_the_models_preset_composes_each_papers_model(root, choice):
     cfg = make_cfg("+experiment=mnist1d_models", f"+mnist1d_model={choice}", f"data.root={root}")
@@ -161,6 +173,7 @@ def test_the_models_preset_composes_each_papers_model(root, choice):
         assert list(cfg.model.hidden) == [100, 100]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "schedule", ["step", "multistep", "exponential", "cosine", "plateau", "lambda", "none",
                  "onecycle"],

@@ -15,60 +15,12 @@ from torch import nn
 from runner.core.builders import build_run
 from runner.core.config import validate
 from schedulers import ConfigError
-from tests.conftest import make_cfg, read_metrics, run_cli
+from tests.helpers import make_cfg, read_metrics, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
-HERE = "tests.test_model_on_data"
+HERE = "tests.user_models"  # the user models these tests train
 BLOBS = "{_target_:tests.user_datasets.Blobs,size:40}"
 BLOBS_VAL = "{_target_:tests.user_datasets.Blobs,size:20,offset:40}"
-
-
-class LazyNet(nn.Module):
-    """A user model in the common lazy style: its input width comes from the first batch."""
-
-    def __init__(self, num_classes: int) -> None:
-        super().__init__()
-        self.net = nn.Sequential(
-            nn.Flatten(), nn.LazyLinear(16), nn.ReLU(), nn.Linear(16, num_classes)
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
-
-
-class Frozen(nn.Module):
-    """A model whose every parameter is frozen: an optimizer over it trains nothing."""
-
-    def __init__(self, num_classes: int) -> None:
-        super().__init__()
-        self.head = nn.Sequential(nn.Flatten(), nn.Linear(64, num_classes))
-        self.head.requires_grad_(False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(x)
-
-
-class Double(nn.Module):
-    """Parameters in float64, the data in float32."""
-
-    def __init__(self, num_classes: int) -> None:
-        super().__init__()
-        self.head = nn.Sequential(nn.Flatten(), nn.Linear(64, num_classes)).double()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(x)
-
-
-class Classes(nn.Module):
-    """Takes its width as `classes` (not a name the runner offers): configs interpolate
-    ${data.num_classes}."""
-
-    def __init__(self, classes: int) -> None:
-        super().__init__()
-        self.head = nn.Sequential(nn.Flatten(), nn.Linear(16, classes))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(x)
 
 
 def error_of(*overrides: str) -> ConfigError:
@@ -146,6 +98,7 @@ def test_lazy_modules_are_materialised_before_the_optimizer_is_built() -> None:
     assert torch.equal(build_run(cfg).model.net[1].weight, first)
 
 
+@pytest.mark.slow
 def test_a_lazy_model_trains_end_to_end(tmp_path, monkeypatch) -> None:
     # before: "Attempted to use an uninitialized parameter" in epoch 1, exit 1
     monkeypatch.setenv("PYTHONPATH", str(ROOT))

@@ -7,7 +7,7 @@ import torch
 
 from runner.core.models import LeNet, build_model, validate_model
 from schedulers import ConfigError
-from tests.conftest import make_cfg
+from tests.helpers import make_cfg
 
 
 @pytest.mark.parametrize("model", ["mlp", "lenet", "resnet18"])

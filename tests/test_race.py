@@ -20,7 +20,7 @@ from runner.core.compose import compose_config
 from runner.sweep.launch import check_sweeper, configurations
 from runner.sweep.race import Race, RaceSettings, job_subdir
 from runner.sweep.report import write_report
-from tests.conftest import cli_in_process, read_metrics, run_cli
+from tests.helpers import cli_in_process, fake_run, race_json, read_metrics, run_cli
 
 BAD, CLOSE = "optimizer.lr=0.0001", ("optimizer.lr=0.05", "optimizer.lr=0.045")
 # 1e-4 is far behind after 3 epochs; 0.05 and 0.045 win and lose seeds against each other
@@ -28,10 +28,6 @@ BAD, CLOSE = "optimizer.lr=0.0001", ("optimizer.lr=0.05", "optimizer.lr=0.045")
 RACE = ("-m", "hydra/sweeper=race", "optimizer.lr=0.0001,0.05,0.045", "epochs=3",
         "logger=none", "hydra.sweeper.max_seeds=5")  # fmt: skip
 REL = 1e-4  # the fused launcher's tolerance (tests/test_fused.py)
-
-
-def race_json(sweep: Path) -> dict:
-    return json.loads((sweep / "race.json").read_text())
 
 
 def decisions(race: dict) -> list[tuple]:
@@ -57,6 +53,7 @@ def basic_race(tmp_path_factory) -> Path:
     return cwd / "basic"
 
 
+@pytest.mark.slow
 def test_race_drops_the_bad_lr_after_min_seeds_and_races_the_close_pair(basic_race):
     race = race_json(basic_race)
     by_label = {c["label"]: c for c in race["configurations"]}
@@ -106,6 +103,7 @@ def test_race_drops_the_bad_lr_after_min_seeds_and_races_the_close_pair(basic_ra
     assert (basic_race / "race_lr.png").stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_fused_launcher_races_the_same(basic_race, tmp_path):
     result = run_cli(*RACE, "hydra/launcher=fused", "hydra.sweep.dir=fused", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -116,6 +114,7 @@ def test_fused_launcher_races_the_same(basic_race, tmp_path):
     assert values(fused) == pytest.approx(ref, rel=REL)
 
 
+@pytest.mark.slow
 def test_interrupted_race_continues_where_it_stopped(basic_race, tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
     if os.environ.get("PYTEST_XDIST_WORKER"):
@@ -157,21 +156,7 @@ def test_interrupted_race_continues_where_it_stopped(basic_race, tmp_path):
 # ---- the race's logic on run dirs written here (no training): failed jobs, read-back
 
 
-def fake_run(sweep: Path, overrides: list[str], status: str, best_acc: float) -> None:
-    """A job's run dir as the runner leaves it (`hydra.sweep.subdir=` names the dir)."""
-    task = [o for o in overrides if not o.startswith("hydra.")]
-    subdir = next(o for o in overrides if o.startswith("hydra.sweep.subdir=")).split("=")[1]
-    seed = int(next(o for o in task if o.startswith("seed=")).split("=")[1])
-    job = sweep / subdir
-    (job / ".hydra").mkdir(parents=True)
-    (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(task))
-    (job / "config.yaml").write_text(yaml.safe_dump({"seed": seed}))
-    (job / "status.json").write_text(json.dumps({"status": status, "wall_time_s": 1.0}))
-    if status == "completed":
-        rows = [{"epoch": 0, "lr/group0": 0.1, "val/acc": best_acc, "val/loss": 0.5}]
-        (job / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-
-
+@pytest.mark.slow
 def test_failed_jobs_count_as_a_loss_and_a_rerun_reads_everything_back(tmp_path):
     acc = {"lr=1": [0.90, 0.91, 0.92, 0.93, 0.90], "lr=2": [0.91, 0.90, 0.93, 0.92, 0.91]}
     launched: list[list[str]] = []

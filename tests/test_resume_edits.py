@@ -7,7 +7,7 @@ import pytest
 
 from runner.run.train import train
 from schedulers import ConfigError
-from tests.conftest import make_cfg, read_metrics, run_cli
+from tests.helpers import make_cfg, read_metrics, run_cli
 
 COMMON = ["epochs=3", "logger=none", "trainer.checkpoint_interval_s=0"]
 
@@ -55,6 +55,7 @@ def test_an_edited_epochs_that_would_stretch_the_schedule_is_refused(tmp_path):
     }
 
 
+@pytest.mark.slow
 def test_an_edit_that_changes_what_was_computed_is_refused_naming_the_key(tmp_path):
     run_dir = tmp_path / "run"
     assert train(make_cfg(*COMMON, "scheduler=step"), run_dir).status == "completed"

@@ -15,71 +15,22 @@ import pytest
 
 from runner.core.loggers import open_logger
 from runner.run.train import train
-from tests.conftest import (
+from tests.helpers import (
+    SLOW,
     cli_in_process,
+    comparable,
     make_cfg,
-    one_torch_thread,
     read_metrics,
+    reference,
+    resume_in_process,
     run_cli,
+    start,
+    wait_for_rows,
     wandb_records,
 )
 
-# LeNet with batch 16 on digits: ~0.3 s an epoch, slow enough to be stopped mid-run
-SLOW = ("model=lenet", "data.batch_size=16", "optimizer.lr=0.02", "trainer.progress=line")
 
-
-def start(args: list[str], cwd: Path) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
-    env["OMP_NUM_THREADS"] = "1"
-    return subprocess.Popen(
-        [sys.executable, "-m", "runner", *args], cwd=cwd, env=env,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-
-
-def wait_for_rows(run_dir: Path, n: int, proc: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    metrics = run_dir / "metrics.jsonl"
-    while time.monotonic() < deadline:
-        try:
-            if metrics.exists() and len(read_metrics(run_dir)) >= n:  # epoch rows
-                return
-        except ValueError:  # caught a line half-written; look again
-            pass
-        assert proc.poll() is None, proc.communicate()
-        time.sleep(0.02)
-    raise AssertionError(f"no {n} epochs within {timeout}s")
-
-
-def comparable(rows: list[dict]) -> list[dict]:
-    return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows]
-
-
-_REFERENCES: dict[tuple[str, ...], list[dict]] = {}
-
-
-def reference(tmp_path: Path, args: list[str]) -> list[dict]:
-    """The same run, never interrupted: the job `python -m runner <args>` runs, train() on
-    the config composed from the same overrides, in this process (no interpreter start-up)
-    on one torch thread, as `start` runs the interrupted one. Computed once per set of args."""
-    key = tuple(args)
-    if key not in _REFERENCES:
-        run_dir = tmp_path / "reference"
-        with one_torch_thread():
-            result = train(make_cfg(*args), run_dir, overrides=list(args))
-        assert result.status == "completed"
-        _REFERENCES[key] = comparable(read_metrics(run_dir))
-    return _REFERENCES[key]
-
-
-def resume_in_process(run_dir: Path):
-    """The job `python -m runner resume=<dir>` runs: train() on the saved run, in this
-    process, on one torch thread as `start` runs the interrupted one (the command itself
-    resumes in the signal and requeue tests below, and in test_custom_project.py)."""
-    with one_torch_thread():
-        return train(make_cfg(f"resume={run_dir}"), run_dir, overrides=[f"resume={run_dir}"])
-
-
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "schedule",
     [
@@ -111,6 +62,7 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path, schedule):
         assert len({r["lr/group0"] for r in rows}) > 1  # Plateau state carried over a reduction
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_signal_stops_quickly_keeps_a_checkpoint_and_resumes(tmp_path, sig):
     args = [*SLOW, "epochs=6"]
@@ -155,6 +107,7 @@ def wandb_epochs(run_dir: Path, newest: bool = False) -> list[int]:
     return [int(h["epoch"]) for h in items if "val/acc" in h]
 
 
+@pytest.mark.slow
 def test_a_resume_after_sigkill_sends_w_and_b_the_rows_the_killed_process_logged(tmp_path, caplog):
     """W&B keeps a live run's rows in memory until the run is closed: a SIGKILL loses all the
     killed process logged (its offline file stays empty). The resume finds last.pt written
@@ -203,6 +156,7 @@ runpy.run_module("runner", run_name="__main__", alter_sys=True)  # as python -m 
 """
 
 
+@pytest.mark.slow
 def test_a_signal_while_a_sweep_job_finishes_stops_the_sweep_after_it(tmp_path):
     """Ctrl-C as a job of a sweep finishes (past its last check): the job stays complete as
     recorded and the sweep stops there, as asked, instead of the signal being lost."""
@@ -233,6 +187,7 @@ runpy.run_module("runner", run_name="__main__", alter_sys=True)
 """
 
 
+@pytest.mark.slow
 def test_ctrl_c_between_two_jobs_of_a_sweep_is_one_line_and_a_rerun_continues(tmp_path):
     proc = sweep_with(BETWEEN_JOBS, tmp_path)
     assert proc.returncode == 128 + signal.SIGINT, proc.stderr[-2000:]
@@ -246,6 +201,7 @@ def test_ctrl_c_between_two_jobs_of_a_sweep_is_one_line_and_a_rerun_continues(tm
     assert json.loads((tmp_path / "sweep/1/status.json").read_text())["status"] == "completed"
 
 
+@pytest.mark.slow
 def test_sigkill_before_the_first_interval_resumes_from_the_checkpoint_before_epoch_0(tmp_path):
     import torch
 
@@ -294,6 +250,7 @@ def test_resume_of_a_dir_without_a_run_is_a_config_error(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
 
 
+@pytest.mark.slow
 def test_nan_loss_marks_the_run_diverged_with_its_own_exit_code(tmp_path):
     run_dir = tmp_path / "run"
     proc = run_cli("optimizer.lr=1e10", "scheduler=none", "epochs=5", f"hydra.run.dir={run_dir}",
@@ -328,6 +285,7 @@ def test_diverge_loss_threshold_stops_a_run_and_the_same_command_does_not_redo_i
     assert json.loads((tmp_path / "status.json").read_text())["status"] == "diverged"
 
 
+@pytest.mark.slow
 def test_unwritable_wandb_dir_costs_a_warning_not_the_run(tmp_path, caplog):
     (tmp_path / "wandb").write_text("a file where W&B wants its folder")
     result = train(make_cfg("epochs=2"), tmp_path)
@@ -336,6 +294,7 @@ def test_unwritable_wandb_dir_costs_a_warning_not_the_run(tmp_path, caplog):
     assert any("W&B could not start" in r.message for r in caplog.records)
 
 
+@pytest.mark.slow
 def test_wandb_dying_mid_run_leaves_metrics_jsonl_complete(tmp_path, caplog):
     cfg = make_cfg("epochs=2")
     with open_logger(cfg.logger, tmp_path, {}, [], None) as logger:
@@ -347,6 +306,7 @@ def test_wandb_dying_mid_run_leaves_metrics_jsonl_complete(tmp_path, caplog):
     assert sum("wandb logging failed" in r.message for r in caplog.records) == 1
 
 
+@pytest.mark.slow
 def test_no_api_key_or_environment_in_outputs(tmp_path):
     secrets = {"WANDB_API_KEY": "local-0123456789abcdef0123456789abcdef01234567",
                "SCHEDLAB_TEST_SECRET": "hunter2-do-not-write"}  # fmt: skip
@@ -433,6 +393,7 @@ def test_best_and_last_checkpoints_hold_the_right_epochs(tmp_path):
     assert best["progress"]["best_metric"] == rows[best_epoch]["val/acc"]
 
 
+@pytest.mark.slow
 def test_the_same_command_into_the_same_dir_resumes_like_a_requeued_job(tmp_path):
     """What a Slurm requeue does: the job runs again with the same config and run dir."""
     args = [*SLOW, "epochs=5", "logger=none", "trainer.checkpoint_interval_s=0",
@@ -449,6 +410,7 @@ def test_the_same_command_into_the_same_dir_resumes_like_a_requeued_job(tmp_path
     assert comparable(rows) == reference(tmp_path, [a for a in args if "hydra.run.dir" not in a])
 
 
+@pytest.mark.slow
 def test_sigusr2_before_a_time_out_checkpoints_and_exits_140(tmp_path):
     run_dir = tmp_path / "run"
     proc = start([*SLOW, "epochs=6", "logger=none", f"hydra.run.dir={run_dir}"], tmp_path)

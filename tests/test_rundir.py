@@ -19,21 +19,17 @@ from runner.core.stopping import StopFlag
 from runner.run.rundir import RunDirRefused, extend_blocker
 from runner.run.train import train
 from schedulers import ConfigError
-from tests.conftest import cli_in_process, make_cfg, read_metrics, release_kept_locks
-from tests.test_robustness import SLOW, comparable, start, wait_for_rows
-
-
-def snapshot(run_dir: Path) -> dict[str, bytes | None]:
-    """Every file under the run dir, byte for byte; W&B's debug-core.log and
-    debug-internal.log only by name: W&B's service process (shared by the test process's
-    runs) appends to them on its own time, also after the run has ended."""
-    return {
-        str(p.relative_to(run_dir)): None
-        if p.name in ("debug-core.log", "debug-internal.log")
-        else p.read_bytes()
-        for p in run_dir.rglob("*")
-        if p.is_file()
-    }
+from tests.helpers import (
+    SLOW,
+    cli_in_process,
+    comparable,
+    make_cfg,
+    read_metrics,
+    release_kept_locks,
+    snapshot,
+    start,
+    wait_for_rows,
+)
 
 
 def resume(run_dir: Path, *overrides: str):
@@ -45,6 +41,7 @@ def resume(run_dir: Path, *overrides: str):
 # -- one run per run dir
 
 
+@pytest.mark.slow
 def test_a_second_run_into_a_used_dir_is_refused_and_a_complete_one_is_left_alone(tmp_path):
     """Sequential: a new run into a dir holding another run's results exits 2 naming the dir
     and the way out; resuming the complete run without changes says so and exits 0; an
@@ -100,6 +97,7 @@ def test_in_process_a_used_dir_is_refused_unless_it_is_this_run(tmp_path):
     assert train(make_cfg(*args), fresh).status == "completed"
 
 
+@pytest.mark.slow
 def test_a_concurrent_second_run_is_refused_and_the_first_completes(tmp_path):
     """The first run is paused (SIGSTOP) mid-run while the second is checked: it is still
     running and holding its dir however long the check takes, so a short run will do."""
@@ -168,6 +166,7 @@ def test_the_cli_holds_the_run_dir_before_hydra_writes_into_it(tmp_path, monkeyp
     assert files.run_dir_holder(run_dir) is None  # released with the run's block
 
 
+@pytest.mark.slow
 def test_a_run_dir_that_cannot_be_made_or_is_made_from_the_config(tmp_path):
     """A file in the way is a config error in one line (was Hydra's three lines, exit 1);
     a dir named from the config is locked by the run, not under its literal text."""
@@ -301,6 +300,7 @@ def test_a_signal_during_start_up_leaves_status_interrupted(tmp_path, monkeypatc
     assert train(make_cfg("logger=none", "epochs=2"), tmp_path).status == "completed"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_signal_right_after_the_run_dir_appears_exits_cleanly(tmp_path, sig):
     run_dir = tmp_path / "run"

@@ -10,45 +10,15 @@ from torch.optim import lr_scheduler as tls
 
 from schedulers import ConfigError, build_scheduler, validate_scheduler
 from schedulers.expr import ExpressionError, LrExpression, parse
-from schedulers.lecture import ITERATIONS, LR, MAX_EPOCH, lecture_config, plateau_loss, run_toy
-from schedulers.lecture import toy_params as lecture_params
+from schedulers.lecture import LR, MAX_EPOCH, lecture_config, plateau_loss, run_toy
 from schedulers.wsd import wsd_factor
+from tests.helpers import torch_reference
 
 COMMON = {"interval": "epoch", "warmup_epochs": 0, "warmup_start_factor": 0.1}
 
 
 # -- the lecture's toy demo, against torch used directly -----------------------------------------
-def torch_reference(name: str) -> list[list[float]]:
-    """The lecture's script written with torch's classes and Python lambdas, no schedlab."""
-    params = lecture_params(name)
-    opt = torch.optim.SGD([{"params": [p]} for p in params], lr=LR, momentum=0.9)
-    sched = {
-        "step": lambda: tls.StepLR(opt, step_size=50, gamma=0.1),
-        "multistep": lambda: tls.MultiStepLR(opt, milestones=[50, 125, 160], gamma=0.1),
-        "exponential": lambda: tls.ExponentialLR(opt, gamma=0.95),
-        "cosine": lambda: tls.CosineAnnealingLR(opt, T_max=50, eta_min=0),
-        "plateau": lambda: tls.ReduceLROnPlateau(
-            opt, mode="min", factor=0.1, patience=10, cooldown=10, min_lr=1e-4
-        ),
-        "lambda": lambda: tls.LambdaLR(
-            opt, lr_lambda=[lambda epoch: 0.1 ** (epoch // 20), lambda epoch: 0.95**epoch]
-        ),
-    }[name]()
-    lrs = []
-    for epoch in range(MAX_EPOCH):
-        lrs.append([g["lr"] for g in opt.param_groups])
-        for _ in range(ITERATIONS):
-            loss = sum((p**2).sum() for p in params)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        if name == "plateau":
-            sched.step(plateau_loss(epoch))
-        else:
-            sched.step()
-    return lrs
-
-
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "name", ["step", "multistep", "exponential", "cosine", "plateau", "lambda"]
 )
@@ -56,6 +26,7 @@ def test_lecture_curve_equals_torch_value_for_value(name):
     assert run_toy(name) == torch_reference(name)
 
 
+@pytest.mark.slow
 def test_lecture_closed_forms_to_1e_12():
     step, expo, cos = run_toy("step"), run_toy("exponential"), run_toy("cosine")
     for t in range(MAX_EPOCH):

@@ -17,7 +17,7 @@ from runner.run.train import train
 from schedulers import ConfigError
 from schedulers.lecture import main as lecture_main
 from schedulers.lecture import run_toy
-from tests.conftest import CONF, make_cfg, read_metrics
+from tests.helpers import CONF, make_cfg, read_metrics
 
 FAST = ("logger=none", "trainer.progress=line")
 # every option that is a schedule by itself (`target` names no class until it is given one)
@@ -94,6 +94,7 @@ def test_param_groups_give_named_parts_their_own_lr(tmp_path):
         assert row["lr/classifier"] == pytest.approx(0.002)
 
 
+@pytest.mark.slow
 def test_lecture_two_group_lambda_on_a_real_lenet(tmp_path):
     cfg = make_cfg(
         *FAST,
@@ -127,6 +128,7 @@ def test_group_and_schedule_mismatches_fail_at_startup(overrides, key):
     assert err.value.key == key
 
 
+@pytest.mark.slow
 def test_preview_cli_prints_the_table_and_writes_pngs(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "runner.preview", "scheduler=step,cosine", "epochs=5",
@@ -184,6 +186,7 @@ def test_preview_refuses_a_config_dir_that_does_not_exist(tmp_path, capsys):
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_lecture_curves_command_writes_six_figures_and_tables(tmp_path):
     lecture_main(["--out", str(tmp_path)])
     names = ["step", "multistep", "exponential", "cosine", "plateau", "lambda"]

@@ -11,7 +11,7 @@ from runner.core.models import MODELS
 from runner.core.optimizers import OPTIMIZERS
 from runner.core.schema import GROUPS, SCHEMAS, Run, Trainer, check_node, defaults
 from schedulers import ConfigError
-from tests.conftest import CONF, make_cfg
+from tests.helpers import CONF, make_cfg, read_metrics
 
 OPTIONS = [
     *(("model", name, spec.schema) for name, spec in MODELS.items()),
@@ -121,7 +121,6 @@ def test_best_pt_by_val_loss_with_mode_auto_is_the_lowest_loss(tmp_path):
     import torch
 
     from runner.run.train import train
-    from tests.conftest import read_metrics
 
     cfg = make_cfg("logger=none", "epochs=4", "trainer.checkpoint_interval_s=0",
                    "trainer.monitor=val/loss")  # fmt: skip

@@ -12,7 +12,7 @@ import yaml
 from torch.optim import lr_scheduler as tls
 
 from schedulers import SCHEDULES, ConfigError, build_scheduler, schedule_label, validate_scheduler
-from tests.conftest import CONF, make_cfg, read_metrics, run_cli
+from tests.helpers import CONF, make_cfg, read_metrics, run_cli
 
 COMMON = {"interval": "epoch", "warmup_epochs": 0, "warmup_start_factor": 0.1}
 T = "torch.optim.lr_scheduler."
@@ -333,6 +333,7 @@ def test_a_training_run_with_a_sequence_logs_sequential_lrs(tmp_path):
     assert [r["lr/group0"] for r in read_metrics(run)] == [row[0] for row in expected]
 
 
+@pytest.mark.slow
 def test_cli_target_scheduler(tmp_path):
     run = tmp_path / "run"
     proc = run_cli(f"hydra.run.dir={run}", "logger=none", "epochs=4", "scheduler=target",
@@ -343,6 +344,7 @@ def test_cli_target_scheduler(tmp_path):
     assert [r["lr/group0"] for r in read_metrics(run)] == [lr * 0.5**t for t in range(4)]
 
 
+@pytest.mark.slow
 def test_cli_target_config_error(tmp_path):
     proc = run_cli(f"hydra.run.dir={tmp_path / 'run'}", "logger=none", "scheduler=target",
                    f"scheduler._target_={COS}", "+scheduler.T_maxx=5", cwd=tmp_path)  # fmt: skip

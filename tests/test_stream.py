@@ -13,11 +13,19 @@ import torch
 from runner.core.data import TensorData, load_data
 from runner.core.stream import EpochBatches, SeededSamples, StreamData
 from runner.run.train import train
-from tests.conftest import cli_in_process, make_cfg, one_torch_thread, read_metrics, run_cli
-from tests.test_robustness import comparable, start, wait_for_rows
+from tests.helpers import (
+    cli_in_process,
+    comparable,
+    make_cfg,
+    one_torch_thread,
+    pipeline,
+    read_metrics,
+    run_cli,
+    start,
+    wait_for_rows,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
-V2 = "torchvision.transforms.v2"
 FAST = ("logger=none", "trainer.progress=line", "model.hidden=[16]", "data.batch_size=16")
 
 
@@ -44,18 +52,6 @@ def folder(tmp_path_factory) -> Path:
 def importable(monkeypatch):
     """`tests.user_datasets` importable by the runner's subprocesses, as a user's package."""
     monkeypatch.setenv("PYTHONPATH", str(ROOT))
-
-
-def pipeline(random: bool) -> str:
-    steps = [f"{{_target_:{V2}.ToImage}}"]
-    if random:
-        steps += [f"{{_target_:{V2}.RandomCrop,size:8,padding:1}}",
-                  f"{{_target_:{V2}.RandomHorizontalFlip}}"]  # fmt: skip
-    steps.append(
-        f"{{_target_:{V2}.ToDtype,dtype:{{_target_:hydra.utils.get_object,path:torch.float32}},"
-        "scale:true}"
-    )
-    return f"{{_target_:{V2}.Compose,transforms:[{','.join(steps)}]}}"
 
 
 def folder_args(
@@ -94,6 +90,7 @@ def test_a_sample_is_seeded_by_run_seed_epoch_and_index_alone(folder):
     assert any(not torch.equal(x, other[(1, i)][0]) for i, x in enumerate(a))
 
 
+@pytest.mark.slow
 def test_image_folder_with_random_transforms_gives_the_same_rows_with_any_num_workers(
     tmp_path, folder, caplog
 ):
@@ -110,6 +107,7 @@ def test_image_folder_with_random_transforms_gives_the_same_rows_with_any_num_wo
     assert comparable(other_seed) != comparable(zero)
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_of_a_streamed_run_equals_an_uninterrupted_run(
     tmp_path, folder, importable
 ):
@@ -133,6 +131,7 @@ def test_resume_after_sigkill_of_a_streamed_run_equals_an_uninterrupted_run(
     assert comparable(rows) == comparable(run_in_process(tmp_path, "reference", args))
 
 
+@pytest.mark.slow
 def test_a_user_dataset_class_trains_through_the_cli(tmp_path, importable):
     blobs = "tests.user_datasets.Blobs"
     args = ["data=dataset", f"data.train={{_target_:{blobs},size:90}}",
@@ -271,6 +270,7 @@ def test_a_batch_is_fetched_with_one_save_and_restore_of_the_rngs_and_per_sample
     assert not torch.equal(batch[0][0], batch[1][0])  # each sample its own seed
 
 
+@pytest.mark.slow
 def test_a_sweep_over_streamed_data_runs_under_the_fused_launcher_and_reports(tmp_path, folder):
     """The fused launcher cannot stack a streamed set: each job runs on its own with the
     usual notice, and the sweep's report (table, paired comparison, plots) reads the

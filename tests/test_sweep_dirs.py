@@ -27,8 +27,7 @@ from runner.sweep import sweepdir
 from runner.sweep.fused import Member, train_group
 from runner.sweep.race import Race, RaceSettings, job_subdir
 from runner.sweep.report import SweepReport, write_report
-from tests.conftest import cli_in_process, make_cfg, release_kept_locks, run_cli
-from tests.test_race import fake_run, race_json
+from tests.helpers import cli_in_process, fake_run, make_cfg, race_json, release_kept_locks, run_cli
 
 PID = 4242  # the pid a held lock names: "another sweep (pid 4242)"
 QUICK = ("epochs=1", "logger=none", "hydra/job_logging=disabled")
@@ -109,6 +108,7 @@ def test_a_sweep_dir_made_from_the_config_is_held_from_the_sweeps_start(tmp_path
     release_kept_locks()
 
 
+@pytest.mark.slow
 def test_two_identical_races_started_together_the_second_is_refused(tmp_path):
     """The issue's reproduction: the second race into the dir counted the job the first was
     training as a loss, and its race.json called the winner "not significantly better"."""
@@ -173,6 +173,7 @@ def test_a_race_job_whose_dir_another_process_writes_is_pending_not_a_loss(tmp_p
     assert race["done"] and race["pending"] == [] and race["configurations"][1]["fate"] == "dropped"
 
 
+@pytest.mark.slow
 def test_a_sweep_job_whose_dir_another_process_writes_is_pending_and_untouched(tmp_path):
     sweep = tmp_path / "sweep"
     with held(sweep / "1"):
@@ -249,6 +250,7 @@ def test_a_completed_job_without_its_metrics_is_no_success(tmp_path):
     assert sweepdir.exit_status(tmp_path)[0] == 1
 
 
+@pytest.mark.slow
 def test_a_race_whose_every_configuration_fails_its_config_check_stops_after_round_1(tmp_path):
     """The subprocess: the race stops after round 1 and the sweep exits 2 (before: every
     round to max_seeds, 8 jobs, exit 0)."""

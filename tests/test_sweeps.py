@@ -12,22 +12,21 @@ import pytest
 import yaml
 
 from runner.run.train import train
-from tests.conftest import make_cfg, read_metrics, run_cli, wandb_records
+from tests.helpers import (
+    CONF,
+    comparable,
+    job_dirs,
+    make_cfg,
+    read_metrics,
+    reference,
+    report_rows,
+    run_cli,
+    wait_for_rows,
+    wandb_records,
+)
 
 
-def report_rows(sweep: Path) -> dict[str, dict[str, str]]:
-    with (sweep / "report.csv").open() as f:
-        return {row["config"]: row for row in csv.DictReader(f)}
-
-
-def job_dirs(sweep: Path) -> dict[str, Path]:
-    """job dir by its overrides (as Hydra recorded them)."""
-    return {
-        " ".join(yaml.safe_load((d / ".hydra" / "overrides.yaml").read_text())): d
-        for d in sorted(p for p in sweep.iterdir() if (p / ".hydra").is_dir())
-    }
-
-
+@pytest.mark.slow
 def test_two_schedules_two_seeds_report_matches_the_runs(tmp_path):
     sweep = tmp_path / "sweep"
     proc = run_cli(
@@ -68,6 +67,7 @@ def test_two_schedules_two_seeds_report_matches_the_runs(tmp_path):
     assert groups == {"_".join(sweep.parts[-2:])}
 
 
+@pytest.mark.slow
 def test_diverged_and_failed_jobs_do_not_stop_the_sweep(tmp_path):
     sweep = tmp_path / "sweep"
     proc = run_cli(
@@ -93,6 +93,7 @@ def test_diverged_and_failed_jobs_do_not_stop_the_sweep(tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_joblib_launcher_runs_jobs_in_parallel_processes_with_the_basic_launchers_metrics(
     tmp_path,
 ):
@@ -160,6 +161,7 @@ def test_lecture_schedulers_preset_scales_the_lectures_parameters():
     assert all(c.model.name == "lenet" for c in configs.values())
 
 
+@pytest.mark.slow
 def test_lecture_lenet_preset_is_the_lecture_script(tmp_path):
     cfg = make_cfg("+experiment=lecture_lenet", "logger=none", "trainer.progress=line")
     assert (cfg.seed, cfg.epochs, cfg.data.batch_size) == (1, 10, 16)
@@ -178,13 +180,12 @@ def test_lecture_lenet_preset_is_the_lecture_script(tmp_path):
 def test_init_lr_preset_sweeps_the_lectures_small_values():
     from hydra import compose, initialize_config_dir
 
-    from tests.conftest import CONF
-
     with initialize_config_dir(str(CONF), version_base="1.3"):
         cfg = compose("config", overrides=["+experiment=init_lr"], return_hydra_config=True)
     assert cfg.hydra.sweeper.params["optimizer.lr"] == "0.01,0.001,0.0001"
 
 
+@pytest.mark.slow
 def test_optuna_searches_and_maximises_best_val_acc(tmp_path):
     sweep = tmp_path / "sweep"
     proc = run_cli(
@@ -204,6 +205,7 @@ def test_optuna_searches_and_maximises_best_val_acc(tmp_path):
     assert len(report_rows(sweep)) == 3
 
 
+@pytest.mark.slow
 def test_an_optuna_study_survives_a_failed_and_a_diverged_trial(tmp_path):
     """warmup_epochs=2 of 2 epochs is a config error, lr 1000 diverges: with the sampler's
     seed 0 the 4 trials are diverged, failed, completed, failed. Each is recorded (its
@@ -232,6 +234,7 @@ def test_an_optuna_study_survives_a_failed_and_a_diverged_trial(tmp_path):
     assert result["best_value"] == pytest.approx(max(r["val/acc"] for r in read_metrics(done)))
 
 
+@pytest.mark.slow
 def test_submitit_local_launcher_runs_a_sweep_and_the_report_covers_it(tmp_path):
     sweep = tmp_path / "sweep"
     proc = run_cli(
@@ -274,19 +277,17 @@ def signal_submitit_task(sweep: Path, signum: int) -> None:
 def assert_same_as_uninterrupted(run_dir: Path, tmp_path: Path) -> None:
     """The job's rows equal those of the same run never interrupted: its job's train() on
     the same overrides, in this process on one thread (ONE_THREAD); shared by the tests."""
-    from tests.test_robustness import comparable, reference
 
     assert comparable(read_metrics(run_dir)) == reference(tmp_path, SUBMITIT_ARGS)
 
 
+@pytest.mark.slow
 def test_submitit_job_signalled_mid_run_is_requeued_and_resumes_exactly(tmp_path):
     """SIGUSR2 is Slurm's time-out/preemption warning: the run checkpoints, hands the signal
     to submitit, submitit requeues the job, and the job resumes from its last.pt."""
     import os
     import signal
     import subprocess
-
-    from tests.test_robustness import wait_for_rows
 
     sweep = tmp_path / "sweep"
     proc = subprocess.Popen(
@@ -303,6 +304,7 @@ def test_submitit_job_signalled_mid_run_is_requeued_and_resumes_exactly(tmp_path
     assert_same_as_uninterrupted(sweep / "0", tmp_path)
 
 
+@pytest.mark.slow
 def test_submitit_job_killed_with_sigterm_resumes_when_the_sweep_is_run_again(tmp_path):
     """SIGTERM (a scancel, or the node going away) is not a requeue under submitit: the
     job checkpoints and stops as interrupted. Running the same sweep again into the same
@@ -310,8 +312,6 @@ def test_submitit_job_killed_with_sigterm_resumes_when_the_sweep_is_run_again(tm
     import os
     import signal
     import subprocess
-
-    from tests.test_robustness import wait_for_rows
 
     sweep = tmp_path / "sweep"
     env = {**os.environ, **ONE_THREAD}

@@ -8,7 +8,7 @@ import math
 import pytest
 
 from runner.run.train import train
-from tests.conftest import make_cfg, read_metrics
+from tests.helpers import make_cfg, read_metrics
 
 FAST = ("logger=none", "trainer.progress=line")
 
@@ -63,6 +63,7 @@ def test_lenet_learns_upsampled_digits(tmp_path):
     assert train(cfg, tmp_path).best_val_acc > 0.85
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["mlp", "lenet", "resnet18"])
 def test_every_model_trains_on_fake_images(tmp_path, model):
     cfg = make_cfg(
@@ -97,6 +98,7 @@ def test_channels_last_auto_means_conv_nets_on_cpu():
     assert not build_run(make_cfg("model=lenet", "trainer.channels_last=false")).channels_last
 
 
+@pytest.mark.slow
 def test_channels_last_conv_net_trains_like_the_default_layout(tmp_path):
     base = ("model=lenet", "epochs=2", "optimizer.lr=0.02", *FAST)
     train(make_cfg(*base, "trainer.channels_last=false"), tmp_path / "a")

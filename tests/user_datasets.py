@@ -1,5 +1,5 @@
-"""Datasets of a user's own, for tests/test_stream.py: imported by `_target_` as a user's
-package would be."""
+"""Datasets of a user's own, for the tests (streamed data, data checks, fingerprints): imported
+by `_target_` as a user's package would be."""
 
 from __future__ import annotations
 
@@ -84,3 +84,20 @@ class Listed(Odd):
     @property
     def targets(self) -> list[int]:
         return [0] * len(self.y) if self.kind == "one" else self.y.tolist()
+
+
+class Counted(Blobs):
+    """Blobs without `targets`, counting the samples fetched from it (`fetched`, for the
+    whole class); sample `broken` cannot be read."""
+
+    fetched = 0
+
+    def __init__(self, size: int, offset: int = 0, broken: int = -1) -> None:
+        super().__init__(size, offset)
+        self.broken = broken
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        Counted.fetched += 1
+        if i == self.broken:
+            raise OSError("a bad sector")
+        return super().__getitem__(i)

@@ -39,3 +39,51 @@ class SmallCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
+
+
+class LazyNet(nn.Module):
+    """A user model in the common lazy style: its input width comes from the first batch."""
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Flatten(), nn.LazyLinear(16), nn.ReLU(), nn.Linear(16, num_classes)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class Frozen(nn.Module):
+    """A model whose every parameter is frozen: an optimizer over it trains nothing."""
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(64, num_classes))
+        self.head.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(x)
+
+
+class Double(nn.Module):
+    """Parameters in float64, the data in float32."""
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(64, num_classes)).double()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(x)
+
+
+class Classes(nn.Module):
+    """Takes its width as `classes` (not a name the runner offers): configs interpolate
+    ${data.num_classes}."""
+
+    def __init__(self, classes: int) -> None:
+        super().__init__()
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(16, classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(x)

@@ -1,0 +1,425 @@
+"""What the tests share: compose configs in-process, run the CLI (as a subprocess, or in this
+process for a command that ends before Hydra), read back what a run wrote, start and stop
+runs, and the references the tests compare runs against. A module, not a test file, so no
+test file imports another (tests/test_layers.py checks it); conftest.py holds only fixtures
+and hooks."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from omegaconf import DictConfig
+from torch.optim import lr_scheduler as tls
+
+from runner.core.compose import CONF as CONF  # re-exported for the tests
+from runner.core.compose import compose_config
+from runner.run.train import train
+from runner.sweep.fused import Member, train_group
+from schedulers.lecture import ITERATIONS, LR, MAX_EPOCH, plateau_loss
+from schedulers.lecture import toy_params as lecture_params
+
+# -- configs, the CLI, what a run wrote
+
+
+WANDB_CLI = Path(sys.executable).parent / "wandb"
+
+
+def make_cfg(*overrides: str) -> DictConfig:
+    """The config `python -m runner <overrides>` would run, composed by Hydra's compose API."""
+    return compose_config(list(overrides))
+
+
+def read_metrics(run_dir: Path, kind: str = "epoch") -> list[dict]:
+    """The epoch rows of a run's metrics.jsonl (or its step rows, kind="step")."""
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if r.get("kind", "epoch") == kind]
+
+
+def run_cli(*args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        env["OMP_NUM_THREADS"] = "1"
+    return subprocess.run(
+        [sys.executable, "-m", "runner", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+class _ReachedHydra(BaseException):
+    """cli_in_process: the command got past every check made before Hydra starts (not an
+    Exception: cli() reports those as a failed run)."""
+
+
+def cli_in_process(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """`python -m runner <args>` for a command that ends before Hydra starts (a config error,
+    a refused or already complete run dir): runner.__main__.cli() itself, in this process,
+    with its exit status and output as run_cli returns them, without a new interpreter's
+    ~6 s of imports. A command that gets past those checks is run by run_cli instead, so
+    the result is always what the real command gives."""
+    import io
+
+    import runner.__main__ as entry
+
+    def reached_hydra() -> None:
+        raise _ReachedHydra
+
+    out, err = io.StringIO(), io.StringIO()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(cwd)
+        # cli() sets it for Hydra once the checks pass; "" reads as unset and is undone
+        mp.setenv("HYDRA_FULL_ERROR", os.environ.get("HYDRA_FULL_ERROR", ""))
+        mp.setattr(sys, "argv", ["runner", *args])
+        mp.setattr(entry, "main", reached_hydra)
+        mp.setattr(entry, "_CLI_STOP", None)
+        try:
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                entry.cli()
+            code = 0
+        except _ReachedHydra:
+            code = None
+        except SystemExit as exit_:  # as the interpreter turns it into an exit status
+            code = exit_.code
+            if code is None:
+                code = 0
+            elif not isinstance(code, int):
+                print(code, file=err)
+                code = 1
+        finally:  # the run dir lock cli() took for the run it would start: not this process's
+            release_kept_locks()
+    if code is None:
+        return run_cli(*args, cwd=cwd)
+    return subprocess.CompletedProcess(["runner", *args], code, out.getvalue(), err.getvalue())
+
+
+def release_kept_locks() -> None:
+    """Drop the run-dir locks the CLI took for a run (files.keep_run_dir) that this test
+    process will not start."""
+    from runner.core import files
+
+    for lock in files._KEPT.values():
+        os.close(lock.fd)
+    files._KEPT.clear()
+
+
+@contextlib.contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """torch on one CPU thread, as in a `python -m runner` started with OMP_NUM_THREADS=1 (what
+    run_cli gives its processes under xdist): the same float sums, so the same metrics."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def wandb_records(run_dir: Path, newest: bool = False, index: int | None = None) -> list[dict]:
+    """Every record of the run's offline .wandb file, decoded by W&B's own CLI (`newest`:
+    of its newest, when a resume has written another; `index`: of the index-th, oldest
+    first; else there must be one)."""
+    found = sorted(run_dir.glob("wandb/offline-run-*/run-*.wandb"), key=lambda p: p.stat().st_mtime)
+    if index is not None:
+        found = [found[index]]
+    (wandb_file,) = found[-1:] if newest else found
+    out = subprocess.run(
+        [str(WANDB_CLI), "leet", "inspect", "--json", str(wandb_file)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+# -- runs stopped mid-way and the same runs never interrupted
+
+
+# LeNet with batch 16 on digits: ~0.3 s an epoch, slow enough to be stopped mid-run
+SLOW = ("model=lenet", "data.batch_size=16", "optimizer.lr=0.02", "trainer.progress=line")
+
+
+def start(args: list[str], cwd: Path) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env["OMP_NUM_THREADS"] = "1"
+    return subprocess.Popen(
+        [sys.executable, "-m", "runner", *args], cwd=cwd, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def wait_for_rows(run_dir: Path, n: int, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    metrics = run_dir / "metrics.jsonl"
+    while time.monotonic() < deadline:
+        try:
+            if metrics.exists() and len(read_metrics(run_dir)) >= n:  # epoch rows
+                return
+        except ValueError:  # caught a line half-written; look again
+            pass
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.02)
+    raise AssertionError(f"no {n} epochs within {timeout}s")
+
+
+def comparable(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows]
+
+
+_REFERENCES: dict[tuple[str, ...], list[dict]] = {}
+
+
+def reference(tmp_path: Path, args: list[str]) -> list[dict]:
+    """The same run, never interrupted: the job `python -m runner <args>` runs, train() on
+    the config composed from the same overrides, in this process (no interpreter start-up)
+    on one torch thread, as `start` runs the interrupted one. Computed once per set of args."""
+    key = tuple(args)
+    if key not in _REFERENCES:
+        run_dir = tmp_path / "reference"
+        with one_torch_thread():
+            result = train(make_cfg(*args), run_dir, overrides=list(args))
+        assert result.status == "completed"
+        _REFERENCES[key] = comparable(read_metrics(run_dir))
+    return _REFERENCES[key]
+
+
+def resume_in_process(run_dir: Path):
+    """The job `python -m runner resume=<dir>` runs: train() on the saved run, in this
+    process, on one torch thread as `start` runs the interrupted one (the command itself
+    resumes in the signal and requeue tests below, and in test_custom_project.py)."""
+    with one_torch_thread():
+        return train(make_cfg(f"resume={run_dir}"), run_dir, overrides=[f"resume={run_dir}"])
+
+
+# -- run dirs
+
+
+def snapshot(run_dir: Path) -> dict[str, bytes | None]:
+    """Every file under the run dir, byte for byte; W&B's debug-core.log and
+    debug-internal.log only by name: W&B's service process (shared by the test process's
+    runs) appends to them on its own time, also after the run has ended."""
+    return {
+        str(p.relative_to(run_dir)): None
+        if p.name in ("debug-core.log", "debug-internal.log")
+        else p.read_bytes()
+        for p in run_dir.rglob("*")
+        if p.is_file()
+    }
+
+
+# -- streamed data
+
+
+V2 = "torchvision.transforms.v2"
+
+
+def pipeline(random: bool) -> str:
+    steps = [f"{{_target_:{V2}.ToImage}}"]
+    if random:
+        steps += [f"{{_target_:{V2}.RandomCrop,size:8,padding:1}}",
+                  f"{{_target_:{V2}.RandomHorizontalFlip}}"]  # fmt: skip
+    steps.append(
+        f"{{_target_:{V2}.ToDtype,dtype:{{_target_:hydra.utils.get_object,path:torch.float32}},"
+        "scale:true}"
+    )
+    return f"{{_target_:{V2}.Compose,transforms:[{','.join(steps)}]}}"
+
+
+# -- fused sweeps against separate runs
+
+
+REL = 1e-4  # the issue's tolerance for losses/accuracies; lrs must be equal
+
+
+def train_separate(tmp_path: Path, overrides: list[str]) -> Path:
+    run_dir = tmp_path / "separate" / "_".join(overrides).replace("/", "_")
+    assert train(make_cfg(*overrides), run_dir).status in ("completed", "diverged")
+    return run_dir
+
+
+def assert_same_rows(fused: Path, separate: Path) -> None:
+    """lr values equal; losses and accuracies within REL; same step rows."""
+    for kind in ("epoch", "step"):
+        a, b = read_metrics(fused, kind), read_metrics(separate, kind)
+        assert len(a) == len(b) and (a or kind == "step"), (fused, kind)
+        for row, ref in zip(a, b, strict=True):
+            assert row.keys() == ref.keys()
+            for key, value in row.items():
+                if key.startswith("lr"):
+                    assert value == ref[key], key
+                elif key.startswith(("train/", "val/")):
+                    assert value == pytest.approx(ref[key], rel=REL, nan_ok=True), key
+
+
+def train_members(tmp_path: Path, jobs: list[list[str]]) -> list[Member]:
+    """train_group on these jobs (what the launcher does for one group), in-process."""
+    members = [
+        Member(make_cfg(*o), tmp_path / "fused" / str(i), o, None) for i, o in enumerate(jobs)
+    ]
+    train_group(members)
+    return members
+
+
+# -- TensorBoard
+
+
+def tensorboard_scalars(run_dir) -> dict[str, list[tuple[int, float]]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+# -- a full disk
+
+
+# `python -m runner` with one write site failing: ENOSPC from fsync for the whole-file
+# writes (status.json, config.yaml, last.pt: where a full disk shows on delayed
+# allocation) or from a write(2) that got half the line out (metrics.jsonl), after `after`
+# successful writes of that file. One interpreter runs the cases one after the other (as
+# a sweep runs its jobs), each as `python -m runner` with its own exit status and its own
+# stdout and stderr (file descriptors 1 and 2 sent to that case's files): one start-up of
+# the interpreter for all of them.
+FULL_DISK_DRIVER = r"""
+import errno, json, os, runpy, sys, traceback
+cases = json.loads(sys.argv[1])
+case = {"name": None, "after": 0, "seen": 0}
+
+def target(fd, exact):
+    path = os.path.basename(os.readlink(f"/proc/self/fd/{fd}"))
+    if exact:
+        return path == case["name"]
+    return path.startswith(f".{case['name']}.") and path.endswith(".tmp")
+
+def due():
+    case["seen"] += 1
+    return case["seen"] > case["after"]
+
+def no_space():
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+real_write, real_fsync = os.write, os.fsync
+
+def write(fd, data):
+    if case["name"] == "metrics.jsonl" and target(fd, exact=True) and due():
+        real_write(fd, bytes(data[: len(data) // 2]))
+        no_space()
+    return real_write(fd, data)
+
+def fsync(fd):
+    if case["name"] not in (None, "metrics.jsonl") and target(fd, exact=False) and due():
+        no_space()
+    return real_fsync(fd)
+
+os.write, os.fsync = write, fsync
+saved, codes = (os.dup(1), os.dup(2)), []
+for c in cases:
+    sys.stdout.flush(), sys.stderr.flush()
+    for fd, path in ((1, c["stdout"]), (2, c["stderr"])):
+        out = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        os.dup2(out, fd)
+        os.close(out)
+    case.update(name=c["name"], after=c["after"], seen=0)
+    sys.argv = ["runner", *c["argv"]]
+    try:  # what the interpreter makes of the way `python -m runner` ends
+        runpy.run_module("runner", run_name="__main__", alter_sys=True)
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else int(exit_.code is not None)
+        if isinstance(exit_.code, str):
+            print(exit_.code, file=sys.stderr)
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    case["name"] = None
+    sys.stdout.flush(), sys.stderr.flush()
+    os.dup2(saved[0], 1), os.dup2(saved[1], 2)
+    codes.append(code)
+print(json.dumps(codes))
+"""
+
+
+# -- the lecture's toy demo, against torch used directly
+
+
+def torch_reference(name: str) -> list[list[float]]:
+    """The lecture's script written with torch's classes and Python lambdas, no schedlab."""
+    params = lecture_params(name)
+    opt = torch.optim.SGD([{"params": [p]} for p in params], lr=LR, momentum=0.9)
+    sched = {
+        "step": lambda: tls.StepLR(opt, step_size=50, gamma=0.1),
+        "multistep": lambda: tls.MultiStepLR(opt, milestones=[50, 125, 160], gamma=0.1),
+        "exponential": lambda: tls.ExponentialLR(opt, gamma=0.95),
+        "cosine": lambda: tls.CosineAnnealingLR(opt, T_max=50, eta_min=0),
+        "plateau": lambda: tls.ReduceLROnPlateau(
+            opt, mode="min", factor=0.1, patience=10, cooldown=10, min_lr=1e-4
+        ),
+        "lambda": lambda: tls.LambdaLR(
+            opt, lr_lambda=[lambda epoch: 0.1 ** (epoch // 20), lambda epoch: 0.95**epoch]
+        ),
+    }[name]()
+    lrs = []
+    for epoch in range(MAX_EPOCH):
+        lrs.append([g["lr"] for g in opt.param_groups])
+        for _ in range(ITERATIONS):
+            loss = sum((p**2).sum() for p in params)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        if name == "plateau":
+            sched.step(plateau_loss(epoch))
+        else:
+            sched.step()
+    return lrs
+
+
+# -- sweeps and races
+
+
+def report_rows(sweep: Path) -> dict[str, dict[str, str]]:
+    with (sweep / "report.csv").open() as f:
+        return {row["config"]: row for row in csv.DictReader(f)}
+
+
+def job_dirs(sweep: Path) -> dict[str, Path]:
+    """job dir by its overrides (as Hydra recorded them)."""
+    return {
+        " ".join(yaml.safe_load((d / ".hydra" / "overrides.yaml").read_text())): d
+        for d in sorted(p for p in sweep.iterdir() if (p / ".hydra").is_dir())
+    }
+
+
+def race_json(sweep: Path) -> dict:
+    return json.loads((sweep / "race.json").read_text())
+
+
+def fake_run(sweep: Path, overrides: list[str], status: str, best_acc: float) -> None:
+    """A job's run dir as the runner leaves it (`hydra.sweep.subdir=` names the dir)."""
+    task = [o for o in overrides if not o.startswith("hydra.")]
+    subdir = next(o for o in overrides if o.startswith("hydra.sweep.subdir=")).split("=")[1]
+    seed = int(next(o for o in task if o.startswith("seed=")).split("=")[1])
+    job = sweep / subdir
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(task))
+    (job / "config.yaml").write_text(yaml.safe_dump({"seed": seed}))
+    (job / "status.json").write_text(json.dumps({"status": status, "wall_time_s": 1.0}))
+    if status == "completed":
+        rows = [{"epoch": 0, "lr/group0": 0.1, "val/acc": best_acc, "val/loss": 0.5}]
+        (job / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
