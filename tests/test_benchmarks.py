@@ -29,7 +29,7 @@ def test_the_bare_runner_keeps_no_checkpoint_and_sends_nothing_to_w_and_b(tmp_pa
     from runner.core.background import Background
     from runner.core.builders import build_run
     from runner.core.loggers import open_logger
-    from tests.conftest import make_cfg
+    from tests.helpers import make_cfg
 
     cfg = make_cfg(*bench_overhead.BARE, "epochs=2", "trainer.progress=line")
     data = build_run(cfg).data

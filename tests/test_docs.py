@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import release_kept_locks
+from tests.helpers import release_kept_locks
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"

@@ -141,23 +141,11 @@ def test_the_trace_of_a_plateau_phase_reads_its_counters_after_each_epoch():
     assert "best" not in rows[0]  # the step phase has no plateau columns
 
 
-class BreaksAt(tls.LambdaLR):
-    """A user's scheduler (`_target_`) that raises from its `epoch`-th step on."""
-
-    def __init__(self, optimizer, epoch: int):
-        def factor(e: int) -> float:
-            if e >= epoch:
-                raise RuntimeError(f"broken at {e}")
-            return 1.0
-
-        super().__init__(optimizer, factor)
-
-
 def test_a_dry_run_steps_exactly_the_schedules_length_and_names_the_step():
     """validate_scheduler tries a `_target_` through its whole length on the simulator's loop
     (10 epochs: the lr after the last one included, as a run computes it), not one step
     further, and a failure names the step it happened at."""
-    target = {**COMMON, "_target_": f"{__name__}.BreaksAt"}
+    target = {**COMMON, "_target_": "tests.user_schedulers.BreaksAt"}
     with pytest.raises(ConfigError, match="BreaksAt fails at epoch 10: RuntimeError: broken at 10"):
         validate_scheduler({**target, "epoch": 10}, epochs=10, steps_per_epoch=3, base_lrs=[0.1])
     validate_scheduler({**target, "epoch": 11}, epochs=10, steps_per_epoch=3, base_lrs=[0.1])

@@ -15,7 +15,7 @@ from runner.core.config import validate
 from runner.core.rngs import NumpyGlobalState, numpy_state
 from schedulers import ConfigError
 from schedulers.binder import key_named_in, plain
-from tests.conftest import make_cfg
+from tests.helpers import make_cfg
 
 ROOT = Path(__file__).resolve().parents[1]
 BLOBS = "tests.user_datasets.Blobs"
