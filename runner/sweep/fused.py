@@ -33,13 +33,12 @@ from torch.nn import functional as F
 
 from runner.core import checkpoint, files, models, optimizers
 from runner.core.background import Background
-from runner.core.builders import build_optimizer, resolve_device, seed_everything
+from runner.core.builders import build_member, resolve_device
 from runner.core.config import validate
 from runner.core.data import TensorData, batches, load_data, place, resize_images, steps_per_epoch
 from runner.core.engine import Engine, Result, Track
 from runner.core.fingerprint import fingerprint as data_fingerprint
 from runner.core.loggers import RunLogger
-from runner.core.model_check import build_for
 from runner.core.stopping import stop_on_signals
 from runner.core.stream import is_streamed
 from runner.core.targets import label
@@ -47,7 +46,7 @@ from runner.run.rundir import SWEEP_DIR_KEY, busy
 from runner.run.train import outcome, send_rows
 from runner.sweep.stacked import FusedOptimizer, StackedNet
 from runner.sweep.sweepdir import record_refused
-from schedulers import ConfigError, build_scheduler
+from schedulers import ConfigError
 
 log = logging.getLogger("schedlab")
 
@@ -191,21 +190,15 @@ def _note(member: Member, level: int, message: str) -> None:
 def _build(
     members: Sequence[Member],
 ) -> tuple[torch.device, TensorData, StackedNet, list, list, list]:
-    """Each member's model, optimizer and scheduler exactly as build_run makes them (same
-    seed -> same init), then the models stacked. Data is loaded once for all."""
+    """Each member's model, optimizer and scheduler built as a single run builds its own
+    (runner/core/builders.py `build_member`: its threads, its seed -> the same init), then
+    the models stacked. Data is loaded once for all."""
     first = members[0].cfg
     device = resolve_device(first.trainer.device)
     data = load_data(first.data)
-    per_epoch = steps_per_epoch(data.n_train, first.data.batch_size)
     models, optimizers, schedules = [], [], []
     for m in members:
-        cfg = m.cfg
-        seed_everything(cfg.seed, cfg.trainer.deterministic)
-        model = build_for(cfg.model, data, device)
-        optimizer = build_optimizer(cfg.optimizer, model, cfg.model)
-        schedule = build_scheduler(
-            cfg.scheduler, optimizer, epochs=cfg.epochs, steps_per_epoch=per_epoch
-        )
+        model, optimizer, schedule = build_member(m.cfg, data, device)
         # never stepped itself (the fused step reads its lr); a step without gradients
         # changes nothing and tells torch's scheduler the optimizer is in use (no warning)
         optimizer.step()
