@@ -3,6 +3,7 @@ build (threads, seed, model, optimizer, schedule), checkpointer and evaluation."
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from runner.sweep import fused
@@ -27,3 +28,24 @@ def test_trainer_num_threads_holds_under_the_fused_launcher(tmp_path, monkeypatc
         train_group(group)
     assert [m.result.status for m in group] == ["completed", "completed"]
     assert seen and set(seen) == {2}
+
+
+def test_one_evaluate_gives_each_stacked_member_what_it_gives_the_model_alone():
+    """runner/core/steps.py `evaluate` serves single runs ([N, classes] logits) and fused
+    groups ([K, N, classes]): member k's numbers are its model's own."""
+    from runner.core.data import batches
+    from runner.core.models import MLP
+    from runner.core.steps import evaluate
+    from runner.sweep.stacked import StackedNet
+
+    torch.manual_seed(0)
+    x, y = torch.randn(300, 1, 8, 8), torch.randint(0, 10, (300,))  # digits-shaped
+    alone = [MLP(64, [32], 10, dropout=0.0) for _ in range(3)]
+
+    def val():
+        return batches(x, y, 128)
+
+    losses, accs = evaluate(StackedNet(alone, sample_rank=3).eval(), val())
+    for k, model in enumerate(alone):
+        (loss,), (acc,) = evaluate(model.eval(), val())
+        assert losses[k] == pytest.approx(loss, rel=1e-6) and accs[k] == acc
