@@ -103,29 +103,52 @@ def build_optimizer(
     return optimizers.build_optimizer(cfg, groups)
 
 
-def build_training_parts(
-    cfg: Mapping[str, Any], data: TensorData | None = None, dist: Dist = SINGLE
-) -> tuple[torch.device, TensorData, torch.nn.Module, torch.optim.Optimizer]:
-    """Seed, then data, model, optimizer, in that order (the order fixes the RNG use).
-    `data` skips loading (loading uses no RNG; the split is fixed by data.split_seed)."""
+def build_model(
+    cfg: Mapping[str, Any], data: TensorData, device: torch.device
+) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    """Threads, seed, then model and optimizer, in that order (the order fixes the RNG use:
+    the same seed gives the same init wherever a model is built)."""
     set_threads(cfg["trainer"]["num_threads"])
     seed_everything(cfg["seed"], cfg["trainer"]["deterministic"])
-    device = resolve_device(cfg["trainer"]["device"], dist)
-    data = data if data is not None else load_data(cfg["data"])
     model = build_for(cfg["model"], data, device)  # before the optimizer: lazy modules
-    data = place(resize_images(data, getattr(model, "input_size", None)), device)
     optimizer = build_optimizer(cfg["optimizer"], model, cfg["model"])
-    return device, data, model, optimizer
+    return model, optimizer
 
 
-def build_run(cfg: Mapping[str, Any], data: TensorData | None = None, dist: Dist = SINGLE) -> Run:
-    """Everything `fit` needs: the training parts plus the lr schedule."""
-    device, data, model, optimizer = build_training_parts(cfg, data, dist)
+def build_member(
+    cfg: Mapping[str, Any], data: TensorData, device: torch.device
+) -> tuple[torch.nn.Module, torch.optim.Optimizer, LRSchedule]:
+    """One run's model, optimizer and lr schedule (`build_model`, then the schedule): what a
+    single run (`build_run`) and each member of a fused group (runner/sweep/fused.py) train,
+    built by this one function so that neither can skip a step (trainer.num_threads, the
+    seed) the other takes. `data`: not yet placed on the device (the model may resize it)."""
+    model, optimizer = build_model(cfg, data, device)
     # the only place epochs meet batches: per-step schedules need the batches per epoch
     per_epoch = steps_per_epoch(data.n_train, cfg["data"]["batch_size"])
     scheduler = build_scheduler(
         cfg["scheduler"], optimizer, epochs=cfg["epochs"], steps_per_epoch=per_epoch
     )
+    return model, optimizer, scheduler
+
+
+def build_training_parts(
+    cfg: Mapping[str, Any], data: TensorData | None = None, dist: Dist = SINGLE
+) -> tuple[torch.device, TensorData, torch.nn.Module, torch.optim.Optimizer]:
+    """Data, model, optimizer without a schedule (the LR range test sets the lr itself).
+    `data` skips loading (loading uses no RNG; the split is fixed by data.split_seed)."""
+    device = resolve_device(cfg["trainer"]["device"], dist)
+    data = data if data is not None else load_data(cfg["data"])
+    model, optimizer = build_model(cfg, data, device)
+    data = place(resize_images(data, getattr(model, "input_size", None)), device)
+    return device, data, model, optimizer
+
+
+def build_run(cfg: Mapping[str, Any], data: TensorData | None = None, dist: Dist = SINGLE) -> Run:
+    """Everything `fit` needs: the member (`build_member`) and how batches reach it."""
+    device = resolve_device(cfg["trainer"]["device"], dist)
+    data = data if data is not None else load_data(cfg["data"])
+    model, optimizer, scheduler = build_member(cfg, data, device)
+    data = place(resize_images(data, getattr(model, "input_size", None)), device)
     trainer = cfg["trainer"]
     has_conv = any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
     # conv nets run faster channels-last on CUDA (tensor cores) and on CPU (oneDNN): measured

@@ -13,6 +13,8 @@ import random
 import secrets
 import shutil
 import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -261,6 +263,37 @@ class Checkpointer:
             write()
         else:
             self.background.submit(write)
+
+
+@contextmanager
+def checkpointer(
+    run_dir: Path | None,
+    trainer: Mapping[str, Any],
+    background: Any,
+    *,
+    config: str | None,
+    data: dict[str, Any] | None,
+    session: Session | None = None,
+    first: Callable[[], dict[str, Any]] | None = None,
+) -> Iterator[Checkpointer | None]:
+    """The run's Checkpointer while the loop runs, or None (trainer.checkpoint off, or
+    `run_dir` None: a process that does not write the run dir): one factory for a single
+    run (runner/run/train.py `fit`) and each fused member (runner/sweep/fused.py).
+    `first`: a new run's state now, written as last.pt before its first batch, so that a
+    run killed in its first epoch resumes instead of starting over. On leaving, the newest
+    epoch is persisted however the loop ended (on `background`'s thread when given)."""
+    if run_dir is None or not trainer["checkpoint"]:
+        yield None
+        return
+    saver = Checkpointer(
+        run_dir, trainer["checkpoint_interval_s"], background, config, session, data
+    )  # fmt: skip
+    try:
+        if first is not None:
+            saver.start(first())
+        yield saver
+    finally:
+        saver.persist()
 
 
 def save(obj: Any, tmp: Path) -> None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -107,6 +107,25 @@ class Track:
         return row
 
 
+def track_for(
+    trainer: Mapping[str, Any],
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    logger: RunLogger,
+    progress: checkpoint.Progress,
+    snapshot: Callable[[checkpoint.Progress], dict[str, Any]],
+    saver: checkpoint.Checkpointer | None,
+    say: Callable[[int, str], None],
+) -> Track:
+    """A run's Track, its stop rules and logging read from its `trainer` config once: a
+    single run's (runner/run/train.py) and each fused member's (runner/sweep/fused.py)."""
+    return Track(
+        optimizer, scheduler, logger, progress, snapshot=snapshot, saver=saver, say=say,
+        diverge_loss=trainer["diverge_loss"], monitor=trainer["monitor"],
+        monitor_mode=trainer["monitor_mode"], log_every=trainer["log_every_n_steps"],
+    )  # fmt: skip
+
+
 class Models(Protocol):
     """How batches are trained and validated: one model (runner/run/train.py) or K stacked
     ones (runner/sweep/fused.py). Everything else in an epoch is the engine's."""
@@ -143,12 +162,11 @@ class Engine:
 
     def __init__(
         self, tracks: Sequence[Track], epochs: int, *, step: int = 0, elapsed_s: float = 0.0,
-        note: str = "", diverge_note: str = "", group: str | None = None,
+        note: str = "", diverge_note: str = "",
     ) -> None:  # fmt: skip
         self.tracks, self.epochs, self.step = list(tracks), epochs, step
         self.active = list(range(len(self.tracks)))
         self.note, self.diverge_note = note, diverge_note
-        self.group = group  # a fused group's name: then one summary line per epoch too
         self.t_start = time.perf_counter() - elapsed_s  # wall time counts the earlier processes
         self._any_per_step = any(t.per_step for t in self.tracks)
         self._everies = tuple({t.log_every for t in self.tracks if t.log_every})
@@ -213,14 +231,6 @@ class Engine:
             for i in self.end_epoch(epoch, train, val):
                 models.stop_member(i)
             models.epoch_done(epoch)
-            if self.group is not None:
-                accs = [val[1][i] for i in self.active]
-                log.info(
-                    f"{self.group} epoch {epoch:>3}/{self.epochs}: {len(self.active)}/"
-                    f"{len(self.tracks)} jobs training"
-                    + (f", val/acc {min(accs):.3f}..{max(accs):.3f}" if accs else "")
-                    + f" ({self.epoch_s:.2f}s)"
-                )
             if not self.active:
                 return
         self.complete()

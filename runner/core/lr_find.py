@@ -136,11 +136,15 @@ def range_test(
                 yield from batches(data.x_train, data.y_train, batch_size, shuffle)
             epoch += 1
 
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        with amp_ctx:
+            return model(x)
+
     def val_loss() -> float:
+        model.eval()  # train mode again after it (the loop below)
         if loaders is not None:
-            return loaders.evaluate(model, amp_ctx)[0]
-        x_val, y_val = data.x_val, data.y_val
-        return evaluate(model, x_val, y_val, amp_ctx=amp_ctx, batch_size=1024, device=device)[0]
+            return evaluate(forward, loaders.val())[0][0]
+        return evaluate(forward, batches(data.x_val, data.y_val, 1024, device=device))[0][0]
 
     try:
         model.train()

@@ -4,13 +4,11 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
 from torch.nn import functional as F
-
-from runner.core.data import batches
 
 
 def train_step(
@@ -41,26 +39,31 @@ def train_step(
 
 @torch.no_grad()
 def evaluate(
-    model: torch.nn.Module,
-    x_val: torch.Tensor,
-    y_val: torch.Tensor,
-    *,
-    amp_ctx: Any,
-    batch_size: int,
-    device: torch.device,
-    prepare: Callable[[torch.Tensor], torch.Tensor] = lambda x: x,
-) -> tuple[float, float]:
-    """Mean loss and accuracy over the whole validation split (one host sync at the end)."""
-    model.eval()
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device)
-    for x, y in batches(x_val, y_val, batch_size, device=device):
-        with amp_ctx:
-            logits = model(prepare(x))
-        loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
-        correct += (logits.argmax(1) == y).sum()
-    n = y_val.shape[0]
-    return loss_sum.item() / n, correct.item() / n
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+) -> tuple[list[float], list[float]]:
+    """Each model's mean loss and accuracy over `batches` (the whole validation split, in
+    memory or streamed): the one evaluation loop of a single run, a fused group and the LR
+    range test. `forward(x)` gives logits [N, classes] for one model, or [K, N, classes]
+    for K stacked ones (runner/sweep/stacked.py: the same batch for every member); eval
+    mode and autocast are the caller's. The sums stay on the device: one host sync, at the
+    end, divided on the host in double precision."""
+    loss_sum = correct = None
+    n = 0
+    for x, y in batches:
+        logits = forward(x).float()
+        if logits.dim() == 2:
+            loss = F.cross_entropy(logits, y, reduction="sum")
+            hits = (logits.argmax(1) == y).sum()
+        else:  # each member's sum over the same batch
+            k = logits.shape[0]
+            loss = F.cross_entropy(logits.flatten(0, 1), y.repeat(k), reduction="none")
+            loss, hits = loss.view(k, -1).sum(1), (logits.argmax(-1) == y).sum(1)
+        loss_sum = loss if loss_sum is None else loss_sum.add_(loss)
+        correct = hits if correct is None else correct.add_(hits)
+        n += y.shape[0]
+    assert loss_sum is not None and correct is not None, "an empty validation split"
+    return [v / n for v in loss_sum.view(-1).tolist()], [v / n for v in correct.view(-1).tolist()]
 
 
 class NoBar:

@@ -36,7 +36,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset, default_collate, get_worker_info
 
 from runner.core.digits import stratified_split
@@ -361,22 +360,6 @@ class Loaders:
                 x.to(self.device, non_blocking=self.pin),
                 y.to(self.device, non_blocking=self.pin),
             )
-
-    @torch.no_grad()
-    def evaluate(
-        self, model: torch.nn.Module, amp_ctx: Any, prepare: Callable[[Any], Any] = lambda x: x
-    ) -> tuple[float, float]:
-        """Mean loss and accuracy over the val split: runner/core/steps.py `evaluate`'s
-        sums, over streamed batches."""
-        model.eval()
-        loss_sum = torch.zeros((), device=self.device)
-        correct = torch.zeros((), device=self.device)
-        for x, y in self.val():
-            with amp_ctx:
-                logits = model(prepare(x))
-            loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
-            correct += (logits.argmax(1) == y).sum()
-        return loss_sum.item() / self.n_val, correct.item() / self.n_val
 
 
 def _loader(

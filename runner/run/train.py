@@ -26,7 +26,7 @@ from runner.core.config import validate
 from runner.core.data import augment as augment_batch
 from runner.core.data import batches, load_data, steps_per_epoch, train_size
 from runner.core.distributed import agreed_stop, check_shares, setup, teardown
-from runner.core.engine import Engine, Result, Track, say_to_log
+from runner.core.engine import Engine, Result, say_to_log, track_for
 from runner.core.fingerprint import absolute_roots, check_same_data, describe, fingerprint
 from runner.core.loggers import RunLogger, open_logger
 from runner.core.lr_find import find_lr
@@ -67,6 +67,15 @@ def outcome(result: Result, wall_s: float) -> tuple[dict[str, Any], dict[str, An
         "time/total_s": wall_s,
     }
     return status, summary
+
+
+def startup_line(cfg: DictConfig, device: torch.device) -> str:
+    """What trains, where, how: a single run's first log line, and each fused member's
+    (runner/sweep/fused.py, after saying it is fused)."""
+    return (
+        f"{label(cfg.model)} on {cfg.data.name} ({device}), {label(cfg.optimizer)} "
+        f"lr={cfg.optimizer.lr}, scheduler={label(cfg.scheduler)}, {cfg.epochs} epochs"
+    )
 
 
 def send_rows(
@@ -132,37 +141,25 @@ def fit(
         if start
         else checkpoint.Progress()
     )
-    saver = None
-    if ckpt_dir is not None and cfg.trainer.checkpoint:
-        if config_text is None:  # = the config.yaml written for it
-            config_text = OmegaConf.to_yaml(cfg, resolve=True)
-        saver = checkpoint.Checkpointer(
-            ckpt_dir,
-            cfg.trainer.checkpoint_interval_s,
-            background,
-            config=config_text,
-            session=session,
-            data=data,
+    if config_text is None and ckpt_dir is not None and cfg.trainer.checkpoint:
+        config_text = OmegaConf.to_yaml(cfg, resolve=True)  # = the config.yaml written for it
+
+    def snapshot(p: checkpoint.Progress) -> dict[str, Any]:
+        return checkpoint.snapshot(run, p, shuffle, logger.run_id)
+
+    with checkpoint.checkpointer(
+        ckpt_dir, cfg.trainer, background, config=config_text, data=data, session=session,
+        first=(lambda: snapshot(progress)) if start is None else None,
+    ) as saver:  # fmt: skip
+        track = track_for(
+            cfg.trainer, run.optimizer, run.scheduler, logger, progress, snapshot, saver, say_to_log
         )
-        if start is None:  # a new run: last.pt is on disk before its first batch
-            saver.start(checkpoint.snapshot(run, progress, shuffle, logger.run_id))
-    track = Track(
-        run.optimizer, run.scheduler, logger, progress,
-        snapshot=lambda p: checkpoint.snapshot(run, p, shuffle, logger.run_id),
-        saver=saver, say=say_to_log, diverge_loss=cfg.trainer.diverge_loss,
-        monitor=cfg.trainer.monitor, monitor_mode=cfg.trainer.monitor_mode,
-        log_every=cfg.trainer.log_every_n_steps,
-    )  # fmt: skip
-    engine = Engine([track], cfg.epochs, step=progress.step, elapsed_s=progress.elapsed_s)
-    try:
+        engine = Engine([track], cfg.epochs, step=progress.step, elapsed_s=progress.elapsed_s)
         engine.run(
             SingleModel(cfg, run, shuffle), start=progress.epoch,
             stop=agreed_stop(stop or StopFlag(), run.dist),  # under DDP: every rank stops together
             bar_mode=cfg.trainer.progress, desc="epoch {epoch}/{epochs}",
         )  # fmt: skip
-    finally:
-        if saver is not None:
-            saver.persist()  # the newest completed epoch is on disk however the loop ended
     assert track.result is not None
     return track.result
 
@@ -178,6 +175,7 @@ class SingleModel:
         self.augment = cfg.data.get("augment", False)  # only image sets that have the key
         self.n_train = run.data.n_train
         self.steps_per_epoch = steps_per_epoch(self.n_train, self.batch_size)
+        self.val_batch_size = max(self.batch_size, 1024)  # no gradients: larger batches fit
         self.loss_sum = self.correct = torch.zeros(())
         # data=dataset not held in memory: DataLoaders (runner/core/stream.py), else None;
         # under DDP each rank's loader fetches only its share of each batch
@@ -226,14 +224,17 @@ class SingleModel:
 
     def validate(self) -> tuple[list[float], list[float]]:
         run = self.run
+        run.forward.eval()  # back to train mode in the next epoch's `batches`
         if self.stream is not None:
-            loss, acc = self.stream.evaluate(run.forward, run.amp_ctx, run.prepare)
-            return [loss], [acc]
-        loss, acc = evaluate(
-            run.forward, run.data.x_val, run.data.y_val, amp_ctx=run.amp_ctx,
-            batch_size=max(self.batch_size, 1024), device=run.device, prepare=run.prepare,
-        )  # fmt: skip
-        return [loss], [acc]
+            val = self.stream.val()
+        else:
+            val = batches(run.data.x_val, run.data.y_val, self.val_batch_size, device=run.device)
+        return evaluate(self.val_forward, val)
+
+    def val_forward(self, x: torch.Tensor) -> torch.Tensor:
+        run = self.run
+        with run.amp_ctx:
+            return run.forward(run.prepare(x))
 
     def stop_member(self, i: int) -> None:
         pass  # a single run ends with its only member (the engine has no one left)
@@ -478,10 +479,7 @@ def _run(
         return _stopped(run_dir, dist, signum, state)
     run = build_run(cfg, dist=dist)
     data = fingerprint(cfg.data, load_data(cfg.data))  # loaded by build_run: cached
-    log.info(
-        f"{label(cfg.model)} on {cfg.data.name} ({run.device}), {label(cfg.optimizer)} "
-        f"lr={cfg.optimizer.lr}, scheduler={label(cfg.scheduler)}, {cfg.epochs} epochs"
-    )
+    log.info(startup_line(cfg, run.device))
     log.info(describe(data))
     if resuming:
         if state is not None:  # a checkpoint this model cannot take fails before any write

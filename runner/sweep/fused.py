@@ -9,8 +9,12 @@ shapes a batch or the model (model, data, batch size, epochs, device) must match
 Each member keeps what a single run has: its model built from its own seed (then
 stacked, runner/sweep/stacked.py), its own shuffle generator, its own torch optimizer and
 real torch scheduler (which set the lr that the fused step reads), its own
-metrics.jsonl/config.yaml/status.json in its own run dir. The loop below mirrors
-runner/run/train.py's `_epochs` phase for phase; rows carry the same keys.
+metrics.jsonl/config.yaml/status.json in its own run dir. Start-up uses a single run's
+own pieces (runner/core/builders.py `build_member`, runner/core/checkpoint.py
+`checkpointer`, runner/core/engine.py `track_for`, runner/run/train.py `startup_line`), and
+the epochs run in the single run's engine (runner/core/engine.py), with the one evaluation
+loop (runner/core/steps.py `evaluate`): rows carry the same keys. Only how a batch is
+trained and validated is fused (`StackedModels`).
 """
 
 from __future__ import annotations
@@ -33,20 +37,20 @@ from torch.nn import functional as F
 
 from runner.core import checkpoint, files, models, optimizers
 from runner.core.background import Background
-from runner.core.builders import build_optimizer, resolve_device, seed_everything
+from runner.core.builders import build_member, resolve_device
 from runner.core.config import validate
 from runner.core.data import TensorData, batches, load_data, place, resize_images, steps_per_epoch
-from runner.core.engine import Engine, Result, Track
+from runner.core.engine import Engine, Result, Track, track_for
 from runner.core.fingerprint import fingerprint as data_fingerprint
 from runner.core.loggers import RunLogger
-from runner.core.model_check import build_for
+from runner.core.steps import evaluate
 from runner.core.stopping import stop_on_signals
 from runner.core.stream import is_streamed
 from runner.run.rundir import SWEEP_DIR_KEY, busy
-from runner.run.train import outcome, send_rows
+from runner.run.train import outcome, send_rows, startup_line
 from runner.sweep.stacked import FusedOptimizer, StackedNet
 from runner.sweep.sweepdir import record_refused
-from schedulers import ConfigError, build_scheduler
+from schedulers import ConfigError
 from schedulers.binder import label
 
 log = logging.getLogger("schedlab")
@@ -191,21 +195,15 @@ def _note(member: Member, level: int, message: str) -> None:
 def _build(
     members: Sequence[Member],
 ) -> tuple[torch.device, TensorData, StackedNet, list, list, list]:
-    """Each member's model, optimizer and scheduler exactly as build_run makes them (same
-    seed -> same init), then the models stacked. Data is loaded once for all."""
+    """Each member's model, optimizer and scheduler built as a single run builds its own
+    (runner/core/builders.py `build_member`: its threads, its seed -> the same init), then
+    the models stacked. Data is loaded once for all."""
     first = members[0].cfg
     device = resolve_device(first.trainer.device)
     data = load_data(first.data)
-    per_epoch = steps_per_epoch(data.n_train, first.data.batch_size)
     models, optimizers, schedules = [], [], []
     for m in members:
-        cfg = m.cfg
-        seed_everything(cfg.seed, cfg.trainer.deterministic)
-        model = build_for(cfg.model, data, device)
-        optimizer = build_optimizer(cfg.optimizer, model, cfg.model)
-        schedule = build_scheduler(
-            cfg.scheduler, optimizer, epochs=cfg.epochs, steps_per_epoch=per_epoch
-        )
+        model, optimizer, schedule = build_member(m.cfg, data, device)
         # never stepped itself (the fused step reads its lr); a step without gradients
         # changes nothing and tells torch's scheduler the optimizer is in use (no warning)
         optimizer.step()
@@ -231,9 +229,9 @@ def _member_state(
     net: StackedNet,
     fused: FusedOptimizer,
     parts: dict[str, list],
-    progress: Any,
     shuffle: torch.Generator,
     wandb_id: str | None,
+    progress: Any,
 ) -> dict[str, Any]:
     """Member i as a single run's checkpoint (runner/core/checkpoint.py's format): its weights
     and optimizer state unstacked into its own model and torch optimizer, so that the
@@ -272,9 +270,10 @@ def _data_streams(members: Sequence[Member]) -> tuple[list[torch.Generator], int
 def _fit(members: Sequence[Member], stop: Any, background: Background, cleanup: ExitStack) -> None:
     members = sorted(members, key=lambda m: m.cfg.seed)  # same seed, same batches: adjacent
     first = members[0].cfg
-    for m in members:
+    config_texts = [OmegaConf.to_yaml(m.cfg, resolve=True) for m in members]  # and checkpoints
+    for m, text in zip(members, config_texts, strict=True):
         m.run_dir.mkdir(parents=True, exist_ok=True)
-        files.write_text_atomic(m.run_dir / "config.yaml", OmegaConf.to_yaml(m.cfg, resolve=True))
+        files.write_text_atomic(m.run_dir / "config.yaml", text)
         if "wandb" in m.cfg.logger and m.cfg.logger.wandb.mode != "disabled":
             m.wandb_id = uuid.uuid4().hex[:8]  # W&B's own ids are 8 characters of [a-z0-9]
     device, data, net, models, optimizers, schedules = _build(members)
@@ -290,50 +289,29 @@ def _fit(members: Sequence[Member], stop: Any, background: Background, cleanup: 
     shuffles = [streams[i // per] for i in range(k)]  # member i's, for its checkpoints
     progress = [checkpoint.Progress() for _ in members]
     fingerprint = data_fingerprint(first.data, load_data(first.data))  # as a single run's
-    savers = [
-        checkpoint.Checkpointer(
-            m.run_dir,
-            m.cfg.trainer.checkpoint_interval_s,
-            background,
-            config=OmegaConf.to_yaml(m.cfg, resolve=True),
-            data=fingerprint,
-        )
-        if m.cfg.trainer.checkpoint
-        else None
-        for m in members
-    ]
-    for i, saver in enumerate(savers):
-        if saver is not None:
-            cleanup.callback(saver.persist)
-            # as a single run: last.pt is on disk before the first batch, so a job killed
-            # in its first epoch resumes (on its own) instead of starting over
-            state = _member_state(
-                i, net, fused, parts, progress[i], shuffles[i], members[i].wandb_id
+    tracks = []
+    for i, m in enumerate(members):
+        # member i as a single run's checkpoint, at the progress given; as a single run,
+        # last.pt is on disk before the first batch (a job killed in its first epoch
+        # resumes on its own), and the newest epoch is persisted however the loop ends
+        snapshot = partial(_member_state, i, net, fused, parts, shuffles[i], m.wandb_id)
+        saver = cleanup.enter_context(
+            checkpoint.checkpointer(
+                m.run_dir, m.cfg.trainer, background, config=config_texts[i], data=fingerprint,
+                first=partial(snapshot, progress[i]),
             )
-            saver.start(state)
-    tracks = [
-        Track(
-            optimizers[i], schedules[i], loggers[i], progress[i],
-            snapshot=lambda p, i=i: _member_state(
-                i, net, fused, parts, p, shuffles[i], members[i].wandb_id
-            ),
-            saver=savers[i], say=partial(_note, m), diverge_loss=m.cfg.trainer.diverge_loss,
-            monitor=m.cfg.trainer.monitor, monitor_mode=m.cfg.trainer.monitor_mode,
-            log_every=m.cfg.trainer.log_every_n_steps,
-        )
-        for i, m in enumerate(members)
-    ]  # fmt: skip
+        )  # fmt: skip
+        tracks.append(
+            track_for(m.cfg.trainer, optimizers[i], schedules[i], loggers[i], progress[i],
+                      snapshot, saver, partial(_note, m))
+        )  # fmt: skip
     engine = Engine(
-        tracks, epochs, note=f", fused x{k}", diverge_note="; the other fused jobs go on",
-        group="fused",
-    )  # fmt: skip
+        tracks, epochs, note=f", fused x{k}", diverge_note="; the other fused jobs go on"
+    )
     for m in members:
-        _note(m, logging.INFO, f"fused with {k - 1} other job(s): {label(first.model)} on "
-                 f"{first.data.name} ({device}), {label(m.cfg.optimizer)} "
-                 f"lr={m.cfg.optimizer.lr}, scheduler={label(m.cfg.scheduler)}, "
-                 f"{epochs} epochs")  # fmt: skip
+        _note(m, logging.INFO, f"fused with {k - 1} other job(s): {startup_line(m.cfg, device)}")
     per_step = any(t.per_step for t in tracks)  # then the lrs are read before every step
-    models = StackedModels(net, fused, data, streams, per, batch_size, device, per_step)
+    models = StackedModels(net, fused, data, streams, per, batch_size, device, per_step, engine)
     engine.run(
         models, start=0, stop=stop, bar_mode=first.trainer.progress,
         desc=f"fused x{k} epoch {{epoch}}",
@@ -355,13 +333,15 @@ class StackedModels:
     def __init__(
         self, net: StackedNet, fused: FusedOptimizer, data: TensorData,
         streams: list[torch.Generator], per: int, batch_size: int, device: torch.device,
-        any_per_step: bool,
+        any_per_step: bool, engine: Engine,
     ) -> None:  # fmt: skip
         self.net, self.fused, self.data, self.streams, self.per = net, fused, data, streams, per
         self.batch_size, self.device, self.k = batch_size, device, net.k
         self.n_train = data.y_train.shape[0]
         self.steps_per_epoch = steps_per_epoch(self.n_train, batch_size)
         self.any_per_step = any_per_step  # then the fused step reads the lrs before every step
+        self.engine = engine  # which members still train: the epoch's summary line
+        self.val_acc: list[float] = []
         self.loss_sum = self.correct = torch.zeros(())
 
     def batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -395,36 +375,36 @@ class StackedModels:
         return [v / n for v in self.loss_sum.tolist()], [v / n for v in self.correct.tolist()]
 
     def validate(self) -> tuple[list[float], list[float]]:
-        return _evaluate(self.net, self.data, max(self.batch_size, 1024), self.device)
+        """Every member on the same val batches: logits [K, N, classes]."""
+        data, net = self.data, self.net
+        net.eval()
+        try:
+            val = batches(data.x_val, data.y_val, max(self.batch_size, 1024), device=self.device)
+            losses, self.val_acc = evaluate(net, val)
+            return losses, self.val_acc
+        finally:
+            net.train()
 
     def stop_member(self, i: int) -> None:
         self.fused.freeze(i)  # weights and state zeroed, lr 0: its NaNs never spread
 
     def epoch_done(self, epoch: int) -> None:
-        self.fused.refresh()  # the lrs the schedules set for the next epoch
+        """The lrs the schedules set for the next epoch, and the group's line for the epoch
+        (each member's own line went to its train.log)."""
+        self.fused.refresh()
+        engine = self.engine
+        accs = [self.val_acc[i] for i in engine.active]
+        log.info(
+            f"fused epoch {epoch:>3}/{engine.epochs}: {len(engine.active)}/"
+            f"{len(engine.tracks)} jobs training"
+            + (f", val/acc {min(accs):.3f}..{max(accs):.3f}" if accs else "")
+            + f" ({engine.epoch_s:.2f}s)"
+        )
 
 
 def _collect(members: Sequence[Member], tracks: Sequence[Track]) -> None:
     for m, t in zip(members, tracks, strict=True):
         m.result = t.result
-
-
-@torch.no_grad()
-def _evaluate(
-    net: StackedNet, data: TensorData, batch_size: int, device: torch.device
-) -> tuple[list[float], list[float]]:
-    """Each member's mean loss and accuracy over the validation split (one host sync)."""
-    net.eval()
-    loss_sum = torch.zeros(net.k, device=device)
-    correct = torch.zeros(net.k, device=device)
-    for x, y in batches(data.x_val, data.y_val, batch_size, device=device):
-        logits = net(x)  # the same batch for every member: [K, N, classes]
-        loss = F.cross_entropy(logits.flatten(0, 1), y.repeat(net.k), reduction="none")
-        loss_sum += loss.view(net.k, -1).sum(1)
-        correct += (logits.argmax(-1) == y).sum(1)
-    net.train()
-    n = data.y_val.shape[0]
-    return [v / n for v in loss_sum.tolist()], [v / n for v in correct.tolist()]
 
 
 def replay(member: Member) -> float:
