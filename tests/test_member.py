@@ -8,7 +8,7 @@ import torch
 
 from runner.sweep import fused
 from runner.sweep.fused import Member, train_group
-from tests.conftest import make_cfg, one_torch_thread
+from tests.helpers import make_cfg, one_torch_thread
 
 
 def test_trainer_num_threads_holds_under_the_fused_launcher(tmp_path, monkeypatch):
