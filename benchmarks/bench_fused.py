@@ -29,7 +29,7 @@ import hydra  # noqa: E402
 from common import interleaved, machine, median, write_or_print  # noqa: E402
 
 from runner.__main__ import main as runner_main  # noqa: E402
-from runner.core.compose import CONF, compose_config  # noqa: E402
+from runner.config.compose import CONF, compose_config  # noqa: E402
 from runner.run.train import train  # noqa: E402
 from runner.sweep.fused import Member, train_group  # noqa: E402
 

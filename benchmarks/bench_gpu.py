@@ -21,12 +21,12 @@ import torch  # noqa: E402
 from common import interleaved, machine, median, per_epoch_split, write  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 
-from runner.core.builders import build_run  # noqa: E402
-from runner.core.compose import compose_config  # noqa: E402
-from runner.core.data import TensorData  # noqa: E402
-from runner.core.loggers import RunLogger  # noqa: E402
-from runner.core.models import build_model  # noqa: E402
+from runner.config.compose import compose_config  # noqa: E402
+from runner.data.sets import TensorData  # noqa: E402
+from runner.io.loggers import RunLogger  # noqa: E402
 from runner.run.train import fit  # noqa: E402
+from runner.train.builders import build_run  # noqa: E402
+from runner.train.models import build_model  # noqa: E402
 
 
 def synthetic(n: int, device: torch.device) -> TensorData:

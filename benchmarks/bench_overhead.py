@@ -41,13 +41,13 @@ from common import interleaved, machine, median, per_epoch_split, write_or_print
 from omegaconf import OmegaConf  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 
-from runner.core.background import Background  # noqa: E402
-from runner.core.builders import build_run  # noqa: E402
-from runner.core.compose import compose_config  # noqa: E402
-from runner.core.config import validate  # noqa: E402
-from runner.core.loggers import open_logger  # noqa: E402
-from runner.core.models import build_model  # noqa: E402
+from runner.config.compose import compose_config  # noqa: E402
+from runner.io.background import Background  # noqa: E402
+from runner.io.loggers import open_logger  # noqa: E402
+from runner.run.check import validate  # noqa: E402
 from runner.run.train import fit  # noqa: E402
+from runner.train.builders import build_run  # noqa: E402
+from runner.train.models import build_model  # noqa: E402
 
 JOBS = {
     "digits MLP": ["epochs=10"],
@@ -165,7 +165,7 @@ def hand_loop(cfg: Any, data: Any, guarded: tuple[Any, Path] | None = None) -> N
 def runner_loop(
     cfg: Any, data: Any, logger: Any, tmp: Path, background: Background, config_text: str
 ) -> None:
-    """As runner/run/train.py runs it: W&B calls (batched, see runner/core/loggers.py) and
+    """As runner/run/train.py runs it: W&B calls (batched, see runner/io/loggers.py) and
     checkpoint writes on the writer thread; at the end every waiting row is sent and the
     thread is flushed before the clock stops (a run writes status.json only after that).
     `config_text`: the config.yaml text start-up made (kept in each checkpoint)."""
@@ -181,7 +181,7 @@ def engine_ms_per_epoch(run_once: Any, epochs: int, runs: int = 3) -> float:
     each after a gc.collect(), so the garbage of the other loops is not charged to it)."""
     import gc
 
-    from runner.core.engine import Engine
+    from runner.train.engine import Engine
 
     spent = [0.0]
     originals = {name: getattr(Engine, name) for name in ("begin_epoch", "after_step", "end_epoch")}

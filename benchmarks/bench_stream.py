@@ -45,14 +45,14 @@ from torch.nn import functional as F  # noqa: E402
 from torch.optim.optimizer import register_optimizer_step_post_hook  # noqa: E402
 from torch.utils.data import DataLoader, Dataset  # noqa: E402
 
-from runner.core.background import Background  # noqa: E402
-from runner.core.builders import build_run  # noqa: E402
-from runner.core.compose import compose_config  # noqa: E402
-from runner.core.config import validate  # noqa: E402
-from runner.core.data import load_data  # noqa: E402
-from runner.core.loggers import open_logger  # noqa: E402
-from runner.core.models import build_model  # noqa: E402
-from runner.core.stream import val_batch_size  # noqa: E402
+from runner.config.compose import compose_config  # noqa: E402
+from runner.data.sets import load_data  # noqa: E402
+from runner.data.stream import val_batch_size  # noqa: E402
+from runner.io.background import Background  # noqa: E402
+from runner.io.loggers import open_logger  # noqa: E402
+from runner.run.check import validate  # noqa: E402
+from runner.train.builders import build_run  # noqa: E402
+from runner.train.models import build_model  # noqa: E402
 
 MODULE = "bench_stream"  # the `_target_`s below: benchmarks/ is on sys.path (script dir, tests)
 TARGET = 1.03  # runner / hand on the same streamed dataset

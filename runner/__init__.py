@@ -1,5 +1,5 @@
 """schedlab's runner: `python -m runner` trains one configuration (or a Hydra sweep of them)."""
 
-from runner.core.resolvers import register as _register_resolvers
+from runner.config.resolvers import register as _register_resolvers
 
 _register_resolvers()

@@ -36,9 +36,9 @@ from runner.cli import (
     make_run_dir,
 )
 from runner.cli import given as given_overrides
-from runner.core.compose import options_first, searched_first
-from runner.core.distributed import launch_rank, not_rank_0
-from runner.core.files import (
+from runner.config.compose import options_first, searched_first
+from runner.dist.ddp import launch_rank, not_rank_0
+from runner.io.files import (
     WRITE_ERRNOS,
     RunDirBusy,
     WriteFailed,
@@ -47,7 +47,7 @@ from runner.core.files import (
     run_dir_holder,
     write_json_atomic,
 )
-from runner.core.stopping import stop_on_signals
+from runner.train.stopping import stop_on_signals
 from schedulers import ConfigError
 
 EXIT_DIVERGED = 3
@@ -112,7 +112,7 @@ def main(cfg: DictConfig) -> float:
         outer.restore()
         outer = None
     # the handlers are in place before torch is imported: a signal during start-up
-    # leaves status.json `interrupted` (runner/core/stopping.py), not a traceback
+    # leaves status.json `interrupted` (runner/train/stopping.py), not a traceback
     with contextlib.nullcontext(outer) if outer is not None else stop_on_signals() as stop:
         result = _run_job(cfg, hc, run_dir, multirun, stop)
         stop.restore()  # sets stop.chain

@@ -13,8 +13,8 @@ from typing import Any, NoReturn
 
 import yaml
 
-from runner.core.compose import CONF, check_yaml_files, compose_config, expand, one_line
-from runner.core.files import WRITE_ERRNOS
+from runner.config.compose import CONF, check_yaml_files, compose_config, expand, one_line
+from runner.io.files import WRITE_ERRNOS
 from runner.sweep.launch import check_callbacks, check_launcher, check_sweeper
 from schedulers import ConfigError
 
@@ -117,7 +117,7 @@ def check_composition(argv: list[str]) -> None:
         if not multirun and not composed.resume:
             from omegaconf import open_dict
 
-            from runner.core.config import validate  # imports torch: only once the run is valid
+            from runner.run.check import validate  # imports torch: only once the run is valid
 
             with open_dict(composed):
                 del composed["hydra"]

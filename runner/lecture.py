@@ -39,11 +39,11 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from runner.cli import check_config_dirs
-from runner.core import files
-from runner.core.compose import compose_config, one_line
-from runner.core.config import validate
-from runner.core.lr_find import find_lr
+from runner.config.compose import compose_config, one_line
+from runner.io import files
+from runner.run.check import validate
 from runner.run.train import train
+from runner.train.range_test import find_lr
 from schedulers import ConfigError
 from schedulers.lecture import LR, MAX_EPOCH, lecture_config, write_curves
 from schedulers.simulator import throwaway_schedule

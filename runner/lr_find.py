@@ -1,5 +1,6 @@
-"""`python -m runner.lr_find <overrides>`: the LR range test on its own (runner/core/lr_find.py),
-with the training config's overrides; writes lr_find.csv and lr_find.png into the run dir."""
+"""`python -m runner.lr_find <overrides>`: the LR range test on its own
+(runner/train/range_test.py), with the training config's overrides; writes lr_find.csv and
+lr_find.png into the run dir."""
 
 import sys
 from pathlib import Path
@@ -16,9 +17,9 @@ from runner.cli import (
     given,
     make_run_dir,
 )
-from runner.core.compose import options_first, searched_first
-from runner.core.config import validate
-from runner.core.lr_find import find_lr
+from runner.config.compose import options_first, searched_first
+from runner.run.check import validate
+from runner.train.range_test import find_lr
 from schedulers import ConfigError
 
 

@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from runner.cli import check_config_dirs
-from runner.core.compose import compose_config, expand, one_line
-from runner.core.config import planned_groups, validate
-from runner.core.data import steps_per_epoch as steps_in_epoch
-from runner.core.data import train_size
+from runner.config.compose import compose_config, expand, one_line
+from runner.data.sets import steps_per_epoch as steps_in_epoch
+from runner.data.sets import train_size
+from runner.run.check import planned_groups, validate
 from schedulers import ConfigError, schedule_label
 from schedulers import simulate as simulate_schedule
 from schedulers.lecture import plateau_loss

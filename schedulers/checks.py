@@ -1,6 +1,6 @@
 """One helper per kind of config check, each raising ConfigError with the full key.
 
-The scheduler registry and the runner's schema (runner/core/schema.py) both use these, so an
+The scheduler registry and the runner's schema (runner/config/schema.py) both use these, so an
 integer is checked one way everywhere: a bool is not an int, NaN and inf are not numbers,
 and every message says what would be accepted.
 """

@@ -22,8 +22,8 @@ import yaml
 from omegaconf import DictConfig
 from torch.optim import lr_scheduler as tls
 
-from runner.core.compose import CONF as CONF  # re-exported for the tests
-from runner.core.compose import compose_config
+from runner.config.compose import CONF as CONF  # re-exported for the tests
+from runner.config.compose import compose_config
 from runner.run.train import train
 from runner.sweep.fused import Member, train_group
 from schedulers.lecture import ITERATIONS, LR, MAX_EPOCH, plateau_loss
@@ -109,7 +109,7 @@ def cli_in_process(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 def release_kept_locks() -> None:
     """Drop the run-dir locks the CLI took for a run (files.keep_run_dir) that this test
     process will not start."""
-    from runner.core import files
+    from runner.io import files
 
     for lock in files._KEPT.values():
         os.close(lock.fd)

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from runner.core.compose import compose_config
-from runner.core.config import validate
+from runner.config.compose import compose_config
+from runner.run.check import validate
 from schedulers import ConfigError
 from tests.helpers import CONF, cli_in_process, make_cfg, run_cli
 
@@ -53,7 +53,7 @@ def test_the_search_path_hydra_main_builds_puts_the_users_dirs_before_conf(tmp_p
     Hydra's own configs stay ahead of both."""
     from hydra._internal.utils import create_config_search_path
 
-    from runner.core.compose import searched_first
+    from runner.config.compose import searched_first
 
     a, b = tmp_path / "a", tmp_path / "b"
     with searched_first([str(a), str(b)]):

@@ -26,9 +26,9 @@ def test_the_bare_runner_keeps_no_checkpoint_and_sends_nothing_to_w_and_b(tmp_pa
     metrics.jsonl, so its ratio to the hand loop is the engine's own share."""
     import bench_overhead
 
-    from runner.core.background import Background
-    from runner.core.builders import build_run
-    from runner.core.loggers import open_logger
+    from runner.io.background import Background
+    from runner.io.loggers import open_logger
+    from runner.train.builders import build_run
     from tests.helpers import make_cfg
 
     cfg = make_cfg(*bench_overhead.BARE, "epochs=2", "trainer.progress=line")
@@ -47,8 +47,8 @@ def test_the_hand_loop_with_the_guarantees_keeps_what_the_runner_keeps(tmp_path,
     import bench_overhead
     import torch
 
-    from runner.core.builders import build_run
-    from runner.core.compose import compose_config
+    from runner.config.compose import compose_config
+    from runner.train.builders import build_run
 
     cfg = compose_config(["epochs=3", "trainer.device=cpu"])
     data = build_run(cfg).data

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from hydra.errors import ConfigCompositionException
 
-from runner.core.config import validate
+from runner.run.check import validate
 from schedulers import ConfigError
 from tests.helpers import CONF, make_cfg
 

@@ -11,9 +11,9 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from runner.core.compose import options_first
-from runner.core.config import planned_groups, validate
-from runner.core.data import load_data
+from runner.config.compose import options_first
+from runner.data.sets import load_data
+from runner.run.check import planned_groups, validate
 from runner.run.train import train
 from schedulers import ConfigError
 from tests.helpers import (
@@ -222,7 +222,7 @@ def test_a_bad_target_is_a_config_error_naming_the_key(overrides, key, words):
 
 def test_every_parameter_of_a_pattern_group_trains_at_its_groups_lr():
     """The optimizer built from patterns holds each parameter once, at lr x multiplier."""
-    from runner.core.builders import build_training_parts
+    from runner.train.builders import build_training_parts
 
     cfg = make_cfg(*TINY, "optimizer.lr=0.1", "optimizer.param_groups={backbone.*:0.3,head.*:1}")
     _, _, model, opt = build_training_parts(cfg)

@@ -16,7 +16,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from runner.core.compose import compose_config
+from runner.config.compose import compose_config
 from runner.preview import main as preview
 from runner.run.train import train
 from tests.helpers import (

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from runner.core.data import batches, load_data, resize_images, validate_data
+from runner.data.sets import batches, load_data, resize_images, validate_data
 from runner.run.train import train
 from schedulers import ConfigError
 from tests.helpers import make_cfg, read_metrics
@@ -91,12 +91,12 @@ def test_digits_split_is_stratified_and_fixed_by_split_seed():
 @pytest.mark.parametrize("fraction", [0.2, 0.05, 0.35, 0.5])
 @pytest.mark.parametrize("seed", [0, 1, 123])
 def test_digits_and_their_split_are_scikit_learns_without_importing_it(fraction, seed):
-    """runner/core/digits.py reads load_digits' file and splits it as
+    """runner/data/digits.py reads load_digits' file and splits it as
     train_test_split(stratify=y, random_state=seed) does, index for index."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
-    from runner.core import digits
+    from runner.data import digits
 
     images, target = digits.load()
     reference = load_digits()
@@ -116,7 +116,7 @@ def test_a_run_on_digits_does_not_import_scikit_learn():
     import sys
 
     code = (
-        "import sys; from runner.core.data import load_data; from tests.helpers import make_cfg; "
+        "import sys; from runner.data.sets import load_data; from tests.helpers import make_cfg; "
         "load_data(make_cfg().data); print(sorted(m for m in sys.modules "
         "if m.split('.')[0] in ('sklearn', 'scipy')))"
     )
@@ -182,7 +182,7 @@ def test_cifar10_fast_preset_trains_on_a_tiny_cifar_set(tmp_path):
 def test_batch_augmentation_is_a_seeded_random_crop_and_flip():
     import torch
 
-    from runner.core.data import augment
+    from runner.data.sets import augment
 
     x = torch.randn(16, 3, 8, 8)
     out = augment(x, torch.Generator().manual_seed(0), pad=2)

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from runner.core.data import load_data, validate_data
-from runner.core.stream import Loaders, SampleError, StreamData
+from runner.data.sets import load_data, validate_data
+from runner.data.stream import Loaders, SampleError, StreamData
 from schedulers import ConfigError
 from tests.helpers import cli_in_process, make_cfg
 

@@ -15,8 +15,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from runner.core import fingerprint as fp
-from runner.core.data import load_data
+from runner.data import fingerprint as fp
+from runner.data.sets import load_data
 from runner.run.train import train
 from schedulers import ConfigError
 from tests.helpers import cli_in_process, make_cfg, pipeline, read_metrics, run_cli, snapshot

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from runner.core.config import validate
+from runner.run.check import validate
 from runner.run.train import train
 from schedulers import ConfigError
 from tests.helpers import cli_in_process, make_cfg, one_torch_thread, read_metrics
@@ -114,7 +114,7 @@ def test_which_launches_join_a_process_group(monkeypatch, env, strategy, joins):
     """`--nproc_per_node=1 ... trainer.strategy=ddp` joins (nccl + DDP on one GPU: the
     smoke run of benchmarks/gpu_smoke.sh); auto joins only with several ranks, from
     torchrun or from the tasks of one submitit job (Slurm's or the local executor's)."""
-    from runner.core.distributed import wanted
+    from runner.dist.ddp import wanted
 
     launched_as(monkeypatch, env)
     assert wanted(strategy) is joins
@@ -123,7 +123,7 @@ def test_which_launches_join_a_process_group(monkeypatch, env, strategy, joins):
 def test_a_submitit_task_knows_its_rank_before_joining(monkeypatch):
     """What gates the files a task writes before the process group exists (status.json of
     a failed job): the rank submitit gave it; `single` in a multi-task job is refused."""
-    from runner.core.distributed import launch_rank, wanted
+    from runner.dist.ddp import launch_rank, wanted
 
     launched_as(monkeypatch, SLURM_TASK_5_OF_8)
     assert launch_rank() == 5
@@ -141,7 +141,7 @@ def test_jobs_sharing_a_node_rendezvous_on_their_own_ports_despite_an_inherited_
     job's port comes from its job id instead: a requeue (same id) finds the same one."""
     import torch.distributed as dist
 
-    from runner.core import distributed
+    from runner.dist import ddp as distributed
 
     calls: list[str] = []
     monkeypatch.setattr(dist, "is_initialized", lambda: False)
@@ -332,7 +332,7 @@ def test_a_torchrun_job_whose_rank_0_refuses_its_run_dir_ends_at_once(tmp_path):
     """Rank 0 refuses the dir before Hydra (another run holds it) and exits 2; torchrun then
     sends the other rank SIGTERM, which ends it at once, in its start-up or in the
     rendezvous where it waits for rank 0 (it used to be SIGKILLed 30 s later)."""
-    from runner.core.files import hold_run_dir
+    from runner.io.files import hold_run_dir
 
     run_dir = tmp_path / "run"
     run_dir.mkdir()
@@ -369,8 +369,8 @@ def test_sigterm_ends_a_torchrun_worker_waiting_in_the_rendezvous(tmp_path):
     env = {**os.environ, "RANK": "1", "LOCAL_RANK": "1", "WORLD_SIZE": "2",
            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}  # fmt: skip
     code = (
-        "from runner.core.distributed import setup\n"
-        "from runner.core.stopping import stop_on_signals\n"
+        "from runner.dist.ddp import setup\n"
+        "from runner.train.stopping import stop_on_signals\n"
         "with stop_on_signals():\n"
         "    setup('ddp')\n"
     )
@@ -484,8 +484,8 @@ def _agree(rank: int, init: str, out: str) -> None:
     after which step each epoch stopped, on what, and how many all-reduces it took."""
     import torch.distributed as tdist
 
-    from runner.core.distributed import Dist, agreed_stop
-    from runner.core.stopping import StopFlag
+    from runner.dist.ddp import Dist, agreed_stop
+    from runner.train.stopping import StopFlag
 
     tdist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
     calls = [0]
@@ -523,8 +523,8 @@ def test_ranks_agree_on_a_signal_every_few_steps_and_at_the_epochs_end(tmp_path)
     larger number. One process: the flag itself."""
     import torch.multiprocessing as mp
 
-    from runner.core.distributed import SINGLE, Dist, agreed_stop
-    from runner.core.stopping import StopFlag
+    from runner.dist.ddp import SINGLE, Dist, agreed_stop
+    from runner.train.stopping import StopFlag
 
     flag = StopFlag()
     assert agreed_stop(flag, SINGLE) is flag
@@ -556,7 +556,7 @@ def test_ranks_agree_on_a_signal_every_few_steps_and_at_the_epochs_end(tmp_path)
 def test_a_last_batch_too_small_to_share_is_a_config_error_on_every_rank(tmp_path):
     """A rank with an empty share of the epoch's last batch would train on nothing (a NaN
     loss, averaged into every rank's gradients): start-up refuses it, naming the key."""
-    from runner.core.distributed import Dist, check_shares
+    from runner.dist.ddp import Dist, check_shares
 
     four = Dist(rank=0, world=4, active=True)
     with pytest.raises(ConfigError, match="data.batch_size.*2 sample.*4 DDP ranks"):
@@ -581,7 +581,7 @@ def test_a_last_batch_too_small_to_share_is_a_config_error_on_every_rank(tmp_pat
 
 
 def make_cfg_data_size() -> int:
-    from runner.core.data import train_size
+    from runner.data.sets import train_size
 
     return train_size(make_cfg().data)
 
@@ -592,7 +592,7 @@ def _start_up(rank: int, port: int, out: str) -> None:
     env = {"RANK": rank, "LOCAL_RANK": rank, "WORLD_SIZE": 2, "MASTER_ADDR": "127.0.0.1",
            "MASTER_PORT": port, "OMP_NUM_THREADS": 1}  # fmt: skip
     os.environ.update({k: str(v) for k, v in env.items()})
-    from runner.core.stopping import StopFlag
+    from runner.train.stopping import StopFlag
 
     flag = StopFlag(signum=signal.SIGTERM if rank == 1 else None)
     cfg = make_cfg("trainer.strategy=ddp", "logger=none", "epochs=2")
@@ -633,7 +633,7 @@ def _leave(rank: int, init: str, out: str, peer_stuck: bool) -> None:
 
     import torch.distributed as tdist
 
-    from runner.core.distributed import Dist, teardown
+    from runner.dist.ddp import Dist, teardown
 
     tdist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
     if peer_stuck and rank == 1:

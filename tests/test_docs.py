@@ -48,9 +48,10 @@ def test_the_site_builds_strict_with_the_readme_as_home_and_the_generated_refere
 
 
 def declared_keys() -> list[str]:
-    """Every key the code declares: runner/core/schema.py's options (through the models',
+    """Every key the code declares: runner/config/schema.py's options (through the models',
     optimizers' and SCHEMAS tables), the top-level keys and each schedule's registry keys."""
-    from runner.core import models, optimizers, schema
+    from runner.config import schema
+    from runner.train import models, optimizers
     from schedulers import registry
 
     tables = [("", schema.Run)]

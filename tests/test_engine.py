@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from runner.core.data import steps_per_epoch, train_size
+from runner.data.sets import steps_per_epoch, train_size
 from runner.run.train import train
 from schedulers import build_scheduler
 from tests.helpers import (

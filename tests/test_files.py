@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 import torch
 
-from runner.core import files
-from runner.core.checkpoint import Checkpointer
-from runner.core.rngs import numpy_state
+from runner.io import files
+from runner.io.checkpoint import Checkpointer
+from runner.io.rngs import numpy_state
 from runner.run.train import train
 from runner.sweep import report
 from tests.helpers import FULL_DISK_DRIVER, cli_in_process, make_cfg, read_metrics, run_cli
@@ -126,7 +126,7 @@ def _same_numpy_state(a, b) -> bool:
 
 
 def test_the_numpy_rng_state_in_a_snapshot_is_always_numpys_own():
-    """runner.core.rngs.numpy_state reuses its last copy while numpy's global generator is
+    """runner.io.rngs.numpy_state reuses its last copy while numpy's global generator is
     untouched (a cheap read of its raw words): every draw, a reseed, set_state and a
     consumed cached Gaussian (which leaves the words as they were) must be seen."""
     np.random.seed(3)
@@ -345,7 +345,8 @@ SHORT_WRITE = """
 import resource, signal, sys
 from pathlib import Path
 import torch
-from runner.core import checkpoint, files
+from runner.io import checkpoint
+from runner.io import files
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
 resource.setrlimit(resource.RLIMIT_FSIZE, (8192, 8192))
 target = Path(sys.argv[1]) / "last.pt"

@@ -14,10 +14,10 @@ import torch
 import yaml
 from torch.nn import functional as F
 
-from runner.core.models import MLP, LeNet
 from runner.run.train import train
 from runner.sweep.fused import group_key, why_not_fusable
 from runner.sweep.stacked import FusedOptimizer, StackedNet
+from runner.train.models import MLP, LeNet
 from tests.helpers import (
     SLOW,
     assert_same_rows,
@@ -326,7 +326,7 @@ def test_a_stopped_fused_sweep_loses_no_w_and_b_rows_of_its_groups(tmp_path):
 # Ctrl-C while the launcher sends the second job of a group to W&B (after its first row)
 STOPPED_WHILE_SENDING = """
 import runpy, sys
-from runner.core.loggers import RunLogger
+from runner.io.loggers import RunLogger
 real, calls = RunLogger.resend, []
 def resend(self, rows):
     calls.append(1)

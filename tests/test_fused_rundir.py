@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from runner.core import checkpoint, files
+from runner.io import checkpoint, files
 from runner.run.rundir import same_run_on_disk
 from runner.run.train import train
 from runner.sweep import fused

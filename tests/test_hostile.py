@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from runner.core.config import validate
+from runner.run.check import validate
 from schedulers import ConfigError
 from tests.helpers import cli_in_process, make_cfg, read_metrics, run_cli
 

@@ -112,7 +112,7 @@ def test_a_new_run_replaces_the_stale_hydra_files_of_a_run_stopped_in_its_start_
 def test_no_rank_but_rank_0_writes_hydra_files(monkeypatch):
     """Under torchrun rank 0 alone holds the run dir (and may be refused it); Hydra on the
     other ranks would write .hydra/ into it all the same."""
-    from runner.core.resolvers import hydra_subdir
+    from runner.config.resolvers import hydra_subdir
 
     assert hydra_subdir(False) == ".hydra" and hydra_subdir(True) == ".hydra/resumed"
     monkeypatch.setenv("RANK", "1")
@@ -124,7 +124,7 @@ def test_train_log_is_rank_0s_and_a_users_job_logging_replaces_it(tmp_path, monk
     """Hydra's job log is our hydra/job_logging=schedlab (Hydra's default, the file on
     torchrun's rank 0 only: the other ranks' Hydra would open the run dir's train.log before
     rank 0 could refuse that dir); choosing another option replaces it whole."""
-    from runner.core.resolvers import job_log
+    from runner.config.resolvers import job_log
 
     assert job_log("run/train.log") == "run/train.log"
     monkeypatch.setenv("RANK", "1")

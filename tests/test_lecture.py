@@ -114,7 +114,7 @@ def sweep_jobs(overrides: list[str]) -> list[list[str]]:
     """The overrides of every job a multirun with `overrides` launches: the preset's own
     hydra.sweeper.params first, the command line after (it wins for a key in both), as
     Hydra's BasicSweeper combines them."""
-    from runner.core.compose import compose_config, expand
+    from runner.config.compose import compose_config, expand
 
     params = compose_config(overrides, with_hydra=True).hydra.sweeper.params or {}
     swept = [f"{key}={value}" for key, value in params.items()]
@@ -159,7 +159,7 @@ def test_the_presets_cover_every_experiment_file():
 @pytest.mark.slow
 @pytest.mark.parametrize("preset", sorted(PRESETS))
 def test_every_job_of_every_preset_validates(preset):
-    from runner.core.config import validate
+    from runner.run.check import validate
 
     for job in PRESETS[preset]:
         validate(make_cfg(*job))
@@ -171,11 +171,11 @@ def test_the_cifar10_preset_validates_given_its_data(monkeypatch):
     runs the model on)."""
     import torch
 
-    import runner.core.config
-    import runner.core.data
-    from runner.core.config import validate
-    from runner.core.data import TensorData
-    from runner.core.schema import SCHEMAS, check_node
+    import runner.data.sets
+    import runner.run.check
+    from runner.config.schema import SCHEMAS, check_node
+    from runner.data.sets import TensorData
+    from runner.run.check import validate
 
     class Cifar(TensorData):
         @property
@@ -184,10 +184,10 @@ def test_the_cifar10_preset_validates_given_its_data(monkeypatch):
 
     x, y = torch.zeros(2, 3, 32, 32), torch.tensor([0, 9])
     fake = Cifar(x, y, x, y, num_classes=10)
-    for module in (runner.core.data, runner.core.config):
+    for module in (runner.data.sets, runner.run.check):
         monkeypatch.setattr(module, "load_data", lambda cfg: fake)
     monkeypatch.setattr(
-        runner.core.config,  # validate() calls the validate_data it imported
+        runner.run.check,  # validate() calls the validate_data it imported
         "validate_data",
         lambda cfg: check_node("data", cfg, SCHEMAS["data"]["cifar10"]),
     )
@@ -196,7 +196,7 @@ def test_the_cifar10_preset_validates_given_its_data(monkeypatch):
 
 
 def test_scaled_lecture_milestones_stay_strictly_increasing():
-    from runner.core.resolvers import lecture_milestones
+    from runner.config.resolvers import lecture_milestones
 
     assert lecture_milestones([50, 125, 160], 200) == [50, 125, 160]
     assert lecture_milestones([50, 125, 160], 20) == [5, 12, 16]
@@ -206,7 +206,7 @@ def test_scaled_lecture_milestones_stay_strictly_increasing():
 
 
 def test_a_config_error_shows_resolved_values_not_interpolations():
-    from runner.core.config import validate
+    from runner.run.check import validate
     from schedulers import ConfigError
 
     with pytest.raises(ConfigError) as err:

@@ -54,8 +54,8 @@ class Recorder:
 def test_backend_rows_go_out_in_batches_in_order_and_all_by_the_end(tmp_path):
     """Short epochs: rows wait (at most send_every_s) and go as one batch; metrics.jsonl
     gets each at once. The summary and the end of the run send whatever still waits."""
-    from runner.core.background import Background
-    from runner.core.loggers import RunLogger
+    from runner.io.background import Background
+    from runner.io.loggers import RunLogger
 
     run = Recorder()
     with Background() as background:

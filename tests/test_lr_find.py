@@ -10,11 +10,11 @@ import sys
 import pytest
 import torch
 
-from runner.core.builders import build_training_parts
-from runner.core.config import validate
-from runner.core.lr_find import lr_at, range_test, smoothed, suggest
 from runner.lr_find import cli as lr_find_cli
+from runner.run.check import validate
 from runner.run.train import train
+from runner.train.builders import build_training_parts
+from runner.train.range_test import lr_at, range_test, smoothed, suggest
 from schedulers import ConfigError
 from tests.helpers import make_cfg, read_metrics
 

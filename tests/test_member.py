@@ -31,12 +31,12 @@ def test_trainer_num_threads_holds_under_the_fused_launcher(tmp_path, monkeypatc
 
 
 def test_one_evaluate_gives_each_stacked_member_what_it_gives_the_model_alone():
-    """runner/core/steps.py `evaluate` serves single runs ([N, classes] logits) and fused
+    """runner/train/steps.py `evaluate` serves single runs ([N, classes] logits) and fused
     groups ([K, N, classes]): member k's numbers are its model's own."""
-    from runner.core.data import batches
-    from runner.core.models import MLP
-    from runner.core.steps import evaluate
+    from runner.data.sets import batches
     from runner.sweep.stacked import StackedNet
+    from runner.train.models import MLP
+    from runner.train.steps import evaluate
 
     torch.manual_seed(0)
     x, y = torch.randn(300, 1, 8, 8), torch.randint(0, 10, (300,))  # digits-shaped

@@ -11,13 +11,13 @@ import torch
 from mnist1d.data import make_dataset
 from mnist1d.utils import ObjectView
 
-from runner.core import data as data_module
-from runner.core import mnist1d
-from runner.core.config import validate
-from runner.core.models import CNN1d, build_model
+from runner.data import mnist1d
+from runner.data import sets as data_module
+from runner.run.check import validate
 from runner.run.train import train
 from runner.sweep.fused import why_not_fusable
 from runner.sweep.stacked import StackedNet
+from runner.train.models import CNN1d, build_model
 from schedulers import ConfigError
 from tests.helpers import (
     assert_same_rows,

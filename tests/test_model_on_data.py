@@ -1,4 +1,4 @@
-"""The model checked against the data at start-up (runner/core/model_check.py): a model
+"""The model checked against the data at start-up (runner/train/model_check.py): a model
 whose output is not one score per class of the data, inputs of another dtype, a model with
 nothing to train, an optimizer the loop cannot step, lazy modules, and the data's inferred
 num_classes reaching `${data.num_classes}`. Each of these trained silently wrong or crashed
@@ -12,8 +12,8 @@ import pytest
 import torch
 from torch import nn
 
-from runner.core.builders import build_run
-from runner.core.config import validate
+from runner.run.check import validate
+from runner.train.builders import build_run
 from schedulers import ConfigError
 from tests.helpers import make_cfg, read_metrics, run_cli
 

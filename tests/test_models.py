@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from runner.core.models import LeNet, build_model, validate_model
+from runner.train.models import LeNet, build_model, validate_model
 from schedulers import ConfigError
 from tests.helpers import make_cfg
 

@@ -16,7 +16,7 @@ import pytest
 import yaml
 from scipy import stats
 
-from runner.core.compose import compose_config
+from runner.config.compose import compose_config
 from runner.sweep.launch import check_sweeper, configurations
 from runner.sweep.race import Race, RaceSettings, job_subdir
 from runner.sweep.report import write_report

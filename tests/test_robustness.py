@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from runner.core.loggers import open_logger
+from runner.io.loggers import open_logger
 from runner.run.train import train
 from tests.helpers import (
     SLOW,
@@ -172,7 +172,7 @@ import contextlib, runpy, signal, sys
 # Ctrl-C as in a shell: Python's own handler, even if the test process that started this
 # one ignores SIGINT (an ignored signal stays ignored across exec; seen under xdist)
 signal.signal(signal.SIGINT, signal.default_int_handler)
-import runner.core.stopping as stopping
+import runner.train.stopping as stopping
 real, ended = stopping.stop_on_signals, []
 @contextlib.contextmanager
 def stop_on_signals():

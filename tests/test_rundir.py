@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from runner.core import files
-from runner.core.stopping import StopFlag
+from runner.io import files
 from runner.run.rundir import RunDirRefused, extend_blocker
 from runner.run.train import train
+from runner.train.stopping import StopFlag
 from schedulers import ConfigError
 from tests.helpers import (
     SLOW,

@@ -232,7 +232,7 @@ def _yaml_defaults() -> dict[str, dict]:
     """Every schedule's defaults as conf/scheduler/<name>.yaml gives them."""
     import yaml
 
-    from runner.core.compose import CONF
+    from runner.config.compose import CONF
 
     return {
         p.stem: {**COMMON, **yaml.safe_load(p.read_text())}

@@ -10,9 +10,9 @@ import sys
 import pytest
 import torch
 
-from runner.core.config import validate
 from runner.preview import main as preview_main
 from runner.preview import simulate
+from runner.run.check import validate
 from runner.run.train import train
 from schedulers import ConfigError
 from schedulers.lecture import main as lecture_main

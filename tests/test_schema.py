@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from runner.core.config import validate
-from runner.core.models import MODELS
-from runner.core.optimizers import OPTIMIZERS
-from runner.core.schema import GROUPS, SCHEMAS, Run, Trainer, check_node, defaults
+from runner.config.schema import GROUPS, SCHEMAS, Run, Trainer, check_node, defaults
+from runner.run.check import validate
+from runner.train.models import MODELS
+from runner.train.optimizers import OPTIMIZERS
 from schedulers import ConfigError
 from tests.helpers import CONF, make_cfg, read_metrics
 
@@ -100,7 +100,7 @@ def test_validation_rejects_through_the_schema(override, key):
 
 
 def test_monitor_mode_auto_follows_the_metric_and_agreeing_modes_pass():
-    from runner.core.checkpoint import Progress
+    from runner.io.checkpoint import Progress
     from schedulers.checks import mode_for
 
     assert defaults(Trainer)["monitor_mode"] == "auto"

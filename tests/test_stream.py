@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from runner.core.data import TensorData, load_data
-from runner.core.stream import EpochBatches, SeededSamples, StreamData
+from runner.data.sets import TensorData, load_data
+from runner.data.stream import EpochBatches, SeededSamples, StreamData
 from runner.run.train import train
 from tests.helpers import (
     cli_in_process,
@@ -211,7 +211,7 @@ def test_in_memory_auto_streams_random_transforms_and_holds_the_rest(folder, cap
 
 
 def test_the_lr_range_test_streams_a_streamed_dataset(tmp_path, folder):
-    from runner.core.lr_find import find_lr
+    from runner.train.range_test import find_lr
 
     cfg = make_cfg(*folder_args(folder), *FAST, "data.in_memory=false", "lr_find.num_iters=12",
                    "lr_find.val_every=4")  # fmt: skip
@@ -324,7 +324,7 @@ def test_only_torchs_generator_is_seeded_until_a_sample_draws_from_another(other
     """Every sample equals the one fetched with all three global RNGs seeded from (seed,
     epoch, index), whichever generators the dataset draws from; a batch that drew from
     Python's or numpy's is fetched again fully seeded, and so is every batch after it."""
-    from runner.core.stream import isolated_rng, sample_seed
+    from runner.data.stream import isolated_rng, sample_seed
 
     dataset = Draws({5: other} if other else {})
     samples = SeededSamples(dataset, seed=7)

@@ -22,7 +22,7 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from runner.core import files
+from runner.io import files
 from runner.sweep import sweepdir
 from runner.sweep.fused import Member, train_group
 from runner.sweep.race import Race, RaceSettings, job_subdir
@@ -101,7 +101,7 @@ def test_a_sweep_dir_made_from_the_config_is_held_from_the_sweeps_start(tmp_path
         assert digest(sweep) == before
     SweepReport().on_multirun_start(config)  # free: taken, and held by this process now
     assert files.run_dir_holder(sweep) is None
-    holder = subprocess.run([sys.executable, "-c", "from runner.core import files; import sys; "
+    holder = subprocess.run([sys.executable, "-c", "from runner.io import files; import sys; "
                              f"sys.exit(files.run_dir_holder({str(sweep)!r}) is None)"],
                             check=False)  # fmt: skip
     assert holder.returncode == 0  # another process sees it held

@@ -91,7 +91,7 @@ def test_amp_on_cpu_runs_in_bfloat16_and_learns(tmp_path):
 
 
 def test_channels_last_auto_means_conv_nets_on_cpu():
-    from runner.core.builders import build_run
+    from runner.train.builders import build_run
 
     assert build_run(make_cfg("model=lenet", "trainer.device=cpu")).channels_last
     assert not build_run(make_cfg("model=mlp", "trainer.device=cpu")).channels_last

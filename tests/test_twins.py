@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from runner.core.config import validate
-from runner.core.rngs import NumpyGlobalState, numpy_state
+from runner.io.rngs import NumpyGlobalState, numpy_state
+from runner.run.check import validate
 from schedulers import ConfigError
 from schedulers.binder import key_named_in, plain
 from tests.helpers import make_cfg
@@ -76,8 +76,8 @@ def test_plain_resolves_omegaconf_nodes_and_passes_the_rest():
 def test_numpy_state_is_read_in_place_on_this_numpy():
     """Fails when numpy lays its global generator's state out otherwise (or drops
     np.random.get_bit_generator): the runner then calls get_state() at every read, still
-    right but ~0.2 ms a streamed batch slower. Update runner/core/rngs.py for that numpy."""
-    assert numpy_state.reads_in_place, f"numpy {np.__version__}: see runner/core/rngs.py"
+    right but ~0.2 ms a streamed batch slower. Update runner/io/rngs.py for that numpy."""
+    assert numpy_state.reads_in_place, f"numpy {np.__version__}: see runner/io/rngs.py"
 
 
 def test_another_numpy_layout_falls_back_to_get_state(monkeypatch):

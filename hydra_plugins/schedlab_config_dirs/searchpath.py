@@ -2,7 +2,7 @@
 `config.yaml` is the file used, as they meant. Hydra searches a `--config-dir` after the
 app's config dir and takes the first match, so without this a file of the same name as a
 built-in is silently never read. The dirs come from the command being composed
-(runner.core.compose.searched_first); Hydra's own copy of the entry, after conf/, then
+(runner.config.compose.searched_first); Hydra's own copy of the entry, after conf/, then
 finds nothing the first one has not. They go after Hydra's pkg://hydra.conf, so Hydra's
 own groups stay its own.
 """
@@ -10,7 +10,7 @@ own groups stay its own.
 from hydra.core.config_search_path import ConfigSearchPath, SearchPathQuery
 from hydra.plugins.search_path_plugin import SearchPathPlugin
 
-from runner.core.compose import USER_DIRS
+from runner.config.compose import USER_DIRS
 
 PROVIDER = "schedlab --config-dir"
 

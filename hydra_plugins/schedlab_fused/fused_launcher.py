@@ -150,7 +150,7 @@ def _run_dir_conflict(task_cfg: DictConfig, run_dir: Path) -> str | None:
     """Why a job's run dir cannot take a fused member: another process holds it, or it holds
     another run's results. The job then runs on its own, where the single run's checks
     refuse it with their full message and leave the dir as it was."""
-    from runner.core import files  # as in launch(): not at Hydra's plugin scan
+    from runner.io import files  # as in launch(): not at Hydra's plugin scan
     from runner.run.rundir import other_run_in
 
     if files.run_dir_holder(run_dir) is not None:
@@ -171,7 +171,7 @@ def _task_config(config: DictConfig) -> tuple[DictConfig, Path]:
         with read_write(task_cfg), open_dict(task_cfg):
             del task_cfg["hydra"]
         OmegaConf.resolve(task_cfg)
-        from runner.core.fingerprint import absolute_roots  # as a single run's (train.py)
+        from runner.data.fingerprint import absolute_roots  # as a single run's (train.py)
 
         with read_write(task_cfg):
             absolute_roots(task_cfg)

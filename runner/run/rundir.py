@@ -12,10 +12,10 @@ from typing import Any
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from runner.core import checkpoint, files
-from runner.core.compose import compose_config
-from runner.core.config import fill_inferred
-from runner.core.fingerprint import absolute_roots, check_same_data
+from runner.config.compose import compose_config
+from runner.data.fingerprint import absolute_roots, check_same_data
+from runner.io import checkpoint, files
+from runner.run.check import fill_inferred
 from schedulers import ConfigError
 from schedulers.binder import plain
 

@@ -19,20 +19,15 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from runner.core import checkpoint, files
-from runner.core.background import Background
-from runner.core.builders import Run, build_run
-from runner.core.config import validate
-from runner.core.data import augment as augment_batch
-from runner.core.data import batches, load_data, steps_per_epoch, train_size
-from runner.core.distributed import agreed_stop, check_shares, setup, teardown
-from runner.core.engine import Engine, Result, say_to_log, track_for
-from runner.core.fingerprint import absolute_roots, check_same_data, describe, fingerprint
-from runner.core.loggers import RunLogger, open_logger
-from runner.core.lr_find import find_lr
-from runner.core.steps import evaluate, train_step
-from runner.core.stopping import StopFlag, stop_on_signals
-from runner.core.stream import loaders_for
+from runner.data.fingerprint import absolute_roots, check_same_data, describe, fingerprint
+from runner.data.sets import augment as augment_batch
+from runner.data.sets import batches, load_data, steps_per_epoch, train_size
+from runner.data.stream import loaders_for
+from runner.dist.ddp import agreed_stop, check_shares, setup, teardown
+from runner.io import checkpoint, files
+from runner.io.background import Background
+from runner.io.loggers import RunLogger, open_logger
+from runner.run.check import validate
 from runner.run.rundir import (
     RUN_DIR_KEY,
     SWEEP_DIR_KEY,
@@ -47,6 +42,11 @@ from runner.run.rundir import (
     same_run_on_disk,
     saved_config_path,
 )
+from runner.train.builders import Run, build_run
+from runner.train.engine import Engine, Result, say_to_log, track_for
+from runner.train.range_test import find_lr
+from runner.train.steps import evaluate, train_step
+from runner.train.stopping import StopFlag, stop_on_signals
 from schedulers.binder import label, plain
 
 log = logging.getLogger("schedlab")
@@ -165,7 +165,7 @@ def fit(
 
 
 class SingleModel:
-    """One model's side of the epoch engine (runner/core/engine.py): its batches (this
+    """One model's side of the epoch engine (runner/train/engine.py): its batches (this
     rank's share of each under DDP), the training step, the epoch's sums, validation."""
 
     def __init__(self, cfg: DictConfig, run: Run, shuffle: torch.Generator) -> None:
@@ -177,7 +177,7 @@ class SingleModel:
         self.steps_per_epoch = steps_per_epoch(self.n_train, self.batch_size)
         self.val_batch_size = max(self.batch_size, 1024)  # no gradients: larger batches fit
         self.loss_sum = self.correct = torch.zeros(())
-        # data=dataset not held in memory: DataLoaders (runner/core/stream.py), else None;
+        # data=dataset not held in memory: DataLoaders (runner/data/stream.py), else None;
         # under DDP each rank's loader fetches only its share of each batch
         self.stream = loaders_for(
             cfg.data, run.data, self.batch_size, cfg.seed, run.device,
@@ -459,7 +459,7 @@ def _run(
 ) -> Result:
     """Start-up (range test, config.yaml, data, model, loggers), then fit; a signal during
     start-up is looked for between its steps. Under DDP the ranks agree there (every rank
-    asks at the same points, runner/core/distributed.py): a rank that left alone would
+    asks at the same points, runner/dist/ddp.py): a rank that left alone would
     leave the others waiting in the model's first broadcast."""
     agreed = agreed_stop(stop, dist)
 
@@ -516,7 +516,7 @@ def _run(
         logger.summary(summary)
     if dist.is_main:  # W&B closed: every row logged so far is in it (checkpoint.Session)
         status["session"] = session.closed(state)
-        status["data"] = data  # what it trained on (runner/core/fingerprint.py)
+        status["data"] = data  # what it trained on (runner/data/fingerprint.py)
         files.write_json_atomic(run_dir / "status.json", status)
     log.info(f"{result.status}: best val/acc={result.best_val_acc:.4f}; outputs in {run_dir}")
     return result

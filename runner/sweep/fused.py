@@ -10,10 +10,10 @@ Each member keeps what a single run has: its model built from its own seed (then
 stacked, runner/sweep/stacked.py), its own shuffle generator, its own torch optimizer and
 real torch scheduler (which set the lr that the fused step reads), its own
 metrics.jsonl/config.yaml/status.json in its own run dir. Start-up uses a single run's
-own pieces (runner/core/builders.py `build_member`, runner/core/checkpoint.py
-`checkpointer`, runner/core/engine.py `track_for`, runner/run/train.py `startup_line`), and
-the epochs run in the single run's engine (runner/core/engine.py), with the one evaluation
-loop (runner/core/steps.py `evaluate`): rows carry the same keys. Only how a batch is
+own pieces (runner/train/builders.py `build_member`, runner/io/checkpoint.py
+`checkpointer`, runner/train/engine.py `track_for`, runner/run/train.py `startup_line`), and
+the epochs run in the single run's engine (runner/train/engine.py), with the one evaluation
+loop (runner/train/steps.py `evaluate`): rows carry the same keys. Only how a batch is
 trained and validated is fused (`StackedModels`).
 """
 
@@ -35,21 +35,22 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.nn import functional as F
 
-from runner.core import checkpoint, files, models, optimizers
-from runner.core.background import Background
-from runner.core.builders import build_member, resolve_device
-from runner.core.config import validate
-from runner.core.data import TensorData, batches, load_data, place, resize_images, steps_per_epoch
-from runner.core.engine import Engine, Result, Track, track_for
-from runner.core.fingerprint import fingerprint as data_fingerprint
-from runner.core.loggers import RunLogger
-from runner.core.steps import evaluate
-from runner.core.stopping import stop_on_signals
-from runner.core.stream import is_streamed
+from runner.data.fingerprint import fingerprint as data_fingerprint
+from runner.data.sets import TensorData, batches, load_data, place, resize_images, steps_per_epoch
+from runner.data.stream import is_streamed
+from runner.io import checkpoint, files
+from runner.io.background import Background
+from runner.io.loggers import RunLogger
+from runner.run.check import validate
 from runner.run.rundir import SWEEP_DIR_KEY, busy
 from runner.run.train import outcome, send_rows, startup_line
 from runner.sweep.stacked import FusedOptimizer, StackedNet
 from runner.sweep.sweepdir import record_refused
+from runner.train import models, optimizers
+from runner.train.builders import build_member, resolve_device
+from runner.train.engine import Engine, Result, Track, track_for
+from runner.train.steps import evaluate
+from runner.train.stopping import stop_on_signals
 from schedulers import ConfigError
 from schedulers.binder import label
 
@@ -196,7 +197,7 @@ def _build(
     members: Sequence[Member],
 ) -> tuple[torch.device, TensorData, StackedNet, list, list, list]:
     """Each member's model, optimizer and scheduler built as a single run builds its own
-    (runner/core/builders.py `build_member`: its threads, its seed -> the same init), then
+    (runner/train/builders.py `build_member`: its threads, its seed -> the same init), then
     the models stacked. Data is loaded once for all."""
     first = members[0].cfg
     device = resolve_device(first.trainer.device)
@@ -233,7 +234,7 @@ def _member_state(
     wandb_id: str | None,
     progress: Any,
 ) -> dict[str, Any]:
-    """Member i as a single run's checkpoint (runner/core/checkpoint.py's format): its weights
+    """Member i as a single run's checkpoint (runner/io/checkpoint.py's format): its weights
     and optimizer state unstacked into its own model and torch optimizer, so that the
     ordinary runner can resume the job."""
     net.unstack_into(i)
@@ -326,7 +327,7 @@ def _fit(members: Sequence[Member], stop: Any, background: Background, cleanup: 
 
 
 class StackedModels:
-    """The K stacked models' side of the epoch engine (runner/core/engine.py): member i's
+    """The K stacked models' side of the epoch engine (runner/train/engine.py): member i's
     batch is its seed's permutation's slice, gathered as [D, B, ...] (D = K / per data
     streams; members i*per .. i*per+per-1 read stream i), one fused optimizer step for all."""
 

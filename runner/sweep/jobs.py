@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from runner.core.files import read_json, read_jsonl, run_dir_holder
+from runner.io.files import read_json, read_jsonl, run_dir_holder
 
 log = logging.getLogger("schedlab")
 
@@ -92,7 +92,7 @@ def load_job(path: Path) -> Job | None:
     (not a job of a sweep, or one that has not started). Damaged files never stop the
     report: a torn metrics line is skipped, an empty or undecodable status.json reads as
     no status (the job counts as incomplete). A job whose dir another process holds (its
-    run-dir lock: runner/core/files.py) is `running`, whatever its files say so far: a run
+    run-dir lock: runner/io/files.py) is `running`, whatever its files say so far: a run
     in progress, or one resumed to train longer, is no result yet."""
     path = Path(path)
     overrides_file = path / ".hydra" / "overrides.yaml"

@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from runner.core.files import write_json_atomic
+from runner.io.files import write_json_atomic
 from runner.sweep.compare import METRICS, Comparison, corrected, raw_comparison
 from runner.sweep.jobs import load_job
 from runner.sweep.launch import check_race, check_round_one

@@ -23,7 +23,7 @@ from typing import Any
 
 from hydra.experimental.callback import Callback
 
-from runner.core.files import WriteFailed, read_json, replace_atomic, write_text_atomic
+from runner.io.files import WriteFailed, read_json, replace_atomic, write_text_atomic
 from runner.sweep.compare import METRICS, Comparison, all_pairs
 from runner.sweep.compare import markdown as compare_markdown
 from runner.sweep.jobs import Group, Job, common_overrides, group_jobs, load_jobs, without_seed

@@ -1,7 +1,7 @@
 """One sweep at a time per sweep dir, the jobs refused in it, and how the sweep ended.
 
 - A sweep (or race) holds `<sweep dir>/.lock` for its whole life (an exclusive flock, as a
-  run holds its run dir: runner/core/files.py; the kernel drops it when the process ends,
+  run holds its run dir: runner/io/files.py; the kernel drops it when the process ends,
   however it ends). It is taken before Hydra writes multirun.yaml: by the CLI for a
   `hydra.sweep.dir=<dir>` given on the command line, else as the sweep starts (the sweep
   report's on_multirun_start, the race sweeper). A second sweep into a held dir is refused,
@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from runner.core import files
+from runner.io import files
 from runner.sweep.jobs import load_jobs
 from schedulers import ConfigError
 

@@ -1,6 +1,6 @@
 """data=dataset: any torch `Dataset` given by `_target_`, streamed through a DataLoader.
 
-The in-memory tensor path (runner/core/data.py) stays the fast path: a data set that fits
+The in-memory tensor path (runner/data/sets.py) stays the fast path: a data set that fits
 and has no random transform is materialised once into tensors (`data.in_memory`), and then
 nothing here runs per batch. Otherwise each split gets one DataLoader for the whole run.
 
@@ -18,7 +18,7 @@ What makes a streamed run reproducible, whatever `num_workers`:
   the model's own randomness (dropout) is untouched, and the DataLoader draws its worker
   seeds from a generator of its own, not from torch's global one.
 
-Nothing here imports runner/core/data.py (which dispatches to this module): materialised
+Nothing here imports runner/data/sets.py (which dispatches to this module): materialised
 splits are returned as tensors for data.py to wrap.
 """
 
@@ -38,11 +38,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset, default_collate, get_worker_info
 
-from runner.core.digits import stratified_split
-from runner.core.labels import check_labels, sample_label_problem, warn_one_class
-from runner.core.resolvers import in_loky_worker
-from runner.core.rngs import numpy_state, same_numpy_state
-from runner.core.schema import SCHEMAS, check_node
+from runner.config.schema import SCHEMAS, check_node
+from runner.data.digits import stratified_split
+from runner.data.labels import check_labels, sample_label_problem, warn_one_class
+from runner.dist.workers import in_loky_worker
+from runner.io.rngs import numpy_state, same_numpy_state
 from schedulers import ConfigError, binder
 
 log = logging.getLogger("schedlab")
@@ -718,7 +718,7 @@ def _materialise(data: StreamData, dataset: Any, where: str) -> tuple[torch.Tens
 def sample_batch(data: StreamData, n: int) -> torch.Tensor:
     """The inputs of the first `n` training samples, fetched as materialising fetches them
     (seeded, the global RNGs restored) and collated as the loader collates them: start-up
-    runs the model on them (runner/core/model_check.py)."""
+    runs the model on them (runner/train/model_check.py)."""
     samples = SeededSamples(data.train, 0, "data.train", (data.image_shape, data.num_classes))
     keys = [(MATERIALISE_EPOCH, i) for i in range(min(n, len(data.train)))]
     try:

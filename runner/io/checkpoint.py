@@ -1,6 +1,6 @@
 """Checkpoints: everything needed to continue a run as if it had never stopped.
 
-Written atomically (runner/core/files.py: temp file + fsync + os.replace), so `last.pt` is
+Written atomically (runner/io/files.py: temp file + fsync + os.replace), so `last.pt` is
 always a whole checkpoint, whatever kills the process. Only tensors
 and plain containers are stored, so loading uses `torch.load(weights_only=True)`.
 """
@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from runner.core import files
-from runner.core.rngs import numpy_state
+from runner.io import files
+from runner.io.rngs import numpy_state
 from schedulers import ConfigError
 from schedulers.checks import mode_for
 
@@ -200,7 +200,7 @@ class Checkpointer:
         """`config`: the run's config.yaml text, kept in every checkpoint, so that a resume
         can tell a config.yaml edited since from the config the run trained with.
         `session`: the process writing (its token in every checkpoint), when it has one.
-        `data`: the fingerprint of the data it trains on (runner/core/fingerprint.py), so
+        `data`: the fingerprint of the data it trains on (runner/data/fingerprint.py), so
         that a resume on other data is refused."""
         self.run_dir, self.interval_s, self.background = run_dir, interval_s, background
         self.config, self.session, self.data = config, session, data

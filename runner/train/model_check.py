@@ -19,9 +19,9 @@ import torch
 from torch import nn
 from torch.nn.modules.lazy import LazyModuleMixin
 
-from runner.core.data import TensorData
-from runner.core.models import build_model, spec_of
-from runner.core.stream import sample_batch as streamed_batch
+from runner.data.sets import TensorData
+from runner.data.stream import sample_batch as streamed_batch
+from runner.train.models import build_model, spec_of
 from schedulers import ConfigError, binder
 
 SAMPLES = 2  # a batch of two: BatchNorm in training mode needs more than one value a channel

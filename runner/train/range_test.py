@@ -1,6 +1,6 @@
 """The LR range test of Smith (2017): find the largest lr at which the loss still falls fast.
 
-`python -m runner.core.lr_find <overrides>` takes the training config (same model,
+`python -m runner.train.range_test <overrides>` takes the training config (same model,
 data, optimizer), raises the lr every batch from `lr_find.start_lr` to
 `lr_find.end_lr`, records (lr, loss, smoothed loss), stops when the smoothed loss
 diverges, restores the model, optimizer and RNG to their state before the test,
@@ -22,12 +22,12 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from runner.core import files
-from runner.core.builders import autocast, build_training_parts
-from runner.core.data import batches
-from runner.core.schema import LrFind, check_node
-from runner.core.steps import evaluate, progress_bar, train_step
-from runner.core.stream import Loaders, is_streamed
+from runner.config.schema import LrFind, check_node
+from runner.data.sets import batches
+from runner.data.stream import Loaders, is_streamed
+from runner.io import files
+from runner.train.builders import autocast, build_training_parts
+from runner.train.steps import evaluate, progress_bar, train_step
 from schedulers import ConfigError
 
 log = logging.getLogger("schedlab")
@@ -124,7 +124,7 @@ def range_test(
     bar = progress_bar(progress, cfg["num_iters"], "lr range test")
 
     # a streamed data set (data=dataset) is streamed here too, epoch after epoch, in the
-    # order and with the per-sample seeds training uses (runner/core/stream.py)
+    # order and with the per-sample seeds training uses (runner/data/stream.py)
     loaders = Loaders(data, batch_size, seed, device) if is_streamed(data) else None
 
     def stream():

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from runner.core import files
+from runner.io import files
 
 log = logging.getLogger("schedlab")
 
@@ -93,7 +93,7 @@ def _write(path: Path, arrays: Mapping[str, Any], args: Mapping[str, Any]) -> No
 
 def load_mnist1d(cfg: Mapping[str, Any]) -> tuple[Any, Any, Any, Any]:
     """x_train, y_train, x_val, y_val: [N, 1, final_seq_length] float32 signals and their
-    labels (runner/core/data.py makes them its TensorData)."""
+    labels (runner/data/sets.py makes them its TensorData)."""
     import torch  # at call time: the cache helpers above are used without torch
 
     path = cache_path(cfg)

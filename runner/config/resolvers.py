@@ -15,8 +15,9 @@ from typing import Any
 import yaml
 from omegaconf import ListConfig, OmegaConf
 
-from runner.core.distributed import not_rank_0
-from runner.core.files import run_dir_holder
+from runner.dist.ddp import not_rank_0
+from runner.dist.workers import record_user_threads
+from runner.io.files import run_dir_holder
 
 LECTURE_EPOCHS = 200  # the lecture's demos ran for 200 epochs
 
@@ -91,17 +92,6 @@ def _launched_otherwise(run_dir: Path, overrides: list[str]) -> bool:
     return isinstance(saved, list) and sorted(map(str, saved)) != sorted(overrides)
 
 
-# set by record_user_threads, read by runner/core/builders.py
-USER_THREADS = "SCHEDLAB_USER_THREADS"
-
-
-def in_loky_worker() -> bool:
-    """A job run by hydra/launcher=joblib: joblib's loky backend names its processes so."""
-    import multiprocessing
-
-    return multiprocessing.current_process().name.startswith("LokyProcess")
-
-
 def job_log(path: str) -> str:
     """Hydra's job log file: <run dir>/train.log, but nowhere (os.devnull) on torchrun's ranks
     other than 0. Rank 0 holds the run dir, and before Hydra it may refuse it (another run
@@ -110,20 +100,6 @@ def job_log(path: str) -> str:
     if not_rank_0() or run_dir_holder(Path(path).parent) is not None:
         return os.devnull  # or another process writes that dir: this job will be refused
     return path
-
-
-def record_user_threads() -> None:
-    """Note, in the environment the launcher's workers inherit, where the process the user
-    started takes its torch thread count from: MKL_NUM_THREADS, else OMP_NUM_THREADS (as
-    torch reads them), else "" (torch's default, the physical cores). joblib's loky workers
-    get these variables set to cpu_count // n_jobs when the user set none, so their
-    reductions would sum in another order; trainer.num_threads=auto undoes that
-    (runner/core/builders.py). A worker keeps its parent's note."""
-    if in_loky_worker():
-        return
-    os.environ[USER_THREADS] = (
-        os.environ.get("MKL_NUM_THREADS") or os.environ.get("OMP_NUM_THREADS") or ""
-    )
 
 
 def register() -> None:

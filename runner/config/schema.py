@@ -134,7 +134,7 @@ class ResNet18:
 
 
 # -- optimizers (a `_target_` optimizer's keys are bound to its own signature instead) ----------
-_LR = number(0, lo_open=True)  # `find` is allowed too: see runner/core/config.py
+_LR = number(0, lo_open=True)  # `find` is allowed too: see runner/run/check.py
 
 
 @dataclass
@@ -144,7 +144,7 @@ class Sgd:
     momentum: float = key(0.9, number(0, 1, hi_open=True))
     weight_decay: float = key(0.0, number(0))
     nesterov: bool = key(False, boolean())
-    # checked against the model: runner/core/optimizers.py
+    # checked against the model: runner/train/optimizers.py
     param_groups: Any = key(None, anything())
 
 
@@ -152,7 +152,7 @@ class Sgd:
 class Adam:
     name: str = key("adam", choice("adam"))
     lr: Any = key(0.001, anything())
-    betas: list[float] = key([0.9, 0.999], anything())  # two numbers: runner/core/optimizers.py
+    betas: list[float] = key([0.9, 0.999], anything())  # two numbers: runner/train/optimizers.py
     eps: float = key(1e-8, number(0, lo_open=True))
     weight_decay: float = key(0.0, number(0))
     param_groups: Any = key(None, anything())
@@ -226,11 +226,11 @@ class Cifar10(Mnist):
 
 @dataclass
 class Dataset:
-    """data=dataset: any torch Dataset by `_target_`, streamed (runner/core/stream.py)."""
+    """data=dataset: any torch Dataset by `_target_`, streamed (runner/data/stream.py)."""
 
     name: str = key("dataset", choice("dataset"))
     # `_target_` nodes (a Dataset class and its kwargs; null: stream.DEMO's FakeData), checked
-    # in runner/core/stream.py
+    # in runner/data/stream.py
     train: Any = key(None, anything())
     val: Any = key(None, anything())
     # a share of data.train to validate on instead of data.val (which must be null then)
@@ -276,7 +276,7 @@ class Run:
 
 
 # the group options without a registry of their own (models and optimizers name their
-# schema in runner/core/models.py's and runner/core/optimizers.py's tables)
+# schema in runner/train/models.py's and runner/train/optimizers.py's tables)
 SCHEMAS: dict[str, dict[str, type]] = {
     "data": {
         "digits": Digits,

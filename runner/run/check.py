@@ -1,7 +1,7 @@
 """Start-up validation of the whole composed config, before any data or model is built.
 
 One pass, group by group: each built-in option's keys, types and ranges come from its
-schema (runner/core/schema.py), the scheduler's from its registry, a `_target_` component's
+schema (runner/config/schema.py), the scheduler's from its registry, a `_target_` component's
 from its target's signature; then the checks that tie keys together or need the machine.
 A typo costs a second and a clear message naming the key, not a crashed run.
 """
@@ -11,15 +11,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from runner.core.builders import resolve_device
-from runner.core.data import data_shape, load_data, steps_per_epoch, train_size, validate_data
-from runner.core.distributed import wanted
-from runner.core.loggers import validate_logger
-from runner.core.lr_find import validate_lr_find
-from runner.core.model_check import check_model_on_data
-from runner.core.models import model_parts, part_names, probe_model, validate_model
-from runner.core.optimizers import split_params, uses_parts, validate_optimizer
-from runner.core.schema import EPOCH_METRICS, GROUPS, Run, Trainer, check_node
+from runner.config.schema import EPOCH_METRICS, GROUPS, SCHEMAS, Run, Trainer, check_node
+from runner.data.sets import data_shape, load_data, steps_per_epoch, train_size, validate_data
+from runner.dist.ddp import wanted
+from runner.train.builders import resolve_device
+from runner.train.model_check import check_model_on_data
+from runner.train.models import model_parts, part_names, probe_model, validate_model
+from runner.train.optimizers import split_params, uses_parts, validate_optimizer
+from runner.train.range_test import validate_lr_find
 from schedulers import ConfigError, validate_scheduler
 from schedulers.checks import is_number, need_number
 
@@ -89,3 +88,14 @@ def validate(cfg: Mapping[str, Any]) -> None:
         metrics=EPOCH_METRICS,
     )
     validate_logger(cfg["logger"])
+
+
+def validate_logger(cfg: Mapping[str, Any]) -> None:
+    """One node per backend, each checked by its schema."""
+    backends = SCHEMAS["logger"]
+    for name in cfg:
+        if name not in backends:
+            raise ConfigError(
+                f"logger.{name}", cfg[name], f"unknown logger; choose from {list(backends)}"
+            )
+        check_node(f"logger.{name}", cfg[name], backends[name])

@@ -2,7 +2,7 @@
 at once.
 
 The loop polls the flag after each batch (under DDP: the ranks agree on it every few
-batches, runner/core/distributed.py), abandons the partial epoch, writes the
+batches, runner/dist/ddp.py), abandons the partial epoch, writes the
 newest completed epoch's checkpoint, and exits with 128 + the signal number (130
 for Ctrl-C, 143 for SIGTERM, 140 for SIGUSR2). SIGUSR2 is what Slurm/submitit send
 before a time-out or preemption: when a launcher had its own handler installed
@@ -13,7 +13,7 @@ The CLI installs the handlers before Hydra starts a single run (a sweep: each jo
 starts), so a signal during start-up (data loading, W&B) is seen too: the run stops at
 the next step of its start-up and leaves `status.json` `interrupted`, no traceback.
 One exception: a worker of a torchrun job that has not joined its process group yet ends
-at once on SIGTERM (torchrun ending the job, runner/core/distributed.py); nothing of the
+at once on SIGTERM (torchrun ending the job, runner/dist/ddp.py); nothing of the
 run has been written then.
 """
 
@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from runner.core.distributed import unjoined_torchrun_worker
+from runner.dist.ddp import unjoined_torchrun_worker
 
 log = logging.getLogger("schedlab")
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)
@@ -47,7 +47,7 @@ class StopFlag:
     def requested(self, step: int, steps: int) -> int | None:
         """The signal to stop on after `step` of an epoch of `steps` steps, as the epoch
         engine asks after every step: this process's own signal, at once. Under DDP the
-        engine asks an AgreedStop instead (runner/core/distributed.py), which has the ranks
+        engine asks an AgreedStop instead (runner/dist/ddp.py), which has the ranks
         agree on it every few steps, so that all of them stop after the same batch."""
         return self.signum
 

@@ -23,10 +23,10 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from runner.core import digits, stream
-from runner.core.labels import check_labels, warn_one_class
-from runner.core.schema import SCHEMAS, check_node
-from runner.core.stream import StreamData
+from runner.config.schema import SCHEMAS, check_node
+from runner.data import digits, stream
+from runner.data.labels import check_labels, warn_one_class
+from runner.data.stream import StreamData
 from schedulers import ConfigError
 from schedulers.binder import plain
 
@@ -89,7 +89,7 @@ def validate_data(cfg: Mapping[str, Any]) -> None:
     """Fail before training on bad values, or when a file-based dataset is not on disk
     (saying how to get it)."""
     name = cfg["name"]
-    if name == "dataset":  # any torch Dataset, streamed: runner/core/stream.py
+    if name == "dataset":  # any torch Dataset, streamed: runner/data/stream.py
         stream.validate(cfg)
         return
     if name not in DATASETS:
@@ -134,7 +134,7 @@ def load_data(cfg: Mapping[str, Any]) -> TensorData | StreamData:
     """The data set, loaded once per process for the same settings: start-up validation
     reads its sizes and shapes from it, then the run trains on the same tensors (and a
     sweep's jobs in one process share them). Loading uses no global RNG. data=dataset gives
-    a StreamData (runner/core/stream.py) unless it is materialised (data.in_memory); it
+    a StreamData (runner/data/stream.py) unless it is materialised (data.in_memory); it
     answers the same size and shape questions."""
     settings = {k: v for k, v in dict(plain(cfg)).items() if k != "batch_size"}  # not the data's
     # relative paths read other data from another cwd (a process that changed dir)
@@ -161,7 +161,7 @@ def _build(cfg: dict[str, Any]) -> TensorData | StreamData:
     if name == "fake":
         return _fake(cfg)
     if name == "mnist1d":
-        from runner.core.mnist1d import load_mnist1d  # its generator only when asked for
+        from runner.data.mnist1d import load_mnist1d  # its generator only when asked for
 
         return TensorData(*load_mnist1d(cfg), num_classes=cfg["num_classes"])
     if name == "cifar10":

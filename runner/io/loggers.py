@@ -25,9 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from runner.core.files import LineAppender
-from runner.core.schema import SCHEMAS, check_node
-from schedulers import ConfigError
+from runner.io.files import LineAppender
 
 log = logging.getLogger("schedlab")
 
@@ -144,17 +142,6 @@ class RunLogger:
         self._send()
         if self.background is not None:
             self.background.flush()
-
-
-def validate_logger(cfg: Mapping[str, Any]) -> None:
-    """One node per backend, each checked by its schema."""
-    backends = SCHEMAS["logger"]
-    for name in cfg:
-        if name not in backends:
-            raise ConfigError(
-                f"logger.{name}", cfg[name], f"unknown logger; choose from {list(backends)}"
-            )
-        check_node(f"logger.{name}", cfg[name], backends[name])
 
 
 @contextmanager

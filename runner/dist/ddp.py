@@ -4,7 +4,7 @@ hydra.launcher.tasks_per_node=4 hydra.launcher.nodes=2`: every task runs the job
 
 Every rank draws the same seeded permutation and trains on every N-th sample of each
 global batch: an in-memory set is held whole by every rank and sliced; a streamed one
-(data=dataset) has each rank's sampler fetch only its share (runner/core/stream.py,
+(data=dataset) has each rank's sampler fetch only its share (runner/data/stream.py,
 EpochBatches). DistributedDataParallel
 averages the gradients, and each rank's loss is scaled so the update equals one
 process training on the global batch. Train metrics are all-reduced before they

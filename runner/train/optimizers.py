@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from runner.core import schema
+from runner.config import schema
 from schedulers import ConfigError, binder
 from schedulers.checks import is_number, need_number, need_positive
 
@@ -41,7 +41,7 @@ def _no_check(cfg: Mapping[str, Any]) -> None:
 class OptimizerSpec:
     cls: str  # the torch.optim class
     keys: tuple[str, ...]  # config keys passed to it besides lr and weight_decay
-    schema: type  # its keys, types, defaults and checks (runner/core/schema.py)
+    schema: type  # its keys, types, defaults and checks (runner/config/schema.py)
     check: Callable[[Mapping[str, Any]], None]  # what ties keys together
     fusable: bool = True  # runner/sweep/stacked.py's FusedOptimizer implements its step
 

@@ -12,13 +12,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from runner.core import optimizers
-from runner.core.data import TensorData, load_data, place, resize_images, steps_per_epoch
-from runner.core.distributed import SINGLE, Dist
-from runner.core.model_check import build_for
-from runner.core.models import model_parts
-from runner.core.optimizers import split_params
-from runner.core.resolvers import USER_THREADS, in_loky_worker
+from runner.data.sets import TensorData, load_data, place, resize_images, steps_per_epoch
+from runner.dist.ddp import SINGLE, Dist
+from runner.dist.workers import USER_THREADS, in_loky_worker
+from runner.train import optimizers
+from runner.train.model_check import build_for
+from runner.train.models import model_parts
+from runner.train.optimizers import split_params
 from schedulers import ConfigError, LRSchedule, build_scheduler
 
 

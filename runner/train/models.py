@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from runner.core import schema
+from runner.config import schema
 from schedulers import ConfigError, binder
 
 
@@ -199,7 +199,7 @@ class ModelSpec:
     # named parts in order; `optimizer.param_groups={part: multiplier}` picks from these
     parts: Callable[[nn.Module, Mapping[str, Any]], dict[str, list[nn.Parameter]]]
     part_names: Callable[[Mapping[str, Any]], tuple[str, ...]]
-    schema: type  # its keys, types, defaults and checks (runner/core/schema.py)
+    schema: type  # its keys, types, defaults and checks (runner/config/schema.py)
     fusable: bool  # runner/sweep/stacked.py can stack it (hydra/launcher=fused)
     inputs: tuple[int, ...] = (IMAGES, SIGNALS)  # the sample ranks it takes
 
@@ -323,7 +323,7 @@ def build_model(cfg: Mapping[str, Any], image_shape: Shape, num_classes: int) ->
         model = binder.instantiate(cfg, **offered)
     except TypeError as err:
         # a **kwargs that does not take num_classes after all: built without the offer,
-        # and start-up's forward pass checks the output width (runner/core/model_check.py)
+        # and start-up's forward pass checks the output width (runner/train/model_check.py)
         if "num_classes" not in str(err) or binder.accepts(target, "num_classes"):
             raise
         model = binder.instantiate(cfg, **{k: v for k, v in offered.items() if k != "num_classes"})

@@ -22,8 +22,8 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf, open_dict
 
-from runner.core.data import load_data
-from runner.core.stream import MATERIALISE_EPOCH, SampleError, SeededSamples, is_streamed
+from runner.data.sets import load_data
+from runner.data.stream import MATERIALISE_EPOCH, SampleError, SeededSamples, is_streamed
 from schedulers import ConfigError
 from schedulers.binder import plain
 
@@ -100,7 +100,7 @@ def _digest(value: Any) -> str:
 def _first_labels(dataset: Any, split: str) -> list[Any]:
     """The labels of a streamed dataset's first LABELS samples: its `targets` (torchvision's
     folders and sets) unless a target_transform changes them, else the samples fetched as
-    a materialised set fetches them (runner/core/stream.py), so both paths agree."""
+    a materialised set fetches them (runner/data/stream.py), so both paths agree."""
     n = min(len(dataset), LABELS)
     targets = getattr(dataset, "targets", None)
     if getattr(dataset, "target_transform", None) is None and _sized(targets, len(dataset)):

@@ -24,9 +24,9 @@ from typing import Any, Protocol
 
 import torch
 
-from runner.core import checkpoint
-from runner.core.loggers import RunLogger
-from runner.core.steps import progress_bar
+from runner.io import checkpoint
+from runner.io.loggers import RunLogger
+from runner.train.steps import progress_bar
 from schedulers.checks import mode_for
 
 log = logging.getLogger("schedlab")
