@@ -172,6 +172,19 @@ def auto_or_int(low: int) -> Check:
     return check
 
 
+def worded(check: Check, rule: str) -> Check:
+    """`check`, a rejection told as `rule`: for a key whose message says why its bound is
+    what it is ("must be >= 2 (a paired t test needs 2 seeds)")."""
+
+    def run(key: str, v: Any) -> None:
+        try:
+            check(key, v)
+        except ConfigError:
+            raise ConfigError(key, v, rule) from None
+
+    return run
+
+
 def choice(*choices: Any) -> Check:
     return lambda key, v: need_choice(key, v, choices)
 

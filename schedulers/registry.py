@@ -124,8 +124,7 @@ def _build_cosine(opt: Any, p: Mapping[str, Any], ctx: Context) -> Any:
 # -- adaptive ----------------------------------------------------------------------------------
 @dataclass
 class Plateau:
-    monitor: str = key("val/loss", text())  # one of the run's metrics: resolve_node
-    # auto: min for a loss, max for an accuracy; an explicit contradiction is an error
+    monitor: str = key("val/loss", text())
     mode: str = key("auto", choice(*checks.MODES))
     factor: float = key(0.1, number(0, 1, lo_open=True, hi_open=True))
     patience: int = key(3, integer(0))
@@ -137,12 +136,12 @@ class Plateau:
 
     @staticmethod
     def check_keys(prefix: str, p: Mapping[str, Any]) -> None:
-        """A mode that contradicts the monitored metric."""
+        """mode agrees with monitor: min (or auto) for a loss, max (or auto) for an accuracy."""
         checks.need_mode(f"{prefix}.mode", p["mode"], p["monitor"], "monitor")
 
     @staticmethod
     def check_context(prefix: str, p: Mapping[str, Any], ctx: Context) -> None:
-        """Steps once per epoch, on a validation metric."""
+        """interval is epoch: plateau steps once per epoch, on a validation metric."""
         if ctx.interval != "epoch":
             raise ConfigError(
                 "scheduler.interval",
