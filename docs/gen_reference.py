@@ -4,9 +4,9 @@ Read from the declarations the runner checks configs against, so the page cannot
 them: runner/config/schema.py (one dataclass per option; a field's default and its check,
 described here by the message the check gives a value it rejects, and the comments above
 or beside the field), the models' and optimizers' name -> spec tables, and the scheduler
-registry (schedulers/registry.py: each schedule's keys and defaults, with the comments of
-its conf/scheduler/<name>.yaml). docs/hooks.py adds the page to the site at build time;
-`python docs/gen_reference.py` prints it. Never edit its output by hand.
+registry (schedulers/registry.py: each schedule's dataclass of keys, declared the same way,
+with the comments of its conf/scheduler/<name>.yaml). docs/hooks.py adds the page to the
+site at build time; `python docs/gen_reference.py` prints it. Never edit its output by hand.
 """
 
 from __future__ import annotations
@@ -79,11 +79,16 @@ def cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def schema_table(prefix: str, cls: type, conf: Path | None = None) -> Iterator[str]:
+def schema_table(
+    prefix: str, cls: type, conf: Path | None = None, yaml: dict[str, tuple[str, str]] | None = None
+) -> Iterator[str]:
     """One row per key: full name, default, what it accepts, and the schema's comment, else
-    the one beside the key in its YAML file `conf`."""
-    in_yaml = {k: note for k, (_, note) in yaml_notes(conf).items()} if conf else {}
-    notes = {**in_yaml, **{k: v for k, v in comments(cls).items() if v}}
+    the one beside the key in its YAML file `conf` (or in `yaml`, that file's notes)."""
+    yaml = yaml_notes(conf) if conf else (yaml or {})
+    notes = {
+        **{k: note for k, (_, note) in yaml.items()},
+        **{k: v for k, v in comments(cls).items() if v},
+    }
     yield "| key | default | accepts | note |"
     yield "|---|---|---|---|"
     for f in dataclasses.fields(cls):
@@ -93,10 +98,14 @@ def schema_table(prefix: str, cls: type, conf: Path | None = None) -> Iterator[s
         yield (
             f"| `{full}` | `{cell(show(default))}` | {cell(rule)} | {cell(notes.get(f.name, ''))} |"
         )
-    doc = inspect.getdoc(getattr(cls, "check_keys", None) or (lambda: None))
-    if doc:
-        yield ""
-        yield f"Also checked: {cell(doc)}"
+    for method, what in (
+        ("check_keys", "Also checked"),
+        ("check_context", "Checked against the run"),
+    ):
+        doc = inspect.getdoc(getattr(cls, method, None) or (lambda: None))
+        if doc:
+            yield ""
+            yield f"{what}: {cell(doc)}"
 
 
 def option_sections(
@@ -133,16 +142,11 @@ def yaml_notes(path: Path) -> dict[str, tuple[str, str]]:
 def scheduler_sections() -> Iterator[str]:
     from schedulers import registry
 
-    common = [k for k in registry.COMMON if k != "name"]
     config = yaml_notes_nested(ROOT / "conf" / "config.yaml", "scheduler")
     yield "Keys every schedule has (defaults from `conf/config.yaml`; an option's file may set"
     yield "its own):"
     yield ""
-    yield "| key | default | note |"
-    yield "|---|---|---|"
-    for k in common:
-        value, note = config.get(k, ("", ""))
-        yield f"| `scheduler.{k}` | `{cell(value)}` | {cell(note)} |"
+    yield from schema_table("scheduler", registry.Common, yaml=config)
     yield ""
     for name, spec in registry.SCHEDULES.items():
         notes = yaml_notes(ROOT / "conf" / "scheduler" / f"{name}.yaml")
@@ -150,16 +154,15 @@ def scheduler_sections() -> Iterator[str]:
         yield ""
         warmup = "" if spec.warmup else "; shapes its own start (no `warmup_epochs`)"
         yield f"{spec.torch_name}{warmup}."
+        common = [k for k in registry.COMMON if k != "name"]
         own = [f"`scheduler.{k}: {notes[k][0]}`" for k in common if k in notes]
         if own:
             yield f"Its file sets {', '.join(own)}."
         yield ""
-        if spec.params:
-            yield "| key | default | note |"
-            yield "|---|---|---|"
-            for k, default in spec.params.items():
-                note = notes.get(k, ("", ""))[1]
-                yield f"| `scheduler.{k}` | `{cell(show(default))}` | {cell(note)} |"
+        if dataclasses.fields(spec.schema):
+            yield from schema_table(
+                "scheduler", spec.schema, ROOT / "conf" / "scheduler" / f"{name}.yaml"
+            )
         else:
             yield "No keys of its own."
         yield ""

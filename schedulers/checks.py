@@ -124,6 +124,23 @@ def need_int_list(key: str, v: Any, low: int, length: int | None = None) -> None
         raise ConfigError(key, list(v) if ok else v, f"must be a list of {size}integers >= {low}")
 
 
+def need_increasing_ints(key: str, v: Any, low: int) -> None:
+    """A non-empty list of integers >= low, each above the one before (milestones)."""
+    is_list = isinstance(v, Sequence) and not isinstance(v, str)
+    ints = is_list and all(isinstance(m, int) and not isinstance(m, bool) for m in v)
+    if not ints or not v or v[0] < low or any(b <= a for a, b in zip(v, v[1:], strict=False)):
+        raise ConfigError(key, v, f"must be a non-empty list of strictly increasing ints >= {low}")
+
+
+def need_str_or_str_list(key: str, v: Any) -> None:
+    if isinstance(v, str) and v:
+        return
+    try:
+        need_str_list(key, v)
+    except ConfigError:
+        raise ConfigError(key, v, "must be a non-empty string or a list of them") from None
+
+
 # -- the same checks as values: a schema field names its check once ----------------------
 def integer(low: int, optional: bool = False, high: int | None = None) -> Check:
     return lambda key, v: need_int(key, v, low, optional, high)
@@ -155,6 +172,19 @@ def auto_or_int(low: int) -> Check:
     return check
 
 
+def worded(check: Check, rule: str) -> Check:
+    """`check`, a rejection told as `rule`: for a key whose message says why its bound is
+    what it is ("must be >= 2 (a paired t test needs 2 seeds)")."""
+
+    def run(key: str, v: Any) -> None:
+        try:
+            check(key, v)
+        except ConfigError:
+            raise ConfigError(key, v, rule) from None
+
+    return run
+
+
 def choice(*choices: Any) -> Check:
     return lambda key, v: need_choice(key, v, choices)
 
@@ -177,6 +207,14 @@ def int_list(low: int, length: int | None = None) -> Check:
 
 def str_list() -> Check:
     return need_str_list
+
+
+def increasing_ints(low: int) -> Check:
+    return lambda key, v: need_increasing_ints(key, v, low)
+
+
+def str_or_str_list() -> Check:
+    return need_str_or_str_list
 
 
 def anything() -> Check:

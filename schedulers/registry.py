@@ -1,15 +1,16 @@
-"""Scheduler names -> torch schedulers, with the checks each one needs.
+"""Scheduler names -> torch schedulers, with the keys each one declares.
 
 One table, so an unknown name can list every valid one, and so validation runs
-from the config alone (no optimizer, data or model yet) at start-up. Every
+from the config alone (no optimizer, data or model yet) at start-up. Each schedule's
+keys are a dataclass of `key(default, check)` fields checked by `check_node`, the same
+declaration every other option has (schedulers/declare.py). Every
 schedule counts in units of `scheduler.interval` (epochs, or batches when
 `interval: step`), like torch's own schedulers count their `step()` calls.
 """
 
 from __future__ import annotations
 
-import copy
-import math
+import dataclasses
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -17,61 +18,53 @@ from typing import Any
 
 from schedulers import checks
 from schedulers.binder import TARGET, label, plain
+from schedulers.checks import (
+    boolean,
+    choice,
+    increasing_ints,
+    integer,
+    number,
+    str_or_str_list,
+    text,
+)
+from schedulers.declare import check_node, defaults, key
 from schedulers.errors import ConfigError
 from schedulers.expr import ExpressionError, LrExpression, first_bad, parse
 from schedulers.node import Context, Node
 from schedulers.schedule import LRSchedule
 from schedulers.target import resolve_target
 
-COMMON = ("name", "interval", "warmup_epochs", "warmup_start_factor")
 INTERVALS = ("epoch", "step")
 SEQUENCE = "sequence"  # phases run one after another (schedulers/sequence.py)
+DECAY_SHAPES = ("linear", "cosine", "sqrt")  # WarmupStableDecayLR's (schedulers/wsd.py)
 
 
-@dataclass(frozen=True)
-class Spec:
-    # keys this schedule accepts besides the COMMON ones -> their defaults, which
-    # conf/scheduler/<name>.yaml repeats (a test keeps the two equal); a sequence
-    # phase that leaves a key out gets its default
-    params: Mapping[str, Any]
-    check: Callable[[Mapping[str, Any], Context], None]
-    # (optimizer, params, ctx) -> a torch LRScheduler
-    build: Callable[[Any, Mapping[str, Any], Context], Any]
-    torch_name: str
-    warmup: bool = True  # False where the schedule has its own warm-up or cycle
+# -- what each schedule's keys are: one dataclass each, declared as every other option's are --
+# (schedulers/declare.py). A field's default is what conf/scheduler/<name>.yaml gives it (a
+# test keeps the two equal; a sequence phase that leaves a key out gets it); `check_keys`
+# holds what ties keys together, `check_context(prefix, p, ctx)` what needs the run (its
+# length, the optimizer's lrs), run after every key has passed.
+_GAMMA = number(0, 1, lo_open=True)  # a decay factor in (0, 1]
+_POSITIVE_OR_NULL = number(0, lo_open=True, optional=True)
 
 
-# -- checks shared by several schedules --------------------------------------------------------
-# the shared helpers (schedulers/checks.py), with keys relative to `scheduler.`
-def need_int(key: str, v: Any, low: int, optional: bool = False) -> None:
-    checks.need_int(f"scheduler.{key}", v, low, optional)
+@dataclass
+class Common:
+    """The keys every schedule has; conf/config.yaml gives their defaults."""
+
+    interval: str = key("epoch", choice(*INTERVALS))
+    warmup_epochs: int = key(0, integer(0))
+    warmup_start_factor: float = key(0.1, number(0, 1, lo_open=True))
 
 
-def need_range(key: str, v: Any, low: float, high: float, *, lo_open: bool, hi_open: bool) -> None:
-    checks.need_number(f"scheduler.{key}", v, low, high, lo_open=lo_open, hi_open=hi_open)
+COMMON = ("name", *(f.name for f in dataclasses.fields(Common)))
 
 
-def need_positive(key: str, v: Any, optional: bool = False) -> None:
-    checks.need_positive(f"scheduler.{key}", v, optional)
-
-
-def need_choice(key: str, v: Any, choices: Sequence[str]) -> None:
-    checks.need_choice(f"scheduler.{key}", v, choices)
-
-
-def need_bool(key: str, v: Any) -> None:
-    checks.need_bool(f"scheduler.{key}", v)
-
-
-def need_gamma(p: Mapping[str, Any], ctx: Context) -> None:
-    need_range("gamma", p["gamma"], 0, 1, lo_open=True, hi_open=False)
-
-
-def need_eta_min(p: Mapping[str, Any], ctx: Context) -> None:
-    need_range("eta_min", p["eta_min"], 0, math.inf, lo_open=False, hi_open=True)
+def below_the_lr(prefix: str, p: Mapping[str, Any], ctx: Context) -> None:
+    """eta_min, a floor the schedule decays to, below the lr of every param group."""
     if p["eta_min"] >= min(ctx.base_lrs):
         raise ConfigError(
-            "scheduler.eta_min", p["eta_min"], f"must be below the lr ({min(ctx.base_lrs)})"
+            f"{prefix}.eta_min", p["eta_min"], f"must be below the lr ({min(ctx.base_lrs)})"
         )
 
 
@@ -80,9 +73,10 @@ def _or_length(v: int | None, ctx: Context) -> int:
 
 
 # -- the ordered schedules of the lecture ------------------------------------------------------
-def _check_step(p: Mapping[str, Any], ctx: Context) -> None:
-    need_int("step_size", p["step_size"], 1)
-    need_gamma(p, ctx)
+@dataclass
+class Step:
+    step_size: int = key(10, integer(1))
+    gamma: float = key(0.1, _GAMMA)
 
 
 def _build_step(opt: Any, p: Mapping[str, Any], ctx: Context) -> Any:
@@ -91,16 +85,10 @@ def _build_step(opt: Any, p: Mapping[str, Any], ctx: Context) -> Any:
     return StepLR(opt, step_size=p["step_size"], gamma=p["gamma"])
 
 
-def _check_multistep(p: Mapping[str, Any], ctx: Context) -> None:
-    ms = p["milestones"]
-    ints = isinstance(ms, Sequence) and all(
-        isinstance(m, int) and not isinstance(m, bool) for m in ms
-    )
-    if not ints or not ms or ms[0] < 1 or any(b <= a for a, b in zip(ms, ms[1:], strict=False)):
-        raise ConfigError(
-            "scheduler.milestones", ms, "must be a non-empty list of strictly increasing ints >= 1"
-        )
-    need_gamma(p, ctx)
+@dataclass
+class MultiStep:
+    milestones: list[int] = key([8, 14, 17], increasing_ints(1))
+    gamma: float = key(0.1, _GAMMA)
 
 
 def _build_multistep(opt: Any, p: Mapping[str, Any], ctx: Context) -> Any:
@@ -109,15 +97,22 @@ def _build_multistep(opt: Any, p: Mapping[str, Any], ctx: Context) -> Any:
     return MultiStepLR(opt, milestones=list(p["milestones"]), gamma=p["gamma"])
 
 
+@dataclass
+class Exponential:
+    gamma: float = key(0.9, _GAMMA)
+
+
 def _build_exponential(opt: Any, p: Mapping[str, Any], ctx: Context) -> Any:
     from torch.optim.lr_scheduler import ExponentialLR  # torch: not at start-up
 
     return ExponentialLR(opt, gamma=p["gamma"])
 
 
-def _check_cosine(p: Mapping[str, Any], ctx: Context) -> None:
-    need_int("T_max", p["T_max"], 1, optional=True)
-    need_eta_min(p, ctx)
+@dataclass
+class Cosine:
+    T_max: int | None = key(None, integer(1, optional=True))
+    eta_min: float = key(0.0, number(0))
+    check_context = staticmethod(below_the_lr)
 
 
 def _build_cosine(opt: Any, p: Mapping[str, Any], ctx: Context) -> Any:
@@ -127,20 +122,32 @@ def _build_cosine(opt: Any, p: Mapping[str, Any], ctx: Context) -> Any:
 
 
 # -- adaptive ----------------------------------------------------------------------------------
-def _check_plateau(p: Mapping[str, Any], ctx: Context) -> None:
-    # auto: min for a loss, max for an accuracy; an explicit contradiction is an error
-    checks.need_mode("scheduler.mode", p["mode"], p["monitor"], "monitor")
-    need_range("factor", p["factor"], 0, 1, lo_open=True, hi_open=True)
-    need_int("patience", p["patience"], 0)
-    need_range("threshold", p["threshold"], 0, math.inf, lo_open=False, hi_open=True)
-    need_choice("threshold_mode", p["threshold_mode"], ("rel", "abs"))
-    need_int("cooldown", p["cooldown"], 0)
-    need_range("min_lr", p["min_lr"], 0, math.inf, lo_open=False, hi_open=True)
-    need_range("eps", p["eps"], 0, math.inf, lo_open=False, hi_open=True)
-    if ctx.interval != "epoch":
-        raise ConfigError(
-            "scheduler.interval", ctx.interval, "plateau needs 'epoch': it steps on a val metric"
-        )
+@dataclass
+class Plateau:
+    monitor: str = key("val/loss", text())
+    mode: str = key("auto", choice(*checks.MODES))
+    factor: float = key(0.1, number(0, 1, lo_open=True, hi_open=True))
+    patience: int = key(3, integer(0))
+    threshold: float = key(0.0001, number(0))
+    threshold_mode: str = key("rel", choice("rel", "abs"))
+    cooldown: int = key(0, integer(0))
+    min_lr: float = key(0.0, number(0))
+    eps: float = key(1.0e-08, number(0))
+
+    @staticmethod
+    def check_keys(prefix: str, p: Mapping[str, Any]) -> None:
+        """mode agrees with monitor: min (or auto) for a loss, max (or auto) for an accuracy."""
+        checks.need_mode(f"{prefix}.mode", p["mode"], p["monitor"], "monitor")
+
+    @staticmethod
+    def check_context(prefix: str, p: Mapping[str, Any], ctx: Context) -> None:
+        """interval is epoch: plateau steps once per epoch, on a validation metric."""
+        if ctx.interval != "epoch":
+            raise ConfigError(
+                "scheduler.interval",
+                ctx.interval,
+                "plateau needs 'epoch': it steps on a val metric",
+            )
 
 
 def _build_plateau(opt: Any, p: Mapping[str, Any], ctx: Context) -> Any:
@@ -152,7 +159,9 @@ def _build_plateau(opt: Any, p: Mapping[str, Any], ctx: Context) -> Any:
 
 
 # -- custom ------------------------------------------------------------------------------------
-def _lambda_texts(p: Mapping[str, Any], n_groups: int) -> list[str]:
+def _lambda_texts(
+    p: Mapping[str, Any], n_groups: int, key: str = "scheduler.lr_lambda"
+) -> list[str]:
     """One expression for every group, or exactly one per group."""
     value = p["lr_lambda"]
     texts = [value] if isinstance(value, str) else list(value)
@@ -160,25 +169,29 @@ def _lambda_texts(p: Mapping[str, Any], n_groups: int) -> list[str]:
         return texts * n_groups
     if len(texts) != n_groups:
         raise ConfigError(
-            "scheduler.lr_lambda",
-            texts,
-            f"give one expression, or one per param group ({n_groups} groups)",
+            key, texts, f"give one expression, or one per param group ({n_groups} groups)"
         )
     return texts
 
 
-def _check_lambda(p: Mapping[str, Any], ctx: Context) -> None:
-    """Each expression evaluated at every value LambdaLR will give it: 0 at the start, then
-    one more per step() (per epoch, or per batch with `interval: step`) once warmup is done,
-    the step after the last epoch included, so it cannot fail in the middle of a run."""
-    unit = "epoch" if ctx.interval == "epoch" else "step"
-    for text in _lambda_texts(p, len(ctx.base_lrs)):
-        try:
-            problem = first_bad(parse(text), ctx.length + 1, unit)
-        except ExpressionError as err:
-            problem = str(err)
-        if problem is not None:
-            raise ConfigError("scheduler.lr_lambda", text, problem)
+@dataclass
+class Lambda:
+    lr_lambda: Any = key("0.95 ** epoch", str_or_str_list())
+
+    @staticmethod
+    def check_context(prefix: str, p: Mapping[str, Any], ctx: Context) -> None:
+        """Each expression evaluated at every value LambdaLR will give it: 0 at the start,
+        then one more per step() (per epoch, or per batch with `interval: step`) once warmup
+        is done, the step after the last epoch included, so it cannot fail in the middle of
+        a run."""
+        unit = "epoch" if ctx.interval == "epoch" else "step"
+        for expr in _lambda_texts(p, len(ctx.base_lrs), f"{prefix}.lr_lambda"):
+            try:
+                problem = first_bad(parse(expr), ctx.length + 1, unit)
+            except ExpressionError as err:
+                problem = str(err)
+            if problem is not None:
+                raise ConfigError(f"{prefix}.lr_lambda", expr, problem)
 
 
 def _build_lambda(opt: Any, p: Mapping[str, Any], ctx: Context) -> Any:
@@ -193,6 +206,11 @@ def _constant(epoch: int) -> float:
     return 1.0
 
 
+@dataclass
+class Constant:
+    """scheduler=none: no keys of its own."""
+
+
 def _build_none(opt: Any, p: Mapping[str, Any], ctx: Context) -> Any:
     from torch.optim.lr_scheduler import LambdaLR  # torch: not at start-up
 
@@ -200,10 +218,12 @@ def _build_none(opt: Any, p: Mapping[str, Any], ctx: Context) -> Any:
 
 
 # -- modern practice ---------------------------------------------------------------------------
-def _check_cosine_restarts(p: Mapping[str, Any], ctx: Context) -> None:
-    need_int("T_0", p["T_0"], 1)
-    need_int("T_mult", p["T_mult"], 1)
-    need_eta_min(p, ctx)
+@dataclass
+class CosineRestarts:
+    T_0: int = key(5, integer(1))
+    T_mult: int = key(2, integer(1))
+    eta_min: float = key(0.0, number(0))
+    check_context = staticmethod(below_the_lr)
 
 
 def _build_cosine_restarts(opt: Any, p: Mapping[str, Any], ctx: Context) -> Any:
@@ -212,10 +232,11 @@ def _build_cosine_restarts(opt: Any, p: Mapping[str, Any], ctx: Context) -> Any:
     return CosineAnnealingWarmRestarts(opt, T_0=p["T_0"], T_mult=p["T_mult"], eta_min=p["eta_min"])
 
 
-def _check_linear(p: Mapping[str, Any], ctx: Context) -> None:
-    need_range("start_factor", p["start_factor"], 0, 1, lo_open=True, hi_open=False)
-    need_range("end_factor", p["end_factor"], 0, 1, lo_open=False, hi_open=False)
-    need_int("total_iters", p["total_iters"], 1, optional=True)
+@dataclass
+class Linear:
+    start_factor: float = key(1.0, number(0, 1, lo_open=True))
+    end_factor: float = key(0.0, number(0, 1))
+    total_iters: int | None = key(None, integer(1, optional=True))
 
 
 def _build_linear(opt: Any, p: Mapping[str, Any], ctx: Context) -> Any:
@@ -229,9 +250,10 @@ def _build_linear(opt: Any, p: Mapping[str, Any], ctx: Context) -> Any:
     )
 
 
-def _check_poly(p: Mapping[str, Any], ctx: Context) -> None:
-    need_positive("power", p["power"])
-    need_int("total_iters", p["total_iters"], 1, optional=True)
+@dataclass
+class Poly:
+    total_iters: int | None = key(None, integer(1, optional=True))
+    power: float = key(2.0, number(0, lo_open=True))
 
 
 def _build_poly(opt: Any, p: Mapping[str, Any], ctx: Context) -> Any:
@@ -240,14 +262,15 @@ def _build_poly(opt: Any, p: Mapping[str, Any], ctx: Context) -> Any:
     return PolynomialLR(opt, total_iters=_or_length(p["total_iters"], ctx), power=p["power"])
 
 
-def _check_onecycle(p: Mapping[str, Any], ctx: Context) -> None:
-    need_positive("max_lr", p["max_lr"], optional=True)
-    need_range("pct_start", p["pct_start"], 0, 1, lo_open=True, hi_open=True)
-    need_choice("anneal_strategy", p["anneal_strategy"], ("cos", "linear"))
-    need_range("div_factor", p["div_factor"], 1, math.inf, lo_open=False, hi_open=True)
-    need_range("final_div_factor", p["final_div_factor"], 1, math.inf, lo_open=False, hi_open=True)
-    need_bool("three_phase", p["three_phase"])
-    need_bool("cycle_momentum", p["cycle_momentum"])
+@dataclass
+class OneCycle:
+    max_lr: float | None = key(None, _POSITIVE_OR_NULL)
+    pct_start: float = key(0.3, number(0, 1, lo_open=True, hi_open=True))
+    anneal_strategy: str = key("cos", choice("cos", "linear"))
+    div_factor: float = key(25.0, number(1))
+    final_div_factor: float = key(10000.0, number(1))
+    three_phase: bool = key(False, boolean())
+    cycle_momentum: bool = key(True, boolean())
 
 
 def _build_onecycle(opt: Any, p: Mapping[str, Any], ctx: Context) -> Any:
@@ -275,17 +298,24 @@ def _cyclic_up(p: Mapping[str, Any], ctx: Context) -> int:
     return 2 * ctx.per_epoch if p["step_size_up"] is None else p["step_size_up"]
 
 
-def _check_cyclic(p: Mapping[str, Any], ctx: Context) -> None:
-    need_positive("base_lr", p["base_lr"], optional=True)
-    need_positive("max_lr", p["max_lr"], optional=True)
-    low, top = _cyclic_bounds(p, ctx.base_lrs)
-    if any(lo >= hi for lo, hi in zip(low, top, strict=True)):
-        raise ConfigError("scheduler.base_lr", p["base_lr"], f"must be below max_lr ({min(top)})")
-    need_int("step_size_up", p["step_size_up"], 1, optional=True)
-    need_int("step_size_down", p["step_size_down"], 1, optional=True)
-    need_choice("mode", p["mode"], ("triangular", "triangular2", "exp_range"))
-    need_gamma(p, ctx)
-    need_bool("cycle_momentum", p["cycle_momentum"])
+@dataclass
+class Cyclic:
+    base_lr: float | None = key(None, _POSITIVE_OR_NULL)
+    max_lr: float | None = key(None, _POSITIVE_OR_NULL)
+    step_size_up: int | None = key(None, integer(1, optional=True))
+    step_size_down: int | None = key(None, integer(1, optional=True))
+    mode: str = key("triangular", choice("triangular", "triangular2", "exp_range"))
+    gamma: float = key(1.0, _GAMMA)
+    cycle_momentum: bool = key(False, boolean())
+
+    @staticmethod
+    def check_context(prefix: str, p: Mapping[str, Any], ctx: Context) -> None:
+        """base_lr below max_lr, either taken from the optimizer's lrs when null."""
+        low, top = _cyclic_bounds(p, ctx.base_lrs)
+        if any(lo >= hi for lo, hi in zip(low, top, strict=True)):
+            raise ConfigError(
+                f"{prefix}.base_lr", p["base_lr"], f"must be below max_lr ({min(top)})"
+            )
 
 
 def _build_cyclic(opt: Any, p: Mapping[str, Any], ctx: Context) -> Any:
@@ -304,12 +334,11 @@ def _build_cyclic(opt: Any, p: Mapping[str, Any], ctx: Context) -> Any:
     )
 
 
-def _check_wsd(p: Mapping[str, Any], ctx: Context) -> None:
-    from schedulers.wsd import DECAY_SHAPES  # imports torch: not at start-up (`--help`)
-
-    need_range("decay_fraction", p["decay_fraction"], 0, 1, lo_open=True, hi_open=False)
-    need_choice("decay_shape", p["decay_shape"], DECAY_SHAPES)
-    need_range("final_lr_scale", p["final_lr_scale"], 0, 1, lo_open=False, hi_open=True)
+@dataclass
+class Wsd:
+    decay_fraction: float = key(0.2, number(0, 1, lo_open=True))
+    decay_shape: str = key("linear", choice(*DECAY_SHAPES))
+    final_lr_scale: float = key(0.0, number(0, 1, hi_open=True))
 
 
 def _build_wsd(opt: Any, p: Mapping[str, Any], ctx: Context) -> Any:
@@ -319,93 +348,34 @@ def _build_wsd(opt: Any, p: Mapping[str, Any], ctx: Context) -> Any:
     return WarmupStableDecayLR(opt, total=ctx.length, **{k: p[k] for k in keys})
 
 
-def _no_check(p: Mapping[str, Any], ctx: Context) -> None:
-    return None
+@dataclass(frozen=True)
+class Spec:
+    schema: type  # the schedule's own keys, besides the Common ones: a dataclass above
+    # (optimizer, params, ctx) -> a torch LRScheduler
+    build: Callable[[Any, Mapping[str, Any], Context], Any]
+    torch_name: str
+    warmup: bool = True  # False where the schedule has its own warm-up or cycle
 
-
-def _defaults(**params: Any) -> Mapping[str, Any]:
-    return MappingProxyType(params)
+    @property
+    def params(self) -> Mapping[str, Any]:
+        """The schedule's own keys -> their defaults."""
+        return MappingProxyType(defaults(self.schema))
 
 
 SCHEDULES: dict[str, Spec] = {
-    "step": Spec(_defaults(step_size=10, gamma=0.1), _check_step, _build_step, "StepLR"),
-    "multistep": Spec(
-        _defaults(milestones=[8, 14, 17], gamma=0.1),
-        _check_multistep,
-        _build_multistep,
-        "MultiStepLR",
-    ),
-    "exponential": Spec(_defaults(gamma=0.9), need_gamma, _build_exponential, "ExponentialLR"),
-    "cosine": Spec(
-        _defaults(T_max=None, eta_min=0.0), _check_cosine, _build_cosine, "CosineAnnealingLR"
-    ),
-    "plateau": Spec(
-        _defaults(
-            monitor="val/loss",
-            mode="auto",
-            factor=0.1,
-            patience=3,
-            threshold=0.0001,
-            threshold_mode="rel",
-            cooldown=0,
-            min_lr=0.0,
-            eps=1.0e-08,
-        ),
-        _check_plateau,
-        _build_plateau,
-        "ReduceLROnPlateau",
-    ),
-    "lambda": Spec(_defaults(lr_lambda="0.95 ** epoch"), _check_lambda, _build_lambda, "LambdaLR"),
-    "cosine_restarts": Spec(
-        _defaults(T_0=5, T_mult=2, eta_min=0.0),
-        _check_cosine_restarts,
-        _build_cosine_restarts,
-        "CosineAnnealingWarmRestarts",
-    ),
-    "linear": Spec(
-        _defaults(start_factor=1.0, end_factor=0.0, total_iters=None),
-        _check_linear,
-        _build_linear,
-        "LinearLR",
-    ),
-    "poly": Spec(_defaults(total_iters=None, power=2.0), _check_poly, _build_poly, "PolynomialLR"),
-    "onecycle": Spec(
-        _defaults(
-            max_lr=None,
-            pct_start=0.3,
-            anneal_strategy="cos",
-            div_factor=25.0,
-            final_div_factor=10000.0,
-            three_phase=False,
-            cycle_momentum=True,
-        ),
-        _check_onecycle,
-        _build_onecycle,
-        "OneCycleLR",
-        warmup=False,
-    ),
-    "cyclic": Spec(
-        _defaults(
-            base_lr=None,
-            max_lr=None,
-            step_size_up=None,
-            step_size_down=None,
-            mode="triangular",
-            gamma=1.0,
-            cycle_momentum=False,
-        ),
-        _check_cyclic,
-        _build_cyclic,
-        "CyclicLR",
-        warmup=False,
-    ),
-    "wsd": Spec(
-        _defaults(decay_fraction=0.2, decay_shape="linear", final_lr_scale=0.0),
-        _check_wsd,
-        _build_wsd,
-        "WarmupStableDecayLR (schedlab)",
-    ),
-    "none": Spec(_defaults(), _no_check, _build_none, "constant (LambdaLR of 1)"),
+    "step": Spec(Step, _build_step, "StepLR"),
+    "multistep": Spec(MultiStep, _build_multistep, "MultiStepLR"),
+    "exponential": Spec(Exponential, _build_exponential, "ExponentialLR"),
+    "cosine": Spec(Cosine, _build_cosine, "CosineAnnealingLR"),
+    "plateau": Spec(Plateau, _build_plateau, "ReduceLROnPlateau"),
+    "lambda": Spec(Lambda, _build_lambda, "LambdaLR"),
+    "cosine_restarts": Spec(CosineRestarts, _build_cosine_restarts, "CosineAnnealingWarmRestarts"),
+    "linear": Spec(Linear, _build_linear, "LinearLR"),
+    "poly": Spec(Poly, _build_poly, "PolynomialLR"),
+    "onecycle": Spec(OneCycle, _build_onecycle, "OneCycleLR", warmup=False),
+    "cyclic": Spec(Cyclic, _build_cyclic, "CyclicLR", warmup=False),
+    "wsd": Spec(Wsd, _build_wsd, "WarmupStableDecayLR (schedlab)"),
+    "none": Spec(Constant, _build_none, "constant (LambdaLR of 1)"),
 }
 
 
@@ -438,14 +408,6 @@ def _kind(node: Mapping[str, Any], where: str) -> str:
     return name
 
 
-def rekey(err: ConfigError, where: str, keys: Collection[str]) -> ConfigError:
-    """A check's `scheduler.<key>` error, renamed to `<where>.<key>` for a phase's own keys."""
-    key = err.key.removeprefix("scheduler.")
-    if where == "scheduler" or key == err.key or key not in keys:
-        return err
-    return ConfigError(f"{where}.{key}", err.value, err.rule)
-
-
 def resolve_node(
     node: Mapping[str, Any],
     ctx: Context,
@@ -473,36 +435,23 @@ def resolve_node(
         return resolve_sequence(node, ctx, ours=ours, metrics=metrics, resolve=resolve_node)
 
     spec = SCHEDULES[kind]
-    allowed = (*ours, *spec.params)
     params = {k: v for k, v in node.items() if k != "name"}
-    for key in params:
-        if key not in allowed:
-            raise ConfigError(
-                f"{where}.{key}",
-                params[key],
-                f"unknown key for scheduler '{kind}'; allowed keys: {list(allowed)}",
-            )
-    if top:
-        for key in allowed:
-            if key not in params:
-                raise ConfigError(f"{where}.{key}", None, f"required by scheduler '{kind}'")
-        if params["warmup_epochs"] and not spec.warmup:
-            raise ConfigError(
-                "scheduler.warmup_epochs",
-                params["warmup_epochs"],
-                f"must be 0 for '{kind}', which shapes its own start",
-            )
-    else:
-        for key, default in spec.params.items():
-            params.setdefault(key, copy.deepcopy(default))
-    if "monitor" in spec.params and metrics is not None and params["monitor"] not in metrics:
+    if not top:  # a phase: a key it leaves out takes the schedule's default
+        params = {**spec.params, **params}
+    if "monitor" in spec.params and metrics is not None and params.get("monitor") not in metrics:
         raise ConfigError(
-            f"{where}.monitor", params["monitor"], f"must be one of {sorted(metrics)}"
+            f"{where}.monitor", params.get("monitor"), f"must be one of {sorted(metrics)}"
         )
-    try:
-        spec.check(params, ctx)
-    except ConfigError as err:
-        raise rekey(err, where, params) from None
+    check_node(where, params, spec.schema, others=ours, owner=f"scheduler '{kind}'")
+    if top and params["warmup_epochs"] and not spec.warmup:
+        raise ConfigError(
+            "scheduler.warmup_epochs",
+            params["warmup_epochs"],
+            f"must be 0 for '{kind}', which shapes its own start",
+        )
+    check_context = getattr(spec.schema, "check_context", None)
+    if check_context is not None:
+        check_context(where, params, ctx)
     return Node(
         label=kind,
         build=lambda opt: spec.build(opt, params, ctx),
@@ -515,12 +464,7 @@ def _context(
     cfg: Mapping[str, Any], *, epochs: int, steps_per_epoch: int, base_lrs: Sequence[float]
 ) -> Context:
     """The common keys (interval, warmup), checked."""
-    for key in COMMON[1:]:
-        if key not in cfg:
-            raise ConfigError(f"scheduler.{key}", None, "required (conf/config.yaml sets it)")
-    need_choice("interval", cfg["interval"], INTERVALS)
-    need_int("warmup_epochs", cfg["warmup_epochs"], 0)
-    need_range("warmup_start_factor", cfg["warmup_start_factor"], 0, 1, lo_open=True, hi_open=False)
+    check_node("scheduler", {k: cfg[k] for k in COMMON[1:] if k in cfg}, Common)
     if cfg["warmup_epochs"] >= epochs:
         raise ConfigError(
             "scheduler.warmup_epochs", cfg["warmup_epochs"], f"must be below epochs ({epochs})"

@@ -13,8 +13,6 @@ import math
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
-DECAY_SHAPES = ("linear", "cosine", "sqrt")
-
 
 def wsd_factor(t: int, total: int, decay_fraction: float, shape: str, final_scale: float) -> float:
     """Multiplier of the base lr at step t of `total`: 1 while stable, then down to final_scale."""

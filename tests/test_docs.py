@@ -81,7 +81,7 @@ def test_the_reference_page_lists_every_declared_key_with_its_default_and_rule()
         :2000
     ]
     assert "| `optimizer.lr` | `0.05` |" in page  # sgd's
-    assert "| `scheduler.step_size` | `10` | epochs between decays (>= 1) |" in page
+    assert "| `scheduler.step_size` | `10` | must be an integer >= 1 | epochs between" in page
 
 
 def tour_commands() -> list[list[str]]:

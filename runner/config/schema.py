@@ -3,29 +3,27 @@
 One dataclass per option (trainer, lr_find, each model, optimizer, data set and logger);
 a field's default is the value conf/<group>/<option>.yaml gives it (the YAML keeps the
 comments users read, a test keeps the two equal) and its metadata holds its check, one of
-the shared helpers in schedulers/checks.py. `check_node` walks a node against its schema
-in one pass: unknown keys, missing keys, then each value. Checks that involve several keys
-or the machine (a dataset root on disk, CUDA present) stay with the code that knows them.
+the shared helpers in schedulers/checks.py. `check_node` (schedulers/declare.py, the same
+machinery the scheduler registry declares each schedule with) walks a node against its
+schema in one pass: unknown keys, missing keys, each value, then the schema's `check_keys`.
+Checks that involve the machine (a dataset root on disk, CUDA present) stay with the code
+that knows them.
 
 The dataclasses are not registered in Hydra's ConfigStore as typed schemas on purpose:
 OmegaConf's typed nodes coerce values ("yes", "on", 1 -> True for a bool), so
 `trainer.amp=yes` would pass silently; checked here, it is a config error naming the key.
-Scheduler keys are declared by the scheduler registry (schedulers/registry.py), whose
-`Spec.params` are the same kind of table.
+Scheduler keys are declared the same way, one dataclass per schedule, in
+schedulers/registry.py.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from schedulers import ConfigError
-from schedulers.binder import plain
 from schedulers.checks import (
     MODES,
-    Check,
     anything,
     auto_or_int,
     boolean,
@@ -38,18 +36,14 @@ from schedulers.checks import (
     str_list,
     text,
 )
+from schedulers.declare import check_node as check_node  # the runner's callers import it here
+from schedulers.declare import defaults as defaults
+from schedulers.declare import key
 
 EPOCH_METRICS = ("train/loss", "train/acc", "val/loss", "val/acc")  # what may be monitored
 SEED_MAX = 2**32 - 1  # numpy's np.random.seed (and scikit-learn's random_state) take no more
 MAX_EPOCHS = 1_000_000  # validation steps through every epoch of a schedule (lr_lambda, _target_)
 _DEVICE = r"auto|cpu|mps|cuda(:\d+)?"
-
-
-def key(default: Any, check: Check) -> Any:
-    """A schema field: its default (lists copied per instance) and its check."""
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata={"check": check})
-    return field(default=default, metadata={"check": check})
 
 
 # -- trainer and the LR range test --------------------------------------------------------------
@@ -292,34 +286,3 @@ SCHEMAS: dict[str, dict[str, type]] = {
     "logger": {"wandb": Wandb, "tensorboard": TensorBoard},
 }
 GROUPS = ("model", "optimizer", "scheduler", "data", "logger", "trainer", "lr_find")
-
-
-def check_node(prefix: str, node: Mapping[str, Any], schema: type) -> None:
-    """Every key of `node` declared by `schema`, every declared key present, every value
-    passing its field's check. Raises ConfigError naming the first bad key."""
-    node = plain(node)  # plain values, `${...}` resolved: what errors show
-    fields = {f.name: f for f in dataclasses.fields(schema)}
-    for name in node:
-        if name not in fields:
-            raise ConfigError(
-                f"{prefix}.{name}" if prefix else name,
-                node[name],
-                f"unknown key; {prefix or 'the config'} has {list(fields)}",
-            )
-    for name, f in fields.items():
-        full = f"{prefix}.{name}" if prefix else name
-        if name not in node:
-            raise ConfigError(full, None, "missing; its default is " + repr(_default(f)))
-        f.metadata["check"](full, node[name])
-    check_keys = getattr(schema, "check_keys", None)
-    if check_keys is not None:
-        check_keys(prefix, node)
-
-
-def _default(f: dataclasses.Field) -> Any:
-    return f.default_factory() if f.default is dataclasses.MISSING else f.default
-
-
-def defaults(schema: type) -> dict[str, Any]:
-    """The schema's values, as its YAML file should hold them."""
-    return {f.name: _default(f) for f in dataclasses.fields(schema)}

@@ -1,21 +1,69 @@
 """The keys of the project's Hydra plugins (hydra_plugins/), checked by `python -m runner`
 before Hydra starts, so that a bad value is a config error (exit 2) naming the key. Light on
-purpose: Hydra imports the plugins, and they import this, at every start-up."""
+purpose: Hydra imports the plugins, and they import this, at every start-up.
+
+Each plugin node's own keys are declared as every option's are (schedulers/declare.py: a
+dataclass of `key(default, check)` fields, checked by `check_node`); the defaults are the
+plugins' own (a test keeps them equal to hydra_plugins/ and the report's signature)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from omegaconf import DictConfig
 
 from runner.sweep.compare import METRICS
 from schedulers import ConfigError
+from schedulers.checks import choice, integer, number, worded
+from schedulers.declare import check_node, defaults, key
 
 # the fused launcher's class, as `hydra/launcher=fused` names it
 FUSED_LAUNCHER = "hydra_plugins.schedlab_fused.fused_launcher.FusedLauncher"
 # the race sweeper's class, as `hydra/sweeper=race` names it
 RACE_SWEEPER = "hydra_plugins.schedlab_race.race_sweeper.RaceSweeper"
+
+
+SWEEP_REPORT = "runner.sweep.report.SweepReport"
+
+
+@dataclass
+class FusedLauncherKeys:
+    """hydra/launcher=fused (hydra_plugins/schedlab_fused)."""
+
+    max_group: int = key(64, worded(integer(1), "must be >= 1 (jobs per group)"))
+
+
+@dataclass
+class RaceKeys:
+    """hydra/sweeper=race (hydra_plugins/schedlab_race), less its `params`."""
+
+    min_seeds: int = key(3, worded(integer(2), "must be >= 2 (a paired t test needs 2 seeds)"))
+    max_seeds: int = key(10, integer(2))
+    alpha: float = key(0.05, worded(number(0, 1, lo_open=True, hi_open=True), "must be in (0, 1)"))
+    metric: str = key("best_val_acc", choice(*METRICS))
+    max_runs: int | None = key(
+        None, worded(integer(1, optional=True), "must be >= 1, or null (no budget)")
+    )
+
+    @staticmethod
+    def check_keys(prefix: str, node: Mapping[str, Any]) -> None:
+        """max_seeds is at least min_seeds."""
+        low, high = node["min_seeds"], node["max_seeds"]
+        if high < low:
+            raise ConfigError(f"{prefix}.max_seeds", high, f"must be >= {prefix}.min_seeds ({low})")
+
+
+@dataclass
+class SweepReportKeys:
+    """The sweep report's Hydra callback (runner/sweep/report.py's SweepReport): checked when
+    the sweep starts, not found wrong after every job has trained. Both keys optional."""
+
+    target_acc: float = key(0.95, number(0, 1, lo_open=True))
+    metric: str = key(
+        "best_val_acc", worded(choice(*METRICS), f"must be one of {', '.join(METRICS)}")
+    )
 
 
 def check_launcher(launcher: DictConfig) -> None:
@@ -25,25 +73,7 @@ def check_launcher(launcher: DictConfig) -> None:
 
 
 def check_max_group(max_group: int) -> None:
-    # an int: Hydra's structured config rejects anything else
-    if max_group < 1:
-        raise ConfigError("hydra.launcher.max_group", max_group, "must be >= 1 (jobs per group)")
-
-
-SWEEP_REPORT = "runner.sweep.report.SweepReport"
-
-
-def check_report_keys(target_acc: Any, metric: Any, prefix: str = "") -> None:
-    """The sweep report's two options, as its Hydra callback's keys: checked when the
-    sweep starts, not found wrong after every job has trained."""
-    if metric not in METRICS:
-        raise ConfigError(f"{prefix}metric", metric, f"must be one of {', '.join(METRICS)}")
-    if (
-        isinstance(target_acc, bool)
-        or not isinstance(target_acc, int | float)
-        or not (0 < target_acc <= 1)
-    ):
-        raise ConfigError(f"{prefix}target_acc", target_acc, "must be a number in (0, 1]")
+    check_node("hydra.launcher", {"max_group": max_group}, FusedLauncherKeys)
 
 
 def check_callbacks(callbacks: Mapping[str, Any] | None) -> None:
@@ -56,12 +86,8 @@ def check_callbacks(callbacks: Mapping[str, Any] | None) -> None:
             continue
         where = f"hydra.callbacks.{name}"
         if callback["_target_"] == SWEEP_REPORT:
-            for key in callback:
-                if key not in ("_target_", "target_acc", "metric"):
-                    raise ConfigError(f"{where}.{key}", callback[key],
-                                      "the sweep report takes target_acc and metric")  # fmt: skip
-            check_report_keys(callback.get("target_acc", 0.95),
-                              callback.get("metric", "best_val_acc"), f"{where}.")  # fmt: skip
+            node = {**defaults(SweepReportKeys), **callback}
+            check_node(where, node, SweepReportKeys, others=["_target_"], owner="the sweep report")
             continue
         try:
             _locate(str(callback["_target_"]))
@@ -98,19 +124,9 @@ def check_sweeper(sweeper: DictConfig, overrides: Sequence[str] = ()) -> None:
 
 def check_race(min_seeds: int, max_seeds: int, alpha: float, metric: str,
                max_runs: int | None) -> None:  # fmt: skip
-    """The race sweeper's own keys (types are checked by its structured config)."""
-    if min_seeds < 2:
-        raise ConfigError("hydra.sweeper.min_seeds", min_seeds,
-                          "must be >= 2 (a paired t test needs 2 seeds)")  # fmt: skip
-    if max_seeds < min_seeds:
-        raise ConfigError("hydra.sweeper.max_seeds", max_seeds,
-                          f"must be >= hydra.sweeper.min_seeds ({min_seeds})")  # fmt: skip
-    if not 0 < alpha < 1:
-        raise ConfigError("hydra.sweeper.alpha", alpha, "must be in (0, 1)")
-    if metric not in METRICS:
-        raise ConfigError("hydra.sweeper.metric", metric, f"must be one of {list(METRICS)}")
-    if max_runs is not None and max_runs < 1:
-        raise ConfigError("hydra.sweeper.max_runs", max_runs, "must be >= 1, or null (no budget)")
+    """The race sweeper's own keys, wherever they come from (the command, RaceSettings)."""
+    values = (min_seeds, max_seeds, alpha, metric, max_runs)
+    check_node("hydra.sweeper", dict(zip(defaults(RaceKeys), values, strict=True)), RaceKeys)
 
 
 def check_round_one(n_configs: int, min_seeds: int, max_runs: int | None) -> None:
