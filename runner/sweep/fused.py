@@ -42,13 +42,20 @@ from runner.io import checkpoint, files
 from runner.io.background import Background
 from runner.io.loggers import RunLogger
 from runner.run.check import validate
-from runner.run.rundir import SWEEP_DIR_KEY, busy
-from runner.run.train import outcome, send_rows, startup_line
+from runner.run.rundir import SWEEP_DIR_KEY, DirInUse, hold
+from runner.run.train import (
+    config_yaml,
+    outcome,
+    send_rows,
+    start_track,
+    startup_line,
+    write_status,
+)
 from runner.sweep.stacked import FusedOptimizer, StackedNet
 from runner.sweep.sweepdir import record_refused
 from runner.train import models, optimizers
 from runner.train.builders import build_member, resolve_device
-from runner.train.engine import Engine, Result, Track, track_for
+from runner.train.engine import Engine, Result, Track
 from runner.train.steps import evaluate
 from runner.train.stopping import stop_on_signals
 from schedulers import ConfigError
@@ -159,11 +166,10 @@ def _lock_run_dirs(members: Sequence[Member], locks: ExitStack) -> list[Member]:
     since the launcher checked it is left out with that error (its files untouched)."""
     held = []
     for m in members:
-        m.run_dir.mkdir(parents=True, exist_ok=True)
         try:
-            locks.enter_context(files.hold_run_dir(m.run_dir)).claim()
-        except files.RunDirBusy as err:
-            m.error = f"error: {busy(err, SWEEP_DIR_KEY)}"
+            hold(m.run_dir, locks, SWEEP_DIR_KEY).claim()
+        except DirInUse as err:
+            m.error = f"error: {err}"
             if m.sweep_dir is not None:  # pending, not a loss (runner/sweep/sweepdir.py)
                 record_refused(m.sweep_dir, m.run_dir, err.pid)
             continue
@@ -173,15 +179,15 @@ def _lock_run_dirs(members: Sequence[Member], locks: ExitStack) -> list[Member]:
 
 def _write_status(members: Sequence[Member], wall: float) -> None:
     for m in members:
-        if m.error is not None or m.result is None:
-            status = {"status": "failed", "error": m.error or "the fused group stopped"}
-        else:
-            status, m.summary = outcome(m.result, wall)
-            status["fused_jobs"] = len(members)  # trained with this many jobs, one process
-            status["rows_sent"] = False  # until the launcher has sent them (`replay`)
+        result = m.result if m.error is None else None
+        if result is not None:
+            m.summary = outcome(result, wall)[1]
         m.run_dir.mkdir(parents=True, exist_ok=True)
         try:
-            files.write_json_atomic(m.run_dir / "status.json", status)
+            error = m.error or "the fused group stopped"
+            # fused_jobs: trained with this many jobs, one process; rows_sent: not until
+            # the launcher has sent them (`replay`)
+            write_status(m.run_dir, result, wall, error, fused_jobs=len(members), rows_sent=False)
         except files.WriteFailed as err:  # the other members' status still gets written
             log.error(f"error: {err}")
             m.error = m.error or f"error: {err}"
@@ -271,10 +277,8 @@ def _data_streams(members: Sequence[Member]) -> tuple[list[torch.Generator], int
 def _fit(members: Sequence[Member], stop: Any, background: Background, cleanup: ExitStack) -> None:
     members = sorted(members, key=lambda m: m.cfg.seed)  # same seed, same batches: adjacent
     first = members[0].cfg
-    config_texts = [OmegaConf.to_yaml(m.cfg, resolve=True) for m in members]  # and checkpoints
-    for m, text in zip(members, config_texts, strict=True):
-        m.run_dir.mkdir(parents=True, exist_ok=True)
-        files.write_text_atomic(m.run_dir / "config.yaml", text)
+    config_texts = [config_yaml(m.cfg, m.run_dir) for m in members]  # dirs made: locked
+    for m in members:
         if "wandb" in m.cfg.logger and m.cfg.logger.wandb.mode != "disabled":
             m.wandb_id = uuid.uuid4().hex[:8]  # W&B's own ids are 8 characters of [a-z0-9]
     device, data, net, models, optimizers, schedules = _build(members)
@@ -296,16 +300,23 @@ def _fit(members: Sequence[Member], stop: Any, background: Background, cleanup: 
         # last.pt is on disk before the first batch (a job killed in its first epoch
         # resumes on its own), and the newest epoch is persisted however the loop ends
         snapshot = partial(_member_state, i, net, fused, parts, shuffles[i], m.wandb_id)
-        saver = cleanup.enter_context(
-            checkpoint.checkpointer(
-                m.run_dir, m.cfg.trainer, background, config=config_texts[i], data=fingerprint,
-                first=partial(snapshot, progress[i]),
-            )
-        )  # fmt: skip
         tracks.append(
-            track_for(m.cfg.trainer, optimizers[i], schedules[i], loggers[i], progress[i],
-                      snapshot, saver, partial(_note, m))
-        )  # fmt: skip
+            start_track(
+                m.cfg,
+                cleanup,
+                optimizers[i],
+                schedules[i],
+                loggers[i],
+                progress[i],
+                snapshot,
+                run_dir=m.run_dir,
+                background=background,
+                config_text=config_texts[i],
+                data=fingerprint,
+                new=True,
+                say=partial(_note, m),
+            )
+        )
     engine = Engine(
         tracks, epochs, note=f", fused x{k}", diverge_note="; the other fused jobs go on"
     )
