@@ -47,6 +47,8 @@ from runner.io.files import (
     run_dir_holder,
     write_json_atomic,
 )
+from runner.sweep import sweepdir
+from runner.sweep.sweepdir import record_refused
 from runner.train.stopping import stop_on_signals
 from schedulers import ConfigError
 
@@ -136,7 +138,6 @@ def _run_job(cfg: DictConfig, hc: Any, run_dir: Path, multirun: bool, stop: Any)
     """The run's Result, or (a job of a sweep that failed) NaN for the sweeper."""
     from runner.run.rundir import DirInUse, RunDirRefused  # these import torch: not for --help
     from runner.run.train import train
-    from runner.sweep.sweepdir import record_refused
 
     try:
         return train(
@@ -266,8 +267,6 @@ def check_sweep_dir(argv: list[str]) -> None:
     target = given_overrides(argv).get("hydra.sweep.dir")
     if not target or "${" in target:
         return
-    from runner.sweep import sweepdir
-
     try:
         sweepdir.take(target)
     except ConfigError as err:
@@ -304,8 +303,6 @@ def cli() -> None:
         with searched_first(config_dirs(sys.argv[1:])):  # the user's files win over conf/'s
             if "-m" in sys.argv or "--multirun" in sys.argv:
                 main()  # each job installs its handlers as it starts (a launcher may run them)
-                from runner.sweep import sweepdir
-
                 sweepdir.end()  # non-zero when no job completed or some are pending
                 return
             with stop_on_signals() as _CLI_STOP:  # from before Hydra makes the run dir

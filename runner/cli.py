@@ -12,6 +12,10 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import yaml
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
+from omegaconf import open_dict
+from omegaconf.errors import OmegaConfBaseException
 
 from runner.config.compose import CONF, check_yaml_files, compose_config, expand, one_line
 from runner.io.files import WRITE_ERRNOS
@@ -102,8 +106,6 @@ def check_composition(argv: list[str]) -> None:
         a for a in argv if not a.startswith("-") and "=" in a and a not in dirs
     ]  # fmt: skip
     multirun = "-m" in argv or "--multirun" in argv
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
 
     try:
         first, *others = expand(overrides)
@@ -115,8 +117,6 @@ def check_composition(argv: list[str]) -> None:
         for combo in others:
             compose_config(combo, config_dirs=dirs)
         if not multirun and not composed.resume:
-            from omegaconf import open_dict
-
             from runner.run.check import validate  # imports torch: only once the run is valid
 
             with open_dict(composed):
@@ -176,8 +176,6 @@ def primary_hint(dirs: list[str]) -> str:
 def group_list_error(overrides: list[str], dirs: list[str]) -> ConfigError | None:
     """The override that gives a config group a list holding something other than option
     names (optimizer=[1,2]): Hydra fails on it with a TypeError from deep inside."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
     for override in OverridesParser.create().parse_overrides(overrides):
         key = override.key_or_group
         value = override.value()

@@ -38,6 +38,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
+from hydra.errors import HydraException
+from omegaconf.errors import OmegaConfBaseException
+
 from runner.cli import check_config_dirs
 from runner.config.compose import compose_config, one_line
 from runner.io import files
@@ -161,9 +164,9 @@ def _train(overrides: list[str], run_dir: Path) -> list[dict[str, Any]]:
 
 
 def _plot_run(rows: list[dict[str, Any]], path: Path, title: str) -> None:
-    import matplotlib
+    import matplotlib  # ~0.5 s: only when a plot is drawn
 
-    matplotlib.use("Agg")
+    matplotlib.use("Agg")  # before pyplot: no display needed
     import matplotlib.pyplot as plt
 
     epochs = [r["epoch"] for r in rows]
@@ -438,8 +441,6 @@ def check_data(data: list[str], wanted: tuple[str, ...]) -> None:
     value or a dataset that cannot be built is one line and exit 2, as in `python -m runner`."""
     if not data or not set(wanted) & set(ON_DATA):
         return
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
 
     try:
         check_config_dirs([a.removeprefix(CONFIG_DIR) for a in data if a.startswith(CONFIG_DIR)])

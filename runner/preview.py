@@ -17,6 +17,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from hydra.errors import HydraException
+from omegaconf.errors import OmegaConfBaseException
+
 from runner.cli import check_config_dirs
 from runner.config.compose import compose_config, expand, one_line
 from runner.data.sets import steps_per_epoch as steps_in_epoch
@@ -157,9 +160,6 @@ def main(argv: list[str] | None = None) -> int:
     if "trace=true" in args.overrides:
         args.overrides.remove("trace=true")
         args.trace = True
-
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
 
     labels, sims, combos = [], [], []
     try:

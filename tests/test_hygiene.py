@@ -6,6 +6,8 @@ docstring, comment or doc names a module path that is gone."""
 from __future__ import annotations
 
 import ast
+import io
+import tokenize
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,5 +48,63 @@ def test_the_fused_path_leaves_run_dirs_to_the_single_runs_code():
     found = []
     for path in FUSED:
         called = _called_names(ast.parse((ROOT / path).read_text()))
-        found += [f"{path} calls {name} (use {twins[name]})" for name in sorted(called & twins.keys())]
+        found += [
+            f"{path} calls {name} (use {twins[name]})" for name in sorted(called & twins.keys())
+        ]
     assert not found, "\n".join(found)
+
+
+def _comment_lines(source: str) -> set[int]:
+    tokens = tokenize.generate_tokens(io.StringIO(source).readline)
+    return {tok.start[0] for tok in tokens if tok.type == tokenize.COMMENT}
+
+
+def _function_imports(tree: ast.AST) -> list[list[ast.stmt]]:
+    """The imports inside functions, as blocks of consecutive import statements."""
+    blocks: list[list[ast.stmt]] = []
+    for func in ast.walk(tree):
+        if not isinstance(func, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        for node in ast.walk(func):
+            for field in ("body", "orelse", "finalbody", "handlers"):
+                stmts = getattr(node, field, None)
+                if not isinstance(stmts, list):
+                    continue
+                previous = None
+                for stmt in stmts:
+                    if isinstance(stmt, (ast.Import, ast.ImportFrom)):
+                        if previous is None:
+                            blocks.append([])
+                        blocks[-1].append(stmt)
+                        previous = stmt
+                    else:
+                        previous = None
+    unique = {(b[0].lineno, b[-1].end_lineno): b for b in blocks}  # nested walks repeat them
+    return list(unique.values())
+
+
+def function_level_imports() -> tuple[int, list[str]]:
+    """How many imports sit inside functions, and the blocks of them that say nowhere why:
+    no comment on their lines or on the line above."""
+    count, bare = 0, []
+    for path in _sources(*PACKAGES):
+        source = path.read_text()
+        comments = _comment_lines(source)
+        for block in _function_imports(ast.parse(source)):
+            count += len(block)
+            first, last = block[0].lineno, block[-1].end_lineno or block[-1].lineno
+            if not comments & set(range(first - 1, last + 1)):
+                bare.append(f"{path.relative_to(ROOT)}:{first}: {ast.unparse(block[0])}")
+    return count, bare
+
+
+def test_every_import_inside_a_function_says_why():
+    """An import belongs at the top of its module unless it keeps `python -m runner --help`
+    and Hydra's plugin scan light (torch, matplotlib, ... load only when needed:
+    tests/test_layers.py), keeps an optional heavy dependency out of runs that do not use
+    it, or breaks an import cycle; then a comment on its line (or the line above) says so."""
+    count, bare = function_level_imports()
+    assert not bare, f"{len(bare)} of {count} function-level imports lack a why:\n" + "\n".join(
+        bare
+    )
+

@@ -64,7 +64,7 @@ class Comparison:
 
 def paired_ci(diffs: list[float], level: float = 0.95) -> tuple[float, float, float]:
     """Mean and the paired-t confidence interval of the differences (NaN bounds for n < 2)."""
-    from scipy import stats
+    from scipy import stats  # scipy, seconds: not at --help (launch.py imports this module)
 
     n = len(diffs)
     mean = statistics.fmean(diffs)
@@ -79,7 +79,7 @@ def paired_p(diffs: Sequence[float]) -> float:
     Differences that are all equal have no spread, so no t: p is then the exact sign
     test's, 2 * 0.5**n when they are not 0 (every seed on the same side: 0.5 for 2 seeds,
     < 0.05 from 6), else 1. On digits this is common: accuracies move in steps of 1/360."""
-    from scipy import stats
+    from scipy import stats  # scipy: not at --help
 
     n = len(diffs)
     if n < 2:
@@ -122,7 +122,7 @@ def power(n: int, effect: float, alpha: float = ALPHA) -> float:
     """Power of the two-sided paired t test with n pairs at level alpha when the true mean
     difference is `effect` standard deviations: P(|T| > t_{1-alpha/2, n-1}) for T
     noncentral t with n - 1 degrees of freedom and noncentrality effect * sqrt(n)."""
-    from scipy import stats
+    from scipy import stats  # scipy: not at --help
 
     df = n - 1
     crit = stats.t.ppf(1 - alpha / 2, df)

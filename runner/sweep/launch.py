@@ -7,6 +7,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig
 
 from runner.sweep.compare import METRICS
@@ -137,9 +139,6 @@ def configurations(
     A `seed` in params (a preset's seed list, e.g. +experiment=mnist1d_schedules) is left
     out, since the race gives the seeds; it is returned so the sweeper can say so. (A `seed=`
     on the command line is refused before Hydra starts: runner/sweep/launch.py.)"""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
     ignored = [f"{k}={v}" for k, v in (params or {}).items() if _key(str(k)) == "seed"]
     given = [f"{k}={v}" for k, v in (params or {}).items() if _key(str(k)) != "seed"]
     given += [o for o in arguments if _key(o) != "seed"]

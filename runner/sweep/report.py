@@ -317,9 +317,9 @@ def plot_overlays(
 ) -> list[Path]:
     """One overlay per key (`<prefix><file name>` in `out`, titled `<heading><title>`), a
     line per group."""
-    import matplotlib
+    import matplotlib  # ~0.5 s: only when a plot is drawn
 
-    matplotlib.use("Agg")
+    matplotlib.use("Agg")  # before pyplot: no display needed
     import matplotlib.pyplot as plt
 
     paths = []

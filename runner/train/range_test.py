@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from omegaconf import DictConfig
 
 from runner.config.schema import LrFind, check_node
@@ -108,8 +109,6 @@ def range_test(
     group's initial lr, times the lr of the iteration. A streamed data set (data=dataset
     not in memory) is streamed through the run's DataLoaders, not materialised for the test.
     """
-    import torch
-
     device = next(model.parameters()).device
     saved = (
         copy.deepcopy(model.state_dict()),
@@ -192,9 +191,9 @@ def range_test(
 
 
 def write_outputs(result: RangeTest, out: Path, chosen: str) -> tuple[Path, Path]:
-    import matplotlib
+    import matplotlib  # ~0.5 s: only when a plot is drawn
 
-    matplotlib.use("Agg")
+    matplotlib.use("Agg")  # before pyplot: no display needed
     import matplotlib.pyplot as plt
 
     out.mkdir(parents=True, exist_ok=True)
