@@ -185,8 +185,13 @@ def check_resume_dir(argv: list[str]) -> None:
     given = given_overrides(argv)
     value = given.get("resume", "")
     if "resume" in given and not value.strip():  # the run dir would be the working dir
-        config_error(ConfigError("resume", value, "give the run dir to continue "
-                                  "(resume=<dir>), or true with hydra.run.dir=<dir>"))  # fmt: skip
+        config_error(
+            ConfigError(
+                "resume",
+                value,
+                "give the run dir to continue (resume=<dir>), or true with hydra.run.dir=<dir>",
+            )
+        )
     if value.lower() in ("", "null", "none", "false"):
         return
     if value.lower() == "true" and not given.get("hydra.run.dir"):  # else a new dated dir
@@ -200,8 +205,13 @@ def check_resume_dir(argv: list[str]) -> None:
     run_dir = given.get("hydra.run.dir")
     if value.lower() != "true" and run_dir and Path(run_dir).resolve() != Path(value).resolve():
         # the run goes on in <dir>; Hydra would put its train.log in the other dir
-        config_error(ConfigError("hydra.run.dir", run_dir, f"resume={value} continues the "
-                                  "run in its own dir: drop hydra.run.dir"))  # fmt: skip
+        config_error(
+            ConfigError(
+                "hydra.run.dir",
+                run_dir,
+                f"resume={value} continues the run in its own dir: drop hydra.run.dir",
+            )
+        )
 
 
 def check_run_dir(argv: list[str]) -> None:
@@ -224,9 +234,13 @@ def check_run_dir(argv: list[str]) -> None:
         return
     existed = Path(target).is_dir()
     if (Path(target) / "multirun.yaml").is_file():  # a run's files would mix with the sweep's
-        config_error(ConfigError("resume" if target == resume else "hydra.run.dir", target,
-                                 "is a sweep dir (it holds multirun.yaml): give the run a "
-                                 "dir of its own"))  # fmt: skip
+        config_error(
+            ConfigError(
+                "resume" if target == resume else "hydra.run.dir",
+                target,
+                "is a sweep dir (it holds multirun.yaml): give the run a dir of its own",
+            )
+        )
     # runner.run.rundir imports torch (checkpoints): only for a run into a named dir
     from runner.run.rundir import busy
     from runner.run.rundir import check_run_dir as check
@@ -321,8 +335,10 @@ def cli() -> None:
         if full_error:
             raise
         # what Hydra itself prints without HYDRA_FULL_ERROR: the error, not the trace
-        print(f"{err}\n\nSet the environment variable HYDRA_FULL_ERROR=1 for a complete "
-              "stack trace.", file=sys.stderr)  # fmt: skip
+        print(
+            f"{err}\n\nSet the environment variable HYDRA_FULL_ERROR=1 for a complete stack trace.",
+            file=sys.stderr,
+        )
         sys.exit(1)
 
 

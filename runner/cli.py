@@ -53,8 +53,9 @@ def check_config_dirs(dirs: list[str]) -> None:
     Its YAML files are checked too (check_yaml_files): a broken one is one line naming it."""
     for d in dirs:
         if not Path(d).is_dir():
-            raise ConfigError("--config-dir", d, "no such directory (give the dir that holds "
-                              "your config groups)")  # fmt: skip
+            raise ConfigError(
+                "--config-dir", d, "no such directory (give the dir that holds your config groups)"
+            )
         check_yaml_files(d)
 
 
@@ -73,8 +74,9 @@ def check_dir_names(overrides: dict[str, str]) -> None:
         for part in Path(path).parts:
             size = len(re.sub(r"\$\{[^}]*\}", "", part).encode())
             if size > top:
-                raise ConfigError(key, path, f"a name of {size} bytes in it; the file system "
-                                  f"takes at most {top}")  # fmt: skip
+                raise ConfigError(
+                    key, path, f"a name of {size} bytes in it; the file system takes at most {top}"
+                )
 
 
 def _name_max(path: Path) -> int:
@@ -102,9 +104,7 @@ def check_composition(argv: list[str]) -> None:
         check_dir_names(given(argv))
     except ConfigError as err:
         config_error(err)
-    overrides = [
-        a for a in argv if not a.startswith("-") and "=" in a and a not in dirs
-    ]  # fmt: skip
+    overrides = [a for a in argv if not a.startswith("-") and "=" in a and a not in dirs]
     multirun = "-m" in argv or "--multirun" in argv
 
     try:
@@ -168,8 +168,10 @@ def primary_hint(dirs: list[str]) -> str:
     it replaces schedlab's conf/config.yaml whole, so a partial one lacks keys and groups."""
     for d in dirs:
         if (Path(d) / "config.yaml").is_file():
-            return (f" ({Path(d) / 'config.yaml'} is used in place of schedlab's "
-                    "conf/config.yaml: start it from a copy of that file)")  # fmt: skip
+            return (
+                f" ({Path(d) / 'config.yaml'} is used in place of schedlab's "
+                "conf/config.yaml: start it from a copy of that file)"
+            )
     return ""
 
 

@@ -124,6 +124,8 @@ def as_markdown(rows: list[dict[str, Any]], title: str) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     flagged = flagged_epochs(rows)
     if flagged:
-        lines += ["", f"get_lr() outside step() differs from the lr in use at epochs {flagged}: "
-                  + EXPLAIN]  # fmt: skip
+        lines += [
+            "",
+            f"get_lr() outside step() differs from the lr in use at epochs {flagged}: " + EXPLAIN,
+        ]
     return "\n".join(lines) + "\n"

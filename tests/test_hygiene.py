@@ -108,3 +108,56 @@ def test_every_import_inside_a_function_says_why():
         bare
     )
 
+
+TABLES = (ast.Dict, ast.List, ast.Tuple, ast.Set)
+
+
+def _keeps_a_table(tree: ast.AST, line: int, code: str) -> bool:
+    """Whether a `# fmt: skip` on `line` (after `code`) keeps a table: the statement ending
+    there assigns a collection literal laid out by hand (`NAME = {...}`), the decorator
+    ending there is given one (a parametrize list of cases), or the line is a row of one
+    (an element and its comma)."""
+    statements, decorators, rows = [], [], []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.stmt) and node.end_lineno == line:
+            statements.append(node)
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            decorators += [d for d in node.decorator_list if d.end_lineno == line]
+        if isinstance(node, TABLES):
+            elements = node.values if isinstance(node, ast.Dict) else node.elts
+            rows += [e for e in elements if e is not None and e.end_lineno == line]
+    if statements:  # the one the comment is on: the smallest
+        last = min(statements, key=lambda n: (n.end_lineno or 0) - n.lineno)
+        return isinstance(last, (ast.Assign, ast.AnnAssign)) and isinstance(last.value, TABLES)
+    if decorators:
+        call = decorators[0]
+        args = [*call.args, *(k.value for k in call.keywords)] if isinstance(call, ast.Call) else []
+        return any(isinstance(a, TABLES) for a in args)
+    return bool(rows) and code.rstrip().endswith(",")
+
+
+def fmt_skips(*folders: str) -> tuple[int, list[str]]:
+    """How many `# fmt: skip` there are, and those that keep something other than a table."""
+    count, others = 0, []
+    for path in _sources(*folders):
+        source = path.read_text()
+        tree = ast.parse(source)
+        tokens = tokenize.generate_tokens(io.StringIO(source).readline)
+        for tok in tokens:
+            if tok.type != tokenize.COMMENT or tok.string.replace(" ", "") != "#fmt:skip":
+                continue
+            count += 1
+            code = tok.line[: tok.start[1]]
+            if not _keeps_a_table(tree, tok.start[0], code):
+                others.append(f"{path.relative_to(ROOT)}:{tok.start[0]}: {tok.line.strip()}")
+    return count, others
+
+
+def test_fmt_skip_only_keeps_tables():
+    """ruff formats the code; `# fmt: skip` keeps only tables laid out by hand (rows of a
+    dict or list, a parametrize table), where columns read better than one item a line. A
+    call, signature, raise or return kept as typed is formatted instead."""
+    count, others = fmt_skips(*PACKAGES, "tests", "benchmarks")
+    assert not others, f"{len(others)} of {count} `# fmt: skip` keep no table:\n" + "\n".join(
+        others
+    )

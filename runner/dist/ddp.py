@@ -308,7 +308,7 @@ def check_shares(n_train: int, batch_size: int, dist: Dist) -> None:
             "data.batch_size", batch_size, f"the last batch of an epoch ({n_train} training "
             f"samples) has {last} sample(s), fewer than the {dist.world} DDP ranks that "
             "share it; choose a batch size that leaves at least one sample per rank",
-        )  # fmt: skip
+        )
 
 
 def agreed_stop(stop: Any, dist: Dist, every: int = STOP_CHECK_EVERY) -> Any:

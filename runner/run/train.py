@@ -168,8 +168,10 @@ def _send_held_rows(
     status = files.read_json(start.run_dir / "status.json")
     if status is None or status.get("rows_sent") is not False or start.state is None:
         return
-    log.info("trained in a fused group whose sweep stopped before this job's rows all "
-             "reached W&B/TensorBoard: sending them now")  # fmt: skip
+    log.info(
+        "trained in a fused group whose sweep stopped before this job's rows all "
+        "reached W&B/TensorBoard: sending them now"
+    )
     result = Result(status["status"], status.get("best_val_acc", 0.0), status["epochs_done"])
     _, summary = outcome(result, status.get("wall_time_s", 0.0))
     send_rows(cfg, start.run_dir, overrides, sweep_name, start.state.get("wandb_id"), summary)
@@ -224,10 +226,12 @@ def fit(
         )
         engine = Engine([track], cfg.epochs, step=progress.step, elapsed_s=progress.elapsed_s)
         engine.run(
-            SingleModel(cfg, run, shuffle), start=progress.epoch,
+            SingleModel(cfg, run, shuffle),
+            start=progress.epoch,
             stop=agreed_stop(stop or StopFlag(), run.dist),  # under DDP: every rank stops together
-            bar_mode=cfg.trainer.progress, desc="epoch {epoch}/{epochs}",
-        )  # fmt: skip
+            bar_mode=cfg.trainer.progress,
+            desc="epoch {epoch}/{epochs}",
+        )
     assert track.result is not None
     return track.result
 
@@ -248,9 +252,13 @@ class SingleModel:
         # data=dataset not held in memory: DataLoaders (runner/data/stream.py), else None;
         # under DDP each rank's loader fetches only its share of each batch
         self.stream = loaders_for(
-            cfg.data, run.data, self.batch_size, cfg.seed, run.device,
+            cfg.data,
+            run.data,
+            self.batch_size,
+            cfg.seed,
+            run.device,
             share=(run.dist.rank, run.dist.world) if run.dist.active else (0, 1),
-        )  # fmt: skip
+        )
 
     def batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         run = self.run
@@ -442,8 +450,17 @@ def _train(
         if start.cfg is not None:
             cfg = start.cfg
         check_shares(train_size(cfg.data), cfg.data.batch_size, dist)  # every rank alike
-        return _run(cfg, start.run_dir, overrides, sweep_name, dist, stop, start.resuming,
-                    start.state, start.changes)  # fmt: skip
+        return _run(
+            cfg,
+            start.run_dir,
+            overrides,
+            sweep_name,
+            dist,
+            stop,
+            start.resuming,
+            start.state,
+            start.changes,
+        )
 
 
 def _decide(
@@ -486,8 +503,10 @@ def _decide(
             # them again)
             state["rows_sent"] = (status or {}).get("rows_sent") is True
         elif checkpoint.rows_lost(state, status):
-            log.info("the process that wrote its last.pt did not end cleanly (killed?), so "
-                     "W&B/TensorBoard may lack its rows: sending the kept rows again")  # fmt: skip
+            log.info(
+                "the process that wrote its last.pt did not end cleanly (killed?), so "
+                "W&B/TensorBoard may lack its rows: sending the kept rows again"
+            )
             state["rows_sent"] = False
     changes += apply_resume_overrides(cfg, given, overrides, run_dir)
     validate(cfg)
@@ -566,10 +585,18 @@ def _run(
             result = _interrupted(signum, state)
         else:
             result = fit(
-                cfg, run, logger, ckpt_dir=run_dir if dist.is_main else None, start=state,
-                stop=stop, background=background, config_text=config_text, session=session,
-                data=data, weights_loaded=state is not None,
-            )  # fmt: skip
+                cfg,
+                run,
+                logger,
+                ckpt_dir=run_dir if dist.is_main else None,
+                start=state,
+                stop=stop,
+                background=background,
+                config_text=config_text,
+                session=session,
+                data=data,
+                weights_loaded=state is not None,
+            )
         background.flush()  # checkpoints on disk before status.json says how the run ended
         wall = time.perf_counter() - t0 + (state["progress"]["elapsed_s"] if state else 0.0)
         logger.summary(outcome(result, wall)[1])

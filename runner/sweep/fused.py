@@ -255,7 +255,7 @@ def _member_state(
             optimizer.state[sources[i]] = {"step": torch.tensor(float(fused.steps)), **own}
     run = SimpleNamespace(
         model=parts["models"][i], optimizer=optimizer, scheduler=parts["schedules"][i], scaler=None
-    )  # fmt: skip
+    )
     # its rows reach W&B/TensorBoard only when the launcher replays the member: a member
     # resumed on its own before that sends them first (runner/run/train.py)
     return checkpoint.snapshot(run, progress, shuffle, wandb_id, rows_sent=False)
@@ -325,16 +325,22 @@ def _fit(members: Sequence[Member], stop: Any, background: Background, cleanup: 
     per_step = any(t.per_step for t in tracks)  # then the lrs are read before every step
     models = StackedModels(net, fused, data, streams, per, batch_size, device, per_step, engine)
     engine.run(
-        models, start=0, stop=stop, bar_mode=first.trainer.progress,
+        models,
+        start=0,
+        stop=stop,
+        bar_mode=first.trainer.progress,
         desc=f"fused x{k} epoch {{epoch}}",
-    )  # fmt: skip
+    )
     _collect(members, tracks)
     if stop.signum is not None:
         raise SystemExit(128 + stop.signum)
     for i in engine.active:
         best = tracks[i].progress.best_val_acc
-        _note(members[i], logging.INFO,
-              f"completed: best val/acc={best:.4f}; outputs in {members[i].run_dir}")  # fmt: skip
+        _note(
+            members[i],
+            logging.INFO,
+            f"completed: best val/acc={best:.4f}; outputs in {members[i].run_dir}",
+        )
 
 
 class StackedModels:
@@ -343,10 +349,17 @@ class StackedModels:
     streams; members i*per .. i*per+per-1 read stream i), one fused optimizer step for all."""
 
     def __init__(
-        self, net: StackedNet, fused: FusedOptimizer, data: TensorData,
-        streams: list[torch.Generator], per: int, batch_size: int, device: torch.device,
-        any_per_step: bool, engine: Engine,
-    ) -> None:  # fmt: skip
+        self,
+        net: StackedNet,
+        fused: FusedOptimizer,
+        data: TensorData,
+        streams: list[torch.Generator],
+        per: int,
+        batch_size: int,
+        device: torch.device,
+        any_per_step: bool,
+        engine: Engine,
+    ) -> None:
         self.net, self.fused, self.data, self.streams, self.per = net, fused, data, streams, per
         self.batch_size, self.device, self.k = batch_size, device, net.k
         self.n_train = data.y_train.shape[0]
@@ -428,6 +441,12 @@ def replay(member: Member) -> float:
     if member.error is not None or member.result is None:
         log.error(f"job failed in its fused group: {member.error}")
         return 0.0  # the worst objective, as a failed single job returns (runner/__main__.py)
-    send_rows(member.cfg, member.run_dir, member.overrides, member.sweep_name, member.wandb_id,
-              member.summary)  # fmt: skip
+    send_rows(
+        member.cfg,
+        member.run_dir,
+        member.overrides,
+        member.sweep_name,
+        member.wandb_id,
+        member.summary,
+    )
     return member.result.best_val_acc

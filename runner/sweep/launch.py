@@ -60,17 +60,25 @@ def check_callbacks(callbacks: Mapping[str, Any] | None) -> None:
         if callback["_target_"] == SWEEP_REPORT:
             for key in callback:
                 if key not in ("_target_", "target_acc", "metric"):
-                    raise ConfigError(f"{where}.{key}", callback[key],
-                                      "the sweep report takes target_acc and metric")  # fmt: skip
-            check_report_keys(callback.get("target_acc", 0.95),
-                              callback.get("metric", "best_val_acc"), f"{where}.")  # fmt: skip
+                    raise ConfigError(
+                        f"{where}.{key}",
+                        callback[key],
+                        "the sweep report takes target_acc and metric",
+                    )
+            check_report_keys(
+                callback.get("target_acc", 0.95),
+                callback.get("metric", "best_val_acc"),
+                f"{where}.",
+            )
             continue
         try:
             _locate(str(callback["_target_"]))
         except ImportError as err:
-            raise ConfigError(f"{where}._target_", callback["_target_"],
-                              f"cannot be imported ({' '.join(str(err).split())[:160]})"
-                              ) from None  # fmt: skip
+            raise ConfigError(
+                f"{where}._target_",
+                callback["_target_"],
+                f"cannot be imported ({' '.join(str(err).split())[:160]})",
+            ) from None
 
 
 def check_sweeper(sweeper: DictConfig, overrides: Sequence[str] = ()) -> None:
@@ -80,8 +88,9 @@ def check_sweeper(sweeper: DictConfig, overrides: Sequence[str] = ()) -> None:
     silently replaced; and round 1 (every configuration x min_seeds) must fit max_runs."""
     if sweeper.get("_target_") != RACE_SWEEPER:
         return
-    check_race(sweeper.min_seeds, sweeper.max_seeds, sweeper.alpha, sweeper.metric,
-               sweeper.max_runs)  # fmt: skip
+    check_race(
+        sweeper.min_seeds, sweeper.max_seeds, sweeper.alpha, sweeper.metric, sweeper.max_runs
+    )
     for override in overrides:
         key, _, value = override.partition("=")
         if key.lstrip("+~") in ("seed", "hydra.sweeper.params.seed"):
@@ -98,15 +107,20 @@ def check_sweeper(sweeper: DictConfig, overrides: Sequence[str] = ()) -> None:
         check_round_one(len(configs), sweeper.min_seeds, sweeper.max_runs)
 
 
-def check_race(min_seeds: int, max_seeds: int, alpha: float, metric: str,
-               max_runs: int | None) -> None:  # fmt: skip
+def check_race(
+    min_seeds: int, max_seeds: int, alpha: float, metric: str, max_runs: int | None
+) -> None:
     """The race sweeper's own keys (types are checked by its structured config)."""
     if min_seeds < 2:
-        raise ConfigError("hydra.sweeper.min_seeds", min_seeds,
-                          "must be >= 2 (a paired t test needs 2 seeds)")  # fmt: skip
+        raise ConfigError(
+            "hydra.sweeper.min_seeds", min_seeds, "must be >= 2 (a paired t test needs 2 seeds)"
+        )
     if max_seeds < min_seeds:
-        raise ConfigError("hydra.sweeper.max_seeds", max_seeds,
-                          f"must be >= hydra.sweeper.min_seeds ({min_seeds})")  # fmt: skip
+        raise ConfigError(
+            "hydra.sweeper.max_seeds",
+            max_seeds,
+            f"must be >= hydra.sweeper.min_seeds ({min_seeds})",
+        )
     if not 0 < alpha < 1:
         raise ConfigError("hydra.sweeper.alpha", alpha, "must be in (0, 1)")
     if metric not in METRICS:

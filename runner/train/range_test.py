@@ -184,8 +184,11 @@ def range_test(
     result.losses = [result.losses[i] for i in finite]
     result.smooth = smoothed(result.losses, cfg["smooth"])
     if len(result.lrs) < 3:  # a config to change, not a crash: one line, exit 2
-        raise ConfigError("lr_find.start_lr", cfg["start_lr"], f"the loss diverged within "
-                          f"{len(result.lrs)} points of the test: lower it")  # fmt: skip
+        raise ConfigError(
+            "lr_find.start_lr",
+            cfg["start_lr"],
+            f"the loss diverged within {len(result.lrs)} points of the test: lower it",
+        )
     result.suggestions = suggest(result.lrs, result.smooth)
     return result
 
@@ -209,8 +212,12 @@ def write_outputs(result: RangeTest, out: Path, chosen: str) -> tuple[Path, Path
     for name, style in (("steepest", "--"), ("min_loss_div_10", ":")):
         lr = result.suggestions[name]
         mark = " (used)" if name == chosen else ""
-        ax.axvline(lr, linestyle=style, color="C3" if name == chosen else "C2",
-                   label=f"{name}: {lr:.3g}{mark}")  # fmt: skip
+        ax.axvline(
+            lr,
+            linestyle=style,
+            color="C3" if name == chosen else "C2",
+            label=f"{name}: {lr:.3g}{mark}",
+        )
     ax.set_xscale("log")
     ax.set_xlabel("learning rate (log scale)")
     ax.set_ylabel("loss")
