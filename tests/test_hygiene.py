@@ -6,7 +6,9 @@ docstring, comment or doc names a module path that is gone."""
 from __future__ import annotations
 
 import ast
+import functools
 import io
+import re
 import tokenize
 from pathlib import Path
 
@@ -112,20 +114,33 @@ def test_every_import_inside_a_function_says_why():
 TABLES = (ast.Dict, ast.List, ast.Tuple, ast.Set)
 
 
-def _keeps_a_table(tree: ast.AST, line: int, code: str) -> bool:
-    """Whether a `# fmt: skip` on `line` (after `code`) keeps a table: the statement ending
-    there assigns a collection literal laid out by hand (`NAME = {...}`), the decorator
-    ending there is given one (a parametrize list of cases), or the line is a row of one
-    (an element and its comma)."""
-    statements, decorators, rows = [], [], []
+def _line_ends(tree: ast.AST) -> dict[int, tuple[list, list, list]]:
+    """line -> the statements, decorators and elements of collection literals ending there."""
+    ends: dict[int, tuple[list, list, list]] = {}
+
+    def at(line: int | None) -> tuple[list, list, list]:
+        return ends.setdefault(line or 0, ([], [], []))
+
     for node in ast.walk(tree):
-        if isinstance(node, ast.stmt) and node.end_lineno == line:
-            statements.append(node)
+        if isinstance(node, ast.stmt):
+            at(node.end_lineno)[0].append(node)
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            decorators += [d for d in node.decorator_list if d.end_lineno == line]
+            for decorator in node.decorator_list:
+                at(decorator.end_lineno)[1].append(decorator)
         if isinstance(node, TABLES):
             elements = node.values if isinstance(node, ast.Dict) else node.elts
-            rows += [e for e in elements if e is not None and e.end_lineno == line]
+            for element in elements:
+                if element is not None:
+                    at(element.end_lineno)[2].append(element)
+    return ends
+
+
+def _keeps_a_table(ending: tuple[list, list, list], code: str) -> bool:
+    """Whether a `# fmt: skip` after `code` keeps a table, given what ends on its line: the
+    statement ending there assigns a collection literal laid out by hand (`NAME = {...}`),
+    the decorator ending there is given one (a parametrize list of cases), or the line is
+    a row of one (an element and its comma)."""
+    statements, decorators, rows = ending
     if statements:  # the one the comment is on: the smallest
         last = min(statements, key=lambda n: (n.end_lineno or 0) - n.lineno)
         return isinstance(last, (ast.Assign, ast.AnnAssign)) and isinstance(last.value, TABLES)
@@ -141,14 +156,16 @@ def fmt_skips(*folders: str) -> tuple[int, list[str]]:
     count, others = 0, []
     for path in _sources(*folders):
         source = path.read_text()
-        tree = ast.parse(source)
+        if "fmt:" not in source:
+            continue
+        ends = _line_ends(ast.parse(source))
         tokens = tokenize.generate_tokens(io.StringIO(source).readline)
         for tok in tokens:
             if tok.type != tokenize.COMMENT or tok.string.replace(" ", "") != "#fmt:skip":
                 continue
             count += 1
             code = tok.line[: tok.start[1]]
-            if not _keeps_a_table(tree, tok.start[0], code):
+            if not _keeps_a_table(ends.get(tok.start[0], ([], [], [])), code):
                 others.append(f"{path.relative_to(ROOT)}:{tok.start[0]}: {tok.line.strip()}")
     return count, others
 
@@ -161,3 +178,88 @@ def test_fmt_skip_only_keeps_tables():
     assert not others, f"{len(others)} of {count} `# fmt: skip` keep no table:\n" + "\n".join(
         others
     )
+
+
+PATH_NAMED = re.compile(
+    r"\b((?:runner|schedulers|hydra_plugins)/(?:[a-z_0-9]+/)*[a-z_0-9]+\.py)"
+    r"(?:'s)?,?\s+(?:#\s+)?(?:`([A-Za-z_]\w*)(?:\(\))?`)?"
+)
+FOLDER_NAMED = re.compile(r"\b((?:runner|schedulers|hydra_plugins)/[a-z_0-9]+)/")
+
+
+def _prose(path: Path) -> list[tuple[int, str]]:
+    """What a file says rather than does: a .py file's comments and docstrings, all of a .md."""
+    source = path.read_text()
+    if path.suffix != ".py":
+        return [(1, source)]
+    tokens = tokenize.generate_tokens(io.StringIO(source).readline)
+    said = [(tok.start[0], tok.string) for tok in tokens if tok.type == tokenize.COMMENT]
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            doc = ast.get_docstring(node, clean=False)
+            if doc:
+                said.append((getattr(node, "lineno", 1), doc))
+    return said
+
+
+@functools.cache
+def _defined(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names |= {t.id for t in targets if isinstance(t, ast.Name)}
+    return names
+
+
+def stale_names(root: Path, texts: list[tuple[str, int, str]]) -> list[str]:
+    """Paths below root named in `texts` ((where, line, text)) that are gone: a module
+    (runner/<path>.py), a folder below a package, or a name given right after its module
+    (`runner/run/train.py` `fit`) that the module no longer defines."""
+    stale = []
+    for where, line, text in texts:
+        for match in PATH_NAMED.finditer(text):
+            module, name = root / match.group(1), match.group(2)
+            at = f"{where}:{line + text[: match.start()].count(chr(10))}"
+            if not module.is_file():
+                stale.append(f"{at}: {match.group(1)} does not exist")
+            elif name is not None and name not in _defined(module):
+                stale.append(f"{at}: {match.group(1)} defines no {name}")
+        for match in FOLDER_NAMED.finditer(text):
+            if not (root / match.group(1)).is_dir():
+                at = f"{where}:{line + text[: match.start()].count(chr(10))}"
+                stale.append(f"{at}: {match.group(1)}/ does not exist")
+    return stale
+
+
+def _tree_texts() -> list[tuple[str, int, str]]:
+    files = [*_sources(*PACKAGES, "tests", "benchmarks"), ROOT / "README.md"]
+    files += sorted((ROOT / "docs").glob("*.md"))
+    return [(str(p.relative_to(ROOT)), line, text) for p in files for line, text in _prose(p)]
+
+
+def test_no_docstring_comment_or_doc_names_a_module_that_is_gone():
+    """A file moved or a function renamed leaves the prose that pointed to it (as the
+    split of runner's old core folder by concern did): every runner/, schedulers/ and
+    hydra_plugins/ module or folder named in a docstring, comment, README.md or docs/*.md
+    exists, and a name given right after its module is defined there."""
+    stale = stale_names(ROOT, _tree_texts())
+    assert not stale, "\n".join(stale)
+
+
+def test_a_stale_path_or_name_is_caught():
+    """The check above catches what it is for (the tree is clean, so plant some)."""
+    planted = [
+        ("a.py", 1, "builds as runner/core/builders.py does"),
+        ("b.md", 3, "the loop (runner/run/train.py `_epochs`)\nsee runner/core/ for more"),
+        ("c.py", 9, "one factory (runner/io/checkpoint.py `checkpointer`)"),
+    ]
+    assert stale_names(ROOT, planted) == [
+        "a.py:1: runner/core/builders.py does not exist",
+        "a.py:1: runner/core/ does not exist",
+        "b.md:3: runner/run/train.py defines no _epochs",
+        "b.md:4: runner/core/ does not exist",
+    ]

@@ -10,9 +10,9 @@ Each member keeps what a single run has: its model built from its own seed (then
 stacked, runner/sweep/stacked.py), its own shuffle generator, its own torch optimizer and
 real torch scheduler (which set the lr that the fused step reads), its own
 metrics.jsonl/config.yaml/status.json in its own run dir. Start-up uses a single run's
-own pieces (runner/train/builders.py `build_member`, runner/io/checkpoint.py
-`checkpointer`, runner/train/engine.py `track_for`, runner/run/train.py `startup_line`), and
-the epochs run in the single run's engine (runner/train/engine.py), with the one evaluation
+own pieces (runner/train/builders.py `build_member`, runner/run/rundir.py `hold` for the
+run dir's lock, runner/run/train.py `config_yaml`, `start_track` for the checkpointer and
+its first save, `startup_line`, and `write_status` at the end), and the epochs run in the single run's engine (runner/train/engine.py), with the one evaluation
 loop (runner/train/steps.py `evaluate`): rows carry the same keys. Only how a batch is
 trained and validated is fused (`StackedModels`).
 """
