@@ -79,11 +79,20 @@ def main(argv: list[str] | None = None) -> dict:
         args.batch, args.steps, args.repeats = 16, 2, 1
         print("no CUDA here: a small CPU run to exercise the script; these are not GPU numbers")
     n = args.batch * args.steps
-    cfg = compose_config([
-        "model=resnet18", "data=fake", f"data.batch_size={args.batch}", "epochs=1",
-        "scheduler=onecycle", "trainer.amp=true", f"trainer.compile={str(args.compile).lower()}",
-        "trainer.log_every_n_steps=0", "trainer.progress=line", "logger=none",
-    ])  # fmt: skip
+    cfg = compose_config(
+        [
+            "model=resnet18",
+            "data=fake",
+            f"data.batch_size={args.batch}",
+            "epochs=1",
+            "scheduler=onecycle",
+            "trainer.amp=true",
+            f"trainer.compile={str(args.compile).lower()}",
+            "trainer.log_every_n_steps=0",
+            "trainer.progress=line",
+            "logger=none",
+        ]
+    )
     data, longer = synthetic(n, device), synthetic(2 * n, device)
     with tempfile.TemporaryDirectory() as tmp:
 

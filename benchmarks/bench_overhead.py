@@ -89,10 +89,14 @@ class Guarantees:
             "model": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
             "optimizer": copy.deepcopy(self.opt.state_dict()),
             "scheduler": self.sched.state_dict(),
-            "rng": [random.getstate(), np.random.get_state(), torch.get_rng_state(),
-                    self.gen.get_state()],
+            "rng": [
+                random.getstate(),
+                np.random.get_state(),
+                torch.get_rng_state(),
+                self.gen.get_state(),
+            ],
             "epoch": epoch,
-        }  # fmt: skip
+        }
 
     def save(self, obj: dict[str, Any], name: str) -> None:
         tmp = self.ckpt_dir / f".{name}.tmp"
@@ -242,14 +246,23 @@ def lightning_loop(cfg: Any, data: Any, tmp: Path) -> None:
 
     L.seed_everything(cfg.seed, verbose=False)
     gen = torch.Generator().manual_seed(cfg.seed)
-    train_dl = DataLoader(TensorDataset(data.x_train, data.y_train),
-                          batch_size=cfg.data.batch_size, shuffle=True, generator=gen)  # fmt: skip
+    train_dl = DataLoader(
+        TensorDataset(data.x_train, data.y_train),
+        batch_size=cfg.data.batch_size,
+        shuffle=True,
+        generator=gen,
+    )
     val_dl = DataLoader(TensorDataset(data.x_val, data.y_val), batch_size=1024)
     trainer = L.Trainer(
-        max_epochs=cfg.epochs, accelerator="cpu", devices=1, logger=CSVLogger(tmp),
-        default_root_dir=tmp, enable_progress_bar=False, enable_model_summary=False,
+        max_epochs=cfg.epochs,
+        accelerator="cpu",
+        devices=1,
+        logger=CSVLogger(tmp),
+        default_root_dir=tmp,
+        enable_progress_bar=False,
+        enable_model_summary=False,
         num_sanity_val_steps=0,
-    )  # fmt: skip
+    )
     trainer.fit(Module(), train_dl, val_dl)
 
 
@@ -305,14 +318,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             }
             if job in MARGINAL and not args.quick:
                 longer = compose_config(
-                    [*overrides, f"epochs={cfg.epochs * LONGER}", "trainer.progress=line",
-                     "trainer.device=cpu"]
-                )  # fmt: skip
+                    [
+                        *overrides,
+                        f"epochs={cfg.epochs * LONGER}",
+                        "trainer.progress=line",
+                        "trainer.device=cpu",
+                    ]
+                )
                 variants["hand, longer"] = lambda: hand_loop(longer, data)  # noqa: B023
                 variants["runner, longer"] = partial(
-                    runner_loop, longer, data, logger, Path(tmp) / "runner, longer",
-                    background, OmegaConf.to_yaml(longer, resolve=True),
-                )  # fmt: skip
+                    runner_loop,
+                    longer,
+                    data,
+                    logger,
+                    Path(tmp) / "runner, longer",
+                    background,
+                    OmegaConf.to_yaml(longer, resolve=True),
+                )
             if with_lightning:
                 variants["lightning"] = lambda: lightning_loop(cfg, data, Path(tmp) / "pl")  # noqa: B023, E501
             for name in variants:  # warm-up: first-call costs (allocator, W&B service) out

@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> dict:
                         lambda cmd=cmd: subprocess.run(
                             cmd, cwd=tmp, env=env, check=True, capture_output=True
                         )
-                    )  # fmt: skip
+                    )
                 )
     base = median(times['python -c "import torch"'])
     lines = ["| command | median s | vs import torch |", "|---|---|---|"]

@@ -277,14 +277,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 warm_up=not args.quick,
             )
             r = median_s | per_epoch_split(median_s, cfg.epochs, LONGER)
-            r |= {"ratio": median_s["runner"] / median_s["hand"], "steps": steps,
-                  "vs guarded": median_s["runner"] / median_s["hand + guarantees"]}  # fmt: skip
+            r |= {
+                "ratio": median_s["runner"] / median_s["hand"],
+                "steps": steps,
+                "vs guarded": median_s["runner"] / median_s["hand + guarantees"],
+            }
             results["vs hand"][job] = r | {"all": times}
-            print(f"{job}: hand {r['hand']:.3f}s, runner {r['runner']:.3f}s, "
-                  f"runner/hand {r['ratio']:.3f}; per extra epoch {r['per-epoch ratio']:.3f}, "
-                  f"runner's fixed cost {1000 * r['runner fixed s']:.0f} ms; "
-                  f"runner / (hand + guarantees) {r['vs guarded']:.3f}; "
-                  f"steps {steps}")  # fmt: skip
+            print(
+                f"{job}: hand {r['hand']:.3f}s, runner {r['runner']:.3f}s, "
+                f"runner/hand {r['ratio']:.3f}; per extra epoch {r['per-epoch ratio']:.3f}, "
+                f"runner's fixed cost {1000 * r['runner fixed s']:.0f} ms; "
+                f"runner / (hand + guarantees) {r['vs guarded']:.3f}; "
+                f"steps {steps}"
+            )
 
         epochs = f"epochs={DIGITS_EPOCHS[args.quick]}"
         held_cfg = config([epochs], None)
@@ -307,8 +312,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "epochs": DIGITS_EPOCHS[args.quick],
         }
         results["digits"] = r | {"all": times}
-        print(f"digits: in memory {r['in memory']:.3f}s, streamed {r['streamed']:.3f}s, "
-              f"hand DataLoader {r['hand']:.3f}s, steps {steps}")  # fmt: skip
+        print(
+            f"digits: in memory {r['in memory']:.3f}s, streamed {r['streamed']:.3f}s, "
+            f"hand DataLoader {r['hand']:.3f}s, steps {steps}"
+        )
 
     lines = [
         "| job (CPU, MLP, batch 64) | hand DataLoader loop s | runner, streamed s "
@@ -319,9 +326,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ]
     for job, r in results["vs hand"].items():
         fixed_ms = 1000 * r["runner fixed s"]
-        lines.append(f"| {job} | {r['hand']:.3f} | {r['runner']:.3f} | {r['ratio']:.3f} "
-                     f"| {r['per-epoch ratio']:.3f} | {fixed_ms:.0f} "
-                     f"| {r['hand + guarantees']:.3f} | {r['vs guarded']:.3f} |")  # fmt: skip
+        lines.append(
+            f"| {job} | {r['hand']:.3f} | {r['runner']:.3f} | {r['ratio']:.3f} "
+            f"| {r['per-epoch ratio']:.3f} | {fixed_ms:.0f} "
+            f"| {r['hand + guarantees']:.3f} | {r['vs guarded']:.3f} |"
+        )
     d = results["digits"]
     lines += [
         "",

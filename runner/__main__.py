@@ -47,6 +47,8 @@ from runner.io.files import (
     run_dir_holder,
     write_json_atomic,
 )
+from runner.sweep import sweepdir
+from runner.sweep.sweepdir import record_refused
 from runner.train.stopping import stop_on_signals
 from schedulers import ConfigError
 
@@ -136,7 +138,6 @@ def _run_job(cfg: DictConfig, hc: Any, run_dir: Path, multirun: bool, stop: Any)
     """The run's Result, or (a job of a sweep that failed) NaN for the sweeper."""
     from runner.run.rundir import DirInUse, RunDirRefused  # these import torch: not for --help
     from runner.run.train import train
-    from runner.sweep.sweepdir import record_refused
 
     try:
         return train(
@@ -184,8 +185,13 @@ def check_resume_dir(argv: list[str]) -> None:
     given = given_overrides(argv)
     value = given.get("resume", "")
     if "resume" in given and not value.strip():  # the run dir would be the working dir
-        config_error(ConfigError("resume", value, "give the run dir to continue "
-                                  "(resume=<dir>), or true with hydra.run.dir=<dir>"))  # fmt: skip
+        config_error(
+            ConfigError(
+                "resume",
+                value,
+                "give the run dir to continue (resume=<dir>), or true with hydra.run.dir=<dir>",
+            )
+        )
     if value.lower() in ("", "null", "none", "false"):
         return
     if value.lower() == "true" and not given.get("hydra.run.dir"):  # else a new dated dir
@@ -199,8 +205,13 @@ def check_resume_dir(argv: list[str]) -> None:
     run_dir = given.get("hydra.run.dir")
     if value.lower() != "true" and run_dir and Path(run_dir).resolve() != Path(value).resolve():
         # the run goes on in <dir>; Hydra would put its train.log in the other dir
-        config_error(ConfigError("hydra.run.dir", run_dir, f"resume={value} continues the "
-                                  "run in its own dir: drop hydra.run.dir"))  # fmt: skip
+        config_error(
+            ConfigError(
+                "hydra.run.dir",
+                run_dir,
+                f"resume={value} continues the run in its own dir: drop hydra.run.dir",
+            )
+        )
 
 
 def check_run_dir(argv: list[str]) -> None:
@@ -223,9 +234,13 @@ def check_run_dir(argv: list[str]) -> None:
         return
     existed = Path(target).is_dir()
     if (Path(target) / "multirun.yaml").is_file():  # a run's files would mix with the sweep's
-        config_error(ConfigError("resume" if target == resume else "hydra.run.dir", target,
-                                 "is a sweep dir (it holds multirun.yaml): give the run a "
-                                 "dir of its own"))  # fmt: skip
+        config_error(
+            ConfigError(
+                "resume" if target == resume else "hydra.run.dir",
+                target,
+                "is a sweep dir (it holds multirun.yaml): give the run a dir of its own",
+            )
+        )
     # runner.run.rundir imports torch (checkpoints): only for a run into a named dir
     from runner.run.rundir import busy
     from runner.run.rundir import check_run_dir as check
@@ -266,8 +281,6 @@ def check_sweep_dir(argv: list[str]) -> None:
     target = given_overrides(argv).get("hydra.sweep.dir")
     if not target or "${" in target:
         return
-    from runner.sweep import sweepdir
-
     try:
         sweepdir.take(target)
     except ConfigError as err:
@@ -304,8 +317,6 @@ def cli() -> None:
         with searched_first(config_dirs(sys.argv[1:])):  # the user's files win over conf/'s
             if "-m" in sys.argv or "--multirun" in sys.argv:
                 main()  # each job installs its handlers as it starts (a launcher may run them)
-                from runner.sweep import sweepdir
-
                 sweepdir.end()  # non-zero when no job completed or some are pending
                 return
             with stop_on_signals() as _CLI_STOP:  # from before Hydra makes the run dir
@@ -324,8 +335,10 @@ def cli() -> None:
         if full_error:
             raise
         # what Hydra itself prints without HYDRA_FULL_ERROR: the error, not the trace
-        print(f"{err}\n\nSet the environment variable HYDRA_FULL_ERROR=1 for a complete "
-              "stack trace.", file=sys.stderr)  # fmt: skip
+        print(
+            f"{err}\n\nSet the environment variable HYDRA_FULL_ERROR=1 for a complete stack trace.",
+            file=sys.stderr,
+        )
         sys.exit(1)
 
 

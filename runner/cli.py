@@ -12,6 +12,10 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import yaml
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
+from omegaconf import open_dict
+from omegaconf.errors import OmegaConfBaseException
 
 from runner.config.compose import CONF, check_yaml_files, compose_config, expand, one_line
 from runner.io.files import WRITE_ERRNOS
@@ -49,8 +53,9 @@ def check_config_dirs(dirs: list[str]) -> None:
     Its YAML files are checked too (check_yaml_files): a broken one is one line naming it."""
     for d in dirs:
         if not Path(d).is_dir():
-            raise ConfigError("--config-dir", d, "no such directory (give the dir that holds "
-                              "your config groups)")  # fmt: skip
+            raise ConfigError(
+                "--config-dir", d, "no such directory (give the dir that holds your config groups)"
+            )
         check_yaml_files(d)
 
 
@@ -69,8 +74,9 @@ def check_dir_names(overrides: dict[str, str]) -> None:
         for part in Path(path).parts:
             size = len(re.sub(r"\$\{[^}]*\}", "", part).encode())
             if size > top:
-                raise ConfigError(key, path, f"a name of {size} bytes in it; the file system "
-                                  f"takes at most {top}")  # fmt: skip
+                raise ConfigError(
+                    key, path, f"a name of {size} bytes in it; the file system takes at most {top}"
+                )
 
 
 def _name_max(path: Path) -> int:
@@ -98,12 +104,8 @@ def check_composition(argv: list[str]) -> None:
         check_dir_names(given(argv))
     except ConfigError as err:
         config_error(err)
-    overrides = [
-        a for a in argv if not a.startswith("-") and "=" in a and a not in dirs
-    ]  # fmt: skip
+    overrides = [a for a in argv if not a.startswith("-") and "=" in a and a not in dirs]
     multirun = "-m" in argv or "--multirun" in argv
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
 
     try:
         first, *others = expand(overrides)
@@ -115,8 +117,6 @@ def check_composition(argv: list[str]) -> None:
         for combo in others:
             compose_config(combo, config_dirs=dirs)
         if not multirun and not composed.resume:
-            from omegaconf import open_dict
-
             from runner.run.check import validate  # imports torch: only once the run is valid
 
             with open_dict(composed):
@@ -168,16 +168,16 @@ def primary_hint(dirs: list[str]) -> str:
     it replaces schedlab's conf/config.yaml whole, so a partial one lacks keys and groups."""
     for d in dirs:
         if (Path(d) / "config.yaml").is_file():
-            return (f" ({Path(d) / 'config.yaml'} is used in place of schedlab's "
-                    "conf/config.yaml: start it from a copy of that file)")  # fmt: skip
+            return (
+                f" ({Path(d) / 'config.yaml'} is used in place of schedlab's "
+                "conf/config.yaml: start it from a copy of that file)"
+            )
     return ""
 
 
 def group_list_error(overrides: list[str], dirs: list[str]) -> ConfigError | None:
     """The override that gives a config group a list holding something other than option
     names (optimizer=[1,2]): Hydra fails on it with a TypeError from deep inside."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
     for override in OverridesParser.create().parse_overrides(overrides):
         key = override.key_or_group
         value = override.value()

@@ -38,6 +38,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
+from hydra.errors import HydraException
+from omegaconf.errors import OmegaConfBaseException
+
 from runner.cli import check_config_dirs
 from runner.config.compose import compose_config, one_line
 from runner.io import files
@@ -82,8 +85,9 @@ def _on_data(section: Section, data: list[str]) -> Section:
 
 def _runner_cli(args: list[str], cwd: Path) -> None:
     env = {**os.environ, "WANDB_SILENT": "true"}
-    proc = subprocess.run([sys.executable, "-m", "runner", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "runner", *args], cwd=cwd, env=env, capture_output=True, text=True
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"python -m runner {' '.join(args)} failed:\n{proc.stderr[-2000:]}")
 
@@ -161,9 +165,9 @@ def _train(overrides: list[str], run_dir: Path) -> list[dict[str, Any]]:
 
 
 def _plot_run(rows: list[dict[str, Any]], path: Path, title: str) -> None:
-    import matplotlib
+    import matplotlib  # ~0.5 s: only when a plot is drawn
 
-    matplotlib.use("Agg")
+    matplotlib.use("Agg")  # before pyplot: no display needed
     import matplotlib.pyplot as plt
 
     epochs = [r["epoch"] for r in rows]
@@ -261,7 +265,7 @@ def part_init_lr(out: Path, quick: bool, data: list[str]) -> Section:
             "init_lr/small_values/val_acc.png",
             "init_lr/range_test/lr_find.png",
             "init_lr/at_found.png",
-        ],  # fmt: skip
+        ],
         table=table,
         differs="Same data and model for all three; on digits with 10 epochs the smallest "
         "values barely learn (see the table), which the lecture's advice does not warn about. "
@@ -302,8 +306,18 @@ RUNNERS: dict[str, Callable[[Path, bool, list[str]], Section]] = {
 def to_markdown(sections: list[Section]) -> str:
     out = ["# The lecture, reproduced / 学习率调整策略：复现", ""]
     for s in sections:
-        out += [f"## {s.title}", "", f"**Lecture:** {s.claim_en}", "", f"**讲座：** {s.claim_zh}",
-                "", "```bash", s.command, "```", ""]  # fmt: skip
+        out += [
+            f"## {s.title}",
+            "",
+            f"**Lecture:** {s.claim_en}",
+            "",
+            f"**讲座：** {s.claim_zh}",
+            "",
+            "```bash",
+            s.command,
+            "```",
+            "",
+        ]
         out += [f"![{Path(f).stem}]({f})" for f in s.figures] + [""]
         if s.table:
             out += [s.table, ""]
@@ -346,10 +360,12 @@ def to_html(sections: list[Section], root: Path) -> str:
         "<h1>The lecture, reproduced / 学习率调整策略：复现</h1>",
     ]
     for s in sections:
-        parts += [f"<h2>{html.escape(s.title)}</h2>",
-                  f"<p><b>Lecture:</b> {html.escape(s.claim_en)}</p>",
-                  f"<p lang='zh'><b>讲座：</b>{html.escape(s.claim_zh)}</p>",
-                  f"<pre>{html.escape(s.command)}</pre>"]  # fmt: skip
+        parts += [
+            f"<h2>{html.escape(s.title)}</h2>",
+            f"<p><b>Lecture:</b> {html.escape(s.claim_en)}</p>",
+            f"<p lang='zh'><b>讲座：</b>{html.escape(s.claim_zh)}</p>",
+            f"<pre>{html.escape(s.command)}</pre>",
+        ]
         for f in s.figures:
             data = base64.b64encode((root / f).read_bytes()).decode()
             parts.append(f"<img alt='{html.escape(f)}' src='data:image/png;base64,{data}'>")
@@ -438,8 +454,6 @@ def check_data(data: list[str], wanted: tuple[str, ...]) -> None:
     value or a dataset that cannot be built is one line and exit 2, as in `python -m runner`."""
     if not data or not set(wanted) & set(ON_DATA):
         return
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
 
     try:
         check_config_dirs([a.removeprefix(CONFIG_DIR) for a in data if a.startswith(CONFIG_DIR)])

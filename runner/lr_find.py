@@ -47,8 +47,10 @@ def cli() -> None:
     refused the same way."""
     sys.argv[1:] = argv = options_first(sys.argv[1:])
     if "-m" in argv or "--multirun" in argv:
-        print("config error: -m: the LR range test is one run; run it once per config",
-              file=sys.stderr)  # fmt: skip
+        print(
+            "config error: -m: the LR range test is one run; run it once per config",
+            file=sys.stderr,
+        )
         sys.exit(EXIT_CONFIG)
     overrides = given(argv)
     resume = overrides.get("resume", "")

@@ -17,6 +17,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from hydra.errors import HydraException
+from omegaconf.errors import OmegaConfBaseException
+
 from runner.cli import check_config_dirs
 from runner.config.compose import compose_config, expand, one_line
 from runner.data.sets import steps_per_epoch as steps_in_epoch
@@ -35,9 +38,13 @@ def check(cfg: Any) -> None:
     preview has no data to run the LR range test on."""
     validate(cfg)
     if cfg.optimizer.lr == "find":
-        raise ConfigError("optimizer.lr", "find", "the preview needs a number (find is "
-                          "decided by the LR range test on the data: run python -m "
-                          "runner.lr_find, then preview with optimizer.lr=<its lr>)")  # fmt: skip
+        raise ConfigError(
+            "optimizer.lr",
+            "find",
+            "the preview needs a number (find is "
+            "decided by the LR range test on the data: run python -m "
+            "runner.lr_find, then preview with optimizer.lr=<its lr>)",
+        )
 
 
 def run_groups(cfg: Any, steps_per_epoch: int | None = None) -> tuple[list[str], list[float], int]:
@@ -146,9 +153,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--small", action="store_true", help="thumbnail-sized figures")
     parser.add_argument(
-        "--config-dir", "-cd", action="append", default=[], dest="config_dirs",
+        "--config-dir",
+        "-cd",
+        action="append",
+        default=[],
+        dest="config_dirs",
         help="your own config dir beside schedlab's (as for python -m runner)",
-    )  # fmt: skip
+    )
     parser.add_argument("--quiet", action="store_true", help="no table, only the PNG paths")
     parser.add_argument(
         "--trace", action="store_true", help="internals per epoch (also: trace=true)"
@@ -157,9 +168,6 @@ def main(argv: list[str] | None = None) -> int:
     if "trace=true" in args.overrides:
         args.overrides.remove("trace=true")
         args.trace = True
-
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
 
     labels, sims, combos = [], [], []
     try:

@@ -1,8 +1,9 @@
 """Any component by its import path (`_target_`): located, its kwargs bound, then built.
 
 One binder for every `_target_` node the runner reads: a scheduler (schedulers/target.py),
-a model, an optimizer, a dataset, its transforms, a collate function (runner/train, runner/data).
-The node's kwargs are bound to the target's signature before anything is built, so a typo'd
+a model, an optimizer, a dataset, its transforms, a collate function (runner/train,
+runner/data). The node's kwargs are bound to the target's signature before anything is
+built, so a typo'd
 kwarg or a target that cannot be imported is a config error naming the key (exit 2)
 instead of a TypeError deep inside a run. Keys the runner itself reads (an optimizer's
 `param_groups`, a schedule's `interval`) are "ours" and never reach the target.

@@ -61,8 +61,9 @@ def need_number(
         is_number(v) and (v > low if lo_open else v >= low) and (v < high if hi_open else v <= high)
     )
     if ok and high == math.inf and abs(v) > FLOAT32_MAX:
-        raise ConfigError(key, v, f"must fit in float32 (|x| <= {FLOAT32_MAX:.4g}), the dtype "
-                          "torch computes in")  # fmt: skip
+        raise ConfigError(
+            key, v, f"must fit in float32 (|x| <= {FLOAT32_MAX:.4g}), the dtype torch computes in"
+        )
     if not ok:
         if low == -math.inf and high == math.inf:
             rule = "must be a finite number"

@@ -14,6 +14,8 @@ import csv
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from schedulers import simulate
 from schedulers.plot import plot_lr_curves
 
@@ -50,8 +52,6 @@ def lecture_config(name: str) -> dict[str, Any]:
 
 def toy_params(name: str) -> list[Any]:
     """One weight; the LambdaLR demo's two groups hold a 6x3x5x5 and a 5x5 tensor."""
-    import torch
-
     torch.manual_seed(1)
     if name == "lambda":
         return [torch.randn(6, 3, 5, 5, requires_grad=True), torch.ones(5, 5, requires_grad=True)]

@@ -16,7 +16,7 @@ def plot_lr_curves(
     log_y: bool = False,
 ) -> Path:
     """One line per label; x in epochs (fractional for per-batch schedules)."""
-    import matplotlib
+    import matplotlib  # ~0.5 s: only when a plot is drawn
 
     matplotlib.use("Agg")  # no display needed
     import matplotlib.pyplot as plt

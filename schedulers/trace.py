@@ -18,6 +18,8 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
+from torch.optim.lr_scheduler import ReduceLROnPlateau
+
 from schedulers.schedule import never_improving, walk
 
 EXPLAIN = (
@@ -53,8 +55,6 @@ def trace_schedule(
     """Step `schedule` (an LRSchedule) `epochs` times - batches for a per-batch schedule -
     as the loop would (schedule.walk, one unit an "epoch"); one row per step and param group.
     A plateau sees `metric(epoch)`, or 1.0 without one."""
-    from torch.optim.lr_scheduler import ReduceLROnPlateau
-
     opt = schedule.optimizer
     sequence = hasattr(schedule.main, "active")
     value = metric or never_improving
@@ -124,6 +124,8 @@ def as_markdown(rows: list[dict[str, Any]], title: str) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     flagged = flagged_epochs(rows)
     if flagged:
-        lines += ["", f"get_lr() outside step() differs from the lr in use at epochs {flagged}: "
-                  + EXPLAIN]  # fmt: skip
+        lines += [
+            "",
+            f"get_lr() outside step() differs from the lr in use at epochs {flagged}: " + EXPLAIN,
+        ]
     return "\n".join(lines) + "\n"

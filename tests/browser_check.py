@@ -32,12 +32,26 @@ def check(page: Path, screenshot: Path | None = None) -> tuple[int, int]:
     url = page.resolve().as_uri()
     with tempfile.TemporaryDirectory() as profile:
         flags = [*FLAGS, f"--user-data-dir={profile}"]
-        dom = subprocess.run([exe, *flags, "--dump-dom", url], capture_output=True, text=True,
-                             timeout=120, check=True).stdout  # fmt: skip
+        dom = subprocess.run(
+            [exe, *flags, "--dump-dom", url],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        ).stdout
         if screenshot is not None:
-            subprocess.run([exe, *flags, f"--screenshot={screenshot.resolve()}",
-                            "--window-size=1200,2400", url],
-                           capture_output=True, timeout=120, check=True)  # fmt: skip
+            subprocess.run(
+                [
+                    exe,
+                    *flags,
+                    f"--screenshot={screenshot.resolve()}",
+                    "--window-size=1200,2400",
+                    url,
+                ],
+                capture_output=True,
+                timeout=120,
+                check=True,
+            )
     images = re.findall(r"<img [^>]*>", dom)
     ok = [i for i in images if 'data-ok="true"' in i]
     return len(images), len(ok)

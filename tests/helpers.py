@@ -159,9 +159,13 @@ def start(args: list[str], cwd: Path) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
     env["OMP_NUM_THREADS"] = "1"
     return subprocess.Popen(
-        [sys.executable, "-m", "runner", *args], cwd=cwd, env=env,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [sys.executable, "-m", "runner", *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def wait_for_rows(run_dir: Path, n: int, proc: subprocess.Popen, timeout: float = 120) -> None:
@@ -232,8 +236,10 @@ V2 = "torchvision.transforms.v2"
 def pipeline(random: bool) -> str:
     steps = [f"{{_target_:{V2}.ToImage}}"]
     if random:
-        steps += [f"{{_target_:{V2}.RandomCrop,size:8,padding:1}}",
-                  f"{{_target_:{V2}.RandomHorizontalFlip}}"]  # fmt: skip
+        steps += [
+            f"{{_target_:{V2}.RandomCrop,size:8,padding:1}}",
+            f"{{_target_:{V2}.RandomHorizontalFlip}}",
+        ]
     steps.append(
         f"{{_target_:{V2}.ToDtype,dtype:{{_target_:hydra.utils.get_object,path:torch.float32}},"
         "scale:true}"

@@ -69,8 +69,9 @@ def test_a_config_dirs_config_yaml_and_group_option_win_in_a_real_command(tmp_pa
     primary config and their model/mlp.yaml the mlp."""
     text = (CONF / "config.yaml").read_text().replace("epochs: 20 ", "epochs: 3  ")
     assert "epochs: 3 " in text
-    user_dir(tmp_path, {"config.yaml": text, "model/mlp.yaml": "name: mlp\nhidden: [7]\n"
-                        "dropout: 0.0\n"})  # fmt: skip
+    user_dir(
+        tmp_path, {"config.yaml": text, "model/mlp.yaml": "name: mlp\nhidden: [7]\ndropout: 0.0\n"}
+    )
     proc = run_cli("--config-dir", "my_conf", "--cfg", "job", "logger=none", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "\nepochs: 3\n" in proc.stdout and "hidden:\n  - 7\n" in proc.stdout
@@ -161,16 +162,18 @@ def test_a_number_past_float32_is_a_config_error_naming_its_key(override):
 
 
 def test_a_float32_lr_through_the_cli_is_one_line_and_no_run_dir(tmp_path):
-    refused(cli_in_process("optimizer.lr=1e39", cwd=tmp_path), "optimizer.lr=1e+39: must fit "
-            "in float32")  # fmt: skip
+    refused(
+        cli_in_process("optimizer.lr=1e39", cwd=tmp_path), "optimizer.lr=1e+39: must fit in float32"
+    )
     assert not list(tmp_path.iterdir())
 
 
 def test_joblib_n_jobs_0_is_refused_before_the_sweep_dir_is_made(tmp_path):
     """Before: joblib's "n_jobs == 0 in Parallel has no meaning" with exit 1, after
     multirun.yaml was written."""
-    proc = cli_in_process("-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=0", "seed=0,1",
-                          cwd=tmp_path)  # fmt: skip
+    proc = cli_in_process(
+        "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=0", "seed=0,1", cwd=tmp_path
+    )
     refused(proc, "hydra.launcher.n_jobs=0: must be the number of jobs at once")
     assert not list(tmp_path.iterdir())
 

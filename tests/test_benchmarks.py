@@ -33,8 +33,10 @@ def test_the_bare_runner_keeps_no_checkpoint_and_sends_nothing_to_w_and_b(tmp_pa
 
     cfg = make_cfg(*bench_overhead.BARE, "epochs=2", "trainer.progress=line")
     data = build_run(cfg).data
-    with Background() as background, open_logger(cfg.logger, tmp_path, {}, [], None,
-                                                   background=background) as logger:  # fmt: skip
+    with (
+        Background() as background,
+        open_logger(cfg.logger, tmp_path, {}, [], None, background=background) as logger,
+    ):
         assert logger.wandb_run is None
         bench_overhead.runner_loop(cfg, data, logger, tmp_path, background, "")
     assert not list(tmp_path.glob("*.pt"))

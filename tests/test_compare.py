@@ -80,8 +80,9 @@ def test_one_seed_cannot_tell(tmp_path):
 
 
 def test_losses_compare_lower_as_better():
-    c = compare("a", {0: 0.30, 1: 0.31, 2: 0.29}, "b", {0: 0.50, 1: 0.52, 2: 0.49},
-                higher_is_better=False)  # fmt: skip
+    c = compare(
+        "a", {0: 0.30, 1: 0.31, 2: 0.29}, "b", {0: 0.50, 1: 0.52, 2: 0.49}, higher_is_better=False
+    )
     assert c.a_wins == 3 and c.verdict == "a better"
     mean, lo, hi = paired_ci([1.0, 1.0, 1.0])
     assert (mean, lo, hi) == (1.0, 1.0, 1.0)
@@ -127,8 +128,9 @@ def test_holm_adjusted_p_and_intervals_equal_scipy(tmp_path):
         (row,) = [r for r in rows if (r["a"], r["b"]) == pair]
         assert float(row["p_value"]) == pytest.approx(p)
         assert float(row["p_holm"]) == pytest.approx(running)
-        lo, hi = stats.t.interval(1 - alpha / (m - i), len(diffs) - 1,
-                                  loc=statistics.fmean(diffs), scale=stats.sem(diffs))  # fmt: skip
+        lo, hi = stats.t.interval(
+            1 - alpha / (m - i), len(diffs) - 1, loc=statistics.fmean(diffs), scale=stats.sem(diffs)
+        )
         assert (float(row["ci_holm_low"]), float(row["ci_holm_high"])) == pytest.approx((lo, hi))
         assert ("better" in row["verdict"]) == (running < alpha)
         assert (row["seeds_needed"] == "nan") == (running < alpha)  # sized for ties only

@@ -72,11 +72,16 @@ def hand_loop(epochs: int, seed: int, lr: float, hidden: int) -> list[dict]:
             logits = model(data.x_val)
             val_loss = F.cross_entropy(logits.float(), data.y_val, reduction="sum").item()
             val_acc = (logits.argmax(1) == data.y_val).sum().item() / len(data.y_val)
-        rows.append({
-            "epoch": epoch, "lr/group0": lr_used,
-            "train/loss": loss_sum.item() / n, "train/acc": correct.item() / n,
-            "val/loss": val_loss / len(data.y_val), "val/acc": val_acc,
-        })  # fmt: skip
+        rows.append(
+            {
+                "epoch": epoch,
+                "lr/group0": lr_used,
+                "train/loss": loss_sum.item() / n,
+                "train/acc": correct.item() / n,
+                "val/loss": val_loss / len(data.y_val),
+                "val/acc": val_acc,
+            }
+        )
         sched.step()
     return rows
 
@@ -109,10 +114,19 @@ def test_a_user_config_dir_adds_model_and_optimizer_options(tmp_path):
         "param_groups: {features.*: 0.5, head.*: 1.0}\n"
     )
     proc = run_cli(
-        "--config-dir", str(conf), "model=tiny", "optimizer=rms", "model.width=6",
-        "epochs=2", "logger=none", "scheduler=step", "scheduler.step_size=1",
-        "scheduler.gamma=0.5", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path,
-    )  # fmt: skip
+        "--config-dir",
+        str(conf),
+        "model=tiny",
+        "optimizer=rms",
+        "model.width=6",
+        "epochs=2",
+        "logger=none",
+        "scheduler=step",
+        "scheduler.step_size=1",
+        "scheduler.gamma=0.5",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "SmallCNN on digits" in proc.stdout and "RMSprop lr=0.003" in proc.stdout
     rows = read_metrics(tmp_path / "run")
@@ -237,9 +251,15 @@ def test_every_parameter_of_a_pattern_group_trains_at_its_groups_lr():
 def test_target_components_run_on_their_own_under_the_fused_launcher(tmp_path):
     sweep = tmp_path / "sweep"
     proc = run_cli(
-        "-m", "hydra/launcher=fused", *TINY, "seed=0,1", "epochs=1", "logger=none",
-        f"hydra.sweep.dir={sweep}", cwd=tmp_path,
-    )  # fmt: skip
+        "-m",
+        "hydra/launcher=fused",
+        *TINY,
+        "seed=0,1",
+        "epochs=1",
+        "logger=none",
+        f"hydra.sweep.dir={sweep}",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout + proc.stderr
     assert out.count("runs on its own: model=TinyNet (fused: mlp, logistic, lenet, cnn1d)") == 2
@@ -251,8 +271,15 @@ def test_target_components_run_on_their_own_under_the_fused_launcher(tmp_path):
 def test_options_are_moved_before_the_overrides_for_hydras_parser():
     argv = ["--config-dir", "c", "model=x", "-m", "seed=0,1", "--cfg", "job", "epochs=2"]
     assert options_first(argv) == [
-        "--config-dir", "c", "-m", "--cfg", "job", "model=x", "seed=0,1", "epochs=2",
-    ]  # fmt: skip
+        "--config-dir",
+        "c",
+        "-m",
+        "--cfg",
+        "job",
+        "model=x",
+        "seed=0,1",
+        "epochs=2",
+    ]
 
 
 def test_a_config_dir_that_does_not_exist_is_a_config_error(tmp_path):

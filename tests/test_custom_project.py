@@ -64,9 +64,15 @@ def test_the_example_project_trains_sweeps_finds_an_lr_and_resumes(tmp_path, mon
 
     # a 2 x 2 sweep with its report; `-m` among the overrides, as the command has it
     proc = run_cli(
-        *OWN, "epochs=2", "-m", "scheduler=step,cosine", "seed=0,1", "hydra.sweep.dir=sweep",
-        cwd=project, timeout=600,
-    )  # fmt: skip
+        *OWN,
+        "epochs=2",
+        "-m",
+        "scheduler=step,cosine",
+        "seed=0,1",
+        "hydra.sweep.dir=sweep",
+        cwd=project,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr
     with (project / "sweep" / "report.csv").open() as f:
         table = list(csv.DictReader(f))
@@ -76,10 +82,19 @@ def test_the_example_project_trains_sweeps_finds_an_lr_and_resumes(tmp_path, mon
 
     # the LR range test on the project's model and optimizer
     finder = subprocess.run(
-        [sys.executable, "-m", "runner.lr_find", *OWN, "lr_find.num_iters=20",
-         "hydra.run.dir=lr_find"],
-        cwd=project, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "runner.lr_find",
+            *OWN,
+            "lr_find.num_iters=20",
+            "hydra.run.dir=lr_find",
+        ],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert finder.returncode == 0, finder.stderr
     with (project / "lr_find" / "lr_find.csv").open() as f:
         points = list(csv.DictReader(f))
@@ -89,10 +104,21 @@ def test_the_example_project_trains_sweeps_finds_an_lr_and_resumes(tmp_path, mon
     # process, run from the project dir as `python -m runner.preview` is
     monkeypatch.chdir(project)
     capsys.readouterr()
-    assert preview([
-        "--config-dir", "conf", "model=small_cnn", "optimizer=rmsprop", "scheduler=step",
-        "epochs=3", "--out", "preview",
-    ]) == 0  # fmt: skip
+    assert (
+        preview(
+            [
+                "--config-dir",
+                "conf",
+                "model=small_cnn",
+                "optimizer=rmsprop",
+                "scheduler=step",
+                "epochs=3",
+                "--out",
+                "preview",
+            ]
+        )
+        == 0
+    )
     shown = capsys.readouterr().out
     assert "step backbone" in shown and "step head" in shown
     assert (project / "preview" / "step.png").is_file()
@@ -116,8 +142,16 @@ def test_the_projects_own_dataset_class_trains_and_its_kwargs_are_checked(tmp_pa
     project = copy_project(tmp_path, monkeypatch)
 
     # the README's command: mynets.data.Shapes through data=dataset, the project's SmallCNN
-    proc = run_cli("--config-dir", "conf", "model=small_cnn", "data=shapes", "epochs=2",
-                   "logger=none", "hydra.run.dir=run", cwd=project)  # fmt: skip
+    proc = run_cli(
+        "--config-dir",
+        "conf",
+        "model=small_cnn",
+        "data=shapes",
+        "epochs=2",
+        "logger=none",
+        "hydra.run.dir=run",
+        cwd=project,
+    )
     assert proc.returncode == 0, proc.stderr
     run = project / "run"
     assert json.loads((run / "status.json").read_text())["status"] == "completed"
@@ -133,8 +167,10 @@ def test_the_projects_own_dataset_class_trains_and_its_kwargs_are_checked(tmp_pa
 
     # a typo'd kwarg of the class is a config error naming its key, nothing run (exit 2):
     # Hydra's own (the key is not in shapes.yaml), then, appended with +, the signature's
-    for typo, words in (("data.train.sizze=3", "Could not override 'data.train.sizze'"),
-                        ("+data.train.sizze=3", "Shapes has no argument 'sizze'")):  # fmt: skip
+    for typo, words in (
+        ("data.train.sizze=3", "Could not override 'data.train.sizze'"),
+        ("+data.train.sizze=3", "Shapes has no argument 'sizze'"),
+    ):
         proc = cli_in_process("--config-dir", "conf", "data=shapes", typo, cwd=project)
         assert proc.returncode == 2, proc.stderr
         assert words in proc.stderr
@@ -148,10 +184,21 @@ def test_the_png_writer_makes_an_image_folder_that_data_images_trains_on(tmp_pat
 
     # the README's command, with fewer images
     writer = subprocess.run(
-        [sys.executable, "-m", "mynets.make_images", "data/images", "--train", "240",
-         "--val", "60"],
-        cwd=project, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "mynets.make_images",
+            "data/images",
+            "--train",
+            "240",
+            "--val",
+            "60",
+        ],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert writer.returncode == 0, writer.stderr
     images = project / "data" / "images"
     for split, n in (("train", 240), ("val", 60)):
@@ -170,8 +217,16 @@ def test_the_png_writer_makes_an_image_folder_that_data_images_trains_on(tmp_pat
     for split in ("train", "val"):
         shutil.rmtree(images / split / "cross")
 
-    proc = run_cli("--config-dir", "conf", "model=small_cnn", "data=images", "epochs=3",
-                   "logger=none", "hydra.run.dir=run", cwd=project)  # fmt: skip
+    proc = run_cli(
+        "--config-dir",
+        "conf",
+        "model=small_cnn",
+        "data=images",
+        "epochs=3",
+        "logger=none",
+        "hydra.run.dir=run",
+        cwd=project,
+    )
     assert proc.returncode == 0, proc.stderr
     run = project / "run"
     log = (run / "train.log").read_text()

@@ -120,8 +120,9 @@ def test_a_run_on_digits_does_not_import_scikit_learn():
         "load_data(make_cfg().data); print(sorted(m for m in sys.modules "
         "if m.split('.')[0] in ('sklearn', 'scipy')))"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True, timeout=120).stdout  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    ).stdout
     assert out.strip() == "[]"
 
 
@@ -166,13 +167,20 @@ def test_cifar_files_on_disk_load_as_tensors(tmp_path):
 def test_cifar10_fast_preset_trains_on_a_tiny_cifar_set(tmp_path):
     write_cifar_dataset(tmp_path / "data", per_batch=16)
     cfg = make_cfg(
-        "+experiment=cifar10_fast", f"data.root={tmp_path / 'data'}", "epochs=1",
+        "+experiment=cifar10_fast",
+        f"data.root={tmp_path / 'data'}",
+        "epochs=1",
         # one step of 8 images: a ResNet-18 backward pass in bf16 takes seconds on a CPU
-        "data.limit=8", "data.batch_size=8", "logger=none", "trainer.progress=line",
-    )  # fmt: skip
+        "data.limit=8",
+        "data.batch_size=8",
+        "logger=none",
+        "trainer.progress=line",
+    )
     assert (cfg.model.name, cfg.scheduler.name, cfg.scheduler.interval) == (
-        "resnet18", "onecycle", "step",
-    )  # fmt: skip
+        "resnet18",
+        "onecycle",
+        "step",
+    )
     assert cfg.data.augment and cfg.trainer.amp
     result = train(cfg, tmp_path / "run")
     assert result.status == "completed"

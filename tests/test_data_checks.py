@@ -33,8 +33,12 @@ TO_FLOAT = (
 
 def odd(kind: str, at: int, *extra: str, target: str = ODD) -> list[str]:
     """data=dataset whose train split (30 Blobs) has one odd sample at `at`."""
-    return ["data=dataset", f"data.train={{_target_:{target},size:30,kind:{kind},at:{at}}}",
-            VAL, *extra]  # fmt: skip
+    return [
+        "data=dataset",
+        f"data.train={{_target_:{target},size:30,kind:{kind},at:{at}}}",
+        VAL,
+        *extra,
+    ]
 
 
 def raised(*overrides: str) -> ConfigError:
@@ -81,8 +85,13 @@ def test_the_command_with_train_and_no_val_exits_2_in_one_line(tmp_path):
 
 def test_val_fraction_is_a_seeded_stratified_split_of_train():
     def split(*extra: str) -> tuple[list[int], list[int]]:
-        cfg = make_cfg("data=dataset", f"data.train={{_target_:{LISTED},size:30,kind:none}}",
-                       "data.val_fraction=0.2", "data.in_memory=false", *extra)  # fmt: skip
+        cfg = make_cfg(
+            "data=dataset",
+            f"data.train={{_target_:{LISTED},size:30,kind:none}}",
+            "data.val_fraction=0.2",
+            "data.in_memory=false",
+            *extra,
+        )
         validate_data(cfg.data)
         data = load_data(cfg.data)
         assert isinstance(data, StreamData) and data.num_classes == 3
@@ -190,8 +199,13 @@ def test_a_truncated_png_names_its_file_from_a_worker_too(tmp_path):
     bad = tmp_path / "c1" / "3.png"
     bad.write_bytes(bad.read_bytes()[:100])
     node = f"{{_target_:torchvision.datasets.ImageFolder,root:'{tmp_path}',transform:{TO_FLOAT}}}"
-    err = raised("data=dataset", f"data.train={node}", f"data.val={node}", "data.in_memory=true",
-                 "data.num_workers=1")  # fmt: skip
+    err = raised(
+        "data=dataset",
+        f"data.train={node}",
+        f"data.val={node}",
+        "data.in_memory=true",
+        "data.num_workers=1",
+    )
     assert err.key == "data.train[4]"  # ImageFolder sorts c0's three files first
     assert err.rule.startswith(f"{bad}: could not be read: OSError: image file is truncated")
 
@@ -229,8 +243,7 @@ def test_a_crafted_cifar_pickle_is_refused_unrun_exit_2_naming_the_file(tmp_path
     marker = tmp_path / "marker"
     crafted = tmp_path / "data" / "cifar-10-batches-py" / "data_batch_1"
     crafted.write_bytes(pickle.dumps({b"data": _Crafted(marker), b"labels": [1]}))
-    proc = cli_in_process("data=cifar10", "data.root=data", "epochs=1", "logger=none",
-                          cwd=tmp_path)  # fmt: skip
+    proc = cli_in_process("data=cifar10", "data.root=data", "epochs=1", "logger=none", cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr
     assert not marker.exists()
     assert "cifar-10-batches-py/data_batch_1 unreadable" in proc.stderr

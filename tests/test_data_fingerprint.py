@@ -91,8 +91,10 @@ def test_a_relative_root_resumed_from_another_cwd_trains_on_the_run_s_own_data(
     assert saved.data.val.root == str(a / "data" / "val")
     status = json.loads((run_dir / "status.json").read_text())
     assert status["data"]["n_train"] == 48 and status["data"]["num_classes"] == 3
-    assert status["data"]["roots"] == {"data.train.root": str(a / "data" / "train"),
-                                       "data.val.root": str(a / "data" / "val")}  # fmt: skip
+    assert status["data"]["roots"] == {
+        "data.train.root": str(a / "data" / "train"),
+        "data.val.root": str(a / "data" / "val"),
+    }
 
     resumed = train_in(b, monkeypatch, run_dir, f"resume={run_dir}", "epochs=3")
     assert resumed.status == "completed" and resumed.epochs_done == 3
@@ -195,22 +197,33 @@ def test_a_damaged_status_json_warns_once_and_the_resume_goes_on(tmp_path, caplo
 def test_which_data_paths_are_made_absolute(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "images").mkdir()
-    cfg = OmegaConf.create({"data": {
-        "name": "dataset",
-        "root": "data",  # a root: absolute even before it exists (a download makes it)
-        "train": {
-            "_target_": "mine.Set", "image_dir": "images", "cache_file": "later.pt",
-            "path": "mnist", "url_root": "https://x.org/data", "files": ["images", "nope"],
-            "split_root": "~/sets", "size": 3,
-            "transform": {"_target_": "hydra.utils.get_object", "path": "images"},
-        },
-        "val": {"_target_": "mine.Set", "root": "/already/absolute"},
-    }})  # fmt: skip
+    cfg = OmegaConf.create(
+        {
+            "data": {
+                "name": "dataset",
+                "root": "data",  # a root: absolute even before it exists (a download makes it)
+                "train": {
+                    "_target_": "mine.Set",
+                    "image_dir": "images",
+                    "cache_file": "later.pt",
+                    "path": "mnist",
+                    "url_root": "https://x.org/data",
+                    "files": ["images", "nope"],
+                    "split_root": "~/sets",
+                    "size": 3,
+                    "transform": {"_target_": "hydra.utils.get_object", "path": "images"},
+                },
+                "val": {"_target_": "mine.Set", "root": "/already/absolute"},
+            }
+        }
+    )
     changed = fp.absolute_roots(cfg)
     assert changed == [
-        f"data.root={tmp_path}/data", f"data.train.image_dir={tmp_path}/images",
-        f"data.train.files.0={tmp_path}/images", f"data.train.split_root={Path.home()}/sets",
-    ]  # fmt: skip
+        f"data.root={tmp_path}/data",
+        f"data.train.image_dir={tmp_path}/images",
+        f"data.train.files.0={tmp_path}/images",
+        f"data.train.split_root={Path.home()}/sets",
+    ]
     train = cfg.data.train
     assert (train.cache_file, train.path, train.url_root) == (
         "later.pt",
@@ -237,8 +250,9 @@ def test_the_fingerprint_of_a_streamed_set_reads_only_its_first_samples():
     kept = make_cfg(*splits, "data.in_memory=true")
     assert fp.fingerprint(kept.data, load_data(kept.data))["labels"] == record["labels"]
     # a sample that cannot be read: one line naming the split and the sample
-    broken = make_cfg(*splits[:2], f"data.val={{_target_:{counted},size:30,broken:7}}",
-                      "data.in_memory=false")  # fmt: skip
+    broken = make_cfg(
+        *splits[:2], f"data.val={{_target_:{counted},size:30,broken:7}}", "data.in_memory=false"
+    )
     said = "data.val[7]=None: could not be read: OSError: a bad sector"
     with pytest.raises(ConfigError, match="^" + re.escape(said) + "$"):
         fp.fingerprint(broken.data, load_data(broken.data))
@@ -265,8 +279,16 @@ def test_what_differs_is_named(change, named):
 def test_a_fused_sweep_makes_relative_roots_absolute_and_keeps_the_fingerprint(tmp_path, cwds):
     a, _ = cwds
     sweep = tmp_path / "sweep"
-    proc = run_cli("-m", "hydra/launcher=fused", *RELATIVE, "data.in_memory=true", "epochs=1",
-                   "seed=0,1", f"hydra.sweep.dir={sweep}", cwd=a)  # fmt: skip
+    proc = run_cli(
+        "-m",
+        "hydra/launcher=fused",
+        *RELATIVE,
+        "data.in_memory=true",
+        "epochs=1",
+        "seed=0,1",
+        f"hydra.sweep.dir={sweep}",
+        cwd=a,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "fused with 1 other job" in (sweep / "0" / "train.log").read_text()
     for job in ("0", "1"):

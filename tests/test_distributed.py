@@ -38,10 +38,22 @@ def test_two_ranks_match_one_process_and_write_one_run(tmp_path, data):
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
     env["OMP_NUM_THREADS"] = "1"
     ddp = subprocess.run(
-        [str(TORCHRUN), "--standalone", "--nproc_per_node=2", "-m", "runner",
-         "trainer.strategy=ddp", *args, f"hydra.run.dir={tmp_path / 'ddp'}"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            str(TORCHRUN),
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "runner",
+            "trainer.strategy=ddp",
+            *args,
+            f"hydra.run.dir={tmp_path / 'ddp'}",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     # one process on the whole batch: the job `python -m runner <args>` runs, in this process
     with one_torch_thread():
@@ -181,10 +193,23 @@ def two_task_job(sweep: Path, *args: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
     env["OMP_NUM_THREADS"] = "1"
     return subprocess.run(
-        [sys.executable, "-m", "runner", "-m", "hydra/launcher=local",
-         "hydra.launcher.tasks_per_node=2", *JOB_ARGS, *args, f"hydra.sweep.dir={sweep}"],
-        cwd=sweep.parent, env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "runner",
+            "-m",
+            "hydra/launcher=local",
+            "hydra.launcher.tasks_per_node=2",
+            *JOB_ARGS,
+            *args,
+            f"hydra.sweep.dir={sweep}",
+        ],
+        cwd=sweep.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def task_logs(sweep: Path, task: int) -> str:
@@ -277,8 +302,12 @@ def test_a_requeued_two_task_job_resumes_every_rank_from_the_same_last_pt(tmp_pa
     sweep = tmp_path / "sweep"
     run_dir = sweep / "0"
     with one_torch_thread():
-        first = train(make_cfg(*JOB_ARGS, "logger=none"), run_dir, overrides=JOB_ARGS,
-                      stop=StopInEpoch(run_dir, 1))  # fmt: skip
+        first = train(
+            make_cfg(*JOB_ARGS, "logger=none"),
+            run_dir,
+            overrides=JOB_ARGS,
+            stop=StopInEpoch(run_dir, 1),
+        )
     assert first.status == "interrupted" and first.epochs_done == 1
     proc = two_task_job(sweep, "logger=none")
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -305,8 +334,9 @@ def test_a_requeued_two_task_job_resumes_every_rank_from_the_same_last_pt(tmp_pa
 
 def run_files(run_dir: Path) -> dict[str, bytes]:
     """The run's own files (not Hydra's train.log and .hydra/, which every job writes)."""
-    return {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()
-            and p.name != "train.log"}  # fmt: skip
+    return {
+        p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file() and p.name != "train.log"
+    }
 
 
 @pytest.mark.slow
@@ -341,10 +371,22 @@ def test_a_torchrun_job_whose_rank_0_refuses_its_run_dir_ends_at_once(tmp_path):
     with hold_run_dir(run_dir):  # another run, writing into it
         t0 = time.monotonic()
         proc = subprocess.run(
-            [str(TORCHRUN), "--standalone", "--nproc_per_node=2", "-m", "runner", "epochs=1",
-             "logger=none", f"hydra.run.dir={run_dir}"],
-            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
-        )  # fmt: skip
+            [
+                str(TORCHRUN),
+                "--standalone",
+                "--nproc_per_node=2",
+                "-m",
+                "runner",
+                "epochs=1",
+                "logger=none",
+                f"hydra.run.dir={run_dir}",
+            ],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         took = time.monotonic() - t0
     assert proc.returncode != 0
     assert "config error: hydra.run.dir=" in proc.stderr and "is writing into it" in proc.stderr
@@ -429,11 +471,22 @@ def test_a_signal_to_one_rank_stops_every_rank_after_the_same_batch_and_resumes_
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
     env["OMP_NUM_THREADS"] = "1"
     proc = subprocess.Popen(
-        [str(TORCHRUN), "--standalone", "--nproc_per_node=2", "-m", "runner", *STOP_ARGS,
-         f"hydra.run.dir={run_dir}"],  # strategy auto: joins (2 ranks), and resumes alone
-        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            str(TORCHRUN),
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "runner",
+            *STOP_ARGS,
+            f"hydra.run.dir={run_dir}",
+        ],  # strategy auto: joins (2 ranks), and resumes alone
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
         start_new_session=True,  # its own process group: all of it is killed if it hangs
-    )  # fmt: skip
+    )
     try:
         metrics = run_dir / "metrics.jsonl"
         deadline = time.monotonic() + 120
@@ -498,8 +551,12 @@ def _agree(rank: int, init: str, out: str) -> None:
     tdist.all_reduce = counted
     results = []
     # (rank: signal number, set before step) for each epoch
-    for signals in ({}, {1: (signal.SIGTERM, 5)}, {0: (signal.SIGINT, 9)},
-                    {0: (signal.SIGINT, 6), 1: (signal.SIGTERM, 7)}):  # fmt: skip
+    for signals in (
+        {},
+        {1: (signal.SIGTERM, 5)},
+        {0: (signal.SIGINT, 9)},
+        {0: (signal.SIGINT, 6), 1: (signal.SIGTERM, 7)},
+    ):
         flag, calls[0] = StopFlag(), 0
         stop = agreed_stop(flag, Dist(rank, 2, rank, active=True), every=4)
         stopped = None
@@ -531,8 +588,9 @@ def test_ranks_agree_on_a_signal_every_few_steps_and_at_the_epochs_end(tmp_path)
     assert agreed_stop(flag, Dist(0, 1, 0, active=True)) is flag  # nproc 1: nobody to wait for
 
     init = f"file://{tmp_path / 'store'}"
-    ctx = mp.start_processes(_agree, (init, str(tmp_path)), nprocs=2, join=False,
-                             start_method="spawn")  # fmt: skip
+    ctx = mp.start_processes(
+        _agree, (init, str(tmp_path)), nprocs=2, join=False, start_method="spawn"
+    )
     deadline = time.monotonic() + 60
     while not ctx.join(timeout=max(1.0, deadline - time.monotonic())):
         if time.monotonic() > deadline:  # a rank left waiting in a collective
@@ -569,11 +627,24 @@ def test_a_last_batch_too_small_to_share_is_a_config_error_on_every_rank(tmp_pat
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
     env["OMP_NUM_THREADS"] = "1"
     proc = subprocess.run(
-        [str(TORCHRUN), "--standalone", "--nproc_per_node=2", "-m", "runner",
-         "trainer.strategy=ddp", f"data.batch_size={n - 1}", "logger=none", "epochs=1",
-         f"hydra.run.dir={tmp_path / 'run'}"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        [
+            str(TORCHRUN),
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "runner",
+            "trainer.strategy=ddp",
+            f"data.batch_size={n - 1}",
+            "logger=none",
+            "epochs=1",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode != 0
     assert proc.stderr.count(f"config error: data.batch_size={n - 1}") == 2, proc.stderr[-3000:]
     assert "runner/run/train.py" not in proc.stderr  # no rank's traceback (torchrun has one)
@@ -611,8 +682,9 @@ def test_a_signal_during_start_up_on_one_rank_stops_every_rank(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    ctx = mp.start_processes(_start_up, (port, str(tmp_path)), nprocs=2, join=False,
-                             start_method="spawn")  # fmt: skip
+    ctx = mp.start_processes(
+        _start_up, (port, str(tmp_path)), nprocs=2, join=False, start_method="spawn"
+    )
     deadline = time.monotonic() + 90
     while not ctx.join(timeout=max(1.0, deadline - time.monotonic())):
         if time.monotonic() > deadline:
@@ -645,9 +717,15 @@ def _leave(rank: int, init: str, out: str, peer_stuck: bool) -> None:
     logging.getLogger("schedlab").addHandler(handler)
     t0 = time.monotonic()
     teardown(Dist(rank, 2, rank, active=True), wait_for_peers=True, wait_s=1.0)
-    Path(out, f"{rank}.json").write_text(json.dumps(
-        {"s": time.monotonic() - t0, "initialized": tdist.is_initialized(), "warnings": warnings}
-    ))  # fmt: skip
+    Path(out, f"{rank}.json").write_text(
+        json.dumps(
+            {
+                "s": time.monotonic() - t0,
+                "initialized": tdist.is_initialized(),
+                "warnings": warnings,
+            }
+        )
+    )
 
 
 @pytest.mark.slow
@@ -659,8 +737,9 @@ def test_ranks_leave_the_process_group_together_and_never_wait_for_ever(tmp_path
     import torch.multiprocessing as mp
 
     init = f"file://{tmp_path / 'store'}"
-    ctx = mp.start_processes(_leave, (init, str(tmp_path), peer_stuck), nprocs=2, join=False,
-                             start_method="spawn")  # fmt: skip
+    ctx = mp.start_processes(
+        _leave, (init, str(tmp_path), peer_stuck), nprocs=2, join=False, start_method="spawn"
+    )
     deadline = time.monotonic() + 60
     for p in ctx.processes:
         p.join(timeout=max(0.0, deadline - time.monotonic()))

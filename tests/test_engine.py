@@ -50,9 +50,12 @@ def replayed(cfg, key: str) -> tuple[list[float], list[float]]:
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
 def test_single_run_logs_the_momentum_onecycle_sets(tmp_path, optimizer):
     cfg = make_cfg(
-        f"optimizer={optimizer}", "scheduler=onecycle", "epochs=3", "logger=[wandb,tensorboard]",
+        f"optimizer={optimizer}",
+        "scheduler=onecycle",
+        "epochs=3",
+        "logger=[wandb,tensorboard]",
         "trainer.progress=line",
-    )  # fmt: skip
+    )
     assert train(cfg, tmp_path).status == "completed"
     epochs, steps = read_metrics(tmp_path), read_metrics(tmp_path, "step")
     at_epoch, at_step = replayed(cfg, "betas" if optimizer == "adam" else "momentum")

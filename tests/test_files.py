@@ -168,16 +168,25 @@ def full_disk(tmp_path_factory) -> dict[str, tuple[Path, subprocess.CompletedPro
     base = tmp_path_factory.mktemp("full_disk")
     dirs = {name: base / name.replace(".", "_") for name in FULL_DISK}
     cases = [
-        {"name": name, "after": after, "argv": [*ARGS, f"hydra.run.dir={dirs[name] / 'sweep/0'}"],
-         "stdout": str(base / f"{name}.stdout"), "stderr": str(base / f"{name}.stderr")}
+        {
+            "name": name,
+            "after": after,
+            "argv": [*ARGS, f"hydra.run.dir={dirs[name] / 'sweep/0'}"],
+            "stdout": str(base / f"{name}.stdout"),
+            "stderr": str(base / f"{name}.stderr"),
+        }
         for name, (after, _) in FULL_DISK.items()
-    ]  # fmt: skip
+    ]
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
     env["OMP_NUM_THREADS"] = "1"
     driver = subprocess.run(
-        [sys.executable, "-c", FULL_DISK_DRIVER, json.dumps(cases)], cwd=base, env=env,
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        [sys.executable, "-c", FULL_DISK_DRIVER, json.dumps(cases)],
+        cwd=base,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert driver.returncode == 0, driver.stderr[-3000:]
     codes = json.loads(driver.stdout.splitlines()[-1])
     return {
@@ -322,8 +331,10 @@ def test_a_damaged_config_yaml_is_refused_in_one_line(tmp_path, finished_run, te
 
 
 def test_resume_of_a_missing_dir_creates_nothing(tmp_path):
-    for args in ([f"resume={tmp_path / 'nothing'}"],
-                 [f"hydra.run.dir={tmp_path / 'nothing'}", "resume=true"]):  # fmt: skip
+    for args in (
+        [f"resume={tmp_path / 'nothing'}"],
+        [f"hydra.run.dir={tmp_path / 'nothing'}", "resume=true"],
+    ):
         proc = cli_in_process(*args, cwd=tmp_path)
         assert proc.returncode == 2 and "config.yaml missing" in proc.stderr, proc.stderr
         assert not (tmp_path / "nothing").exists()
@@ -365,8 +376,12 @@ def test_a_checkpoint_cut_short_by_the_disk_is_a_write_failure_not_a_torch_error
     import subprocess
     import sys
 
-    proc = subprocess.run([sys.executable, "-c", SHORT_WRITE, str(tmp_path)],
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-c", SHORT_WRITE, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert f"WriteFailed: cannot write {tmp_path / 'last.pt'}: File too large" in proc.stdout
     assert not list(tmp_path.iterdir())  # no last.pt, no temp file left

@@ -222,9 +222,16 @@ def test_fused_sweep_equals_the_basic_launcher_job_by_job(tmp_path):
 def test_jobs_that_cannot_fuse_run_on_their_own_with_a_notice(tmp_path):
     sweep = tmp_path / "sweep"
     proc = run_cli(
-        "-m", "hydra/launcher=fused", "hydra.launcher.max_group=2", "model.dropout=0.0,0.3",
-        "seed=0,1,2", "epochs=2", "logger=none", f"hydra.sweep.dir={sweep}", cwd=tmp_path,
-    )  # fmt: skip
+        "-m",
+        "hydra/launcher=fused",
+        "hydra.launcher.max_group=2",
+        "model.dropout=0.0,0.3",
+        "seed=0,1,2",
+        "epochs=2",
+        "logger=none",
+        f"hydra.sweep.dir={sweep}",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout + proc.stderr
     assert out.count("runs on its own: dropout") == 3
@@ -299,8 +306,14 @@ def test_a_stopped_fused_sweep_loses_no_w_and_b_rows_of_its_groups(tmp_path):
     args = ["-m", "hydra/launcher=fused", "hydra.launcher.max_group=2", "seed=0,1,2,3",
             "epochs=4", "trainer.progress=line", f"hydra.sweep.dir={sweep}"]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
-    proc = subprocess.run([sys.executable, "-c", SECOND_GROUP_STOPPED, *args], cwd=tmp_path,
-                          env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-c", SECOND_GROUP_STOPPED, *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 128 + signal.SIGINT, proc.stderr[-2000:]
 
     def logged(job: Path) -> list[float]:
@@ -354,8 +367,14 @@ def test_a_sweep_stopped_while_its_fused_jobs_are_sent_sends_the_rest_when_run_a
     args = ["-m", "hydra/launcher=fused", "seed=0,1", "epochs=3", "trainer.progress=line",
             f"hydra.sweep.dir={sweep}"]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
-    proc = subprocess.run([sys.executable, "-c", STOPPED_WHILE_SENDING, *args], cwd=tmp_path,
-                          env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-c", STOPPED_WHILE_SENDING, *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 130, proc.stderr[-2000:]
     status = [json.loads((sweep / job / "status.json").read_text()) for job in ("0", "1")]
     assert [s["status"] for s in status] == ["completed", "completed"]
@@ -392,8 +411,9 @@ def test_extending_a_fused_job_already_sent_to_w_and_b_sends_only_its_new_rows(t
     assert json.loads((run_dir / "status.json").read_text())["rows_sent"] is True
     extend = [f"resume={run_dir}", "epochs=4"]
     assert train(make_cfg(*extend), run_dir, extend).status == "completed"
-    history = [r["history"]["item"] for r in wandb_records(run_dir, newest=True)
-               if r["type"] == "history"]  # fmt: skip
+    history = [
+        r["history"]["item"] for r in wandb_records(run_dir, newest=True) if r["type"] == "history"
+    ]
     assert [h["epoch"] for h in history if "val/acc" in h] == [2, 3]
 
 
@@ -448,10 +468,15 @@ def test_optuna_trials_are_fused_batch_by_batch(tmp_path):
     Optuna gets every trial's best val accuracy back."""
     sweep = tmp_path / "sweep"
     proc = run_cli(
-        "+hparams_search=optuna", "hydra/launcher=fused", "hydra.sweeper.n_trials=4",
-        "hydra.sweeper.n_jobs=2", "epochs=3", "logger=none", f"hydra.sweep.dir={sweep}",
+        "+hparams_search=optuna",
+        "hydra/launcher=fused",
+        "hydra.sweeper.n_trials=4",
+        "hydra.sweeper.n_jobs=2",
+        "epochs=3",
+        "logger=none",
+        f"hydra.sweep.dir={sweep}",
         cwd=tmp_path,
-    )  # fmt: skip
+    )
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout + proc.stderr
     assert "Training 2 jobs as one fused model: #0, #1" in out
@@ -480,9 +505,13 @@ def test_a_crash_in_a_fused_group_marks_its_members_failed_and_returns(tmp_path,
 def test_a_bad_max_group_is_a_config_error_before_any_job(tmp_path):
     sweep = tmp_path / "sweep"
     proc = run_cli(
-        "-m", "hydra/launcher=fused", "hydra.launcher.max_group=0", "seed=0,1",
-        f"hydra.sweep.dir={sweep}", cwd=tmp_path,
-    )  # fmt: skip
+        "-m",
+        "hydra/launcher=fused",
+        "hydra.launcher.max_group=0",
+        "seed=0,1",
+        f"hydra.sweep.dir={sweep}",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 2
     assert "hydra.launcher.max_group=0: must be >= 1" in proc.stderr
     assert "Traceback" not in proc.stderr

@@ -72,9 +72,13 @@ def test_a_fused_sweep_refuses_a_job_dir_holding_another_run_and_fuses_the_rest(
     (other / "metrics.jsonl").write_text('{"epoch": 0, "val/acc": 0.5}\n')
     before = {p.name: p.read_bytes() for p in other.iterdir()}
     proc = run_cli(
-        "-m", "hydra/launcher=fused", *COMMON, "seed=0,1,2", f"hydra.sweep.dir={sweep}",
+        "-m",
+        "hydra/launcher=fused",
+        *COMMON,
+        "seed=0,1,2",
+        f"hydra.sweep.dir={sweep}",
         cwd=tmp_path,
-    )  # fmt: skip
+    )
     out = proc.stdout + proc.stderr
     assert "#0 runs on its own: its run dir holds another run" in out
     assert "Training 2 jobs as one fused model: #1, #2" in out
@@ -102,9 +106,13 @@ def test_a_full_disk_in_a_fused_group_fails_its_jobs_cleanly_and_a_rerun_resumes
             "stdout": str(tmp_path / "out"), "stderr": str(tmp_path / "err")}  # fmt: skip
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
     driver = subprocess.run(
-        [sys.executable, "-c", FULL_DISK_DRIVER, json.dumps([case])], cwd=tmp_path, env=env,
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        [sys.executable, "-c", FULL_DISK_DRIVER, json.dumps([case])],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert driver.returncode == 0, driver.stderr[-3000:]
     logged = (tmp_path / "out").read_text() + (tmp_path / "err").read_text()
     assert "the fused group stopped: cannot write" in logged and "Traceback" not in logged

@@ -152,8 +152,14 @@ def test_wandb_online_without_a_server_costs_its_timeout_and_one_warning(tmp_pat
     args = ["logger.wandb.mode=online", "logger.wandb.init_timeout_s=3", "epochs=1",
             f"hydra.run.dir={run_dir}"]  # fmt: skip
     t0 = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "runner", *args], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "runner", *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     elapsed = time.monotonic() - t0
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert elapsed < 60, elapsed  # imports + 1 epoch + 3 s; W&B's own default waits 90 s

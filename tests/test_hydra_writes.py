@@ -47,8 +47,12 @@ def test_a_full_disk_under_hydras_own_files_is_one_line(tmp_path, failing):
     env["SCHEDLAB_FAIL_HYDRA"] = failing
     proc = subprocess.run(
         [sys.executable, "-c", DRIVER, "epochs=1", "logger=none", f"hydra.run.dir={run_dir}"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 1
     want = f"error: cannot write {run_dir / failing}: {os.strerror(errno.ENOSPC)}"
     assert proc.stderr.strip() == want
@@ -77,12 +81,24 @@ def test_a_sweep_refused_a_used_job_dir_leaves_that_runs_hydra_files(tmp_path):
     dir holds the first sweep's run), and Hydra no longer writes that job's .hydra/ first,
     which relabelled the first run as lr=0.2 in every later report."""
     sweep = tmp_path / "sweep"
-    first = run_cli("-m", "optimizer.lr=0.1", "epochs=1", "logger=none",
-                    f"hydra.sweep.dir={sweep}", cwd=tmp_path)  # fmt: skip
+    first = run_cli(
+        "-m",
+        "optimizer.lr=0.1",
+        "epochs=1",
+        "logger=none",
+        f"hydra.sweep.dir={sweep}",
+        cwd=tmp_path,
+    )
     assert first.returncode == 0, first.stderr[-2000:]
     hydra_files = {p.name: p.read_bytes() for p in (sweep / "0" / ".hydra").iterdir()}
-    second = run_cli("-m", "optimizer.lr=0.2", "epochs=1", "logger=none",
-                     f"hydra.sweep.dir={sweep}", cwd=tmp_path)  # fmt: skip
+    second = run_cli(
+        "-m",
+        "optimizer.lr=0.2",
+        "epochs=1",
+        "logger=none",
+        f"hydra.sweep.dir={sweep}",
+        cwd=tmp_path,
+    )
     said = second.stderr + second.stdout
     assert (
         f"config error: hydra.sweep.dir='{sweep / '0'}': its config.yaml is another run's "
@@ -103,8 +119,9 @@ def test_a_new_run_replaces_the_stale_hydra_files_of_a_run_stopped_in_its_start_
     (run_dir / ".hydra").mkdir(parents=True)
     (run_dir / ".hydra" / "overrides.yaml").write_text("- optimizer.lr=0.3\n- epochs=1\n")
     (run_dir / "status.json").write_text('{"status": "interrupted"}')
-    proc = run_cli("optimizer.lr=0.1", "epochs=1", "logger=none", f"hydra.run.dir={run_dir}",
-                   cwd=tmp_path)  # fmt: skip
+    proc = run_cli(
+        "optimizer.lr=0.1", "epochs=1", "logger=none", f"hydra.run.dir={run_dir}", cwd=tmp_path
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "optimizer.lr=0.1" in (run_dir / ".hydra" / "overrides.yaml").read_text()
 
@@ -131,7 +148,12 @@ def test_train_log_is_rank_0s_and_a_users_job_logging_replaces_it(tmp_path, monk
     assert job_log("run/train.log") == os.devnull
     monkeypatch.delenv("RANK")
     run_dir = tmp_path / "run"
-    proc = run_cli("epochs=1", "logger=none", "hydra/job_logging=disabled",
-                   f"hydra.run.dir={run_dir}", cwd=tmp_path)  # fmt: skip
+    proc = run_cli(
+        "epochs=1",
+        "logger=none",
+        "hydra/job_logging=disabled",
+        f"hydra.run.dir={run_dir}",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (run_dir / "status.json").exists() and not (run_dir / "train.log").exists()

@@ -149,8 +149,13 @@ PRESETS = {
 
 
 def test_the_presets_cover_every_experiment_file():
-    named = {o.split("=")[1] for jobs in PRESETS.values() for job in jobs for o in job
-             if o.startswith("+experiment=")}  # fmt: skip
+    named = {
+        o.split("=")[1]
+        for jobs in PRESETS.values()
+        for job in jobs
+        for o in job
+        if o.startswith("+experiment=")
+    }
     assert named | {"cifar10_fast"} == {p.stem for p in (CONF / "experiment").glob("*.yaml")}
     assert len(PRESETS["schedulers"]) == 18 and len(PRESETS["schedulers quick"]) == 12
     assert len(PRESETS["mnist1d"]) == 40 and len(PRESETS["experiment=mnist1d_models"]) == 20

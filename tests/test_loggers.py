@@ -10,9 +10,12 @@ from tests.helpers import make_cfg, read_metrics, tensorboard_scalars, wandb_rec
 
 def test_tensorboard_events_hold_the_metrics_jsonl_values(tmp_path):
     cfg = make_cfg(
-        "logger=tensorboard", "scheduler=onecycle", "epochs=2", "trainer.log_every_n_steps=10",
+        "logger=tensorboard",
+        "scheduler=onecycle",
+        "epochs=2",
+        "trainer.log_every_n_steps=10",
         "trainer.progress=line",
-    )  # fmt: skip
+    )
     train(cfg, tmp_path)
     scalars = tensorboard_scalars(tmp_path)
     epochs, steps = read_metrics(tmp_path), read_metrics(tmp_path, kind="step")

@@ -121,10 +121,19 @@ def test_bad_ranges_fail_before_training(override, key):
 @pytest.mark.slow
 def test_cli_prints_both_suggestions_and_writes_plot_and_csv(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "runner.lr_find", "lr_find.num_iters=60", "logger=none",
-         f"hydra.run.dir={tmp_path}"],
-        capture_output=True, text=True, timeout=300, cwd=tmp_path,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "runner.lr_find",
+            "lr_find.num_iters=60",
+            "logger=none",
+            f"hydra.run.dir={tmp_path}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "steepest" in proc.stdout and "min_loss_div_10" in proc.stdout
     assert "optimizer.lr=" in proc.stdout
@@ -152,9 +161,12 @@ def test_cli_config_errors_are_one_line_and_leave_nothing(tmp_path, args):
     a run dir that could not be made a traceback."""
     (tmp_path / "afile").write_text("")
     proc = subprocess.run(
-        [sys.executable, "-m", "runner.lr_find", *args], capture_output=True, text=True,
-        timeout=120, cwd=tmp_path,
-    )  # fmt: skip
+        [sys.executable, "-m", "runner.lr_find", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith("config error: ") and proc.stderr.count("\n") == 1
     assert [p.name for p in tmp_path.iterdir()] == ["afile"]

@@ -32,8 +32,14 @@ def error_of(*overrides: str) -> ConfigError:
 def test_a_torchvision_factory_is_offered_num_classes_through_its_kwargs() -> None:
     # resnet18(*, weights, progress, **kwargs): before, it was built with its 1000-way head
     # on 3 classes and trained (epoch-0 loss 6.66, exit 0)
-    cfg = make_cfg("data=fake", "data.num_classes=3", "data.train_size=8", "data.val_size=4",
-                   "model=target", "model._target_=torchvision.models.resnet18")  # fmt: skip
+    cfg = make_cfg(
+        "data=fake",
+        "data.num_classes=3",
+        "data.train_size=8",
+        "data.val_size=4",
+        "model=target",
+        "model._target_=torchvision.models.resnet18",
+    )
     validate(cfg)
     run = build_run(cfg)
     out = run.model(run.data.x_train[:2])
@@ -102,8 +108,14 @@ def test_lazy_modules_are_materialised_before_the_optimizer_is_built() -> None:
 def test_a_lazy_model_trains_end_to_end(tmp_path, monkeypatch) -> None:
     # before: "Attempted to use an uninitialized parameter" in epoch 1, exit 1
     monkeypatch.setenv("PYTHONPATH", str(ROOT))
-    done = run_cli("model=target", f"model._target_={HERE}.LazyNet", "epochs=2", "logger=none",
-                   f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)  # fmt: skip
+    done = run_cli(
+        "model=target",
+        f"model._target_={HERE}.LazyNet",
+        "epochs=2",
+        "logger=none",
+        f"hydra.run.dir={tmp_path}/run",
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr
     assert len(read_metrics(tmp_path / "run")) == 2
 
@@ -111,9 +123,14 @@ def test_a_lazy_model_trains_end_to_end(tmp_path, monkeypatch) -> None:
 def test_the_inferred_num_classes_reaches_interpolations_and_the_config() -> None:
     # Blobs have `classes` (3) and data.num_classes is null: ${data.num_classes} was None,
     # and the model failed with "empty(): argument 'size' ... NoneType"
-    cfg = make_cfg("data=dataset", f"data.train={BLOBS}", f"data.val={BLOBS_VAL}",
-                   "model=target", f"model._target_={HERE}.Classes",
-                   "+model.classes=${data.num_classes}")  # fmt: skip
+    cfg = make_cfg(
+        "data=dataset",
+        f"data.train={BLOBS}",
+        f"data.val={BLOBS_VAL}",
+        "model=target",
+        f"model._target_={HERE}.Classes",
+        "+model.classes=${data.num_classes}",
+    )
     validate(cfg)
     assert cfg.data.num_classes == 3
     assert cfg.model.classes == 3

@@ -32,16 +32,21 @@ REL = 1e-4  # the fused launcher's tolerance (tests/test_fused.py)
 
 def decisions(race: dict) -> list[tuple]:
     """What a race decided: each configuration's fate, round and seeds, and the rounds."""
-    fates = [(c["label"], c["fate"], c.get("dropped_round"), c["seeds"])
-             for c in race["configurations"]]  # fmt: skip
-    rounds = [(r["round"], r["seeds"], r["racing"], r["best"], r["dropped"])
-              for r in race["rounds"]]  # fmt: skip
+    fates = [
+        (c["label"], c["fate"], c.get("dropped_round"), c["seeds"]) for c in race["configurations"]
+    ]
+    rounds = [
+        (r["round"], r["seeds"], r["racing"], r["best"], r["dropped"]) for r in race["rounds"]
+    ]
     return [fates, rounds, race["runs_used"], race["reason"]]
 
 
 def values(race: dict) -> dict[tuple[str, str], float]:
-    return {(c["label"], seed): j["value"] for c in race["configurations"]
-            for seed, j in c["jobs"].items()}  # fmt: skip
+    return {
+        (c["label"], seed): j["value"]
+        for c in race["configurations"]
+        for seed, j in c["jobs"].items()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -83,8 +88,11 @@ def test_race_drops_the_bad_lr_after_min_seeds_and_races_the_close_pair(basic_ra
         ]
         for c in race["configurations"]
     }
-    p = {label: stats.ttest_rel(per_seed[label], per_seed[best["label"]]).pvalue
-         for label in per_seed if label != best["label"]}  # fmt: skip
+    p = {
+        label: stats.ttest_rel(per_seed[label], per_seed[best["label"]]).pvalue
+        for label in per_seed
+        if label != best["label"]
+    }
     (first_label, p1), (_, p2) = sorted(p.items(), key=lambda kv: kv[1])
     holm = [min(1.0, 2 * p1), max(min(1.0, 2 * p1), min(1.0, p2))]  # Holm, m = 2
     assert bad["p_holm"] == pytest.approx(holm[0] if first_label == BAD else holm[1])
@@ -127,8 +135,9 @@ def test_interrupted_race_continues_where_it_stopped(basic_race, tmp_path):
     # stays ignored in a child: one landing between two jobs, where no job's handler is
     # installed, was dropped and the race ran to its end)
     default_sigint = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
-                            preexec_fn=default_sigint)  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=default_sigint
+    )
     deadline = time.monotonic() + 240
     # round 1 decided and round 2 under way: interrupt inside its first job
     while not (sweep / "race.json").exists() or not any(sweep.glob("c*_seed3/.hydra")):
@@ -223,8 +232,9 @@ def test_max_runs_ends_the_race_before_a_round_that_would_exceed_it(tmp_path):
     ],
 )
 def test_bad_race_keys_and_a_seed_override_are_config_errors(tmp_path, override, key):
-    result = cli_in_process("-m", "hydra/sweeper=race", "optimizer.lr=0.1,0.05", override,
-                            cwd=tmp_path)  # fmt: skip
+    result = cli_in_process(
+        "-m", "hydra/sweeper=race", "optimizer.lr=0.1,0.05", override, cwd=tmp_path
+    )
     assert result.returncode == 2, result.stderr
     assert f"config error: {key}" in result.stderr
     assert not any(tmp_path.iterdir())  # nothing written
@@ -236,7 +246,8 @@ def test_a_preset_with_a_seed_list_races_its_configurations_with_the_race_seeds(
     composed = compose_config(overrides, with_hydra=True)
     check_sweeper(composed.hydra.sweeper, overrides)  # no error: the preset's seeds are not ours
     assert composed.hydra.sweeper.max_seeds == 10
-    configs, ignored = configurations(["+experiment=mnist1d_schedules"],
-                                      composed.hydra.sweeper.params)  # fmt: skip
+    configs, ignored = configurations(
+        ["+experiment=mnist1d_schedules"], composed.hydra.sweeper.params
+    )
     assert ignored == ["seed=0,1,2,3,4"]
     assert len(configs) == 8 and all(not any(o.startswith("seed") for o in c) for c in configs)

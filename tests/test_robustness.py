@@ -137,8 +137,14 @@ def sweep_with(script: str, cwd: Path) -> subprocess.CompletedProcess:
     """TWO_JOBS run by `python -c script` (which patches the runner, then runs it as
     `python -m runner` does)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
-    return subprocess.run([sys.executable, "-c", script, *TWO_JOBS], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-c", script, *TWO_JOBS],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 # a job whose SIGINT arrives after its last stop check, while it finishes (status.json, ...)
@@ -253,8 +259,9 @@ def test_resume_of_a_dir_without_a_run_is_a_config_error(tmp_path):
 @pytest.mark.slow
 def test_nan_loss_marks_the_run_diverged_with_its_own_exit_code(tmp_path):
     run_dir = tmp_path / "run"
-    proc = run_cli("optimizer.lr=1e10", "scheduler=none", "epochs=5", f"hydra.run.dir={run_dir}",
-                   cwd=tmp_path)  # fmt: skip
+    proc = run_cli(
+        "optimizer.lr=1e10", "scheduler=none", "epochs=5", f"hydra.run.dir={run_dir}", cwd=tmp_path
+    )
     assert proc.returncode == 3
     assert json.loads((run_dir / "status.json").read_text())["status"] == "diverged"
     summary = {}
@@ -314,8 +321,12 @@ def test_no_api_key_or_environment_in_outputs(tmp_path):
     env = {**os.environ, **secrets}
     proc = subprocess.run(
         [sys.executable, "-m", "runner", "epochs=1", f"hydra.run.dir={run_dir}"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     for path in run_dir.rglob("*"):
         if path.is_file():

@@ -106,8 +106,9 @@ def test_a_concurrent_second_run_is_refused_and_the_first_completes(tmp_path):
     wait_for_rows(run_dir, 1, first)
     first.send_signal(signal.SIGSTOP)
     try:
-        second = cli_in_process(*SLOW, "epochs=4", "logger=none", f"hydra.run.dir={run_dir}",
-                                cwd=tmp_path)  # fmt: skip
+        second = cli_in_process(
+            *SLOW, "epochs=4", "logger=none", f"hydra.run.dir={run_dir}", cwd=tmp_path
+        )
         resumed = cli_in_process(f"resume={run_dir}", cwd=tmp_path)  # named by resume=
         assert first.poll() is None, "the first run ended before the second was checked"
     finally:
@@ -171,13 +172,16 @@ def test_a_run_dir_that_cannot_be_made_or_is_made_from_the_config(tmp_path):
     """A file in the way is a config error in one line (was Hydra's three lines, exit 1);
     a dir named from the config is locked by the run, not under its literal text."""
     (tmp_path / "afile").write_text("")
-    for target, why in ((tmp_path / "afile", "File exists"),
-                        (tmp_path / "afile" / "sub", "Not a directory")):  # fmt: skip
+    for target, why in (
+        (tmp_path / "afile", "File exists"),
+        (tmp_path / "afile" / "sub", "Not a directory"),
+    ):
         proc = cli_in_process("logger=none", f"hydra.run.dir={target}", cwd=tmp_path)
         assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
         assert proc.stderr == f"config error: hydra.run.dir='{target}': cannot be made ({why})\n"
-    proc = cli_in_process("epochs=1", "logger=none", "hydra.run.dir=runs/${optimizer.lr}",
-                          cwd=tmp_path)  # fmt: skip
+    proc = cli_in_process(
+        "epochs=1", "logger=none", "hydra.run.dir=runs/${optimizer.lr}", cwd=tmp_path
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["0.05"]
 

@@ -351,16 +351,19 @@ def test_trace_of_plateau_matches_torchs_counters():
         assert row["lr_in_use"] == opt.param_groups[0]["lr"]
         ref.step(plateau_loss(epoch))
         assert (row["best"], row["num_bad_epochs"], row["cooldown_counter"]) == (
-            ref.best, ref.num_bad_epochs, ref.cooldown_counter,
-        )  # fmt: skip
+            ref.best,
+            ref.num_bad_epochs,
+            ref.cooldown_counter,
+        )
     assert not any(r["differs"] for r in rows)
 
 
 # -- plateau: the mode follows the monitored metric ---------------------------------------------
 def _plateau_lrs(cfg: dict, accs: list[float]) -> list[float]:
     opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
-    sched = build_scheduler({**COMMON, **BASE["plateau"], **cfg}, opt, epochs=len(accs),
-                            steps_per_epoch=1)  # fmt: skip
+    sched = build_scheduler(
+        {**COMMON, **BASE["plateau"], **cfg}, opt, epochs=len(accs), steps_per_epoch=1
+    )
     lrs = []
     for acc in accs:
         sched.step_epoch({"val/acc": acc, "val/loss": 1 - acc})

@@ -131,10 +131,20 @@ def test_group_and_schedule_mismatches_fail_at_startup(overrides, key):
 @pytest.mark.slow
 def test_preview_cli_prints_the_table_and_writes_pngs(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "runner.preview", "scheduler=step,cosine", "epochs=5",
-         "optimizer.lr=0.1", "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "runner.preview",
+            "scheduler=step,cosine",
+            "epochs=5",
+            "optimizer.lr=0.1",
+            "--out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert lines[0].split() == ["epoch", "step", "cosine"]
@@ -199,8 +209,17 @@ def test_lecture_curves_command_writes_six_figures_and_tables(tmp_path):
 
 def test_preview_trace_writes_markdown_and_csv(tmp_path, capsys):
     """The command's main, in this process (as in test_preview_rejects_a_bad_value_with_exit_2)."""
-    code = preview_main(["scheduler=multistep", "scheduler.milestones=[3,6]", "epochs=8",
-                         "trace=true", "--quiet", "--out", str(tmp_path)])  # fmt: skip
+    code = preview_main(
+        [
+            "scheduler=multistep",
+            "scheduler.milestones=[3,6]",
+            "epochs=8",
+            "trace=true",
+            "--quiet",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     out = capsys.readouterr()
     assert code == 0, out.err
     assert "differs from the lr in use at epochs [3, 6]" in out.out

@@ -109,12 +109,17 @@ def test_monitor_mode_auto_follows_the_metric_and_agreeing_modes_pass():
             "trainer", {**defaults(Trainer), "monitor": monitor, "monitor_mode": mode}, Trainer
         )
     assert [mode_for(m, "auto") for m in ("val/acc", "train/acc", "val/loss", "train/loss")] == [
-        "max", "max", "min", "min",
-    ]  # fmt: skip
+        "max",
+        "max",
+        "min",
+        "min",
+    ]
     p = Progress()
     assert [p.end_epoch(e, v, "auto", "val/loss") for e, v in enumerate([1.0, 0.5, 0.7])] == [
-        True, True, False,
-    ]  # fmt: skip
+        True,
+        True,
+        False,
+    ]
 
 
 def test_best_pt_by_val_loss_with_mode_auto_is_the_lowest_loss(tmp_path):
@@ -122,8 +127,9 @@ def test_best_pt_by_val_loss_with_mode_auto_is_the_lowest_loss(tmp_path):
 
     from runner.run.train import train
 
-    cfg = make_cfg("logger=none", "epochs=4", "trainer.checkpoint_interval_s=0",
-                   "trainer.monitor=val/loss")  # fmt: skip
+    cfg = make_cfg(
+        "logger=none", "epochs=4", "trainer.checkpoint_interval_s=0", "trainer.monitor=val/loss"
+    )
     train(cfg, tmp_path)
     rows = read_metrics(tmp_path)
     best_epoch = min(range(4), key=lambda e: (rows[e]["val/loss"], e))

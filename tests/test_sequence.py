@@ -152,8 +152,11 @@ def test_warmup_in_front_of_a_sequence_then_the_sequence():
 
 
 def test_a_last_onecycle_phase_runs_over_its_phase_from_the_base_lrs():
-    cfg = seq({"name": "linear", "length": 2, "start_factor": 0.1, "end_factor": 1.0},
-              {"name": "onecycle", "length": None}, interval="step")  # fmt: skip
+    cfg = seq(
+        {"name": "linear", "length": 2, "start_factor": 0.1, "end_factor": 1.0},
+        {"name": "onecycle", "length": None},
+        interval="step",
+    )
     got = ours(cfg, epochs=4, steps=3)
     assert got[:2] == [[lr * 0.1 for lr in LRS], [lr * 0.55 for lr in LRS]]
     ref = torch_lrs(lambda opt: tls.OneCycleLR(opt, max_lr=list(LRS), total_steps=10), 10)
@@ -336,9 +339,15 @@ def test_a_training_run_with_a_sequence_logs_sequential_lrs(tmp_path):
 @pytest.mark.slow
 def test_cli_target_scheduler(tmp_path):
     run = tmp_path / "run"
-    proc = run_cli(f"hydra.run.dir={run}", "logger=none", "epochs=4", "scheduler=target",
-                   f"scheduler._target_={T}ExponentialLR", "+scheduler.gamma=0.5",
-                   cwd=tmp_path)  # fmt: skip
+    proc = run_cli(
+        f"hydra.run.dir={run}",
+        "logger=none",
+        "epochs=4",
+        "scheduler=target",
+        f"scheduler._target_={T}ExponentialLR",
+        "+scheduler.gamma=0.5",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     lr = _lr0(run)
     assert [r["lr/group0"] for r in read_metrics(run)] == [lr * 0.5**t for t in range(4)]
@@ -346,8 +355,14 @@ def test_cli_target_scheduler(tmp_path):
 
 @pytest.mark.slow
 def test_cli_target_config_error(tmp_path):
-    proc = run_cli(f"hydra.run.dir={tmp_path / 'run'}", "logger=none", "scheduler=target",
-                   f"scheduler._target_={COS}", "+scheduler.T_maxx=5", cwd=tmp_path)  # fmt: skip
+    proc = run_cli(
+        f"hydra.run.dir={tmp_path / 'run'}",
+        "logger=none",
+        "scheduler=target",
+        f"scheduler._target_={COS}",
+        "+scheduler.T_maxx=5",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 2
     assert "scheduler.T_maxx" in proc.stderr
     assert "Traceback" not in proc.stderr

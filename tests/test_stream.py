@@ -55,9 +55,12 @@ def importable(monkeypatch):
 
 
 def folder_args(
-    root: Path, *, random: bool = True, target: str = "torchvision.datasets.ImageFolder",
+    root: Path,
+    *,
+    random: bool = True,
+    target: str = "torchvision.datasets.ImageFolder",
     extra: str = "",
-) -> list[str]:  # fmt: skip
+) -> list[str]:
     """data=dataset with an ImageFolder (or `target`) per split; `extra` adds train kwargs."""
     return [
         "data=dataset",
@@ -78,8 +81,14 @@ def test_a_sample_is_seeded_by_run_seed_epoch_and_index_alone(folder):
     from torchvision.datasets import ImageFolder
     from torchvision.transforms import v2
 
-    tf = v2.Compose([v2.ToImage(), v2.RandomCrop(8, padding=2), v2.RandomHorizontalFlip(),
-                     v2.ToDtype(torch.float32, scale=True)])  # fmt: skip
+    tf = v2.Compose(
+        [
+            v2.ToImage(),
+            v2.RandomCrop(8, padding=2),
+            v2.RandomHorizontalFlip(),
+            v2.ToDtype(torch.float32, scale=True),
+        ]
+    )
     ds = SeededSamples(ImageFolder(str(folder / "train"), transform=tf), seed=3)
     before = torch.get_rng_state()
     a = [ds[(1, i)][0] for i in range(6)]
@@ -155,8 +164,9 @@ def test_a_user_dataset_class_trains_through_the_cli(tmp_path, importable):
     ],
     ids=["typo", "nested-typo", "missing-root", "empty-root", "no-to-tensor"],
 )  # fmt: skip
-def test_a_bad_dataset_node_is_a_config_error_naming_its_key(tmp_path, folder, importable,
-                                                               extra, key, words):  # fmt: skip
+def test_a_bad_dataset_node_is_a_config_error_naming_its_key(
+    tmp_path, folder, importable, extra, key, words
+):
     blobs = "tests.user_datasets.Blobs"
     crop = pipeline(random=True).replace("size:8", "sise:8")
     train = {
@@ -181,8 +191,9 @@ def test_num_classes_is_asked_for_when_the_dataset_cannot_say(tmp_path, importab
     assert proc.returncode == 2
     assert "config error: data.num_classes=None: NoClasses has no `classes`" in proc.stderr
     assert "set data.num_classes" in proc.stderr
-    proc = cli_in_process("data=dataset", "data.train={_target_:torch.nn.Identity}", val,
-                          cwd=tmp_path)  # fmt: skip
+    proc = cli_in_process(
+        "data=dataset", "data.train={_target_:torch.nn.Identity}", val, cwd=tmp_path
+    )
     assert "data.train._target_='torch.nn.Identity': is not a map-style" in proc.stderr
 
 
@@ -213,8 +224,13 @@ def test_in_memory_auto_streams_random_transforms_and_holds_the_rest(folder, cap
 def test_the_lr_range_test_streams_a_streamed_dataset(tmp_path, folder):
     from runner.train.range_test import find_lr
 
-    cfg = make_cfg(*folder_args(folder), *FAST, "data.in_memory=false", "lr_find.num_iters=12",
-                   "lr_find.val_every=4")  # fmt: skip
+    cfg = make_cfg(
+        *folder_args(folder),
+        *FAST,
+        "data.in_memory=false",
+        "lr_find.num_iters=12",
+        "lr_find.val_every=4",
+    )
     with one_torch_thread():
         lr, result = find_lr(cfg, tmp_path / "lr_find")
     assert len(result.lrs) == 3  # 12 batches (4 streamed epochs), val loss every 4th
@@ -279,10 +295,18 @@ def test_a_sweep_over_streamed_data_runs_under_the_fused_launcher_and_reports(tm
 
     sweep = tmp_path / "sweep"
     proc = run_cli(
-        "-m", "hydra/launcher=fused", *folder_args(folder), *FAST, "data.in_memory=false",
-        "epochs=2", "scheduler=step,cosine", "seed=0,1", f"hydra.sweep.dir={sweep}",
-        cwd=tmp_path, timeout=600,
-    )  # fmt: skip
+        "-m",
+        "hydra/launcher=fused",
+        *folder_args(folder),
+        *FAST,
+        "data.in_memory=false",
+        "epochs=2",
+        "scheduler=step,cosine",
+        "seed=0,1",
+        f"hydra.sweep.dir={sweep}",
+        cwd=tmp_path,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout + proc.stderr
     assert out.count("runs on its own: data=dataset is streamed") == 4

@@ -75,8 +75,14 @@ def test_a_second_sweep_into_a_held_sweep_dir_is_refused_and_leaves_it_untouched
     finished_sweep(sweep)
     with held(sweep):  # the first sweep, still running
         before = digest(sweep)
-        second = cli_in_process("-m", sweeper, "optimizer.lr=0.01,0.02", *QUICK,
-                                f"hydra.sweep.dir={sweep}", cwd=tmp_path)  # fmt: skip
+        second = cli_in_process(
+            "-m",
+            sweeper,
+            "optimizer.lr=0.01,0.02",
+            *QUICK,
+            f"hydra.sweep.dir={sweep}",
+            cwd=tmp_path,
+        )
         assert second.returncode == 2, second.stderr
         assert second.stderr.splitlines() == [
             f"config error: hydra.sweep.dir='{sweep}': another sweep (pid {PID}) is writing "
@@ -101,9 +107,15 @@ def test_a_sweep_dir_made_from_the_config_is_held_from_the_sweeps_start(tmp_path
         assert digest(sweep) == before
     SweepReport().on_multirun_start(config)  # free: taken, and held by this process now
     assert files.run_dir_holder(sweep) is None
-    holder = subprocess.run([sys.executable, "-c", "from runner.io import files; import sys; "
-                             f"sys.exit(files.run_dir_holder({str(sweep)!r}) is None)"],
-                            check=False)  # fmt: skip
+    holder = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from runner.io import files; import sys; "
+            f"sys.exit(files.run_dir_holder({str(sweep)!r}) is None)",
+        ],
+        check=False,
+    )
     assert holder.returncode == 0  # another process sees it held
     release_kept_locks()
 
@@ -115,8 +127,14 @@ def test_two_identical_races_started_together_the_second_is_refused(tmp_path):
     race = ("-m", "hydra/sweeper=race", "optimizer.lr=0.05", "hydra.sweeper.min_seeds=2",
             "hydra.sweeper.max_seeds=2", *QUICK, "hydra.sweep.dir=race")  # fmt: skip
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
-    first = subprocess.Popen([sys.executable, "-m", "runner", *race], cwd=tmp_path, env=env,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    first = subprocess.Popen(
+        [sys.executable, "-m", "runner", *race],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 120
         while files.run_dir_holder(tmp_path / "race") is None:  # the first holds it
@@ -156,15 +174,20 @@ def test_a_race_job_whose_dir_another_process_writes_is_pending_not_a_loss(tmp_p
         race = race_json(tmp_path)
         jobs = {(c["label"], s): j for c in race["configurations"] for s, j in c["jobs"].items()}
         for label, seed in (("lr=1", "1"), ("lr=2", "0")):
-            assert jobs[label, seed] == {"dir": job_subdir(int(label[-1]) - 1, int(seed)),
-                                         "status": "pending", "value": None,
-                                         "counted_as_loss": False}  # fmt: skip
+            assert jobs[label, seed] == {
+                "dir": job_subdir(int(label[-1]) - 1, int(seed)),
+                "status": "pending",
+                "value": None,
+                "counted_as_loss": False,
+            }
         assert sorted(race["pending"]) == sorted([recorded, running])
         assert not race["done"] and race["rounds"][0]["comparisons"] == []  # nothing decided
         assert all(c["fate"] == "racing" for c in race["configurations"])
         text = write_report(tmp_path)
-        assert f"1 job(s) refused because another process was writing into their dir: " \
-               f"`{recorded}` (pid {PID}); pending, not a loss" in text  # fmt: skip
+        assert (
+            f"1 job(s) refused because another process was writing into their dir: "
+            f"`{recorded}` (pid {PID}); pending, not a loss" in text
+        )
         assert "The race stopped after round 1 without deciding it: 2 job(s) pending" in text
         assert "counted as a loss" not in text
     shutil.rmtree(tmp_path / running / ".hydra")  # that run ended, say, and left nothing
@@ -177,8 +200,9 @@ def test_a_race_job_whose_dir_another_process_writes_is_pending_not_a_loss(tmp_p
 def test_a_sweep_job_whose_dir_another_process_writes_is_pending_and_untouched(tmp_path):
     sweep = tmp_path / "sweep"
     with held(sweep / "1"):
-        proc = run_cli("-m", "optimizer.lr=0.05,0.01", *QUICK, f"hydra.sweep.dir={sweep}",
-                       cwd=tmp_path)  # fmt: skip
+        proc = run_cli(
+            "-m", "optimizer.lr=0.05,0.01", *QUICK, f"hydra.sweep.dir={sweep}", cwd=tmp_path
+        )
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.splitlines()[-1] == (
         f"config error: hydra.sweep.dir='{sweep}': 1 job(s) refused because another process "
@@ -193,8 +217,10 @@ def test_a_sweep_job_whose_dir_another_process_writes_is_pending_and_untouched(t
 def test_a_fused_member_whose_dir_another_process_writes_is_named_pending(tmp_path):
     sweep = tmp_path / "sweep"
     overrides = [["epochs=1", "logger=none", f"seed={s}"] for s in (0, 1)]
-    group = [Member(make_cfg(*o), sweep / str(i), o, None, sweep_dir=sweep)
-             for i, o in enumerate(overrides)]  # fmt: skip
+    group = [
+        Member(make_cfg(*o), sweep / str(i), o, None, sweep_dir=sweep)
+        for i, o in enumerate(overrides)
+    ]
     with held(sweep / "1"):
         train_group(group)
     assert group[0].result is not None and group[1].result is None
@@ -240,8 +266,10 @@ def test_a_sweep_with_no_completed_job_exits_as_a_single_run_would(tmp_path, sta
     result = sweepdir.exit_status(tmp_path)
     assert (result and result[0]) == code
     if code == 2:
-        assert result[1] == (f"config error: hydra.sweep.dir='{tmp_path}': all 2 job(s) failed "
-                             "their config check (optimizer.lr=-1: must be > 0)")  # fmt: skip
+        assert result[1] == (
+            f"config error: hydra.sweep.dir='{tmp_path}': all 2 job(s) failed "
+            "their config check (optimizer.lr=-1: must be > 0)"
+        )
 
 
 def test_a_completed_job_without_its_metrics_is_no_success(tmp_path):
@@ -254,16 +282,27 @@ def test_a_completed_job_without_its_metrics_is_no_success(tmp_path):
 def test_a_race_whose_every_configuration_fails_its_config_check_stops_after_round_1(tmp_path):
     """The subprocess: the race stops after round 1 and the sweep exits 2 (before: every
     round to max_seeds, 8 jobs, exit 0)."""
-    proc = run_cli("-m", "hydra/sweeper=race", "optimizer.lr=-1,-2", "hydra.sweeper.min_seeds=2",
-                   "hydra.sweeper.max_seeds=4", *QUICK, "hydra.sweep.dir=race",
-                   cwd=tmp_path)  # fmt: skip
+    proc = run_cli(
+        "-m",
+        "hydra/sweeper=race",
+        "optimizer.lr=-1,-2",
+        "hydra.sweeper.min_seeds=2",
+        "hydra.sweeper.max_seeds=4",
+        *QUICK,
+        "hydra.sweep.dir=race",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 2, proc.stderr
     assert "all 4 job(s) failed their config check (optimizer.lr=-1: " in proc.stderr
     race = race_json(tmp_path / "race")
     assert (len(race["rounds"]), race["runs_used"]) == (1, 4)
     assert race["reason"] == "every configuration failed its config check"
     assert sorted(p.name for p in (tmp_path / "race").glob("c*_seed*")) == [
-        "c0_seed0", "c0_seed1", "c1_seed0", "c1_seed1"]  # fmt: skip
+        "c0_seed0",
+        "c0_seed1",
+        "c1_seed0",
+        "c1_seed1",
+    ]
 
 
 def test_a_race_stops_after_a_round_of_config_errors_in_process(tmp_path):

@@ -30,9 +30,13 @@ from tests.helpers import (
 def test_two_schedules_two_seeds_report_matches_the_runs(tmp_path):
     sweep = tmp_path / "sweep"
     proc = run_cli(
-        "-m", "scheduler=step,cosine", "seed=0,1", "epochs=3", f"hydra.sweep.dir={sweep}",
+        "-m",
+        "scheduler=step,cosine",
+        "seed=0,1",
+        "epochs=3",
+        f"hydra.sweep.dir={sweep}",
         cwd=tmp_path,
-    )  # fmt: skip
+    )
     assert proc.returncode == 0, proc.stderr
     rows = report_rows(sweep)
     assert set(rows) == {"scheduler=step", "scheduler=cosine"}
@@ -71,9 +75,14 @@ def test_two_schedules_two_seeds_report_matches_the_runs(tmp_path):
 def test_diverged_and_failed_jobs_do_not_stop_the_sweep(tmp_path):
     sweep = tmp_path / "sweep"
     proc = run_cli(
-        "-m", "optimizer.lr=0.05,100000000.0,-1", "scheduler=none", "epochs=3", "logger=none",
-        f"hydra.sweep.dir={sweep}", cwd=tmp_path,
-    )  # fmt: skip
+        "-m",
+        "optimizer.lr=0.05,100000000.0,-1",
+        "scheduler=none",
+        "epochs=3",
+        "logger=none",
+        f"hydra.sweep.dir={sweep}",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     status = {o: json.loads((d / "status.json").read_text()) for o, d in job_dirs(sweep).items()}
     by_lr = {o.split()[0]: s["status"] for o, s in status.items()}
@@ -116,10 +125,22 @@ def test_joblib_launcher_runs_jobs_in_parallel_processes_with_the_basic_launcher
         extra = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"] * (launcher == "joblib")
         logger = ["logger=none"] * (launcher == "basic")
         proc = subprocess.run(
-            [sys.executable, "-m", "runner", "-m", *extra, *args, *logger,
-             f"hydra.sweep.dir={sweep}"],
-            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "runner",
+                "-m",
+                *extra,
+                *args,
+                *logger,
+                f"hydra.sweep.dir={sweep}",
+            ],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert proc.returncode == 0, proc.stderr[-2000:]
         outputs[launcher] = proc.stdout + proc.stderr
         rows[launcher] = {
@@ -149,10 +170,9 @@ def test_lecture_schedulers_preset_scales_the_lectures_parameters():
     """The lecture's 200-epoch parameters, scaled to 10 epochs (the sweep itself, all six
     ranked and the lambda groups' lrs: tests/test_lecture.py, on the lecture page's run)."""
     configs = {
-        name: make_cfg("+experiment=lecture_schedulers", f"+lecture_schedule={name}",
-                       "epochs=10")
+        name: make_cfg("+experiment=lecture_schedulers", f"+lecture_schedule={name}", "epochs=10")
         for name in ("step", "multistep", "exponential", "cosine", "plateau", "lambda")
-    }  # fmt: skip
+    }
     assert configs["step"].scheduler.step_size == round(50 / 20)
     assert list(configs["multistep"].scheduler.milestones) == [2, 6, 8]
     assert configs["exponential"].scheduler.gamma == pytest.approx(0.95**20)
@@ -189,9 +209,13 @@ def test_init_lr_preset_sweeps_the_lectures_small_values():
 def test_optuna_searches_and_maximises_best_val_acc(tmp_path):
     sweep = tmp_path / "sweep"
     proc = run_cli(
-        "+hparams_search=optuna", "hydra.sweeper.n_trials=3", "epochs=3", "logger=none",
-        f"hydra.sweep.dir={sweep}", cwd=tmp_path,
-    )  # fmt: skip
+        "+hparams_search=optuna",
+        "hydra.sweeper.n_trials=3",
+        "epochs=3",
+        "logger=none",
+        f"hydra.sweep.dir={sweep}",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     result = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     best = max(max(r["val/acc"] for r in read_metrics(d)) for d in job_dirs(sweep).values())
@@ -214,11 +238,18 @@ def test_an_optuna_study_survives_a_failed_and_a_diverged_trial(tmp_path):
     the completed one."""
     sweep = tmp_path / "sweep"
     proc = run_cli(
-        "+hparams_search=optuna", "hydra.sweeper.n_trials=4",
-        "optimizer.lr=choice(0.05,1000.0)", "scheduler.warmup_epochs=choice(0,2)",
-        "scheduler.step_size=1", "scheduler.gamma=0.5", "epochs=2", "logger=none",
-        "trainer.diverge_loss=100", f"hydra.sweep.dir={sweep}", cwd=tmp_path,
-    )  # fmt: skip
+        "+hparams_search=optuna",
+        "hydra.sweeper.n_trials=4",
+        "optimizer.lr=choice(0.05,1000.0)",
+        "scheduler.warmup_epochs=choice(0,2)",
+        "scheduler.step_size=1",
+        "scheduler.gamma=0.5",
+        "epochs=2",
+        "logger=none",
+        "trainer.diverge_loss=100",
+        f"hydra.sweep.dir={sweep}",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout + proc.stderr
     assert "Traceback" not in out and "Failed experiment" not in out
@@ -238,9 +269,14 @@ def test_an_optuna_study_survives_a_failed_and_a_diverged_trial(tmp_path):
 def test_submitit_local_launcher_runs_a_sweep_and_the_report_covers_it(tmp_path):
     sweep = tmp_path / "sweep"
     proc = run_cli(
-        "-m", "hydra/launcher=local", "scheduler=step,cosine", "epochs=2", "logger=none",
-        f"hydra.sweep.dir={sweep}", cwd=tmp_path,
-    )  # fmt: skip
+        "-m",
+        "hydra/launcher=local",
+        "scheduler=step,cosine",
+        "epochs=2",
+        "logger=none",
+        f"hydra.sweep.dir={sweep}",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     assert (sweep / ".submitit").is_dir()  # really went through submitit
     rows = report_rows(sweep)
@@ -259,8 +295,15 @@ ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # the submitit job and its reference run 
 def submitit_command(sweep: Path) -> list[str]:
     import sys
 
-    return [sys.executable, "-m", "runner", "-m", "hydra/launcher=local", *SUBMITIT_ARGS,
-            f"hydra.sweep.dir={sweep}"]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "runner",
+        "-m",
+        "hydra/launcher=local",
+        *SUBMITIT_ARGS,
+        f"hydra.sweep.dir={sweep}",
+    ]
 
 
 def signal_submitit_task(sweep: Path, signum: int) -> None:
@@ -268,8 +311,9 @@ def signal_submitit_task(sweep: Path, signum: int) -> None:
     import os
     import subprocess
 
-    task = subprocess.run(["pgrep", "-f", f"submitit.core._submit {sweep}"],
-                          capture_output=True, text=True).stdout.split()  # fmt: skip
+    task = subprocess.run(
+        ["pgrep", "-f", f"submitit.core._submit {sweep}"], capture_output=True, text=True
+    ).stdout.split()
     assert task, "the submitit task process was not found"
     os.kill(int(task[-1]), signum)
 
@@ -291,9 +335,13 @@ def test_submitit_job_signalled_mid_run_is_requeued_and_resumes_exactly(tmp_path
 
     sweep = tmp_path / "sweep"
     proc = subprocess.Popen(
-        submitit_command(sweep), cwd=tmp_path, env={**os.environ, **ONE_THREAD},
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        submitit_command(sweep),
+        cwd=tmp_path,
+        env={**os.environ, **ONE_THREAD},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     wait_for_rows(sweep / "0", 2, proc)
     signal_submitit_task(sweep, signal.SIGUSR2)
     out, err = proc.communicate(timeout=300)
@@ -316,9 +364,13 @@ def test_submitit_job_killed_with_sigterm_resumes_when_the_sweep_is_run_again(tm
     sweep = tmp_path / "sweep"
     env = {**os.environ, **ONE_THREAD}
     proc = subprocess.Popen(
-        submitit_command(sweep), cwd=tmp_path, env=env,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        submitit_command(sweep),
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     wait_for_rows(sweep / "0", 2, proc)
     signal_submitit_task(sweep, signal.SIGTERM)
     proc.communicate(timeout=300)
@@ -328,8 +380,9 @@ def test_submitit_job_killed_with_sigterm_resumes_when_the_sweep_is_run_again(tm
     done = len(read_metrics(sweep / "0"))
     assert 2 <= done < 5
 
-    again = subprocess.run(submitit_command(sweep), cwd=tmp_path, env=env,
-                           capture_output=True, text=True, timeout=300)  # fmt: skip
+    again = subprocess.run(
+        submitit_command(sweep), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
     assert again.returncode == 0, again.stderr[-2000:]
     logs = "".join(p.read_text() for p in sweep.glob(".submitit/*/*.out"))
     assert "holds a checkpoint of this same config" in logs

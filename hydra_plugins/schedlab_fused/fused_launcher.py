@@ -111,9 +111,11 @@ class FusedLauncher(Launcher):
             for i in chunk:
                 member = members[i]
                 runs[i] = self._run_job(
-                    jobs[i], job_overrides[i], initial_job_idx + i,
+                    jobs[i],
+                    job_overrides[i],
+                    initial_job_idx + i,
                     lambda _task_cfg, member=member: replay(member),
-                )  # fmt: skip
+                )
         for i, config in enumerate(jobs):
             if i not in runs:
                 runs[i] = self._run_job(config, job_overrides[i], initial_job_idx + i, None)

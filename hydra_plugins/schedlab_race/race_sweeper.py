@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional  # noqa: UP035
 
 from hydra.core.config_store import ConfigStore
+from hydra.core.plugins import Plugins
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
@@ -56,8 +57,9 @@ class RaceSweeper(Sweeper):
     ) -> None:
         super().__init__()
         check_race(min_seeds, max_seeds, alpha, metric, max_runs)
-        self.settings = dict(min_seeds=min_seeds, max_seeds=max_seeds, alpha=alpha,
-                             metric=metric, max_runs=max_runs)  # fmt: skip
+        self.settings = dict(
+            min_seeds=min_seeds, max_seeds=max_seeds, alpha=alpha, metric=metric, max_runs=max_runs
+        )
         self.params = dict(params or {})
         self.hydra_context: HydraContext | None = None
         self.config: DictConfig | None = None
@@ -66,8 +68,6 @@ class RaceSweeper(Sweeper):
     def setup(
         self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
     ) -> None:
-        from hydra.core.plugins import Plugins
-
         self.hydra_context, self.config = hydra_context, config
         self.launcher = Plugins.instance().instantiate_launcher(
             hydra_context=hydra_context, task_function=task_function, config=config
@@ -89,8 +89,10 @@ class RaceSweeper(Sweeper):
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         configs, ignored = configurations(arguments, self.params, self.hydra_context.config_loader)
         if ignored:
-            log.info(f"Race: {', '.join(ignored)} (hydra.sweeper.params) ignored; the race "
-                     "gives the seeds: 0, 1, ... up to hydra.sweeper.max_seeds")  # fmt: skip
+            log.info(
+                f"Race: {', '.join(ignored)} (hydra.sweeper.params) ignored; the race "
+                "gives the seeds: 0, 1, ... up to hydra.sweeper.max_seeds"
+            )
 
         def launch(batch: list[list[str]], initial_job_idx: int) -> Any:
             self.validate_batch_is_legal(batch)  # composition errors before any job trains

@@ -9,6 +9,14 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import yaml
+from hydra import compose, initialize_config_dir
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf._utils import get_yaml_loader  # what OmegaConf.load reads with (2.3)
+
+from schedulers import ConfigError
+
 CONF = Path(__file__).resolve().parents[2] / "conf"
 
 # The user's `--config-dir`s of the command being composed, for the search path plugin
@@ -54,9 +62,6 @@ def options_first(argv: Sequence[str]) -> list[str]:
 
 def expand(overrides: list[str]) -> list[list[str]]:
     """Every combination a Hydra multirun with these overrides would launch."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
     parsed = OverridesParser.create().parse_overrides(overrides)
     (batch,) = BasicSweeper.split_arguments(parsed, max_batch_size=None)
     return [list(combo) for combo in batch]
@@ -67,8 +72,6 @@ def compose_config(
 ) -> Any:
     """The job's config; `with_hydra` keeps Hydra's own node (launcher, sweep dir, ...).
     `config_dirs` are a user's own config dirs (`--config-dir`), searched before conf/."""
-    from hydra import compose, initialize_config_dir
-
     with searched_first(config_dirs), initialize_config_dir(str(CONF), version_base="1.3"):
         return compose("config", overrides=overrides, return_hydra_config=with_hydra)
 
@@ -100,8 +103,6 @@ def check_yaml_files(config_dir: str | Path) -> None:
     are not UTF-8 end in PyYAML's or the codec's traceback, and an alias bomb in OmegaConf
     expanding it until memory runs out. Each problem is a ConfigError naming the file and
     line. Unused files are checked too: a sweep or a later override may select them."""
-    from schedulers import ConfigError
-
     for path in sorted(Path(config_dir).rglob("*.yaml")):
         hidden = any(p.startswith(".") for p in path.relative_to(config_dir).parts)
         if path.is_file() and not hidden:
@@ -112,9 +113,6 @@ def check_yaml_files(config_dir: str | Path) -> None:
 
 def yaml_problem(path: Path) -> str | None:
     """Why Hydra cannot take this file as a config (None: it can)."""
-    import yaml
-    from omegaconf._utils import get_yaml_loader  # what OmegaConf.load reads with (2.3)
-
     try:
         text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as err:
@@ -152,8 +150,6 @@ def _node_problem(root: Any) -> str | None:
     """An alias bomb (too many values once aliases are expanded), an alias cycle, a
     nesting too deep, or a !!python tag (a config is data: Hydra's safe loader refuses
     them, with a traceback)."""
-    import yaml
-
     sizes: dict[int, int] = {}  # id(node) -> its values counted with aliases expanded
     open_: set[int] = set()
 

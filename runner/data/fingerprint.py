@@ -184,17 +184,21 @@ def difference(trained: Mapping[str, Any], now: Mapping[str, Any]) -> ConfigErro
         was, is_ = old_roots.get(key), new_roots.get(key)
         if was != is_:
             return _refused(
-                key, is_, f"the run trained on {was or '(none)'} ({n_old} train samples), "
+                key,
+                is_,
+                f"the run trained on {was or '(none)'} ({n_old} train samples), "
                 f"this command gives {is_ or '(none)'} ({n_new})",
-            )  # fmt: skip
+            )
     for split, field in (("train", "n_train"), ("val", "n_val")):
         if trained.get(field) != now.get(field):
             key = _split_key(now, split)
             value = new_roots.get(key, now.get(field))
             return _refused(
-                key, value, f"the run trained on {trained.get(field)} {split} samples there, "
+                key,
+                value,
+                f"the run trained on {trained.get(field)} {split} samples there, "
                 f"this command gives {now.get(field)}",
-            )  # fmt: skip
+            )
     for field, key in (
         ("num_classes", "data.num_classes"),
         ("sample_shape", "data"),
@@ -212,9 +216,11 @@ def difference(trained: Mapping[str, Any], now: Mapping[str, Any]) -> ConfigErro
 
 def _refused(key: str, value: Any, why: str) -> ConfigError:
     return ConfigError(
-        key, value, f"{why}; a resumed run continues on the data it trained on: restore that "
+        key,
+        value,
+        f"{why}; a resumed run continues on the data it trained on: restore that "
         "data, or start a new run (without resume=) on this one",
-    )  # fmt: skip
+    )
 
 
 def check_same_data(state: Mapping[str, Any], data_cfg: Any) -> None:

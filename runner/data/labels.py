@@ -60,9 +60,10 @@ def check_labels(where: str, y: Any, num_classes: int, offset: int = 0) -> None:
         )
     if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
         raise ConfigError(
-            f"{where}[{offset}]", None,
+            f"{where}[{offset}]",
+            None,
             f"labels are {y.dtype} (not integers): " + _RULE.format(n=num_classes),
-        )  # fmt: skip
+        )
     if len(y) == 0:
         return
     bad = (y < 0) | (y >= num_classes)

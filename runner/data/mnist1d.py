@@ -18,6 +18,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from runner.io import files
 
 log = logging.getLogger("schedlab")
@@ -33,7 +35,7 @@ _ARRAYS = ("x", "y", "x_test", "y_test")
 
 def generator_args(cfg: Mapping[str, Any]) -> dict[str, Any]:
     """The package's own argument dict (its defaults, e.g. template_len) with our keys."""
-    from mnist1d.data import get_dataset_args
+    from mnist1d.data import get_dataset_args  # the mnist1d package, ~2 s: not for a cached set
 
     args = get_dataset_args(as_dict=True)
     args.update({k: cfg[k] for k in GENERATOR_KEYS})
@@ -44,8 +46,7 @@ def generator_args(cfg: Mapping[str, Any]) -> dict[str, Any]:
 def generate(args: Mapping[str, Any]) -> dict[str, Any]:
     """`mnist1d.data.make_dataset(args)`, leaving the global RNGs as they were: the package
     seeds python's and numpy's global generators, and a run seeds its own before loading."""
-    import numpy as np
-    from mnist1d.data import make_dataset
+    from mnist1d.data import make_dataset  # the mnist1d package, ~2 s: not for a cached set
     from mnist1d.utils import ObjectView
 
     py_state, np_state = random.getstate(), np.random.get_state()
@@ -65,8 +66,6 @@ def cache_path(cfg: Mapping[str, Any]) -> Path:
 
 def _read(path: Path) -> dict[str, Any] | None:
     """The cached arrays, or None when the file is missing or damaged (then regenerated)."""
-    import numpy as np
-
     if not path.exists():
         return None
     try:
@@ -80,8 +79,6 @@ def _read(path: Path) -> dict[str, Any] | None:
 def _write(path: Path, arrays: Mapping[str, Any], args: Mapping[str, Any]) -> None:
     """Atomically (a reader never sees half a cache); a cache that cannot be written only
     costs the next run a regeneration."""
-    import numpy as np
-
     buf = io.BytesIO()
     np.savez(buf, **{k: arrays[k] for k in _ARRAYS}, args=np.array(json.dumps(args)))
     try:

@@ -26,6 +26,7 @@ from torch.nn import functional as F
 from runner.config.schema import SCHEMAS, check_node
 from runner.data import digits, stream
 from runner.data.labels import check_labels, warn_one_class
+from runner.data.mnist1d import load_mnist1d
 from runner.data.stream import StreamData
 from schedulers import ConfigError
 from schedulers.binder import plain
@@ -161,8 +162,6 @@ def _build(cfg: dict[str, Any]) -> TensorData | StreamData:
     if name == "fake":
         return _fake(cfg)
     if name == "mnist1d":
-        from runner.data.mnist1d import load_mnist1d  # its generator only when asked for
-
         return TensorData(*load_mnist1d(cfg), num_classes=cfg["num_classes"])
     if name == "cifar10":
         return _cifar10(cfg)

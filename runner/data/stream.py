@@ -243,9 +243,10 @@ class SeededSamples(Dataset):
         (shape, num_classes), (x, y) = self.expect, sample
         if torch.is_tensor(x) and x.shape != shape:
             raise self._error(
-                index, f"shape {tuple(x.shape)}, data.train[0]'s is {shape}: samples must have "
+                index,
+                f"shape {tuple(x.shape)}, data.train[0]'s is {shape}: samples must have "
                 "one shape to be batched (resize them in the transform, or give data.collate_fn)",
-            )  # fmt: skip
+            )
         if type(y) is int and 0 <= y < num_classes:
             return  # the common case, without a call
         problem = sample_label_problem(y, num_classes)
@@ -324,9 +325,13 @@ class Loaders:
     epoch's order is set on the train batch sampler before its iterator is made."""
 
     def __init__(
-        self, data: StreamData, batch_size: int, seed: int, device: torch.device,
+        self,
+        data: StreamData,
+        batch_size: int,
+        seed: int,
+        device: torch.device,
         share: tuple[int, int] = (0, 1),
-    ) -> None:  # fmt: skip
+    ) -> None:
         """`share`: (rank, world) under DDP, each rank then loads only its share of each
         training batch; every rank validates on the whole val split (as in memory)."""
         opts = data.loader
@@ -336,8 +341,9 @@ class Loaders:
         self.n_val = len(data.val)
         self.train_batches = EpochBatches(len(data.train), batch_size, *share)
         self.val_batches = EpochBatches(self.n_val, val_batch_size(batch_size))
-        self.train_loader = _loader(data.train, self.train_batches, seed, data, self.pin,
-                                    "data.train")  # fmt: skip
+        self.train_loader = _loader(
+            data.train, self.train_batches, seed, data, self.pin, "data.train"
+        )
         self.val_loader = _loader(data.val, self.val_batches, seed, data, self.pin, "data.val")
 
     def train(self, epoch: int, shuffle: torch.Generator) -> Iterator[tuple[Any, Any, int]]:
@@ -390,9 +396,13 @@ def _loader(
 
 
 def loaders_for(
-    data_cfg: Mapping[str, Any], data: Any, batch_size: int, seed: int, device: torch.device,
+    data_cfg: Mapping[str, Any],
+    data: Any,
+    batch_size: int,
+    seed: int,
+    device: torch.device,
     share: tuple[int, int] = (0, 1),
-) -> Loaders | None:  # fmt: skip
+) -> Loaders | None:
     """A run's Loaders when its data is streamed, else None (in-memory tensors); with
     data=dataset the in_memory decision is logged into the run's log either way."""
     if data_cfg.get("name") == "dataset" and last_choice:
@@ -411,9 +421,11 @@ def validate(cfg: Mapping[str, Any]) -> None:
         node = DEMO[split] if cfg[split] is None else cfg[split]
         if not isinstance(node, Mapping) or not binder.is_target(node):
             raise ConfigError(
-                f"data.{split}", node, "must be a node with _target_ (a Dataset class) and its "
+                f"data.{split}",
+                node,
+                "must be a node with _target_ (a Dataset class) and its "
                 "arguments, e.g. {_target_: torchvision.datasets.ImageFolder, root: data/train}",
-            )  # fmt: skip
+            )
         _check_target(f"data.{split}", node)
         root = node.get("root")
         if isinstance(root, str) and not Path(root).exists():
@@ -438,21 +450,32 @@ def check_splits(cfg: Mapping[str, Any]) -> None:
     train, val, fraction = cfg["train"], cfg["val"], cfg.get("val_fraction")
     if fraction is not None:
         if val is not None:
-            raise ConfigError("data.val_fraction", fraction, "splits data.train for validation, "
-                              "so data.val must be null (it is given)")  # fmt: skip
+            raise ConfigError(
+                "data.val_fraction",
+                fraction,
+                "splits data.train for validation, so data.val must be null (it is given)",
+            )
         if train is None:
-            raise ConfigError("data.val_fraction", fraction, "needs data.train to split "
-                              "(null is the FakeData demo)")  # fmt: skip
+            raise ConfigError(
+                "data.val_fraction",
+                fraction,
+                "needs data.train to split (null is the FakeData demo)",
+            )
         return
     if train is not None and val is None:
         raise ConfigError(
-            "data.val", None, "must be given with data.train (a _target_ node like data.train's; "
+            "data.val",
+            None,
+            "must be given with data.train (a _target_ node like data.train's; "
             "null is the FakeData demo's random noise), or set data.val_fraction to validate "
             "on a seeded split of data.train",
-        )  # fmt: skip
+        )
     if val is not None and train is None:
-        raise ConfigError("data.train", None, "must be given with data.val (null is the "
-                          "FakeData demo's random noise)")  # fmt: skip
+        raise ConfigError(
+            "data.train",
+            None,
+            "must be given with data.val (null is the FakeData demo's random noise)",
+        )
 
 
 def _check_target(where: str, node: Mapping[str, Any], collate: bool = False) -> None:
@@ -499,14 +522,20 @@ def load(cfg: Mapping[str, Any]) -> StreamData | Tensors:
     shape = _probe_shape(train, collate, "data.train", num_classes)
     val_shape = _probe_shape(val, collate, "data.val", num_classes)
     if val_shape != shape and collate is None:  # the model takes one shape
-        raise ConfigError("data.val[0]", None, f"shape {val_shape}, data.train[0]'s is {shape}: "
-                          "give both splits transforms that make one shape")  # fmt: skip
+        raise ConfigError(
+            "data.val[0]",
+            None,
+            f"shape {val_shape}, data.train[0]'s is {shape}: "
+            "give both splits transforms that make one shape",
+        )
     data = StreamData(
-        train, val, num_classes, shape,
-        {k: cfg[k] for k in ("num_workers", "pin_memory", "persistent_workers",
-                             "prefetch_factor")},
+        train,
+        val,
+        num_classes,
+        shape,
+        {k: cfg[k] for k in ("num_workers", "pin_memory", "persistent_workers", "prefetch_factor")},
         collate,
-    )  # fmt: skip
+    )
     materialise, why = _choose(cfg["in_memory"], data)
     last_choice = f"data.in_memory={cfg['in_memory']}: {why}"
     log.info(last_choice)
@@ -516,8 +545,11 @@ def load(cfg: Mapping[str, Any]) -> StreamData | Tensors:
             warn_one_class(targets_)
         return data
     # data.py checks and warns about the labels of whatever it holds in memory
-    return (*_materialise(data, train, "data.train"), *_materialise(data, val, "data.val"),
-            data.num_classes)  # fmt: skip
+    return (
+        *_materialise(data, train, "data.train"),
+        *_materialise(data, val, "data.val"),
+        data.num_classes,
+    )
 
 
 def _targets(dataset: Any) -> torch.Tensor | None:
@@ -553,10 +585,11 @@ def _split(dataset: Any, fraction: float, seed: int) -> tuple[Subset, Subset]:
         idx_train, idx_val = order[n_val:], order[:n_val]
     if len(idx_train) == 0 or len(idx_val) == 0:
         raise ConfigError(
-            "data.val_fraction", fraction,
+            "data.val_fraction",
+            fraction,
             f"leaves {len(idx_train)} of {n} samples for training and {len(idx_val)} for "
             "validation: both splits need samples",
-        )  # fmt: skip
+        )
     return Subset(dataset, idx_train.tolist()), Subset(dataset, idx_val.tolist())
 
 
@@ -640,10 +673,11 @@ def _num_classes(cfg: Mapping[str, Any], train: Any) -> int:
     if isinstance(getattr(train, "num_classes", None), int):
         return int(train.num_classes)
     raise ConfigError(
-        "data.num_classes", None,
+        "data.num_classes",
+        None,
         f"{type(train).__name__} has no `classes` (or `num_classes`) to infer it from; set "
         "data.num_classes",
-    )  # fmt: skip
+    )
 
 
 def _random(data: StreamData) -> bool:

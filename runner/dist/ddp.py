@@ -20,6 +20,7 @@ ranks all-reduce (MAX) the signal each one got, and all stop on the one any got.
 """
 
 from __future__ import annotations
+from datetime import timedelta
 
 import logging
 import os
@@ -60,7 +61,7 @@ class Dist:
 
     def all_reduce_sum(self, *tensors: Any) -> None:
         if self.active:
-            import torch.distributed as dist
+            import torch.distributed as dist  # torch: not at --help
 
             for t in tensors:
                 dist.all_reduce(t)
@@ -74,7 +75,7 @@ class Dist:
         left waiting in a collective for a rank that gave up."""
         if not self.active or self.world == 1:
             return make()
-        import torch.distributed as dist
+        import torch.distributed as dist  # torch: not at --help
 
         box: list[Any] = [None]
         failed: BaseException | None = None
@@ -134,7 +135,7 @@ def submitit_job() -> Any | None:
     if not os.environ.get("SUBMITIT_EXECUTOR"):
         return None
     try:
-        import submitit
+        import submitit  # only inside a submitit job (optional)
 
         return submitit.JobEnvironment()
     except (ImportError, RuntimeError):  # no submitit, or an executor it does not know
@@ -197,7 +198,7 @@ def setup(strategy: str) -> Dist:
 def _setup(strategy: str) -> Dist:
     if not wanted(strategy):
         return SINGLE
-    import torch
+    import torch  # torch: not at --help (the CLI imports this module)
     import torch.distributed as dist
 
     backend = "nccl" if torch.cuda.is_available() else "gloo"
@@ -257,7 +258,7 @@ def _join_submitit_job(backend: str) -> int:
     the address come from submitit's TorchDistributedEnvironment (the first host of the
     job), the port from `job_port`, passed to init_process_group rather than exported, so
     this process still reads as not started by torchrun."""
-    import torch.distributed as dist
+    import torch.distributed as dist  # torch: not at --help
     from submitit import JobEnvironment
     from submitit.helpers import TorchDistributedEnvironment
 
@@ -284,13 +285,11 @@ def teardown(d: Dist, wait_for_peers: bool = False, wait_s: float = TEARDOWN_WAI
     After an error there is no wait: the peers may be stuck in a collective."""
     if not d.active:
         return
-    import torch.distributed as dist
+    import torch.distributed as dist  # torch: not at --help
 
     if not dist.is_initialized():
         return
     if wait_for_peers and d.world > 1 and dist.get_backend() == "gloo":
-        from datetime import timedelta
-
         try:
             dist.monitored_barrier(timeout=timedelta(seconds=wait_s))
         except RuntimeError as err:
@@ -309,7 +308,7 @@ def check_shares(n_train: int, batch_size: int, dist: Dist) -> None:
             "data.batch_size", batch_size, f"the last batch of an epoch ({n_train} training "
             f"samples) has {last} sample(s), fewer than the {dist.world} DDP ranks that "
             "share it; choose a batch size that leaves at least one sample per rank",
-        )  # fmt: skip
+        )
 
 
 def agreed_stop(stop: Any, dist: Dist, every: int = STOP_CHECK_EVERY) -> Any:
@@ -318,7 +317,7 @@ def agreed_stop(stop: Any, dist: Dist, every: int = STOP_CHECK_EVERY) -> Any:
     around it, so every rank stops after the same batch."""
     if not dist.active or dist.world == 1:
         return stop
-    import torch
+    import torch  # torch: not at --help
     import torch.distributed as tdist
 
     # nccl reduces tensors on this rank's GPU (the one setup() made current), gloo on the CPU
@@ -342,7 +341,7 @@ class AgreedStop:
     resume continues from."""
 
     def __init__(self, flag: Any, rank: int, every: int, device: torch.device) -> None:
-        import torch
+        import torch  # torch: not at --help
 
         if every < 1:
             raise ValueError(f"every must be >= 1, got {every}")
@@ -361,7 +360,7 @@ class AgreedStop:
         the signal itself hands it on to a launcher's handler (`chain`)."""
         if self.signum is not None or (step % self.every and step < steps):
             return self.signum
-        import torch.distributed as tdist
+        import torch.distributed as tdist  # torch: not at --help
 
         self._box.fill_(self.flag.signum or 0)
         tdist.all_reduce(self._box, op=tdist.ReduceOp.MAX)

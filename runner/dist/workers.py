@@ -4,6 +4,7 @@ and another multiprocessing context than the one it needs, so the threads settin
 the data loaders ask here."""
 
 from __future__ import annotations
+import multiprocessing
 
 import os
 
@@ -13,8 +14,6 @@ USER_THREADS = "SCHEDLAB_USER_THREADS"
 
 def in_loky_worker() -> bool:
     """A job run by hydra/launcher=joblib: joblib's loky backend names its processes so."""
-    import multiprocessing
-
     return multiprocessing.current_process().name.startswith("LokyProcess")
 
 

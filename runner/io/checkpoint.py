@@ -287,7 +287,7 @@ def checkpointer(
         return
     saver = Checkpointer(
         run_dir, trainer["checkpoint_interval_s"], background, config, session, data
-    )  # fmt: skip
+    )
     try:
         if first is not None:
             saver.start(first())

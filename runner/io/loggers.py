@@ -203,7 +203,7 @@ def _finish(logger: RunLogger, exit_code: int) -> None:
 
 
 def _start_tensorboard(cfg: Mapping[str, Any], run_dir: Path) -> Any:
-    from torch.utils.tensorboard import SummaryWriter
+    from torch.utils.tensorboard import SummaryWriter  # seconds: only when logger=tensorboard
 
     return SummaryWriter(log_dir=str(run_dir / cfg["dir"]), flush_secs=cfg["flush_secs"])
 
@@ -216,7 +216,7 @@ def _start_wandb(
     sweep_name: str | None,
     resume_id: str | None,
 ) -> Any:
-    import wandb
+    import wandb  # seconds: only when logger=wandb
 
     # reinit="finish_previous" gives every job of an in-process multirun its own run
     # instead of reusing job 0's; resume="allow" continues a resumed run's W&B run.

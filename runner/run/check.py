@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from omegaconf import DictConfig, OmegaConf
+
 from runner.config.schema import EPOCH_METRICS, GROUPS, SCHEMAS, Run, Trainer, check_node
 from runner.data.sets import data_shape, load_data, steps_per_epoch, train_size, validate_data
 from runner.dist.ddp import wanted
@@ -52,8 +54,6 @@ def fill_inferred(cfg: Mapping[str, Any]) -> bool:
 
 def validate(cfg: Mapping[str, Any]) -> None:
     """Raise ConfigError naming the first bad key; returns quietly when the config can run."""
-    from omegaconf import DictConfig, OmegaConf
-
     if isinstance(cfg, DictConfig):
         for key in sorted(OmegaConf.missing_keys(cfg)):
             raise ConfigError(key, "???", "must be set (it has no default)")

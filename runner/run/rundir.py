@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,10 @@ class RunDirRefused(ConfigError):
 
 class DirInUse(RunDirRefused):
     """Refused because another process is writing into the dir (not for what it holds): a
-    sweep counts such a job pending, never a loss (runner/sweep/sweepdir.py)."""
+    sweep counts such a job pending, never a loss (runner/sweep/sweepdir.py). `pid`: the
+    holder's, if it wrote one."""
+
+    pid: int | None = None
 
 
 def saved_config_path(cfg: DictConfig, run_dir: Path) -> Path:
@@ -368,7 +372,20 @@ def busy(err: files.RunDirBusy, key: str = RUN_DIR_KEY) -> DirInUse:
         if key == "resume"
         else f"wait for it to end (resume={err.run_dir} then continues it), or give another {key}"
     )
-    return DirInUse(key, str(err.run_dir), f"{who} is writing into it; {way_out}")
+    refused = DirInUse(key, str(err.run_dir), f"{who} is writing into it; {way_out}")
+    refused.pid = err.pid
+    return refused
+
+
+def hold(run_dir: Path, held: ExitStack, key: str = RUN_DIR_KEY) -> files.RunDirLock:
+    """run_dir made and its lock held in `held` (until the run ends), as a single run and
+    each fused member (runner/sweep/fused.py) hold theirs; DirInUse naming `key` when
+    another process holds it. The caller claims the lock once the run passed its checks."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        return held.enter_context(files.hold_run_dir(run_dir))
+    except files.RunDirBusy as err:
+        raise busy(err, key) from None
 
 
 def check_run_dir(

@@ -13,6 +13,7 @@ import signal
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +33,9 @@ from runner.run.rundir import (
     RUN_DIR_KEY,
     SWEEP_DIR_KEY,
     apply_resume_overrides,
-    busy,
     diverged_from,
     finished,
+    hold,
     keep_rows_before,
     load_resume,
     nothing_to_do,
@@ -43,7 +44,7 @@ from runner.run.rundir import (
     saved_config_path,
 )
 from runner.train.builders import Run, build_run
-from runner.train.engine import Engine, Result, say_to_log, track_for
+from runner.train.engine import Engine, Result, Track, say_to_log, track_for
 from runner.train.range_test import find_lr
 from runner.train.steps import evaluate, train_step
 from runner.train.stopping import StopFlag, stop_on_signals
@@ -67,6 +68,64 @@ def outcome(result: Result, wall_s: float) -> tuple[dict[str, Any], dict[str, An
         "time/total_s": wall_s,
     }
     return status, summary
+
+
+def write_status(
+    run_dir: Path, result: Result | None, wall_s: float, error: str | None = None, **extra: Any
+) -> None:
+    """status.json: how the run ended (`outcome`) and what its writer adds (a single run:
+    its session and data; a fused member: its group's size), or `failed` with the `error`
+    when it has no result. One writer for single runs and fused members, so that the
+    report and the next run read the same record from both."""
+    if result is None:
+        status = {"status": "failed", "error": error}
+    else:
+        status = {**outcome(result, wall_s)[0], **extra}
+    files.write_json_atomic(run_dir / "status.json", status)
+
+
+def config_yaml(cfg: DictConfig, run_dir: Path | None = None) -> str:
+    """The run's config.yaml text (kept in each checkpoint too), written into run_dir when
+    given: a new single run's and each fused member's."""
+    text = OmegaConf.to_yaml(cfg, resolve=True)
+    if run_dir is not None:
+        files.write_text_atomic(run_dir / "config.yaml", text)
+    return text
+
+
+def start_track(
+    cfg: DictConfig,
+    held: ExitStack,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    logger: RunLogger,
+    progress: checkpoint.Progress,
+    snapshot: Callable[[checkpoint.Progress], dict[str, Any]],
+    *,
+    run_dir: Path | None,
+    background: Background | None,
+    config_text: str | None,
+    data: dict[str, Any] | None,
+    new: bool,
+    session: checkpoint.Session | None = None,
+    say: Callable[[int, str], None] = say_to_log,
+) -> Track:
+    """A run's Track, its checkpointer held in `held` until the loop ends: a single run's
+    (`fit`) and each fused member's (runner/sweep/fused.py). A `new` run's last.pt is on
+    disk before its first batch (one killed in its first epoch resumes instead of starting
+    over); the newest epoch is persisted however the loop ends."""
+    saver = held.enter_context(
+        checkpoint.checkpointer(
+            run_dir,
+            cfg.trainer,
+            background,
+            config=config_text,
+            data=data,
+            session=session,
+            first=partial(snapshot, progress) if new else None,
+        )
+    )
+    return track_for(cfg.trainer, optimizer, scheduler, logger, progress, snapshot, saver, say)
 
 
 def startup_line(cfg: DictConfig, device: torch.device) -> str:
@@ -109,8 +168,10 @@ def _send_held_rows(
     status = files.read_json(start.run_dir / "status.json")
     if status is None or status.get("rows_sent") is not False or start.state is None:
         return
-    log.info("trained in a fused group whose sweep stopped before this job's rows all "
-             "reached W&B/TensorBoard: sending them now")  # fmt: skip
+    log.info(
+        "trained in a fused group whose sweep stopped before this job's rows all "
+        "reached W&B/TensorBoard: sending them now"
+    )
     result = Result(status["status"], status.get("best_val_acc", 0.0), status["epochs_done"])
     _, summary = outcome(result, status.get("wall_time_s", 0.0))
     send_rows(cfg, start.run_dir, overrides, sweep_name, start.state.get("wandb_id"), summary)
@@ -142,24 +203,35 @@ def fit(
         else checkpoint.Progress()
     )
     if config_text is None and ckpt_dir is not None and cfg.trainer.checkpoint:
-        config_text = OmegaConf.to_yaml(cfg, resolve=True)  # = the config.yaml written for it
+        config_text = config_yaml(cfg)  # = the config.yaml written for it
 
     def snapshot(p: checkpoint.Progress) -> dict[str, Any]:
         return checkpoint.snapshot(run, p, shuffle, logger.run_id)
 
-    with checkpoint.checkpointer(
-        ckpt_dir, cfg.trainer, background, config=config_text, data=data, session=session,
-        first=(lambda: snapshot(progress)) if start is None else None,
-    ) as saver:  # fmt: skip
-        track = track_for(
-            cfg.trainer, run.optimizer, run.scheduler, logger, progress, snapshot, saver, say_to_log
+    with ExitStack() as held:
+        track = start_track(
+            cfg,
+            held,
+            run.optimizer,
+            run.scheduler,
+            logger,
+            progress,
+            snapshot,
+            run_dir=ckpt_dir,
+            background=background,
+            config_text=config_text,
+            data=data,
+            new=start is None,
+            session=session,
         )
         engine = Engine([track], cfg.epochs, step=progress.step, elapsed_s=progress.elapsed_s)
         engine.run(
-            SingleModel(cfg, run, shuffle), start=progress.epoch,
+            SingleModel(cfg, run, shuffle),
+            start=progress.epoch,
             stop=agreed_stop(stop or StopFlag(), run.dist),  # under DDP: every rank stops together
-            bar_mode=cfg.trainer.progress, desc="epoch {epoch}/{epochs}",
-        )  # fmt: skip
+            bar_mode=cfg.trainer.progress,
+            desc="epoch {epoch}/{epochs}",
+        )
     assert track.result is not None
     return track.result
 
@@ -180,9 +252,13 @@ class SingleModel:
         # data=dataset not held in memory: DataLoaders (runner/data/stream.py), else None;
         # under DDP each rank's loader fetches only its share of each batch
         self.stream = loaders_for(
-            cfg.data, run.data, self.batch_size, cfg.seed, run.device,
+            cfg.data,
+            run.data,
+            self.batch_size,
+            cfg.seed,
+            run.device,
             share=(run.dist.rank, run.dist.world) if run.dist.active else (0, 1),
-        )  # fmt: skip
+        )
 
     def batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         run = self.run
@@ -322,11 +398,9 @@ def _stopped(run_dir: Path, dist: Any, signum: int, state: dict[str, Any] | None
     (and keeps the session that ended cleanly before: nothing was logged since)."""
     result = _interrupted(signum, state)
     if dist.is_main:
-        status = outcome(result, 0.0)[0]
         before = files.read_json(run_dir / "status.json") or {}
-        if "session" in before:
-            status["session"] = before["session"]
-        files.write_json_atomic(run_dir / "status.json", status)
+        kept = {"session": before["session"]} if "session" in before else {}
+        write_status(run_dir, result, 0.0, **kept)
     return result
 
 
@@ -376,8 +450,17 @@ def _train(
         if start.cfg is not None:
             cfg = start.cfg
         check_shares(train_size(cfg.data), cfg.data.batch_size, dist)  # every rank alike
-        return _run(cfg, start.run_dir, overrides, sweep_name, dist, stop, start.resuming,
-                    start.state, start.changes)  # fmt: skip
+        return _run(
+            cfg,
+            start.run_dir,
+            overrides,
+            sweep_name,
+            dist,
+            stop,
+            start.resuming,
+            start.state,
+            start.changes,
+        )
 
 
 def _decide(
@@ -397,12 +480,8 @@ def _decide(
         run_dir = saved_config_path(cfg, run_dir)  # nothing is created for a missing run
     lock = None
     if dist.is_main:  # only rank 0 writes, so only rank 0 holds the run dir
-        run_dir.mkdir(parents=True, exist_ok=True)
-        try:
-            lock = held.enter_context(files.hold_run_dir(run_dir))
-        except files.RunDirBusy as err:
-            named = isinstance(cfg.resume, str) and cfg.resume.lower() != "true"  # resume=<dir>
-            raise busy(err, "resume" if named else dir_key) from None
+        named = isinstance(cfg.resume, str) and cfg.resume.lower() != "true"  # resume=<dir>
+        lock = hold(run_dir, held, "resume" if named else dir_key)
     if not resuming and same_run_on_disk(cfg, run_dir):
         # a requeued job (Slurm time-out/preemption) or the same command run again into
         # the same dir: continue instead of starting over
@@ -424,8 +503,10 @@ def _decide(
             # them again)
             state["rows_sent"] = (status or {}).get("rows_sent") is True
         elif checkpoint.rows_lost(state, status):
-            log.info("the process that wrote its last.pt did not end cleanly (killed?), so "
-                     "W&B/TensorBoard may lack its rows: sending the kept rows again")  # fmt: skip
+            log.info(
+                "the process that wrote its last.pt did not end cleanly (killed?), so "
+                "W&B/TensorBoard may lack its rows: sending the kept rows again"
+            )
             state["rows_sent"] = False
     changes += apply_resume_overrides(cfg, given, overrides, run_dir)
     validate(cfg)
@@ -469,9 +550,7 @@ def _run(
     if (signum := signalled()) is not None:
         return _stopped(run_dir, dist, signum, state)
     found = use_range_test(cfg, run_dir) if cfg.optimizer.lr == "find" else None
-    config_text = OmegaConf.to_yaml(cfg, resolve=True)  # config.yaml, and in each checkpoint
-    if not resuming and dist.is_main:
-        files.write_text_atomic(run_dir / "config.yaml", config_text)
+    config_text = config_yaml(cfg, run_dir if not resuming and dist.is_main else None)
     config = plain(cfg)
     if found is not None:
         config["lr_find"]["found_lr"] = found  # W&B config: the lr the range test chose
@@ -506,18 +585,24 @@ def _run(
             result = _interrupted(signum, state)
         else:
             result = fit(
-                cfg, run, logger, ckpt_dir=run_dir if dist.is_main else None, start=state,
-                stop=stop, background=background, config_text=config_text, session=session,
-                data=data, weights_loaded=state is not None,
-            )  # fmt: skip
+                cfg,
+                run,
+                logger,
+                ckpt_dir=run_dir if dist.is_main else None,
+                start=state,
+                stop=stop,
+                background=background,
+                config_text=config_text,
+                session=session,
+                data=data,
+                weights_loaded=state is not None,
+            )
         background.flush()  # checkpoints on disk before status.json says how the run ended
         wall = time.perf_counter() - t0 + (state["progress"]["elapsed_s"] if state else 0.0)
-        status, summary = outcome(result, wall)
-        logger.summary(summary)
+        logger.summary(outcome(result, wall)[1])
     if dist.is_main:  # W&B closed: every row logged so far is in it (checkpoint.Session)
-        status["session"] = session.closed(state)
-        status["data"] = data  # what it trained on (runner/data/fingerprint.py)
-        files.write_json_atomic(run_dir / "status.json", status)
+        # `data`: what it trained on (runner/data/fingerprint.py)
+        write_status(run_dir, result, wall, session=session.closed(state), data=data)
     log.info(f"{result.status}: best val/acc={result.best_val_acc:.4f}; outputs in {run_dir}")
     return result
 

@@ -64,7 +64,7 @@ class Comparison:
 
 def paired_ci(diffs: list[float], level: float = 0.95) -> tuple[float, float, float]:
     """Mean and the paired-t confidence interval of the differences (NaN bounds for n < 2)."""
-    from scipy import stats
+    from scipy import stats  # scipy, seconds: not at --help (launch.py imports this module)
 
     n = len(diffs)
     mean = statistics.fmean(diffs)
@@ -79,7 +79,7 @@ def paired_p(diffs: Sequence[float]) -> float:
     Differences that are all equal have no spread, so no t: p is then the exact sign
     test's, 2 * 0.5**n when they are not 0 (every seed on the same side: 0.5 for 2 seeds,
     < 0.05 from 6), else 1. On digits this is common: accuracies move in steps of 1/360."""
-    from scipy import stats
+    from scipy import stats  # scipy: not at --help
 
     n = len(diffs)
     if n < 2:
@@ -122,7 +122,7 @@ def power(n: int, effect: float, alpha: float = ALPHA) -> float:
     """Power of the two-sided paired t test with n pairs at level alpha when the true mean
     difference is `effect` standard deviations: P(|T| > t_{1-alpha/2, n-1}) for T
     noncentral t with n - 1 degrees of freedom and noncentrality effect * sqrt(n)."""
-    from scipy import stats
+    from scipy import stats  # scipy: not at --help
 
     df = n - 1
     crit = stats.t.ppf(1 - alpha / 2, df)
@@ -158,15 +158,21 @@ def seeds_needed(diffs: Sequence[float], alpha: float = ALPHA, target: float = P
     return hi
 
 
-def compare(a: str, a_vals: dict[int, float], b: str, b_vals: dict[int, float],
-            higher_is_better: bool = True) -> Comparison | None:  # fmt: skip
+def compare(
+    a: str,
+    a_vals: dict[int, float],
+    b: str,
+    b_vals: dict[int, float],
+    higher_is_better: bool = True,
+) -> Comparison | None:
     """One pair on its own, uncorrected (a family of one); `all_pairs` corrects a family."""
     pairs = all_pairs({a: a_vals, b: b_vals}, higher_is_better)
     return pairs[0] if pairs else None
 
 
-def raw_comparison(a: str, a_vals: dict[int, float], b: str, b_vals: dict[int, float],
-                   higher_is_better: bool) -> tuple[Comparison, list[float]] | None:  # fmt: skip
+def raw_comparison(
+    a: str, a_vals: dict[int, float], b: str, b_vals: dict[int, float], higher_is_better: bool
+) -> tuple[Comparison, list[float]] | None:
     """A pair on its shared seeds before any correction (verdict empty), with the per-seed
     differences a - b that `corrected` needs; None when no seed is shared."""
     shared = sorted(set(a_vals) & set(b_vals))
@@ -178,13 +184,15 @@ def raw_comparison(a: str, a_vals: dict[int, float], b: str, b_vals: dict[int, f
     a_wins = sum(better(d) for d in diffs)
     b_wins = sum(better(-d) for d in diffs)
     n = len(shared)
-    c = Comparison(a, b, n, mean, lo, hi, a_wins, b_wins, n - a_wins - b_wins, "",
-                   p_value=paired_p(diffs))  # fmt: skip
+    c = Comparison(
+        a, b, n, mean, lo, hi, a_wins, b_wins, n - a_wins - b_wins, "", p_value=paired_p(diffs)
+    )
     return c, diffs
 
 
-def corrected(raw: list[tuple[Comparison, list[float]]], higher_is_better: bool,
-              alpha: float = ALPHA) -> list[Comparison]:  # fmt: skip
+def corrected(
+    raw: list[tuple[Comparison, list[float]]], higher_is_better: bool, alpha: float = ALPHA
+) -> list[Comparison]:
     """The comparisons of one family with Holm-adjusted p-values and intervals, verdicts
     from the adjusted p-value, and the seeds needed for every tie."""
     levels = holm_levels([c.p_value for c, _ in raw])
@@ -210,13 +218,22 @@ def corrected(raw: list[tuple[Comparison, list[float]]], higher_is_better: bool,
                 verdict += f"; ~{needed:.0f} seeds would resolve a difference this size"
             if c.n < FEW_SEEDS:
                 verdict += f" ({c.n} seeds are few; more would narrow it)"
-        out.append(replace(c, verdict=verdict, p_holm=p_holm, ci_holm_low=lo, ci_holm_high=hi,
-                           seeds_needed=needed))  # fmt: skip
+        out.append(
+            replace(
+                c,
+                verdict=verdict,
+                p_holm=p_holm,
+                ci_holm_low=lo,
+                ci_holm_high=hi,
+                seeds_needed=needed,
+            )
+        )
     return out
 
 
-def all_pairs(values: dict[str, dict[int, float]], higher_is_better: bool,
-              alpha: float = ALPHA) -> list[Comparison]:  # fmt: skip
+def all_pairs(
+    values: dict[str, dict[int, float]], higher_is_better: bool, alpha: float = ALPHA
+) -> list[Comparison]:
     """Every pair, in the given (ranked) order of configurations, Holm-corrected as one
     family."""
     raw = []

@@ -6,15 +6,16 @@ schedule and its parameters, optimizer hyper-parameters (lr, momentum, weight de
 betas, eps, param-group multipliers) and when to call a run diverged. Everything that
 shapes a batch or the model (model, data, batch size, epochs, device) must match.
 
-Each member keeps what a single run has: its model built from its own seed (then
-stacked, runner/sweep/stacked.py), its own shuffle generator, its own torch optimizer and
-real torch scheduler (which set the lr that the fused step reads), its own
-metrics.jsonl/config.yaml/status.json in its own run dir. Start-up uses a single run's
-own pieces (runner/train/builders.py `build_member`, runner/io/checkpoint.py
-`checkpointer`, runner/train/engine.py `track_for`, runner/run/train.py `startup_line`), and
-the epochs run in the single run's engine (runner/train/engine.py), with the one evaluation
-loop (runner/train/steps.py `evaluate`): rows carry the same keys. Only how a batch is
-trained and validated is fused (`StackedModels`).
+Each member keeps what a single run has: its model built from its own seed (then stacked,
+runner/sweep/stacked.py), its own shuffle generator, its own torch optimizer and real torch
+scheduler (which set the lr that the fused step reads), its own
+metrics.jsonl/config.yaml/status.json in its own run dir. Start-up uses a single run's own
+pieces (runner/train/builders.py `build_member`, runner/run/rundir.py `hold` for the run
+dir's lock, runner/run/train.py `config_yaml`, `start_track` for the checkpointer and its
+first save, `startup_line`, and `write_status` at the end), and the epochs run in the single
+run's engine (runner/train/engine.py), with the one evaluation loop (runner/train/steps.py
+`evaluate`): rows carry the same keys. Only how a batch is trained and validated is fused
+(`StackedModels`).
 """
 
 from __future__ import annotations
@@ -42,13 +43,20 @@ from runner.io import checkpoint, files
 from runner.io.background import Background
 from runner.io.loggers import RunLogger
 from runner.run.check import validate
-from runner.run.rundir import SWEEP_DIR_KEY, busy
-from runner.run.train import outcome, send_rows, startup_line
+from runner.run.rundir import SWEEP_DIR_KEY, DirInUse, hold
+from runner.run.train import (
+    config_yaml,
+    outcome,
+    send_rows,
+    start_track,
+    startup_line,
+    write_status,
+)
 from runner.sweep.stacked import FusedOptimizer, StackedNet
 from runner.sweep.sweepdir import record_refused
 from runner.train import models, optimizers
 from runner.train.builders import build_member, resolve_device
-from runner.train.engine import Engine, Result, Track, track_for
+from runner.train.engine import Engine, Result, Track
 from runner.train.steps import evaluate
 from runner.train.stopping import stop_on_signals
 from schedulers import ConfigError
@@ -159,11 +167,10 @@ def _lock_run_dirs(members: Sequence[Member], locks: ExitStack) -> list[Member]:
     since the launcher checked it is left out with that error (its files untouched)."""
     held = []
     for m in members:
-        m.run_dir.mkdir(parents=True, exist_ok=True)
         try:
-            locks.enter_context(files.hold_run_dir(m.run_dir)).claim()
-        except files.RunDirBusy as err:
-            m.error = f"error: {busy(err, SWEEP_DIR_KEY)}"
+            hold(m.run_dir, locks, SWEEP_DIR_KEY).claim()
+        except DirInUse as err:
+            m.error = f"error: {err}"
             if m.sweep_dir is not None:  # pending, not a loss (runner/sweep/sweepdir.py)
                 record_refused(m.sweep_dir, m.run_dir, err.pid)
             continue
@@ -173,15 +180,15 @@ def _lock_run_dirs(members: Sequence[Member], locks: ExitStack) -> list[Member]:
 
 def _write_status(members: Sequence[Member], wall: float) -> None:
     for m in members:
-        if m.error is not None or m.result is None:
-            status = {"status": "failed", "error": m.error or "the fused group stopped"}
-        else:
-            status, m.summary = outcome(m.result, wall)
-            status["fused_jobs"] = len(members)  # trained with this many jobs, one process
-            status["rows_sent"] = False  # until the launcher has sent them (`replay`)
+        result = m.result if m.error is None else None
+        if result is not None:
+            m.summary = outcome(result, wall)[1]
         m.run_dir.mkdir(parents=True, exist_ok=True)
         try:
-            files.write_json_atomic(m.run_dir / "status.json", status)
+            error = m.error or "the fused group stopped"
+            # fused_jobs: trained with this many jobs, one process; rows_sent: not until
+            # the launcher has sent them (`replay`)
+            write_status(m.run_dir, result, wall, error, fused_jobs=len(members), rows_sent=False)
         except files.WriteFailed as err:  # the other members' status still gets written
             log.error(f"error: {err}")
             m.error = m.error or f"error: {err}"
@@ -249,7 +256,7 @@ def _member_state(
             optimizer.state[sources[i]] = {"step": torch.tensor(float(fused.steps)), **own}
     run = SimpleNamespace(
         model=parts["models"][i], optimizer=optimizer, scheduler=parts["schedules"][i], scaler=None
-    )  # fmt: skip
+    )
     # its rows reach W&B/TensorBoard only when the launcher replays the member: a member
     # resumed on its own before that sends them first (runner/run/train.py)
     return checkpoint.snapshot(run, progress, shuffle, wandb_id, rows_sent=False)
@@ -271,10 +278,8 @@ def _data_streams(members: Sequence[Member]) -> tuple[list[torch.Generator], int
 def _fit(members: Sequence[Member], stop: Any, background: Background, cleanup: ExitStack) -> None:
     members = sorted(members, key=lambda m: m.cfg.seed)  # same seed, same batches: adjacent
     first = members[0].cfg
-    config_texts = [OmegaConf.to_yaml(m.cfg, resolve=True) for m in members]  # and checkpoints
-    for m, text in zip(members, config_texts, strict=True):
-        m.run_dir.mkdir(parents=True, exist_ok=True)
-        files.write_text_atomic(m.run_dir / "config.yaml", text)
+    config_texts = [config_yaml(m.cfg, m.run_dir) for m in members]  # dirs made: locked
+    for m in members:
         if "wandb" in m.cfg.logger and m.cfg.logger.wandb.mode != "disabled":
             m.wandb_id = uuid.uuid4().hex[:8]  # W&B's own ids are 8 characters of [a-z0-9]
     device, data, net, models, optimizers, schedules = _build(members)
@@ -296,16 +301,23 @@ def _fit(members: Sequence[Member], stop: Any, background: Background, cleanup: 
         # last.pt is on disk before the first batch (a job killed in its first epoch
         # resumes on its own), and the newest epoch is persisted however the loop ends
         snapshot = partial(_member_state, i, net, fused, parts, shuffles[i], m.wandb_id)
-        saver = cleanup.enter_context(
-            checkpoint.checkpointer(
-                m.run_dir, m.cfg.trainer, background, config=config_texts[i], data=fingerprint,
-                first=partial(snapshot, progress[i]),
-            )
-        )  # fmt: skip
         tracks.append(
-            track_for(m.cfg.trainer, optimizers[i], schedules[i], loggers[i], progress[i],
-                      snapshot, saver, partial(_note, m))
-        )  # fmt: skip
+            start_track(
+                m.cfg,
+                cleanup,
+                optimizers[i],
+                schedules[i],
+                loggers[i],
+                progress[i],
+                snapshot,
+                run_dir=m.run_dir,
+                background=background,
+                config_text=config_texts[i],
+                data=fingerprint,
+                new=True,
+                say=partial(_note, m),
+            )
+        )
     engine = Engine(
         tracks, epochs, note=f", fused x{k}", diverge_note="; the other fused jobs go on"
     )
@@ -314,16 +326,22 @@ def _fit(members: Sequence[Member], stop: Any, background: Background, cleanup: 
     per_step = any(t.per_step for t in tracks)  # then the lrs are read before every step
     models = StackedModels(net, fused, data, streams, per, batch_size, device, per_step, engine)
     engine.run(
-        models, start=0, stop=stop, bar_mode=first.trainer.progress,
+        models,
+        start=0,
+        stop=stop,
+        bar_mode=first.trainer.progress,
         desc=f"fused x{k} epoch {{epoch}}",
-    )  # fmt: skip
+    )
     _collect(members, tracks)
     if stop.signum is not None:
         raise SystemExit(128 + stop.signum)
     for i in engine.active:
         best = tracks[i].progress.best_val_acc
-        _note(members[i], logging.INFO,
-              f"completed: best val/acc={best:.4f}; outputs in {members[i].run_dir}")  # fmt: skip
+        _note(
+            members[i],
+            logging.INFO,
+            f"completed: best val/acc={best:.4f}; outputs in {members[i].run_dir}",
+        )
 
 
 class StackedModels:
@@ -332,10 +350,17 @@ class StackedModels:
     streams; members i*per .. i*per+per-1 read stream i), one fused optimizer step for all."""
 
     def __init__(
-        self, net: StackedNet, fused: FusedOptimizer, data: TensorData,
-        streams: list[torch.Generator], per: int, batch_size: int, device: torch.device,
-        any_per_step: bool, engine: Engine,
-    ) -> None:  # fmt: skip
+        self,
+        net: StackedNet,
+        fused: FusedOptimizer,
+        data: TensorData,
+        streams: list[torch.Generator],
+        per: int,
+        batch_size: int,
+        device: torch.device,
+        any_per_step: bool,
+        engine: Engine,
+    ) -> None:
         self.net, self.fused, self.data, self.streams, self.per = net, fused, data, streams, per
         self.batch_size, self.device, self.k = batch_size, device, net.k
         self.n_train = data.y_train.shape[0]
@@ -417,6 +442,12 @@ def replay(member: Member) -> float:
     if member.error is not None or member.result is None:
         log.error(f"job failed in its fused group: {member.error}")
         return 0.0  # the worst objective, as a failed single job returns (runner/__main__.py)
-    send_rows(member.cfg, member.run_dir, member.overrides, member.sweep_name, member.wandb_id,
-              member.summary)  # fmt: skip
+    send_rows(
+        member.cfg,
+        member.run_dir,
+        member.overrides,
+        member.sweep_name,
+        member.wandb_id,
+        member.summary,
+    )
     return member.result.best_val_acc

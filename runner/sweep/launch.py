@@ -12,6 +12,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig
 
 from runner.sweep.compare import METRICS
@@ -92,9 +94,11 @@ def check_callbacks(callbacks: Mapping[str, Any] | None) -> None:
         try:
             _locate(str(callback["_target_"]))
         except ImportError as err:
-            raise ConfigError(f"{where}._target_", callback["_target_"],
-                              f"cannot be imported ({' '.join(str(err).split())[:160]})"
-                              ) from None  # fmt: skip
+            raise ConfigError(
+                f"{where}._target_",
+                callback["_target_"],
+                f"cannot be imported ({' '.join(str(err).split())[:160]})",
+            ) from None
 
 
 def check_sweeper(sweeper: DictConfig, overrides: Sequence[str] = ()) -> None:
@@ -104,8 +108,9 @@ def check_sweeper(sweeper: DictConfig, overrides: Sequence[str] = ()) -> None:
     silently replaced; and round 1 (every configuration x min_seeds) must fit max_runs."""
     if sweeper.get("_target_") != RACE_SWEEPER:
         return
-    check_race(sweeper.min_seeds, sweeper.max_seeds, sweeper.alpha, sweeper.metric,
-               sweeper.max_runs)  # fmt: skip
+    check_race(
+        sweeper.min_seeds, sweeper.max_seeds, sweeper.alpha, sweeper.metric, sweeper.max_runs
+    )
     for override in overrides:
         key, _, value = override.partition("=")
         if key.lstrip("+~") in ("seed", "hydra.sweeper.params.seed"):
@@ -122,8 +127,9 @@ def check_sweeper(sweeper: DictConfig, overrides: Sequence[str] = ()) -> None:
         check_round_one(len(configs), sweeper.min_seeds, sweeper.max_runs)
 
 
-def check_race(min_seeds: int, max_seeds: int, alpha: float, metric: str,
-               max_runs: int | None) -> None:  # fmt: skip
+def check_race(
+    min_seeds: int, max_seeds: int, alpha: float, metric: str, max_runs: int | None
+) -> None:
     """The race sweeper's own keys, wherever they come from (the command, RaceSettings)."""
     values = (min_seeds, max_seeds, alpha, metric, max_runs)
     check_node("hydra.sweeper", dict(zip(defaults(RaceKeys), values, strict=True)), RaceKeys)
@@ -153,9 +159,6 @@ def configurations(
     A `seed` in params (a preset's seed list, e.g. +experiment=mnist1d_schedules) is left
     out, since the race gives the seeds; it is returned so the sweeper can say so. (A `seed=`
     on the command line is refused before Hydra starts: runner/sweep/launch.py.)"""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
     ignored = [f"{k}={v}" for k, v in (params or {}).items() if _key(str(k)) == "seed"]
     given = [f"{k}={v}" for k, v in (params or {}).items() if _key(str(k)) != "seed"]
     given += [o for o in arguments if _key(o) != "seed"]

@@ -123,8 +123,11 @@ class Race:
         self.finished: dict[tuple[int, int], Any] = {}  # (config, seed) -> report.Job
 
     def overrides(self, config: int, seed: int) -> list[str]:
-        return [*self.configs[config], f"seed={seed}",
-                f"hydra.sweep.subdir={job_subdir(config, seed)}"]  # fmt: skip
+        return [
+            *self.configs[config],
+            f"seed={seed}",
+            f"hydra.sweep.subdir={job_subdir(config, seed)}",
+        ]
 
     def run(self) -> list[Any]:
         """Round after round until one is left, max_seeds or max_runs; returns each
@@ -183,9 +186,11 @@ class Race:
             self._write(alive, runs_used, reason)
             if pending:
                 names = ", ".join(job_subdir(c, seed) for c, seed in pending)
-                log.warning(f"Race stopped after round {n_round}: {len(pending)} job(s) "
-                            f"pending ({names}), another process was writing into their "
-                            "dirs; run the same command again once it ends")  # fmt: skip
+                log.warning(
+                    f"Race stopped after round {n_round}: {len(pending)} job(s) "
+                    f"pending ({names}), another process was writing into their "
+                    "dirs; run the same command again once it ends"
+                )
                 return results
             if reason is not None:
                 names = ", ".join(f"`{self.labels[c]}`" for c in alive)
@@ -279,7 +284,7 @@ class Race:
         raw = [
             raw_comparison(
                 self.labels[c], self.values[c], self.labels[best], self.values[best], higher
-            )  # fmt: skip
+            )
             for c in others
         ]
         family = corrected([r for r in raw if r is not None], higher, self.settings.alpha)
@@ -299,8 +304,9 @@ class Race:
             entry: dict[str, Any] = {"index": c, "label": self.labels[c], "overrides": overrides}
             if c in self.dropped:
                 entry["fate"] = "dropped"
-                entry.update({f"dropped_{k}" if k == "round" else k: v
-                              for k, v in self.dropped[c].items()})  # fmt: skip
+                entry.update(
+                    {f"dropped_{k}" if k == "round" else k: v for k, v in self.dropped[c].items()}
+                )
             else:
                 entry["fate"] = "survivor" if reason is not None else "racing"
             entry["seeds"] = len(self.values[c])

@@ -164,9 +164,12 @@ def markdown(
     if pending:
         lines += ["", describe_refused(list(pending)) + "."]
     if repeats:
-        lines += ["", f"{repeats} job(s) repeat a configuration and seed already in the table "
-                  "(the same run twice, e.g. `seed=0,0`): each pair counts once, by its first "
-                  "completed job."]  # fmt: skip
+        lines += [
+            "",
+            f"{repeats} job(s) repeat a configuration and seed already in the table "
+            "(the same run twice, e.g. `seed=0,0`): each pair counts once, by its first "
+            "completed job.",
+        ]
     if winner := _winner(rows, metric):
         lines += ["", *winner]
     if len(rows) > 1:
@@ -187,16 +190,23 @@ def _winner(rows: list[dict[str, Any]], metric: str) -> list[str]:
         return [f"Only `{first['config']}` has completed runs: nothing to rank it against."]
     gap = abs(first[mean] - second[mean])
     if gap == 0:
-        return [f"No winner: `{first['config']}` and `{second['config']}` tie at "
-                f"{first[mean]:.4f} mean {_name(metric)}{ties}"]  # fmt: skip
+        return [
+            f"No winner: `{first['config']}` and `{second['config']}` tie at "
+            f"{first[mean]:.4f} mean {_name(metric)}{ties}"
+        ]
     lower = "" if METRICS[metric][2] else " (lower is better)"
-    return [f"Winner: `{first['config']}`, ahead of `{second['config']}` by {gap:.4f} mean "
-            f"{_name(metric)}{lower}{ties}"]  # fmt: skip
+    return [
+        f"Winner: `{first['config']}`, ahead of `{second['config']}` by {gap:.4f} mean "
+        f"{_name(metric)}{lower}{ties}"
+    ]
 
 
 def _fmt(value: float | None, spec: str = "+.4f") -> str:
-    return "—" if value is None or (isinstance(value, float) and math.isnan(value)) else (
-        format(value, spec))  # fmt: skip
+    return (
+        "—"
+        if value is None or (isinstance(value, float) and math.isnan(value))
+        else (format(value, spec))
+    )
 
 
 def _evidence(e: dict[str, Any], vs: str) -> str:
@@ -236,13 +246,18 @@ def race_markdown(race: dict[str, Any]) -> list[str]:
     ]
     if race.get("pending"):
         names = ", ".join(f"`{d}`" for d in race["pending"])
-        lines += [f"The race stopped after round {n_rounds} without deciding it: "
-                  f"{len(race['pending'])} job(s) pending ({names}), another process was "
-                  "writing into their dirs; run the same command again once it ends.",
-                  ""]  # fmt: skip
+        lines += [
+            f"The race stopped after round {n_rounds} without deciding it: "
+            f"{len(race['pending'])} job(s) pending ({names}), another process was "
+            "writing into their dirs; run the same command again once it ends.",
+            "",
+        ]
     elif reason is None:
-        lines += [f"The race stopped after round {n_rounds} without finishing (interrupted): "
-                  "run the same command again to continue it.", ""]  # fmt: skip
+        lines += [
+            f"The race stopped after round {n_rounds} without finishing (interrupted): "
+            "run the same command again to continue it.",
+            "",
+        ]
     last = race["rounds"][-1] if race["rounds"] else {}
     last_vs = {e["config"]: e for e in last.get("comparisons", [])}
     lines += ["| config | fate | seeds | mean | evidence |", "|---|---|---|---|---|"]
@@ -267,8 +282,7 @@ def race_markdown(race: dict[str, Any]) -> list[str]:
             f"| `{c['label']}` | {fate} | {c['seeds']} | {_fmt(c.get('mean'), '.4f')} "
             f"| {evidence} |"
         )
-    lines += ["", "![race survivors: lr](race_lr.png) "
-              "![race survivors: val acc](race_val_acc.png)"]  # fmt: skip
+    lines += ["", "![race survivors: lr](race_lr.png) ![race survivors: val acc](race_val_acc.png)"]
     return lines
 
 
@@ -317,9 +331,9 @@ def plot_overlays(
 ) -> list[Path]:
     """One overlay per key (`<prefix><file name>` in `out`, titled `<heading><title>`), a
     line per group."""
-    import matplotlib
+    import matplotlib  # ~0.5 s: only when a plot is drawn
 
-    matplotlib.use("Agg")
+    matplotlib.use("Agg")  # before pyplot: no display needed
     import matplotlib.pyplot as plt
 
     paths = []
@@ -382,9 +396,15 @@ def write_report(
     write_text_atomic(sweep_dir / "comparisons.csv", f.getvalue(), fsync=False)
     repeats = sum(len(g.repeats) for g in groups)
     text = markdown(
-        rows, target_acc, sweep_dir, common_overrides(jobs), comparisons, metric, repeats,
+        rows,
+        target_acc,
+        sweep_dir,
+        common_overrides(jobs),
+        comparisons,
+        metric,
+        repeats,
         refused(sweep_dir),
-    )  # fmt: skip
+    )
     race = _race(sweep_dir, jobs)
     if race:
         text += "\n".join(["", *race, ""])
@@ -443,8 +463,11 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--target-acc {args.target_acc}: must be in (0, 1]")
     if not args.sweep_dir.is_dir():  # a bad argument: one line, exit 2, like argparse's own
         why = "is not a directory" if args.sweep_dir.exists() else "no such directory"
-        print(f"error: {args.sweep_dir}: {why} (give a sweep dir, e.g. "
-              "outputs/multirun/<date>/<time>)", file=sys.stderr)  # fmt: skip
+        print(
+            f"error: {args.sweep_dir}: {why} (give a sweep dir, e.g. "
+            "outputs/multirun/<date>/<time>)",
+            file=sys.stderr,
+        )
         raise SystemExit(2)
     try:
         print(write_report(args.sweep_dir, args.target_acc, args.metric))

@@ -59,9 +59,12 @@ class StackedNet(nn.Module):
                     # (no copy per step)
                     flip = name == "weight" and isinstance(layer, nn.Linear)
                     out.append(
-                        nn.Parameter(torch.stack([p.detach().T if flip else p.detach()
-                                                  for p in members]).contiguous())
-                    )  # fmt: skip
+                        nn.Parameter(
+                            torch.stack(
+                                [p.detach().T if flip else p.detach() for p in members]
+                            ).contiguous()
+                        )
+                    )
                     self.sources.append(members)
                     self.transposed.append(flip)
         # ReLU then 2x2 max-pool equals pool then ReLU (max commutes with the monotone
@@ -100,9 +103,14 @@ class StackedNet(nn.Module):
                     m = k
                 w, b = self.weights[p], self.biases[p]
                 x = F.conv1d(
-                    x, w.flatten(0, 1), b.flatten(), layer.stride, layer.padding,
-                    layer.dilation, groups=k * layer.groups,
-                )  # fmt: skip
+                    x,
+                    w.flatten(0, 1),
+                    b.flatten(),
+                    layer.stride,
+                    layer.padding,
+                    layer.dilation,
+                    groups=k * layer.groups,
+                )
                 p += 1
             elif isinstance(layer, nn.Conv2d):
                 if m != k:  # one input per member: oneDNN's dense convolution of a shared
@@ -113,9 +121,14 @@ class StackedNet(nn.Module):
                 w, b = self.weights[p], self.biases[p]
                 w = w.flatten(0, 1).contiguous(memory_format=torch.channels_last)
                 x = F.conv2d(
-                    x, w, b.flatten(), layer.stride, layer.padding,
-                    layer.dilation, groups=k * layer.groups,
-                )  # fmt: skip
+                    x,
+                    w,
+                    b.flatten(),
+                    layer.stride,
+                    layer.padding,
+                    layer.dilation,
+                    groups=k * layer.groups,
+                )
                 p += 1
             elif isinstance(layer, nn.Linear):
                 if m != k:

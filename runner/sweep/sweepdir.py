@@ -44,9 +44,13 @@ def take(sweep_dir: Path | str) -> None:
         lock = files.keep_run_dir(path)
     except files.RunDirBusy as err:
         who = f"another sweep (pid {err.pid})" if err.pid else "another sweep or run"
-        raise ConfigError(SWEEP_DIR_KEY, str(path), f"{who} is writing into it; wait for it "
-                          f"to end (the same command then continues this sweep there), or "
-                          f"give another {SWEEP_DIR_KEY}") from None  # fmt: skip
+        raise ConfigError(
+            SWEEP_DIR_KEY,
+            str(path),
+            f"{who} is writing into it; wait for it "
+            f"to end (the same command then continues this sweep there), or "
+            f"give another {SWEEP_DIR_KEY}",
+        ) from None
     except OSError as err:
         if err.errno in files.WRITE_ERRNOS:
             raise
@@ -97,11 +101,14 @@ def refused(sweep_dir: Path | str) -> list[dict[str, Any]]:
 
 
 def describe_refused(rows: list[dict[str, Any]]) -> str:
-    names = ", ".join(f"`{r['dir']}`" + (f" (pid {r['pid']})" if r.get("pid") else "")
-                      for r in rows)  # fmt: skip
-    return (f"{len(rows)} job(s) refused because another process was writing into their "
-            f"dir: {names}; pending, not a loss: run the same command again once it "
-            "ends")  # fmt: skip
+    names = ", ".join(
+        f"`{r['dir']}`" + (f" (pid {r['pid']})" if r.get("pid") else "") for r in rows
+    )
+    return (
+        f"{len(rows)} job(s) refused because another process was writing into their "
+        f"dir: {names}; pending, not a loss: run the same command again once it "
+        "ends"
+    )
 
 
 def exit_status(sweep_dir: Path | str) -> tuple[int, str] | None:

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
 from runner.data.sets import TensorData, load_data, place, resize_images, steps_per_epoch
 from runner.dist.ddp import SINGLE, Dist
@@ -161,8 +162,6 @@ def build_run(cfg: Mapping[str, Any], data: TensorData | None = None, dist: Dist
         model = model.to(memory_format=torch.channels_last)
     forward: torch.nn.Module = model
     if dist.active:
-        from torch.nn.parallel import DistributedDataParallel
-
         ids = [device.index] if device.type == "cuda" else None
         forward = DistributedDataParallel(model, device_ids=ids)
     if trainer["compile"]:

@@ -120,10 +120,18 @@ def track_for(
     """A run's Track, its stop rules and logging read from its `trainer` config once: a
     single run's (runner/run/train.py) and each fused member's (runner/sweep/fused.py)."""
     return Track(
-        optimizer, scheduler, logger, progress, snapshot=snapshot, saver=saver, say=say,
-        diverge_loss=trainer["diverge_loss"], monitor=trainer["monitor"],
-        monitor_mode=trainer["monitor_mode"], log_every=trainer["log_every_n_steps"],
-    )  # fmt: skip
+        optimizer,
+        scheduler,
+        logger,
+        progress,
+        snapshot=snapshot,
+        saver=saver,
+        say=say,
+        diverge_loss=trainer["diverge_loss"],
+        monitor=trainer["monitor"],
+        monitor_mode=trainer["monitor_mode"],
+        log_every=trainer["log_every_n_steps"],
+    )
 
 
 class Models(Protocol):
@@ -161,9 +169,15 @@ class Engine:
     """Steps and epoch ends for K tracks; `active` are the ones still training."""
 
     def __init__(
-        self, tracks: Sequence[Track], epochs: int, *, step: int = 0, elapsed_s: float = 0.0,
-        note: str = "", diverge_note: str = "",
-    ) -> None:  # fmt: skip
+        self,
+        tracks: Sequence[Track],
+        epochs: int,
+        *,
+        step: int = 0,
+        elapsed_s: float = 0.0,
+        note: str = "",
+        diverge_note: str = "",
+    ) -> None:
         self.tracks, self.epochs, self.step = list(tracks), epochs, step
         self.active = list(range(len(self.tracks)))
         self.note, self.diverge_note = note, diverge_note
@@ -190,9 +204,11 @@ class Engine:
 
             # -- train: one optimizer step per batch, nothing read back unless it is logged
             bar = progress_bar(
-                bar_mode, models.steps_per_epoch, desc.format(epoch=epoch, epochs=self.epochs),
+                bar_mode,
+                models.steps_per_epoch,
+                desc.format(epoch=epoch, epochs=self.epochs),
                 models.batch_size,
-            )  # fmt: skip
+            )
             n = models.steps_per_epoch
             per_step, logged = self._any_per_step, self._logged_steps(n)
             # the time spent waiting for the next batch: a loader that starves the model
@@ -238,8 +254,9 @@ class Engine:
     def _logged_steps(self, n: int) -> set[int]:
         """Which of the next n steps log a step row (trainer.log_every_n_steps)."""
         first, last = self.step + 1, self.step + n
-        return {s for every in self._everies for s in range(-(-first // every) * every,
-                                                             last + 1, every)}  # fmt: skip
+        return {
+            s for every in self._everies for s in range(-(-first // every) * every, last + 1, every)
+        }
 
     def begin_epoch(self) -> None:
         """Before the first batch: the rates this epoch's batches start with."""

@@ -74,9 +74,11 @@ def check_model_on_data(cfg: Mapping[str, Any], data: Any, data_name: str) -> No
     _check_output(cfg, out, data.num_classes, x)
     if not any(p.requires_grad for p in model.parameters()):
         raise ConfigError(
-            model_key(cfg), _value(cfg), "has no trainable parameters (none, or every one "
+            model_key(cfg),
+            _value(cfg),
+            "has no trainable parameters (none, or every one "
             "has requires_grad=False): the optimizer would have nothing to train",
-        )  # fmt: skip
+        )
 
 
 def _value(cfg: Mapping[str, Any]) -> Any:
@@ -103,9 +105,10 @@ def _probe(
     except Exception as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ConfigError(
-            model_key(cfg), _value(cfg),
+            model_key(cfg),
+            _value(cfg),
             f"fails on a batch of the data (inputs {list(x.shape)}, {x.dtype}): {first}",
-        ) from None  # fmt: skip
+        ) from None
 
 
 def _forward(model: nn.Module, x: torch.Tensor) -> Any:
@@ -122,23 +125,28 @@ def _check_dtype(cfg: Mapping[str, Any], model: nn.Module, x: torch.Tensor, data
         return
     if data_name == "dataset":
         raise ConfigError(
-            "data.train.transform", None, f"gives {x.dtype} samples and the model's "
+            "data.train.transform",
+            None,
+            f"gives {x.dtype} samples and the model's "
             f"parameters are {wanted}: add v2.ToDtype(torch.{str(wanted).split('.')[-1]}, "
             "scale=True) to the transforms",
-        )  # fmt: skip
+        )
     raise ConfigError(
-        model_key(cfg), _value(cfg),
+        model_key(cfg),
+        _value(cfg),
         f"has {wanted} parameters and the data gives {x.dtype} samples: build it in {x.dtype}",
-    )  # fmt: skip
+    )
 
 
 def _check_output(cfg: Mapping[str, Any], out: Any, num_classes: int, x: torch.Tensor) -> None:
     """One score per class and sample: [batch, num_classes]."""
     if not torch.is_tensor(out):
         raise ConfigError(
-            model_key(cfg), _value(cfg), f"returns {type(out).__name__} for a batch; the runner "
+            model_key(cfg),
+            _value(cfg),
+            f"returns {type(out).__name__} for a batch; the runner "
             f"needs a tensor of class scores [batch, {num_classes}] from forward()",
-        )  # fmt: skip
+        )
     shape = list(out.shape)
     if len(shape) == 2 and shape[0] == x.shape[0] and shape[1] == num_classes:
         return
@@ -150,13 +158,17 @@ def _check_output(cfg: Mapping[str, Any], out: Any, num_classes: int, x: torch.T
             else "give it num_classes (e.g. model.num_classes=${data.num_classes})"
         )
         raise ConfigError(
-            key, cfg.get(key.split(".", 1)[1]), f"the model outputs {shape[1]} class scores "
+            key,
+            cfg.get(key.split(".", 1)[1]),
+            f"the model outputs {shape[1]} class scores "
             f"and the data has {num_classes} classes (data.num_classes): {hint}",
-        )  # fmt: skip
+        )
     raise ConfigError(
-        model_key(cfg), _value(cfg), f"outputs {shape} for a batch of {x.shape[0]}; the runner "
+        model_key(cfg),
+        _value(cfg),
+        f"outputs {shape} for a batch of {x.shape[0]}; the runner "
         f"needs class scores [batch, {num_classes}]",
-    )  # fmt: skip
+    )
 
 
 def _width_key(cfg: Mapping[str, Any], width: int) -> str:

@@ -78,9 +78,14 @@ class CNN1d(nn.Module):
     lecture's two-group LambdaLR applies as is) can get their own lrs."""
 
     def __init__(
-        self, in_channels: int, length: int, num_classes: int,
-        channels: int, kernel_sizes: list[int], stride: int,
-    ) -> None:  # fmt: skip
+        self,
+        in_channels: int,
+        length: int,
+        num_classes: int,
+        channels: int,
+        kernel_sizes: list[int],
+        stride: int,
+    ) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         width = in_channels
@@ -104,9 +109,13 @@ class GRU(nn.Module):
     every step's hidden state flattened into a linear head."""
 
     def __init__(
-        self, in_channels: int, length: int, num_classes: int, hidden_size: int,
+        self,
+        in_channels: int,
+        length: int,
+        num_classes: int,
+        hidden_size: int,
         bidirectional: bool,
-    ) -> None:  # fmt: skip
+    ) -> None:
         super().__init__()
         self.gru = nn.GRU(in_channels, hidden_size, batch_first=True, bidirectional=bidirectional)
         directions = 2 if bidirectional else 1
@@ -278,9 +287,11 @@ def validate_model(cfg: Mapping[str, Any], shape: Shape | None = None, classes: 
                 kinds = {IMAGES: "images [C, H, W]", SIGNALS: "1-D signals [C, L]"}
                 wants = " or ".join(kinds[r] for r in spec.inputs)
                 raise ConfigError(
-                    "model.name", cfg["name"], f"takes {wants}; the data gives "
+                    "model.name",
+                    cfg["name"],
+                    f"takes {wants}; the data gives "
                     f"{kinds.get(len(shape), f'samples of shape {list(shape)}')}",
-                )  # fmt: skip
+                )
             with torch.device("meta"):  # its own shape checks (CNN1d's lengths), no memory
                 spec.build(cfg, shape, classes)
         return

@@ -173,9 +173,10 @@ def _check_steps(cfg: Mapping[str, Any], optimizer: Any) -> None:
         why = "steps only on sparse gradients (nn.Embedding(sparse=True)); models give dense ones"
     if why is not None:
         raise ConfigError(
-            f"optimizer.{binder.TARGET}", cfg[binder.TARGET],
+            f"optimizer.{binder.TARGET}",
+            cfg[binder.TARGET],
             f"{why}; the runner calls step() once a batch: use another optimizer",
-        )  # fmt: skip
+        )
 
 
 def build_optimizer(cfg: Mapping[str, Any], groups: Sequence[Group]) -> Any:

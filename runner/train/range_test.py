@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from omegaconf import DictConfig
 
 from runner.config.schema import LrFind, check_node
@@ -108,8 +109,6 @@ def range_test(
     group's initial lr, times the lr of the iteration. A streamed data set (data=dataset
     not in memory) is streamed through the run's DataLoaders, not materialised for the test.
     """
-    import torch
-
     device = next(model.parameters()).device
     saved = (
         copy.deepcopy(model.state_dict()),
@@ -185,16 +184,19 @@ def range_test(
     result.losses = [result.losses[i] for i in finite]
     result.smooth = smoothed(result.losses, cfg["smooth"])
     if len(result.lrs) < 3:  # a config to change, not a crash: one line, exit 2
-        raise ConfigError("lr_find.start_lr", cfg["start_lr"], f"the loss diverged within "
-                          f"{len(result.lrs)} points of the test: lower it")  # fmt: skip
+        raise ConfigError(
+            "lr_find.start_lr",
+            cfg["start_lr"],
+            f"the loss diverged within {len(result.lrs)} points of the test: lower it",
+        )
     result.suggestions = suggest(result.lrs, result.smooth)
     return result
 
 
 def write_outputs(result: RangeTest, out: Path, chosen: str) -> tuple[Path, Path]:
-    import matplotlib
+    import matplotlib  # ~0.5 s: only when a plot is drawn
 
-    matplotlib.use("Agg")
+    matplotlib.use("Agg")  # before pyplot: no display needed
     import matplotlib.pyplot as plt
 
     out.mkdir(parents=True, exist_ok=True)
@@ -210,8 +212,12 @@ def write_outputs(result: RangeTest, out: Path, chosen: str) -> tuple[Path, Path
     for name, style in (("steepest", "--"), ("min_loss_div_10", ":")):
         lr = result.suggestions[name]
         mark = " (used)" if name == chosen else ""
-        ax.axvline(lr, linestyle=style, color="C3" if name == chosen else "C2",
-                   label=f"{name}: {lr:.3g}{mark}")  # fmt: skip
+        ax.axvline(
+            lr,
+            linestyle=style,
+            color="C3" if name == chosen else "C2",
+            label=f"{name}: {lr:.3g}{mark}",
+        )
     ax.set_xscale("log")
     ax.set_xlabel("learning rate (log scale)")
     ax.set_ylabel("loss")

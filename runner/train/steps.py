@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 from torch.nn import functional as F
+from tqdm import tqdm
 
 
 def train_step(
@@ -81,7 +82,6 @@ def progress_bar(mode: str, total: int, desc: str, batch_size: int | None = None
     it counts batches but shows samples and samples/s."""
     if mode == "line" or (mode == "auto" and not sys.stderr.isatty()):
         return NoBar()
-    from tqdm import tqdm
 
     scale = {"unit": "sample", "unit_scale": batch_size} if batch_size else {}
     return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True, file=sys.stderr, **scale)
