@@ -3,9 +3,14 @@ gradient accumulation, label smoothing; with exact resume and fused groups."""
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import signal
+import subprocess
+import sys
 from contextlib import nullcontext
+from pathlib import Path
 
 import pytest
 import torch
@@ -25,12 +30,14 @@ from tests.helpers import (
     assert_same_rows,
     comparable,
     make_cfg,
+    one_torch_thread,
     read_metrics,
     train_members,
     train_separate,
 )
 
 FAST = ("logger=none", "trainer.progress=line")
+TORCHRUN = Path(sys.executable).parent / "torchrun"
 
 
 def _weights(run_dir) -> dict[str, torch.Tensor]:
@@ -264,3 +271,49 @@ def test_fused_members_clip_their_own_gradients_like_separate_runs(tmp_path):
         assert_same_rows(member.run_dir, train_separate(tmp_path, overrides))
     rows = [read_metrics(m.run_dir)[-1] for m in members]
     assert ["train/grad_norm" in r for r in rows] == [True, True, False]
+
+
+# -- DDP
+
+
+def test_a_step_holds_the_all_reduce_back_on_every_micro_batch_but_the_last():
+    """`no_sync` (DDP's) is entered around the backward of each micro-batch that does not
+    step, so gradients cross ranks once per optimizer step."""
+    model = torch.nn.Linear(4, 3)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    entered = []
+
+    @contextlib.contextmanager
+    def no_sync():
+        entered.append(sum(p.grad is not None for p in model.parameters()))
+        yield
+
+    micro = [(torch.randn(5, 4), torch.randint(0, 3, (5,)), 1 / 3) for _ in range(3)]
+    out, _ = train_step(model, optimizer, micro, nullcontext(), None, no_sync=no_sync)
+    assert len(out) == 3 and entered == [0, 2]  # before the 1st and 2nd backward, not the 3rd
+
+
+@pytest.mark.slow
+def test_two_ddp_ranks_accumulating_and_clipping_match_one_process(tmp_path):
+    """Under torchrun (CPU, gloo) micro-batches that do not step keep their gradients on
+    each rank (DDP's no_sync), the step's all-reduce sums them, then each rank clips the
+    same averaged gradients: two ranks train like one process with the same knobs."""
+    args = ["epochs=2", "data.batch_size=32", "trainer.accumulate=3",
+            "trainer.grad_clip_norm=0.5", "trainer.label_smoothing=0.1",
+            "trainer.progress=line"]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env["OMP_NUM_THREADS"] = "1"
+    ddp = subprocess.run(
+        [str(TORCHRUN), "--standalone", "--nproc_per_node=2", "-m", "runner", "logger=none",
+         "trainer.strategy=ddp", *args, f"hydra.run.dir={tmp_path / 'ddp'}"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    with one_torch_thread():
+        assert train(make_cfg(*args, "logger=none"), tmp_path / "one").status == "completed"
+    a, b = read_metrics(tmp_path / "ddp"), read_metrics(tmp_path / "one")
+    assert len(a) == len(b) == 2
+    for ra, rb in zip(a, b, strict=True):
+        assert ra["lr/group0"] == rb["lr/group0"]
+        for key in ("train/loss", "train/acc", "val/loss", "val/acc", "train/grad_norm"):
+            assert ra[key] == pytest.approx(rb[key], abs=1e-4), key
