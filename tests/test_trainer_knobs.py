@@ -20,6 +20,7 @@ import runner.run.check
 import runner.run.train
 from runner.run.check import validate
 from runner.run.train import train
+from runner.sweep.fused import group_key
 from runner.sweep.stacked import clip_members
 from runner.train import steps
 from runner.train.builders import build_run
@@ -317,3 +318,13 @@ def test_two_ddp_ranks_accumulating_and_clipping_match_one_process(tmp_path):
         assert ra["lr/group0"] == rb["lr/group0"]
         for key in ("train/loss", "train/acc", "val/loss", "val/acc", "train/grad_norm"):
             assert ra[key] == pytest.approx(rb[key], abs=1e-4), key
+
+
+def test_jobs_differing_in_clipping_fuse_and_in_accumulation_or_smoothing_do_not():
+    """Clipping is each member's own; accumulation and label smoothing shape every member's
+    step and loss alike, so they split a sweep into fused groups."""
+    base = group_key(make_cfg())
+    assert group_key(make_cfg("trainer.grad_clip_norm=1.0")) == base
+    assert group_key(make_cfg("trainer.grad_clip_value=0.1")) == base
+    assert group_key(make_cfg("trainer.accumulate=2")) != base
+    assert group_key(make_cfg("trainer.label_smoothing=0.1")) != base

@@ -3,8 +3,10 @@
 Used by the `hydra/launcher=fused` plugin (hydra_plugins/schedlab_fused/). Jobs fuse when
 they differ only in what each member can have for itself: seed (init and data order), the
 schedule and its parameters, optimizer hyper-parameters (lr, momentum, weight decay,
-betas, eps, param-group multipliers) and when to call a run diverged. Everything that
-shapes a batch or the model (model, data, batch size, epochs, device) must match.
+betas, eps, param-group multipliers), gradient clipping (each member clips its own slice
+of the stacked gradients, stacked.py `clip_members`) and when to call a run diverged.
+Everything that shapes a batch, the model or the loss (model, data, batch size,
+trainer.accumulate, trainer.label_smoothing, epochs, device) must match.
 
 Each member keeps what a single run has: its model built from its own seed (then
 stacked, runner/sweep/stacked.py), its own shuffle generator, its own torch optimizer and
