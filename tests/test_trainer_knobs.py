@@ -74,7 +74,9 @@ def test_clipping_by_norm_and_by_value_at_once_is_a_config_error():
 # -- clipping
 
 
-def _one_sgd_step(**knobs) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor | None]:
+def _one_sgd_step(
+    scaler: torch.amp.GradScaler | None = None, **knobs
+) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor | None]:
     """The default model's gradients of one batch, and its weights' change in one plain SGD
     step (lr 0.5, no momentum) taken with `knobs`; returns (grads, deltas, norm)."""
     cfg = make_cfg(*FAST, "optimizer.momentum=0", "optimizer.lr=0.5")
@@ -85,7 +87,7 @@ def _one_sgd_step(**knobs) -> tuple[list[torch.Tensor], list[torch.Tensor], torc
     run.model.zero_grad()
     F.cross_entropy(run.model(x), y).backward()
     grads = [p.grad.clone() for p in params]
-    _, norm = train_step(run.model, run.optimizer, [(x, y, 1.0)], nullcontext(), None,
+    _, norm = train_step(run.model, run.optimizer, [(x, y, 1.0)], nullcontext(), scaler,
                          params=params, **knobs)  # fmt: skip
     return grads, [p.detach() - b for p, b in zip(params, before, strict=True)], norm
 
@@ -108,6 +110,17 @@ def test_clip_value_clamps_each_gradient_element():
     assert norm == pytest.approx(true_norm.item(), rel=1e-5)
     for g, d in zip(grads, deltas, strict=True):
         torch.testing.assert_close(d, -0.5 * g.clamp(-1e-3, 1e-3), rtol=1e-5, atol=1e-8)
+
+
+def test_clipping_under_a_grad_scaler_clips_the_unscaled_gradients():
+    """fp16 AMP's GradScaler multiplies the loss: the gradients are unscaled before they are
+    clipped (and measured), so the step equals the one without a scaler."""
+    _, plain, plain_norm = _one_sgd_step(clip_norm=0.01)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    _, scaled, scaled_norm = _one_sgd_step(clip_norm=0.01, scaler=scaler)
+    assert scaled_norm.item() == pytest.approx(plain_norm.item(), rel=1e-5)
+    for a, b in zip(scaled, plain, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-8)
 
 
 def test_a_run_logs_train_grad_norm_as_the_epoch_mean_only_when_clipping(tmp_path, monkeypatch):
