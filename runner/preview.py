@@ -51,7 +51,9 @@ def run_groups(cfg: Any, steps_per_epoch: int | None = None) -> tuple[list[str],
     """The run's param groups, as (names, lrs), and its steps per epoch (default: from the
     data config)."""
     if steps_per_epoch is None:
-        steps_per_epoch = steps_in_epoch(train_size(cfg.data), cfg.data.batch_size)
+        steps_per_epoch = steps_in_epoch(
+            train_size(cfg.data), cfg.data.batch_size, cfg.trainer.accumulate
+        )
     lr = cfg.optimizer.lr
     names, multipliers = zip(*planned_groups(cfg), strict=True)  # parts or name patterns
     return list(names), [lr * m for m in multipliers], steps_per_epoch

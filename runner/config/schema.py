@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from schedulers import ConfigError
 from schedulers.checks import (
     MODES,
     anything,
@@ -66,12 +67,24 @@ class Trainer:
     # against monitor below
     monitor_mode: str = key("auto", choice(*MODES))
     diverge_loss: float | None = key(None, number(0, lo_open=True, optional=True))
+    # gradient clipping before each optimizer step, by the global norm or per element
+    # (null = off; one of the two, as Lightning's gradient_clip_algorithm)
+    grad_clip_norm: float | None = key(None, number(0, lo_open=True, optional=True))
+    grad_clip_value: float | None = key(None, number(0, lo_open=True, optional=True))
+    accumulate: int = key(1, integer(1))  # micro-batches per optimizer step
+    label_smoothing: float = key(0.0, number(0, 1, hi_open=True))  # the training loss only
 
     @staticmethod
     def check_keys(prefix: str, node: Mapping[str, Any]) -> None:
-        """What ties keys together: a mode that contradicts its metric."""
+        """What ties keys together: a mode that contradicts its metric; two clippings."""
         mode, metric = node["monitor_mode"], node["monitor"]
         need_mode(f"{prefix}.monitor_mode", mode, metric, f"{prefix}.monitor")
+        if node["grad_clip_norm"] is not None and node["grad_clip_value"] is not None:
+            raise ConfigError(
+                f"{prefix}.grad_clip_value",
+                node["grad_clip_value"],
+                f"set one of {prefix}.grad_clip_norm and {prefix}.grad_clip_value (the other null)",
+            )
 
 
 @dataclass

@@ -125,10 +125,12 @@ def data_shape(cfg: Mapping[str, Any]) -> tuple[tuple[int, ...], int]:
     return data.image_shape, data.num_classes
 
 
-def steps_per_epoch(n_train: int, batch_size: int) -> int:
-    """Optimizer steps in an epoch: `batches()` yields the last, smaller batch too. The one
-    formula behind per-step schedules, the loops' step counts and the previews."""
-    return math.ceil(n_train / batch_size)
+def steps_per_epoch(n_train: int, batch_size: int, accumulate: int = 1) -> int:
+    """Optimizer steps in an epoch: `batches()` yields the last, smaller batch too, and with
+    trainer.accumulate N each step takes N batches, the epoch's last step the batches left
+    (runner/train/steps.py `groups`). The one formula behind per-step schedules, the loops'
+    step counts, start-up validation and the previews."""
+    return math.ceil(math.ceil(n_train / batch_size) / accumulate)
 
 
 def load_data(cfg: Mapping[str, Any]) -> TensorData | StreamData:

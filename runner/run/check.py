@@ -83,7 +83,9 @@ def validate(cfg: Mapping[str, Any]) -> None:
     validate_scheduler(
         cfg["scheduler"],
         epochs=cfg["epochs"],
-        steps_per_epoch=steps_per_epoch(train_size(cfg["data"]), cfg["data"]["batch_size"]),
+        steps_per_epoch=steps_per_epoch(
+            train_size(cfg["data"]), cfg["data"]["batch_size"], cfg["trainer"]["accumulate"]
+        ),
         base_lrs=base_lrs,
         metrics=EPOCH_METRICS,
     )

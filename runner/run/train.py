@@ -46,7 +46,7 @@ from runner.run.rundir import (
 from runner.train.builders import Run, build_run
 from runner.train.engine import Engine, Result, Track, say_to_log, track_for
 from runner.train.range_test import find_lr
-from runner.train.steps import evaluate, train_step
+from runner.train.steps import evaluate, groups, train_step
 from runner.train.stopping import StopFlag, stop_on_signals
 from schedulers.binder import label, plain
 
@@ -238,65 +238,106 @@ def fit(
 
 class SingleModel:
     """One model's side of the epoch engine (runner/train/engine.py): its batches (this
-    rank's share of each under DDP), the training step, the epoch's sums, validation."""
+    rank's share of each under DDP) in groups of trainer.accumulate, the training step, the
+    epoch's sums, validation."""
 
     def __init__(self, cfg: DictConfig, run: Run, shuffle: torch.Generator) -> None:
         self.run, self.shuffle = run, shuffle
         # read once: an OmegaConf lookup costs microseconds, and 10 ms epochs add them up
-        self.batch_size = cfg.data.batch_size
+        trainer, micro = cfg.trainer, cfg.data.batch_size
+        self.accumulate = trainer.accumulate
+        self.micro, self.batch_size = micro, micro * self.accumulate  # per optimizer step
         self.augment = cfg.data.get("augment", False)  # only image sets that have the key
         self.n_train = run.data.n_train
-        self.steps_per_epoch = steps_per_epoch(self.n_train, self.batch_size)
-        self.val_batch_size = max(self.batch_size, 1024)  # no gradients: larger batches fit
-        self.loss_sum = self.correct = torch.zeros(())
+        self.steps_per_epoch = steps_per_epoch(self.n_train, micro, self.accumulate)
+        self.val_batch_size = max(micro, 1024)  # no gradients: larger batches fit
+        self.knobs = {
+            "params": [p for g in run.optimizer.param_groups for p in g["params"]],
+            "clip_norm": trainer.grad_clip_norm,
+            "clip_value": trainer.grad_clip_value,
+            "label_smoothing": trainer.label_smoothing,
+            # DDP: micro-batches that do not step keep their gradients on the rank
+            "no_sync": getattr(run.forward, "no_sync", None) if self.accumulate > 1 else None,
+        }
+        self.loss_sum = self.correct = self.norm_sum = torch.zeros(())
+        self.steps = 0  # optimizer steps this epoch: train/grad_norm is their mean
         # data=dataset not held in memory: DataLoaders (runner/data/stream.py), else None;
         # under DDP each rank's loader fetches only its share of each batch
         self.stream = loaders_for(
             cfg.data,
             run.data,
-            self.batch_size,
+            micro,
             cfg.seed,
             run.device,
             share=(run.dist.rank, run.dist.world) if run.dist.active else (0, 1),
         )
 
-    def batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def batches(self, epoch: int) -> Iterator[list[tuple[torch.Tensor, ...]]]:
+        """The epoch's batches, trainer.accumulate of them per optimizer step."""
         run = self.run
         run.model.train()
         # loss/acc summed on the device: no host sync per batch
         self.loss_sum = torch.zeros((), device=run.device)
         self.correct = torch.zeros((), device=run.device)
+        self.norm_sum, self.steps = torch.zeros((), device=run.device), 0
         if self.stream is not None:  # the same order, drawn from the same generator
-            return self.stream.train(epoch, self.shuffle)
+            return groups(self.stream.train(epoch, self.shuffle), self.accumulate)
         data = run.data
-        return batches(data.x_train, data.y_train, self.batch_size, self.shuffle, run.device)
+        return groups(
+            batches(data.x_train, data.y_train, self.micro, self.shuffle, run.device),
+            self.accumulate,
+        )
 
-    def train_batch(self, batch: tuple[Any, ...]) -> Callable[[], list[float]]:
-        """`batch`: (x, y) in memory, the global batch; (x, y, n) streamed, this rank's
-        share already (the loader fetched only it) of a global batch of n."""
-        run, (x, y) = self.run, batch[:2]
+    def share(self, batch: tuple[Any, ...]) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """(x, y, n): this rank's part of a global batch of n samples. `batch`: (x, y) in
+        memory, the global batch; (x, y, n) streamed, this rank's share already (the loader
+        fetched only it)."""
+        x, y = batch[:2]
         if self.augment:
             x = augment_batch(x, self.shuffle)
-        grad_scale = 1.0
-        dist = run.dist
-        if dist.active:  # this rank's share of the global batch, weighted by its size
-            if self.stream is None:
-                global_n = y.shape[0]
-                x, y = x[dist.rank :: dist.world], y[dist.rank :: dist.world]
-            else:
-                global_n = batch[2]
-            grad_scale = dist.world * y.shape[0] / global_n
-        loss, logits = train_step(
-            run.forward, run.optimizer, run.prepare(x), y, run.amp_ctx, run.scaler, grad_scale
+        dist = self.run.dist
+        if not dist.active:
+            return x, y, y.shape[0]
+        if self.stream is None:
+            return x[dist.rank :: dist.world], y[dist.rank :: dist.world], y.shape[0]
+        return x, y, batch[2]
+
+    def train_batch(self, group: list[tuple[Any, ...]]) -> Callable[[], list[float]]:
+        """One optimizer step on `group`'s micro-batches. Each one's loss is weighted by its
+        share of the group's samples (under DDP: this rank's share, times the world size,
+        which DDP's average of the ranks' gradients divides out again)."""
+        run, world = self.run, self.run.dist.world
+        parts = [self.share(batch) for batch in group]
+        total = sum(n for _, _, n in parts)
+        micro = [(run.prepare(x), y, world * y.shape[0] / total) for x, y, _ in parts]
+        out, norm = train_step(
+            run.forward, run.optimizer, micro, run.amp_ctx, run.scaler, **self.knobs
         )
-        self.loss_sum += loss * y.shape[0]
-        self.correct += (logits.argmax(1) == y).sum()
-        return lambda: [loss.item()]
+        sums = []  # each micro-batch's loss x its samples (on this rank)
+        for (loss, logits), (_, y, _) in zip(out, parts, strict=True):
+            sums.append(loss * y.shape[0])
+            self.loss_sum += sums[-1]
+            self.correct += (logits.argmax(1) == y).sum()
+        if norm is not None:
+            self.norm_sum += norm
+        self.steps += 1
+        if len(out) == 1:  # most runs: the batch's own loss
+            loss = out[0][0]
+            return lambda: [loss.item()]
+        n = sum(y.shape[0] for _, y, _ in parts)
+        return lambda: [sum(sums).item() / n]  # the step's mean over its samples
 
     def train_metrics(self) -> tuple[list[float], list[float]]:
         # every rank logs and schedules on the same value
         self.run.dist.all_reduce_sum(self.loss_sum, self.correct)
         return [self.loss_sum.item() / self.n_train], [self.correct.item() / self.n_train]
+
+    def grad_norms(self) -> list[float | None]:
+        """The mean over the epoch's optimizer steps of the gradient norm before clipping,
+        when clipping is on (equal on every rank: DDP's gradients are all-reduced)."""
+        if self.knobs["clip_norm"] is None and self.knobs["clip_value"] is None:
+            return [None]
+        return [self.norm_sum.item() / max(self.steps, 1)]
 
     def validate(self) -> tuple[list[float], list[float]]:
         run = self.run

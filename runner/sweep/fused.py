@@ -3,8 +3,10 @@
 Used by the `hydra/launcher=fused` plugin (hydra_plugins/schedlab_fused/). Jobs fuse when
 they differ only in what each member can have for itself: seed (init and data order), the
 schedule and its parameters, optimizer hyper-parameters (lr, momentum, weight decay,
-betas, eps, param-group multipliers) and when to call a run diverged. Everything that
-shapes a batch or the model (model, data, batch size, epochs, device) must match.
+betas, eps, param-group multipliers), gradient clipping (each member clips its own slice
+of the stacked gradients, stacked.py `clip_members`) and when to call a run diverged.
+Everything that shapes a batch, the model or the loss (model, data, batch size,
+trainer.accumulate, trainer.label_smoothing, epochs, device) must match.
 
 Each member keeps what a single run has: its model built from its own seed (then stacked,
 runner/sweep/stacked.py), its own shuffle generator, its own torch optimizer and real torch
@@ -52,12 +54,12 @@ from runner.run.train import (
     startup_line,
     write_status,
 )
-from runner.sweep.stacked import FusedOptimizer, StackedNet
+from runner.sweep.stacked import FusedOptimizer, StackedNet, clip_members
 from runner.sweep.sweepdir import record_refused
 from runner.train import models, optimizers
 from runner.train.builders import build_member, resolve_device
 from runner.train.engine import Engine, Result, Track
-from runner.train.steps import evaluate
+from runner.train.steps import evaluate, groups
 from runner.train.stopping import stop_on_signals
 from schedulers import ConfigError
 from schedulers.binder import label
@@ -73,7 +75,8 @@ PER_MEMBER = {
     "optimizer": ("lr", "momentum", "weight_decay", "betas", "eps", "param_groups"),
     "trainer": (
         "diverge_loss", "monitor", "monitor_mode", "log_every_n_steps", "progress",
-        "checkpoint", "checkpoint_interval_s", "channels_last",
+        "checkpoint", "checkpoint_interval_s", "channels_last", "grad_clip_norm",
+        "grad_clip_value",
     ),
 }  # fmt: skip
 
@@ -324,7 +327,10 @@ def _fit(members: Sequence[Member], stop: Any, background: Background, cleanup: 
     for m in members:
         _note(m, logging.INFO, f"fused with {k - 1} other job(s): {startup_line(m.cfg, device)}")
     per_step = any(t.per_step for t in tracks)  # then the lrs are read before every step
-    models = StackedModels(net, fused, data, streams, per, batch_size, device, per_step, engine)
+    trainers = [m.cfg.trainer for m in members]
+    models = StackedModels(
+        net, fused, data, streams, per, batch_size, device, per_step, engine, trainers
+    )
     engine.run(
         models,
         start=0,
@@ -360,52 +366,98 @@ class StackedModels:
         device: torch.device,
         any_per_step: bool,
         engine: Engine,
+        trainers: Sequence[Any],
     ) -> None:
         self.net, self.fused, self.data, self.streams, self.per = net, fused, data, streams, per
         self.batch_size, self.device, self.k = batch_size, device, net.k
         self.n_train = data.y_train.shape[0]
-        self.steps_per_epoch = steps_per_epoch(self.n_train, batch_size)
         self.any_per_step = any_per_step  # then the fused step reads the lrs before every step
         self.engine = engine  # which members still train: the epoch's summary line
         self.val_acc: list[float] = []
-        self.loss_sum = self.correct = torch.zeros(())
+        self.loss_sum = self.correct = self.norm_sum = torch.zeros(())
+        self.steps = 0  # optimizer steps this epoch: train/grad_norm is their mean
+        # the trainer knobs: accumulate and label_smoothing are the group's (in its key),
+        # gradient clipping each member's own (clip_members: member k's slice of each grad)
+        self.accumulate = trainers[0].accumulate
+        self.label_smoothing = trainers[0].label_smoothing
+        self.micro, self.batch_size = batch_size, batch_size * self.accumulate  # per step
+        self.steps_per_epoch = steps_per_epoch(self.n_train, batch_size, self.accumulate)
+        self.clip_norms = [t.grad_clip_norm for t in trainers]
+        self.clip_values = [t.grad_clip_value for t in trainers]
+        self.clips = [
+            a is not None or b is not None
+            for a, b in zip(self.clip_norms, self.clip_values, strict=True)
+        ]
 
-    def batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def batches(self, epoch: int) -> Iterator[list[tuple[torch.Tensor, torch.Tensor]]]:
+        """The epoch's optimizer steps, trainer.accumulate batches each (runner/train/steps.py
+        `groups`: the epoch's last step takes the batches left)."""
         n, device = self.n_train, self.device
         orders = torch.stack([torch.randperm(n, generator=g) for g in self.streams]).to(device)
         self.loss_sum = torch.zeros(self.k, device=device)
         self.correct = torch.zeros(self.k, device=device)
-        data = self.data
-        for start in range(0, n, self.batch_size):
-            idx = orders[:, start : start + self.batch_size]
-            yield data.x_train[idx], data.y_train[idx].repeat_interleave(self.per, 0)
+        self.norm_sum, self.steps = torch.zeros(self.k, device=device), 0
+        data, micro = self.data, self.micro
 
-    def train_batch(self, batch: tuple[torch.Tensor, torch.Tensor]) -> Callable[[], list[float]]:
-        x, y = batch
+        def each() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+            for start in range(0, n, micro):
+                idx = orders[:, start : start + micro]
+                yield data.x_train[idx], data.y_train[idx].repeat_interleave(self.per, 0)
+
+        return groups(each(), self.accumulate)
+
+    def train_batch(
+        self, group: list[tuple[torch.Tensor, torch.Tensor]]
+    ) -> Callable[[], list[float]]:
+        """One fused optimizer step on the group's micro-batches, each one's loss weighted
+        by its share of the step's samples as a single run weighs it (train.py)."""
         if self.any_per_step:
             self.fused.refresh()  # the lrs (and momenta) the schedules set after the last step
-        logits = self.net(x)
-        loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none")
-        loss = loss.view(self.k, -1).mean(1)  # each member's mean over its own batch
         self.fused.zero_grad()
-        loss.sum().backward()  # members share no weights: each gets its own gradient
+        total = sum(y.shape[1] for _, y in group)
+        step_loss = None
+        for x, y in group:
+            logits = self.net(x)
+            loss = F.cross_entropy(
+                logits.flatten(0, 1),
+                y.flatten(),
+                reduction="none",
+                label_smoothing=self.label_smoothing,
+            )
+            loss = loss.view(self.k, -1).mean(1)  # each member's mean over its own batch
+            weight = y.shape[1] / total
+            # members share no weights: each gets its own gradient
+            (loss.sum() if weight == 1.0 else loss.sum() * weight).backward()
+            loss = loss.detach()
+            self.loss_sum += loss * y.shape[1]
+            self.correct += (logits.detach().argmax(-1) == y).sum(1)
+            step_loss = loss * weight if step_loss is None else step_loss + loss * weight
+        if any(self.clips):
+            params = self.fused.params
+            self.norm_sum += clip_members(params, self.clip_norms, self.clip_values)
         self.fused.step()
-        loss = loss.detach()
-        self.loss_sum += loss * y.shape[1]
-        self.correct += (logits.detach().argmax(-1) == y).sum(1)
-        return loss.tolist
+        self.steps += 1
+        assert step_loss is not None
+        return step_loss.tolist
 
     def train_metrics(self) -> tuple[list[float], list[float]]:
         # sums on the device, divided on the host in double precision, as train.py does
         n = self.n_train
         return [v / n for v in self.loss_sum.tolist()], [v / n for v in self.correct.tolist()]
 
+    def grad_norms(self) -> list[float | None]:
+        """Each clipping member's mean gradient norm before clipping over the epoch's steps."""
+        if not any(self.clips):
+            return [None] * self.k
+        means = [v / max(self.steps, 1) for v in self.norm_sum.tolist()]
+        return [m if on else None for m, on in zip(means, self.clips, strict=True)]
+
     def validate(self) -> tuple[list[float], list[float]]:
         """Every member on the same val batches: logits [K, N, classes]."""
         data, net = self.data, self.net
         net.eval()
         try:
-            val = batches(data.x_val, data.y_val, max(self.batch_size, 1024), device=self.device)
+            val = batches(data.x_val, data.y_val, max(self.micro, 1024), device=self.device)
             losses, self.val_acc = evaluate(net, val)
             return losses, self.val_acc
         finally:

@@ -14,6 +14,7 @@ member's real torch scheduler drives (see runner/sweep/fused.py).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -162,6 +163,33 @@ def column(values: Sequence[float], like: torch.Tensor) -> torch.Tensor:
     """Per-member values shaped [K, 1, ...] to broadcast over a stacked tensor like `like`."""
     shape = (len(values),) + (1,) * (like.dim() - 1)
     return torch.tensor(values, dtype=like.dtype, device=like.device).view(shape)
+
+
+@torch.no_grad()
+def clip_members(
+    params: Sequence[torch.Tensor],
+    max_norms: Sequence[float | None],
+    max_values: Sequence[float | None],
+) -> torch.Tensor:
+    """Each member's gradients clipped as its own run's trainer.grad_clip_norm or
+    trainer.grad_clip_value clips them (torch's clip_grad_norm_/clip_grad_value_ on member
+    k's slice of every stacked gradient; None: that member does not clip so). Returns each
+    member's gradient norm before clipping, [K]: torch's global norm, the norm of the
+    per-parameter norms, per member."""
+    grads = [p.grad for p in params if p.grad is not None]
+    per_param = torch.stack([torch.linalg.vector_norm(g.flatten(1), dim=1) for g in grads])
+    norms = torch.linalg.vector_norm(per_param, dim=0)
+    inf = math.inf
+    if any(v is not None for v in max_norms):
+        limit = torch.tensor([inf if v is None else v for v in max_norms], device=norms.device)
+        coef = (limit / (norms + 1e-6)).clamp_(max=1.0)  # torch's formula
+        for g in grads:
+            g.mul_(coef.view(-1, *[1] * (g.dim() - 1)))
+    if any(v is not None for v in max_values):
+        for g in grads:
+            bound = column([inf if v is None else v for v in max_values], g)
+            torch.clamp(g, -bound, bound, out=g)
+    return norms
 
 
 class FusedOptimizer:

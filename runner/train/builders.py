@@ -125,7 +125,9 @@ def build_member(
     seed) the other takes. `data`: not yet placed on the device (the model may resize it)."""
     model, optimizer = build_model(cfg, data, device)
     # the only place epochs meet batches: per-step schedules need the batches per epoch
-    per_epoch = steps_per_epoch(data.n_train, cfg["data"]["batch_size"])
+    per_epoch = steps_per_epoch(
+        data.n_train, cfg["data"]["batch_size"], cfg["trainer"]["accumulate"]
+    )
     scheduler = build_scheduler(
         cfg["scheduler"], optimizer, epochs=cfg["epochs"], steps_per_epoch=per_epoch
     )

@@ -138,11 +138,12 @@ class Models(Protocol):
     """How batches are trained and validated: one model (runner/run/train.py) or K stacked
     ones (runner/sweep/fused.py). Everything else in an epoch is the engine's."""
 
-    steps_per_epoch: int
+    steps_per_epoch: int  # optimizer steps
     batch_size: int  # samples per step (the bar shows samples/s)
 
     def batches(self, epoch: int) -> Iterable[Any]:
-        """The epoch's batches (the models set to train mode, the sums reset)."""
+        """The epoch's optimizer steps, each the micro-batches it accumulates
+        (trainer.accumulate; the models set to train mode, the sums reset)."""
 
     def train_batch(self, batch: Any) -> Callable[[], list[float]]:
         """One optimizer step on every member; returns how to read each one's loss of it
@@ -150,6 +151,10 @@ class Models(Protocol):
 
     def train_metrics(self) -> tuple[list[float], list[float]]:
         """Each member's mean train loss and accuracy over the epoch."""
+
+    def grad_norms(self) -> list[float | None]:
+        """Each member's train/grad_norm of the epoch (the mean over its optimizer steps of
+        the gradient norm before clipping), None for a member that does not clip."""
 
     def validate(self) -> tuple[list[float], list[float]]:
         """Each member's loss and accuracy on the whole validation split."""
@@ -243,8 +248,9 @@ class Engine:
 
             # -- validate, then rows, divergence, schedules, best epoch, checkpoints
             train = models.train_metrics()
+            norms = models.grad_norms()
             val = models.validate()
-            for i in self.end_epoch(epoch, train, val):
+            for i in self.end_epoch(epoch, train, val, norms):
                 models.stop_member(i)
             models.epoch_done(epoch)
             if not self.active:
@@ -288,10 +294,12 @@ class Engine:
         epoch: int,
         train: tuple[list[float], list[float]],
         val: tuple[list[float], list[float]],
+        norms: Sequence[float | None] = (),
     ) -> list[int]:
         """After validation: each active member's row logged, divergence checked, schedule
         stepped with the row (Plateau reads its monitored metric there), best tracked and
-        checkpoint state snapshotted. `train`/`val` are (losses, accuracies), one per member.
+        checkpoint state snapshotted. `train`/`val` are (losses, accuracies), one per member;
+        `norms` each one's train/grad_norm (None: not measured, no such key in its row).
         Returns the members that diverged in this epoch (they leave `active`)."""
         epoch_s = self.epoch_s = time.perf_counter() - self._t0
         (train_loss, train_acc), (val_loss, val_acc) = train, val
@@ -308,6 +316,8 @@ class Engine:
                 "time/epoch_s": epoch_s,
                 "time/data_s": self.data_s,
             }
+            if i < len(norms) and norms[i] is not None:
+                row["train/grad_norm"] = norms[i]
             t.logger.log_epoch(row)
             p.best_val_acc = max(p.best_val_acc, val_acc[i])
             t.say(logging.INFO, describe_epoch(row, self.epochs, self.note))

@@ -152,7 +152,9 @@ def range_test(
             lr = lr_at(i, cfg)
             for group, ratio in zip(optimizer.param_groups, ratios, strict=True):
                 group["lr"] = lr * ratio
-            loss, _ = train_step(model, optimizer, x.to(device), y.to(device), amp_ctx, scaler)
+            [(loss, _)], _ = train_step(
+                model, optimizer, [(x.to(device), y.to(device), 1.0)], amp_ctx, scaler
+            )
             bar.update()
             if cfg["val_every"]:
                 if (i + 1) % cfg["val_every"]:

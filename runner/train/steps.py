@@ -4,38 +4,110 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any, TypeVar
 
 import torch
 from torch.nn import functional as F
 from tqdm import tqdm
 
+T = TypeVar("T")
 
-def train_step(
+
+def groups(batches: Iterable[T], size: int) -> Iterator[list[T]]:
+    """The micro-batches of each optimizer step (trainer.accumulate = `size`), in order. An
+    epoch whose batches do not divide by `size` ends with a shorter group, which is stepped
+    too: an epoch has ceil(batches / size) optimizer steps (runner/data/sets.py
+    `steps_per_epoch`) and a checkpoint never holds half-accumulated gradients."""
+    group: list[T] = []
+    for batch in batches:
+        group.append(batch)
+        if len(group) == size:
+            yield group
+            group = []
+    if group:
+        yield group
+
+
+def backward(
     model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
     x: torch.Tensor,
     y: torch.Tensor,
     amp_ctx: Any,
     scaler: torch.amp.GradScaler | None,
-    grad_scale: float = 1.0,
+    weight: float = 1.0,
+    label_smoothing: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Forward, backward, optimizer.step() on one batch; returns (loss, logits), no host sync.
-    `grad_scale` multiplies the loss that is backpropagated (DDP: this rank's share)."""
+    """Forward and backward of one (micro-)batch, its gradients added to those already
+    there; returns (loss, logits), no host sync. `weight` multiplies the loss that is
+    backpropagated: the batch's share of the optimizer step's samples (with trainer.accumulate
+    N and equal micro-batches 1/N, as Lightning scales it; a shorter last batch weighs less,
+    so N micro-batches give the gradient of one batch N times as large), and under DDP this
+    rank's share. `label_smoothing` applies to this, the training, loss (and so to
+    train/loss, as timm and HF Trainer report it); validation's loss is plain."""
     with amp_ctx:
         logits = model(x)
-        loss = F.cross_entropy(logits.float(), y)
-    optimizer.zero_grad(set_to_none=True)
-    scaled = loss if grad_scale == 1.0 else loss * grad_scale
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
+    scaled = loss if weight == 1.0 else loss * weight
+    (scaled if scaler is None else scaler.scale(scaled)).backward()
+    return loss.detach(), logits.detach()
+
+
+def clip_and_step(
+    params: Sequence[torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler | None,
+    clip_norm: float | None = None,
+    clip_value: float | None = None,
+) -> torch.Tensor | None:
+    """optimizer.step() on the accumulated gradients, clipped first when trainer.grad_clip_norm
+    (the global L2 norm over `params`) or trainer.grad_clip_value (each element) is set.
+    Returns the gradients' global norm before clipping (a device tensor, for train/grad_norm)
+    when clipping is on, else None: measuring it costs a pass over every gradient."""
+    norm = None
+    if clip_norm is not None or clip_value is not None:
+        if scaler is not None:  # clip the true gradients, not the loss-scaled ones
+            scaler.unscale_(optimizer)
+        if clip_norm is not None:
+            norm = torch.nn.utils.clip_grad_norm_(params, clip_norm, foreach=True)
+        else:
+            grads = [p.grad for p in params if p.grad is not None]
+            norm = torch.nn.utils.get_total_norm(grads, foreach=True)
+            torch.nn.utils.clip_grad_value_(params, clip_value, foreach=True)
     if scaler is None:
-        scaled.backward()
         optimizer.step()
     else:
-        scaler.scale(scaled).backward()
         scaler.step(optimizer)
         scaler.update()
-    return loss.detach(), logits.detach()
+    return norm
+
+
+def train_step(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    micro: Sequence[tuple[torch.Tensor, torch.Tensor, float]],
+    amp_ctx: Any,
+    scaler: torch.amp.GradScaler | None,
+    *,
+    params: Sequence[torch.Tensor] = (),
+    clip_norm: float | None = None,
+    clip_value: float | None = None,
+    label_smoothing: float = 0.0,
+    no_sync: Callable[[], AbstractContextManager[Any]] | None = None,
+) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor | None]:
+    """One optimizer step: zero_grad, forward and backward of each micro-batch (x, y, weight)
+    (`backward`), then the clipped step (`clip_and_step` over `params`). Returns each
+    micro-batch's (loss, logits) and the gradient norm before clipping (None when clipping
+    is off); no host sync. `no_sync` (DDP's): the gradients of every micro-batch but the
+    last stay on this rank, and one all-reduce of their sum happens in the last backward."""
+    optimizer.zero_grad(set_to_none=True)
+    out = []
+    for j, (x, y, weight) in enumerate(micro):
+        held = no_sync() if no_sync is not None and j < len(micro) - 1 else nullcontext()
+        with held:
+            out.append(backward(model, x, y, amp_ctx, scaler, weight, label_smoothing))
+    return out, clip_and_step(params, optimizer, scaler, clip_norm, clip_value)
 
 
 @torch.no_grad()
