@@ -120,3 +120,95 @@ def test_metric_writes_its_own_report_beside_the_sweeps(tmp_path, capsys):
     assert headline(text).startswith("**Winner: `scheduler=b`** by mean final val acc")
     assert "![lr](lr_final_val_acc.png)" in text
     assert str(sweep / "report_final_val_acc.md") in capsys.readouterr().out
+
+
+# -- a schedule phase that the run's length rounds away (schedulers/phases.py)
+
+
+COMMON = {"interval": "epoch", "warmup_epochs": 0, "warmup_start_factor": 0.1}
+
+
+def check(name: str, epochs: int, **keys) -> None:
+    """validate_scheduler on a built-in with its registry defaults, 10 batches an epoch."""
+    from schedulers import SCHEDULES, validate_scheduler
+
+    cfg = {**COMMON, "name": name, **SCHEDULES[name].params, **keys}
+    validate_scheduler(cfg, epochs=epochs, steps_per_epoch=10, base_lrs=[0.1])
+
+
+def test_wsd_whose_decay_rounds_to_nothing_is_a_config_error(tmp_path):
+    """The issue's run: `scheduler=wsd epochs=8` (2 of warmup) decays over round(0.2 x 6)
+    = 1 epoch, whose lr is the base lr: it never decayed, and nothing said so."""
+    from runner.run.check import validate
+    from schedulers import ConfigError
+    from tests.helpers import cli_in_process, make_cfg
+
+    with pytest.raises(ConfigError) as err:
+        validate(make_cfg("scheduler=wsd", "epochs=8"))
+    assert err.value.key == "scheduler.decay_fraction"
+    assert "the decay phase rounds to 0 of the run's 6 epochs after warmup" in str(err.value)
+    assert "use scheduler.interval=step" in str(err.value)
+    assert "a decay_fraction of at least 0.34" in str(err.value)
+    proc = cli_in_process("scheduler=wsd", "epochs=8", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("config error: scheduler.decay_fraction=0.2: the decay phase")
+
+    validate(make_cfg("scheduler=wsd", "epochs=8", "scheduler.interval=step"))  # per batch: fine
+    check("wsd", 8, warmup_epochs=2, decay_fraction=0.34)  # round(2.04) = 2 epochs: one decays
+    with pytest.raises(ConfigError, match=r"rounds to 0 of the run's 8 epochs \(round"):
+        check("wsd", 8, decay_fraction=0.1)  # no warmup: round(0.8) = 1
+    with pytest.raises(ConfigError, match="use scheduler.interval=step .* or more epochs$"):
+        check("wsd", 3, warmup_epochs=2)  # 1 epoch left: no fraction can decay in it
+
+
+def test_wsd_on_8_epochs_decays_per_step_only():
+    """What the error says, checked: per epoch the issue's wsd never leaves its base lr;
+    with scheduler.interval=step the same schedule ends far below it."""
+    from schedulers import SCHEDULES, simulate
+
+    cfg = {**COMMON, "warmup_epochs": 2, "name": "wsd", **SCHEDULES["wsd"].params}
+    by_epoch = simulate(cfg, epochs=8, steps_per_epoch=10, base_lrs=[0.1]).per_step
+    assert by_epoch[-1] == [0.1]  # what the run had: no decay at all
+    by_step = simulate({**cfg, "interval": "step"}, epochs=8, steps_per_epoch=10, base_lrs=[0.1])
+    assert by_step.per_step[-1][0] < 0.01
+
+
+def test_onecycle_counted_in_epochs_with_no_rise_is_a_config_error():
+    """pct_start x epochs <= 1: no warm-up, the run starts at max_lr; at exactly 1 torch's
+    OneCycleLR divided by zero when the run built it (after validation passed)."""
+    from schedulers import ConfigError
+
+    for epochs, pct in ((3, 0.3), (10, 0.1)):
+        with pytest.raises(ConfigError, match="the warm-up rounds to 0 of the run's") as err:
+            check("onecycle", epochs, interval="epoch", pct_start=pct)
+        assert err.value.key == "scheduler.pct_start"
+    check("onecycle", 4, interval="epoch")  # 0.3 x 4 = 1.2: a one-epoch rise
+    check("onecycle", 3, interval="step")  # its default: 0.3 x 30 batches
+
+
+@pytest.mark.parametrize(
+    ("name", "epochs", "keys", "says"),
+    [
+        ("step", 3, {}, "scheduler.step_size=10: the lr never steps in the run's 3 epochs; "
+         "give step_size below 3, or more epochs (with scheduler.interval=step, step_size "
+         "counts batches)"),
+        ("multistep", 3, {}, "scheduler.milestones=[8, 14, 17]: none falls within the run's "
+         "3 epochs, so the lr never decays"),
+        ("multistep", 12, {"warmup_epochs": 2}, "scheduler.milestones=[8, 14, 17]: 14, 17 fall "
+         "at or after the end of the run's 10 epochs after warmup: 1 of 3 decays happen"),
+        ("cosine_restarts", 5, {}, "scheduler.T_0=5: no restart within the run's 5 epochs"),
+    ],
+)  # fmt: skip
+def test_a_count_beyond_the_run_is_a_warning_naming_the_key(caplog, name, epochs, keys, says):
+    with caplog.at_level(logging.WARNING, logger="schedlab"):
+        check(name, epochs, **keys)
+    assert [r.getMessage()[: len(says)] for r in caplog.records] == [says]
+
+
+def test_counts_within_the_run_say_nothing(caplog):
+    with caplog.at_level(logging.WARNING, logger="schedlab"):
+        check("step", 3, step_size=2)
+        check("step", 3, interval="step")  # 10 batches of 30
+        check("multistep", 18)  # the last milestone, 17, is the run's last epoch
+        check("cosine_restarts", 6)
+    assert not caplog.records
