@@ -31,6 +31,7 @@ from schedulers.declare import check_node, defaults, key
 from schedulers.errors import ConfigError
 from schedulers.expr import ExpressionError, LrExpression, first_bad, parse
 from schedulers.node import Context, Node
+from schedulers.phases import check_phases
 from schedulers.schedule import LRSchedule
 from schedulers.target import resolve_target
 
@@ -510,9 +511,10 @@ def validate_scheduler(
 
     `metrics`, when given, are the names a Plateau `monitor` may choose from.
     """
-    _resolve(
+    _, ctx = _resolve(
         cfg, epochs=epochs, steps_per_epoch=steps_per_epoch, base_lrs=base_lrs, metrics=metrics
     )
+    check_phases(cfg, ctx)  # a phase the run's length rounds away: an error or a warning
 
 
 def build_scheduler(

@@ -14,9 +14,15 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
 
+def decay_length(total: int, decay_fraction: float) -> int:
+    """Steps of the decay phase, at least 1; its first is still at the base lr, so 1 step
+    decays nothing (schedulers/phases.py refuses that)."""
+    return max(1, round(total * decay_fraction))
+
+
 def wsd_factor(t: int, total: int, decay_fraction: float, shape: str, final_scale: float) -> float:
     """Multiplier of the base lr at step t of `total`: 1 while stable, then down to final_scale."""
-    decay_len = max(1, round(total * decay_fraction))
+    decay_len = decay_length(total, decay_fraction)
     start = total - decay_len
     if t < start:
         return 1.0

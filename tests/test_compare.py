@@ -247,7 +247,7 @@ def test_single_seeds_exact_ties_and_empty_configs_are_said_as_such(tmp_path):
     text = write_report(sweep_of_configs(tmp_path, {"a": [0.9], "b": [0.8]}))
     assert "0.9000 ±" not in text and "| 0.9000 |" in text  # one seed: no spread shown
     tie = write_report(sweep_of_configs(tmp_path / "t", {"a": [0.9, 0.8], "b": [0.9, 0.8]}))
-    assert "No winner" in tie and "Winner:" not in tie
+    assert "No significant winner" in tie and "Winner:" not in tie
     sweep = sweep_of_configs(tmp_path / "e", {"a": [0.9, 0.8], "b": [0.7, 0.6]})
     for job in ("2", "3"):  # b: one stopped, one completed with no readable row
         status = "interrupted" if job == "2" else "completed"
@@ -283,9 +283,10 @@ def test_the_table_ranks_by_the_reports_metric(tmp_path):
     rows = table_rows(text)
     assert list(rows) == ["b", "a"] and rows["b"][0] == "1"  # a: "=1", 3 seeds tell nothing
     assert "Best first, by mean best val loss" in text
+    # 3 seeds tell nothing: the headline names no winner (it said "Winner: `scheduler=b`")
     assert (
-        "Winner: `scheduler=b`, ahead of `scheduler=a` by 0.1000 mean best val loss "
-        "(lower is better)" in text
+        "**No significant winner** by mean best val loss (paired by seed, Holm-corrected, "
+        "family-wise error 0.05): `scheduler=b` leads, tied with `scheduler=a`." in text
     )
 
 

@@ -4,7 +4,10 @@
 every multirun) reads each job's `metrics.jsonl`, `status.json` and
 `.hydra/overrides.yaml`, groups the jobs by their overrides minus `seed`, and
 writes `report.md`, `report.csv` and lr / val-loss / val-acc overlays into the
-sweep dir. Diverged and failed jobs are counted in their row, not dropped.
+sweep dir. Diverged and failed jobs are counted in their row, not dropped. Its headline
+names a winner only when the paired, Holm-corrected comparisons find the top configuration
+better than every other; `--metric M` writes `report_M.md` (and its own csv and plots)
+beside the sweep's own report, never over it.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import csv
 import io
 import logging
 import math
+import re
 import statistics
 import sys
 from collections.abc import Callable, Sequence
@@ -24,7 +28,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 
 from runner.io.files import WriteFailed, read_json, replace_atomic, write_text_atomic
-from runner.sweep.compare import METRICS, Comparison, all_pairs
+from runner.sweep.compare import ALPHA, METRICS, Comparison, all_pairs
 from runner.sweep.compare import markdown as compare_markdown
 from runner.sweep.jobs import Group, Job, common_overrides, group_jobs, load_jobs, without_seed
 from runner.sweep.race import RACE_FILE
@@ -92,6 +96,18 @@ def _sort_key(metric: str) -> Callable[[dict[str, Any]], tuple[bool, float]]:
     return key
 
 
+def suffixed(file_name: str, suffix: str) -> str:
+    """`report.md` -> `report<suffix>.md`: a `--metric` report's files sit beside the sweep's
+    own, never over them."""
+    stem, dot, ext = file_name.rpartition(".")
+    return f"{stem}{suffix}{dot}{ext}"
+
+
+def metric_suffix(metric: str) -> str:
+    """`_<metric>`, safe in a file name whatever the metric is called."""
+    return "_" + re.sub(r"[^A-Za-z0-9_.-]", "_", metric)
+
+
 def _name(metric: str) -> str:
     return metric.replace("_", " ")  # best_val_acc -> best val acc
 
@@ -120,11 +136,13 @@ def markdown(
     metric: str,
     repeats: int = 0,
     pending: Sequence[dict[str, Any]] = (),
+    suffix: str = "",
 ) -> str:
     shared = " ".join(without_seed(common)) or "none"
-    lines = [
-        f"# Sweep report: {sweep_dir}",
-        "",
+    lines = [f"# Sweep report: {sweep_dir}", ""]
+    if top := headline(rows, comparisons, metric):
+        lines += [top, ""]
+    lines += [
         f"Overrides shared by every run: `{shared}`.",
         "",
         f"Best first, by mean {_name(metric)} over completed seeds. Statistics are over completed "
@@ -133,9 +151,9 @@ def markdown(
         f"holds their run dir) are counted in their own columns. Epochs to "
         f"{target_acc:.0%}: mean over the seeds that reached it (k/n reached).",
         "",
-        "| # | config | runs | done | diverged | failed | running | best val acc "
-        f"| final val acc | best val loss | final val loss | epochs to {target_acc:.0%} "
-        "| wall s |",
+        "| # | config | runs | done | diverged | failed | running | "
+        + " | ".join(f"**{c}**" if c == _name(metric) else c for c in map(_name, METRICS))
+        + f" | epochs to {target_acc:.0%} | wall s |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     ties = {frozenset((c.a, c.b)) for c in comparisons if c.tie}
@@ -170,35 +188,84 @@ def markdown(
             "(the same run twice, e.g. `seed=0,0`): each pair counts once, by its first "
             "completed job.",
         ]
-    if winner := _winner(rows, metric):
-        lines += ["", *winner]
     if len(rows) > 1:
-        lines += ["", *compare_markdown(comparisons, metric)]
-    lines += ["", "![lr](lr.png) ![val loss](val_loss.png) ![val acc](val_acc.png)", ""]
+        lines += [
+            "",
+            f"The ranking metric, {_name(metric)}, is in bold; `=n` marks a rank "
+            "shared with the first row of that rank (not significantly different from "
+            "it after Holm's correction).",
+            "",
+        ]
+        lines += compare_markdown(comparisons, metric)
+    images = " ".join(
+        f"![{title}]({suffixed(OVERLAYS[key][0], suffix)})"
+        for key, title in (("lr", "lr"), ("val/loss", "val loss"), ("val/acc", "val acc"))
+    )
+    lines += ["", images, ""]
     return "\n".join(lines)
 
 
-def _winner(rows: list[dict[str, Any]], metric: str) -> list[str]:
-    """The line under the table: who leads by how much, or why no one does."""
+def _tied_with_top(
+    rows: list[dict[str, Any]], comparisons: list[Comparison], metric: str
+) -> list[tuple[dict[str, Any], str]]:
+    """The rows with completed runs that the paired comparisons do not find significantly
+    worse than the top row, each with why when it had no test (one shared seed, or none)."""
+    top = rows[0]["config"]
+    by_pair = {frozenset((c.a, c.b)): c for c in comparisons}
+    tied = []
+    for r in rows[1:]:
+        if math.isnan(r[f"{metric}_mean"]):
+            continue  # no completed run: in the table, not in the running for first
+        c = by_pair.get(frozenset((top, r["config"])))
+        if c is None:
+            tied.append((r, " (no shared seed)"))
+        elif c.n < 2:
+            tied.append((r, " (1 shared seed)"))
+        elif c.verdict != f"{top} better":
+            tied.append((r, ""))
+    return tied
+
+
+def _values(rows: list[dict[str, Any]], metric: str) -> str:
+    """The ranking metric beside its twin at the other epoch (best and final val acc, or
+    loss), per configuration: a schedule can lead at its best epoch and trail at its last."""
+    what = metric.split("_", 1)[1]  # val_acc or val_loss
+    best, final = f"best_{what}", f"final_{what}"
+    values = ", ".join(
+        f"`{r['config']}` {r[f'{best}_mean']:.4f} / {r[f'{final}_mean']:.4f}" for r in rows
+    )
+    return f"Mean {_name(best)} / {_name(final)}: {values}."
+
+
+def _join(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def headline(rows: list[dict[str, Any]], comparisons: list[Comparison], metric: str) -> str:
+    """The report's first line: a winner by `metric` only when the paired, Holm-corrected
+    comparisons find the top row better than every other row with completed runs; else "No
+    significant winner", naming those it ties with. (A bare "Winner" above a table of `=1`
+    ranks announced a result the data did not give.)"""
     mean = f"{metric}_mean"
     if len(rows) < 2 or math.isnan(rows[0][mean]):
-        return []
+        return ""
     first, second = rows[0], rows[1]
-    ties = "; `=n` marks a rank shared with the first row of that rank (not significantly "
-    ties += "different from it after Holm's correction)."
     if math.isnan(second[mean]):
-        return [f"Only `{first['config']}` has completed runs: nothing to rank it against."]
+        return f"Only `{first['config']}` has completed runs: nothing to rank it against."
+    how = f"by mean {_name(metric)} (paired by seed, Holm-corrected, family-wise error {ALPHA:g})"
+    if tied := _tied_with_top(rows, comparisons, metric):
+        names = _join([f"`{r['config']}`{why}" for r, why in tied])
+        return (
+            f"**No significant winner** {how}: `{first['config']}` leads, tied with "
+            f"{names}. {_values([first, *(r for r, _ in tied)], metric)}"
+        )
     gap = abs(first[mean] - second[mean])
-    if gap == 0:
-        return [
-            f"No winner: `{first['config']}` and `{second['config']}` tie at "
-            f"{first[mean]:.4f} mean {_name(metric)}{ties}"
-        ]
     lower = "" if METRICS[metric][2] else " (lower is better)"
-    return [
-        f"Winner: `{first['config']}`, ahead of `{second['config']}` by {gap:.4f} mean "
-        f"{_name(metric)}{lower}{ties}"
-    ]
+    return (
+        f"**Winner: `{first['config']}`** {how}: significantly better than every other "
+        f"configuration; ahead of `{second['config']}` by {gap:.4f}{lower}. "
+        f"{_values([first, second], metric)}"
+    )
 
 
 def _fmt(value: float | None, spec: str = "+.4f") -> str:
@@ -219,7 +286,7 @@ def _evidence(e: dict[str, Any], vs: str) -> str:
     )
 
 
-def race_markdown(race: dict[str, Any]) -> list[str]:
+def race_markdown(race: dict[str, Any], suffix: str = "") -> list[str]:
     """The race's decisions (race.json) as a report section: each configuration's fate
     with its evidence, and the runs used against the full grid."""
     settings = race["settings"]
@@ -282,11 +349,15 @@ def race_markdown(race: dict[str, Any]) -> list[str]:
             f"| `{c['label']}` | {fate} | {c['seeds']} | {_fmt(c.get('mean'), '.4f')} "
             f"| {evidence} |"
         )
-    lines += ["", "![race survivors: lr](race_lr.png) ![race survivors: val acc](race_val_acc.png)"]
+    lines += [
+        "",
+        f"![race survivors: lr]({suffixed('race_lr.png', suffix)}) "
+        f"![race survivors: val acc]({suffixed('race_val_acc.png', suffix)})",
+    ]
     return lines
 
 
-def _race(sweep_dir: Path, jobs: list[Job]) -> list[str]:
+def _race(sweep_dir: Path, jobs: list[Job], suffix: str = "") -> list[str]:
     """The race section and its survivors' overlays, when the sweep was a race."""
     race = read_json(sweep_dir / RACE_FILE)
     if race is None:
@@ -297,8 +368,8 @@ def _race(sweep_dir: Path, jobs: list[Job]) -> list[str]:
         Group(c["label"], [by_dir[j["dir"]] for j in c["jobs"].values() if j["dir"] in by_dir])
         for c in survivors
     ]
-    plot_overlays(groups, sweep_dir, ("lr", "val/acc"), "race_", "race survivors: ")
-    return race_markdown(race)
+    plot_overlays(groups, sweep_dir, ("lr", "val/acc"), "race_", "race survivors: ", suffix)
+    return race_markdown(race, suffix)
 
 
 def _band(jobs: list[Job], key: str) -> tuple[list[int], list[float], list[float]]:
@@ -328,10 +399,11 @@ def plot_overlays(
     keys: Sequence[str] = tuple(OVERLAYS),
     prefix: str = "",
     heading: str = "",
+    suffix: str = "",
 ) -> list[Path]:
-    """One overlay per key (`<prefix><file name>` in `out`, titled `<heading><title>`), a
-    line per group."""
-    import matplotlib  # ~0.5 s: only when a plot is drawn
+    """One overlay per key (`<prefix><file name>` in `out`, `<suffix>` before its `.png`,
+    titled `<heading><title>`), a line per group."""
+    import matplotlib  # ~0.5 s: only when a plot is drawn, not for the callback's import
 
     matplotlib.use("Agg")  # before pyplot: no display needed
     import matplotlib.pyplot as plt
@@ -339,7 +411,7 @@ def plot_overlays(
     paths = []
     for key in keys:
         fname, title, log_y = OVERLAYS[key]
-        fname, title = prefix + fname, heading + title
+        fname, title = suffixed(prefix + fname, suffix), heading + title
         fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
         for g in groups:
             jobs = [j for j in g.jobs if j.rows]
@@ -372,9 +444,11 @@ def write_report(
     sweep_dir: Path | str,
     target_acc: float = DEFAULT_TARGET_ACC,
     metric: str = "best_val_acc",
+    suffix: str = "",
 ) -> str:
-    """Write report.md, report.csv, comparisons.csv and the overlays into sweep_dir;
-    return the markdown."""
+    """Write report.md, report.csv, comparisons.csv and the overlays into sweep_dir, each
+    named with `suffix` before its extension (`report_final_val_acc.md`); return the
+    markdown."""
     sweep_dir = Path(sweep_dir)
     jobs = load_jobs(sweep_dir)
     groups = group_jobs(jobs)
@@ -385,7 +459,7 @@ def write_report(
     writer = csv.DictWriter(f, fieldnames=list(rows[0]))
     writer.writeheader()
     writer.writerows(rows)
-    write_text_atomic(sweep_dir / "report.csv", f.getvalue(), fsync=False)
+    write_text_atomic(sweep_dir / suffixed("report.csv", suffix), f.getvalue(), fsync=False)
     by_label = {g.label: g for g in groups}
     ranked = [by_label[r["config"]] for r in rows]
     comparisons = all_pairs(per_seed(ranked, metric), higher_is_better=METRICS[metric][2])
@@ -393,7 +467,7 @@ def write_report(
     table = csv.writer(f)
     table.writerow([*Comparison.__dataclass_fields__])
     table.writerows([list(asdict(c).values()) for c in comparisons])
-    write_text_atomic(sweep_dir / "comparisons.csv", f.getvalue(), fsync=False)
+    write_text_atomic(sweep_dir / suffixed("comparisons.csv", suffix), f.getvalue(), fsync=False)
     repeats = sum(len(g.repeats) for g in groups)
     text = markdown(
         rows,
@@ -404,12 +478,13 @@ def write_report(
         metric,
         repeats,
         refused(sweep_dir),
+        suffix,
     )
-    race = _race(sweep_dir, jobs)
+    race = _race(sweep_dir, jobs, suffix)
     if race:
         text += "\n".join(["", *race, ""])
-    write_text_atomic(sweep_dir / "report.md", text, fsync=False)
-    plot_overlays([by_label[r["config"]] for r in rows], sweep_dir)
+    write_text_atomic(sweep_dir / suffixed("report.md", suffix), text, fsync=False)
+    plot_overlays([by_label[r["config"]] for r in rows], sweep_dir, suffix=suffix)
     return text
 
 
@@ -455,8 +530,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--metric",
         choices=list(METRICS),
-        default="best_val_acc",
-        help="metric the paired seed-by-seed comparison uses",
+        help="rank by this metric (default best_val_acc) and write report_<metric>.md (and "
+        "its csv and plots) beside the sweep's own report.md, which stays as it is",
     )
     args = parser.parse_args(argv)
     if not 0 < args.target_acc <= 1:
@@ -469,11 +544,14 @@ def main(argv: list[str] | None = None) -> None:
             file=sys.stderr,
         )
         raise SystemExit(2)
+    # the sweep's own report.md is rewritten only by a plain call: another metric's report
+    # is a second opinion beside it (before, --metric overwrote it)
+    suffix = "" if args.metric is None else metric_suffix(args.metric)
     try:
-        print(write_report(args.sweep_dir, args.target_acc, args.metric))
+        print(write_report(args.sweep_dir, args.target_acc, args.metric or "best_val_acc", suffix))
     except (FileNotFoundError, WriteFailed) as err:
         raise SystemExit(f"error: {err}") from None
-    print(f"report written to {args.sweep_dir / 'report.md'}")
+    print(f"report written to {args.sweep_dir / suffixed('report.md', suffix)}")
 
 
 if __name__ == "__main__":
