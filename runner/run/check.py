@@ -14,7 +14,7 @@ from typing import Any
 
 from runner.config.schema import EPOCH_METRICS, GROUPS, SCHEMAS, Run, Trainer, check_node
 from runner.data.fingerprint import absolute_roots
-from runner.data.sets import data_shape, load_data, steps_per_epoch, train_size, validate_data
+from runner.data.sets import data_shape, load_data, steps_per_epoch, validate_data
 from runner.dist.ddp import wanted
 from runner.train.builders import resolve_device
 from runner.train.model_check import check_model_on_data
@@ -94,9 +94,9 @@ def _validate(cfg: Mapping[str, Any]) -> Checked:
 
     validate_data(cfg["data"])
     fill_inferred(cfg)
-    image_shape, num_classes = data_shape(cfg["data"])
-    validate_model(cfg["model"], image_shape, num_classes)
-    check_model_on_data(cfg["model"], load_data(cfg["data"]), cfg["data"]["name"])
+    data = load_data(cfg["data"])  # what the run trains on: the checks below read it
+    validate_model(cfg["model"], data.image_shape, data.num_classes)
+    check_model_on_data(cfg["model"], data, cfg["data"]["name"])
 
     validate_lr_find(cfg["lr_find"])
     # optimizer.lr=find: decided by the range test before training, and its consequences
@@ -105,9 +105,9 @@ def _validate(cfg: Mapping[str, Any]) -> Checked:
     lr = checked_lr(cfg)
     validate_optimizer(cfg["optimizer"], lr)
     checked = Checked(
-        tuple(image_shape),
-        num_classes,
-        steps_per_epoch(train_size(cfg["data"]), cfg["data"]["batch_size"]),
+        tuple(data.image_shape),
+        data.num_classes,
+        steps_per_epoch(data.n_train, cfg["data"]["batch_size"]),
         tuple(planned_groups(cfg)),
         lr,
     )

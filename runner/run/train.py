@@ -156,7 +156,7 @@ def fit(
         )
         engine = Engine([track], cfg.epochs, step=progress.step, elapsed_s=progress.elapsed_s)
         engine.run(
-            SingleModel(cfg, run, shuffle), start=progress.epoch,
+            SingleModel(cfg.data, cfg.seed, run, shuffle), start=progress.epoch,
             stop=agreed_stop(stop or StopFlag(), run.dist),  # under DDP: every rank stops together
             bar_mode=cfg.trainer.progress, desc="epoch {epoch}/{epochs}",
         )  # fmt: skip
@@ -168,11 +168,13 @@ class SingleModel:
     """One model's side of the epoch engine (runner/train/engine.py): its batches (this
     rank's share of each under DDP), the training step, the epoch's sums, validation."""
 
-    def __init__(self, cfg: DictConfig, run: Run, shuffle: torch.Generator) -> None:
+    def __init__(self, data_cfg: DictConfig, seed: int, run: Run, shuffle: torch.Generator) -> None:
+        """`data_cfg`: the run's data node, all of the config its batches need besides the
+        seed of the streamed loaders' per-sample draws."""
         self.run, self.shuffle = run, shuffle
         # read once: an OmegaConf lookup costs microseconds, and 10 ms epochs add them up
-        self.batch_size = cfg.data.batch_size
-        self.augment = cfg.data.get("augment", False)  # only image sets that have the key
+        self.batch_size = data_cfg.batch_size
+        self.augment = data_cfg.get("augment", False)  # only image sets that have the key
         self.n_train = run.data.n_train
         self.steps_per_epoch = steps_per_epoch(self.n_train, self.batch_size)
         self.val_batch_size = max(self.batch_size, 1024)  # no gradients: larger batches fit
@@ -180,7 +182,7 @@ class SingleModel:
         # data=dataset not held in memory: DataLoaders (runner/data/stream.py), else None;
         # under DDP each rank's loader fetches only its share of each batch
         self.stream = loaders_for(
-            cfg.data, run.data, self.batch_size, cfg.seed, run.device,
+            data_cfg, run.data, self.batch_size, seed, run.device,
             share=(run.dist.rank, run.dist.world) if run.dist.active else (0, 1),
         )  # fmt: skip
 
