@@ -62,6 +62,7 @@ class Checked:
 
     image_shape: tuple[int, ...]  # a sample's shape, read from the data
     num_classes: int  # the data's (data.num_classes: null is filled with it)
+    n_train: int  # training samples
     steps_per_epoch: int
     groups: tuple[tuple[str, float], ...]  # the planned param groups: (label, lr multiplier)
     lr: float  # the base lr the schedule was checked against (lr=find: lr_find.end_lr)
@@ -107,6 +108,7 @@ def _validate(cfg: Mapping[str, Any]) -> Checked:
     checked = Checked(
         tuple(data.image_shape),
         data.num_classes,
+        data.n_train,
         steps_per_epoch(data.n_train, cfg["data"]["batch_size"]),
         tuple(planned_groups(cfg)),
         lr,

@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from runner.data.fingerprint import absolute_roots, check_same_data, describe, fingerprint
 from runner.data.sets import augment as augment_batch
-from runner.data.sets import batches, load_data, steps_per_epoch, train_size
+from runner.data.sets import batches, load_data, steps_per_epoch
 from runner.data.stream import loaders_for
 from runner.dist.ddp import agreed_stop, check_shares, setup, teardown
 from runner.io import checkpoint, files
@@ -381,7 +381,7 @@ def _train(
         if start.cfg is not None:
             cfg, checked = start.cfg, start.checked
         assert checked is not None
-        check_shares(train_size(cfg.data), cfg.data.batch_size, dist)  # every rank alike
+        check_shares(checked.n_train, cfg.data.batch_size, dist)  # every rank alike
         return _run(cfg, checked, start.run_dir, overrides, sweep_name, dist, stop,
                     start.resuming, start.state, start.changes)  # fmt: skip
 
