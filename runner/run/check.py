@@ -57,8 +57,8 @@ def fill_inferred(cfg: Mapping[str, Any]) -> bool:
 class Checked:
     """What the start-up check worked out about a run, kept so that nothing is worked out
     twice: the Hydra job of the process whose CLI checked the run takes it instead of
-    checking again (`validate_and_hand_on`), and optimizer.lr=find checks only what the lr decides
-    again with it (`check_found_lr`)."""
+    checking again (`validate_and_hand_on`), and optimizer.lr=find checks again only what
+    the lr decides (`check_found_lr`)."""
 
     image_shape: tuple[int, ...]  # a sample's shape, read from the data
     num_classes: int  # the data's (data.num_classes: null is filled with it)
@@ -70,8 +70,8 @@ class Checked:
 
 def validate(cfg: Mapping[str, Any]) -> Checked:
     """Raise ConfigError naming the first bad key; returns what it found when the config
-    can run. A config the CLI of this same process checked (`validate_and_hand_on`) is not checked
-    again: its result is taken, once, and its inferred values filled in."""
+    can run. A config the CLI of this same process checked (`validate_and_hand_on`) is not
+    checked again: its result is taken, once, and its inferred values filled in."""
     handed = _take_handed(cfg)
     if handed is not None:
         data = cfg["data"]
