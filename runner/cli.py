@@ -94,7 +94,8 @@ def check_composition(argv: list[str]) -> None:
     every other bad value, rather than Hydra's generic exit 1. Sweeps are expanded and
     every combination is checked, and the launcher's own keys (hydra/launcher=fused).
     A single new run is validated whole here too, so a bad value (a `_target_` that cannot
-    be imported, a typo'd kwarg) leaves nothing on disk; in a sweep each job still checks
+    be imported, a typo'd kwarg) leaves nothing on disk, and its job takes that result
+    rather than validating again (runner/run/check.py); in a sweep each job still checks
     and records its own config, so one bad combination never stops the others."""
     if NO_COMPOSE & set(argv):
         return
@@ -117,11 +118,11 @@ def check_composition(argv: list[str]) -> None:
         for combo in others:
             compose_config(combo, config_dirs=dirs)
         if not multirun and not composed.resume:
-            from runner.run.check import validate  # imports torch: only once the run is valid
+            from runner.run.check import validate_and_hand_on  # imports torch: once valid
 
             with open_dict(composed):
                 del composed["hydra"]
-            validate(composed)
+            validate_and_hand_on(composed)  # the job takes the result: checked once
     except (HydraException, ConfigError, OmegaConfBaseException) as err:
         hint = "" if isinstance(err, ConfigError) else primary_hint(dirs)
         print(f"config error: {one_line(err)}{hint}", file=sys.stderr)

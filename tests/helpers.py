@@ -108,12 +108,15 @@ def cli_in_process(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 def release_kept_locks() -> None:
     """Drop the run-dir locks the CLI took for a run (files.keep_run_dir) that this test
-    process will not start."""
+    process will not start, and the result of its start-up check, kept for that run's job
+    (runner/run/check.py validate_and_hand_on)."""
     from runner.io import files
+    from runner.run import check
 
     for lock in files._KEPT.values():
         os.close(lock.fd)
     files._KEPT.clear()
+    check._HANDED.clear()
 
 
 @contextlib.contextmanager

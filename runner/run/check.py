@@ -9,12 +9,14 @@ A typo costs a second and a clear message naming the key, not a crashed run.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from runner.config.schema import EPOCH_METRICS, GROUPS, SCHEMAS, Run, Trainer, check_node
-from runner.data.sets import data_shape, load_data, steps_per_epoch, train_size, validate_data
+from runner.data.fingerprint import absolute_roots
+from runner.data.sets import data_shape, load_data, steps_per_epoch, validate_data
 from runner.dist.ddp import wanted
 from runner.train.builders import resolve_device
 from runner.train.model_check import check_model_on_data
@@ -22,6 +24,7 @@ from runner.train.models import model_parts, part_names, probe_model, validate_m
 from runner.train.optimizers import split_params, uses_parts, validate_optimizer
 from runner.train.range_test import validate_lr_find
 from schedulers import ConfigError, validate_scheduler
+from schedulers.binder import plain
 from schedulers.checks import is_number, need_number
 
 
@@ -52,8 +55,36 @@ def fill_inferred(cfg: Mapping[str, Any]) -> bool:
     return True
 
 
-def validate(cfg: Mapping[str, Any]) -> None:
-    """Raise ConfigError naming the first bad key; returns quietly when the config can run."""
+@dataclass(frozen=True)
+class Checked:
+    """What the start-up check worked out about a run, kept so that nothing is worked out
+    twice: the Hydra job of the process whose CLI checked the run takes it instead of
+    checking again (`validate_and_hand_on`), and optimizer.lr=find checks again only what
+    the lr decides (`check_found_lr`)."""
+
+    image_shape: tuple[int, ...]  # a sample's shape, read from the data
+    num_classes: int  # the data's (data.num_classes: null is filled with it)
+    n_train: int  # training samples
+    steps_per_epoch: int
+    groups: tuple[tuple[str, float], ...]  # the planned param groups: (label, lr multiplier)
+    lr: float  # the base lr the schedule was checked against (lr=find: lr_find.end_lr)
+
+
+def validate(cfg: Mapping[str, Any]) -> Checked:
+    """Raise ConfigError naming the first bad key; returns what it found when the config
+    can run. A config the CLI of this same process checked (`validate_and_hand_on`) is not
+    checked again: its result is taken, once, and its inferred values filled in."""
+    handed = _take_handed(cfg)
+    if handed is not None:
+        data = cfg["data"]
+        if data.get("num_classes", 0) is None:
+            data["num_classes"] = handed.num_classes
+        return handed
+    return _validate(cfg)
+
+
+def _validate(cfg: Mapping[str, Any]) -> Checked:
+    """The whole check, group by group, in the order its errors are reported."""
     if isinstance(cfg, DictConfig):
         for key in sorted(OmegaConf.missing_keys(cfg)):
             raise ConfigError(key, "???", "must be set (it has no default)")
@@ -64,32 +95,99 @@ def validate(cfg: Mapping[str, Any]) -> None:
 
     validate_data(cfg["data"])
     fill_inferred(cfg)
-    validate_model(cfg["model"], *data_shape(cfg["data"]))
-    check_model_on_data(cfg["model"], load_data(cfg["data"]), cfg["data"]["name"])
+    data = load_data(cfg["data"])  # what the run trains on: the checks below read it
+    validate_model(cfg["model"], data.image_shape, data.num_classes)
+    check_model_on_data(cfg["model"], data, cfg["data"]["name"])
 
-    opt = cfg["optimizer"]
     validate_lr_find(cfg["lr_find"])
-    if opt["lr"] == "find":
-        # Decided by the range test before training, and validated again then; until then
-        # check the schedule against the largest lr the test can return.
-        lr = float(cfg["lr_find"]["end_lr"])
-    else:
-        if not is_number(opt["lr"]) or opt["lr"] <= 0:
-            raise ConfigError("optimizer.lr", opt["lr"], "must be a number > 0, or find")
-        need_number("optimizer.lr", opt["lr"])  # and one that fits in float32
-        lr = float(opt["lr"])
-    validate_optimizer(opt, lr)
-    base_lrs = [lr * m for _, m in planned_groups(cfg)]
+    # optimizer.lr=find: decided by the range test before training, and its consequences
+    # checked again then (check_found_lr); until then the schedule is checked against the
+    # largest lr the test can return
+    lr = checked_lr(cfg)
+    validate_optimizer(cfg["optimizer"], lr)
+    checked = Checked(
+        tuple(data.image_shape),
+        data.num_classes,
+        data.n_train,
+        steps_per_epoch(data.n_train, cfg["data"]["batch_size"], cfg["trainer"]["accumulate"]),
+        tuple(planned_groups(cfg)),
+        lr,
+    )
+    check_schedule(cfg, checked)
+    validate_logger(cfg["logger"])
+    return checked
+
+
+def checked_lr(cfg: Mapping[str, Any]) -> float:
+    """optimizer.lr as the number the optimizer gets (lr=find: lr_find.end_lr, the largest
+    the range test can return)."""
+    lr = cfg["optimizer"]["lr"]
+    if lr == "find":
+        return float(cfg["lr_find"]["end_lr"])
+    if not is_number(lr) or lr <= 0:
+        raise ConfigError("optimizer.lr", lr, "must be a number > 0, or find")
+    need_number("optimizer.lr", lr)  # and one that fits in float32
+    return float(lr)
+
+
+def check_schedule(cfg: Mapping[str, Any], checked: Checked) -> None:
+    """The scheduler against the base lr of each planned param group."""
     validate_scheduler(
         cfg["scheduler"],
         epochs=cfg["epochs"],
-        steps_per_epoch=steps_per_epoch(
-            train_size(cfg["data"]), cfg["data"]["batch_size"], cfg["trainer"]["accumulate"]
-        ),
-        base_lrs=base_lrs,
+        steps_per_epoch=checked.steps_per_epoch,
+        base_lrs=[checked.lr * m for _, m in checked.groups],
         metrics=EPOCH_METRICS,
     )
-    validate_logger(cfg["logger"])
+
+
+def check_found_lr(cfg: Mapping[str, Any], checked: Checked) -> Checked:
+    """optimizer.lr=find, once the range test has set optimizer.lr: what the lr decides
+    (the optimizer built with it, the schedule's checks against it) checked again; the
+    data, model and param groups were checked at start-up and are what they were."""
+    lr = checked_lr(cfg)
+    validate_optimizer(cfg["optimizer"], lr)
+    found = replace(checked, lr=lr)
+    check_schedule(cfg, found)
+    return found
+
+
+# The result of the check the CLI made before Hydra started (runner/cli.py), by the
+# config's content; the job Hydra then runs in the same process takes it (`validate`).
+_HANDED: dict[str, Checked] = {}
+
+
+def validate_and_hand_on(cfg: Mapping[str, Any]) -> Checked:
+    """`validate`, and keep its result for the job of this process that runs this same
+    config: a single run is checked once, before Hydra makes its run dir, not again in
+    the job. Keyed by the content as given (before the check fills inferred values)."""
+    _HANDED.clear()
+    key = _content(cfg)
+    checked = _validate(cfg)
+    if key is not None:
+        _HANDED[key] = checked
+    return checked
+
+
+def _take_handed(cfg: Mapping[str, Any]) -> Checked | None:
+    """The result handed on for this config, if any (taken: a later check checks anew)."""
+    if not _HANDED:
+        return None
+    key = _content(cfg)
+    checked = _HANDED.pop(key, None) if key is not None else None
+    _HANDED.clear()
+    return checked
+
+
+def _content(cfg: Mapping[str, Any]) -> str | None:
+    """The config's resolved values as text, its data paths absolute as the job makes them
+    (runner/data/fingerprint.py); None when it cannot be resolved here."""
+    try:
+        values = OmegaConf.create(plain(cfg))
+    except Exception:  # e.g. a ${hydra:...} value outside a Hydra job: never handed on
+        return None
+    absolute_roots(values)
+    return OmegaConf.to_yaml(values)
 
 
 def validate_logger(cfg: Mapping[str, Any]) -> None:

@@ -22,13 +22,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from runner.data.fingerprint import absolute_roots, check_same_data, describe, fingerprint
 from runner.data.sets import augment as augment_batch
-from runner.data.sets import batches, load_data, steps_per_epoch, train_size
+from runner.data.sets import batches, load_data, steps_per_epoch
 from runner.data.stream import loaders_for
 from runner.dist.ddp import agreed_stop, check_shares, setup, teardown
 from runner.io import checkpoint, files
 from runner.io.background import Background
 from runner.io.loggers import RunLogger, open_logger
-from runner.run.check import validate
+from runner.run.check import Checked, check_found_lr, validate
 from runner.run.rundir import (
     RUN_DIR_KEY,
     SWEEP_DIR_KEY,
@@ -360,8 +360,9 @@ class SingleModel:
         pass
 
 
-def use_range_test(cfg: DictConfig, run_dir: Path) -> float:
-    """optimizer.lr=find: run the LR range test, then train with its suggestion.
+def use_range_test(cfg: DictConfig, run_dir: Path, checked: Checked) -> Checked:
+    """optimizer.lr=find: run the LR range test, then train with its suggestion; what the
+    lr decides is checked again (the rest was checked at start-up), and returned.
 
     onecycle/cyclic get it as max_lr (their max_lr/base_lr are reset to null, which
     means optimizer.lr and optimizer.lr / 10, Smith's bounds)."""
@@ -370,9 +371,9 @@ def use_range_test(cfg: DictConfig, run_dir: Path) -> float:
     for key in ("max_lr", "base_lr"):
         if key in cfg.scheduler and cfg.scheduler.get("name") in ("onecycle", "cyclic"):
             cfg.scheduler[key] = None  # a `_target_` class keeps the arguments it was given
-    validate(cfg)  # the schedule's checks against the lr it will really get
+    found = check_found_lr(cfg, checked)  # the schedule against the lr it will really get
     log.info(f"lr range test chose optimizer.lr={lr:.4g} ({cfg.lr_find.suggestion})")
-    return float(lr)
+    return found
 
 
 def train(
@@ -459,6 +460,7 @@ class _Start:
 
     cfg: DictConfig | None  # the resumed run's saved config (None: the config given)
     run_dir: Path
+    checked: Checked | None = None  # what validating the resumed config found (None: as given)
     resuming: bool = False
     state: dict[str, Any] | None = None
     changes: list[str] = dataclasses.field(default_factory=list)
@@ -473,10 +475,11 @@ def _train(
     dist: Any,
     stop: StopFlag,
 ) -> Result:
+    checked = None
     if not cfg.resume:
         if made := absolute_roots(cfg):  # config.yaml names the data read, from any cwd
             log.info(f"data paths resolved against {Path.cwd()}: {', '.join(made)}")
-        validate(cfg)  # before anything is built or written
+        checked = validate(cfg)  # before anything is built or written (the CLI's, if it did)
     with ExitStack() as held:
         # Rank 0 alone reads the run dir and decides (new run, resume, nothing to do, or a
         # refusal), holding its lock, before anything is written there; every other rank
@@ -489,10 +492,12 @@ def _train(
                 _send_held_rows(start.cfg or cfg, start, overrides, sweep_name)
             return start.done
         if start.cfg is not None:
-            cfg = start.cfg
-        check_shares(train_size(cfg.data), cfg.data.batch_size, dist)  # every rank alike
+            cfg, checked = start.cfg, start.checked
+        assert checked is not None
+        check_shares(checked.n_train, cfg.data.batch_size, dist)  # every rank alike
         return _run(
             cfg,
+            checked,
             start.run_dir,
             overrides,
             sweep_name,
@@ -550,7 +555,7 @@ def _decide(
             )
             state["rows_sent"] = False
     changes += apply_resume_overrides(cfg, given, overrides, run_dir)
-    validate(cfg)
+    checked = validate(cfg)
     start_epoch = state["progress"]["epoch"] if state else 0
     status = finished(run_dir, cfg.epochs) if start_epoch >= cfg.epochs else None
     if status is None and not changes:
@@ -560,16 +565,17 @@ def _decide(
         diverged = status["status"] == "diverged"
         epochs_done = status["epochs_done"] if diverged else start_epoch
         done = Result(status["status"], status.get("best_val_acc", 0.0), epochs_done)
-        return _Start(cfg, run_dir, True, state=state, done=done)
+        return _Start(cfg, run_dir, checked, True, state=state, done=done)
     if state is not None:  # other data than the checkpoint's: refused, every file as it was
         check_same_data(state, cfg.data)
     if lock is not None:
         lock.claim()
-    return _Start(cfg, run_dir, True, state, changes)
+    return _Start(cfg, run_dir, checked, True, state, changes)
 
 
 def _run(
     cfg: DictConfig,
+    checked: Checked,
     run_dir: Path,
     overrides: Sequence[str],
     sweep_name: str | None,
@@ -590,7 +596,10 @@ def _run(
 
     if (signum := signalled()) is not None:
         return _stopped(run_dir, dist, signum, state)
-    found = use_range_test(cfg, run_dir) if cfg.optimizer.lr == "find" else None
+    found = None
+    if cfg.optimizer.lr == "find":
+        checked = use_range_test(cfg, run_dir, checked)
+        found = checked.lr
     config_text = config_yaml(cfg, run_dir if not resuming and dist.is_main else None)
     config = plain(cfg)
     if found is not None:
