@@ -24,6 +24,7 @@ from tests.helpers import (
     tensorboard_scalars,
     train_members,
     train_separate,
+    wandb_records,
 )
 
 EMBED = ("model=target", "model._target_=tests.user_models.EmbedNet")
@@ -145,6 +146,16 @@ def test_group_names_reach_metrics_jsonl_and_tensorboard(tmp_path):
     assert train(alone, tmp_path / "alone").status == "completed"
     assert {k for k in read_metrics(tmp_path / "alone")[0] if k.startswith("lr")} == {
         "lr/decay", "lr/no_decay"
+    }  # fmt: skip
+
+
+@pytest.mark.slow
+def test_group_names_reach_wandb(tmp_path):
+    cfg = make_cfg("epochs=1", "logger=wandb", "optimizer.no_decay=true", DECAYED)
+    assert train(cfg, tmp_path).status == "completed"
+    (row,) = [r["history"]["item"] for r in wandb_records(tmp_path) if r["type"] == "history"]
+    assert {k for k in row if k.startswith("lr")} == {
+        "lr/hidden", "lr/hidden/no_decay", "lr/head", "lr/head/no_decay"
     }  # fmt: skip
 
 
