@@ -133,7 +133,7 @@ def test_a_pattern_groups_unknown_key_and_an_optimizer_without_decay_are_named()
 
 
 def test_group_names_reach_metrics_jsonl_and_tensorboard(tmp_path):
-    cfg = make_cfg("epochs=2", "logger=tensorboard", "optimizer.no_decay=true", DECAYED)
+    cfg = make_cfg("epochs=1", "logger=tensorboard", "optimizer.no_decay=true", DECAYED)
     assert train(cfg, tmp_path).status == "completed"
     lr = cfg.optimizer.lr
     want = {"lr/hidden": 0.5 * lr, "lr/hidden/no_decay": 0.5 * lr, "lr/head": lr,
