@@ -231,7 +231,7 @@ def render() -> str:
         "## `optimizer`",
         "",
         "`optimizer=target` takes any optimizer class by `_target_`, its keys bound to its "
-        "signature (`param_groups` is the runner's).",
+        "signature (`param_groups` and `no_decay` are the runner's).",
         "",
     ]
     lines += option_sections(

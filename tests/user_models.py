@@ -87,3 +87,20 @@ class Classes(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(x)
+
+
+class EmbedNet(nn.Module):
+    """Pixels as tokens: an nn.Embedding table, a LayerNorm, a bias-free projection and a
+    linear head, so it holds every kind of parameter optimizer.no_decay tells apart."""
+
+    def __init__(self, num_classes: int, levels: int = 17, width: int = 8) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(levels, width)
+        self.norm = nn.LayerNorm(width)
+        self.proj = nn.Linear(width, width, bias=False)
+        self.head = nn.Linear(width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        top = self.embed.num_embeddings - 1
+        tokens = x.flatten(1).abs().mul(top).round().long().clamp(max=top)
+        return self.head(self.proj(self.norm(self.embed(tokens).mean(1))))

@@ -153,6 +153,7 @@ class Sgd:
     nesterov: bool = key(False, boolean())
     # checked against the model: runner/train/optimizers.py
     param_groups: Any = key(None, anything())
+    no_decay: bool = key(False, boolean())
 
 
 @dataclass
@@ -163,6 +164,7 @@ class Adam:
     eps: float = key(1e-8, number(0, lo_open=True))
     weight_decay: float = key(0.0, number(0))
     param_groups: Any = key(None, anything())
+    no_decay: bool = key(False, boolean())
 
 
 @dataclass

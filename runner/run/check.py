@@ -21,7 +21,7 @@ from runner.dist.ddp import wanted
 from runner.train.builders import resolve_device
 from runner.train.model_check import check_model_on_data
 from runner.train.models import model_parts, part_names, probe_model, validate_model
-from runner.train.optimizers import split_params, uses_parts, validate_optimizer
+from runner.train.optimizers import group_settings, split_params, uses_parts, validate_optimizer
 from runner.train.range_test import validate_lr_find
 from schedulers import ConfigError, validate_scheduler
 from schedulers.binder import plain
@@ -31,16 +31,17 @@ from schedulers.checks import is_number, need_number
 def planned_groups(cfg: Mapping[str, Any]) -> list[tuple[str, float]]:
     """The param groups the optimizer will get, as (label, lr multiplier) in build order,
     found before anything is built: from the built-in model's part names, or, for name
-    patterns, from the parameter names of the model built on the meta device."""
+    patterns and optimizer.no_decay (which needs each parameter's shape and module), from
+    the model built on the meta device."""
     opt, model_cfg = cfg["optimizer"], cfg["model"]
-    if opt.get("param_groups") is None:
+    settings, no_decay = group_settings(opt), opt.get("no_decay", False)
+    if settings is None and not no_decay:
         return [("group0", 1.0)]
     parts = part_names(model_cfg)
-    if uses_parts(opt, parts):
-        scales = opt["param_groups"]
-        return [(p, float(scales.get(p, 1.0))) for p in parts]
+    if settings is not None and not no_decay and uses_parts(opt, parts):
+        return [(p, settings[p].scale if p in settings else 1.0) for p in parts]
     model = probe_model(model_cfg, *data_shape(cfg["data"]))
-    groups = split_params(opt, list(model.named_parameters()), model_parts(model, model_cfg))
+    groups = split_params(opt, model, model_parts(model, model_cfg))
     return [(g.name or "group0", g.scale) for g in groups]
 
 

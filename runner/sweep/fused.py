@@ -3,7 +3,7 @@
 Used by the `hydra/launcher=fused` plugin (hydra_plugins/schedlab_fused/). Jobs fuse when
 they differ only in what each member can have for itself: seed (init and data order), the
 schedule and its parameters, optimizer hyper-parameters (lr, momentum, weight decay,
-betas, eps, param-group multipliers), gradient clipping (each member clips its own slice
+betas, eps, param groups and no_decay), gradient clipping (each member clips its own slice
 of the stacked gradients, stacked.py `clip_members`) and when to call a run diverged.
 Everything that shapes a batch, the model or the loss (model, data, batch size,
 trainer.accumulate, trainer.label_smoothing, epochs, device) must match.
@@ -72,7 +72,7 @@ PER_MEMBER = {
     "scheduler": None,
     "logger": None,
     "lr_find": None,
-    "optimizer": ("lr", "momentum", "weight_decay", "betas", "eps", "param_groups"),
+    "optimizer": ("lr", "momentum", "weight_decay", "betas", "eps", "param_groups", "no_decay"),
     "trainer": (
         "diverge_loss", "monitor", "monitor_mode", "log_every_n_steps", "progress",
         "checkpoint", "checkpoint_interval_s", "channels_last", "grad_clip_norm",

@@ -99,8 +99,8 @@ def build_optimizer(
     cfg: Mapping[str, Any], model: torch.nn.Module, model_cfg: Mapping[str, Any]
 ) -> torch.optim.Optimizer:
     """One param group, or one per model part / name pattern (optimizer.param_groups), each
-    with lr = optimizer.lr x its multiplier."""
-    groups = split_params(cfg, list(model.named_parameters()), model_parts(model, model_cfg))
+    with lr = optimizer.lr x its multiplier, split by optimizer.no_decay."""
+    groups = split_params(cfg, model, model_parts(model, model_cfg))
     return optimizers.build_optimizer(cfg, groups)
 
 

@@ -4,8 +4,10 @@
 `optimizer.lr` is always the base lr; `optimizer.param_groups` maps a built-in model's
 part names (mlp hidden/head, lenet features/classifier, resnet18 backbone/head), or
 parameter-name patterns for any model (`{"backbone.*": 0.1, "head.*": 1.0}`, fnmatch
-against `model.named_parameters()`), to lr multipliers. With patterns every parameter must
-fall in exactly one group, so no parameter trains at an lr nobody chose.
+against `model.named_parameters()`), to lr multipliers (`0.1`) or to `{lr: 0.1,
+weight_decay: 0.0}`. With patterns every parameter must fall in exactly one group, so no
+parameter trains at an lr nobody chose. `optimizer.no_decay: true` splits each group in
+two: its 1-D parameters and embedding tables train without weight decay (`<group>/no_decay`).
 """
 
 from __future__ import annotations
@@ -21,9 +23,9 @@ import torch
 
 from runner.config import schema
 from schedulers import ConfigError, binder
-from schedulers.checks import is_number, need_number, need_positive
+from schedulers.checks import is_number, need_bool, need_number, need_positive
 
-OURS = ("param_groups",)  # keys of a `_target_` optimizer that the runner reads itself
+OURS = ("param_groups", "no_decay")  # keys of a `_target_` optimizer that the runner reads itself
 
 
 def _check_betas(cfg: Mapping[str, Any]) -> None:
@@ -59,30 +61,59 @@ def spec_of(cfg: Mapping[str, Any]) -> OptimizerSpec | None:
 
 
 # -- param groups ---------------------------------------------------------------------------
+GROUP_KEYS = ("lr", "weight_decay")  # what a param_groups entry may set besides a bare lr x
+
+
 @dataclass(frozen=True)
 class Group:
     name: str | None  # logged as lr/<name>; None: the single group (lr/group0)
     params: list[Any]
     scale: float  # lr multiplier
+    weight_decay: float | None = None  # None: the optimizer's own optimizer.weight_decay
 
 
-def _scales(cfg: Mapping[str, Any]) -> dict[str, float] | None:
-    scales = cfg.get("param_groups")
-    if scales is None:
+@dataclass(frozen=True)
+class Setting:
+    """One `optimizer.param_groups` entry: `0.1` or `{lr: 0.1, weight_decay: 0.0}`."""
+
+    scale: float
+    weight_decay: float | None
+
+
+def _setting(key: str, value: Any) -> Setting:
+    if not isinstance(value, Mapping):
+        need_positive(key, value)
+        return Setting(float(value), None)
+    for name in value:
+        if name not in GROUP_KEYS:
+            raise ConfigError(
+                f"{key}.{name}", value[name], f"unknown key; a group sets only {list(GROUP_KEYS)}"
+            )
+    need_positive(f"{key}.lr", value.get("lr", 1.0))
+    decay = value.get("weight_decay")
+    if decay is not None:
+        need_number(f"{key}.weight_decay", decay, 0)
+    return Setting(float(value.get("lr", 1.0)), None if decay is None else float(decay))
+
+
+def group_settings(cfg: Mapping[str, Any]) -> dict[str, Setting] | None:
+    """optimizer.param_groups checked: {part or pattern: its lr multiplier and weight decay}."""
+    entries = cfg.get("param_groups")
+    if entries is None:
         return None
-    if not isinstance(scales, Mapping) or not scales:
+    if not isinstance(entries, Mapping) or not entries:
         raise ConfigError(
-            "optimizer.param_groups", scales, "must be null or a mapping {part or pattern: lr x}"
+            "optimizer.param_groups",
+            entries,
+            "must be null or a mapping {part or pattern: lr x, or {lr: x, weight_decay: v}}",
         )
-    for key, scale in scales.items():
-        need_positive(f"optimizer.param_groups.{key}", scale)
-    return {str(k): float(v) for k, v in scales.items()}
+    return {str(k): _setting(f"optimizer.param_groups.{k}", v) for k, v in entries.items()}
 
 
 def uses_parts(cfg: Mapping[str, Any], parts: Sequence[str]) -> bool:
     """Keys that are all part names of a built-in model pick parts; otherwise patterns."""
-    scales = _scales(cfg) or {}
-    return bool(parts) and all(key in parts for key in scales)
+    settings = group_settings(cfg) or {}
+    return bool(parts) and all(key in parts for key in settings)
 
 
 def group_label(pattern: str) -> str:
@@ -91,46 +122,89 @@ def group_label(pattern: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.\-]+", "_", name).strip("_.") or "group"
 
 
+def no_decay_ids(model: torch.nn.Module) -> set[int]:
+    """The parameters `optimizer.no_decay` exempts from weight decay, as timm's
+    param_groups_weight_decay and HF's Trainer do: every 1-D one (biases, norm scales and
+    shifts, which decay would pull to 0 for no regularising gain) and embedding tables
+    (decay shrinks rare tokens' rows most)."""
+    ids = {id(p) for n, p in model.named_parameters() if p.ndim <= 1 or n.endswith(".bias")}
+    ids |= {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+    return ids
+
+
+def _split_decay(groups: list[Group], exempt: set[int]) -> list[Group]:
+    """Each group as its decayed half and its `/no_decay` half (weight decay 0), in that
+    order; a half with no parameter is left out (torch would log an lr nobody trains at)."""
+    out = []
+    for g in groups:
+        decay = [p for p in g.params if id(p) not in exempt]
+        flat = [p for p in g.params if id(p) in exempt]
+        if decay:
+            out.append(Group(g.name or "decay", decay, g.scale, g.weight_decay))
+        if flat:
+            name = f"{g.name}/no_decay" if g.name else "no_decay"
+            out.append(Group(name, flat, g.scale, 0.0))
+    return out
+
+
 def split_params(
+    cfg: Mapping[str, Any], model: torch.nn.Module, parts: Mapping[str, Sequence[Any]]
+) -> list[Group]:
+    """The optimizer's param groups, in order: one per part or pattern of
+    optimizer.param_groups (else one), each split in two by optimizer.no_decay. `parts` is
+    the built-in model's named parts ({} for a `_target_` model)."""
+    groups = _by_setting(cfg, list(model.named_parameters()), parts)
+    if cfg.get("no_decay", False):
+        groups = _split_decay(groups, no_decay_ids(model))
+    return groups
+
+
+def _by_setting(
     cfg: Mapping[str, Any],
     named: Sequence[tuple[str, Any]],
     parts: Mapping[str, Sequence[Any]],
 ) -> list[Group]:
-    """The optimizer's param groups, in order. `named` is model.named_parameters(); `parts`
-    the built-in model's named parts ({} for a `_target_` model)."""
-    scales = _scales(cfg)
-    if scales is None:
+    settings = group_settings(cfg)
+    if settings is None:
         return [Group(None, [p for _, p in named], 1.0)]
     if uses_parts(cfg, list(parts)):
-        return [Group(part, list(ps), scales.get(part, 1.0)) for part, ps in parts.items()]
-    hits = {name: [pat for pat in scales if fnmatchcase(name, pat)] for name, _ in named}
+        default = Setting(1.0, None)
+        return [
+            Group(
+                part,
+                list(ps),
+                settings.get(part, default).scale,
+                settings.get(part, default).weight_decay,
+            )
+            for part, ps in parts.items()
+        ]
+    hits = {name: [pat for pat in settings if fnmatchcase(name, pat)] for name, _ in named}
     # a key that is neither a part name nor matches a parameter is the likely typo: name it
-    for pattern in sorted(scales, key=lambda k: k in parts):
-        scale = scales[pattern]
+    for pattern in sorted(settings, key=lambda k: k in parts):
         if not any(pattern in h for h in hits.values()):
             hint = f"; parts of this model: {list(parts)}" if parts else ""
             raise ConfigError(
                 f"optimizer.param_groups.{pattern}",
-                scale,
+                binder.plain(cfg["param_groups"][pattern]),
                 f"matches no parameter (their names look like '{named[0][0]}'){hint}",
             )
-    members: dict[str, list[Any]] = {pattern: [] for pattern in scales}
+    members: dict[str, list[Any]] = {pattern: [] for pattern in settings}
     for name, param in named:
         if len(hits[name]) != 1:
             which = "matches no pattern" if not hits[name] else f"matches {hits[name]}"
             raise ConfigError(
                 "optimizer.param_groups",
-                dict(scales),
+                binder.plain(cfg["param_groups"]),
                 f"parameter '{name}' {which}; every parameter needs exactly one group "
                 f"(e.g. '{name.rsplit('.', 1)[0]}.*')",
             )
         members[hits[name][0]].append(param)
-    labels = [group_label(p) for p in scales]
+    labels = [group_label(p) for p in settings]
     if len(set(labels)) != len(labels):
         labels = [f"{label}{i}" for i, label in enumerate(labels)]
     return [
-        Group(label, members[pattern], scales[pattern])
-        for label, pattern in zip(labels, scales, strict=True)
+        Group(label, members[pattern], settings[pattern].scale, settings[pattern].weight_decay)
+        for label, pattern in zip(labels, settings, strict=True)
     ]
 
 
@@ -143,9 +217,10 @@ def validate_optimizer(cfg: Mapping[str, Any], lr: float) -> None:
     if spec is not None:
         schema.check_node("optimizer", cfg, spec.schema)
         spec.check(cfg)
-        _scales(cfg)
+        group_settings(cfg)
         return
-    _scales(cfg)
+    settings = group_settings(cfg) or {}
+    need_bool("optimizer.no_decay", cfg.get("no_decay", False))
     if "weight_decay" in cfg:
         need_number("optimizer.weight_decay", cfg["weight_decay"], 0)
     target = binder.locate("optimizer", cfg)
@@ -159,6 +234,27 @@ def validate_optimizer(cfg: Mapping[str, Any], lr: float) -> None:
         key = binder.key_named_in("optimizer", str(err), kwargs)
         raise ConfigError(key, cfg.get(key.split(".", 1)[1]), f"rejected: {err}") from None
     _check_steps(cfg, built)
+    _check_decays(cfg, settings, built)
+
+
+def _check_decays(cfg: Mapping[str, Any], settings: Mapping[str, Setting], built: Any) -> None:
+    """A group's weight decay is a `weight_decay` entry in its torch param group: an
+    optimizer without that hyper-parameter would carry it along unread, so the decay the
+    config asks for would silently not happen."""
+    if "weight_decay" in built.defaults:
+        return
+    asked = [
+        (f"optimizer.param_groups.{k}.weight_decay", s.weight_decay)
+        for k, s in settings.items()
+        if s.weight_decay is not None
+    ]
+    if cfg.get("no_decay", False):
+        asked.insert(0, ("optimizer.no_decay", True))
+    if asked:
+        key, value = asked[0]
+        raise ConfigError(
+            key, value, f"{cfg[binder.TARGET]} has no weight_decay hyper-parameter to set"
+        )
 
 
 def _check_steps(cfg: Mapping[str, Any], optimizer: Any) -> None:
@@ -180,15 +276,23 @@ def _check_steps(cfg: Mapping[str, Any], optimizer: Any) -> None:
 
 
 def build_optimizer(cfg: Mapping[str, Any], groups: Sequence[Group]) -> Any:
-    """One torch optimizer over `groups`, each at lr = optimizer.lr x its multiplier."""
+    """One torch optimizer over `groups`, each at lr = optimizer.lr x its multiplier, and at
+    its own weight decay where it has one (else the optimizer's)."""
     lr = cfg["lr"]
     if len(groups) == 1 and groups[0].name is None:
         params: Any = groups[0].params
     else:
-        params = [{"params": g.params, "lr": lr * g.scale, "name": g.name} for g in groups]
+        params = [_torch_group(g, lr) for g in groups]
     spec = spec_of(cfg)
     if spec is None:
         return binder.instantiate(cfg, params, ours=OURS)
     kwargs = {k: tuple(cfg[k]) if k == "betas" else cfg[k] for k in spec.keys}
     cls = getattr(torch.optim, spec.cls)
     return cls(params, lr=lr, weight_decay=cfg["weight_decay"], **kwargs)
+
+
+def _torch_group(group: Group, lr: float) -> dict[str, Any]:
+    out = {"params": group.params, "lr": lr * group.scale, "name": group.name}
+    if group.weight_decay is not None:
+        out["weight_decay"] = group.weight_decay
+    return out
