@@ -9,6 +9,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from runner import hints
 from runner.cli import (
     EXIT_CONFIG,
     check_composition,
@@ -36,8 +37,16 @@ def main(cfg: DictConfig) -> float:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)
     print(f"wrote {out / 'lr_find.png'} and {out / 'lr_find.csv'}")
-    print(f"train with it: python -m runner optimizer.lr={lr:.4g}  (or optimizer.lr=find)")
+    print(next_step(sys.argv[1:], lr))
     return lr
+
+
+def next_step(argv: list[str], lr: float) -> str:
+    """The user's own command (--config-dir, overrides) as the training run at `lr`, and
+    optimizer.lr=find, which runs this test first and takes its suggestion."""
+    return (f"train with it:\n  {hints.train_with_lr(argv, f'{lr:.4g}')}\n"
+            "or give optimizer.lr=find in place of the value: the run tests first and trains "
+            "with lr_find.suggestion's lr")  # fmt: skip
 
 
 def cli() -> None:
