@@ -38,7 +38,7 @@ from runner.cli import (
 )
 from runner.cli import given as given_overrides
 from runner.config.compose import options_first, searched_first
-from runner.dist.ddp import launch_rank, not_rank_0
+from runner.dist.ddp import launch_rank, launched_by_torchrun, not_rank_0
 from runner.io.files import (
     WRITE_ERRNOS,
     RunDirBusy,
@@ -142,7 +142,8 @@ def say_how_to_resume(run_dir: Path) -> None:
     if launch_rank() != 0:
         return
     if (run_dir / "config.yaml").is_file():
-        print(f"continue it with: {hints.resume_run(run_dir)}", file=sys.stderr)
+        how = hints.resume_run(run_dir, torchrun=launched_by_torchrun())
+        print(f"continue it with: {how}", file=sys.stderr)
     else:
         print("nothing of it was trained yet: the same command starts it again", file=sys.stderr)
 

@@ -55,13 +55,14 @@ def without(args: Sequence[str], *keys: str) -> list[str]:
 
 
 def with_value(args: Sequence[str], key: str, value: str) -> list[str]:
-    """args with `key=value` in place of the first override of `key` (others dropped), or
-    at the end."""
+    """args with `key=value` in place of the first override of `key` (its `+`/`++` kept:
+    the key may be one the config lacks; the others dropped), or at the end."""
     at = [i for i in overrides_at(args) if override_key(args[i]) == key]
     if not at:
         return [*args, f"{key}={value}"]
     out = list(args)
-    out[at[0]] = f"{key}={value}"
+    plus = out[at[0]][: len(out[at[0]]) - len(out[at[0]].lstrip("+"))]
+    out[at[0]] = f"{plus}{key}={value}"
     return [a for i, a in enumerate(out) if i not in at[1:]]
 
 
@@ -71,11 +72,15 @@ def train_with_lr(argv: Sequence[str], lr: str) -> str:
     return command("runner", with_value(without(argv, "hydra.run.dir"), "optimizer.lr", lr))
 
 
-def resume_run(run_dir: Path) -> str:
+def resume_run(run_dir: Path, torchrun: bool = False) -> str:
     """The command that continues an interrupted run: resume= reads its saved config, so
     no override nor --config-dir is needed (a `_target_` class of the user's is imported
-    from the current dir, as when it started)."""
-    return command("runner", [f"resume={Path(run_dir).resolve()}"])
+    from the current dir, as when it started). A run under torchrun continues under
+    torchrun with the options it had (which this process cannot see)."""
+    resume = f"resume={Path(run_dir).resolve()}"
+    if torchrun:
+        return f"torchrun <its options> -m runner {shlex.quote(resume)}"
+    return command("runner", [resume])
 
 
 def continue_sweep(argv: Sequence[str], sweep_dir: Path) -> str:

@@ -83,9 +83,12 @@ def test_the_printed_training_command_keeps_the_users_config_dir_and_overrides(t
     assert list(cfg.model.hidden) == [12] and cfg.optimizer.lr == 0.05341 and cfg.epochs == 2
 
 
-def test_the_lr_is_added_when_the_command_gave_none():
+def test_the_lr_is_added_when_the_command_gave_none_and_replaced_as_it_was_given():
     args = printed_args(next_step(["-cd", "conf", "model=tiny"], 1e-5), "train with it:")
     assert args == ["-cd", "conf", "model=tiny", "optimizer.lr=1e-05"]
+    given = ["-cn", "mine", "++optimizer.lr=0.1", "seed=1", "optimizer.lr=0.2"]
+    args = printed_args(next_step(given, 0.25), "train with it:")
+    assert args == ["-cn", "mine", "++optimizer.lr=0.25", "seed=1"]
 
 
 @pytest.mark.slow
@@ -128,6 +131,10 @@ def test_an_interrupted_run_names_the_resume_of_its_dir(tmp_path, capsys, monkey
     entry.say_how_to_resume(Path("a run"))
     args = printed_args(capsys.readouterr().err, "continue it with:")
     assert args == [f"resume={run_dir.resolve()}"]  # absolute: from any dir
+    monkeypatch.setattr(entry, "launched_by_torchrun", lambda: True)
+    entry.say_how_to_resume(Path("a run"))  # a DDP run continues under torchrun
+    line = capsys.readouterr().err.split("continue it with:")[1].strip()
+    assert line == f"torchrun <its options> -m runner {shlex.quote(f'resume={run_dir.resolve()}')}"
 
 
 @pytest.mark.slow
