@@ -1,6 +1,7 @@
 """`python -m runner.lr_find <overrides>`: the LR range test on its own
 (runner/train/range_test.py), with the training config's overrides; writes lr_find.csv and
-lr_find.png into the run dir."""
+lr_find.png into the run dir, and prints the user's own command (config dir, overrides) as
+the training run at the found lr (runner/hints.py)."""
 
 import sys
 from pathlib import Path
