@@ -27,6 +27,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from runner import hints
 from runner.cli import (
     EXIT_CONFIG,
     NO_COMPOSE,
@@ -37,7 +38,7 @@ from runner.cli import (
 )
 from runner.cli import given as given_overrides
 from runner.config.compose import options_first, searched_first
-from runner.dist.ddp import launch_rank, not_rank_0
+from runner.dist.ddp import launch_rank, launched_by_torchrun, not_rank_0
 from runner.io.files import (
     WRITE_ERRNOS,
     RunDirBusy,
@@ -49,7 +50,7 @@ from runner.io.files import (
 )
 from runner.sweep import sweepdir
 from runner.sweep.sweepdir import record_refused
-from runner.train.stopping import stop_on_signals
+from runner.train.stopping import SIGNALS, stop_on_signals
 from schedulers import ConfigError
 
 EXIT_DIVERGED = 3
@@ -120,6 +121,8 @@ def main(cfg: DictConfig) -> float:
         stop.restore()  # sets stop.chain
     failed = isinstance(result, float)  # a job of a sweep that failed (NaN)
     if not failed and result.status == "interrupted":
+        if not multirun:
+            say_how_to_resume(run_dir)
         _stop_with(result.signum, stop.chain)
     if multirun and stop.signum is not None:
         # the signal came after the job's last check (its last epoch, status.json): the job
@@ -132,6 +135,29 @@ def main(cfg: DictConfig) -> float:
             sys.exit(EXIT_DIVERGED)
         return WORST_OBJECTIVE  # its best epoch came before the blow-up: not a candidate
     return result.best_val_acc
+
+
+def say_how_to_resume(run_dir: Path) -> None:
+    """An interrupted single run: the command that continues it (on rank 0, which holds
+    the run dir). Stopped before its config.yaml was written, nothing of it was trained
+    and resume= would have nothing to read: the same command starts it again."""
+    if launch_rank() != 0:
+        return
+    if (run_dir / "config.yaml").is_file():
+        how = hints.resume_run(run_dir, torchrun=launched_by_torchrun())
+        print(f"continue it with: {how}", file=sys.stderr)
+    else:
+        print("nothing of it was trained yet: the same command starts it again", file=sys.stderr)
+
+
+def say_how_to_continue_sweep(argv: list[str]) -> None:
+    """An interrupted sweep: its own command into its own sweep dir (the one it held),
+    which keeps the finished jobs and resumes the interrupted one."""
+    held = sweepdir.held()
+    if held is None:  # no hook took the dir (the sweep report callback removed)
+        print("the same command with hydra.sweep.dir=<its sweep dir> continues it", file=sys.stderr)
+        return
+    print(f"continue the sweep with: {hints.continue_sweep(argv, held)}", file=sys.stderr)
 
 
 def _run_job(cfg: DictConfig, hc: Any, run_dir: Path, multirun: bool, stop: Any) -> Any:
@@ -316,16 +342,19 @@ def cli() -> None:
     try:
         with searched_first(config_dirs(sys.argv[1:])):  # the user's files win over conf/'s
             if "-m" in sys.argv or "--multirun" in sys.argv:
-                main()  # each job installs its handlers as it starts (a launcher may run them)
+                try:
+                    main()  # each job installs its handlers as it starts (a launcher may)
+                except SystemExit as exit_:
+                    if exit_.code in {128 + s for s in SIGNALS}:  # interrupted
+                        say_how_to_continue_sweep(sys.argv[1:])
+                    raise
                 sweepdir.end()  # non-zero when no job completed or some are pending
                 return
             with stop_on_signals() as _CLI_STOP:  # from before Hydra makes the run dir
                 main()
     except KeyboardInterrupt:  # Ctrl-C between two jobs of a sweep, where no job's handler is
-        print(
-            "interrupted between two jobs of the sweep; the same command continues it",
-            file=sys.stderr,
-        )
+        print("interrupted between two jobs of the sweep", file=sys.stderr)
+        say_how_to_continue_sweep(sys.argv[1:])
         sys.exit(128 + signal.SIGINT)
     except Exception as err:
         cause = _write_error(err)

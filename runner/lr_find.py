@@ -1,6 +1,7 @@
 """`python -m runner.lr_find <overrides>`: the LR range test on its own
 (runner/train/range_test.py), with the training config's overrides; writes lr_find.csv and
-lr_find.png into the run dir."""
+lr_find.png into the run dir, and prints the user's own command (config dir, overrides) as
+the training run at the found lr (runner/hints.py)."""
 
 import sys
 from pathlib import Path
@@ -9,6 +10,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from runner import hints
 from runner.cli import (
     EXIT_CONFIG,
     check_composition,
@@ -36,8 +38,18 @@ def main(cfg: DictConfig) -> float:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)
     print(f"wrote {out / 'lr_find.png'} and {out / 'lr_find.csv'}")
-    print(f"train with it: python -m runner optimizer.lr={lr:.4g}  (or optimizer.lr=find)")
+    print(next_step(sys.argv[1:], lr))
     return lr
+
+
+def next_step(argv: list[str], lr: float) -> str:
+    """The user's own command (--config-dir, overrides) as the training run at `lr`, and
+    optimizer.lr=find, which runs this test first and takes its suggestion."""
+    return (
+        f"train with it:\n  {hints.train_with_lr(argv, f'{lr:.4g}')}\n"
+        "or give optimizer.lr=find in place of the value: the run tests first and trains "
+        "with lr_find.suggestion's lr"
+    )
 
 
 def cli() -> None:

@@ -108,7 +108,7 @@ def test_onecycle_gets_the_found_lr_as_max_lr(tmp_path):
         ("lr_find.mode=log", "lr_find.mode"),
         ("lr_find.smooth=1.0", "lr_find.smooth"),
         ("lr_find.diverge_threshold=0.5", "lr_find.diverge_threshold"),
-        ("lr_find.suggestion=valley", "lr_find.suggestion"),
+        ("lr_find.suggestion=middle", "lr_find.suggestion"),
         ("optimizer.lr=search", "optimizer.lr"),
     ],
 )

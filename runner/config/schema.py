@@ -96,7 +96,7 @@ class LrFind:
     smooth: float = key(0.9, number(0, 1, hi_open=True))
     diverge_threshold: float = key(4.0, number(1, lo_open=True))
     val_every: int = key(0, integer(0))
-    suggestion: str = key("min_loss_div_10", choice("steepest", "min_loss_div_10"))
+    suggestion: str = key("min_loss_div_10", choice("steepest", "valley", "min_loss_div_10"))
 
 
 # -- models -------------------------------------------------------------------------------------

@@ -63,6 +63,11 @@ def take(sweep_dir: Path | str) -> None:
     _TAKEN[path.resolve()] = lock
 
 
+def held() -> Path | None:
+    """The sweep dir this process holds (the newest it took), if any."""
+    return list(_TAKEN)[-1] if _TAKEN else None
+
+
 def take_or_exit(sweep_dir: Path | str) -> None:
     """`take`, for the hooks inside Hydra: a refusal is one line and exit 2, as before Hydra
     starts (an exception there would be Hydra's error and hint, exit 1)."""

@@ -1,11 +1,11 @@
 """The LR range test of Smith (2017): find the largest lr at which the loss still falls fast.
 
-`python -m runner.train.range_test <overrides>` takes the training config (same model,
-data, optimizer), raises the lr every batch from `lr_find.start_lr` to
-`lr_find.end_lr`, records (lr, loss, smoothed loss), stops when the smoothed loss
-diverges, restores the model, optimizer and RNG to their state before the test,
-and writes `lr_find.csv`, `lr_find.png` and two suggestions. A training run with
-`optimizer.lr=find` runs it first and trains with the chosen suggestion.
+`python -m runner.lr_find <overrides>` takes the training config (same model, data,
+optimizer), raises the lr every batch from `lr_find.start_lr` to `lr_find.end_lr`,
+records (lr, loss, smoothed loss), stops when the smoothed loss diverges, restores the
+model, optimizer and RNG to their state before the test, and writes `lr_find.csv`,
+`lr_find.png` and three suggestions (steepest, valley, min_loss_div_10). A training run
+with `optimizer.lr=find` runs it first and trains with the one `lr_find.suggestion` names.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import csv
 import io
 import logging
 import math
+import textwrap
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,8 +34,16 @@ from schedulers import ConfigError
 
 log = logging.getLogger("schedlab")
 EXPLAIN = {
-    "steepest": "lr where the smoothed loss falls fastest per decade of lr (Smith's choice)",
+    "steepest": "lr where the smoothed loss falls fastest per decade of lr, before its "
+    "minimum (Smith's choice)",
+    "valley": "about halfway down the longest stretch of falling loss (fastai's default)",
     "min_loss_div_10": "a tenth of the lr at the lowest smoothed loss (just before divergence)",
+}
+# why optimizer.lr=find would train with each: what the printed description and the plot say
+WHY = {
+    "steepest": "the fastest learning, but it can sit close to where the loss turns up",
+    "valley": "on the steep part of the longest fall, off its flat start and its turn",
+    "min_loss_div_10": "a safe margin: a decade below where the loss turns up",
 }
 
 
@@ -77,19 +86,51 @@ class RangeTest:
 
 
 def suggest(lrs: list[float], smooth: list[float]) -> dict[str, float]:
-    """Both suggestions from the smoothed curve; with 20+ points the noisy first 10 % and
-    last 5 % are left out of the slope search, as torch-lr-finder and fastai do."""
+    """The three suggestions from the smoothed curve; with 20+ points the noisy first 10 %
+    and last 5 % are left out of the steepest and valley searches, as torch-lr-finder and
+    fastai do."""
     n = len(lrs)
     lo, hi = (n // 10, n - n // 20) if n >= 20 else (0, n)
-    x = [math.log10(lr) for lr in lrs]
-    # central differences of the loss against log10(lr); the most negative is the steepest fall
-    slopes = {
-        i: (smooth[i + 1] - smooth[i - 1]) / (x[i + 1] - x[i - 1])
-        for i in range(max(lo, 1), min(hi, n - 1))
-    }
-    steepest = min(slopes, key=slopes.__getitem__)
     lowest = min(range(n), key=smooth.__getitem__)
-    return {"steepest": lrs[steepest], "min_loss_div_10": lrs[lowest] / 10}
+    return {
+        "steepest": lrs[steepest_index(lrs, smooth, lo, min(hi, lowest))],
+        "valley": lrs[lo + valley_index(smooth[lo:hi])],
+        "min_loss_div_10": lrs[lowest] / 10,
+    }
+
+
+def steepest_index(lrs: list[float], smooth: list[float], lo: int, hi: int) -> int:
+    """The point in [lo, hi) where the loss falls fastest against log10(lr) (central
+    differences). `hi` is the smoothed minimum: past it the loss rises into divergence,
+    where a late steep fall (a spike coming back down) is noise, not learning. Where the
+    minimum lies in the left-out start, the whole stretch before it is searched; where the
+    loss never falls (its minimum is the first point), the first point."""
+    x = [math.log10(lr) for lr in lrs]
+    points = range(max(lo, 1), min(hi, len(lrs) - 1))
+    if not points:
+        points = range(1, min(hi, len(lrs) - 1))
+    if not points:
+        return max(0, min(hi, len(lrs) - 1))
+    slopes = {i: (smooth[i + 1] - smooth[i - 1]) / (x[i + 1] - x[i - 1]) for i in points}
+    return min(slopes, key=slopes.__getitem__)
+
+
+def valley_index(losses: list[float]) -> int:
+    """fastai's `valley` (fastai/callback/schedule.py): the longest run of ever-lower losses
+    (a longest strictly decreasing subsequence, the first of the longest), and the point
+    int(s) + int(s / 2) past its start, s = a third of its length: about halfway down, on
+    the steep part rather than at the flat start or the turn at the bottom. As fastai
+    counts it, `start` is the index before the run's first point; never below 0 here
+    (fastai's would wrap round to the last point for a run of two)."""
+    longest = [1] * len(losses)  # longest[i]: the longest decreasing run ending at i
+    start = end = 0
+    for i in range(1, len(losses)):
+        before = [longest[j] for j in range(i) if losses[j] > losses[i]]
+        longest[i] = 1 + max(before, default=0)
+        if longest[i] > longest[end]:
+            start, end = i - longest[i], i
+    third = (end - start) / 3
+    return max(0, start + int(third) + int(third / 2))
 
 
 def range_test(
@@ -211,27 +252,57 @@ def write_outputs(result: RangeTest, out: Path, chosen: str) -> tuple[Path, Path
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
     ax.plot(result.lrs, result.losses, color="0.75", linewidth=0.8, label="loss")
     ax.plot(result.lrs, result.smooth, linewidth=1.8, label="smoothed loss")
-    for name, style in (("steepest", "--"), ("min_loss_div_10", ":")):
-        lr = result.suggestions[name]
-        mark = " (used)" if name == chosen else ""
+    labels = legend_labels(result.suggestions, chosen)
+    for (name, lr), style, color in zip(
+        result.suggestions.items(), ("--", "-.", ":"), ("C2", "C4", "C1"), strict=True
+    ):
+        used = name == chosen
         ax.axvline(
             lr,
             linestyle=style,
-            color="C3" if name == chosen else "C2",
-            label=f"{name}: {lr:.3g}{mark}",
+            color="C3" if used else color,
+            linewidth=2 if used else 1,
+            label=labels[name],
         )
+        ax.plot([lr], [_smooth_at(result, lr)], "o", color="C3" if used else color)
     ax.set_xscale("log")
     ax.set_xlabel("learning rate (log scale)")
     ax.set_ylabel("loss")
     low = min(min(result.losses), min(result.smooth))
     ax.set_ylim(low - 0.05 * abs(low), max(result.smooth[0], low) * 1.5)  # divergence off-chart
-    ax.set_title("LR range test (Smith 2017)")
+    fig.suptitle("LR range test (Smith 2017)")
+    # which one a run with optimizer.lr=find uses, and why
+    ax.set_title("\n".join(textwrap.wrap(why_chosen(chosen), 100)), fontsize=8)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     fig.tight_layout()
     files.replace_atomic(png_path, lambda tmp: fig.savefig(tmp, format="png"), fsync=False)
     plt.close(fig)
     return csv_path, png_path
+
+
+def _smooth_at(result: RangeTest, lr: float) -> float:
+    """The smoothed loss at the tested lr nearest `lr` (min_loss_div_10 lies between points)."""
+    i = min(range(len(result.lrs)), key=lambda i: abs(math.log(result.lrs[i] / lr)))
+    return result.smooth[i]
+
+
+def why_chosen(chosen: str) -> str:
+    """Which suggestion optimizer.lr=find trains with, the key that says so, and why."""
+    default = LrFind().suggestion
+    setting = "the default" if chosen == default else f"the default is {default}"
+    return (
+        f"optimizer.lr=find uses {chosen} (lr_find.suggestion={chosen}, {setting}): {WHY[chosen]}"
+    )
+
+
+def legend_labels(suggestions: Mapping[str, float], chosen: str) -> dict[str, str]:
+    """The plot's legend: each suggestion, the chosen one marked as optimizer.lr=find's."""
+    return {
+        name: f"{name}: {lr:.3g}"
+        + ("  <- optimizer.lr=find (lr_find.suggestion)" if name == chosen else "")
+        for name, lr in suggestions.items()
+    }
 
 
 def describe(result: RangeTest, chosen: str) -> str:
@@ -242,6 +313,7 @@ def describe(result: RangeTest, chosen: str) -> str:
     for name, lr in result.suggestions.items():
         used = "  <- used" if name == chosen else ""
         lines.append(f"  {name:<16} {lr:.4g}   {EXPLAIN[name]}{used}")
+    lines.append(why_chosen(chosen))
     return "\n".join(lines)
 
 
