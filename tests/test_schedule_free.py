@@ -107,6 +107,7 @@ def test_eval_weights_switches_only_a_training_schedule_free_optimizer_and_resto
         pass
 
 
+@pytest.mark.slow
 def test_bn_statistics_are_those_of_the_eval_weights_and_training_is_undisturbed(tmp_path):
     args = (*SGD_SF, *BN, "epochs=2", "optimizer.lr=0.2")
     on = train(make_cfg(*args, "trainer.bn_recalibrate_batches=3"), tmp_path / "on")
@@ -131,6 +132,19 @@ def test_bn_statistics_are_those_of_the_eval_weights_and_training_is_undisturbed
     assert not torch.allclose(trained["body.2.running_mean"], state["body.2.running_mean"])
 
 
+@pytest.mark.slow
+def test_streamed_data_recalibrates_from_its_loader_without_moving_training(tmp_path):
+    """data=dataset not in memory: the batches come through the run's DataLoader, in an
+    order of their own (the loader's epoch order is set again for training)."""
+    args = (*SGD_SF, *BN, "epochs=1", "data=dataset", "data.in_memory=false")
+    for n in (0, 3):
+        cfg = make_cfg(*args, f"trainer.bn_recalibrate_batches={n}")
+        assert train(cfg, tmp_path / str(n)).status == "completed"
+    (off,), (on,) = read_metrics(tmp_path / "0"), read_metrics(tmp_path / "3")
+    assert on["train/loss"] == off["train/loss"] and on["val/loss"] != off["val/loss"]
+
+
+@pytest.mark.slow
 def test_a_schedule_free_run_killed_mid_epoch_resumes_exactly(tmp_path, monkeypatch):
     """The checkpoint holds the eval weights and eval mode (its z and the averaging's
     counters in the optimizer state); the resumed run switches to train mode as the
@@ -159,6 +173,7 @@ def test_a_schedule_free_run_killed_mid_epoch_resumes_exactly(tmp_path, monkeypa
     assert comparable(read_metrics(run_dir)) == comparable(read_metrics(tmp_path / "ref"))
 
 
+@pytest.mark.slow
 def test_a_target_schedule_free_optimizer_trains_like_the_built_in(tmp_path):
     common = ("epochs=2", "optimizer.lr=0.3", "scheduler=none", "logger=none")
     built_in = train(make_cfg("optimizer=schedulefree_sgd", *common), tmp_path / "a")
