@@ -237,7 +237,7 @@ def render() -> str:
     lines += option_sections(
         "optimizer",
         {name: spec.schema for name, spec in optimizers.OPTIMIZERS.items()},
-        lambda name: f"`torch.optim.{optimizers.OPTIMIZERS[name].cls}`.",
+        lambda name: f"`{optimizers.OPTIMIZERS[name].path}`.",
     )
     lines += ["## `scheduler`", "", *scheduler_sections()]
     for group in ("data", "logger", "trainer", "lr_find"):

@@ -104,3 +104,21 @@ class EmbedNet(nn.Module):
         top = self.embed.num_embeddings - 1
         tokens = x.flatten(1).abs().mul(top).round().long().clamp(max=top)
         return self.head(self.proj(self.norm(self.embed(tokens).mean(1))))
+
+
+class BnNet(nn.Module):
+    """An MLP with a BatchNorm layer: its running statistics are what a schedule-free
+    optimizer's eval weights need recomputed (tests/test_schedule_free.py)."""
+
+    def __init__(self, in_channels: int, image_size: int, num_classes: int, hidden: int = 32):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(in_channels * image_size * image_size, hidden),
+            nn.BatchNorm1d(hidden),
+            nn.ReLU(),
+        )
+        self.head = nn.Linear(hidden, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))

@@ -73,6 +73,9 @@ class Trainer:
     grad_clip_value: float | None = key(None, number(0, lo_open=True, optional=True))
     accumulate: int = key(1, integer(1))  # micro-batches per optimizer step
     label_smoothing: float = key(0.0, number(0, 1, hi_open=True))  # the training loss only
+    # a schedule-free optimizer on a model with BatchNorm: training batches that recompute
+    # the running statistics at its eval weights before each validation (0 = off)
+    bn_recalibrate_batches: int = key(50, integer(0))
 
     @staticmethod
     def check_keys(prefix: str, node: Mapping[str, Any]) -> None:
@@ -171,6 +174,39 @@ class Adam:
 class AdamW(Adam):
     name: str = key("adamw", choice("adamw"))
     weight_decay: float = key(0.01, number(0))
+
+
+@dataclass
+class SgdScheduleFree:
+    """schedulefree.SGDScheduleFree (Defazio et al. 2024): no lr schedule (scheduler=none),
+    its own linear warmup, evaluated at the average of its iterates."""
+
+    name: str = key("schedulefree_sgd", choice("schedulefree_sgd"))
+    lr: Any = key(0.5, anything())
+    # its interpolation between the average and the SGD iterate, in (0, 1)
+    momentum: float = key(0.9, number(0, 1, lo_open=True, hi_open=True))
+    weight_decay: float = key(0.0, number(0))
+    warmup_steps: int = key(0, integer(0))  # optimizer steps of linear warmup
+    r: float = key(0.0, number(0))  # polynomial weighting (k+1)^r of the average
+    weight_lr_power: float = key(2.0, number(0))  # average weighted by lr^power (warmup)
+    param_groups: Any = key(None, anything())
+    no_decay: bool = key(False, boolean())
+
+
+@dataclass
+class AdamWScheduleFree:
+    """schedulefree.AdamWScheduleFree: as SgdScheduleFree, with Adam's second moment."""
+
+    name: str = key("schedulefree_adamw", choice("schedulefree_adamw"))
+    lr: Any = key(0.0025, anything())
+    betas: list[float] = key([0.9, 0.999], anything())  # two numbers: runner/train/optimizers.py
+    eps: float = key(1e-8, number(0, lo_open=True))
+    weight_decay: float = key(0.0, number(0))
+    warmup_steps: int = key(0, integer(0))
+    r: float = key(0.0, number(0))
+    weight_lr_power: float = key(2.0, number(0))
+    param_groups: Any = key(None, anything())
+    no_decay: bool = key(False, boolean())
 
 
 # -- data ---------------------------------------------------------------------------------------

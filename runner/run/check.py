@@ -21,7 +21,13 @@ from runner.dist.ddp import wanted
 from runner.train.builders import resolve_device
 from runner.train.model_check import check_model_on_data
 from runner.train.models import model_parts, part_names, probe_model, validate_model
-from runner.train.optimizers import group_settings, split_params, uses_parts, validate_optimizer
+from runner.train.optimizers import (
+    group_settings,
+    split_params,
+    uses_parts,
+    validate_optimizer,
+    warn_schedule_free,
+)
 from runner.train.range_test import validate_lr_find
 from schedulers import ConfigError, validate_scheduler
 from schedulers.binder import plain
@@ -115,6 +121,7 @@ def _validate(cfg: Mapping[str, Any]) -> Checked:
         lr,
     )
     check_schedule(cfg, checked)
+    warn_schedule_free(cfg)  # a schedule on top of a schedule-free optimizer
     validate_logger(cfg["logger"])
     return checked
 

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
 from functools import partial
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +47,15 @@ from runner.run.rundir import (
 from runner.train.builders import Run, build_run
 from runner.train.engine import Engine, Result, Track, say_to_log, track_for
 from runner.train.range_test import find_lr
-from runner.train.steps import evaluate, groups, train_step
+from runner.train.steps import (
+    evaluate,
+    groups,
+    has_batch_norm,
+    recalibrate_bn,
+    schedule_free,
+    train_step,
+    train_weights,
+)
 from runner.train.stopping import StopFlag, stop_on_signals
 from schedulers.binder import label, plain
 
@@ -206,6 +215,7 @@ def fit(
         config_text = config_yaml(cfg)  # = the config.yaml written for it
 
     def snapshot(p: checkpoint.Progress) -> dict[str, Any]:
+        # a schedule-free optimizer's: at its eval weights, inside the engine's window
         return checkpoint.snapshot(run, p, shuffle, logger.run_id)
 
     with ExitStack() as held:
@@ -261,6 +271,8 @@ class SingleModel:
         }
         self.loss_sum = self.correct = self.norm_sum = torch.zeros(())
         self.steps = 0  # optimizer steps this epoch: train/grad_norm is their mean
+        self.seed = cfg.seed
+        self.recalibrate = bn_batches(trainer, run)
         # data=dataset not held in memory: DataLoaders (runner/data/stream.py), else None;
         # under DDP each rank's loader fetches only its share of each batch
         self.stream = loaders_for(
@@ -276,6 +288,7 @@ class SingleModel:
         """The epoch's batches, trainer.accumulate of them per optimizer step."""
         run = self.run
         run.model.train()
+        train_weights(run.optimizer)  # a schedule-free optimizer: the point gradients are taken at
         # loss/acc summed on the device: no host sync per batch
         self.loss_sum = torch.zeros((), device=run.device)
         self.correct = torch.zeros((), device=run.device)
@@ -340,13 +353,39 @@ class SingleModel:
         return [self.norm_sum.item() / max(self.steps, 1)]
 
     def validate(self) -> tuple[list[float], list[float]]:
+        """Called inside the engine's eval_weights window: a schedule-free optimizer's
+        eval weights are in the model."""
         run = self.run
+        if self.recalibrate:
+            self.recalibrate_bn()
         run.forward.eval()  # back to train mode in the next epoch's `batches`
         if self.stream is not None:
             val = self.stream.val()
         else:
             val = batches(run.data.x_val, run.data.y_val, self.val_batch_size, device=run.device)
         return evaluate(self.val_forward, val)
+
+    def recalibrate_bn(self) -> None:
+        """trainer.bn_recalibrate_batches: the BatchNorm statistics of the eval weights, from
+        the first N training batches of epoch 0's order (a generator of their own, seeded
+        with `seed`: training's data order and every RNG are untouched, so a resume stays
+        exact), unaugmented. Under DDP every rank computes them from the same global
+        batches in memory; streamed, each from its share, then the ranks' mean."""
+        run = self.run
+        order = torch.Generator().manual_seed(self.seed)
+        if self.stream is not None:
+            xs: Iterator[torch.Tensor] = (b[0] for b in self.stream.train(0, order))
+        else:
+            data = run.data
+            xs = (x for x, _ in batches(data.x_train, data.y_train, self.micro, order, run.device))
+
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            with run.amp_ctx:
+                return run.model(run.prepare(x))
+
+        recalibrate_bn(run.model, islice(xs, self.recalibrate), forward)
+        if self.stream is not None and run.dist.active:
+            mean_bn_stats(run.model, run.dist)
 
     def val_forward(self, x: torch.Tensor) -> torch.Tensor:
         run = self.run
@@ -358,6 +397,25 @@ class SingleModel:
 
     def epoch_done(self, epoch: int) -> None:
         pass
+
+
+def bn_batches(trainer: Any, run: Run) -> int:
+    """How many batches recompute the BatchNorm statistics before each validation: the
+    trainer's bn_recalibrate_batches when a schedule-free optimizer trains a model with
+    BatchNorm (its eval weights are not the weights the running statistics were collected
+    at), else 0."""
+    n = trainer["bn_recalibrate_batches"]
+    return n if n and schedule_free(run.optimizer) and has_batch_norm(run.model) else 0
+
+
+def mean_bn_stats(model: torch.nn.Module, dist: Any) -> None:
+    """Every rank's BatchNorm running statistics replaced by the ranks' mean: validation
+    (each rank's, of the whole val split) then gives every rank the same metrics."""
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    stats = [t for m in norms for t in (m.running_mean, m.running_var) if t is not None]
+    dist.all_reduce_sum(*stats)
+    for t in stats:
+        t.div_(dist.world)
 
 
 def use_range_test(cfg: DictConfig, run_dir: Path, checked: Checked) -> Checked:

@@ -92,7 +92,8 @@ def why_not_fusable(cfg: DictConfig) -> str | None:
         fusable = [name for name, spec in models.MODELS.items() if spec.fusable]
         return f"model={label(cfg.model)} (fused: {', '.join(fusable)})"
     if opt_spec is None or not opt_spec.fusable:
-        return f"optimizer={label(cfg.optimizer)} (fused: {', '.join(optimizers.OPTIMIZERS)})"
+        fusable = [name for name, spec in optimizers.OPTIMIZERS.items() if spec.fusable]
+        return f"optimizer={label(cfg.optimizer)} (fused: {', '.join(fusable)})"
     if cfg.data.name == "dataset" and is_streamed(load_data(cfg.data)):  # loaded by validate
         return "data=dataset is streamed (fused needs it in memory: data.in_memory=true)"
     if cfg.model.name == "mlp" and cfg.model.dropout > 0:

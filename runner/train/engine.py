@@ -26,7 +26,7 @@ import torch
 
 from runner.io import checkpoint
 from runner.io.loggers import RunLogger
-from runner.train.steps import progress_bar
+from runner.train.steps import eval_weights, progress_bar
 from schedulers.checks import mode_for
 
 log = logging.getLogger("schedlab")
@@ -246,11 +246,17 @@ class Engine:
                 self.interrupt(epoch, signum)
                 return
 
-            # -- validate, then rows, divergence, schedules, best epoch, checkpoints
+            # -- validate, then rows, divergence, schedules, best epoch, checkpoints, all at
+            # a schedule-free optimizer's eval weights (runner/train/steps.py eval_weights):
+            # its checkpoints hold them, in eval mode, and every rank switches once an
+            # epoch alike, whether or not it writes checkpoints (a switch there and back
+            # is not bit-exact: ranks that switched more often would drift apart)
             train = models.train_metrics()
             norms = models.grad_norms()
-            val = models.validate()
-            for i in self.end_epoch(epoch, train, val, norms):
+            with eval_weights(*(t.optimizer for t in self.tracks)):
+                val = models.validate()
+                stopped = self.end_epoch(epoch, train, val, norms)
+            for i in stopped:
                 models.stop_member(i)
             models.epoch_done(epoch)
             if not self.active:

@@ -12,7 +12,9 @@ two: its 1-D parameters and embedding tables train without weight decay (`<group
 
 from __future__ import annotations
 
+import importlib
 import inspect
+import logging
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -25,6 +27,7 @@ from runner.config import schema
 from schedulers import ConfigError, binder
 from schedulers.checks import is_number, need_bool, need_number, need_positive
 
+log = logging.getLogger("schedlab")
 OURS = ("param_groups", "no_decay")  # keys of a `_target_` optimizer that the runner reads itself
 
 
@@ -39,19 +42,48 @@ def _no_check(cfg: Mapping[str, Any]) -> None:
     return None
 
 
+def _check_sf_betas(cfg: Mapping[str, Any]) -> None:
+    """Schedule-free AdamW's beta1 interpolates between its two points and its eval()
+    divides by it: 0 is out, unlike Adam's."""
+    _check_betas(cfg)
+    if cfg["betas"][0] <= 0:
+        raise ConfigError("optimizer.betas", cfg["betas"], "beta1 must be in (0, 1) here")
+
+
 @dataclass(frozen=True)
 class OptimizerSpec:
-    cls: str  # the torch.optim class
+    cls: str  # the torch.optim class, or a class by its import path (schedulefree.X)
     keys: tuple[str, ...]  # config keys passed to it besides lr and weight_decay
     schema: type  # its keys, types, defaults and checks (runner/config/schema.py)
     check: Callable[[Mapping[str, Any]], None]  # what ties keys together
     fusable: bool = True  # runner/sweep/stacked.py's FusedOptimizer implements its step
 
+    @property
+    def path(self) -> str:
+        return self.cls if "." in self.cls else f"torch.optim.{self.cls}"
 
+
+_SF = ("warmup_steps", "r", "weight_lr_power")  # schedulefree's own keys
 OPTIMIZERS: dict[str, OptimizerSpec] = {
     "sgd": OptimizerSpec("SGD", ("momentum", "nesterov"), schema.Sgd, _no_check),
     "adam": OptimizerSpec("Adam", ("betas", "eps"), schema.Adam, _check_betas),
     "adamw": OptimizerSpec("AdamW", ("betas", "eps"), schema.AdamW, _check_betas),
+    # schedule-free (Defazio et al. 2024): their step keeps two points that the stacked
+    # FusedOptimizer does not, so they train as separate runs under hydra/launcher=fused
+    "schedulefree_sgd": OptimizerSpec(
+        "schedulefree.SGDScheduleFree",
+        ("momentum", *_SF),
+        schema.SgdScheduleFree,
+        _no_check,
+        fusable=False,
+    ),
+    "schedulefree_adamw": OptimizerSpec(
+        "schedulefree.AdamWScheduleFree",
+        ("betas", "eps", *_SF),
+        schema.AdamWScheduleFree,
+        _check_sf_betas,
+        fusable=False,
+    ),
 }
 
 
@@ -287,8 +319,50 @@ def build_optimizer(cfg: Mapping[str, Any], groups: Sequence[Group]) -> Any:
     if spec is None:
         return binder.instantiate(cfg, params, ours=OURS)
     kwargs = {k: tuple(cfg[k]) if k == "betas" else cfg[k] for k in spec.keys}
-    cls = getattr(torch.optim, spec.cls)
+    cls = _class_of(spec)
     return cls(params, lr=lr, weight_decay=cfg["weight_decay"], **kwargs)
+
+
+def _class_of(spec: OptimizerSpec) -> Any:
+    module, _, name = spec.path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+# -- schedule-free optimizers ---------------------------------------------------------------
+def is_schedule_free(cfg: Mapping[str, Any]) -> bool:
+    """The configured optimizer switches between train and eval weights itself: its class
+    has `train` and `eval` methods (runner/train/steps.py `schedule_free`, the same duck
+    test on the built optimizer), built-in or by `_target_`."""
+    spec = spec_of(cfg)
+    cls = _class_of(spec) if spec is not None else binder.locate("optimizer", cfg)
+    return callable(getattr(cls, "train", None)) and callable(getattr(cls, "eval", None))
+
+
+def warn_schedule_free(cfg: Mapping[str, Any]) -> None:
+    """A schedule-free optimizer needs no lr schedule and warms up by its own
+    optimizer.warmup_steps: a schedule on top of it (its lr decayed, or warmed up per
+    epoch) is allowed, as the authors allow it, but rarely what was meant, so it warns,
+    naming both keys."""
+    opt, sched = cfg["optimizer"], cfg["scheduler"]
+    if not is_schedule_free(opt):
+        return
+    which = (
+        f"optimizer._target_={opt[binder.TARGET]}"
+        if binder.is_target(opt)
+        else f"optimizer={opt['name']}"
+    )
+    name = binder.label(sched)
+    if name != "none":
+        log.warning(
+            f"{which} with scheduler={name}: a schedule-free optimizer needs no lr schedule "
+            "(the schedule scales its lr on top of its own averaging); use scheduler=none"
+        )
+    warmup = sched.get("warmup_epochs", 0)
+    if warmup:
+        log.warning(
+            f"{which} with scheduler.warmup_epochs={warmup}: it warms up by itself; use "
+            "optimizer.warmup_steps (optimizer steps) and scheduler.warmup_epochs=0"
+        )
 
 
 def _torch_group(group: Group, lr: float) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from runner.data.sets import batches
 from runner.data.stream import Loaders, is_streamed
 from runner.io import files
 from runner.train.builders import autocast, build_training_parts
-from runner.train.steps import evaluate, progress_bar, train_step
+from runner.train.steps import eval_weights, evaluate, progress_bar, train_step, train_weights
 from schedulers import ConfigError
 
 log = logging.getLogger("schedlab")
@@ -182,12 +182,15 @@ def range_test(
 
     def val_loss() -> float:
         model.eval()  # train mode again after it (the loop below)
-        if loaders is not None:
-            return evaluate(forward, loaders.val())[0][0]
-        return evaluate(forward, batches(data.x_val, data.y_val, 1024, device=device))[0][0]
+        with eval_weights(optimizer):  # a schedule-free optimizer's eval weights
+            if loaders is not None:
+                return evaluate(forward, loaders.val())[0][0]
+            return evaluate(forward, batches(data.x_val, data.y_val, 1024, device=device))[0][0]
 
     try:
         model.train()
+        without_warmup(optimizer)
+        train_weights(optimizer)  # a schedule-free optimizer steps only in train mode
         best = math.inf
         for i, (x, y) in zip(range(cfg["num_iters"]), stream(), strict=False):
             lr = lr_at(i, cfg)
@@ -234,6 +237,15 @@ def range_test(
         )
     result.suggestions = suggest(result.lrs, result.smooth)
     return result
+
+
+def without_warmup(optimizer: Any) -> None:
+    """A schedule-free optimizer's own warmup (optimizer.warmup_steps) off for the test: it
+    would scale the lr the test sets at each point, which then is not the lr tried. Put
+    back with the rest of the optimizer's state after the test."""
+    for group in optimizer.param_groups:
+        if "warmup_steps" in group:
+            group["warmup_steps"] = 0
 
 
 def write_outputs(result: RangeTest, out: Path, chosen: str) -> tuple[Path, Path]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any, TypeVar
 
 import torch
@@ -137,6 +137,82 @@ def evaluate(
         n += y.shape[0]
     assert loss_sum is not None and correct is not None, "an empty validation split"
     return [v / n for v in loss_sum.view(-1).tolist()], [v / n for v in correct.view(-1).tolist()]
+
+
+# -- schedule-free optimizers (Defazio et al. 2024, the `schedulefree` package) ---------------
+def schedule_free(optimizer: Any) -> bool:
+    """An optimizer that keeps two points, one to take gradients at (train mode) and one to
+    evaluate (eval mode), and switches the model's weights between them with its own
+    `train()`/`eval()`: schedulefree's SGDScheduleFree, AdamWScheduleFree, or any class
+    that has both methods (known by them, not by name: a `_target_` one works alike)."""
+    return all(callable(getattr(optimizer, name, None)) for name in ("train", "eval"))
+
+
+def train_weights(optimizer: Any) -> None:
+    """The weights gradients are taken at, before training steps (a no-op for an ordinary
+    optimizer, and for one in train mode already): schedulefree's step() refuses to run
+    in eval mode, and a resumed checkpoint holds the eval weights."""
+    if schedule_free(optimizer):
+        optimizer.train()
+
+
+def _in_train_mode(optimizer: Any) -> bool:
+    """schedulefree records its mode in every param group (`train_mode`); an optimizer that
+    does not say is taken to be training."""
+    return all(g.get("train_mode", True) for g in optimizer.param_groups)
+
+
+@contextmanager
+def eval_weights(*optimizers: Any) -> Iterator[None]:
+    """The weights a schedule-free optimizer evaluates at (its `x`, the average, not the
+    `y` gradients are taken at) inside: every validation, the LR range test's evaluations
+    and every checkpoint snapshot run in it, so that a checkpoint always holds the eval
+    weights and its optimizer state says eval mode (schedulefree's rule). The mode it
+    found is restored after: nested uses (a snapshot inside the epoch end's window) switch
+    nothing, and a fresh optimizer (eval mode until its first train()) stays as it was.
+    Ordinary optimizers: nothing happens."""
+    switched = [o for o in optimizers if schedule_free(o) and _in_train_mode(o)]
+    for optimizer in switched:
+        optimizer.eval()
+    try:
+        yield
+    finally:
+        for optimizer in switched:
+            optimizer.train()
+
+
+def has_batch_norm(model: torch.nn.Module) -> bool:
+    return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+@torch.no_grad()
+def recalibrate_bn(
+    model: torch.nn.Module, batches: Iterable[torch.Tensor], forward: Callable[[Any], Any]
+) -> int:
+    """BatchNorm running statistics recomputed for the weights the model holds now (a
+    schedule-free optimizer's eval weights: the running stats that training collected
+    belong to its other point), as torch.optim.swa_utils.update_bn does: reset, then the
+    plain mean over `batches` (momentum None), BatchNorm layers alone in train mode.
+    Everything else stays in eval mode, so dropout draws nothing from the global RNG and
+    the stats are those of the network as it is evaluated. Returns the batches used."""
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    was_training = model.training
+    momenta = {m: m.momentum for m in norms}
+    model.eval()
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average over the batches
+        m.train()
+    n = 0
+    try:
+        for x in batches:
+            forward(x)
+            n += 1
+    finally:
+        for m in norms:
+            m.momentum = momenta[m]
+        model.train(was_training)
+    return n
 
 
 class NoBar:
