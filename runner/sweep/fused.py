@@ -99,6 +99,7 @@ def why_not_fusable(cfg: DictConfig) -> str | None:
         return "dropout draws from the global RNG, so members cannot match separate runs"
     reasons = {
         "resume": cfg.resume not in (None, False),
+        "branch": cfg.get("branch") is not None,  # each member would start elsewhere
         "optimizer.lr=find": cfg.optimizer.lr == "find",
         "data.augment": bool(cfg.data.get("augment", False)),
         "trainer.amp": cfg.trainer.amp,
