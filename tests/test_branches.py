@@ -72,6 +72,14 @@ def test_keep_epochs_keeps_whole_checkpoints_of_those_epochs(trunk):
     assert not any(checkpoint.keeps(None, e) for e in range(10))
 
 
+def test_a_constant_trunk_extended_by_resume_keeps_the_epochs_it_is_given(tmp_path):
+    constant = ("logger=none", "scheduler=none", "trainer.progress=line")
+    train(make_cfg(*constant, "epochs=2", "trainer.keep_epochs=1"), tmp_path / "trunk")
+    given = [f"resume={tmp_path / 'trunk'}", "epochs=4", "trainer.keep_epochs=[3]"]
+    assert train(make_cfg(*given), tmp_path / "trunk", overrides=given).status == "completed"
+    assert checkpoint.kept_epochs(tmp_path / "trunk") == [1, 2, 3]
+
+
 @pytest.mark.parametrize("value", ["0", "[0,2]", "x", "1.5", "true"])
 def test_a_bad_keep_epochs_is_a_config_error_naming_it(value):
     with pytest.raises(ConfigError) as err:
@@ -203,8 +211,10 @@ def test_a_branch_killed_mid_run_resumes_exactly(tmp_path):
         train(make_cfg(*trunk_args), tmp_path / "trunk")
     args = [*base, "scheduler=wsd", "epochs=6", "scheduler.decay_fraction=0.5"]
     run_dir = tmp_path / "branch"
-    proc = start([*args, f"branch={tmp_path / 'trunk'}", "branch_epoch=2",
-                  f"hydra.run.dir={run_dir}"], tmp_path)  # fmt: skip
+    proc = start(
+        [*args, f"branch={tmp_path / 'trunk'}", "branch_epoch=2", f"hydra.run.dir={run_dir}"],
+        tmp_path,
+    )
     wait_for_rows(run_dir, 3, proc)  # the trunk's 2 rows, then its own first epoch
     proc.kill()  # SIGKILL: no handler, no cleanup
     proc.communicate()
@@ -225,8 +235,14 @@ def test_a_sweep_of_budgets_branches_each_where_its_decay_starts(trunk, tmp_path
     # decay_fraction=0.5: epochs=5 decays from epoch 3 (2 + 3 - round(1.5)), epochs=6 from
     # epoch 4, each decay's first epoch still at the base lr; branch_epoch null picks the
     # latest kept epoch the schedules share: 3 and 5
-    res = run_cli("-m", "hydra/launcher=fused", *branch_args(trunk), "epochs=5,6",
-                  f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)  # fmt: skip
+    res = run_cli(
+        "-m",
+        "hydra/launcher=fused",
+        *branch_args(trunk),
+        "epochs=5,6",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        cwd=tmp_path,
+    )
     assert res.returncode == 0, res.stderr
     assert "branch is not supported fused" in res.stdout + res.stderr
     for job, epochs, k in (("0", 5, 3), ("1", 6, 5)):
