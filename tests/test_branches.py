@@ -109,6 +109,23 @@ def test_a_branch_of_a_wsd_trunk_equals_a_fresh_wsd_run_of_its_budget(trunk, tmp
     assert checkpoint.kept_epochs(trunk) == [3, 5]  # the trunk is left as it was
 
 
+@pytest.mark.slow
+def test_a_per_step_branch_with_adamw_and_two_param_groups_equals_the_fresh_run(tmp_path):
+    # the lr changes every batch, and Adam's moments and two groups' lrs carry over
+    knobs = ("optimizer=adamw", "optimizer.lr=0.003", "scheduler.interval=step",
+             "optimizer.param_groups={hidden:1.0,head:0.1}")  # fmt: skip
+    trunk_args = [*TRUNK[:-1], *knobs, "trainer.keep_epochs=[3]"]
+    train(make_cfg(*trunk_args), tmp_path / "trunk")
+    args = [*BUDGET, *knobs, f"branch={tmp_path / 'trunk'}"]
+    cfg = make_cfg(*args)
+    train(cfg, tmp_path / "branch", overrides=args)
+    assert cfg.branch_epoch == 3
+    train(make_cfg(*BUDGET, *knobs), tmp_path / "fresh")
+    assert rows_of(tmp_path / "branch") == rows_of(tmp_path / "fresh")
+    rows = read_metrics(tmp_path / "branch")
+    assert rows[5]["lr/head"] == pytest.approx(rows[5]["lr/hidden"] / 10)
+
+
 def test_the_trunk_rows_reach_the_branch_s_backends_as_one_run(trunk, tmp_path):
     args = branch_args(trunk, "logger=tensorboard", "branch_epoch=5")
     train(make_cfg(*args), tmp_path / "branch", overrides=args)

@@ -214,6 +214,27 @@ def advance(schedule: Any, epochs: int, steps_per_epoch: int) -> None:
             schedule.step_epoch({})
 
 
+# what torch's schedulers write into param groups (onecycle/cyclic: momentum or betas, and
+# the bounds they keep there); anything else a group holds is the optimizer's (its
+# hyper-parameters, or state such as a schedule-free optimizer's step count)
+SCHEDULE_KEYS = frozenset(
+    ("lr", "initial_lr", "momentum", "betas", "max_lr", "min_lr", "max_momentum", "base_momentum")
+)
+
+
+def scheduled_values(run: Any, epochs: int, steps_per_epoch: int) -> list[dict[str, Any]]:
+    """Per param group, the values the run's own schedule gives it after `epochs` epochs
+    (advanced there on the run's fresh optimizer): SCHEDULE_KEYS, and any other value the
+    stepping changed (a `_target_` scheduler's own)."""
+    before = [dict(g) for g in run.optimizer.param_groups]
+    advance(run.scheduler, epochs, steps_per_epoch)
+    after = [{n: v for n, v in g.items() if n != "params"} for g in run.optimizer.param_groups]
+    return [
+        {n: v for n, v in g.items() if n in SCHEDULE_KEYS or v is not was.get(n)}
+        for g, was in zip(after, before, strict=True)
+    ]
+
+
 def start_state(cfg: Any, run: Any, steps_per_epoch: int) -> dict[str, Any]:
     """The trunk's epoch_<k>.pt as this run's start, loaded into `run`: the trunk's weights,
     optimizer state, scaler, every RNG and progress; this run's own schedule, stepped to
@@ -227,10 +248,7 @@ def start_state(cfg: Any, run: Any, steps_per_epoch: int) -> dict[str, Any]:
         )
     state = checkpoint.load(path)
     check_same_data(state, cfg.data)  # the data on disk is still the data the trunk trained on
-    advance(run.scheduler, k, steps_per_epoch)
-    set_by_schedule = [
-        {n: v for n, v in g.items() if n != "params"} for g in run.optimizer.param_groups
-    ]
+    set_by_schedule = scheduled_values(run, k, steps_per_epoch)
     saved = state["optimizer"]
     groups = [{**g, **mine} for g, mine in zip(saved["param_groups"], set_by_schedule, strict=True)]
     state["optimizer"] = {**saved, "param_groups": groups}
