@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -126,6 +127,22 @@ def test_a_per_step_branch_with_adamw_and_two_param_groups_equals_the_fresh_run(
     assert rows[5]["lr/head"] == pytest.approx(rows[5]["lr/hidden"] / 10)
 
 
+def test_a_branch_takes_from_its_schedule_only_what_the_schedule_sets():
+    """A schedule-free optimizer keeps its step count and weight sum in its param groups:
+    they stay the trunk's; the lr is the branch's schedule's at the branch point."""
+    import schedulefree
+
+    from runner.run.branch import scheduled_values
+    from schedulers.registry import build_scheduler
+
+    optimizer = schedulefree.SGDScheduleFree([torch.nn.Parameter(torch.zeros(2))], lr=0.1)
+    scheduler = build_scheduler(make_cfg(*BUDGET).scheduler, optimizer, epochs=6, steps_per_epoch=3)
+    run = SimpleNamespace(optimizer=optimizer, scheduler=scheduler)
+    (values,) = scheduled_values(run, 5, 3)
+    assert values["lr"] == pytest.approx(0.05) and values["momentum"] == 0.9
+    assert not {"k", "weight_sum", "lr_max", "train_mode", "params"} & values.keys()
+
+
 def test_the_trunk_rows_reach_the_branch_s_backends_as_one_run(trunk, tmp_path):
     args = branch_args(trunk, "logger=tensorboard", "branch_epoch=5")
     train(make_cfg(*args), tmp_path / "branch", overrides=args)
@@ -229,7 +246,7 @@ def test_a_branch_killed_mid_run_resumes_exactly(tmp_path):
     args = [*base, "scheduler=wsd", "epochs=6", "scheduler.decay_fraction=0.5"]
     run_dir = tmp_path / "branch"
     proc = start(
-        [*args, f"branch={tmp_path / 'trunk'}", "branch_epoch=2", f"hydra.run.dir={run_dir}"],
+        [*args, f"branch={tmp_path / 'trunk'}", f"hydra.run.dir={run_dir}"],  # epoch: null
         tmp_path,
     )
     wait_for_rows(run_dir, 3, proc)  # the trunk's 2 rows, then its own first epoch
@@ -237,6 +254,7 @@ def test_a_branch_killed_mid_run_resumes_exactly(tmp_path):
     proc.communicate()
     assert not (run_dir / "status.json").exists()
     assert len(read_metrics(run_dir)) < 6
+    assert "branch_epoch: 2" in (run_dir / "config.yaml").read_text()  # the one it chose
 
     shutil.rmtree(tmp_path / "trunk")  # a branch with a checkpoint of its own needs no trunk
     assert resume_in_process(run_dir).status == "completed"
