@@ -15,9 +15,10 @@ import torch
 from runner.io import checkpoint
 from runner.run.check import validate
 from runner.run.train import train
-from runner.sweep.fused import why_not_fusable
+from runner.sweep.fused import group_key, why_not_fusable
 from schedulers import ConfigError
 from tests.helpers import (
+    REL,
     SLOW,
     cli_in_process,
     comparable,
@@ -29,6 +30,7 @@ from tests.helpers import (
     run_cli,
     start,
     tensorboard_scalars,
+    train_members,
     wait_for_rows,
 )
 
@@ -231,6 +233,8 @@ def test_the_cli_refuses_a_mismatched_branch_before_writing_anything(trunk, tmp_
 
 def test_branches_are_not_fused_and_say_why(trunk):
     assert why_not_fusable(make_cfg(*branch_args(trunk))) == "branch is not supported fused"
+    # trunks fuse, whatever epochs each keeps (each member writes its own epoch_<k>.pt)
+    assert group_key(make_cfg(*TRUNK)) == group_key(make_cfg(*TRUNK, "trainer.keep_epochs=2"))
 
 
 # -- resume and sweeps (subprocesses)
@@ -263,6 +267,19 @@ def test_a_branch_killed_mid_run_resumes_exactly(tmp_path):
     assert [r.get("from_trunk", False) for r in rows] == [True] * 2 + [False] * 4
     unmarked = [{k: v for k, v in r.items() if k != "from_trunk"} for r in comparable(rows)]
     assert unmarked == reference(tmp_path, args)  # every value, every epoch
+
+
+@pytest.mark.slow
+def test_trunks_trained_fused_keep_epochs_a_branch_starts_from(tmp_path):
+    (member,) = train_members(tmp_path, [[*TRUNK, "seed=1"]])
+    assert checkpoint.kept_epochs(member.run_dir) == [3, 5]
+    args = branch_args(member.run_dir, "seed=1")
+    train(make_cfg(*args), tmp_path / "branch", overrides=args)
+    train(make_cfg(*BUDGET, "seed=1"), tmp_path / "fresh")
+    branch, fresh = read_metrics(tmp_path / "branch"), read_metrics(tmp_path / "fresh")
+    assert [r["lr/group0"] for r in branch] == [r["lr/group0"] for r in fresh]
+    for key in ("train/loss", "val/loss", "val/acc"):  # fused: the tolerance
+        assert [r[key] for r in branch] == pytest.approx([r[key] for r in fresh], rel=REL)
 
 
 @pytest.mark.slow

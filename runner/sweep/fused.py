@@ -76,7 +76,7 @@ PER_MEMBER = {
     "trainer": (
         "diverge_loss", "monitor", "monitor_mode", "log_every_n_steps", "progress",
         "checkpoint", "checkpoint_interval_s", "channels_last", "grad_clip_norm",
-        "grad_clip_value",
+        "grad_clip_value", "keep_epochs",
     ),
 }  # fmt: skip
 
