@@ -13,6 +13,7 @@ scratch: the trunk's rows before the branch point are copied into its metrics.js
 from __future__ import annotations
 
 import json
+import logging
 import math
 import warnings
 from collections.abc import Mapping, Sequence
@@ -27,6 +28,8 @@ from schedulers import ConfigError
 from schedulers.binder import plain
 from schedulers.schedule import walk
 from schedulers.simulator import throwaway_schedule
+
+log = logging.getLogger("schedlab")
 
 # what must be the trunk's: everything that decides what its first epochs computed
 COMPARED = ("seed", "model", "data", "optimizer", "trainer")
@@ -254,6 +257,7 @@ def start_state(cfg: Any, run: Any, steps_per_epoch: int) -> dict[str, Any]:
     state["optimizer"] = {**saved, "param_groups": groups}
     state["scheduler"] = run.scheduler.state_dict()
     checkpoint.load_weights(state, run)
+    log.info(f"branch of {cfg.branch} at epoch {k}: its checkpoint, then this run's schedule")
     for key in ("session", "config"):
         state.pop(key, None)
     return {**state, "wandb_id": None, "rows_sent": False, "branched": True}
