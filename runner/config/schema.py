@@ -32,6 +32,7 @@ from schedulers.checks import (
     int_list,
     integer,
     matches,
+    need_int_list,
     need_mode,
     number,
     str_list,
@@ -45,6 +46,15 @@ EPOCH_METRICS = ("train/loss", "train/acc", "val/loss", "val/acc")  # what may b
 SEED_MAX = 2**32 - 1  # numpy's np.random.seed (and scikit-learn's random_state) take no more
 MAX_EPOCHS = 1_000_000  # validation steps through every epoch of a schedule (lr_lambda, _target_)
 _DEVICE = r"auto|cpu|mps|cuda(:\d+)?"
+
+
+def kept_epochs(key: str, v: Any) -> None:
+    """trainer.keep_epochs: null, N >= 1 (every N epochs), or a list of epochs >= 1."""
+    if v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
+        return
+    if isinstance(v, (int, str, Mapping)):
+        raise ConfigError(key, v, "must be null, N >= 1 (every N epochs) or a list of epochs >= 1")
+    need_int_list(key, v, 1)
 
 
 # -- trainer and the LR range test --------------------------------------------------------------
@@ -76,6 +86,9 @@ class Trainer:
     # a schedule-free optimizer on a model with BatchNorm: training batches that recompute
     # the running statistics at its eval weights before each validation (0 = off)
     bn_recalibrate_batches: int = key(50, integer(0))
+    # epochs whose checkpoint is kept as epoch_<k>.pt (a list, or N: every N epochs): the
+    # points other runs may branch from (branch=<this run dir> branch_epoch=<k>)
+    keep_epochs: Any = key(None, kept_epochs)
 
     @staticmethod
     def check_keys(prefix: str, node: Mapping[str, Any]) -> None:
@@ -318,6 +331,10 @@ class Run:
     seed: int = key(0, integer(0, high=SEED_MAX))
     epochs: int = key(20, integer(1, high=MAX_EPOCHS))
     resume: Any = key(None, anything())  # a run dir or true: checked when resuming
+    # a trunk run dir to branch from, at its kept epoch branch_epoch (null: the latest kept
+    # epoch up to which this run's schedule is the trunk's): runner/run/branch.py
+    branch: str | None = key(None, text(optional=True))
+    branch_epoch: int | None = key(None, integer(1, optional=True))
 
 
 # the group options without a registry of their own (models and optimizers name their

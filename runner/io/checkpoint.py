@@ -28,6 +28,23 @@ from schedulers import ConfigError
 from schedulers.checks import mode_for
 
 LAST, BEST = "last.pt", "best.pt"
+KEPT = "epoch_{}.pt"  # trainer.keep_epochs: the checkpoint after epoch k, kept to branch from
+
+
+def keeps(keep_epochs: Any, epoch: int) -> bool:
+    """Whether trainer.keep_epochs (null, N: every N epochs, or a list) keeps the checkpoint
+    taken after `epoch` epochs."""
+    if keep_epochs is None or epoch < 1:
+        return False
+    if isinstance(keep_epochs, int):
+        return epoch % keep_epochs == 0
+    return epoch in keep_epochs
+
+
+def kept_epochs(run_dir: Path) -> list[int]:
+    """The epochs a run dir keeps a checkpoint of (epoch_<k>.pt), in order."""
+    found = (p.name[len("epoch_") : -len(".pt")] for p in Path(run_dir).glob(KEPT.format("*")))
+    return sorted(int(k) for k in found if k.isdigit())
 
 
 @dataclass
@@ -196,14 +213,17 @@ class Checkpointer:
         config: str | None = None,
         session: Session | None = None,
         data: dict[str, Any] | None = None,
+        keep_epochs: Any = None,
     ) -> None:
         """`config`: the run's config.yaml text, kept in every checkpoint, so that a resume
         can tell a config.yaml edited since from the config the run trained with.
         `session`: the process writing (its token in every checkpoint), when it has one.
         `data`: the fingerprint of the data it trains on (runner/data/fingerprint.py), so
-        that a resume on other data is refused."""
+        that a resume on other data is refused. `keep_epochs`: trainer.keep_epochs, whose
+        epochs are also written as epoch_<k>.pt, each when it ends (`keep`)."""
         self.run_dir, self.interval_s, self.background = run_dir, interval_s, background
         self.config, self.session, self.data = config, session, data
+        self.keep_epochs = keep_epochs
         remove_orphans(run_dir)  # a run or resume starting here: no earlier write is in flight
         self.latest: dict[str, Any] | None = None
         self.best: dict[str, Any] | None = None
@@ -234,10 +254,26 @@ class Checkpointer:
     def epoch_end(self, state: dict[str, Any], is_best: bool) -> None:
         self._stamp(state)
         self.latest, self._latest_written = state, False
+        if keeps(self.keep_epochs, state["progress"]["epoch"]):
+            self.keep(state)
         if is_best:
             self.best, self._best_written = state, False
         if time.monotonic() - self._last_write >= self.interval_s:
             self.persist()
+
+    def keep(self, state: dict[str, Any]) -> None:
+        """epoch_<k>.pt, written now whatever checkpoint_interval_s says (on the writer thread
+        when there is one): the same whole checkpoint as last.pt, which a branch starts from
+        (runner/run/branch.py), kept as long as the run dir."""
+        path = self.run_dir / KEPT.format(state["progress"]["epoch"])
+
+        def write() -> None:
+            files.replace_atomic(path, lambda tmp: save(_packed(state), tmp))
+
+        if self.background is None:
+            write()
+        else:
+            self.background.submit(write)
 
     def persist(self) -> None:
         write_last = not self._latest_written and self.latest is not None
@@ -286,7 +322,13 @@ def checkpointer(
         yield None
         return
     saver = Checkpointer(
-        run_dir, trainer["checkpoint_interval_s"], background, config, session, data
+        run_dir,
+        trainer["checkpoint_interval_s"],
+        background,
+        config,
+        session,
+        data,
+        trainer.get("keep_epochs"),
     )
     try:
         if first is not None:
@@ -323,8 +365,9 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 
 
 def remove_orphans(run_dir: Path) -> None:
-    """Temp checkpoints a kill -9 left mid-write (`.last.pt.<random>.tmp`): never whole."""
-    files.remove_orphans(run_dir, (LAST, BEST))
+    """Temp checkpoints a kill -9 left mid-write (`.last.pt.<random>.tmp`, `.epoch_4.pt...`):
+    never whole."""
+    files.remove_orphans(run_dir, (LAST, BEST, KEPT.format("*")))  # a glob: every epoch_<k>.pt
 
 
 def _damaged(path: Path, why: str) -> ConfigError:

@@ -18,6 +18,7 @@ from runner.config.schema import EPOCH_METRICS, GROUPS, SCHEMAS, Run, Trainer, c
 from runner.data.fingerprint import absolute_roots
 from runner.data.sets import data_shape, load_data, steps_per_epoch, validate_data
 from runner.dist.ddp import wanted
+from runner.run.branch import check_branch
 from runner.train.builders import resolve_device
 from runner.train.model_check import check_model_on_data
 from runner.train.models import model_parts, part_names, probe_model, validate_model
@@ -75,22 +76,26 @@ class Checked:
     steps_per_epoch: int
     groups: tuple[tuple[str, float], ...]  # the planned param groups: (label, lr multiplier)
     lr: float  # the base lr the schedule was checked against (lr=find: lr_find.end_lr)
+    branch_epoch: int | None = None  # a branch's start in its trunk (branch_epoch: null filled)
 
 
-def validate(cfg: Mapping[str, Any]) -> Checked:
+def validate(cfg: Mapping[str, Any], *, trunk: bool = True) -> Checked:
     """Raise ConfigError naming the first bad key; returns what it found when the config
     can run. A config the CLI of this same process checked (`validate_and_hand_on`) is not
-    checked again: its result is taken, once, and its inferred values filled in."""
+    checked again: its result is taken, once, and its inferred values filled in. `trunk`
+    False: a branch resumed from its own checkpoint, which no longer needs its trunk."""
     handed = _take_handed(cfg)
     if handed is not None:
         data = cfg["data"]
         if data.get("num_classes", 0) is None:
             data["num_classes"] = handed.num_classes
+        if cfg.get("branch_epoch", 0) is None:
+            cfg["branch_epoch"] = handed.branch_epoch
         return handed
-    return _validate(cfg)
+    return _validate(cfg, trunk)
 
 
-def _validate(cfg: Mapping[str, Any]) -> Checked:
+def _validate(cfg: Mapping[str, Any], trunk: bool = True) -> Checked:
     """The whole check, group by group, in the order its errors are reported."""
     if isinstance(cfg, DictConfig):
         for key in sorted(OmegaConf.missing_keys(cfg)):
@@ -123,7 +128,20 @@ def _validate(cfg: Mapping[str, Any]) -> Checked:
     check_schedule(cfg, checked)
     warn_schedule_free(cfg)  # a schedule on top of a schedule-free optimizer
     validate_logger(cfg["logger"])
+    if trunk:
+        return use_branch(cfg, checked)
     return checked
+
+
+def use_branch(cfg: Mapping[str, Any], checked: Checked) -> Checked:
+    """branch=<trunk>: checked against its trunk (runner/run/branch.py), and branch_epoch
+    filled when null (the epoch chosen, as config.yaml and W&B then record it)."""
+    base_lrs = [checked.lr * m for _, m in checked.groups]
+    k = check_branch(cfg, checked.steps_per_epoch, base_lrs)
+    if k is None:
+        return checked
+    cfg["branch_epoch"] = k  # type: ignore[index]
+    return replace(checked, branch_epoch=k)
 
 
 def checked_lr(cfg: Mapping[str, Any]) -> float:

@@ -130,6 +130,7 @@ SAFE_ON_RESUME = (
     "trainer.progress",
     "trainer.checkpoint_interval_s",
     "trainer.log_every_n_steps",
+    "trainer.keep_epochs",  # more epochs kept to branch from, e.g. with a longer trunk
     "logger",
 )
 _ABSENT = object()

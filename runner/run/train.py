@@ -29,6 +29,7 @@ from runner.dist.ddp import agreed_stop, check_shares, setup, teardown
 from runner.io import checkpoint, files
 from runner.io.background import Background
 from runner.io.loggers import RunLogger, open_logger
+from runner.run import branch
 from runner.run.check import Checked, check_found_lr, validate
 from runner.run.rundir import (
     RUN_DIR_KEY,
@@ -231,7 +232,7 @@ def fit(
             background=background,
             config_text=config_text,
             data=data,
-            new=start is None,
+            new=start is None or start.get("branched", False),  # a branch's start: last.pt now
             session=session,
         )
         engine = Engine([track], cfg.epochs, step=progress.step, elapsed_s=progress.elapsed_s)
@@ -613,7 +614,7 @@ def _decide(
             )
             state["rows_sent"] = False
     changes += apply_resume_overrides(cfg, given, overrides, run_dir)
-    checked = validate(cfg)
+    checked = validate(cfg, trunk=state is None)  # a branch with a last.pt needs no trunk
     start_epoch = state["progress"]["epoch"] if state else 0
     status = finished(run_dir, cfg.epochs) if start_epoch >= cfg.epochs else None
     if status is None and not changes:
@@ -668,9 +669,14 @@ def _run(
     data = fingerprint(cfg.data, load_data(cfg.data))  # loaded by build_run: cached
     log.info(startup_line(cfg, run.device))
     log.info(describe(data))
+    branched = state is None and cfg.get("branch") is not None
+    if branched:  # its trunk's epoch, its own schedule (runner/run/branch.py)
+        state = branch.start_state(cfg, run, checked.steps_per_epoch)
+        if dist.is_main:
+            branch.copy_trunk_rows(cfg, run_dir)
     if resuming:
-        if state is not None:  # a checkpoint this model cannot take fails before any write
-            checkpoint.load_weights(state, run)
+        if state is not None and not branched:  # a checkpoint this model cannot take
+            checkpoint.load_weights(state, run)  # fails before any write
         _resume_writes(run_dir, dist, config_text, state, changes)
     if (signum := signalled()) is not None:  # e.g. while the data loaded
         return _stopped(run_dir, dist, signum, state)

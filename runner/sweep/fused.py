@@ -76,7 +76,7 @@ PER_MEMBER = {
     "trainer": (
         "diverge_loss", "monitor", "monitor_mode", "log_every_n_steps", "progress",
         "checkpoint", "checkpoint_interval_s", "channels_last", "grad_clip_norm",
-        "grad_clip_value",
+        "grad_clip_value", "keep_epochs",
     ),
 }  # fmt: skip
 
@@ -100,6 +100,7 @@ def why_not_fusable(cfg: DictConfig) -> str | None:
         return "dropout draws from the global RNG, so members cannot match separate runs"
     reasons = {
         "resume": cfg.resume not in (None, False),
+        "branch": cfg.get("branch") is not None,  # each member would start elsewhere
         "optimizer.lr=find": cfg.optimizer.lr == "find",
         "data.augment": bool(cfg.data.get("augment", False)),
         "trainer.amp": cfg.trainer.amp,
