@@ -272,6 +272,8 @@ class Run:
 
     seed: int = key(0, integer(0, high=SEED_MAX))
     epochs: int = key(20, integer(1, high=MAX_EPOCHS))
+    # the run's folder under outputs/runs/ (null: the experiment's, else <model>-<scheduler>)
+    name: str | None = key(None, text(optional=True))
     resume: Any = key(None, anything())  # a run dir or true: checked when resuming
 
 

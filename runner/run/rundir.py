@@ -70,9 +70,19 @@ def load_resume(
     saved = read_saved_config(target, cfg.resume)
     if not (target / checkpoint.LAST).exists() and not (target / checkpoint.BEST).exists():
         log.info(f"{target} has no checkpoint yet (stopped in its first epoch): starting over")
-        return saved, target, None, []
+        return named(saved), target, None, []
     state = checkpoint.load(target / checkpoint.LAST)
-    return saved, target, state, edit_changes(saved, state, target)
+    changes = edit_changes(saved, state, target)
+    return named(saved), target, state, changes
+
+
+def named(saved: DictConfig) -> DictConfig:
+    """A config saved before runs had a `name` (its dir named it) gets `name: null`, which
+    it validates with; after edit_changes, which compares it with its checkpoint's."""
+    if "name" not in saved:
+        with open_dict(saved):
+            saved.name = None
+    return saved
 
 
 def _leaves(node: Any, prefix: str = "") -> dict[str, Any]:
@@ -123,6 +133,7 @@ def edit_changes(saved: DictConfig, state: dict[str, Any], run_dir: Path) -> lis
 # with resume=, they are applied. `epochs` may be raised where the schedule's lengths are
 # explicit (extend_blocker). Anything else is refused, naming the key.
 SAFE_ON_RESUME = (
+    "name",  # names a new run's dir; a resumed run stays in its own
     "trainer.progress",
     "trainer.checkpoint_interval_s",
     "trainer.log_every_n_steps",

@@ -1,0 +1,140 @@
+"""Names a person can read (#33): run dirs outputs/runs/<name>/<date>_<time>, a sweep's jobs
+named by their overrides, range tests under outputs/lr_find/, W&B runs named as their dirs."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+import runner.__main__ as entry
+from runner.config.compose import compose_config
+from runner.config.resolvers import dir_name, job_dir
+from runner.io.loggers import run_label
+from runner.run.train import train
+from tests.helpers import make_cfg, read_metrics, release_kept_locks
+
+STAMP = r"\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d-\d{6}"  # <date>_<time>, microseconds in it
+
+
+def run_dir_of(*overrides: str) -> str:
+    """hydra.run.dir as Hydra resolves it for `python -m runner <overrides>`."""
+    return str(compose_config(list(overrides), with_hydra=True).hydra.run.dir)
+
+
+@pytest.mark.parametrize(("overrides", "name"), [
+    ([], "mlp-cosine"),  # <model>-<scheduler> as chosen
+    (["model=lenet", "scheduler=step"], "lenet-step"),
+    (["+experiment=lecture_lenet"], "lecture_lenet"),  # the experiment preset's name
+    (["+experiment=lecture_lenet", "name=mine"], "mine"),  # the name key wins
+    (["name=a/b"], "a_b"),  # one dir, not two
+])  # fmt: skip
+def test_a_run_dir_is_named_by_the_run(overrides, name):
+    """Before: outputs/runs/<date>/<time> whatever the run."""
+    assert re.fullmatch(f"outputs/runs/{re.escape(name)}/{STAMP}", run_dir_of(*overrides))
+
+
+def test_resume_still_names_its_own_dir(tmp_path):
+    assert run_dir_of(f"resume={tmp_path}") == str(tmp_path)
+
+
+def test_job_dir_names_are_one_valid_name_each():
+    assert job_dir("scheduler=cosine,seed=1", 3) == "scheduler=cosine,seed=1"
+    assert job_dir("", 3) == "job3"  # a sweep of one job with no override: not the sweep dir
+    assert job_dir("data.root=/tmp/x,seed=0", 0) == "data.root=_tmp_x,seed=0"
+    long_a, long_b = "x=" + "a" * 300, "x=" + "a" * 299 + "b"
+    assert len(dir_name(long_a).encode()) <= 200 and dir_name(long_a) != dir_name(long_b)
+    assert dir_name("..") == "__"
+
+
+def test_resume_is_left_out_of_a_job_dir_name():
+    cfg = compose_config(["seed=1", "resume=somewhere", "epochs=2"], with_hydra=True)
+    assert cfg.hydra.job.override_dirname == "epochs=2,seed=1"
+
+
+def test_w_and_b_names_a_run_as_its_dir_says():
+    """Before: a single run without overrides had W&B's random name, a sweep's job its
+    overrides in the order given (not its dir's name)."""
+    run = Path("/x/outputs/runs/mlp-cosine/2026-12-06_17-34-01-123456")
+    assert run_label(run, None) == "mlp-cosine/2026-12-06_17-34-01-123456"
+    job = Path("/x/outputs/multirun/2026-12-06/17-34-01-123456/scheduler=cosine,seed=1")
+    assert run_label(job, "2026-12-06_17-34-01-123456") == "scheduler=cosine,seed=1"
+
+
+def in_process(*args: str, cwd: Path, monkeypatch) -> int:
+    """`python -m runner <args>` run whole in this process (Hydra included); its exit code."""
+    monkeypatch.chdir(cwd)
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "")
+    monkeypatch.setenv("HYDRA_MAIN_MODULE", "__main__")  # conf/ found from the file, as -m runner
+    monkeypatch.setattr(sys, "argv", ["runner", *args])
+    monkeypatch.setattr(entry, "_CLI_STOP", None)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            entry.cli()
+        return 0
+    except SystemExit as exit_:
+        return int(exit_.code or 0)
+    finally:
+        release_kept_locks()
+
+
+QUIET = ("hydra/job_logging=disabled", "hydra/hydra_logging=disabled")
+
+
+@pytest.mark.slow
+def test_a_sweep_names_its_jobs_by_their_overrides_and_reports_them(tmp_path, monkeypatch):
+    """Before: jobs 0 and 1. The report finds them under their names, and the same sweep
+    run again finds each job complete in its dir (by name, whatever the launch order)."""
+    sweep = tmp_path / "sweep"
+    args = ["-m", "epochs=1", "logger=none", "seed=1,0", f"hydra.sweep.dir={sweep}", *QUIET]
+    assert in_process(*args, cwd=tmp_path, monkeypatch=monkeypatch) == 0
+    jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
+    assert jobs == ["epochs=1,logger=none,seed=0", "epochs=1,logger=none,seed=1"]
+    for job in jobs:
+        assert [r["epoch"] for r in read_metrics(sweep / job)] == [0]
+    assert "| `(defaults)` | 2 | 2 | 0 |" in (sweep / "report.md").read_text()  # both found
+    before = {job: (sweep / job / "metrics.jsonl").read_bytes() for job in jobs}
+    args[3] = "seed=0,1"  # the other order: each job still finds its own dir
+    assert in_process(*args, cwd=tmp_path, monkeypatch=monkeypatch) == 0
+    assert {job: (sweep / job / "metrics.jsonl").read_bytes() for job in jobs} == before
+
+
+def test_a_range_test_goes_under_outputs_lr_find(tmp_path, monkeypatch):
+    """Before: outputs/runs/<date>/<time>, among the training runs."""
+    from runner.lr_find import cli
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HYDRA_MAIN_MODULE", "__main__")  # as in_process
+    monkeypatch.setattr(sys, "argv", ["runner.lr_find", "logger=none", "lr_find.num_iters=10",
+                                      *QUIET])  # fmt: skip
+    with contextlib.redirect_stdout(io.StringIO()):
+        cli()
+    (found,) = (tmp_path / "outputs").glob("*/*/*/lr_find.csv")
+    where = found.parent.relative_to(tmp_path / "outputs")
+    assert re.fullmatch(f"lr_find/mlp-cosine/{STAMP}", str(where))
+
+
+def test_a_run_saved_before_runs_had_names_resumes(tmp_path):
+    """config.yaml and last.pt without `name` (written before it existed): before, the
+    resume failed validation (`name` missing)."""
+    run_dir = tmp_path / "old"
+    cfg = make_cfg("epochs=1", "logger=none", "scheduler=step")  # explicit lengths: extendable
+    assert train(cfg, run_dir).status == "completed"
+    saved = OmegaConf.load(run_dir / "config.yaml")
+    del saved["name"]
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(saved))
+    state = torch.load(run_dir / "last.pt", weights_only=False)
+    trained = OmegaConf.create(state["config"])
+    del trained["name"]
+    state["config"] = OmegaConf.to_yaml(trained)
+    torch.save(state, run_dir / "last.pt")
+    more = [f"resume={run_dir}", "epochs=2"]
+    result = train(make_cfg(*more, "logger=none"), tmp_path / "x", overrides=more)
+    assert result.status == "completed" and result.epochs_done == 2
+    assert OmegaConf.load(run_dir / "config.yaml").name is None
