@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import re
 import sys
 from pathlib import Path
@@ -18,6 +19,7 @@ from runner.config.compose import compose_config
 from runner.config.resolvers import dir_name, job_dir
 from runner.io.loggers import run_label
 from runner.run.train import train
+from runner.train.builders import build_run
 from tests.helpers import make_cfg, read_metrics, release_kept_locks
 
 STAMP = r"\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d-\d{6}"  # <date>_<time>, microseconds in it
@@ -67,6 +69,22 @@ def test_w_and_b_names_a_run_as_its_dir_says():
     assert run_label(job, "2026-12-06_17-34-01-123456") == "scheduler=cosine,seed=1"
 
 
+@contextlib.contextmanager
+def logging_kept():
+    """Hydra configures logging for its run (disabling the loggers that exist, `schedlab`
+    among them): put every logger back as it was for the tests after this one."""
+    loggers = [logging.getLogger(), *(
+        x for x in logging.Logger.manager.loggerDict.values() if isinstance(x, logging.Logger)
+    )]  # fmt: skip
+    saved = [(x, x.level, x.disabled, list(x.handlers), x.propagate) for x in loggers]
+    try:
+        yield
+    finally:
+        for logger, level, disabled, handlers, propagate in saved:
+            logger.setLevel(level)
+            logger.disabled, logger.handlers[:], logger.propagate = disabled, handlers, propagate
+
+
 def in_process(*args: str, cwd: Path, monkeypatch) -> int:
     """`python -m runner <args>` run whole in this process (Hydra included); its exit code."""
     monkeypatch.chdir(cwd)
@@ -75,7 +93,7 @@ def in_process(*args: str, cwd: Path, monkeypatch) -> int:
     monkeypatch.setattr(sys, "argv", ["runner", *args])
     monkeypatch.setattr(entry, "_CLI_STOP", None)
     try:
-        with contextlib.redirect_stdout(io.StringIO()):
+        with logging_kept(), contextlib.redirect_stdout(io.StringIO()):
             entry.cli()
         return 0
     except SystemExit as exit_:
@@ -113,28 +131,78 @@ def test_a_range_test_goes_under_outputs_lr_find(tmp_path, monkeypatch):
     monkeypatch.setenv("HYDRA_MAIN_MODULE", "__main__")  # as in_process
     monkeypatch.setattr(sys, "argv", ["runner.lr_find", "logger=none", "lr_find.num_iters=10",
                                       *QUIET])  # fmt: skip
-    with contextlib.redirect_stdout(io.StringIO()):
+    with logging_kept(), contextlib.redirect_stdout(io.StringIO()):
         cli()
     (found,) = (tmp_path / "outputs").glob("*/*/*/lr_find.csv")
     where = found.parent.relative_to(tmp_path / "outputs")
     assert re.fullmatch(f"lr_find/mlp-cosine/{STAMP}", str(where))
 
 
-def test_a_run_saved_before_runs_had_names_resumes(tmp_path):
-    """config.yaml and last.pt without `name` (written before it existed): before, the
-    resume failed validation (`name` missing)."""
+def test_a_run_saved_before_names_and_save_best_resumes(tmp_path):
+    """config.yaml and last.pt without `name` and trainer.save_best (written before they
+    existed): the resume fills them in as that run behaved, where it failed validation
+    (`name` missing)."""
     run_dir = tmp_path / "old"
     cfg = make_cfg("epochs=1", "logger=none", "scheduler=step")  # explicit lengths: extendable
     assert train(cfg, run_dir).status == "completed"
     saved = OmegaConf.load(run_dir / "config.yaml")
-    del saved["name"]
+    del saved["name"], saved.trainer["save_best"]
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(saved))
     state = torch.load(run_dir / "last.pt", weights_only=False)
     trained = OmegaConf.create(state["config"])
-    del trained["name"]
+    del trained["name"], trained.trainer["save_best"]
     state["config"] = OmegaConf.to_yaml(trained)
     torch.save(state, run_dir / "last.pt")
     more = [f"resume={run_dir}", "epochs=2"]
     result = train(make_cfg(*more, "logger=none"), tmp_path / "x", overrides=more)
     assert result.status == "completed" and result.epochs_done == 2
-    assert OmegaConf.load(run_dir / "config.yaml").name is None
+    resumed = OmegaConf.load(run_dir / "config.yaml")
+    assert resumed.name is None and resumed.trainer.save_best == "full"  # as it ran before
+
+
+# -- trainer.save_best: what best.pt holds -------------------------------------------------------
+RESUMABLE = {"optimizer", "scheduler", "rng", "scaler", "wandb_id", "rows_sent"}
+
+
+@pytest.mark.parametrize("save_best", ["full", "weights", "false"])
+def test_save_best_decides_what_best_pt_holds(tmp_path, save_best):
+    """Before: best.pt was always a whole checkpoint (optimizer, scheduler, RNGs), a second
+    last.pt in size once the best epoch was not the last."""
+    cfg = make_cfg("epochs=2", "logger=none", "optimizer=adam", "trainer.checkpoint_interval_s=0",
+                   f"trainer.save_best={save_best}")  # fmt: skip
+    assert train(cfg, tmp_path).status == "completed"
+    last = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert set(last) >= RESUMABLE  # resume= needs all of it, whatever best.pt holds
+    if save_best == "false":
+        assert not (tmp_path / "best.pt").exists()
+        return
+    best = torch.load(tmp_path / "best.pt", weights_only=True)
+    rows = read_metrics(tmp_path)
+    assert best["progress"]["best_metric"] == max(r["val/acc"] for r in rows)
+    model = build_run(cfg).model
+    model.load_state_dict(best["model"])  # loads into the model either way
+    if save_best == "full":
+        assert set(best) >= RESUMABLE
+    else:
+        assert set(best) == {"model", "progress", "config", "data"}
+        size = (tmp_path / "best.pt").stat().st_size
+        assert size < 0.6 * (tmp_path / "last.pt").stat().st_size  # no Adam moments, no RNGs
+
+
+@pytest.mark.slow
+def test_a_resume_is_exact_with_best_pt_weights_only(tmp_path):
+    """best.pt of the default trainer.save_best=weights cannot resume a run: last.pt does,
+    to the same rows as a run never stopped."""
+    args = ["logger=none", "scheduler=step", "trainer.checkpoint_interval_s=0"]
+    train(make_cfg(*args, "epochs=1"), tmp_path / "a")
+    more = [f"resume={tmp_path / 'a'}", "epochs=2"]
+    train(make_cfg(*more, *args), tmp_path / "x", overrides=more)
+    train(make_cfg(*args, "epochs=2"), tmp_path / "b")
+    strip = [
+        {k: v for k, v in r.items() if not k.startswith("time/")}
+        for r in read_metrics(tmp_path / "a")
+    ]
+    assert strip == [
+        {k: v for k, v in r.items() if not k.startswith("time/")}
+        for r in read_metrics(tmp_path / "b")
+    ]

@@ -67,6 +67,9 @@ class Trainer:
     progress: str = key("auto", choice("auto", "bar", "line"))
     checkpoint: bool = key(True, boolean())
     checkpoint_interval_s: float = key(1.0, number(0))
+    # best.pt: full (a resumable checkpoint) | weights (the model's, its epoch, the config)
+    # | false (none); last.pt keeps everything for resume= either way
+    save_best: Any = key("weights", choice("full", "weights", False))
     monitor: str = key("val/acc", choice(*EPOCH_METRICS))
     # auto: max for an accuracy, min for a loss (schedulers.checks.mode_for); checked
     # against monitor below

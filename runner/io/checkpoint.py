@@ -196,14 +196,18 @@ class Checkpointer:
         config: str | None = None,
         session: Session | None = None,
         data: dict[str, Any] | None = None,
+        save_best: str | bool = "full",
     ) -> None:
         """`config`: the run's config.yaml text, kept in every checkpoint, so that a resume
         can tell a config.yaml edited since from the config the run trained with.
         `session`: the process writing (its token in every checkpoint), when it has one.
         `data`: the fingerprint of the data it trains on (runner/data/fingerprint.py), so
-        that a resume on other data is refused."""
+        that a resume on other data is refused. `save_best` (trainer.save_best): what
+        best.pt holds, `full` (a checkpoint like last.pt), `weights` (best_only), or
+        False: no best.pt."""
         self.run_dir, self.interval_s, self.background = run_dir, interval_s, background
         self.config, self.session, self.data = config, session, data
+        self.save_best = save_best
         remove_orphans(run_dir)  # a run or resume starting here: no earlier write is in flight
         self.latest: dict[str, Any] | None = None
         self.best: dict[str, Any] | None = None
@@ -234,7 +238,7 @@ class Checkpointer:
     def epoch_end(self, state: dict[str, Any], is_best: bool) -> None:
         self._stamp(state)
         self.latest, self._latest_written = state, False
-        if is_best:
+        if is_best and self.save_best is not False:
             self.best, self._best_written = state, False
         if time.monotonic() - self._last_write >= self.interval_s:
             self.persist()
@@ -254,7 +258,9 @@ class Checkpointer:
         def write() -> None:
             if write_last:
                 files.replace_atomic(last_path, lambda tmp: save(_packed(latest), tmp))
-            if write_best and same and write_last:  # the same epoch: a link, not a second save
+            if write_best and self.save_best == "weights":
+                files.replace_atomic(best_path, lambda tmp: save(best_only(best), tmp))
+            elif write_best and same and write_last:  # the same epoch: a link, not a second save
                 files.replace_atomic(best_path, lambda tmp: _link_or_copy(last_path, tmp))
             elif write_best:
                 files.replace_atomic(best_path, lambda tmp: save(_packed(best), tmp))
@@ -263,6 +269,19 @@ class Checkpointer:
             write()
         else:
             self.background.submit(write)
+
+
+# what best.pt keeps with trainer.save_best=weights: the model's weights, the epoch and
+# metric they scored (progress) and the config they were trained with; not the optimizer,
+# scheduler, scaler and RNG states only a resume needs (last.pt has them): for Adam, a
+# third of the file
+BEST_ONLY = ("model", "progress", "config", "data")
+
+
+def best_only(state: dict[str, Any]) -> dict[str, Any]:
+    """best.pt with trainer.save_best=weights: `torch.load(...)["model"]` is what
+    model.load_state_dict takes, as from a full one."""
+    return {k: state[k] for k in BEST_ONLY if k in state}
 
 
 @contextmanager
@@ -285,9 +304,8 @@ def checkpointer(
     if run_dir is None or not trainer["checkpoint"]:
         yield None
         return
-    saver = Checkpointer(
-        run_dir, trainer["checkpoint_interval_s"], background, config, session, data
-    )  # fmt: skip
+    saver = Checkpointer(run_dir, trainer["checkpoint_interval_s"], background, config,
+                         session, data, save_best=trainer["save_best"])  # fmt: skip
     try:
         if first is not None:
             saver.start(first())

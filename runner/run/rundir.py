@@ -70,18 +70,25 @@ def load_resume(
     saved = read_saved_config(target, cfg.resume)
     if not (target / checkpoint.LAST).exists() and not (target / checkpoint.BEST).exists():
         log.info(f"{target} has no checkpoint yet (stopped in its first epoch): starting over")
-        return named(saved), target, None, []
+        return with_later_keys(saved), target, None, []
     state = checkpoint.load(target / checkpoint.LAST)
     changes = edit_changes(saved, state, target)
-    return named(saved), target, state, changes
+    return with_later_keys(saved), target, state, changes
 
 
-def named(saved: DictConfig) -> DictConfig:
-    """A config saved before runs had a `name` (its dir named it) gets `name: null`, which
-    it validates with; after edit_changes, which compares it with its checkpoint's."""
-    if "name" not in saved:
-        with open_dict(saved):
-            saved.name = None
+# keys added after runs were saved, each with the value that does what such a run did: a
+# run's folder was named by its dir alone; best.pt was a whole checkpoint
+LATER_KEYS = {"name": None, "trainer.save_best": "full"}
+
+
+def with_later_keys(saved: DictConfig) -> DictConfig:
+    """A config saved before some keys existed gets them (LATER_KEYS), so it validates and
+    the resumed run does what it did; after edit_changes, which compares it with the
+    config its checkpoint kept (equally old)."""
+    with open_dict(saved):
+        for key, value in LATER_KEYS.items():
+            if OmegaConf.select(saved, key, default=_ABSENT) is _ABSENT:
+                OmegaConf.update(saved, key, value, merge=False)
     return saved
 
 
