@@ -206,3 +206,77 @@ def test_a_resume_is_exact_with_best_pt_weights_only(tmp_path):
         {k: v for k, v in r.items() if not k.startswith("time/")}
         for r in read_metrics(tmp_path / "b")
     ]
+
+
+# -- the data set loaded once per process ------------------------------------------------------
+@pytest.fixture
+def loads(monkeypatch):
+    """The data sets built from their settings in this process (each a full load)."""
+    from runner.data import sets
+
+    built = []
+
+    def counting(settings):
+        built.append(settings["name"])
+        return real(settings)
+
+    real = sets._build
+    sets.clear_cache()
+    monkeypatch.setattr(sets, "_build", counting)
+    yield built
+    sets.clear_cache()
+
+
+STREAMED = ("data=dataset", "data.in_memory=true")  # FakeData; num_classes: null, inferred
+
+
+@pytest.mark.slow
+def test_a_run_and_its_resume_load_the_data_once(tmp_path, monkeypatch, loads):
+    """Before: 4 loads for the run (the CLI's check and the run's validation each loaded it
+    with num_classes null, then again filled in), none fewer on the resume's way."""
+    run = tmp_path / "run"
+    args = ["epochs=1", "logger=none", "scheduler=step", *STREAMED, *QUIET]
+    assert in_process(*args, f"hydra.run.dir={run}", cwd=tmp_path, monkeypatch=monkeypatch) == 0
+    assert in_process(f"resume={run}", "epochs=2", *QUIET, cwd=tmp_path,
+                      monkeypatch=monkeypatch) == 0  # fmt: skip
+    assert [r["epoch"] for r in read_metrics(run)] == [0, 1]
+    assert loads == ["dataset"]
+
+
+@pytest.mark.slow
+def test_a_sweep_in_one_process_loads_the_data_once(tmp_path, monkeypatch, loads):
+    """Before: twice per job (null num_classes, then filled in, evicting each other)."""
+    args = ["-m", "epochs=1", "logger=none", "seed=0,1", *STREAMED, *QUIET]
+    assert in_process(*args, f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path,
+                      monkeypatch=monkeypatch) == 0  # fmt: skip
+    assert len(list((tmp_path / "sweep").glob("*/last.pt"))) == 2
+    assert loads == ["dataset"]
+
+
+def test_a_relative_and_an_absolute_root_are_the_same_data(tmp_path, monkeypatch, loads):
+    """Before: the CLI's check read data.root=data, the run the absolute path it records:
+    mnist1d's set loaded (and read from its cache file) twice."""
+    from runner.data.sets import load_data
+
+    monkeypatch.chdir(tmp_path)
+    small = ["data=mnist1d", "data.num_samples=100"]
+    first = load_data(make_cfg(*small, "data.root=data").data)
+    again = load_data(make_cfg(*small, f"data.root={tmp_path / 'data'}").data)
+    assert again is first and loads == ["mnist1d"]
+    load_data(make_cfg(*small, "data.seed=1").data)  # other data: loaded
+    assert loads == ["mnist1d", "mnist1d"]
+
+
+def test_data_a_run_wrote_into_is_loaded_again(loads, caplog):
+    """The held tensors are shared by every run in the process: one changed in place (a
+    model writing into its input batch, a view of them) is not handed to the next run."""
+    from runner.data.sets import load_data
+
+    cfg = make_cfg("logger=none")
+    data = load_data(cfg.data)
+    assert load_data(cfg.data) is data and loads == ["digits"]
+    batch = data.x_val[:8]  # a val batch is a view of the held tensor
+    batch.relu_()
+    fresh = load_data(cfg.data)
+    assert loads == ["digits", "digits"] and "changed in place" in caplog.text
+    assert fresh is not data and fresh.x_val.min() < 0  # standardised: the negatives are back
