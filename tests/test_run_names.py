@@ -12,15 +12,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 
 import runner.__main__ as entry
 from runner.config.compose import compose_config
-from runner.config.resolvers import dir_name, job_dir
+from runner.config.resolvers import dir_name
 from runner.io.loggers import run_label
 from runner.run.train import train
 from runner.train.builders import build_run
-from tests.helpers import make_cfg, read_metrics, release_kept_locks
+from tests.helpers import cli_in_process, make_cfg, read_metrics, release_kept_locks, sweep_job
 
 STAMP = r"\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d-\d{6}"  # <date>_<time>, microseconds in it
 
@@ -46,18 +46,42 @@ def test_resume_still_names_its_own_dir(tmp_path):
     assert run_dir_of(f"resume={tmp_path}") == str(tmp_path)
 
 
-def test_job_dir_names_are_one_valid_name_each():
-    assert job_dir("scheduler=cosine,seed=1", 3) == "scheduler=cosine,seed=1"
-    assert job_dir("", 3) == "job3"  # a sweep of one job with no override: not the sweep dir
-    assert job_dir("data.root=/tmp/x,seed=0", 0) == "data.root=_tmp_x,seed=0"
+def job_dir_of(*overrides: str) -> str:
+    """hydra.sweep.subdir as a sweep's job with these overrides gets it."""
+    cfg = compose_config(list(overrides), with_hydra=True)
+    with open_dict(cfg):
+        cfg.hydra.job.num = 3
+    return str(cfg.hydra.sweep.subdir)
+
+
+def test_a_sweep_job_dir_is_named_by_its_overrides():
+    """Before: 0, 1, ... by launch order."""
+    assert job_dir_of("seed=1", "scheduler=cosine") == "scheduler=cosine,seed=1"
+    assert job_dir_of() == "job3"  # no override of its own: not the sweep dir itself
+    assert job_dir_of("data=mnist1d", "data.root=/tmp/x") == "data.root=_tmp_x,data=mnist1d"
+    # resume= is not what a job is
+    assert job_dir_of("seed=1", "resume=somewhere", "epochs=2") == "epochs=2,seed=1"
+    # a long value: its head and a hash, the other keys still in sight; other values differ
+    a, b = (job_dir_of("data=mnist1d", f"data.root=/{c * 60}", "seed=0") for c in "ab")
+    assert a.startswith("data.root=_aaaaaaaaaaaaaaa~") and a.endswith(",data=mnist1d,seed=0")
+    assert a != b and len(a) < 80
+
+
+def test_long_names_stay_one_valid_name():
     long_a, long_b = "x=" + "a" * 300, "x=" + "a" * 299 + "b"
     assert len(dir_name(long_a).encode()) <= 200 and dir_name(long_a) != dir_name(long_b)
     assert dir_name("..") == "__"
 
 
-def test_resume_is_left_out_of_a_job_dir_name():
-    cfg = compose_config(["seed=1", "resume=somewhere", "epochs=2"], with_hydra=True)
-    assert cfg.hydra.job.override_dirname == "epochs=2,seed=1"
+def test_resume_takes_a_sweep_job_dir_as_given(tmp_path):
+    """`resume=<sweep>/epochs=1,logger=none,seed=0` as a shell passes it: before, Hydra's
+    override parser read its `=` as a syntax error (and a `,` as a sweep)."""
+    overrides = ["epochs=1", "logger=none", "seed=0"]
+    job = sweep_job(tmp_path / "sweep", *overrides)
+    assert train(make_cfg(*overrides), job, overrides=overrides).status == "completed"
+    proc = cli_in_process(f"resume={job}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "is already complete" in proc.stdout
 
 
 def test_w_and_b_names_a_run_as_its_dir_says():

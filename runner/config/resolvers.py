@@ -94,13 +94,29 @@ def run_name(*, _root_: Any = None) -> str:
     return dir_name("-".join(str(p) for p in parts if p) or "run")
 
 
-def job_dir(override_dirname: str, num: int) -> str:
-    """hydra.sweep.subdir: a job's dir named by its overrides (Hydra's
-    hydra.job.override_dirname, e.g. `scheduler=cosine,seed=1`), so a sweep run again finds
-    each job's dir by what it is; `job<num>` when the job has no override of its own (a
-    sweep of one job). Jobs with the same overrides are the same run: the second finds the
-    first's dir and trains nothing more."""
-    return dir_name(override_dirname) if override_dirname else f"job{num}"
+def job_dir(num: int, *, _root_: Any = None) -> str:
+    """hydra.sweep.subdir: a job's dir named by its overrides as Hydra's
+    hydra.job.override_dirname names it (sorted `key=value`s joined by commas, the keys in
+    hydra.job.config.override_dirname.exclude_keys left out: `scheduler=cosine,seed=1`),
+    but a long value (a `_target_` node, a path) cut to its head and a hash, so every key
+    stays in sight. A sweep run again finds each job's dir by what it is; `job<num>` when
+    the job has no override of its own. Jobs with the same overrides are the same run: the
+    second finds the first's dir and trains nothing more."""
+    root = _root_ if _root_ is not None else OmegaConf.create()
+    task = OmegaConf.select(root, "hydra.overrides.task", default=None) or []
+    exclude = OmegaConf.select(root, "hydra.job.config.override_dirname.exclude_keys") or []
+    items = [_short(str(o)) for o in task if str(o).split("=", 1)[0].lstrip("+~") not in exclude]
+    return dir_name(",".join(sorted(items))) if items else f"job{num}"
+
+
+_VALUE_BYTES = 40  # a longer override value is named by its head and a hash
+
+
+def _short(override: str) -> str:
+    key, sep, value = override.partition("=")
+    if len(value.encode()) <= _VALUE_BYTES:
+        return override
+    return f"{key}{sep}{value[:16]}~{hashlib.sha1(value.encode()).hexdigest()[:8]}"
 
 
 def hydra_subdir(resume: object, *, _root_: Any = None) -> str | None:
