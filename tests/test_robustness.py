@@ -201,7 +201,7 @@ def test_ctrl_c_between_two_jobs_of_a_sweep_is_one_line_and_a_rerun_continues(tm
     again = run_cli(*TWO_JOBS, cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-2000:]
     assert (tmp_path / JOB_0 / "metrics.jsonl").stat().st_mtime_ns == first  # not retrained
-    assert json.loads((tmp_path / "sweep/1/status.json").read_text())["status"] == "completed"
+    assert json.loads((tmp_path / JOB_1 / "status.json").read_text())["status"] == "completed"
 
 
 @pytest.mark.slow
