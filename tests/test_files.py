@@ -282,7 +282,8 @@ def test_torn_metrics_and_an_empty_status_are_read_resumed_and_rerun(tmp_path):
     assert json.loads((run_dir / "status.json").read_text())["status"] == "completed"
     assert sweep_report(sweep, write=False) == {"status": "completed", "epochs": [0, 1, 2]}
     damage()
-    assert train(make_cfg(f"resume={run_dir}"), run_dir).status == "completed"
+    # composed directly (the CLI quotes it itself): a dir name with `=` and `,` in quotes
+    assert train(make_cfg(f"resume='{run_dir}'"), run_dir).status == "completed"
     assert [r["epoch"] for r in read_metrics(run_dir)] == [0, 1, 2]
     assert json.loads((run_dir / "status.json").read_text())["status"] == "completed"
 

@@ -62,7 +62,7 @@ def run_dir(resume: object, default: str) -> str:
 
 # a dir name the file systems take: no separator, no NUL, at most NAME_MAX (255) bytes; long
 # ones keep a readable head and a hash of the whole, so two jobs never share a dir
-_NAME_BYTES = 200
+_NAME_BYTES = 240
 _NOT_IN_NAMES = re.compile(r"[/\\\x00]")
 
 
@@ -109,14 +109,14 @@ def job_dir(num: int, *, _root_: Any = None) -> str:
     return dir_name(",".join(sorted(items))) if items else f"job{num}"
 
 
-_VALUE_BYTES = 40  # a longer override value is named by its head and a hash
+_VALUE_BYTES = 32  # a longer override value is named by its head and a hash
 
 
 def _short(override: str) -> str:
     key, sep, value = override.partition("=")
     if len(value.encode()) <= _VALUE_BYTES:
         return override
-    return f"{key}{sep}{value[:16]}~{hashlib.sha1(value.encode()).hexdigest()[:8]}"
+    return f"{key}{sep}{value[:12]}~{hashlib.sha1(value.encode()).hexdigest()[:8]}"
 
 
 def hydra_subdir(resume: object, *, _root_: Any = None) -> str | None:
