@@ -268,7 +268,7 @@ def test_a_fused_sweep_makes_relative_roots_absolute_and_keeps_the_fingerprint(t
     proc = run_cli("-m", "hydra/launcher=fused", *RELATIVE, "data.in_memory=true", "epochs=1",
                    "seed=0,1", f"hydra.sweep.dir={sweep}", cwd=a)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    jobs = [next(sweep.glob(f"*seed={seed}")) for seed in (0, 1)]  # named by overrides
+    jobs = [next(sweep.glob(f"*,seed={seed},*")) for seed in (0, 1)]  # named by overrides
     assert "fused with 1 other job" in (jobs[0] / "train.log").read_text()
     for job in jobs:
         saved = OmegaConf.load(job / "config.yaml")
