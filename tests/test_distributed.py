@@ -235,7 +235,8 @@ def test_a_two_task_job_on_streamed_data_matches_one_process(tmp_path):
     with one_torch_thread():
         one = train(make_cfg(*JOB_ARGS, *STREAMED), tmp_path / "one", overrides=JOB_ARGS)
     assert one.status == "completed"
-    rows, ref = read_metrics(sweep_job(sweep, *JOB_ARGS, *STREAMED)), read_metrics(tmp_path / "one")
+    (job,) = (p for p in sweep.iterdir() if (p / "metrics.jsonl").exists())  # the sweep's one
+    rows, ref = read_metrics(job), read_metrics(tmp_path / "one")
     assert [r["epoch"] for r in rows] == [0, 1]
     for ra, rb in zip(rows, ref, strict=True):
         assert ra["lr/group0"] == rb["lr/group0"]
