@@ -57,4 +57,4 @@ format: $(STAMP) ## apply ruff's fixes and formatting
 	$(BIN)/ruff format .
 
 clean: ## remove the venv and all run outputs
-	rm -rf $(VENV) outputs/runs outputs/multirun .pytest_cache .ruff_cache
+	rm -rf $(VENV) outputs/runs outputs/multirun outputs/lr_find .pytest_cache .ruff_cache

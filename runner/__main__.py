@@ -35,6 +35,7 @@ from runner.cli import (
     config_dirs,
     config_error,
     make_run_dir,
+    quote_run_dirs,
 )
 from runner.cli import given as given_overrides
 from runner.config.compose import options_first, searched_first
@@ -329,7 +330,7 @@ def _write_error(err: BaseException | None) -> OSError | None:
 
 def cli() -> None:
     global _CLI_STOP
-    sys.argv[1:] = options_first(sys.argv[1:])
+    sys.argv[1:] = quote_run_dirs(options_first(sys.argv[1:]))
     check_composition(sys.argv[1:])
     check_resume_dir(sys.argv[1:])
     check_run_dir(sys.argv[1:])

@@ -59,6 +59,30 @@ def check_config_dirs(dirs: list[str]) -> None:
         check_yaml_files(d)
 
 
+# characters an unquoted override value may hold (Hydra's grammar): others, e.g. the `=` and
+# `,` of a sweep job's dir (scheduler=cosine,seed=1), need the value quoted
+_UNQUOTED = re.compile(r"[A-Za-z0-9_/\\\-+.$%*@?|]*")
+
+
+def quote_run_dirs(argv: list[str]) -> list[str]:
+    """`resume=<dir>` (or `hydra.run.dir=<dir>`) naming an existing dir whose name Hydra
+    would misread, quoted for it: a sweep job's dir is named by its overrides, and
+    `resume=<that dir>` as printed then works as given, as for any other run."""
+    out = []
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if (
+            sep
+            and key.lstrip("+") in ("resume", "hydra.run.dir")
+            and "'" not in value
+            and not _UNQUOTED.fullmatch(value)
+            and Path(value).is_dir()
+        ):
+            arg = f"{key}='{value}'"
+        out.append(arg)
+    return out
+
+
 OUTPUT_DIRS = ("hydra.run.dir", "hydra.sweep.dir", "hydra.sweep.subdir")
 
 

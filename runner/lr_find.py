@@ -24,6 +24,9 @@ from runner.run.check import validate
 from runner.train.range_test import find_lr
 from schedulers import ConfigError
 
+# a range test's dir: outputs/lr_find/<name>/<date>_<time>, named as a run's (conf/config.yaml)
+RUN_DIR = "outputs/lr_find/${run_name:}/${now:%Y-%m-%d}_${now:%H-%M-%S-%f}"
+
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float:
@@ -69,6 +72,8 @@ def cli() -> None:
     if resume.lower() not in ("", "null", "false"):
         why = "the LR range test starts no training run to continue: leave resume= out"
         config_error(ConfigError("resume", resume, why))
+    if "hydra.run.dir" not in overrides:  # apart from the training runs
+        sys.argv.append(f"hydra.run.dir={RUN_DIR}")
     check_composition(argv)
     run_dir = overrides.get("hydra.run.dir", "")
     if run_dir and "${" not in run_dir:

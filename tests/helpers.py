@@ -432,3 +432,9 @@ def fake_run(sweep: Path, overrides: list[str], status: str, best_acc: float) ->
     if status == "completed":
         rows = [{"epoch": 0, "lr/group0": 0.1, "val/acc": best_acc, "val/loss": 0.5}]
         (job / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def sweep_job(sweep: Path, *overrides: str) -> Path:
+    """A sweep job's run dir, named by its overrides sorted and joined by commas, as Hydra's
+    hydra.job.override_dirname names it (conf/config.yaml hydra.sweep.subdir)."""
+    return sweep / ",".join(sorted(overrides))

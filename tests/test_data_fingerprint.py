@@ -290,10 +290,11 @@ def test_a_fused_sweep_makes_relative_roots_absolute_and_keeps_the_fingerprint(t
         cwd=a,
     )
     assert proc.returncode == 0, proc.stderr
-    assert "fused with 1 other job" in (sweep / "0" / "train.log").read_text()
-    for job in ("0", "1"):
-        saved = OmegaConf.load(sweep / job / "config.yaml")
+    jobs = [next(sweep.glob(f"*,seed={seed},*")) for seed in (0, 1)]  # named by overrides
+    assert "fused with 1 other job" in (jobs[0] / "train.log").read_text()
+    for job in jobs:
+        saved = OmegaConf.load(job / "config.yaml")
         assert saved.data.train.root == str(a / "data" / "train")  # as a single run's
-        state = torch.load(sweep / job / "last.pt", weights_only=True)
+        state = torch.load(job / "last.pt", weights_only=True)
         assert state["data"]["n_train"] == 48
         assert state["data"]["roots"]["data.train.root"] == str(a / "data" / "train")

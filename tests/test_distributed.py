@@ -16,7 +16,7 @@ import pytest
 from runner.run.check import validate
 from runner.run.train import train
 from schedulers import ConfigError
-from tests.helpers import cli_in_process, make_cfg, one_torch_thread, read_metrics
+from tests.helpers import cli_in_process, make_cfg, one_torch_thread, read_metrics, sweep_job
 
 TORCHRUN = Path(sys.executable).parent / "torchrun"
 
@@ -229,15 +229,15 @@ def test_a_sweep_job_on_two_submitit_tasks_matches_one_process_and_writes_one_ru
     sweep = tmp_path / "sweep"
     proc = two_task_job(sweep, "logger=wandb")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    run_dir = sweep / "0"
+    run_dir = sweep_job(sweep, *JOB_ARGS, "logger=wandb")
     rank0, rank1 = task_logs(sweep, 0), task_logs(sweep, 1)
     assert "global_rank=1(2)" in rank1  # really two tasks of one submitit job
     assert "Job completed successfully" in rank1 and "Traceback" not in rank0 + rank1
     assert_like_one_process(read_metrics(run_dir), tmp_path)  # so: one run on two ranks
     assert json.loads((run_dir / "status.json").read_text())["status"] == "completed"
     assert len(list(run_dir.glob("wandb/offline-run-*"))) == 1  # one W&B run
-    assert [d.name for d in sweep.iterdir() if d.is_dir() and not d.name.startswith(".")] == [
-        "0"
+    assert [d for d in sweep.iterdir() if d.is_dir() and not d.name.startswith(".")] == [
+        run_dir
     ]  # one job dir
     # Hydra gave each task a handler on train.log; submitit logs this line in both tasks
     log = (run_dir / "train.log").read_text()
@@ -260,7 +260,8 @@ def test_a_two_task_job_on_streamed_data_matches_one_process(tmp_path):
     with one_torch_thread():
         one = train(make_cfg(*JOB_ARGS, *STREAMED), tmp_path / "one", overrides=JOB_ARGS)
     assert one.status == "completed"
-    rows, ref = read_metrics(sweep / "0"), read_metrics(tmp_path / "one")
+    (job,) = (p for p in sweep.iterdir() if (p / "metrics.jsonl").exists())  # the sweep's one
+    rows, ref = read_metrics(job), read_metrics(tmp_path / "one")
     assert [r["epoch"] for r in rows] == [0, 1]
     for ra, rb in zip(rows, ref, strict=True):
         assert ra["lr/group0"] == rb["lr/group0"]
@@ -300,7 +301,7 @@ def test_a_requeued_two_task_job_resumes_every_rank_from_the_same_last_pt(tmp_pa
     would train another epoch count or other samples). Run once more, it finds the run
     complete and does nothing, on every rank."""
     sweep = tmp_path / "sweep"
-    run_dir = sweep / "0"
+    run_dir = sweep_job(sweep, *JOB_ARGS, "logger=none")
     with one_torch_thread():
         first = train(
             make_cfg(*JOB_ARGS, "logger=none"),
@@ -345,16 +346,17 @@ def test_a_refused_run_dir_ends_every_task_of_the_job(tmp_path):
     error from it (rather than waiting for a rank that gave up) and writes nothing."""
     sweep = tmp_path / "sweep"
     other = [*JOB_ARGS, "seed=1"]
+    job = sweep_job(sweep, *JOB_ARGS, "logger=none")  # the job's dir, holding another run
     with one_torch_thread():
-        train(make_cfg(*other, "logger=none"), sweep / "0", overrides=other)
-    before = run_files(sweep / "0")
+        train(make_cfg(*other, "logger=none"), job, overrides=other)
+    before = run_files(job)
     proc = two_task_job(sweep, "logger=none")
     assert proc.returncode == 0, proc.stderr[-3000:]  # the sweep goes on: a failed job
     for task in (0, 1):
         log = task_logs(sweep, task)
         assert "config error: hydra.sweep.dir=" in log and "Traceback" not in log, task
     # status.json, metrics, checkpoints: as the other run left them
-    assert run_files(sweep / "0") == before
+    assert run_files(job) == before
 
 
 @pytest.mark.slow

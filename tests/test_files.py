@@ -22,7 +22,14 @@ from runner.io.checkpoint import Checkpointer
 from runner.io.rngs import numpy_state
 from runner.run.train import train
 from runner.sweep import report
-from tests.helpers import FULL_DISK_DRIVER, cli_in_process, make_cfg, read_metrics, run_cli
+from tests.helpers import (
+    FULL_DISK_DRIVER,
+    cli_in_process,
+    make_cfg,
+    read_metrics,
+    run_cli,
+    sweep_job,
+)
 
 ENOSPC = os.strerror(errno.ENOSPC)  # "No space left on device"
 
@@ -269,7 +276,7 @@ def test_torn_metrics_and_an_empty_status_are_read_resumed_and_rerun(tmp_path):
     args = ("-m", *ARGS, "seed=0", f"hydra.sweep.dir={sweep}")
     first = run_cli(*args, cwd=tmp_path)
     assert first.returncode == 0, first.stderr
-    run_dir = sweep / "0"
+    run_dir = sweep_job(sweep, *ARGS, "seed=0")
 
     def damage() -> None:
         with (run_dir / "metrics.jsonl").open("a") as f:
@@ -284,7 +291,8 @@ def test_torn_metrics_and_an_empty_status_are_read_resumed_and_rerun(tmp_path):
     assert json.loads((run_dir / "status.json").read_text())["status"] == "completed"
     assert sweep_report(sweep, write=False) == {"status": "completed", "epochs": [0, 1, 2]}
     damage()
-    assert train(make_cfg(f"resume={run_dir}"), run_dir).status == "completed"
+    # composed directly (the CLI quotes it itself): a dir name with `=` and `,` in quotes
+    assert train(make_cfg(f"resume='{run_dir}'"), run_dir).status == "completed"
     assert [r["epoch"] for r in read_metrics(run_dir)] == [0, 1, 2]
     assert json.loads((run_dir / "status.json").read_text())["status"] == "completed"
 

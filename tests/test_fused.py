@@ -25,6 +25,7 @@ from tests.helpers import (
     read_metrics,
     run_cli,
     start,
+    sweep_job,
     train_members,
     train_separate,
     wait_for_rows,
@@ -253,25 +254,26 @@ def test_sigint_stops_a_fused_sweep_and_running_it_again_resumes_each_job(tmp_pa
     args = [*SLOW, "epochs=6", "seed=0,1", "logger=none"]
     sweep = tmp_path / "sweep"
     command = ["-m", "hydra/launcher=fused", *args, f"hydra.sweep.dir={sweep}"]
+    jobs = [sweep_job(sweep, *SLOW, "epochs=6", f"seed={seed}", "logger=none") for seed in (0, 1)]
     proc = start(command, tmp_path)
-    wait_for_rows(sweep / "0", 1, proc)
+    wait_for_rows(jobs[0], 1, proc)
     sent = time.monotonic()
     proc.send_signal(signal.SIGINT)
     proc.communicate(timeout=30)
     assert time.monotonic() - sent < 5
     assert proc.returncode == 128 + signal.SIGINT
-    for job in ("0", "1"):
-        status = json.loads((sweep / job / "status.json").read_text())
+    for job in jobs:
+        status = json.loads((job / "status.json").read_text())
         assert status["status"] == "interrupted"
-        assert (sweep / job / "last.pt").exists()
-        assert 1 <= len(read_metrics(sweep / job)) < 6
+        assert (job / "last.pt").exists()
+        assert 1 <= len(read_metrics(job)) < 6
 
     again = run_cli(*command, cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     assert (again.stdout + again.stderr).count("holds a checkpoint of this config") == 2
-    for job in ("0", "1"):
-        assert json.loads((sweep / job / "status.json").read_text())["status"] == "completed"
-        assert [r["epoch"] for r in read_metrics(sweep / job)] == list(range(6))
+    for job in jobs:
+        assert json.loads((job / "status.json").read_text())["status"] == "completed"
+        assert [r["epoch"] for r in read_metrics(job)] == list(range(6))
 
 
 # the second fused group of a sweep is stopped by Ctrl-C after its epoch 1
@@ -320,20 +322,23 @@ def test_a_stopped_fused_sweep_loses_no_w_and_b_rows_of_its_groups(tmp_path):
         history = [r["history"]["item"] for r in wandb_records(job) if r["type"] == "history"]
         return [h["val/acc"] for h in history if "val/acc" in h]
 
-    for job in ("0", "1"):  # the first group: complete, and in W&B
-        assert json.loads((sweep / job / "status.json").read_text())["status"] == "completed"
-        assert logged(sweep / job) == [r["val/acc"] for r in read_metrics(sweep / job)]
-    for job in ("2", "3"):  # the second: stopped after epoch 1, nothing sent yet
-        assert json.loads((sweep / job / "status.json").read_text())["status"] == "interrupted"
-        assert [r["epoch"] for r in read_metrics(sweep / job)] == [0, 1]
-        assert not (sweep / job / "wandb").exists()
+    jobs = [
+        sweep_job(sweep, f"seed={seed}", "epochs=4", "trainer.progress=line") for seed in range(4)
+    ]
+    for job in jobs[:2]:  # the first group: complete, and in W&B
+        assert json.loads((job / "status.json").read_text())["status"] == "completed"
+        assert logged(job) == [r["val/acc"] for r in read_metrics(job)]
+    for job in jobs[2:]:  # the second: stopped after epoch 1, nothing sent yet
+        assert json.loads((job / "status.json").read_text())["status"] == "interrupted"
+        assert [r["epoch"] for r in read_metrics(job)] == [0, 1]
+        assert not (job / "wandb").exists()
 
     again = run_cli(*args, cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-2000:]
-    for job in ("0", "1", "2", "3"):  # one W&B run each (wandb_records), all rows in it
-        rows = read_metrics(sweep / job)
+    for job in jobs:  # one W&B run each (wandb_records), all rows in it
+        rows = read_metrics(job)
         assert [r["epoch"] for r in rows] == [0, 1, 2, 3]
-        assert logged(sweep / job) == [r["val/acc"] for r in rows]
+        assert logged(job) == [r["val/acc"] for r in rows]
 
 
 # Ctrl-C while the launcher sends the second job of a group to W&B (after its first row)
@@ -376,7 +381,10 @@ def test_a_sweep_stopped_while_its_fused_jobs_are_sent_sends_the_rest_when_run_a
         timeout=300,
     )
     assert proc.returncode == 130, proc.stderr[-2000:]
-    status = [json.loads((sweep / job / "status.json").read_text()) for job in ("0", "1")]
+    first, second = (
+        sweep_job(sweep, f"seed={seed}", "epochs=3", "trainer.progress=line") for seed in (0, 1)
+    )
+    status = [json.loads((job / "status.json").read_text()) for job in (first, second)]
     assert [s["status"] for s in status] == ["completed", "completed"]
     assert [s["rows_sent"] for s in status] == [True, False]
 
@@ -385,15 +393,15 @@ def test_a_sweep_stopped_while_its_fused_jobs_are_sent_sends_the_rest_when_run_a
         history = [r["history"]["item"] for r in records if r["type"] == "history"]
         return [h["val/acc"] for h in history if "val/acc" in h]
 
-    assert len(logged(sweep / "1")) == 1  # cut short after its first row
+    assert len(logged(second)) == 1  # cut short after its first row
     again = run_cli(*args, cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-2000:]
     assert (again.stdout + again.stderr).count("sending them now") == 1
-    assert json.loads((sweep / "1" / "status.json").read_text())["rows_sent"] is True
-    for job in ("0", "1"):  # job 0 was sent once, and only once (wandb_records: one file)
-        rows = [r["val/acc"] for r in read_metrics(sweep / job)]
-        assert len(rows) == 3 and logged(sweep / job, newest=job == "1") == rows
-    summary = [r for r in wandb_records(sweep / "1", newest=True) if r["type"] == "summary"]
+    assert json.loads((second / "status.json").read_text())["rows_sent"] is True
+    for job in (first, second):  # the first was sent once, and only once (one file)
+        rows = [r["val/acc"] for r in read_metrics(job)]
+        assert len(rows) == 3 and logged(job, newest=job == second) == rows
+    summary = [r for r in wandb_records(second, newest=True) if r["type"] == "summary"]
     assert summary, "the summary was sent too"
 
 

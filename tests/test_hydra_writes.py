@@ -77,15 +77,19 @@ def test_a_key_under_a_null_node_is_a_config_error(tmp_path):
 
 @pytest.mark.slow
 def test_a_sweep_refused_a_used_job_dir_leaves_that_runs_hydra_files(tmp_path):
-    """A second sweep with other values into the same sweep dir: its job 0 is refused (the
-    dir holds the first sweep's run), and Hydra no longer writes that job's .hydra/ first,
-    which relabelled the first run as lr=0.2 in every later report."""
+    """A second sweep with other values into the same sweep dir, its jobs' dirs named by
+    number (hydra.sweep.subdir: by default they are named by their overrides, and these
+    two would not meet): its job 0 is refused (the dir holds the first sweep's run), and
+    Hydra no longer writes that job's .hydra/ first, which relabelled the first run as
+    lr=0.2 in every later report."""
     sweep = tmp_path / "sweep"
+    by_number = "hydra.sweep.subdir=${hydra.job.num}"
     first = run_cli(
         "-m",
         "optimizer.lr=0.1",
         "epochs=1",
         "logger=none",
+        by_number,
         f"hydra.sweep.dir={sweep}",
         cwd=tmp_path,
     )
@@ -96,6 +100,7 @@ def test_a_sweep_refused_a_used_job_dir_leaves_that_runs_hydra_files(tmp_path):
         "optimizer.lr=0.2",
         "epochs=1",
         "logger=none",
+        by_number,
         f"hydra.sweep.dir={sweep}",
         cwd=tmp_path,
     )

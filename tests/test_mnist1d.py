@@ -34,9 +34,9 @@ SMALL = ["data=mnist1d", "data.num_samples=600"]  # 480 train, 120 val: quick to
 @pytest.fixture
 def root(tmp_path, monkeypatch):
     """A fresh cache root, and no data set remembered from another test in this process."""
-    data_module._load.cache_clear()
+    data_module.clear_cache()
     yield tmp_path / "data"
-    data_module._load.cache_clear()
+    data_module.clear_cache()
 
 
 def small(root, *more: str) -> list[str]:
@@ -75,7 +75,7 @@ def test_the_cache_is_keyed_by_the_parameters_reused_and_rebuilt_when_damaged(
     def no_generation(args):
         raise AssertionError("generated again although cached")
 
-    data_module._load.cache_clear()
+    data_module.clear_cache()
     with monkeypatch.context() as m:
         m.setattr(mnist1d, "generate", no_generation)
         again = data_module.load_data(cfg.data)  # read back from the file
@@ -88,7 +88,7 @@ def test_the_cache_is_keyed_by_the_parameters_reused_and_rebuilt_when_damaged(
     assert len(list((root / "mnist1d").glob("*.npz"))) == 2
     # a damaged cache (a run killed mid-copy, a full disk) is generated again, not trusted
     cached.write_bytes(cached.read_bytes()[:1000])
-    data_module._load.cache_clear()
+    data_module.clear_cache()
     rebuilt = data_module.load_data(cfg.data)
     assert torch.equal(rebuilt.x_train, first.x_train)
     assert "unreadable" in caplog.text

@@ -25,6 +25,7 @@ from tests.helpers import (
     resume_in_process,
     run_cli,
     start,
+    sweep_job,
     wait_for_rows,
     wandb_records,
 )
@@ -131,6 +132,8 @@ def test_a_resume_after_sigkill_sends_w_and_b_the_rows_the_killed_process_logged
 
 TWO_JOBS = ["-m", "seed=0,1", "epochs=1", "logger=none", "trainer.progress=line",
             "hydra.sweep.dir=sweep"]  # fmt: skip
+# the two jobs' dirs, named by their overrides
+JOB_0, JOB_1 = (str(sweep_job(Path("sweep"), f"seed={s}", *TWO_JOBS[2:5])) for s in (0, 1))
 
 
 def sweep_with(script: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -168,8 +171,8 @@ def test_a_signal_while_a_sweep_job_finishes_stops_the_sweep_after_it(tmp_path):
     recorded and the sweep stops there, as asked, instead of the signal being lost."""
     proc = sweep_with(LATE_SIGNAL, tmp_path)
     assert proc.returncode == 128 + signal.SIGINT, proc.stderr[-2000:]
-    assert json.loads((tmp_path / "sweep/0/status.json").read_text())["status"] == "completed"
-    assert not (tmp_path / "sweep/1").exists()  # the sweep stopped after job 0
+    assert json.loads((tmp_path / JOB_0 / "status.json").read_text())["status"] == "completed"
+    assert not (tmp_path / JOB_1).exists()  # the sweep stopped after job 0
 
 
 # Ctrl-C just after job 0's handlers were put back: between two jobs of the sweep
@@ -198,13 +201,13 @@ def test_ctrl_c_between_two_jobs_of_a_sweep_is_one_line_and_a_rerun_continues(tm
     proc = sweep_with(BETWEEN_JOBS, tmp_path)
     assert proc.returncode == 128 + signal.SIGINT, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr and "interrupted between two jobs" in proc.stderr
-    assert json.loads((tmp_path / "sweep/0/status.json").read_text())["status"] == "completed"
-    assert not (tmp_path / "sweep/1").exists()
-    first = (tmp_path / "sweep/0/metrics.jsonl").stat().st_mtime_ns
+    assert json.loads((tmp_path / JOB_0 / "status.json").read_text())["status"] == "completed"
+    assert not (tmp_path / JOB_1).exists()
+    first = (tmp_path / JOB_0 / "metrics.jsonl").stat().st_mtime_ns
     again = run_cli(*TWO_JOBS, cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-2000:]
-    assert (tmp_path / "sweep/0/metrics.jsonl").stat().st_mtime_ns == first  # not retrained
-    assert json.loads((tmp_path / "sweep/1/status.json").read_text())["status"] == "completed"
+    assert (tmp_path / JOB_0 / "metrics.jsonl").stat().st_mtime_ns == first  # not retrained
+    assert json.loads((tmp_path / JOB_1 / "status.json").read_text())["status"] == "completed"
 
 
 @pytest.mark.slow

@@ -27,7 +27,15 @@ from runner.sweep import sweepdir
 from runner.sweep.fused import Member, train_group
 from runner.sweep.race import Race, RaceSettings, job_subdir
 from runner.sweep.report import SweepReport, write_report
-from tests.helpers import cli_in_process, fake_run, make_cfg, race_json, release_kept_locks, run_cli
+from tests.helpers import (
+    cli_in_process,
+    fake_run,
+    make_cfg,
+    race_json,
+    release_kept_locks,
+    run_cli,
+    sweep_job,
+)
 
 PID = 4242  # the pid a held lock names: "another sweep (pid 4242)"
 QUICK = ("epochs=1", "logger=none", "hydra/job_logging=disabled")
@@ -199,19 +207,20 @@ def test_a_race_job_whose_dir_another_process_writes_is_pending_not_a_loss(tmp_p
 @pytest.mark.slow
 def test_a_sweep_job_whose_dir_another_process_writes_is_pending_and_untouched(tmp_path):
     sweep = tmp_path / "sweep"
-    with held(sweep / "1"):
+    first, second = (sweep_job(sweep, f"optimizer.lr={lr}", *QUICK[:2]) for lr in (0.05, 0.01))
+    with held(second):
         proc = run_cli(
             "-m", "optimizer.lr=0.05,0.01", *QUICK, f"hydra.sweep.dir={sweep}", cwd=tmp_path
         )
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.splitlines()[-1] == (
         f"config error: hydra.sweep.dir='{sweep}': 1 job(s) refused because another process "
-        f"was writing into their dir: `1` (pid {PID}); pending, not a loss: run the same "
-        "command again once it ends"
+        f"was writing into their dir: `{second.name}` (pid {PID}); pending, not a loss: run "
+        "the same command again once it ends"
     )
-    assert sorted(p.name for p in (sweep / "1").iterdir()) == [".lock"]  # nothing written
-    assert json.loads((sweep / "0" / "status.json").read_text())["status"] == "completed"
-    assert "`1` (pid 4242); pending, not a loss" in (sweep / "report.md").read_text()
+    assert sorted(p.name for p in second.iterdir()) == [".lock"]  # nothing written
+    assert json.loads((first / "status.json").read_text())["status"] == "completed"
+    assert f"`{second.name}` (pid 4242); pending, not a loss" in (sweep / "report.md").read_text()
 
 
 def test_a_fused_member_whose_dir_another_process_writes_is_named_pending(tmp_path):

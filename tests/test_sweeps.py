@@ -21,6 +21,7 @@ from tests.helpers import (
     reference,
     report_rows,
     run_cli,
+    sweep_job,
     wait_for_rows,
     wandb_records,
 )
@@ -292,6 +293,11 @@ SUBMITIT_ARGS = [
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # the submitit job and its reference run alike
 
 
+def submitit_job(sweep: Path) -> Path:
+    """The one job's dir, named by its overrides."""
+    return sweep_job(sweep, *SUBMITIT_ARGS)
+
+
 def submitit_command(sweep: Path) -> list[str]:
     import sys
 
@@ -342,14 +348,15 @@ def test_submitit_job_signalled_mid_run_is_requeued_and_resumes_exactly(tmp_path
         stderr=subprocess.PIPE,
         text=True,
     )
-    wait_for_rows(sweep / "0", 2, proc)
+    job = submitit_job(sweep)
+    wait_for_rows(job, 2, proc)
     signal_submitit_task(sweep, signal.SIGUSR2)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-2000:]
     logs = "".join(p.read_text() for p in sweep.glob(".submitit/*/*.out"))
     assert "SIGUSR2: stopping after this batch" in logs
     assert "holds a checkpoint of this same config" in logs  # the requeued job resumed
-    assert_same_as_uninterrupted(sweep / "0", tmp_path)
+    assert_same_as_uninterrupted(job, tmp_path)
 
 
 @pytest.mark.slow
@@ -371,13 +378,14 @@ def test_submitit_job_killed_with_sigterm_resumes_when_the_sweep_is_run_again(tm
         stderr=subprocess.PIPE,
         text=True,
     )
-    wait_for_rows(sweep / "0", 2, proc)
+    job = submitit_job(sweep)
+    wait_for_rows(job, 2, proc)
     signal_submitit_task(sweep, signal.SIGTERM)
     proc.communicate(timeout=300)
-    status = json.loads((sweep / "0" / "status.json").read_text())
+    status = json.loads((job / "status.json").read_text())
     assert status["status"] == "interrupted"
-    assert (sweep / "0" / "last.pt").exists()
-    done = len(read_metrics(sweep / "0"))
+    assert (job / "last.pt").exists()
+    done = len(read_metrics(job))
     assert 2 <= done < 5
 
     again = subprocess.run(
@@ -386,5 +394,5 @@ def test_submitit_job_killed_with_sigterm_resumes_when_the_sweep_is_run_again(tm
     assert again.returncode == 0, again.stderr[-2000:]
     logs = "".join(p.read_text() for p in sweep.glob(".submitit/*/*.out"))
     assert "holds a checkpoint of this same config" in logs
-    assert json.loads((sweep / "0" / "status.json").read_text())["status"] == "completed"
-    assert_same_as_uninterrupted(sweep / "0", tmp_path)
+    assert json.loads((job / "status.json").read_text())["status"] == "completed"
+    assert_same_as_uninterrupted(job, tmp_path)

@@ -7,7 +7,9 @@ Registered when `runner` is imported, so they exist wherever a config is resolve
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -58,6 +60,65 @@ def run_dir(resume: object, default: str) -> str:
     return default
 
 
+# a dir name the file systems take: no separator, no NUL, at most NAME_MAX (255) bytes; long
+# ones keep a readable head and a hash of the whole, so two jobs never share a dir
+_NAME_BYTES = 240
+_NOT_IN_NAMES = re.compile(r"[/\\\x00]")
+
+
+def dir_name(text: str) -> str:
+    """`text` as one dir name: `/` (a data.root=/tmp/x, a _target_ path) and `\\` as `_`,
+    a name over _NAME_BYTES cut with a hash of the whole appended."""
+    name = _NOT_IN_NAMES.sub("_", text).strip()
+    if name in ("", ".", ".."):
+        name = name.replace(".", "_") or "_"
+    if len(name.encode()) <= _NAME_BYTES:
+        return name
+    digest = hashlib.sha1(text.encode()).hexdigest()[:10]
+    head = name.encode()[: _NAME_BYTES - 11].decode(errors="ignore")
+    return f"{head}~{digest}"
+
+
+def run_name(*, _root_: Any = None) -> str:
+    """A run's readable name, the folder its run dirs are grouped in (outputs/runs/<name>/):
+    the `name` key when set, else the experiment preset's name (+experiment=lecture_lenet),
+    else <model>-<scheduler> as chosen (mlp-cosine, target-step, my_cnn-onecycle)."""
+    root = _root_ if _root_ is not None else OmegaConf.create()
+    given = OmegaConf.select(root, "name", default=None)
+    if given:
+        return dir_name(str(given))
+    choices = OmegaConf.select(root, "hydra.runtime.choices", default=None) or {}
+    if choices.get("experiment"):
+        return dir_name(str(choices["experiment"]))
+    parts = [choices.get("model"), choices.get("scheduler")]
+    return dir_name("-".join(str(p) for p in parts if p) or "run")
+
+
+def job_dir(num: int, *, _root_: Any = None) -> str:
+    """hydra.sweep.subdir: a job's dir named by its overrides as Hydra's
+    hydra.job.override_dirname names it (sorted `key=value`s joined by commas, the keys in
+    hydra.job.config.override_dirname.exclude_keys left out: `scheduler=cosine,seed=1`),
+    but a long value (a `_target_` node, a path) cut to its head and a hash, so every key
+    stays in sight. A sweep run again finds each job's dir by what it is; `job<num>` when
+    the job has no override of its own. Jobs with the same overrides are the same run: the
+    second finds the first's dir and trains nothing more."""
+    root = _root_ if _root_ is not None else OmegaConf.create()
+    task = OmegaConf.select(root, "hydra.overrides.task", default=None) or []
+    exclude = OmegaConf.select(root, "hydra.job.config.override_dirname.exclude_keys") or []
+    items = [_short(str(o)) for o in task if str(o).split("=", 1)[0].lstrip("+~") not in exclude]
+    return dir_name(",".join(sorted(items))) if items else f"job{num}"
+
+
+_VALUE_BYTES = 32  # a longer override value is named by its head and a hash
+
+
+def _short(override: str) -> str:
+    key, sep, value = override.partition("=")
+    if len(value.encode()) <= _VALUE_BYTES:
+        return override
+    return f"{key}{sep}{value[:12]}~{hashlib.sha1(value.encode()).hexdigest()[:8]}"
+
+
 def hydra_subdir(resume: object, *, _root_: Any = None) -> str | None:
     """Where Hydra writes its .hydra/ files: nested when resuming, so the original stays;
     nowhere under torchrun but on rank 0, or when the job's dir already holds a run
@@ -105,6 +166,8 @@ def job_log(path: str) -> str:
 def register() -> None:
     record_user_threads()
     OmegaConf.register_new_resolver("run_dir", run_dir, replace=True)
+    OmegaConf.register_new_resolver("run_name", run_name, replace=True)
+    OmegaConf.register_new_resolver("job_dir", job_dir, replace=True)
     OmegaConf.register_new_resolver("hydra_subdir", hydra_subdir, replace=True)
     OmegaConf.register_new_resolver("job_log", job_log, replace=True)
     OmegaConf.register_new_resolver("lecture_epochs", lecture_epochs, replace=True)

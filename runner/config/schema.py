@@ -72,6 +72,9 @@ class Trainer:
     progress: str = key("auto", choice("auto", "bar", "line"))
     checkpoint: bool = key(True, boolean())
     checkpoint_interval_s: float = key(1.0, number(0))
+    # best.pt: full (a resumable checkpoint) | weights (the model's, its epoch, the config)
+    # | false (none); last.pt keeps everything for resume= either way
+    save_best: Any = key("weights", choice("full", "weights", False))
     monitor: str = key("val/acc", choice(*EPOCH_METRICS))
     # auto: max for an accuracy, min for a loss (schedulers.checks.mode_for); checked
     # against monitor below
@@ -330,6 +333,8 @@ class Run:
 
     seed: int = key(0, integer(0, high=SEED_MAX))
     epochs: int = key(20, integer(1, high=MAX_EPOCHS))
+    # the run's folder under outputs/runs/ (null: the experiment's, else <model>-<scheduler>)
+    name: str | None = key(None, text(optional=True))
     resume: Any = key(None, anything())  # a run dir or true: checked when resuming
     # a trunk run dir to branch from, at its kept epoch branch_epoch (null: the latest kept
     # epoch up to which this run's schedule is the trunk's): runner/run/branch.py

@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 from omegaconf import OmegaConf, open_dict
 
+from runner.data.paths import as_absolute, path_values, roots
 from runner.data.sets import load_data
 from runner.data.stream import MATERIALISE_EPOCH, SampleError, SeededSamples, is_streamed
 from schedulers import ConfigError
@@ -29,40 +28,9 @@ from schedulers.binder import plain
 
 BUNDLED = ("digits", "fake", "mnist1d")  # generated from their keys; mnist1d's root: a cache
 LABELS = 256  # labels hashed per split
-# keys whose string value names a file or folder: root, data_root, root_dir, path, files, ...
-_PATH_KEY = re.compile(r"(^|_)(root|dir|directory|folder|path|file|filename)s?$")
-# ... and those that always do (torchvision's `root`, the built-in sets' data.root), even
-# before it exists (a download or a cache makes it): made absolute whether or not it exists
-_ROOT_KEY = re.compile(r"(^|_)roots?$")
-_NOT_PATHS = "hydra.utils."  # get_object/get_class/get_method: `path` is an import path
 
 
-# -- paths ----------------------------------------------------------------------------------
-def _path_values(node: Any, prefix: str, key: str = "") -> Iterator[tuple[str, str, bool]]:
-    """(dotted key, value, always a path) of every string under a path-like key of the data
-    config; `key`: the name of the key that holds `node`."""
-    if isinstance(node, Mapping):
-        if str(node.get("_target_") or "").startswith(_NOT_PATHS):
-            return
-        for name, value in node.items():
-            yield from _path_values(value, f"{prefix}.{name}", str(name))
-    elif isinstance(node, (list, tuple)):
-        for i, value in enumerate(node):
-            yield from _path_values(value, f"{prefix}.{i}", key)
-    elif isinstance(node, str) and node and "://" not in node and _PATH_KEY.search(key):
-        yield prefix, node, bool(_ROOT_KEY.search(key))
-
-
-def _absolute(value: str, always: bool) -> str | None:
-    """The value as an absolute path against the cwd, when it is one: absolute already, a
-    `root` (`always`), or a path that exists; None for a value that is no path here (a
-    hub name under `path`, a file the dataset makes later)."""
-    expanded = os.path.expanduser(value)
-    if always or os.path.isabs(expanded) or os.path.exists(expanded):
-        return os.path.abspath(expanded)
-    return None
-
-
+# -- paths (runner/data/paths.py finds them) ------------------------------------------------
 def absolute_roots(cfg: Any) -> list[str]:
     """Relative paths of the data config made absolute in `cfg` itself, at the run's start,
     so that config.yaml records the data the run reads and a resume from another cwd
@@ -71,24 +39,14 @@ def absolute_roots(cfg: Any) -> list[str]:
     a name that is not a path, or a file the dataset makes). Returns the `key=value`
     texts changed."""
     changed = []
-    for key, value, always in _path_values(dict(plain(cfg.data)), "data"):
-        absolute = _absolute(value, always)
+    for key, value, always in path_values(dict(plain(cfg.data)), "data"):
+        absolute = as_absolute(value, always)
         if absolute is None or absolute == value:
             continue
         with open_dict(cfg):
             OmegaConf.update(cfg, key, absolute, merge=False)
         changed.append(f"{key}={absolute}")
     return changed
-
-
-def roots(data_cfg: Any) -> dict[str, str]:
-    """Every path-like value of the data config as the absolute path it names from here."""
-    found = {}
-    for key, value, always in _path_values(dict(plain(data_cfg)), "data"):
-        absolute = _absolute(value, always)
-        if absolute is not None:
-            found[key] = absolute
-    return found
 
 
 # -- the fingerprint ------------------------------------------------------------------------

@@ -9,8 +9,8 @@ reproducible order.
 
 from __future__ import annotations
 
-import functools
 import json
+import logging
 import math
 import os
 import pickle
@@ -27,9 +27,12 @@ from runner.config.schema import SCHEMAS, check_node
 from runner.data import digits, stream
 from runner.data.labels import check_labels, warn_one_class
 from runner.data.mnist1d import load_mnist1d
+from runner.data.paths import with_absolute_paths
 from runner.data.stream import StreamData
 from schedulers import ConfigError
 from schedulers.binder import plain
+
+log = logging.getLogger("schedlab")
 
 # torchvision class name, the folder it reads under data.root, and the files that must be there.
 _TORCHVISION = {
@@ -134,19 +137,56 @@ def steps_per_epoch(n_train: int, batch_size: int, accumulate: int = 1) -> int:
 
 
 def load_data(cfg: Mapping[str, Any]) -> TensorData | StreamData:
-    """The data set, loaded once per process for the same settings: start-up validation
-    reads its sizes and shapes from it, then the run trains on the same tensors (and a
-    sweep's jobs in one process share them). Loading uses no global RNG. data=dataset gives
-    a StreamData (runner/data/stream.py) unless it is materialised (data.in_memory); it
-    answers the same size and shape questions."""
+    """The data set, loaded once per process for the same data: start-up validation reads
+    its sizes and shapes from it, then the run trains on the same tensors, a resume checks
+    its fingerprint on them, and a sweep's jobs in one process share them. Loading uses no
+    global RNG. data=dataset gives a StreamData (runner/data/stream.py) unless it is
+    materialised (data.in_memory); it answers the same size and shape questions."""
     settings = {k: v for k, v in dict(plain(cfg)).items() if k != "batch_size"}  # not the data's
-    # relative paths read other data from another cwd (a process that changed dir)
-    return _load(json.dumps(settings, sort_keys=True, default=str), os.getcwd())
+    key = _cache_key(settings)
+    held = _HELD["data"]
+    if key in _HELD["keys"]:
+        if _versions(held) == _HELD["versions"]:
+            return held
+        log.warning(
+            "the data set held in memory was changed in place by a run (a model or "
+            "transform that writes into its input?): loading it again"
+        )
+    data = _load(settings)
+    keys = {key}
+    if settings.get("num_classes", 0) is None:  # the same data once the run has filled it in
+        keys.add(_cache_key({**settings, "num_classes": data.num_classes}))
+    # one data set at a time: a second would double the memory held
+    _HELD.update(keys=keys, data=data, versions=_versions(data))
+    return data
 
 
-@functools.lru_cache(maxsize=1)
-def _load(settings: str, cwd: str) -> TensorData | StreamData:
-    data = _build(json.loads(settings))
+# The data set this process loaded last, the keys that name it, and the version counters
+# of its tensors then (torch bumps a tensor's on every in-place write, through any view of
+# it too): a run that wrote into the shared tensors is caught, and the next one gets the
+# data loaded afresh rather than the changed tensors.
+_HELD: dict[str, Any] = {"keys": set(), "data": None, "versions": ()}
+
+
+def clear_cache() -> None:
+    """Forget the data set held (tests: a fresh load)."""
+    _HELD.update(keys=set(), data=None, versions=())
+
+
+def _cache_key(settings: dict[str, Any]) -> str:
+    """The data node's content: its paths absolute (data.root=data and =/work/data read the
+    same files), and the cwd, which a path not recognised as one is relative to."""
+    return json.dumps([with_absolute_paths(settings), os.getcwd()], sort_keys=True, default=str)
+
+
+def _versions(data: Any) -> tuple[int, ...]:
+    if not isinstance(data, TensorData):
+        return ()  # streamed: read from its Dataset each epoch, nothing held
+    return tuple(t._version for t in (data.x_train, data.y_train, data.x_val, data.y_val))
+
+
+def _load(settings: dict[str, Any]) -> TensorData | StreamData:
+    data = _build(settings)
     if isinstance(data, TensorData):  # every label in memory: a min and a max, cheap
         check_labels("data.train", data.y_train, data.num_classes)
         check_labels("data.val", data.y_val, data.num_classes)

@@ -214,16 +214,19 @@ class Checkpointer:
         session: Session | None = None,
         data: dict[str, Any] | None = None,
         keep_epochs: Any = None,
+        save_best: str | bool = "full",
     ) -> None:
         """`config`: the run's config.yaml text, kept in every checkpoint, so that a resume
         can tell a config.yaml edited since from the config the run trained with.
         `session`: the process writing (its token in every checkpoint), when it has one.
         `data`: the fingerprint of the data it trains on (runner/data/fingerprint.py), so
         that a resume on other data is refused. `keep_epochs`: trainer.keep_epochs, whose
-        epochs are also written as epoch_<k>.pt, each when it ends (`keep`)."""
+        epochs are also written as epoch_<k>.pt, each when it ends (`keep`). `save_best`
+        (trainer.save_best): what best.pt holds, `full` (a checkpoint like last.pt),
+        `weights` (best_only), or False: no best.pt."""
         self.run_dir, self.interval_s, self.background = run_dir, interval_s, background
         self.config, self.session, self.data = config, session, data
-        self.keep_epochs = keep_epochs
+        self.keep_epochs, self.save_best = keep_epochs, save_best
         remove_orphans(run_dir)  # a run or resume starting here: no earlier write is in flight
         self.latest: dict[str, Any] | None = None
         self.best: dict[str, Any] | None = None
@@ -256,7 +259,7 @@ class Checkpointer:
         self.latest, self._latest_written = state, False
         if keeps(self.keep_epochs, state["progress"]["epoch"]):
             self.keep(state)
-        if is_best:
+        if is_best and self.save_best is not False:
             self.best, self._best_written = state, False
         if time.monotonic() - self._last_write >= self.interval_s:
             self.persist()
@@ -290,7 +293,9 @@ class Checkpointer:
         def write() -> None:
             if write_last:
                 files.replace_atomic(last_path, lambda tmp: save(_packed(latest), tmp))
-            if write_best and same and write_last:  # the same epoch: a link, not a second save
+            if write_best and self.save_best == "weights":
+                files.replace_atomic(best_path, lambda tmp: save(best_only(best), tmp))
+            elif write_best and same and write_last:  # the same epoch: a link, not a second save
                 files.replace_atomic(best_path, lambda tmp: _link_or_copy(last_path, tmp))
             elif write_best:
                 files.replace_atomic(best_path, lambda tmp: save(_packed(best), tmp))
@@ -299,6 +304,19 @@ class Checkpointer:
             write()
         else:
             self.background.submit(write)
+
+
+# what best.pt keeps with trainer.save_best=weights: the model's weights, the epoch and
+# metric they scored (progress) and the config they were trained with; not the optimizer,
+# scheduler, scaler and RNG states only a resume needs (last.pt has them): for Adam, a
+# third of the file
+BEST_ONLY = ("model", "progress", "config", "data")
+
+
+def best_only(state: dict[str, Any]) -> dict[str, Any]:
+    """best.pt with trainer.save_best=weights: `torch.load(...)["model"]` is what
+    model.load_state_dict takes, as from a full one."""
+    return {k: state[k] for k in BEST_ONLY if k in state}
 
 
 @contextmanager
@@ -329,6 +347,7 @@ def checkpointer(
         session,
         data,
         trainer.get("keep_epochs"),
+        save_best=trainer["save_best"],
     )
     try:
         if first is not None:

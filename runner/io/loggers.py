@@ -208,6 +208,13 @@ def _start_tensorboard(cfg: Mapping[str, Any], run_dir: Path) -> Any:
     return SummaryWriter(log_dir=str(run_dir / cfg["dir"]), flush_secs=cfg["flush_secs"])
 
 
+def run_label(run_dir: Path, sweep_name: str | None) -> str:
+    """A run's name in W&B, the one TensorBoard shows (it names runs by their dirs): a sweep's
+    job by its dir, its overrides (scheduler=cosine,seed=1; the W&B group is the sweep); a
+    single run by <name>/<date>_<time> (mlp-cosine/2026-12-06_17-34-01-123456)."""
+    return run_dir.name if sweep_name is not None else "/".join(run_dir.parts[-2:])
+
+
 def _start_wandb(
     cfg: Mapping[str, Any],
     run_dir: Path,
@@ -229,7 +236,7 @@ def _start_wandb(
         entity=cfg["entity"],
         group=cfg["group"] or sweep_name,
         tags=[t[:64] for t in (*cfg["tags"], *overrides)],  # W&B caps tags at 64 chars
-        name=cfg["run_name"] or (",".join(overrides) or None),
+        name=cfg["run_name"] or run_label(run_dir, sweep_name),
         config={**config, "overrides": overrides},
         dir=str(run_dir),
         id=resume_id,

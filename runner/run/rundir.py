@@ -74,9 +74,39 @@ def load_resume(
     saved = read_saved_config(target, cfg.resume)
     if not (target / checkpoint.LAST).exists() and not (target / checkpoint.BEST).exists():
         log.info(f"{target} has no checkpoint yet (stopped in its first epoch): starting over")
-        return saved, target, None, []
+        return with_later_keys(saved), target, None, []
     state = checkpoint.load(target / checkpoint.LAST)
-    return saved, target, state, edit_changes(saved, state, target)
+    changes = edit_changes(saved, state, target)
+    return with_later_keys(saved), target, state, changes
+
+
+# keys added after runs were saved, each with the value that does what such a run did: a
+# run's folder was named by its dir alone; best.pt was a whole checkpoint; no clipping,
+# accumulation, smoothing, kept epochs, no_decay groups, BN recalibration or branch
+LATER_KEYS = {
+    "name": None,
+    "branch": None,
+    "branch_epoch": None,
+    "optimizer.no_decay": False,
+    "trainer.save_best": "full",
+    "trainer.grad_clip_norm": None,
+    "trainer.grad_clip_value": None,
+    "trainer.accumulate": 1,
+    "trainer.label_smoothing": 0.0,
+    "trainer.bn_recalibrate_batches": 0,
+    "trainer.keep_epochs": None,
+}
+
+
+def with_later_keys(saved: DictConfig) -> DictConfig:
+    """A config saved before some keys existed gets them (LATER_KEYS), so it validates and
+    the resumed run does what it did; after edit_changes, which compares it with the
+    config its checkpoint kept (equally old)."""
+    with open_dict(saved):
+        for key, value in LATER_KEYS.items():
+            if OmegaConf.select(saved, key, default=_ABSENT) is _ABSENT:
+                OmegaConf.update(saved, key, value, merge=False)
+    return saved
 
 
 def _leaves(node: Any, prefix: str = "") -> dict[str, Any]:
@@ -127,6 +157,7 @@ def edit_changes(saved: DictConfig, state: dict[str, Any], run_dir: Path) -> lis
 # with resume=, they are applied. `epochs` may be raised where the schedule's lengths are
 # explicit (extend_blocker). Anything else is refused, naming the key.
 SAFE_ON_RESUME = (
+    "name",  # names a new run's dir; a resumed run stays in its own
     "trainer.progress",
     "trainer.checkpoint_interval_s",
     "trainer.log_every_n_steps",
