@@ -62,6 +62,12 @@ def check_node(
         check_keys(prefix, node)
 
 
+def typed(node: Mapping[str, Any], schema: type) -> Any:
+    """A node `check_node` passed, as an instance of its schema: plain values, read by
+    attribute, typos caught by the type checker instead of at run time."""
+    return schema(**plain(node))
+
+
 def default(f: dataclasses.Field) -> Any:
     """A field's default (a fresh copy of a list)."""
     return f.default_factory() if f.default is dataclasses.MISSING else f.default
