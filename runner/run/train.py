@@ -129,12 +129,13 @@ def start_track(
     return track_for(trainer, optimizer, scheduler, logger, progress, snapshot, saver, say)
 
 
-def startup_line(cfg: DictConfig, device: torch.device) -> str:
+def startup_line(spec: RunSpec, device: torch.device) -> str:
     """What trains, where, how: a single run's first log line, and each fused member's
     (runner/sweep/fused.py, after saying it is fused)."""
+    optimizer = spec.optimizer
     return (
-        f"{label(cfg.model)} on {cfg.data.name} ({device}), {label(cfg.optimizer)} "
-        f"lr={cfg.optimizer.lr}, scheduler={label(cfg.scheduler)}, {cfg.epochs} epochs"
+        f"{label(spec.model)} on {spec.data['name']} ({device}), {label(optimizer)} "
+        f"lr={optimizer['lr']}, scheduler={label(spec.scheduler)}, {spec.epochs} epochs"
     )
 
 
@@ -610,7 +611,7 @@ def _run(
     spec = run_spec(cfg)  # the config is final now: typed once, what the rest reads
     run = build_run(spec, dist=dist)
     data = fingerprint(spec.data, load_data(spec.data))  # loaded by build_run: cached
-    log.info(startup_line(cfg, run.device))
+    log.info(startup_line(spec, run.device))
     log.info(describe(data))
     if resuming:
         if state is not None:  # a checkpoint this model cannot take fails before any write

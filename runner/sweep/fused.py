@@ -326,8 +326,8 @@ def _fit(members: Sequence[Member], stop: Any, background: Background, cleanup: 
     engine = Engine(
         tracks, epochs, note=f", fused x{k}", diverge_note="; the other fused jobs go on"
     )
-    for m in members:
-        _note(m, logging.INFO, f"fused with {k - 1} other job(s): {startup_line(m.cfg, device)}")
+    for m, spec in zip(members, specs, strict=True):
+        _note(m, logging.INFO, f"fused with {k - 1} other job(s): {startup_line(spec, device)}")
     per_step = any(t.per_step for t in tracks)  # then the lrs are read before every step
     trainers = [spec.trainer for spec in specs]
     models = StackedModels(
