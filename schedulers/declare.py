@@ -63,9 +63,9 @@ def check_node(
 
 
 def typed(node: Mapping[str, Any], schema: type) -> Any:
-    """A node `check_node` passed, as an instance of its schema: plain values, read by
-    attribute, typos caught by the type checker instead of at run time."""
-    return schema(**plain(node))
+    """A node `check_node` passed, given as plain values (`plain`), as an instance of its
+    schema: read by attribute, a typo caught by the type checker instead of at run time."""
+    return schema(**node)
 
 
 def default(f: dataclasses.Field) -> Any:
