@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import importlib
 import typing
 from pathlib import Path
 
@@ -68,8 +69,6 @@ def test_run_spec_is_the_typed_config():
     ],
 )
 def test_builders_and_the_loop_read_the_typed_spec(module, function):
-    import importlib
-
     target = getattr(importlib.import_module(module), function)
     hints = typing.get_type_hints(target.__init__ if isinstance(target, type) else target)
     first = next(iter(k for k in hints if k not in ("self", "return")))
@@ -83,10 +82,13 @@ def test_lower_folders_take_no_dictconfig():
     for folder in LOWER:
         for path in sorted((RUNNER / folder).glob("*.py")):
             tree = ast.parse(path.read_text())
-            for node in ast.walk(tree):
-                if isinstance(node, ast.arg) and node.annotation is not None:
-                    if "DictConfig" in ast.unparse(node.annotation):
-                        found.append(f"{path.name}: {node.arg}")
+            found += [
+                f"{path.name}: {node.arg}"
+                for node in ast.walk(tree)
+                if isinstance(node, ast.arg)
+                and node.annotation is not None
+                and "DictConfig" in ast.unparse(node.annotation)
+            ]
     assert not found
 
 

@@ -1,9 +1,11 @@
 """Start-up validation of the whole composed config, before any data or model is built.
 
-One pass, group by group: each built-in option's keys, types and ranges come from its
-schema (runner/config/schema.py), the scheduler's from its registry, a `_target_` component's
-from its target's signature; then the checks that tie keys together or need the machine.
-A typo costs a second and a clear message naming the key, not a crashed run.
+One pass, group by group (`CHECKS`: each node handed once to its checker): each built-in
+option's keys, types and ranges come from its schema (runner/config/schema.py), the
+scheduler's from its registry, a `_target_` component's from its target's signature; then
+the checks that tie keys together or need the machine. A typo costs a second and a clear
+message naming the key, not a crashed run. What passed is typed once for the builders
+(runner/config/schema.py `run_spec`).
 """
 
 from __future__ import annotations
