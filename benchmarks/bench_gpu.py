@@ -22,6 +22,7 @@ from common import interleaved, machine, median, per_epoch_split, write  # noqa:
 from torch.nn import functional as F  # noqa: E402
 
 from runner.config.compose import compose_config  # noqa: E402
+from runner.config.schema import run_spec  # noqa: E402
 from runner.data.sets import TensorData  # noqa: E402
 from runner.io.loggers import RunLogger  # noqa: E402
 from runner.run.train import fit  # noqa: E402
@@ -97,8 +98,8 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
 
         def runner(data: TensorData) -> None:
-            run = build_run(cfg, data)
-            fit(cfg, run, RunLogger(Path(tmp)), ckpt_dir=None)
+            run = build_run(run_spec(cfg), data)
+            fit(run_spec(cfg), run, RunLogger(Path(tmp)), ckpt_dir=None)
             if cuda:
                 torch.cuda.synchronize()
 

@@ -42,6 +42,7 @@ from omegaconf import OmegaConf  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 
 from runner.config.compose import compose_config  # noqa: E402
+from runner.config.schema import run_spec  # noqa: E402
 from runner.io.background import Background  # noqa: E402
 from runner.io.loggers import open_logger  # noqa: E402
 from runner.run.check import validate  # noqa: E402
@@ -173,8 +174,10 @@ def runner_loop(
     checkpoint writes on the writer thread; at the end every waiting row is sent and the
     thread is flushed before the clock stops (a run writes status.json only after that).
     `config_text`: the config.yaml text start-up made (kept in each checkpoint)."""
-    run = build_run(cfg, data)  # seeded model + optimizer + schedule, like the hand loop builds
-    fit(cfg, run, logger, ckpt_dir=tmp, background=background, config_text=config_text)
+    run = build_run(
+        run_spec(cfg), data
+    )  # seeded model + optimizer + schedule, like the hand loop builds
+    fit(run_spec(cfg), run, logger, ckpt_dir=tmp, background=background, config_text=config_text)
     logger.flush()  # sends the rows still waiting, then waits for the writer thread
 
 
@@ -288,7 +291,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for job, overrides in (QUICK if args.quick else JOBS).items():
         cfg = compose_config([*overrides, "trainer.progress=line", "trainer.device=cpu"])
         validate(cfg)
-        data = build_run(cfg).data
+        data = build_run(run_spec(cfg)).data
         config_text = OmegaConf.to_yaml(cfg, resolve=True)  # start-up writes it: not timed
         bare = compose_config([*overrides, *BARE, "trainer.progress=line", "trainer.device=cpu"])
         with (

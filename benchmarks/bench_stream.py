@@ -46,6 +46,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook  # noqa: E40
 from torch.utils.data import DataLoader, Dataset  # noqa: E402
 
 from runner.config.compose import compose_config  # noqa: E402
+from runner.config.schema import run_spec  # noqa: E402
 from runner.data.sets import load_data  # noqa: E402
 from runner.data.stream import val_batch_size  # noqa: E402
 from runner.io.background import Background  # noqa: E402
@@ -260,7 +261,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for job, (overrides, datasets, workers) in jobs.items():
             cfg = config(overrides, datasets, workers)
             longer = config([*overrides, f"epochs={cfg.epochs * LONGER}"], datasets, workers)
-            data = build_run(cfg).data  # built once: every loop gets the same dataset objects
+            data = build_run(
+                run_spec(cfg)
+            ).data  # built once: every loop gets the same dataset objects
             guarded_dir = Path(tmp) / f"guarded{next(ckpt)}"
             guarded_dir.mkdir()
             median_s, times, steps = measure(
@@ -293,9 +296,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
         epochs = f"epochs={DIGITS_EPOCHS[args.quick]}"
         held_cfg = config([epochs], None)
-        held = build_run(held_cfg).data
+        held = build_run(run_spec(held_cfg)).data
         streamed_cfg = config([epochs], DIGITS_STREAMED)
-        streamed = build_run(streamed_cfg).data
+        streamed = build_run(run_spec(streamed_cfg)).data
         median_s, times, steps = measure(
             {
                 "in memory": runner(held_cfg, held),

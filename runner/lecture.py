@@ -43,6 +43,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from runner.cli import check_config_dirs
 from runner.config.compose import compose_config, one_line
+from runner.config.schema import run_spec
 from runner.io import files
 from runner.run.check import validate
 from runner.run.train import train
@@ -238,7 +239,7 @@ def part_init_lr(out: Path, quick: bool, data: list[str]) -> Section:
     extra = [*data, *(QUICK_SWEEP if quick else ["epochs=10"])]
     sweep = _sweep(out / "small_values", "init_lr", extra)
     model = ["model=lenet", *data, "logger=none", "trainer.progress=line"]
-    lr, result = find_lr(_compose(model), out / "range_test")
+    lr, result = find_lr(run_spec(_compose(model)), out / "range_test")
     rows = _train([*model, f"optimizer.lr={lr}", f"epochs={3 if quick else 10}"], out / "at_found")
     _plot_run(rows, out / "at_found.png", f"LeNet at the range test's lr {lr:.3g}")
     found_acc = max(r["val/acc"] for r in rows)

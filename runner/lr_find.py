@@ -20,6 +20,7 @@ from runner.cli import (
     make_run_dir,
 )
 from runner.config.compose import options_first, searched_first
+from runner.config.schema import run_spec
 from runner.run.check import validate
 from runner.train.range_test import find_lr
 from schedulers import ConfigError
@@ -33,7 +34,7 @@ def main(cfg: DictConfig) -> float:
     out = Path(HydraConfig.get().runtime.output_dir)
     try:
         validate(cfg)
-        lr, _ = find_lr(cfg, out)
+        lr, _ = find_lr(run_spec(cfg), out)
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         sys.exit(2)

@@ -62,6 +62,12 @@ def check_node(
         check_keys(prefix, node)
 
 
+def typed(node: Mapping[str, Any], schema: type) -> Any:
+    """A node `check_node` passed, given as plain values (`plain`), as an instance of its
+    schema: read by attribute, a typo caught by the type checker instead of at run time."""
+    return schema(**node)
+
+
 def default(f: dataclasses.Field) -> Any:
     """A field's default (a fresh copy of a list)."""
     return f.default_factory() if f.default is dataclasses.MISSING else f.default

@@ -26,13 +26,14 @@ def test_the_bare_runner_keeps_no_checkpoint_and_sends_nothing_to_w_and_b(tmp_pa
     metrics.jsonl, so its ratio to the hand loop is the engine's own share."""
     import bench_overhead
 
+    from runner.config.schema import run_spec
     from runner.io.background import Background
     from runner.io.loggers import open_logger
     from runner.train.builders import build_run
     from tests.helpers import make_cfg
 
     cfg = make_cfg(*bench_overhead.BARE, "epochs=2", "trainer.progress=line")
-    data = build_run(cfg).data
+    data = build_run(run_spec(cfg)).data
     with (
         Background() as background,
         open_logger(cfg.logger, tmp_path, {}, [], None, background=background) as logger,
@@ -50,10 +51,11 @@ def test_the_hand_loop_with_the_guarantees_keeps_what_the_runner_keeps(tmp_path,
     import torch
 
     from runner.config.compose import compose_config
+    from runner.config.schema import run_spec
     from runner.train.builders import build_run
 
     cfg = compose_config(["epochs=3", "trainer.device=cpu"])
-    data = build_run(cfg).data
+    data = build_run(run_spec(cfg)).data
     saves, logged = [], []
     real_save = bench_overhead.Guarantees.save
 

@@ -12,6 +12,7 @@ import torch
 from torch.nn import functional as F
 
 from runner.config.compose import options_first
+from runner.config.schema import run_spec
 from runner.data.sets import load_data
 from runner.run.check import planned_groups, validate
 from runner.run.train import train
@@ -239,7 +240,7 @@ def test_every_parameter_of_a_pattern_group_trains_at_its_groups_lr():
     from runner.train.builders import build_training_parts
 
     cfg = make_cfg(*TINY, "optimizer.lr=0.1", "optimizer.param_groups={backbone.*:0.3,head.*:1}")
-    _, _, model, opt = build_training_parts(cfg)
+    _, _, model, opt = build_training_parts(run_spec(cfg))
     by_group = {g["name"]: (g["lr"], {id(p) for p in g["params"]}) for g in opt.param_groups}
     assert by_group["backbone"][0] == pytest.approx(0.03) and by_group["head"][0] == 0.1
     assert by_group["backbone"][1] == {id(p) for p in model.backbone.parameters()}

@@ -10,6 +10,7 @@ import sys
 import pytest
 import torch
 
+from runner.config.schema import run_spec
 from runner.lr_find import cli as lr_find_cli
 from runner.run.check import validate
 from runner.run.train import train
@@ -58,7 +59,7 @@ def test_suggestions_find_the_steepest_fall_and_the_minimum():
 
 def test_range_test_on_digits_stops_on_divergence_and_restores_everything():
     cfg = make_cfg(*FAST, "optimizer.lr=1.0", "lr_find.num_iters=200", "lr_find.end_lr=100.0")
-    _, data, model, optimizer = build_training_parts(cfg)
+    _, data, model, optimizer = build_training_parts(run_spec(cfg))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     opt_before = optimizer.state_dict()
     rng_before = torch.get_rng_state()
@@ -144,7 +145,7 @@ def test_cli_prints_both_suggestions_and_writes_plot_and_csv(tmp_path):
 
 def test_a_test_that_diverges_at_once_is_a_config_error_naming_start_lr():
     cfg = make_cfg(*FAST, "lr_find.start_lr=100", "lr_find.end_lr=1000")
-    _, data, model, optimizer = build_training_parts(cfg)
+    _, data, model, optimizer = build_training_parts(run_spec(cfg))
     with pytest.raises(ConfigError) as err:
         range_test(cfg.lr_find, model, optimizer, data, seed=0, batch_size=64)
     assert err.value.key == "lr_find.start_lr" and "lower it" in str(err.value)

@@ -12,6 +12,7 @@ import pytest
 import torch
 from torch import nn
 
+from runner.config.schema import run_spec
 from runner.run.check import validate
 from runner.train.builders import build_run
 from schedulers import ConfigError
@@ -41,7 +42,7 @@ def test_a_torchvision_factory_is_offered_num_classes_through_its_kwargs() -> No
         "model._target_=torchvision.models.resnet18",
     )
     validate(cfg)
-    run = build_run(cfg)
+    run = build_run(run_spec(cfg))
     out = run.model(run.data.x_train[:2])
     assert out.shape == (2, 3)
 
@@ -94,14 +95,14 @@ def test_an_optimizer_the_loop_cannot_step_is_a_config_error(target: str, why: s
 def test_lazy_modules_are_materialised_before_the_optimizer_is_built() -> None:
     cfg = make_cfg("model=target", f"model._target_={HERE}.LazyNet")
     validate(cfg)
-    run = build_run(cfg)
+    run = build_run(run_spec(cfg))
     first = run.model.net[1].weight
     assert not isinstance(first, nn.parameter.UninitializedParameter)
     assert first.shape == (16, 64)
     stepped = {id(p) for g in run.optimizer.param_groups for p in g["params"]}
     assert id(first) in stepped
     # built twice with the same seed: the same weights (materialising draws from the seed)
-    assert torch.equal(build_run(cfg).model.net[1].weight, first)
+    assert torch.equal(build_run(run_spec(cfg)).model.net[1].weight, first)
 
 
 @pytest.mark.slow

@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+from runner.config.schema import run_spec
 from runner.run.check import planned_groups, validate
 from runner.run.train import train
 from runner.sweep.fused import group_key
@@ -34,7 +35,7 @@ DECAYED = "optimizer.param_groups={hidden:{lr:0.5,weight_decay:0.1},head:1.0}"
 def groups_of(cfg) -> dict[str, tuple[float, float, set[int]]]:
     """Torch's param groups of the optimizer the run builds: name -> (lr, wd, param ids)."""
     validate(cfg)
-    *_, opt = build_training_parts(cfg)
+    *_, opt = build_training_parts(run_spec(cfg))
     return {
         g.get("name"): (g["lr"], g["weight_decay"], {id(p) for p in g["params"]})
         for g in opt.param_groups
@@ -75,7 +76,7 @@ def test_a_groups_weight_decay_reaches_torchs_param_groups():
 def test_no_decay_puts_exactly_biases_norms_and_embeddings_at_weight_decay_0(overrides):
     cfg = make_cfg(*overrides, "optimizer=adamw", "optimizer.no_decay=true")
     validate(cfg)
-    *_, model, opt = build_training_parts(cfg)
+    *_, model, opt = build_training_parts(run_spec(cfg))
     groups = {g["name"]: g for g in opt.param_groups}
     assert list(groups) == ["decay", "no_decay"]
     assert [name for name, _ in planned_groups(cfg)] == ["decay", "no_decay"]

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from runner.config.schema import run_spec
 from runner.data.sets import TensorData, load_data
 from runner.data.stream import EpochBatches, SeededSamples, StreamData
 from runner.run.train import train
@@ -232,7 +233,7 @@ def test_the_lr_range_test_streams_a_streamed_dataset(tmp_path, folder):
         "lr_find.val_every=4",
     )
     with one_torch_thread():
-        lr, result = find_lr(cfg, tmp_path / "lr_find")
+        lr, result = find_lr(run_spec(cfg), tmp_path / "lr_find")
     assert len(result.lrs) == 3  # 12 batches (4 streamed epochs), val loss every 4th
     assert all(np.isfinite(result.losses)) and lr > 0
     assert (tmp_path / "lr_find" / "lr_find.csv").exists()

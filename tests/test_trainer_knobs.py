@@ -18,6 +18,7 @@ from torch.nn import functional as F
 
 import runner.run.check
 import runner.run.train
+from runner.config.schema import run_spec
 from runner.run.check import validate
 from runner.run.train import train
 from runner.sweep.fused import group_key
@@ -80,7 +81,7 @@ def _one_sgd_step(
     """The default model's gradients of one batch, and its weights' change in one plain SGD
     step (lr 0.5, no momentum) taken with `knobs`; returns (grads, deltas, norm)."""
     cfg = make_cfg(*FAST, "optimizer.momentum=0", "optimizer.lr=0.5")
-    run = build_run(cfg)
+    run = build_run(run_spec(cfg))
     x, y = run.data.x_train[:64], run.data.y_train[:64]
     params = [p for g in run.optimizer.param_groups for p in g["params"]]
     before = [p.detach().clone() for p in params]
@@ -197,7 +198,7 @@ def test_label_smoothing_is_in_the_train_loss_and_not_in_val_loss(tmp_path):
     args = [*FAST, "epochs=1", "optimizer.lr=1e-12", "trainer.label_smoothing=0.2"]
     train(make_cfg(*args), tmp_path)
     row = read_metrics(tmp_path)[0]
-    run = build_run(make_cfg(*args))  # the same seed: the same initial weights
+    run = build_run(run_spec(make_cfg(*args)))  # the same seed: the same initial weights
     with torch.no_grad():
         data, model = run.data, run.model
         smoothed = F.cross_entropy(model(data.x_train), data.y_train, label_smoothing=0.2)

@@ -7,6 +7,7 @@ import math
 
 import pytest
 
+from runner.config.schema import run_spec
 from runner.run.train import train
 from tests.helpers import make_cfg, read_metrics
 
@@ -93,9 +94,11 @@ def test_amp_on_cpu_runs_in_bfloat16_and_learns(tmp_path):
 def test_channels_last_auto_means_conv_nets_on_cpu():
     from runner.train.builders import build_run
 
-    assert build_run(make_cfg("model=lenet", "trainer.device=cpu")).channels_last
-    assert not build_run(make_cfg("model=mlp", "trainer.device=cpu")).channels_last
-    assert not build_run(make_cfg("model=lenet", "trainer.channels_last=false")).channels_last
+    assert build_run(run_spec(make_cfg("model=lenet", "trainer.device=cpu"))).channels_last
+    assert not build_run(run_spec(make_cfg("model=mlp", "trainer.device=cpu"))).channels_last
+    assert not build_run(
+        run_spec(make_cfg("model=lenet", "trainer.channels_last=false"))
+    ).channels_last
 
 
 @pytest.mark.slow

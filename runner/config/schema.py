@@ -19,10 +19,11 @@ schedulers/registry.py.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from schedulers import ConfigError
+from schedulers.binder import plain
 from schedulers.checks import (
     MODES,
     anything,
@@ -40,7 +41,7 @@ from schedulers.checks import (
 )
 from schedulers.declare import check_node as check_node  # the runner's callers import it here
 from schedulers.declare import defaults as defaults
-from schedulers.declare import key
+from schedulers.declare import key, typed
 
 EPOCH_METRICS = ("train/loss", "train/acc", "val/loss", "val/acc")  # what may be monitored
 SEED_MAX = 2**32 - 1  # numpy's np.random.seed (and scikit-learn's random_state) take no more
@@ -359,3 +360,39 @@ SCHEMAS: dict[str, dict[str, type]] = {
     "logger": {"wandb": Wandb, "tensorboard": TensorBoard},
 }
 GROUPS = ("model", "optimizer", "scheduler", "data", "logger", "trainer", "lr_find")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """A validated config, typed: what the builders (runner/train/builders.py), the range
+    test, the engine and the loop read, instead of the DictConfig passed down through every
+    layer. Made once (`run_spec`) after the run's config is final (validated, resume
+    applied, the range test's lr set). trainer and lr_find are their schemas' instances;
+    the other groups hold `_target_` components too, so they are plain dicts with every
+    `${...}` resolved (their keys were checked against their option's schema or target)."""
+
+    seed: int
+    epochs: int
+    trainer: Trainer
+    lr_find: LrFind
+    data: dict[str, Any]
+    model: dict[str, Any]
+    optimizer: dict[str, Any]
+    scheduler: dict[str, Any]
+    logger: dict[str, Any] = field(default_factory=dict)
+
+
+def run_spec(cfg: Mapping[str, Any]) -> RunSpec:
+    """The typed form of a config `runner.run.check.validate` passed."""
+    values = plain(cfg)
+    return RunSpec(
+        seed=values["seed"],
+        epochs=values["epochs"],
+        trainer=typed(values["trainer"], Trainer),
+        lr_find=typed(values["lr_find"], LrFind),
+        data=values["data"],
+        model=values["model"],
+        optimizer=values["optimizer"],
+        scheduler=values["scheduler"],
+        logger=values.get("logger") or {},
+    )

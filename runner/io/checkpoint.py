@@ -13,7 +13,7 @@ import random
 import secrets
 import shutil
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -322,32 +322,29 @@ def best_only(state: dict[str, Any]) -> dict[str, Any]:
 @contextmanager
 def checkpointer(
     run_dir: Path | None,
-    trainer: Mapping[str, Any],
+    interval_s: float,
     background: Any,
     *,
     config: str | None,
     data: dict[str, Any] | None,
     session: Session | None = None,
     first: Callable[[], dict[str, Any]] | None = None,
+    keep_epochs: Any = None,
+    save_best: str | bool = "full",
 ) -> Iterator[Checkpointer | None]:
-    """The run's Checkpointer while the loop runs, or None (trainer.checkpoint off, or
-    `run_dir` None: a process that does not write the run dir): one factory for a single
+    """The run's Checkpointer while the loop runs (writing last.pt at most every
+    `interval_s`, trainer.checkpoint_interval_s), or None when `run_dir` is None (a process
+    that does not write the run dir, or trainer.checkpoint off): one factory for a single
     run (runner/run/train.py `fit`) and each fused member (runner/sweep/fused.py).
     `first`: a new run's state now, written as last.pt before its first batch, so that a
     run killed in its first epoch resumes instead of starting over. On leaving, the newest
-    epoch is persisted however the loop ended (on `background`'s thread when given)."""
-    if run_dir is None or not trainer["checkpoint"]:
+    epoch is persisted however the loop ended (on `background`'s thread when given).
+    `keep_epochs`, `save_best`: trainer.keep_epochs and trainer.save_best (Checkpointer)."""
+    if run_dir is None:
         yield None
         return
     saver = Checkpointer(
-        run_dir,
-        trainer["checkpoint_interval_s"],
-        background,
-        config,
-        session,
-        data,
-        trainer.get("keep_epochs"),
-        save_best=trainer["save_best"],
+        run_dir, interval_s, background, config, session, data, keep_epochs, save_best=save_best
     )
     try:
         if first is not None:

@@ -1,15 +1,17 @@
 """Start-up validation of the whole composed config, before any data or model is built.
 
-One pass, group by group: each built-in option's keys, types and ranges come from its
-schema (runner/config/schema.py), the scheduler's from its registry, a `_target_` component's
-from its target's signature; then the checks that tie keys together or need the machine.
-A typo costs a second and a clear message naming the key, not a crashed run.
+One pass, group by group (`CHECKS`: each node handed once to its checker): each built-in
+option's keys, types and ranges come from its schema (runner/config/schema.py), the
+scheduler's from its registry, a `_target_` component's from its target's signature; then
+the checks that tie keys together or need the machine. A typo costs a second and a clear
+message naming the key, not a crashed run. What passed is typed once for the builders
+(runner/config/schema.py `run_spec`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -37,17 +39,23 @@ from schedulers.checks import is_number, need_number
 
 def planned_groups(cfg: Mapping[str, Any]) -> list[tuple[str, float]]:
     """The param groups the optimizer will get, as (label, lr multiplier) in build order,
-    found before anything is built: from the built-in model's part names, or, for name
-    patterns and optimizer.no_decay (which needs each parameter's shape and module), from
-    the model built on the meta device."""
-    opt, model_cfg = cfg["optimizer"], cfg["model"]
+    found before anything is built (`_groups`, on the data's shape)."""
+    return _groups(cfg["optimizer"], cfg["model"], data_shape(cfg["data"]))
+
+
+def _groups(
+    opt: Mapping[str, Any], model_cfg: Mapping[str, Any], shape: tuple[Any, int]
+) -> list[tuple[str, float]]:
+    """From the built-in model's part names, or, for name patterns and optimizer.no_decay
+    (which needs each parameter's shape and module), from the model built on the meta
+    device for data of `shape` (a sample's shape, the number of classes)."""
     settings, no_decay = group_settings(opt), opt.get("no_decay", False)
     if settings is None and not no_decay:
         return [("group0", 1.0)]
     parts = part_names(model_cfg)
     if settings is not None and not no_decay and uses_parts(opt, parts):
         return [(p, settings[p].scale if p in settings else 1.0) for p in parts]
-    model = probe_model(model_cfg, *data_shape(cfg["data"]))
+    model = probe_model(model_cfg, *shape)
     groups = split_params(opt, model, model_parts(model, model_cfg))
     return [(g.name or "group0", g.scale) for g in groups]
 
@@ -56,10 +64,13 @@ def fill_inferred(cfg: Mapping[str, Any]) -> bool:
     """Values the data decides (data.num_classes: null, read from the train set) written
     into the config before anything reads them: `${data.num_classes}` in a model's node
     then gives the number, and config.yaml and W&B record it. Whether one was filled."""
-    data = cfg["data"]
+    return _fill_classes(cfg["data"])
+
+
+def _fill_classes(data: Mapping[str, Any]) -> bool:
     if data.get("num_classes", 0) is not None:
         return False
-    data["num_classes"] = load_data(data).num_classes
+    data["num_classes"] = load_data(data).num_classes  # type: ignore[index]
     return True
 
 
@@ -96,41 +107,97 @@ def validate(cfg: Mapping[str, Any], *, trunk: bool = True) -> Checked:
 
 
 def _validate(cfg: Mapping[str, Any], trunk: bool = True) -> Checked:
-    """The whole check, group by group, in the order its errors are reported."""
+    """The whole check in one pass over the config's nodes: each node is handed once to
+    the checker `CHECKS` names for it, in the order its errors are reported, with what
+    the nodes before it found (the data's shape for the model, the lr for the schedule);
+    then, for a branch, its trunk (`use_branch`)."""
     if isinstance(cfg, DictConfig):
         for key in sorted(OmegaConf.missing_keys(cfg)):
             raise ConfigError(key, "???", "must be set (it has no default)")
-    check_node("", {k: v for k, v in cfg.items() if k not in GROUPS}, Run)
-    check_node("trainer", cfg["trainer"], Trainer)
-    wanted(cfg["trainer"]["strategy"])  # ddp outside torchrun: an error now
-    resolve_device(cfg["trainer"]["device"])  # `cuda` without CUDA: an error now, not mid-run
-
-    validate_data(cfg["data"])
-    fill_inferred(cfg)
-    data = load_data(cfg["data"])  # what the run trains on: the checks below read it
-    validate_model(cfg["model"], data.image_shape, data.num_classes)
-    check_model_on_data(cfg["model"], data, cfg["data"]["name"])
-
-    validate_lr_find(cfg["lr_find"])
-    # optimizer.lr=find: decided by the range test before training, and its consequences
-    # checked again then (check_found_lr); until then the schedule is checked against the
-    # largest lr the test can return
-    lr = checked_lr(cfg)
-    validate_optimizer(cfg["optimizer"], lr)
-    checked = Checked(
-        tuple(data.image_shape),
-        data.num_classes,
-        data.n_train,
-        steps_per_epoch(data.n_train, cfg["data"]["batch_size"], cfg["trainer"]["accumulate"]),
-        tuple(planned_groups(cfg)),
-        lr,
-    )
-    check_schedule(cfg, checked)
+    found: dict[str, Any] = {}
+    for group, check in CHECKS:
+        check(_node(cfg, group), found)
+    found.setdefault("branch_epoch", None)
+    checked = Checked(**{f.name: found[f.name] for f in fields(Checked)})
     warn_schedule_free(cfg)  # a schedule on top of a schedule-free optimizer
-    validate_logger(cfg["logger"])
-    if trunk:
-        return use_branch(cfg, checked)
-    return checked
+    return use_branch(cfg, checked) if trunk else checked
+
+
+def _node(cfg: Mapping[str, Any], group: str) -> Mapping[str, Any]:
+    """A group's node; "" the top-level keys (seed, epochs, resume)."""
+    return cfg[group] if group else {k: v for k, v in cfg.items() if k not in GROUPS}
+
+
+def _check_top(node: Mapping[str, Any], found: dict[str, Any]) -> None:
+    check_node("", node, Run)
+    found["epochs"] = node["epochs"]
+
+
+def _check_trainer(node: Mapping[str, Any], found: dict[str, Any]) -> None:
+    check_node("trainer", node, Trainer)
+    wanted(node["strategy"])  # ddp outside torchrun: an error now
+    resolve_device(node["device"])  # `cuda` without CUDA: an error now, not mid-run
+    found["accumulate"] = node["accumulate"]
+
+
+def _check_data(node: Mapping[str, Any], found: dict[str, Any]) -> None:
+    """Its keys, then the data itself: loaded (what the run then trains on), its inferred
+    values filled in (`fill_inferred`)."""
+    validate_data(node)
+    _fill_classes(node)
+    data = load_data(node)
+    found["data"], found["data_name"] = data, node["name"]
+    found["image_shape"], found["num_classes"] = tuple(data.image_shape), data.num_classes
+    found["n_train"] = data.n_train
+    found["steps_per_epoch"] = steps_per_epoch(
+        data.n_train, node["batch_size"], found["accumulate"]
+    )
+
+
+def _check_model(node: Mapping[str, Any], found: dict[str, Any]) -> None:
+    """Against the data it will train on: its input shape, its classes, a forward pass."""
+    data = found["data"]
+    validate_model(node, data.image_shape, data.num_classes)
+    check_model_on_data(node, data, found["data_name"])
+    found["model"] = node
+
+
+def _check_lr_find(node: Mapping[str, Any], found: dict[str, Any]) -> None:
+    validate_lr_find(node)
+    found["end_lr"] = node["end_lr"]
+
+
+def _check_optimizer(node: Mapping[str, Any], found: dict[str, Any]) -> None:
+    """optimizer.lr=find is decided by the range test before training, and its consequences
+    checked again then (`check_found_lr`); until then the optimizer and schedule are
+    checked against the largest lr the test can return (lr_find.end_lr)."""
+    found["lr"] = lr = _lr(node["lr"], found["end_lr"])
+    validate_optimizer(node, lr)
+    shape = (found["image_shape"], found["num_classes"])
+    found["groups"] = tuple(_groups(node, found["model"], shape))
+
+
+def _check_logger(node: Mapping[str, Any], found: dict[str, Any]) -> None:
+    validate_logger(node)
+
+
+def _check_scheduler(node: Mapping[str, Any], found: dict[str, Any]) -> None:
+    _schedule(node, found["epochs"], found["steps_per_epoch"], found["lr"], found["groups"])
+
+
+# Every group's checker, in the order errors are reported ("": the top-level keys); each
+# reads what the ones before it put into `found` (runner/config/schema.py declares the keys
+# each checks).
+CHECKS: tuple[tuple[str, Callable[[Mapping[str, Any], dict[str, Any]], None]], ...] = (
+    ("", _check_top),
+    ("trainer", _check_trainer),
+    ("data", _check_data),
+    ("model", _check_model),
+    ("lr_find", _check_lr_find),
+    ("optimizer", _check_optimizer),
+    ("scheduler", _check_scheduler),
+    ("logger", _check_logger),
+)
 
 
 def use_branch(cfg: Mapping[str, Any], checked: Checked) -> Checked:
@@ -147,9 +214,12 @@ def use_branch(cfg: Mapping[str, Any], checked: Checked) -> Checked:
 def checked_lr(cfg: Mapping[str, Any]) -> float:
     """optimizer.lr as the number the optimizer gets (lr=find: lr_find.end_lr, the largest
     the range test can return)."""
-    lr = cfg["optimizer"]["lr"]
+    return _lr(cfg["optimizer"]["lr"], cfg["lr_find"]["end_lr"])
+
+
+def _lr(lr: Any, end_lr: float) -> float:
     if lr == "find":
-        return float(cfg["lr_find"]["end_lr"])
+        return float(end_lr)
     if not is_number(lr) or lr <= 0:
         raise ConfigError("optimizer.lr", lr, "must be a number > 0, or find")
     need_number("optimizer.lr", lr)  # and one that fits in float32
@@ -158,11 +228,21 @@ def checked_lr(cfg: Mapping[str, Any]) -> float:
 
 def check_schedule(cfg: Mapping[str, Any], checked: Checked) -> None:
     """The scheduler against the base lr of each planned param group."""
+    _schedule(cfg["scheduler"], cfg["epochs"], checked.steps_per_epoch, checked.lr, checked.groups)
+
+
+def _schedule(
+    node: Mapping[str, Any],
+    epochs: int,
+    per_epoch: int,
+    lr: float,
+    groups: tuple[tuple[str, float], ...],
+) -> None:
     validate_scheduler(
-        cfg["scheduler"],
-        epochs=cfg["epochs"],
-        steps_per_epoch=checked.steps_per_epoch,
-        base_lrs=[checked.lr * m for _, m in checked.groups],
+        node,
+        epochs=epochs,
+        steps_per_epoch=per_epoch,
+        base_lrs=[lr * m for _, m in groups],
         metrics=EPOCH_METRICS,
     )
 

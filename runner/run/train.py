@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from runner.config.schema import RunSpec, Trainer, run_spec
 from runner.data.fingerprint import absolute_roots, check_same_data, describe, fingerprint
 from runner.data.sets import augment as augment_batch
 from runner.data.sets import batches, load_data, steps_per_epoch
@@ -104,7 +105,7 @@ def config_yaml(cfg: DictConfig, run_dir: Path | None = None) -> str:
 
 
 def start_track(
-    cfg: DictConfig,
+    trainer: Trainer,
     held: ExitStack,
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
@@ -126,24 +127,27 @@ def start_track(
     over); the newest epoch is persisted however the loop ends."""
     saver = held.enter_context(
         checkpoint.checkpointer(
-            run_dir,
-            cfg.trainer,
+            run_dir if trainer.checkpoint else None,
+            trainer.checkpoint_interval_s,
             background,
             config=config_text,
             data=data,
             session=session,
             first=partial(snapshot, progress) if new else None,
+            keep_epochs=trainer.keep_epochs,
+            save_best=trainer.save_best,
         )
     )
-    return track_for(cfg.trainer, optimizer, scheduler, logger, progress, snapshot, saver, say)
+    return track_for(trainer, optimizer, scheduler, logger, progress, snapshot, saver, say)
 
 
-def startup_line(cfg: DictConfig, device: torch.device) -> str:
+def startup_line(spec: RunSpec, device: torch.device) -> str:
     """What trains, where, how: a single run's first log line, and each fused member's
     (runner/sweep/fused.py, after saying it is fused)."""
+    optimizer = spec.optimizer
     return (
-        f"{label(cfg.model)} on {cfg.data.name} ({device}), {label(cfg.optimizer)} "
-        f"lr={cfg.optimizer.lr}, scheduler={label(cfg.scheduler)}, {cfg.epochs} epochs"
+        f"{label(spec.model)} on {spec.data['name']} ({device}), {label(optimizer)} "
+        f"lr={optimizer['lr']}, scheduler={label(spec.scheduler)}, {spec.epochs} epochs"
     )
 
 
@@ -188,7 +192,7 @@ def _send_held_rows(
 
 
 def fit(
-    cfg: DictConfig,
+    spec: RunSpec,
     run: Run,
     logger: RunLogger,
     *,
@@ -203,17 +207,18 @@ def fit(
 ) -> Result:
     """Train from epoch 0, or from the checkpoint `start` (its weights already in `run` when
     `weights_loaded`); checkpoint into ckpt_dir if given (written on `background`'s thread
-    when given). `config_text`: the run's config.yaml text, kept in every checkpoint (made
-    from cfg when not given; the CLI passes the text it wrote, a few ms saved). `session`:
-    this process, named in its checkpoints. `data`: the fingerprint of its data, in them too."""
-    shuffle = torch.Generator().manual_seed(cfg.seed)  # data order: its own stream, seeded
+    when given). `spec`: the run's validated, typed config (runner/config/schema.py).
+    `config_text`: the run's config.yaml text, kept in every checkpoint (made from `spec`
+    when not given; the CLI passes the text it wrote). `session`: this process, named in
+    its checkpoints. `data`: the fingerprint of its data, in them too."""
+    shuffle = torch.Generator().manual_seed(spec.seed)  # data order: its own stream, seeded
     progress = (
         checkpoint.restore(start, run, shuffle, weights=not weights_loaded)
         if start
         else checkpoint.Progress()
     )
-    if config_text is None and ckpt_dir is not None and cfg.trainer.checkpoint:
-        config_text = config_yaml(cfg)  # = the config.yaml written for it
+    if config_text is None and ckpt_dir is not None and spec.trainer.checkpoint:
+        config_text = OmegaConf.to_yaml(dataclasses.asdict(spec))
 
     def snapshot(p: checkpoint.Progress) -> dict[str, Any]:
         # a schedule-free optimizer's: at its eval weights, inside the engine's window
@@ -221,7 +226,7 @@ def fit(
 
     with ExitStack() as held:
         track = start_track(
-            cfg,
+            spec.trainer,
             held,
             run.optimizer,
             run.scheduler,
@@ -235,12 +240,12 @@ def fit(
             new=start is None or start.get("branched", False),  # a branch's start: last.pt now
             session=session,
         )
-        engine = Engine([track], cfg.epochs, step=progress.step, elapsed_s=progress.elapsed_s)
+        engine = Engine([track], spec.epochs, step=progress.step, elapsed_s=progress.elapsed_s)
         engine.run(
-            SingleModel(cfg, run, shuffle),
+            SingleModel(spec, run, shuffle),
             start=progress.epoch,
             stop=agreed_stop(stop or StopFlag(), run.dist),  # under DDP: every rank stops together
-            bar_mode=cfg.trainer.progress,
+            bar_mode=spec.trainer.progress,
             desc="epoch {epoch}/{epochs}",
         )
     assert track.result is not None
@@ -252,13 +257,12 @@ class SingleModel:
     rank's share of each under DDP) in groups of trainer.accumulate, the training step, the
     epoch's sums, validation."""
 
-    def __init__(self, cfg: DictConfig, run: Run, shuffle: torch.Generator) -> None:
+    def __init__(self, spec: RunSpec, run: Run, shuffle: torch.Generator) -> None:
         self.run, self.shuffle = run, shuffle
-        # read once: an OmegaConf lookup costs microseconds, and 10 ms epochs add them up
-        trainer, micro = cfg.trainer, cfg.data.batch_size
+        trainer, micro = spec.trainer, spec.data["batch_size"]
         self.accumulate = trainer.accumulate
         self.micro, self.batch_size = micro, micro * self.accumulate  # per optimizer step
-        self.augment = cfg.data.get("augment", False)  # only image sets that have the key
+        self.augment = spec.data.get("augment", False)  # only image sets that have the key
         self.n_train = run.data.n_train
         self.steps_per_epoch = steps_per_epoch(self.n_train, micro, self.accumulate)
         self.val_batch_size = max(micro, 1024)  # no gradients: larger batches fit
@@ -272,15 +276,15 @@ class SingleModel:
         }
         self.loss_sum = self.correct = self.norm_sum = torch.zeros(())
         self.steps = 0  # optimizer steps this epoch: train/grad_norm is their mean
-        self.seed = cfg.seed
+        self.seed = spec.seed
         self.recalibrate = bn_batches(trainer, run)
         # data=dataset not held in memory: DataLoaders (runner/data/stream.py), else None;
         # under DDP each rank's loader fetches only its share of each batch
         self.stream = loaders_for(
-            cfg.data,
+            spec.data,
             run.data,
             micro,
-            cfg.seed,
+            spec.seed,
             run.device,
             share=(run.dist.rank, run.dist.world) if run.dist.active else (0, 1),
         )
@@ -400,12 +404,12 @@ class SingleModel:
         pass
 
 
-def bn_batches(trainer: Any, run: Run) -> int:
+def bn_batches(trainer: Trainer, run: Run) -> int:
     """How many batches recompute the BatchNorm statistics before each validation: the
     trainer's bn_recalibrate_batches when a schedule-free optimizer trains a model with
     BatchNorm (its eval weights are not the weights the running statistics were collected
     at), else 0."""
-    n = trainer["bn_recalibrate_batches"]
+    n = trainer.bn_recalibrate_batches
     return n if n and schedule_free(run.optimizer) and has_batch_norm(run.model) else 0
 
 
@@ -425,7 +429,7 @@ def use_range_test(cfg: DictConfig, run_dir: Path, checked: Checked) -> Checked:
 
     onecycle/cyclic get it as max_lr (their max_lr/base_lr are reset to null, which
     means optimizer.lr and optimizer.lr / 10, Smith's bounds)."""
-    lr, _ = find_lr(cfg, run_dir / "lr_find")
+    lr, _ = find_lr(run_spec(cfg), run_dir / "lr_find")
     cfg.optimizer.lr = float(lr)
     for key in ("max_lr", "base_lr"):
         if key in cfg.scheduler and cfg.scheduler.get("name") in ("onecycle", "cyclic"):
@@ -665,9 +669,10 @@ def _run(
         config["lr_find"]["found_lr"] = found  # W&B config: the lr the range test chose
     if (signum := signalled()) is not None:
         return _stopped(run_dir, dist, signum, state)
-    run = build_run(cfg, dist=dist)
-    data = fingerprint(cfg.data, load_data(cfg.data))  # loaded by build_run: cached
-    log.info(startup_line(cfg, run.device))
+    spec = run_spec(cfg)  # the config is final now: typed once, what the rest reads
+    run = build_run(spec, dist=dist)
+    data = fingerprint(spec.data, load_data(spec.data))  # loaded by build_run: cached
+    log.info(startup_line(spec, run.device))
     log.info(describe(data))
     branched = state is None and cfg.get("branch") is not None
     if branched:  # its trunk's epoch, its own schedule (runner/run/branch.py)
@@ -682,7 +687,7 @@ def _run(
         return _stopped(run_dir, dist, signum, state)
     wandb_id = state["wandb_id"] if state else None
     session = checkpoint.Session()  # this process, in its checkpoints and status.json
-    loggers = cfg.logger if dist.is_main else {}  # only rank 0 talks to W&B / TensorBoard
+    loggers = spec.logger if dist.is_main else {}  # only rank 0 talks to W&B / TensorBoard
     with (
         Background() as background,
         open_logger(
@@ -699,7 +704,7 @@ def _run(
             result = _interrupted(signum, state)
         else:
             result = fit(
-                cfg,
+                spec,
                 run,
                 logger,
                 ckpt_dir=run_dir if dist.is_main else None,

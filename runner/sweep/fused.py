@@ -38,6 +38,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.nn import functional as F
 
+from runner.config.schema import RunSpec, run_spec
 from runner.data.fingerprint import fingerprint as data_fingerprint
 from runner.data.sets import TensorData, batches, load_data, place, resize_images, steps_per_epoch
 from runner.data.stream import is_streamed
@@ -206,17 +207,17 @@ def _note(member: Member, level: int, message: str) -> None:
 
 
 def _build(
-    members: Sequence[Member],
+    specs: Sequence[RunSpec],
 ) -> tuple[torch.device, TensorData, StackedNet, list, list, list]:
     """Each member's model, optimizer and scheduler built as a single run builds its own
     (runner/train/builders.py `build_member`: its threads, its seed -> the same init), then
     the models stacked. Data is loaded once for all."""
-    first = members[0].cfg
+    first = specs[0]
     device = resolve_device(first.trainer.device)
     data = load_data(first.data)
     models, optimizers, schedules = [], [], []
-    for m in members:
-        model, optimizer, schedule = build_member(m.cfg, data, device)
+    for spec in specs:
+        model, optimizer, schedule = build_member(spec, data, device)
         # never stepped itself (the fused step reads its lr); a step without gradients
         # changes nothing and tells torch's scheduler the optimizer is in use (no warning)
         optimizer.step()
@@ -287,7 +288,8 @@ def _fit(members: Sequence[Member], stop: Any, background: Background, cleanup: 
     for m in members:
         if "wandb" in m.cfg.logger and m.cfg.logger.wandb.mode != "disabled":
             m.wandb_id = uuid.uuid4().hex[:8]  # W&B's own ids are 8 characters of [a-z0-9]
-    device, data, net, models, optimizers, schedules = _build(members)
+    specs = [run_spec(m.cfg) for m in members]  # each member's validated config, typed
+    device, data, net, models, optimizers, schedules = _build(specs)
     parts = {"models": models, "optimizers": optimizers, "schedules": schedules}
     k, epochs, batch_size = len(members), first.epochs, first.data.batch_size
     fused = FusedOptimizer(
@@ -308,7 +310,7 @@ def _fit(members: Sequence[Member], stop: Any, background: Background, cleanup: 
         snapshot = partial(_member_state, i, net, fused, parts, shuffles[i], m.wandb_id)
         tracks.append(
             start_track(
-                m.cfg,
+                specs[i].trainer,
                 cleanup,
                 optimizers[i],
                 schedules[i],
@@ -326,10 +328,10 @@ def _fit(members: Sequence[Member], stop: Any, background: Background, cleanup: 
     engine = Engine(
         tracks, epochs, note=f", fused x{k}", diverge_note="; the other fused jobs go on"
     )
-    for m in members:
-        _note(m, logging.INFO, f"fused with {k - 1} other job(s): {startup_line(m.cfg, device)}")
+    for m, spec in zip(members, specs, strict=True):
+        _note(m, logging.INFO, f"fused with {k - 1} other job(s): {startup_line(spec, device)}")
     per_step = any(t.per_step for t in tracks)  # then the lrs are read before every step
-    trainers = [m.cfg.trainer for m in members]
+    trainers = [spec.trainer for spec in specs]
     models = StackedModels(
         net, fused, data, streams, per, batch_size, device, per_step, engine, trainers
     )

@@ -1,4 +1,5 @@
-"""Config -> the objects a run needs. The loop receives these and builds nothing itself."""
+"""A run's typed config (runner/config/schema.py `RunSpec`) -> the objects it needs. The loop
+receives these and builds nothing itself."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+from runner.config.schema import RunSpec
 from runner.data.sets import TensorData, load_data, place, resize_images, steps_per_epoch
 from runner.dist.ddp import SINGLE, Dist
 from runner.dist.workers import USER_THREADS, in_loky_worker
@@ -105,60 +107,58 @@ def build_optimizer(
 
 
 def build_model(
-    cfg: Mapping[str, Any], data: TensorData, device: torch.device
+    spec: RunSpec, data: TensorData, device: torch.device
 ) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
     """Threads, seed, then model and optimizer, in that order (the order fixes the RNG use:
     the same seed gives the same init wherever a model is built)."""
-    set_threads(cfg["trainer"]["num_threads"])
-    seed_everything(cfg["seed"], cfg["trainer"]["deterministic"])
-    model = build_for(cfg["model"], data, device)  # before the optimizer: lazy modules
-    optimizer = build_optimizer(cfg["optimizer"], model, cfg["model"])
+    set_threads(spec.trainer.num_threads)
+    seed_everything(spec.seed, spec.trainer.deterministic)
+    model = build_for(spec.model, data, device)  # before the optimizer: lazy modules
+    optimizer = build_optimizer(spec.optimizer, model, spec.model)
     return model, optimizer
 
 
 def build_member(
-    cfg: Mapping[str, Any], data: TensorData, device: torch.device
+    spec: RunSpec, data: TensorData, device: torch.device
 ) -> tuple[torch.nn.Module, torch.optim.Optimizer, LRSchedule]:
     """One run's model, optimizer and lr schedule (`build_model`, then the schedule): what a
     single run (`build_run`) and each member of a fused group (runner/sweep/fused.py) train,
     built by this one function so that neither can skip a step (trainer.num_threads, the
     seed) the other takes. `data`: not yet placed on the device (the model may resize it)."""
-    model, optimizer = build_model(cfg, data, device)
+    model, optimizer = build_model(spec, data, device)
     # the only place epochs meet batches: per-step schedules need the batches per epoch
-    per_epoch = steps_per_epoch(
-        data.n_train, cfg["data"]["batch_size"], cfg["trainer"]["accumulate"]
-    )
+    per_epoch = steps_per_epoch(data.n_train, spec.data["batch_size"], spec.trainer.accumulate)
     scheduler = build_scheduler(
-        cfg["scheduler"], optimizer, epochs=cfg["epochs"], steps_per_epoch=per_epoch
+        spec.scheduler, optimizer, epochs=spec.epochs, steps_per_epoch=per_epoch
     )
     return model, optimizer, scheduler
 
 
 def build_training_parts(
-    cfg: Mapping[str, Any], data: TensorData | None = None, dist: Dist = SINGLE
+    spec: RunSpec, data: TensorData | None = None, dist: Dist = SINGLE
 ) -> tuple[torch.device, TensorData, torch.nn.Module, torch.optim.Optimizer]:
     """Data, model, optimizer without a schedule (the LR range test sets the lr itself).
     `data` skips loading (loading uses no RNG; the split is fixed by data.split_seed)."""
-    device = resolve_device(cfg["trainer"]["device"], dist)
-    data = data if data is not None else load_data(cfg["data"])
-    model, optimizer = build_model(cfg, data, device)
+    device = resolve_device(spec.trainer.device, dist)
+    data = data if data is not None else load_data(spec.data)
+    model, optimizer = build_model(spec, data, device)
     data = place(resize_images(data, getattr(model, "input_size", None)), device)
     return device, data, model, optimizer
 
 
-def build_run(cfg: Mapping[str, Any], data: TensorData | None = None, dist: Dist = SINGLE) -> Run:
+def build_run(spec: RunSpec, data: TensorData | None = None, dist: Dist = SINGLE) -> Run:
     """Everything `fit` needs: the member (`build_member`) and how batches reach it."""
-    device = resolve_device(cfg["trainer"]["device"], dist)
-    data = data if data is not None else load_data(cfg["data"])
-    model, optimizer, scheduler = build_member(cfg, data, device)
+    device = resolve_device(spec.trainer.device, dist)
+    data = data if data is not None else load_data(spec.data)
+    model, optimizer, scheduler = build_member(spec, data, device)
     data = place(resize_images(data, getattr(model, "input_size", None)), device)
-    trainer = cfg["trainer"]
+    trainer = spec.trainer
     has_conv = any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
     # conv nets run faster channels-last on CUDA (tensor cores) and on CPU (oneDNN): measured
     # 17 % for LeNet and 7 % for ResNet-18 per run on 2 CPU cores; MPS is left alone
     channels_last = len(data.image_shape) == 3 and (  # a memory format of 4-D batches only
-        trainer["channels_last"] is True
-        or (trainer["channels_last"] == "auto" and device.type in ("cuda", "cpu") and has_conv)
+        trainer.channels_last is True
+        or (trainer.channels_last == "auto" and device.type in ("cuda", "cpu") and has_conv)
     )
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -166,9 +166,9 @@ def build_run(cfg: Mapping[str, Any], data: TensorData | None = None, dist: Dist
     if dist.active:
         ids = [device.index] if device.type == "cuda" else None
         forward = DistributedDataParallel(model, device_ids=ids)
-    if trainer["compile"]:
+    if trainer.compile:
         forward = torch.compile(forward)
-    amp_ctx, scaler = autocast(device, trainer["amp"])
+    amp_ctx, scaler = autocast(device, trainer.amp)
     return Run(
         device, data, model, optimizer, scheduler, amp_ctx, scaler, forward, channels_last, dist
     )

@@ -18,12 +18,13 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
 
+from runner.config.schema import Trainer
 from runner.io import checkpoint
 from runner.io.loggers import RunLogger
 from runner.train.steps import eval_weights, progress_bar
@@ -108,7 +109,7 @@ class Track:
 
 
 def track_for(
-    trainer: Mapping[str, Any],
+    trainer: Trainer,
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
     logger: RunLogger,
@@ -117,7 +118,7 @@ def track_for(
     saver: checkpoint.Checkpointer | None,
     say: Callable[[int, str], None],
 ) -> Track:
-    """A run's Track, its stop rules and logging read from its `trainer` config once: a
+    """A run's Track, its stop rules and logging read from its typed `trainer` node once: a
     single run's (runner/run/train.py) and each fused member's (runner/sweep/fused.py)."""
     return Track(
         optimizer,
@@ -127,10 +128,10 @@ def track_for(
         snapshot=snapshot,
         saver=saver,
         say=say,
-        diverge_loss=trainer["diverge_loss"],
-        monitor=trainer["monitor"],
-        monitor_mode=trainer["monitor_mode"],
-        log_every=trainer["log_every_n_steps"],
+        diverge_loss=trainer.diverge_loss,
+        monitor=trainer.monitor,
+        monitor_mode=trainer.monitor_mode,
+        log_every=trainer.log_every_n_steps,
     )
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import dataclasses
 import io
 import logging
 import math
@@ -22,9 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
 
-from runner.config.schema import LrFind, check_node
+from runner.config.schema import LrFind, RunSpec, check_node
 from runner.data.sets import batches
 from runner.data.stream import Loaders, is_streamed
 from runner.io import files
@@ -329,22 +329,22 @@ def describe(result: RangeTest, chosen: str) -> str:
     return "\n".join(lines)
 
 
-def find_lr(cfg: DictConfig, out: Path) -> tuple[float, RangeTest]:
+def find_lr(spec: RunSpec, out: Path) -> tuple[float, RangeTest]:
     """Build the run's model/data/optimizer (same seed as training), test, write outputs."""
-    probe = copy.deepcopy(cfg)
-    probe.optimizer.lr = 1.0  # group lrs become the param-group multipliers
+    # group lrs become the param-group multipliers
+    probe = dataclasses.replace(spec, optimizer={**spec.optimizer, "lr": 1.0})
     _, data, model, optimizer = build_training_parts(probe)
     result = range_test(
-        cfg.lr_find,
+        dataclasses.asdict(spec.lr_find),
         model,
         optimizer,
         data,
-        seed=cfg.seed,
-        batch_size=cfg.data.batch_size,
-        amp=cfg.trainer.amp,
-        progress=cfg.trainer.progress,
+        seed=spec.seed,
+        batch_size=spec.data["batch_size"],
+        amp=spec.trainer.amp,
+        progress=spec.trainer.progress,
     )
-    chosen = cfg.lr_find.suggestion
+    chosen = spec.lr_find.suggestion
     write_outputs(result, out, chosen)
     print(describe(result, chosen))
     return result.suggestions[chosen], result
