@@ -42,6 +42,7 @@ from schedulers.declare import defaults as defaults
 from schedulers.declare import key
 
 EPOCH_METRICS = ("train/loss", "train/acc", "val/loss", "val/acc")  # what may be monitored
+AVG_METRICS = ("val_avg/loss", "val_avg/acc")  # the averaged model's (trainer.average)
 SEED_MAX = 2**32 - 1  # numpy's np.random.seed (and scikit-learn's random_state) take no more
 MAX_EPOCHS = 1_000_000  # validation steps through every epoch of a schedule (lr_lambda, _target_)
 _DEVICE = r"auto|cpu|mps|cuda(:\d+)?"
@@ -62,7 +63,8 @@ class Trainer:
     progress: str = key("auto", choice("auto", "bar", "line"))
     checkpoint: bool = key(True, boolean())
     checkpoint_interval_s: float = key(1.0, number(0))
-    monitor: str = key("val/acc", choice(*EPOCH_METRICS))
+    # val_avg/*: the averaged model's (trainer.average on)
+    monitor: str = key("val/acc", choice(*EPOCH_METRICS, *AVG_METRICS))
     # auto: max for an accuracy, min for a loss (schedulers.checks.mode_for); checked
     # against monitor below
     monitor_mode: str = key("auto", choice(*MODES))
@@ -73,12 +75,26 @@ class Trainer:
     grad_clip_value: float | None = key(None, number(0, lo_open=True, optional=True))
     accumulate: int = key(1, integer(1))  # micro-batches per optimizer step
     label_smoothing: float = key(0.0, number(0, 1, hi_open=True))  # the training loss only
+    # weight averaging beside the trained model (torch.optim.swa_utils; runner/train/averaging.py)
+    average: str = key("none", choice("none", "ema", "swa"))
+    ema_decay: float = key(0.999, number(0, 1, lo_open=True, hi_open=True))  # per optimizer step
+    # the first epoch whose end-of-epoch weights SWA averages (null: epochs * 3 // 4); checked
+    # against epochs in runner/train/averaging.py
+    swa_start: int | None = key(None, integer(0, optional=True))
+    swa_lr: float | None = key(None, number(0, lo_open=True, optional=True))  # null: the schedule's
 
     @staticmethod
     def check_keys(prefix: str, node: Mapping[str, Any]) -> None:
-        """What ties keys together: a mode that contradicts its metric; two clippings."""
+        """What ties keys together: a mode that contradicts its metric; two clippings; an
+        averaged model's metric monitored without one."""
         mode, metric = node["monitor_mode"], node["monitor"]
         need_mode(f"{prefix}.monitor_mode", mode, metric, f"{prefix}.monitor")
+        if metric in AVG_METRICS and node["average"] == "none":
+            raise ConfigError(
+                f"{prefix}.monitor",
+                metric,
+                f"needs an averaged model: set {prefix}.average to ema or swa (or monitor val/*)",
+            )
         if node["grad_clip_norm"] is not None and node["grad_clip_value"] is not None:
             raise ConfigError(
                 f"{prefix}.grad_clip_value",

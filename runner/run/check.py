@@ -18,6 +18,7 @@ from runner.config.schema import EPOCH_METRICS, GROUPS, SCHEMAS, Run, Trainer, c
 from runner.data.fingerprint import absolute_roots
 from runner.data.sets import data_shape, load_data, steps_per_epoch, validate_data
 from runner.dist.ddp import wanted
+from runner.train.averaging import validate_average
 from runner.train.builders import resolve_device
 from runner.train.model_check import check_model_on_data
 from runner.train.models import model_parts, part_names, probe_model, validate_model
@@ -91,6 +92,7 @@ def _validate(cfg: Mapping[str, Any]) -> Checked:
             raise ConfigError(key, "???", "must be set (it has no default)")
     check_node("", {k: v for k, v in cfg.items() if k not in GROUPS}, Run)
     check_node("trainer", cfg["trainer"], Trainer)
+    validate_average(cfg["trainer"], cfg["epochs"])
     wanted(cfg["trainer"]["strategy"])  # ddp outside torchrun: an error now
     resolve_device(cfg["trainer"]["device"])  # `cuda` without CUDA: an error now, not mid-run
 

@@ -104,6 +104,8 @@ def why_not_fusable(cfg: DictConfig) -> str | None:
         "trainer.amp": cfg.trainer.amp,
         "trainer.compile": cfg.trainer.compile,
         "trainer.strategy=ddp": cfg.trainer.strategy == "ddp",
+        # the averaged model is a single run's (runner/train/averaging.py)
+        f"trainer.average={cfg.trainer.average}": cfg.trainer.average != "none",
     }
     bad = [name for name, on in reasons.items() if on]
     return f"{', '.join(bad)} is not supported fused" if bad else None
@@ -462,6 +464,9 @@ class StackedModels:
             return losses, self.val_acc
         finally:
             net.train()
+
+    def validate_average(self, epoch: int) -> list[tuple[float, float] | None]:
+        return [None] * self.k  # trainer.average does not fuse (why_not_fusable)
 
     def stop_member(self, i: int) -> None:
         self.fused.freeze(i)  # weights and state zeroed, lr 0: its NaNs never spread
