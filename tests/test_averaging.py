@@ -24,7 +24,15 @@ from runner.sweep.report import main
 from runner.train.builders import build_run
 from runner.train.stopping import StopFlag
 from schedulers import ConfigError
-from tests.helpers import comparable, make_cfg, read_metrics, tensorboard_scalars
+from tests.helpers import (
+    assert_same_rows,
+    comparable,
+    make_cfg,
+    read_metrics,
+    tensorboard_scalars,
+    train_members,
+    train_separate,
+)
 
 FAST = ("logger=none", "trainer.progress=line", "trainer.log_every_n_steps=0")
 # digits: 1437 training samples in batches of 512 -> 3 optimizer steps an epoch
@@ -218,13 +226,35 @@ def test_a_run_with_averaging_stopped_mid_epoch_resumes_exactly(tmp_path, monkey
 # -- fused sweeps
 
 
-def test_averaging_jobs_train_separately_not_fused():
-    """The averaged model is a single run's: a fused launcher runs such jobs on their own,
-    saying why."""
-    assert why_not_fusable(make_cfg("trainer.average=ema")) == (
-        "trainer.average=ema is not supported fused"
-    )
-    assert why_not_fusable(make_cfg()) is None
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "average",
+    [
+        ["trainer.average=ema", "trainer.ema_decay=0.9"],
+        ["trainer.average=swa", "trainer.swa_start=1", "trainer.swa_lr=0.02"],
+    ],
+)
+def test_fused_members_average_like_separate_runs(tmp_path, average):
+    """One AveragedModel over the stacked net averages each member's slice as its own run
+    averages its model: rows (val_avg included) and each member's checkpointed average (a
+    single run's format) equal the separate runs'; SWALR sets each member's lr."""
+    common = [*FAST, *FEW_STEPS, "epochs=3", *average]
+    jobs = [[*common, "seed=1"], [*common, "seed=2", "optimizer.lr=0.1"]]
+    assert why_not_fusable(make_cfg(*jobs[0])) is None
+    members = train_members(tmp_path, jobs)
+    assert [m.result.status for m in members] == ["completed"] * 2
+    for member, overrides in zip(members, jobs, strict=True):
+        separate = train_separate(tmp_path, overrides)
+        assert_same_rows(member.run_dir, separate)
+        for row, ref in zip(read_metrics(member.run_dir), read_metrics(separate), strict=True):
+            for key in ("val_avg/loss", "val_avg/acc"):
+                if key in ref:  # SWA: not before swa_start (assert_same_rows: same keys)
+                    assert row[key] == pytest.approx(ref[key], rel=1e-4), key
+        assert "val_avg/acc" in read_metrics(member.run_dir)[-1]
+        fused, alone = _averaged(member.run_dir), _averaged(separate)
+        assert fused.keys() == alone.keys()
+        for key, value in alone.items():
+            torch.testing.assert_close(fused[key], value, rtol=1e-4, atol=1e-6)
 
 
 # -- the sweep report
