@@ -167,8 +167,8 @@ def test_the_averaged_models_batchnorm_statistics_are_update_bns(tmp_path):
     """A model with BatchNorm: the averaged model's running statistics are not the raw
     model's (nor left at their initial values) but update_bn's over the training split in
     order, with the averaged weights."""
-    args = (*FAST, "epochs=2", "model=target", "model._target_=tests.user_models.BatchNormNet",
-            "trainer.average=ema", "trainer.ema_decay=0.9")  # fmt: skip
+    args = (*FAST, *FEW_STEPS, "epochs=2", "model=target", "trainer.average=ema",
+            "model._target_=tests.user_models.BatchNormNet", "trainer.ema_decay=0.9")  # fmt: skip
     train(make_cfg(*args), tmp_path)
     state = torch.load(tmp_path / "last.pt", weights_only=True)
     saved, raw = state["average"], state["model"]
@@ -178,7 +178,7 @@ def test_the_averaged_models_batchnorm_statistics_are_update_bns(tmp_path):
     for key in ("body.2.running_mean", "body.2.running_var"):
         expected.module.get_buffer(key).fill_(7.0)  # update_bn must reset and recompute them
     data = run.data
-    update_bn(((x, y) for x, y in batches(data.x_train, data.y_train, 64)), expected)
+    update_bn(((x, y) for x, y in batches(data.x_train, data.y_train, 512)), expected)
     for key in ("body.2.running_mean", "body.2.running_var"):
         torch.testing.assert_close(saved[f"module.{key}"], expected.module.get_buffer(key))
         assert not torch.allclose(saved[f"module.{key}"], raw[key], atol=1e-3)
@@ -223,10 +223,23 @@ def test_a_run_with_averaging_stopped_mid_epoch_resumes_exactly(tmp_path, monkey
         assert torch.equal(resumed[key], value), key
 
 
+def test_extending_an_swa_run_whose_start_is_a_share_of_the_run_is_refused(tmp_path):
+    """swa_start null is 3/4 of the run: resumed with more epochs it would move (and the
+    average and SWALR with it). With swa_start set, the run extends."""
+    args = [*FAST, *FEW_STEPS, "epochs=2", "trainer.average=swa"]
+    train(make_cfg(*args), tmp_path / "share")
+    given = [f"resume={tmp_path / 'share'}", "epochs=3"]
+    with pytest.raises(ConfigError, match=r"^epochs=3: cannot extend .*trainer\.swa_start is null"):
+        train(make_cfg(*given), tmp_path / "share", overrides=given)
+    train(make_cfg(*args, "trainer.swa_start=1"), tmp_path / "set")
+    given = [f"resume={tmp_path / 'set'}", "epochs=3"]
+    assert train(make_cfg(*given), tmp_path / "set", overrides=given).status == "completed"
+    assert int(_averaged(tmp_path / "set")["n_averaged"]) == 2
+
+
 # -- fused sweeps
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(
     "average",
     [

@@ -63,7 +63,6 @@ class Trainer:
     progress: str = key("auto", choice("auto", "bar", "line"))
     checkpoint: bool = key(True, boolean())
     checkpoint_interval_s: float = key(1.0, number(0))
-    # val_avg/*: the averaged model's (trainer.average on)
     monitor: str = key("val/acc", choice(*EPOCH_METRICS, *AVG_METRICS))
     # auto: max for an accuracy, min for a loss (schedulers.checks.mode_for); checked
     # against monitor below
@@ -75,13 +74,10 @@ class Trainer:
     grad_clip_value: float | None = key(None, number(0, lo_open=True, optional=True))
     accumulate: int = key(1, integer(1))  # micro-batches per optimizer step
     label_smoothing: float = key(0.0, number(0, 1, hi_open=True))  # the training loss only
-    # weight averaging beside the trained model (torch.optim.swa_utils; runner/train/averaging.py)
     average: str = key("none", choice("none", "ema", "swa"))
-    ema_decay: float = key(0.999, number(0, 1, lo_open=True, hi_open=True))  # per optimizer step
-    # the first epoch whose end-of-epoch weights SWA averages (null: epochs * 3 // 4); checked
-    # against epochs in runner/train/averaging.py
+    ema_decay: float = key(0.999, number(0, 1, lo_open=True, hi_open=True))
     swa_start: int | None = key(None, integer(0, optional=True))
-    swa_lr: float | None = key(None, number(0, lo_open=True, optional=True))  # null: the schedule's
+    swa_lr: float | None = key(None, number(0, lo_open=True, optional=True))
 
     @staticmethod
     def check_keys(prefix: str, node: Mapping[str, Any]) -> None:
