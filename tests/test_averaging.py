@@ -185,6 +185,26 @@ def test_the_averaged_models_batchnorm_statistics_are_update_bns(tmp_path):
     assert not torch.allclose(saved["module.body.2.running_var"], torch.ones(16), atol=1e-3)
 
 
+@pytest.mark.slow
+def test_streamed_data_recalibrates_batchnorm_as_data_in_memory_does(tmp_path):
+    """data=dataset through a DataLoader (data.in_memory=false): update_bn reads the train
+    split in order from the loader, as the in-memory path reads its tensors."""
+    blobs = "tests.user_datasets.Blobs"
+    args = [*FAST, "epochs=2", "data=dataset", f"data.train={{_target_:{blobs},size:90}}",
+            f"data.val={{_target_:{blobs},size:30,offset:1}}", "data.batch_size=32",
+            "model=target", "model._target_=tests.user_models.BatchNormNet",
+            "trainer.average=ema", "trainer.ema_decay=0.5"]  # fmt: skip
+    for where in ("true", "false"):
+        train(make_cfg(*args, f"data.in_memory={where}"), tmp_path / where)
+    streamed, held = read_metrics(tmp_path / "false"), read_metrics(tmp_path / "true")
+    assert [r["val_avg/loss"] for r in streamed] == pytest.approx(
+        [r["val_avg/loss"] for r in held], rel=1e-5
+    )
+    a, b = _averaged(tmp_path / "false"), _averaged(tmp_path / "true")
+    torch.testing.assert_close(a["module.body.2.running_var"], b["module.body.2.running_var"])
+    assert not torch.allclose(a["module.body.2.running_var"], torch.ones(16), atol=1e-3)
+
+
 # -- exact resume
 
 
