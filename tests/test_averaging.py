@@ -72,10 +72,10 @@ def _averaged(run_dir, name: str = "last.pt") -> dict[str, torch.Tensor]:
         # SWA averages epochs swa_start..epochs-1: none at all is an error, not an empty row
         (["trainer.average=swa", "epochs=5", "trainer.swa_start=5"], "trainer.swa_start"),
         (
-            ["trainer.monitor=val_avg/acc", "trainer.average=ema", "trainer.monitor_mode=min"],
+            ["trainer.average=ema", "trainer.monitor=val_avg/acc", "trainer.monitor_mode=min"],
             "trainer.monitor_mode",
         ),
-    ],  # fmt: skip
+    ],
 )
 def test_bad_averaging_keys_are_config_errors_naming_the_key(overrides, key):
     with pytest.raises(ConfigError, match=rf"^{key}="):
