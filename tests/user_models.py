@@ -122,3 +122,21 @@ class BnNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.body(x))
+
+
+class BatchNormNet(nn.Module):
+    """An MLP with a BatchNorm1d between its layers: the averaged model (trainer.average)
+    needs its own running statistics (swa_utils.update_bn)."""
+
+    def __init__(self, in_channels: int, image_size: int, num_classes: int, hidden: int = 16):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(in_channels * image_size * image_size, hidden),
+            nn.BatchNorm1d(hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)

@@ -32,7 +32,8 @@ class RaceSweeperConf:
     min_seeds: int = 3  # round 1: every configuration with seeds 0 .. min_seeds-1
     max_seeds: int = 10  # the race ends when the survivors have this many seeds
     alpha: float = 0.05  # family-wise error of each round's Holm-corrected comparisons
-    metric: str = "best_val_acc"  # best_val_acc | final_val_acc | best_val_loss | final_val_loss
+    # best_val_acc | final_val_acc | best_val_loss | final_val_loss (| best_val_avg_acc ...)
+    metric: str = "best_val_acc"
     # OmegaConf 2.3 reads Optional[...], not `X | None`
     max_runs: Optional[int] = None  # noqa: UP045  null: no budget; else no round that exceeds it
     # the sweep's axes, as the basic sweeper takes them (presets set them); a `seed` here is

@@ -44,6 +44,7 @@ from schedulers.declare import defaults as defaults
 from schedulers.declare import key, typed
 
 EPOCH_METRICS = ("train/loss", "train/acc", "val/loss", "val/acc")  # what may be monitored
+AVG_METRICS = ("val_avg/loss", "val_avg/acc")  # the averaged model's (trainer.average)
 SEED_MAX = 2**32 - 1  # numpy's np.random.seed (and scikit-learn's random_state) take no more
 MAX_EPOCHS = 1_000_000  # validation steps through every epoch of a schedule (lr_lambda, _target_)
 _DEVICE = r"auto|cpu|mps|cuda(:\d+)?"
@@ -76,7 +77,7 @@ class Trainer:
     # best.pt: full (a resumable checkpoint) | weights (the model's, its epoch, the config)
     # | false (none); last.pt keeps everything for resume= either way
     save_best: Any = key("weights", choice("full", "weights", False))
-    monitor: str = key("val/acc", choice(*EPOCH_METRICS))
+    monitor: str = key("val/acc", choice(*EPOCH_METRICS, *AVG_METRICS))
     # auto: max for an accuracy, min for a loss (schedulers.checks.mode_for); checked
     # against monitor below
     monitor_mode: str = key("auto", choice(*MODES))
@@ -93,12 +94,26 @@ class Trainer:
     # epochs whose checkpoint is kept as epoch_<k>.pt (a list, or N: every N epochs): the
     # points other runs may branch from (branch=<this run dir> branch_epoch=<k>)
     keep_epochs: Any = key(None, kept_epochs)
+    # weight averaging beside the trained model (runner/train/averaging.py): none | ema
+    # (every optimizer step) | swa (end-of-epoch weights from swa_start, 0-based epoch;
+    # null = the last quarter), optionally at a constant swa_lr (torch SWALR)
+    average: str = key("none", choice("none", "ema", "swa"))
+    ema_decay: float = key(0.999, number(0, 1, lo_open=True, hi_open=True))
+    swa_start: int | None = key(None, integer(0, optional=True))
+    swa_lr: float | None = key(None, number(0, lo_open=True, optional=True))
 
     @staticmethod
     def check_keys(prefix: str, node: Mapping[str, Any]) -> None:
-        """What ties keys together: a mode that contradicts its metric; two clippings."""
+        """What ties keys together: a mode that contradicts its metric; two clippings; an
+        averaged model's metric monitored without one."""
         mode, metric = node["monitor_mode"], node["monitor"]
         need_mode(f"{prefix}.monitor_mode", mode, metric, f"{prefix}.monitor")
+        if metric in AVG_METRICS and node["average"] == "none":
+            raise ConfigError(
+                f"{prefix}.monitor",
+                metric,
+                f"needs an averaged model: set {prefix}.average to ema or swa (or monitor val/*)",
+            )
         if node["grad_clip_norm"] is not None and node["grad_clip_value"] is not None:
             raise ConfigError(
                 f"{prefix}.grad_clip_value",

@@ -355,6 +355,13 @@ class Loaders:
         sizes = self.train_batches.global_sizes()
         return ((x, y, n) for (x, y), n in zip(self._moved(self.train_loader), sizes, strict=True))
 
+    def train_in_order(self, epoch: int) -> Iterator[tuple[Any, Any]]:
+        """The train split in order (no draw from any generator), samples seeded as in
+        `epoch`: what the averaged model's BatchNorm statistics are computed over
+        (runner/train/averaging.py)."""
+        self.train_batches.set_epoch(epoch)
+        return self._moved(self.train_loader)
+
     def val(self) -> Iterator[tuple[Any, Any]]:
         """The val split in order, every sample seeded as in every other epoch."""
         self.val_batches.set_epoch(VAL_EPOCH)

@@ -57,12 +57,17 @@ class Progress:
     best_metric: float | None = None  # of trainer.monitor, for best.pt
     elapsed_s: float = 0.0  # training wall time before this process
 
-    def end_epoch(self, epoch: int, value: float, mode: str, metric: str | None = None) -> bool:
+    def end_epoch(
+        self, epoch: int, value: float | None, mode: str, metric: str | None = None
+    ) -> bool:
         """Epoch `epoch` is done and the monitored metric (named `metric`) was `value`: True
         when that is the best so far (trainer.monitor_mode max, min, or auto: by `metric`,
         schedulers.checks.mode_for), i.e. when best.pt should take this epoch. Without
-        `metric`, auto means max (the default monitor is val/acc)."""
+        `metric`, auto means max (the default monitor is val/acc). `value` None: the epoch
+        has no such metric (val_avg/* before SWA's first average), so it is not the best."""
         self.epoch = epoch + 1
+        if value is None:
+            return False
         resolved = mode_for(metric, mode) if metric is not None else mode
         sign = -1 if resolved == "min" else 1
         is_best = self.best_metric is None or sign * value > sign * self.best_metric
@@ -195,7 +200,23 @@ def snapshot(
         "rng": _rng_state(shuffle),  # fresh copies already
         "wandb_id": wandb_id,
         "rows_sent": rows_sent,
+        "average": average_snapshot(run),
     }
+
+
+def average_snapshot(run: Any) -> dict[str, Any] | None:
+    """trainer.average's averaged model (its weights, BatchNorm statistics and count), copied;
+    None without one. A resume that lost it would silently restart the average."""
+    average = getattr(run, "average", None)
+    return None if average is None else _snapshot(average.state_dict())
+
+
+def load_average(state: dict[str, Any], run: Any) -> None:
+    """The averaged model back; a checkpoint without one (averaging turned on at a resume)
+    starts the average afresh."""
+    average = getattr(run, "average", None)
+    if average is not None and state.get("average") is not None:
+        average.load_state_dict(state["average"])
 
 
 class Checkpointer:
@@ -424,6 +445,7 @@ def load_weights(state: dict[str, Any], run: Any) -> None:
     run.scheduler.load_state_dict(state["scheduler"])
     if run.scaler is not None and state["scaler"] is not None:
         run.scaler.load_state_dict(state["scaler"])
+    load_average(state, run)
 
 
 def restore(

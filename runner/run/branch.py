@@ -41,6 +41,7 @@ FREE_TRAINER_KEYS = (
     "checkpoint",
     "checkpoint_interval_s",
     "keep_epochs",
+    "save_best",
     "log_every_n_steps",
     "diverge_loss",
 )

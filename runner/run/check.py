@@ -21,6 +21,7 @@ from runner.data.fingerprint import absolute_roots
 from runner.data.sets import data_shape, load_data, steps_per_epoch, validate_data
 from runner.dist.ddp import wanted
 from runner.run.branch import check_branch
+from runner.train.averaging import validate_average
 from runner.train.builders import resolve_device
 from runner.train.model_check import check_model_on_data
 from runner.train.models import model_parts, part_names, probe_model, validate_model
@@ -135,6 +136,7 @@ def _check_top(node: Mapping[str, Any], found: dict[str, Any]) -> None:
 
 def _check_trainer(node: Mapping[str, Any], found: dict[str, Any]) -> None:
     check_node("trainer", node, Trainer)
+    validate_average(node, found["epochs"])
     wanted(node["strategy"])  # ddp outside torchrun: an error now
     resolve_device(node["device"])  # `cuda` without CUDA: an error now, not mid-run
     found["accumulate"] = node["accumulate"]

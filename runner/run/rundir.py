@@ -95,6 +95,10 @@ LATER_KEYS = {
     "trainer.label_smoothing": 0.0,
     "trainer.bn_recalibrate_batches": 0,
     "trainer.keep_epochs": None,
+    "trainer.average": "none",
+    "trainer.ema_decay": 0.999,
+    "trainer.swa_start": None,
+    "trainer.swa_lr": None,
 }
 
 
@@ -183,6 +187,14 @@ def _override_keys(overrides: Sequence[str]) -> dict[str, str]:
     return keys
 
 
+def swa_extend_blocker(trainer: Any) -> tuple[str, str] | None:
+    """trainer.average=swa with swa_start null starts SWA at 3/4 of the run (and
+    trainer.swa_lr with it): more epochs would move a start the run may have passed."""
+    if trainer.get("average") == "swa" and trainer.get("swa_start") is None:
+        return "trainer.swa_start", "trainer.swa_start is null: SWA starts at 3/4 of the run"
+    return None
+
+
 def extend_blocker(scheduler: Any) -> tuple[str, str] | None:
     """Why more epochs would change the schedule a run has already followed: the key of a
     length that means "the whole run" (or `scheduler`, for a schedule that has none), and
@@ -248,12 +260,14 @@ def _check_extension(saved: DictConfig, old: int, new: int, run_dir: Path) -> No
         raise ConfigError(
             "epochs", new, f"below the saved epochs={old}: a resumed run can only be extended"
         )
-    blocker = extend_blocker(saved.scheduler)
+    blocker = extend_blocker(saved.scheduler) or swa_extend_blocker(saved.trainer)
     if blocker is not None:
         key, why = blocker
         how = (
             "use a schedule with explicit lengths"
             if key == "scheduler"
+            else f"set {key}"
+            if key.startswith("trainer.")
             else f"set {key} (in units of scheduler.interval)"
         )
         raise ConfigError(

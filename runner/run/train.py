@@ -278,6 +278,7 @@ class SingleModel:
         self.steps = 0  # optimizer steps this epoch: train/grad_norm is their mean
         self.seed = spec.seed
         self.recalibrate = bn_batches(trainer, run)
+        self.average = run.average  # trainer.average's averaged model, or None
         # data=dataset not held in memory: DataLoaders (runner/data/stream.py), else None;
         # under DDP each rank's loader fetches only its share of each batch
         self.stream = loaders_for(
@@ -338,6 +339,8 @@ class SingleModel:
             self.correct += (logits.argmax(1) == y).sum()
         if norm is not None:
             self.norm_sum += norm
+        if self.average is not None:
+            self.average.after_step()  # ema: every optimizer step
         self.steps += 1
         if len(out) == 1:  # most runs: the batch's own loss
             loss = out[0][0]
@@ -396,6 +399,40 @@ class SingleModel:
         run = self.run
         with run.amp_ctx:
             return run.forward(run.prepare(x))
+
+    def validate_average(self, epoch: int) -> list[tuple[float, float] | None]:
+        """The averaged model (trainer.average) updated at the epoch's end (swa), its
+        BatchNorm statistics recomputed over the training split, then validated."""
+        average = self.average
+        if average is None:
+            return [None]
+        average.end_epoch(epoch)
+        if not average.ready:
+            return [None]
+        average.recalibrate(self.train_inputs(epoch))
+        run, model = self.run, average.model
+
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            with run.amp_ctx:
+                return model(run.prepare(x))
+
+        if self.stream is not None:
+            val = self.stream.val()
+        else:
+            val = batches(run.data.x_val, run.data.y_val, self.val_batch_size, device=run.device)
+        losses, accs = evaluate(forward, val)
+        return [(losses[0], accs[0])]
+
+    def train_inputs(self, epoch: int) -> Iterator[torch.Tensor]:
+        """The training split's inputs in order, in batches of data.batch_size, without
+        augmentation and without drawing from any RNG (the data order's generator
+        included): what update_bn reads. Under DDP, streamed data is this rank's share."""
+        run = self.run
+        if self.stream is not None:
+            xs = (x for x, _ in self.stream.train_in_order(epoch))
+        else:
+            xs = (x for x, _ in batches(run.data.x_train, run.data.y_train, self.micro))
+        return (run.prepare(x.to(run.device)) for x in xs)
 
     def stop_member(self, i: int) -> None:
         pass  # a single run ends with its only member (the engine has no one left)

@@ -30,7 +30,13 @@ METRICS = {  # name -> (row key, reduce over epochs, higher is better)
     "final_val_acc": ("val/acc", lambda s: s[-1], True),
     "best_val_loss": ("val/loss", min, False),
     "final_val_loss": ("val/loss", lambda s: s[-1], False),
+    # the averaged model's (trainer.average: ema or swa; runner/train/averaging.py)
+    "best_val_avg_acc": ("val_avg/acc", max, True),
+    "final_val_avg_acc": ("val_avg/acc", lambda s: s[-1], True),
+    "best_val_avg_loss": ("val_avg/loss", min, False),
+    "final_val_avg_loss": ("val_avg/loss", lambda s: s[-1], False),
 }
+BASE_METRICS = tuple(m for m in METRICS if "_avg_" not in m)  # every run's rows have these
 FEW_SEEDS = 5
 ALPHA = 0.05  # family-wise error rate of the report's comparisons
 POWER = 0.8  # the power `seeds_needed` asks for

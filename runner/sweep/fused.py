@@ -8,6 +8,11 @@ of the stacked gradients, stacked.py `clip_members`) and when to call a run dive
 Everything that shapes a batch, the model or the loss (model, data, batch size,
 trainer.accumulate, trainer.label_smoothing, epochs, device) must match.
 
+Weight averaging (trainer.average: ema, swa, with swa_lr) is the group's (the keys are
+in its key): one torch AveragedModel over the stacked net, whose update is elementwise, so
+per member by construction; each member's checkpoint holds its own slice in a single run's
+format, and its schedule is handed to SWALR as a single run's is.
+
 Each member keeps what a single run has: its model built from its own seed (then stacked,
 runner/sweep/stacked.py), its own shuffle generator, its own torch optimizer and real torch
 scheduler (which set the lr that the fused step reads), its own
@@ -58,6 +63,7 @@ from runner.run.train import (
 from runner.sweep.stacked import FusedOptimizer, StackedNet, clip_members
 from runner.sweep.sweepdir import record_refused
 from runner.train import models, optimizers
+from runner.train.averaging import Averager, build_average, with_swa_lr
 from runner.train.builders import build_member, resolve_device
 from runner.train.engine import Engine, Result, Track
 from runner.train.steps import evaluate, groups
@@ -218,6 +224,7 @@ def _build(
     models, optimizers, schedules = [], [], []
     for spec in specs:
         model, optimizer, schedule = build_member(spec, data, device)
+        schedule = with_swa_lr(spec.trainer, schedule, spec.epochs)  # as build_run does
         # never stepped itself (the fused step reads its lr); a step without gradients
         # changes nothing and tells torch's scheduler the optimizer is in use (no warning)
         optimizer.step()
@@ -246,6 +253,7 @@ def _member_state(
     shuffle: torch.Generator,
     wandb_id: str | None,
     progress: Any,
+    average: Averager | None = None,
 ) -> dict[str, Any]:
     """Member i as a single run's checkpoint (runner/io/checkpoint.py's format): its weights
     and optimizer state unstacked into its own model and torch optimizer, so that the
@@ -265,7 +273,29 @@ def _member_state(
     )
     # its rows reach W&B/TensorBoard only when the launcher replays the member: a member
     # resumed on its own before that sends them first (runner/run/train.py)
-    return checkpoint.snapshot(run, progress, shuffle, wandb_id, rows_sent=False)
+    state = checkpoint.snapshot(run, progress, shuffle, wandb_id, rows_sent=False)
+    state["average"] = _member_average(i, net, average, parts["models"][i])
+    return state
+
+
+def _member_average(
+    i: int, net: StackedNet, average: Averager | None, model: torch.nn.Module
+) -> dict[str, torch.Tensor] | None:
+    """Member i's slice of the stacked averaged model, as the state_dict of a single run's
+    AveragedModel of its own model (`n_averaged`, `module.<param>`): the ordinary runner
+    resumes it. Fusable models have no buffers, so their parameters are all of it."""
+    if average is None:
+        return None
+    names = {id(q): name for name, q in model.named_parameters()}
+    stacked = average.model.module.stacked_params()
+    state = {
+        f"module.{names[id(sources[i])]}": net.as_member(p, stacked[p][i].detach()).clone(
+            memory_format=torch.contiguous_format
+        )
+        for p, sources in enumerate(net.sources)
+    }
+    state["n_averaged"] = average.model.n_averaged.detach().clone()
+    return state
 
 
 def _data_streams(members: Sequence[Member]) -> tuple[list[torch.Generator], int]:
@@ -295,6 +325,7 @@ def _fit(members: Sequence[Member], stop: Any, background: Background, cleanup: 
     fused = FusedOptimizer(
         net.stacked_params(), optimizers, _param_groups(net, optimizers), first.optimizer.name
     )
+    average = build_average(first.trainer, net, epochs)  # the group's (in its key)
     loggers = [RunLogger(m.run_dir) for m in members]  # metrics.jsonl now; backends replayed
     for logger in loggers:
         cleanup.callback(logger.close_metrics)
@@ -307,7 +338,9 @@ def _fit(members: Sequence[Member], stop: Any, background: Background, cleanup: 
         # member i as a single run's checkpoint, at the progress given; as a single run,
         # last.pt is on disk before the first batch (a job killed in its first epoch
         # resumes on its own), and the newest epoch is persisted however the loop ends
-        snapshot = partial(_member_state, i, net, fused, parts, shuffles[i], m.wandb_id)
+        snapshot = partial(
+            _member_state, i, net, fused, parts, shuffles[i], m.wandb_id, average=average
+        )
         tracks.append(
             start_track(
                 specs[i].trainer,
@@ -333,7 +366,7 @@ def _fit(members: Sequence[Member], stop: Any, background: Background, cleanup: 
     per_step = any(t.per_step for t in tracks)  # then the lrs are read before every step
     trainers = [spec.trainer for spec in specs]
     models = StackedModels(
-        net, fused, data, streams, per, batch_size, device, per_step, engine, trainers
+        net, fused, data, streams, per, batch_size, device, per_step, engine, trainers, average
     )
     engine.run(
         models,
@@ -371,7 +404,9 @@ class StackedModels:
         any_per_step: bool,
         engine: Engine,
         trainers: Sequence[Any],
+        average: Averager | None = None,
     ) -> None:
+        self.average = average  # trainer.average over the stacked net: the group's
         self.net, self.fused, self.data, self.streams, self.per = net, fused, data, streams, per
         self.batch_size, self.device, self.k = batch_size, device, net.k
         self.n_train = data.y_train.shape[0]
@@ -440,6 +475,8 @@ class StackedModels:
             params = self.fused.params
             self.norm_sum += clip_members(params, self.clip_norms, self.clip_values)
         self.fused.step()
+        if self.average is not None:
+            self.average.after_step()  # ema: every optimizer step
         self.steps += 1
         assert step_loss is not None
         return step_loss.tolist
@@ -466,6 +503,19 @@ class StackedModels:
             return losses, self.val_acc
         finally:
             net.train()
+
+    def validate_average(self, epoch: int) -> list[tuple[float, float] | None]:
+        """The stacked averaged model updated at the epoch's end (swa), then every member's
+        slice of it on the val batches (fusable models have no BatchNorm to recalibrate)."""
+        average = self.average
+        if average is None:
+            return [None] * self.k
+        average.end_epoch(epoch)
+        if not average.ready:
+            return [None] * self.k
+        val = batches(self.data.x_val, self.data.y_val, max(self.micro, 1024), device=self.device)
+        losses, accs = evaluate(average.model, val)
+        return list(zip(losses, accs, strict=True))
 
     def stop_member(self, i: int) -> None:
         self.fused.freeze(i)  # weights and state zeroed, lr 0: its NaNs never spread

@@ -81,10 +81,10 @@ def loss_value(metric: str, completed: Sequence[Any]) -> float:
     any completed job of the race recorded at any epoch (finite, so the paired t test still
     works; at least as bad as every completed job's best or final loss); 0.0 when no job
     completed (every configuration then scores the same)."""
-    _, _, higher_is_better = METRICS[metric]
+    key, _, higher_is_better = METRICS[metric]
     if higher_is_better:
         return LOSS_ACC
-    seen = [v for j in completed for v in j.series("val/loss") if math.isfinite(v)]
+    seen = [v for j in completed for v in j.series(key) if math.isfinite(v)]  # val(_avg)/loss
     return max(seen, default=0.0)
 
 

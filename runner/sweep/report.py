@@ -28,7 +28,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 
 from runner.io.files import WriteFailed, read_json, replace_atomic, write_text_atomic
-from runner.sweep.compare import ALPHA, METRICS, Comparison, all_pairs
+from runner.sweep.compare import ALPHA, BASE_METRICS, METRICS, Comparison, all_pairs
 from runner.sweep.compare import markdown as compare_markdown
 from runner.sweep.jobs import Group, Job, common_overrides, group_jobs, load_jobs, without_seed
 from runner.sweep.race import RACE_FILE
@@ -47,12 +47,33 @@ def _mean_std(values: Sequence[float], one: float = 0.0) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else one
 
 
+def metric_stats(jobs: Sequence[Job], metric: str) -> tuple[float, float]:
+    """Mean and std of `metric` (compare.METRICS) over the jobs whose rows have its key (an
+    averaged model's val_avg/* is only in runs with trainer.average on); NaN without any."""
+    key, reduce, _ = METRICS[metric]
+    return _mean_std([reduce(s) for s in (j.series(key) for j in jobs) if s], math.nan)
+
+
+class NoSuchMetric(ValueError):
+    """The report's metric is in no completed run's rows (val_avg/* without trainer.average)."""
+
+
+def check_metric(groups: Sequence[Group], metric: str) -> None:
+    """A ranking by a metric no completed run logged would rank nothing: say why instead."""
+    key = METRICS[metric][0]
+    if any(j.series(key) for g in groups for j in g.finished):
+        return
+    why = (
+        " (the averaged model's: the runs need trainer.average=ema or swa)"
+        if key.startswith("val_avg/")
+        else ""
+    )
+    raise NoSuchMetric(f"--metric {metric}: no completed run of this sweep logged {key}{why}")
+
+
 def summarize(group: Group, target_acc: float) -> dict[str, Any]:
     done = group.finished
-    final_acc = _mean_std([j.series("val/acc")[-1] for j in done], math.nan)
-    best_acc = _mean_std([max(j.series("val/acc")) for j in done], math.nan)
-    final_loss = _mean_std([j.series("val/loss")[-1] for j in done], math.nan)
-    best_loss = _mean_std([min(j.series("val/loss")) for j in done], math.nan)
+    stats = {m: metric_stats(done, m) for m in METRICS}
     reach = [
         next((i + 1 for i, a in enumerate(j.series("val/acc")) if a >= target_acc), None)
         for j in done
@@ -70,14 +91,7 @@ def summarize(group: Group, target_acc: float) -> dict[str, Any]:
         # its status.json but unreadable (no metrics.jsonl row, or a row without val/acc
         # or val/loss: runner/sweep/jobs.py Job.readable)
         "failed": len(group.jobs) - len(done) - group.count("diverged") - group.count("running"),
-        "best_val_acc_mean": best_acc[0],
-        "best_val_acc_std": best_acc[1],
-        "final_val_acc_mean": final_acc[0],
-        "final_val_acc_std": final_acc[1],
-        "best_val_loss_mean": best_loss[0],
-        "best_val_loss_std": best_loss[1],
-        "final_val_loss_mean": final_loss[0],
-        "final_val_loss_std": final_loss[1],
+        **{f"{m}_{part}": stats[m][i] for m in METRICS for i, part in enumerate(("mean", "std"))},
         "epochs_to_target_mean": statistics.fmean(reached) if reached else math.nan,
         "reached_target": len(reached),
         "wall_time_s_mean": statistics.fmean(walls) if walls else math.nan,
@@ -122,7 +136,11 @@ def per_seed(groups: list[Group], metric: str) -> dict[str, dict[int, float]]:
     """Each configuration's metric per seed, over its completed runs."""
     key, reduce, _ = METRICS[metric]
     return {
-        g.label: {j.seed: reduce(j.series(key)) for j in g.finished if j.seed is not None}
+        g.label: {
+            j.seed: reduce(j.series(key))
+            for j in g.finished
+            if j.seed is not None and j.series(key)  # val_avg/*: runs with trainer.average
+        }
         for g in groups
     }
 
@@ -139,6 +157,7 @@ def markdown(
     suffix: str = "",
 ) -> str:
     shared = " ".join(without_seed(common)) or "none"
+    columns = table_metrics(rows, metric)
     lines = [f"# Sweep report: {sweep_dir}", ""]
     if top := headline(rows, comparisons, metric):
         lines += [top, ""]
@@ -152,9 +171,9 @@ def markdown(
         f"{target_acc:.0%}: mean over the seeds that reached it (k/n reached).",
         "",
         "| # | config | runs | done | diverged | failed | running | "
-        + " | ".join(f"**{c}**" if c == _name(metric) else c for c in map(_name, METRICS))
+        + " | ".join(f"**{c}**" if c == _name(metric) else c for c in map(_name, columns))
         + f" | epochs to {target_acc:.0%} | wall s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|" + "---|" * len(columns) + "---|---|",
     ]
     ties = {frozenset((c.a, c.b)) for c in comparisons if c.tie}
     rank, leader = 0, None
@@ -173,11 +192,9 @@ def markdown(
         wall = "—" if math.isnan(r["wall_time_s_mean"]) else f"{r['wall_time_s_mean']:.1f}"
         lines.append(
             f"| {label} | `{r['config']}` | {r['n']} | {r['completed']} | {r['diverged']} "
-            f"| {r['failed']} | {r['running']} "
-            f"| {_pm(r['best_val_acc_mean'], r['best_val_acc_std'])} "
-            f"| {_pm(r['final_val_acc_mean'], r['final_val_acc_std'])} "
-            f"| {_pm(r['best_val_loss_mean'], r['best_val_loss_std'])} "
-            f"| {_pm(r['final_val_loss_mean'], r['final_val_loss_std'])} | {to_target} | {wall} |"
+            f"| {r['failed']} | {r['running']} | "
+            + "".join(f"{_pm(r[f'{m}_mean'], r[f'{m}_std'])} | " for m in columns)
+            + f"{to_target} | {wall} |"
         )
     if pending:
         lines += ["", describe_refused(list(pending)) + "."]
@@ -205,6 +222,16 @@ def markdown(
     return "\n".join(lines)
 
 
+def table_metrics(rows: Sequence[dict[str, Any]], metric: str) -> list[str]:
+    """The metric columns of the table: every run's four, and the averaged model's when a
+    run logged them (trainer.average) or the report ranks by one."""
+    averaged = [m for m in METRICS if m not in BASE_METRICS]
+    shown = metric in averaged or any(
+        not math.isnan(r[f"{m}_mean"]) for r in rows for m in averaged
+    )
+    return list(BASE_METRICS) + (averaged if shown else [])
+
+
 def _tied_with_top(
     rows: list[dict[str, Any]], comparisons: list[Comparison], metric: str
 ) -> list[tuple[dict[str, Any], str]]:
@@ -229,7 +256,7 @@ def _tied_with_top(
 def _values(rows: list[dict[str, Any]], metric: str) -> str:
     """The ranking metric beside its twin at the other epoch (best and final val acc, or
     loss), per configuration: a schedule can lead at its best epoch and trail at its last."""
-    what = metric.split("_", 1)[1]  # val_acc or val_loss
+    what = metric.split("_", 1)[1]  # val_acc, val_loss, val_avg_acc or val_avg_loss
     best, final = f"best_{what}", f"final_{what}"
     values = ", ".join(
         f"`{r['config']}` {r[f'{best}_mean']:.4f} / {r[f'{final}_mean']:.4f}" for r in rows
@@ -454,6 +481,7 @@ def write_report(
     groups = group_jobs(jobs)
     if not groups:
         raise FileNotFoundError(f"no runs found under {sweep_dir} (expected <job>/.hydra/)")
+    check_metric(groups, metric)
     rows = sorted((summarize(g, target_acc) for g in groups), key=_sort_key(metric))
     f = io.StringIO(newline="")
     writer = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -507,7 +535,7 @@ class SweepReport(Callback):
         try:
             print(write_report(sweep_dir, self.target_acc, self.metric))
             print(f"report written to {sweep_dir / 'report.md'}")
-        except FileNotFoundError as err:
+        except (FileNotFoundError, NoSuchMetric) as err:
             print(f"no sweep report: {err}")
         except WriteFailed as err:  # the sweep's jobs are done and on disk; only this failed
             print(f"no sweep report: {err}", file=sys.stderr)
@@ -551,6 +579,9 @@ def main(argv: list[str] | None = None) -> None:
         print(write_report(args.sweep_dir, args.target_acc, args.metric or "best_val_acc", suffix))
     except (FileNotFoundError, WriteFailed) as err:
         raise SystemExit(f"error: {err}") from None
+    except NoSuchMetric as err:  # a bad argument for these runs: one line, exit 2
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
     print(f"report written to {args.sweep_dir / suffixed('report.md', suffix)}")
 
 

@@ -19,6 +19,7 @@ from runner.data.sets import TensorData, load_data, place, resize_images, steps_
 from runner.dist.ddp import SINGLE, Dist
 from runner.dist.workers import USER_THREADS, in_loky_worker
 from runner.train import optimizers
+from runner.train.averaging import Averager, build_average, with_swa_lr
 from runner.train.model_check import build_for
 from runner.train.models import model_parts
 from runner.train.optimizers import split_params
@@ -37,6 +38,7 @@ class Run:
     forward: torch.nn.Module  # what batches go through: the model, compiled and/or DDP-wrapped
     channels_last: bool  # batches converted to channels_last before the forward pass
     dist: Dist = SINGLE  # this process's rank among torchrun's, or a single process
+    average: Averager | None = None  # trainer.average's averaged model (runner/train/averaging.py)
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
@@ -162,6 +164,7 @@ def build_run(spec: RunSpec, data: TensorData | None = None, dist: Dist = SINGLE
     )
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
+    scheduler, average = averaging_parts(spec, model, scheduler)  # a copy of the bare model
     forward: torch.nn.Module = model
     if dist.active:
         ids = [device.index] if device.type == "cuda" else None
@@ -170,5 +173,25 @@ def build_run(spec: RunSpec, data: TensorData | None = None, dist: Dist = SINGLE
         forward = torch.compile(forward)
     amp_ctx, scaler = autocast(device, trainer.amp)
     return Run(
-        device, data, model, optimizer, scheduler, amp_ctx, scaler, forward, channels_last, dist
+        device,
+        data,
+        model,
+        optimizer,
+        scheduler,
+        amp_ctx,
+        scaler,
+        forward,
+        channels_last,
+        dist,
+        average,
     )
+
+
+def averaging_parts(
+    spec: RunSpec, model: torch.nn.Module, scheduler: LRSchedule
+) -> tuple[Any, Averager | None]:
+    """trainer.average: the schedule (handed to SWALR at swa_start when trainer.swa_lr is
+    set) and the averaged model, copied from `model` in its final memory format, before
+    DDP or torch.compile wrap it."""
+    trainer, epochs = spec.trainer, spec.epochs
+    return with_swa_lr(trainer, scheduler, epochs), build_average(trainer, model, epochs)

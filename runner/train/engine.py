@@ -10,7 +10,8 @@ stop rule added once reaches both.
 Rows: `lr/<group>` is the lr the epoch's batches used (read before its first batch), and
 `momentum/<group>` beside it when the schedule cycles momentum (SGD's momentum or Adam's
 beta1, as OneCycleLR and CyclicLR set them). Step rows carry the same as `lr_step/` and
-`momentum_step/`.
+`momentum_step/`. With trainer.average on, epoch rows also carry the averaged model's
+`val_avg/loss` and `val_avg/acc` (runner/train/averaging.py), once it has averaged anything.
 """
 
 from __future__ import annotations
@@ -45,10 +46,11 @@ class Result:
 def describe_epoch(row: dict[str, Any], epochs: int, note: str = "") -> str:
     """The log line of an epoch row; `note` is added after the epoch's time."""
     lr_text = " ".join(f"{k}={v:.3g}" for k, v in row.items() if k.startswith("lr/"))
+    averaged = f"val_avg/acc={row['val_avg/acc']:.3f}  " if "val_avg/acc" in row else ""
     return (
         f"epoch {row['epoch']:>3}/{epochs}  {lr_text}  train/loss={row['train/loss']:.4f} "
         f"train/acc={row['train/acc']:.3f}  val/loss={row['val/loss']:.4f} "
-        f"val/acc={row['val/acc']:.3f}  ({row['time/epoch_s']:.2f}s{note})"
+        f"val/acc={row['val/acc']:.3f}  {averaged}({row['time/epoch_s']:.2f}s{note})"
     )
 
 
@@ -160,6 +162,11 @@ class Models(Protocol):
     def validate(self) -> tuple[list[float], list[float]]:
         """Each member's loss and accuracy on the whole validation split."""
 
+    def validate_average(self, epoch: int) -> list[tuple[float, float] | None]:
+        """At epoch `epoch`'s end: each member's averaged model (trainer.average) updated as
+        its kind says, then its (loss, accuracy) on the validation split; None for a member
+        without one yet (average none, or SWA before swa_start)."""
+
     def stop_member(self, i: int) -> None:
         """Member i diverged: it trains no more (the others go on)."""
 
@@ -256,7 +263,8 @@ class Engine:
             norms = models.grad_norms()
             with eval_weights(*(t.optimizer for t in self.tracks)):
                 val = models.validate()
-                stopped = self.end_epoch(epoch, train, val, norms)
+                averaged = models.validate_average(epoch)
+                stopped = self.end_epoch(epoch, train, val, norms, averaged)
             for i in stopped:
                 models.stop_member(i)
             models.epoch_done(epoch)
@@ -302,11 +310,13 @@ class Engine:
         train: tuple[list[float], list[float]],
         val: tuple[list[float], list[float]],
         norms: Sequence[float | None] = (),
+        averaged: Sequence[tuple[float, float] | None] = (),
     ) -> list[int]:
         """After validation: each active member's row logged, divergence checked, schedule
         stepped with the row (Plateau reads its monitored metric there), best tracked and
         checkpoint state snapshotted. `train`/`val` are (losses, accuracies), one per member;
-        `norms` each one's train/grad_norm (None: not measured, no such key in its row).
+        `norms` each one's train/grad_norm (None: not measured, no such key in its row);
+        `averaged` each one's averaged model's (val loss, val acc) (None: no val_avg keys).
         Returns the members that diverged in this epoch (they leave `active`)."""
         epoch_s = self.epoch_s = time.perf_counter() - self._t0
         (train_loss, train_acc), (val_loss, val_acc) = train, val
@@ -325,6 +335,8 @@ class Engine:
             }
             if i < len(norms) and norms[i] is not None:
                 row["train/grad_norm"] = norms[i]
+            if i < len(averaged) and averaged[i] is not None:
+                row["val_avg/loss"], row["val_avg/acc"] = averaged[i]
             t.logger.log_epoch(row)
             p.best_val_acc = max(p.best_val_acc, val_acc[i])
             t.say(logging.INFO, describe_epoch(row, self.epochs, self.note))
@@ -346,7 +358,8 @@ class Engine:
 
             # -- checkpoint: the state the next epoch starts from
             p.step = self.step
-            is_best = p.end_epoch(epoch, row[t.monitor], t.monitor_mode)  # resolved once
+            # val_avg/* is missing before SWA's first average: not a best epoch
+            is_best = p.end_epoch(epoch, row.get(t.monitor), t.monitor_mode)  # resolved once
             if t.saver is not None:
                 p.elapsed_s = time.perf_counter() - self.t_start
                 t.saver.epoch_end(t.snapshot(p), is_best)
