@@ -39,12 +39,13 @@ thumbnails: $(STAMP) ## regenerate the README's schedule thumbnails in docs/sche
 	  scheduler=$$(ls conf/scheduler | grep -v '^target' | sed 's/\.yaml$$//' | paste -sd, -)
 	rm -f docs/schedules/compare.png
 
-bench: $(STAMP) ## benchmarks (not part of test): overhead vs hand loop/Lightning, streamed data, start-up, fused sweeps, GPU
+bench: $(STAMP) ## benchmarks (not part of test): overhead vs hand loop/Lightning, streamed data, start-up, fused sweeps, budget sweeps by branches, GPU
 	$(BIN)/pip install --quiet -e '.[dev,bench]'
 	WANDB_SILENT=true $(BIN)/python benchmarks/bench_overhead.py
 	WANDB_SILENT=true $(BIN)/python benchmarks/bench_stream.py
 	$(BIN)/python benchmarks/bench_startup.py
 	WANDB_SILENT=true $(BIN)/python benchmarks/bench_fused.py
+	WANDB_SILENT=true $(BIN)/python benchmarks/bench_budgets.py
 	$(BIN)/python benchmarks/bench_gpu.py
 
 lint: $(STAMP) ## ruff check + format check + the import layers (import-linter, pyproject.toml)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import statistics
+import sys
 from pathlib import Path
 
 import pytest
@@ -60,13 +61,22 @@ def rerun_sweep(root: Path, budgets: dict[int, list[float]]) -> Path:
     return sweep
 
 
-def branch_sweeps(root: Path, budgets: dict[int, list[float]] = BRANCH) -> list[Path]:
-    """Per seed, a trunk (a run of its own, no sweep) and `-m branch=<trunk> scheduler=wsd
-    epochs=4,8` (seed=1 said for the second trunk): each branch's first rows its trunk's."""
+def branch_sweeps(
+    root: Path, budgets: dict[int, list[float]] = BRANCH, trunk_sweep: bool = False
+) -> list[Path]:
+    """Per seed, a trunk (a run of its own; with `trunk_sweep`, a job of the sweep
+    `-m scheduler=wsd epochs=8 trainer.keep_epochs=[3,6] seed=0,1` in root/trunks) and
+    `-m branch=<trunk> scheduler=wsd epochs=4,8` (seed=1 said for the second trunk): each
+    branch's first rows its trunk's."""
     sweeps = []
     for seed in range(2):
+        over = ["scheduler=wsd", "epochs=8", "trainer.keep_epochs=[3,6]", f"seed={seed}"]
+        where = root / "trunks" / ",".join(over) if trunk_sweep else root / f"trunk{seed}"
         trunk = run_dir(
-            root / f"trunk{seed}", {"seed": seed, "epochs": TRUNK_EPOCHS}, rows(8, 0.9), None
+            where,
+            {"seed": seed, "epochs": TRUNK_EPOCHS},
+            rows(TRUNK_EPOCHS, 0.9 + seed / 100),
+            over if trunk_sweep else None,
         )
         sweep = root / f"branches{seed}"
         for b, finals in budgets.items():
@@ -152,3 +162,35 @@ def test_an_also_dir_that_is_missing_is_exit_2_naming_it(tmp_path, capsys):
     assert exit_.value.code == 2
     assert capsys.readouterr().err.startswith(f"error: {tmp_path / 'nowhere'}: no such directory")
     assert not (reruns / "report.md").exists()
+
+
+@pytest.mark.slow
+def test_the_budgets_benchmark_runs_its_quick_sweep():
+    """benchmarks/bench_budgets.py --quick: budgets 5 and 6 (decay_fraction 0.5). Reruns
+    train 5 + 6 epochs; the trunk (the 6-epoch run) 6 and the 5-epoch branch, from its
+    decay at epoch 3, 2 more; both give the same final val accuracies."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import bench_budgets
+
+    result = bench_budgets.main(["--quick"])["results"]["digits MLP"]
+    assert (result["reruns epochs"], result["branches epochs"]) == (11, 8)
+    assert result["same final val acc"] and result["reruns s"] > 0 and result["branches s"] > 0
+
+
+def test_a_sweep_of_trunks_pooled_with_their_branches_is_their_strategy_s_longest_budget(
+    tmp_path,
+):
+    """The trunks trained as a sweep (WSD of the longest budget, keeping epochs) and passed
+    with --also are the branches' runs of 8 epochs, each paid for once: as a run."""
+    reruns = rerun_sweep(tmp_path, RERUN)
+    sweeps = branch_sweeps(tmp_path, {4: BRANCH[4]}, trunk_sweep=True)
+    main([str(reruns), *(a for s in [tmp_path / "trunks", *sweeps] for a in ("--also", str(s)))])
+    text = (reruns / "report.md").read_text()
+    assert "`scheduler=wsd`" not in text  # no strategy of its own
+    label = "`branch=<trunk> scheduler=wsd`"
+    assert table_row(text, f"| {label} | 8 | 2/2")[3:] == ["0.9050 ± 0.0635", "16"]
+    assert table_row(text, f"| {label} | 4 | 2/2")[4] == "2"
+    own = 2 * 8 + 2 * (4 - 3)
+    assert table_row(text, f"| {label} | 4 | 2 |") == [
+        label, "4", "2", "0", str(own), f"**{own}**", str(2 * (4 + 8)), f"{own / 24:.2f}",
+    ]  # fmt: skip

@@ -23,8 +23,9 @@ from runner.io.files import read_jsonl, replace_atomic
 from runner.sweep.compare import METRICS, paired_ci
 from runner.sweep.jobs import Group, Job, one_per_seed
 
-# override keys a strategy is read without: the seed, the budget and where a branch starts
-NOT_STRATEGY = ("seed", "epochs", "branch_epoch")
+# override keys a strategy is read without: the seed, the budget, where a branch starts and
+# the epochs a run keeps to branch from (they change nothing it computes)
+NOT_STRATEGY = ("seed", "epochs", "branch_epoch", "trainer.keep_epochs")
 TRUNK = "branch=<trunk>"
 
 
@@ -85,20 +86,35 @@ def final_metric(metric: str) -> str:
     return final if final in METRICS else metric
 
 
-def by_strategy(jobs: list[Job]) -> dict[str, dict[int, Group]]:
-    """Strategy label -> budget -> its jobs, one per seed (repeats aside). Overrides every
-    strategy shares are left out of the labels when there are two strategies or more."""
+def labels(jobs: list[Job]) -> dict[int, str]:
+    """Each job's strategy label (by id): its strategy overrides, less those every strategy
+    shares when there are two or more. A job that is the trunk of a branch among the jobs
+    (a sweep of trunks pooled with their branches) takes its branches' label: it is their
+    strategy's run of the longest budget, and paid for once."""
     overrides = {id(j): strategy_overrides(j) for j in jobs}
-    labels = {" ".join(o) for o in overrides.values()}
     common: set[str] = set()
-    if len(labels) > 1:
+    if len({" ".join(o) for o in overrides.values()}) > 1:
         common = set.intersection(*(set(o) for o in overrides.values()))
+    out = {
+        id(j): " ".join(o for o in overrides[id(j)] if o not in common) or "(defaults)"
+        for j in jobs
+    }
+    trunks = {t: out[id(j)] for j in jobs if (t := trunk_of(j)) is not None}
+    for job in jobs:
+        if (label := trunks.get(job.path.resolve())) is not None:
+            out[id(job)] = label
+    return out
+
+
+def by_strategy(jobs: list[Job]) -> dict[str, dict[int, Group]]:
+    """Strategy label (`labels`) -> budget -> its jobs, one per seed (repeats aside)."""
+    label_of = labels(jobs)
     out: dict[str, dict[int, Group]] = {}
     for job in jobs:
         b = budget(job)
         if b is None:
             continue
-        label = " ".join(o for o in overrides[id(job)] if o not in common) or "(defaults)"
+        label = label_of[id(job)]
         out.setdefault(label, {}).setdefault(b, Group(f"{label} epochs={b}")).jobs.append(job)
     for groups in out.values():
         for group in groups.values():
@@ -127,14 +143,16 @@ def cell(group: Group, budget_: int, metric: str) -> dict[str, Any]:
 
 def cost(groups: dict[int, Group]) -> dict[str, Any]:
     """A strategy's whole cost in epochs: its jobs' own epochs plus each trunk once (its
-    own epochs; a trunk dir that is gone counts up to its latest branch point, `missing`)."""
+    own epochs; a trunk dir that is gone counts up to its latest branch point, `missing`).
+    A trunk that is one of its jobs is paid for as that job."""
     jobs = [j for g in groups.values() for j in g.jobs + g.repeats]
+    members = {j.path.resolve() for j in jobs}
     trunks: dict[Path, int] = {}
     for job in jobs:
         if (trunk := trunk_of(job)) is not None:
             k = job.config.get("branch_epoch")
             trunks[trunk] = max(trunks.get(trunk, 0), k if isinstance(k, int) else 0)
-    read = {t: trunk_epochs(t) for t in trunks}
+    read = {t: trunk_epochs(t) for t in trunks if t not in members}
     trunk_total = sum(n if n is not None else trunks[t] for t, n in read.items())
     own = sum(own_epochs(j.rows) for j in jobs)
     scratch = sum(b * len(g.jobs + g.repeats) for b, g in groups.items())
@@ -185,8 +203,9 @@ def markdown(view: dict[str, dict[int, Group]], metric: str, png: str, dirs: int
         costs[label] = cost(groups)
     lines += [
         "",
-        "What each strategy cost in epochs trained: its trunks once each, plus its runs' "
-        "own epochs; beside it, one run from scratch per budget and seed.",
+        "What each strategy cost in epochs trained: its trunks once each (a trunk that is "
+        "one of its runs, its sweep in the view, in its own epochs), plus its runs' own "
+        "epochs; beside it, one run from scratch per budget and seed.",
         "",
         "| strategy | runs | trunks | trunk epochs | own epochs | **total epochs** "
         "| one run per budget | total / that |",
