@@ -18,6 +18,7 @@ import yaml
 from scipy import stats
 
 from runner.sweep.report import main, write_report
+from tests.helpers import run_cli
 
 RERUN = {4: [0.80, 0.82, 0.84], 8: [0.90, 0.91, 0.95]}  # budget -> final val acc per seed
 BRANCH = {4: [0.85, 0.86], 8: [0.93, 0.94]}  # budget -> per trunk seed
@@ -194,3 +195,33 @@ def test_a_sweep_of_trunks_pooled_with_their_branches_is_their_strategy_s_longes
     assert table_row(text, f"| {label} | 4 | 2 |") == [
         label, "4", "2", "0", str(own), f"**{own}**", str(2 * (4 + 8)), f"{own / 24:.2f}",
     ]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_the_documented_recipe_reruns_trunks_and_branches_meet_in_one_budget_table(tmp_path):
+    """docs/branches.md's four steps, tiny (budgets 5 and 6, 2 seeds, WSD decay 0.5): the
+    runner's own job dirs (config.yaml's branch and branch_epoch, from_trunk rows, job dirs
+    named however the launcher names them) read as the budget view says."""
+    wsd = ("scheduler=wsd", "scheduler.decay_fraction=0.5", "logger=none")
+    sweep = ("-m", "hydra/launcher=fused", "trainer.progress=line")
+    res = run_cli(*sweep, "scheduler=cosine", "epochs=5,6", "seed=0,1", "logger=none",
+                  f"hydra.sweep.dir={tmp_path / 'cosine'}", cwd=tmp_path)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    res = run_cli(*sweep, *wsd, "epochs=6", "trainer.keep_epochs=[3]", "seed=0,1",
+                  f"hydra.sweep.dir={tmp_path / 'trunks'}", cwd=tmp_path)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    branches = []
+    for trunk in sorted(p.parent for p in (tmp_path / "trunks").glob("*/config.yaml")):
+        seed = yaml.safe_load((trunk / "config.yaml").read_text())["seed"]
+        branches += ["--also", str(tmp_path / f"branches_{seed}")]
+        res = run_cli(*sweep, *wsd, f"branch={trunk}", f"seed={seed}", "epochs=5",
+                      f"hydra.sweep.dir={branches[-1]}", cwd=tmp_path)  # fmt: skip
+        assert res.returncode == 0, res.stderr
+    main([str(tmp_path / "cosine"), "--also", str(tmp_path / "trunks"), *branches])
+    text = (tmp_path / "cosine" / "report.md").read_text()
+    label = "`scheduler=wsd scheduler.decay_fraction=0.5 branch=<trunk>`"  # in their order
+    assert table_row(text, f"| {label} | 5 | 2/2")[4] == "4"  # from epoch 3 of 5, 2 seeds
+    assert table_row(text, f"| {label} | 6 | 2/2")[4] == "12"  # the trunks themselves
+    assert table_row(text, "| `scheduler=cosine` | 4 | 0 |")[5:] == ["**22**", "22", "1.00"]
+    assert table_row(text, f"| {label} | 4 | 2 |")[3:] == ["0", "16", "**16**", "22", "0.73"]
+    assert (tmp_path / "cosine" / "budgets.png").exists()
