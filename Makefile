@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install train test test-fast lint format clean lecture lecture-curves thumbnails bench
+.PHONY: help install train test test-fast lint format clean lecture lecture-curves thumbnails bench budgets
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -47,6 +47,9 @@ bench: $(STAMP) ## benchmarks (not part of test): overhead vs hand loop/Lightnin
 	WANDB_SILENT=true $(BIN)/python benchmarks/bench_fused.py
 	WANDB_SILENT=true $(BIN)/python benchmarks/bench_budgets.py
 	$(BIN)/python benchmarks/bench_gpu.py
+
+budgets: $(STAMP) ## how long to train? cosine reruns vs WSD branches vs schedule-free, MNIST-1D, 15/30/60 epochs, 3 seeds -> outputs/budgets/
+	WANDB_SILENT=true $(BIN)/python -m runner.sweep.budget_sweeps $(ARGS)
 
 lint: $(STAMP) ## ruff check + format check + the import layers (import-linter, pyproject.toml)
 	$(BIN)/ruff check .
