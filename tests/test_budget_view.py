@@ -109,11 +109,26 @@ def test_the_budget_table_s_costs_add_up_a_trunk_once_and_each_branch_after_its_
     # per strategy: runs, trunks, trunk epochs, own, total, one run per budget, the ratio
     own = (4 - 3) * 2 + (8 - 6) * 2
     branches = table_row(text, "| `branch=<trunk> scheduler=wsd` | 4 | 2 |")
-    assert branches == ["`branch=<trunk> scheduler=wsd`", "4", "2", "16", str(own),
-                        f"**{16 + own}**", str(2 * (4 + 8)), f"{(16 + own) / 24:.2f}"]  # fmt: skip
+    assert branches == [
+        "`branch=<trunk> scheduler=wsd`",
+        "4",
+        "2",
+        "16",
+        str(own),
+        f"**{16 + own}**",
+        str(2 * (4 + 8)),
+        f"{(16 + own) / 24:.2f}",
+    ]
     assert table_row(text, "| `scheduler=cosine` | 6 | 0 |") == [
-        "`scheduler=cosine`", "6", "0", "0", "36", "**36**", "36", "1.00",
-    ]  # fmt: skip
+        "`scheduler=cosine`",
+        "6",
+        "0",
+        "0",
+        "36",
+        "**36**",
+        "36",
+        "1.00",
+    ]
     assert "![final val acc by budget](budgets.png)" in text
     assert text in (reruns / "report.md").read_text()
     # the report's own table is still the sweep's own jobs: no branch in it
@@ -193,8 +208,15 @@ def test_a_sweep_of_trunks_pooled_with_their_branches_is_their_strategy_s_longes
     assert table_row(text, f"| {label} | 4 | 2/2")[4] == "2"
     own = 2 * 8 + 2 * (4 - 3)
     assert table_row(text, f"| {label} | 4 | 2 |") == [
-        label, "4", "2", "0", str(own), f"**{own}**", str(2 * (4 + 8)), f"{own / 24:.2f}",
-    ]  # fmt: skip
+        label,
+        "4",
+        "2",
+        "0",
+        str(own),
+        f"**{own}**",
+        str(2 * (4 + 8)),
+        f"{own / 24:.2f}",
+    ]
 
 
 def test_make_budgets_plans_reruns_trunks_keeping_the_decay_starts_and_a_branch_sweep_each(
@@ -228,8 +250,19 @@ def test_make_budgets_tiny_puts_cosine_branches_and_schedule_free_in_one_budget_
     read as the budget view says."""
     monkeypatch.chdir(tmp_path)  # the MNIST-1D cache: data/
     out = tmp_path / "budgets"
-    text = budget_sweeps.main(["--out", str(out), "--budgets", "5,6", "--seeds", "0,1",
-                               "--decay-fraction", "0.5", "data.num_samples=500"])  # fmt: skip
+    text = budget_sweeps.main(
+        [
+            "--out",
+            str(out),
+            "--budgets",
+            "5,6",
+            "--seeds",
+            "0,1",
+            "--decay-fraction",
+            "0.5",
+            "data.num_samples=500",
+        ]
+    )
     assert text == (out / "cosine" / "report.md").read_text()
 
     def row(*parts: str) -> list[str]:

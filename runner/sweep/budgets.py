@@ -182,7 +182,8 @@ def markdown(view: dict[str, dict[int, Group]], metric: str, png: str, dirs: int
         f"## Budgets: {name} by training budget",
         "",
         f"The runs{pooled} differ in `epochs`, their training budget. A strategy is a "
-        "configuration without `seed`, `epochs` and `branch_epoch` (`branch=<trunk>`: "
+        "configuration without `seed`, `epochs`, `branch_epoch` and `trainer.keep_epochs` "
+        "(`branch=<trunk>`: "
         f"branches of any trunk). {name.capitalize()}: mean ± the 95 % t interval's half "
         "width over completed seeds (none for one seed). Epochs trained: what the runs "
         "trained themselves, all seeds, a branch only after its branch point (its rows "
@@ -227,7 +228,7 @@ def plot(view: dict[str, dict[int, Group]], metric: str, path: Path) -> Path:
     """The metric against the budget, a line per strategy, 95 % interval error bars."""
     import matplotlib  # only when drawn
 
-    matplotlib.use("Agg")
+    matplotlib.use("Agg")  # before pyplot: no display needed
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
