@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install train test test-fast lint format clean lecture lecture-curves thumbnails bench
+.PHONY: help install train test test-fast lint format clean lecture lecture-curves thumbnails bench budgets
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -39,13 +39,17 @@ thumbnails: $(STAMP) ## regenerate the README's schedule thumbnails in docs/sche
 	  scheduler=$$(ls conf/scheduler | grep -v '^target' | sed 's/\.yaml$$//' | paste -sd, -)
 	rm -f docs/schedules/compare.png
 
-bench: $(STAMP) ## benchmarks (not part of test): overhead vs hand loop/Lightning, streamed data, start-up, fused sweeps, GPU
+bench: $(STAMP) ## benchmarks (not part of test): overhead vs hand loop/Lightning, streamed data, start-up, fused sweeps, budget sweeps by branches, GPU
 	$(BIN)/pip install --quiet -e '.[dev,bench]'
 	WANDB_SILENT=true $(BIN)/python benchmarks/bench_overhead.py
 	WANDB_SILENT=true $(BIN)/python benchmarks/bench_stream.py
 	$(BIN)/python benchmarks/bench_startup.py
 	WANDB_SILENT=true $(BIN)/python benchmarks/bench_fused.py
+	WANDB_SILENT=true $(BIN)/python benchmarks/bench_budgets.py
 	$(BIN)/python benchmarks/bench_gpu.py
+
+budgets: $(STAMP) ## how long to train? cosine reruns vs WSD branches vs schedule-free, MNIST-1D, 15/30/60 epochs, 3 seeds -> outputs/budgets/
+	WANDB_SILENT=true $(BIN)/python -m runner.sweep.budget_sweeps $(ARGS)
 
 lint: $(STAMP) ## ruff check + format check + the import layers (import-linter, pyproject.toml)
 	$(BIN)/ruff check .

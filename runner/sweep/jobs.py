@@ -28,6 +28,7 @@ class Job:
     wall_time_s: float | None
     seed: int | None = None
     error: str | None = None  # status.json's, for a failed job
+    config: dict[str, Any] = field(default_factory=dict)  # its config.yaml ({} if unreadable)
 
     @property
     def config_error(self) -> bool:
@@ -111,6 +112,7 @@ def load_job(path: Path) -> Job | None:
         wall_time_s=status.get("wall_time_s"),
         seed=config.get("seed") if isinstance(config, dict) else None,
         error=str(status["error"]) if status.get("error") is not None else None,
+        config=config if isinstance(config, dict) else {},
     )
 
 
@@ -139,12 +141,18 @@ def group_jobs(jobs: list[Job]) -> list[Group]:
     for job in jobs:
         label = " ".join(o for o in without_seed(job.overrides) if o not in common)
         groups.setdefault(label or "(defaults)", Group(label or "(defaults)")).jobs.append(job)
-    for group in groups.values():  # one job per seed: its first completed one, else its first
-        whole = {id(j) for j in group.jobs if j.status == "completed" and j.readable}
-        first: dict[int, Job] = {}
-        for job in sorted(group.jobs, key=lambda j: id(j) not in whole):  # stable
-            if job.seed is not None:
-                first.setdefault(job.seed, job)
-        group.repeats = [j for j in group.jobs if j.seed is not None and first[j.seed] is not j]
-        group.jobs = [j for j in group.jobs if j.seed is None or first[j.seed] is j]
+    for group in groups.values():
+        one_per_seed(group)
     return list(groups.values())
+
+
+def one_per_seed(group: Group) -> None:
+    """Keep one job per seed in `group.jobs` (its first completed one, else its first); the
+    others go to `group.repeats`."""
+    whole = {id(j) for j in group.jobs if j.status == "completed" and j.readable}
+    first: dict[int, Job] = {}
+    for job in sorted(group.jobs, key=lambda j: id(j) not in whole):  # stable
+        if job.seed is not None:
+            first.setdefault(job.seed, job)
+    group.repeats = [j for j in group.jobs if j.seed is not None and first[j.seed] is not j]
+    group.jobs = [j for j in group.jobs if j.seed is None or first[j.seed] is j]

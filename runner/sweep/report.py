@@ -28,6 +28,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 
 from runner.io.files import WriteFailed, read_json, replace_atomic, write_text_atomic
+from runner.sweep.budgets import budget_view
 from runner.sweep.compare import ALPHA, BASE_METRICS, METRICS, Comparison, all_pairs
 from runner.sweep.compare import markdown as compare_markdown
 from runner.sweep.jobs import Group, Job, common_overrides, group_jobs, load_jobs, without_seed
@@ -472,10 +473,12 @@ def write_report(
     target_acc: float = DEFAULT_TARGET_ACC,
     metric: str = "best_val_acc",
     suffix: str = "",
+    also: Sequence[Path] = (),
 ) -> str:
     """Write report.md, report.csv, comparisons.csv and the overlays into sweep_dir, each
     named with `suffix` before its extension (`report_final_val_acc.md`); return the
-    markdown."""
+    markdown. The jobs of the `also` dirs join the budget view (runner/sweep/budgets.py)
+    only."""
     sweep_dir = Path(sweep_dir)
     jobs = load_jobs(sweep_dir)
     groups = group_jobs(jobs)
@@ -511,6 +514,9 @@ def write_report(
     race = _race(sweep_dir, jobs, suffix)
     if race:
         text += "\n".join(["", *race, ""])
+    pooled = jobs + [j for d in also for j in load_jobs(Path(d))]
+    if budgets := budget_view(pooled, metric, sweep_dir, suffix, 1 + len(also)):
+        text += "\n".join(["", *budgets, ""])
     write_text_atomic(sweep_dir / suffixed("report.md", suffix), text, fsync=False)
     plot_overlays([by_label[r["config"]] for r in rows], sweep_dir, suffix=suffix)
     return text
@@ -561,22 +567,32 @@ def main(argv: list[str] | None = None) -> None:
         help="rank by this metric (default best_val_acc) and write report_<metric>.md (and "
         "its csv and plots) beside the sweep's own report.md, which stays as it is",
     )
+    parser.add_argument(
+        "--also",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="another sweep dir whose jobs join the budget view (repeatable), e.g. the "
+        "sweeps of branches beside a sweep of reruns; the rest of the report is sweep_dir's",
+    )
     args = parser.parse_args(argv)
     if not 0 < args.target_acc <= 1:
         parser.error(f"--target-acc {args.target_acc}: must be in (0, 1]")
-    if not args.sweep_dir.is_dir():  # a bad argument: one line, exit 2, like argparse's own
-        why = "is not a directory" if args.sweep_dir.exists() else "no such directory"
-        print(
-            f"error: {args.sweep_dir}: {why} (give a sweep dir, e.g. "
-            "outputs/multirun/<date>/<time>)",
-            file=sys.stderr,
-        )
-        raise SystemExit(2)
+    for given in (args.sweep_dir, *args.also):
+        if not given.is_dir():  # a bad argument: one line, exit 2, like argparse's own
+            why = "is not a directory" if given.exists() else "no such directory"
+            print(
+                f"error: {given}: {why} (give a sweep dir, e.g. outputs/multirun/<date>/<time>)",
+                file=sys.stderr,
+            )
+            raise SystemExit(2)
     # the sweep's own report.md is rewritten only by a plain call: another metric's report
     # is a second opinion beside it (before, --metric overwrote it)
     suffix = "" if args.metric is None else metric_suffix(args.metric)
     try:
-        print(write_report(args.sweep_dir, args.target_acc, args.metric or "best_val_acc", suffix))
+        metric = args.metric or "best_val_acc"
+        print(write_report(args.sweep_dir, args.target_acc, metric, suffix, args.also))
     except (FileNotFoundError, WriteFailed) as err:
         raise SystemExit(f"error: {err}") from None
     except NoSuchMetric as err:  # a bad argument for these runs: one line, exit 2
