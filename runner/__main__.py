@@ -19,6 +19,7 @@ import logging
 import os
 import signal
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -333,8 +334,18 @@ def cli() -> None:
     sys.argv[1:] = quote_run_dirs(options_first(sys.argv[1:]))
     check_composition(sys.argv[1:])
     check_resume_dir(sys.argv[1:])
-    check_run_dir(sys.argv[1:])
-    check_sweep_dir(sys.argv[1:])
+    multirun = "-m" in sys.argv or "--multirun" in sys.argv
+    with ExitStack() as held:
+        if not multirun:  # from before the run dir is made: a signal then is start-up's
+            _CLI_STOP = held.enter_context(stop_on_signals())
+        check_run_dir(sys.argv[1:])
+        check_sweep_dir(sys.argv[1:])
+        _launch(multirun)
+
+
+def _launch(multirun: bool) -> None:
+    """Hydra, with its errors told in one line (a single run's signal handlers are already
+    in place: `cli`)."""
     # Hydra's own writes (.hydra/, the sweep dir) failing on a full or read-only disk: one
     # line, as for the runner's files. Hydra re-raises (instead of printing a trace and
     # exiting) only with HYDRA_FULL_ERROR set; every error of a job is handled in main().
@@ -342,7 +353,7 @@ def cli() -> None:
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
         with searched_first(config_dirs(sys.argv[1:])):  # the user's files win over conf/'s
-            if "-m" in sys.argv or "--multirun" in sys.argv:
+            if multirun:
                 try:
                     main()  # each job installs its handlers as it starts (a launcher may)
                 except SystemExit as exit_:
@@ -351,8 +362,7 @@ def cli() -> None:
                     raise
                 sweepdir.end()  # non-zero when no job completed or some are pending
                 return
-            with stop_on_signals() as _CLI_STOP:  # from before Hydra makes the run dir
-                main()
+            main()
     except KeyboardInterrupt:  # Ctrl-C between two jobs of a sweep, where no job's handler is
         print("interrupted between two jobs of the sweep", file=sys.stderr)
         say_how_to_continue_sweep(sys.argv[1:])

@@ -51,13 +51,14 @@ def _wsd(p: Mapping[str, Any], ctx: Context) -> None:
     # the smallest share (2 decimals) that rounds to 2 steps, when there is one
     least = math.ceil(200 / ctx.length) / 100
     larger = f" or a decay_fraction of at least {least:g}" if least <= 1 else " or more epochs"
-    raise ConfigError(
+    err = ConfigError(
         "scheduler.decay_fraction",
         fraction,
         f"the decay phase rounds to 0 of the run's {_units(ctx)} (round({ctx.length} x "
         f"{fraction:g}) = {decay} {ctx.interval}, which still has the base lr): the lr would "
         f"never decay; {STEP_HINT}{larger}",
     )
+    _refuse_or_warn(err, ctx)
 
 
 def _onecycle(p: Mapping[str, Any], ctx: Context) -> None:
@@ -66,13 +67,25 @@ def _onecycle(p: Mapping[str, Any], ctx: Context) -> None:
     rise = p["pct_start"] * ctx.length
     if rise > 1:
         return
-    raise ConfigError(
+    err = ConfigError(
         "scheduler.pct_start",
         p["pct_start"],
         f"the warm-up rounds to 0 of the run's {_units(ctx)} ({p['pct_start']:g} x "
         f"{ctx.length} = {rise:g} <= 1): the lr would start at max_lr; {STEP_HINT}, "
         "onecycle's default",
     )
+    if rise == 1:  # torch's OneCycleLR divides by its 0-step rise when it is built
+        raise err
+    _refuse_or_warn(err, ctx)
+
+
+def _refuse_or_warn(err: ConfigError, ctx: Context) -> None:
+    """A phase counted in epochs that rounds away is an error whose fix is to count steps;
+    one already counted in steps (a run of a handful of batches: a smoke test, a tiny
+    set) is only warned about, as nothing in the config can lengthen it but the run."""
+    if ctx.interval == "epoch":
+        raise err
+    log.warning("%s=%s: %s", err.key, err.value, err.rule)
 
 
 def _beyond(key: str, value: Any, ctx: Context, what: str) -> None:

@@ -11,6 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from runner.io import checkpoint
 from runner.run.check import validate
@@ -297,8 +298,11 @@ def test_a_sweep_of_budgets_branches_each_where_its_decay_starts(trunk, tmp_path
     )
     assert res.returncode == 0, res.stderr
     assert "branch is not supported fused" in res.stdout + res.stderr
-    for job, epochs, k in (("0", 5, 3), ("1", 6, 5)):
-        rows = read_metrics(tmp_path / "sweep" / job)
+    jobs = {  # by their budget: job dirs are named by their overrides
+        OmegaConf.load(p).epochs: p.parent for p in (tmp_path / "sweep").glob("*/config.yaml")
+    }
+    for epochs, k in ((5, 3), (6, 5)):
+        rows = read_metrics(jobs[epochs])
         assert len(rows) == epochs and sum(r.get("from_trunk", False) for r in rows) == k
-        assert f"branch_epoch: {k}" in (tmp_path / "sweep" / job / "config.yaml").read_text()
+        assert f"branch_epoch: {k}" in (jobs[epochs] / "config.yaml").read_text()
     assert (tmp_path / "sweep" / "report.md").exists()

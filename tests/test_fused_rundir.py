@@ -13,7 +13,7 @@ from runner.run.rundir import same_run_on_disk
 from runner.run.train import train
 from runner.sweep import fused
 from runner.sweep.fused import Member, train_group
-from tests.helpers import FULL_DISK_DRIVER, make_cfg, read_metrics, run_cli
+from tests.helpers import FULL_DISK_DRIVER, make_cfg, read_metrics, run_cli, sweep_job
 
 COMMON = ["epochs=2", "logger=none", "scheduler=step"]
 
@@ -66,7 +66,7 @@ def test_fused_members_have_last_pt_before_the_first_batch_and_resume_from_it(
 @pytest.mark.slow
 def test_a_fused_sweep_refuses_a_job_dir_holding_another_run_and_fuses_the_rest(tmp_path):
     sweep = tmp_path / "sweep"
-    other = sweep / "0"
+    other = sweep_job(sweep, *COMMON, "seed=0")
     other.mkdir(parents=True)
     (other / "config.yaml").write_text("seed: 99\nepochs: 7\n")
     (other / "metrics.jsonl").write_text('{"epoch": 0, "val/acc": 0.5}\n')
@@ -85,8 +85,8 @@ def test_a_fused_sweep_refuses_a_job_dir_holding_another_run_and_fuses_the_rest(
     for name, data in before.items():  # the other run's files, byte for byte
         assert (other / name).read_bytes() == data, name
     assert not (other / "last.pt").exists()
-    for job in ("1", "2"):
-        status = json.loads((sweep / job / "status.json").read_text())
+    for seed in (1, 2):
+        status = json.loads((sweep_job(sweep, *COMMON, f"seed={seed}") / "status.json").read_text())
         assert status["status"] == "completed" and status["fused_jobs"] == 2
 
 
@@ -116,12 +116,14 @@ def test_a_full_disk_in_a_fused_group_fails_its_jobs_cleanly_and_a_rerun_resumes
     assert driver.returncode == 0, driver.stderr[-3000:]
     logged = (tmp_path / "out").read_text() + (tmp_path / "err").read_text()
     assert "the fused group stopped: cannot write" in logged and "Traceback" not in logged
-    for job in ("0", "1"):
-        status = json.loads((sweep / job / "status.json").read_text())
+    common = [a for a in argv[2:] if not a.startswith(("seed=", "hydra."))]
+    jobs = [sweep_job(sweep, *common, f"seed={seed}") for seed in (0, 1)]
+    for job in jobs:
+        status = json.loads((job / "status.json").read_text())
         assert status["status"] == "failed" and "No space left on device" in status["error"]
-        assert (sweep / job / "last.pt").exists()
+        assert (job / "last.pt").exists()
     again = run_cli(*argv, cwd=tmp_path)
     assert again.returncode == 0, again.stderr
-    for job in ("0", "1"):
-        assert [r["epoch"] for r in read_metrics(sweep / job)] == [0, 1, 2]  # no torn line
-        assert json.loads((sweep / job / "status.json").read_text())["status"] == "completed"
+    for job in jobs:
+        assert [r["epoch"] for r in read_metrics(job)] == [0, 1, 2]  # no torn line
+        assert json.loads((job / "status.json").read_text())["status"] == "completed"

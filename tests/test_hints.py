@@ -206,7 +206,7 @@ def test_the_printed_command_of_an_interrupted_sweep_continues_it(tmp_path):
     conf = user_conf(tmp_path)
     proc = start(["--config-dir", str(conf), "-m", "seed=0,1", *QUICK], tmp_path)
     deadline = time.monotonic() + 120
-    while not (second := [p.parent for p in tmp_path.rglob("1/metrics.jsonl")]):
+    while not (second := [p.parent for p in tmp_path.rglob("*seed=1*/metrics.jsonl")]):
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
         time.sleep(0.02)
     wait_for_rows(second[0], 1, proc)
@@ -214,14 +214,15 @@ def test_the_printed_command_of_an_interrupted_sweep_continues_it(tmp_path):
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     sweep = second[0].parent
-    first = (sweep / "0" / "metrics.jsonl").read_bytes()
+    done = second[0].with_name(second[0].name.replace("seed=1", "seed=0"))  # named by overrides
+    first = (done / "metrics.jsonl").read_bytes()
     args = printed_args(err, "continue the sweep with:")
     assert f"hydra.sweep.dir={sweep.resolve()}" in args
     again = run_cli(*args, cwd=tmp_path)
     assert again.returncode == 0, again.stderr
-    assert (sweep / "0" / "metrics.jsonl").read_bytes() == first  # done: not trained again
-    assert json.loads((sweep / "1" / "status.json").read_text())["status"] == "completed"
-    assert [r["epoch"] for r in read_metrics(sweep / "1")] == list(range(EPOCHS))
+    assert (done / "metrics.jsonl").read_bytes() == first  # done: not trained again
+    assert json.loads((second[0] / "status.json").read_text())["status"] == "completed"
+    assert [r["epoch"] for r in read_metrics(second[0])] == list(range(EPOCHS))
 
 
 # -- the range test's suggestions

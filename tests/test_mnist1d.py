@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 
 import numpy as np
@@ -89,7 +90,11 @@ def test_the_cache_is_keyed_by_the_parameters_reused_and_rebuilt_when_damaged(
     # a damaged cache (a run killed mid-copy, a full disk) is generated again, not trusted
     cached.write_bytes(cached.read_bytes()[:1000])
     data_module.clear_cache()
-    rebuilt = data_module.load_data(cfg.data)
+    # an in-process Hydra run earlier in this worker may have left the logger disabled
+    # (logging.config's disable_existing_loggers): the warning is what is checked here
+    monkeypatch.setattr(logging.getLogger("schedlab"), "disabled", False)
+    with caplog.at_level(logging.WARNING, logger="schedlab"):
+        rebuilt = data_module.load_data(cfg.data)
     assert torch.equal(rebuilt.x_train, first.x_train)
     assert "unreadable" in caplog.text
     assert np.load(cached)["x"].shape == (480, 40)  # and rewritten whole

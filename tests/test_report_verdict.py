@@ -212,3 +212,24 @@ def test_counts_within_the_run_say_nothing(caplog):
         check("multistep", 18)  # the last milestone, 17, is the run's last epoch
         check("cosine_restarts", 6)
     assert not caplog.records
+
+
+def test_a_phase_counted_in_steps_that_rounds_away_is_a_warning(caplog):
+    """A run of a handful of batches (a smoke test of a preset, a tiny set) already counts
+    in steps: nothing in the schedule's keys can lengthen it, so onecycle's rise or wsd's
+    decay rounding away is said, naming the key, and the run goes on; at exactly one step
+    of rise torch's OneCycleLR would divide by zero, so that stays an error."""
+    from schedulers import SCHEDULES, ConfigError, validate_scheduler
+
+    def tiny(name: str, steps: int, **keys) -> None:
+        cfg = {**COMMON, "name": name, **SCHEDULES[name].params, "interval": "step", **keys}
+        validate_scheduler(cfg, epochs=1, steps_per_epoch=steps, base_lrs=[0.1])
+
+    with caplog.at_level("WARNING"):
+        tiny("onecycle", 1)  # 0.3 x 1 step
+        tiny("wsd", 3)  # round(3 x 0.2) = 1 step
+    said = caplog.text
+    assert "scheduler.pct_start=0.3: the warm-up rounds to 0 of the run's 1 step" in said
+    assert "scheduler.decay_fraction=0.2: the decay phase rounds to 0" in said
+    with pytest.raises(ConfigError, match="the warm-up rounds to 0"):
+        tiny("onecycle", 10, pct_start=0.1)  # 0.1 x 10 = 1: torch divides by 0
