@@ -65,15 +65,16 @@ _UNQUOTED = re.compile(r"[A-Za-z0-9_/\\\-+.$%*@?|]*")
 
 
 def quote_run_dirs(argv: list[str]) -> list[str]:
-    """`resume=<dir>` (or `hydra.run.dir=<dir>`) naming an existing dir whose name Hydra
-    would misread, quoted for it: a sweep job's dir is named by its overrides, and
-    `resume=<that dir>` as printed then works as given, as for any other run."""
+    """`resume=<dir>` (or `hydra.run.dir=<dir>`, or a branch's `branch=<trunk dir>`) naming
+    an existing dir whose name Hydra would misread, quoted for it: a sweep job's dir is
+    named by its overrides, and `resume=<that dir>` as printed then works as given, as for
+    any other run, and so does a trunk trained in a sweep."""
     out = []
     for arg in argv:
         key, sep, value = arg.partition("=")
         if (
             sep
-            and key.lstrip("+") in ("resume", "hydra.run.dir")
+            and key.lstrip("+") in ("resume", "hydra.run.dir", "branch")
             and "'" not in value
             and not _UNQUOTED.fullmatch(value)
             and Path(value).is_dir()

@@ -324,3 +324,21 @@ def test_data_a_run_wrote_into_is_loaded_again(loads, caplog):
     fresh = load_data(cfg.data)
     assert loads == ["digits", "digits"] and "changed in place" in caplog.text
     assert fresh is not data and fresh.x_val.min() < 0  # standardised: the negatives are back
+
+
+def test_a_job_dir_given_as_resume_or_branch_is_quoted_for_hydra(tmp_path):
+    """A sweep job's dir holds `=` and `,` (named by its overrides), which Hydra's override
+    parser misreads: given to resume=, hydra.run.dir= or branch= (a trunk trained in a
+    sweep) it is quoted, and the quoted override parses back to the path."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from runner.cli import quote_run_dirs
+
+    job = tmp_path / "epochs=6,seed=0,trainer.keep_epochs=[3]"
+    job.mkdir()
+    args = quote_run_dirs([f"{k}={job}" for k in ("resume", "hydra.run.dir", "branch")])
+    parsed = OverridesParser.create().parse_overrides(args)
+    assert [o.value() for o in parsed] == [str(job)] * 3
+    assert quote_run_dirs([f"branch={tmp_path / 'missing,x'}"]) == [
+        f"branch={tmp_path / 'missing,x'}"  # not a dir: left for the check to name
+    ]

@@ -62,13 +62,9 @@ class NoSuchMetric(ValueError):
 def check_metric(groups: Sequence[Group], metric: str) -> None:
     """A ranking by a metric no completed run logged would rank nothing: say why instead."""
     key = METRICS[metric][0]
-    if any(j.series(key) for g in groups for j in g.finished):
-        return
-    why = (
-        " (the averaged model's: the runs need trainer.average=ema or swa)"
-        if key.startswith("val_avg/")
-        else ""
-    )
+    if not key.startswith("val_avg/") or any(j.series(key) for g in groups for j in g.finished):
+        return  # a sweep with no completed run still gets its report (the failures in it)
+    why = " (the averaged model's: the runs need trainer.average=ema or swa)"
     raise NoSuchMetric(f"--metric {metric}: no completed run of this sweep logged {key}{why}")
 
 
