@@ -6,7 +6,10 @@ with the run's param groups, stepped through the run's epochs and batches). Swee
 (`scheduler=step,cosine`) previews each and overlays them in compare.png.
 ReduceLROnPlateau is fed the lecture's metric (0.5, then 0.4 from epoch 5 on,
 never improving again). `trace=true` (or --trace) also prints and writes the
-scheduler's internals per epoch (see schedulers/trace.py).
+scheduler's internals per epoch (see schedulers/trace.py). `trunk=true` (or --trunk) with
+several budgets (`scheduler=wsd epochs=15,30,60`) draws them as docs/branches.md trains them:
+the longest as the trunk, each other one branched where its schedule leaves the trunk's, and
+prints the epochs each costs as a branch and as a rerun.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from runner.cli import check_config_dirs
 from runner.config.compose import compose_config, expand, one_line
 from runner.data.sets import steps_per_epoch as steps_in_epoch
 from runner.data.sets import train_size
+from runner.io.checkpoint import keeps
+from runner.run.branch import shared_epochs
 from runner.run.check import planned_groups, validate
 from schedulers import ConfigError, schedule_label
 from schedulers import simulate as simulate_schedule
@@ -120,6 +125,89 @@ def table(labels: list[str], sims: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def branch_point(cfg: Any, trunk_cfg: Any, steps_per_epoch: int | None = None) -> int:
+    """The epoch a run of `cfg`'s budget would branch from a trunk of `trunk_cfg` at, as
+    `branch_epoch=null` picks it (runner/run/branch.py): the latest epoch the trunk keeps
+    (its trainer.keep_epochs; every epoch when null), below the budget, up to which the two
+    schedules give the same lrs. 0 when there is none: the run is a rerun."""
+    _, lrs, spe = run_groups(cfg, steps_per_epoch)
+    upto = min(cfg.epochs, trunk_cfg.epochs)
+    agree, _ = shared_epochs(cfg, trunk_cfg, spe, lrs, upto)
+    keep = trunk_cfg.trainer.keep_epochs
+    fits = [e for e in range(1, min(agree, cfg.epochs - 1) + 1) if keep is None or keeps(keep, e)]
+    return fits[-1] if fits else 0
+
+
+def check_budgets(combos: list[list[str]]) -> None:
+    """trunk=true previews one strategy's budgets: at least two, differing only in `epochs`."""
+    if len(combos) < 2:
+        raise ConfigError(
+            "trunk", True, "needs several budgets to draw as a trunk and branches: epochs=15,30,60"
+        )
+    first = [o for o in combos[0] if not o.startswith("epochs=")]
+    for combo in combos[1:]:
+        rest = [o for o in combo if not o.startswith("epochs=")]
+        if rest != first:
+            differs = next(iter(set(rest) ^ set(first)), str(rest))
+            raise ConfigError(
+                "trunk",
+                True,
+                f"the budgets must differ only in epochs (a branch has its trunk's config), "
+                f"not in {differs}",
+            )
+
+
+def branch_costs(cfgs: list[Any], steps_per_epoch: int | None = None) -> list[tuple[int, int]]:
+    """Per run, in the given order: (its budget, the epoch it branches at); the first longest
+    budget is the trunk and, like a rerun, starts at 0."""
+    trunk = max(cfgs, key=lambda c: c.epochs)
+    return [(c.epochs, 0 if c is trunk else branch_point(c, trunk, steps_per_epoch)) for c in cfgs]
+
+
+def trunk_index(points: list[tuple[int, int]]) -> int:
+    """Which of the (budget, branch point)s is the trunk: the first longest (branch_costs)."""
+    budgets = [b for b, _ in points]
+    return budgets.index(max(budgets))
+
+
+def cost_table(points: list[tuple[int, int]]) -> str:
+    """Epochs each budget costs as a branch (the trunk all of its own, a branch those after
+    its branch point) and as a rerun from scratch, and the totals."""
+    trunk = trunk_index(points)
+    lines = ["budget  branch at  as a branch  as a rerun"]
+    for i, (budget, k) in sorted(enumerate(points), key=lambda p: p[1]):
+        at = "(trunk)" if i == trunk else str(k)
+        lines.append(f"{budget:6d}  {at:>9}  {budget - k:11d}  {budget:10d}")
+    branched = sum(b - k for b, k in points)
+    rerun = sum(b for b, _ in points)
+    lines.append(f"{'total':>17}  {branched:11d}  {rerun:10d}  ({rerun / branched:.2f}x)")
+    return "\n".join(lines)
+
+
+Curves = dict[str, tuple[list[float], list[float]]]
+
+
+def trunk_curves(
+    sims: list[dict[str, Any]], points: list[tuple[int, int]]
+) -> tuple[Curves, Curves]:
+    """The trunk's whole curve, each branch's from its last point shared with the trunk on
+    (so it is seen leaving it), and the branch points as marks on the trunk's curve."""
+    trunk = trunk_index(points)
+    trunk_x, trunk_y = next(iter(curves("", sims[trunk]).values()))  # the first param group
+    lines = curves(f"trunk epochs={points[trunk][0]}", sims[trunk])
+    marks: tuple[list[float], list[float]] = ([], [])
+    for i, (sim, (budget, k)) in enumerate(zip(sims, points, strict=True)):
+        if i == trunk:
+            continue
+        for label, (xs, ys) in curves(f"epochs={budget} from {k}", sim).items():
+            start = max(0, next(j for j, x in enumerate(xs) if x >= k) - 1)
+            lines[label] = (xs[start:], ys[start:])
+        if k:
+            marks[0].append(k)
+            marks[1].append(trunk_y[trunk_x.index(k)])
+    return lines, {"branch points": marks}
+
+
 def label_of(combo: list[str], scheduler: Any) -> str:
     """A preview's name: its scheduler overrides (`step,step_size=5`), else the schedule's
     name or, for a `_target_`, its class name."""
@@ -144,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         "  python -m runner.preview scheduler=step,cosine,onecycle epochs=30\n"
         "  python -m runner.preview scheduler=cosine scheduler.warmup_epochs=3\n"
         "  python -m runner.preview scheduler=sequence trace=true\n"
+        "  python -m runner.preview scheduler=wsd epochs=15,30,60 trunk=true\n"
         "  python -m runner.preview scheduler=target "
         "scheduler._target_=torch.optim.lr_scheduler.ExponentialLR +scheduler.gamma=0.8",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -166,23 +255,43 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--trace", action="store_true", help="internals per epoch (also: trace=true)"
     )
-    args = parser.parse_args(argv)
-    if "trace=true" in args.overrides:
-        args.overrides.remove("trace=true")
-        args.trace = True
+    parser.add_argument(
+        "--trunk",
+        action="store_true",
+        help="the budgets (epochs=15,30,60) as one trunk and its branches (also: trunk=true)",
+    )
+    args = parser.parse_intermixed_args(argv)  # overrides before and after --flags
+    for flag in ("trace", "trunk"):
+        if f"{flag}=true" in args.overrides:
+            args.overrides.remove(f"{flag}=true")
+            setattr(args, flag, True)
 
-    labels, sims, combos = [], [], []
+    labels, sims, combos, cfgs, points = [], [], [], [], []
     try:
         check_config_dirs(args.config_dirs)
         combos = expand(args.overrides or [])
+        if args.trunk:
+            if args.trace:
+                raise ConfigError("trunk", True, "draws no trace: preview with trace=true alone")
+            check_budgets(combos)
         for combo in combos:
             cfg = compose_config(combo, config_dirs=args.config_dirs)
             check(cfg)
             labels.append(label_of(combo, cfg.scheduler))
             sims.append(simulate(cfg, args.steps_per_epoch))
+            cfgs.append(cfg)
+        if args.trunk:
+            points = branch_costs(cfgs, args.steps_per_epoch)
     except (ConfigError, HydraException, OmegaConfBaseException) as err:
         print(f"config error: {one_line(err)}", file=sys.stderr)  # as python -m runner says it
         return 2
+    if args.trunk:
+        print(cost_table(points))
+        lines, marks = trunk_curves(sims, points)
+        title = f"{labels[0]}: trunk and branches"
+        png = args.out / "trunk.png"
+        print(f"wrote {plot_lr_curves(lines, png, title, small=args.small, marks=marks)}")
+        return 0
     if not args.quiet:
         print(table(labels, sims))
     args.out.mkdir(parents=True, exist_ok=True)

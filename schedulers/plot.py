@@ -14,8 +14,10 @@ def plot_lr_curves(
     *,
     small: bool = False,
     log_y: bool = False,
+    marks: Mapping[str, tuple[Sequence[float], Sequence[float]]] | None = None,
 ) -> Path:
-    """One line per label; x in epochs (fractional for per-batch schedules)."""
+    """One line per label; x in epochs (fractional for per-batch schedules). `marks`: points
+    drawn as dots, one legend entry per label (the preview's branch points)."""
     import matplotlib  # ~0.5 s: only when a plot is drawn
 
     matplotlib.use("Agg")  # no display needed
@@ -24,6 +26,8 @@ def plot_lr_curves(
     fig, ax = plt.subplots(figsize=(3.2, 2.0) if small else (7, 4), dpi=100)
     for label, (x, y) in curves.items():
         ax.plot(x, y, label=label, linewidth=1.2 if small else 1.6)
+    for label, (x, y) in (marks or {}).items():
+        ax.plot(x, y, "o", label=label, color="black", markersize=3 if small else 5)
     if log_y:
         ax.set_yscale("log")
     ax.set_title(textwrap.fill(title, 40 if small else 70), fontsize=8 if small else 11)
