@@ -168,7 +168,8 @@ def test_the_averaged_models_batchnorm_statistics_are_update_bns(tmp_path):
     model's (nor left at their initial values) but update_bn's over the training split in
     order, with the averaged weights."""
     args = (*FAST, *FEW_STEPS, "epochs=2", "model=target", "trainer.average=ema",
-            "model._target_=tests.user_models.BatchNormNet", "trainer.ema_decay=0.9")  # fmt: skip
+            "model._target_=tests.user_models.BnNet", "+model.hidden=16",
+            "trainer.ema_decay=0.9")  # fmt: skip
     train(make_cfg(*args), tmp_path)
     state = torch.load(tmp_path / "last.pt", weights_only=True)
     saved, raw = state["average"], state["model"]
@@ -192,7 +193,7 @@ def test_streamed_data_recalibrates_batchnorm_as_data_in_memory_does(tmp_path):
     blobs = "tests.user_datasets.Blobs"
     args = [*FAST, "epochs=2", "data=dataset", f"data.train={{_target_:{blobs},size:90}}",
             f"data.val={{_target_:{blobs},size:30,offset:1}}", "data.batch_size=32",
-            "model=target", "model._target_=tests.user_models.BatchNormNet",
+            "model=target", "model._target_=tests.user_models.BnNet", "+model.hidden=16",
             "trainer.average=ema", "trainer.ema_decay=0.5"]  # fmt: skip
     for where in ("true", "false"):
         train(make_cfg(*args, f"data.in_memory={where}"), tmp_path / where)
