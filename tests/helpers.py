@@ -419,19 +419,24 @@ def race_json(sweep: Path) -> dict:
     return json.loads((sweep / "race.json").read_text())
 
 
+def write_job(job: Path, overrides: list[str], seed: int, status: str, rows: list[dict]) -> None:
+    """A sweep job's run dir as the runner leaves it, without training: what the sweep
+    report and compare read (its overrides, seed, status and metrics.jsonl, if any rows)."""
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    (job / "config.yaml").write_text(yaml.safe_dump({"seed": seed}))
+    (job / "status.json").write_text(json.dumps({"status": status, "wall_time_s": 1.0}))
+    if rows:
+        (job / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
 def fake_run(sweep: Path, overrides: list[str], status: str, best_acc: float) -> None:
     """A job's run dir as the runner leaves it (`hydra.sweep.subdir=` names the dir)."""
     task = [o for o in overrides if not o.startswith("hydra.")]
     subdir = next(o for o in overrides if o.startswith("hydra.sweep.subdir=")).split("=")[1]
     seed = int(next(o for o in task if o.startswith("seed=")).split("=")[1])
-    job = sweep / subdir
-    (job / ".hydra").mkdir(parents=True)
-    (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(task))
-    (job / "config.yaml").write_text(yaml.safe_dump({"seed": seed}))
-    (job / "status.json").write_text(json.dumps({"status": status, "wall_time_s": 1.0}))
-    if status == "completed":
-        rows = [{"epoch": 0, "lr/group0": 0.1, "val/acc": best_acc, "val/loss": 0.5}]
-        (job / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    rows = [{"epoch": 0, "lr/group0": 0.1, "val/acc": best_acc, "val/loss": 0.5}]
+    write_job(sweep / subdir, task, seed, status, rows if status == "completed" else [])
 
 
 def sweep_job(sweep: Path, *overrides: str) -> Path:
