@@ -10,6 +10,7 @@ import contextlib
 import csv
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -46,18 +47,33 @@ def read_metrics(run_dir: Path, kind: str = "epoch") -> list[dict]:
     return [r for r in rows if r.get("kind", "epoch") == kind]
 
 
-def run_cli(*args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+def quiet_env(one_thread: bool = False) -> dict[str, str]:
+    """This process's environment for a child run, less W&B's variables (the tests' runs are
+    offline, whatever the shell says); one_thread: OMP_NUM_THREADS=1, the float sums of a
+    reference trained under one_torch_thread."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
-    if os.environ.get("PYTEST_XDIST_WORKER"):
+    if one_thread:
         env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+def run_python(
+    *args: str, cwd: Path, one_thread: bool = False, timeout: int = 300
+) -> subprocess.CompletedProcess:
+    """`python <args>` (`-m runner ...`, or `-c <script> ...`) in quiet_env, its output kept."""
     return subprocess.run(
-        [sys.executable, "-m", "runner", *args],
+        [sys.executable, *args],
         cwd=cwd,
-        env=env,
+        env=quiet_env(one_thread),
         capture_output=True,
         text=True,
         timeout=timeout,
     )
+
+
+def run_cli(*args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    under_xdist = bool(os.environ.get("PYTEST_XDIST_WORKER"))
+    return run_python("-m", "runner", *args, cwd=cwd, one_thread=under_xdist, timeout=timeout)
 
 
 class _ReachedHydra(BaseException):
@@ -133,6 +149,51 @@ def one_torch_thread() -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+TORCHRUN = Path(sys.executable).parent / "torchrun"
+
+
+def torchrun(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    """`torchrun --standalone --nproc_per_node=2 -m runner <args>` on CPU, one torch thread
+    a rank."""
+    env = quiet_env(one_thread=True)
+    command = [str(TORCHRUN), "--standalone", "--nproc_per_node=2", "-m", "runner", *args]
+    return subprocess.run(
+        command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def train_stopped_at_step(
+    monkeypatch: pytest.MonkeyPatch, args: tuple[str, ...] | list[str], run_dir: Path, n: int
+) -> None:
+    """train(args) in this process into run_dir, stopped by a SIGINT in its `n`th training
+    step (a run killed mid-epoch): it ends "interrupted", its last.pt saved."""
+    import runner.run.train
+    from runner.train.stopping import StopFlag
+
+    real, stop, calls = runner.run.train.train_step, StopFlag(), []
+
+    def step_then_stop(*a, **kw):
+        calls.append(1)
+        if len(calls) == n:
+            stop.signum = signal.SIGINT
+        return real(*a, **kw)
+
+    monkeypatch.setattr(runner.run.train, "train_step", step_then_stop)
+    assert train(make_cfg(*args), run_dir, stop=stop).status == "interrupted"
+    monkeypatch.undo()
+
+
+def resumed_and_straight(
+    args: tuple[str, ...] | list[str], run_dir: Path, ref_dir: Path
+) -> tuple[list[dict], list[dict]]:
+    """The stopped run in run_dir resumed (as `resume=<dir>` does) and args trained without a
+    stop in ref_dir: both runs' comparable rows, equal when the resume is exact."""
+    given = [f"resume={run_dir}"]
+    assert train(make_cfg(*given), run_dir, overrides=given).status == "completed"
+    train(make_cfg(*args), ref_dir)
+    return comparable(read_metrics(run_dir)), comparable(read_metrics(ref_dir))
+
+
 def wandb_records(run_dir: Path, newest: bool = False, index: int | None = None) -> list[dict]:
     """Every record of the run's offline .wandb file, decoded by W&B's own CLI (`newest`:
     of its newest, when a resume has written another; `index`: of the index-th, oldest
@@ -159,12 +220,10 @@ SLOW = ("model=lenet", "data.batch_size=16", "optimizer.lr=0.02", "trainer.progr
 
 
 def start(args: list[str], cwd: Path) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
-    env["OMP_NUM_THREADS"] = "1"
     return subprocess.Popen(
         [sys.executable, "-m", "runner", *args],
         cwd=cwd,
-        env=env,
+        env=quiet_env(one_thread=True),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -419,19 +478,24 @@ def race_json(sweep: Path) -> dict:
     return json.loads((sweep / "race.json").read_text())
 
 
+def write_job(job: Path, overrides: list[str], seed: int, status: str, rows: list[dict]) -> None:
+    """A sweep job's run dir as the runner leaves it, without training: what the sweep
+    report and compare read (its overrides, seed, status and metrics.jsonl, if any rows)."""
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    (job / "config.yaml").write_text(yaml.safe_dump({"seed": seed}))
+    (job / "status.json").write_text(json.dumps({"status": status, "wall_time_s": 1.0}))
+    if rows:
+        (job / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
 def fake_run(sweep: Path, overrides: list[str], status: str, best_acc: float) -> None:
     """A job's run dir as the runner leaves it (`hydra.sweep.subdir=` names the dir)."""
     task = [o for o in overrides if not o.startswith("hydra.")]
     subdir = next(o for o in overrides if o.startswith("hydra.sweep.subdir=")).split("=")[1]
     seed = int(next(o for o in task if o.startswith("seed=")).split("=")[1])
-    job = sweep / subdir
-    (job / ".hydra").mkdir(parents=True)
-    (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(task))
-    (job / "config.yaml").write_text(yaml.safe_dump({"seed": seed}))
-    (job / "status.json").write_text(json.dumps({"status": status, "wall_time_s": 1.0}))
-    if status == "completed":
-        rows = [{"epoch": 0, "lr/group0": 0.1, "val/acc": best_acc, "val/loss": 0.5}]
-        (job / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    rows = [{"epoch": 0, "lr/group0": 0.1, "val/acc": best_acc, "val/loss": 0.5}]
+    write_job(sweep / subdir, task, seed, status, rows if status == "completed" else [])
 
 
 def sweep_job(sweep: Path, *overrides: str) -> Path:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-import signal
 
 import pytest
 import torch
@@ -22,16 +21,16 @@ from runner.sweep.fused import why_not_fusable
 from runner.sweep.launch import SWEEP_REPORT, check_callbacks
 from runner.sweep.report import main
 from runner.train.builders import build_run
-from runner.train.stopping import StopFlag
 from schedulers import ConfigError
 from tests.helpers import (
     assert_same_rows,
-    comparable,
     make_cfg,
     read_metrics,
+    resumed_and_straight,
     tensorboard_scalars,
     train_members,
     train_separate,
+    train_stopped_at_step,
 )
 
 FAST = ("logger=none", "trainer.progress=line", "trainer.log_every_n_steps=0")
@@ -168,7 +167,8 @@ def test_the_averaged_models_batchnorm_statistics_are_update_bns(tmp_path):
     model's (nor left at their initial values) but update_bn's over the training split in
     order, with the averaged weights."""
     args = (*FAST, *FEW_STEPS, "epochs=2", "model=target", "trainer.average=ema",
-            "model._target_=tests.user_models.BatchNormNet", "trainer.ema_decay=0.9")  # fmt: skip
+            "model._target_=tests.user_models.BnNet", "+model.hidden=16",
+            "trainer.ema_decay=0.9")  # fmt: skip
     train(make_cfg(*args), tmp_path)
     state = torch.load(tmp_path / "last.pt", weights_only=True)
     saved, raw = state["average"], state["model"]
@@ -192,7 +192,7 @@ def test_streamed_data_recalibrates_batchnorm_as_data_in_memory_does(tmp_path):
     blobs = "tests.user_datasets.Blobs"
     args = [*FAST, "epochs=2", "data=dataset", f"data.train={{_target_:{blobs},size:90}}",
             f"data.val={{_target_:{blobs},size:30,offset:1}}", "data.batch_size=32",
-            "model=target", "model._target_=tests.user_models.BatchNormNet",
+            "model=target", "model._target_=tests.user_models.BnNet", "+model.hidden=16",
             "trainer.average=ema", "trainer.ema_decay=0.5"]  # fmt: skip
     for where in ("true", "false"):
         train(make_cfg(*args, f"data.in_memory={where}"), tmp_path / where)
@@ -219,23 +219,10 @@ def test_a_run_with_averaging_stopped_mid_epoch_resumes_exactly(tmp_path, monkey
     """Stopped in epoch 2 (of 4), resumed: rows (val_avg included) and the averaged
     weights equal an uninterrupted run's: the average, and SWALR's place, are in last.pt."""
     args = [*FAST, *FEW_STEPS, "epochs=4", "trainer.checkpoint_interval_s=0", *average]
-    run_dir, stop, calls = tmp_path / "run", StopFlag(), []
-    real = runner.run.train.train_step
-
-    def step_then_stop(*a, **kw):
-        calls.append(1)
-        if len(calls) == 2 * STEPS + 1:
-            stop.signum = signal.SIGINT
-        return real(*a, **kw)
-
-    monkeypatch.setattr(runner.run.train, "train_step", step_then_stop)
-    assert train(make_cfg(*args), run_dir, stop=stop).status == "interrupted"
-    monkeypatch.undo()
+    run_dir = tmp_path / "run"
+    train_stopped_at_step(monkeypatch, args, run_dir, 2 * STEPS + 1)
     assert len(read_metrics(run_dir)) == 2
-    given = [f"resume={run_dir}"]
-    assert train(make_cfg(*given), run_dir, overrides=given).status == "completed"
-    train(make_cfg(*args), tmp_path / "ref")
-    rows, ref = comparable(read_metrics(run_dir)), comparable(read_metrics(tmp_path / "ref"))
+    rows, ref = resumed_and_straight(args, run_dir, tmp_path / "ref")
     assert rows == ref and "val_avg/acc" in rows[-1]
     resumed, straight = _averaged(run_dir), _averaged(tmp_path / "ref")
     assert resumed.keys() == straight.keys()

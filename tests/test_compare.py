@@ -8,10 +8,10 @@ import math
 import statistics
 
 import pytest
-import yaml
 
 from runner.sweep.compare import compare, paired_ci, seeds_needed
 from runner.sweep.report import write_report
+from tests.helpers import write_job
 
 T_975_DF2 = 4.302652729911275  # Student t quantiles, from tables
 T_975_DF4 = 2.7764451051977987
@@ -20,18 +20,12 @@ T_975_DF4 = 2.7764451051977987
 def fake_job(
     sweep, num: int, schedule: str, seed: int, best_acc: float, best_loss: float = 0.5
 ) -> None:
-    job = sweep / str(num)
-    (job / ".hydra").mkdir(parents=True)
-    (job / ".hydra" / "overrides.yaml").write_text(
-        yaml.safe_dump([f"scheduler={schedule}", f"seed={seed}"])
-    )
-    (job / "config.yaml").write_text(yaml.safe_dump({"seed": seed}))
-    (job / "status.json").write_text(json.dumps({"status": "completed", "wall_time_s": 1.0}))
     rows = [
         {"epoch": 0, "lr/group0": 0.1, "val/acc": best_acc - 0.05, "val/loss": 1.0},
         {"epoch": 1, "lr/group0": 0.05, "val/acc": best_acc, "val/loss": best_loss},
     ]
-    (job / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    overrides = [f"scheduler={schedule}", f"seed={seed}"]
+    write_job(sweep / str(num), overrides, seed, "completed", rows)
 
 
 def sweep_of(tmp_path, cosine: list[float], step: list[float]):

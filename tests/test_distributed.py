@@ -16,9 +16,16 @@ import pytest
 from runner.run.check import validate
 from runner.run.train import train
 from schedulers import ConfigError
-from tests.helpers import cli_in_process, make_cfg, one_torch_thread, read_metrics, sweep_job
-
-TORCHRUN = Path(sys.executable).parent / "torchrun"
+from tests.helpers import (
+    TORCHRUN,
+    cli_in_process,
+    make_cfg,
+    one_torch_thread,
+    quiet_env,
+    read_metrics,
+    sweep_job,
+    torchrun,
+)
 
 
 @pytest.mark.slow
@@ -35,24 +42,8 @@ TORCHRUN = Path(sys.executable).parent / "torchrun"
 def test_two_ranks_match_one_process_and_write_one_run(tmp_path, data):
     args = ["epochs=3", "scheduler=step", "scheduler.step_size=1", "scheduler.gamma=0.5",
             "data.batch_size=64", "trainer.progress=line", *data]  # fmt: skip
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
-    env["OMP_NUM_THREADS"] = "1"
-    ddp = subprocess.run(
-        [
-            str(TORCHRUN),
-            "--standalone",
-            "--nproc_per_node=2",
-            "-m",
-            "runner",
-            "trainer.strategy=ddp",
-            *args,
-            f"hydra.run.dir={tmp_path / 'ddp'}",
-        ],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    ddp = torchrun(
+        ["trainer.strategy=ddp", *args, f"hydra.run.dir={tmp_path / 'ddp'}"], cwd=tmp_path
     )
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     # one process on the whole batch: the job `python -m runner <args>` runs, in this process
@@ -190,8 +181,7 @@ def one_process(tmp_path: Path) -> list[dict]:
 def two_task_job(sweep: Path, *args: str) -> subprocess.CompletedProcess:
     """A sweep of one job, run by submitit's local executor as two tasks (two processes of
     the job, as Slurm's srun starts them), gloo on CPU."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
-    env["OMP_NUM_THREADS"] = "1"
+    env = quiet_env(one_thread=True)
     return subprocess.run(
         [
             sys.executable,
@@ -368,26 +358,10 @@ def test_a_torchrun_job_whose_rank_0_refuses_its_run_dir_ends_at_once(tmp_path):
 
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
-    env["OMP_NUM_THREADS"] = "1"
     with hold_run_dir(run_dir):  # another run, writing into it
         t0 = time.monotonic()
-        proc = subprocess.run(
-            [
-                str(TORCHRUN),
-                "--standalone",
-                "--nproc_per_node=2",
-                "-m",
-                "runner",
-                "epochs=1",
-                "logger=none",
-                f"hydra.run.dir={run_dir}",
-            ],
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
+        proc = torchrun(
+            ["epochs=1", "logger=none", f"hydra.run.dir={run_dir}"], cwd=tmp_path, timeout=120
         )
         took = time.monotonic() - t0
     assert proc.returncode != 0
@@ -470,8 +444,7 @@ def test_a_signal_to_one_rank_stops_every_rank_after_the_same_batch_and_resumes_
     (one process: as the tests above show, two ranks train like one) ends like a run that
     was never stopped."""
     run_dir = tmp_path / "ddp"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
-    env["OMP_NUM_THREADS"] = "1"
+    env = quiet_env(one_thread=True)
     proc = subprocess.Popen(
         [
             str(TORCHRUN),
@@ -626,15 +599,8 @@ def test_a_last_batch_too_small_to_share_is_a_config_error_on_every_rank(tmp_pat
     check_shares(130, 64, Dist())  # one process: any last batch
     # through torchrun, 2 ranks: the digits' training samples in batches of all but one
     n = make_cfg_data_size()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
-    env["OMP_NUM_THREADS"] = "1"
-    proc = subprocess.run(
+    proc = torchrun(
         [
-            str(TORCHRUN),
-            "--standalone",
-            "--nproc_per_node=2",
-            "-m",
-            "runner",
             "trainer.strategy=ddp",
             f"data.batch_size={n - 1}",
             "logger=none",
@@ -642,9 +608,6 @@ def test_a_last_batch_too_small_to_share_is_a_config_error_on_every_rank(tmp_pat
             f"hydra.run.dir={tmp_path / 'run'}",
         ],
         cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
         timeout=120,
     )
     assert proc.returncode != 0

@@ -28,6 +28,7 @@ from tests.helpers import (
     make_cfg,
     read_metrics,
     run_cli,
+    run_python,
     sweep_job,
 )
 
@@ -184,15 +185,8 @@ def full_disk(tmp_path_factory) -> dict[str, tuple[Path, subprocess.CompletedPro
         }
         for name, (after, _) in FULL_DISK.items()
     ]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
-    env["OMP_NUM_THREADS"] = "1"
-    driver = subprocess.run(
-        [sys.executable, "-c", FULL_DISK_DRIVER, json.dumps(cases)],
-        cwd=base,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
+    driver = run_python(
+        "-c", FULL_DISK_DRIVER, json.dumps(cases), cwd=base, one_thread=True, timeout=600
     )
     assert driver.returncode == 0, driver.stderr[-3000:]
     codes = json.loads(driver.stdout.splitlines()[-1])
@@ -382,7 +376,6 @@ def test_a_checkpoint_cut_short_by_the_disk_is_a_write_failure_not_a_torch_error
     writer finds the OSError behind it (here a real one: a file size limit, EFBIG), so a
     full disk ends the run with the one line `cannot write <dir>/last.pt: ...`."""
     import subprocess
-    import sys
 
     proc = subprocess.run(
         [sys.executable, "-c", SHORT_WRITE, str(tmp_path)],

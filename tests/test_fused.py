@@ -24,6 +24,7 @@ from tests.helpers import (
     make_cfg,
     read_metrics,
     run_cli,
+    run_python,
     start,
     sweep_job,
     train_members,
@@ -300,22 +301,11 @@ def test_a_stopped_fused_sweep_loses_no_w_and_b_rows_of_its_groups(tmp_path):
     W&B already (their rows were not held back until every group had trained), and the
     rerun's resumed jobs send their rows from before the stop as well as after it: every
     job ends with one W&B run holding all of metrics.jsonl."""
-    import os
-    import subprocess
-    import sys
 
     sweep = tmp_path / "sweep"
     args = ["-m", "hydra/launcher=fused", "hydra.launcher.max_group=2", "seed=0,1,2,3",
             "epochs=4", "trainer.progress=line", f"hydra.sweep.dir={sweep}"]  # fmt: skip
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
-    proc = subprocess.run(
-        [sys.executable, "-c", SECOND_GROUP_STOPPED, *args],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = run_python("-c", SECOND_GROUP_STOPPED, *args, cwd=tmp_path)
     assert proc.returncode == 128 + signal.SIGINT, proc.stderr[-2000:]
 
     def logged(job: Path) -> list[float]:
@@ -364,22 +354,11 @@ def test_a_sweep_stopped_while_its_fused_jobs_are_sent_sends_the_rest_when_run_a
     and any after it say so in status.json (rows_sent false), and the same command again
     sends their rows and summary (the job cut short: again, in full, to its W&B run), where
     it would otherwise only have found them complete."""
-    import os
-    import subprocess
-    import sys
 
     sweep = tmp_path / "sweep"
     args = ["-m", "hydra/launcher=fused", "seed=0,1", "epochs=3", "trainer.progress=line",
             f"hydra.sweep.dir={sweep}"]  # fmt: skip
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
-    proc = subprocess.run(
-        [sys.executable, "-c", STOPPED_WHILE_SENDING, *args],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = run_python("-c", STOPPED_WHILE_SENDING, *args, cwd=tmp_path)
     assert proc.returncode == 130, proc.stderr[-2000:]
     first, second = (
         sweep_job(sweep, f"seed={seed}", "epochs=3", "trainer.progress=line") for seed in (0, 1)

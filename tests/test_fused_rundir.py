@@ -13,7 +13,7 @@ from runner.run.rundir import same_run_on_disk
 from runner.run.train import train
 from runner.sweep import fused
 from runner.sweep.fused import Member, train_group
-from tests.helpers import FULL_DISK_DRIVER, make_cfg, read_metrics, run_cli, sweep_job
+from tests.helpers import FULL_DISK_DRIVER, make_cfg, read_metrics, run_cli, run_python, sweep_job
 
 COMMON = ["epochs=2", "logger=none", "scheduler=step"]
 
@@ -94,9 +94,6 @@ def test_a_fused_sweep_refuses_a_job_dir_holding_another_run_and_fuses_the_rest(
 def test_a_full_disk_in_a_fused_group_fails_its_jobs_cleanly_and_a_rerun_resumes_them(tmp_path):
     """metrics.jsonl torn by a full disk in epoch 1: every member fails with the one-line
     error, nothing later is lost, and the same sweep run again resumes each job."""
-    import os
-    import subprocess
-    import sys
 
     sweep = tmp_path / "sweep"
     argv = ["-m", "hydra/launcher=fused", "epochs=3", "logger=none", "seed=0,1",
@@ -104,15 +101,7 @@ def test_a_full_disk_in_a_fused_group_fails_its_jobs_cleanly_and_a_rerun_resumes
             f"hydra.sweep.dir={sweep}"]  # fmt: skip
     case = {"name": "metrics.jsonl", "after": 2, "argv": argv,  # both epoch-0 rows, then torn
             "stdout": str(tmp_path / "out"), "stderr": str(tmp_path / "err")}  # fmt: skip
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
-    driver = subprocess.run(
-        [sys.executable, "-c", FULL_DISK_DRIVER, json.dumps([case])],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    driver = run_python("-c", FULL_DISK_DRIVER, json.dumps([case]), cwd=tmp_path, timeout=600)
     assert driver.returncode == 0, driver.stderr[-3000:]
     logged = (tmp_path / "out").read_text() + (tmp_path / "err").read_text()
     assert "the fused group stopped: cannot write" in logged and "Traceback" not in logged

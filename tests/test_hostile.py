@@ -11,7 +11,7 @@ import pytest
 
 from runner.run.check import validate
 from schedulers import ConfigError
-from tests.helpers import cli_in_process, make_cfg, read_metrics, run_cli
+from tests.helpers import cli_in_process, make_cfg, quiet_env, read_metrics, run_cli
 
 PLATEAU = "scheduler._target_=torch.optim.lr_scheduler.ReduceLROnPlateau"
 
@@ -141,12 +141,11 @@ def test_wandb_online_without_a_server_costs_its_timeout_and_one_warning(tmp_pat
     """A key and no reachable server (a closed local port): wandb.init gives up after
     logger.wandb.init_timeout_s instead of its own 90 s, the run warns once and completes
     with metrics.jsonl."""
-    import os
     import subprocess
     import sys
     import time
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env = quiet_env()
     env |= {"WANDB_API_KEY": "x" * 40, "WANDB_BASE_URL": "http://127.0.0.1:9"}
     run_dir = tmp_path / "run"
     args = ["logger.wandb.mode=online", "logger.wandb.init_timeout_s=3", "epochs=1",

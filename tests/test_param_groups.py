@@ -4,8 +4,6 @@ without it, the groups log under their names, resume exactly and fuse."""
 
 from __future__ import annotations
 
-import signal
-
 import pytest
 import torch
 from torch import nn
@@ -15,16 +13,16 @@ from runner.run.check import planned_groups, validate
 from runner.run.train import train
 from runner.sweep.fused import group_key
 from runner.train.builders import build_training_parts
-from runner.train.stopping import StopFlag
 from schedulers import ConfigError
 from tests.helpers import (
     assert_same_rows,
-    comparable,
     make_cfg,
     read_metrics,
+    resumed_and_straight,
     tensorboard_scalars,
     train_members,
     train_separate,
+    train_stopped_at_step,
     wandb_records,
 )
 
@@ -172,22 +170,10 @@ def test_group_names_reach_wandb(tmp_path):
 
 @pytest.mark.slow
 def test_a_run_with_no_decay_killed_mid_epoch_resumes_exactly(tmp_path, monkeypatch):
-    import runner.run.train
-
     args = ("logger=none", "epochs=3", "optimizer=adamw", "optimizer.lr=0.01",
             "optimizer.no_decay=true", DECAYED)  # fmt: skip
     run_dir = tmp_path / "run"
-    real, stop, calls = runner.run.train.train_step, StopFlag(), []
-
-    def step_then_stop(*a, **kw):  # a signal in the middle of epoch 1
-        calls.append(1)
-        if len(calls) == 30:
-            stop.signum = signal.SIGINT
-        return real(*a, **kw)
-
-    monkeypatch.setattr(runner.run.train, "train_step", step_then_stop)
-    assert train(make_cfg(*args), run_dir, stop=stop).status == "interrupted"
-    monkeypatch.undo()
+    train_stopped_at_step(monkeypatch, args, run_dir, 30)  # in the middle of epoch 1
     assert len(read_metrics(run_dir)) == 1
     saved = torch.load(run_dir / "last.pt", weights_only=True)["optimizer"]["param_groups"]
     assert [(g["name"], g["weight_decay"]) for g in saved] == [
@@ -196,10 +182,8 @@ def test_a_run_with_no_decay_killed_mid_epoch_resumes_exactly(tmp_path, monkeypa
         ("head", 0.01),
         ("head/no_decay", 0.0),
     ]
-    given = [f"resume={run_dir}"]
-    assert train(make_cfg(*given), run_dir, overrides=given).status == "completed"
-    train(make_cfg(*args), tmp_path / "ref")
-    assert comparable(read_metrics(run_dir)) == comparable(read_metrics(tmp_path / "ref"))
+    rows, straight = resumed_and_straight(args, run_dir, tmp_path / "ref")
+    assert rows == straight
 
 
 @pytest.mark.slow

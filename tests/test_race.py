@@ -20,7 +20,7 @@ from runner.config.compose import compose_config
 from runner.sweep.launch import check_sweeper, configurations
 from runner.sweep.race import Race, RaceSettings, job_subdir
 from runner.sweep.report import write_report
-from tests.helpers import cli_in_process, fake_run, race_json, read_metrics, run_cli
+from tests.helpers import cli_in_process, fake_run, quiet_env, race_json, read_metrics, run_cli
 
 BAD, CLOSE = "optimizer.lr=0.0001", ("optimizer.lr=0.05", "optimizer.lr=0.045")
 # 1e-4 is far behind after 3 epochs; 0.05 and 0.045 win and lose seeds against each other
@@ -124,9 +124,8 @@ def test_fused_launcher_races_the_same(basic_race, tmp_path):
 
 @pytest.mark.slow
 def test_interrupted_race_continues_where_it_stopped(basic_race, tmp_path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        env["OMP_NUM_THREADS"] = "1"  # as run_cli: the same float sums as the reference
+    # as run_cli: the same float sums as the reference
+    env = quiet_env(one_thread=bool(os.environ.get("PYTEST_XDIST_WORKER")))
     args = [*RACE, "hydra.sweep.dir=sweep"]
     sweep = tmp_path / "sweep"
     log = (tmp_path / "first.log").open("w")  # a file, not a pipe nobody reads while it runs

@@ -5,13 +5,12 @@ nothing in the run is refused (a share of the run) or warned about (a count beyo
 
 from __future__ import annotations
 
-import json
 import logging
 
 import pytest
-import yaml
 
 from runner.sweep.report import main, write_report
+from tests.helpers import write_job
 
 NOISE = [0.004, -0.006, 0.005, -0.003, 0.0]
 
@@ -19,19 +18,13 @@ NOISE = [0.004, -0.006, 0.005, -0.003, 0.0]
 def fake_job(sweep, schedule: str, seed: int, best: float, final: float) -> None:
     """A completed job's run dir as the runner leaves it, without training: val/acc peaks
     at `best` (epoch 1) and ends at `final` (epoch 2)."""
-    job = sweep / f"scheduler={schedule},seed={seed}"
-    (job / ".hydra").mkdir(parents=True)
-    (job / ".hydra" / "overrides.yaml").write_text(
-        yaml.safe_dump([f"scheduler={schedule}", f"seed={seed}"])
-    )
-    (job / "config.yaml").write_text(yaml.safe_dump({"seed": seed}))
-    (job / "status.json").write_text(json.dumps({"status": "completed", "wall_time_s": 1.0}))
     rows = [
         {"epoch": 0, "lr/group0": 0.1, "val/acc": best - 0.05, "val/loss": 1.0},
         {"epoch": 1, "lr/group0": 0.05, "val/acc": best, "val/loss": 0.6},
         {"epoch": 2, "lr/group0": 0.01, "val/acc": final, "val/loss": 0.5},
     ]
-    (job / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    job = sweep / f"scheduler={schedule},seed={seed}"
+    write_job(job, [f"scheduler={schedule}", f"seed={seed}"], seed, "completed", rows)
 
 
 def sweep_of(tmp_path, configs: dict[str, list[tuple[float, float]]]):

@@ -24,6 +24,7 @@ from tests.helpers import (
     reference,
     resume_in_process,
     run_cli,
+    run_python,
     start,
     sweep_job,
     wait_for_rows,
@@ -139,15 +140,7 @@ JOB_0, JOB_1 = (str(sweep_job(Path("sweep"), f"seed={s}", *TWO_JOBS[2:5])) for s
 def sweep_with(script: str, cwd: Path) -> subprocess.CompletedProcess:
     """TWO_JOBS run by `python -c script` (which patches the runner, then runs it as
     `python -m runner` does)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
-    return subprocess.run(
-        [sys.executable, "-c", script, *TWO_JOBS],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return run_python("-c", script, *TWO_JOBS, cwd=cwd)
 
 
 # a job whose SIGINT arrives after its last stop check, while it finishes (status.json, ...)

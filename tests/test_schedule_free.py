@@ -7,7 +7,6 @@ scheduler warmup on top of one warns naming both keys; fused sweeps train them s
 from __future__ import annotations
 
 import logging
-import signal
 from itertools import islice
 
 import pytest
@@ -24,9 +23,14 @@ from runner.sweep.fused import why_not_fusable
 from runner.train import range_test as rt
 from runner.train.builders import build_training_parts
 from runner.train.steps import eval_weights
-from runner.train.stopping import StopFlag
 from schedulers import ConfigError
-from tests.helpers import comparable, make_cfg, read_metrics
+from tests.helpers import (
+    comparable,
+    make_cfg,
+    read_metrics,
+    resumed_and_straight,
+    train_stopped_at_step,
+)
 
 BN = ("model=target", "model._target_=tests.user_models.BnNet")
 SGD_SF = ("optimizer=schedulefree_sgd", "scheduler=none", "logger=none")
@@ -152,25 +156,13 @@ def test_a_schedule_free_run_killed_mid_epoch_resumes_exactly(tmp_path, monkeypa
     args = ("optimizer=schedulefree_adamw", "scheduler=none", "logger=none", *BN, "epochs=3",
             "optimizer.warmup_steps=10", "trainer.bn_recalibrate_batches=2")  # fmt: skip
     run_dir = tmp_path / "run"
-    real, stop, calls = runner.run.train.train_step, StopFlag(), []
-
-    def step_then_stop(*a, **kw):  # a signal in the middle of epoch 1
-        calls.append(1)
-        if len(calls) == 30:
-            stop.signum = signal.SIGINT
-        return real(*a, **kw)
-
-    monkeypatch.setattr(runner.run.train, "train_step", step_then_stop)
-    assert train(make_cfg(*args), run_dir, stop=stop).status == "interrupted"
-    monkeypatch.undo()
+    train_stopped_at_step(monkeypatch, args, run_dir, 30)  # in the middle of epoch 1
     assert len(read_metrics(run_dir)) == 1
     saved = torch.load(run_dir / "last.pt", weights_only=True)["optimizer"]
     assert [(g["train_mode"], g["k"]) for g in saved["param_groups"]] == [(False, 23)]
     assert all("z" in s for s in saved["state"].values())
-    given = [f"resume={run_dir}"]
-    assert train(make_cfg(*given), run_dir, overrides=given).status == "completed"
-    train(make_cfg(*args), tmp_path / "ref")
-    assert comparable(read_metrics(run_dir)) == comparable(read_metrics(tmp_path / "ref"))
+    rows, straight = resumed_and_straight(args, run_dir, tmp_path / "ref")
+    assert rows == straight
 
 
 @pytest.mark.slow

@@ -31,6 +31,7 @@ from tests.helpers import (
     cli_in_process,
     fake_run,
     make_cfg,
+    quiet_env,
     race_json,
     release_kept_locks,
     run_cli,
@@ -134,7 +135,7 @@ def test_two_identical_races_started_together_the_second_is_refused(tmp_path):
     training as a loss, and its race.json called the winner "not significantly better"."""
     race = ("-m", "hydra/sweeper=race", "optimizer.lr=0.05", "hydra.sweeper.min_seeds=2",
             "hydra.sweeper.max_seeds=2", *QUICK, "hydra.sweep.dir=race")  # fmt: skip
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env = quiet_env()
     first = subprocess.Popen(
         [sys.executable, "-m", "runner", *race],
         cwd=tmp_path,

@@ -5,12 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import signal
-import subprocess
-import sys
 from contextlib import nullcontext
-from pathlib import Path
 
 import pytest
 import torch
@@ -34,12 +30,12 @@ from tests.helpers import (
     make_cfg,
     one_torch_thread,
     read_metrics,
+    torchrun,
     train_members,
     train_separate,
 )
 
 FAST = ("logger=none", "trainer.progress=line")
-TORCHRUN = Path(sys.executable).parent / "torchrun"
 
 
 def _weights(run_dir) -> dict[str, torch.Tensor]:
@@ -318,25 +314,9 @@ def test_two_ddp_ranks_accumulating_and_clipping_match_one_process(tmp_path):
     args = ["epochs=2", "data.batch_size=32", "trainer.accumulate=3",
             "trainer.grad_clip_norm=0.5", "trainer.label_smoothing=0.1",
             "trainer.progress=line"]  # fmt: skip
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
-    env["OMP_NUM_THREADS"] = "1"
-    ddp = subprocess.run(
-        [
-            str(TORCHRUN),
-            "--standalone",
-            "--nproc_per_node=2",
-            "-m",
-            "runner",
-            "logger=none",
-            "trainer.strategy=ddp",
-            *args,
-            f"hydra.run.dir={tmp_path / 'ddp'}",
-        ],
+    ddp = torchrun(
+        ["logger=none", "trainer.strategy=ddp", *args, f"hydra.run.dir={tmp_path / 'ddp'}"],
         cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
     )
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     with one_torch_thread():

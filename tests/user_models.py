@@ -107,8 +107,9 @@ class EmbedNet(nn.Module):
 
 
 class BnNet(nn.Module):
-    """An MLP with a BatchNorm layer: its running statistics are what a schedule-free
-    optimizer's eval weights need recomputed (tests/test_schedule_free.py)."""
+    """An MLP with a BatchNorm layer (body.2): its running statistics are what a
+    schedule-free optimizer's eval weights (tests/test_schedule_free.py) and an averaged
+    model (trainer.average, swa_utils.update_bn: tests/test_averaging.py) need recomputed."""
 
     def __init__(self, in_channels: int, image_size: int, num_classes: int, hidden: int = 32):
         super().__init__()
@@ -122,21 +123,3 @@ class BnNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.body(x))
-
-
-class BatchNormNet(nn.Module):
-    """An MLP with a BatchNorm1d between its layers: the averaged model (trainer.average)
-    needs its own running statistics (swa_utils.update_bn)."""
-
-    def __init__(self, in_channels: int, image_size: int, num_classes: int, hidden: int = 16):
-        super().__init__()
-        self.body = nn.Sequential(
-            nn.Flatten(),
-            nn.Linear(in_channels * image_size * image_size, hidden),
-            nn.BatchNorm1d(hidden),
-            nn.ReLU(),
-            nn.Linear(hidden, num_classes),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(x)

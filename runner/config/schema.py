@@ -226,19 +226,15 @@ class SgdScheduleFree:
 
 
 @dataclass
-class AdamWScheduleFree:
-    """schedulefree.AdamWScheduleFree: as SgdScheduleFree, with Adam's second moment."""
+class AdamWScheduleFree(Adam):
+    """schedulefree.AdamWScheduleFree: Adam's keys (its betas' first one the interpolation,
+    as SgdScheduleFree's momentum) with SgdScheduleFree's warmup and averaging."""
 
     name: str = key("schedulefree_adamw", choice("schedulefree_adamw"))
     lr: Any = key(0.0025, anything())
-    betas: list[float] = key([0.9, 0.999], anything())  # two numbers: runner/train/optimizers.py
-    eps: float = key(1e-8, number(0, lo_open=True))
-    weight_decay: float = key(0.0, number(0))
     warmup_steps: int = key(0, integer(0))
     r: float = key(0.0, number(0))
     weight_lr_power: float = key(2.0, number(0))
-    param_groups: Any = key(None, anything())
-    no_decay: bool = key(False, boolean())
 
 
 # -- data ---------------------------------------------------------------------------------------

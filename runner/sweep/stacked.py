@@ -98,33 +98,22 @@ class StackedNet(nn.Module):
                 x = x.contiguous(memory_format=torch.channels_last)
         p = 0
         for layer in self.kinds:
-            if isinstance(layer, nn.Conv1d):
-                if m != k:
-                    x = x.unflatten(1, (m, -1)).repeat_interleave(k // m, 1).flatten(1, 2)
-                    m = k
-                w, b = self.weights[p], self.biases[p]
-                x = F.conv1d(
-                    x,
-                    w.flatten(0, 1),
-                    b.flatten(),
-                    layer.stride,
-                    layer.padding,
-                    layer.dilation,
-                    groups=k * layer.groups,
-                )
-                p += 1
-            elif isinstance(layer, nn.Conv2d):
+            if isinstance(layer, (nn.Conv1d, nn.Conv2d)):
+                two_d = isinstance(layer, nn.Conv2d)
                 if m != k:  # one input per member: oneDNN's dense convolution of a shared
                     # one-channel input (LeNet's first) measured slower than the grouped one
                     x = x.unflatten(1, (m, -1)).repeat_interleave(k // m, 1).flatten(1, 2)
-                    x = x.contiguous(memory_format=torch.channels_last)
+                    if two_d:
+                        x = x.contiguous(memory_format=torch.channels_last)
                     m = k
-                w, b = self.weights[p], self.biases[p]
-                w = w.flatten(0, 1).contiguous(memory_format=torch.channels_last)
-                x = F.conv2d(
+                w = self.weights[p].flatten(0, 1)
+                if two_d:
+                    w = w.contiguous(memory_format=torch.channels_last)
+                conv = F.conv2d if two_d else F.conv1d
+                x = conv(
                     x,
                     w,
-                    b.flatten(),
+                    self.biases[p].flatten(),
                     layer.stride,
                     layer.padding,
                     layer.dilation,
