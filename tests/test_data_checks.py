@@ -238,6 +238,7 @@ class _Crafted:
         return (Path.touch, (self.marker,))
 
 
+@pytest.mark.slow  # a subprocess run, ~5 s
 def test_a_crafted_cifar_pickle_is_refused_unrun_exit_2_naming_the_file(tmp_path):
     write_cifar(tmp_path / "data", labels=[1, 2])
     marker = tmp_path / "marker"

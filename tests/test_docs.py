@@ -28,6 +28,7 @@ def test_the_readme_stays_short() -> None:
     assert len(lines) < 260, f"README.md has {len(lines)} lines: move detail into docs/"
 
 
+@pytest.mark.slow  # mkdocs build --strict, ~3 s
 def test_the_site_builds_strict_with_the_readme_as_home_and_the_generated_reference(tmp_path):
     """`mkdocs build --strict`: a link to a page or anchor that does not exist, or a page in
     the nav that is missing, fails the build (mkdocs.yml's `validation` makes each a
