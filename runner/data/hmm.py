@@ -130,25 +130,23 @@ def token_nll(hmm: Hmm, windows: np.ndarray, resets: np.ndarray | None = None) -
     step), vectorised over the windows. `resets` [W, L] bool: positions where a new
     document starts (its chain restarts from `hmm.start`, independent of what came before)."""
     windows = np.asarray(windows, dtype=np.int64)
+    with threadpool_limits(1):  # [W, 64] @ [64, 64]: BLAS threads cost ~20x here
+        return _forward(hmm, windows, resets)
+
+
+def _forward(hmm: Hmm, windows: np.ndarray, resets: np.ndarray | None) -> np.ndarray:
     n, length = windows.shape
     belief = np.broadcast_to(hmm.start, (n, hmm.start.shape[0])).copy()
-    nll = np.empty((n, length))
-    with threadpool_limits(1):  # [W, 64] @ [64, 64]: BLAS threads cost ~20x here
-        _forward(hmm, windows, resets, belief, nll)
-    return nll
-
-
-def _forward(
-    hmm: Hmm, windows: np.ndarray, resets: np.ndarray | None, belief: np.ndarray, nll: np.ndarray
-) -> None:
     emission_t = hmm.emission.T  # [256, K]: the likelihood of each state for a byte
-    for t in range(windows.shape[1]):
+    nll = np.empty((n, length))
+    for t in range(length):
         if resets is not None and t > 0 and resets[:, t].any():
             belief[resets[:, t]] = hmm.start
         joint = belief * emission_t[windows[:, t]]
         p = joint.sum(axis=1)
         nll[:, t] = -np.log(p)
         belief = (joint / p[:, None]) @ hmm.transition
+    return nll
 
 
 def document_starts(offsets: np.ndarray, length: int, doc_len: int = DOC_LEN) -> np.ndarray:

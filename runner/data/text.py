@@ -53,7 +53,7 @@ class Windows:
     1). Shaped like the tensor it stands for ([count, block_size]); sets.batches() draws
     from it with `window_batches`."""
 
-    tokens: torch.Tensor  # uint8 [N], the split's stream
+    tokens: np.ndarray  # uint8 [N], the split's stream (a memory map)
     block_size: int
     count: int  # windows per epoch
     shift: int = 0
@@ -68,9 +68,10 @@ class Windows:
         return int(self.tokens.shape[0]) - self.block_size
 
     def gather(self, offsets: torch.Tensor) -> torch.Tensor:
-        """[len(offsets), block_size] long tokens from each offset (+ shift)."""
-        span = torch.arange(self.block_size) + self.shift
-        return self.tokens[offsets[:, None] + span].long()
+        """[len(offsets), block_size] long tokens from each offset (+ shift). Gathered by
+        numpy: torch's indexing of a small batch costs ~1000x more (its thread pool)."""
+        span = np.arange(self.shift, self.block_size + self.shift)
+        return torch.from_numpy(self.tokens[offsets.numpy()[:, None] + span].astype(np.int64))
 
     def in_order(self, first: int, n: int) -> torch.Tensor:
         """The offsets of windows first..first+n-1 in order: consecutive, wrapping around."""
@@ -258,10 +259,9 @@ def bundled_tokens(seed: int, n: int, cache_dir: str) -> Path:
     return target
 
 
-def memory_map(path: Path) -> torch.Tensor:
-    """The file as a uint8 tensor, memory-mapped copy-on-write (nothing is written back)."""
-    size = path.stat().st_size
-    return torch.from_numpy(np.memmap(path, dtype=np.uint8, mode="c", shape=(size,)))
+def memory_map(path: Path) -> np.ndarray:
+    """The file as a uint8 array, memory-mapped read-only."""
+    return np.memmap(path, dtype=np.uint8, mode="r", shape=(path.stat().st_size,))
 
 
 # -- loading ------------------------------------------------------------------------------------
@@ -282,7 +282,7 @@ def load(cfg: Mapping[str, Any]) -> TextData:
     per_epoch = cfg["tokens_per_epoch"] or split
     x_train = Windows(train, block, per_epoch // block)
     n_val = (val_len - 1) // block
-    val = tokens[split : split + n_val * block + 1].long()
+    val = torch.from_numpy(tokens[split : split + n_val * block + 1].astype(np.int64))
     x_val, y_val = val[:-1].view(n_val, block), val[1:].view(n_val, block)
     source = (_source_loss(path, val, split, block), hmm.ENTROPY_RATE) if bundled else ()
     y_train = Windows(train, block, x_train.count, shift=1)
