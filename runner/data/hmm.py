@@ -13,6 +13,9 @@ from it, and a window anywhere in a document has it as its prior.
 Because the source is known, the Bayes-optimal next-token loss of any window is computed
 exactly by the forward algorithm (`token_nll`): `optimal_loss` of the validation windows
 is the loss no model or schedule can beat on them, and `val/loss - optimal_loss` the gap.
+What there is to learn, in nats per token: ln 256 = 5.55 (an untrained model), 2.74 (the
+bytes' frequencies), 2.35, 1.84, 1.59 (knowing the last 1, 2, 3 bytes: plug-in estimates
+on 1M tokens), 1.47 (optimal with 128 tokens of context), 1.4585 (the entropy rate).
 
 Same bytes on every machine: the parameters and the samples are made from uniform doubles
 of numpy's PCG64 bit generator (`Generator.random`, whose stream numpy keeps stable)
