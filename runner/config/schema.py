@@ -319,6 +319,23 @@ class Dataset:
     in_memory: Any = key("auto", choice("auto", True, False))
 
 
+@dataclass
+class Text:
+    """data=text: byte-level text for language models (runner/data/text.py)."""
+
+    name: str = key("text", choice("text"))
+    path: str | None = key(None, text(optional=True))  # a file or folder; null: bundled source
+    num_classes: int = key(256, choice(256))  # the vocabulary: byte values
+    block_size: int = key(128, integer(1, high=1_000_000))
+    batch_size: int = key(32, integer(1))
+    val_fraction: float = key(0.05, number(0, 1, lo_open=True, hi_open=True))
+    val_tokens: int | None = key(65536, integer(2, optional=True))
+    tokens_per_epoch: int | None = key(None, integer(1, optional=True))
+    cache_dir: str = key("data/cache", text())
+    source_tokens: int = key(2_097_152, integer(2, high=2**34))
+    source_seed: int = key(0, integer(0, high=SEED_MAX))
+
+
 # -- loggers: the logger node holds one sub-node per backend (logger=[wandb,tensorboard]) -----
 @dataclass
 class Wandb:
@@ -365,6 +382,7 @@ SCHEMAS: dict[str, dict[str, type]] = {
         "fashion_mnist": FashionMnist,
         "cifar10": Cifar10,
         "dataset": Dataset,
+        "text": Text,
     },  # fmt: skip
     "trainer": {"default": Trainer},
     "lr_find": {"default": LrFind},

@@ -8,6 +8,7 @@ The fingerprint is cheap: sizes, classes and a sample's shape come from the load
 `LABELS` of each split, read from the tensors in memory, from a streamed dataset's
 `targets` where it has them, else fetched (those samples only, never a pass over the set).
 Bundled sets (digits, fake, mnist1d) are made from their arguments: those are hashed.
+Text (data=text) is hashed whole already (its cache's name): that hash is kept.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from omegaconf import OmegaConf, open_dict
 from runner.data.paths import as_absolute, path_values, roots
 from runner.data.sets import load_data
 from runner.data.stream import MATERIALISE_EPOCH, SampleError, SeededSamples, is_streamed
+from runner.data.text import is_text
 from schedulers import ConfigError
 from schedulers.binder import plain
 
@@ -108,6 +110,9 @@ def fingerprint(data_cfg: Any, data: Any) -> dict[str, Any]:
     if values["name"] in BUNDLED:
         args = {k: v for k, v in values.items() if k not in ("batch_size", "root")}
         record["args"] = _digest(args)
+    elif is_text(data):  # its stream's hash: what the cache is named by, not where it is
+        record["roots"] = {k: v for k, v in roots(values).items() if k != "data.cache_dir"}
+        record["content"] = data.content[:32]
     else:
         record["roots"] = roots(values)
         record["labels"] = _digest(_labels(data))
@@ -162,14 +167,18 @@ def difference(trained: Mapping[str, Any], now: Mapping[str, Any]) -> ConfigErro
         ("sample_shape", "data"),
         ("labels", _split_key(now, "train")),  # a hash of the first samples' labels
         ("args", "data"),  # a hash of a bundled set's generating keys
+        ("content", "data.path"),  # data=text: a hash of the token stream
     ):
         was, is_ = trained.get(field), now.get(field)
         if was != is_:
             value = new_roots.get(key, is_)
-            what = "the first samples' labels (hashed)" if field == "labels" else field
+            what = _WHAT.get(field, field)
             why = f"{what}: the run trained on {was}, this command gives {is_}"
             return _refused(key, value, why)
     return None
+
+
+_WHAT = {"labels": "the first samples' labels (hashed)", "content": "the text (hashed)"}
 
 
 def _refused(key: str, value: Any, why: str) -> ConfigError:

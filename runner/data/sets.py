@@ -24,11 +24,12 @@ import torch
 from torch.nn import functional as F
 
 from runner.config.schema import SCHEMAS, check_node
-from runner.data import digits, stream
+from runner.data import digits, stream, text
 from runner.data.labels import check_labels, warn_one_class
 from runner.data.mnist1d import load_mnist1d
 from runner.data.paths import with_absolute_paths
 from runner.data.stream import StreamData
+from runner.data.text import TextData, Windows, window_batches
 from schedulers import ConfigError
 from schedulers.binder import plain
 
@@ -48,7 +49,7 @@ _TORCHVISION = {
         [*(f"data_batch_{i}" for i in range(1, 6)), "test_batch"],
     ),
 }
-DATASETS = ("digits", "fake", "mnist1d", *_TORCHVISION)
+DATASETS = ("digits", "fake", "mnist1d", "text", *_TORCHVISION)
 
 _FETCH_HINT = (
     "download it once on a machine with network, e.g.\n"
@@ -96,6 +97,9 @@ def validate_data(cfg: Mapping[str, Any]) -> None:
     if name == "dataset":  # any torch Dataset, streamed: runner/data/stream.py
         stream.validate(cfg)
         return
+    if name == "text":  # byte-level text: runner/data/text.py
+        text.validate(cfg)
+        return
     if name not in DATASETS:
         raise ConfigError("data.name", name, f"must be one of {list(DATASETS)}")
     check_node("data", cfg, SCHEMAS["data"][name])
@@ -136,12 +140,13 @@ def steps_per_epoch(n_train: int, batch_size: int, accumulate: int = 1) -> int:
     return math.ceil(math.ceil(n_train / batch_size) / accumulate)
 
 
-def load_data(cfg: Mapping[str, Any]) -> TensorData | StreamData:
+def load_data(cfg: Mapping[str, Any]) -> TensorData | StreamData | TextData:
     """The data set, loaded once per process for the same data: start-up validation reads
     its sizes and shapes from it, then the run trains on the same tensors, a resume checks
     its fingerprint on them, and a sweep's jobs in one process share them. Loading uses no
     global RNG. data=dataset gives a StreamData (runner/data/stream.py) unless it is
-    materialised (data.in_memory); it answers the same size and shape questions."""
+    materialised (data.in_memory); data=text a TextData (runner/data/text.py). All answer
+    the same size and shape questions."""
     settings = {k: v for k, v in dict(plain(cfg)).items() if k != "batch_size"}  # not the data's
     key = _cache_key(settings)
     held = _HELD["data"]
@@ -185,7 +190,7 @@ def _versions(data: Any) -> tuple[int, ...]:
     return tuple(t._version for t in (data.x_train, data.y_train, data.x_val, data.y_val))
 
 
-def _load(settings: dict[str, Any]) -> TensorData | StreamData:
+def _load(settings: dict[str, Any]) -> TensorData | StreamData | TextData:
     data = _build(settings)
     if isinstance(data, TensorData):  # every label in memory: a min and a max, cheap
         check_labels("data.train", data.y_train, data.num_classes)
@@ -194,8 +199,10 @@ def _load(settings: dict[str, Any]) -> TensorData | StreamData:
     return data
 
 
-def _build(cfg: dict[str, Any]) -> TensorData | StreamData:
+def _build(cfg: dict[str, Any]) -> TensorData | StreamData | TextData:
     name = cfg["name"]
+    if name == "text":
+        return text.load(cfg)
     if name == "dataset":
         loaded = stream.load(cfg)
         return loaded if isinstance(loaded, StreamData) else TensorData(*loaded)
@@ -249,7 +256,11 @@ def batches(
     device: Any = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Mini-batches in a random order drawn from `generator`, or in order when it is None.
-    Index shuffling of in-memory tensors: no per-sample Python work, no workers."""
+    Index shuffling of in-memory tensors: no per-sample Python work, no workers. Text's
+    training windows (x, y: `Windows`) are gathered at offsets drawn for each batch."""
+    if isinstance(x, Windows):
+        yield from window_batches(x, y, batch_size, generator, device)  # type: ignore[arg-type]
+        return
     n = x.shape[0]
     order = None if generator is None else torch.randperm(n, generator=generator).to(x.device)
     for start in range(0, n, batch_size):

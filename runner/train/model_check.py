@@ -21,6 +21,7 @@ from torch.nn.modules.lazy import LazyModuleMixin
 
 from runner.data.sets import TensorData
 from runner.data.stream import sample_batch as streamed_batch
+from runner.data.text import is_text
 from runner.train.models import build_model, spec_of
 from schedulers import ConfigError, binder
 
@@ -30,7 +31,7 @@ SAMPLES = 2  # a batch of two: BatchNorm in training mode needs more than one va
 def sample_batch(data: Any, n: int = SAMPLES) -> torch.Tensor:
     """The first `n` training inputs as the model gets them (in memory, or fetched and
     collated as the loader does)."""
-    if isinstance(data, TensorData):
+    if isinstance(data, TensorData) or is_text(data):  # text: its first windows, in order
         return data.x_train[:n]
     return streamed_batch(data, n)
 
