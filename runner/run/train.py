@@ -53,6 +53,7 @@ from runner.train.steps import (
     evaluate,
     groups,
     has_batch_norm,
+    hits,
     recalibrate_bn,
     schedule_free,
     train_step,
@@ -336,7 +337,7 @@ class SingleModel:
         for (loss, logits), (_, y, _) in zip(out, parts, strict=True):
             sums.append(loss * y.shape[0])
             self.loss_sum += sums[-1]
-            self.correct += (logits.argmax(1) == y).sum()
+            self.correct += hits(logits, y)
         if norm is not None:
             self.norm_sum += norm
         if self.average is not None:
