@@ -250,7 +250,7 @@ class SeededSamples(Dataset):
         if type(y) is int and 0 <= y < num_classes:
             return  # the common case, without a call
         if _tokens(x, y):  # next-token targets: each one a class index
-            if len(y) and not (0 <= int(y.min()) and int(y.max()) < num_classes):
+            if len(y) and not (int(y.min()) >= 0 and int(y.max()) < num_classes):
                 raise self._error(index, f"target outside [0, {num_classes}) (data.num_classes)")
             return
         problem = sample_label_problem(y, num_classes)

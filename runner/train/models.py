@@ -1,8 +1,8 @@
 """The models a run can train, each shaped by the data it is given (channels, size, classes).
 
 Images come as [C, H, W] samples, 1-D signals (data=mnist1d) as [C, L], token windows
-(a language model's data) as [T] integer ids; each built-in says which it takes, so a mismatch is a config error at start-up, not a shape error in
-the first forward pass.
+(a language model's data) as [T] integer ids; each built-in says which it takes, so a
+mismatch is a config error at start-up, not a shape error in the first forward pass.
 
 Built-ins are one entry each in `MODELS` (name -> spec); any other `nn.Module` comes by
 `_target_` (schedulers/binder.py), and is offered the data's `num_classes`, `in_channels`
