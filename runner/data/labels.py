@@ -71,10 +71,9 @@ def check_labels(
         return
     bad = (y < 0) | (y >= num_classes)
     if bool(bad.any()):
-        i = int(bad.nonzero()[0, 0])
-        raise ConfigError(
-            f"{where}[{offset + i}]", None, sample_label_problem(int(y[i]), num_classes)
-        )
+        first = bad.nonzero()[0]  # (sample,) or, for token targets, (sample, position)
+        i, value = int(first[0]), int(y[tuple(first)])
+        raise ConfigError(f"{where}[{offset + i}]", None, sample_label_problem(value, num_classes))
 
 
 def warn_one_class(y: torch.Tensor) -> None:

@@ -48,6 +48,7 @@ from runner.run.rundir import (
 )
 from runner.train.builders import Run, build_run
 from runner.train.engine import Engine, Result, Track, say_to_log, track_for
+from runner.train.lm import token_stats
 from runner.train.range_test import find_lr
 from runner.train.steps import (
     evaluate,
@@ -241,6 +242,7 @@ def fit(
             new=start is None or start.get("branched", False),  # a branch's start: last.pt now
             session=session,
         )
+        track.tokens = token_stats(run.data, spec.model, run.model, run.device, run.dist.world)
         engine = Engine([track], spec.epochs, step=progress.step, elapsed_s=progress.elapsed_s)
         engine.run(
             SingleModel(spec, run, shuffle),
