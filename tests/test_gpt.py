@@ -177,9 +177,9 @@ def test_a_report_of_lm_runs_ranks_by_final_val_loss_lowest_first(tmp_path):
     for name, (losses, acc) in runs.items():
         for seed in (0, 1):
             rows = [
-                {"epoch": e, "lr/group0": 0.1, "val/acc": acc, "val/loss": l + seed / 100,
-                 "val/bpb": l / math.log(2)}
-                for e, l in enumerate(losses)
+                {"epoch": e, "lr/group0": 0.1, "val/acc": acc, "val/loss": v + seed / 100,
+                 "val/bpb": v / math.log(2)}
+                for e, v in enumerate(losses)
             ]  # fmt: skip
             write_job(
                 tmp_path / f"{name}{seed}", [f"x={name}", f"seed={seed}"], seed, "completed", rows
