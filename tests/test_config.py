@@ -25,6 +25,12 @@ TARGETS = {
 }
 # the 1-D models need 1-D data
 NEEDS = {f"model={m}": ["data=mnist1d", "data.num_samples=200"] for m in ("cnn1d", "gru")}
+# and the language model token windows
+NEEDS["model=gpt"] = [
+    "data=dataset",
+    "data.train={_target_:tests.user_datasets.MarkovTokens,size:64}",
+    "data.val={_target_:tests.user_datasets.MarkovTokens,size:8,seed:1}",
+]
 
 
 # full-size data: 12-40 s each to make and check (the 1-D models' small mnist1d stays fast)
