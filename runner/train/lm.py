@@ -25,10 +25,11 @@ from runner.train import gpt
 from runner.train.model_check import sample_batch
 
 # dense bf16 tensor-core peaks in FLOP/s (vendors' datasheets, without sparsity), by a
-# substring of torch.cuda.get_device_name(); the first match wins (H200 before H100)
+# substring of torch.cuda.get_device_name(); the first match wins (H100 PCIe before H100)
 PEAK_BF16 = (
     ("H200", 989e12),
-    ("H100", 989e12),  # SXM; the PCIe card's is 756e12
+    ("H100 PCIe", 756e12),
+    ("H100", 989e12),  # SXM
     ("A100", 312e12),
     ("L40S", 362e12),
     ("A10G", 70e12),
