@@ -18,7 +18,7 @@ from runner.run.train import train
 from runner.sweep.report import write_report
 from runner.train import gpt, lm
 from runner.train.builders import build_training_parts
-from runner.train.models import build_model
+from runner.train.models import build_model, validate_model
 from runner.train.range_test import find_lr
 from runner.train.steps import backward, evaluate, hits, loss_of
 from schedulers import ConfigError
@@ -85,9 +85,9 @@ def test_gpt2_init_residual_projections_scaled_by_depth():
 
 def test_gpt_wants_token_windows_and_heads_that_divide_the_width():
     with pytest.raises(ConfigError, match=r"model.name='gpt': takes token windows \[T\]"):
-        validate(make_cfg("model=gpt"))  # digits: images
+        validate_model(SMALL, (1, 8, 8), 10)  # digits: images
     with pytest.raises(ConfigError, match="model.n_head=3: must divide model.n_embd=32"):
-        validate(make_cfg(*TOKENS, "model.n_head=3"))
+        validate_model({**SMALL, "n_head": 3}, (16,), 16)
 
 
 # -- parts and weight decay ---------------------------------------------------------------------
