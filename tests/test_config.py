@@ -26,8 +26,12 @@ TARGETS = {
 # the 1-D models need 1-D data; text (token windows [B, T]) needs a language model
 NEEDS = {f"model={m}": ["data=mnist1d", "data.num_samples=200"] for m in ("cnn1d", "gru")}
 NEEDS["data=text"] = ["model=gpt", "data.source_tokens=65536"]
-# issue #35 came in two branches: data=text validates once model=gpt is there too
-WAITING = set() if (CONF / "model" / "gpt.yaml").exists() else {"data=text"}
+# and a language model token windows: data=text's, or the user's Dataset of them
+NEEDS["model=gpt"] = [
+    "data=dataset",
+    "data.train={_target_:tests.user_datasets.MarkovTokens,size:64}",
+    "data.val={_target_:tests.user_datasets.MarkovTokens,size:8,seed:1}",
+]
 
 
 # full-size data: 12-40 s each to make and check (the 1-D models' small mnist1d stays fast)
@@ -37,11 +41,7 @@ SLOW_OPTIONS = {"data=mnist1d", "data=dataset", "data=fake"}
 @pytest.mark.parametrize(
     "override",
     [
-        pytest.param(o, marks=pytest.mark.slow)
-        if o in SLOW_OPTIONS
-        else pytest.param(o, marks=pytest.mark.skip("needs model=gpt"))
-        if o in WAITING
-        else o
+        pytest.param(o, marks=pytest.mark.slow) if o in SLOW_OPTIONS else o
         for o in (f"{g}={o}" for g, opts in OPTIONS.items() for o in opts)
         if o.split("=")[1] not in FILE_DATASETS
     ],

@@ -170,6 +170,28 @@ class Gru:
 
 
 @dataclass
+class Gpt:
+    """runner/train/gpt.py; block_size and the vocabulary come from the data."""
+
+    name: str = key("gpt", choice("gpt"))
+    n_layer: int = key(4, integer(1, high=1024))
+    n_head: int = key(4, integer(1, high=1024))
+    n_embd: int = key(128, integer(1, high=65536))
+    dropout: float = key(0.0, number(0, 1, hi_open=True))
+    bias: bool = key(False, boolean())
+
+    @staticmethod
+    def check_keys(prefix: str, node: Mapping[str, Any]) -> None:
+        """Each head gets n_embd / n_head channels: the split must be exact."""
+        if node["n_embd"] % node["n_head"]:
+            raise ConfigError(
+                f"{prefix}.n_head",
+                node["n_head"],
+                f"must divide {prefix}.n_embd={node['n_embd']} (each head's width)",
+            )
+
+
+@dataclass
 class ResNet18:
     name: str = key("resnet18", choice("resnet18"))
     small_input_stem: Any = key("auto", choice("auto", True, False))
@@ -188,7 +210,8 @@ class Sgd:
     nesterov: bool = key(False, boolean())
     # checked against the model: runner/train/optimizers.py
     param_groups: Any = key(None, anything())
-    no_decay: bool = key(False, boolean())
+    # null: the model's default (true for model=gpt, else false): runner/train/optimizers.py
+    no_decay: bool | None = key(None, choice(None, True, False))
 
 
 @dataclass
@@ -199,7 +222,8 @@ class Adam:
     eps: float = key(1e-8, number(0, lo_open=True))
     weight_decay: float = key(0.0, number(0))
     param_groups: Any = key(None, anything())
-    no_decay: bool = key(False, boolean())
+    # null: the model's default (true for model=gpt, else false): runner/train/optimizers.py
+    no_decay: bool | None = key(None, choice(None, True, False))
 
 
 @dataclass
@@ -222,7 +246,8 @@ class SgdScheduleFree:
     r: float = key(0.0, number(0))  # polynomial weighting (k+1)^r of the average
     weight_lr_power: float = key(2.0, number(0))  # average weighted by lr^power (warmup)
     param_groups: Any = key(None, anything())
-    no_decay: bool = key(False, boolean())
+    # null: the model's default (true for model=gpt, else false): runner/train/optimizers.py
+    no_decay: bool | None = key(None, choice(None, True, False))
 
 
 @dataclass

@@ -43,9 +43,12 @@ def sample_label_problem(y: Any, num_classes: int) -> str | None:
     return None
 
 
-def check_labels(where: str, y: Any, num_classes: int, offset: int = 0) -> None:
+def check_labels(
+    where: str, y: Any, num_classes: int, offset: int = 0, tokens: bool = False
+) -> None:
     """Every label of a split (or of one batch of it, starting at sample `offset`), as
-    collated; raises ConfigError(`<where>[<index>]`) for the first bad one."""
+    collated; raises ConfigError(`<where>[<index>]`) for the first bad one. `tokens`: a
+    language model's targets [N, T], one next-token id per position of integer inputs."""
     if not torch.is_tensor(y):  # default_collate leaves str labels a list
         first = y[0] if isinstance(y, list | tuple) and len(y) else y
         problem = sample_label_problem(first, num_classes) or (
@@ -53,7 +56,7 @@ def check_labels(where: str, y: Any, num_classes: int, offset: int = 0) -> None:
             + _RULE.format(n=num_classes)
         )
         raise ConfigError(f"{where}[{offset}]", None, problem)
-    if y.dim() != 1:
+    if y.dim() != (2 if tokens else 1):
         problem = sample_label_problem(y[0] if len(y) else y, num_classes)
         raise ConfigError(
             f"{where}[{offset}]", None, problem or f"labels of shape {tuple(y.shape)}"
@@ -68,10 +71,9 @@ def check_labels(where: str, y: Any, num_classes: int, offset: int = 0) -> None:
         return
     bad = (y < 0) | (y >= num_classes)
     if bool(bad.any()):
-        i = int(bad.nonzero()[0, 0])
-        raise ConfigError(
-            f"{where}[{offset + i}]", None, sample_label_problem(int(y[i]), num_classes)
-        )
+        first = bad.nonzero()[0]  # (sample,) or, for token targets, (sample, position)
+        i, value = int(first[0]), int(y[tuple(first)])
+        raise ConfigError(f"{where}[{offset + i}]", None, sample_label_problem(value, num_classes))
 
 
 def warn_one_class(y: torch.Tensor) -> None:

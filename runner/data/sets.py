@@ -193,8 +193,9 @@ def _versions(data: Any) -> tuple[int, ...]:
 def _load(settings: dict[str, Any]) -> TensorData | StreamData | TextData:
     data = _build(settings)
     if isinstance(data, TensorData):  # every label in memory: a min and a max, cheap
-        check_labels("data.train", data.y_train, data.num_classes)
-        check_labels("data.val", data.y_val, data.num_classes)
+        tokens = not data.x_train.is_floating_point()  # token windows: targets [N, T]
+        check_labels("data.train", data.y_train, data.num_classes, tokens=tokens)
+        check_labels("data.val", data.y_val, data.num_classes, tokens=tokens)
         warn_one_class(data.y_train)
     return data
 

@@ -249,6 +249,10 @@ class SeededSamples(Dataset):
             )
         if type(y) is int and 0 <= y < num_classes:
             return  # the common case, without a call
+        if _tokens(x, y):  # next-token targets: each one a class index
+            if len(y) and not (int(y.min()) >= 0 and int(y.max()) < num_classes):
+                raise self._error(index, f"target outside [0, {num_classes}) (data.num_classes)")
+            return
         problem = sample_label_problem(y, num_classes)
         if problem is not None:
             raise self._error(index, problem)
@@ -656,7 +660,8 @@ def _probe_shape(
         sample = SeededSamples(dataset, 0, where)[(MATERIALISE_EPOCH, 0)]
     except SampleError as err:  # __getitem__ raised: the dataset's error, not collation's
         raise err.config_error() from None
-    if collate is None and isinstance(sample, tuple | list) and len(sample) == 2:
+    pair = isinstance(sample, tuple | list) and len(sample) == 2
+    if collate is None and pair and not _tokens(*sample):
         problem = sample_label_problem(sample[1], num_classes)
         if problem is not None:
             raise ConfigError(f"{where}[0]", None, problem)
@@ -664,11 +669,24 @@ def _probe_shape(
         x, y = (collate or default_collate)([sample])
     except Exception as err:  # PIL images, dicts, a transform that fails on the sample
         raise ConfigError(f"{where}.transform", None, f"{how}: {err}") from None
-    if not (torch.is_tensor(x) and x.is_floating_point()):
+    tokens = _tokens(x, y)
+    if not (torch.is_tensor(x) and (x.is_floating_point() or tokens)):
         got = type(x).__name__ if not torch.is_tensor(x) else f"a {x.dtype} tensor"
         raise ConfigError(f"{where}.transform", None, f"{how}; got {got}")
-    check_labels(where, y, num_classes)
+    check_labels(where, y, num_classes, tokens=tokens)
     return tuple(x.shape[1:])
+
+
+def _tokens(x: Any, y: Any) -> bool:
+    """A language model's sample (or batch): integer token ids x and next-token targets y
+    of the same shape ([T], collated [N, T]); y's values are checked as labels are."""
+    return (
+        torch.is_tensor(x)
+        and torch.is_tensor(y)
+        and not x.is_floating_point()
+        and x.dim() in (1, 2)
+        and x.shape == y.shape
+    )
 
 
 def _num_classes(cfg: Mapping[str, Any], train: Any) -> int:
@@ -742,7 +760,7 @@ def _materialise(data: StreamData, dataset: Any, where: str) -> tuple[torch.Tens
     xs, ys, done = [], [], 0
     try:
         for x, y in loader:
-            check_labels(where, y, data.num_classes, offset=done)
+            check_labels(where, y, data.num_classes, offset=done, tokens=_tokens(x, y))
             xs.append(x)
             ys.append(y)
             done += len(y)

@@ -24,8 +24,9 @@ from runner.run.branch import check_branch
 from runner.train.averaging import validate_average
 from runner.train.builders import resolve_device
 from runner.train.model_check import check_model_on_data
-from runner.train.models import model_parts, part_names, probe_model, validate_model
+from runner.train.models import part_names, probe_model, validate_model
 from runner.train.optimizers import (
+    exempts_decay,
     group_settings,
     split_params,
     uses_parts,
@@ -50,14 +51,14 @@ def _groups(
     """From the built-in model's part names, or, for name patterns and optimizer.no_decay
     (which needs each parameter's shape and module), from the model built on the meta
     device for data of `shape` (a sample's shape, the number of classes)."""
-    settings, no_decay = group_settings(opt), opt.get("no_decay", False)
+    settings, no_decay = group_settings(opt), exempts_decay(opt, model_cfg)
     if settings is None and not no_decay:
         return [("group0", 1.0)]
     parts = part_names(model_cfg)
     if settings is not None and not no_decay and uses_parts(opt, parts):
         return [(p, settings[p].scale if p in settings else 1.0) for p in parts]
     model = probe_model(model_cfg, *shape)
-    groups = split_params(opt, model, model_parts(model, model_cfg))
+    groups = split_params(opt, model, model_cfg)
     return [(g.name or "group0", g.scale) for g in groups]
 
 

@@ -48,11 +48,13 @@ from runner.run.rundir import (
 )
 from runner.train.builders import Run, build_run
 from runner.train.engine import Engine, Result, Track, say_to_log, track_for
+from runner.train.lm import token_stats
 from runner.train.range_test import find_lr
 from runner.train.steps import (
     evaluate,
     groups,
     has_batch_norm,
+    hits,
     recalibrate_bn,
     schedule_free,
     train_step,
@@ -240,6 +242,7 @@ def fit(
             new=start is None or start.get("branched", False),  # a branch's start: last.pt now
             session=session,
         )
+        track.tokens = token_stats(run.data, spec.model, run.model, run.device, run.dist.world)
         engine = Engine([track], spec.epochs, step=progress.step, elapsed_s=progress.elapsed_s)
         engine.run(
             SingleModel(spec, run, shuffle),
@@ -336,7 +339,7 @@ class SingleModel:
         for (loss, logits), (_, y, _) in zip(out, parts, strict=True):
             sums.append(loss * y.shape[0])
             self.loss_sum += sums[-1]
-            self.correct += (logits.argmax(1) == y).sum()
+            self.correct += hits(logits, y)
         if norm is not None:
             self.norm_sum += norm
         if self.average is not None:

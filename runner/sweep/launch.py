@@ -63,8 +63,10 @@ class SweepReportKeys:
     the sweep starts, not found wrong after every job has trained. Both keys optional."""
 
     target_acc: float = key(0.95, number(0, 1, lo_open=True))
+    # auto: best_val_acc, or final_val_loss for language models (runner/sweep/report.py)
     metric: str = key(
-        "best_val_acc", worded(choice(*METRICS), f"must be one of {', '.join(METRICS)}")
+        "auto",
+        worded(choice("auto", *METRICS), f"must be one of {', '.join(METRICS)}, or auto"),
     )
 
 

@@ -7,7 +7,8 @@ writes `report.md`, `report.csv` and lr / val-loss / val-acc overlays into the
 sweep dir. Diverged and failed jobs are counted in their row, not dropped. Its headline
 names a winner only when the paired, Holm-corrected comparisons find the top configuration
 better than every other; `--metric M` writes `report_M.md` (and its own csv and plots)
-beside the sweep's own report, never over it.
+beside the sweep's own report, never over it. The sweep's own report ranks by `auto`:
+best_val_acc, or final_val_loss (lowest first) when the runs are language models.
 """
 
 from __future__ import annotations
@@ -38,6 +39,20 @@ from runner.sweep.sweepdir import describe_refused, refused, take_or_exit
 log = logging.getLogger("schedlab")
 
 DEFAULT_TARGET_ACC = 0.95
+AUTO = "auto"  # the report's default metric: `ranking_metric` picks it from the runs
+
+
+def ranking_metric(groups: Sequence[Group], metric: str = AUTO) -> str:
+    """`metric` itself, or for `auto`: final_val_loss when every completed run is a language
+    model's (its rows carry val/bpb, runner/train/lm.py), the loss at the end of the token
+    budget being what schedule comparisons on them report (Hägele et al. 2024; Bergsma et
+    al. 2025); else best_val_acc, a classifier's."""
+    if metric != AUTO:
+        return metric
+    done = [j for g in groups for j in g.finished]
+    if done and all(j.series("val/bpb") for j in done):
+        return "final_val_loss"
+    return "best_val_acc"
 
 
 def _mean_std(values: Sequence[float], one: float = 0.0) -> tuple[float, float]:
@@ -467,19 +482,20 @@ def plot_overlays(
 def write_report(
     sweep_dir: Path | str,
     target_acc: float = DEFAULT_TARGET_ACC,
-    metric: str = "best_val_acc",
+    metric: str = AUTO,
     suffix: str = "",
     also: Sequence[Path] = (),
 ) -> str:
     """Write report.md, report.csv, comparisons.csv and the overlays into sweep_dir, each
     named with `suffix` before its extension (`report_final_val_acc.md`); return the
-    markdown. The jobs of the `also` dirs join the budget view (runner/sweep/budgets.py)
-    only."""
+    markdown. `metric`: compare.METRICS's, or `auto` (`ranking_metric`). The jobs of the
+    `also` dirs join the budget view (runner/sweep/budgets.py) only."""
     sweep_dir = Path(sweep_dir)
     jobs = load_jobs(sweep_dir)
     groups = group_jobs(jobs)
     if not groups:
         raise FileNotFoundError(f"no runs found under {sweep_dir} (expected <job>/.hydra/)")
+    metric = ranking_metric(groups, metric)
     check_metric(groups, metric)
     rows = sorted((summarize(g, target_acc) for g in groups), key=_sort_key(metric))
     f = io.StringIO(newline="")
@@ -521,9 +537,7 @@ def write_report(
 class SweepReport(Callback):
     """Hydra callback: writes the report when a multirun ends (in the launching process)."""
 
-    def __init__(
-        self, target_acc: float = DEFAULT_TARGET_ACC, metric: str = "best_val_acc"
-    ) -> None:
+    def __init__(self, target_acc: float = DEFAULT_TARGET_ACC, metric: str = AUTO) -> None:
         self.target_acc, self.metric = target_acc, metric
 
     def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
@@ -560,7 +574,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--metric",
         choices=list(METRICS),
-        help="rank by this metric (default best_val_acc) and write report_<metric>.md (and "
+        help="rank by this metric (default: best_val_acc, final_val_loss for language models) "
+        "and write report_<metric>.md (and "
         "its csv and plots) beside the sweep's own report.md, which stays as it is",
     )
     parser.add_argument(
@@ -587,7 +602,7 @@ def main(argv: list[str] | None = None) -> None:
     # is a second opinion beside it (before, --metric overwrote it)
     suffix = "" if args.metric is None else metric_suffix(args.metric)
     try:
-        metric = args.metric or "best_val_acc"
+        metric = args.metric or AUTO
         print(write_report(args.sweep_dir, args.target_acc, metric, suffix, args.also))
     except (FileNotFoundError, WriteFailed) as err:
         raise SystemExit(f"error: {err}") from None

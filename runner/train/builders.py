@@ -21,7 +21,6 @@ from runner.dist.workers import USER_THREADS, in_loky_worker
 from runner.train import optimizers
 from runner.train.averaging import Averager, build_average, with_swa_lr
 from runner.train.model_check import build_for
-from runner.train.models import model_parts
 from runner.train.optimizers import split_params
 from schedulers import ConfigError, LRSchedule, build_scheduler
 
@@ -104,7 +103,7 @@ def build_optimizer(
 ) -> torch.optim.Optimizer:
     """One param group, or one per model part / name pattern (optimizer.param_groups), each
     with lr = optimizer.lr x its multiplier, split by optimizer.no_decay."""
-    groups = split_params(cfg, model, model_parts(model, model_cfg))
+    groups = split_params(cfg, model, model_cfg)
     return optimizers.build_optimizer(cfg, groups)
 
 

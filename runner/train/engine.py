@@ -12,6 +12,8 @@ Rows: `lr/<group>` is the lr the epoch's batches used (read before its first bat
 beta1, as OneCycleLR and CyclicLR set them). Step rows carry the same as `lr_step/` and
 `momentum_step/`. With trainer.average on, epoch rows also carry the averaged model's
 `val_avg/loss` and `val_avg/acc` (runner/train/averaging.py), once it has averaged anything.
+A language model's rows (its data token windows) add val/bpb, val/gap, train/tokens_per_s
+and train/mfu (runner/train/lm.py).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import torch
 from runner.config.schema import Trainer
 from runner.io import checkpoint
 from runner.io.loggers import RunLogger
+from runner.train import lm
 from runner.train.steps import eval_weights, progress_bar
 from schedulers.checks import mode_for
 
@@ -47,10 +50,11 @@ def describe_epoch(row: dict[str, Any], epochs: int, note: str = "") -> str:
     """The log line of an epoch row; `note` is added after the epoch's time."""
     lr_text = " ".join(f"{k}={v:.3g}" for k, v in row.items() if k.startswith("lr/"))
     averaged = f"val_avg/acc={row['val_avg/acc']:.3f}  " if "val_avg/acc" in row else ""
+    bits = f"val/bpb={row['val/bpb']:.4f}  " if "val/bpb" in row else ""
     return (
         f"epoch {row['epoch']:>3}/{epochs}  {lr_text}  train/loss={row['train/loss']:.4f} "
         f"train/acc={row['train/acc']:.3f}  val/loss={row['val/loss']:.4f} "
-        f"val/acc={row['val/acc']:.3f}  {averaged}({row['time/epoch_s']:.2f}s{note})"
+        f"val/acc={row['val/acc']:.3f}  {bits}{averaged}({row['time/epoch_s']:.2f}s{note})"
     )
 
 
@@ -93,6 +97,7 @@ class Track:
     monitor_mode: str  # max | min | auto
     log_every: int  # trainer.log_every_n_steps (0: no step rows but per-step lrs)
     result: Result | None = None
+    tokens: lm.TokenStats | None = None  # a language model's (its rows' extra keys)
 
     def __post_init__(self) -> None:
         self.names = group_names(self.optimizer)
@@ -201,6 +206,7 @@ class Engine:
         self._t0 = 0.0
         self.epoch_s = 0.0  # the last epoch's wall time, as its rows say
         self.data_s = 0.0  # of which waiting for batches
+        self.train_s = 0.0  # of which its training steps (batches included, validation not)
 
     def run(self, models: Models, *, start: int, stop: Any, bar_mode: str, desc: str) -> None:
         """Epochs `start`..epochs-1: per batch one optimizer step and the step's bookkeeping;
@@ -245,7 +251,7 @@ class Engine:
                 if done < n and (signum := requested(done, n)) is not None:
                     break
             bar.close()
-            self.data_s = data_s
+            self.data_s, self.train_s = data_s, time.perf_counter() - self._t0
             if signum is None:
                 signum = requested(n, n)
 
@@ -337,6 +343,8 @@ class Engine:
                 row["train/grad_norm"] = norms[i]
             if i < len(averaged) and averaged[i] is not None:
                 row["val_avg/loss"], row["val_avg/acc"] = averaged[i]
+            if t.tokens is not None:
+                row.update(lm.row(t.tokens, val_loss[i], self.train_s))
             t.logger.log_epoch(row)
             p.best_val_acc = max(p.best_val_acc, val_acc[i])
             t.say(logging.INFO, describe_epoch(row, self.epochs, self.note))

@@ -140,7 +140,8 @@ def _check_dtype(cfg: Mapping[str, Any], model: nn.Module, x: torch.Tensor, data
 
 
 def _check_output(cfg: Mapping[str, Any], out: Any, num_classes: int, x: torch.Tensor) -> None:
-    """One score per class and sample: [batch, num_classes]."""
+    """One score per class and sample: [batch, num_classes]; for token windows x [batch, T]
+    (a language model's data), one per token: [batch, T, num_classes]."""
     if not torch.is_tensor(out):
         raise ConfigError(
             model_key(cfg),
@@ -150,6 +151,9 @@ def _check_output(cfg: Mapping[str, Any], out: Any, num_classes: int, x: torch.T
         )
     shape = list(out.shape)
     if len(shape) == 2 and shape[0] == x.shape[0] and shape[1] == num_classes:
+        return
+    tokens = x.dim() == 2 and not x.is_floating_point()
+    if tokens and shape == [*x.shape, num_classes]:
         return
     if len(shape) == 2 and shape[0] == x.shape[0]:
         key = _width_key(cfg, shape[1])

@@ -1,8 +1,8 @@
 """The models a run can train, each shaped by the data it is given (channels, size, classes).
 
-Images come as [C, H, W] samples, 1-D signals (data=mnist1d) as [C, L]; each built-in
-says which it takes, so a mismatch is a config error at start-up, not a shape error in
-the first forward pass.
+Images come as [C, H, W] samples, 1-D signals (data=mnist1d) as [C, L], token windows
+(a language model's data) as [T] integer ids; each built-in says which it takes, so a
+mismatch is a config error at start-up, not a shape error in the first forward pass.
 
 Built-ins are one entry each in `MODELS` (name -> spec); any other `nn.Module` comes by
 `_target_` (schedulers/binder.py), and is offered the data's `num_classes`, `in_channels`
@@ -21,6 +21,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from runner.config import schema
+from runner.train import gpt
 from schedulers import ConfigError, binder
 
 
@@ -141,8 +142,8 @@ def _resnet18(in_channels: int, image_size: int, num_classes: int, small_stem: A
 
 
 # -- the built-ins: build, named parts (for per-part lrs) and checks -------------------------
-Shape = tuple[int, ...]  # one sample's: (channels, height, width) or (channels, length)
-IMAGES, SIGNALS = 3, 2  # the ranks of those shapes
+Shape = tuple[int, ...]  # one sample's: (channels, height, width), (channels, length) or (tokens,)
+IMAGES, SIGNALS, TOKENS = 3, 2, 1  # the ranks of those shapes
 
 
 def _build_mlp(cfg: Mapping[str, Any], shape: Shape, num_classes: int) -> nn.Module:
@@ -202,6 +203,14 @@ def _resnet18_parts(model: nn.Module, cfg: Mapping[str, Any]) -> dict[str, list[
     }
 
 
+def _build_gpt(cfg: Mapping[str, Any], shape: Shape, num_classes: int) -> nn.Module:
+    """block_size: the data's window length; the vocabulary: its num_classes (256 bytes)."""
+    return gpt.GPT(
+        num_classes, shape[0], cfg["n_layer"], cfg["n_head"], cfg["n_embd"], cfg["dropout"],
+        cfg["bias"],
+    )  # fmt: skip
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     build: Callable[[Mapping[str, Any], Shape, int], nn.Module]
@@ -211,6 +220,10 @@ class ModelSpec:
     schema: type  # its keys, types, defaults and checks (runner/config/schema.py)
     fusable: bool  # runner/sweep/stacked.py can stack it (hydra/launcher=fused)
     inputs: tuple[int, ...] = (IMAGES, SIGNALS)  # the sample ranks it takes
+    # optimizer.no_decay's value when it is null: a transformer's recipe exempts 1-D
+    # parameters and embedding tables from weight decay (nanoGPT, GPT-3); the classifiers
+    # here were tuned with decay on everything
+    no_decay: bool = False
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -240,6 +253,12 @@ MODELS: dict[str, ModelSpec] = {
         _build_gru, _two_parts("gru", "head"), lambda cfg: ("gru", "head"), schema.Gru,
         fusable=False, inputs=(SIGNALS,),
     ),
+    # not stacked (attention, LayerNorm and dropout are not among stacked.py's layers): a
+    # fused sweep trains each gpt job on its own, with the launcher's notice
+    "gpt": ModelSpec(
+        _build_gpt, lambda model, cfg: gpt.parts(model), lambda cfg: ("embed", "blocks", "head"),
+        schema.Gpt, fusable=False, inputs=(TOKENS,), no_decay=True,
+    ),
 }  # fmt: skip
 
 
@@ -261,15 +280,21 @@ def model_parts(model: nn.Module, cfg: Mapping[str, Any]) -> dict[str, list[nn.P
     return {} if spec is None else spec.parts(model, cfg)
 
 
-# what the runner offers a `_target_` model's constructor, when it takes these arguments
-OFFERED = ("num_classes", "in_channels", "image_size")
+# what the runner offers a `_target_` model's constructor, when it takes these arguments:
+# images and signals the first three, token windows ([T]) num_classes (the vocabulary),
+# vocab_size (the same) and block_size (T)
+OFFERED = ("num_classes", "in_channels", "image_size", "vocab_size", "block_size")
 
 
 def _offered(target: Any, cfg: Mapping[str, Any], shape: Shape, num_classes: int) -> dict:
     """What the target takes by name; and num_classes to a factory that takes it only
     through **kwargs, as torchvision's and timm's do (resnet18(**kwargs) -> ResNet(...,
     num_classes=1000)): left out, they build a 1000-way head whatever the data."""
-    values = {"num_classes": num_classes, "in_channels": shape[0], "image_size": min(shape[1:])}
+    values: dict[str, int] = {"num_classes": num_classes}
+    if len(shape) == TOKENS:
+        values.update(vocab_size=num_classes, block_size=shape[0])
+    else:
+        values.update(in_channels=shape[0], image_size=min(shape[1:]))
     offered = {k: v for k, v in values.items() if k not in cfg and binder.accepts(target, k)}
     if "num_classes" not in cfg and binder.takes_any_keyword(target):
         offered["num_classes"] = num_classes
@@ -284,7 +309,11 @@ def validate_model(cfg: Mapping[str, Any], shape: Shape | None = None, classes: 
         schema.check_node("model", cfg, spec.schema)
         if shape is not None:
             if len(shape) not in spec.inputs:
-                kinds = {IMAGES: "images [C, H, W]", SIGNALS: "1-D signals [C, L]"}
+                kinds = {
+                    IMAGES: "images [C, H, W]",
+                    SIGNALS: "1-D signals [C, L]",
+                    TOKENS: "token windows [T]",
+                }
                 wants = " or ".join(kinds[r] for r in spec.inputs)
                 raise ConfigError(
                     "model.name",

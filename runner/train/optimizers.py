@@ -7,7 +7,8 @@ parameter-name patterns for any model (`{"backbone.*": 0.1, "head.*": 1.0}`, fnm
 against `model.named_parameters()`), to lr multipliers (`0.1`) or to `{lr: 0.1,
 weight_decay: 0.0}`. With patterns every parameter must fall in exactly one group, so no
 parameter trains at an lr nobody chose. `optimizer.no_decay: true` splits each group in
-two: its 1-D parameters and embedding tables train without weight decay (`<group>/no_decay`).
+two: its 1-D parameters and embedding tables train without weight decay (`<group>/no_decay`);
+null (the default) is the built-in model's choice (`exempts_decay`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from typing import Any
 import torch
 
 from runner.config import schema
+from runner.train.models import model_parts
+from runner.train.models import spec_of as model_spec
 from schedulers import ConfigError, binder
 from schedulers.checks import is_number, need_bool, need_number, need_positive
 
@@ -179,14 +182,24 @@ def _split_decay(groups: list[Group], exempt: set[int]) -> list[Group]:
     return out
 
 
+def exempts_decay(cfg: Mapping[str, Any], model_cfg: Mapping[str, Any]) -> bool:
+    """optimizer.no_decay as set; null: the built-in model's default (ModelSpec.no_decay,
+    true for gpt as the transformer recipes have it), false for a `_target_` model."""
+    value = cfg.get("no_decay")
+    if value is not None:
+        return bool(value)
+    spec = model_spec(model_cfg)
+    return spec is not None and spec.no_decay
+
+
 def split_params(
-    cfg: Mapping[str, Any], model: torch.nn.Module, parts: Mapping[str, Sequence[Any]]
+    cfg: Mapping[str, Any], model: torch.nn.Module, model_cfg: Mapping[str, Any]
 ) -> list[Group]:
     """The optimizer's param groups, in order: one per part or pattern of
-    optimizer.param_groups (else one), each split in two by optimizer.no_decay. `parts` is
-    the built-in model's named parts ({} for a `_target_` model)."""
-    groups = _by_setting(cfg, list(model.named_parameters()), parts)
-    if cfg.get("no_decay", False):
+    optimizer.param_groups (else one), each split in two when `exempts_decay`. The parts
+    are the built-in model's named parts (none for a `_target_` model)."""
+    groups = _by_setting(cfg, list(model.named_parameters()), model_parts(model, model_cfg))
+    if exempts_decay(cfg, model_cfg):
         groups = _split_decay(groups, no_decay_ids(model))
     return groups
 
@@ -252,7 +265,8 @@ def validate_optimizer(cfg: Mapping[str, Any], lr: float) -> None:
         group_settings(cfg)
         return
     settings = group_settings(cfg) or {}
-    need_bool("optimizer.no_decay", cfg.get("no_decay", False))
+    if cfg.get("no_decay") is not None:
+        need_bool("optimizer.no_decay", cfg["no_decay"])
     if "weight_decay" in cfg:
         need_number("optimizer.weight_decay", cfg["weight_decay"], 0)
     target = binder.locate("optimizer", cfg)

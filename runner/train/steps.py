@@ -30,6 +30,24 @@ def groups(batches: Iterable[T], size: int) -> Iterator[list[T]]:
         yield group
 
 
+def loss_of(logits: torch.Tensor, y: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+    """The mean cross-entropy of class scores [N, C] against labels [N], or of a language
+    model's next-token scores [N, T, V] against its targets [N, T] (flattened to N*T
+    predictions: the mean over tokens, as nanoGPT's)."""
+    if y.dim() > 1:
+        logits, y = logits.flatten(0, -2), y.flatten()
+    return F.cross_entropy(logits, y, label_smoothing=label_smoothing)
+
+
+def hits(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Correct predictions counted in samples: a classifier's right labels; a language
+    model's windows each counted as the fraction of its tokens predicted right, so that
+    divided by the samples it is the next-token accuracy (its windows are equally long)."""
+    if y.dim() > 1:
+        return (logits.argmax(-1) == y).float().mean(-1).sum()
+    return (logits.argmax(1) == y).sum()
+
+
 def backward(
     model: torch.nn.Module,
     x: torch.Tensor,
@@ -48,7 +66,7 @@ def backward(
     train/loss, as timm and HF Trainer report it); validation's loss is plain."""
     with amp_ctx:
         logits = model(x)
-        loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
+        loss = loss_of(logits.float(), y, label_smoothing)
     scaled = loss if weight == 1.0 else loss * weight
     (scaled if scaler is None else scaler.scale(scaled)).backward()
     return loss.detach(), logits.detach()
@@ -119,22 +137,25 @@ def evaluate(
     memory or streamed): the one evaluation loop of a single run, a fused group and the LR
     range test. `forward(x)` gives logits [N, classes] for one model, or [K, N, classes]
     for K stacked ones (runner/sweep/stacked.py: the same batch for every member); eval
-    mode and autocast are the caller's. The sums stay on the device: one host sync, at the
-    end, divided on the host in double precision."""
+    mode and autocast are the caller's. A language model's targets are [N, T] and its
+    logits [N, T, vocab] ([K, N, T, vocab] stacked): every token is one prediction, so
+    the means are per token. The sums stay on the device: one host sync, at the end,
+    divided on the host in double precision."""
     loss_sum = correct = None
     n = 0
     for x, y in batches:
         logits = forward(x).float()
-        if logits.dim() == 2:
-            loss = F.cross_entropy(logits, y, reduction="sum")
-            hits = (logits.argmax(1) == y).sum()
+        if logits.dim() == y.dim() + 1:  # one model
+            loss = F.cross_entropy(logits.flatten(0, -2), y.flatten(), reduction="sum")
+            right = (logits.argmax(-1) == y).sum()
         else:  # each member's sum over the same batch
             k = logits.shape[0]
-            loss = F.cross_entropy(logits.flatten(0, 1), y.repeat(k), reduction="none")
-            loss, hits = loss.view(k, -1).sum(1), (logits.argmax(-1) == y).sum(1)
+            flat = y.flatten().repeat(k)
+            loss = F.cross_entropy(logits.flatten(0, -2), flat, reduction="none")
+            loss, right = loss.view(k, -1).sum(1), (logits.argmax(-1) == y).flatten(1).sum(1)
         loss_sum = loss if loss_sum is None else loss_sum.add_(loss)
-        correct = hits if correct is None else correct.add_(hits)
-        n += y.shape[0]
+        correct = right if correct is None else correct.add_(right)
+        n += y.numel()
     assert loss_sum is not None and correct is not None, "an empty validation split"
     return [v / n for v in loss_sum.view(-1).tolist()], [v / n for v in correct.view(-1).tolist()]
 
