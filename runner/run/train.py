@@ -641,8 +641,8 @@ def _decide(
         return _Start(None, run_dir)
     given = cfg
     cfg, run_dir, state, changes = load_resume(cfg, run_dir)
+    status = files.read_json(run_dir / "status.json")  # read once, asked three things
     if state is not None:
-        status = files.read_json(run_dir / "status.json")
         if not state.get("rows_sent", True):
             # a fused member's checkpoint; its status.json says whether the launcher has
             # sent its rows since (then a resume, e.g. one that extends it, must not send
@@ -657,14 +657,14 @@ def _decide(
     changes += apply_resume_overrides(cfg, given, overrides, run_dir)
     checked = validate(cfg, trunk=state is None)  # a branch with a last.pt needs no trunk
     start_epoch = state["progress"]["epoch"] if state else 0
-    status = finished(run_dir, cfg.epochs) if start_epoch >= cfg.epochs else None
-    if status is None and not changes:
-        status = diverged_from(run_dir, start_epoch)
-    if status is not None:  # nothing to train: no W&B run, no file touched
-        log.info(nothing_to_do(run_dir, status))
-        diverged = status["status"] == "diverged"
-        epochs_done = status["epochs_done"] if diverged else start_epoch
-        done = Result(status["status"], status.get("best_val_acc", 0.0), epochs_done)
+    ended = finished(status, cfg.epochs) if start_epoch >= cfg.epochs else None
+    if ended is None and not changes:
+        ended = diverged_from(status, start_epoch)
+    if ended is not None:  # nothing to train: no W&B run, no file touched
+        log.info(nothing_to_do(run_dir, ended))
+        diverged = ended["status"] == "diverged"
+        epochs_done = ended["epochs_done"] if diverged else start_epoch
+        done = Result(ended["status"], ended.get("best_val_acc", 0.0), epochs_done)
         return _Start(cfg, run_dir, checked, True, state=state, done=done)
     if state is not None:  # other data than the checkpoint's: refused, every file as it was
         check_same_data(state, cfg.data)
@@ -778,7 +778,8 @@ def _resume_writes(
     if dist.is_main:
         if changes:  # the run dir's config is the one the run now follows
             files.write_text_atomic(run_dir / "config.yaml", config_text)
-            if finished(run_dir, 0) is not None:  # it is no longer complete
+            status = files.read_json(run_dir / "status.json")
+            if finished(status, 0) is not None:  # it is no longer complete
                 with files.writing(run_dir / "status.json"):
                     (run_dir / "status.json").unlink(missing_ok=True)
         keep_rows_before(run_dir / "metrics.jsonl", start_epoch)
