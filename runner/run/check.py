@@ -120,7 +120,6 @@ def _validate(cfg: Mapping[str, Any], trunk: bool = True) -> Checked:
         check(_node(cfg, group), found)
     found.setdefault("branch_epoch", None)
     checked = Checked(**{f.name: found[f.name] for f in fields(Checked)})
-    warn_schedule_free(cfg)  # a schedule on top of a schedule-free optimizer
     return use_branch(cfg, checked) if trunk else checked
 
 
@@ -177,6 +176,7 @@ def _check_optimizer(node: Mapping[str, Any], found: dict[str, Any]) -> None:
     validate_optimizer(node, lr)
     shape = (found["image_shape"], found["num_classes"])
     found["groups"] = tuple(_groups(node, found["model"], shape))
+    found["optimizer"] = node
 
 
 def _check_logger(node: Mapping[str, Any], found: dict[str, Any]) -> None:
@@ -184,7 +184,10 @@ def _check_logger(node: Mapping[str, Any], found: dict[str, Any]) -> None:
 
 
 def _check_scheduler(node: Mapping[str, Any], found: dict[str, Any]) -> None:
+    """Against the run's length and each planned group's lr; then a schedule on top of a
+    schedule-free optimizer warns (this is where the two nodes meet)."""
     _schedule(node, found["epochs"], found["steps_per_epoch"], found["lr"], found["groups"])
+    warn_schedule_free(found["optimizer"], node)
 
 
 # Every group's checker, in the order errors are reported ("": the top-level keys); each
