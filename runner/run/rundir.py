@@ -36,13 +36,11 @@ class DirInUse(RunDirRefused):
     pid: int | None = None
 
 
-def saved_config_path(cfg: DictConfig, run_dir: Path) -> Path:
+def saved_config_path(resume: Any, run_dir: Path) -> Path:
     """The dir `resume=` names: its value, or (resume=true) the Hydra run dir."""
-    target = run_dir if cfg.resume is True else Path(str(cfg.resume))
+    target = run_dir if resume is True else Path(str(resume))
     if not (target / "config.yaml").is_file():
-        raise ConfigError(
-            "resume", str(cfg.resume), f"no run to resume: {target}/config.yaml missing"
-        )
+        raise ConfigError("resume", str(resume), f"no run to resume: {target}/config.yaml missing")
     return target
 
 
@@ -64,14 +62,15 @@ def read_saved_config(target: Path, value: object) -> DictConfig:
 
 
 def load_resume(
-    cfg: DictConfig, run_dir: Path
+    resume: Any, run_dir: Path
 ) -> tuple[DictConfig, Path, dict[str, Any] | None, list[str]]:
     """`resume=<run dir>` (or `resume=true` in the Hydra run dir): its saved config, the dir,
     its last checkpoint (None when it stopped before writing one), and the edits made to
-    config.yaml by hand since that checkpoint, as `key=value` texts (edit_changes)."""
-    target = saved_config_path(cfg, run_dir)
+    config.yaml by hand since that checkpoint, as `key=value` texts (edit_changes). Only
+    the value of `resume` is read: the rest of the config given is the caller's."""
+    target = saved_config_path(resume, run_dir)
     checkpoint.remove_orphans(target)  # temp files of writes a kill -9 cut short
-    saved = read_saved_config(target, cfg.resume)
+    saved = read_saved_config(target, resume)
     if not (target / checkpoint.LAST).exists() and not (target / checkpoint.BEST).exists():
         log.info(f"{target} has no checkpoint yet (stopped in its first epoch): starting over")
         return with_later_keys(saved), target, None, []

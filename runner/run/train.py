@@ -95,9 +95,10 @@ def write_status(
     files.write_json_atomic(run_dir / "status.json", status)
 
 
-def config_yaml(cfg: DictConfig, run_dir: Path | None = None) -> str:
+def config_yaml(cfg: DictConfig | dict[str, Any], run_dir: Path | None = None) -> str:
     """The run's config.yaml text (kept in each checkpoint too), written into run_dir when
-    given: a new single run's and each fused member's."""
+    given: a new single run's and each fused member's. `cfg`: the config, or its resolved
+    plain values (the same text)."""
     text = OmegaConf.to_yaml(cfg, resolve=True)
     if run_dir is not None:
         files.write_text_atomic(run_dir / "config.yaml", text)
@@ -623,7 +624,7 @@ def _decide(
     (hydra.sweep.dir for a sweep's job)."""
     resuming = bool(cfg.resume)
     if resuming:
-        run_dir = saved_config_path(cfg, run_dir)  # nothing is created for a missing run
+        run_dir = saved_config_path(cfg.resume, run_dir)  # nothing is created for a missing run
     lock = None
     if dist.is_main:  # only rank 0 writes, so only rank 0 holds the run dir
         named = isinstance(cfg.resume, str) and cfg.resume.lower() != "true"  # resume=<dir>
@@ -640,7 +641,7 @@ def _decide(
             lock.claim()
         return _Start(None, run_dir)
     given = cfg
-    cfg, run_dir, state, changes = load_resume(cfg, run_dir)
+    cfg, run_dir, state, changes = load_resume(given.resume, run_dir)
     status = files.read_json(run_dir / "status.json")  # read once, asked three things
     if state is not None:
         if not state.get("rows_sent", True):
@@ -700,13 +701,15 @@ def _run(
     if cfg.optimizer.lr == "find":
         checked = use_range_test(cfg, run_dir, checked)
         found = checked.lr
-    config_text = config_yaml(cfg, run_dir if not resuming and dist.is_main else None)
+    # the config is final now: resolved once into plain values, which config.yaml, the
+    # typed spec (what the rest reads) and W&B's config are all made from
     config = plain(cfg)
-    if found is not None:
-        config["lr_find"]["found_lr"] = found  # W&B config: the lr the range test chose
+    config_text = config_yaml(config, run_dir if not resuming and dist.is_main else None)
+    spec = run_spec(config)
+    if found is not None:  # W&B config: the lr the range test chose (a copy: not the spec's)
+        config["lr_find"] = {**config["lr_find"], "found_lr": found}
     if (signum := signalled()) is not None:
         return _stopped(run_dir, dist, signum, state)
-    spec = run_spec(cfg)  # the config is final now: typed once, what the rest reads
     run = build_run(spec, dist=dist)
     data = fingerprint(spec.data, load_data(spec.data))  # loaded by build_run: cached
     log.info(startup_line(spec, run.device))
