@@ -8,13 +8,19 @@ from __future__ import annotations
 import ast
 import dataclasses
 import importlib
+import itertools
+import sys
 import typing
 from pathlib import Path
+from types import FrameType
+from typing import Any
 
 import pytest
+from omegaconf import OmegaConf
 
 from runner.config.schema import GROUPS, LrFind, RunSpec, Trainer, run_spec
 from runner.run import check
+from runner.run.train import train
 from tests.helpers import make_cfg
 
 RUNNER = Path(__file__).resolve().parents[1] / "runner"
@@ -108,3 +114,97 @@ def test_checkpointer_and_track_take_plain_values():
             and n.value.id in ("cfg", "trainer")
         ]
         assert not indexed, (module.__name__, indexed)
+
+
+# -- the config's path from train(), measured as the code runs -------------------------------
+ROOT = RUNNER.parent
+# each folder's floor in the import layers (pyproject.toml): a higher floor imports lower ones
+FLOORS = {"schedulers": 0, "runner/dist": 1, "runner/io": 2, "runner/config": 3,
+          "runner/data": 4, "runner/train": 5, "runner/run": 6}  # fmt: skip
+SMALL = ("logger=none", "trainer.progress=line", "model.hidden=[16]", "data=fake",
+         "data.train_size=64", "data.val_size=32", "scheduler=step")  # fmt: skip
+
+
+def _project_file(filename: str) -> str | None:
+    """A code object's file as a path under the repository, if it is in a folder of FLOORS."""
+    if not filename.startswith(str(ROOT)):
+        return None
+    rel = Path(filename).relative_to(ROOT).as_posix()
+    return rel if rel.startswith(tuple(f + "/" for f in FLOORS)) else None
+
+
+def config_path(cfg: Any, run_dir: Path, overrides: tuple[str, ...] = ()) -> list[str]:
+    """The project file of each call, in the order made, that `train` hands the run's
+    config: an OmegaConf node of it, the typed RunSpec or one of its groups, or plain
+    values `plain` made of one of these (by identity, nested dicts and lists included)."""
+    carried: set[int] = set()
+    held: list[Any] = []  # what `carried` names, kept alive: no id is reused meanwhile
+    carrying: set[int] = set()  # the frames of the calls that were handed the config
+    files: dict[str, str | None] = {}
+    path: list[str] = []
+
+    def carry(value: Any) -> None:
+        if isinstance(value, (dict, list)) or dataclasses.is_dataclass(value):
+            carried.add(id(value))
+            held.append(value)
+            for v in (
+                value.values()
+                if isinstance(value, dict)
+                else value
+                if isinstance(value, list)
+                else ()
+            ):
+                carry(v)
+
+    def carries(value: Any) -> bool:
+        if isinstance(value, RunSpec):
+            for f in dataclasses.fields(value):
+                carry(getattr(value, f.name))
+            return True
+        return OmegaConf.is_config(value) or id(value) in carried
+
+    def hook(frame: FrameType, event: str, arg: Any) -> None:
+        code = frame.f_code
+        if code.co_filename not in files:
+            files[code.co_filename] = _project_file(code.co_filename)
+        file = files[code.co_filename]
+        if file is None:
+            return
+        if event == "call":
+            names = code.co_varnames[: code.co_argcount + code.co_kwonlyargcount]
+            if any(carries(frame.f_locals.get(n)) for n in names):
+                path.append(file)
+                carrying.add(id(frame))
+        elif event == "return" and id(frame) in carrying:
+            carrying.discard(id(frame))
+            if code.co_name == "plain":
+                carry(arg)
+
+    sys.setprofile(hook)
+    try:
+        train(cfg, run_dir, overrides)
+    finally:
+        sys.setprofile(None)
+    return path
+
+
+def stops_files_climbs(path: list[str]) -> tuple[int, int, int]:
+    """Stops: the stretches of consecutive calls in one file; files: how many files;
+    climbs: the moves from a file to one on a higher floor (back up the layers)."""
+    stops = [f for i, f in enumerate(path) if i == 0 or path[i - 1] != f]
+    floor = [next(n for d, n in FLOORS.items() if f.startswith(d + "/")) for f in stops]
+    return len(stops), len(set(path)), sum(b > a for a, b in itertools.pairwise(floor))
+
+
+# a small new run's config path as `config_path` measures it, at commit 4aaf540 and now:
+# (stops, files, climbs). Lower these when a change shortens the path.
+NEW_RUN_PATH = (92, 22, 29)
+
+
+def test_the_config_path_of_a_new_run_stays_short(tmp_path):
+    """Issue #36's measure of the config's path from train() (its goal: <= 40 stops, <= 8
+    files, <= 5 climbs), held at today's numbers so that a path added back fails here."""
+    path = config_path(make_cfg(*SMALL, "epochs=1"), tmp_path / "run")
+    assert path[:2] == ["runner/run/train.py"] * 2  # train -> _train: the measure sees it
+    stops, files, climbs = stops_files_climbs(path)
+    assert stops <= NEW_RUN_PATH[0] and files <= NEW_RUN_PATH[1] and climbs <= NEW_RUN_PATH[2]
