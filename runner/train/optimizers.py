@@ -89,7 +89,7 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {
 
 def spec_of(cfg: Mapping[str, Any]) -> OptimizerSpec | None:
     """The built-in's spec, or None for a `_target_` optimizer."""
-    return binder.builtin_spec("optimizer", cfg, OPTIMIZERS)
+    return binder.builtin_spec("optimizer", cfg.get(binder.TARGET), cfg.get("name"), OPTIMIZERS)
 
 
 # -- param groups ---------------------------------------------------------------------------
