@@ -115,12 +115,27 @@ def _validate(cfg: Mapping[str, Any], trunk: bool = True) -> Checked:
     if isinstance(cfg, DictConfig):
         for key in sorted(OmegaConf.missing_keys(cfg)):
             raise ConfigError(key, "???", "must be set (it has no default)")
+    values = None
     found: dict[str, Any] = {}
     for group, check in CHECKS:
-        check(_node(cfg, group), found)
+        if values is None:  # resolved once (again once the data filled a value in)
+            values = plain(cfg)
+        check(_node(values, group), found)
+        if group == "data" and _inferred_into(cfg, values["data"]):
+            values = None  # a `${data.num_classes}` in a later node then gives the number
     found.setdefault("branch_epoch", None)
     checked = Checked(**{f.name: found[f.name] for f in fields(Checked)})
     return use_branch(cfg, checked) if trunk else checked
+
+
+def _inferred_into(cfg: Mapping[str, Any], data: Mapping[str, Any]) -> bool:
+    """data.num_classes the data checker filled into the plain `data` values
+    (`fill_inferred`) written into the config too (config.yaml and W&B record it);
+    whether it was."""
+    if data is cfg["data"] or cfg["data"].get("num_classes", 0) is not None:
+        return False
+    cfg["data"]["num_classes"] = data["num_classes"]  # type: ignore[index]
+    return True
 
 
 def _node(cfg: Mapping[str, Any], group: str) -> Mapping[str, Any]:
@@ -256,10 +271,11 @@ def check_found_lr(cfg: Mapping[str, Any], checked: Checked) -> Checked:
     """optimizer.lr=find, once the range test has set optimizer.lr: what the lr decides
     (the optimizer built with it, the schedule's checks against it) checked again; the
     data, model and param groups were checked at start-up and are what they were."""
-    lr = checked_lr(cfg)
-    validate_optimizer(cfg["optimizer"], lr)
+    values = plain(cfg)  # the config with the lr found, resolved once
+    lr = checked_lr(values)
+    validate_optimizer(values["optimizer"], lr)
     found = replace(checked, lr=lr)
-    check_schedule(cfg, found)
+    check_schedule(values, found)
     return found
 
 
