@@ -710,8 +710,9 @@ def _run(
         config["lr_find"] = {**config["lr_find"], "found_lr": found}
     if (signum := signalled()) is not None:
         return _stopped(run_dir, dist, signum, state)
-    run = build_run(spec, dist=dist)
-    data = fingerprint(spec.data, load_data(spec.data))  # loaded by build_run: cached
+    loaded = load_data(spec.data)  # once: built on, and fingerprinted
+    run = build_run(spec, loaded, dist=dist)
+    data = fingerprint(spec.data, loaded)
     log.info(startup_line(spec, run.device))
     log.info(describe(data))
     branched = state is None and cfg.get("branch") is not None
