@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from runner.config.schema import RunSpec, Trainer, run_spec
+from runner.config.schema import RunSpec, Trainer, run_spec, typed_run
 from runner.data.fingerprint import absolute_roots, check_same_data, describe, fingerprint
 from runner.data.sets import augment as augment_batch
 from runner.data.sets import batches, load_data, steps_per_epoch
@@ -686,10 +686,12 @@ def _run(
     state: dict[str, Any] | None,
     changes: list[str],
 ) -> Result:
-    """Start-up (range test, config.yaml, data, model, loggers), then fit; a signal during
-    start-up is looked for between its steps. Under DDP the ranks agree there (every rank
-    asks at the same points, runner/dist/ddp.py): a rank that left alone would
-    leave the others waiting in the model's first broadcast."""
+    """Start-up, as downward steps: the final config (the range test's lr; resolved once,
+    typed), the build, where training starts (`_start_state`: a branch's trunk epoch, or a
+    resume's checkpoint), then fit (`_fit_and_record`). A signal during start-up is looked
+    for between its steps. Under DDP the ranks agree there (every rank
+    asks at the same points, runner/dist/ddp.py): a rank that left alone would leave the
+    others waiting in the model's first broadcast."""
     agreed = agreed_stop(stop, dist)
 
     def signalled() -> int | None:
@@ -705,7 +707,7 @@ def _run(
     # typed spec (what the rest reads) and W&B's config are all made from
     config = plain(cfg)
     config_text = config_yaml(config, run_dir if not resuming and dist.is_main else None)
-    spec = run_spec(config)
+    spec = typed_run(config)
     if found is not None:  # W&B config: the lr the range test chose (a copy: not the spec's)
         config["lr_find"] = {**config["lr_find"], "found_lr": found}
     if (signum := signalled()) is not None:
@@ -715,17 +717,66 @@ def _run(
     data = fingerprint(spec.data, loaded)
     log.info(startup_line(spec, run.device))
     log.info(describe(data))
-    branched = state is None and cfg.get("branch") is not None
-    if branched:  # its trunk's epoch, its own schedule (runner/run/branch.py)
-        state = branch.start_state(cfg, run, checked.steps_per_epoch)
-        if dist.is_main:
-            branch.copy_trunk_rows(cfg, run_dir)
+    state = _start_state(config, run, checked, run_dir, dist, resuming, state)
     if resuming:
-        if state is not None and not branched:  # a checkpoint this model cannot take
-            checkpoint.load_weights(state, run)  # fails before any write
         _resume_writes(run_dir, dist, config_text, state, changes)
     if (signum := signalled()) is not None:  # e.g. while the data loaded
         return _stopped(run_dir, dist, signum, state)
+    return _fit_and_record(
+        spec,
+        run,
+        config,
+        config_text,
+        data,
+        run_dir,
+        overrides,
+        sweep_name,
+        dist,
+        stop,
+        state,
+        signalled,
+    )
+
+
+def _start_state(
+    config: dict[str, Any],
+    run: Run,
+    checked: Checked,
+    run_dir: Path,
+    dist: Any,
+    resuming: bool,
+    state: dict[str, Any] | None,
+) -> dict[str, Any] | None:
+    """Where training starts: a new branch at its trunk's epoch with its own schedule
+    (runner/run/branch.py; its trunk's rows copied first), a resume at its checkpoint
+    (loaded into `run`: a checkpoint this model cannot take fails before any write), or
+    epoch 0 (None)."""
+    if state is None and config.get("branch") is not None:
+        trunk, epoch = str(config["branch"]), int(config["branch_epoch"])
+        state = branch.start_state(trunk, epoch, config["data"], run, checked.steps_per_epoch)
+        if dist.is_main:
+            branch.copy_trunk_rows(trunk, epoch, run_dir)
+    elif resuming and state is not None:
+        checkpoint.load_weights(state, run)
+    return state
+
+
+def _fit_and_record(
+    spec: RunSpec,
+    run: Run,
+    config: dict[str, Any],
+    config_text: str,
+    data: dict[str, Any],
+    run_dir: Path,
+    overrides: Sequence[str],
+    sweep_name: str | None,
+    dist: Any,
+    stop: StopFlag,
+    state: dict[str, Any] | None,
+    signalled: Callable[[], int | None],
+) -> Result:
+    """Fit with the loggers open (rank 0 alone talks to W&B/TensorBoard and writes), then
+    status.json: how the run ended."""
     wandb_id = state["wandb_id"] if state else None
     session = checkpoint.Session()  # this process, in its checkpoints and status.json
     loggers = spec.logger if dist.is_main else {}  # only rank 0 talks to W&B / TensorBoard
