@@ -270,12 +270,12 @@ def _schedule(
 def check_found_lr(cfg: Mapping[str, Any], checked: Checked) -> Checked:
     """optimizer.lr=find, once the range test has set optimizer.lr: what the lr decides
     (the optimizer built with it, the schedule's checks against it) checked again; the
-    data, model and param groups were checked at start-up and are what they were."""
-    values = plain(cfg)  # the config with the lr found, resolved once
-    lr = checked_lr(values)
-    validate_optimizer(values["optimizer"], lr)
+    data, model and param groups were checked at start-up and are what they were. `cfg`:
+    the final config's plain values (`plain`, runner/run/train.py)."""
+    lr = checked_lr(cfg)
+    validate_optimizer(cfg["optimizer"], lr)
     found = replace(checked, lr=lr)
-    check_schedule(values, found)
+    check_schedule(cfg, found)
     return found
 
 

@@ -461,9 +461,10 @@ def mean_bn_stats(model: torch.nn.Module, dist: Any) -> None:
         t.div_(dist.world)
 
 
-def use_range_test(cfg: DictConfig, run_dir: Path, checked: Checked) -> Checked:
-    """optimizer.lr=find: run the LR range test, then train with its suggestion; what the
-    lr decides is checked again (the rest was checked at start-up), and returned.
+def use_range_test(cfg: DictConfig, run_dir: Path) -> float:
+    """optimizer.lr=find: run the LR range test and write its suggestion into the config,
+    which the run then trains with (what it decides is checked once the config is resolved:
+    `found_lr_checked`); returns it.
 
     onecycle/cyclic get it as max_lr (their max_lr/base_lr are reset to null, which
     means optimizer.lr and optimizer.lr / 10, Smith's bounds)."""
@@ -472,8 +473,15 @@ def use_range_test(cfg: DictConfig, run_dir: Path, checked: Checked) -> Checked:
     for key in ("max_lr", "base_lr"):
         if key in cfg.scheduler and cfg.scheduler.get("name") in ("onecycle", "cyclic"):
             cfg.scheduler[key] = None  # a `_target_` class keeps the arguments it was given
-    found = check_found_lr(cfg, checked)  # the schedule against the lr it will really get
-    log.info(f"lr range test chose optimizer.lr={lr:.4g} ({cfg.lr_find.suggestion})")
+    return lr
+
+
+def found_lr_checked(config: dict[str, Any], checked: Checked, lr: float) -> Checked:
+    """The range test's lr in the final config's plain values: what it decides checked
+    again (the schedule against the lr it will really get; the rest was checked at
+    start-up), then said; returned with it."""
+    found = check_found_lr(config, checked)
+    log.info(f"lr range test chose optimizer.lr={lr:.4g} ({config['lr_find']['suggestion']})")
     return found
 
 
@@ -699,13 +707,14 @@ def _run(
 
     if (signum := signalled()) is not None:
         return _stopped(run_dir, dist, signum, state)
-    found = None
-    if cfg.optimizer.lr == "find":
-        checked = use_range_test(cfg, run_dir, checked)
-        found = checked.lr
+    lr = use_range_test(cfg, run_dir) if cfg.optimizer.lr == "find" else None
     # the config is final now: resolved once into plain values, which config.yaml, the
     # typed spec (what the rest reads) and W&B's config are all made from
     config = plain(cfg)
+    found = None
+    if lr is not None:
+        checked = found_lr_checked(config, checked, lr)
+        found = checked.lr
     config_text = config_yaml(config, run_dir if not resuming and dist.is_main else None)
     spec = typed_run(config)
     if found is not None:  # W&B config: the lr the range test chose (a copy: not the spec's)
