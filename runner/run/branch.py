@@ -156,15 +156,12 @@ def shared_epochs(
     return upto, ""
 
 
-def check_branch(cfg: Any, steps_per_epoch: int, base_lrs: Sequence[float]) -> int | None:
-    """A branch's start-up check (runner/run/check.py): the trunk is a run, keeps the epoch
-    asked for, trained what this run would have (check_same_training), with the lrs this run's
-    schedule gives up to it. Returns the branch epoch (branch_epoch, or the latest kept epoch
-    up to which the schedules agree when it is null); None when the run is no branch."""
-    if cfg.get("branch") is None:
-        if cfg.get("branch_epoch") is not None:
-            raise ConfigError("branch_epoch", cfg["branch_epoch"], "needs branch=<trunk run dir>")
-        return None
+def check_branch(cfg: Any, steps_per_epoch: int, base_lrs: Sequence[float]) -> int:
+    """A branch's start-up check (runner/run/check.py `use_branch`, for a config with
+    branch=): the trunk is a run, keeps the epoch asked for, trained what this run would
+    have (check_same_training), with the lrs this run's schedule gives up to it. Returns the
+    branch epoch (branch_epoch, or the latest kept epoch up to which the schedules agree
+    when it is null)."""
     trunk = trunk_dir(cfg)
     trunk_cfg = trunk_config(trunk, str(cfg["branch"]))
     check_same_training(cfg, trunk_cfg, trunk)

@@ -222,11 +222,14 @@ CHECKS: tuple[tuple[str, Callable[[Mapping[str, Any], dict[str, Any]], None]], .
 
 def use_branch(cfg: Mapping[str, Any], checked: Checked) -> Checked:
     """branch=<trunk>: checked against its trunk (runner/run/branch.py), and branch_epoch
-    filled when null (the epoch chosen, as config.yaml and W&B then record it)."""
+    filled when null (the epoch chosen, as config.yaml and W&B then record it). A run that
+    is no branch returns `checked` as it is (branch_epoch alone is an error)."""
+    if cfg.get("branch") is None:
+        if cfg.get("branch_epoch") is not None:
+            raise ConfigError("branch_epoch", cfg["branch_epoch"], "needs branch=<trunk run dir>")
+        return checked
     base_lrs = [checked.lr * m for _, m in checked.groups]
     k = check_branch(cfg, checked.steps_per_epoch, base_lrs)
-    if k is None:
-        return checked
     cfg["branch_epoch"] = k  # type: ignore[index]
     return replace(checked, branch_epoch=k)
 
