@@ -36,13 +36,11 @@ class DirInUse(RunDirRefused):
     pid: int | None = None
 
 
-def saved_config_path(cfg: DictConfig, run_dir: Path) -> Path:
+def saved_config_path(resume: Any, run_dir: Path) -> Path:
     """The dir `resume=` names: its value, or (resume=true) the Hydra run dir."""
-    target = run_dir if cfg.resume is True else Path(str(cfg.resume))
+    target = run_dir if resume is True else Path(str(resume))
     if not (target / "config.yaml").is_file():
-        raise ConfigError(
-            "resume", str(cfg.resume), f"no run to resume: {target}/config.yaml missing"
-        )
+        raise ConfigError("resume", str(resume), f"no run to resume: {target}/config.yaml missing")
     return target
 
 
@@ -64,14 +62,15 @@ def read_saved_config(target: Path, value: object) -> DictConfig:
 
 
 def load_resume(
-    cfg: DictConfig, run_dir: Path
+    resume: Any, run_dir: Path
 ) -> tuple[DictConfig, Path, dict[str, Any] | None, list[str]]:
     """`resume=<run dir>` (or `resume=true` in the Hydra run dir): its saved config, the dir,
     its last checkpoint (None when it stopped before writing one), and the edits made to
-    config.yaml by hand since that checkpoint, as `key=value` texts (edit_changes)."""
-    target = saved_config_path(cfg, run_dir)
+    config.yaml by hand since that checkpoint, as `key=value` texts (edit_changes). Only
+    the value of `resume` is read: the rest of the config given is the caller's."""
+    target = saved_config_path(resume, run_dir)
     checkpoint.remove_orphans(target)  # temp files of writes a kill -9 cut short
-    saved = read_saved_config(target, cfg.resume)
+    saved = read_saved_config(target, resume)
     if not (target / checkpoint.LAST).exists() and not (target / checkpoint.BEST).exists():
         log.info(f"{target} has no checkpoint yet (stopped in its first epoch): starting over")
         return with_later_keys(saved), target, None, []
@@ -279,20 +278,20 @@ def _check_extension(saved: DictConfig, old: int, new: int, run_dir: Path) -> No
         )
 
 
-def finished(run_dir: Path, epochs: int) -> dict[str, Any] | None:
-    """status.json of a run that completed all `epochs` (None if it did not)."""
-    status = files.read_json(run_dir / "status.json")
+def finished(status: dict[str, Any] | None, epochs: int) -> dict[str, Any] | None:
+    """A run dir's status.json record (None: it has none) if it says the run completed all
+    `epochs`, else None. The caller reads the file once for every question it asks."""
     if status is None or status.get("status") != "completed":
         return None
     done = status.get("epochs_done")
     return status if isinstance(done, int) and done >= epochs else None
 
 
-def diverged_from(run_dir: Path, epoch: int) -> dict[str, Any] | None:
-    """status.json of a run that diverged in epoch `epoch`, the one its last.pt continues
-    from (None if it did not): the same config from the same checkpoint only diverges
-    again, so the same command run again trains nothing (resume= with changes does)."""
-    status = files.read_json(run_dir / "status.json")
+def diverged_from(status: dict[str, Any] | None, epoch: int) -> dict[str, Any] | None:
+    """A run dir's status.json record if it says the run diverged in epoch `epoch`, the one
+    its last.pt continues from (None if it did not): the same config from the same
+    checkpoint only diverges again, so the same command run again trains nothing (resume=
+    with changes does)."""
     if status is None or status.get("status") != "diverged":
         return None
     return status if status.get("epochs_done") == epoch + 1 else None
@@ -466,7 +465,7 @@ def check_run_dir(
         return None  # a run that stopped before its first checkpoint: started over
     # as the run itself would: a damaged last.pt is refused, and it is the last epoch's
     state = state if state is not None else checkpoint.load(last)
-    status = finished(run_dir, saved.epochs)
+    status = finished(files.read_json(run_dir / "status.json"), saved.epochs)
     if status is not None and state["progress"]["epoch"] >= saved.epochs:
         return nothing_to_do(run_dir, status)
     check_same_data(state, saved.data)  # a run to continue: on the data it trained on
