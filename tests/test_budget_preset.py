@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import OmegaConf
 
 from runner.config.compose import compose_config
 from runner.run.branch_points import branch_point
@@ -28,8 +31,6 @@ PRESET = "+experiment=mnist1d_budgets"
 
 def sweeper(*overrides: str) -> dict:
     node = compose_config([PRESET, *overrides], with_hydra=True).hydra.sweeper
-    from omegaconf import OmegaConf
-
     return OmegaConf.to_container(node)
 
 
@@ -65,7 +66,7 @@ def test_the_preset_plans_reruns_per_budget_one_trunk_keeping_its_decay_starts_a
         ["scheduler=cosine", "epochs=60"],
         ["optimizer=schedulefree_sgd", "scheduler=none", "epochs=60"],
         ["optimizer=schedulefree_adamw", "scheduler=none", "epochs=60"],
-        ["scheduler=none", "trainer.average=ema", "epochs=60"],
+        ["scheduler=none", "trainer.average=ema", "trainer.ema_decay=0.99", "epochs=60"],
         [
             "scheduler=wsd",
             "scheduler.decay_fraction=0.2",
@@ -124,6 +125,63 @@ def test_a_bad_budget_sweep_is_exit_2_before_hydra_starts(tmp_path, args, says):
     assert result.returncode == 2, result.stderr
     assert result.stderr.startswith(says), result.stderr
     assert list(tmp_path.iterdir()) == []  # no sweep dir
+
+
+class Launcher:
+    """A launcher that trains nothing: each job's dir under `root` gets a status.json
+    (`failed` for a job whose overrides hold `fail`); it returns what Hydra's launchers
+    return, as far as the sweeper reads it (hydra_cfg: the job's run dir)."""
+
+    def __init__(self, root: Path, fail: str = "") -> None:
+        self.root, self.fail, self.batches = root, fail, []
+
+    def launch(self, jobs: list[list[str]], initial_job_idx: int) -> list[SimpleNamespace]:
+        self.batches.append((initial_job_idx, jobs))
+        out = []
+        for i, overrides in enumerate(jobs, initial_job_idx):
+            run_dir = self.root / f"job{i}"
+            run_dir.mkdir(parents=True)
+            failed = self.fail and self.fail in overrides
+            status = {"status": "failed" if failed else "completed"}
+            (run_dir / "status.json").write_text(json.dumps(status))
+            runtime = {"hydra": {"runtime": {"output_dir": str(run_dir)}}}
+            out.append(SimpleNamespace(hydra_cfg=OmegaConf.create(runtime)))
+        return out
+
+
+def budget_sweeper(sweep: Path, launcher: Launcher) -> Any:
+    """hydra/sweeper=budgets as Hydra builds it from the preset, set up in this process
+    (configs composed by the compose API, the launcher above)."""
+    from hydra_plugins.schedlab_budgets.budget_sweeper import BudgetSweeper
+
+    config = compose_config([PRESET, f"hydra.sweep.dir={sweep}"], with_hydra=True)
+    node = {k: v for k, v in config.hydra.sweeper.items() if k != "_target_"}
+    sweeper = BudgetSweeper(**node)
+    sweeper.config, sweeper.launcher = config, launcher
+    sweeper.hydra_context = SimpleNamespace(config_loader=None)
+    sweeper._compose = compose_config
+    sweeper.validate_batch_is_legal = lambda batch: None
+    return sweeper
+
+
+def test_the_sweeper_launches_the_trunks_first_then_branches_of_the_completed_ones(tmp_path):
+    launcher = Launcher(tmp_path / "jobs", fail="seed=1")
+    budget_sweeper(tmp_path / "sweep", launcher).sweep([PRESET, "seed=0,1"])
+    (start, first), (then, branches) = launcher.batches
+    assert (start, len(first), then) == (0, 14, 14)  # 2 seeds x (3 cosine, 3 anytime, a trunk)
+    wsd = [PRESET, "seed=0", "scheduler=wsd", "scheduler.decay_fraction=0.2"]
+    assert first[6] == [*wsd, "epochs=60", KEEP]
+    trunk = f"branch='{tmp_path / 'jobs' / 'job6'}'"  # seed 1's trunk (job 13) failed
+    assert branches == [[*wsd, trunk, f"epochs={b}"] for b in (15, 30)]
+    assert (tmp_path / "sweep" / "multirun.yaml").is_file()
+
+
+def test_the_sweeper_says_a_bad_plan_in_one_line_exit_2(tmp_path, capsys):
+    launcher = Launcher(tmp_path / "jobs")
+    with pytest.raises(SystemExit) as exit_:
+        budget_sweeper(tmp_path / "sweep", launcher).sweep([PRESET, "epochs=5"])
+    assert exit_.value.code == 2 and launcher.batches == []
+    assert capsys.readouterr().err.startswith("config error: epochs='5': the budget sweeper")
 
 
 # -- the budget view: anytime runs read at every budget, costs that add up ----------------------
@@ -286,10 +344,11 @@ def test_a_constant_lr_strategy_with_runs_of_its_own_at_each_budget_reads_none_o
 # -- end to end ---------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_the_preset_trains_trunks_before_branches_into_one_budget_report(tmp_path):
-    """The preset at budgets 10 and 12 on 500 signals, one seed: the trunk keeps epoch 8
-    (where the 10-epoch WSD decays), its branch starts there, and one report compares all."""
+    """The preset at budgets 10 and 12 on 500 signals, one seed: the trunk keeps epoch 9
+    (the 10-epoch WSD decays from epoch 8, which still has the base lr), its branch starts
+    there, and one report compares all."""
     sweep = tmp_path / "sweep"
-    result = run_cli(
+    result = run_cli(  # ~1 min alone, several on a busy machine
         "-m",
         PRESET,
         "hydra.sweeper.budgets=[10,12]",
@@ -301,15 +360,20 @@ def test_the_preset_trains_trunks_before_branches_into_one_budget_report(tmp_pat
         timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    (trunk,) = sweep.glob("*trainer.keep_epochs=[[]8[]]*")
-    assert (trunk / "epoch_8.pt").is_file()
+    check_tiny_budget_sweep(sweep)
+
+
+def check_tiny_budget_sweep(sweep: Path) -> None:
+    (trunk,) = sweep.glob("*trainer.keep_epochs=[[]9[]]*")
+    assert (trunk / "epoch_9.pt").is_file()
     (branch,) = sweep.glob("*branch=*")
     branched = yaml.safe_load((branch / "config.yaml").read_text())
-    assert (branched["branch"], branched["branch_epoch"], branched["epochs"]) == (str(trunk), 8, 10)
+    assert (branched["branch"], branched["branch_epoch"], branched["epochs"]) == (str(trunk), 9, 10)
     rows = read_metrics(branch)
-    assert [r.get("from_trunk", False) for r in rows] == [True] * 8 + [False] * 2
+    assert [r.get("from_trunk", False) for r in rows] == [True] * 9 + [False]
     text = (sweep / "report.md").read_text()
-    assert row(text, "branch=<trunk>", "| 10 | 1/1")[4] == "2"
+    assert row(text, "branch=<trunk>", "| 10 | 1/1")[4] == "1"
+    assert row(text, "branch=<trunk>", "| 12 | 1/1")[4] == "12"  # the trunk, its strategy's
     assert row(text, "optimizer=schedulefree_adamw", "| 10 | 1/1")[4].startswith("0 (read off")
     assert "[averaged model]` | 10 | 1/1" in text
     assert (sweep / "budgets.png").is_file()
