@@ -184,6 +184,27 @@ def test_the_sweeper_says_a_bad_plan_in_one_line_exit_2(tmp_path, capsys):
     assert capsys.readouterr().err.startswith("config error: epochs='5': the budget sweeper")
 
 
+@pytest.mark.parametrize("launched", ["mnist1d_budgets", "mnist1d_schedules", None])
+def test_a_preset_job_resumed_by_its_sweep_keeps_its_experiment_override(tmp_path, launched):
+    """A sweep of +experiment=mnist1d_budgets continued after an interrupt resumes its
+    interrupted jobs: the group choice it gives again is the one the job was launched
+    with (.hydra/overrides.yaml). Another preset, or none recorded, is still refused."""
+    from runner.run.rundir import apply_resume_overrides
+
+    if launched is not None:
+        (tmp_path / ".hydra").mkdir()
+        first = [f"+experiment={launched}", "seed=0"]
+        (tmp_path / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(first))
+    saved, given = OmegaConf.create({"seed": 0}), OmegaConf.create({"seed": 0})
+    overrides = [PRESET, "seed=0"]
+    if launched == "mnist1d_budgets":
+        assert apply_resume_overrides(saved, given, overrides, tmp_path) == []
+        return
+    with pytest.raises(ConfigError) as err:
+        apply_resume_overrides(saved, given, overrides, tmp_path)
+    assert err.value.key == "experiment"
+
+
 # -- the budget view: anytime runs read at every budget, costs that add up ----------------------
 def job(sweep: Path, overrides: list[str], config: dict, accs: list[float], **extra) -> Path:
     """A job dir as the runner leaves it: epoch rows with val/acc `accs` (and val_avg/acc,
