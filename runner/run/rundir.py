@@ -186,6 +186,17 @@ def _override_keys(overrides: Sequence[str]) -> dict[str, str]:
     return keys
 
 
+def _first_overrides(run_dir: Path) -> list[str]:
+    """The overrides the run was launched with (its .hydra/overrides.yaml, which a resume
+    keeps): a sweep job of a preset continued by its sweep gives its `+experiment=` again,
+    a group choice no config key holds."""
+    try:
+        found = OmegaConf.load(run_dir / ".hydra" / "overrides.yaml")
+    except Exception:  # missing or damaged: no launch to match
+        return []
+    return [str(o) for o in found] if OmegaConf.is_list(found) else []
+
+
 def swa_extend_blocker(trainer: Any) -> tuple[str, str] | None:
     """trainer.average=swa with swa_start null starts SWA at 3/4 of the run (and
     trainer.swa_lr with it): more epochs would move a start the run may have passed."""
@@ -225,11 +236,14 @@ def apply_resume_overrides(
     changed, as `key=value` texts; an override equal to the saved value changes nothing."""
     changes, refused = [], []
     texts = _override_keys(overrides)
+    first = _override_keys(_first_overrides(run_dir))
     for key, text in texts.items():
         new = plain(OmegaConf.select(given, key, default=_ABSENT))
         old = plain(OmegaConf.select(saved, key, default=_ABSENT))
         if new is not _ABSENT and new == old:
             continue
+        if new is _ABSENT and old is _ABSENT and first.get(key, _ABSENT) == text:
+            continue  # a group choice the run was launched with (+experiment=...)
         if key == "epochs" and isinstance(new, int) and isinstance(old, int):
             _check_extension(saved, old, new, run_dir)
         elif new is _ABSENT or not (key in SAFE_ON_RESUME or key.startswith("logger.")):
