@@ -64,3 +64,15 @@ def test_the_one_batch_step_trains_as_the_general_step(overrides):
     assert torch.equal(lean.loss_sum, general.loss_sum)
     assert torch.equal(lean.correct, general.correct)
     assert lean.grad_norms() == general.grad_norms() and lean.steps == general.steps == 3
+
+
+def test_the_benchmark_ratios_are_taken_round_by_round():
+    """The median and min of each round's a / b (in the second case not the ratio of the
+    medians, 2 / 1.5: a slow round of one variant is not set against a fast one of the
+    other)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from common import paired
+
+    times = {"runner": [1.1, 4.4, 2.2], "hand": [1.0, 4.0, 2.0]}
+    assert paired(times, "runner", "hand") == pytest.approx((1.1, 1.1))
+    assert paired({"a": [1.0, 3.0], "b": [2.0, 1.0]}, "a", "b") == (1.75, 0.5)
