@@ -37,12 +37,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from common import interleaved, machine, median, per_epoch_split, write_or_print  # noqa: E402
+from common import (  # noqa: E402
+    interleaved,
+    machine,
+    median,
+    paired,
+    per_epoch_split,
+    write_or_print,
+)
 from omegaconf import OmegaConf  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 
 from runner.config.compose import compose_config  # noqa: E402
-from runner.config.schema import run_spec  # noqa: E402
+from runner.config.schema import RunSpec, run_spec  # noqa: E402
 from runner.io.background import Background  # noqa: E402
 from runner.io.loggers import open_logger  # noqa: E402
 from runner.run.check import validate  # noqa: E402
@@ -65,6 +72,8 @@ BARE = ["trainer.checkpoint=false", "logger=none"]  # (e): no guarantee to pay f
 # LONGER times their epochs, and the extra epochs alone give the per-epoch ratio and the
 # runner's fixed cost per run (not ResNet-18: an epoch there is seconds)
 MARGINAL = ("digits MLP", "digits LeNet")
+# the two ratios #36 sets targets for, also taken round by round (common.paired)
+PAIRED = (("runner, bare", "hand"), ("runner", "hand + guarantees"))
 LONGER = 2
 
 
@@ -168,16 +177,22 @@ def hand_loop(cfg: Any, data: Any, guarded: tuple[Any, Path] | None = None) -> N
 
 
 def runner_loop(
-    cfg: Any, data: Any, logger: Any, tmp: Path, background: Background, config_text: str
+    cfg: Any,
+    data: Any,
+    logger: Any,
+    tmp: Path,
+    background: Background,
+    config_text: str,
+    spec: RunSpec | None = None,
 ) -> None:
     """As runner/run/train.py runs it: W&B calls (batched, see runner/io/loggers.py) and
     checkpoint writes on the writer thread; at the end every waiting row is sent and the
     thread is flushed before the clock stops (a run writes status.json only after that).
-    `config_text`: the config.yaml text start-up made (kept in each checkpoint)."""
-    run = build_run(
-        run_spec(cfg), data
-    )  # seeded model + optimizer + schedule, like the hand loop builds
-    fit(run_spec(cfg), run, logger, ckpt_dir=tmp, background=background, config_text=config_text)
+    `config_text` and `spec`: the config.yaml text and the typed config start-up made
+    (made here when not given; a run types its config once, at start-up, before building)."""
+    spec = spec if spec is not None else run_spec(cfg)
+    run = build_run(spec, data)  # seeded model + optimizer + schedule, like the hand loop builds
+    fit(spec, run, logger, ckpt_dir=tmp, background=background, config_text=config_text)
     logger.flush()  # sends the rows still waiting, then waits for the writer thread
 
 
@@ -292,8 +307,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         cfg = compose_config([*overrides, "trainer.progress=line", "trainer.device=cpu"])
         validate(cfg)
         data = build_run(run_spec(cfg)).data
-        config_text = OmegaConf.to_yaml(cfg, resolve=True)  # start-up writes it: not timed
+        # start-up makes these, as a run does before it builds: not timed
+        config_text, spec = OmegaConf.to_yaml(cfg, resolve=True), run_spec(cfg)
         bare = compose_config([*overrides, *BARE, "trainer.progress=line", "trainer.device=cpu"])
+        bare_text, bare_spec = OmegaConf.to_yaml(bare, resolve=True), run_spec(bare)
         with (
             tempfile.TemporaryDirectory() as tmp,
             Background() as background,
@@ -307,7 +324,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     hand_loop, cfg, data, (logger.wandb_run, Path(tmp) / "hand + guarantees")
                 ),
                 "runner": partial(
-                    runner_loop, cfg, data, logger, Path(tmp) / "runner", background, config_text
+                    runner_loop,
+                    cfg,
+                    data,
+                    logger,
+                    Path(tmp) / "runner",
+                    background,
+                    config_text,
+                    spec,
                 ),
                 "runner, bare": partial(
                     runner_loop,
@@ -316,7 +340,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     plain,
                     Path(tmp) / "runner, bare",
                     background,
-                    OmegaConf.to_yaml(bare, resolve=True),
+                    bare_text,
+                    bare_spec,
                 ),
             }
             if job in MARGINAL and not args.quick:
@@ -337,6 +362,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     Path(tmp) / "runner, longer",
                     background,
                     OmegaConf.to_yaml(longer, resolve=True),
+                    run_spec(longer),
                 )
             if with_lightning:
                 variants["lightning"] = lambda: lightning_loop(cfg, data, Path(tmp) / "pl")  # noqa: B023, E501
@@ -355,6 +381,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             + ", ".join(f"{k} {results[job][k]:.3f}s" for k in variants)
             + f", engine {engine_ms:.3f} ms/epoch"
         )
+        for a, b in PAIRED:
+            mid, low = results[job][f"{a} / {b}, paired"] = paired(times, a, b)
+            print(f"{job}: {a} / {b}, round by round: median {mid:.3f}, min {low:.3f}")
 
     lines = [
         "| job | hand loop s | runner s | Lightning s | runner / hand | runner / Lightning "

@@ -56,6 +56,14 @@ def median(values: list[float]) -> float:
     return statistics.median(values)
 
 
+def paired(times: dict[str, list[float]], a: str, b: str) -> tuple[float, float]:
+    """(median, min) of a / b round by round: `interleaved` runs both in each round, so a
+    round's ratio shares that moment's machine speed, where the ratio of two medians can
+    pair a fast round of one with a slow round of the other (a shared machine's drift)."""
+    ratios = [x / y for x, y in zip(times[a], times[b], strict=True)]
+    return median(ratios), min(ratios)
+
+
 def per_epoch_split(median_s: dict[str, float], epochs: int, longer: int) -> dict[str, float]:
     """From the medians of "hand" and "runner" at `epochs` and of "hand, longer" and
     "runner, longer" at `longer` times them: runner / hand over the extra epochs alone, and

@@ -159,18 +159,19 @@ class LineAppender:
 
     def append(self, line: str) -> None:
         data = (line if line.endswith("\n") else line + "\n").encode("utf-8")
-        with writing(self.path):
-            try:
-                if self._file is None:
-                    fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)
-                    self._file = os.fdopen(fd, "r+b", buffering=0)
-                    size = os.fstat(fd).st_size
-                    if size and os.pread(fd, 1, size - 1) != b"\n":
-                        data = b"\n" + data
-                _write_all(self._file.fileno(), data)
-            except OSError:
-                self.close()
-                raise
+        try:  # `writing`'s translation, without a context manager per epoch row
+            if self._file is None:
+                fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)
+                self._file = os.fdopen(fd, "r+b", buffering=0)
+                size = os.fstat(fd).st_size
+                if size and os.pread(fd, 1, size - 1) != b"\n":
+                    data = b"\n" + data
+            _write_all(self._file.fileno(), data)
+        except OSError as err:
+            self.close()
+            if err.errno in WRITE_ERRNOS and not isinstance(err, WriteFailed):
+                raise WriteFailed(self.path, err) from err
+            raise
 
     def close(self) -> None:
         if self._file is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any, TypeVar
 
 import torch
@@ -121,9 +121,12 @@ def train_step(
     last stay on this rank, and one all-reduce of their sum happens in the last backward."""
     optimizer.zero_grad(set_to_none=True)
     out = []
+    last = len(micro) - 1
     for j, (x, y, weight) in enumerate(micro):
-        held = no_sync() if no_sync is not None and j < len(micro) - 1 else nullcontext()
-        with held:
+        if no_sync is not None and j < last:
+            with no_sync():
+                out.append(backward(model, x, y, amp_ctx, scaler, weight, label_smoothing))
+        else:  # no context to enter: a step's Python is a share of a small model's step
             out.append(backward(model, x, y, amp_ctx, scaler, weight, label_smoothing))
     return out, clip_and_step(params, optimizer, scaler, clip_norm, clip_value)
 
