@@ -177,10 +177,15 @@ def test_a_report_of_lm_runs_ranks_by_final_val_loss_lowest_first(tmp_path):
     for name, (losses, acc) in runs.items():
         for seed in (0, 1):
             rows = [
-                {"epoch": e, "lr/group0": 0.1, "val/acc": acc, "val/loss": v + seed / 100,
-                 "val/bpb": v / math.log(2)}
+                {
+                    "epoch": e,
+                    "lr/group0": 0.1,
+                    "val/acc": acc,
+                    "val/loss": v + seed / 100,
+                    "val/bpb": v / math.log(2),
+                }
                 for e, v in enumerate(losses)
-            ]  # fmt: skip
+            ]
             write_job(
                 tmp_path / f"{name}{seed}", [f"x={name}", f"seed={seed}"], seed, "completed", rows
             )
@@ -211,9 +216,14 @@ def test_the_range_test_runs_on_a_gpt(tmp_path):
 def test_a_fused_sweep_of_gpts_runs_each_job_on_its_own_and_completes(tmp_path):
     sweep = tmp_path / "sweep"
     proc = run_cli(
-        "-m", *TOKENS, "epochs=1", "seed=0,1", "hydra/launcher=fused",
-        f"hydra.sweep.dir={sweep}", cwd=tmp_path,
-    )  # fmt: skip
+        "-m",
+        *TOKENS,
+        "epochs=1",
+        "seed=0,1",
+        "hydra/launcher=fused",
+        f"hydra.sweep.dir={sweep}",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = proc.stdout + proc.stderr
     assert "runs on its own: model=gpt" in out

@@ -189,8 +189,10 @@ def test_user_text_is_cached_by_content_reused_and_rebuilt_on_change(tmp_path: P
     (rebuilt,) = (tmp_path / "cache").glob("text-*.u8")
     assert rebuilt != cache and rebuilt.read_bytes().startswith(b"first file? ")
     assert changed.content != first.content
-    refused = difference(fingerprint(text_cfg(tmp_path, *args).data, first), fingerprint(
-        text_cfg(tmp_path, *args).data, changed))  # fmt: skip
+    refused = difference(
+        fingerprint(text_cfg(tmp_path, *args).data, first),
+        fingerprint(text_cfg(tmp_path, *args).data, changed),
+    )
     assert refused is not None and refused.key == "data.path"
 
 

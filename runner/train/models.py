@@ -206,9 +206,14 @@ def _resnet18_parts(model: nn.Module, cfg: Mapping[str, Any]) -> dict[str, list[
 def _build_gpt(cfg: Mapping[str, Any], shape: Shape, num_classes: int) -> nn.Module:
     """block_size: the data's window length; the vocabulary: its num_classes (256 bytes)."""
     return gpt.GPT(
-        num_classes, shape[0], cfg["n_layer"], cfg["n_head"], cfg["n_embd"], cfg["dropout"],
+        num_classes,
+        shape[0],
+        cfg["n_layer"],
+        cfg["n_head"],
+        cfg["n_embd"],
+        cfg["dropout"],
         cfg["bias"],
-    )  # fmt: skip
+    )
 
 
 @dataclass(frozen=True)
