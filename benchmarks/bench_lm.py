@@ -78,7 +78,13 @@ GPU_JOBS = {  # nanoGPT's shakespeare-char model, and a wider one
     "GPT 6x384, block 256, batch 64": job(6, 384, 256, 64, steps=100, epochs=3),
     "GPT 12x768, block 512, batch 16": job(12, 768, 512, 16, steps=50, epochs=3),
 }
-QUICK = {"GPT 1x32, block 32, batch 8": job(1, 32, 32, 8, steps=5, epochs=2)}
+QUICK = {  # a smoke test: less text to make and to validate on
+    "GPT 1x32, block 32, batch 8": [
+        *job(1, 32, 32, 8, steps=5, epochs=2),
+        "data.source_tokens=65536",
+        "data.val_tokens=2048",
+    ]
+}
 COMMON = [
     "model=gpt", "data=text", "data.source_tokens=262144", "data.val_tokens=16384",
     "optimizer=adamw", "optimizer.lr=0.001", "optimizer.betas=[0.9,0.95]",
@@ -163,9 +169,9 @@ def measure(overrides: list[str], device: torch.device, repeats: int, warm: bool
     """The three variants of one job, interleaved, after one untimed run of each."""
     cuda = device.type == "cuda"
     extra = [*COMMON, f"trainer.device={device.type}", *(ON_CUDA if cuda else [])]
-    cfg = compose_config([*overrides, *extra])
+    cfg = compose_config([*extra, *overrides])  # the job's own overrides win
     validate(cfg)
-    bare = compose_config([*overrides, *extra, *BARE])
+    bare = compose_config([*extra, *overrides, *BARE])
     data = load_data(run_spec(cfg).data)  # loaded once, as a sweep's jobs share it
     tokens = data.n_train // cfg.data.batch_size * cfg.data.batch_size * cfg.data.block_size
     tokens *= cfg.epochs

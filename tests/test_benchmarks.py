@@ -133,9 +133,8 @@ def test_the_lm_hand_loop_trains_what_the_runner_trains(tmp_path):
     from runner.run.train import train
     from tests.helpers import read_metrics
 
-    overrides = [*bench_lm.QUICK[next(iter(bench_lm.QUICK))], *bench_lm.COMMON, *bench_lm.BARE]
+    overrides = [*bench_lm.COMMON, *bench_lm.QUICK[next(iter(bench_lm.QUICK))], *bench_lm.BARE]
     overrides += ["trainer.device=cpu", f"data.cache_dir={tmp_path / 'cache'}"]
-    overrides += ["data.source_tokens=65536", "data.val_tokens=2048"]  # quicker to make
     cfg = compose_config(overrides)
     assert train(cfg.copy(), tmp_path / "run").status == "completed"
     runner_val = read_metrics(tmp_path / "run")[-1]["val/loss"]
