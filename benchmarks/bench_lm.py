@@ -188,9 +188,10 @@ def measure(overrides: list[str], device: torch.device, repeats: int, warm: bool
             path.mkdir()
             return path
 
+        texts = {id(c): OmegaConf.to_yaml(c, resolve=True) for c in (cfg, bare)}  # start-up's
+
         def runner(c: Any, lg: Any, name: str) -> None:
-            text = OmegaConf.to_yaml(c, resolve=True)  # start-up writes it: not timed... much
-            runner_loop(c, data, lg, fresh(name), background, text)
+            runner_loop(c, data, lg, fresh(name), background, texts[id(c)])
 
         cpu: dict[str, list[float]] = {}
         variants = {
