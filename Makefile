@@ -39,13 +39,14 @@ thumbnails: $(STAMP) ## regenerate the README's schedule thumbnails in docs/sche
 	  scheduler=$$(ls conf/scheduler | grep -v '^target' | sed 's/\.yaml$$//' | paste -sd, -)
 	rm -f docs/schedules/compare.png
 
-bench: $(STAMP) ## benchmarks (not part of test): overhead vs hand loop/Lightning, streamed data, start-up, fused sweeps, budget sweeps by branches, GPU
+bench: $(STAMP) ## benchmarks (not part of test): overhead vs hand loop/Lightning, streamed data, start-up, fused sweeps, budget sweeps by branches, a GPT vs a nanoGPT-style loop, GPU
 	$(BIN)/pip install --quiet -e '.[dev,bench]'
 	WANDB_SILENT=true $(BIN)/python benchmarks/bench_overhead.py
 	WANDB_SILENT=true $(BIN)/python benchmarks/bench_stream.py
 	$(BIN)/python benchmarks/bench_startup.py
 	WANDB_SILENT=true $(BIN)/python benchmarks/bench_fused.py
 	WANDB_SILENT=true $(BIN)/python benchmarks/bench_budgets.py
+	WANDB_SILENT=true $(BIN)/python benchmarks/bench_lm.py
 	$(BIN)/python benchmarks/bench_gpu.py
 
 budgets: $(STAMP) ## how long to train? +experiment=mnist1d_budgets: cosine reruns vs a WSD trunk + cooldowns vs schedule-free and EMA, 15/30/60 epochs, 3 seeds -> outputs/budgets/

@@ -7,7 +7,8 @@
 # Every check prints "CHECK <name> PASS|FAIL <detail>"; the results (benchmarks/results/
 # *gpu*, the smoke runs' dirs without checkpoints) land in $OUT/gpu_run.tgz. Options:
 # MNIST1D=1 also runs both MNIST-1D presets (docs/mnist1d/), RACE=1 the raced MNIST-1D
-# sweep (README "Racing"), BENCHES="gpu gpu_compile fused" picks the benchmarks. On a machine without
+# sweep (README "Racing"), BENCHES="gpu gpu_compile lm fused" picks the benchmarks (lm:
+# bench_lm.py, the GPT against a nanoGPT-style loop, bf16 + compile). On a machine without
 # CUDA it still runs (on CPU), so the script itself is exercised before device time is spent.
 set -u
 OUT=${OUT:-$(mktemp -d)}
@@ -60,6 +61,12 @@ run lenet_amp 150 $R model=lenet trainer.amp=true epochs=3 logger=tensorboard \
     run fused 200 $R -m hydra/launcher=fused $F hydra.sweep.dir=$S/fused
     run basic 200 $R -m $F hydra.sweep.dir=$S/basic
 ) &
+# a language model on CUDA (about a minute): nanoGPT's shakespeare-char size on the bundled
+# text, bf16 autocast + torch.compile, per-step cosine; its rows must carry tokens/s and MFU
+run lm_gpt 240 $R model=gpt data=text model.n_layer=6 model.n_head=6 model.n_embd=384 \
+    data.block_size=256 data.batch_size=64 data.tokens_per_epoch=3276800 epochs=3 \
+    optimizer=adamw scheduler.interval=step trainer.grad_clip_norm=1.0 trainer.amp=true \
+    trainer.compile=true logger=none hydra.run.dir=$S/lm_gpt &
 run lr_find 150 $PY -m runner.lr_find model=lenet hydra.run.dir=$S/lr_find &
 run ddp 150 $PY -m torch.distributed.run --standalone --nproc_per_node=1 -m runner model=lenet \
     trainer.strategy=ddp epochs=2 logger=none hydra.run.dir=$S/ddp &
@@ -98,7 +105,7 @@ def on_device(d):
 
 halves = {"resumed": "half", "stream_resumed": "stream_half"}
 for name in ("default", "amp_compile", "lenet_amp", "full", "resumed", "stream_full",
-             "stream_resumed", "lr_find", "ddp"):
+             "stream_resumed", "lr_find", "ddp", "lm_gpt"):
     d = S / halves.get(name, name)
     st = "completed" if name == "lr_find" else status(d)
     ok = (d / "lr_find.csv").exists() if name == "lr_find" else st == "completed"
@@ -114,6 +121,17 @@ for name, full, half in (("resume_exact", "full", "half"),
         check(name, len(a) == len(b) == 4 and diff == 0.0, f"max |diff|={diff:.3g}")
     except Exception as e:  # noqa: BLE001
         check(name, False, repr(e))
+try:  # the language model's rows: tokens/s always, MFU on CUDA (runner/train/lm.py)
+    import torch
+
+    last = rows(S / "lm_gpt")[-1]
+    rate, mfu = last.get("train/tokens_per_s"), last.get("train/mfu")
+    cuda = torch.cuda.is_available()
+    check("lm_tokens_mfu", rate is not None and (mfu is not None or not cuda),
+          f"train/tokens_per_s={rate} train/mfu={mfu} val/loss={last['val/loss']:.4f} "
+          f"val/gap={last.get('val/gap')}" + ("" if cuda else " (no CUDA: no MFU)"))
+except Exception as e:  # noqa: BLE001
+    check("lm_tokens_mfu", False, repr(e))
 try:
     def jobs(root):
         out = {}
@@ -139,12 +157,13 @@ if [ "${RACE:-0}" = 1 ]; then  # the README's raced MNIST-1D sweep (hydra/sweepe
 fi
 
 echo "== benchmarks ($(left)s left)"
-BENCHES=${BENCHES:-"gpu gpu_compile fused"}  # which of them to run
+BENCHES=${BENCHES:-"gpu gpu_compile lm fused"}  # which of them to run
 for b in $BENCHES; do
     case $b in
         gpu) run bench_gpu $(( $(left) / 3 )) $PY benchmarks/bench_gpu.py ;;
         gpu_compile) run bench_gpu_compile $(( $(left) * 2 / 3 )) \
             $PY benchmarks/bench_gpu.py --compile --repeats 3 ;;
+        lm) run bench_lm $(( $(left) / 2 )) $PY benchmarks/bench_lm.py --repeats 3 ;;
         fused) run bench_fused $(left) $PY benchmarks/bench_fused.py --repeats 1 ;;
     esac
 done

@@ -48,7 +48,7 @@ from runner.run.rundir import (
 )
 from runner.train.builders import Run, build_run
 from runner.train.engine import Engine, Result, Track, say_to_log, track_for
-from runner.train.lm import token_stats
+from runner.train.lm import token_stats, val_batch_size
 from runner.train.range_test import find_lr
 from runner.train.steps import (
     evaluate,
@@ -269,7 +269,7 @@ class SingleModel:
         self.augment = spec.data.get("augment", False)  # only image sets that have the key
         self.n_train = run.data.n_train
         self.steps_per_epoch = steps_per_epoch(self.n_train, micro, self.accumulate)
-        self.val_batch_size = max(micro, 1024)  # no gradients: larger batches fit
+        self.val_batch_size = val_batch_size(run.data, micro)  # no gradients: larger
         self.knobs = {
             "params": [p for g in run.optimizer.param_groups for p in g["params"]],
             "clip_norm": trainer.grad_clip_norm,

@@ -24,6 +24,8 @@ import torch
 from runner.train import gpt
 from runner.train.model_check import sample_batch
 
+VAL_TOKENS = 4096  # a language model's validation batch, in tokens (val_batch_size)
+
 # dense bf16 tensor-core peaks in FLOP/s (vendors' datasheets, without sparsity), by a
 # substring of torch.cuda.get_device_name(); the first match wins (H100 PCIe before H100)
 PEAK_BF16 = (
@@ -59,6 +61,17 @@ def token_data(data: Any) -> bool:
     if len(data.image_shape) != 1:
         return False
     return not sample_batch(data, 1).is_floating_point()
+
+
+def val_batch_size(data: Any, batch_size: int) -> int:
+    """Windows (samples) per validation batch: without gradients larger batches fit than
+    training's `batch_size`, 1024 samples; a language model's at most VAL_TOKENS tokens
+    (at least the training batch, which is what nanoGPT validates with): on CPU one batch of
+    all 16k validation tokens cost 35 % more CPU time than batches of 4096 for a 2-layer
+    GPT, 20 % for model=gpt's size (its activations outgrow the caches; bench_lm.py)."""
+    if token_data(data):
+        return max(batch_size, VAL_TOKENS // data.image_shape[0])
+    return max(batch_size, 1024)
 
 
 def peak_flops(device: torch.device) -> float | None:
