@@ -64,10 +64,14 @@ LOG_EVERY = 50  # the runner's trainer.log_every_n_steps default: a loss read ba
 def job(layers: int, embd: int, block: int, batch: int, steps: int, epochs: int) -> list[str]:
     """The overrides of a job: `steps` optimizer steps per epoch (data.tokens_per_epoch)."""
     return [
-        f"model.n_layer={layers}", f"model.n_embd={embd}", "model.n_head=4",
-        f"data.block_size={block}", f"data.batch_size={batch}",
-        f"data.tokens_per_epoch={steps * batch * block}", f"epochs={epochs}",
-    ]  # fmt: skip
+        f"model.n_layer={layers}",
+        f"model.n_embd={embd}",
+        "model.n_head=4",
+        f"data.block_size={block}",
+        f"data.batch_size={batch}",
+        f"data.tokens_per_epoch={steps * batch * block}",
+        f"epochs={epochs}",
+    ]
 
 
 CPU_JOBS = {
