@@ -47,8 +47,8 @@ from runner.run.rundir import (
     saved_config_path,
 )
 from runner.train.builders import Run, build_run
-from runner.train.engine import Engine, Result, Track, say_to_log, track_for
-from runner.train.lm import token_stats
+from runner.train.engine import Engine, Result, Track, ending, say_to_log, track_for
+from runner.train.lm import TokenStats, token_stats
 from runner.train.range_test import find_lr
 from runner.train.steps import (
     evaluate,
@@ -122,6 +122,7 @@ def start_track(
     new: bool,
     session: checkpoint.Session | None = None,
     say: Callable[[int, str], None] = say_to_log,
+    tokens: TokenStats | None = None,
 ) -> Track:
     """A run's Track, its checkpointer held in `held` until the loop ends: a single run's
     (`fit`) and each fused member's (runner/sweep/fused.py). A `new` run's last.pt is on
@@ -140,7 +141,7 @@ def start_track(
             save_best=trainer.save_best,
         )
     )
-    return track_for(trainer, optimizer, scheduler, logger, progress, snapshot, saver, say)
+    return track_for(trainer, optimizer, scheduler, logger, progress, snapshot, saver, say, tokens)
 
 
 def startup_line(spec: RunSpec, device: torch.device) -> str:
@@ -241,8 +242,8 @@ def fit(
             data=data,
             new=start is None or start.get("branched", False),  # a branch's start: last.pt now
             session=session,
+            tokens=token_stats(run.data, spec.model, run.model, run.device, run.dist.world),
         )
-        track.tokens = token_stats(run.data, spec.model, run.model, run.device, run.dist.world)
         engine = Engine([track], spec.epochs, step=progress.step, elapsed_s=progress.elapsed_s)
         engine.run(
             SingleModel(spec, run, shuffle),
@@ -762,7 +763,8 @@ def _run(
     if dist.is_main:  # W&B closed: every row logged so far is in it (checkpoint.Session)
         # `data`: what it trained on (runner/data/fingerprint.py)
         write_status(run_dir, result, wall, session=session.closed(state), data=data)
-    log.info(f"{result.status}: best val/acc={result.best_val_acc:.4f}; outputs in {run_dir}")
+    rows = files.read_jsonl(run_dir / "metrics.jsonl") if dist.is_main else []
+    log.info(f"{ending(result, rows)}; outputs in {run_dir}")
     return result
 
 

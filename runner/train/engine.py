@@ -103,6 +103,7 @@ class Track:
         self.names = group_names(self.optimizer)
         self.per_step = self.scheduler.interval == "step"  # then every step's lr is logged
         self.momentum = cycles_momentum(self.scheduler)
+        self.monitor = monitored(self.monitor, self.tokens is not None)
         self.monitor_mode = mode_for(self.monitor, self.monitor_mode)
 
     def rates(self, lr_key: str, momentum_key: str) -> dict[str, float]:
@@ -115,6 +116,24 @@ class Track:
         return row
 
 
+def monitored(monitor: str, language_model: bool) -> str:
+    """trainer.monitor, `auto` resolved: val/loss for a language model (its val/acc, the
+    share of next tokens guessed right, barely moves while the loss still falls, and the
+    loss is what LM results are compared by), else val/acc."""
+    if monitor != "auto":
+        return monitor
+    return "val/loss" if language_model else "val/acc"
+
+
+def ending(result: Result, rows: list[dict[str, Any]]) -> str:
+    """How the run ended, for its last log line: a classifier's best val/acc; a language
+    model's (rows with val/bpb) final val/loss, which its report ranks by, and its best."""
+    losses = [r["val/loss"] for r in rows if "val/bpb" in r]
+    if not losses:
+        return f"{result.status}: best val/acc={result.best_val_acc:.4f}"
+    return f"{result.status}: final val/loss={losses[-1]:.4f} (best {min(losses):.4f})"
+
+
 def track_for(
     trainer: Trainer,
     optimizer: torch.optim.Optimizer,
@@ -124,9 +143,11 @@ def track_for(
     snapshot: Callable[[checkpoint.Progress], dict[str, Any]],
     saver: checkpoint.Checkpointer | None,
     say: Callable[[int, str], None],
+    tokens: lm.TokenStats | None = None,
 ) -> Track:
     """A run's Track, its stop rules and logging read from its typed `trainer` node once: a
-    single run's (runner/run/train.py) and each fused member's (runner/sweep/fused.py)."""
+    single run's (runner/run/train.py) and each fused member's (runner/sweep/fused.py).
+    `tokens`: a language model's (lm.token_stats), None for a classifier."""
     return Track(
         optimizer,
         scheduler,
@@ -139,6 +160,7 @@ def track_for(
         monitor=trainer.monitor,
         monitor_mode=trainer.monitor_mode,
         log_every=trainer.log_every_n_steps,
+        tokens=tokens,
     )
 
 
