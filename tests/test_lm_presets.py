@@ -106,13 +106,13 @@ def test_lm_budgets_is_the_budget_grid_on_the_lm_task():
 
 
 def test_a_plain_text_run_is_a_short_one_by_default():
-    """`python -m runner data=text model=gpt`: 20 epochs of 8 steps, validation on 16k
+    """`python -m runner data=text model=gpt`: 20 epochs of 4 steps, validation on 8k
     tokens (not every window of the 2 M-token source each epoch: over ten minutes on a
     laptop)."""
     cfg = make_cfg("data=text", "model=gpt")
     windows = cfg.data.tokens_per_epoch // cfg.data.block_size
-    assert cfg.epochs * steps_per_epoch(windows, cfg.data.batch_size) == 160
-    assert cfg.data.val_tokens == 16384
+    assert cfg.epochs * steps_per_epoch(windows, cfg.data.batch_size) == 80
+    assert cfg.data.val_tokens == 8192
 
 
 # -- best.pt and the last line of a language model's run ------------------------------------
