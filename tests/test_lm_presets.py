@@ -6,6 +6,7 @@ a user's text file through the CLI."""
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 
@@ -15,8 +16,9 @@ import torch
 from runner.config.compose import compose_config, expand
 from runner.data.sets import steps_per_epoch
 from runner.run.check import validate
+from runner.run.rundir import nothing_to_do
 from runner.run.train import train
-from runner.train.engine import Result, ending, monitored
+from runner.train.engine import lm_outcome, monitored, scores
 from schedulers import ConfigError
 from tests.helpers import make_cfg, read_metrics, run_cli
 
@@ -130,16 +132,18 @@ def test_monitor_auto_with_a_mode_is_a_config_error_naming_the_mode():
     validate(make_cfg("trainer.monitor=val/loss", "trainer.monitor_mode=min"))
 
 
-def test_the_last_line_says_val_loss_for_a_language_model():
-    done = Result("completed", 0.41, 2)
+def test_a_language_models_outcome_and_last_line_say_val_loss():
     lm_rows = [
         {"epoch": 0, "val/loss": 2.5, "val/bpb": 3.6},
         {"epoch": 1, "val/loss": 2.0, "val/bpb": 2.9},
         {"epoch": 2, "val/loss": 2.1, "val/bpb": 3.0},
     ]
-    assert ending(done, lm_rows) == "completed: final val/loss=2.1000 (best 2.0000)"
+    losses = lm_outcome(lm_rows)
+    assert losses == {"final_val_loss": 2.1, "best_val_loss": 2.0}
+    assert scores({"best_val_acc": 0.41, **losses}) == "final val/loss=2.1000 (best 2.0000)"
     classifier = [{"epoch": 0, "val/loss": 0.5, "val/acc": 0.41}]
-    assert ending(done, classifier) == "completed: best val/acc=0.4100"
+    assert lm_outcome(classifier) == {}
+    assert scores({"best_val_acc": 0.41}) == "best val/acc=0.4100"
 
 
 MARKOV = "tests.user_datasets.MarkovTokens"
@@ -168,6 +172,9 @@ def test_a_language_models_best_pt_is_its_lowest_val_loss(tmp_path, caplog):
     assert best["best_metric"] == pytest.approx(min(losses))  # not the best val/acc
     assert best["epoch"] == losses.index(min(losses)) + 1
     assert f"completed: final val/loss={losses[-1]:.4f}" in caplog.text
+    status = json.loads((tmp_path / "status.json").read_text())
+    assert status["final_val_loss"] == losses[-1] and status["best_val_loss"] == min(losses)
+    assert "final val/loss=" in nothing_to_do(tmp_path, status)  # a rerun's message
 
 
 @pytest.mark.slow

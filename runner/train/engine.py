@@ -125,13 +125,20 @@ def monitored(monitor: str, language_model: bool) -> str:
     return "val/loss" if language_model else "val/acc"
 
 
-def ending(result: Result, rows: list[dict[str, Any]]) -> str:
-    """How the run ended, for its last log line: a classifier's best val/acc; a language
-    model's (rows with val/bpb) final val/loss, which its report ranks by, and its best."""
+def lm_outcome(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """A language model's (its rows have val/bpb) final and best val/loss, for its
+    status.json and its last lines; {} for a classifier."""
     losses = [r["val/loss"] for r in rows if "val/bpb" in r]
-    if not losses:
-        return f"{result.status}: best val/acc={result.best_val_acc:.4f}"
-    return f"{result.status}: final val/loss={losses[-1]:.4f} (best {min(losses):.4f})"
+    return {"final_val_loss": losses[-1], "best_val_loss": min(losses)} if losses else {}
+
+
+def scores(status: dict[str, Any]) -> str:
+    """What a run scored, as its last log line and a rerun's "nothing to do" say it, from
+    its status.json record: a language model's final val/loss (its report ranks by it) and
+    best; a classifier's best val/acc."""
+    if "final_val_loss" in status:
+        return f"final val/loss={status['final_val_loss']:.4f} (best {status['best_val_loss']:.4f})"
+    return f"best val/acc={status.get('best_val_acc', float('nan')):.4f}"
 
 
 def track_for(
