@@ -48,8 +48,9 @@ bench: $(STAMP) ## benchmarks (not part of test): overhead vs hand loop/Lightnin
 	WANDB_SILENT=true $(BIN)/python benchmarks/bench_budgets.py
 	$(BIN)/python benchmarks/bench_gpu.py
 
-budgets: $(STAMP) ## how long to train? cosine reruns vs WSD branches vs schedule-free, MNIST-1D, 15/30/60 epochs, 3 seeds -> outputs/budgets/
-	WANDB_SILENT=true $(BIN)/python -m runner.sweep.budget_sweeps $(ARGS)
+budgets: $(STAMP) ## how long to train? +experiment=mnist1d_budgets: cosine reruns vs a WSD trunk + cooldowns vs schedule-free and EMA, 15/30/60 epochs, 3 seeds -> outputs/budgets/
+	WANDB_SILENT=true $(BIN)/python -m runner -m +experiment=mnist1d_budgets logger=none \
+	  trainer.progress=line 'hydra.sweep.dir=outputs/budgets/$${now:%Y-%m-%d_%H-%M-%S}' $(ARGS)
 
 lint: $(STAMP) ## ruff check + format check + the import layers (import-linter, pyproject.toml)
 	$(BIN)/ruff check .

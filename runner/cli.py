@@ -138,7 +138,7 @@ def check_composition(argv: list[str]) -> None:
         composed = compose_config(first, with_hydra=True, config_dirs=dirs)
         check_launcher(composed.hydra.launcher)
         check_joblib(composed.hydra.launcher)
-        check_sweeper(composed.hydra.sweeper, overrides)
+        check_sweeper(composed.hydra.sweeper, overrides, multirun)
         check_callbacks(composed.hydra.get("callbacks"))
         for combo in others:
             compose_config(combo, config_dirs=dirs)

@@ -1,7 +1,7 @@
 """Reproduce the whole lecture with one command and read it as one page.
 
-    python -m runner.lecture [part=all|curves|lenet|schedulers|init_lr|mnist1d] [quick=true]
-                             [fresh=true] [data=<group> data.<key>=<value> ...]
+    python -m runner.lecture [part=all|curves|lenet|schedulers|init_lr|mnist1d|budgets]
+                             [quick=true] [fresh=true] [data=<group> data.<key>=<value> ...]
                              [--config-dir DIR]
 
 Parts: (1) the six toy curves of the lecture plus the StepLR/MultiStepLR internals
@@ -9,15 +9,16 @@ trace, (2) the lecture's LeNet training setting, (3) a sweep of the six schedule
 over seeds with the paired report, (4) the initial-lr advice: the small-value sweep,
 the LR range test and a run at its suggestion, (5) the same schedule comparison on
 MNIST-1D, a task where the choice of schedule visibly matters (digits stays the
-lecture's own data). Output: outputs/lecture/<time>/ with
-index.md and a self-contained index.html (figures embedded). A rerun continues in
-the newest such dir made the same way (quick or full) and reuses finished parts;
-fresh=true starts a new one.
+lecture's own data), (6) how long to train: +experiment=mnist1d_budgets on a reduced grid
+(cosine per budget, a WSD trunk with cooldowns, schedule-free, constant lr + EMA).
+Output: outputs/lecture/<time>/ with index.md and a self-contained index.html (figures
+embedded). A rerun continues in the newest such dir made the same way (quick or full) and
+reuses finished parts; fresh=true starts a new one.
 
 `data=` and `data.<key>=` overrides move parts 2-4 (LeNet, the scheduler sweep, the
 initial-lr advice) from digits to other data, the runner's own groups or yours (e.g.
 data=dataset with data.train={_target_: ...}, streamed through a DataLoader); the page names
-the data on each of those sections. Parts 1 and 5 keep their own (the toy problem,
+the data on each of those sections. Parts 1, 5 and 6 keep their own (the toy problem,
 MNIST-1D). `--config-dir DIR` adds a project's own groups (data=<its group>), as for
 `python -m runner`.
 """
@@ -53,7 +54,7 @@ from schedulers.lecture import LR, MAX_EPOCH, lecture_config, write_curves
 from schedulers.simulator import throwaway_schedule
 from schedulers.trace import as_markdown, flagged_epochs, trace_schedule
 
-PARTS = ("curves", "lenet", "schedulers", "init_lr", "mnist1d")
+PARTS = ("curves", "lenet", "schedulers", "init_lr", "mnist1d", "budgets")
 OPTIONS = {"part": "all", "quick": "false", "fresh": "false", "out": "outputs/lecture"}
 ON_DATA = ("lenet", "schedulers", "init_lr")  # the parts that data= overrides move
 
@@ -295,12 +296,50 @@ def part_mnist1d(out: Path, quick: bool, data: list[str]) -> Section:
     )
 
 
+# +experiment=mnist1d_budgets reduced so `make lecture` stays minutes (make budgets: 15/30/60)
+BUDGETS = ["hydra.sweeper.budgets=[10,20]"]
+BUDGETS_QUICK = ["hydra.sweeper.budgets=[10,12]", "seed=0", "data.num_samples=500"]
+
+
+def _budget_table(sweep: Path) -> str:
+    """The budget view of a sweep report: the metric per strategy and budget, the costs."""
+    lines = (sweep / "report.md").read_text().splitlines()
+    start = next(i for i, ln in enumerate(lines) if ln.startswith("| strategy | budget |"))
+    end = next(i for i, ln in enumerate(lines) if ln.startswith("![") and i > start)
+    return "\n".join(lines[start:end]).strip()
+
+
+def part_budgets(out: Path, quick: bool, data: list[str]) -> Section:
+    extra = BUDGETS_QUICK if quick else BUDGETS
+    sweep = _sweep(out / "sweep", "mnist1d_budgets", ["trainer.progress=line", *extra])
+    return Section(
+        title="6. How long should I train, and does the schedule need to know?",
+        claim_en="A cosine schedule is set for one budget, so a sweep of budgets reruns it for "
+        "each. A constant lr with a short cooldown (WSD) matches it, and cooldowns branched "
+        "from one constant-lr trunk give every budget for about the cost of the longest "
+        "(Hägele et al. 2024); schedule-free optimizers and a constant lr with EMA need no "
+        "schedule at all, and one run of theirs reports every budget.",
+        claim_zh="余弦调度只对应一个训练预算，比较多个预算时每个都要重跑。恒定学习率加短暂冷却"
+        "（WSD）可与之相当，而从同一条恒定学习率主干分出的冷却分支，只需约最长一次训练的代价就能"
+        "覆盖所有预算（Hägele 等，2024）；无调度优化器（schedule-free）与恒定学习率加 EMA 则"
+        "完全不需要调度，一次训练即可报告每个预算。",
+        command="python -m runner -m +experiment=mnist1d_budgets   # make budgets",
+        figures=["budgets/sweep/budgets.png"],
+        table=_budget_table(sweep),
+        differs="Not in the lecture. A reduced grid (budgets "
+        + ("10 and 12 epochs, one seed, 500 signals" if quick else "10 and 20 epochs, 3 seeds")
+        + ") so the page stays minutes; make budgets runs 15, 30 and 60 epochs "
+        "(docs/budgets.md has its results).",
+    )
+
+
 RUNNERS: dict[str, Callable[[Path, bool, list[str]], Section]] = {
     "curves": part_curves,
     "lenet": part_lenet,
     "schedulers": part_schedulers,
     "init_lr": part_init_lr,
     "mnist1d": part_mnist1d,
+    "budgets": part_budgets,
 }
 
 

@@ -25,11 +25,8 @@ from omegaconf.errors import OmegaConfBaseException
 
 from runner.cli import check_config_dirs
 from runner.config.compose import compose_config, expand, one_line
-from runner.data.sets import steps_per_epoch as steps_in_epoch
-from runner.data.sets import train_size
-from runner.io.checkpoint import keeps
-from runner.run.branch import shared_epochs
-from runner.run.check import planned_groups, validate
+from runner.run.branch_points import branch_point, run_groups
+from runner.run.check import validate
 from schedulers import ConfigError, schedule_label
 from schedulers import simulate as simulate_schedule
 from schedulers.lecture import plateau_loss
@@ -50,18 +47,6 @@ def check(cfg: Any) -> None:
             "decided by the LR range test on the data: run python -m "
             "runner.lr_find, then preview with optimizer.lr=<its lr>)",
         )
-
-
-def run_groups(cfg: Any, steps_per_epoch: int | None = None) -> tuple[list[str], list[float], int]:
-    """The run's param groups, as (names, lrs), and its steps per epoch (default: from the
-    data config)."""
-    if steps_per_epoch is None:
-        steps_per_epoch = steps_in_epoch(
-            train_size(cfg.data), cfg.data.batch_size, cfg.trainer.accumulate
-        )
-    lr = cfg.optimizer.lr
-    names, multipliers = zip(*planned_groups(cfg), strict=True)  # parts or name patterns
-    return list(names), [lr * m for m in multipliers], steps_per_epoch
 
 
 def simulate(cfg: Any, steps_per_epoch: int | None = None) -> dict[str, Any]:
@@ -123,19 +108,6 @@ def table(labels: list[str], sims: list[dict[str, Any]]) -> str:
         cells = [str(e), *(f"{c[e]:.6g}" for c in columns)]
         lines.append("  ".join(c.rjust(w) for c, w in zip(cells, widths, strict=True)))
     return "\n".join(lines)
-
-
-def branch_point(cfg: Any, trunk_cfg: Any, steps_per_epoch: int | None = None) -> int:
-    """The epoch a run of `cfg`'s budget would branch from a trunk of `trunk_cfg` at, as
-    `branch_epoch=null` picks it (runner/run/branch.py): the latest epoch the trunk keeps
-    (its trainer.keep_epochs; every epoch when null), below the budget, up to which the two
-    schedules give the same lrs. 0 when there is none: the run is a rerun."""
-    _, lrs, spe = run_groups(cfg, steps_per_epoch)
-    upto = min(cfg.epochs, trunk_cfg.epochs)
-    agree, _ = shared_epochs(cfg, trunk_cfg, spe, lrs, upto)
-    keep = trunk_cfg.trainer.keep_epochs
-    fits = [e for e in range(1, min(agree, cfg.epochs - 1) + 1) if keep is None or keeps(keep, e)]
-    return fits[-1] if fits else 0
 
 
 def check_budgets(combos: list[list[str]]) -> None:

@@ -51,13 +51,13 @@ def label(node: Mapping[str, Any]) -> str:
     return str(node.get("name"))
 
 
-def builtin_spec(group: str, node: Mapping[str, Any], table: Mapping[str, Any]) -> Any:
+def builtin_spec(group: str, target: Any, name: Any, table: Mapping[str, Any]) -> Any:
     """The spec of a built-in option from its group's name -> spec table, None for a
     `_target_` component, or a ConfigError naming `<group>.name` (models and optimizers
-    share this rule)."""
-    if is_target(node):
+    share this rule). Given the node's `_target_` and `name` values, all it reads: the
+    node stays with its reader."""
+    if target is not None:
         return None
-    name = node.get("name")
     if name not in table:
         raise ConfigError(
             f"{group}.name", name, f"must be one of {list(table)}, or give {group}._target_"

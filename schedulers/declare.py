@@ -15,7 +15,6 @@ from collections.abc import Collection, Mapping
 from dataclasses import field
 from typing import Any
 
-from schedulers.binder import plain
 from schedulers.checks import Check
 from schedulers.errors import ConfigError
 
@@ -41,8 +40,9 @@ def check_node(
 
     `others`: keys the node may also hold that another check owns (a schedule's `interval`,
     a plugin's `_target_`); they are listed as allowed, and not checked here. `owner`: what
-    the unknown-key message says has these keys (default: the prefix)."""
-    node = plain(node)  # plain values, `${...}` resolved: what errors show
+    the unknown-key message says has these keys (default: the prefix). `node`: plain
+    values, `${...}` resolved (`plain`, made once by the caller's entry: runner/run/check.py
+    `validate`, a scheduler's `_resolve`): what is checked and what errors show."""
     fields = {f.name: f for f in dataclasses.fields(schema)}
     for name in node:
         if name not in fields and name not in others:

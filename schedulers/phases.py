@@ -26,7 +26,6 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from schedulers.binder import plain
 from schedulers.errors import ConfigError
 from schedulers.node import Context
 
@@ -135,8 +134,8 @@ PHASES: dict[str, Callable[[Mapping[str, Any], Context], None]] = {
 def check_phases(cfg: Mapping[str, Any], ctx: Context) -> None:
     """A built-in schedule's phase that this run's length leaves out: ConfigError when a
     share of the run rounds to no step, a warning when a count falls beyond the run. Call
-    it once the schedule's own keys are checked (`ctx` from the same config)."""
-    p = plain(cfg)
-    check = PHASES.get(p.get("name"))
+    it once the schedule's own keys are checked (`ctx` from the same config). `cfg`: plain
+    values, as validate_scheduler made them."""
+    check = PHASES.get(cfg.get("name"))
     if check is not None:
-        check(p, ctx)
+        check(cfg, ctx)

@@ -488,10 +488,8 @@ def _resolve(
     base_lrs: Sequence[float],
     metrics: Collection[str] | None = None,
 ) -> tuple[Node, Context]:
-    """Look the schedule up and check every key: the single validation path."""
-    # plain values, interpolations resolved: what is checked (and what an error shows) is
-    # the value, never `${...}` or an OmegaConf node
-    cfg = dict(plain(cfg))
+    """Look the schedule up and check every key: the single validation path. `cfg`: plain
+    values (`plain`, made once by each entry: validate_scheduler, build_scheduler)."""
     _kind(cfg, "scheduler")  # an unknown name before anything else
     ctx = _context(cfg, epochs=epochs, steps_per_epoch=steps_per_epoch, base_lrs=base_lrs)
     node = resolve_node(cfg, ctx, "scheduler", ours=COMMON[1:], metrics=metrics)
@@ -511,6 +509,9 @@ def validate_scheduler(
 
     `metrics`, when given, are the names a Plateau `monitor` may choose from.
     """
+    # plain values, interpolations resolved: what is checked (and what an error shows) is
+    # the value, never `${...}` or an OmegaConf node
+    cfg = dict(plain(cfg))
     _, ctx = _resolve(
         cfg, epochs=epochs, steps_per_epoch=steps_per_epoch, base_lrs=base_lrs, metrics=metrics
     )
@@ -522,6 +523,7 @@ def build_scheduler(
 ) -> LRSchedule:
     """The schedule for `optimizer`; the loop calls step_batch() and step_epoch() on it."""
     base_lrs = [g["lr"] for g in optimizer.param_groups]
+    cfg = dict(plain(cfg))  # plain values, `${...}` resolved (see validate_scheduler)
     node, ctx = _resolve(cfg, epochs=epochs, steps_per_epoch=steps_per_epoch, base_lrs=base_lrs)
     main = node.build(optimizer)
     warmup = None

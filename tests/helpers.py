@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -27,6 +28,7 @@ from runner.config.compose import CONF as CONF  # re-exported for the tests
 from runner.config.compose import compose_config
 from runner.run.train import train
 from runner.sweep.fused import Member, train_group
+from schedulers.binder import plain
 from schedulers.lecture import ITERATIONS, LR, MAX_EPOCH, plateau_loss
 from schedulers.lecture import toy_params as lecture_params
 
@@ -39,6 +41,13 @@ WANDB_CLI = Path(sys.executable).parent / "wandb"
 def make_cfg(*overrides: str) -> DictConfig:
     """The config `python -m runner <overrides>` would run, composed by Hydra's compose API."""
     return compose_config(list(overrides))
+
+
+def make_values(*overrides: str) -> dict[str, Any]:
+    """`make_cfg`'s config as plain values, `${...}` resolved: what the group checkers
+    (validate_model, validate_data, ...) are handed by runner/run/check.py's `validate`,
+    which resolves the config once."""
+    return plain(make_cfg(*overrides))
 
 
 def read_metrics(run_dir: Path, kind: str = "epoch") -> list[dict]:

@@ -17,7 +17,6 @@ import pytest
 import yaml
 from scipy import stats
 
-from runner.sweep import budget_sweeps
 from runner.sweep.report import main, write_report
 
 RERUN = {4: [0.80, 0.82, 0.84], 8: [0.90, 0.91, 0.95]}  # budget -> final val acc per seed
@@ -217,62 +216,3 @@ def test_a_sweep_of_trunks_pooled_with_their_branches_is_their_strategy_s_longes
         str(2 * (4 + 8)),
         f"{own / 24:.2f}",
     ]
-
-
-def test_make_budgets_plans_reruns_trunks_keeping_the_decay_starts_and_a_branch_sweep_each(
-    tmp_path,
-):
-    first = budget_sweeps.first_sweeps([15, 30, 60], "0,1,2", 0.2)
-    assert list(first) == ["cosine", "schedulefree", "trunks"]
-    assert {"scheduler=cosine", "epochs=15,30,60", "seed=0,1,2"} <= set(first["cosine"])
-    assert {"optimizer=schedulefree_sgd", "scheduler=none"} <= set(first["schedulefree"])
-    # WSD (warmup 2, 0.2) of 15 and 30 epochs decays from epochs 12 and 24
-    assert {"epochs=60", "trainer.keep_epochs=[12,24]"} <= set(first["trunks"])
-    for seed in (0, 3):
-        run_dir(tmp_path / "trunks" / f"job{seed}", {"seed": seed}, rows(2, 0.9), ["x=1"])
-    branches = budget_sweeps.branch_sweeps(tmp_path, [15, 30, 60], 0.2)
-    assert list(branches) == ["branches_0", "branches_3"]
-    assert {f"branch={tmp_path / 'trunks' / 'job3'}", "seed=3", "epochs=15,30"} <= set(
-        branches["branches_3"]
-    )
-    # the user's overrides replace the preset's of the same key, last
-    args = budget_sweeps.with_overrides(first["cosine"], ["data=digits", "model=mlp"])
-    assert "data=mnist1d" not in args and args[-2:] == ["data=digits", "model=mlp"]
-
-
-@pytest.mark.slow
-def test_make_budgets_tiny_puts_cosine_branches_and_schedule_free_in_one_budget_table(
-    tmp_path, monkeypatch
-):
-    """`python -m runner.sweep.budget_sweeps` (make budgets) at budgets 5 and 6 on 500
-    MNIST-1D signals, 2 seeds, WSD decay 0.5: the runner's own job dirs (config.yaml's
-    branch and branch_epoch, from_trunk rows, job dirs named as the launcher names them)
-    read as the budget view says."""
-    monkeypatch.chdir(tmp_path)  # the MNIST-1D cache: data/
-    out = tmp_path / "budgets"
-    text = budget_sweeps.main(
-        [
-            "--out",
-            str(out),
-            "--budgets",
-            "5,6",
-            "--seeds",
-            "0,1",
-            "--decay-fraction",
-            "0.5",
-            "data.num_samples=500",
-        ]
-    )
-    assert text == (out / "cosine" / "report.md").read_text()
-
-    def row(*parts: str) -> list[str]:
-        (line,) = [x for x in text.splitlines() if all(p in x for p in parts)]
-        return [c.strip() for c in line.strip("|").split("|")]
-
-    branch, cosine, free = "branch=<trunk>`", "scheduler=cosine`", "scheduler=none`"
-    assert row(branch, "| 5 | 2/2")[4] == "4"  # from epoch 3 of 5, 2 seeds
-    assert row(branch, "| 6 | 2/2")[4] == "12"  # the trunks themselves
-    assert row(branch, "| 4 | 2 |")[3:] == ["0", "16", "**16**", "22", "0.73"]
-    assert row(cosine, "| 4 | 0 |")[5:] == ["**22**", "22", "1.00"]
-    assert row(free, "| 4 | 0 |")[5:] == ["**22**", "22", "1.00"]
-    assert (out / "cosine" / "budgets.png").exists()

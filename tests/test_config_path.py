@@ -8,13 +8,20 @@ from __future__ import annotations
 import ast
 import dataclasses
 import importlib
+import itertools
+import sys
 import typing
 from pathlib import Path
+from types import FrameType
+from typing import Any
 
 import pytest
+from omegaconf import OmegaConf
 
 from runner.config.schema import GROUPS, LrFind, RunSpec, Trainer, run_spec
 from runner.run import check
+from runner.run.train import train
+from schedulers.binder import plain
 from tests.helpers import make_cfg
 
 RUNNER = Path(__file__).resolve().parents[1] / "runner"
@@ -30,7 +37,7 @@ def test_validation_is_one_pass_over_the_nodes(monkeypatch):
         def wrapped(node, found):
             seen.append(group)
             if group:  # the top-level keys come as their own small node
-                assert node is cfg[group]
+                assert type(node) is dict and node == plain(cfg[group])  # resolved once
             return checker(node, found)
 
         return wrapped
@@ -108,3 +115,142 @@ def test_checkpointer_and_track_take_plain_values():
             and n.value.id in ("cfg", "trainer")
         ]
         assert not indexed, (module.__name__, indexed)
+
+
+# -- the config's path from train(), measured as the code runs -------------------------------
+ROOT = RUNNER.parent
+# each folder's floor in the import layers (pyproject.toml): a higher floor imports lower ones
+FLOORS = {"schedulers": 0, "runner/dist": 1, "runner/io": 2, "runner/config": 3,
+          "runner/data": 4, "runner/train": 5, "runner/run": 6}  # fmt: skip
+SMALL = ("logger=none", "trainer.progress=line", "model.hidden=[16]", "data=fake",
+         "data.train_size=64", "data.val_size=32", "scheduler=step")  # fmt: skip
+
+
+def _project_file(filename: str) -> str | None:
+    """A code object's file as a path under the repository, if it is in a folder of FLOORS."""
+    if not filename.startswith(str(ROOT)):
+        return None
+    rel = Path(filename).relative_to(ROOT).as_posix()
+    return rel if rel.startswith(tuple(f + "/" for f in FLOORS)) else None
+
+
+def config_path(
+    cfg: Any,
+    run_dir: Path,
+    overrides: tuple[str, ...] = (),
+    conversions: list[tuple[str, bool]] | None = None,
+) -> list[str]:
+    """The project file of each call, in the order made, that `train` hands the run's
+    config: an OmegaConf node of it, the typed RunSpec or one of its groups, or plain
+    values `plain` made of one of these (by identity, nested dicts and lists included).
+    `conversions`, when given, gets each call of `plain` on the config: (the caller's
+    name, whether it was handed an OmegaConf node, not values already plain)."""
+    carried: set[int] = set()
+    held: list[Any] = []  # what `carried` names, kept alive: no id is reused meanwhile
+    carrying: set[int] = set()  # the frames of the calls that were handed the config
+    files: dict[str, str | None] = {}
+    path: list[str] = []
+
+    def carry(value: Any) -> None:
+        if isinstance(value, (dict, list)) or dataclasses.is_dataclass(value):
+            carried.add(id(value))
+            held.append(value)
+            for v in (
+                value.values()
+                if isinstance(value, dict)
+                else value
+                if isinstance(value, list)
+                else ()
+            ):
+                carry(v)
+
+    def carries(value: Any) -> bool:
+        if isinstance(value, RunSpec):
+            for f in dataclasses.fields(value):
+                carry(getattr(value, f.name))
+            return True
+        return OmegaConf.is_config(value) or id(value) in carried
+
+    def hook(frame: FrameType, event: str, arg: Any) -> None:
+        code = frame.f_code
+        if code.co_filename not in files:
+            files[code.co_filename] = _project_file(code.co_filename)
+        file = files[code.co_filename]
+        if file is None:
+            return
+        if event == "call":
+            names = code.co_varnames[: code.co_argcount + code.co_kwonlyargcount]
+            if any(carries(frame.f_locals.get(n)) for n in names):
+                path.append(file)
+                carrying.add(id(frame))
+            if code is plain.__code__ and conversions is not None:
+                node = frame.f_locals["node"]
+                conversions.append((frame.f_back.f_code.co_name, OmegaConf.is_config(node)))
+        elif event == "return" and id(frame) in carrying:
+            carrying.discard(id(frame))
+            if code.co_name == "plain":
+                carry(arg)
+
+    sys.setprofile(hook)
+    try:
+        train(cfg, run_dir, overrides)
+    finally:
+        sys.setprofile(None)
+    return path
+
+
+def stops_files_climbs(path: list[str]) -> tuple[int, int, int]:
+    """Stops: the stretches of consecutive calls in one file; files: how many files;
+    climbs: the moves from a file to one on a higher floor (back up the layers)."""
+    stops = [f for i, f in enumerate(path) if i == 0 or path[i - 1] != f]
+    floor = [next(n for d, n in FLOORS.items() if f.startswith(d + "/")) for f in stops]
+    return len(stops), len(set(path)), sum(b > a for a, b in itertools.pairwise(floor))
+
+
+# a small new run's config path as `config_path` measures it (92, 22, 29 at commit 4aaf540):
+# (stops, files, climbs). Lower these when a change shortens the path. 71/20/26 before the
+# language-model task: the model's no_decay default (optimizers -> models) and the FLOPs
+# per token of its rows (train/lm.py) read the model's config: 5 stops, 1 file.
+NEW_RUN_PATH = (76, 21, 26)
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory) -> tuple[list[str], list[tuple[str, bool]]]:
+    """A small new run's config path and its conversions (`config_path`), measured once."""
+    conversions: list[tuple[str, bool]] = []
+    run_dir = tmp_path_factory.mktemp("path") / "run"
+    return config_path(make_cfg(*SMALL, "epochs=1"), run_dir, conversions=conversions), conversions
+
+
+def test_the_config_path_of_a_new_run_stays_short(small_run):
+    """Issue #36's measure of the config's path from train() (its goal: <= 40 stops, <= 8
+    files, <= 5 climbs), held at today's numbers so that a path added back fails here."""
+    path, _ = small_run
+    assert path[:2] == ["runner/run/train.py"] * 2  # train -> _train: the measure sees it
+    stops, files, climbs = stops_files_climbs(path)
+    assert stops <= NEW_RUN_PATH[0] and files <= NEW_RUN_PATH[1] and climbs <= NEW_RUN_PATH[2]
+
+
+# the readers that still convert values already plain (they are handed DictConfig nodes by
+# tests, fused members and tools too): the data's (runner/data) and the scheduler library's
+# entries. Take one out once its callers all hand plain values.
+STILL_CONVERTING = {"load_data", "roots", "fingerprint", "validate_scheduler", "build_scheduler"}
+
+
+def test_the_config_is_resolved_once_where_it_is_read_first(small_run):
+    """`plain` turns the config's OmegaConf nodes into plain values where the run first
+    reads them: its data paths made absolute, validate (once for every checker), the final
+    config (config.yaml, the typed spec, W&B). The group checkers, the schedule's phases
+    and the typed spec read those values as they are: a reader that converts again, or a
+    DictConfig node handed further down, fails here."""
+    _, conversions = small_run
+    assert [c for c, node in conversions if node] == ["absolute_roots", "_validate", "_run"]
+    assert {c for c, node in conversions if not node} <= STILL_CONVERTING
+
+
+def test_branch_epoch_without_a_branch_is_refused_before_any_trunk_is_read():
+    """A run that is no branch never enters runner/run/branch.py (validate's `use_branch`
+    decides), but branch_epoch alone still names its key."""
+    with pytest.raises(check.ConfigError) as err:
+        check.validate(make_cfg(*SMALL, "branch_epoch=2"))
+    assert err.value.key == "branch_epoch" and "needs branch=" in str(err.value)

@@ -13,7 +13,7 @@ from torch.nn import functional as F
 from runner.data.sets import batches, load_data, resize_images, validate_data
 from runner.run.train import train
 from schedulers import ConfigError
-from tests.helpers import make_cfg, read_metrics
+from tests.helpers import make_cfg, make_values, read_metrics
 
 
 def write_idx_dataset(folder: Path, n_train: int, n_test: int, seed: int = 0) -> None:
@@ -57,9 +57,9 @@ def test_limit_takes_the_first_training_images(tmp_path):
 
 @pytest.mark.parametrize("data", ["mnist", "fashion_mnist", "cifar10"])
 def test_missing_root_names_key_path_and_fix(tmp_path, data):
-    cfg = make_cfg(f"data={data}", f"data.root={tmp_path / 'nothing'}")
+    cfg = make_values(f"data={data}", f"data.root={tmp_path / 'nothing'}")
     with pytest.raises(ConfigError) as err:
-        validate_data(cfg.data)
+        validate_data(cfg["data"])
     assert err.value.key == "data.root"
     assert str(tmp_path / "nothing") in str(err.value)
     assert "download=True" in str(err.value)

@@ -16,7 +16,8 @@ import torch
 from runner.data.sets import load_data, validate_data
 from runner.data.stream import Loaders, SampleError, StreamData
 from schedulers import ConfigError
-from tests.helpers import cli_in_process, make_cfg
+from schedulers.binder import plain
+from tests.helpers import cli_in_process, make_cfg, make_values
 
 ROOT = Path(__file__).resolve().parents[1]
 BLOBS = "tests.user_datasets.Blobs"
@@ -43,7 +44,7 @@ def odd(kind: str, at: int, *extra: str, target: str = ODD) -> list[str]:
 
 def raised(*overrides: str) -> ConfigError:
     cfg = make_cfg(*overrides)
-    validate_data(cfg.data)
+    validate_data(plain(cfg.data))
     with pytest.raises(ConfigError) as err:
         load_data(cfg.data)
     return err.value
@@ -65,13 +66,13 @@ def first_streamed_epoch_error(data: StreamData) -> SampleError:
 def test_train_without_val_is_a_config_error_naming_data_val_never_fakedata():
     """It validated on torchvision FakeData (random noise): val/acc 0.11, exit 0."""
     with pytest.raises(ConfigError) as err:
-        validate_data(make_cfg("data=dataset", TRAIN).data)
+        validate_data(make_values("data=dataset", TRAIN)["data"])
     assert err.value.key == "data.val"
     assert "data.val_fraction" in err.value.rule and "FakeData" in err.value.rule
     with pytest.raises(ConfigError) as err:
-        validate_data(make_cfg("data=dataset", VAL).data)  # and the other way round
+        validate_data(make_values("data=dataset", VAL)["data"])  # and the other way round
     assert err.value.key == "data.train"
-    validate_data(make_cfg("data=dataset").data)  # neither: the FakeData demo, as before
+    validate_data(make_values("data=dataset")["data"])  # neither: the FakeData demo, as before
 
 
 def test_the_command_with_train_and_no_val_exits_2_in_one_line(tmp_path):
@@ -92,7 +93,7 @@ def test_val_fraction_is_a_seeded_stratified_split_of_train():
             "data.in_memory=false",
             *extra,
         )
-        validate_data(cfg.data)
+        validate_data(plain(cfg.data))
         data = load_data(cfg.data)
         assert isinstance(data, StreamData) and data.num_classes == 3
         return list(data.train.indices), list(data.val.indices)
@@ -119,7 +120,7 @@ def test_val_fraction_is_a_seeded_stratified_split_of_train():
 def test_a_val_fraction_that_cannot_split_is_a_config_error(extra, words):
     cfg = make_cfg("data=dataset", *extra)
     with pytest.raises(ConfigError) as err:
-        validate_data(cfg.data)
+        validate_data(plain(cfg.data))
         load_data(cfg.data)
     assert err.value.key == "data.val_fraction" and words in str(err.value)
 

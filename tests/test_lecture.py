@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from runner.lecture import PARTS, main, parse_args
+from runner.lecture import BUDGETS, BUDGETS_QUICK, PARTS, main, parse_args
 from schedulers.lecture import LECTURE
 from tests import browser_check
 from tests.helpers import CONF, job_dirs, make_cfg, read_metrics, report_rows, torch_reference
@@ -26,7 +26,7 @@ def page(tmp_path_factory):
 def test_every_part_has_a_section_with_its_figures(page):
     text = (page / "index.md").read_text()
     titles = re.findall(r"^## (.+)$", text, flags=re.M)
-    assert len(titles) == len(PARTS) == 5
+    assert len(titles) == len(PARTS) == 6
     for section in text.split("\n## ")[1:]:
         assert "**Lecture:**" in section and "**讲座：**" in section and "```bash" in section
         figures = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", section)
@@ -87,7 +87,8 @@ def test_help_shows_the_options(capsys):
         parse_args(["--help"])
     assert exit_.value.code == 0
     out = capsys.readouterr().out
-    assert "part=all|curves|lenet|schedulers|init_lr|mnist1d" in out and "--config-dir" in out
+    assert "part=all|curves|lenet|schedulers|init_lr|mnist1d|budgets" in out
+    assert "--config-dir" in out
 
 
 @pytest.mark.parametrize("arg", ["part=nope", "quick=maybe", "colour=red", "quick"])
@@ -121,6 +122,27 @@ def sweep_jobs(overrides: list[str]) -> list[list[str]]:
     return expand([*swept, *(o for o in overrides if not o.startswith("hydra."))])
 
 
+def budget_jobs(overrides: list[str]) -> list[list[str]]:
+    """The jobs hydra/sweeper=budgets launches first (runner/sweep/budget_sweeps.py): its
+    branches need their trunks on disk, and each is a config check of its trunk's."""
+    from omegaconf import OmegaConf
+
+    from runner.config.compose import compose_config
+    from runner.run.branch_points import branch_point
+    from runner.sweep import budget_sweeps as plan
+    from runner.sweep.launch import sweep_combinations
+
+    node = OmegaConf.to_container(compose_config(overrides, with_hydra=True).hydra.sweeper)
+    budgets = plan.check_plan(node["budgets"], node)
+    task = [o for o in overrides if not o.startswith("hydra.")]
+    combos = sweep_combinations(task, node["params"])
+    keep = {
+        name: plan.keep_epochs(compose_config, branch_point, combos[0], o, budgets)
+        for name, o in node["trunks"].items()
+    }
+    return plan.first_batch(combos, budgets, node, keep)[0]
+
+
 QUICK_SWEEP = ["epochs=3", "hydra.sweeper.params.seed='0,1'"]
 PRESETS = {
     # runner.lecture's parts (runner/lecture.py), quick and full
@@ -140,7 +162,10 @@ PRESETS = {
     "mnist1d quick": sweep_jobs(
         ["+experiment=mnist1d_schedules", "logger=none", "data.num_samples=1000", *QUICK_SWEEP]
     ),
+    "budgets": budget_jobs(["+experiment=mnist1d_budgets", "logger=none", *BUDGETS]),
+    "budgets quick": budget_jobs(["+experiment=mnist1d_budgets", "logger=none", *BUDGETS_QUICK]),
     # conf/experiment/*.yaml as the README runs them (cifar10_fast: below, it needs CIFAR)
+    "experiment=mnist1d_budgets": budget_jobs(["+experiment=mnist1d_budgets"]),
     "experiment=mnist1d_models": sweep_jobs(["+experiment=mnist1d_models"]),
     "experiment=lecture_schedulers": sweep_jobs(["+experiment=lecture_schedulers"]),
     "experiment=init_lr": sweep_jobs(["+experiment=init_lr"]),
@@ -159,6 +184,9 @@ def test_the_presets_cover_every_experiment_file():
     assert named | {"cifar10_fast"} == {p.stem for p in (CONF / "experiment").glob("*.yaml")}
     assert len(PRESETS["schedulers"]) == 18 and len(PRESETS["schedulers quick"]) == 12
     assert len(PRESETS["mnist1d"]) == 40 and len(PRESETS["experiment=mnist1d_models"]) == 20
+    # 3 seeds x (3 cosine budgets, 3 anytime runs, a trunk); quick: 1 seed x (2 + 3 + 1)
+    assert len(PRESETS["experiment=mnist1d_budgets"]) == 21
+    assert len(PRESETS["budgets quick"]) == 6
 
 
 @pytest.mark.slow

@@ -7,7 +7,7 @@ import torch
 
 from runner.train.models import LeNet, build_model, validate_model
 from schedulers import ConfigError
-from tests.helpers import make_cfg
+from tests.helpers import make_cfg, make_values
 
 
 @pytest.mark.parametrize("model", ["mlp", "lenet", "resnet18"])
@@ -38,12 +38,12 @@ def test_lenet_is_the_lecture_architecture_on_32px():
 )
 def test_bad_mlp_values_name_the_key(override, key):
     with pytest.raises(ConfigError) as err:
-        validate_model(make_cfg(override).model)
+        validate_model(make_values(override)["model"])
     assert err.value.key == key
 
 
 def test_bad_lenet_and_resnet_values_name_the_key():
     with pytest.raises(ConfigError, match="model.min_input_size"):
-        validate_model(make_cfg("model=lenet", "model.min_input_size=8").model)
+        validate_model(make_values("model=lenet", "model.min_input_size=8")["model"])
     with pytest.raises(ConfigError, match="model.small_input_stem"):
-        validate_model(make_cfg("model=resnet18", "model.small_input_stem=maybe").model)
+        validate_model(make_values("model=resnet18", "model.small_input_stem=maybe")["model"])

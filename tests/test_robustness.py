@@ -66,7 +66,7 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path, schedule):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_signal_stops_quickly_keeps_a_checkpoint_and_resumes(tmp_path, sig):
+def test_signal_stops_quickly_keeps_a_checkpoint_and_resumes(tmp_path, sig, caplog):
     args = [*SLOW, "epochs=6"]
     run_dir = tmp_path / "run"
     proc = start([*args, f"hydra.run.dir={run_dir}"], tmp_path)
@@ -81,14 +81,17 @@ def test_signal_stops_quickly_keeps_a_checkpoint_and_resumes(tmp_path, sig):
     assert status["status"] == "interrupted"
     assert (run_dir / "last.pt").exists()
 
-    # both spellings of resume: the run dir as the value, or Hydra's run dir + resume=true
-    how = (
-        [f"resume={run_dir}"]
-        if sig == signal.SIGTERM
-        else [f"hydra.run.dir={run_dir}", "resume=true"]
-    )
-    resumed = run_cli(*how, cwd=tmp_path)
-    assert resumed.returncode == 0, resumed.stderr
+    # both spellings of resume: the run dir as the value (the job that command runs, in this
+    # process: the command itself resumes in test_files.py, test_resume_edits.py and
+    # test_custom_project.py), or Hydra's run dir + resume=true (the command)
+    if sig == signal.SIGTERM:
+        with caplog.at_level("INFO", logger="schedlab"):
+            assert resume_in_process(run_dir).status == "completed"
+        resume_log = caplog.text
+    else:
+        resumed = run_cli(f"hydra.run.dir={run_dir}", "resume=true", cwd=tmp_path)
+        assert resumed.returncode == 0, resumed.stderr
+        resume_log = (run_dir / "train.log").read_text()
     rows = read_metrics(run_dir)
     assert [r["epoch"] for r in rows] == list(range(6))
     # the W&B run continues under the same id
@@ -99,7 +102,7 @@ def test_signal_stops_quickly_keeps_a_checkpoint_and_resumes(tmp_path, sig):
     first, resumed_epochs = wandb_epochs(run_dir), wandb_epochs(run_dir, newest=True)
     assert resumed_epochs == list(range(resumed_epochs[0], 6)) and resumed_epochs[0] >= 1
     assert sorted(set(first) | set(resumed_epochs)) == list(range(6))
-    assert "did not end cleanly" not in (run_dir / "train.log").read_text()
+    assert "did not end cleanly" not in resume_log
 
 
 def wandb_epochs(run_dir: Path, newest: bool = False) -> list[int]:

@@ -446,8 +446,14 @@ class RunSpec:
 
 
 def run_spec(cfg: Mapping[str, Any]) -> RunSpec:
-    """The typed form of a config `runner.run.check.validate` passed."""
-    values = plain(cfg)
+    """The typed form of a config `runner.run.check.validate` passed (an OmegaConf node,
+    or plain values)."""
+    return typed_run(plain(cfg))
+
+
+def typed_run(values: Mapping[str, Any]) -> RunSpec:
+    """`run_spec` of a config already resolved into plain values (`plain`): a run's, once
+    its config is final (runner/run/train.py), so that it is not converted again."""
     return RunSpec(
         seed=values["seed"],
         epochs=values["epochs"],

@@ -156,15 +156,12 @@ def shared_epochs(
     return upto, ""
 
 
-def check_branch(cfg: Any, steps_per_epoch: int, base_lrs: Sequence[float]) -> int | None:
-    """A branch's start-up check (runner/run/check.py): the trunk is a run, keeps the epoch
-    asked for, trained what this run would have (check_same_training), with the lrs this run's
-    schedule gives up to it. Returns the branch epoch (branch_epoch, or the latest kept epoch
-    up to which the schedules agree when it is null); None when the run is no branch."""
-    if cfg.get("branch") is None:
-        if cfg.get("branch_epoch") is not None:
-            raise ConfigError("branch_epoch", cfg["branch_epoch"], "needs branch=<trunk run dir>")
-        return None
+def check_branch(cfg: Any, steps_per_epoch: int, base_lrs: Sequence[float]) -> int:
+    """A branch's start-up check (runner/run/check.py `use_branch`, for a config with
+    branch=): the trunk is a run, keeps the epoch asked for, trained what this run would
+    have (check_same_training), with the lrs this run's schedule gives up to it. Returns the
+    branch epoch (branch_epoch, or the latest kept epoch up to which the schedules agree
+    when it is null)."""
     trunk = trunk_dir(cfg)
     trunk_cfg = trunk_config(trunk, str(cfg["branch"]))
     check_same_training(cfg, trunk_cfg, trunk)
@@ -239,37 +236,39 @@ def scheduled_values(run: Any, epochs: int, steps_per_epoch: int) -> list[dict[s
     ]
 
 
-def start_state(cfg: Any, run: Any, steps_per_epoch: int) -> dict[str, Any]:
-    """The trunk's epoch_<k>.pt as this run's start, loaded into `run`: the trunk's weights,
-    optimizer state, scaler, every RNG and progress; this run's own schedule, stepped to
-    epoch k, and the lr (and any other value the schedule sets) it gives the param groups.
-    A new W&B run (no id); its rows so far (copy_trunk_rows) still to be sent."""
-    k = int(cfg.branch_epoch)
-    path = Path(str(cfg.branch)) / checkpoint.KEPT.format(k)
+def start_state(
+    trunk: str, k: int, data: Mapping[str, Any], run: Any, steps_per_epoch: int
+) -> dict[str, Any]:
+    """The `trunk`'s epoch_<k>.pt as this run's start (branch=, branch_epoch=), loaded into
+    `run`: the trunk's weights, optimizer state, scaler, every RNG and progress; this run's
+    own schedule, stepped to epoch k, and the lr (and any other value the schedule sets) it
+    gives the param groups. A new W&B run (no id); its rows so far (copy_trunk_rows) still
+    to be sent. `trunk`: the run dir as branch= gives it; `data`: this run's data config,
+    checked against the checkpoint's."""
+    path = Path(trunk) / checkpoint.KEPT.format(k)
     if not path.exists():
         raise ConfigError(
             "branch_epoch", k, f"{path} is gone (kept: {checkpoint.kept_epochs(path.parent)})"
         )
     state = checkpoint.load(path)
-    check_same_data(state, cfg.data)  # the data on disk is still the data the trunk trained on
+    check_same_data(state, data)  # the data on disk is still the data the trunk trained on
     set_by_schedule = scheduled_values(run, k, steps_per_epoch)
     saved = state["optimizer"]
     groups = [{**g, **mine} for g, mine in zip(saved["param_groups"], set_by_schedule, strict=True)]
     state["optimizer"] = {**saved, "param_groups": groups}
     state["scheduler"] = run.scheduler.state_dict()
     checkpoint.load_weights(state, run)
-    log.info(f"branch of {cfg.branch} at epoch {k}: its checkpoint, then this run's schedule")
+    log.info(f"branch of {trunk} at epoch {k}: its checkpoint, then this run's schedule")
     for key in ("session", "config"):
         state.pop(key, None)
     return {**state, "wandb_id": None, "rows_sent": False, "branched": True}
 
 
-def copy_trunk_rows(cfg: Any, run_dir: Path) -> None:
-    """The trunk's metrics.jsonl rows before the branch point, marked `"from_trunk": true`,
-    as this run's first rows (written whole: a resume that starts the branch over writes
-    the same)."""
-    k = int(cfg.branch_epoch)
-    rows = files.read_jsonl(Path(str(cfg.branch)) / "metrics.jsonl")
+def copy_trunk_rows(trunk: str, k: int, run_dir: Path) -> None:
+    """The `trunk`'s metrics.jsonl rows before the branch point `k`, marked
+    `"from_trunk": true`, as this run's first rows (written whole: a resume that starts the
+    branch over writes the same)."""
+    rows = files.read_jsonl(Path(trunk) / "metrics.jsonl")
     kept = [
         {**r, "from_trunk": True}
         for r in rows

@@ -116,13 +116,27 @@ def _validate(cfg: Mapping[str, Any], trunk: bool = True) -> Checked:
     if isinstance(cfg, DictConfig):
         for key in sorted(OmegaConf.missing_keys(cfg)):
             raise ConfigError(key, "???", "must be set (it has no default)")
+    values = None
     found: dict[str, Any] = {}
     for group, check in CHECKS:
-        check(_node(cfg, group), found)
+        if values is None:  # resolved once (again once the data filled a value in)
+            values = plain(cfg)
+        check(_node(values, group), found)
+        if group == "data" and _inferred_into(cfg, values["data"]):
+            values = None  # a `${data.num_classes}` in a later node then gives the number
     found.setdefault("branch_epoch", None)
     checked = Checked(**{f.name: found[f.name] for f in fields(Checked)})
-    warn_schedule_free(cfg)  # a schedule on top of a schedule-free optimizer
     return use_branch(cfg, checked) if trunk else checked
+
+
+def _inferred_into(cfg: Mapping[str, Any], data: Mapping[str, Any]) -> bool:
+    """data.num_classes the data checker filled into the plain `data` values
+    (`fill_inferred`) written into the config too (config.yaml and W&B record it);
+    whether it was."""
+    if data is cfg["data"] or cfg["data"].get("num_classes", 0) is not None:
+        return False
+    cfg["data"]["num_classes"] = data["num_classes"]  # type: ignore[index]
+    return True
 
 
 def _node(cfg: Mapping[str, Any], group: str) -> Mapping[str, Any]:
@@ -178,6 +192,7 @@ def _check_optimizer(node: Mapping[str, Any], found: dict[str, Any]) -> None:
     validate_optimizer(node, lr)
     shape = (found["image_shape"], found["num_classes"])
     found["groups"] = tuple(_groups(node, found["model"], shape))
+    found["optimizer"] = node
 
 
 def _check_logger(node: Mapping[str, Any], found: dict[str, Any]) -> None:
@@ -185,7 +200,10 @@ def _check_logger(node: Mapping[str, Any], found: dict[str, Any]) -> None:
 
 
 def _check_scheduler(node: Mapping[str, Any], found: dict[str, Any]) -> None:
+    """Against the run's length and each planned group's lr; then a schedule on top of a
+    schedule-free optimizer warns (this is where the two nodes meet)."""
     _schedule(node, found["epochs"], found["steps_per_epoch"], found["lr"], found["groups"])
+    warn_schedule_free(found["optimizer"], node)
 
 
 # Every group's checker, in the order errors are reported ("": the top-level keys); each
@@ -205,11 +223,14 @@ CHECKS: tuple[tuple[str, Callable[[Mapping[str, Any], dict[str, Any]], None]], .
 
 def use_branch(cfg: Mapping[str, Any], checked: Checked) -> Checked:
     """branch=<trunk>: checked against its trunk (runner/run/branch.py), and branch_epoch
-    filled when null (the epoch chosen, as config.yaml and W&B then record it)."""
+    filled when null (the epoch chosen, as config.yaml and W&B then record it). A run that
+    is no branch returns `checked` as it is (branch_epoch alone is an error)."""
+    if cfg.get("branch") is None:
+        if cfg.get("branch_epoch") is not None:
+            raise ConfigError("branch_epoch", cfg["branch_epoch"], "needs branch=<trunk run dir>")
+        return checked
     base_lrs = [checked.lr * m for _, m in checked.groups]
     k = check_branch(cfg, checked.steps_per_epoch, base_lrs)
-    if k is None:
-        return checked
     cfg["branch_epoch"] = k  # type: ignore[index]
     return replace(checked, branch_epoch=k)
 
@@ -253,7 +274,8 @@ def _schedule(
 def check_found_lr(cfg: Mapping[str, Any], checked: Checked) -> Checked:
     """optimizer.lr=find, once the range test has set optimizer.lr: what the lr decides
     (the optimizer built with it, the schedule's checks against it) checked again; the
-    data, model and param groups were checked at start-up and are what they were."""
+    data, model and param groups were checked at start-up and are what they were. `cfg`:
+    the final config's plain values (`plain`, runner/run/train.py)."""
     lr = checked_lr(cfg)
     validate_optimizer(cfg["optimizer"], lr)
     found = replace(checked, lr=lr)

@@ -37,13 +37,11 @@ class DirInUse(RunDirRefused):
     pid: int | None = None
 
 
-def saved_config_path(cfg: DictConfig, run_dir: Path) -> Path:
+def saved_config_path(resume: Any, run_dir: Path) -> Path:
     """The dir `resume=` names: its value, or (resume=true) the Hydra run dir."""
-    target = run_dir if cfg.resume is True else Path(str(cfg.resume))
+    target = run_dir if resume is True else Path(str(resume))
     if not (target / "config.yaml").is_file():
-        raise ConfigError(
-            "resume", str(cfg.resume), f"no run to resume: {target}/config.yaml missing"
-        )
+        raise ConfigError("resume", str(resume), f"no run to resume: {target}/config.yaml missing")
     return target
 
 
@@ -65,14 +63,15 @@ def read_saved_config(target: Path, value: object) -> DictConfig:
 
 
 def load_resume(
-    cfg: DictConfig, run_dir: Path
+    resume: Any, run_dir: Path
 ) -> tuple[DictConfig, Path, dict[str, Any] | None, list[str]]:
     """`resume=<run dir>` (or `resume=true` in the Hydra run dir): its saved config, the dir,
     its last checkpoint (None when it stopped before writing one), and the edits made to
-    config.yaml by hand since that checkpoint, as `key=value` texts (edit_changes)."""
-    target = saved_config_path(cfg, run_dir)
+    config.yaml by hand since that checkpoint, as `key=value` texts (edit_changes). Only
+    the value of `resume` is read: the rest of the config given is the caller's."""
+    target = saved_config_path(resume, run_dir)
     checkpoint.remove_orphans(target)  # temp files of writes a kill -9 cut short
-    saved = read_saved_config(target, cfg.resume)
+    saved = read_saved_config(target, resume)
     if not (target / checkpoint.LAST).exists() and not (target / checkpoint.BEST).exists():
         log.info(f"{target} has no checkpoint yet (stopped in its first epoch): starting over")
         return with_later_keys(saved), target, None, []
@@ -188,6 +187,17 @@ def _override_keys(overrides: Sequence[str]) -> dict[str, str]:
     return keys
 
 
+def _first_overrides(run_dir: Path) -> list[str]:
+    """The overrides the run was launched with (its .hydra/overrides.yaml, which a resume
+    keeps): a sweep job of a preset continued by its sweep gives its `+experiment=` again,
+    a group choice no config key holds."""
+    try:
+        found = OmegaConf.load(run_dir / ".hydra" / "overrides.yaml")
+    except Exception:  # missing or damaged: no launch to match
+        return []
+    return [str(o) for o in found] if OmegaConf.is_list(found) else []
+
+
 def swa_extend_blocker(trainer: Any) -> tuple[str, str] | None:
     """trainer.average=swa with swa_start null starts SWA at 3/4 of the run (and
     trainer.swa_lr with it): more epochs would move a start the run may have passed."""
@@ -227,11 +237,14 @@ def apply_resume_overrides(
     changed, as `key=value` texts; an override equal to the saved value changes nothing."""
     changes, refused = [], []
     texts = _override_keys(overrides)
+    first = _override_keys(_first_overrides(run_dir))
     for key, text in texts.items():
         new = plain(OmegaConf.select(given, key, default=_ABSENT))
         old = plain(OmegaConf.select(saved, key, default=_ABSENT))
         if new is not _ABSENT and new == old:
             continue
+        if new is _ABSENT and old is _ABSENT and first.get(key, _ABSENT) == text:
+            continue  # a group choice the run was launched with (+experiment=...)
         if key == "epochs" and isinstance(new, int) and isinstance(old, int):
             _check_extension(saved, old, new, run_dir)
         elif new is _ABSENT or not (key in SAFE_ON_RESUME or key.startswith("logger.")):
@@ -280,20 +293,20 @@ def _check_extension(saved: DictConfig, old: int, new: int, run_dir: Path) -> No
         )
 
 
-def finished(run_dir: Path, epochs: int) -> dict[str, Any] | None:
-    """status.json of a run that completed all `epochs` (None if it did not)."""
-    status = files.read_json(run_dir / "status.json")
+def finished(status: dict[str, Any] | None, epochs: int) -> dict[str, Any] | None:
+    """A run dir's status.json record (None: it has none) if it says the run completed all
+    `epochs`, else None. The caller reads the file once for every question it asks."""
     if status is None or status.get("status") != "completed":
         return None
     done = status.get("epochs_done")
     return status if isinstance(done, int) and done >= epochs else None
 
 
-def diverged_from(run_dir: Path, epoch: int) -> dict[str, Any] | None:
-    """status.json of a run that diverged in epoch `epoch`, the one its last.pt continues
-    from (None if it did not): the same config from the same checkpoint only diverges
-    again, so the same command run again trains nothing (resume= with changes does)."""
-    status = files.read_json(run_dir / "status.json")
+def diverged_from(status: dict[str, Any] | None, epoch: int) -> dict[str, Any] | None:
+    """A run dir's status.json record if it says the run diverged in epoch `epoch`, the one
+    its last.pt continues from (None if it did not): the same config from the same
+    checkpoint only diverges again, so the same command run again trains nothing (resume=
+    with changes does)."""
     if status is None or status.get("status") != "diverged":
         return None
     return status if status.get("epochs_done") == epoch + 1 else None
@@ -467,7 +480,7 @@ def check_run_dir(
         return None  # a run that stopped before its first checkpoint: started over
     # as the run itself would: a damaged last.pt is refused, and it is the last epoch's
     state = state if state is not None else checkpoint.load(last)
-    status = finished(run_dir, saved.epochs)
+    status = finished(files.read_json(run_dir / "status.json"), saved.epochs)
     if status is not None and state["progress"]["epoch"] >= saved.epochs:
         return nothing_to_do(run_dir, status)
     check_same_data(state, saved.data)  # a run to continue: on the data it trained on

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from runner.config.schema import RunSpec, Trainer, run_spec
+from runner.config.schema import RunSpec, Trainer, run_spec, typed_run
 from runner.data.fingerprint import absolute_roots, check_same_data, describe, fingerprint
 from runner.data.sets import augment as augment_batch
 from runner.data.sets import batches, load_data, steps_per_epoch
@@ -105,9 +105,10 @@ def write_status(
     files.write_json_atomic(run_dir / "status.json", status)
 
 
-def config_yaml(cfg: DictConfig, run_dir: Path | None = None) -> str:
+def config_yaml(cfg: DictConfig | dict[str, Any], run_dir: Path | None = None) -> str:
     """The run's config.yaml text (kept in each checkpoint too), written into run_dir when
-    given: a new single run's and each fused member's."""
+    given: a new single run's and each fused member's. `cfg`: the config, or its resolved
+    plain values (the same text)."""
     text = OmegaConf.to_yaml(cfg, resolve=True)
     if run_dir is not None:
         files.write_text_atomic(run_dir / "config.yaml", text)
@@ -472,9 +473,10 @@ def mean_bn_stats(model: torch.nn.Module, dist: Any) -> None:
         t.div_(dist.world)
 
 
-def use_range_test(cfg: DictConfig, run_dir: Path, checked: Checked) -> Checked:
-    """optimizer.lr=find: run the LR range test, then train with its suggestion; what the
-    lr decides is checked again (the rest was checked at start-up), and returned.
+def use_range_test(cfg: DictConfig, run_dir: Path) -> float:
+    """optimizer.lr=find: run the LR range test and write its suggestion into the config,
+    which the run then trains with (what it decides is checked once the config is resolved:
+    `found_lr_checked`); returns it.
 
     onecycle/cyclic get it as max_lr (their max_lr/base_lr are reset to null, which
     means optimizer.lr and optimizer.lr / 10, Smith's bounds)."""
@@ -483,8 +485,15 @@ def use_range_test(cfg: DictConfig, run_dir: Path, checked: Checked) -> Checked:
     for key in ("max_lr", "base_lr"):
         if key in cfg.scheduler and cfg.scheduler.get("name") in ("onecycle", "cyclic"):
             cfg.scheduler[key] = None  # a `_target_` class keeps the arguments it was given
-    found = check_found_lr(cfg, checked)  # the schedule against the lr it will really get
-    log.info(f"lr range test chose optimizer.lr={lr:.4g} ({cfg.lr_find.suggestion})")
+    return lr
+
+
+def found_lr_checked(config: dict[str, Any], checked: Checked, lr: float) -> Checked:
+    """The range test's lr in the final config's plain values: what it decides checked
+    again (the schedule against the lr it will really get; the rest was checked at
+    start-up), then said; returned with it."""
+    found = check_found_lr(config, checked)
+    log.info(f"lr range test chose optimizer.lr={lr:.4g} ({config['lr_find']['suggestion']})")
     return found
 
 
@@ -635,7 +644,7 @@ def _decide(
     (hydra.sweep.dir for a sweep's job)."""
     resuming = bool(cfg.resume)
     if resuming:
-        run_dir = saved_config_path(cfg, run_dir)  # nothing is created for a missing run
+        run_dir = saved_config_path(cfg.resume, run_dir)  # nothing is created for a missing run
     lock = None
     if dist.is_main:  # only rank 0 writes, so only rank 0 holds the run dir
         named = isinstance(cfg.resume, str) and cfg.resume.lower() != "true"  # resume=<dir>
@@ -652,9 +661,9 @@ def _decide(
             lock.claim()
         return _Start(None, run_dir)
     given = cfg
-    cfg, run_dir, state, changes = load_resume(cfg, run_dir)
+    cfg, run_dir, state, changes = load_resume(given.resume, run_dir)
+    status = files.read_json(run_dir / "status.json")  # read once, asked three things
     if state is not None:
-        status = files.read_json(run_dir / "status.json")
         if not state.get("rows_sent", True):
             # a fused member's checkpoint; its status.json says whether the launcher has
             # sent its rows since (then a resume, e.g. one that extends it, must not send
@@ -669,14 +678,14 @@ def _decide(
     changes += apply_resume_overrides(cfg, given, overrides, run_dir)
     checked = validate(cfg, trunk=state is None)  # a branch with a last.pt needs no trunk
     start_epoch = state["progress"]["epoch"] if state else 0
-    status = finished(run_dir, cfg.epochs) if start_epoch >= cfg.epochs else None
-    if status is None and not changes:
-        status = diverged_from(run_dir, start_epoch)
-    if status is not None:  # nothing to train: no W&B run, no file touched
-        log.info(nothing_to_do(run_dir, status))
-        diverged = status["status"] == "diverged"
-        epochs_done = status["epochs_done"] if diverged else start_epoch
-        done = Result(status["status"], status.get("best_val_acc", 0.0), epochs_done)
+    ended = finished(status, cfg.epochs) if start_epoch >= cfg.epochs else None
+    if ended is None and not changes:
+        ended = diverged_from(status, start_epoch)
+    if ended is not None:  # nothing to train: no W&B run, no file touched
+        log.info(nothing_to_do(run_dir, ended))
+        diverged = ended["status"] == "diverged"
+        epochs_done = ended["epochs_done"] if diverged else start_epoch
+        done = Result(ended["status"], ended.get("best_val_acc", 0.0), epochs_done)
         return _Start(cfg, run_dir, checked, True, state=state, done=done)
     if state is not None:  # other data than the checkpoint's: refused, every file as it was
         check_same_data(state, cfg.data)
@@ -697,10 +706,12 @@ def _run(
     state: dict[str, Any] | None,
     changes: list[str],
 ) -> Result:
-    """Start-up (range test, config.yaml, data, model, loggers), then fit; a signal during
-    start-up is looked for between its steps. Under DDP the ranks agree there (every rank
-    asks at the same points, runner/dist/ddp.py): a rank that left alone would
-    leave the others waiting in the model's first broadcast."""
+    """Start-up, as downward steps: the final config (the range test's lr; resolved once,
+    typed), the build, where training starts (`_start_state`: a branch's trunk epoch, or a
+    resume's checkpoint), then fit (`_fit_and_record`). A signal during start-up is looked
+    for between its steps. Under DDP the ranks agree there (every rank
+    asks at the same points, runner/dist/ddp.py): a rank that left alone would leave the
+    others waiting in the model's first broadcast."""
     agreed = agreed_stop(stop, dist)
 
     def signalled() -> int | None:
@@ -708,32 +719,85 @@ def _run(
 
     if (signum := signalled()) is not None:
         return _stopped(run_dir, dist, signum, state)
-    found = None
-    if cfg.optimizer.lr == "find":
-        checked = use_range_test(cfg, run_dir, checked)
-        found = checked.lr
-    config_text = config_yaml(cfg, run_dir if not resuming and dist.is_main else None)
+    lr = use_range_test(cfg, run_dir) if cfg.optimizer.lr == "find" else None
+    # the config is final now: resolved once into plain values, which config.yaml, the
+    # typed spec (what the rest reads) and W&B's config are all made from
     config = plain(cfg)
-    if found is not None:
-        config["lr_find"]["found_lr"] = found  # W&B config: the lr the range test chose
+    found = None
+    if lr is not None:
+        checked = found_lr_checked(config, checked, lr)
+        found = checked.lr
+    config_text = config_yaml(config, run_dir if not resuming and dist.is_main else None)
+    spec = typed_run(config)
+    if found is not None:  # W&B config: the lr the range test chose (a copy: not the spec's)
+        config["lr_find"] = {**config["lr_find"], "found_lr": found}
     if (signum := signalled()) is not None:
         return _stopped(run_dir, dist, signum, state)
-    spec = run_spec(cfg)  # the config is final now: typed once, what the rest reads
-    run = build_run(spec, dist=dist)
-    data = fingerprint(spec.data, load_data(spec.data))  # loaded by build_run: cached
+    loaded = load_data(spec.data)  # once: built on, and fingerprinted
+    run = build_run(spec, loaded, dist=dist)
+    data = fingerprint(spec.data, loaded)
     log.info(startup_line(spec, run.device))
     log.info(describe(data))
-    branched = state is None and cfg.get("branch") is not None
-    if branched:  # its trunk's epoch, its own schedule (runner/run/branch.py)
-        state = branch.start_state(cfg, run, checked.steps_per_epoch)
-        if dist.is_main:
-            branch.copy_trunk_rows(cfg, run_dir)
+    state = _start_state(config, run, checked, run_dir, dist, resuming, state)
     if resuming:
-        if state is not None and not branched:  # a checkpoint this model cannot take
-            checkpoint.load_weights(state, run)  # fails before any write
         _resume_writes(run_dir, dist, config_text, state, changes)
     if (signum := signalled()) is not None:  # e.g. while the data loaded
         return _stopped(run_dir, dist, signum, state)
+    return _fit_and_record(
+        spec,
+        run,
+        config,
+        config_text,
+        data,
+        run_dir,
+        overrides,
+        sweep_name,
+        dist,
+        stop,
+        state,
+        signalled,
+    )
+
+
+def _start_state(
+    config: dict[str, Any],
+    run: Run,
+    checked: Checked,
+    run_dir: Path,
+    dist: Any,
+    resuming: bool,
+    state: dict[str, Any] | None,
+) -> dict[str, Any] | None:
+    """Where training starts: a new branch at its trunk's epoch with its own schedule
+    (runner/run/branch.py; its trunk's rows copied first), a resume at its checkpoint
+    (loaded into `run`: a checkpoint this model cannot take fails before any write), or
+    epoch 0 (None)."""
+    if state is None and config.get("branch") is not None:
+        trunk, epoch = str(config["branch"]), int(config["branch_epoch"])
+        state = branch.start_state(trunk, epoch, config["data"], run, checked.steps_per_epoch)
+        if dist.is_main:
+            branch.copy_trunk_rows(trunk, epoch, run_dir)
+    elif resuming and state is not None:
+        checkpoint.load_weights(state, run)
+    return state
+
+
+def _fit_and_record(
+    spec: RunSpec,
+    run: Run,
+    config: dict[str, Any],
+    config_text: str,
+    data: dict[str, Any],
+    run_dir: Path,
+    overrides: Sequence[str],
+    sweep_name: str | None,
+    dist: Any,
+    stop: StopFlag,
+    state: dict[str, Any] | None,
+    signalled: Callable[[], int | None],
+) -> Result:
+    """Fit with the loggers open (rank 0 alone talks to W&B/TensorBoard and writes), then
+    status.json: how the run ended."""
     wandb_id = state["wandb_id"] if state else None
     session = checkpoint.Session()  # this process, in its checkpoints and status.json
     loggers = spec.logger if dist.is_main else {}  # only rank 0 talks to W&B / TensorBoard
@@ -792,7 +856,8 @@ def _resume_writes(
     if dist.is_main:
         if changes:  # the run dir's config is the one the run now follows
             files.write_text_atomic(run_dir / "config.yaml", config_text)
-            if finished(run_dir, 0) is not None:  # it is no longer complete
+            status = files.read_json(run_dir / "status.json")
+            if finished(status, 0) is not None:  # it is no longer complete
                 with files.writing(run_dir / "status.json"):
                     (run_dir / "status.json").unlink(missing_ok=True)
         keep_rows_before(run_dir / "metrics.jsonl", start_epoch)

@@ -10,12 +10,19 @@ docs/branches.md) costs its trunk once plus each branch's own epochs after its b
 budget whole. The cost table puts those totals side by side, `budgets.png` the metric
 against the budget. Jobs of other sweep dirs (`--also`) may join the view, so that a sweep
 of cosine reruns and the sweeps of branches are compared in one table.
+
+A run whose training does not depend on its budget (a constant lr, `scheduler=none`: the
+schedule-free optimizers, a constant lr with EMA) is good at any epoch: where its strategy
+has no run of a shorter budget, its run of a longer one reports that budget from its row at
+that epoch, and is paid for once. A run that averages its weights (trainer.average) also
+gives its averaged model's line, from the same runs (no cost of its own).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +34,8 @@ from runner.sweep.jobs import Group, Job, one_per_seed
 # the epochs a run keeps to branch from (they change nothing it computes)
 NOT_STRATEGY = ("seed", "epochs", "branch_epoch", "trainer.keep_epochs")
 TRUNK = "branch=<trunk>"
+READ_FROM = "_read_from_epochs"  # a job's config key in the view: its budget read off a longer run
+AVERAGED = " [averaged model]"  # the label suffix of a strategy's averaged-model line
 
 
 def _key(override: str) -> str:
@@ -106,6 +115,59 @@ def labels(jobs: list[Job]) -> dict[int, str]:
     return out
 
 
+def anytime(job: Job) -> bool:
+    """Whether the run's training is the same whatever its budget, so that its row at epoch
+    b is what a run of b epochs would end with: a constant lr (scheduler `none`, whose
+    warmup counts fixed epochs; schedule-free optimizers are run so), no trunk, and no SWA
+    (whose start defaults to a share of the epochs)."""
+    scheduler = job.config.get("scheduler") or {}
+    trainer = job.config.get("trainer") or {}
+    return (
+        isinstance(scheduler, dict)
+        and scheduler.get("name") == "none"
+        and trunk_of(job) is None
+        and isinstance(trainer, dict)
+        and trainer.get("average", "none") in ("none", "ema")
+    )
+
+
+def read_at(job: Job, budget_: int) -> Job:
+    """The job as a run of `budget_` epochs: its first epoch rows, marked as read off it
+    (trained() counts none of them)."""
+    rows = [r for r in job.rows if isinstance(r.get("epoch"), int) and r["epoch"] < budget_]
+    return replace(job, rows=rows, config={**job.config, "epochs": budget_, READ_FROM: budget(job)})
+
+
+def trained(job: Job) -> int:
+    """Epochs the job trained itself (own_epochs); none for a budget read off a longer run."""
+    return 0 if READ_FROM in job.config else own_epochs(job.rows)
+
+
+def fill_anytime(groups: dict[int, Group], budgets: set[int]) -> None:
+    """An anytime strategy's budgets without runs of their own (each of `budgets` below its
+    longest), read off its shortest longer runs."""
+    if not all(anytime(j) for g in groups.values() for j in g.jobs + g.repeats):
+        return
+    for b in sorted(budgets):
+        longer = [n for n in groups if n > b]
+        if b in groups or not longer:
+            continue
+        source = groups[min(longer)]
+        groups[b] = Group(f"{source.label} read at {b}", [read_at(j, b) for j in source.jobs])
+
+
+def averages(job: Job) -> bool:
+    trainer = job.config.get("trainer") or {}
+    return isinstance(trainer, dict) and trainer.get("average", "none") not in ("none", None)
+
+
+def metric_for(label: str, metric: str) -> str:
+    """The view's metric for a line: the averaged model's (val_avg) on an averaged line."""
+    if label.endswith(AVERAGED) and "_avg_" not in metric:
+        return metric.replace("_val_", "_val_avg_")
+    return metric
+
+
 def by_strategy(jobs: list[Job]) -> dict[str, dict[int, Group]]:
     """Strategy label (`labels`) -> budget -> its jobs, one per seed (repeats aside)."""
     label_of = labels(jobs)
@@ -119,7 +181,15 @@ def by_strategy(jobs: list[Job]) -> dict[str, dict[int, Group]]:
     for groups in out.values():
         for group in groups.values():
             one_per_seed(group)
-    return {label: dict(sorted(groups.items())) for label, groups in out.items()}
+    every = {b for groups in out.values() for b in groups}
+    for groups in out.values():
+        fill_anytime(groups, every)
+    view: dict[str, dict[int, Group]] = {}
+    for label, groups in out.items():
+        view[label] = dict(sorted(groups.items()))
+        if all(averages(j) for g in groups.values() for j in g.jobs):
+            view[label + AVERAGED] = view[label]  # right below its strategy's line
+    return view
 
 
 def cell(group: Group, budget_: int, metric: str) -> dict[str, Any]:
@@ -136,7 +206,8 @@ def cell(group: Group, budget_: int, metric: str) -> dict[str, Any]:
         "mean": mean,
         "ci_low": lo,
         "ci_high": hi,
-        "epochs_trained": sum(own_epochs(j.rows) for j in jobs),
+        "epochs_trained": sum(trained(j) for j in jobs),
+        "read_from": next((j.config[READ_FROM] for j in jobs if READ_FROM in j.config), None),
         "from_scratch": budget_ * len(jobs),  # a fresh run per budget: each budget whole
     }
 
@@ -145,7 +216,7 @@ def cost(groups: dict[int, Group]) -> dict[str, Any]:
     """A strategy's whole cost in epochs: its jobs' own epochs plus each trunk once (its
     own epochs; a trunk dir that is gone counts up to its latest branch point, `missing`).
     A trunk that is one of its jobs is paid for as that job."""
-    jobs = [j for g in groups.values() for j in g.jobs + g.repeats]
+    jobs = [j for g in groups.values() for j in g.jobs + g.repeats if READ_FROM not in j.config]
     members = {j.path.resolve() for j in jobs}
     trunks: dict[Path, int] = {}
     for job in jobs:
@@ -155,6 +226,8 @@ def cost(groups: dict[int, Group]) -> dict[str, Any]:
     read = {t: trunk_epochs(t) for t in trunks if t not in members}
     trunk_total = sum(n if n is not None else trunks[t] for t, n in read.items())
     own = sum(own_epochs(j.rows) for j in jobs)
+    # what the budgets it reports would cost as runs from scratch (a budget read off a
+    # longer run too)
     scratch = sum(b * len(g.jobs + g.repeats) for b, g in groups.items())
     return {
         "runs": len(jobs),
@@ -187,7 +260,10 @@ def markdown(view: dict[str, dict[int, Group]], metric: str, png: str, dirs: int
         f"branches of any trunk). {name.capitalize()}: mean ± the 95 % t interval's half "
         "width over completed seeds (none for one seed). Epochs trained: what the runs "
         "trained themselves, all seeds, a branch only after its branch point (its rows "
-        "without `from_trunk`); its trunk is counted once in the cost table below.",
+        "without `from_trunk`); its trunk is counted once in the cost table below. A run "
+        "of a constant lr (`scheduler=none`: schedule-free, EMA) reports each shorter budget "
+        "from its row at that epoch, paid for once; a line marked `[averaged model]` is the "
+        "averaged weights (`val_avg`) of the runs of the line above it.",
         "",
         f"| strategy | budget | seeds | **{name}** | epochs trained |",
         "|---|---|---|---|---|",
@@ -195,18 +271,25 @@ def markdown(view: dict[str, dict[int, Group]], metric: str, png: str, dirs: int
     costs = {}
     for label, groups in view.items():
         for b, group in groups.items():
-            c = cell(group, b, metric)
+            c = cell(group, b, metric_for(label, metric))
             seeds = f"{c['completed']}/{c['runs']}"
+            trained_ = str(c["epochs_trained"])
+            if c["read_from"] is not None:
+                trained_ += f" (read off the {c['read_from']}-epoch runs)"
+            if label.endswith(AVERAGED):
+                trained_ = "(the runs above)"
             lines.append(
                 f"| `{label}` | {b} | {seeds} | {_pm(c['mean'], c['ci_low'], c['ci_high'])} "
-                f"| {c['epochs_trained']} |"
+                f"| {trained_} |"
             )
-        costs[label] = cost(groups)
+        if not label.endswith(AVERAGED):  # the same runs as its strategy's line
+            costs[label] = cost(groups)
     lines += [
         "",
         "What each strategy cost in epochs trained: its trunks once each (a trunk that is "
         "one of its runs, its sweep in the view, in its own epochs), plus its runs' own "
-        "epochs; beside it, one run from scratch per budget and seed.",
+        "epochs (a budget read off a longer run: none); beside it, one run from scratch per "
+        "budget and seed.",
         "",
         "| strategy | runs | trunks | trunk epochs | own epochs | **total epochs** "
         "| one run per budget | total / that |",
@@ -233,7 +316,7 @@ def plot(view: dict[str, dict[int, Group]], metric: str, path: Path) -> Path:
 
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
     for label, groups in view.items():
-        cells = [cell(g, b, metric) for b, g in groups.items()]
+        cells = [cell(g, b, metric_for(label, metric)) for b, g in groups.items()]
         cells = [c for c in cells if not math.isnan(c["mean"])]
         if not cells:
             continue
@@ -267,6 +350,8 @@ def budget_view(
         return []
     view = by_strategy(jobs)
     metric = final_metric(metric)
+    if "_avg_" in metric:  # every line is the averaged model's already
+        view = {k: v for k, v in view.items() if not k.endswith(AVERAGED)}
     stem, _, ext = "budgets.png".rpartition(".")
     png = f"{stem}{suffix}.{ext}"
     plot(view, metric, out / png)

@@ -14,8 +14,9 @@ from typing import Any
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
+from runner.sweep.budget_sweeps import check_command, check_plan
 from runner.sweep.compare import METRICS
 from schedulers import ConfigError
 from schedulers.checks import choice, integer, number, worded
@@ -25,6 +26,8 @@ from schedulers.declare import check_node, defaults, key
 FUSED_LAUNCHER = "hydra_plugins.schedlab_fused.fused_launcher.FusedLauncher"
 # the race sweeper's class, as `hydra/sweeper=race` names it
 RACE_SWEEPER = "hydra_plugins.schedlab_race.race_sweeper.RaceSweeper"
+# the budget sweeper's class, as `hydra/sweeper=budgets` (+experiment=mnist1d_budgets) names it
+BUDGET_SWEEPER = "hydra_plugins.schedlab_budgets.budget_sweeper.BudgetSweeper"
 
 
 SWEEP_REPORT = "runner.sweep.report.SweepReport"
@@ -103,11 +106,15 @@ def check_callbacks(callbacks: Mapping[str, Any] | None) -> None:
             ) from None
 
 
-def check_sweeper(sweeper: DictConfig, overrides: Sequence[str] = ()) -> None:
+def check_sweeper(
+    sweeper: DictConfig, overrides: Sequence[str] = (), multirun: bool = True
+) -> None:
     """The race sweeper's keys and the command's overrides with it (Hydra building the
     sweeper checks the keys again): the race gives every job its seed, so a `seed=`
     override (or `hydra.sweeper.params.seed=`) on the command line is refused rather than
     silently replaced; and round 1 (every configuration x min_seeds) must fit max_runs."""
+    if sweeper.get("_target_") == BUDGET_SWEEPER and multirun:  # a single run sweeps nothing
+        check_budget_sweep(sweeper, overrides)
     if sweeper.get("_target_") != RACE_SWEEPER:
         return
     check_race(
@@ -127,6 +134,15 @@ def check_sweeper(sweeper: DictConfig, overrides: Sequence[str] = ()) -> None:
         task = [o for o in overrides if not o.lstrip("+~").startswith("hydra")]
         configs, _ = configurations(task, sweeper.get("params"))
         check_round_one(len(configs), sweeper.min_seeds, sweeper.max_runs)
+
+
+def check_budget_sweep(sweeper: Mapping[str, Any], overrides: Sequence[str]) -> None:
+    """The budget sweeper's keys and the command's overrides (runner/sweep/budget_sweeps.py),
+    before Hydra starts: a bad plan is one line and exit 2, not Hydra's error after the
+    sweep dir is made."""
+    node = OmegaConf.to_container(sweeper) if isinstance(sweeper, DictConfig) else sweeper
+    check_plan(node.get("budgets") or [], node)
+    check_command([o for o in overrides if not o.lstrip("+~").startswith("hydra")])
 
 
 def check_race(
@@ -167,3 +183,18 @@ def configurations(
     parsed = OverridesParser.create(config_loader=config_loader).parse_overrides(given)
     (batch,) = BasicSweeper.split_arguments(parsed, max_batch_size=None)
     return [list(c) for c in batch], ignored
+
+
+def sweep_combinations(
+    arguments: Sequence[str], params: Mapping[str, Any] | None, config_loader: Any = None
+) -> list[list[str]]:
+    """Every combination of a sweep's axes, as the basic sweeper makes them: its
+    hydra.sweeper.params (a preset's seeds), then the command's overrides, which replace a
+    param of the same key. Each a list of overrides (the budget sweeper's combinations)."""
+    given = {_key(o) for o in arguments}
+    over = [f"{k}={v}" for k, v in (params or {}).items() if _key(str(k)) not in given]
+    parsed = OverridesParser.create(config_loader=config_loader).parse_overrides(
+        [*over, *arguments]
+    )
+    (batch,) = BasicSweeper.split_arguments(parsed, max_batch_size=None)
+    return [list(c) for c in batch]

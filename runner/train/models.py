@@ -264,7 +264,7 @@ MODELS: dict[str, ModelSpec] = {
 
 def spec_of(cfg: Mapping[str, Any]) -> ModelSpec | None:
     """The built-in's spec, or None for a `_target_` model."""
-    return binder.builtin_spec("model", cfg, MODELS)
+    return binder.builtin_spec("model", cfg.get(binder.TARGET), cfg.get("name"), MODELS)
 
 
 def part_names(cfg: Mapping[str, Any]) -> tuple[str, ...]:

@@ -92,7 +92,7 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {
 
 def spec_of(cfg: Mapping[str, Any]) -> OptimizerSpec | None:
     """The built-in's spec, or None for a `_target_` optimizer."""
-    return binder.builtin_spec("optimizer", cfg, OPTIMIZERS)
+    return binder.builtin_spec("optimizer", cfg.get(binder.TARGET), cfg.get("name"), OPTIMIZERS)
 
 
 # -- param groups ---------------------------------------------------------------------------
@@ -352,12 +352,11 @@ def is_schedule_free(cfg: Mapping[str, Any]) -> bool:
     return callable(getattr(cls, "train", None)) and callable(getattr(cls, "eval", None))
 
 
-def warn_schedule_free(cfg: Mapping[str, Any]) -> None:
+def warn_schedule_free(opt: Mapping[str, Any], sched: Mapping[str, Any]) -> None:
     """A schedule-free optimizer needs no lr schedule and warms up by its own
     optimizer.warmup_steps: a schedule on top of it (its lr decayed, or warmed up per
     epoch) is allowed, as the authors allow it, but rarely what was meant, so it warns,
-    naming both keys."""
-    opt, sched = cfg["optimizer"], cfg["scheduler"]
+    naming both keys (`opt`, `sched`: the optimizer and scheduler nodes)."""
     if not is_schedule_free(opt):
         return
     which = (

@@ -1,0 +1,1 @@
+"""schedlab's Hydra sweeper plugin: `hydra/sweeper=budgets` (see budget_sweeper.py)."""
