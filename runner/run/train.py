@@ -56,7 +56,7 @@ from runner.train.engine import (
     scores,
     track_for,
 )
-from runner.train.lm import TokenStats, token_stats
+from runner.train.lm import token_stats
 from runner.train.range_test import find_lr
 from runner.train.steps import (
     evaluate,
@@ -131,7 +131,6 @@ def start_track(
     new: bool,
     session: checkpoint.Session | None = None,
     say: Callable[[int, str], None] = say_to_log,
-    tokens: TokenStats | None = None,
 ) -> Track:
     """A run's Track, its checkpointer held in `held` until the loop ends: a single run's
     (`fit`) and each fused member's (runner/sweep/fused.py). A `new` run's last.pt is on
@@ -150,7 +149,7 @@ def start_track(
             save_best=trainer.save_best,
         )
     )
-    return track_for(trainer, optimizer, scheduler, logger, progress, snapshot, saver, say, tokens)
+    return track_for(trainer, optimizer, scheduler, logger, progress, snapshot, saver, say)
 
 
 def startup_line(spec: RunSpec, device: torch.device) -> str:
@@ -251,8 +250,8 @@ def fit(
             data=data,
             new=start is None or start.get("branched", False),  # a branch's start: last.pt now
             session=session,
-            tokens=token_stats(run.data, spec.model, run.model, run.device, run.dist.world),
         )
+        track.tokens = token_stats(run.data, spec.model, run.model, run.device, run.dist.world)
         engine = Engine([track], spec.epochs, step=progress.step, elapsed_s=progress.elapsed_s)
         engine.run(
             SingleModel(spec, run, shuffle),

@@ -103,6 +103,10 @@ class Track:
         self.names = group_names(self.optimizer)
         self.per_step = self.scheduler.interval == "step"  # then every step's lr is logged
         self.momentum = cycles_momentum(self.scheduler)
+
+    def resolve_monitor(self) -> None:
+        """trainer.monitor auto resolved (`monitored`) and its mode, once `tokens` says
+        whether this is a language model: when the engine takes the track."""
         self.monitor = monitored(self.monitor, self.tokens is not None)
         self.monitor_mode = mode_for(self.monitor, self.monitor_mode)
 
@@ -150,11 +154,9 @@ def track_for(
     snapshot: Callable[[checkpoint.Progress], dict[str, Any]],
     saver: checkpoint.Checkpointer | None,
     say: Callable[[int, str], None],
-    tokens: lm.TokenStats | None = None,
 ) -> Track:
     """A run's Track, its stop rules and logging read from its typed `trainer` node once: a
-    single run's (runner/run/train.py) and each fused member's (runner/sweep/fused.py).
-    `tokens`: a language model's (lm.token_stats), None for a classifier."""
+    single run's (runner/run/train.py) and each fused member's (runner/sweep/fused.py)."""
     return Track(
         optimizer,
         scheduler,
@@ -167,7 +169,6 @@ def track_for(
         monitor=trainer.monitor,
         monitor_mode=trainer.monitor_mode,
         log_every=trainer.log_every_n_steps,
-        tokens=tokens,
     )
 
 
@@ -226,6 +227,8 @@ class Engine:
         diverge_note: str = "",
     ) -> None:
         self.tracks, self.epochs, self.step = list(tracks), epochs, step
+        for t in self.tracks:  # their tokens are set by now (a language model's or None)
+            t.resolve_monitor()
         self.active = list(range(len(self.tracks)))
         self.note, self.diverge_note = note, diverge_note
         self.t_start = time.perf_counter() - elapsed_s  # wall time counts the earlier processes
