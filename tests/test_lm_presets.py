@@ -101,7 +101,7 @@ def test_lm_budgets_is_the_budget_grid_on_the_lm_task():
     hydra = compose_config(["+experiment=lm_budgets"], with_hydra=True).hydra
     assert list(hydra.sweeper.budgets) == [3, 6, 12]
     assert dict(hydra.sweeper.params) == {"seed": "0,1,2"}  # lm_schedule: the strategies'
-    assert list(hydra.sweeper.trunks.wsd) == ["lm_schedule=wsd"]
+    assert list(hydra.sweeper.trunks.wsd) == ["lm_schedule=wsd"] and hydra.launcher.n_jobs == 2
     cfg = make_cfg("+experiment=lm_budgets", "lm_schedule=wsd", "epochs=12")
     assert cfg.model.n_embd == 64 and cfg.data.tokens_per_epoch == 32768
     validate(cfg)
