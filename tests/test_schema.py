@@ -57,7 +57,7 @@ def test_top_level_keys_are_declared_in_the_run_schema():
         ({"device": "cuda:x"}, "trainer.device", "cuda:N"),
         ({"monitor": "val/f1"}, "trainer.monitor", "one of"),
         ({"monitor_mode": "up"}, "trainer.monitor_mode", "one of"),
-        ({"monitor_mode": "min"}, "trainer.monitor_mode", "contradicts"),  # monitor: val/acc
+        ({"monitor": "val/acc", "monitor_mode": "min"}, "trainer.monitor_mode", "contradicts"),
         ({"monitor": "val/loss", "monitor_mode": "max"}, "trainer.monitor_mode", "contradicts"),
         ({"colour": "red"}, "trainer.colour", "unknown key"),
     ],

@@ -143,6 +143,7 @@ def test_bundled_text_data_carries_its_source_loss(tmp_path: Path) -> None:
     windows, between the entropy rate and the unigram entropy; a second load reads it
     from the cache."""
     args = ("data.source_tokens=65536", "data.block_size=32", "data.val_tokens=3201")
+    args += ("data.tokens_per_epoch=null",)  # the default is 16384 tokens an epoch
     data = load(tmp_path, *args)
     assert data.image_shape == (32,) and data.num_classes == 256
     assert data.n_train == (65536 - 3276) // 32  # tokens_per_epoch null: the train split

@@ -8,6 +8,7 @@ Registered when `runner` is imported, so they exist wherever a config is resolve
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import re
 from collections.abc import Sequence
@@ -46,6 +47,22 @@ def lecture_milestones(milestones: Sequence[int], epochs: int) -> Any:
 def lecture_gamma(gamma: float, epochs: int) -> float:
     """A per-epoch decay giving the same total decay over `epochs` as gamma over 200."""
     return float(gamma) ** (LECTURE_EPOCHS / epochs)
+
+
+def times(factor: float, value: float) -> float:
+    """factor x value: a setting tied to another, e.g. a cosine's eta_min at 10 % of the lr
+    (`${times:0.1,${optimizer.lr}}`), which then follows an optimizer.lr override."""
+    return float(f"{float(factor) * float(value):.12g}")  # 0.0003, not 0.00030000000000000003
+
+
+def text_epoch_steps(
+    tokens_per_epoch: int, block_size: int, batch_size: int, accumulate: int
+) -> int:
+    """Optimizer steps in a data=text epoch (tokens_per_epoch // block_size windows), as
+    runner/data/sets.py `steps_per_epoch` counts them: schedule-free AdamW's own warmup
+    (optimizer.warmup_steps) set to the epoch of warmup the scheduled runs get."""
+    windows = int(tokens_per_epoch) // int(block_size)
+    return math.ceil(math.ceil(windows / int(batch_size)) / int(accumulate))
 
 
 def run_dir(resume: object, default: str) -> str:
@@ -170,6 +187,8 @@ def register() -> None:
     OmegaConf.register_new_resolver("job_dir", job_dir, replace=True)
     OmegaConf.register_new_resolver("hydra_subdir", hydra_subdir, replace=True)
     OmegaConf.register_new_resolver("job_log", job_log, replace=True)
+    OmegaConf.register_new_resolver("times", times, replace=True)
+    OmegaConf.register_new_resolver("text_epoch_steps", text_epoch_steps, replace=True)
     OmegaConf.register_new_resolver("lecture_epochs", lecture_epochs, replace=True)
     OmegaConf.register_new_resolver("lecture_gamma", lecture_gamma, replace=True)
     OmegaConf.register_new_resolver("lecture_milestones", lecture_milestones, replace=True)

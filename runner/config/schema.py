@@ -77,7 +77,8 @@ class Trainer:
     # best.pt: full (a resumable checkpoint) | weights (the model's, its epoch, the config)
     # | false (none); last.pt keeps everything for resume= either way
     save_best: Any = key("weights", choice("full", "weights", False))
-    monitor: str = key("val/acc", choice(*EPOCH_METRICS, *AVG_METRICS))
+    # auto: val/loss for a language model (runner/train/lm.py), else val/acc
+    monitor: str = key("auto", choice("auto", *EPOCH_METRICS, *AVG_METRICS))
     # auto: max for an accuracy, min for a loss (schedulers.checks.mode_for); checked
     # against monitor below
     monitor_mode: str = key("auto", choice(*MODES))
@@ -107,7 +108,15 @@ class Trainer:
         """What ties keys together: a mode that contradicts its metric; two clippings; an
         averaged model's metric monitored without one."""
         mode, metric = node["monitor_mode"], node["monitor"]
-        need_mode(f"{prefix}.monitor_mode", mode, metric, f"{prefix}.monitor")
+        if metric == "auto" and mode != "auto":
+            raise ConfigError(
+                f"{prefix}.monitor_mode",
+                mode,
+                f"{prefix}.monitor=auto picks its metric and its direction: name the metric "
+                f"(e.g. {prefix}.monitor=val/loss) or leave {prefix}.monitor_mode auto",
+            )
+        if metric != "auto":
+            need_mode(f"{prefix}.monitor_mode", mode, metric, f"{prefix}.monitor")
         if metric in AVG_METRICS and node["average"] == "none":
             raise ConfigError(
                 f"{prefix}.monitor",
@@ -354,8 +363,8 @@ class Text:
     block_size: int = key(128, integer(1, high=1_000_000))
     batch_size: int = key(32, integer(1))
     val_fraction: float = key(0.05, number(0, 1, lo_open=True, hi_open=True))
-    val_tokens: int | None = key(65536, integer(2, optional=True))
-    tokens_per_epoch: int | None = key(None, integer(1, optional=True))
+    val_tokens: int | None = key(8192, integer(2, optional=True))
+    tokens_per_epoch: int | None = key(16384, integer(1, optional=True))
     cache_dir: str = key("data/cache", text())
     source_tokens: int = key(2_097_152, integer(2, high=2**34))
     source_seed: int = key(0, integer(0, high=SEED_MAX))

@@ -17,6 +17,7 @@ from runner.config.compose import compose_config
 from runner.data.fingerprint import absolute_roots, check_same_data
 from runner.io import checkpoint, files
 from runner.run.check import fill_inferred
+from runner.train.engine import scores
 from schedulers import ConfigError
 from schedulers.binder import plain
 
@@ -314,13 +315,13 @@ def diverged_from(status: dict[str, Any] | None, epoch: int) -> dict[str, Any] |
 def nothing_to_do(run_dir: Path, status: dict[str, Any]) -> str:
     if status.get("status") == "diverged":
         return (
-            f"{run_dir} diverged in epoch {status['epochs_done'] - 1} (best val/acc "
-            f"{status.get('best_val_acc', float('nan')):.4f}): nothing to do, the same config "
+            f"{run_dir} diverged in epoch {status['epochs_done'] - 1} ({scores(status)}): "
+            "nothing to do, the same config "
             "diverges again from its last.pt; try a smaller optimizer.lr in a new run"
         )
     return (
-        f"{run_dir} is already complete ({status['epochs_done']} epochs, best val/acc "
-        f"{status.get('best_val_acc', float('nan')):.4f}): nothing to do; to train longer: "
+        f"{run_dir} is already complete ({status['epochs_done']} epochs, {scores(status)}): "
+        "nothing to do; to train longer: "
         f"resume={run_dir} epochs=<more>"
     )
 

@@ -47,7 +47,15 @@ from runner.run.rundir import (
     saved_config_path,
 )
 from runner.train.builders import Run, build_run
-from runner.train.engine import Engine, Result, Track, say_to_log, track_for
+from runner.train.engine import (
+    Engine,
+    Result,
+    Track,
+    lm_outcome,
+    say_to_log,
+    scores,
+    track_for,
+)
 from runner.train.lm import token_stats, val_batch_size
 from runner.train.range_test import find_lr
 from runner.train.steps import (
@@ -850,10 +858,12 @@ def _fit_and_record(
         background.flush()  # checkpoints on disk before status.json says how the run ended
         wall = time.perf_counter() - t0 + (state["progress"]["elapsed_s"] if state else 0.0)
         logger.summary(outcome(result, wall)[1])
+    losses = lm_outcome(files.read_jsonl(run_dir / "metrics.jsonl")) if dist.is_main else {}
     if dist.is_main:  # W&B closed: every row logged so far is in it (checkpoint.Session)
         # `data`: what it trained on (runner/data/fingerprint.py)
-        write_status(run_dir, result, wall, session=session.closed(state), data=data)
-    log.info(f"{result.status}: best val/acc={result.best_val_acc:.4f}; outputs in {run_dir}")
+        write_status(run_dir, result, wall, session=session.closed(state), data=data, **losses)
+    score = scores({"best_val_acc": result.best_val_acc, **losses})
+    log.info(f"{result.status}: {score}; outputs in {run_dir}")
     return result
 
 

@@ -103,6 +103,11 @@ class Track:
         self.names = group_names(self.optimizer)
         self.per_step = self.scheduler.interval == "step"  # then every step's lr is logged
         self.momentum = cycles_momentum(self.scheduler)
+
+    def resolve_monitor(self) -> None:
+        """trainer.monitor auto resolved (`monitored`) and its mode, once `tokens` says
+        whether this is a language model: when the engine takes the track."""
+        self.monitor = monitored(self.monitor, self.tokens is not None)
         self.monitor_mode = mode_for(self.monitor, self.monitor_mode)
 
     def rates(self, lr_key: str, momentum_key: str) -> dict[str, float]:
@@ -113,6 +118,31 @@ class Track:
             for n, g in zip(self.names, groups, strict=True):
                 row[f"{momentum_key}{n}"] = g["betas"][0] if "betas" in g else g["momentum"]
         return row
+
+
+def monitored(monitor: str, language_model: bool) -> str:
+    """trainer.monitor, `auto` resolved: val/loss for a language model (its val/acc, the
+    share of next tokens guessed right, barely moves while the loss still falls, and the
+    loss is what LM results are compared by), else val/acc."""
+    if monitor != "auto":
+        return monitor
+    return "val/loss" if language_model else "val/acc"
+
+
+def lm_outcome(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """A language model's (its rows have val/bpb) final and best val/loss, for its
+    status.json and its last lines; {} for a classifier."""
+    losses = [r["val/loss"] for r in rows if "val/bpb" in r]
+    return {"final_val_loss": losses[-1], "best_val_loss": min(losses)} if losses else {}
+
+
+def scores(status: dict[str, Any]) -> str:
+    """What a run scored, as its last log line and a rerun's "nothing to do" say it, from
+    its status.json record: a language model's final val/loss (its report ranks by it) and
+    best; a classifier's best val/acc."""
+    if "final_val_loss" in status:
+        return f"final val/loss={status['final_val_loss']:.4f} (best {status['best_val_loss']:.4f})"
+    return f"best val/acc={status.get('best_val_acc', float('nan')):.4f}"
 
 
 def track_for(
@@ -197,6 +227,8 @@ class Engine:
         diverge_note: str = "",
     ) -> None:
         self.tracks, self.epochs, self.step = list(tracks), epochs, step
+        for t in self.tracks:  # their tokens are set by now (a language model's or None)
+            t.resolve_monitor()
         self.active = list(range(len(self.tracks)))
         self.note, self.diverge_note = note, diverge_note
         self.t_start = time.perf_counter() - elapsed_s  # wall time counts the earlier processes
