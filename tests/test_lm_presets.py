@@ -209,3 +209,15 @@ def test_a_user_text_file_trains_through_the_cli(tmp_path):
     assert rows[-1]["val/loss"] < math.log(256)  # below a uniform guess over bytes
     assert "completed: final val/loss=" in proc.stdout + proc.stderr
     assert (tmp_path / "data" / "cache").is_dir()  # the tokens cached under the launch dir
+
+
+def test_the_readme_lm_commands_start_up(tmp_path, monkeypatch):
+    """README "A small GPT on text": `+experiment=lm` on the bundled source and
+    `+experiment=lm_tiny data.path=my.txt` on the user's text pass start-up validation
+    (with the paths a run resolves: the cache under the working dir)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "my.txt").write_text("to be or not to be, that is the question.\n" * 300)
+    validate(make_cfg("+experiment=lm_tiny", f"data.path={tmp_path / 'my.txt'}"))
+    validate(make_cfg("+experiment=lm", "data.source_tokens=65536"))
+    with pytest.raises(ConfigError, match="data.path"):
+        validate(make_cfg("+experiment=lm_tiny", f"data.path={tmp_path / 'nothing.txt'}"))
