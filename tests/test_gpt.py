@@ -7,6 +7,7 @@ token-window dataset (tests/user_datasets.py MarkovTokens) through data=dataset.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -23,6 +24,8 @@ from runner.train.range_test import find_lr
 from runner.train.steps import backward, evaluate, hits, loss_of
 from schedulers import ConfigError
 from tests.helpers import job_dirs, make_cfg, read_metrics, report_rows, run_cli, write_job
+
+ROOT = Path(__file__).resolve().parents[1]
 
 MARKOV = "tests.user_datasets.MarkovTokens"
 TOKENS = (
@@ -213,7 +216,8 @@ def test_the_range_test_runs_on_a_gpt(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_fused_sweep_of_gpts_runs_each_job_on_its_own_and_completes(tmp_path):
+def test_a_fused_sweep_of_gpts_runs_each_job_on_its_own_and_completes(tmp_path, monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))  # the jobs import tests.user_datasets
     sweep = tmp_path / "sweep"
     proc = run_cli(
         "-m",

@@ -20,9 +20,9 @@ COUNTED = (str(ROOT / "runner"), str(ROOT / "schedulers"), sys.modules["contextl
 # what a one-batch step may run in the project's Python (and contextlib's, for the
 # context managers it enters): train_batch, _train_one, share, prepare, train_step,
 # backward, the model's forward, clip_and_step, amp_ctx's enter and exit. It was 15 (lists,
-# generator sums and a nullcontext per micro-batch) before the lean path; 11 with loss_of,
-# the loss of classifiers and (per token) of language models.
-STEP_CALLS = 11
+# generator sums and a nullcontext per micro-batch) before the lean path; 12 with loss_of and
+# hits, the loss and right answers of classifiers and (per token) of language models.
+STEP_CALLS = 12
 
 
 def _models(*overrides: str) -> SingleModel:

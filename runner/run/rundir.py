@@ -195,7 +195,10 @@ def _first_overrides(run_dir: Path) -> list[str]:
         found = OmegaConf.load(run_dir / ".hydra" / "overrides.yaml")
     except Exception:  # missing or damaged: no launch to match
         return []
-    return [str(o) for o in found] if OmegaConf.is_list(found) else []
+    if not OmegaConf.is_list(found):
+        return []
+    # as written: an override like +model.classes=${data.num_classes} is text, not resolved
+    return [str(o) for o in OmegaConf.to_container(found, resolve=False)]
 
 
 def swa_extend_blocker(trainer: Any) -> tuple[str, str] | None:

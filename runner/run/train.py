@@ -379,7 +379,7 @@ class SingleModel:
         )
         loss, logits = out[0]
         self.loss_sum += loss * y.shape[0]
-        self.correct += (logits.argmax(1) == y).sum()
+        self.correct += hits(logits, y)  # a classifier's or a language model's (per token)
         if norm is not None:
             self.norm_sum += norm
         if self.average is not None:
