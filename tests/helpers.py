@@ -511,3 +511,33 @@ def sweep_job(sweep: Path, *overrides: str) -> Path:
     """A sweep job's run dir, named by its overrides sorted and joined by commas, as Hydra's
     hydra.job.override_dirname names it (conf/config.yaml hydra.sweep.subdir)."""
     return sweep / ",".join(sorted(overrides))
+
+
+# -- budget sweeps (tests/test_budget_preset.py, tests/test_lecture.py)
+
+
+def budget_row(text: str, *parts: str) -> list[str]:
+    """The cells of the one report table row naming every one of `parts`."""
+    (line,) = [x for x in text.splitlines() if x.startswith("| `") and all(p in x for p in parts)]
+    return [c.strip() for c in line.strip("|").split("|")]
+
+
+def check_tiny_budget_sweep(sweep: Path) -> None:
+    """+experiment=mnist1d_budgets at budgets 10 and 12 on 500 signals, one seed (the lecture's
+    quick part 6): the trunk keeps epoch 9 (the 10-epoch WSD decays from epoch 8, which still
+    has the base lr), its branch starts there, and one report compares all."""
+    (trunk,) = sweep.glob("*trainer.keep_epochs=[[]9[]]*")
+    assert (trunk / "epoch_9.pt").is_file()
+    (branch,) = sweep.glob("*branch=*")
+    branched = yaml.safe_load((branch / "config.yaml").read_text())
+    assert (branched["branch"], branched["branch_epoch"], branched["epochs"]) == (str(trunk), 9, 10)
+    rows = read_metrics(branch)
+    assert [r.get("from_trunk", False) for r in rows] == [True] * 9 + [False]
+    text = (sweep / "report.md").read_text()
+    assert budget_row(text, "branch=<trunk>", "| 10 | 1/1")[4] == "1"
+    assert budget_row(text, "branch=<trunk>", "| 12 | 1/1")[4] == "12"  # the trunk, its strategy's
+    assert budget_row(text, "optimizer=schedulefree_adamw", "| 10 | 1/1")[4].startswith(
+        "0 (read off"
+    )
+    assert "[averaged model]` | 10 | 1/1" in text
+    assert (sweep / "budgets.png").is_file()

@@ -13,7 +13,15 @@ import pytest
 from runner.lecture import BUDGETS, BUDGETS_QUICK, PARTS, main, parse_args
 from schedulers.lecture import LECTURE
 from tests import browser_check
-from tests.helpers import CONF, job_dirs, make_cfg, read_metrics, report_rows, torch_reference
+from tests.helpers import (
+    CONF,
+    check_tiny_budget_sweep,
+    job_dirs,
+    make_cfg,
+    read_metrics,
+    report_rows,
+    torch_reference,
+)
 
 
 @pytest.fixture(scope="module")
@@ -34,6 +42,14 @@ def test_every_part_has_a_section_with_its_figures(page):
         for f in figures:
             assert (page / f).stat().st_size > 1000, f
     assert "get_lr()" in text  # the documented difference at the milestones
+
+
+@pytest.mark.slow
+def test_the_budgets_part_trains_trunks_before_branches_into_one_budget_report(page):
+    """Part 6 is `python -m runner -m +experiment=mnist1d_budgets` at budgets 10 and 12, one
+    seed, 500 signals: hydra/sweeper=budgets end to end (tests/test_budget_preset.py has the
+    sweeper's plan and order in process)."""
+    check_tiny_budget_sweep(page / "budgets" / "sweep")
 
 
 @pytest.mark.slow
