@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 
@@ -27,6 +28,19 @@ def _hydra_full_error_is_not_left_set() -> Iterator[None]:
         os.environ.pop("HYDRA_FULL_ERROR", None)
     else:
         os.environ["HYDRA_FULL_ERROR"] = before
+
+
+@pytest.fixture(autouse=True)
+def _schedlab_log_is_enabled() -> Iterator[None]:
+    """Each test starts with the `schedlab` logger enabled and propagating to caplog's root
+    handler: a logging set-up made by an earlier test in this worker's process (a Hydra run
+    in process) can leave it disabled, and caplog then reads nothing (two flaky tests under
+    xdist)."""
+    log = logging.getLogger("schedlab")
+    before = log.disabled, log.propagate
+    log.disabled, log.propagate = False, True
+    yield
+    log.disabled, log.propagate = before
 
 
 @pytest.fixture

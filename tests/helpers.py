@@ -228,7 +228,10 @@ def wandb_records(run_dir: Path, newest: bool = False, index: int | None = None)
 SLOW = ("model=lenet", "data.batch_size=16", "optimizer.lr=0.02", "trainer.progress=line")
 
 
-def start(args: list[str], cwd: Path) -> subprocess.Popen:
+def start(args: list[str], cwd: Path, own_group: bool = False) -> subprocess.Popen:
+    """`python -m runner <args>` started, its output piped. `own_group`: in a process group
+    of its own, so that os.killpg reaches its DataLoader workers too (a worker that outlives
+    its SIGKILLed parent keeps the output pipes open, and reading them to the end hangs)."""
     return subprocess.Popen(
         [sys.executable, "-m", "runner", *args],
         cwd=cwd,
@@ -236,6 +239,7 @@ def start(args: list[str], cwd: Path) -> subprocess.Popen:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        start_new_session=own_group,
     )
 
 

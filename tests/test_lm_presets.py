@@ -164,12 +164,7 @@ TOKENS = (
 )
 
 
-def test_a_language_models_best_pt_is_its_lowest_val_loss(tmp_path, caplog, monkeypatch):
-    # a Hydra run earlier in this worker's process may have disabled the logger (its logging
-    # set-up disables the loggers that exist): the line is read from it here
-    schedlab_log = logging.getLogger("schedlab")
-    monkeypatch.setattr(schedlab_log, "disabled", False)
-    monkeypatch.setattr(schedlab_log, "propagate", True)
+def test_a_language_models_best_pt_is_its_lowest_val_loss(tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="schedlab"):
         assert train(make_cfg(*TOKENS, "epochs=2"), tmp_path).status == "completed"
     losses = [r["val/loss"] for r in read_metrics(tmp_path)]

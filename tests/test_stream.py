@@ -4,6 +4,8 @@ order; the same rows with any num_workers, after a kill -9 and resume, and mater
 from __future__ import annotations
 
 import logging
+import os
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -126,9 +128,11 @@ def test_resume_after_sigkill_of_a_streamed_run_equals_an_uninterrupted_run(
             *FAST, "epochs=6", "data.num_workers=2", "trainer.checkpoint_interval_s=0",
             "scheduler=step", "scheduler.step_size=2"]  # fmt: skip
     run_dir = tmp_path / "run"
-    proc = start([*args, f"hydra.run.dir={run_dir}"], tmp_path)
+    proc = start([*args, f"hydra.run.dir={run_dir}"], tmp_path, own_group=True)
     wait_for_rows(run_dir, 2, proc)
-    proc.kill()  # SIGKILL: no handler, no cleanup; its workers follow their parent
+    # SIGKILL to the run and its workers, as kill -9 of a job's process group (Slurm's):
+    # no handler, no cleanup. (One worker once outlived a killed parent, holding the pipes.)
+    os.killpg(proc.pid, signal.SIGKILL)
     proc.communicate()
     assert not (run_dir / "status.json").exists()
     assert len(read_metrics(run_dir)) < 6
