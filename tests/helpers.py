@@ -545,3 +545,21 @@ def check_tiny_budget_sweep(sweep: Path) -> None:
     )
     assert "[averaged model]` | 10 | 1/1" in text
     assert (sweep / "budgets.png").is_file()
+
+
+# -- a tiny GPT on the test-only Markov token windows (tests/test_gpt.py, test_lm_presets.py)
+MARKOV = "tests.user_datasets.MarkovTokens"
+GPT_ON_TOKENS = (
+    "model=gpt",
+    "data=dataset",
+    f"data.train={{_target_:{MARKOV},size:256}}",
+    f"data.val={{_target_:{MARKOV},size:32,seed:1}}",
+    "model.n_layer=1",
+    "model.n_embd=32",
+    "model.n_head=2",
+    "optimizer=adamw",
+    "optimizer.lr=0.01",
+    "scheduler=none",
+    "trainer.num_threads=1",
+    "logger=none",
+)

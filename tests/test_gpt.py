@@ -23,25 +23,19 @@ from runner.train.models import build_model, validate_model
 from runner.train.range_test import find_lr
 from runner.train.steps import backward, evaluate, hits, loss_of
 from schedulers import ConfigError
-from tests.helpers import job_dirs, make_cfg, read_metrics, report_rows, run_cli, write_job
+from tests.helpers import (
+    GPT_ON_TOKENS,
+    job_dirs,
+    make_cfg,
+    read_metrics,
+    report_rows,
+    run_cli,
+    write_job,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
-MARKOV = "tests.user_datasets.MarkovTokens"
-TOKENS = (
-    "model=gpt",
-    "data=dataset",
-    f"data.train={{_target_:{MARKOV},size:256}}",
-    f"data.val={{_target_:{MARKOV},size:32,seed:1}}",
-    "model.n_layer=1",
-    "model.n_embd=32",
-    "model.n_head=2",
-    "optimizer=adamw",
-    "optimizer.lr=0.01",
-    "scheduler=none",
-    "trainer.num_threads=1",
-    "logger=none",
-)
+TOKENS = GPT_ON_TOKENS
 SMALL = {"name": "gpt", "n_layer": 2, "n_head": 2, "n_embd": 32, "dropout": 0.0, "bias": False}
 
 

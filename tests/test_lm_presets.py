@@ -20,7 +20,7 @@ from runner.run.rundir import nothing_to_do
 from runner.run.train import train
 from runner.train.engine import lm_outcome, monitored, scores
 from schedulers import ConfigError
-from tests.helpers import make_cfg, read_metrics, run_cli
+from tests.helpers import GPT_ON_TOKENS, make_cfg, read_metrics, run_cli
 
 SCHEDULES = ["cosine", "linear", "wsd", "constant", "schedulefree"]
 
@@ -146,22 +146,7 @@ def test_a_language_models_outcome_and_last_line_say_val_loss():
     assert scores({"best_val_acc": 0.41}) == "best val/acc=0.4100"
 
 
-MARKOV = "tests.user_datasets.MarkovTokens"
-TOKENS = (
-    "model=gpt",
-    "data=dataset",
-    f"data.train={{_target_:{MARKOV},size:256}}",
-    f"data.val={{_target_:{MARKOV},size:32,seed:1}}",
-    "model.n_layer=1",
-    "model.n_embd=32",
-    "model.n_head=2",
-    "optimizer=adamw",
-    "optimizer.lr=0.01",
-    "scheduler=none",
-    "trainer.num_threads=1",
-    "trainer.checkpoint_interval_s=0",
-    "logger=none",
-)
+TOKENS = (*GPT_ON_TOKENS, "trainer.checkpoint_interval_s=0")
 
 
 def test_a_language_models_best_pt_is_its_lowest_val_loss(tmp_path, caplog):
