@@ -28,7 +28,7 @@ from typing import Any
 
 from runner.io.files import read_jsonl, replace_atomic
 from runner.sweep.compare import METRICS, paired_ci
-from runner.sweep.jobs import Group, Job, one_per_seed
+from runner.sweep.jobs import Group, Job, one_per_seed, override_key, trunk_of
 
 # override keys a strategy is read without: the seed, the budget, where a branch starts and
 # the epochs a run keeps to branch from (they change nothing it computes)
@@ -38,16 +38,12 @@ READ_FROM = "_read_from_epochs"  # a job's config key in the view: its budget re
 AVERAGED = " [averaged model]"  # the label suffix of a strategy's averaged-model line
 
 
-def _key(override: str) -> str:
-    return override.lstrip("+~").split("=", 1)[0]
-
-
 def strategy_overrides(job: Job) -> list[str]:
     """The job's overrides that make its strategy: not its seed, budget or branch point,
     and any trunk as `branch=<trunk>` (each seed's branches have their own trunk)."""
     out = []
     for o in job.overrides:
-        key = _key(o)
+        key = override_key(o)
         if key not in NOT_STRATEGY:
             out.append(TRUNK if key == "branch" else o)
     return out
@@ -59,7 +55,7 @@ def budget(job: Job) -> int | None:
     if isinstance(value, int) and not isinstance(value, bool):
         return value
     for o in job.overrides:
-        if _key(o) == "epochs":
+        if override_key(o) == "epochs":
             try:
                 return int(o.split("=", 1)[1])
             except ValueError:
@@ -70,13 +66,6 @@ def budget(job: Job) -> int | None:
 def own_epochs(rows: Sequence[dict[str, Any]]) -> int:
     """Epochs a run trained itself: its epoch rows less those copied from a trunk."""
     return sum(not r.get("from_trunk", False) for r in rows)
-
-
-def trunk_of(job: Job) -> Path | None:
-    """The trunk dir a branch's config.yaml names (a relative one read from the current
-    dir, as the runner read it); None for a job that is no branch."""
-    trunk = job.config.get("branch")
-    return None if trunk in (None, "") else Path(str(trunk)).resolve()
 
 
 def trunk_epochs(trunk: Path) -> int | None:

@@ -73,8 +73,38 @@ class Group:
         return [j for j in self.jobs if j.status == "completed" and j.readable]
 
 
+def override_key(override: str) -> str:
+    return override.lstrip("+~").split("=", 1)[0]
+
+
 def without_seed(overrides: list[str]) -> list[str]:
-    return [o for o in overrides if o.lstrip("+~").split("=", 1)[0] != "seed"]
+    return [o for o in overrides if override_key(o) != "seed"]
+
+
+def trunk_of(job: Job) -> Path | None:
+    """The trunk dir a branch's config.yaml names (a relative one read from the current
+    dir, as the runner read it); None for a job that is no branch."""
+    trunk = job.config.get("branch")
+    return None if trunk in (None, "") else Path(str(trunk)).resolve()
+
+
+def configuration(job: Job, common: set[str]) -> list[str]:
+    """The overrides that make the job's configuration: not its seed nor those every job
+    shares, and a branch's `branch=<run dir>` read as its trunk's configuration
+    (`branch=<trunk: ...>`). Each seed's branches start from their own seed's trunk, so
+    the dir differs by seed while the strategy does not: read literally, a sweep of
+    branches over 3 seeds would show 3 configurations of one run each, with no statistics."""
+    out = []
+    for o in without_seed(job.overrides):
+        if o in common:
+            continue
+        trunk = trunk_of(job) if override_key(o) == "branch" else None
+        told = _read_yaml(trunk / ".hydra" / "overrides.yaml") if trunk is not None else None
+        if isinstance(told, list):
+            kept = [str(t) for t in without_seed([str(t) for t in told]) if str(t) not in common]
+            o = f"branch=<trunk: {' '.join(kept) or '(defaults)'}>"
+        out.append(o)
+    return out
 
 
 def _read_yaml(path: Path) -> Any:
@@ -135,11 +165,12 @@ def common_overrides(jobs: list[Job]) -> list[str]:
 
 
 def group_jobs(jobs: list[Job]) -> list[Group]:
-    """One group per configuration: jobs with the same overrides apart from `seed`."""
+    """One group per configuration (`configuration`): jobs with the same overrides apart
+    from `seed`, branches of trunks that differ only by seed together."""
     common = set(common_overrides(jobs))
     groups: dict[str, Group] = {}
     for job in jobs:
-        label = " ".join(o for o in without_seed(job.overrides) if o not in common)
+        label = " ".join(configuration(job, common))
         groups.setdefault(label or "(defaults)", Group(label or "(defaults)")).jobs.append(job)
     for group in groups.values():
         one_per_seed(group)
