@@ -1,9 +1,11 @@
 """Language-model polish (issue #35): `scheduler.warmup_steps`, a warmup counted in optimizer
 steps (nanoGPT's warmup_iters) for per-step schedules, in the simulator, sequences, the
-preview, branches and the LM presets."""
+preview, branches and the LM presets; a language model's W&B summary keeping its monitored
+best (best/val_loss)."""
 
 from __future__ import annotations
 
+import json
 import logging
 
 import pytest
@@ -14,11 +16,13 @@ from runner import preview
 from runner.run.branch import trunk_config
 from runner.run.branch_points import branch_point
 from runner.run.check import validate
+from runner.run.train import outcome, stored_best, train
+from runner.train.engine import Result
 from schedulers import ConfigError, simulate, validate_scheduler
 from schedulers.binder import plain
 from schedulers.registry import SCHEDULES
 from schedulers.schedule import throwaway_optimizer
-from tests.helpers import make_cfg
+from tests.helpers import GPT_ON_TOKENS, make_cfg, read_metrics, wandb_records
 
 COMMON = {
     "interval": "step",
@@ -152,3 +156,29 @@ def test_a_schedule_free_optimizer_under_warmup_steps_warns_naming_the_key(caplo
         validate(make_cfg(*args, "scheduler.warmup_steps=3"))
     assert "optimizer=schedulefree_sgd with scheduler.warmup_steps=3" in caplog.text
     assert "scheduler.warmup_steps=0" in caplog.text
+
+
+# -- a language model's W&B summary: its monitored best ----------------------------------------
+def test_the_outcome_keeps_the_monitored_best_in_status_and_summary():
+    result = Result("completed", 0.3, 4, best=("val/loss", 1.5))
+    status, summary = outcome(result, 2.0)
+    assert summary["best/val_loss"] == 1.5 and summary["best/val_acc"] == 0.3
+    assert stored_best(json.loads(json.dumps(status))) == ("val/loss", 1.5)  # a later send
+    assert "monitor" not in outcome(Result("completed", 0.3, 4), 2.0)[0]
+
+
+@pytest.mark.slow
+def test_a_language_models_wandb_summary_has_its_best_val_loss(tmp_path):
+    """trainer.monitor auto is val/loss for a language model: the offline W&B run's summary
+    holds the lowest val/loss of its epochs as best/val_loss (best/val_acc as before)."""
+    args = (*GPT_ON_TOKENS, "epochs=3", "logger=wandb", "optimizer.lr=0.05")
+    assert train(make_cfg(*args), tmp_path).status == "completed"
+    losses = [r["val/loss"] for r in read_metrics(tmp_path)]
+    summary = {}
+    for record in wandb_records(tmp_path):
+        if record["type"] == "summary":
+            summary.update(record["summary"]["update"])
+    assert summary["best/val_loss"] == pytest.approx(min(losses))
+    assert "best/val_acc" in summary
+    status = json.loads((tmp_path / "status.json").read_text())
+    assert (status["monitor"], status["best_monitored"]) == ("val/loss", min(losses))
