@@ -1,7 +1,7 @@
 """Language-model polish (issue #35): `scheduler.warmup_steps`, a warmup counted in optimizer
 steps (nanoGPT's warmup_iters) for per-step schedules, in the simulator, sequences, the
 preview, branches and the LM presets; a language model's W&B summary keeping its monitored
-best (best/val_loss)."""
+best (best/val_loss); `data=text` on the default MLP pointing at +experiment=lm."""
 
 from __future__ import annotations
 
@@ -182,3 +182,14 @@ def test_a_language_models_wandb_summary_has_its_best_val_loss(tmp_path):
     assert "best/val_acc" in summary
     status = json.loads((tmp_path / "status.json").read_text())
     assert (status["monitor"], status["best_monitored"]) == ("val/loss", min(losses))
+
+
+# -- data=text on the default model --------------------------------------------------------------
+def test_text_on_the_default_mlp_points_at_the_lm_preset(tmp_path, monkeypatch):
+    """`python -m runner data=text`: the MLP cannot read token windows; the error says
+    +experiment=lm (model=gpt alone would train it with the default SGD)."""
+    monkeypatch.chdir(tmp_path)  # the bundled source's cache
+    cfg = make_cfg("data=text", "data.source_tokens=65536")
+    with pytest.raises(ConfigError) as err:
+        validate(cfg)
+    assert err.value.key == "model.name" and "+experiment=lm" in str(err.value)
