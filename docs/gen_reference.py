@@ -152,7 +152,8 @@ def scheduler_sections() -> Iterator[str]:
         notes = yaml_notes(ROOT / "conf" / "scheduler" / f"{name}.yaml")
         yield f"### `scheduler={name}`"
         yield ""
-        warmup = "" if spec.warmup else "; shapes its own start (no `warmup_epochs`)"
+        own_start = "; shapes its own start (no `warmup_epochs`, `warmup_steps`)"
+        warmup = "" if spec.warmup else own_start
         yield f"{spec.torch_name}{warmup}."
         common = [k for k in registry.COMMON if k != "name"]
         own = [f"`scheduler.{k}: {notes[k][0]}`" for k in common if k in notes]

@@ -22,7 +22,12 @@ from schedulers.plot import plot_lr_curves
 LR = 0.1
 MAX_EPOCH = 200
 ITERATIONS = 10
-COMMON = {"interval": "epoch", "warmup_epochs": 0, "warmup_start_factor": 0.1}
+COMMON = {
+    "interval": "epoch",
+    "warmup_epochs": 0,
+    "warmup_steps": 0,
+    "warmup_start_factor": 0.1,
+}
 
 # name -> (scheduler config, number of param groups), parameters as in the lecture's scripts
 LECTURE: dict[str, dict[str, Any]] = {

@@ -55,6 +55,8 @@ class Common:
 
     interval: str = key("epoch", choice(*INTERVALS))
     warmup_epochs: int = key(0, integer(0))
+    # the warmup in optimizer steps (nanoGPT's warmup_iters), for `interval: step` only
+    warmup_steps: int = key(0, integer(0))
     warmup_start_factor: float = key(0.1, number(0, 1, lo_open=True))
 
 
@@ -444,12 +446,14 @@ def resolve_node(
             f"{where}.monitor", params.get("monitor"), f"must be one of {sorted(metrics)}"
         )
     check_node(where, params, spec.schema, others=ours, owner=f"scheduler '{kind}'")
-    if top and params["warmup_epochs"] and not spec.warmup:
-        raise ConfigError(
-            "scheduler.warmup_epochs",
-            params["warmup_epochs"],
-            f"must be 0 for '{kind}', which shapes its own start",
-        )
+    if top and not spec.warmup:
+        for name in ("warmup_epochs", "warmup_steps"):
+            if params[name]:
+                raise ConfigError(
+                    f"scheduler.{name}",
+                    params[name],
+                    f"must be 0 for '{kind}', which shapes its own start",
+                )
     check_context = getattr(spec.schema, "check_context", None)
     if check_context is not None:
         check_context(where, params, ctx)
@@ -476,8 +480,38 @@ def _context(
         steps_per_epoch=steps_per_epoch,
         interval=cfg["interval"],
         base_lrs=tuple(base_lrs),
-        warmup=cfg["warmup_epochs"] * per_epoch,
+        warmup=_warmup_steps(cfg, epochs * steps_per_epoch) or cfg["warmup_epochs"] * per_epoch,
     )
+
+
+def _warmup_steps(cfg: Mapping[str, Any], total: int) -> int:
+    """`warmup_steps`, checked against the other keys: a warmup counted in optimizer steps
+    (as nanoGPT's warmup_iters), so a per-step schedule's warmup need not be whole epochs.
+    Per-epoch schedules step once an epoch, so they cannot warm up over a share of one."""
+    steps = cfg["warmup_steps"]
+    if not steps:
+        return 0
+    if cfg["interval"] != "step":
+        raise ConfigError(
+            "scheduler.warmup_steps",
+            steps,
+            "counts optimizer steps: needs scheduler.interval=step (a per-epoch schedule "
+            "warms up over scheduler.warmup_epochs)",
+        )
+    if cfg["warmup_epochs"]:
+        raise ConfigError(
+            "scheduler.warmup_epochs",
+            cfg["warmup_epochs"],
+            f"must be 0 with scheduler.warmup_steps={steps}: one warmup, in epochs or in "
+            "optimizer steps",
+        )
+    if steps >= total:
+        raise ConfigError(
+            "scheduler.warmup_steps",
+            steps,
+            f"must be below the run's {total} optimizer steps (epochs x steps per epoch)",
+        )
+    return steps
 
 
 def _resolve(

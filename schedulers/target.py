@@ -5,8 +5,8 @@
     T_max: 40
 
 The node's other keys are the class's keyword arguments, except ours (`interval`,
-`warmup_epochs`, `warmup_start_factor` at the top, `length` in a sequence phase, and
-`monitor` when the class is a ReduceLROnPlateau). Before anything is built for the run,
+`warmup_epochs`, `warmup_steps`, `warmup_start_factor` at the top, `length` in a sequence
+phase, and `monitor` when the class is a ReduceLROnPlateau). Before anything is built for the run,
 the kwargs are bound to the class's signature by the binder every `_target_` goes through
 (schedulers/binder.py: a typo'd or missing argument is a config error naming it), then
 the schedule is built on a throwaway optimizer and stepped through its whole length, so a

@@ -1,6 +1,6 @@
 """Warmup-stable-decay (WSD), the one schedule here that torch does not ship.
 
-The warmup is the generic `scheduler.warmup_epochs` chained in front (see
+The warmup is the generic `scheduler.warmup_epochs` (or `warmup_steps`) chained in front (see
 `schedule.py`); this class is the stable plateau followed by a decay over the
 last `decay_fraction` of its length. Written as a closed form of `last_epoch`
 (the nanoGPT way), so it resumes from the step count alone.

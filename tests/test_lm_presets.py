@@ -63,8 +63,9 @@ def test_every_lm_schedule_has_one_peak_lr_and_the_lm_defaults():
     assert cfgs["constant"].scheduler.name == "none"
     free = cfgs["schedulefree"]
     assert (free.optimizer.name, free.scheduler.name) == ("schedulefree_adamw", "none")
-    assert free.scheduler.warmup_epochs == 0 and free.optimizer.warmup_steps == spe == 32
-    assert all(c.scheduler.warmup_epochs == 1 for n, c in cfgs.items() if n != "schedulefree")
+    assert free.scheduler.warmup_steps == 0 and free.optimizer.warmup_steps == spe == 32
+    scheduled = [c.scheduler for n, c in cfgs.items() if n != "schedulefree"]
+    assert all((s.warmup_steps, s.warmup_epochs) == (spe, 0) for s in scheduled)  # in steps
 
 
 @pytest.mark.slow

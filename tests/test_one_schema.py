@@ -22,7 +22,12 @@ from schedulers import SCHEDULES, ConfigError, registry, validate_scheduler
 from schedulers.declare import defaults
 from tests.helpers import CONF, cli_in_process
 
-COMMON = {"interval": "epoch", "warmup_epochs": 0, "warmup_start_factor": 0.1}
+COMMON = {
+    "interval": "epoch",
+    "warmup_epochs": 0,
+    "warmup_steps": 0,
+    "warmup_start_factor": 0.1,
+}
 RUN = dict(epochs=10, steps_per_epoch=4, base_lrs=[0.1])
 BAD = {"not": "a value any check accepts"}  # not a number, string, bool or list
 
@@ -106,7 +111,7 @@ def test_a_missing_or_unknown_schedule_key_is_told_as_for_every_other_node():
     assert err.value.key == "scheduler.gama"
     assert err.value.rule == (
         "unknown key; scheduler 'step' has "
-        "['interval', 'warmup_epochs', 'warmup_start_factor', 'step_size', 'gamma']"
+        "['interval', 'warmup_epochs', 'warmup_steps', 'warmup_start_factor', 'step_size', 'gamma']"
     )
 
 

@@ -118,7 +118,12 @@ def test_metric_writes_its_own_report_beside_the_sweeps(tmp_path, capsys):
 # -- a schedule phase that the run's length rounds away (schedulers/phases.py)
 
 
-COMMON = {"interval": "epoch", "warmup_epochs": 0, "warmup_start_factor": 0.1}
+COMMON = {
+    "interval": "epoch",
+    "warmup_epochs": 0,
+    "warmup_steps": 0,
+    "warmup_start_factor": 0.1,
+}
 
 
 def check(name: str, epochs: int, **keys) -> None:

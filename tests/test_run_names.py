@@ -167,7 +167,7 @@ def test_a_run_saved_before_the_later_keys_resumes(tmp_path):
     """config.yaml and last.pt without the keys added since (`name`, trainer.save_best,
     the trainer knobs, no_decay, branch...): the resume fills each in as that run behaved,
     where it failed validation (a key missing)."""
-    from runner.run.rundir import LATER_KEYS
+    from runner.config.later import LATER_KEYS
 
     def drop(cfg):
         for key in LATER_KEYS:

@@ -14,7 +14,12 @@ from schedulers.lecture import LR, MAX_EPOCH, lecture_config, plateau_loss, run_
 from schedulers.wsd import wsd_factor
 from tests.helpers import torch_reference
 
-COMMON = {"interval": "epoch", "warmup_epochs": 0, "warmup_start_factor": 0.1}
+COMMON = {
+    "interval": "epoch",
+    "warmup_epochs": 0,
+    "warmup_steps": 0,
+    "warmup_start_factor": 0.1,
+}
 
 
 # -- the lecture's toy demo, against torch used directly -----------------------------------------

@@ -14,7 +14,12 @@ from torch.optim import lr_scheduler as tls
 from schedulers import SCHEDULES, ConfigError, build_scheduler, schedule_label, validate_scheduler
 from tests.helpers import CONF, make_cfg, read_metrics, run_cli
 
-COMMON = {"interval": "epoch", "warmup_epochs": 0, "warmup_start_factor": 0.1}
+COMMON = {
+    "interval": "epoch",
+    "warmup_epochs": 0,
+    "warmup_steps": 0,
+    "warmup_start_factor": 0.1,
+}
 T = "torch.optim.lr_scheduler."
 LRS = (0.1, 0.03)  # two param groups with different lrs
 METRICS = ("val/loss", "val/acc")

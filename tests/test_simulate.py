@@ -17,7 +17,12 @@ from schedulers import SCHEDULES, ConfigError, Simulation, simulate, validate_sc
 from schedulers.simulator import throwaway_schedule
 from schedulers.trace import trace_schedule
 
-COMMON = {"interval": "epoch", "warmup_epochs": 0, "warmup_start_factor": 0.1}
+COMMON = {
+    "interval": "epoch",
+    "warmup_epochs": 0,
+    "warmup_steps": 0,
+    "warmup_start_factor": 0.1,
+}
 ROOT = Path(__file__).resolve().parents[1]
 
 

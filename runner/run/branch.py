@@ -22,6 +22,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from runner.config.later import with_later_keys
 from runner.data.fingerprint import absolute_roots, check_same_data
 from runner.io import checkpoint, files
 from schedulers import ConfigError
@@ -67,7 +68,7 @@ def trunk_config(trunk: Path, value: str) -> DictConfig:
         ) from None
     if not isinstance(saved, DictConfig) or "scheduler" not in saved:
         raise ConfigError("branch", value, f"{trunk}/config.yaml is not a run config")
-    return saved
+    return with_later_keys(saved)  # a trunk saved before a key existed ran without it
 
 
 def _flat(node: Any, prefix: str) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from runner.config.compose import compose_config
+from runner.config.later import with_later_keys
 from runner.data.fingerprint import absolute_roots, check_same_data
 from runner.io import checkpoint, files
 from runner.run.check import fill_inferred
@@ -78,39 +79,6 @@ def load_resume(
     state = checkpoint.load(target / checkpoint.LAST)
     changes = edit_changes(saved, state, target)
     return with_later_keys(saved), target, state, changes
-
-
-# keys added after runs were saved, each with the value that does what such a run did: a
-# run's folder was named by its dir alone; best.pt was a whole checkpoint; no clipping,
-# accumulation, smoothing, kept epochs, no_decay groups, BN recalibration or branch
-LATER_KEYS = {
-    "name": None,
-    "branch": None,
-    "branch_epoch": None,
-    "optimizer.no_decay": False,
-    "trainer.save_best": "full",
-    "trainer.grad_clip_norm": None,
-    "trainer.grad_clip_value": None,
-    "trainer.accumulate": 1,
-    "trainer.label_smoothing": 0.0,
-    "trainer.bn_recalibrate_batches": 0,
-    "trainer.keep_epochs": None,
-    "trainer.average": "none",
-    "trainer.ema_decay": 0.999,
-    "trainer.swa_start": None,
-    "trainer.swa_lr": None,
-}
-
-
-def with_later_keys(saved: DictConfig) -> DictConfig:
-    """A config saved before some keys existed gets them (LATER_KEYS), so it validates and
-    the resumed run does what it did; after edit_changes, which compares it with the
-    config its checkpoint kept (equally old)."""
-    with open_dict(saved):
-        for key, value in LATER_KEYS.items():
-            if OmegaConf.select(saved, key, default=_ABSENT) is _ABSENT:
-                OmegaConf.update(saved, key, value, merge=False)
-    return saved
 
 
 def _leaves(node: Any, prefix: str = "") -> dict[str, Any]:

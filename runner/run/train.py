@@ -75,7 +75,8 @@ log = logging.getLogger("schedlab")
 
 
 def outcome(result: Result, wall_s: float) -> tuple[dict[str, Any], dict[str, Any]]:
-    """How a run ended: its status.json record and its W&B summary."""
+    """How a run ended: its status.json record and its W&B summary. The summary's best is
+    the monitored metric's too (best/val_loss for a language model: trainer.monitor auto)."""
     status = {
         "status": result.status,
         "best_val_acc": result.best_val_acc,
@@ -88,7 +89,16 @@ def outcome(result: Result, wall_s: float) -> tuple[dict[str, Any], dict[str, An
         "best/val_acc": result.best_val_acc,
         "time/total_s": wall_s,
     }
+    if result.best is not None:
+        name, value = result.best
+        status.update(monitor=name, best_monitored=value)
+        summary["best/" + name.replace("/", "_")] = value
     return status, summary
+
+
+def stored_best(status: dict[str, Any]) -> tuple[str, float] | None:
+    """Result.best from a status.json record (`outcome`); None where it has none."""
+    return (status["monitor"], status["best_monitored"]) if "monitor" in status else None
 
 
 def write_status(
@@ -197,7 +207,12 @@ def _send_held_rows(
         "trained in a fused group whose sweep stopped before this job's rows all "
         "reached W&B/TensorBoard: sending them now"
     )
-    result = Result(status["status"], status.get("best_val_acc", 0.0), status["epochs_done"])
+    result = Result(
+        status["status"],
+        status.get("best_val_acc", 0.0),
+        status["epochs_done"],
+        best=stored_best(status),
+    )
     _, summary = outcome(result, status.get("wall_time_s", 0.0))
     send_rows(cfg, start.run_dir, overrides, sweep_name, start.state.get("wandb_id"), summary)
 

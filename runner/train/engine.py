@@ -44,6 +44,9 @@ class Result:
     epochs_done: int
     signum: int | None = None  # the signal that interrupted the run
     chain: bool = False  # pass that signal on to the launcher's handler (see stopping.py)
+    # trainer.monitor (auto resolved) and its best value in its direction: the W&B summary's
+    # best/<metric> (a language model's best val/loss); None before an epoch had it
+    best: tuple[str, float] | None = None
 
 
 def describe_epoch(row: dict[str, Any], epochs: int, note: str = "") -> str:
@@ -109,6 +112,11 @@ class Track:
         whether this is a language model: when the engine takes the track."""
         self.monitor = monitored(self.monitor, self.tokens is not None)
         self.monitor_mode = mode_for(self.monitor, self.monitor_mode)
+
+    def best(self) -> tuple[str, float] | None:
+        """The monitored metric and its best value so far (Result.best)."""
+        value = self.progress.best_metric
+        return None if value is None else (self.monitor, value)
 
     def rates(self, lr_key: str, momentum_key: str) -> dict[str, float]:
         """The lr of each param group now, and its momentum when the schedule cycles it."""
@@ -390,7 +398,7 @@ class Engine:
                     f"loss {train_loss[i]:.4g} at epoch {epoch}: run diverged, stopping"
                     + self.diverge_note,
                 )
-                t.result = Result("diverged", p.best_val_acc, epoch + 1)
+                t.result = Result("diverged", p.best_val_acc, epoch + 1, best=t.best())
                 self.active.remove(i)
                 stopped.append(i)
                 continue
@@ -412,7 +420,8 @@ class Engine:
         (the epoch before) is where a resume continues."""
         for i in self.active:
             t = self.tracks[i]
-            t.result = Result("interrupted", t.progress.best_val_acc, t.progress.epoch, signum)
+            p = t.progress
+            t.result = Result("interrupted", p.best_val_acc, p.epoch, signum, best=t.best())
             t.say(
                 logging.WARNING,
                 f"interrupted in epoch {epoch}; resume continues from epoch {t.progress.epoch}",
@@ -422,4 +431,4 @@ class Engine:
         """Every member still active trained all its epochs."""
         for i in self.active:
             t = self.tracks[i]
-            t.result = Result("completed", t.progress.best_val_acc, self.epochs)
+            t.result = Result("completed", t.progress.best_val_acc, self.epochs, best=t.best())

@@ -285,6 +285,14 @@ def model_parts(model: nn.Module, cfg: Mapping[str, Any]) -> dict[str, list[nn.P
     return {} if spec is None else spec.parts(model, cfg)
 
 
+# text (data=text) on the default MLP: the preset, not model=gpt alone, which would train
+# the GPT with the default SGD and a per-epoch schedule
+LM_HINT = (
+    ": for text, +experiment=lm (model=gpt with AdamW, a per-step warmup and cosine, "
+    "gradient clipping; docs/lm.md)"
+)
+
+
 # what the runner offers a `_target_` model's constructor, when it takes these arguments:
 # images and signals the first three, token windows ([T]) num_classes (the vocabulary),
 # vocab_size (the same) and block_size (T)
@@ -324,7 +332,8 @@ def validate_model(cfg: Mapping[str, Any], shape: Shape | None = None, classes: 
                     "model.name",
                     cfg["name"],
                     f"takes {wants}; the data gives "
-                    f"{kinds.get(len(shape), f'samples of shape {list(shape)}')}",
+                    f"{kinds.get(len(shape), f'samples of shape {list(shape)}')}"
+                    + (LM_HINT if len(shape) == TOKENS else ""),
                 )
             with torch.device("meta"):  # its own shape checks (CNN1d's lengths), no memory
                 spec.build(cfg, shape, classes)

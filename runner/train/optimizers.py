@@ -370,12 +370,12 @@ def warn_schedule_free(opt: Mapping[str, Any], sched: Mapping[str, Any]) -> None
             f"{which} with scheduler={name}: a schedule-free optimizer needs no lr schedule "
             "(the schedule scales its lr on top of its own averaging); use scheduler=none"
         )
-    warmup = sched.get("warmup_epochs", 0)
-    if warmup:
-        log.warning(
-            f"{which} with scheduler.warmup_epochs={warmup}: it warms up by itself; use "
-            "optimizer.warmup_steps (optimizer steps) and scheduler.warmup_epochs=0"
-        )
+    for key in ("warmup_epochs", "warmup_steps"):
+        if sched.get(key, 0):
+            log.warning(
+                f"{which} with scheduler.{key}={sched[key]}: it warms up by itself; use "
+                f"optimizer.warmup_steps (optimizer steps) and scheduler.{key}=0"
+            )
 
 
 def _torch_group(group: Group, lr: float) -> dict[str, Any]:
