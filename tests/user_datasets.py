@@ -128,3 +128,16 @@ class MarkovTokens(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.x[i], self.y[i]
+
+
+class SlowBlobs(Blobs):
+    """Blobs that take `delay_s` per sample, like a slow disk: slow enough for a test to kill
+    its run mid-way, with no image files to write."""
+
+    def __init__(self, size: int, offset: int = 0, delay_s: float = 0.0) -> None:
+        super().__init__(size, offset)
+        self.delay_s = delay_s
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        time.sleep(self.delay_s)
+        return super().__getitem__(i)

@@ -41,7 +41,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, Subset, default_colla
 from runner.config.schema import SCHEMAS, check_node
 from runner.data.digits import stratified_split
 from runner.data.labels import check_labels, sample_label_problem, warn_one_class
-from runner.dist.workers import in_loky_worker
+from runner.dist.workers import in_loky_worker, worker_init
 from runner.io.rngs import numpy_state, same_numpy_state
 from schedulers import ConfigError, binder
 
@@ -394,6 +394,8 @@ def _loader(
             extra["prefetch_factor"] = opts["prefetch_factor"]
         if in_loky_worker():  # hydra/launcher=joblib: loky's default context fails (hydra#964)
             extra["multiprocessing_context"] = "fork"
+        # dies with the run: an orphan would hold the data pipes (torch checks every 5 s)
+        extra["worker_init_fn"] = worker_init(extra.get("multiprocessing_context"))
     return DataLoader(
         SeededSamples(dataset, seed, where, expect),
         batch_sampler=batches,

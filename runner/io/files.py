@@ -18,6 +18,10 @@
   lock left by a killed run never blocks the next one. The CLI takes it before Hydra
   writes .hydra/ there (`keep_run_dir`), and the run's own `hold_run_dir` takes that
   lock over: flock is per open file, so opening the lock file again would be refused.
+  A forked child (a DataLoader worker) shares that open file, so it closes its copy at
+  once (`_drop_inherited_locks`): one that outlived its SIGKILLed run held the dir, and
+  `resume` was refused until it exited. The run's own lock stays held (flock is released
+  when every copy is closed, or by LOCK_UN, which a child must never call).
 """
 
 from __future__ import annotations
@@ -281,18 +285,33 @@ def _pid(fd: int) -> int | None:
 # locks this process took ahead of its run (keep_run_dir), by resolved run dir, until the
 # run's hold_run_dir takes them over
 _KEPT: dict[str, RunDirLock] = {}
+_HELD: set[int] = set()  # the fds of every lock this process holds (kept or held)
+
+
+def _drop_inherited_locks() -> None:
+    """In a forked child: close its copies of the parent's lock fds, before the child runs
+    anything else, so that the lock lives exactly as long as the run's own process."""
+    for fd in _HELD:
+        with suppress(OSError):
+            os.close(fd)
+    _HELD.clear()
+    _KEPT.clear()  # the child holds none of them: a run it started would take its own
+
+
+os.register_at_fork(after_in_child=_drop_inherited_locks)
 
 
 def _lock(run_dir: Path | str) -> RunDirLock:
     path = Path(run_dir) / LOCK
     with writing(path):
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)  # not inherited by child processes
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)  # closed on exec; fork: see _HELD
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         pid = _pid(fd)
         os.close(fd)
         raise RunDirBusy(Path(run_dir), pid) from None
+    _HELD.add(fd)
     return RunDirLock(fd)
 
 
@@ -316,6 +335,7 @@ def hold_run_dir(run_dir: Path | str) -> Iterator[RunDirLock]:
     try:
         yield lock
     finally:
+        _HELD.discard(lock.fd)
         os.close(lock.fd)  # releases the lock
 
 
