@@ -17,7 +17,8 @@ compares them:
 
 A branch needs its trunk on disk, which one Hydra batch cannot order: the sweeper launches
 the reruns, the anytime runs and the trunks as one batch (fused where they can be), then
-the branches of the trunks that completed as a second.
+the branches of the trunks that completed as a second (fused too: one budget's branches
+of the seeds' trunks start at the same epoch, runner/sweep/fused.py).
 """
 
 from __future__ import annotations

@@ -4,9 +4,16 @@ Used by the `hydra/launcher=fused` plugin (hydra_plugins/schedlab_fused/). Jobs 
 they differ only in what each member can have for itself: seed (init and data order), the
 schedule and its parameters, optimizer hyper-parameters (lr, momentum, weight decay,
 betas, eps, param groups and no_decay), gradient clipping (each member clips its own slice
-of the stacked gradients, stacked.py `clip_members`) and when to call a run diverged.
-Everything that shapes a batch, the model or the loss (model, data, batch size,
-trainer.accumulate, trainer.label_smoothing, epochs, device) must match.
+of the stacked gradients, stacked.py `clip_members`), when to call a run diverged, and
+the trunk a branch starts from (branch=). Everything that shapes a batch, the model or
+the loss (model, data, batch size, trainer.accumulate, trainer.label_smoothing, epochs,
+device) must match, and so must where training starts (branch_epoch).
+
+A branch member starts as a single branch does (runner/run/branch.py `start_state`): its
+trunk's epoch_<k>.pt loaded into its own model, optimizer and schedule before the models
+are stacked, then its optimizer state (`_start_optimizer`), averaged model
+(`_start_average`) and data-order generator stacked or set from there, its trunk's rows
+before the branch point copied into its metrics.jsonl.
 
 Weight averaging (trainer.average: ema, swa, with swa_lr) is the group's (the keys are
 in its key): one torch AveragedModel over the stacked net, whose update is elementwise, so
@@ -50,6 +57,7 @@ from runner.data.stream import is_streamed
 from runner.io import checkpoint, files
 from runner.io.background import Background
 from runner.io.loggers import RunLogger
+from runner.run import branch
 from runner.run.check import validate
 from runner.run.rundir import SWEEP_DIR_KEY, DirInUse, hold
 from runner.run.train import (
@@ -76,6 +84,7 @@ log = logging.getLogger("schedlab")
 # keys each member may set for itself; everything else must be equal to fuse
 PER_MEMBER = {
     "seed": None,
+    "branch": None,  # each member starts from its own trunk's checkpoint (same branch_epoch)
     "scheduler": None,
     "logger": None,
     "lr_find": None,
@@ -107,7 +116,6 @@ def why_not_fusable(cfg: DictConfig) -> str | None:
         return "dropout draws from the global RNG, so members cannot match separate runs"
     reasons = {
         "resume": cfg.resume not in (None, False),
-        "branch": cfg.get("branch") is not None,  # each member would start elsewhere
         "optimizer.lr=find": cfg.optimizer.lr == "find",
         "data.augment": bool(cfg.data.get("augment", False)),
         "trainer.amp": cfg.trainer.amp,
@@ -144,6 +152,7 @@ class Member:
     error: str | None = None
     wandb_id: str | None = None  # chosen up front: the checkpoints name the W&B run to resume
     sweep_dir: Path | None = None  # where a member refused its dir is named (pending)
+    earlier_s: float = 0.0  # a branch's trunk's training time before it: in its wall time
 
 
 def train_group(members: Sequence[Member]) -> None:
@@ -193,14 +202,15 @@ def _lock_run_dirs(members: Sequence[Member], locks: ExitStack) -> list[Member]:
 def _write_status(members: Sequence[Member], wall: float) -> None:
     for m in members:
         result = m.result if m.error is None else None
+        own = wall + m.earlier_s  # as a single branch counts its trunk's time
         if result is not None:
-            m.summary = outcome(result, wall)[1]
+            m.summary = outcome(result, own)[1]
         m.run_dir.mkdir(parents=True, exist_ok=True)
         try:
             error = m.error or "the fused group stopped"
             # fused_jobs: trained with this many jobs, one process; rows_sent: not until
             # the launcher has sent them (`replay`)
-            write_status(m.run_dir, result, wall, error, fused_jobs=len(members), rows_sent=False)
+            write_status(m.run_dir, result, own, error, fused_jobs=len(members), rows_sent=False)
         except files.WriteFailed as err:  # the other members' status still gets written
             log.error(f"error: {err}")
             m.error = m.error or f"error: {err}"
@@ -213,27 +223,92 @@ def _note(member: Member, level: int, message: str) -> None:
 
 
 def _build(
-    specs: Sequence[RunSpec],
-) -> tuple[torch.device, TensorData, StackedNet, list, list, list]:
+    specs: Sequence[RunSpec], branches: Sequence[tuple[str, int] | None]
+) -> tuple[torch.device, TensorData, StackedNet, list, list, list, list]:
     """Each member's model, optimizer and scheduler built as a single run builds its own
-    (runner/train/builders.py `build_member`: its threads, its seed -> the same init), then
-    the models stacked. Data is loaded once for all."""
+    (runner/train/builders.py `build_member`: its threads, its seed -> the same init), a
+    branch's (`branches`: its trunk and epoch, else None) then loaded from its trunk's
+    checkpoint as a single branch loads it, then the models stacked. Data is loaded once
+    for all. Returns also each member's start state (None: epoch 0)."""
     first = specs[0]
     device = resolve_device(first.trainer.device)
     data = load_data(first.data)
-    models, optimizers, schedules = [], [], []
-    for spec in specs:
+    per_epoch = steps_per_epoch(data.n_train, first.data["batch_size"], first.trainer.accumulate)
+    models, optimizers, schedules, starts = [], [], [], []
+    for spec, at in zip(specs, branches, strict=True):
         model, optimizer, schedule = build_member(spec, data, device)
         schedule = with_swa_lr(spec.trainer, schedule, spec.epochs)  # as build_run does
         # never stepped itself (the fused step reads its lr); a step without gradients
         # changes nothing and tells torch's scheduler the optimizer is in use (no warning)
         optimizer.step()
+        if at is not None:  # the trunk's weights and optimizer state, its own schedule there
+            run = SimpleNamespace(model=model, optimizer=optimizer, scheduler=schedule, scaler=None)
+            starts.append(branch.start_state(*at, spec.data, run, per_epoch))
+        else:
+            starts.append(None)
         models.append(model)
         optimizers.append(optimizer)
         schedules.append(schedule)
     net = StackedNet(models, sample_rank=len(data.image_shape))
     data = place(resize_images(data, getattr(models[0], "input_size", None)), device)
-    return device, data, net, models, optimizers, schedules
+    return device, data, net, models, optimizers, schedules, starts
+
+
+def _branches(members: Sequence[Member]) -> list[tuple[str, int] | None]:
+    """Each member's trunk run dir and branch epoch (branch_epoch null: the one start-up
+    validation picks, as a single branch's), or None for a run from scratch."""
+    out: list[tuple[str, int] | None] = []
+    for m in members:
+        if m.cfg.get("branch") is None:
+            out.append(None)
+            continue
+        if m.cfg.get("branch_epoch") is None:
+            validate(m.cfg)  # fills it in (the launcher's why_not_fusable did already)
+        out.append((str(m.cfg.branch), int(m.cfg.branch_epoch)))
+    return out
+
+
+def _start_progress(starts: Sequence[dict[str, Any] | None]) -> list[checkpoint.Progress]:
+    """Each member's loop progress: a branch's its trunk's at the branch point (every RNG
+    set as its trunk left it, as a single branch restores them; nothing a fused step
+    computes draws from them), else a fresh run's. All members start at one epoch and
+    step (the group's key holds branch_epoch and what sets the steps per epoch)."""
+    progress = [
+        checkpoint.Progress()
+        if s is None
+        else checkpoint.restore(s, None, torch.Generator(), weights=False)
+        for s in starts
+    ]
+    points = {(p.epoch, p.step) for p in progress}
+    if len(points) > 1:
+        raise ValueError(f"fused members start at different (epoch, step): {sorted(points)}")
+    return progress
+
+
+@torch.no_grad()
+def _start_optimizer(
+    fused: FusedOptimizer, net: StackedNet, optimizers: Sequence[torch.optim.Optimizer]
+) -> None:
+    """The members' torch optimizer states (a branch's: its trunk's) stacked into the
+    fused optimizer's, the inverse of `_member_state`; a member without a buffer that
+    another has (SGD without momentum) gets zeros, which its step then ignores. Adam's
+    bias correction counts the members' (one) step."""
+    steps = set()
+    for p, sources in enumerate(net.sources):
+        own = [opt.state.get(q, {}) for opt, q in zip(optimizers, sources, strict=True)]
+        steps |= {int(s["step"]) for s in own if "step" in s}
+        param = fused.params[p]
+        names = {n for s in own for n, v in s.items() if n != "step" and torch.is_tensor(v)}
+        for name in sorted(names):
+            fused.state[p][name] = torch.stack(
+                [
+                    net.as_member(p, s[name]) if name in s else torch.zeros_like(param[k])
+                    for k, s in enumerate(own)
+                ]
+            ).contiguous()
+    if len(steps) > 1:
+        raise ValueError(f"fused members' optimizers are at different steps: {sorted(steps)}")
+    fused.steps = steps.pop() if steps else 0
 
 
 def _param_groups(net: StackedNet, optimizers: Sequence[torch.optim.Optimizer]) -> list[list[int]]:
@@ -298,40 +373,91 @@ def _member_average(
     return state
 
 
-def _data_streams(members: Sequence[Member]) -> tuple[list[torch.Generator], int]:
+@torch.no_grad()
+def _start_average(
+    average: Averager,
+    net: StackedNet,
+    models: Sequence[torch.nn.Module],
+    starts: Sequence[dict[str, Any] | None],
+) -> None:
+    """Each branch's averaged model as its trunk left it (a single branch loads it, or its
+    average would restart at the branch point) into its slice of the stacked one: the
+    inverse of `_member_average`. Members share the count (one start epoch, one kind)."""
+    stacked = average.model.module.stacked_params()
+    counts = set()
+    for k, (model, start) in enumerate(zip(models, starts, strict=True)):
+        saved = None if start is None else start.get("average")
+        if saved is None:
+            continue
+        names = {id(q): name for name, q in model.named_parameters()}
+        for p, sources in enumerate(net.sources):
+            own = saved[f"module.{names[id(sources[k])]}"]
+            stacked[p][k].copy_(net.as_member(p, own))
+        counts.add(int(saved["n_averaged"]))
+    if len(counts) > 1:
+        raise ValueError(f"fused members' averages hold different counts: {sorted(counts)}")
+    if counts:
+        average.model.n_averaged.fill_(counts.pop())
+
+
+def _data_streams(
+    members: Sequence[Member], starts: Sequence[dict[str, Any] | None]
+) -> tuple[list[torch.Generator], int]:
     """The shuffle generators (a single run seeds its own with its seed, so members of one
-    seed draw the same batches) and how many consecutive members read each one: members of
-    a seed share one gathered batch when the seeds split the group evenly (members are
-    sorted by seed), else every member gets its own."""
-    seeds = [m.cfg.seed for m in members]
-    distinct = list(dict.fromkeys(seeds))
-    per = len(seeds) // len(distinct)
-    if seeds != [s for s in distinct for _ in range(per)]:
-        distinct, per = seeds, 1
-    return [torch.Generator().manual_seed(s) for s in distinct], per
+    seed draw the same batches; a branch's stands where its trunk's stood at the branch
+    point) and how many consecutive members read each one: members of a seed (and
+    generator state) share one gathered batch when they split the group evenly (members
+    are sorted by seed), else every member gets its own."""
+    shuffles = [None if s is None else s["rng"]["shuffle"] for s in starts]
+    keys = [
+        (m.cfg.seed, None if g is None else g.numpy().tobytes())
+        for m, g in zip(members, shuffles, strict=True)
+    ]
+    state = dict(zip(keys, shuffles, strict=True))
+    distinct = list(dict.fromkeys(keys))
+    per = len(keys) // len(distinct)
+    if keys != [s for s in distinct for _ in range(per)]:
+        distinct, per = keys, 1
+    streams = []
+    for key in distinct:
+        generator = torch.Generator().manual_seed(key[0])
+        if state[key] is not None:
+            generator.set_state(state[key])
+        streams.append(generator)
+    return streams, per
 
 
 def _fit(members: Sequence[Member], stop: Any, background: Background, cleanup: ExitStack) -> None:
     members = sorted(members, key=lambda m: m.cfg.seed)  # same seed, same batches: adjacent
     first = members[0].cfg
+    branches = _branches(members)  # config.yaml then names a null branch_epoch's pick
     config_texts = [config_yaml(m.cfg, m.run_dir) for m in members]  # dirs made: locked
     for m in members:
         if "wandb" in m.cfg.logger and m.cfg.logger.wandb.mode != "disabled":
             m.wandb_id = uuid.uuid4().hex[:8]  # W&B's own ids are 8 characters of [a-z0-9]
     specs = [run_spec(m.cfg) for m in members]  # each member's validated config, typed
-    device, data, net, models, optimizers, schedules = _build(specs)
+    device, data, net, models, optimizers, schedules, starts = _build(specs, branches)
+    for m, at in zip(members, branches, strict=True):
+        if at is not None:  # its trunk's rows before the branch point, as its first rows
+            branch.copy_trunk_rows(*at, m.run_dir)
     parts = {"models": models, "optimizers": optimizers, "schedules": schedules}
     k, epochs, batch_size = len(members), first.epochs, first.data.batch_size
     fused = FusedOptimizer(
         net.stacked_params(), optimizers, _param_groups(net, optimizers), first.optimizer.name
     )
+    if any(starts):
+        _start_optimizer(fused, net, optimizers)
     average = build_average(first.trainer, net, epochs)  # the group's (in its key)
+    if average is not None and any(starts):
+        _start_average(average, net, models, starts)
     loggers = [RunLogger(m.run_dir) for m in members]  # metrics.jsonl now; backends replayed
     for logger in loggers:
         cleanup.callback(logger.close_metrics)
-    streams, per = _data_streams(members)
+    progress = _start_progress(starts)
+    for m, p in zip(members, progress, strict=True):
+        m.earlier_s = p.elapsed_s
+    streams, per = _data_streams(members, starts)
     shuffles = [streams[i // per] for i in range(k)]  # member i's, for its checkpoints
-    progress = [checkpoint.Progress() for _ in members]
     fingerprint = data_fingerprint(first.data, load_data(first.data))  # as a single run's
     tracks = []
     for i, m in enumerate(members):
@@ -359,7 +485,12 @@ def _fit(members: Sequence[Member], stop: Any, background: Background, cleanup: 
             )
         )
     engine = Engine(
-        tracks, epochs, note=f", fused x{k}", diverge_note="; the other fused jobs go on"
+        tracks,
+        epochs,
+        step=progress[0].step,
+        elapsed_s=max(p.elapsed_s for p in progress),  # a branch's: its trunk's so far
+        note=f", fused x{k}",
+        diverge_note="; the other fused jobs go on",
     )
     for m, spec in zip(members, specs, strict=True):
         _note(m, logging.INFO, f"fused with {k - 1} other job(s): {startup_line(spec, device)}")
@@ -370,7 +501,7 @@ def _fit(members: Sequence[Member], stop: Any, background: Background, cleanup: 
     )
     engine.run(
         models,
-        start=0,
+        start=progress[0].epoch,
         stop=stop,
         bar_mode=first.trainer.progress,
         desc=f"fused x{k} epoch {{epoch}}",
