@@ -61,12 +61,15 @@ from runner.run.train import (
     write_status,
 )
 from runner.sweep.stacked import FusedOptimizer, StackedNet, clip_members
+from runner.sweep.stacked_gpt import StackedGPT
 from runner.sweep.sweepdir import record_refused
 from runner.train import models, optimizers
 from runner.train.averaging import Averager, build_average, with_swa_lr
 from runner.train.builders import build_member, resolve_device
 from runner.train.engine import Engine, Result, Track
-from runner.train.steps import evaluate, groups
+from runner.train.gpt import GPT
+from runner.train.lm import token_stats, val_batch_size
+from runner.train.steps import evaluate, groups, top_is_target
 from runner.train.stopping import stop_on_signals
 from schedulers import ConfigError
 from schedulers.binder import label
@@ -103,7 +106,7 @@ def why_not_fusable(cfg: DictConfig) -> str | None:
         return f"optimizer={label(cfg.optimizer)} (fused: {', '.join(fusable)})"
     if cfg.data.name == "dataset" and is_streamed(load_data(cfg.data)):  # loaded by validate
         return "data=dataset is streamed (fused needs it in memory: data.in_memory=true)"
-    if cfg.model.name == "mlp" and cfg.model.dropout > 0:
+    if cfg.model.name in ("mlp", "gpt") and cfg.model.dropout > 0:
         return "dropout draws from the global RNG, so members cannot match separate runs"
     reasons = {
         "resume": cfg.resume not in (None, False),
@@ -214,7 +217,7 @@ def _note(member: Member, level: int, message: str) -> None:
 
 def _build(
     specs: Sequence[RunSpec],
-) -> tuple[torch.device, TensorData, StackedNet, list, list, list]:
+) -> tuple[torch.device, TensorData, StackedNet | StackedGPT, list, list, list]:
     """Each member's model, optimizer and scheduler built as a single run builds its own
     (runner/train/builders.py `build_member`: its threads, its seed -> the same init), then
     the models stacked. Data is loaded once for all."""
@@ -231,12 +234,15 @@ def _build(
         models.append(model)
         optimizers.append(optimizer)
         schedules.append(schedule)
-    net = StackedNet(models, sample_rank=len(data.image_shape))
+    if isinstance(models[0], GPT):  # runner/sweep/stacked_gpt.py
+        net: StackedNet | StackedGPT = StackedGPT(models)
+    else:
+        net = StackedNet(models, sample_rank=len(data.image_shape))
     data = place(resize_images(data, getattr(models[0], "input_size", None)), device)
     return device, data, net, models, optimizers, schedules
 
 
-def _param_groups(net: StackedNet, optimizers: Sequence[torch.optim.Optimizer]) -> list[list[int]]:
+def _param_groups(net: StackedNet | StackedGPT, optimizers: Sequence[torch.optim.Optimizer]) -> list[list[int]]:
     """groups[p][k]: which param group of member k's optimizer holds stacked param p."""
     group_of = [
         {id(q): i for i, g in enumerate(opt.param_groups) for q in g["params"]}
@@ -247,7 +253,7 @@ def _param_groups(net: StackedNet, optimizers: Sequence[torch.optim.Optimizer]) 
 
 def _member_state(
     i: int,
-    net: StackedNet,
+    net: StackedNet | StackedGPT,
     fused: FusedOptimizer,
     parts: dict[str, list],
     shuffle: torch.Generator,
@@ -279,7 +285,7 @@ def _member_state(
 
 
 def _member_average(
-    i: int, net: StackedNet, average: Averager | None, model: torch.nn.Module
+    i: int, net: StackedNet | StackedGPT, average: Averager | None, model: torch.nn.Module
 ) -> dict[str, torch.Tensor] | None:
     """Member i's slice of the stacked averaged model, as the state_dict of a single run's
     AveragedModel of its own model (`n_averaged`, `module.<param>`): the ordinary runner
@@ -358,6 +364,8 @@ def _fit(members: Sequence[Member], stop: Any, background: Background, cleanup: 
                 say=partial(_note, m),
             )
         )
+    for i, track in enumerate(tracks):  # a language model's rows add val/bpb, tokens/s, MFU
+        track.tokens = token_stats(data, specs[i].model, models[i], device)
     engine = Engine(
         tracks, epochs, note=f", fused x{k}", diverge_note="; the other fused jobs go on"
     )
@@ -394,7 +402,7 @@ class StackedModels:
 
     def __init__(
         self,
-        net: StackedNet,
+        net: StackedNet | StackedGPT,
         fused: FusedOptimizer,
         data: TensorData,
         streams: list[torch.Generator],
@@ -421,6 +429,7 @@ class StackedModels:
         self.label_smoothing = trainers[0].label_smoothing
         self.micro, self.batch_size = batch_size, batch_size * self.accumulate  # per step
         self.steps_per_epoch = steps_per_epoch(self.n_train, batch_size, self.accumulate)
+        self.val_batch = val_batch_size(data, batch_size)  # a single run's (its windows' for an LM)
         self.clip_norms = [t.grad_clip_norm for t in trainers]
         self.clip_values = [t.grad_clip_value for t in trainers]
         self.clips = [
@@ -457,8 +466,8 @@ class StackedModels:
         step_loss = None
         for x, y in group:
             logits = self.net(x)
-            loss = F.cross_entropy(
-                logits.flatten(0, 1),
+            loss = F.cross_entropy(  # a language model's: one prediction per token
+                logits.flatten(0, -2),
                 y.flatten(),
                 reduction="none",
                 label_smoothing=self.label_smoothing,
@@ -469,7 +478,7 @@ class StackedModels:
             (loss.sum() if weight == 1.0 else loss.sum() * weight).backward()
             loss = loss.detach()
             self.loss_sum += loss * y.shape[1]
-            self.correct += (logits.detach().argmax(-1) == y).sum(1)
+            self.correct += member_hits(logits.detach(), y)
             step_loss = loss * weight if step_loss is None else step_loss + loss * weight
         if any(self.clips):
             params = self.fused.params
@@ -498,7 +507,7 @@ class StackedModels:
         data, net = self.data, self.net
         net.eval()
         try:
-            val = batches(data.x_val, data.y_val, max(self.micro, 1024), device=self.device)
+            val = batches(data.x_val, data.y_val, self.val_batch, device=self.device)
             losses, self.val_acc = evaluate(net, val)
             return losses, self.val_acc
         finally:
@@ -513,7 +522,7 @@ class StackedModels:
         average.end_epoch(epoch)
         if not average.ready:
             return [None] * self.k
-        val = batches(self.data.x_val, self.data.y_val, max(self.micro, 1024), device=self.device)
+        val = batches(self.data.x_val, self.data.y_val, self.val_batch, device=self.device)
         losses, accs = evaluate(average.model, val)
         return list(zip(losses, accs, strict=True))
 
@@ -532,6 +541,15 @@ class StackedModels:
             + (f", val/acc {min(accs):.3f}..{max(accs):.3f}" if accs else "")
             + f" ({engine.epoch_s:.2f}s)"
         )
+
+
+def member_hits(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Each member's correct predictions counted in samples, as a single run's `hits`: a
+    classifier's right labels (y [K, B]); a language model's windows (y [K, B, T]) each
+    counted as the share of its tokens whose target scored highest."""
+    if y.dim() > 2:
+        return top_is_target(logits, y).float().mean(-1).sum(1)
+    return (logits.argmax(-1) == y).sum(1)
 
 
 def _collect(members: Sequence[Member], tracks: Sequence[Track]) -> None:

@@ -258,11 +258,10 @@ MODELS: dict[str, ModelSpec] = {
         _build_gru, _two_parts("gru", "head"), lambda cfg: ("gru", "head"), schema.Gru,
         fusable=False, inputs=(SIGNALS,),
     ),
-    # not stacked (attention, LayerNorm and dropout are not among stacked.py's layers): a
-    # fused sweep trains each gpt job on its own, with the launcher's notice
+    # stacked by runner/sweep/stacked_gpt.py (without dropout: see runner/sweep/fused.py)
     "gpt": ModelSpec(
         _build_gpt, lambda model, cfg: gpt.parts(model), lambda cfg: ("embed", "blocks", "head"),
-        schema.Gpt, fusable=False, inputs=(TOKENS,), no_decay=True,
+        schema.Gpt, fusable=True, inputs=(TOKENS,), no_decay=True,
     ),
 }  # fmt: skip
 
