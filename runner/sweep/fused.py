@@ -47,6 +47,7 @@ from runner.config.schema import RunSpec, run_spec
 from runner.data.fingerprint import fingerprint as data_fingerprint
 from runner.data.sets import TensorData, batches, load_data, place, resize_images, steps_per_epoch
 from runner.data.stream import is_streamed
+from runner.data.text import is_text
 from runner.io import checkpoint, files
 from runner.io.background import Background
 from runner.io.loggers import RunLogger
@@ -61,7 +62,7 @@ from runner.run.train import (
     write_status,
 )
 from runner.sweep.stacked import FusedOptimizer, StackedNet, clip_members
-from runner.sweep.stacked_gpt import StackedGPT
+from runner.sweep.stacked_gpt import StackedGPT, member_windows
 from runner.sweep.sweepdir import record_refused
 from runner.train import models, optimizers
 from runner.train.averaging import Averager, build_average, with_swa_lr
@@ -242,7 +243,9 @@ def _build(
     return device, data, net, models, optimizers, schedules
 
 
-def _param_groups(net: StackedNet | StackedGPT, optimizers: Sequence[torch.optim.Optimizer]) -> list[list[int]]:
+def _param_groups(
+    net: StackedNet | StackedGPT, optimizers: Sequence[torch.optim.Optimizer]
+) -> list[list[int]]:
     """groups[p][k]: which param group of member k's optimizer holds stacked param p."""
     group_of = [
         {id(q): i for i, g in enumerate(opt.param_groups) for q in g["params"]}
@@ -292,13 +295,16 @@ def _member_average(
     resumes it. Fusable models have no buffers, so their parameters are all of it."""
     if average is None:
         return None
-    names = {id(q): name for name, q in model.named_parameters()}
+    names: dict[int, list[str]] = {}  # a tied weight (the GPT's head) under each of its names
+    for name, q in model.state_dict(keep_vars=True).items():
+        names.setdefault(id(q), []).append(name)
     stacked = average.model.module.stacked_params()
     state = {
-        f"module.{names[id(sources[i])]}": net.as_member(p, stacked[p][i].detach()).clone(
+        f"module.{name}": net.as_member(p, stacked[p][i].detach()).clone(
             memory_format=torch.contiguous_format
         )
         for p, sources in enumerate(net.sources)
+        for name in names[id(sources[i])]
     }
     state["n_averaged"] = average.model.n_averaged.detach().clone()
     return state
@@ -441,11 +447,14 @@ class StackedModels:
         """The epoch's optimizer steps, trainer.accumulate batches each (runner/train/steps.py
         `groups`: the epoch's last step takes the batches left)."""
         n, device = self.n_train, self.device
-        orders = torch.stack([torch.randperm(n, generator=g) for g in self.streams]).to(device)
         self.loss_sum = torch.zeros(self.k, device=device)
         self.correct = torch.zeros(self.k, device=device)
         self.norm_sum, self.steps = torch.zeros(self.k, device=device), 0
         data, micro = self.data, self.micro
+        if is_text(data):  # data=text: windows at offsets drawn per batch, as a single run's
+            windows = member_windows(data, micro, self.streams, self.per, device)
+            return groups(windows, self.accumulate)
+        orders = torch.stack([torch.randperm(n, generator=g) for g in self.streams]).to(device)
 
         def each() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
             for start in range(0, n, micro):

@@ -25,12 +25,13 @@ members would draw it from one global RNG, not each from its own run's
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from runner.data.text import TextData, window_batches
 from runner.train.gpt import GPT
 
 
@@ -133,3 +134,17 @@ class StackedGPT(nn.Module):
         tied head follows its token table."""
         for p, stacked in enumerate(self.params):
             self.sources[p][member].copy_(self.as_member(p, stacked[member]))
+
+
+def member_windows(
+    data: TextData, micro: int, streams: Sequence[torch.Generator], per: int, device: torch.device
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """data=text's training batches for a fused group: each data stream (a seed's
+    generator) draws its windows' offsets batch by batch, exactly as a single run's
+    generator draws them (runner/data/text.py `window_batches`). Inputs [D, B, T], one per
+    stream; targets [K, B, T], each stream's repeated for its `per` members."""
+    draws = [window_batches(data.x_train, data.y_train, micro, g) for g in streams]
+    for parts in zip(*draws, strict=True):
+        x = torch.stack([xb for xb, _ in parts]).to(device)
+        y = torch.stack([yb for _, yb in parts]).to(device)
+        yield x, y.repeat_interleave(per, 0)
