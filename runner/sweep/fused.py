@@ -14,8 +14,8 @@ per member by construction; each member's checkpoint holds its own slice in a si
 format, and its schedule is handed to SWALR as a single run's is.
 
 Each member keeps what a single run has: its model built from its own seed (then stacked,
-runner/sweep/stacked.py), its own shuffle generator, its own torch optimizer and real torch
-scheduler (which set the lr that the fused step reads), its own
+runner/sweep/stacked.py; a GPT by stacked_gpt.py), its own shuffle generator, its own
+torch optimizer and real torch scheduler (which set the lr that the fused step reads), its own
 metrics.jsonl/config.yaml/status.json in its own run dir. Start-up uses a single run's own
 pieces (runner/train/builders.py `build_member`, runner/run/rundir.py `hold` for the run
 dir's lock, runner/run/train.py `config_yaml`, `start_track` for the checkpointer and its

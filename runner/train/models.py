@@ -223,7 +223,7 @@ class ModelSpec:
     parts: Callable[[nn.Module, Mapping[str, Any]], dict[str, list[nn.Parameter]]]
     part_names: Callable[[Mapping[str, Any]], tuple[str, ...]]
     schema: type  # its keys, types, defaults and checks (runner/config/schema.py)
-    fusable: bool  # runner/sweep/stacked.py can stack it (hydra/launcher=fused)
+    fusable: bool  # runner/sweep/stacked.py (stacked_gpt.py) can stack it (hydra/launcher=fused)
     inputs: tuple[int, ...] = (IMAGES, SIGNALS)  # the sample ranks it takes
     # optimizer.no_decay's value when it is null: a transformer's recipe exempts 1-D
     # parameters and embedding tables from weight decay (nanoGPT, GPT-3); the classifiers
