@@ -326,6 +326,7 @@ def pipeline(random: bool) -> str:
 
 
 REL = 1e-4  # the issue's tolerance for losses/accuracies; lrs must be equal
+SPEEDS = ("train/tokens_per_s", "train/mfu")  # a language model's rows: timings, like time/*
 
 
 def train_separate(tmp_path: Path, overrides: list[str]) -> Path:
@@ -335,7 +336,8 @@ def train_separate(tmp_path: Path, overrides: list[str]) -> Path:
 
 
 def assert_same_rows(fused: Path, separate: Path) -> None:
-    """lr values equal; losses and accuracies within REL; same step rows."""
+    """lr values equal; losses and accuracies within REL (speeds not compared); same step
+    rows."""
     for kind in ("epoch", "step"):
         a, b = read_metrics(fused, kind), read_metrics(separate, kind)
         assert len(a) == len(b) and (a or kind == "step"), (fused, kind)
@@ -344,7 +346,7 @@ def assert_same_rows(fused: Path, separate: Path) -> None:
             for key, value in row.items():
                 if key.startswith("lr"):
                     assert value == ref[key], key
-                elif key.startswith(("train/", "val/")):
+                elif key.startswith(("train/", "val/")) and key not in SPEEDS:
                     assert value == pytest.approx(ref[key], rel=REL, nan_ok=True), key
 
 

@@ -263,7 +263,8 @@ def test_target_components_run_on_their_own_under_the_fused_launcher(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout + proc.stderr
-    assert out.count("runs on its own: model=TinyNet (fused: mlp, logistic, lenet, cnn1d)") == 2
+    notice = "runs on its own: model=TinyNet (fused: mlp, logistic, lenet, cnn1d, gpt)"
+    assert out.count(notice) == 2
     statuses = [json.loads(p.read_text()) for p in sweep.glob("*/status.json")]
     assert [s["status"] for s in statuses] == ["completed"] * 2
     assert not any("fused_jobs" in s for s in statuses)

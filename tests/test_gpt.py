@@ -25,11 +25,9 @@ from runner.train.steps import backward, evaluate, hits, loss_of
 from schedulers import ConfigError
 from tests.helpers import (
     GPT_ON_TOKENS,
-    job_dirs,
     make_cfg,
     read_metrics,
     report_rows,
-    run_cli,
     write_job,
 )
 
@@ -200,36 +198,13 @@ def test_a_report_of_classifiers_still_ranks_by_best_val_acc(tmp_path):
     assert list(report_rows(tmp_path)) == ["x=b", "x=a"]
 
 
-# -- range test and fused sweeps ------------------------------------------------------------------
+# -- range test (fused sweeps of GPTs: tests/test_fused_gpt.py) ------------------------------------
 def test_the_range_test_runs_on_a_gpt(tmp_path):
     cfg = make_cfg(*TOKENS, "lr_find.num_iters=12", "lr_find.start_lr=1e-4", "lr_find.end_lr=1")
     validate(cfg)
     lr, result = find_lr(run_spec(cfg), tmp_path / "lr_find")
     assert len(result.lrs) >= 10 and math.isfinite(lr) and 1e-5 < lr < 1
     assert (tmp_path / "lr_find" / "lr_find.csv").exists()
-
-
-@pytest.mark.slow
-def test_a_fused_sweep_of_gpts_runs_each_job_on_its_own_and_completes(tmp_path, monkeypatch):
-    monkeypatch.setenv("PYTHONPATH", str(ROOT))  # the jobs import tests.user_datasets
-    sweep = tmp_path / "sweep"
-    proc = run_cli(
-        "-m",
-        *TOKENS,
-        "epochs=1",
-        "seed=0,1",
-        "hydra/launcher=fused",
-        f"hydra.sweep.dir={sweep}",
-        cwd=tmp_path,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    out = proc.stdout + proc.stderr
-    assert "runs on its own: model=gpt" in out
-    jobs = job_dirs(sweep)
-    assert len(jobs) == 2
-    for job in jobs.values():
-        assert "val/bpb" in read_metrics(job)[-1]
-    assert "final val loss" in (sweep / "report.md").read_text()
 
 
 # -- token windows through data=dataset and a `_target_` model ------------------------------------

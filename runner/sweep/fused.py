@@ -21,8 +21,8 @@ per member by construction; each member's checkpoint holds its own slice in a si
 format, and its schedule is handed to SWALR as a single run's is.
 
 Each member keeps what a single run has: its model built from its own seed (then stacked,
-runner/sweep/stacked.py), its own shuffle generator, its own torch optimizer and real torch
-scheduler (which set the lr that the fused step reads), its own
+runner/sweep/stacked.py; a GPT by stacked_gpt.py), its own shuffle generator, its own
+torch optimizer and real torch scheduler (which set the lr that the fused step reads), its own
 metrics.jsonl/config.yaml/status.json in its own run dir. Start-up uses a single run's own
 pieces (runner/train/builders.py `build_member`, runner/run/rundir.py `hold` for the run
 dir's lock, runner/run/train.py `config_yaml`, `start_track` for the checkpointer and its
@@ -54,6 +54,7 @@ from runner.config.schema import RunSpec, run_spec
 from runner.data.fingerprint import fingerprint as data_fingerprint
 from runner.data.sets import TensorData, batches, load_data, place, resize_images, steps_per_epoch
 from runner.data.stream import is_streamed
+from runner.data.text import is_text
 from runner.io import checkpoint, files
 from runner.io.background import Background
 from runner.io.loggers import RunLogger
@@ -69,12 +70,15 @@ from runner.run.train import (
     write_status,
 )
 from runner.sweep.stacked import FusedOptimizer, StackedNet, clip_members
+from runner.sweep.stacked_gpt import StackedGPT, member_windows
 from runner.sweep.sweepdir import record_refused
 from runner.train import models, optimizers
 from runner.train.averaging import Averager, build_average, with_swa_lr
 from runner.train.builders import build_member, resolve_device
 from runner.train.engine import Engine, Result, Track
-from runner.train.steps import evaluate, groups
+from runner.train.gpt import GPT
+from runner.train.lm import token_stats, val_batch_size
+from runner.train.steps import evaluate, groups, top_is_target
 from runner.train.stopping import stop_on_signals
 from schedulers import ConfigError
 from schedulers.binder import label
@@ -112,7 +116,7 @@ def why_not_fusable(cfg: DictConfig) -> str | None:
         return f"optimizer={label(cfg.optimizer)} (fused: {', '.join(fusable)})"
     if cfg.data.name == "dataset" and is_streamed(load_data(cfg.data)):  # loaded by validate
         return "data=dataset is streamed (fused needs it in memory: data.in_memory=true)"
-    if cfg.model.name == "mlp" and cfg.model.dropout > 0:
+    if cfg.model.name in ("mlp", "gpt") and cfg.model.dropout > 0:
         return "dropout draws from the global RNG, so members cannot match separate runs"
     reasons = {
         "resume": cfg.resume not in (None, False),
@@ -224,7 +228,7 @@ def _note(member: Member, level: int, message: str) -> None:
 
 def _build(
     specs: Sequence[RunSpec], branches: Sequence[tuple[str, int] | None]
-) -> tuple[torch.device, TensorData, StackedNet, list, list, list, list]:
+) -> tuple[torch.device, TensorData, StackedNet | StackedGPT, list, list, list, list]:
     """Each member's model, optimizer and scheduler built as a single run builds its own
     (runner/train/builders.py `build_member`: its threads, its seed -> the same init), a
     branch's (`branches`: its trunk and epoch, else None) then loaded from its trunk's
@@ -249,7 +253,10 @@ def _build(
         models.append(model)
         optimizers.append(optimizer)
         schedules.append(schedule)
-    net = StackedNet(models, sample_rank=len(data.image_shape))
+    if isinstance(models[0], GPT):  # runner/sweep/stacked_gpt.py
+        net: StackedNet | StackedGPT = StackedGPT(models)
+    else:
+        net = StackedNet(models, sample_rank=len(data.image_shape))
     data = place(resize_images(data, getattr(models[0], "input_size", None)), device)
     return device, data, net, models, optimizers, schedules, starts
 
@@ -287,7 +294,7 @@ def _start_progress(starts: Sequence[dict[str, Any] | None]) -> list[checkpoint.
 
 @torch.no_grad()
 def _start_optimizer(
-    fused: FusedOptimizer, net: StackedNet, optimizers: Sequence[torch.optim.Optimizer]
+    fused: FusedOptimizer, net: StackedNet | StackedGPT, optimizers: Sequence[torch.optim.Optimizer]
 ) -> None:
     """The members' torch optimizer states (a branch's: its trunk's) stacked into the
     fused optimizer's, the inverse of `_member_state`; a member without a buffer that
@@ -311,7 +318,9 @@ def _start_optimizer(
     fused.steps = steps.pop() if steps else 0
 
 
-def _param_groups(net: StackedNet, optimizers: Sequence[torch.optim.Optimizer]) -> list[list[int]]:
+def _param_groups(
+    net: StackedNet | StackedGPT, optimizers: Sequence[torch.optim.Optimizer]
+) -> list[list[int]]:
     """groups[p][k]: which param group of member k's optimizer holds stacked param p."""
     group_of = [
         {id(q): i for i, g in enumerate(opt.param_groups) for q in g["params"]}
@@ -322,7 +331,7 @@ def _param_groups(net: StackedNet, optimizers: Sequence[torch.optim.Optimizer]) 
 
 def _member_state(
     i: int,
-    net: StackedNet,
+    net: StackedNet | StackedGPT,
     fused: FusedOptimizer,
     parts: dict[str, list],
     shuffle: torch.Generator,
@@ -354,20 +363,23 @@ def _member_state(
 
 
 def _member_average(
-    i: int, net: StackedNet, average: Averager | None, model: torch.nn.Module
+    i: int, net: StackedNet | StackedGPT, average: Averager | None, model: torch.nn.Module
 ) -> dict[str, torch.Tensor] | None:
     """Member i's slice of the stacked averaged model, as the state_dict of a single run's
     AveragedModel of its own model (`n_averaged`, `module.<param>`): the ordinary runner
     resumes it. Fusable models have no buffers, so their parameters are all of it."""
     if average is None:
         return None
-    names = {id(q): name for name, q in model.named_parameters()}
+    names: dict[int, list[str]] = {}  # a tied weight (the GPT's head) under each of its names
+    for name, q in model.state_dict(keep_vars=True).items():
+        names.setdefault(id(q), []).append(name)
     stacked = average.model.module.stacked_params()
     state = {
-        f"module.{names[id(sources[i])]}": net.as_member(p, stacked[p][i].detach()).clone(
+        f"module.{name}": net.as_member(p, stacked[p][i].detach()).clone(
             memory_format=torch.contiguous_format
         )
         for p, sources in enumerate(net.sources)
+        for name in names[id(sources[i])]
     }
     state["n_averaged"] = average.model.n_averaged.detach().clone()
     return state
@@ -484,6 +496,8 @@ def _fit(members: Sequence[Member], stop: Any, background: Background, cleanup: 
                 say=partial(_note, m),
             )
         )
+    for i, track in enumerate(tracks):  # a language model's rows add val/bpb, tokens/s, MFU
+        track.tokens = token_stats(data, specs[i].model, models[i], device)
     engine = Engine(
         tracks,
         epochs,
@@ -525,7 +539,7 @@ class StackedModels:
 
     def __init__(
         self,
-        net: StackedNet,
+        net: StackedNet | StackedGPT,
         fused: FusedOptimizer,
         data: TensorData,
         streams: list[torch.Generator],
@@ -552,6 +566,7 @@ class StackedModels:
         self.label_smoothing = trainers[0].label_smoothing
         self.micro, self.batch_size = batch_size, batch_size * self.accumulate  # per step
         self.steps_per_epoch = steps_per_epoch(self.n_train, batch_size, self.accumulate)
+        self.val_batch = val_batch_size(data, batch_size)  # a single run's (its windows' for an LM)
         self.clip_norms = [t.grad_clip_norm for t in trainers]
         self.clip_values = [t.grad_clip_value for t in trainers]
         self.clips = [
@@ -563,11 +578,14 @@ class StackedModels:
         """The epoch's optimizer steps, trainer.accumulate batches each (runner/train/steps.py
         `groups`: the epoch's last step takes the batches left)."""
         n, device = self.n_train, self.device
-        orders = torch.stack([torch.randperm(n, generator=g) for g in self.streams]).to(device)
         self.loss_sum = torch.zeros(self.k, device=device)
         self.correct = torch.zeros(self.k, device=device)
         self.norm_sum, self.steps = torch.zeros(self.k, device=device), 0
         data, micro = self.data, self.micro
+        if is_text(data):  # data=text: windows at offsets drawn per batch, as a single run's
+            windows = member_windows(data, micro, self.streams, self.per, device)
+            return groups(windows, self.accumulate)
+        orders = torch.stack([torch.randperm(n, generator=g) for g in self.streams]).to(device)
 
         def each() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
             for start in range(0, n, micro):
@@ -588,8 +606,8 @@ class StackedModels:
         step_loss = None
         for x, y in group:
             logits = self.net(x)
-            loss = F.cross_entropy(
-                logits.flatten(0, 1),
+            loss = F.cross_entropy(  # a language model's: one prediction per token
+                logits.flatten(0, -2),
                 y.flatten(),
                 reduction="none",
                 label_smoothing=self.label_smoothing,
@@ -600,7 +618,7 @@ class StackedModels:
             (loss.sum() if weight == 1.0 else loss.sum() * weight).backward()
             loss = loss.detach()
             self.loss_sum += loss * y.shape[1]
-            self.correct += (logits.detach().argmax(-1) == y).sum(1)
+            self.correct += member_hits(logits.detach(), y)
             step_loss = loss * weight if step_loss is None else step_loss + loss * weight
         if any(self.clips):
             params = self.fused.params
@@ -629,7 +647,7 @@ class StackedModels:
         data, net = self.data, self.net
         net.eval()
         try:
-            val = batches(data.x_val, data.y_val, max(self.micro, 1024), device=self.device)
+            val = batches(data.x_val, data.y_val, self.val_batch, device=self.device)
             losses, self.val_acc = evaluate(net, val)
             return losses, self.val_acc
         finally:
@@ -644,7 +662,7 @@ class StackedModels:
         average.end_epoch(epoch)
         if not average.ready:
             return [None] * self.k
-        val = batches(self.data.x_val, self.data.y_val, max(self.micro, 1024), device=self.device)
+        val = batches(self.data.x_val, self.data.y_val, self.val_batch, device=self.device)
         losses, accs = evaluate(average.model, val)
         return list(zip(losses, accs, strict=True))
 
@@ -663,6 +681,15 @@ class StackedModels:
             + (f", val/acc {min(accs):.3f}..{max(accs):.3f}" if accs else "")
             + f" ({engine.epoch_s:.2f}s)"
         )
+
+
+def member_hits(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Each member's correct predictions counted in samples, as a single run's `hits`: a
+    classifier's right labels (y [K, B]); a language model's windows (y [K, B, T]) each
+    counted as the share of its tokens whose target scored highest."""
+    if y.dim() > 2:
+        return top_is_target(logits, y).float().mean(-1).sum(1)
+    return (logits.argmax(-1) == y).sum(1)
 
 
 def _collect(members: Sequence[Member], tracks: Sequence[Track]) -> None:

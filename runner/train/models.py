@@ -223,7 +223,7 @@ class ModelSpec:
     parts: Callable[[nn.Module, Mapping[str, Any]], dict[str, list[nn.Parameter]]]
     part_names: Callable[[Mapping[str, Any]], tuple[str, ...]]
     schema: type  # its keys, types, defaults and checks (runner/config/schema.py)
-    fusable: bool  # runner/sweep/stacked.py can stack it (hydra/launcher=fused)
+    fusable: bool  # runner/sweep/stacked.py (stacked_gpt.py) can stack it (hydra/launcher=fused)
     inputs: tuple[int, ...] = (IMAGES, SIGNALS)  # the sample ranks it takes
     # optimizer.no_decay's value when it is null: a transformer's recipe exempts 1-D
     # parameters and embedding tables from weight decay (nanoGPT, GPT-3); the classifiers
@@ -258,11 +258,10 @@ MODELS: dict[str, ModelSpec] = {
         _build_gru, _two_parts("gru", "head"), lambda cfg: ("gru", "head"), schema.Gru,
         fusable=False, inputs=(SIGNALS,),
     ),
-    # not stacked (attention, LayerNorm and dropout are not among stacked.py's layers): a
-    # fused sweep trains each gpt job on its own, with the launcher's notice
+    # stacked by runner/sweep/stacked_gpt.py (without dropout: see runner/sweep/fused.py)
     "gpt": ModelSpec(
         _build_gpt, lambda model, cfg: gpt.parts(model), lambda cfg: ("embed", "blocks", "head"),
-        schema.Gpt, fusable=False, inputs=(TOKENS,), no_decay=True,
+        schema.Gpt, fusable=True, inputs=(TOKENS,), no_decay=True,
     ),
 }  # fmt: skip
 
