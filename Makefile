@@ -45,6 +45,7 @@ bench: $(STAMP) ## benchmarks (not part of test): overhead vs hand loop/Lightnin
 	WANDB_SILENT=true $(BIN)/python benchmarks/bench_stream.py
 	$(BIN)/python benchmarks/bench_startup.py
 	WANDB_SILENT=true $(BIN)/python benchmarks/bench_fused.py
+	WANDB_SILENT=true $(BIN)/python benchmarks/bench_fused_gpt.py
 	WANDB_SILENT=true $(BIN)/python benchmarks/bench_budgets.py
 	WANDB_SILENT=true $(BIN)/python benchmarks/bench_lm.py
 	$(BIN)/python benchmarks/bench_gpu.py
