@@ -58,7 +58,7 @@ def die_with_parent(worker_id: int, parent: int | None) -> None:
     outlives them), and SIGKILL now if `parent` died before that was set. A no-op outside
     a DataLoader worker (in the run's own process the signal would end the run with its
     launcher) and off Linux, where torch's 5 s check remains."""
-    from torch.utils.data import get_worker_info
+    from torch.utils.data import get_worker_info  # torch: not on the --help path (test_layers)
 
     if not sys.platform.startswith("linux") or get_worker_info() is None:
         return
