@@ -9,6 +9,7 @@ import ast
 import dataclasses
 import importlib
 import itertools
+import pickle
 import sys
 import typing
 from pathlib import Path
@@ -19,10 +20,12 @@ import pytest
 from omegaconf import OmegaConf
 
 from runner.config.schema import GROUPS, LrFind, RunSpec, Trainer, run_spec
+from runner.data.sets import load_data, still_held
 from runner.run import check
+from runner.run import train as run_train
 from runner.run.train import train
 from schedulers.binder import plain
-from tests.helpers import make_cfg
+from tests.helpers import make_cfg, make_values
 
 RUNNER = Path(__file__).resolve().parents[1] / "runner"
 LOWER = ("train", "data", "io")  # below runner/run: they should get plain, typed values
@@ -210,8 +213,11 @@ def stops_files_climbs(path: list[str]) -> tuple[int, int, int]:
 # a small new run's config path as `config_path` measures it (92, 22, 29 at commit 4aaf540):
 # (stops, files, climbs). Lower these when a change shortens the path. 71/20/26 before the
 # language-model task: the model's no_decay default (optimizers -> models) and the FLOPs
-# per token of its rows (train/lm.py) read the model's config: 5 stops, 1 file.
-NEW_RUN_PATH = (76, 21, 26)
+# per token of its rows (train/lm.py) read the model's config: 5 stops, 1 file. 76/21/26
+# -> 67/21/24: the build trains on the data validation loaded (Checked.data), reads the
+# model's node once (its parts and no_decay default handed to the optimizer's split) and
+# the trainer's averaging without a stop in builders.py of its own.
+NEW_RUN_PATH = (67, 21, 24)
 
 
 @pytest.fixture(scope="module")
@@ -254,3 +260,33 @@ def test_branch_epoch_without_a_branch_is_refused_before_any_trunk_is_read():
     with pytest.raises(check.ConfigError) as err:
         check.validate(make_cfg(*SMALL, "branch_epoch=2"))
     assert err.value.key == "branch_epoch" and "needs branch=" in str(err.value)
+
+
+def test_the_build_trains_on_the_data_validation_loaded(tmp_path, monkeypatch):
+    """A new run loads its data once, to validate it: the build takes it from the check
+    (`Checked.data`) instead of loading it again."""
+
+    def loaded_again(cfg: Any) -> None:
+        raise AssertionError("the run loaded its data a second time")
+
+    monkeypatch.setattr(run_train, "load_data", loaded_again)
+    assert train(make_cfg(*SMALL, "epochs=1"), tmp_path / "run").status == "completed"
+
+
+def test_data_a_run_wrote_into_is_loaded_afresh():
+    """`still_held`: the data validation loaded is trained on only while no run has written
+    into its tensors (as load_data's cache decides); else the build loads it again."""
+    data = load_data(make_values(*SMALL)["data"])
+    assert still_held(data) and not still_held(None)
+    data.x_train.add_(0.0)  # an in-place write bumps the tensor's version
+    assert not still_held(data)
+    assert still_held(load_data(make_values(*SMALL)["data"]))  # loaded afresh
+
+
+def test_the_check_sends_its_data_to_no_other_rank():
+    """Under DDP rank 0's check of a resumed run reaches the other ranks pickled: without
+    the data set it loaded (each rank holds its own), equal otherwise."""
+    checked = check.validate(make_cfg(*SMALL))
+    assert checked.data is not None
+    sent = pickle.loads(pickle.dumps(checked))
+    assert sent.data is None and sent == checked

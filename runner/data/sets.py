@@ -173,6 +173,13 @@ def load_data(cfg: Mapping[str, Any]) -> TensorData | StreamData | TextData:
 _HELD: dict[str, Any] = {"keys": set(), "data": None, "versions": ()}
 
 
+def still_held(data: Any) -> bool:
+    """`data` is the data set this process holds, unchanged since it was loaded (no run
+    wrote into its tensors): what `load_data` would return again for its config. A run
+    validated on it (runner/run/check.py `Checked.data`) then trains on it."""
+    return data is not None and data is _HELD["data"] and _versions(data) == _HELD["versions"]
+
+
 def clear_cache() -> None:
     """Forget the data set held (tests: a fresh load)."""
     _HELD.update(keys=set(), data=None, versions=())

@@ -11,7 +11,7 @@ message naming the key, not a crashed run. What passed is typed once for the bui
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -24,7 +24,13 @@ from runner.run.branch import check_branch
 from runner.train.averaging import validate_average
 from runner.train.builders import resolve_device
 from runner.train.model_check import check_model_on_data
-from runner.train.models import part_names, probe_model, validate_model
+from runner.train.models import (
+    default_no_decay,
+    model_parts,
+    part_names,
+    probe_model,
+    validate_model,
+)
 from runner.train.optimizers import (
     exempts_decay,
     group_settings,
@@ -51,14 +57,14 @@ def _groups(
     """From the built-in model's part names, or, for name patterns and optimizer.no_decay
     (which needs each parameter's shape and module), from the model built on the meta
     device for data of `shape` (a sample's shape, the number of classes)."""
-    settings, no_decay = group_settings(opt), exempts_decay(opt, model_cfg)
+    settings, no_decay = group_settings(opt), exempts_decay(opt, default_no_decay(model_cfg))
     if settings is None and not no_decay:
         return [("group0", 1.0)]
     parts = part_names(model_cfg)
     if settings is not None and not no_decay and uses_parts(opt, parts):
         return [(p, settings[p].scale if p in settings else 1.0) for p in parts]
     model = probe_model(model_cfg, *shape)
-    groups = split_params(opt, model, model_cfg)
+    groups = split_params(opt, model, model_parts(model, model_cfg), no_decay)
     return [(g.name or "group0", g.scale) for g in groups]
 
 
@@ -90,6 +96,13 @@ class Checked:
     groups: tuple[tuple[str, float], ...]  # the planned param groups: (label, lr multiplier)
     lr: float  # the base lr the schedule was checked against (lr=find: lr_find.end_lr)
     branch_epoch: int | None = None  # a branch's start in its trunk (branch_epoch: null filled)
+    # the data set loaded to check the run: the build trains on it instead of loading it
+    # again (runner/data/sets.py `still_held`). Not compared, and not sent to the other
+    # ranks of a DDP run (`__getstate__`): each process holds its own
+    data: Any = field(default=None, compare=False, repr=False)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "data": None}
 
 
 def validate(cfg: Mapping[str, Any], *, trunk: bool = True) -> Checked:

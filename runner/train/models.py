@@ -285,6 +285,14 @@ def model_parts(model: nn.Module, cfg: Mapping[str, Any]) -> dict[str, list[nn.P
     return {} if spec is None else spec.parts(model, cfg)
 
 
+def default_no_decay(cfg: Mapping[str, Any]) -> bool:
+    """optimizer.no_decay's value when it is null: the built-in model's choice
+    (ModelSpec.no_decay, true for gpt as the transformer recipes have it), false for a
+    `_target_` model (runner/train/optimizers.py `exempts_decay`)."""
+    spec = spec_of(cfg)
+    return spec is not None and spec.no_decay
+
+
 # what the runner offers a `_target_` model's constructor, when it takes these arguments:
 # images and signals the first three, token windows ([T]) num_classes (the vocabulary),
 # vocab_size (the same) and block_size (T)

@@ -25,8 +25,6 @@ from typing import Any
 import torch
 
 from runner.config import schema
-from runner.train.models import model_parts
-from runner.train.models import spec_of as model_spec
 from schedulers import ConfigError, binder
 from schedulers.checks import is_number, need_bool, need_number, need_positive
 
@@ -182,24 +180,25 @@ def _split_decay(groups: list[Group], exempt: set[int]) -> list[Group]:
     return out
 
 
-def exempts_decay(cfg: Mapping[str, Any], model_cfg: Mapping[str, Any]) -> bool:
-    """optimizer.no_decay as set; null: the built-in model's default (ModelSpec.no_decay,
-    true for gpt as the transformer recipes have it), false for a `_target_` model."""
+def exempts_decay(cfg: Mapping[str, Any], default: bool) -> bool:
+    """optimizer.no_decay as set; null: `default`, the model's choice
+    (runner/train/models.py `default_no_decay`)."""
     value = cfg.get("no_decay")
-    if value is not None:
-        return bool(value)
-    spec = model_spec(model_cfg)
-    return spec is not None and spec.no_decay
+    return default if value is None else bool(value)
 
 
 def split_params(
-    cfg: Mapping[str, Any], model: torch.nn.Module, model_cfg: Mapping[str, Any]
+    cfg: Mapping[str, Any],
+    model: torch.nn.Module,
+    parts: Mapping[str, Sequence[Any]],
+    no_decay: bool,
 ) -> list[Group]:
     """The optimizer's param groups, in order: one per part or pattern of
-    optimizer.param_groups (else one), each split in two when `exempts_decay`. The parts
-    are the built-in model's named parts (none for a `_target_` model)."""
-    groups = _by_setting(cfg, list(model.named_parameters()), model_parts(model, model_cfg))
-    if exempts_decay(cfg, model_cfg):
+    optimizer.param_groups (else one), each split in two when `no_decay` (`exempts_decay`).
+    `parts`: the built-in model's named parts (runner/train/models.py `model_parts`; none
+    for a `_target_` model)."""
+    groups = _by_setting(cfg, list(model.named_parameters()), parts)
+    if no_decay:
         groups = _split_decay(groups, no_decay_ids(model))
     return groups
 
