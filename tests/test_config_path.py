@@ -216,8 +216,11 @@ def stops_files_climbs(path: list[str]) -> tuple[int, int, int]:
 # per token of its rows (train/lm.py) read the model's config: 5 stops, 1 file. 76/21/26
 # -> 67/21/24: the build trains on the data validation loaded (Checked.data), reads the
 # model's node once (its parts and no_decay default handed to the optimizer's split) and
-# the trainer's averaging without a stop in builders.py of its own.
-NEW_RUN_PATH = (67, 21, 24)
+# the trainer's averaging without a stop in builders.py of its own. -> 55/20/20: validation
+# hands lower layers scalars or what it found (trainer.average/swa_start, lr_find's range,
+# the model built on meta once, its part names and no_decay default for the optimizer's
+# plan, the schedule-free warning's names), and runner/data reads plain values only.
+NEW_RUN_PATH = (55, 20, 20)
 
 
 @pytest.fixture(scope="module")
@@ -238,9 +241,9 @@ def test_the_config_path_of_a_new_run_stays_short(small_run):
 
 
 # the readers that still convert values already plain (they are handed DictConfig nodes by
-# tests, fused members and tools too): the data's (runner/data) and the scheduler library's
-# entries. Take one out once its callers all hand plain values.
-STILL_CONVERTING = {"load_data", "roots", "fingerprint", "validate_scheduler", "build_scheduler"}
+# tests, fused members and tools too): the scheduler library's entries. Take one out once
+# its callers all hand plain values (the data's, runner/data, read plain values only).
+STILL_CONVERTING = {"validate_scheduler", "build_scheduler"}
 
 
 def test_the_config_is_resolved_once_where_it_is_read_first(small_run):
@@ -290,3 +293,29 @@ def test_the_check_sends_its_data_to_no_other_rank():
     assert checked.data is not None
     sent = pickle.loads(pickle.dumps(checked))
     assert sent.data is None and sent == checked
+
+
+def test_validation_builds_the_model_once(monkeypatch):
+    """The model its keys' check built on the meta device (validate_model) is the one the
+    forward pass on the data runs (check_model_on_data): not built a second time."""
+    from runner.train import model_check
+
+    def built_again(*args: Any) -> None:
+        raise AssertionError("the model was built again to probe it")
+
+    monkeypatch.setattr(model_check, "build_model", built_again)
+    check.validate(make_cfg(*SMALL))
+    check.validate(make_cfg("model=lenet", "data=fake", "data.train_size=8", "data.val_size=8"))
+
+
+def test_the_optimizer_is_planned_on_the_model_facts_not_its_node():
+    """optimizer.param_groups and no_decay are planned at start-up on what the model's
+    check found (its part names, no_decay default, a probe on meta): the optimizer's
+    functions are handed no model node."""
+    from runner.train import optimizers
+
+    for name in ("plan_groups", "split_params", "exempts_decay"):
+        params = typing.get_type_hints(getattr(optimizers, name))
+        assert not [p for p in params if "model_cfg" in p], name
+    cfg = make_cfg(*SMALL, "optimizer.no_decay=true", "optimizer.param_groups={net.*:0.5}")
+    assert check.validate(cfg).groups == (("net", 0.5), ("net/no_decay", 0.5))

@@ -714,7 +714,7 @@ def _decide(
         done = Result(ended["status"], ended.get("best_val_acc", 0.0), epochs_done)
         return _Start(cfg, run_dir, checked, True, state=state, done=done)
     if state is not None:  # other data than the checkpoint's: refused, every file as it was
-        check_same_data(state, cfg.data)
+        check_same_data(state, plain(cfg.data))
     if lock is not None:
         lock.claim()
     return _Start(cfg, run_dir, checked, True, state, changes)

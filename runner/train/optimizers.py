@@ -203,6 +203,26 @@ def split_params(
     return groups
 
 
+def plan_groups(
+    cfg: Mapping[str, Any],
+    parts: Sequence[str],
+    default: bool,
+    probe: Callable[[], tuple[torch.nn.Module, Mapping[str, Sequence[Any]]]],
+) -> list[tuple[str, float]]:
+    """The param groups the optimizer will get, as (label, lr multiplier) in build order,
+    found before the model is built: from the built-in model's `parts` names, or, for name
+    patterns and no_decay (which need each parameter's shape and module), from `probe()`:
+    the model built on the meta device and its named parts (runner/train/models.py
+    `probe_parts`). `default`: optimizer.no_decay's value when null."""
+    settings, no_decay = group_settings(cfg), exempts_decay(cfg, default)
+    if settings is None and not no_decay:
+        return [("group0", 1.0)]
+    if settings is not None and not no_decay and uses_parts(cfg, parts):
+        return [(p, settings[p].scale if p in settings else 1.0) for p in parts]
+    model, named = probe()
+    return [(g.name or "group0", g.scale) for g in split_params(cfg, model, named, no_decay)]
+
+
 def _by_setting(
     cfg: Mapping[str, Any],
     named: Sequence[tuple[str, Any]],
@@ -351,25 +371,29 @@ def is_schedule_free(cfg: Mapping[str, Any]) -> bool:
     return callable(getattr(cls, "train", None)) and callable(getattr(cls, "eval", None))
 
 
-def warn_schedule_free(opt: Mapping[str, Any], sched: Mapping[str, Any]) -> None:
+def schedule_free_key(opt: Mapping[str, Any]) -> str | None:
+    """A schedule-free optimizer (`is_schedule_free`) as its config names it
+    (`optimizer=<name>` or `optimizer._target_=<class>`), for `warn_schedule_free`; None
+    for any other."""
+    if not is_schedule_free(opt):
+        return None
+    if binder.is_target(opt):
+        return f"optimizer._target_={opt[binder.TARGET]}"
+    return f"optimizer={opt['name']}"
+
+
+def warn_schedule_free(which: str, scheduler: str, warmup: Any) -> None:
     """A schedule-free optimizer needs no lr schedule and warms up by its own
     optimizer.warmup_steps: a schedule on top of it (its lr decayed, or warmed up per
     epoch) is allowed, as the authors allow it, but rarely what was meant, so it warns,
-    naming both keys (`opt`, `sched`: the optimizer and scheduler nodes)."""
-    if not is_schedule_free(opt):
-        return
-    which = (
-        f"optimizer._target_={opt[binder.TARGET]}"
-        if binder.is_target(opt)
-        else f"optimizer={opt['name']}"
-    )
-    name = binder.label(sched)
-    if name != "none":
+    naming both keys. `which`: the optimizer (`schedule_free_key`); `scheduler`: the
+    scheduler's name (or class); `warmup`: its scheduler.warmup_epochs."""
+    if scheduler != "none":
         log.warning(
-            f"{which} with scheduler={name}: a schedule-free optimizer needs no lr schedule "
-            "(the schedule scales its lr on top of its own averaging); use scheduler=none"
+            f"{which} with scheduler={scheduler}: a schedule-free optimizer needs no lr "
+            "schedule (the schedule scales its lr on top of its own averaging); use "
+            "scheduler=none"
         )
-    warmup = sched.get("warmup_epochs", 0)
     if warmup:
         log.warning(
             f"{which} with scheduler.warmup_epochs={warmup}: it warms up by itself; use "
