@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from schedulers.binder import plain
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 
@@ -138,7 +140,7 @@ def test_the_lm_hand_loop_trains_what_the_runner_trains(tmp_path):
     cfg = compose_config(overrides)
     assert train(cfg.copy(), tmp_path / "run").status == "completed"
     runner_val = read_metrics(tmp_path / "run")[-1]["val/loss"]
-    hand_val = bench_lm.hand_loop(cfg, load_data(cfg.data), torch.device("cpu"), False)
+    hand_val = bench_lm.hand_loop(cfg, load_data(plain(cfg.data)), torch.device("cpu"), False)
     assert abs(hand_val - runner_val) < 1e-4 * runner_val
 
 

@@ -9,6 +9,7 @@ import ast
 import dataclasses
 import importlib
 import itertools
+import pickle
 import sys
 import typing
 from pathlib import Path
@@ -19,10 +20,12 @@ import pytest
 from omegaconf import OmegaConf
 
 from runner.config.schema import GROUPS, LrFind, RunSpec, Trainer, run_spec
+from runner.data.sets import load_data, still_held
 from runner.run import check
+from runner.run import train as run_train
 from runner.run.train import train
 from schedulers.binder import plain
-from tests.helpers import make_cfg
+from tests.helpers import make_cfg, make_values
 
 RUNNER = Path(__file__).resolve().parents[1] / "runner"
 LOWER = ("train", "data", "io")  # below runner/run: they should get plain, typed values
@@ -210,8 +213,14 @@ def stops_files_climbs(path: list[str]) -> tuple[int, int, int]:
 # a small new run's config path as `config_path` measures it (92, 22, 29 at commit 4aaf540):
 # (stops, files, climbs). Lower these when a change shortens the path. 71/20/26 before the
 # language-model task: the model's no_decay default (optimizers -> models) and the FLOPs
-# per token of its rows (train/lm.py) read the model's config: 5 stops, 1 file.
-NEW_RUN_PATH = (76, 21, 26)
+# per token of its rows (train/lm.py) read the model's config: 5 stops, 1 file. 76/21/26
+# -> 67/21/24: the build trains on the data validation loaded (Checked.data), reads the
+# model's node once (its parts and no_decay default handed to the optimizer's split) and
+# the trainer's averaging without a stop in builders.py of its own. -> 55/20/20: validation
+# hands lower layers scalars or what it found (trainer.average/swa_start, lr_find's range,
+# the model built on meta once, its part names and no_decay default for the optimizer's
+# plan, the schedule-free warning's names), and runner/data reads plain values only.
+NEW_RUN_PATH = (55, 20, 20)
 
 
 @pytest.fixture(scope="module")
@@ -232,9 +241,9 @@ def test_the_config_path_of_a_new_run_stays_short(small_run):
 
 
 # the readers that still convert values already plain (they are handed DictConfig nodes by
-# tests, fused members and tools too): the data's (runner/data) and the scheduler library's
-# entries. Take one out once its callers all hand plain values.
-STILL_CONVERTING = {"load_data", "roots", "fingerprint", "validate_scheduler", "build_scheduler"}
+# tests, fused members and tools too): the scheduler library's entries. Take one out once
+# its callers all hand plain values (the data's, runner/data, read plain values only).
+STILL_CONVERTING = {"validate_scheduler", "build_scheduler"}
 
 
 def test_the_config_is_resolved_once_where_it_is_read_first(small_run):
@@ -254,3 +263,59 @@ def test_branch_epoch_without_a_branch_is_refused_before_any_trunk_is_read():
     with pytest.raises(check.ConfigError) as err:
         check.validate(make_cfg(*SMALL, "branch_epoch=2"))
     assert err.value.key == "branch_epoch" and "needs branch=" in str(err.value)
+
+
+def test_the_build_trains_on_the_data_validation_loaded(tmp_path, monkeypatch):
+    """A new run loads its data once, to validate it: the build takes it from the check
+    (`Checked.data`) instead of loading it again."""
+
+    def loaded_again(cfg: Any) -> None:
+        raise AssertionError("the run loaded its data a second time")
+
+    monkeypatch.setattr(run_train, "load_data", loaded_again)
+    assert train(make_cfg(*SMALL, "epochs=1"), tmp_path / "run").status == "completed"
+
+
+def test_data_a_run_wrote_into_is_loaded_afresh():
+    """`still_held`: the data validation loaded is trained on only while no run has written
+    into its tensors (as load_data's cache decides); else the build loads it again."""
+    data = load_data(make_values(*SMALL)["data"])
+    assert still_held(data) and not still_held(None)
+    data.x_train.add_(0.0)  # an in-place write bumps the tensor's version
+    assert not still_held(data)
+    assert still_held(load_data(make_values(*SMALL)["data"]))  # loaded afresh
+
+
+def test_the_check_sends_its_data_to_no_other_rank():
+    """Under DDP rank 0's check of a resumed run reaches the other ranks pickled: without
+    the data set it loaded (each rank holds its own), equal otherwise."""
+    checked = check.validate(make_cfg(*SMALL))
+    assert checked.data is not None
+    sent = pickle.loads(pickle.dumps(checked))
+    assert sent.data is None and sent == checked
+
+
+def test_validation_builds_the_model_once(monkeypatch):
+    """The model its keys' check built on the meta device (validate_model) is the one the
+    forward pass on the data runs (check_model_on_data): not built a second time."""
+    from runner.train import model_check
+
+    def built_again(*args: Any) -> None:
+        raise AssertionError("the model was built again to probe it")
+
+    monkeypatch.setattr(model_check, "build_model", built_again)
+    check.validate(make_cfg(*SMALL))
+    check.validate(make_cfg("model=lenet", "data=fake", "data.train_size=8", "data.val_size=8"))
+
+
+def test_the_optimizer_is_planned_on_the_model_facts_not_its_node():
+    """optimizer.param_groups and no_decay are planned at start-up on what the model's
+    check found (its part names, no_decay default, a probe on meta): the optimizer's
+    functions are handed no model node."""
+    from runner.train import optimizers
+
+    for name in ("plan_groups", "split_params", "exempts_decay"):
+        params = typing.get_type_hints(getattr(optimizers, name))
+        assert not [p for p in params if "model_cfg" in p], name
+    cfg = make_cfg(*SMALL, "optimizer.no_decay=true", "optimizer.param_groups={net.*:0.5}")
+    assert check.validate(cfg).groups == (("net", 0.5), ("net/no_decay", 0.5))

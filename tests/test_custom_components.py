@@ -21,6 +21,7 @@ from tests.helpers import (
     cli_in_process,
     comparable,
     make_cfg,
+    make_values,
     read_metrics,
     reference,
     resume_in_process,
@@ -46,7 +47,7 @@ def hand_loop(epochs: int, seed: int, lr: float, hidden: int) -> list[dict]:
     from tests.user_models import TinyNet
 
     torch.manual_seed(seed)
-    data = load_data(make_cfg().data)
+    data = load_data(make_values()["data"])
     model = TinyNet(in_channels=1, image_size=8, num_classes=10, hidden=hidden)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)

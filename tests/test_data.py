@@ -13,6 +13,7 @@ from torch.nn import functional as F
 from runner.data.sets import batches, load_data, resize_images, validate_data
 from runner.run.train import train
 from schedulers import ConfigError
+from schedulers.binder import plain
 from tests.helpers import make_cfg, make_values, read_metrics
 
 
@@ -39,7 +40,7 @@ def write_idx_dataset(folder: Path, n_train: int, n_test: int, seed: int = 0) ->
 def test_idx_files_on_disk_train_one_epoch(tmp_path, data, folder):
     write_idx_dataset(tmp_path / "root" / folder / "raw", n_train=200, n_test=50)
     cfg = make_cfg("logger=none", f"data={data}", f"data.root={tmp_path / 'root'}", "epochs=1")
-    loaded = load_data(cfg.data)
+    loaded = load_data(plain(cfg.data))
     assert loaded.image_shape == (1, 28, 28)
     assert (len(loaded.y_train), len(loaded.y_val)) == (200, 50)
     assert loaded.x_train.mean().abs() < 1e-4  # standardised with train statistics
@@ -51,8 +52,8 @@ def test_idx_files_on_disk_train_one_epoch(tmp_path, data, folder):
 
 def test_limit_takes_the_first_training_images(tmp_path):
     write_idx_dataset(tmp_path / "MNIST" / "raw", n_train=100, n_test=20)
-    cfg = make_cfg("data=mnist", f"data.root={tmp_path}", "data.limit=30")
-    assert len(load_data(cfg.data).y_train) == 30
+    cfg = make_values("data=mnist", f"data.root={tmp_path}", "data.limit=30")
+    assert len(load_data(cfg["data"]).y_train) == 30
 
 
 @pytest.mark.parametrize("data", ["mnist", "fashion_mnist", "cifar10"])
@@ -70,21 +71,21 @@ def test_corrupt_cifar_files_give_a_config_error(tmp_path):
     folder.mkdir()
     for name in [*(f"data_batch_{i}" for i in range(1, 6)), "test_batch"]:
         (folder / name).write_bytes(b"not a pickle")
-    cfg = make_cfg("data=cifar10", f"data.root={tmp_path}")
+    cfg = make_values("data=cifar10", f"data.root={tmp_path}")
     with pytest.raises(ConfigError) as err:
-        load_data(cfg.data)
+        load_data(cfg["data"])
     assert err.value.key == "data.root"
 
 
 def test_digits_split_is_stratified_and_fixed_by_split_seed():
-    cfg = make_cfg()
-    a, b = load_data(cfg.data), load_data(cfg.data)
+    cfg = make_values()
+    a, b = load_data(cfg["data"]), load_data(cfg["data"])
     assert (len(a.y_train), len(a.y_val)) == (1437, 360)
     assert a.image_shape == (1, 8, 8) and a.num_classes == 10
     assert (a.x_val == b.x_val).all() and (a.y_train == b.y_train).all()
     counts = np.bincount(a.y_val.numpy(), minlength=10)
     assert counts.min() >= 35 and counts.max() <= 37  # ~36 of each digit: stratified
-    other = load_data(make_cfg("data.split_seed=1").data)
+    other = load_data(make_values("data.split_seed=1")["data"])
     assert not (other.y_val == a.y_val).all()
 
 
@@ -116,8 +117,9 @@ def test_a_run_on_digits_does_not_import_scikit_learn():
     import sys
 
     code = (
-        "import sys; from runner.data.sets import load_data; from tests.helpers import make_cfg; "
-        "load_data(make_cfg().data); print(sorted(m for m in sys.modules "
+        "import sys; from runner.data.sets import load_data; "
+        "from tests.helpers import make_values; load_data(make_values()['data']); "
+        "print(sorted(m for m in sys.modules "
         "if m.split('.')[0] in ('sklearn', 'scipy')))"
     )
     out = subprocess.run(
@@ -157,7 +159,7 @@ def write_cifar_dataset(root: Path, per_batch: int, seed: int = 0) -> None:
 
 def test_cifar_files_on_disk_load_as_tensors(tmp_path):
     write_cifar_dataset(tmp_path, per_batch=12)
-    data = load_data(make_cfg("data=cifar10", f"data.root={tmp_path}").data)
+    data = load_data(make_values("data=cifar10", f"data.root={tmp_path}")["data"])
     assert data.image_shape == (3, 32, 32)
     assert (len(data.y_train), len(data.y_val)) == (60, 12)
     assert data.x_train.mean(dim=(0, 2, 3)).abs().max() < 1e-4  # standardised per channel
@@ -206,7 +208,7 @@ def test_batch_augmentation_is_a_seeded_random_crop_and_flip():
 
 def test_resizing_the_set_once_equals_resizing_every_batch():
     """LeNet's runs upsample the 8x8 digits once; the model would do it per batch."""
-    data = load_data(make_cfg().data)
+    data = load_data(make_values()["data"])
     big = resize_images(data, 32)
     assert big.x_train.shape[1:] == (1, 32, 32) and torch.equal(big.y_val, data.y_val)
     idx = torch.randperm(len(data.y_train), generator=torch.Generator().manual_seed(0))[:64]

@@ -16,8 +16,7 @@ import torch
 from runner.data.sets import load_data, validate_data
 from runner.data.stream import Loaders, SampleError, StreamData
 from schedulers import ConfigError
-from schedulers.binder import plain
-from tests.helpers import cli_in_process, make_cfg, make_values
+from tests.helpers import cli_in_process, make_values
 
 ROOT = Path(__file__).resolve().parents[1]
 BLOBS = "tests.user_datasets.Blobs"
@@ -43,10 +42,10 @@ def odd(kind: str, at: int, *extra: str, target: str = ODD) -> list[str]:
 
 
 def raised(*overrides: str) -> ConfigError:
-    cfg = make_cfg(*overrides)
-    validate_data(plain(cfg.data))
+    cfg = make_values(*overrides)
+    validate_data(cfg["data"])
     with pytest.raises(ConfigError) as err:
-        load_data(cfg.data)
+        load_data(cfg["data"])
     return err.value
 
 
@@ -86,15 +85,15 @@ def test_the_command_with_train_and_no_val_exits_2_in_one_line(tmp_path):
 
 def test_val_fraction_is_a_seeded_stratified_split_of_train():
     def split(*extra: str) -> tuple[list[int], list[int]]:
-        cfg = make_cfg(
+        data_cfg = make_values(
             "data=dataset",
             f"data.train={{_target_:{LISTED},size:30,kind:none}}",
             "data.val_fraction=0.2",
             "data.in_memory=false",
             *extra,
-        )
-        validate_data(plain(cfg.data))
-        data = load_data(cfg.data)
+        )["data"]
+        validate_data(data_cfg)
+        data = load_data(data_cfg)
         assert isinstance(data, StreamData) and data.num_classes == 3
         return list(data.train.indices), list(data.val.indices)
 
@@ -103,7 +102,7 @@ def test_val_fraction_is_a_seeded_stratified_split_of_train():
     assert np.bincount(np.array(val) % 3).tolist() == [2, 2, 2]  # stratified by `targets`
     assert split() == (train, val)
     assert split("data.split_seed=1")[1] != val
-    held = load_data(make_cfg("data=dataset", TRAIN, "data.val_fraction=0.5").data)
+    held = load_data(make_values("data=dataset", TRAIN, "data.val_fraction=0.5")["data"])
     assert (len(held.y_train), len(held.y_val)) == (15, 15)  # no `targets`: a seeded shuffle
 
 
@@ -118,10 +117,10 @@ def test_val_fraction_is_a_seeded_stratified_split_of_train():
     ids=["with-val", "demo", "one", "empty-train"],
 )  # fmt: skip
 def test_a_val_fraction_that_cannot_split_is_a_config_error(extra, words):
-    cfg = make_cfg("data=dataset", *extra)
+    data_cfg = make_values("data=dataset", *extra)["data"]
     with pytest.raises(ConfigError) as err:
-        validate_data(plain(cfg.data))
-        load_data(cfg.data)
+        validate_data(data_cfg)
+        load_data(data_cfg)
     assert err.value.key == "data.val_fraction" and words in str(err.value)
 
 
@@ -129,7 +128,7 @@ def test_a_val_fraction_that_cannot_split_is_a_config_error(extra, words):
 def test_a_one_class_training_set_warns_once(in_memory, caplog):
     with caplog.at_level(logging.WARNING, logger="schedlab"):
         # streamed, the labels are known without fetching where the dataset lists them
-        load_data(make_cfg(*odd("one", 0, f"data.in_memory={in_memory}", target=LISTED)).data)
+        load_data(make_values(*odd("one", 0, f"data.in_memory={in_memory}", target=LISTED))["data"])
     warnings = [r for r in caplog.records if "one-class training set" in r.getMessage()]
     assert len(warnings) == 1 and "all 30 samples have label 0" in warnings[0].getMessage()
 
@@ -157,7 +156,7 @@ def test_a_bad_label_is_a_config_error_naming_split_and_index(kind, at, in_memor
 def test_a_streamed_sample_is_checked_as_it_is_fetched(kind):
     """Mid-run: named by split and index. (From a DataLoader worker the error comes back
     as the same SampleError: the truncated PNG test below takes that path.)"""
-    data = load_data(make_cfg(*odd(kind, 5, "data.in_memory=false")).data)
+    data = load_data(make_values(*odd(kind, 5, "data.in_memory=false"))["data"])
     err = first_streamed_epoch_error(data)
     assert err.key == "data.train[5]"
     assert (LABELS.get(kind) or {"raises": "cannot decode", "shape": "shape"}[kind]) in err.rule
@@ -225,7 +224,7 @@ def write_cifar(root: Path, labels: list[int], protocol: int = pickle.DEFAULT_PR
 @pytest.mark.parametrize("protocol", [2, 5])
 def test_cifar_batches_load_through_the_restricted_unpickler(tmp_path, protocol):
     write_cifar(tmp_path, labels=[3, 9], protocol=protocol)
-    data = load_data(make_cfg("data=cifar10", f"data.root={tmp_path}").data)
+    data = load_data(make_values("data=cifar10", f"data.root={tmp_path}")["data"])
     assert data.y_train.tolist() == [3, 9] * 5 and data.x_train.shape == (10, 3, 32, 32)
 
 

@@ -19,6 +19,7 @@ from runner.data import fingerprint as fp
 from runner.data.sets import load_data
 from runner.run.train import train
 from schedulers import ConfigError
+from schedulers.binder import plain
 from tests.helpers import cli_in_process, make_cfg, pipeline, read_metrics, run_cli, snapshot
 from tests.user_datasets import Counted
 
@@ -240,22 +241,24 @@ def test_the_fingerprint_of_a_streamed_set_reads_only_its_first_samples():
     splits = ("data=dataset", f"data.train={{_target_:{counted},size:2000}}",
               f"data.val={{_target_:{counted},size:30,offset:1}}")  # fmt: skip
     cfg = make_cfg(*splits, "data.in_memory=false")
-    data = load_data(cfg.data)
+    data = load_data(plain(cfg.data))
     Counted.fetched = 0
-    record = fp.fingerprint(cfg.data, data)
+    record = fp.fingerprint(plain(cfg.data), data)
     assert Counted.fetched == fp.LABELS + 30  # not 2000: the first 256, and all 30 of val
     assert record["n_train"] == 2000 and record["n_val"] == 30 and record["roots"] == {}
     assert record["sample_shape"] == [1, 4, 4] and record["num_classes"] == 3
     # the labels a materialised copy of the same set holds: in_memory=auto may choose either
     kept = make_cfg(*splits, "data.in_memory=true")
-    assert fp.fingerprint(kept.data, load_data(kept.data))["labels"] == record["labels"]
+    assert (
+        fp.fingerprint(plain(kept.data), load_data(plain(kept.data)))["labels"] == record["labels"]
+    )
     # a sample that cannot be read: one line naming the split and the sample
     broken = make_cfg(
         *splits[:2], f"data.val={{_target_:{counted},size:30,broken:7}}", "data.in_memory=false"
     )
     said = "data.val[7]=None: could not be read: OSError: a bad sector"
     with pytest.raises(ConfigError, match="^" + re.escape(said) + "$"):
-        fp.fingerprint(broken.data, load_data(broken.data))
+        fp.fingerprint(plain(broken.data), load_data(plain(broken.data)))
 
 
 GIVES = "this command gives"

@@ -20,6 +20,7 @@ from tests.helpers import (
     TORCHRUN,
     cli_in_process,
     make_cfg,
+    make_values,
     one_torch_thread,
     quiet_env,
     read_metrics,
@@ -619,7 +620,7 @@ def test_a_last_batch_too_small_to_share_is_a_config_error_on_every_rank(tmp_pat
 def make_cfg_data_size() -> int:
     from runner.data.sets import train_size
 
-    return train_size(make_cfg().data)
+    return train_size(make_values()["data"])
 
 
 def _start_up(rank: int, port: int, out: str) -> None:

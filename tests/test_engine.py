@@ -9,6 +9,7 @@ import torch
 from runner.data.sets import steps_per_epoch, train_size
 from runner.run.train import train
 from schedulers import build_scheduler
+from schedulers.binder import plain
 from tests.helpers import (
     assert_same_rows,
     make_cfg,
@@ -28,7 +29,7 @@ def replayed(cfg, key: str) -> tuple[list[float], list[float]]:
         opt = torch.optim.Adam([weight], lr=cfg.optimizer.lr, betas=tuple(cfg.optimizer.betas))
     else:
         opt = torch.optim.SGD([weight], lr=cfg.optimizer.lr, momentum=cfg.optimizer.momentum)
-    per_epoch = steps_per_epoch(train_size(cfg.data), cfg.data.batch_size)
+    per_epoch = steps_per_epoch(train_size(plain(cfg.data)), cfg.data.batch_size)
     schedule = build_scheduler(cfg.scheduler, opt, epochs=cfg.epochs, steps_per_epoch=per_epoch)
 
     def now() -> float:

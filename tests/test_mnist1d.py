@@ -20,6 +20,7 @@ from runner.sweep.fused import why_not_fusable
 from runner.sweep.stacked import StackedNet
 from runner.train.models import CNN1d, build_model
 from schedulers import ConfigError
+from schedulers.binder import plain
 from tests.helpers import (
     assert_same_rows,
     make_cfg,
@@ -51,7 +52,7 @@ def test_generated_data_equals_the_packages_make_dataset(root):
     before = (random.random(), np.random.rand())
     random.seed(123)
     np.random.seed(123)
-    ours = data_module.load_data(cfg.data)
+    ours = data_module.load_data(plain(cfg.data))
     # loading left the global generators alone (the package seeds them itself)
     assert (random.random(), np.random.rand()) == before
     args = mnist1d.generator_args(cfg.data)
@@ -69,7 +70,7 @@ def test_the_cache_is_keyed_by_the_parameters_reused_and_rebuilt_when_damaged(
     root, monkeypatch, caplog
 ):
     cfg = make_cfg(*small(root))
-    first = data_module.load_data(cfg.data)
+    first = data_module.load_data(plain(cfg.data))
     (cached,) = (root / "mnist1d").glob("*.npz")
     assert cached == mnist1d.cache_path(cfg.data)
 
@@ -79,13 +80,13 @@ def test_the_cache_is_keyed_by_the_parameters_reused_and_rebuilt_when_damaged(
     data_module.clear_cache()
     with monkeypatch.context() as m:
         m.setattr(mnist1d, "generate", no_generation)
-        again = data_module.load_data(cfg.data)  # read back from the file
+        again = data_module.load_data(plain(cfg.data))  # read back from the file
     assert torch.equal(again.x_train, first.x_train) and torch.equal(again.y_val, first.y_val)
     # another generator seed: another file, other data; batch_size is not the data's
     other = make_cfg(*small(root, "data.seed=1"))
     assert mnist1d.cache_path(other.data) != cached
     assert mnist1d.cache_path(make_cfg(*small(root, "data.batch_size=7")).data) == cached
-    assert not torch.equal(data_module.load_data(other.data).x_train, first.x_train)
+    assert not torch.equal(data_module.load_data(plain(other.data)).x_train, first.x_train)
     assert len(list((root / "mnist1d").glob("*.npz"))) == 2
     # a damaged cache (a run killed mid-copy, a full disk) is generated again, not trusted
     cached.write_bytes(cached.read_bytes()[:1000])
@@ -94,7 +95,7 @@ def test_the_cache_is_keyed_by_the_parameters_reused_and_rebuilt_when_damaged(
     # (logging.config's disable_existing_loggers): the warning is what is checked here
     monkeypatch.setattr(logging.getLogger("schedlab"), "disabled", False)
     with caplog.at_level(logging.WARNING, logger="schedlab"):
-        rebuilt = data_module.load_data(cfg.data)
+        rebuilt = data_module.load_data(plain(cfg.data))
     assert torch.equal(rebuilt.x_train, first.x_train)
     assert "unreadable" in caplog.text
     assert np.load(cached)["x"].shape == (480, 40)  # and rewritten whole

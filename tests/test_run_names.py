@@ -20,7 +20,15 @@ from runner.config.resolvers import dir_name
 from runner.io.loggers import run_label
 from runner.run.train import train
 from runner.train.builders import build_run
-from tests.helpers import cli_in_process, make_cfg, read_metrics, release_kept_locks, sweep_job
+from schedulers.binder import plain
+from tests.helpers import (
+    cli_in_process,
+    make_cfg,
+    make_values,
+    read_metrics,
+    release_kept_locks,
+    sweep_job,
+)
 
 STAMP = r"\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d-\d{6}"  # <date>_<time>, microseconds in it
 
@@ -304,10 +312,10 @@ def test_a_relative_and_an_absolute_root_are_the_same_data(tmp_path, monkeypatch
 
     monkeypatch.chdir(tmp_path)
     small = ["data=mnist1d", "data.num_samples=100"]
-    first = load_data(make_cfg(*small, "data.root=data").data)
-    again = load_data(make_cfg(*small, f"data.root={tmp_path / 'data'}").data)
+    first = load_data(make_values(*small, "data.root=data")["data"])
+    again = load_data(make_values(*small, f"data.root={tmp_path / 'data'}")["data"])
     assert again is first and loads == ["mnist1d"]
-    load_data(make_cfg(*small, "data.seed=1").data)  # other data: loaded
+    load_data(make_values(*small, "data.seed=1")["data"])  # other data: loaded
     assert loads == ["mnist1d", "mnist1d"]
 
 
@@ -317,11 +325,11 @@ def test_data_a_run_wrote_into_is_loaded_again(loads, caplog):
     from runner.data.sets import load_data
 
     cfg = make_cfg("logger=none")
-    data = load_data(cfg.data)
-    assert load_data(cfg.data) is data and loads == ["digits"]
+    data = load_data(plain(cfg.data))
+    assert load_data(plain(cfg.data)) is data and loads == ["digits"]
     batch = data.x_val[:8]  # a val batch is a view of the held tensor
     batch.relu_()
-    fresh = load_data(cfg.data)
+    fresh = load_data(plain(cfg.data))
     assert loads == ["digits", "digits"] and "changed in place" in caplog.text
     assert fresh is not data and fresh.x_val.min() < 0  # standardised: the negatives are back
 

@@ -16,6 +16,7 @@ from runner.config.schema import run_spec
 from runner.data.sets import TensorData, load_data
 from runner.data.stream import EpochBatches, SeededSamples, StreamData
 from runner.run.train import train
+from schedulers.binder import plain
 from tests.helpers import (
     cli_in_process,
     comparable,
@@ -214,7 +215,7 @@ def test_in_memory_auto_streams_random_transforms_and_holds_the_rest(folder, cap
         cfg = make_cfg(*folder_args(folder, random=random), "data.in_memory=auto")
         caplog.clear()
         with caplog.at_level(logging.INFO, logger="schedlab"):
-            return load_data(cfg.data)
+            return load_data(plain(cfg.data))
 
     held = choose(random=False)
     assert isinstance(held, TensorData)

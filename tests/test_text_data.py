@@ -20,6 +20,7 @@ from runner.data.sets import batches, clear_cache, load_data, steps_per_epoch
 from runner.data.text import TextData
 from runner.run.check import validate
 from schedulers import ConfigError
+from schedulers.binder import plain
 from tests.helpers import cli_in_process, make_cfg
 
 # the first 65536 bytes of the bundled corpus (seed 0), as sampled on the machine that wrote
@@ -56,7 +57,7 @@ def text_cfg(tmp_path: Path, *extra: str):
 
 def load(tmp_path: Path, *extra: str) -> TextData:
     clear_cache()
-    data = load_data(text_cfg(tmp_path, *extra).data)
+    data = load_data(plain(text_cfg(tmp_path, *extra).data))
     assert isinstance(data, TextData)
     return data
 
@@ -191,8 +192,8 @@ def test_user_text_is_cached_by_content_reused_and_rebuilt_on_change(tmp_path: P
     assert rebuilt != cache and rebuilt.read_bytes().startswith(b"first file? ")
     assert changed.content != first.content
     refused = difference(
-        fingerprint(text_cfg(tmp_path, *args).data, first),
-        fingerprint(text_cfg(tmp_path, *args).data, changed),
+        fingerprint(plain(text_cfg(tmp_path, *args).data), first),
+        fingerprint(plain(text_cfg(tmp_path, *args).data), changed),
     )
     assert refused is not None and refused.key == "data.path"
 

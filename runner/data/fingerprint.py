@@ -92,13 +92,14 @@ def _n_val(data: Any) -> int:
 _last: tuple[Any, dict[str, Any]] | None = None  # (data, its fingerprint): one load, one hash
 
 
-def fingerprint(data_cfg: Any, data: Any) -> dict[str, Any]:
+def fingerprint(data_cfg: Mapping[str, Any], data: Any) -> dict[str, Any]:
     """What a run trains on, as plain values (kept in its checkpoints and status.json):
     `roots` (absolute paths of the data config), `n_train`, `n_val`, `num_classes`,
     `sample_shape`, and `labels` (a hash of each split's first labels) or, for a bundled
-    set, `args` (a hash of the keys it is generated from). `data`: load_data(data_cfg)."""
+    set, `args` (a hash of the keys it is generated from). `data_cfg`: the data node's
+    plain values; `data`: load_data(data_cfg)."""
     global _last
-    values = dict(plain(data_cfg))
+    values = dict(data_cfg)
     if _last is not None and _last[0] is data and _last[1]["_cfg"] == _digest(values):
         return {k: v for k, v in _last[1].items() if k != "_cfg"}
     record: dict[str, Any] = {
@@ -190,9 +191,10 @@ def _refused(key: str, value: Any, why: str) -> ConfigError:
     )
 
 
-def check_same_data(state: Mapping[str, Any], data_cfg: Any) -> None:
+def check_same_data(state: Mapping[str, Any], data_cfg: Mapping[str, Any]) -> None:
     """resume= on other data than the checkpoint's (`state`) is a ConfigError naming what
-    differs; a checkpoint from before fingerprints were kept resumes as before."""
+    differs; a checkpoint from before fingerprints were kept resumes as before. `data_cfg`:
+    the data node's plain values."""
     trained = state.get("data")
     if not isinstance(trained, Mapping):
         return

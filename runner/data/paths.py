@@ -10,8 +10,6 @@ import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from schedulers.binder import plain
-
 # keys whose string value names a file or folder: root, data_root, root_dir, path, files, ...
 _PATH_KEY = re.compile(r"(^|_)(root|dir|directory|folder|path|file|filename)s?$")
 # ... and those that always do (torchvision's `root`, the built-in sets' data.root), even
@@ -46,10 +44,11 @@ def as_absolute(value: str, always: bool) -> str | None:
     return None
 
 
-def roots(data_cfg: Any) -> dict[str, str]:
-    """Every path-like value of the data config as the absolute path it names from here."""
+def roots(data_cfg: Mapping[str, Any]) -> dict[str, str]:
+    """Every path-like value of the data config (its plain values) as the absolute path it
+    names from here."""
     found = {}
-    for key, value, always in path_values(dict(plain(data_cfg)), "data"):
+    for key, value, always in path_values(data_cfg, "data"):
         absolute = as_absolute(value, always)
         if absolute is not None:
             found[key] = absolute

@@ -31,7 +31,6 @@ from runner.data.paths import with_absolute_paths
 from runner.data.stream import StreamData
 from runner.data.text import TextData, Windows, window_batches
 from schedulers import ConfigError
-from schedulers.binder import plain
 
 log = logging.getLogger("schedlab")
 
@@ -146,8 +145,9 @@ def load_data(cfg: Mapping[str, Any]) -> TensorData | StreamData | TextData:
     its fingerprint on them, and a sweep's jobs in one process share them. Loading uses no
     global RNG. data=dataset gives a StreamData (runner/data/stream.py) unless it is
     materialised (data.in_memory); data=text a TextData (runner/data/text.py). All answer
-    the same size and shape questions."""
-    settings = {k: v for k, v in dict(plain(cfg)).items() if k != "batch_size"}  # not the data's
+    the same size and shape questions. `cfg`: the data node's plain values (`${...}`
+    resolved: runner/run/check.py `validate`, the typed spec's `data`)."""
+    settings = {k: v for k, v in cfg.items() if k != "batch_size"}  # not the data's
     key = _cache_key(settings)
     held = _HELD["data"]
     if key in _HELD["keys"]:
@@ -171,6 +171,13 @@ def load_data(cfg: Mapping[str, Any]) -> TensorData | StreamData | TextData:
 # it too): a run that wrote into the shared tensors is caught, and the next one gets the
 # data loaded afresh rather than the changed tensors.
 _HELD: dict[str, Any] = {"keys": set(), "data": None, "versions": ()}
+
+
+def still_held(data: Any) -> bool:
+    """`data` is the data set this process holds, unchanged since it was loaded (no run
+    wrote into its tensors): what `load_data` would return again for its config. A run
+    validated on it (runner/run/check.py `Checked.data`) then trains on it."""
+    return data is not None and data is _HELD["data"] and _versions(data) == _HELD["versions"]
 
 
 def clear_cache() -> None:

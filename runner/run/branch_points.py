@@ -11,6 +11,7 @@ from runner.data.sets import train_size
 from runner.io.checkpoint import keeps
 from runner.run.branch import shared_epochs
 from runner.run.check import planned_groups
+from schedulers.binder import plain
 
 
 def run_groups(cfg: Any, steps_per_epoch: int | None = None) -> tuple[list[str], list[float], int]:
@@ -18,7 +19,7 @@ def run_groups(cfg: Any, steps_per_epoch: int | None = None) -> tuple[list[str],
     data config)."""
     if steps_per_epoch is None:
         steps_per_epoch = steps_in_epoch(
-            train_size(cfg.data), cfg.data.batch_size, cfg.trainer.accumulate
+            train_size(plain(cfg.data)), cfg.data.batch_size, cfg.trainer.accumulate
         )
     lr = cfg.optimizer.lr
     names, multipliers = zip(*planned_groups(cfg), strict=True)  # parts or name patterns

@@ -11,12 +11,13 @@ message naming the key, not a crashed run. What passed is typed once for the bui
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
+from functools import partial
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from runner.config.schema import EPOCH_METRICS, GROUPS, SCHEMAS, Run, Trainer, check_node
+from runner.config.schema import EPOCH_METRICS, GROUPS, SCHEMAS, LrFind, Run, Trainer, check_node
 from runner.data.fingerprint import absolute_roots
 from runner.data.sets import data_shape, load_data, steps_per_epoch, validate_data
 from runner.dist.ddp import wanted
@@ -24,42 +25,26 @@ from runner.run.branch import check_branch
 from runner.train.averaging import validate_average
 from runner.train.builders import resolve_device
 from runner.train.model_check import check_model_on_data
-from runner.train.models import part_names, probe_model, validate_model
+from runner.train.models import default_no_decay, part_names, probe_parts, validate_model
 from runner.train.optimizers import (
-    exempts_decay,
-    group_settings,
-    split_params,
-    uses_parts,
+    plan_groups,
+    schedule_free_key,
     validate_optimizer,
     warn_schedule_free,
 )
-from runner.train.range_test import validate_lr_find
+from runner.train.range_test import check_range
 from schedulers import ConfigError, validate_scheduler
-from schedulers.binder import plain
+from schedulers.binder import label, plain
 from schedulers.checks import is_number, need_number
 
 
 def planned_groups(cfg: Mapping[str, Any]) -> list[tuple[str, float]]:
     """The param groups the optimizer will get, as (label, lr multiplier) in build order,
-    found before anything is built (`_groups`, on the data's shape)."""
-    return _groups(cfg["optimizer"], cfg["model"], data_shape(cfg["data"]))
-
-
-def _groups(
-    opt: Mapping[str, Any], model_cfg: Mapping[str, Any], shape: tuple[Any, int]
-) -> list[tuple[str, float]]:
-    """From the built-in model's part names, or, for name patterns and optimizer.no_decay
-    (which needs each parameter's shape and module), from the model built on the meta
-    device for data of `shape` (a sample's shape, the number of classes)."""
-    settings, no_decay = group_settings(opt), exempts_decay(opt, model_cfg)
-    if settings is None and not no_decay:
-        return [("group0", 1.0)]
-    parts = part_names(model_cfg)
-    if settings is not None and not no_decay and uses_parts(opt, parts):
-        return [(p, settings[p].scale if p in settings else 1.0) for p in parts]
-    model = probe_model(model_cfg, *shape)
-    groups = split_params(opt, model, model_cfg)
-    return [(g.name or "group0", g.scale) for g in groups]
+    found before anything is built (runner/train/optimizers.py `plan_groups`, on the
+    data's shape)."""
+    model = cfg["model"]
+    probe = partial(probe_parts, model, *data_shape(plain(cfg["data"])))
+    return plan_groups(cfg["optimizer"], part_names(model), default_no_decay(model), probe)
 
 
 def fill_inferred(cfg: Mapping[str, Any]) -> bool:
@@ -72,7 +57,7 @@ def fill_inferred(cfg: Mapping[str, Any]) -> bool:
 def _fill_classes(data: Mapping[str, Any]) -> bool:
     if data.get("num_classes", 0) is not None:
         return False
-    data["num_classes"] = load_data(data).num_classes  # type: ignore[index]
+    data["num_classes"] = load_data(plain(data)).num_classes  # type: ignore[index]
     return True
 
 
@@ -90,6 +75,13 @@ class Checked:
     groups: tuple[tuple[str, float], ...]  # the planned param groups: (label, lr multiplier)
     lr: float  # the base lr the schedule was checked against (lr=find: lr_find.end_lr)
     branch_epoch: int | None = None  # a branch's start in its trunk (branch_epoch: null filled)
+    # the data set loaded to check the run: the build trains on it instead of loading it
+    # again (runner/data/sets.py `still_held`). Not compared, and not sent to the other
+    # ranks of a DDP run (`__getstate__`): each process holds its own
+    data: Any = field(default=None, compare=False, repr=False)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "data": None}
 
 
 def validate(cfg: Mapping[str, Any], *, trunk: bool = True) -> Checked:
@@ -151,7 +143,7 @@ def _check_top(node: Mapping[str, Any], found: dict[str, Any]) -> None:
 
 def _check_trainer(node: Mapping[str, Any], found: dict[str, Any]) -> None:
     check_node("trainer", node, Trainer)
-    validate_average(node, found["epochs"])
+    validate_average(node["average"], node["swa_start"], found["epochs"])
     wanted(node["strategy"])  # ddp outside torchrun: an error now
     resolve_device(node["device"])  # `cuda` without CUDA: an error now, not mid-run
     found["accumulate"] = node["accumulate"]
@@ -161,8 +153,9 @@ def _check_data(node: Mapping[str, Any], found: dict[str, Any]) -> None:
     """Its keys, then the data itself: loaded (what the run then trains on), its inferred
     values filled in (`fill_inferred`)."""
     validate_data(node)
-    _fill_classes(node)
     data = load_data(node)
+    if node.get("num_classes", 0) is None:  # `fill_inferred`: read from the train set
+        node["num_classes"] = data.num_classes  # type: ignore[index]
     found["data"], found["data_name"] = data, node["name"]
     found["image_shape"], found["num_classes"] = tuple(data.image_shape), data.num_classes
     found["n_train"] = data.n_train
@@ -174,13 +167,18 @@ def _check_data(node: Mapping[str, Any], found: dict[str, Any]) -> None:
 def _check_model(node: Mapping[str, Any], found: dict[str, Any]) -> None:
     """Against the data it will train on: its input shape, its classes, a forward pass."""
     data = found["data"]
-    validate_model(node, data.image_shape, data.num_classes)
-    check_model_on_data(node, data, found["data_name"])
-    found["model"] = node
+    probed = validate_model(node, data.image_shape, data.num_classes)  # on meta
+    # what the optimizer's param groups are planned on (`plan_groups`): its part names,
+    # optimizer.no_decay's value when null, and (only for name patterns and no_decay) the
+    # model built on the meta device
+    found["parts"], found["no_decay"] = part_names(node), default_no_decay(node)
+    found["probe"] = partial(probe_parts, node, data.image_shape, data.num_classes)
+    check_model_on_data(node, data, found["data_name"], probed)
 
 
 def _check_lr_find(node: Mapping[str, Any], found: dict[str, Any]) -> None:
-    validate_lr_find(node)
+    check_node("lr_find", node, LrFind)  # as range_test.validate_lr_find, its range as numbers
+    check_range(node["start_lr"], node["end_lr"])
     found["end_lr"] = node["end_lr"]
 
 
@@ -190,9 +188,9 @@ def _check_optimizer(node: Mapping[str, Any], found: dict[str, Any]) -> None:
     checked against the largest lr the test can return (lr_find.end_lr)."""
     found["lr"] = lr = _lr(node["lr"], found["end_lr"])
     validate_optimizer(node, lr)
-    shape = (found["image_shape"], found["num_classes"])
-    found["groups"] = tuple(_groups(node, found["model"], shape))
-    found["optimizer"] = node
+    groups = plan_groups(node, found["parts"], found["no_decay"], found["probe"])
+    found["groups"] = tuple(groups)
+    found["schedule_free"] = schedule_free_key(node)  # what the scheduler's check warns on
 
 
 def _check_logger(node: Mapping[str, Any], found: dict[str, Any]) -> None:
@@ -203,7 +201,12 @@ def _check_scheduler(node: Mapping[str, Any], found: dict[str, Any]) -> None:
     """Against the run's length and each planned group's lr; then a schedule on top of a
     schedule-free optimizer warns (this is where the two nodes meet)."""
     _schedule(node, found["epochs"], found["steps_per_epoch"], found["lr"], found["groups"])
-    warn_schedule_free(found["optimizer"], node)
+    if found["schedule_free"] is not None:
+        warn_schedule_free(
+            found["schedule_free"],
+            label(node),
+            {k: node.get(k, 0) for k in ("warmup_epochs", "warmup_steps")},
+        )
 
 
 # Every group's checker, in the order errors are reported ("": the top-level keys); each

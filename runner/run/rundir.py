@@ -454,7 +454,7 @@ def check_run_dir(
     status = finished(files.read_json(run_dir / "status.json"), saved.epochs)
     if status is not None and state["progress"]["epoch"] >= saved.epochs:
         return nothing_to_do(run_dir, status)
-    check_same_data(state, saved.data)  # a run to continue: on the data it trained on
+    check_same_data(state, plain(saved.data))  # a run to continue: on the data it trained on
     return None
 
 

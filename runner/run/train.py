@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from runner.config.schema import RunSpec, Trainer, run_spec, typed_run
 from runner.data.fingerprint import absolute_roots, check_same_data, describe, fingerprint
 from runner.data.sets import augment as augment_batch
-from runner.data.sets import batches, load_data, steps_per_epoch
+from runner.data.sets import batches, load_data, steps_per_epoch, still_held
 from runner.data.stream import loaders_for
 from runner.dist.ddp import agreed_stop, check_shares, setup, teardown
 from runner.io import checkpoint, files
@@ -729,7 +729,7 @@ def _decide(
         done = Result(ended["status"], ended.get("best_val_acc", 0.0), epochs_done)
         return _Start(cfg, run_dir, checked, True, state=state, done=done)
     if state is not None:  # other data than the checkpoint's: refused, every file as it was
-        check_same_data(state, cfg.data)
+        check_same_data(state, plain(cfg.data))
     if lock is not None:
         lock.claim()
     return _Start(cfg, run_dir, checked, True, state, changes)
@@ -774,7 +774,8 @@ def _run(
         config["lr_find"] = {**config["lr_find"], "found_lr": found}
     if (signum := signalled()) is not None:
         return _stopped(run_dir, dist, signum, state)
-    loaded = load_data(spec.data)  # once: built on, and fingerprinted
+    # the data validation loaded (unless a run since wrote into it): built on, fingerprinted
+    loaded = checked.data if still_held(checked.data) else load_data(spec.data)
     run = build_run(spec, loaded, dist=dist)
     data = fingerprint(spec.data, loaded)
     log.info(startup_line(spec, run.device))

@@ -81,7 +81,7 @@ from runner.train.lm import token_stats, val_batch_size
 from runner.train.steps import evaluate, groups, top_is_target
 from runner.train.stopping import stop_on_signals
 from schedulers import ConfigError
-from schedulers.binder import label
+from schedulers.binder import label, plain
 
 log = logging.getLogger("schedlab")
 
@@ -114,7 +114,7 @@ def why_not_fusable(cfg: DictConfig) -> str | None:
     if opt_spec is None or not opt_spec.fusable:
         fusable = [name for name, spec in optimizers.OPTIMIZERS.items() if spec.fusable]
         return f"optimizer={label(cfg.optimizer)} (fused: {', '.join(fusable)})"
-    if cfg.data.name == "dataset" and is_streamed(load_data(cfg.data)):  # loaded by validate
+    if cfg.data.name == "dataset" and is_streamed(load_data(plain(cfg.data))):  # loaded by validate
         return "data=dataset is streamed (fused needs it in memory: data.in_memory=true)"
     if cfg.model.name in ("mlp", "gpt") and cfg.model.dropout > 0:
         return "dropout draws from the global RNG, so members cannot match separate runs"

@@ -36,20 +36,26 @@ def _get(trainer: Any, key: str) -> Any:
 
 
 def swa_start(trainer: Mapping[str, Any], epochs: int) -> int:
-    """trainer.swa_start, its null resolved: the last quarter of the run (epochs * 3 // 4)."""
-    start = _get(trainer, "swa_start")
+    """trainer.swa_start, its null resolved (`first_swa_epoch`)."""
+    return first_swa_epoch(_get(trainer, "swa_start"), epochs)
+
+
+def first_swa_epoch(start: int | None, epochs: int) -> int:
+    """The epoch SWA starts at: trainer.swa_start, or null: the last quarter of the run
+    (epochs * 3 // 4)."""
     return epochs * 3 // 4 if start is None else int(start)
 
 
-def validate_average(trainer: Mapping[str, Any], epochs: int) -> None:
-    """SWA must start within the run, or it would average nothing (and log no val_avg)."""
-    if _get(trainer, "average") != "swa":
+def validate_average(average: str, start: int | None, epochs: int) -> None:
+    """SWA must start within the run, or it would average nothing (and log no val_avg).
+    `average`, `start`: trainer.average and trainer.swa_start, as start-up validation
+    reads them."""
+    if average != "swa":
         return
-    start = swa_start(trainer, epochs)
-    if start >= epochs:
+    if first_swa_epoch(start, epochs) >= epochs:
         raise ConfigError(
             "trainer.swa_start",
-            _get(trainer, "swa_start"),
+            start,
             f"must be < epochs ({epochs}): SWA averages the weights of epochs swa_start.."
             f"{epochs - 1} (0-based), so it would average nothing",
         )

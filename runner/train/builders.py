@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -18,10 +17,9 @@ from runner.config.schema import RunSpec
 from runner.data.sets import TensorData, load_data, place, resize_images, steps_per_epoch
 from runner.dist.ddp import SINGLE, Dist
 from runner.dist.workers import USER_THREADS, in_loky_worker
-from runner.train import optimizers
+from runner.train import models, optimizers
 from runner.train.averaging import Averager, build_average, with_swa_lr
-from runner.train.model_check import build_for
-from runner.train.optimizers import split_params
+from runner.train.model_check import materialise
 from schedulers import ConfigError, LRSchedule, build_scheduler
 
 
@@ -98,25 +96,22 @@ def resolve_device(name: str, dist: Dist = SINGLE) -> torch.device:
     return torch.device(name)
 
 
-def build_optimizer(
-    cfg: Mapping[str, Any], model: torch.nn.Module, model_cfg: Mapping[str, Any]
-) -> torch.optim.Optimizer:
-    """One param group, or one per model part / name pattern (optimizer.param_groups), each
-    with lr = optimizer.lr x its multiplier, split by optimizer.no_decay."""
-    groups = split_params(cfg, model, model_cfg)
-    return optimizers.build_optimizer(cfg, groups)
-
-
 def build_model(
     spec: RunSpec, data: TensorData, device: torch.device
 ) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
     """Threads, seed, then model and optimizer, in that order (the order fixes the RNG use:
-    the same seed gives the same init wherever a model is built)."""
+    the same seed gives the same init wherever a model is built). The model's node is read
+    once, for the model, its named parts and its no_decay default; the optimizer gets those
+    (one param group, or one per part / name pattern of optimizer.param_groups, each with
+    lr = optimizer.lr x its multiplier, split by optimizer.no_decay)."""
     set_threads(spec.trainer.num_threads)
     seed_everything(spec.seed, spec.trainer.deterministic)
-    model = build_for(spec.model, data, device)  # before the optimizer: lazy modules
-    optimizer = build_optimizer(spec.optimizer, model, spec.model)
-    return model, optimizer
+    model = models.build_model(spec.model, data.image_shape, data.num_classes).to(device)
+    materialise(model, data, device)  # before the optimizer: lazy modules get parameters
+    parts, default = models.model_parts(model, spec.model), models.default_no_decay(spec.model)
+    opt = spec.optimizer
+    groups = optimizers.split_params(opt, model, parts, optimizers.exempts_decay(opt, default))
+    return model, optimizers.build_optimizer(opt, groups)
 
 
 def build_member(
@@ -163,7 +158,11 @@ def build_run(spec: RunSpec, data: TensorData | None = None, dist: Dist = SINGLE
     )
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    scheduler, average = averaging_parts(spec, model, scheduler)  # a copy of the bare model
+    # trainer.average: the schedule (handed to SWALR at swa_start when trainer.swa_lr is
+    # set) and the averaged model, copied from `model` in its final memory format, before
+    # DDP or torch.compile wrap it
+    scheduler = with_swa_lr(trainer, scheduler, spec.epochs)
+    average = build_average(trainer, model, spec.epochs)
     forward: torch.nn.Module = model
     if dist.active:
         ids = [device.index] if device.type == "cuda" else None
@@ -184,13 +183,3 @@ def build_run(spec: RunSpec, data: TensorData | None = None, dist: Dist = SINGLE
         dist,
         average,
     )
-
-
-def averaging_parts(
-    spec: RunSpec, model: torch.nn.Module, scheduler: LRSchedule
-) -> tuple[Any, Averager | None]:
-    """trainer.average: the schedule (handed to SWALR at swa_start when trainer.swa_lr is
-    set) and the averaged model, copied from `model` in its final memory format, before
-    DDP or torch.compile wrap it."""
-    trainer, epochs = spec.trainer, spec.epochs
-    return with_swa_lr(trainer, scheduler, epochs), build_average(trainer, model, epochs)

@@ -36,14 +36,6 @@ def sample_batch(data: Any, n: int = SAMPLES) -> torch.Tensor:
     return streamed_batch(data, n)
 
 
-def build_for(model_cfg: Mapping[str, Any], data: Any, device: torch.device) -> nn.Module:
-    """The model on `device`, its lazy modules materialised: single runs and the fused
-    launcher build members through this one function."""
-    model = build_model(model_cfg, data.image_shape, data.num_classes).to(device)
-    materialise(model, data, device)
-    return model
-
-
 def has_lazy(model: nn.Module) -> bool:
     lazy = (m for m in model.modules() if isinstance(m, LazyModuleMixin))
     return any(m.has_uninitialized_params() for m in lazy)
@@ -66,13 +58,17 @@ def model_key(cfg: Mapping[str, Any]) -> str:
     return "model.name" if spec_of(cfg) is not None else f"model.{binder.TARGET}"
 
 
-def check_model_on_data(cfg: Mapping[str, Any], data: Any, data_name: str) -> None:
+def check_model_on_data(
+    cfg: Mapping[str, Any], data: Any, data_name: str, built: nn.Module | None = None
+) -> None:
     """Raise a ConfigError when the model cannot train on this data as configured: its
     inputs' dtype is not the model's, its forward pass fails, its output is not one score
-    per class, or nothing in it trains."""
+    per class, or nothing in it trains. `built`: the model as its check built it for this
+    data (runner/train/models.py `validate_model`), not built again."""
     x = sample_batch(data)
-    model, out = _probe(cfg, data, x, data_name)
-    _check_output(cfg, out, data.num_classes, x)
+    model, out = _probe(cfg, data, x, data_name, built)
+    if not _fits(out, data.num_classes, x):
+        raise _output_error(cfg, out, data.num_classes, x)
     if not any(p.requires_grad for p in model.parameters()):
         raise ConfigError(
             model_key(cfg),
@@ -87,20 +83,26 @@ def _value(cfg: Mapping[str, Any]) -> Any:
 
 
 def _probe(
-    cfg: Mapping[str, Any], data: Any, x: torch.Tensor, data_name: str
+    cfg: Mapping[str, Any], data: Any, x: torch.Tensor, data_name: str, built: nn.Module | None
 ) -> tuple[nn.Module, Any]:
-    """The model and its output for `x`: on meta first, else built and run on the CPU."""
-    try:
-        with torch.device("meta"):
-            model = build_model(cfg, data.image_shape, data.num_classes)
-        _check_dtype(cfg, model, x, data_name)
-        return model, _forward(model, x.to("meta"))
-    except ConfigError:
-        raise
-    except Exception:  # an op without a meta kernel, .item(), data-dependent shapes
-        pass
-    model = build_model(cfg, data.image_shape, data.num_classes)
-    _check_dtype(cfg, model, x, data_name)
+    """The model and its output for `x`: on meta first, else built and run on the CPU.
+    `built`: the model its check built, on meta (run there first), or on the CPU where it
+    could not be built on meta (run there)."""
+    if built is None or _on_meta(built):
+        try:
+            if built is None:
+                with torch.device("meta"):
+                    built = build_model(cfg, data.image_shape, data.num_classes)
+            if (mixed := _mixed_dtypes(built, x)) is not None:
+                raise _dtype_error(cfg, mixed, data_name)
+            return built, _forward(built, x.to("meta"))
+        except ConfigError:
+            raise
+        except Exception:  # an op without a meta kernel, .item(), data-dependent shapes
+            built = None
+    model = built if built is not None else build_model(cfg, data.image_shape, data.num_classes)
+    if (mixed := _mixed_dtypes(model, x)) is not None:
+        raise _dtype_error(cfg, mixed, data_name)
     try:
         return model, _forward(model, x)
     except Exception as err:
@@ -112,49 +114,69 @@ def _probe(
         ) from None
 
 
+def _on_meta(model: nn.Module) -> bool:
+    return any(t.is_meta for t in (*model.parameters(), *model.buffers()))
+
+
 def _forward(model: nn.Module, x: torch.Tensor) -> Any:
     model.train(x.shape[0] > 1)  # as in training, unless one sample is all there is
     with torch.no_grad():
         return model(x)
 
 
-def _check_dtype(cfg: Mapping[str, Any], model: nn.Module, x: torch.Tensor, data_name: str) -> None:
-    """Float inputs in another float type than the model's parameters: torch refuses the
-    mix in the first matmul, or (float16 inputs to some ops) computes in the wrong one."""
+def _mixed_dtypes(model: nn.Module, x: torch.Tensor) -> tuple[torch.dtype, torch.dtype] | None:
+    """Float inputs in another float type than the model's parameters, as (the parameters',
+    the inputs'): torch refuses the mix in the first matmul, or (float16 inputs to some
+    ops) computes in the wrong one. None when they agree."""
     wanted = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
     if wanted is None or not x.is_floating_point() or x.dtype == wanted:
-        return
+        return None
+    return wanted, x.dtype
+
+
+def _dtype_error(
+    cfg: Mapping[str, Any], mixed: tuple[torch.dtype, torch.dtype], data_name: str
+) -> ConfigError:
+    wanted, given = mixed
     if data_name == "dataset":
-        raise ConfigError(
+        return ConfigError(
             "data.train.transform",
             None,
-            f"gives {x.dtype} samples and the model's "
+            f"gives {given} samples and the model's "
             f"parameters are {wanted}: add v2.ToDtype(torch.{str(wanted).split('.')[-1]}, "
             "scale=True) to the transforms",
         )
-    raise ConfigError(
+    return ConfigError(
         model_key(cfg),
         _value(cfg),
-        f"has {wanted} parameters and the data gives {x.dtype} samples: build it in {x.dtype}",
+        f"has {wanted} parameters and the data gives {given} samples: build it in {given}",
     )
 
 
-def _check_output(cfg: Mapping[str, Any], out: Any, num_classes: int, x: torch.Tensor) -> None:
+def _fits(out: Any, num_classes: int, x: torch.Tensor) -> bool:
     """One score per class and sample: [batch, num_classes]; for token windows x [batch, T]
     (a language model's data), one per token: [batch, T, num_classes]."""
     if not torch.is_tensor(out):
-        raise ConfigError(
+        return False
+    shape = list(out.shape)
+    if len(shape) == 2 and shape[0] == x.shape[0] and shape[1] == num_classes:
+        return True
+    tokens = x.dim() == 2 and not x.is_floating_point()
+    return tokens and shape == [*x.shape, num_classes]
+
+
+def _output_error(
+    cfg: Mapping[str, Any], out: Any, num_classes: int, x: torch.Tensor
+) -> ConfigError:
+    """What is wrong with an output that does not `_fit`, naming the key that set it."""
+    if not torch.is_tensor(out):
+        return ConfigError(
             model_key(cfg),
             _value(cfg),
             f"returns {type(out).__name__} for a batch; the runner "
             f"needs a tensor of class scores [batch, {num_classes}] from forward()",
         )
     shape = list(out.shape)
-    if len(shape) == 2 and shape[0] == x.shape[0] and shape[1] == num_classes:
-        return
-    tokens = x.dim() == 2 and not x.is_floating_point()
-    if tokens and shape == [*x.shape, num_classes]:
-        return
     if len(shape) == 2 and shape[0] == x.shape[0]:
         key = _width_key(cfg, shape[1])
         hint = (
@@ -162,13 +184,13 @@ def _check_output(cfg: Mapping[str, Any], out: Any, num_classes: int, x: torch.T
             if key != model_key(cfg)
             else "give it num_classes (e.g. model.num_classes=${data.num_classes})"
         )
-        raise ConfigError(
+        return ConfigError(
             key,
             cfg.get(key.split(".", 1)[1]),
             f"the model outputs {shape[1]} class scores "
             f"and the data has {num_classes} classes (data.num_classes): {hint}",
         )
-    raise ConfigError(
+    return ConfigError(
         model_key(cfg),
         _value(cfg),
         f"outputs {shape} for a batch of {x.shape[0]}; the runner "

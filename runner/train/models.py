@@ -284,6 +284,14 @@ def model_parts(model: nn.Module, cfg: Mapping[str, Any]) -> dict[str, list[nn.P
     return {} if spec is None else spec.parts(model, cfg)
 
 
+def default_no_decay(cfg: Mapping[str, Any]) -> bool:
+    """optimizer.no_decay's value when it is null: the built-in model's choice
+    (ModelSpec.no_decay, true for gpt as the transformer recipes have it), false for a
+    `_target_` model (runner/train/optimizers.py `exempts_decay`)."""
+    spec = spec_of(cfg)
+    return spec is not None and spec.no_decay
+
+
 # text (data=text) on the default MLP: the preset, not model=gpt alone, which would train
 # the GPT with the default SGD and a per-epoch schedule
 LM_HINT = (
@@ -313,9 +321,13 @@ def _offered(target: Any, cfg: Mapping[str, Any], shape: Shape, num_classes: int
     return offered
 
 
-def validate_model(cfg: Mapping[str, Any], shape: Shape | None = None, classes: int = 10) -> None:
+def validate_model(
+    cfg: Mapping[str, Any], shape: Shape | None = None, classes: int = 10
+) -> nn.Module | None:
     """A built-in's checks, or for a `_target_`: importable, kwargs bound to its signature,
-    and built on the meta device (no memory, no compute) so its own argument checks run."""
+    and, given the data's `shape`, built on the meta device (no memory, no compute) so its
+    own argument checks run: that model is returned (a `_target_` that cannot be built on
+    meta: on the CPU), for start-up's forward pass (runner/train/model_check.py)."""
     spec = spec_of(cfg)
     if spec is not None:
         schema.check_node("model", cfg, spec.schema)
@@ -335,15 +347,14 @@ def validate_model(cfg: Mapping[str, Any], shape: Shape | None = None, classes: 
                     + (LM_HINT if len(shape) == TOKENS else ""),
                 )
             with torch.device("meta"):  # its own shape checks (CNN1d's lengths), no memory
-                spec.build(cfg, shape, classes)
-        return
+                return spec.build(cfg, shape, classes)
+        return None
     target = binder.locate("model", cfg)
     kwargs = binder.kwargs_of(cfg)
     if shape is not None:
         kwargs.update(_offered(target, cfg, shape, classes))
     binder.need_call("model", target, kwargs)
-    if shape is not None:
-        probe_model(cfg, shape, classes)
+    return None if shape is None else probe_model(cfg, shape, classes)
 
 
 def probe_model(cfg: Mapping[str, Any], shape: Shape, num_classes: int) -> nn.Module:
@@ -364,6 +375,15 @@ def probe_model(cfg: Mapping[str, Any], shape: Shape, num_classes: int) -> nn.Mo
         key = binder.key_named_in("model", str(err), binder.kwargs_of(cfg))
         value = cfg.get(key.split(".", 1)[1])
         raise ConfigError(key, value, f"building the model failed: {err}") from None
+
+
+def probe_parts(
+    cfg: Mapping[str, Any], shape: Shape, num_classes: int
+) -> tuple[nn.Module, dict[str, list[nn.Parameter]]]:
+    """`probe_model` and its named parts (`model_parts`): what start-up plans the
+    optimizer's param groups on (runner/train/optimizers.py `plan_groups`)."""
+    model = probe_model(cfg, shape, num_classes)
+    return model, model_parts(model, cfg)
 
 
 def build_model(cfg: Mapping[str, Any], image_shape: Shape, num_classes: int) -> nn.Module:

@@ -25,8 +25,6 @@ from typing import Any
 import torch
 
 from runner.config import schema
-from runner.train.models import model_parts
-from runner.train.models import spec_of as model_spec
 from schedulers import ConfigError, binder
 from schedulers.checks import is_number, need_bool, need_number, need_positive
 
@@ -182,26 +180,47 @@ def _split_decay(groups: list[Group], exempt: set[int]) -> list[Group]:
     return out
 
 
-def exempts_decay(cfg: Mapping[str, Any], model_cfg: Mapping[str, Any]) -> bool:
-    """optimizer.no_decay as set; null: the built-in model's default (ModelSpec.no_decay,
-    true for gpt as the transformer recipes have it), false for a `_target_` model."""
+def exempts_decay(cfg: Mapping[str, Any], default: bool) -> bool:
+    """optimizer.no_decay as set; null: `default`, the model's choice
+    (runner/train/models.py `default_no_decay`)."""
     value = cfg.get("no_decay")
-    if value is not None:
-        return bool(value)
-    spec = model_spec(model_cfg)
-    return spec is not None and spec.no_decay
+    return default if value is None else bool(value)
 
 
 def split_params(
-    cfg: Mapping[str, Any], model: torch.nn.Module, model_cfg: Mapping[str, Any]
+    cfg: Mapping[str, Any],
+    model: torch.nn.Module,
+    parts: Mapping[str, Sequence[Any]],
+    no_decay: bool,
 ) -> list[Group]:
     """The optimizer's param groups, in order: one per part or pattern of
-    optimizer.param_groups (else one), each split in two when `exempts_decay`. The parts
-    are the built-in model's named parts (none for a `_target_` model)."""
-    groups = _by_setting(cfg, list(model.named_parameters()), model_parts(model, model_cfg))
-    if exempts_decay(cfg, model_cfg):
+    optimizer.param_groups (else one), each split in two when `no_decay` (`exempts_decay`).
+    `parts`: the built-in model's named parts (runner/train/models.py `model_parts`; none
+    for a `_target_` model)."""
+    groups = _by_setting(cfg, list(model.named_parameters()), parts)
+    if no_decay:
         groups = _split_decay(groups, no_decay_ids(model))
     return groups
+
+
+def plan_groups(
+    cfg: Mapping[str, Any],
+    parts: Sequence[str],
+    default: bool,
+    probe: Callable[[], tuple[torch.nn.Module, Mapping[str, Sequence[Any]]]],
+) -> list[tuple[str, float]]:
+    """The param groups the optimizer will get, as (label, lr multiplier) in build order,
+    found before the model is built: from the built-in model's `parts` names, or, for name
+    patterns and no_decay (which need each parameter's shape and module), from `probe()`:
+    the model built on the meta device and its named parts (runner/train/models.py
+    `probe_parts`). `default`: optimizer.no_decay's value when null."""
+    settings, no_decay = group_settings(cfg), exempts_decay(cfg, default)
+    if settings is None and not no_decay:
+        return [("group0", 1.0)]
+    if settings is not None and not no_decay and uses_parts(cfg, parts):
+        return [(p, settings[p].scale if p in settings else 1.0) for p in parts]
+    model, named = probe()
+    return [(g.name or "group0", g.scale) for g in split_params(cfg, model, named, no_decay)]
 
 
 def _by_setting(
@@ -352,28 +371,33 @@ def is_schedule_free(cfg: Mapping[str, Any]) -> bool:
     return callable(getattr(cls, "train", None)) and callable(getattr(cls, "eval", None))
 
 
-def warn_schedule_free(opt: Mapping[str, Any], sched: Mapping[str, Any]) -> None:
+def schedule_free_key(opt: Mapping[str, Any]) -> str | None:
+    """A schedule-free optimizer (`is_schedule_free`) as its config names it
+    (`optimizer=<name>` or `optimizer._target_=<class>`), for `warn_schedule_free`; None
+    for any other."""
+    if not is_schedule_free(opt):
+        return None
+    if binder.is_target(opt):
+        return f"optimizer._target_={opt[binder.TARGET]}"
+    return f"optimizer={opt['name']}"
+
+
+def warn_schedule_free(which: str, scheduler: str, warmups: Mapping[str, Any]) -> None:
     """A schedule-free optimizer needs no lr schedule and warms up by its own
     optimizer.warmup_steps: a schedule on top of it (its lr decayed, or warmed up per
     epoch) is allowed, as the authors allow it, but rarely what was meant, so it warns,
-    naming both keys (`opt`, `sched`: the optimizer and scheduler nodes)."""
-    if not is_schedule_free(opt):
-        return
-    which = (
-        f"optimizer._target_={opt[binder.TARGET]}"
-        if binder.is_target(opt)
-        else f"optimizer={opt['name']}"
-    )
-    name = binder.label(sched)
-    if name != "none":
+    naming both keys. `which`: the optimizer (`schedule_free_key`); `scheduler`: the
+    scheduler's name (or class); `warmups`: its scheduler.warmup_epochs and warmup_steps."""
+    if scheduler != "none":
         log.warning(
-            f"{which} with scheduler={name}: a schedule-free optimizer needs no lr schedule "
-            "(the schedule scales its lr on top of its own averaging); use scheduler=none"
+            f"{which} with scheduler={scheduler}: a schedule-free optimizer needs no lr "
+            "schedule (the schedule scales its lr on top of its own averaging); use "
+            "scheduler=none"
         )
-    for key in ("warmup_epochs", "warmup_steps"):
-        if sched.get(key, 0):
+    for key, value in warmups.items():
+        if value:
             log.warning(
-                f"{which} with scheduler.{key}={sched[key]}: it warms up by itself; use "
+                f"{which} with scheduler.{key}={value}: it warms up by itself; use "
                 f"optimizer.warmup_steps (optimizer steps) and scheduler.{key}=0"
             )
 

@@ -48,11 +48,15 @@ WHY = {
 
 
 def validate_lr_find(cfg: Mapping[str, Any]) -> None:
-    """Each key by its schema, then the range itself."""
+    """Each key by its schema, then the range itself (`check_range`)."""
     check_node("lr_find", cfg, LrFind)
-    if cfg["end_lr"] <= cfg["start_lr"]:
-        start = cfg["start_lr"]
-        raise ConfigError("lr_find.end_lr", cfg["end_lr"], f"must be > start_lr ({start})")
+    check_range(cfg["start_lr"], cfg["end_lr"])
+
+
+def check_range(start_lr: float, end_lr: float) -> None:
+    """lr_find's range, from its start_lr up to its end_lr."""
+    if end_lr <= start_lr:
+        raise ConfigError("lr_find.end_lr", end_lr, f"must be > start_lr ({start_lr})")
 
 
 def lr_at(i: int, cfg: Mapping[str, Any]) -> float:
