@@ -17,10 +17,19 @@ bench_startup.py). Tokens/s = training tokens / that time; the ratio is runner /
                  (metrics.jsonl is still written)
   runner:        fit() as a run has it by default: checkpoints (last.pt, best.pt) and
                  W&B offline, its writes on the writer thread, flushed before the clock stops
+Each timed run is also split at its optimizer steps (a global step hook): the steady
+step (the median of the steps inside an epoch) and the rest (the run's time less its
+steps at that median: building, the first step's warm-up, the validations, epoch ends
+and the end), in wall and CPU time, so a per-step cost and a per-run one show apart.
+All of it under the runner's malloc settings (runner/train/heap.py), set before the
+first run: the hand loop shares the process, so it would get them after the runner's
+first run anyway; without them the runner's larger validation batches paid page faults
+that the hand loop's did not (issue #35).
 On CUDA both run under bf16 autocast and torch.compile (trainer.amp, trainer.compile),
 with larger GPTs.
 
     python benchmarks/bench_lm.py [--repeats 5] [--quick] [--device cpu|cuda] [--threads N]
+                                  [--glibc-default]
 
 On a shared, loaded machine --threads 1 gives steadier numbers: two threads on two busy
 cores spin and wait for each other (a step of the small GPT took 5x longer with 2 than
@@ -49,6 +58,7 @@ from bench_overhead import runner_loop  # noqa: E402
 from common import interleaved, machine, median, write_or_print  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
+from torch.optim.optimizer import register_optimizer_step_post_hook  # noqa: E402
 
 from runner.config.compose import compose_config  # noqa: E402
 from runner.config.schema import run_spec  # noqa: E402
@@ -56,6 +66,7 @@ from runner.data.sets import load_data  # noqa: E402
 from runner.io.background import Background  # noqa: E402
 from runner.io.loggers import open_logger  # noqa: E402
 from runner.run.check import validate  # noqa: E402
+from runner.train import heap  # noqa: E402
 from runner.train.gpt import GPT  # noqa: E402
 
 LOG_EVERY = 50  # the runner's trainer.log_every_n_steps default: a loss read back
@@ -197,9 +208,10 @@ def measure(overrides: list[str], device: torch.device, repeats: int, warm: bool
         def runner(c: Any, lg: Any, name: str) -> None:
             runner_loop(c, data, lg, fresh(name), background, texts[id(c)])
 
-        cpu: dict[str, list[float]] = {}
+        steps = data.n_train // cfg.data.batch_size  # per epoch
+        split: dict[str, dict[str, list[float]]] = {}
         variants = {
-            name: with_cpu_time(fn, cpu.setdefault(name, []))
+            name: with_split(fn, split.setdefault(name, {}), steps)
             for name, fn in (
                 ("hand", partial(hand_loop, cfg, data, device, cuda)),
                 ("runner, bare", partial(runner, bare, plain, "bare")),
@@ -209,31 +221,67 @@ def measure(overrides: list[str], device: torch.device, repeats: int, warm: bool
         if warm:  # first calls (allocator, compile, the W&B service) out of the clock
             for fn in variants.values():
                 fn()
-            for spent in cpu.values():
-                spent.clear()
+            for record in split.values():
+                record.clear()
         times = interleaved(variants, repeats)
     result: dict[str, Any] = {name: median(ts) for name, ts in times.items()}
     result |= {f"{name} tokens/s": tokens / result[name] for name in variants}
     result["bare ratio"] = result["hand"] / result["runner, bare"]
     result["ratio"] = result["hand"] / result["runner"]
-    cpu_s = {name: median(ts) for name, ts in cpu.items()}
+    cpu_s = {name: median(record["cpu s"]) for name, record in split.items()}
     result["cpu bare ratio"] = cpu_s["hand"] / cpu_s["runner, bare"]
     result["cpu ratio"] = cpu_s["hand"] / cpu_s["runner"]
-    result |= {"tokens": tokens, "all": times, "cpu s": cpu_s, "all cpu": cpu}
+    result["split"] = {
+        name: {key: median(values) for key, values in record.items()}
+        for name, record in split.items()
+    }
+    result |= {"tokens": tokens, "all": times, "cpu s": cpu_s, "all split": split}
     return result
 
 
-def with_cpu_time(fn: Callable[[], Any], spent: list[float]) -> Callable[[], None]:
-    """`fn`, its process CPU time appended to `spent` (every thread of this process, not W&B's
-    own service process): on a loaded machine the wall time also holds the waits for a
-    core, the CPU time only the work."""
+def with_split(
+    fn: Callable[[], Any], record: dict[str, list[float]], steps: int
+) -> Callable[[], None]:
+    """`fn`, each call's times appended to `record`: its process CPU time ("cpu s": every
+    thread of this process, not W&B's own service process: on a loaded machine the wall
+    time also holds the waits for a core, the CPU time only the work) and its split at
+    the optimizer steps (`split_at_steps`; `steps` per epoch)."""
 
     def run() -> None:
-        t0 = time.process_time()
-        fn()
-        spent.append(time.process_time() - t0)
+        stamps: list[tuple[float, float]] = []
+        hook = register_optimizer_step_post_hook(
+            lambda *_: stamps.append((time.perf_counter(), time.process_time()))
+        )
+        try:
+            t0, c0 = time.perf_counter(), time.process_time()
+            fn()
+            t1, c1 = time.perf_counter(), time.process_time()
+        finally:
+            hook.remove()
+        record.setdefault("cpu s", []).append(c1 - c0)
+        for key, value in split_at_steps(stamps, steps, t1 - t0, c1 - c0).items():
+            record.setdefault(key, []).append(value)
 
     return run
+
+
+def split_at_steps(
+    stamps: list[tuple[float, float]], steps: int, wall_s: float, cpu_s: float
+) -> dict[str, float]:
+    """A run's steady step, the median of the intervals between optimizer steps inside an
+    epoch (not those across an epoch's end: a validation is in them), in wall and CPU
+    ms, and the rest of the run: its time less its steps at that median."""
+    inside = [i for i in range(1, len(stamps)) if i % steps]
+    if not inside:  # one step an epoch: no steady step to take
+        return {}
+    step = [median([stamps[i][k] - stamps[i - 1][k] for i in inside]) for k in (0, 1)]
+    n = len(stamps)
+    return {
+        "step ms": 1000 * step[0],
+        "step cpu ms": 1000 * step[1],
+        "rest s": wall_s - n * step[0],
+        "rest cpu s": cpu_s - n * step[1],
+    }
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -244,9 +292,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--threads", type=int, default=None, help="torch CPU threads for both (default: torch's)"
     )
+    parser.add_argument(
+        "--glibc-default",
+        action="store_true",
+        help="leave glibc's malloc thresholds as they are (the runner before issue #35); "
+        "prints only",
+    )
     args = parser.parse_args(argv)
     if args.threads:  # the runner keeps them: trainer.num_threads=auto
         torch.set_num_threads(args.threads)
+    if args.glibc_default:
+        heap.keep_freed_memory = lambda: False  # the engine calls it through the module
+    heap.keep_freed_memory()  # as the runner's first run would set it for the whole process
     name = args.device if args.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(name)
     logging.getLogger("schedlab").setLevel(logging.WARNING)
@@ -265,7 +322,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     lines = [
         f"On {device.type} ({how}, {torch.get_num_threads()} torch threads); median of "
         f"{repeats} interleaved repeats; tokens/s = training tokens / (model build + "
-        "training + a validation per epoch).",
+        "training + a validation per epoch); "
+        + (
+            "glibc's own malloc thresholds (--glibc-default)."
+            if args.glibc_default
+            else "both under the runner's malloc thresholds (runner/train/heap.py)."
+        ),
         "",
         "| job | steps | hand tokens/s | runner, bare tokens/s | runner tokens/s "
         "| **runner, bare / hand** | **runner / hand** | by CPU time: bare / hand "
@@ -284,11 +346,37 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ">= 0.97. By CPU time: this process's CPU seconds instead of wall seconds (W&B's "
         "service process not counted), steadier on a loaded machine."
     )
+    lines += split_table(results)
     payload = {"machine": machine(), "device": device.type, "repeats": repeats,
                "overrides": COMMON, "results": results}  # fmt: skip
     name = "lm_gpu" if device.type == "cuda" else "lm"  # a CUDA machine's file beside the CPU's
-    write_or_print(name, payload, "\n".join(lines), args.quick)
+    write_or_print(name, payload, "\n".join(lines), args.quick or args.glibc_default)
     return payload
+
+
+def split_table(results: dict[str, Any]) -> list[str]:
+    """The split's lines: each variant's steady step and the rest of its run (medians)."""
+    lines = [
+        "",
+        "Split at the optimizer steps: the steady step (median of the steps inside an epoch) "
+        "and the rest of a run (its time less its steps at that median: build, first step, "
+        "validations, epoch ends, end); medians over the repeats.",
+        "",
+        "| job | variant | step ms | step CPU ms | step / hand's (CPU) | rest s | rest CPU s "
+        "| rest CPU s over hand's |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for title, r in results.items():
+        hand = r["split"]["hand"]
+        if "step ms" not in hand:
+            continue
+        for name, s in r["split"].items():
+            lines.append(
+                f"| {title} | {name} | {s['step ms']:.2f} | {s['step cpu ms']:.2f} "
+                f"| {s['step cpu ms'] / hand['step cpu ms']:.3f} | {s['rest s']:.3f} "
+                f"| {s['rest cpu s']:.3f} | {s['rest cpu s'] - hand['rest cpu s']:+.3f} |"
+            )
+    return lines
 
 
 def _tokens_per_step(overrides: list[str]) -> int:

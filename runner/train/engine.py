@@ -30,7 +30,7 @@ import torch
 from runner.config.schema import Trainer
 from runner.io import checkpoint
 from runner.io.loggers import RunLogger
-from runner.train import lm
+from runner.train import heap, lm
 from runner.train.steps import eval_weights, progress_bar
 from schedulers.checks import mode_for
 
@@ -235,6 +235,7 @@ class Engine:
         diverge_note: str = "",
     ) -> None:
         self.tracks, self.epochs, self.step = list(tracks), epochs, step
+        heap.keep_freed_memory()  # each step's activations reused, not faulted in again
         for t in self.tracks:  # their tokens are set by now (a language model's or None)
             t.resolve_monitor()
         self.active = list(range(len(self.tracks)))
