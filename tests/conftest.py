@@ -35,12 +35,18 @@ def _schedlab_log_is_enabled() -> Iterator[None]:
     """Each test starts with the `schedlab` logger enabled and propagating to caplog's root
     handler: a logging set-up made by an earlier test in this worker's process (a Hydra run
     in process) can leave it disabled, and caplog then reads nothing (two flaky tests under
-    xdist)."""
-    log = logging.getLogger("schedlab")
-    before = log.disabled, log.propagate
+    xdist). Hydra's `hydra/job_logging=disabled` also leaves the root logger at ERROR,
+    which drops the `schedlab` warnings before they reach caplog: the root is put back
+    to logging's default, WARNING, and `schedlab` to inherit it."""
+    log, root = logging.getLogger("schedlab"), logging.getLogger()
+    before = log.disabled, log.propagate, log.level, root.level
     log.disabled, log.propagate = False, True
+    log.setLevel(logging.NOTSET)
+    root.setLevel(min(root.level, logging.WARNING))
     yield
-    log.disabled, log.propagate = before
+    log.disabled, log.propagate = before[:2]
+    log.setLevel(before[2])
+    root.setLevel(before[3])
 
 
 @pytest.fixture

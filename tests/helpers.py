@@ -138,9 +138,7 @@ def release_kept_locks() -> None:
     from runner.io import files
     from runner.run import check
 
-    for lock in files._KEPT.values():
-        os.close(lock.fd)
-    files._KEPT.clear()
+    files.release_kept()
     check._HANDED.clear()
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from runner.dist.workers import worker_init
+from runner.io import files
 from runner.io.files import RunDirBusy, hold_run_dir, run_dir_holder
 from tests.helpers import (
     comparable,
@@ -177,3 +178,39 @@ def test_sigkill_of_a_streamed_run_alone_frees_its_dir_at_once_and_the_resume_is
             os.killpg(proc.pid, signal.SIGKILL)
         proc.stdout.close()
         proc.stderr.close()
+
+
+def _child_sees(*fds: int) -> bool:
+    """Whether a forked child still has these fds open when it starts."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            for fd in fds:
+                os.fstat(fd)
+        except OSError:
+            os._exit(1)
+        os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status) == 0
+
+
+@pytest.mark.parametrize("how", ["released", "closed behind its back"])
+def test_a_forked_child_closes_no_file_that_reused_a_lock_s_number(tmp_path, how):
+    """A lock fd released (files.release_kept) or closed elsewhere leaves its number free;
+    a pipe that reuses it must stay open in every child forked later (it once closed a
+    DataLoader worker's pipe in the child: the test process's loader hung)."""
+    (tmp_path / "run").mkdir()
+    lock = files.keep_run_dir(tmp_path / "run")
+    if how == "released":
+        files.release_kept()
+    else:
+        os.close(lock.fd)
+    r, w = os.pipe()
+    try:
+        if how == "closed behind its back":
+            assert lock.fd in (r, w)  # the number is reused: the case that matters
+        assert _child_sees(r, w)
+    finally:
+        os.close(r)
+        os.close(w)
+        files._KEPT.clear()

@@ -285,15 +285,38 @@ def _pid(fd: int) -> int | None:
 # locks this process took ahead of its run (keep_run_dir), by resolved run dir, until the
 # run's hold_run_dir takes them over
 _KEPT: dict[str, RunDirLock] = {}
-_HELD: set[int] = set()  # the fds of every lock this process holds (kept or held)
+# the fds of every lock this process holds (kept or held), with the (device, inode) of the
+# lock file each was opened on
+_HELD: dict[int, tuple[int, int]] = {}
+
+
+def _identity(fd: int) -> tuple[int, int]:
+    st = os.fstat(fd)
+    return st.st_dev, st.st_ino
+
+
+def release(lock: RunDirLock) -> None:
+    """Close a lock's fd, which releases it, and forget it: a number left in _HELD would
+    later close whatever file reused it, in every child forked (a DataLoader worker's
+    pipe: a hang)."""
+    _HELD.pop(lock.fd, None)
+    os.close(lock.fd)
+
+
+def release_kept() -> None:
+    """Release the locks this process took for runs it will not start (keep_run_dir)."""
+    for lock in _KEPT.values():
+        release(lock)
+    _KEPT.clear()
 
 
 def _drop_inherited_locks() -> None:
     """In a forked child: close its copies of the parent's lock fds, before the child runs
     anything else, so that the lock lives exactly as long as the run's own process."""
-    for fd in _HELD:
+    for fd, file in _HELD.items():
         with suppress(OSError):
-            os.close(fd)
+            if _identity(fd) == file:  # never another file given a stale number
+                os.close(fd)
     _HELD.clear()
     _KEPT.clear()  # the child holds none of them: a run it started would take its own
 
@@ -311,7 +334,7 @@ def _lock(run_dir: Path | str) -> RunDirLock:
         pid = _pid(fd)
         os.close(fd)
         raise RunDirBusy(Path(run_dir), pid) from None
-    _HELD.add(fd)
+    _HELD[fd] = _identity(fd)
     return RunDirLock(fd)
 
 
@@ -335,8 +358,7 @@ def hold_run_dir(run_dir: Path | str) -> Iterator[RunDirLock]:
     try:
         yield lock
     finally:
-        _HELD.discard(lock.fd)
-        os.close(lock.fd)  # releases the lock
+        release(lock)
 
 
 def run_dir_holder(run_dir: Path | str) -> RunDirBusy | None:

@@ -441,21 +441,21 @@ def _data_streams(
 
 def _fit(members: Sequence[Member], stop: Any, background: Background, cleanup: ExitStack) -> None:
     members = sorted(members, key=lambda m: m.cfg.seed)  # same seed, same batches: adjacent
-    first = members[0].cfg
     branches = _branches(members)  # config.yaml then names a null branch_epoch's pick
     config_texts = [config_yaml(m.cfg, m.run_dir) for m in members]  # dirs made: locked
     for m in members:
         if "wandb" in m.cfg.logger and m.cfg.logger.wandb.mode != "disabled":
             m.wandb_id = uuid.uuid4().hex[:8]  # W&B's own ids are 8 characters of [a-z0-9]
     specs = [run_spec(m.cfg) for m in members]  # each member's validated config, typed
+    first = specs[0]  # what the group shares (its key): read as a single run reads its own
     device, data, net, models, optimizers, schedules, starts = _build(specs, branches)
     for m, at in zip(members, branches, strict=True):
         if at is not None:  # its trunk's rows before the branch point, as its first rows
             branch.copy_trunk_rows(*at, m.run_dir)
     parts = {"models": models, "optimizers": optimizers, "schedules": schedules}
-    k, epochs, batch_size = len(members), first.epochs, first.data.batch_size
+    k, epochs, batch_size = len(members), first.epochs, first.data["batch_size"]
     fused = FusedOptimizer(
-        net.stacked_params(), optimizers, _param_groups(net, optimizers), first.optimizer.name
+        net.stacked_params(), optimizers, _param_groups(net, optimizers), first.optimizer["name"]
     )
     if any(starts):
         _start_optimizer(fused, net, optimizers)
