@@ -157,6 +157,7 @@ class Member:
     wandb_id: str | None = None  # chosen up front: the checkpoints name the W&B run to resume
     sweep_dir: Path | None = None  # where a member refused its dir is named (pending)
     earlier_s: float = 0.0  # a branch's trunk's training time before it: in its wall time
+    failed_start: bool = False  # its own start failed: it failed alone (`_start_member`)
 
 
 def train_group(members: Sequence[Member]) -> None:
@@ -175,12 +176,12 @@ def train_group(members: Sequence[Member]) -> None:
     except files.WriteFailed as err:  # disk full, read-only: one line names the file
         log.error(f"the fused group stopped: {err}")
         for m in members:
-            if m.result is None:
+            if m.result is None and not m.failed_start:
                 m.error = f"error: {err}"
     except Exception as err:
         log.exception("the fused group failed")
         for m in members:
-            if m.result is None:
+            if m.result is None and not m.failed_start:
                 m.error = repr(err)
     finally:
         _write_status(members, time.perf_counter() - t0)
@@ -204,7 +205,14 @@ def _lock_run_dirs(members: Sequence[Member], locks: ExitStack) -> list[Member]:
 
 
 def _write_status(members: Sequence[Member], wall: float) -> None:
+    k = sum(not m.failed_start for m in members)  # trained together (fused_jobs)
     for m in members:
+        if (
+            m.failed_start
+            and (m.error or "").startswith("config error")
+            and _holds_record(m.run_dir)
+        ):
+            continue  # as a single run's config error leaves a dir holding a run as it was
         result = m.result if m.error is None else None
         own = wall + m.earlier_s  # as a single branch counts its trunk's time
         if result is not None:
@@ -214,10 +222,16 @@ def _write_status(members: Sequence[Member], wall: float) -> None:
             error = m.error or "the fused group stopped"
             # fused_jobs: trained with this many jobs, one process; rows_sent: not until
             # the launcher has sent them (`replay`)
-            write_status(m.run_dir, result, own, error, fused_jobs=len(members), rows_sent=False)
+            write_status(m.run_dir, result, own, error, fused_jobs=k, rows_sent=False)
         except files.WriteFailed as err:  # the other members' status still gets written
             log.error(f"error: {err}")
             m.error = m.error or f"error: {err}"
+
+
+def _holds_record(run_dir: Path) -> bool:
+    """The run dir holds a run's record (runner/__main__.py `_mark_failed`): a member whose
+    start failed wrote neither, so these are from before."""
+    return (run_dir / "status.json").exists() or (run_dir / "config.yaml").exists()
 
 
 def _note(member: Member, level: int, message: str) -> None:
@@ -226,53 +240,87 @@ def _note(member: Member, level: int, message: str) -> None:
         log.log(level, message)
 
 
-def _build(
-    specs: Sequence[RunSpec], branches: Sequence[tuple[str, int] | None]
-) -> tuple[torch.device, TensorData, StackedNet | StackedGPT, list, list, list, list]:
-    """Each member's model, optimizer and scheduler built as a single run builds its own
-    (runner/train/builders.py `build_member`: its threads, its seed -> the same init), a
-    branch's (`branches`: its trunk and epoch, else None) then loaded from its trunk's
-    checkpoint as a single branch loads it, then the models stacked. Data is loaded once
-    for all. Returns also each member's start state (None: epoch 0)."""
-    first = specs[0]
-    device = resolve_device(first.trainer.device)
-    data = load_data(first.data)
-    per_epoch = steps_per_epoch(data.n_train, first.data["batch_size"], first.trainer.accumulate)
-    models, optimizers, schedules, starts = [], [], [], []
-    for spec, at in zip(specs, branches, strict=True):
-        model, optimizer, schedule = build_member(spec, data, device)
-        schedule = with_swa_lr(spec.trainer, schedule, spec.epochs)  # as build_run does
-        # never stepped itself (the fused step reads its lr); a step without gradients
-        # changes nothing and tells torch's scheduler the optimizer is in use (no warning)
-        optimizer.step()
-        if at is not None:  # the trunk's weights and optimizer state, its own schedule there
-            run = SimpleNamespace(model=model, optimizer=optimizer, scheduler=schedule, scaler=None)
-            starts.append(branch.start_state(*at, spec.data, run, per_epoch))
-        else:
-            starts.append(None)
-        models.append(model)
-        optimizers.append(optimizer)
-        schedules.append(schedule)
-    if isinstance(models[0], GPT):  # runner/sweep/stacked_gpt.py
-        net: StackedNet | StackedGPT = StackedGPT(models)
+def _shared(spec: RunSpec) -> tuple[torch.device, TensorData, int]:
+    """What the group's members share (their key): the device, the data (loaded once for
+    all) and the optimizer steps per epoch."""
+    device = resolve_device(spec.trainer.device)
+    data = load_data(spec.data)
+    per_epoch = steps_per_epoch(data.n_train, spec.data["batch_size"], spec.trainer.accumulate)
+    return device, data, per_epoch
+
+
+def _start_member(
+    m: Member, data: TensorData, device: torch.device, per_epoch: int
+) -> tuple[RunSpec, Any, Any, Any, dict[str, Any] | None, str] | None:
+    """Member m's own start, as a single run of it starts (`_build_member`), then its
+    config.yaml (and a branch's trunk rows) written: its spec, model, optimizer, schedule,
+    start state and config text. None when that start fails: m fails alone, with the
+    error a single run of it records (runner/__main__.py), and the group goes on without
+    it; nothing of it is written then but its status.json (`_write_status`)."""
+    try:
+        at = _branch_of(m)  # config.yaml then names a null branch_epoch's pick
+        spec = run_spec(m.cfg)  # the member's validated config, typed
+        model, optimizer, schedule, start = _build_member(spec, at, data, device, per_epoch)
+        config_text = config_yaml(m.cfg, m.run_dir)
+        if at is not None:  # its trunk's rows before the branch point, as its first rows
+            branch.copy_trunk_rows(*at, m.run_dir)
+    except ConfigError as err:
+        m.error, m.failed_start = f"config error: {err}", True
+    except files.WriteFailed as err:  # disk full, read-only: one line names the file
+        m.error, m.failed_start = f"error: {err}", True
+    except Exception as err:
+        log.exception(f"a fused job failed to start ({m.run_dir}); the others go on")
+        m.error, m.failed_start = repr(err), True
     else:
-        net = StackedNet(models, sample_rank=len(data.image_shape))
+        return spec, model, optimizer, schedule, start, config_text
+    log.error(f"{m.run_dir}: {m.error}; the other fused jobs go on")
+    return None
+
+
+def _build_member(
+    spec: RunSpec,
+    at: tuple[str, int] | None,
+    data: TensorData,
+    device: torch.device,
+    per_epoch: int,
+) -> tuple[Any, Any, Any, dict[str, Any] | None]:
+    """The member's model, optimizer and scheduler built as a single run builds its own
+    (runner/train/builders.py `build_member`: its threads, its seed -> the same init), a
+    branch's (`at`: its trunk and epoch, else None) then loaded from its trunk's
+    checkpoint as a single branch loads it. Returns also its start state (None: epoch 0)."""
+    model, optimizer, schedule = build_member(spec, data, device)
+    schedule = with_swa_lr(spec.trainer, schedule, spec.epochs)  # as build_run does
+    # never stepped itself (the fused step reads its lr); a step without gradients
+    # changes nothing and tells torch's scheduler the optimizer is in use (no warning)
+    optimizer.step()
+    start = None
+    if at is not None:  # the trunk's weights and optimizer state, its own schedule there
+        run = SimpleNamespace(model=model, optimizer=optimizer, scheduler=schedule, scaler=None)
+        start = branch.start_state(*at, spec.data, run, per_epoch)
+    return model, optimizer, schedule, start
+
+
+def _stack(
+    models: Sequence[torch.nn.Module], data: TensorData, device: torch.device
+) -> tuple[TensorData, StackedNet | StackedGPT]:
+    """The members' models stacked, and the data placed as the models read it."""
+    if isinstance(models[0], GPT):  # runner/sweep/stacked_gpt.py
+        net: StackedNet | StackedGPT = StackedGPT(list(models))
+    else:
+        net = StackedNet(list(models), sample_rank=len(data.image_shape))
     data = place(resize_images(data, getattr(models[0], "input_size", None)), device)
-    return device, data, net, models, optimizers, schedules, starts
+    return data, net
 
 
-def _branches(members: Sequence[Member]) -> list[tuple[str, int] | None]:
-    """Each member's trunk run dir and branch epoch (branch_epoch null: the one start-up
-    validation picks, as a single branch's), or None for a run from scratch."""
-    out: list[tuple[str, int] | None] = []
-    for m in members:
-        if m.cfg.get("branch") is None:
-            out.append(None)
-            continue
-        if m.cfg.get("branch_epoch") is None:
-            validate(m.cfg)  # fills it in (the launcher's why_not_fusable did already)
-        out.append((str(m.cfg.branch), int(m.cfg.branch_epoch)))
-    return out
+def _branch_of(m: Member) -> tuple[str, int] | None:
+    """The member's trunk run dir and branch epoch, or None for a run from scratch. A
+    branch is validated again here, as a single branch is at its own start: its trunk
+    may have changed since the launcher checked it (a kept epoch removed), and then it
+    fails with the single run's error (branch_epoch null: the pick is filled in)."""
+    if m.cfg.get("branch") is None:
+        return None
+    validate(m.cfg)
+    return str(m.cfg.branch), int(m.cfg.branch_epoch)
 
 
 def _start_progress(starts: Sequence[dict[str, Any] | None]) -> list[checkpoint.Progress]:
@@ -441,17 +489,19 @@ def _data_streams(
 
 def _fit(members: Sequence[Member], stop: Any, background: Background, cleanup: ExitStack) -> None:
     members = sorted(members, key=lambda m: m.cfg.seed)  # same seed, same batches: adjacent
-    branches = _branches(members)  # config.yaml then names a null branch_epoch's pick
-    config_texts = [config_yaml(m.cfg, m.run_dir) for m in members]  # dirs made: locked
+    device, data, per_epoch = _shared(run_spec(members[0].cfg))  # the group's (its key)
+    started = {id(m): s for m in members if (s := _start_member(m, data, device, per_epoch))}
+    members = [m for m in members if id(m) in started]  # a member whose start failed: alone
+    if not members:
+        return
+    specs, models, optimizers, schedules, starts, config_texts = (
+        list(column) for column in zip(*(started[id(m)] for m in members), strict=True)
+    )
     for m in members:
         if "wandb" in m.cfg.logger and m.cfg.logger.wandb.mode != "disabled":
             m.wandb_id = uuid.uuid4().hex[:8]  # W&B's own ids are 8 characters of [a-z0-9]
-    specs = [run_spec(m.cfg) for m in members]  # each member's validated config, typed
     first = specs[0]  # what the group shares (its key): read as a single run reads its own
-    device, data, net, models, optimizers, schedules, starts = _build(specs, branches)
-    for m, at in zip(members, branches, strict=True):
-        if at is not None:  # its trunk's rows before the branch point, as its first rows
-            branch.copy_trunk_rows(*at, m.run_dir)
+    data, net = _stack(models, data, device)
     parts = {"models": models, "optimizers": optimizers, "schedules": schedules}
     k, epochs, batch_size = len(members), first.epochs, first.data["batch_size"]
     fused = FusedOptimizer(

@@ -1,0 +1,97 @@
+"""Nothing lost in a fused group: a member whose own start fails (its trunk's kept
+checkpoint gone or damaged since the launcher checked it) fails alone, with the error a
+single run of it records, and the others train as a group without it, as they would
+have had it never been in the group."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from runner.io import checkpoint
+from runner.run.train import train
+from runner.sweep.fused import replay, why_not_fusable
+from schedulers import ConfigError
+from tests.helpers import assert_same_rows, make_cfg, train_members, train_separate
+
+WSD = ("logger=none", "scheduler=wsd", "trainer.progress=line")  # warmup 2 epochs
+# as tests/test_fused_branches.py: the trunk, 8 epochs decaying from epoch 6, its checkpoint
+# after epoch 3 kept; budgets of 6 epochs branching there, each with its own cooldown
+TRUNK = (*WSD, "epochs=8", "scheduler.decay_fraction=0.25", "trainer.keep_epochs=[3]")
+BUDGET = (*WSD, "epochs=6", "branch_epoch=3")
+
+
+@pytest.fixture(scope="module")
+def trunk(tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("trunk") / "run"
+    assert train(make_cfg(*TRUNK), run_dir).status == "completed"
+    return run_dir
+
+
+def branch_of(trunk: Path, fraction: float) -> list[str]:
+    return [*BUDGET, f"branch={trunk}", f"scheduler.decay_fraction={fraction}"]
+
+
+def broken_trunk(trunk: Path, where: Path, damage: str) -> list[str]:
+    """A branch of a copy of `trunk` that passes the launcher's check (why_not_fusable),
+    whose kept epoch_3.pt is then removed or damaged (`damage`: gone, damaged)."""
+    copy = shutil.copytree(trunk, where)
+    job = branch_of(copy, 0.5)
+    assert why_not_fusable(make_cfg(*job)) is None
+    kept = copy / checkpoint.KEPT.format(3)
+    if damage == "gone":
+        kept.unlink()
+    else:
+        kept.write_bytes(kept.read_bytes()[:100])
+    return job
+
+
+def single_error(job: list[str], run_dir: Path) -> str:
+    """The error a single run of `job` records in its status.json (runner/__main__.py: a
+    config error)."""
+    with pytest.raises(ConfigError) as err:
+        train(make_cfg(*job), run_dir)
+    return f"config error: {err.value}"
+
+
+def status(run_dir: Path) -> dict:
+    return json.loads((run_dir / "status.json").read_text())
+
+
+def test_a_member_whose_trunk_checkpoint_is_gone_fails_alone(trunk, tmp_path):
+    """Three branches fused, the third's trunk checkpoint removed after the launcher's
+    check: it fails as its single run fails (validated again at its start), and the two
+    others train with the rows of the two fused without it."""
+    ok = [branch_of(trunk, 0.5), branch_of(trunk, 0.75)]
+    bad = broken_trunk(trunk, tmp_path / "trunk2", "gone")
+    members = train_members(tmp_path / "three", [*ok, bad])
+    assert status(members[2].run_dir) == {
+        "status": "failed",
+        "error": single_error(bad, tmp_path / "single"),
+    }
+    assert not (members[2].run_dir / "config.yaml").exists()  # nothing but its status
+    assert replay(members[2]) == 0.0  # the worst objective, as a failed single job returns
+    pair = train_members(tmp_path / "two", ok)
+    for member, alone in zip(members[:2], pair, strict=True):
+        assert status(member.run_dir)["status"] == "completed"
+        assert status(member.run_dir)["fused_jobs"] == 2
+        assert_same_rows(member.run_dir, alone.run_dir)
+
+
+def test_a_member_whose_trunk_checkpoint_is_damaged_leaves_the_other_training_alone(
+    trunk, tmp_path
+):
+    """Its trunk's epoch_3.pt truncated: the single run's `damaged` config error; the one
+    member left trains on its own (a group of one), equal to its single run."""
+    ok = branch_of(trunk, 0.5)
+    bad = broken_trunk(trunk, tmp_path / "trunk2", "damaged")
+    members = train_members(tmp_path, [ok, bad])
+    error = single_error(bad, tmp_path / "single")
+    assert "damaged" in error
+    assert status(members[1].run_dir) == {"status": "failed", "error": error}
+    assert status(members[0].run_dir)["status"] == "completed"
+    assert status(members[0].run_dir)["fused_jobs"] == 1
+    assert_same_rows(members[0].run_dir, train_separate(tmp_path, ok))
