@@ -5,15 +5,17 @@ have had it never been in the group."""
 
 from __future__ import annotations
 
+import errno
 import json
 import shutil
 from pathlib import Path
 
 import pytest
 
-from runner.io import checkpoint
+from runner.io import checkpoint, files
 from runner.run.train import train
-from runner.sweep.fused import replay, why_not_fusable
+from runner.sweep import fused
+from runner.sweep.fused import Member, replay, train_group, why_not_fusable
 from schedulers import ConfigError
 from tests.helpers import assert_same_rows, make_cfg, train_members, train_separate
 
@@ -95,3 +97,34 @@ def test_a_member_whose_trunk_checkpoint_is_damaged_leaves_the_other_training_al
     assert status(members[0].run_dir)["status"] == "completed"
     assert status(members[0].run_dir)["fused_jobs"] == 1
     assert_same_rows(members[0].run_dir, train_separate(tmp_path, ok))
+
+
+def test_members_whose_run_dir_cannot_be_written_at_start_fail_alone(tmp_path, monkeypatch):
+    """One member's run dir refuses its lock, another's its config.yaml (a full or
+    read-only disk there): each fails with its single run's `error: cannot write ...`
+    (the second's status.json says so), and the third trains on its own."""
+    jobs = [["epochs=2", "logger=none", "scheduler=step", f"seed={s}"] for s in (0, 1, 2)]
+    group = [Member(make_cfg(*o), tmp_path / str(i), o, None) for i, o in enumerate(jobs)]
+    full = OSError(errno.ENOSPC, "No space left on device")
+
+    def hold(run_dir, *args):
+        if run_dir == group[0].run_dir:
+            raise files.WriteFailed(run_dir / ".lock", full)
+        return real_hold(run_dir, *args)
+
+    def config_yaml(cfg, run_dir=None):
+        if run_dir == group[1].run_dir:
+            raise files.WriteFailed(run_dir / "config.yaml", full)
+        return real_config_yaml(cfg, run_dir)
+
+    real_hold, real_config_yaml = fused.hold, fused.config_yaml
+    monkeypatch.setattr(fused, "hold", hold)
+    monkeypatch.setattr(fused, "config_yaml", config_yaml)
+    train_group(group)
+    assert group[0].error == f"error: cannot write {group[0].run_dir / '.lock'}: {full.strerror}"
+    assert status(group[1].run_dir) == {
+        "status": "failed",
+        "error": f"error: cannot write {group[1].run_dir / 'config.yaml'}: {full.strerror}",
+    }
+    assert status(group[2].run_dir)["status"] == "completed"
+    assert status(group[2].run_dir)["fused_jobs"] == 1

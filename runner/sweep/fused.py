@@ -30,6 +30,12 @@ first save, `startup_line`, and `write_status` at the end), and the epochs run i
 run's engine (runner/train/engine.py), with the one evaluation loop (runner/train/steps.py
 `evaluate`): rows carry the same keys. Only how a batch is trained and validated is fused
 (`StackedModels`).
+
+Each member starts on its own first (`_start_member`: a branch validated again, built,
+loaded from its trunk; then its config.yaml): a member whose start fails (its trunk's
+checkpoint gone or damaged since the launcher's check, its run dir unwritable) fails
+alone with the error its single run records, and the others are stacked without it.
+Errors after the start stop the group, except divergence, which stops only its member.
 """
 
 from __future__ import annotations
@@ -190,7 +196,8 @@ def train_group(members: Sequence[Member]) -> None:
 def _lock_run_dirs(members: Sequence[Member], locks: ExitStack) -> list[Member]:
     """Each member's run dir held for the group's training, as a single run holds its own:
     a second run into one of them is refused. A member whose dir another process took
-    since the launcher checked it is left out with that error (its files untouched)."""
+    since the launcher checked it is left out with that error (its files untouched); one
+    whose dir cannot take its lock (read-only, full) fails alone, as its single run would."""
     held = []
     for m in members:
         try:
@@ -199,6 +206,10 @@ def _lock_run_dirs(members: Sequence[Member], locks: ExitStack) -> list[Member]:
             m.error = f"error: {err}"
             if m.sweep_dir is not None:  # pending, not a loss (runner/sweep/sweepdir.py)
                 record_refused(m.sweep_dir, m.run_dir, err.pid)
+            continue
+        except files.WriteFailed as err:
+            m.error, m.failed_start = f"error: {err}", True
+            log.error(f"error: {err}; the other fused jobs go on")
             continue
         held.append(m)
     return held
@@ -754,7 +765,8 @@ def replay(member: Member) -> float:
     for level, line in member.log_lines:
         log.log(level, line)
     if member.error is not None or member.result is None:
-        log.error(f"job failed in its fused group: {member.error}")
+        when = "to start " if member.failed_start else ""  # then the others trained without it
+        log.error(f"job failed {when}in its fused group: {member.error}")
         return 0.0  # the worst objective, as a failed single job returns (runner/__main__.py)
     send_rows(
         member.cfg,
