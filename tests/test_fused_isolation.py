@@ -17,7 +17,14 @@ from runner.run.train import train
 from runner.sweep import fused
 from runner.sweep.fused import Member, replay, train_group, why_not_fusable
 from schedulers import ConfigError
-from tests.helpers import assert_same_rows, make_cfg, train_members, train_separate
+from tests.helpers import (
+    assert_same_rows,
+    job_dirs,
+    make_cfg,
+    run_cli,
+    train_members,
+    train_separate,
+)
 
 WSD = ("logger=none", "scheduler=wsd", "trainer.progress=line")  # warmup 2 epochs
 # as tests/test_fused_branches.py: the trunk, 8 epochs decaying from epoch 6, its checkpoint
@@ -128,3 +135,45 @@ def test_members_whose_run_dir_cannot_be_written_at_start_fail_alone(tmp_path, m
     }
     assert status(group[2].run_dir)["status"] == "completed"
     assert status(group[2].run_dir)["fused_jobs"] == 1
+
+
+@pytest.mark.slow
+def test_a_fused_sweep_counts_the_members_that_failed_to_start_and_trains_the_rest(trunk, tmp_path):
+    """Through the launcher: a trunk whose kept checkpoint is damaged passes the launcher's
+    check (the file is there), so its two branches join the group of four; they fail at
+    their start, as their single runs would, and the sweep's report counts them failed,
+    while the two branches of the sound trunk train fused as two."""
+    broken = broken_trunk(trunk, tmp_path / "trunk2", "damaged")[-2].removeprefix("branch=")
+    sweep = tmp_path / "sweep"
+    proc = run_cli(
+        "-m",
+        "hydra/launcher=fused",
+        *BUDGET,
+        f"branch={trunk},{broken}",
+        "scheduler.decay_fraction=0.5,0.75",
+        f"hydra.sweep.dir={sweep}",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "Training 4 jobs as one fused model" in proc.stdout + proc.stderr
+    jobs = job_dirs(sweep)
+    assert len(jobs) == 4
+    for overrides, job in jobs.items():
+        if broken in overrides:
+            assert status(job)["error"].startswith("config error: ")
+            assert "is damaged" in status(job)["error"]
+            assert "job failed to start in its fused group" in (job / "train.log").read_text()
+        else:
+            assert status(job)["status"] == "completed" and status(job)["fused_jobs"] == 2
+    # the report's rows: # | config | runs | done | diverged | failed | running | ...
+    rows = [
+        [c.strip() for c in line.strip("|").split("|")]
+        for line in (sweep / "report.md").read_text().splitlines()
+        if line.startswith("| ") and "`branch=" in line and " | `" in line[:8]
+    ]
+    assert sorted((broken in r[1], r[3], r[5]) for r in rows) == [
+        (False, "1", "0"),
+        (False, "1", "0"),
+        (True, "0", "1"),
+        (True, "0", "1"),
+    ]
