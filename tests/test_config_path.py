@@ -17,6 +17,7 @@ from types import FrameType
 from typing import Any
 
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 from runner.config.schema import GROUPS, LrFind, RunSpec, Trainer, run_spec
@@ -226,8 +227,9 @@ def stops_files_climbs(path: list[str]) -> tuple[int, int, int]:
 # -> 48/20/19: rank 0's look at the run dir (`decide`) sits in runner/run/rundir.py beside
 # what it calls, and the final config's text is made beside its typed spec (schema.py).
 # -> 47/19/19: the build hands trainer.average's values to averaging.py (`averager`,
-# `swa_schedule`), not the trainer node.
-NEW_RUN_PATH = (47, 19, 19)
+# `swa_schedule`), not the trainer node. -> 45/19/18: the start-up line's names are read
+# off the final config's values where they are made (train.py `start_line`).
+NEW_RUN_PATH = (45, 19, 18)
 
 
 @pytest.fixture(scope="module")
@@ -326,3 +328,16 @@ def test_the_optimizer_is_planned_on_the_model_facts_not_its_node():
         assert not [p for p in params if "model_cfg" in p], name
     cfg = make_cfg(*SMALL, "optimizer.no_decay=true", "optimizer.param_groups={net.*:0.5}")
     assert check.validate(cfg).groups == (("net", 0.5), ("net/no_decay", 0.5))
+
+
+def test_the_startup_line_names_what_trains(tmp_path, caplog):
+    """A single run's first line names its model, data, device, optimizer and lr, schedule
+    and length, as a fused member's does (`startup_line`), though the run reads the names
+    off its final config's values once (`start_line`)."""
+    caplog.set_level("INFO", logger="schedlab")
+    overrides = (*SMALL, "epochs=1", "optimizer.lr=0.2")
+    train(make_cfg(*overrides), tmp_path / "run")
+    spec = run_spec(make_cfg(*overrides))
+    line = run_train.startup_line(spec, torch.device("cpu"))
+    assert line == "mlp on fake (cpu), sgd lr=0.2, scheduler=step, 1 epochs"
+    assert line in caplog.messages

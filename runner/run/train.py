@@ -157,10 +157,18 @@ def start_track(
 def startup_line(spec: RunSpec, device: torch.device) -> str:
     """What trains, where, how: a single run's first log line, and each fused member's
     (runner/sweep/fused.py, after saying it is fused)."""
-    optimizer = spec.optimizer
+    names = (label(spec.model), label(spec.optimizer), label(spec.scheduler))
+    return start_line(names, spec.data["name"], device, spec.optimizer["lr"], spec.epochs)
+
+
+def start_line(
+    names: tuple[str, str, str], data: str, device: torch.device, lr: Any, epochs: int
+) -> str:
+    """`startup_line` of the model's, optimizer's and scheduler's names (`label`), read
+    where a single run resolves its final config, so that nothing reads its nodes again."""
+    model, optimizer, scheduler = names
     return (
-        f"{label(spec.model)} on {spec.data['name']} ({device}), {label(optimizer)} "
-        f"lr={optimizer['lr']}, scheduler={label(spec.scheduler)}, {spec.epochs} epochs"
+        f"{model} on {data} ({device}), {optimizer} lr={lr}, scheduler={scheduler}, {epochs} epochs"
     )
 
 
@@ -678,6 +686,7 @@ def _run(
     # the config is final now: resolved once into plain values, which config.yaml, the
     # typed spec (what the rest reads) and W&B's config are all made from
     config = plain(cfg)
+    names = (label(config["model"]), label(config["optimizer"]), label(config["scheduler"]))
     found = None
     if lr is not None:
         checked = found_lr_checked(config, checked, lr)
@@ -694,7 +703,7 @@ def _run(
     loaded = checked.data if still_held(checked.data) else load_data(spec.data)
     run = build_run(spec, loaded, dist=dist)
     data = fingerprint(spec.data, loaded)
-    log.info(startup_line(spec, run.device))
+    log.info(start_line(names, spec.data["name"], run.device, spec.optimizer["lr"], spec.epochs))
     log.info(describe(data))
     state = _start_state(config, run, checked, run_dir, dist, resuming, state)
     if resuming:
