@@ -174,7 +174,8 @@ def _check_logger(node: Mapping[str, Any], found: dict[str, Any]) -> None:
 
 # Every group's checker, in the order errors are reported ("": the top-level keys); each
 # reads what the ones before it put into `found` (runner/config/schema.py declares the keys
-# each checks).
+# each checks). The data's, optimizer's and scheduler's sit beside what they call
+# (runner/data/sets.py, runner/train/optimizers.py): the pass calls down once for each.
 CHECKS: tuple[tuple[str, Callable[[Mapping[str, Any], dict[str, Any]], None]], ...] = (
     ("", _check_top),
     ("trainer", _check_trainer),
