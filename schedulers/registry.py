@@ -530,6 +530,13 @@ def _resolve(
     return node, ctx
 
 
+def _values(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """A scheduler node as a plain dict of its own: a run hands the plain values it
+    resolved once (runner/run/check.py), converted by nobody again; a DictConfig (tests,
+    tools, fused members) is resolved here."""
+    return dict(cfg) if isinstance(cfg, dict) else dict(plain(cfg))
+
+
 def validate_scheduler(
     cfg: Mapping[str, Any],
     *,
@@ -545,7 +552,7 @@ def validate_scheduler(
     """
     # plain values, interpolations resolved: what is checked (and what an error shows) is
     # the value, never `${...}` or an OmegaConf node
-    cfg = dict(plain(cfg))
+    cfg = _values(cfg)
     _, ctx = _resolve(
         cfg, epochs=epochs, steps_per_epoch=steps_per_epoch, base_lrs=base_lrs, metrics=metrics
     )
@@ -557,7 +564,7 @@ def build_scheduler(
 ) -> LRSchedule:
     """The schedule for `optimizer`; the loop calls step_batch() and step_epoch() on it."""
     base_lrs = [g["lr"] for g in optimizer.param_groups]
-    cfg = dict(plain(cfg))  # plain values, `${...}` resolved (see validate_scheduler)
+    cfg = _values(cfg)  # plain values, `${...}` resolved (see validate_scheduler)
     node, ctx = _resolve(cfg, epochs=epochs, steps_per_epoch=steps_per_epoch, base_lrs=base_lrs)
     main = node.build(optimizer)
     warmup = None

@@ -17,6 +17,7 @@ from types import FrameType
 from typing import Any
 
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 from runner.config.schema import GROUPS, LrFind, RunSpec, Trainer, run_spec
@@ -220,7 +221,15 @@ def stops_files_climbs(path: list[str]) -> tuple[int, int, int]:
 # hands lower layers scalars or what it found (trainer.average/swa_start, lr_find's range,
 # the model built on meta once, its part names and no_decay default for the optimizer's
 # plan, the schedule-free warning's names), and runner/data reads plain values only.
-NEW_RUN_PATH = (55, 20, 20)
+# -> 50/20/19: the data's, optimizer's and scheduler's checkers sit beside what they call
+# (runner/data/sets.py, runner/train/optimizers.py), so validation calls down once for
+# them, and the scheduler library converts only a DictConfig (a run hands plain values).
+# -> 48/20/19: rank 0's look at the run dir (`decide`) sits in runner/run/rundir.py beside
+# what it calls, and the final config's text is made beside its typed spec (schema.py).
+# -> 47/19/19: the build hands trainer.average's values to averaging.py (`averager`,
+# `swa_schedule`), not the trainer node. -> 45/19/18: the start-up line's names are read
+# off the final config's values where they are made (train.py `start_line`).
+NEW_RUN_PATH = (45, 19, 18)
 
 
 @pytest.fixture(scope="module")
@@ -240,10 +249,10 @@ def test_the_config_path_of_a_new_run_stays_short(small_run):
     assert stops <= NEW_RUN_PATH[0] and files <= NEW_RUN_PATH[1] and climbs <= NEW_RUN_PATH[2]
 
 
-# the readers that still convert values already plain (they are handed DictConfig nodes by
-# tests, fused members and tools too): the scheduler library's entries. Take one out once
-# its callers all hand plain values (the data's, runner/data, read plain values only).
-STILL_CONVERTING = {"validate_scheduler", "build_scheduler"}
+# the readers that still convert values already plain: none now. The scheduler library's
+# entries convert only a DictConfig (tests, fused members and tools hand those), and
+# runner/data reads plain values only.
+STILL_CONVERTING: set[str] = set()
 
 
 def test_the_config_is_resolved_once_where_it_is_read_first(small_run):
@@ -319,3 +328,16 @@ def test_the_optimizer_is_planned_on_the_model_facts_not_its_node():
         assert not [p for p in params if "model_cfg" in p], name
     cfg = make_cfg(*SMALL, "optimizer.no_decay=true", "optimizer.param_groups={net.*:0.5}")
     assert check.validate(cfg).groups == (("net", 0.5), ("net/no_decay", 0.5))
+
+
+def test_the_startup_line_names_what_trains(tmp_path, caplog):
+    """A single run's first line names its model, data, device, optimizer and lr, schedule
+    and length, as a fused member's does (`startup_line`), though the run reads the names
+    off its final config's values once (`start_line`)."""
+    caplog.set_level("INFO", logger="schedlab")
+    overrides = (*SMALL, "epochs=1", "optimizer.lr=0.2")
+    train(make_cfg(*overrides), tmp_path / "run")
+    spec = run_spec(make_cfg(*overrides))
+    line = run_train.startup_line(spec, torch.device("cpu"))
+    assert line == "mlp on fake (cpu), sgd lr=0.2, scheduler=step, 1 epochs"
+    assert line in caplog.messages

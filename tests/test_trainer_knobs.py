@@ -12,14 +12,13 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-import runner.run.check
 import runner.run.train
 from runner.config.schema import run_spec
 from runner.run.check import validate
 from runner.run.train import train
 from runner.sweep.fused import group_key
 from runner.sweep.stacked import clip_members
-from runner.train import steps
+from runner.train import optimizers, steps
 from runner.train.builders import build_run
 from runner.train.steps import train_step
 from runner.train.stopping import StopFlag
@@ -179,7 +178,7 @@ def test_accumulate_k_trains_like_one_batch_k_times_as_large(tmp_path, monkeypat
     # start-up validation checks the schedule against the same count of optimizer steps
     seen = []
     monkeypatch.setattr(
-        runner.run.check, "validate_scheduler", lambda *a, **kw: seen.append(kw["steps_per_epoch"])
+        optimizers, "validate_scheduler", lambda *a, **kw: seen.append(kw["steps_per_epoch"])
     )
     validate(make_cfg(*args, "data.batch_size=16", "trainer.accumulate=4"))
     assert seen == [math.ceil(1437 / 64)]

@@ -131,6 +131,23 @@ def data_shape(cfg: Mapping[str, Any]) -> tuple[tuple[int, ...], int]:
     return data.image_shape, data.num_classes
 
 
+def check_data(node: Mapping[str, Any], found: dict[str, Any]) -> None:
+    """The data's checker in start-up validation (runner/run/check.py `CHECKS`): its keys,
+    then the data itself, loaded (what the run then trains on; the table's later checkers
+    read it from `found`) and data.num_classes: null filled in from the train set
+    (`fill_inferred`). Here, beside what it calls, so that validation calls down once."""
+    validate_data(node)
+    data = load_data(node)
+    if node.get("num_classes", 0) is None:
+        node["num_classes"] = data.num_classes  # type: ignore[index]
+    found["data"], found["data_name"] = data, node["name"]
+    found["image_shape"], found["num_classes"] = tuple(data.image_shape), data.num_classes
+    found["n_train"] = data.n_train
+    found["steps_per_epoch"] = steps_per_epoch(
+        data.n_train, node["batch_size"], found["accumulate"]
+    )
+
+
 def steps_per_epoch(n_train: int, batch_size: int, accumulate: int = 1) -> int:
     """Optimizer steps in an epoch: `batches()` yields the last, smaller batch too, and with
     trainer.accumulate N each step takes N batches, the epoch's last step the batches left

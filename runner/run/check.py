@@ -17,9 +17,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from runner.config.schema import EPOCH_METRICS, GROUPS, SCHEMAS, LrFind, Run, Trainer, check_node
+from runner.config.schema import GROUPS, SCHEMAS, LrFind, Run, Trainer, check_node
 from runner.data.fingerprint import absolute_roots
-from runner.data.sets import data_shape, load_data, steps_per_epoch, validate_data
+from runner.data.sets import check_data, data_shape, load_data
 from runner.dist.ddp import wanted
 from runner.run.branch import check_branch
 from runner.train.averaging import validate_average
@@ -27,15 +27,16 @@ from runner.train.builders import resolve_device
 from runner.train.model_check import check_model_on_data
 from runner.train.models import default_no_decay, part_names, probe_parts, validate_model
 from runner.train.optimizers import (
+    base_lr,
+    check_optimizer,
+    check_scheduler,
     plan_groups,
-    schedule_free_key,
     validate_optimizer,
-    warn_schedule_free,
+    validate_schedule,
 )
 from runner.train.range_test import check_range
-from schedulers import ConfigError, validate_scheduler
-from schedulers.binder import label, plain
-from schedulers.checks import is_number, need_number
+from schedulers import ConfigError
+from schedulers.binder import plain
 
 
 def planned_groups(cfg: Mapping[str, Any]) -> list[tuple[str, float]]:
@@ -113,7 +114,7 @@ def _validate(cfg: Mapping[str, Any], trunk: bool = True) -> Checked:
     for group, check in CHECKS:
         if values is None:  # resolved once (again once the data filled a value in)
             values = plain(cfg)
-        check(_node(values, group), found)
+        check(values[group] if group else _top(values), found)
         if group == "data" and _inferred_into(cfg, values["data"]):
             values = None  # a `${data.num_classes}` in a later node then gives the number
     found.setdefault("branch_epoch", None)
@@ -131,9 +132,9 @@ def _inferred_into(cfg: Mapping[str, Any], data: Mapping[str, Any]) -> bool:
     return True
 
 
-def _node(cfg: Mapping[str, Any], group: str) -> Mapping[str, Any]:
-    """A group's node; "" the top-level keys (seed, epochs, resume)."""
-    return cfg[group] if group else {k: v for k, v in cfg.items() if k not in GROUPS}
+def _top(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The top-level keys (seed, epochs, resume): the "" group's node."""
+    return {k: v for k, v in cfg.items() if k not in GROUPS}
 
 
 def _check_top(node: Mapping[str, Any], found: dict[str, Any]) -> None:
@@ -147,21 +148,6 @@ def _check_trainer(node: Mapping[str, Any], found: dict[str, Any]) -> None:
     wanted(node["strategy"])  # ddp outside torchrun: an error now
     resolve_device(node["device"])  # `cuda` without CUDA: an error now, not mid-run
     found["accumulate"] = node["accumulate"]
-
-
-def _check_data(node: Mapping[str, Any], found: dict[str, Any]) -> None:
-    """Its keys, then the data itself: loaded (what the run then trains on), its inferred
-    values filled in (`fill_inferred`)."""
-    validate_data(node)
-    data = load_data(node)
-    if node.get("num_classes", 0) is None:  # `fill_inferred`: read from the train set
-        node["num_classes"] = data.num_classes  # type: ignore[index]
-    found["data"], found["data_name"] = data, node["name"]
-    found["image_shape"], found["num_classes"] = tuple(data.image_shape), data.num_classes
-    found["n_train"] = data.n_train
-    found["steps_per_epoch"] = steps_per_epoch(
-        data.n_train, node["batch_size"], found["accumulate"]
-    )
 
 
 def _check_model(node: Mapping[str, Any], found: dict[str, Any]) -> None:
@@ -182,44 +168,22 @@ def _check_lr_find(node: Mapping[str, Any], found: dict[str, Any]) -> None:
     found["end_lr"] = node["end_lr"]
 
 
-def _check_optimizer(node: Mapping[str, Any], found: dict[str, Any]) -> None:
-    """optimizer.lr=find is decided by the range test before training, and its consequences
-    checked again then (`check_found_lr`); until then the optimizer and schedule are
-    checked against the largest lr the test can return (lr_find.end_lr)."""
-    found["lr"] = lr = _lr(node["lr"], found["end_lr"])
-    validate_optimizer(node, lr)
-    groups = plan_groups(node, found["parts"], found["no_decay"], found["probe"])
-    found["groups"] = tuple(groups)
-    found["schedule_free"] = schedule_free_key(node)  # what the scheduler's check warns on
-
-
 def _check_logger(node: Mapping[str, Any], found: dict[str, Any]) -> None:
     validate_logger(node)
 
 
-def _check_scheduler(node: Mapping[str, Any], found: dict[str, Any]) -> None:
-    """Against the run's length and each planned group's lr; then a schedule on top of a
-    schedule-free optimizer warns (this is where the two nodes meet)."""
-    _schedule(node, found["epochs"], found["steps_per_epoch"], found["lr"], found["groups"])
-    if found["schedule_free"] is not None:
-        warn_schedule_free(
-            found["schedule_free"],
-            label(node),
-            {k: node.get(k, 0) for k in ("warmup_epochs", "warmup_steps")},
-        )
-
-
 # Every group's checker, in the order errors are reported ("": the top-level keys); each
 # reads what the ones before it put into `found` (runner/config/schema.py declares the keys
-# each checks).
+# each checks). The data's, optimizer's and scheduler's sit beside what they call
+# (runner/data/sets.py, runner/train/optimizers.py): the pass calls down once for each.
 CHECKS: tuple[tuple[str, Callable[[Mapping[str, Any], dict[str, Any]], None]], ...] = (
     ("", _check_top),
     ("trainer", _check_trainer),
-    ("data", _check_data),
+    ("data", check_data),
     ("model", _check_model),
     ("lr_find", _check_lr_find),
-    ("optimizer", _check_optimizer),
-    ("scheduler", _check_scheduler),
+    ("optimizer", check_optimizer),
+    ("scheduler", check_scheduler),
     ("logger", _check_logger),
 )
 
@@ -241,36 +205,13 @@ def use_branch(cfg: Mapping[str, Any], checked: Checked) -> Checked:
 def checked_lr(cfg: Mapping[str, Any]) -> float:
     """optimizer.lr as the number the optimizer gets (lr=find: lr_find.end_lr, the largest
     the range test can return)."""
-    return _lr(cfg["optimizer"]["lr"], cfg["lr_find"]["end_lr"])
-
-
-def _lr(lr: Any, end_lr: float) -> float:
-    if lr == "find":
-        return float(end_lr)
-    if not is_number(lr) or lr <= 0:
-        raise ConfigError("optimizer.lr", lr, "must be a number > 0, or find")
-    need_number("optimizer.lr", lr)  # and one that fits in float32
-    return float(lr)
+    return base_lr(cfg["optimizer"]["lr"], cfg["lr_find"]["end_lr"])
 
 
 def check_schedule(cfg: Mapping[str, Any], checked: Checked) -> None:
     """The scheduler against the base lr of each planned param group."""
-    _schedule(cfg["scheduler"], cfg["epochs"], checked.steps_per_epoch, checked.lr, checked.groups)
-
-
-def _schedule(
-    node: Mapping[str, Any],
-    epochs: int,
-    per_epoch: int,
-    lr: float,
-    groups: tuple[tuple[str, float], ...],
-) -> None:
-    validate_scheduler(
-        node,
-        epochs=epochs,
-        steps_per_epoch=per_epoch,
-        base_lrs=[lr * m for _, m in groups],
-        metrics=EPOCH_METRICS,
+    validate_schedule(
+        cfg["scheduler"], cfg["epochs"], checked.steps_per_epoch, checked.lr, checked.groups
     )
 
 

@@ -7,6 +7,7 @@ import json
 import logging
 from collections.abc import Sequence
 from contextlib import ExitStack
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +18,8 @@ from runner.config.compose import compose_config
 from runner.config.later import with_later_keys
 from runner.data.fingerprint import absolute_roots, check_same_data
 from runner.io import checkpoint, files
-from runner.run.check import fill_inferred
-from runner.train.engine import scores
+from runner.run.check import Checked, fill_inferred, validate
+from runner.train.engine import Result, scores
 from schedulers import ConfigError
 from schedulers.binder import plain
 
@@ -465,3 +466,81 @@ def keep_rows_before(metrics: Path, epoch: int) -> None:
         kept = [r for r in files.read_jsonl(metrics) if isinstance(r.get("epoch"), int)]
         lines = [json.dumps(r) + "\n" for r in kept if r["epoch"] < epoch]
         files.write_text_atomic(metrics, "".join(lines))
+
+
+@dataclass
+class Start:
+    """How a run starts, as rank 0 read it from the run dir (`decide`); under DDP the
+    other ranks receive it whole, the loaded last.pt included."""
+
+    cfg: DictConfig | None  # the resumed run's saved config (None: the config given)
+    run_dir: Path
+    checked: Checked | None = None  # what validating the resumed config found (None: as given)
+    resuming: bool = False
+    state: dict[str, Any] | None = None
+    changes: list[str] = field(default_factory=list)
+    done: Result | None = None  # nothing left to train
+
+
+def decide(
+    cfg: DictConfig,
+    run_dir: Path,
+    overrides: Sequence[str],
+    dist: Any,
+    held: ExitStack,
+    dir_key: str = RUN_DIR_KEY,
+) -> Start:
+    """Rank 0's (or a single process's) look at the run dir, its lock held in `held` for
+    the rest of the run: the same config in the same dir continues from last.pt (a requeued
+    job, or the same command run again), another run's files are refused, naming `dir_key`
+    (hydra.sweep.dir for a sweep's job)."""
+    resuming = bool(cfg.resume)
+    if resuming:
+        run_dir = saved_config_path(cfg.resume, run_dir)  # nothing is created for a missing run
+    lock = None
+    if dist.is_main:  # only rank 0 writes, so only rank 0 holds the run dir
+        named = isinstance(cfg.resume, str) and cfg.resume.lower() != "true"  # resume=<dir>
+        lock = hold(run_dir, held, "resume" if named else dir_key)
+    if not resuming and same_run_on_disk(cfg, run_dir):
+        # a requeued job (Slurm time-out/preemption) or the same command run again into
+        # the same dir: continue instead of starting over
+        log.info(f"{run_dir} holds a checkpoint of this same config: resuming it")
+        cfg.resume, resuming = True, True
+    elif not resuming:
+        refuse_other_run(run_dir, cfg, dir_key)
+    if not resuming:
+        if lock is not None:
+            lock.claim()
+        return Start(None, run_dir)
+    given = cfg
+    cfg, run_dir, state, changes = load_resume(given.resume, run_dir)
+    status = files.read_json(run_dir / "status.json")  # read once, asked three things
+    if state is not None:
+        if not state.get("rows_sent", True):
+            # a fused member's checkpoint; its status.json says whether the launcher has
+            # sent its rows since (then a resume, e.g. one that extends it, must not send
+            # them again)
+            state["rows_sent"] = (status or {}).get("rows_sent") is True
+        elif checkpoint.rows_lost(state, status):
+            log.info(
+                "the process that wrote its last.pt did not end cleanly (killed?), so "
+                "W&B/TensorBoard may lack its rows: sending the kept rows again"
+            )
+            state["rows_sent"] = False
+    changes += apply_resume_overrides(cfg, given, overrides, run_dir)
+    checked = validate(cfg, trunk=state is None)  # a branch with a last.pt needs no trunk
+    start_epoch = state["progress"]["epoch"] if state else 0
+    ended = finished(status, cfg.epochs) if start_epoch >= cfg.epochs else None
+    if ended is None and not changes:
+        ended = diverged_from(status, start_epoch)
+    if ended is not None:  # nothing to train: no W&B run, no file touched
+        log.info(nothing_to_do(run_dir, ended))
+        diverged = ended["status"] == "diverged"
+        epochs_done = ended["epochs_done"] if diverged else start_epoch
+        done = Result(ended["status"], ended.get("best_val_acc", 0.0), epochs_done)
+        return Start(cfg, run_dir, checked, True, state=state, done=done)
+    if state is not None:  # other data than the checkpoint's: refused, every file as it was
+        check_same_data(state, plain(cfg.data))
+    if lock is not None:
+        lock.claim()
+    return Start(cfg, run_dir, checked, True, state, changes)

@@ -21,8 +21,8 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from runner.config.schema import RunSpec, Trainer, run_spec, typed_run
-from runner.data.fingerprint import absolute_roots, check_same_data, describe, fingerprint
+from runner.config.schema import RunSpec, Trainer, run_spec, typed_run, yaml_text
+from runner.data.fingerprint import absolute_roots, describe, fingerprint
 from runner.data.sets import augment as augment_batch
 from runner.data.sets import batches, load_data, steps_per_epoch, still_held
 from runner.data.stream import loaders_for
@@ -32,20 +32,7 @@ from runner.io.background import Background
 from runner.io.loggers import RunLogger, open_logger
 from runner.run import branch
 from runner.run.check import Checked, check_found_lr, validate
-from runner.run.rundir import (
-    RUN_DIR_KEY,
-    SWEEP_DIR_KEY,
-    apply_resume_overrides,
-    diverged_from,
-    finished,
-    hold,
-    keep_rows_before,
-    load_resume,
-    nothing_to_do,
-    refuse_other_run,
-    same_run_on_disk,
-    saved_config_path,
-)
+from runner.run.rundir import RUN_DIR_KEY, SWEEP_DIR_KEY, Start, decide, finished, keep_rows_before
 from runner.train.builders import Run, build_run
 from runner.train.engine import (
     Engine,
@@ -117,9 +104,14 @@ def write_status(
 
 def config_yaml(cfg: DictConfig | dict[str, Any], run_dir: Path | None = None) -> str:
     """The run's config.yaml text (kept in each checkpoint too), written into run_dir when
-    given: a new single run's and each fused member's. `cfg`: the config, or its resolved
-    plain values (the same text)."""
-    text = OmegaConf.to_yaml(cfg, resolve=True)
+    given: each fused member's. `cfg`: the config, or its resolved plain values (the same
+    text)."""
+    return write_config(yaml_text(cfg), run_dir)
+
+
+def write_config(text: str, run_dir: Path | None) -> str:
+    """config.yaml's `text` written into run_dir when given (a new single run's, each fused
+    member's); the text."""
     if run_dir is not None:
         files.write_text_atomic(run_dir / "config.yaml", text)
     return text
@@ -165,10 +157,18 @@ def start_track(
 def startup_line(spec: RunSpec, device: torch.device) -> str:
     """What trains, where, how: a single run's first log line, and each fused member's
     (runner/sweep/fused.py, after saying it is fused)."""
-    optimizer = spec.optimizer
+    names = (label(spec.model), label(spec.optimizer), label(spec.scheduler))
+    return start_line(names, spec.data["name"], device, spec.optimizer["lr"], spec.epochs)
+
+
+def start_line(
+    names: tuple[str, str, str], data: str, device: torch.device, lr: Any, epochs: int
+) -> str:
+    """`startup_line` of the model's, optimizer's and scheduler's names (`label`), read
+    where a single run resolves its final config, so that nothing reads its nodes again."""
+    model, optimizer, scheduler = names
     return (
-        f"{label(spec.model)} on {spec.data['name']} ({device}), {label(optimizer)} "
-        f"lr={optimizer['lr']}, scheduler={label(spec.scheduler)}, {spec.epochs} epochs"
+        f"{model} on {data} ({device}), {optimizer} lr={lr}, scheduler={scheduler}, {epochs} epochs"
     )
 
 
@@ -195,7 +195,7 @@ def send_rows(
 
 
 def _send_held_rows(
-    cfg: DictConfig, start: _Start, overrides: Sequence[str], sweep_name: str | None
+    cfg: DictConfig, start: Start, overrides: Sequence[str], sweep_name: str | None
 ) -> None:
     """A complete run whose rows never all reached its backends (status.json `rows_sent`
     false: a fused member whose sweep stopped before it was sent) sends them now, instead
@@ -615,20 +615,6 @@ def signal_name(signum: int | None) -> str:
         return f"signal {signum}"
 
 
-@dataclasses.dataclass
-class _Start:
-    """How a run starts, as rank 0 read it from the run dir (`_decide`); under DDP the
-    other ranks receive it whole, the loaded last.pt included."""
-
-    cfg: DictConfig | None  # the resumed run's saved config (None: the config given)
-    run_dir: Path
-    checked: Checked | None = None  # what validating the resumed config found (None: as given)
-    resuming: bool = False
-    state: dict[str, Any] | None = None
-    changes: list[str] = dataclasses.field(default_factory=list)
-    done: Result | None = None  # nothing left to train
-
-
 def _train(
     cfg: DictConfig,
     run_dir: Path,
@@ -648,7 +634,7 @@ def _train(
         # takes that decision and the last.pt state rank 0 loaded, so that a requeued
         # multi-task job resumes all ranks from the same checkpoint.
         dir_key = RUN_DIR_KEY if sweep_name is None else SWEEP_DIR_KEY
-        start = dist.from_main(lambda: _decide(cfg, run_dir, overrides, dist, held, dir_key))
+        start = dist.from_main(lambda: decide(cfg, run_dir, overrides, dist, held, dir_key))
         if start.done is not None:
             if dist.is_main:
                 _send_held_rows(start.cfg or cfg, start, overrides, sweep_name)
@@ -669,70 +655,6 @@ def _train(
             start.state,
             start.changes,
         )
-
-
-def _decide(
-    cfg: DictConfig,
-    run_dir: Path,
-    overrides: Sequence[str],
-    dist: Any,
-    held: ExitStack,
-    dir_key: str = RUN_DIR_KEY,
-) -> _Start:
-    """Rank 0's (or a single process's) look at the run dir, its lock held in `held` for
-    the rest of the run: the same config in the same dir continues from last.pt (a requeued
-    job, or the same command run again), another run's files are refused, naming `dir_key`
-    (hydra.sweep.dir for a sweep's job)."""
-    resuming = bool(cfg.resume)
-    if resuming:
-        run_dir = saved_config_path(cfg.resume, run_dir)  # nothing is created for a missing run
-    lock = None
-    if dist.is_main:  # only rank 0 writes, so only rank 0 holds the run dir
-        named = isinstance(cfg.resume, str) and cfg.resume.lower() != "true"  # resume=<dir>
-        lock = hold(run_dir, held, "resume" if named else dir_key)
-    if not resuming and same_run_on_disk(cfg, run_dir):
-        # a requeued job (Slurm time-out/preemption) or the same command run again into
-        # the same dir: continue instead of starting over
-        log.info(f"{run_dir} holds a checkpoint of this same config: resuming it")
-        cfg.resume, resuming = True, True
-    elif not resuming:
-        refuse_other_run(run_dir, cfg, dir_key)
-    if not resuming:
-        if lock is not None:
-            lock.claim()
-        return _Start(None, run_dir)
-    given = cfg
-    cfg, run_dir, state, changes = load_resume(given.resume, run_dir)
-    status = files.read_json(run_dir / "status.json")  # read once, asked three things
-    if state is not None:
-        if not state.get("rows_sent", True):
-            # a fused member's checkpoint; its status.json says whether the launcher has
-            # sent its rows since (then a resume, e.g. one that extends it, must not send
-            # them again)
-            state["rows_sent"] = (status or {}).get("rows_sent") is True
-        elif checkpoint.rows_lost(state, status):
-            log.info(
-                "the process that wrote its last.pt did not end cleanly (killed?), so "
-                "W&B/TensorBoard may lack its rows: sending the kept rows again"
-            )
-            state["rows_sent"] = False
-    changes += apply_resume_overrides(cfg, given, overrides, run_dir)
-    checked = validate(cfg, trunk=state is None)  # a branch with a last.pt needs no trunk
-    start_epoch = state["progress"]["epoch"] if state else 0
-    ended = finished(status, cfg.epochs) if start_epoch >= cfg.epochs else None
-    if ended is None and not changes:
-        ended = diverged_from(status, start_epoch)
-    if ended is not None:  # nothing to train: no W&B run, no file touched
-        log.info(nothing_to_do(run_dir, ended))
-        diverged = ended["status"] == "diverged"
-        epochs_done = ended["epochs_done"] if diverged else start_epoch
-        done = Result(ended["status"], ended.get("best_val_acc", 0.0), epochs_done)
-        return _Start(cfg, run_dir, checked, True, state=state, done=done)
-    if state is not None:  # other data than the checkpoint's: refused, every file as it was
-        check_same_data(state, plain(cfg.data))
-    if lock is not None:
-        lock.claim()
-    return _Start(cfg, run_dir, checked, True, state, changes)
 
 
 def _run(
@@ -764,11 +686,14 @@ def _run(
     # the config is final now: resolved once into plain values, which config.yaml, the
     # typed spec (what the rest reads) and W&B's config are all made from
     config = plain(cfg)
+    names = (label(config["model"]), label(config["optimizer"]), label(config["scheduler"]))
     found = None
     if lr is not None:
         checked = found_lr_checked(config, checked, lr)
         found = checked.lr
-    config_text = config_yaml(config, run_dir if not resuming and dist.is_main else None)
+    config_text = write_config(
+        yaml_text(config), run_dir if not resuming and dist.is_main else None
+    )
     spec = typed_run(config)
     if found is not None:  # W&B config: the lr the range test chose (a copy: not the spec's)
         config["lr_find"] = {**config["lr_find"], "found_lr": found}
@@ -778,7 +703,7 @@ def _run(
     loaded = checked.data if still_held(checked.data) else load_data(spec.data)
     run = build_run(spec, loaded, dist=dist)
     data = fingerprint(spec.data, loaded)
-    log.info(startup_line(spec, run.device))
+    log.info(start_line(names, spec.data["name"], run.device, spec.optimizer["lr"], spec.epochs))
     log.info(describe(data))
     state = _start_state(config, run, checked, run_dir, dist, resuming, state)
     if resuming:

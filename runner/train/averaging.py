@@ -105,10 +105,15 @@ def build_average(
     """The run's Averager, None for trainer.average=none. Built after the model is in its
     final memory format (channels_last), so the copy is too."""
     kind = _get(trainer, "average")
+    return averager(model, kind, _get(trainer, "ema_decay"), swa_start(trainer, epochs))
+
+
+def averager(model: torch.nn.Module, kind: str, ema_decay: float, start: int) -> Averager | None:
+    """`build_average` of trainer.average (`kind`), trainer.ema_decay and the first SWA
+    epoch (`first_swa_epoch`): the values a single run's build reads off its typed trainer."""
     if kind == "none":
         return None
-    start = swa_start(trainer, epochs) if kind == "swa" else 0
-    return Averager(model, kind, _get(trainer, "ema_decay"), start)
+    return Averager(model, kind, ema_decay, start if kind == "swa" else 0)
 
 
 class SwaSchedule:
@@ -166,6 +171,14 @@ class SwaSchedule:
 
 def with_swa_lr(trainer: Mapping[str, Any], schedule: Any, epochs: int) -> Any:
     """The run's schedule, handed to SWALR at swa_start when trainer.swa_lr is set."""
-    if _get(trainer, "average") != "swa" or _get(trainer, "swa_lr") is None:
+    return swa_schedule(
+        schedule, _get(trainer, "average"), _get(trainer, "swa_lr"), swa_start(trainer, epochs)
+    )
+
+
+def swa_schedule(schedule: Any, kind: str, swa_lr: float | None, start: int) -> Any:
+    """`with_swa_lr` of trainer.average (`kind`), trainer.swa_lr and the first SWA epoch
+    (`first_swa_epoch`): the values a single run's build reads off its typed trainer."""
+    if kind != "swa" or swa_lr is None:
         return schedule
-    return SwaSchedule(schedule, float(_get(trainer, "swa_lr")), swa_start(trainer, epochs))
+    return SwaSchedule(schedule, float(swa_lr), start)

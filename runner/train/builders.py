@@ -18,7 +18,7 @@ from runner.data.sets import TensorData, load_data, place, resize_images, steps_
 from runner.dist.ddp import SINGLE, Dist
 from runner.dist.workers import USER_THREADS, in_loky_worker
 from runner.train import models, optimizers
-from runner.train.averaging import Averager, build_average, with_swa_lr
+from runner.train.averaging import Averager, averager, first_swa_epoch, swa_schedule
 from runner.train.model_check import materialise
 from schedulers import ConfigError, LRSchedule, build_scheduler
 
@@ -161,8 +161,9 @@ def build_run(spec: RunSpec, data: TensorData | None = None, dist: Dist = SINGLE
     # trainer.average: the schedule (handed to SWALR at swa_start when trainer.swa_lr is
     # set) and the averaged model, copied from `model` in its final memory format, before
     # DDP or torch.compile wrap it
-    scheduler = with_swa_lr(trainer, scheduler, spec.epochs)
-    average = build_average(trainer, model, spec.epochs)
+    start = first_swa_epoch(trainer.swa_start, spec.epochs)
+    scheduler = swa_schedule(scheduler, trainer.average, trainer.swa_lr, start)
+    average = averager(model, trainer.average, trainer.ema_decay, start)
     forward: torch.nn.Module = model
     if dist.active:
         ids = [device.index] if device.type == "cuda" else None

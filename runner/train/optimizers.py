@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from runner.config import schema
-from schedulers import ConfigError, binder
+from schedulers import ConfigError, binder, validate_scheduler
 from schedulers.checks import is_number, need_bool, need_number, need_positive
 
 log = logging.getLogger("schedlab")
@@ -400,6 +400,60 @@ def warn_schedule_free(which: str, scheduler: str, warmups: Mapping[str, Any]) -
                 f"{which} with scheduler.{key}={value}: it warms up by itself; use "
                 f"optimizer.warmup_steps (optimizer steps) and scheduler.{key}=0"
             )
+
+
+# -- the optimizer's and the schedule's checkers in start-up validation -----------------------
+# (runner/run/check.py `CHECKS`): here, beside what they call, so that validation calls down
+# once per node; each reads what the checkers before it put into `found`.
+def check_optimizer(node: Mapping[str, Any], found: dict[str, Any]) -> None:
+    """optimizer.lr=find is decided by the range test before training, and its consequences
+    checked again then (runner/run/check.py `check_found_lr`); until then the optimizer and
+    schedule are checked against the largest lr the test can return (lr_find.end_lr)."""
+    found["lr"] = lr = base_lr(node["lr"], found["end_lr"])
+    validate_optimizer(node, lr)
+    groups = plan_groups(node, found["parts"], found["no_decay"], found["probe"])
+    found["groups"] = tuple(groups)
+    found["schedule_free"] = schedule_free_key(node)  # what the scheduler's check warns on
+
+
+def check_scheduler(node: Mapping[str, Any], found: dict[str, Any]) -> None:
+    """Against the run's length and each planned group's lr; then a schedule on top of a
+    schedule-free optimizer warns (this is where the two nodes meet)."""
+    validate_schedule(node, found["epochs"], found["steps_per_epoch"], found["lr"], found["groups"])
+    if found["schedule_free"] is not None:
+        warn_schedule_free(
+            found["schedule_free"],
+            binder.label(node),
+            {k: node.get(k, 0) for k in ("warmup_epochs", "warmup_steps")},
+        )
+
+
+def base_lr(lr: Any, end_lr: float) -> float:
+    """optimizer.lr as the number the optimizer gets (find: lr_find.end_lr, the largest the
+    range test can return)."""
+    if lr == "find":
+        return float(end_lr)
+    if not is_number(lr) or lr <= 0:
+        raise ConfigError("optimizer.lr", lr, "must be a number > 0, or find")
+    need_number("optimizer.lr", lr)  # and one that fits in float32
+    return float(lr)
+
+
+def validate_schedule(
+    node: Mapping[str, Any],
+    epochs: int,
+    per_epoch: int,
+    lr: float,
+    groups: Sequence[tuple[str, float]],
+) -> None:
+    """The scheduler against the base lr of each planned param group."""
+    validate_scheduler(
+        node,
+        epochs=epochs,
+        steps_per_epoch=per_epoch,
+        base_lrs=[lr * m for _, m in groups],
+        metrics=schema.EPOCH_METRICS,
+    )
 
 
 def _torch_group(group: Group, lr: float) -> dict[str, Any]:
