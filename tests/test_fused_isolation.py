@@ -100,6 +100,8 @@ def test_a_member_whose_trunk_checkpoint_is_damaged_leaves_the_other_training_al
     members = train_members(tmp_path, [ok, bad])
     error = single_error(bad, tmp_path / "single")
     assert "damaged" in error
+    # named by the key the user gave, with its own way out (not resume='s)
+    assert error.startswith("config error: branch=") and "branch_epoch=" in error, error
     assert status(members[1].run_dir) == {"status": "failed", "error": error}
     assert status(members[0].run_dir)["status"] == "completed"
     assert status(members[0].run_dir)["fused_jobs"] == 1

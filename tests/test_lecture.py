@@ -238,7 +238,7 @@ def test_the_cifar10_preset_validates_given_its_data(monkeypatch):
     for module in (runner.data.sets, runner.run.check):
         monkeypatch.setattr(module, "load_data", lambda cfg: fake)
     monkeypatch.setattr(
-        runner.run.check,  # validate() calls the validate_data it imported
+        runner.data.sets,  # the data's checker (check_data) calls it there
         "validate_data",
         lambda cfg: check_node("data", cfg, SCHEMAS["data"]["cifar10"]),
     )

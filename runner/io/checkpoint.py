@@ -407,33 +407,38 @@ def remove_orphans(run_dir: Path) -> None:
     files.remove_orphans(run_dir, (LAST, BEST, KEPT.format("*")))  # a glob: every epoch_<k>.pt
 
 
-def _damaged(path: Path, why: str) -> ConfigError:
-    return ConfigError(
-        "resume",
-        str(path.parent),
-        f"{path} is damaged ({why}); the run cannot continue from it: start it again, "
-        "or restore the file",
-    )
+# what a damaged checkpoint stops, by the key that named it: the run's own resume, or a
+# branch's start from its trunk's kept epoch
+_DAMAGED_WAY_OUT = {
+    "resume": "the run cannot continue from it: start it again, or restore the file",
+    "branch": "a branch cannot start from it: pick another kept epoch (branch_epoch=), "
+    "or restore the file",
+}
+
+
+def _damaged(path: Path, why: str, key: str = "resume") -> ConfigError:
+    return ConfigError(key, str(path.parent), f"{path} is damaged ({why}); {_DAMAGED_WAY_OUT[key]}")
 
 
 _KEYS = ("model", "optimizer", "scheduler", "progress", "rng")
 
 
-def load(path: Path) -> dict[str, Any]:
-    """A checkpoint, or a ConfigError saying why it cannot be used (never a raw pickle error)."""
+def load(path: Path, key: str = "resume") -> dict[str, Any]:
+    """A checkpoint, or a ConfigError saying why it cannot be used (never a raw pickle error),
+    naming `key`: `resume` for a run's own checkpoint, `branch` for a trunk's kept epoch."""
     if not path.exists():
         raise ConfigError("resume", str(path.parent), f"no {path.name} there: nothing to resume")
     if path.stat().st_size == 0:
-        raise _damaged(path, "an empty file")
+        raise _damaged(path, "an empty file", key)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated, corrupt, or not a checkpoint at all
         first = next((line.strip() for line in str(err).splitlines() if line.strip()), "")
         first = first.split(". ")[0][:100]  # torch appends paragraphs of advice
         why = f"{type(err).__name__}: {first}" if first else type(err).__name__
-        raise _damaged(path, why) from None
+        raise _damaged(path, why, key) from None
     if not isinstance(state, dict) or any(key not in state for key in _KEYS):
-        raise _damaged(path, "not a schedlab checkpoint")
+        raise _damaged(path, "not a schedlab checkpoint", key)
     return state
 
 

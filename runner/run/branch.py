@@ -251,7 +251,7 @@ def start_state(
         raise ConfigError(
             "branch_epoch", k, f"{path} is gone (kept: {checkpoint.kept_epochs(path.parent)})"
         )
-    state = checkpoint.load(path)
+    state = checkpoint.load(path, "branch")
     check_same_data(state, data)  # the data on disk is still the data the trunk trained on
     set_by_schedule = scheduled_values(run, k, steps_per_epoch)
     saved = state["optimizer"]
