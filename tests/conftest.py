@@ -5,10 +5,11 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from tests.helpers import make_cfg
+from tests.helpers import WSD_TRUNK, make_cfg
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # pytest-xdist runs one worker per core: one torch thread each avoids oversubscription
@@ -47,6 +48,17 @@ def _schedlab_log_is_enabled() -> Iterator[None]:
     log.disabled, log.propagate = before[:2]
     log.setLevel(before[2])
     root.setLevel(before[3])
+
+
+@pytest.fixture(scope="module")
+def trunk(tmp_path_factory) -> Path:
+    """A WSD trunk's run dir (tests/helpers.py WSD_TRUNK: epochs 3 and 5 kept), trained once
+    per test module that branches from it; tests copy it before they change it."""
+    from runner.run.train import train
+
+    run_dir = tmp_path_factory.mktemp("trunk") / "run"
+    assert train(make_cfg(*WSD_TRUNK), run_dir).status == "completed"
+    return run_dir
 
 
 @pytest.fixture

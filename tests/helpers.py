@@ -563,3 +563,14 @@ GPT_ON_TOKENS = (
     "trainer.num_threads=1",
     "logger=none",
 )
+
+
+# -- a WSD trunk and its budgets (tests/test_branches.py, test_fused_branches.py,
+# test_fused_isolation.py; the `trunk` fixture in conftest.py trains WSD_TRUNK)
+WSD = ("logger=none", "scheduler=wsd", "trainer.progress=line")  # warmup 2 epochs
+# The trunk: 8 epochs whose decay starts at epoch 6 (2 + 6 - round(6 x 0.25)), its
+# checkpoints after epochs 3 and 5 kept.
+WSD_TRUNK = (*WSD, "epochs=8", "scheduler.decay_fraction=0.25", "trainer.keep_epochs=[3,5]")
+# A budget of 6 epochs whose decay starts at epoch 4 (2 + 4 - round(4 x 0.5)): its first
+# 4 epochs (warmup, then the base lr) are the trunk's, its decay is its own.
+WSD_BUDGET = (*WSD, "epochs=6", "scheduler.decay_fraction=0.5")

@@ -21,6 +21,8 @@ from schedulers import ConfigError
 from tests.helpers import (
     REL,
     SLOW,
+    WSD_BUDGET,
+    WSD_TRUNK,
     cli_in_process,
     comparable,
     make_cfg,
@@ -35,14 +37,6 @@ from tests.helpers import (
     wait_for_rows,
 )
 
-WSD = ("logger=none", "scheduler=wsd", "trainer.progress=line")  # warmup 2 epochs
-# The trunk: 8 epochs whose decay starts at epoch 6 (2 + 6 - round(6 x 0.25)), its
-# checkpoints after epochs 3 and 5 kept.
-TRUNK = (*WSD, "epochs=8", "scheduler.decay_fraction=0.25", "trainer.keep_epochs=[3,5]")
-# A budget of 6 epochs whose decay starts at epoch 4 (2 + 4 - round(4 x 0.5)): its first
-# 4 epochs (warmup, then the base lr) are the trunk's, its decay is its own.
-BUDGET = (*WSD, "epochs=6", "scheduler.decay_fraction=0.5")
-
 
 def rows_of(run_dir: Path) -> list[dict]:
     """Epoch and step rows as a fresh run logs them: no time, no `from_trunk` mark."""
@@ -50,15 +44,8 @@ def rows_of(run_dir: Path) -> list[dict]:
     return [{k: v for k, v in r.items() if k != "from_trunk"} for r in comparable(rows)]
 
 
-@pytest.fixture(scope="module")
-def trunk(tmp_path_factory) -> Path:
-    run_dir = tmp_path_factory.mktemp("trunk") / "run"
-    assert train(make_cfg(*TRUNK), run_dir).status == "completed"
-    return run_dir
-
-
 def branch_args(trunk: Path, *more: str) -> list[str]:
-    return [*BUDGET, f"branch={trunk}", *more]
+    return [*WSD_BUDGET, f"branch={trunk}", *more]
 
 
 # -- kept checkpoints
@@ -98,7 +85,7 @@ def test_a_branch_of_a_wsd_trunk_equals_a_fresh_wsd_run_of_its_budget(trunk, tmp
     args = branch_args(trunk, "branch_epoch=3")
     result = train(make_cfg(*args), tmp_path / "branch", overrides=args)
     assert result.status == "completed" and result.epochs_done == 6
-    train(make_cfg(*BUDGET), tmp_path / "fresh")
+    train(make_cfg(*WSD_BUDGET), tmp_path / "fresh")
     # row for row, every value (CPU: the same floats)
     assert rows_of(tmp_path / "branch") == rows_of(tmp_path / "fresh")
     rows = read_metrics(tmp_path / "branch")
@@ -118,13 +105,13 @@ def test_a_per_step_branch_with_adamw_and_two_param_groups_equals_the_fresh_run(
     # the lr changes every batch, and Adam's moments and two groups' lrs carry over
     knobs = ("optimizer=adamw", "optimizer.lr=0.003", "scheduler.interval=step",
              "optimizer.param_groups={hidden:1.0,head:0.1}")  # fmt: skip
-    trunk_args = [*TRUNK[:-1], *knobs, "trainer.keep_epochs=[3]"]
+    trunk_args = [*WSD_TRUNK[:-1], *knobs, "trainer.keep_epochs=[3]"]
     train(make_cfg(*trunk_args), tmp_path / "trunk")
-    args = [*BUDGET, *knobs, f"branch={tmp_path / 'trunk'}"]
+    args = [*WSD_BUDGET, *knobs, f"branch={tmp_path / 'trunk'}"]
     cfg = make_cfg(*args)
     train(cfg, tmp_path / "branch", overrides=args)
     assert cfg.branch_epoch == 3
-    train(make_cfg(*BUDGET, *knobs), tmp_path / "fresh")
+    train(make_cfg(*WSD_BUDGET, *knobs), tmp_path / "fresh")
     assert rows_of(tmp_path / "branch") == rows_of(tmp_path / "fresh")
     rows = read_metrics(tmp_path / "branch")
     assert rows[5]["lr/head"] == pytest.approx(rows[5]["lr/hidden"] / 10)
@@ -139,7 +126,9 @@ def test_a_branch_takes_from_its_schedule_only_what_the_schedule_sets():
     from schedulers.registry import build_scheduler
 
     optimizer = schedulefree.SGDScheduleFree([torch.nn.Parameter(torch.zeros(2))], lr=0.1)
-    scheduler = build_scheduler(make_cfg(*BUDGET).scheduler, optimizer, epochs=6, steps_per_epoch=3)
+    scheduler = build_scheduler(
+        make_cfg(*WSD_BUDGET).scheduler, optimizer, epochs=6, steps_per_epoch=3
+    )
     run = SimpleNamespace(optimizer=optimizer, scheduler=scheduler)
     (values,) = scheduled_values(run, 5, 3)
     assert values["lr"] == pytest.approx(0.05) and values["momentum"] == 0.9
@@ -162,7 +151,7 @@ def test_branch_epoch_null_takes_the_latest_kept_epoch_the_schedules_share(trunk
     # at the base lr: it shares epochs 0-3 with the trunk, and epoch 3 is kept
     cfg = make_cfg(*branch_args(trunk, "scheduler.decay_fraction=0.75"))
     assert validate(cfg).branch_epoch == 3
-    assert validate(make_cfg(*BUDGET)).branch_epoch is None  # no branch
+    assert validate(make_cfg(*WSD_BUDGET)).branch_epoch is None  # no branch
 
 
 # -- refusals
@@ -191,20 +180,20 @@ def test_free_keys_may_differ_from_the_trunk(trunk):
 
 def test_a_missing_trunk_or_an_epoch_not_kept_is_refused_naming_the_key(trunk, tmp_path):
     with pytest.raises(ConfigError) as err:
-        validate(make_cfg(*BUDGET, f"branch={tmp_path / 'nothing'}"))
+        validate(make_cfg(*WSD_BUDGET, f"branch={tmp_path / 'nothing'}"))
     assert err.value.key == "branch" and "config.yaml missing" in str(err.value)
     with pytest.raises(ConfigError) as err:
         validate(make_cfg(*branch_args(trunk, "branch_epoch=4")))
     assert err.value.key == "branch_epoch" and "[3, 5]" in str(err.value)
     with pytest.raises(ConfigError) as err:
-        validate(make_cfg(*BUDGET, "branch_epoch=3"))
+        validate(make_cfg(*WSD_BUDGET, "branch_epoch=3"))
     assert err.value.key == "branch_epoch" and "branch=" in str(err.value)
 
 
 def test_a_trunk_that_kept_no_epoch_is_refused(tmp_path):
     train(make_cfg("logger=none", "epochs=1"), tmp_path / "trunk")
     with pytest.raises(ConfigError) as err:
-        validate(make_cfg(*BUDGET, f"branch={tmp_path / 'trunk'}"))
+        validate(make_cfg(*WSD_BUDGET, f"branch={tmp_path / 'trunk'}"))
     assert err.value.key == "branch" and "trainer.keep_epochs" in str(err.value)
 
 
@@ -235,7 +224,9 @@ def test_the_cli_refuses_a_mismatched_branch_before_writing_anything(trunk, tmp_
 def test_branches_fuse_and_trunks_fuse_whatever_they_keep(trunk):
     assert why_not_fusable(make_cfg(*branch_args(trunk))) is None  # tests/test_fused_branches.py
     # trunks fuse, whatever epochs each keeps (each member writes its own epoch_<k>.pt)
-    assert group_key(make_cfg(*TRUNK)) == group_key(make_cfg(*TRUNK, "trainer.keep_epochs=2"))
+    assert group_key(make_cfg(*WSD_TRUNK)) == group_key(
+        make_cfg(*WSD_TRUNK, "trainer.keep_epochs=2")
+    )
 
 
 # -- resume and sweeps (subprocesses)
@@ -272,11 +263,11 @@ def test_a_branch_killed_mid_run_resumes_exactly(tmp_path):
 
 @pytest.mark.slow
 def test_trunks_trained_fused_keep_epochs_a_branch_starts_from(tmp_path):
-    (member,) = train_members(tmp_path, [[*TRUNK, "seed=1"]])
+    (member,) = train_members(tmp_path, [[*WSD_TRUNK, "seed=1"]])
     assert checkpoint.kept_epochs(member.run_dir) == [3, 5]
     args = branch_args(member.run_dir, "seed=1")
     train(make_cfg(*args), tmp_path / "branch", overrides=args)
-    train(make_cfg(*BUDGET, "seed=1"), tmp_path / "fresh")
+    train(make_cfg(*WSD_BUDGET, "seed=1"), tmp_path / "fresh")
     branch, fresh = read_metrics(tmp_path / "branch"), read_metrics(tmp_path / "fresh")
     assert [r["lr/group0"] for r in branch] == [r["lr/group0"] for r in fresh]
     for key in ("train/loss", "val/loss", "val/acc"):  # fused: the issue's tolerance

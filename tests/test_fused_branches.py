@@ -20,6 +20,9 @@ from runner.run.train import config_yaml, train
 from runner.sweep.fused import group_key, why_not_fusable
 from tests.helpers import (
     REL,
+    WSD,
+    WSD_BUDGET,
+    WSD_TRUNK,
     assert_same_rows,
     job_dirs,
     make_cfg,
@@ -28,20 +31,6 @@ from tests.helpers import (
     train_members,
     train_separate,
 )
-
-WSD = ("logger=none", "scheduler=wsd", "trainer.progress=line")  # warmup 2 epochs
-# the trunk: 8 epochs decaying from epoch 6, its checkpoints after epochs 3 and 5 kept
-TRUNK = (*WSD, "epochs=8", "scheduler.decay_fraction=0.25", "trainer.keep_epochs=[3,5]")
-# budgets of 6 epochs decaying from epoch 4 (0.5) or 3 (0.75, its first step still at the
-# base lr): both share epochs 0-2 with the trunk, so both can branch at epoch 3
-BUDGET = (*WSD, "epochs=6", "scheduler.decay_fraction=0.5")
-
-
-@pytest.fixture(scope="module")
-def trunk(tmp_path_factory) -> Path:
-    run_dir = tmp_path_factory.mktemp("trunk") / "run"
-    assert train(make_cfg(*TRUNK), run_dir).status == "completed"
-    return run_dir
 
 
 @pytest.fixture(scope="module")
@@ -61,13 +50,13 @@ def separate(tmp_path_factory):
 def branches(trunk: Path) -> list[list[str]]:
     """Two branches of `trunk` at epoch 3, each with its own cooldown."""
     at = [f"branch={trunk}", "branch_epoch=3"]
-    return [[*BUDGET, *at], [*BUDGET, *at, "scheduler.decay_fraction=0.75"]]
+    return [[*WSD_BUDGET, *at], [*WSD_BUDGET, *at, "scheduler.decay_fraction=0.75"]]
 
 
 def fake_trunk(run_dir: Path, *overrides: str) -> Path:
     """A trunk on disk as start-up validation reads it: its config and the epochs it kept."""
     run_dir.mkdir()
-    config_yaml(make_cfg(*TRUNK, *overrides), run_dir)
+    config_yaml(make_cfg(*WSD_TRUNK, *overrides), run_dir)
     for k in (3, 5):
         (run_dir / checkpoint.KEPT.format(k)).touch()
     return run_dir
@@ -79,12 +68,12 @@ def test_branches_fuse_by_start_epoch_and_length(tmp_path):
     a, b = (make_cfg(*o) for o in branches(trunk))
     assert why_not_fusable(a) is None and why_not_fusable(b) is None
     assert group_key(a) == group_key(b)
-    later = make_cfg(*BUDGET, f"branch={trunk}", "branch_epoch=5")
+    later = make_cfg(*WSD_BUDGET, f"branch={trunk}", "branch_epoch=5")
     shorter = make_cfg(*WSD, "epochs=5", "scheduler.decay_fraction=0.5", f"branch={trunk}")
-    for other in (later, shorter, make_cfg(*BUDGET)):
+    for other in (later, shorter, make_cfg(*WSD_BUDGET)):
         assert why_not_fusable(other) is None and group_key(other) != group_key(a)
     # branch_epoch null is resolved before the key is made (the launcher validates first)
-    null = make_cfg(*BUDGET, f"branch={trunk}")
+    null = make_cfg(*WSD_BUDGET, f"branch={trunk}")
     assert why_not_fusable(null) is None and group_key(null) == group_key(later)
 
 
@@ -96,7 +85,7 @@ def test_a_fused_sweep_of_branches_equals_the_branches_run_one_by_one(trunk, sep
     proc = run_cli(
         "-m",
         "hydra/launcher=fused",
-        *BUDGET,
+        *WSD_BUDGET,
         f"branch={trunk}",
         "branch_epoch=3",
         "scheduler.decay_fraction=0.5,0.75",
@@ -125,8 +114,8 @@ def test_fused_branches_of_two_trunks_with_adamw_and_ema_equal_separate_runs(tmp
     trunks (each member its own trunk, seed and data order), here with Adam's moments and
     step count and the EMA weights carried over, branch_epoch null picked per member."""
     knobs = ("optimizer=adamw", "optimizer.lr=0.003", "trainer.average=ema")
-    trunks = train_members(tmp_path / "trunks", [[*TRUNK, *knobs, f"seed={s}"] for s in (0, 1)])
-    jobs = [[*BUDGET, *knobs, f"seed={s}", f"branch={t.run_dir}"] for s, t in enumerate(trunks)]
+    trunks = train_members(tmp_path / "trunks", [[*WSD_TRUNK, *knobs, f"seed={s}"] for s in (0, 1)])
+    jobs = [[*WSD_BUDGET, *knobs, f"seed={s}", f"branch={t.run_dir}"] for s, t in enumerate(trunks)]
     first, second = (make_cfg(*o) for o in jobs)
     assert why_not_fusable(first) is None and why_not_fusable(second) is None
     assert group_key(first) == group_key(second)  # trunk and seed are each member's own

@@ -18,6 +18,7 @@ from runner.sweep import fused
 from runner.sweep.fused import Member, replay, train_group, why_not_fusable
 from schedulers import ConfigError
 from tests.helpers import (
+    WSD,
     assert_same_rows,
     job_dirs,
     make_cfg,
@@ -26,18 +27,7 @@ from tests.helpers import (
     train_separate,
 )
 
-WSD = ("logger=none", "scheduler=wsd", "trainer.progress=line")  # warmup 2 epochs
-# as tests/test_fused_branches.py: the trunk, 8 epochs decaying from epoch 6, its checkpoint
-# after epoch 3 kept; budgets of 6 epochs branching there, each with its own cooldown
-TRUNK = (*WSD, "epochs=8", "scheduler.decay_fraction=0.25", "trainer.keep_epochs=[3]")
-BUDGET = (*WSD, "epochs=6", "branch_epoch=3")
-
-
-@pytest.fixture(scope="module")
-def trunk(tmp_path_factory) -> Path:
-    run_dir = tmp_path_factory.mktemp("trunk") / "run"
-    assert train(make_cfg(*TRUNK), run_dir).status == "completed"
-    return run_dir
+BUDGET = (*WSD, "epochs=6", "branch_epoch=3")  # branching at the kept epoch 3
 
 
 def branch_of(trunk: Path, fraction: float) -> list[str]:
