@@ -565,6 +565,24 @@ GPT_ON_TOKENS = (
 )
 
 
+# -- stopping a fused group mid-run (tests/test_fused.py, test_fused_branches.py)
+
+
+class StopAfter:
+    """A StopFlag whose signal arrives after `n` looks (the loop looks once a batch)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    @property
+    def signum(self) -> int | None:
+        self.n -= 1
+        return signal.SIGINT if self.n < 0 else None
+
+    def requested(self, step: int, steps: int) -> int | None:
+        return self.signum  # as StopFlag's: the engine asks once a batch
+
+
 # -- a WSD trunk and its budgets (tests/test_branches.py, test_fused_branches.py,
 # test_fused_isolation.py; the `trunk` fixture in conftest.py trains WSD_TRUNK)
 WSD = ("logger=none", "scheduler=wsd", "trainer.progress=line")  # warmup 2 epochs

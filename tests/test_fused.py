@@ -20,6 +20,7 @@ from runner.sweep.stacked import FusedOptimizer, StackedNet
 from runner.train.models import MLP, LeNet
 from tests.helpers import (
     SLOW,
+    StopAfter,
     assert_same_rows,
     make_cfg,
     read_metrics,
@@ -402,21 +403,6 @@ def test_extending_a_fused_job_already_sent_to_w_and_b_sends_only_its_new_rows(t
         r["history"]["item"] for r in wandb_records(run_dir, newest=True) if r["type"] == "history"
     ]
     assert [h["epoch"] for h in history if "val/acc" in h] == [2, 3]
-
-
-class StopAfter:
-    """A StopFlag whose signal arrives after `n` looks (the loop looks once a batch)."""
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-
-    @property
-    def signum(self) -> int | None:
-        self.n -= 1
-        return signal.SIGINT if self.n < 0 else None
-
-    def requested(self, step: int, steps: int) -> int | None:
-        return self.signum  # as StopFlag's: the engine asks once a batch
 
 
 @pytest.mark.slow

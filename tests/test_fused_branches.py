@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import signal
 from pathlib import Path
 
 import pytest
@@ -23,6 +22,7 @@ from tests.helpers import (
     WSD,
     WSD_BUDGET,
     WSD_TRUNK,
+    StopAfter,
     assert_same_rows,
     job_dirs,
     make_cfg,
@@ -131,21 +131,6 @@ def test_fused_branches_of_two_trunks_with_adamw_and_ema_equal_separate_runs(tmp
         assert_same_rows(member.run_dir, one)
         avg = [[r["val_avg/loss"] for r in read_metrics(d)] for d in (member.run_dir, one)]
         assert avg[0] == pytest.approx(avg[1], rel=REL)  # the EMA went on from the trunk's
-
-
-class StopAfter:
-    """A StopFlag whose signal arrives after `n` looks (the loop looks once a batch)."""
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-
-    @property
-    def signum(self) -> int | None:
-        self.n -= 1
-        return signal.SIGINT if self.n < 0 else None
-
-    def requested(self, step: int, steps: int) -> int | None:
-        return self.signum
 
 
 @pytest.mark.slow
