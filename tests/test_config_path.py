@@ -228,8 +228,11 @@ def stops_files_climbs(path: list[str]) -> tuple[int, int, int]:
 # what it calls, and the final config's text is made beside its typed spec (schema.py).
 # -> 47/19/19: the build hands trainer.average's values to averaging.py (`averager`,
 # `swa_schedule`), not the trainer node. -> 45/19/18: the start-up line's names are read
-# off the final config's values where they are made (train.py `start_line`).
-NEW_RUN_PATH = (45, 19, 18)
+# off the final config's values where they are made (train.py `start_line`). -> 44/18/18:
+# start-up's forward pass (model_check.py) gets the model validate_model built, a way to
+# build it again on the CPU, and the keys its errors name (models.py `model_named`,
+# `width_keys`), not the model's node.
+NEW_RUN_PATH = (44, 18, 18)
 
 
 @pytest.fixture(scope="module")
@@ -307,12 +310,11 @@ def test_the_check_sends_its_data_to_no_other_rank():
 def test_validation_builds_the_model_once(monkeypatch):
     """The model its keys' check built on the meta device (validate_model) is the one the
     forward pass on the data runs (check_model_on_data): not built a second time."""
-    from runner.train import model_check
 
     def built_again(*args: Any) -> None:
         raise AssertionError("the model was built again to probe it")
 
-    monkeypatch.setattr(model_check, "build_model", built_again)
+    monkeypatch.setattr(check, "build_model", built_again)  # `rebuild`, on the CPU
     check.validate(make_cfg(*SMALL))
     check.validate(make_cfg("model=lenet", "data=fake", "data.train_size=8", "data.val_size=8"))
 

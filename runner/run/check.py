@@ -25,7 +25,15 @@ from runner.run.branch import check_branch
 from runner.train.averaging import validate_average
 from runner.train.builders import resolve_device
 from runner.train.model_check import check_model_on_data
-from runner.train.models import default_no_decay, part_names, probe_parts, validate_model
+from runner.train.models import (
+    build_model,
+    default_no_decay,
+    model_named,
+    part_names,
+    probe_parts,
+    validate_model,
+    width_keys,
+)
 from runner.train.optimizers import (
     base_lr,
     check_optimizer,
@@ -159,7 +167,10 @@ def _check_model(node: Mapping[str, Any], found: dict[str, Any]) -> None:
     # model built on the meta device
     found["parts"], found["no_decay"] = part_names(node), default_no_decay(node)
     found["probe"] = partial(probe_parts, node, data.image_shape, data.num_classes)
-    check_model_on_data(node, data, found["data_name"], probed)
+    rebuild = partial(build_model, node, data.image_shape, data.num_classes)  # on the CPU
+    check_model_on_data(
+        probed, rebuild, data, found["data_name"], model_named(node), width_keys(node)
+    )
 
 
 def _check_lr_find(node: Mapping[str, Any], found: dict[str, Any]) -> None:

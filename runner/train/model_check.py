@@ -12,7 +12,7 @@ built: until then they hold no parameters an optimizer could step.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -22,8 +22,7 @@ from torch.nn.modules.lazy import LazyModuleMixin
 from runner.data.sets import TensorData
 from runner.data.stream import sample_batch as streamed_batch
 from runner.data.text import is_text
-from runner.train.models import build_model, spec_of
-from schedulers import ConfigError, binder
+from schedulers import ConfigError
 
 SAMPLES = 2  # a batch of two: BatchNorm in training mode needs more than one value a channel
 
@@ -54,62 +53,57 @@ def materialise(model: nn.Module, data: Any, device: torch.device) -> None:
     model.train(training)
 
 
-def model_key(cfg: Mapping[str, Any]) -> str:
-    return "model.name" if spec_of(cfg) is not None else f"model.{binder.TARGET}"
-
-
 def check_model_on_data(
-    cfg: Mapping[str, Any], data: Any, data_name: str, built: nn.Module | None = None
+    model: nn.Module,
+    rebuild: Callable[[], nn.Module],
+    data: Any,
+    data_name: str,
+    named: tuple[str, Any],
+    widths: Mapping[str, int],
 ) -> None:
     """Raise a ConfigError when the model cannot train on this data as configured: its
     inputs' dtype is not the model's, its forward pass fails, its output is not one score
-    per class, or nothing in it trains. `built`: the model as its check built it for this
-    data (runner/train/models.py `validate_model`), not built again."""
+    per class, or nothing in it trains. `model`: the model as its check built it for this
+    data (runner/train/models.py `validate_model`), on meta or else on the CPU; `rebuild`
+    builds it on the CPU, where it cannot run on meta. The errors name `named`, the key
+    that names the model and its value (`model_named`), or one of `widths`, its keys that
+    can set its output width (`width_keys`)."""
     x = sample_batch(data)
-    model, out = _probe(cfg, data, x, data_name, built)
+    model, out = _probe(model, rebuild, x, data_name, named)
     if not _fits(out, data.num_classes, x):
-        raise _output_error(cfg, out, data.num_classes, x)
+        raise _output_error(named, widths, out, data.num_classes, x)
     if not any(p.requires_grad for p in model.parameters()):
         raise ConfigError(
-            model_key(cfg),
-            _value(cfg),
+            *named,
             "has no trainable parameters (none, or every one "
             "has requires_grad=False): the optimizer would have nothing to train",
         )
 
 
-def _value(cfg: Mapping[str, Any]) -> Any:
-    return cfg.get("name") if spec_of(cfg) is not None else cfg.get(binder.TARGET)
-
-
 def _probe(
-    cfg: Mapping[str, Any], data: Any, x: torch.Tensor, data_name: str, built: nn.Module | None
+    built: nn.Module,
+    rebuild: Callable[[], nn.Module],
+    x: torch.Tensor,
+    data_name: str,
+    named: tuple[str, Any],
 ) -> tuple[nn.Module, Any]:
-    """The model and its output for `x`: on meta first, else built and run on the CPU.
-    `built`: the model its check built, on meta (run there first), or on the CPU where it
-    could not be built on meta (run there)."""
-    if built is None or _on_meta(built):
+    """The model and its output for `x`: `built` on meta run there first (else built again
+    on the CPU and run there), `built` on the CPU run there."""
+    if _on_meta(built):
+        if (mixed := _mixed_dtypes(built, x)) is not None:
+            raise _dtype_error(named, mixed, data_name)
         try:
-            if built is None:
-                with torch.device("meta"):
-                    built = build_model(cfg, data.image_shape, data.num_classes)
-            if (mixed := _mixed_dtypes(built, x)) is not None:
-                raise _dtype_error(cfg, mixed, data_name)
             return built, _forward(built, x.to("meta"))
-        except ConfigError:
-            raise
         except Exception:  # an op without a meta kernel, .item(), data-dependent shapes
-            built = None
-    model = built if built is not None else build_model(cfg, data.image_shape, data.num_classes)
-    if (mixed := _mixed_dtypes(model, x)) is not None:
-        raise _dtype_error(cfg, mixed, data_name)
+            built = rebuild()
+    if (mixed := _mixed_dtypes(built, x)) is not None:
+        raise _dtype_error(named, mixed, data_name)
     try:
-        return model, _forward(model, x)
+        return built, _forward(built, x)
     except Exception as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ConfigError(
-            model_key(cfg),
-            _value(cfg),
+            *named,
             f"fails on a batch of the data (inputs {list(x.shape)}, {x.dtype}): {first}",
         ) from None
 
@@ -135,7 +129,7 @@ def _mixed_dtypes(model: nn.Module, x: torch.Tensor) -> tuple[torch.dtype, torch
 
 
 def _dtype_error(
-    cfg: Mapping[str, Any], mixed: tuple[torch.dtype, torch.dtype], data_name: str
+    named: tuple[str, Any], mixed: tuple[torch.dtype, torch.dtype], data_name: str
 ) -> ConfigError:
     wanted, given = mixed
     if data_name == "dataset":
@@ -147,8 +141,7 @@ def _dtype_error(
             "scale=True) to the transforms",
         )
     return ConfigError(
-        model_key(cfg),
-        _value(cfg),
+        *named,
         f"has {wanted} parameters and the data gives {given} samples: build it in {given}",
     )
 
@@ -166,43 +159,35 @@ def _fits(out: Any, num_classes: int, x: torch.Tensor) -> bool:
 
 
 def _output_error(
-    cfg: Mapping[str, Any], out: Any, num_classes: int, x: torch.Tensor
+    named: tuple[str, Any],
+    widths: Mapping[str, int],
+    out: Any,
+    num_classes: int,
+    x: torch.Tensor,
 ) -> ConfigError:
     """What is wrong with an output that does not `_fit`, naming the key that set it."""
     if not torch.is_tensor(out):
         return ConfigError(
-            model_key(cfg),
-            _value(cfg),
+            *named,
             f"returns {type(out).__name__} for a batch; the runner "
             f"needs a tensor of class scores [batch, {num_classes}] from forward()",
         )
     shape = list(out.shape)
     if len(shape) == 2 and shape[0] == x.shape[0]:
-        key = _width_key(cfg, shape[1])
+        # the key that set that width (its value), else the model's
+        key = next((k for k, v in widths.items() if v == shape[1]), None)
         hint = (
             f"set {key}={num_classes} or ${{data.num_classes}}"
-            if key != model_key(cfg)
+            if key is not None
             else "give it num_classes (e.g. model.num_classes=${data.num_classes})"
         )
         return ConfigError(
-            key,
-            cfg.get(key.split(".", 1)[1]),
+            *(named if key is None else (key, shape[1])),
             f"the model outputs {shape[1]} class scores "
             f"and the data has {num_classes} classes (data.num_classes): {hint}",
         )
     return ConfigError(
-        model_key(cfg),
-        _value(cfg),
+        *named,
         f"outputs {shape} for a batch of {x.shape[0]}; the runner "
         f"needs class scores [batch, {num_classes}]",
     )
-
-
-def _width_key(cfg: Mapping[str, Any], width: int) -> str:
-    """The model's key that set its output width (num_classes, classes, n_out, ...): one
-    whose value is that width and whose name says classes or outputs; else the model."""
-    for key, value in binder.kwargs_of(cfg).items():
-        named = any(word in key.lower() for word in ("class", "out", "label", "head"))
-        if named and isinstance(value, int) and not isinstance(value, bool) and value == width:
-            return f"model.{key}"
-    return model_key(cfg)

@@ -271,6 +271,28 @@ def spec_of(cfg: Mapping[str, Any]) -> ModelSpec | None:
     return binder.builtin_spec("model", cfg.get(binder.TARGET), cfg.get("name"), MODELS)
 
 
+def model_named(cfg: Mapping[str, Any]) -> tuple[str, Any]:
+    """The key that names the model and its value, for the errors of start-up's forward
+    pass (runner/train/model_check.py): model.name for a built-in, model._target_ else."""
+    if spec_of(cfg) is not None:
+        return "model.name", cfg.get("name")
+    return f"model.{binder.TARGET}", cfg.get(binder.TARGET)
+
+
+def width_keys(cfg: Mapping[str, Any]) -> dict[str, int]:
+    """The model's integer keys whose names say classes or outputs (num_classes, classes,
+    n_out, ...), with their values: those that can set its output width, which start-up's
+    forward pass names when the width is not the data's classes."""
+    return {
+        f"model.{key}": value
+        for key, value in cfg.items()
+        if key not in binder.HYDRA_KEYS  # its kwargs (`binder.kwargs_of`)
+        and any(word in key.lower() for word in ("class", "out", "label", "head"))
+        and isinstance(value, int)
+        and not isinstance(value, bool)
+    }
+
+
 def part_names(cfg: Mapping[str, Any]) -> tuple[str, ...]:
     """The named parts of a built-in model that `optimizer.param_groups` can give their own
     lr (a `_target_` model has none: its groups are parameter-name patterns)."""
