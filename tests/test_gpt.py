@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -163,7 +164,13 @@ def test_gap_and_mfu_when_the_data_and_the_card_give_them():
 def test_flops_per_token_are_six_n_plus_attention():
     model = small_gpt()
     n = sum(p.numel() for p in model.parameters()) - model.wpe.weight.numel()
-    assert gpt.flops_per_token(model, 16, 2, 32) == 6 * n + 12 * 2 * 32 * 16
+    assert gpt.flops_per_token(model, 16) == 6 * n + 12 * 2 * 32 * 16
+    # a run's stats: gpt's count for the GPT built (its depth and width read off it), 6 N else
+    windows = SimpleNamespace(tokens=True, image_shape=(16,), n_train=4)
+    cpu = torch.device("cpu")
+    assert lm.token_stats(windows, model, cpu).flops_per_token == 6 * n + 12 * 2 * 32 * 16
+    other = torch.nn.Linear(4, 4)
+    assert lm.token_stats(windows, other, cpu).flops_per_token == 6 * 20
 
 
 def test_a_report_of_lm_runs_ranks_by_final_val_loss_lowest_first(tmp_path):

@@ -266,7 +266,7 @@ def fit(
             new=start is None or start.get("branched", False),  # a branch's start: last.pt now
             session=session,
         )
-        track.tokens = token_stats(run.data, spec.model, run.model, run.device, run.dist.world)
+        track.tokens = token_stats(run.data, run.model, run.device, run.dist.world)
         engine = Engine([track], spec.epochs, step=progress.step, elapsed_s=progress.elapsed_s)
         engine.run(
             SingleModel(spec, run, shuffle),

@@ -558,7 +558,7 @@ def _fit(members: Sequence[Member], stop: Any, background: Background, cleanup: 
             )
         )
     for i, track in enumerate(tracks):  # a language model's rows add val/bpb, tokens/s, MFU
-        track.tokens = token_stats(data, specs[i].model, models[i], device)
+        track.tokens = token_stats(data, models[i], device)
     engine = Engine(
         tracks,
         epochs,

@@ -121,9 +121,10 @@ def parts(model: GPT) -> dict[str, list[nn.Parameter]]:
     }
 
 
-def flops_per_token(model: nn.Module, block_size: int, n_layer: int, n_embd: int) -> float:
+def flops_per_token(model: GPT, block_size: int) -> float:
     """Training FLOPs per token, as nanoGPT's estimate_mfu (PaLM appendix B): 6 N for the
     matmuls' forward and backward, N the parameters less the position table, plus the
-    attention's 12 L H Q T = 12 n_layer n_embd T."""
-    n = sum(p.numel() for p in model.parameters()) - model.get_submodule("wpe").weight.numel()
-    return 6.0 * n + 12.0 * n_layer * n_embd * block_size
+    attention's 12 L H Q T = 12 n_layer n_embd T (read off the model: its blocks, the
+    width of its embedding)."""
+    n = sum(p.numel() for p in model.parameters()) - model.wpe.weight.numel()
+    return 6.0 * n + 12.0 * len(model.blocks) * model.wte.embedding_dim * block_size

@@ -83,11 +83,7 @@ def peak_flops(device: torch.device) -> float | None:
 
 
 def token_stats(
-    data: Any,
-    model_cfg: dict[str, Any],
-    model: torch.nn.Module,
-    device: torch.device,
-    world: int = 1,
+    data: Any, model: torch.nn.Module, device: torch.device, world: int = 1
 ) -> TokenStats | None:
     """The run's TokenStats, or None when its data is not token windows. An epoch trains
     every training window once; FLOPs per token are gpt's own count (with attention), for
@@ -95,8 +91,8 @@ def token_stats(
     if not token_data(data):
         return None
     block = data.image_shape[0]
-    if model_cfg.get("name") == "gpt":
-        flops = gpt.flops_per_token(model, block, model_cfg["n_layer"], model_cfg["n_embd"])
+    if isinstance(model, gpt.GPT):
+        flops = gpt.flops_per_token(model, block)
     else:
         flops = 6.0 * sum(p.numel() for p in model.parameters())
     peak = peak_flops(device)
