@@ -233,7 +233,9 @@ def stops_files_climbs(path: list[str]) -> tuple[int, int, int]:
 # build it again on the CPU, and the keys its errors name (models.py `model_named`,
 # `width_keys`), not the model's node. -> 43/17/18: a language model's FLOPs per token read
 # gpt's depth and width off the GPT built (lm.py `token_stats`), not off the model's node.
-NEW_RUN_PATH = (43, 17, 18)
+# -> 42/16/18: a streamed run's loaders are told whether its data is data=dataset (whose
+# in_memory decision they log again), not handed the data's node (stream.py `loaders_for`).
+NEW_RUN_PATH = (42, 16, 18)
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from runner.config.schema import run_spec
+from runner.data import stream
 from runner.data.sets import TensorData, load_data
 from runner.data.stream import EpochBatches, SeededSamples, StreamData
 from runner.run.train import train
@@ -225,6 +226,22 @@ def test_in_memory_auto_streams_random_transforms_and_holds_the_rest(folder, cap
     assert isinstance(streamed, StreamData)
     assert (streamed.image_shape, streamed.num_classes) == ((3, 8, 8), 3)
     assert "data.in_memory=auto: streamed: the train transforms are random" in caplog.text
+
+
+def test_a_dataset_run_logs_its_in_memory_decision_into_its_log(monkeypatch, caplog):
+    """`load` logs data.in_memory's decision before the run's log is open: a data=dataset
+    run's loaders log it again; a run on other data logs none that an earlier data=dataset
+    load in the process left."""
+    choice = "data.in_memory=auto: materialised in memory: no random transforms"
+    monkeypatch.setattr(stream, "last_choice", choice)
+    held = TensorData(torch.zeros(4, 1, 2, 2), torch.zeros(4).long(), torch.zeros(2, 1, 2, 2),
+                      torch.zeros(2).long(), 2)  # fmt: skip
+    cpu = torch.device("cpu")
+    with caplog.at_level(logging.INFO, logger="schedlab"):
+        assert stream.loaders_for(held, 4, 0, cpu, dataset=True) is None  # in memory
+        assert caplog.messages == [choice]
+        stream.loaders_for(held, 4, 0, cpu, dataset=False)
+    assert caplog.messages == [choice]
 
 
 def test_the_lr_range_test_streams_a_streamed_dataset(tmp_path, folder):

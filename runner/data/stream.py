@@ -409,16 +409,18 @@ def _loader(
 
 
 def loaders_for(
-    data_cfg: Mapping[str, Any],
     data: Any,
     batch_size: int,
     seed: int,
     device: torch.device,
     share: tuple[int, int] = (0, 1),
+    dataset: bool = False,
 ) -> Loaders | None:
-    """A run's Loaders when its data is streamed, else None (in-memory tensors); with
-    data=dataset the in_memory decision is logged into the run's log either way."""
-    if data_cfg.get("name") == "dataset" and last_choice:
+    """A run's Loaders when its data is streamed, else None (in-memory tensors). `dataset`:
+    the run's data is data=dataset, whose in_memory decision is logged into the run's log
+    either way (`load` logged it before the run's log was open; another data's run logs
+    none, though a data=dataset run before it in this process left its decision here)."""
+    if dataset and last_choice:
         log.info(last_choice)
     return Loaders(data, batch_size, seed, device, share) if is_streamed(data) else None
 

@@ -309,12 +309,12 @@ class SingleModel:
         # data=dataset not held in memory: DataLoaders (runner/data/stream.py), else None;
         # under DDP each rank's loader fetches only its share of each batch
         self.stream = loaders_for(
-            spec.data,
             run.data,
             micro,
             spec.seed,
             run.device,
             share=(run.dist.rank, run.dist.world) if run.dist.active else (0, 1),
+            dataset=spec.data.get("name") == "dataset",
         )
 
     def batches(self, epoch: int) -> Iterator[list[tuple[torch.Tensor, ...]]]:
