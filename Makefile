@@ -21,8 +21,8 @@ install: $(STAMP) ## create .venv and install schedlab with its dev tools
 train: $(STAMP) ## train the default job (MLP on the bundled digits, cosine lr); ARGS="..." adds overrides
 	$(BIN)/python -m runner $(ARGS)
 
-test: $(STAMP) ## run the test suite (in parallel on all cores)
-	$(BIN)/python -m pytest -n auto $(ARGS)
+test: $(STAMP) ## run the test suite (in parallel on all cores; prints the 15 slowest, to see where its 10 minutes go)
+	$(BIN)/python -m pytest -n auto --durations=15 $(ARGS)
 
 # tests.reach fails the tier if a module of runner/, schedulers/ or hydra_plugins/ ran no function
 test-fast: $(STAMP) ## the tests a change can wait for (~2 min): all but those marked slow, every module run
