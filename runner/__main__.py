@@ -45,6 +45,7 @@ from runner.io.files import (
     WRITE_ERRNOS,
     RunDirBusy,
     WriteFailed,
+    holds_record,
     keep_run_dir,
     read_json,
     run_dir_holder,
@@ -63,7 +64,8 @@ log = logging.getLogger("schedlab")
 def _mark_failed(run_dir: Path, error: str, config_error: bool = False) -> None:
     """Record a failed job in its status.json, unless that would lose a record: a completed
     run's status is never overwritten, and a config error (e.g. a resume refused for a
-    damaged last.pt) leaves a dir that already holds a run as it was. Best effort: a disk
+    damaged last.pt) leaves a dir that already holds a run as it was (files.holds_record:
+    a failed start's status.json alone is replaced by the new error). Best effort: a disk
     that cannot take status.json costs a warning, not a second error. Only rank 0 (of
     torchrun, or of a multi-task submitit job) writes it: another rank fails too when rank 0
     stops (its collectives lose their peer), and must not overwrite how rank 0 ended."""
@@ -73,7 +75,7 @@ def _mark_failed(run_dir: Path, error: str, config_error: bool = False) -> None:
     current = read_json(path)
     if current is not None and current.get("status") == "completed":
         return
-    if config_error and (current is not None or (run_dir / "config.yaml").exists()):
+    if config_error and holds_record(run_dir):
         return
     try:
         write_json_atomic(path, {"status": "failed", "error": error})
