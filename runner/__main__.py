@@ -47,6 +47,7 @@ from runner.io.files import (
     WriteFailed,
     holds_record,
     keep_run_dir,
+    no_run_to_resume,
     read_json,
     run_dir_holder,
     write_json_atomic,
@@ -229,9 +230,7 @@ def check_resume_dir(argv: list[str]) -> None:
         config_error(ConfigError("resume", value, f"{why}, or resume=<dir>"))
     target = given.get("hydra.run.dir") if value.lower() == "true" else value
     if target and not (Path(target) / "config.yaml").is_file():
-        config_error(
-            ConfigError("resume", value, f"no run to resume: {target}/config.yaml missing")
-        )
+        config_error(ConfigError("resume", value, no_run_to_resume(target)))
     run_dir = given.get("hydra.run.dir")
     if value.lower() != "true" and run_dir and Path(run_dir).resolve() != Path(value).resolve():
         # the run goes on in <dir>; Hydra would put its train.log in the other dir

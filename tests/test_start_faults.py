@@ -77,6 +77,10 @@ def test_a_branch_whose_trunk_checkpoint_fails_to_load_leaves_only_its_failure(
     assert sorted(p.name for p in run_dir.iterdir()) == [".lock"]  # no config.yaml, no rows
     _mark_failed(run_dir, f"config error: {err.value}", config_error=True)
     assert status(run_dir) == {"status": "failed", "error": f"config error: {err.value}"}
+    refused = cli_in_process(f"resume={run_dir}", cwd=tmp_path)  # nothing trained to resume
+    assert refused.returncode == 2
+    assert f"its start failed (config error: {err.value})" in refused.stderr
+    assert "the command that started it starts it again" in refused.stderr
     kept.write_bytes(whole)
     assert train(make_cfg(*job), run_dir).status == "completed"
     rows = read_metrics(run_dir)
@@ -98,6 +102,24 @@ def test_a_failed_start_s_status_is_replaced_by_the_next_failed_start_s_error(tm
     assert status(fresh)["error"] == "config error: second"
     assert status(started)["error"] == "config error: first"
     assert status(done)["status"] == "diverged"
+
+
+def test_resume_of_a_dir_whose_start_never_trained_says_what_its_status_records(tmp_path):
+    """resume= of a dir without config.yaml: `config.yaml missing`, and what its status.json
+    says of a start that failed or was stopped (the command that started it starts it
+    again); a status of another kind, or none, adds nothing."""
+    say = files.no_run_to_resume
+    missing = f"no run to resume: {tmp_path / 'config.yaml'} missing"
+    assert say(tmp_path) == missing
+    (tmp_path / "status.json").write_text(json.dumps({"status": "interrupted"}))
+    assert say(tmp_path).startswith(f"{missing}: it was stopped during its start-up")
+    (tmp_path / "status.json").write_text(json.dumps({"status": "failed", "error": "boom"}))
+    assert say(tmp_path) == (
+        f"{missing}: its start failed (boom), before it trained; the command that started it "
+        "starts it again"
+    )
+    (tmp_path / "status.json").write_text(json.dumps({"status": "completed"}))
+    assert say(tmp_path) == missing
 
 
 @pytest.mark.slow
@@ -123,7 +145,7 @@ def test_a_sweep_job_whose_trunk_checkpoint_is_damaged_is_reported_failed_and_re
     assert [c.strip() for c in row.strip("|").split("|")][2:6] == ["1", "0", "0", "1"]
     before = {p.name: p.read_bytes() for p in job.iterdir() if p.is_file()}
     refused = cli_in_process(f"resume={job}", cwd=tmp_path)
-    assert refused.returncode == 2 and "no run to resume" in refused.stderr
+    assert refused.returncode == 2 and "its start failed (config error: " in refused.stderr
     assert {p.name: p.read_bytes() for p in job.iterdir() if p.is_file()} == before
     (copy / checkpoint.KEPT.format(3)).write_bytes(whole)
     again = run_cli(*command, cwd=tmp_path)
