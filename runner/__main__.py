@@ -45,7 +45,9 @@ from runner.io.files import (
     WRITE_ERRNOS,
     RunDirBusy,
     WriteFailed,
+    holds_record,
     keep_run_dir,
+    no_run_to_resume,
     read_json,
     run_dir_holder,
     write_json_atomic,
@@ -63,7 +65,8 @@ log = logging.getLogger("schedlab")
 def _mark_failed(run_dir: Path, error: str, config_error: bool = False) -> None:
     """Record a failed job in its status.json, unless that would lose a record: a completed
     run's status is never overwritten, and a config error (e.g. a resume refused for a
-    damaged last.pt) leaves a dir that already holds a run as it was. Best effort: a disk
+    damaged last.pt) leaves a dir that already holds a run as it was (files.holds_record:
+    a failed start's status.json alone is replaced by the new error). Best effort: a disk
     that cannot take status.json costs a warning, not a second error. Only rank 0 (of
     torchrun, or of a multi-task submitit job) writes it: another rank fails too when rank 0
     stops (its collectives lose their peer), and must not overwrite how rank 0 ended."""
@@ -73,7 +76,7 @@ def _mark_failed(run_dir: Path, error: str, config_error: bool = False) -> None:
     current = read_json(path)
     if current is not None and current.get("status") == "completed":
         return
-    if config_error and (current is not None or (run_dir / "config.yaml").exists()):
+    if config_error and holds_record(run_dir):
         return
     try:
         write_json_atomic(path, {"status": "failed", "error": error})
@@ -227,9 +230,7 @@ def check_resume_dir(argv: list[str]) -> None:
         config_error(ConfigError("resume", value, f"{why}, or resume=<dir>"))
     target = given.get("hydra.run.dir") if value.lower() == "true" else value
     if target and not (Path(target) / "config.yaml").is_file():
-        config_error(
-            ConfigError("resume", value, f"no run to resume: {target}/config.yaml missing")
-        )
+        config_error(ConfigError("resume", value, no_run_to_resume(target)))
     run_dir = given.get("hydra.run.dir")
     if value.lower() != "true" and run_dir and Path(run_dir).resolve() != Path(value).resolve():
         # the run goes on in <dir>; Hydra would put its train.log in the other dir

@@ -235,6 +235,39 @@ def read_json(path: Path | str) -> dict[str, Any] | None:
 _WARNED: set[tuple[str, int]] = set()  # damaged JSON files warned about (read_json)
 
 
+# what status.json says of a run that never started training: its start failed, or a
+# signal stopped it first (a run writes config.yaml once its start stands)
+NEVER_STARTED = ("failed", "interrupted")
+
+
+def holds_record(run_dir: Path | str) -> bool:
+    """The run dir holds a run's record, which a config error must leave as it was (the
+    CLI's `_mark_failed`, a fused member's failed start): a config.yaml, or a status.json
+    other than that of a start that failed or was stopped before it. Such a status.json
+    alone records nothing trained: the next failed start's error replaces it."""
+    run_dir = Path(run_dir)
+    if (run_dir / "config.yaml").exists():
+        return True
+    status = read_json(run_dir / "status.json")
+    return status is not None and status.get("status") not in NEVER_STARTED
+
+
+def no_run_to_resume(run_dir: Path | str) -> str:
+    """Why resume= finds no run in a dir without config.yaml, with what its status.json
+    records of a start that failed or was stopped first: nothing of it trained, so the
+    command that started it (not resume=) starts it again."""
+    why = f"no run to resume: {Path(run_dir) / 'config.yaml'} missing"
+    status = read_json(Path(run_dir) / "status.json")
+    if status is None or status.get("status") not in NEVER_STARTED:
+        return why
+    how = (
+        f"its start failed ({status.get('error')})"
+        if status["status"] == "failed"
+        else "it was stopped during its start-up"
+    )
+    return f"{why}: {how}, before it trained; the command that started it starts it again"
+
+
 def remove_orphans(run_dir: Path | str, names: Iterable[str]) -> list[Path]:
     """Delete the temp files `replace_atomic` left for these names when a process was
     killed mid-write (`.<name>.<random>.tmp`); returns what was removed."""

@@ -43,7 +43,7 @@ def saved_config_path(resume: Any, run_dir: Path) -> Path:
     """The dir `resume=` names: its value, or (resume=true) the Hydra run dir."""
     target = run_dir if resume is True else Path(str(resume))
     if not (target / "config.yaml").is_file():
-        raise ConfigError("resume", str(resume), f"no run to resume: {target}/config.yaml missing")
+        raise ConfigError("resume", str(resume), files.no_run_to_resume(target))
     return target
 
 

@@ -691,9 +691,7 @@ def _run(
     if lr is not None:
         checked = found_lr_checked(config, checked, lr)
         found = checked.lr
-    config_text = write_config(
-        yaml_text(config), run_dir if not resuming and dist.is_main else None
-    )
+    config_text = yaml_text(config)  # written once the run's start stands (below)
     spec = typed_run(config)
     if found is not None:  # W&B config: the lr the range test chose (a copy: not the spec's)
         config["lr_find"] = {**config["lr_find"], "found_lr": found}
@@ -705,9 +703,12 @@ def _run(
     data = fingerprint(spec.data, loaded)
     log.info(start_line(names, spec.data["name"], run.device, spec.optimizer["lr"], spec.epochs))
     log.info(describe(data))
-    state = _start_state(config, run, checked, run_dir, dist, resuming, state)
+    branching = state is None and config.get("branch") is not None
+    state = _start_state(config, run, checked, resuming, state)
     if resuming:
         _resume_writes(run_dir, dist, config_text, state, changes)
+    elif dist.is_main:  # a new run's files: only once its start stands (`_first_writes`)
+        _first_writes(config, config_text, run_dir, branching)
     if (signum := signalled()) is not None:  # e.g. while the data loaded
         return _stopped(run_dir, dist, signum, state)
     return _fit_and_record(
@@ -730,23 +731,31 @@ def _start_state(
     config: dict[str, Any],
     run: Run,
     checked: Checked,
-    run_dir: Path,
-    dist: Any,
     resuming: bool,
     state: dict[str, Any] | None,
 ) -> dict[str, Any] | None:
     """Where training starts: a new branch at its trunk's epoch with its own schedule
-    (runner/run/branch.py; its trunk's rows copied first), a resume at its checkpoint
-    (loaded into `run`: a checkpoint this model cannot take fails before any write), or
-    epoch 0 (None)."""
+    (runner/run/branch.py), a resume at its checkpoint (loaded into `run`), or epoch 0
+    (None). Nothing is written: a trunk checkpoint or a last.pt this run cannot use fails
+    before any file of the run dir changes."""
     if state is None and config.get("branch") is not None:
         trunk, epoch = str(config["branch"]), int(config["branch_epoch"])
         state = branch.start_state(trunk, epoch, config["data"], run, checked.steps_per_epoch)
-        if dist.is_main:
-            branch.copy_trunk_rows(trunk, epoch, run_dir)
     elif resuming and state is not None:
         checkpoint.load_weights(state, run)
     return state
+
+
+def _first_writes(config: dict[str, Any], config_text: str, run_dir: Path, branching: bool) -> None:
+    """A new run's config.yaml, then a branch's trunk rows before its branch point
+    (runner/run/branch.py), written once the run is built and its start loaded, as a fused
+    member's are (runner/sweep/fused.py `_start_member`): a start that fails (a damaged
+    trunk checkpoint) leaves no config.yaml, so runner/__main__.py records it `failed`
+    with its error in status.json, the same command runs it again, and resume= finds no
+    run to continue."""
+    write_config(config_text, run_dir)
+    if branching:
+        branch.copy_trunk_rows(str(config["branch"]), int(config["branch_epoch"]), run_dir)
 
 
 def _fit_and_record(

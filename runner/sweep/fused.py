@@ -164,6 +164,7 @@ class Member:
     sweep_dir: Path | None = None  # where a member refused its dir is named (pending)
     earlier_s: float = 0.0  # a branch's trunk's training time before it: in its wall time
     failed_start: bool = False  # its own start failed: it failed alone (`_start_member`)
+    refused: bool = False  # another process held its run dir: pending, nothing written there
 
 
 def train_group(members: Sequence[Member]) -> None:
@@ -203,7 +204,7 @@ def _lock_run_dirs(members: Sequence[Member], locks: ExitStack) -> list[Member]:
         try:
             hold(m.run_dir, locks, SWEEP_DIR_KEY).claim()
         except DirInUse as err:
-            m.error = f"error: {err}"
+            m.error, m.refused = f"error: {err}", True
             if m.sweep_dir is not None:  # pending, not a loss (runner/sweep/sweepdir.py)
                 record_refused(m.sweep_dir, m.run_dir, err.pid)
             continue
@@ -221,7 +222,7 @@ def _write_status(members: Sequence[Member], wall: float) -> None:
         if (
             m.failed_start
             and (m.error or "").startswith("config error")
-            and _holds_record(m.run_dir)
+            and files.holds_record(m.run_dir)
         ):
             continue  # as a single run's config error leaves a dir holding a run as it was
         result = m.result if m.error is None else None
@@ -237,12 +238,6 @@ def _write_status(members: Sequence[Member], wall: float) -> None:
         except files.WriteFailed as err:  # the other members' status still gets written
             log.error(f"error: {err}")
             m.error = m.error or f"error: {err}"
-
-
-def _holds_record(run_dir: Path) -> bool:
-    """The run dir holds a run's record (runner/__main__.py `_mark_failed`): a member whose
-    start failed wrote neither, so these are from before."""
-    return (run_dir / "status.json").exists() or (run_dir / "config.yaml").exists()
 
 
 def _note(member: Member, level: int, message: str) -> None:
@@ -764,6 +759,9 @@ def replay(member: Member) -> float:
     sends them. Returns what the task function returns: the best val accuracy."""
     for level, line in member.log_lines:
         log.log(level, line)
+    if member.refused:  # as a single job of a sweep refused its dir (runner/__main__.py)
+        log.error(f"job refused, pending (not a loss): {member.error}")
+        return 0.0
     if member.error is not None or member.result is None:
         when = "to start " if member.failed_start else ""  # then the others trained without it
         log.error(f"job failed {when}in its fused group: {member.error}")
