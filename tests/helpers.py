@@ -81,8 +81,10 @@ def run_python(
 
 
 def run_cli(*args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
-    under_xdist = bool(os.environ.get("PYTEST_XDIST_WORKER"))
-    return run_python("-m", "runner", *args, cwd=cwd, one_thread=under_xdist, timeout=timeout)
+    """`python -m runner <args>` on one torch thread, in or outside xdist: the float sums of
+    the in-process references (`reference`, one_torch_thread) that resumed runs are
+    compared with (outside xdist it used every core, and rows differed by 1e-7)."""
+    return run_python("-m", "runner", *args, cwd=cwd, one_thread=True, timeout=timeout)
 
 
 class _ReachedHydra(BaseException):

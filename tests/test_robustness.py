@@ -89,10 +89,7 @@ def test_signal_stops_quickly_keeps_a_checkpoint_and_resumes(tmp_path, sig, capl
             assert resume_in_process(run_dir).status == "completed"
         resume_log = caplog.text
     else:
-        # on one torch thread like the interrupted run and the reference, outside xdist too
-        resumed = run_python(
-            "-m", "runner", f"hydra.run.dir={run_dir}", "resume=true", cwd=tmp_path, one_thread=True
-        )
+        resumed = run_cli(f"hydra.run.dir={run_dir}", "resume=true", cwd=tmp_path)
         assert resumed.returncode == 0, resumed.stderr
         resume_log = (run_dir / "train.log").read_text()
     rows = read_metrics(run_dir)
@@ -415,7 +412,7 @@ def test_the_same_command_into_the_same_dir_resumes_like_a_requeued_job(tmp_path
     wait_for_rows(tmp_path / "run", 2, proc)
     proc.kill()
     proc.communicate()
-    again = run_python("-m", "runner", *args, cwd=tmp_path, one_thread=True)  # no resume= at all
+    again = run_cli(*args, cwd=tmp_path)  # no resume= at all
     assert again.returncode == 0, again.stderr
     assert "holds a checkpoint of this same config" in again.stdout + again.stderr
     rows = read_metrics(tmp_path / "run")
