@@ -17,9 +17,11 @@ process, interleaved, median of --repeats:
 from __future__ import annotations
 
 import argparse
+import itertools
 import logging
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -48,11 +50,11 @@ APP = hydra.main(version_base="1.3", config_path=str(CONF), config_name="config"
 )
 
 
-def sweep(overrides: list[str], seeds: list[int], launcher: str, out: Path) -> None:
+def sweep(overrides: list[str], launcher: str, out: Path) -> None:
+    """`python -m runner -m <overrides>` in this process (the sweep's axes among them)."""
     argv = sys.argv
     sys.argv = [
-        "runner", "-m", f"scheduler={','.join(SCHEDULES)}", f"seed={','.join(map(str, seeds))}",
-        *overrides,
+        "runner", "-m", *overrides,
         f"hydra/launcher={launcher}", f"hydra.sweep.dir={out}", "~hydra.callbacks.sweep_report",
         "hydra.job_logging.root.level=WARNING", "hydra.hydra_logging.root.level=WARNING",
     ]  # fmt: skip
@@ -73,6 +75,23 @@ def fused(configs: list[Any], out: Path) -> None:
     assert all(m.result is not None and m.result.status == "completed" for m in members)
 
 
+def variants(overrides: list[str], configs: list[Any], tmp: Path) -> dict[str, Callable[[], None]]:
+    """The four timings of one set of jobs, each call in a fresh dir under `tmp`: the whole
+    sweep (`overrides`, its axes among them) with either launcher, and only the training of
+    its jobs (`configs`), one after another or fused."""
+    runs = itertools.count()
+
+    def fresh() -> Path:
+        return tmp / str(next(runs))
+
+    return {
+        "sweep basic": lambda: sweep(overrides, "basic", fresh()),
+        "sweep fused": lambda: sweep(overrides, "fused", fresh()),
+        "training separate": lambda: separate(configs, fresh()),
+        "training fused": lambda: fused(configs, fresh()),
+    }
+
+
 def measure(job: tuple[list[str], list[int]], common: list[str], repeats: int) -> dict[str, float]:
     overrides, seeds = [*job[0], *common], job[1]
     configs = [
@@ -80,21 +99,9 @@ def measure(job: tuple[list[str], list[int]], common: list[str], repeats: int) -
         for s in SCHEDULES
         for seed in seeds
     ]
+    axes = [f"scheduler={','.join(SCHEDULES)}", f"seed={','.join(map(str, seeds))}"]
     with tempfile.TemporaryDirectory() as tmp:
-        runs = iter(range(10**6))
-
-        def fresh() -> Path:
-            return Path(tmp) / str(next(runs))
-
-        times = interleaved(
-            {
-                "sweep basic": lambda: sweep(overrides, seeds, "basic", fresh()),
-                "sweep fused": lambda: sweep(overrides, seeds, "fused", fresh()),
-                "training separate": lambda: separate(configs, fresh()),
-                "training fused": lambda: fused(configs, fresh()),
-            },
-            repeats,
-        )
+        times = interleaved(variants([*axes, *overrides], configs, Path(tmp)), repeats)
     result = {name: median(values) for name, values in times.items()}
     result["sweep ratio"] = result["sweep basic"] / result["sweep fused"]
     result["training ratio"] = result["training separate"] / result["training fused"]

@@ -20,7 +20,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_fused import APP, fused, separate  # noqa: E402
+from bench_fused import variants  # noqa: E402
 from common import interleaved, machine, median, paired, write_or_print  # noqa: E402
 
 from runner.config.compose import compose_config  # noqa: E402
@@ -36,37 +36,14 @@ GPT = [
 QUICK = ["epochs=1", "data.tokens_per_epoch=1024", "data.val_tokens=1024", "model.n_layer=1"]
 
 
-def sweep(overrides: list[str], launcher: str, out: Path) -> None:
-    argv = sys.argv
-    sys.argv = [
-        "runner", "-m", f"seed={','.join(map(str, SEEDS))}", *overrides,
-        f"hydra/launcher={launcher}", f"hydra.sweep.dir={out}", "~hydra.callbacks.sweep_report",
-        "hydra.job_logging.root.level=WARNING", "hydra.hydra_logging.root.level=WARNING",
-    ]  # fmt: skip
-    try:
-        APP()
-    finally:
-        sys.argv = argv
-
-
 def measure(overrides: list[str], repeats: int, warm: bool = True) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         overrides = [*overrides, f"data.cache_dir={tmp}/cache"]  # the text stream, made once
         configs = [compose_config([*overrides, f"seed={seed}"]) for seed in SEEDS]
-        runs = iter(range(10**6))
-
-        def fresh() -> Path:
-            return Path(tmp) / str(next(runs))
-
-        variants = {
-            "sweep basic": lambda: sweep(overrides, "basic", fresh()),
-            "sweep fused": lambda: sweep(overrides, "fused", fresh()),
-            "training separate": lambda: separate(configs, fresh()),
-            "training fused": lambda: fused(configs, fresh()),
-        }
+        timings = variants([f"seed={','.join(map(str, SEEDS))}", *overrides], configs, Path(tmp))
         if warm:  # the text cache, imports and first calls, untimed
-            interleaved(variants, 1)
-        times = interleaved(variants, repeats)
+            interleaved(timings, 1)
+        times = interleaved(timings, repeats)
     result: dict[str, Any] = {name: median(values) for name, values in times.items()}
     result["sweep ratio"], result["sweep ratio min"] = paired(times, "sweep basic", "sweep fused")
     result["training ratio"], result["training ratio min"] = paired(

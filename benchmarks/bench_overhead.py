@@ -134,9 +134,12 @@ class Guarantees:
                 self.wandb_run.log(row)
 
 
-def hand_loop(cfg: Any, data: Any, guarded: tuple[Any, Path] | None = None) -> None:
-    """What a user writes: seed, model, SGD + cosine, shuffle by index, eval each epoch.
-    `guarded` (a W&B run, a checkpoint dir): with the runner's Guarantees added."""
+def hand_parts(
+    cfg: Any, data: Any, guarded: tuple[Any, Path] | None
+) -> tuple[Any, Any, Any, torch.Generator, Guarantees | None]:
+    """A hand loop's start, as a user writes it (this file's loop and bench_stream.py's):
+    seed, model, SGD + cosine, the shuffling generator; with `guarded` (a W&B run, a
+    checkpoint dir) the runner's Guarantees. -> model, optimizer, schedule, generator, guard."""
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, data.image_shape, data.num_classes)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.optimizer.lr, momentum=0.9)
@@ -145,6 +148,24 @@ def hand_loop(cfg: Any, data: Any, guarded: tuple[Any, Path] | None = None) -> N
     guard = None
     if guarded is not None:
         guard = Guarantees(guarded[1], guarded[0], model, opt, sched, gen)
+    return model, opt, sched, gen, guard
+
+
+def hand_step(model: Any, opt: Any, x: torch.Tensor, y: torch.Tensor) -> tuple[Any, Any]:
+    """A hand loop's training step (both loops'): -> the batch's summed loss and its correct
+    predictions, on device (the loop adds them up and reads them once per epoch)."""
+    logits = model(x)
+    loss = F.cross_entropy(logits, y)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    return loss.detach() * len(y), (logits.argmax(1) == y).sum()
+
+
+def hand_loop(cfg: Any, data: Any, guarded: tuple[Any, Path] | None = None) -> None:
+    """What a user writes: seed, model, SGD + cosine, shuffle by index, eval each epoch.
+    `guarded` (a W&B run, a checkpoint dir): with the runner's Guarantees added."""
+    model, opt, sched, gen, guard = hand_parts(cfg, data, guarded)
     bs, n = cfg.data.batch_size, len(data.y_train)
     for epoch in range(cfg.epochs):
         model.train()
@@ -153,14 +174,9 @@ def hand_loop(cfg: Any, data: Any, guarded: tuple[Any, Path] | None = None) -> N
         loss_sum, correct = torch.zeros(()), torch.zeros(())
         for i in range(0, n, bs):
             idx = perm[i : i + bs]
-            x, y = data.x_train[idx], data.y_train[idx]
-            logits = model(x)
-            loss = F.cross_entropy(logits, y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            loss_sum += loss.detach() * len(y)
-            correct += (logits.argmax(1) == y).sum()
+            batch_loss, batch_correct = hand_step(model, opt, data.x_train[idx], data.y_train[idx])
+            loss_sum += batch_loss
+            correct += batch_correct
         model.eval()
         with torch.no_grad():
             logits = model(data.x_val)

@@ -38,7 +38,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-from bench_overhead import Guarantees, runner_loop  # noqa: E402
+from bench_overhead import hand_parts, hand_step, runner_loop  # noqa: E402
 from common import interleaved, machine, median, per_epoch_split, write_or_print  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
@@ -53,7 +53,6 @@ from runner.io.background import Background  # noqa: E402
 from runner.io.loggers import open_logger  # noqa: E402
 from runner.run.check import validate  # noqa: E402
 from runner.train.builders import build_run  # noqa: E402
-from runner.train.models import build_model  # noqa: E402
 
 MODULE = "bench_stream"  # the `_target_`s below: benchmarks/ is on sys.path (script dir, tests)
 TARGET = 1.03  # runner / hand on the same streamed dataset
@@ -155,15 +154,8 @@ def hand_loop(cfg: Any, data: Any, guarded: tuple[Any, Path] | None = None) -> i
     an eval pass each epoch (sums on the host's tensors, read once per epoch). Returns the
     optimizer steps taken. `guarded` (a W&B run, a checkpoint dir): with the runner's
     checkpoint and W&B guarantees added (bench_overhead.py's Guarantees)."""
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, data.image_shape, data.num_classes)
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.optimizer.lr, momentum=0.9)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
+    model, opt, sched, gen, guard = hand_parts(cfg, data, guarded)
     bs, workers = cfg.data.batch_size, cfg.data.num_workers
-    gen = torch.Generator().manual_seed(cfg.seed)
-    guard = None
-    if guarded is not None:
-        guard = Guarantees(guarded[1], guarded[0], model, opt, sched, gen)
     train_dl = DataLoader(data.train, bs, shuffle=True, generator=gen, num_workers=workers)
     val_dl = DataLoader(data.val, val_batch_size(bs), num_workers=workers)  # as the runner's
     n, n_val, steps = len(data.train), len(data.val), 0
@@ -171,13 +163,9 @@ def hand_loop(cfg: Any, data: Any, guarded: tuple[Any, Path] | None = None) -> i
         model.train()
         loss_sum, correct = torch.zeros(()), torch.zeros(())
         for x, y in train_dl:
-            logits = model(x)
-            loss = F.cross_entropy(logits, y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            loss_sum += loss.detach() * len(y)
-            correct += (logits.argmax(1) == y).sum()
+            batch_loss, batch_correct = hand_step(model, opt, x, y)
+            loss_sum += batch_loss
+            correct += batch_correct
             steps += 1
         model.eval()
         val_loss, val_correct = torch.zeros(()), torch.zeros(())

@@ -36,6 +36,7 @@ from schedulers.lecture import toy_params as lecture_params
 
 
 WANDB_CLI = Path(sys.executable).parent / "wandb"
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def make_cfg(*overrides: str) -> DictConfig:
@@ -78,6 +79,21 @@ def run_python(
         text=True,
         timeout=timeout,
     )
+
+
+def imported_by(code: str, packages: tuple[str, ...]) -> list[str]:
+    """Which of `packages` (top-level names) a fresh interpreter holds in sys.modules once it
+    has run `code` in the repository's root: what a start-up pays in imports, which this
+    process (torch and all already imported) cannot tell."""
+    probe = (
+        f"{code}\nimport json, sys\n"
+        f"print(json.dumps(sorted({{m.split('.')[0] for m in sys.modules}} & set({packages!r}))))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def run_cli(*args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:

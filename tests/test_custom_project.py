@@ -7,7 +7,6 @@ from __future__ import annotations
 import csv
 import json
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from tests.helpers import (
     one_torch_thread,
     read_metrics,
     run_cli,
+    run_python,
     start,
     wait_for_rows,
 )
@@ -81,19 +81,8 @@ def test_the_example_project_trains_sweeps_finds_an_lr_and_resumes(tmp_path, mon
     assert "Is it noise?" in (project / "sweep" / "report.md").read_text()
 
     # the LR range test on the project's model and optimizer
-    finder = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "runner.lr_find",
-            *OWN,
-            "lr_find.num_iters=20",
-            "hydra.run.dir=lr_find",
-        ],
-        cwd=project,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    finder = run_python(
+        "-m", "runner.lr_find", *OWN, "lr_find.num_iters=20", "hydra.run.dir=lr_find", cwd=project
     )
     assert finder.returncode == 0, finder.stderr
     with (project / "lr_find" / "lr_find.csv").open() as f:
@@ -183,21 +172,8 @@ def test_the_png_writer_makes_an_image_folder_that_data_images_trains_on(tmp_pat
     project = copy_project(tmp_path, monkeypatch)
 
     # the README's command, with fewer images
-    writer = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mynets.make_images",
-            "data/images",
-            "--train",
-            "240",
-            "--val",
-            "60",
-        ],
-        cwd=project,
-        capture_output=True,
-        text=True,
-        timeout=120,
+    writer = run_python(
+        "-m", "mynets.make_images", "data/images", "--train", "240", "--val", "60", cwd=project
     )
     assert writer.returncode == 0, writer.stderr
     images = project / "data" / "images"

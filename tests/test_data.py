@@ -14,7 +14,7 @@ from runner.data.sets import batches, load_data, resize_images, validate_data
 from runner.run.train import train
 from schedulers import ConfigError
 from schedulers.binder import plain
-from tests.helpers import make_cfg, make_values, read_metrics
+from tests.helpers import imported_by, make_cfg, make_values, read_metrics
 
 
 def write_idx_dataset(folder: Path, n_train: int, n_test: int, seed: int = 0) -> None:
@@ -113,19 +113,11 @@ def test_digits_and_their_split_are_scikit_learns_without_importing_it(fraction,
 @pytest.mark.slow
 def test_a_run_on_digits_does_not_import_scikit_learn():
     """Its import (with scipy's) was 1.3 s of every digits run's start-up."""
-    import subprocess
-    import sys
-
     code = (
-        "import sys; from runner.data.sets import load_data; "
-        "from tests.helpers import make_values; load_data(make_values()['data']); "
-        "print(sorted(m for m in sys.modules "
-        "if m.split('.')[0] in ('sklearn', 'scipy')))"
+        "from runner.data.sets import load_data; "
+        "from tests.helpers import make_values; load_data(make_values()['data'])"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
-    ).stdout
-    assert out.strip() == "[]"
+    assert imported_by(code, ("sklearn", "scipy")) == []
 
 
 def test_batches_cover_every_sample_once_in_a_seeded_order():

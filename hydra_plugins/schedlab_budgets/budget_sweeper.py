@@ -19,12 +19,10 @@ from typing import Any, Dict, List, Optional  # noqa: UP035
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
-from hydra.core.plugins import Plugins
-from hydra.plugins.sweeper import Sweeper
-from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from runner.sweep.launch import BUDGET_SWEEPER
+from runner.sweep.sweeper import LaunchingSweeper
 
 
 @dataclass
@@ -44,7 +42,7 @@ ConfigStore.instance().store(
 )
 
 
-class BudgetSweeper(Sweeper):
+class BudgetSweeper(LaunchingSweeper):
     def __init__(
         self,
         budgets: Any = (15, 30, 60),
@@ -53,25 +51,13 @@ class BudgetSweeper(Sweeper):
         anytime: Any = None,
         params: Any = None,
     ) -> None:
-        super().__init__()
+        super().__init__(params)
         given = {"reruns": reruns, "trunks": trunks, "anytime": anytime}
         self.strategies = {
             kind: OmegaConf.to_container(v) if isinstance(v, DictConfig) else v
             for kind, v in given.items()
         }
         self.budgets = list(budgets)
-        self.params = dict(params or {})
-        self.hydra_context: HydraContext | None = None
-        self.config: DictConfig | None = None
-        self.launcher: Any = None
-
-    def setup(
-        self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
-    ) -> None:
-        self.hydra_context, self.config = hydra_context, config
-        self.launcher = Plugins.instance().instantiate_launcher(
-            hydra_context=hydra_context, task_function=task_function, config=config
-        )
 
     def sweep(self, arguments: List[str]) -> Any:  # noqa: UP006
         import logging
@@ -80,14 +66,11 @@ class BudgetSweeper(Sweeper):
         from runner.run.branch_points import branch_point
         from runner.sweep import budget_sweeps as plan
         from runner.sweep.launch import sweep_combinations
-        from runner.sweep.sweepdir import take_or_exit
         from schedulers import ConfigError
 
-        assert self.config is not None and self.hydra_context is not None
         log = logging.getLogger("schedlab")
-        sweep_dir = Path(str(self.config.hydra.sweep.dir))
-        take_or_exit(sweep_dir)  # one sweep at a time: held until this process ends
-        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        self.open_sweep_dir()
+        assert self.hydra_context is not None
         try:  # checked before Hydra starts too (runner/sweep/launch.py), but for the points
             budgets = plan.check_plan(self.budgets, self.strategies)
             plan.check_command(arguments)
@@ -104,8 +87,7 @@ class BudgetSweeper(Sweeper):
             f"Budgets {budgets}: {len(jobs)} runs first (reruns, anytime runs, "
             f"{len(trunk_jobs)} trunks keeping {keep}), then the trunks' branches"
         )
-        self.validate_batch_is_legal(jobs)  # composition errors before any job trains
-        results = [self.launcher.launch(jobs, initial_job_idx=0)]
+        results = [self.launch_batch(jobs, initial_job_idx=0)]
         done = [
             (overrides, Path(str(results[0][i].hydra_cfg.hydra.runtime.output_dir)))
             for i, (_, overrides) in trunk_jobs.items()
@@ -113,8 +95,7 @@ class BudgetSweeper(Sweeper):
         branches = plan.branch_batch(done, budgets)
         log.info(f"Branches: {len(branches)} runs from {len(done)} trunks")
         if branches:
-            self.validate_batch_is_legal(branches)
-            results.append(self.launcher.launch(branches, initial_job_idx=len(jobs)))
+            results.append(self.launch_batch(branches, initial_job_idx=len(jobs)))
         return results
 
     def _compose(self, overrides: List[str]) -> DictConfig:  # noqa: UP006

@@ -14,16 +14,12 @@ stays light because Hydra imports every plugin at each start-up.
 """
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Dict, Optional  # noqa: UP035
 
 from hydra.core.config_store import ConfigStore
-from hydra.core.plugins import Plugins
-from hydra.plugins.sweeper import Sweeper
-from hydra.types import HydraContext, TaskFunction
-from omegaconf import DictConfig, OmegaConf
 
 from runner.sweep.launch import RACE_SWEEPER, check_race
+from runner.sweep.sweeper import LaunchingSweeper
 
 
 @dataclass
@@ -46,7 +42,7 @@ ConfigStore.instance().store(
 )
 
 
-class RaceSweeper(Sweeper):
+class RaceSweeper(LaunchingSweeper):
     def __init__(
         self,
         min_seeds: int = 3,
@@ -56,22 +52,10 @@ class RaceSweeper(Sweeper):
         max_runs: int | None = None,
         params: dict[str, str] | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(params)
         check_race(min_seeds, max_seeds, alpha, metric, max_runs)
         self.settings = dict(
             min_seeds=min_seeds, max_seeds=max_seeds, alpha=alpha, metric=metric, max_runs=max_runs
-        )
-        self.params = dict(params or {})
-        self.hydra_context: HydraContext | None = None
-        self.config: DictConfig | None = None
-        self.launcher: Any = None
-
-    def setup(
-        self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
-    ) -> None:
-        self.hydra_context, self.config = hydra_context, config
-        self.launcher = Plugins.instance().instantiate_launcher(
-            hydra_context=hydra_context, task_function=task_function, config=config
         )
 
     def sweep(self, arguments: list[str]) -> Any:
@@ -81,22 +65,14 @@ class RaceSweeper(Sweeper):
 
         from runner.sweep.launch import configurations
         from runner.sweep.race import Race, RaceSettings
-        from runner.sweep.sweepdir import take_or_exit
 
-        assert self.config is not None and self.hydra_context is not None
         log = logging.getLogger("schedlab")
-        sweep_dir = Path(str(self.config.hydra.sweep.dir))
-        take_or_exit(sweep_dir)  # one sweep at a time: held until this process ends
-        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        sweep_dir = self.open_sweep_dir()
+        assert self.hydra_context is not None
         configs, ignored = configurations(arguments, self.params, self.hydra_context.config_loader)
         if ignored:
             log.info(
                 f"Race: {', '.join(ignored)} (hydra.sweeper.params) ignored; the race "
                 "gives the seeds: 0, 1, ... up to hydra.sweeper.max_seeds"
             )
-
-        def launch(batch: list[list[str]], initial_job_idx: int) -> Any:
-            self.validate_batch_is_legal(batch)  # composition errors before any job trains
-            return self.launcher.launch(batch, initial_job_idx=initial_job_idx)
-
-        return Race(RaceSettings(**self.settings), configs, sweep_dir, launch).run()
+        return Race(RaceSettings(**self.settings), configs, sweep_dir, self.launch_batch).run()
