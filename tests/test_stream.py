@@ -234,8 +234,8 @@ def test_a_dataset_run_logs_its_in_memory_decision_into_its_log(monkeypatch, cap
     load in the process left."""
     choice = "data.in_memory=auto: materialised in memory: no random transforms"
     monkeypatch.setattr(stream, "last_choice", choice)
-    held = TensorData(torch.zeros(4, 1, 2, 2), torch.zeros(4).long(), torch.zeros(2, 1, 2, 2),
-                      torch.zeros(2).long(), 2)  # fmt: skip
+    x, y = torch.zeros(4, 1, 2, 2), torch.zeros(4).long()
+    held = TensorData(x, y, x[:2], y[:2], 2)
     cpu = torch.device("cpu")
     with caplog.at_level(logging.INFO, logger="schedlab"):
         assert stream.loaders_for(held, 4, 0, cpu, dataset=True) is None  # in memory

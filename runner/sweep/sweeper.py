@@ -41,6 +41,8 @@ class LaunchingSweeper(Sweeper):
     def open_sweep_dir(self) -> Path:
         """Hold the sweep dir (one sweep at a time: held until this process ends; a refusal
         is one line and exit 2) and write multirun.yaml into it; -> the dir."""
+        # here, not at module level: Hydra imports every plugin (and so this module) at each
+        # start-up, and the sweep dir's code (its jobs' reader) is needed once a sweep starts
         from runner.sweep.sweepdir import take_or_exit
 
         assert self.config is not None and self.hydra_context is not None
