@@ -119,3 +119,13 @@ def test_every_legend_label_is_whole_inside_the_saved_figure(tmp_path):
         assert_every_label_whole(fig, [g.label for g in groups], tmp_path / "overlay.png")
     view = by_strategy(jobs)
     assert_every_label_whole(budget_figure(view, "final_val_acc"), list(view), tmp_path / "b.png")
+
+
+def test_eleven_lines_are_eleven_styles(tmp_path):
+    """matplotlib has 10 colours: the 11th configuration's line was the 1st's twin."""
+    for i in range(11):
+        overrides = [f"optimizer.lr=0.0{i + 1:02d}", "seed=0"]
+        write_job(tmp_path / short_name(overrides), overrides, 0, "completed", ROWS)
+    fig = overlay_figure(group_jobs(load_jobs(tmp_path)), "val/acc")
+    (ax,) = fig.axes
+    assert len({(line.get_color(), line.get_linestyle()) for line in ax.lines}) == 11

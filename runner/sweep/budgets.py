@@ -28,7 +28,7 @@ from typing import Any
 
 from runner.io.files import read_jsonl
 from runner.sweep.compare import METRICS, paired_ci
-from runner.sweep.figures import legend_below, new_figure, save_png
+from runner.sweep.figures import legend_below, line_style, new_figure, save_png
 from runner.sweep.jobs import Group, Job, one_per_seed, override_key, trunk_of
 
 # override keys a strategy is read without: the seed, the budget, where a branch starts and
@@ -319,6 +319,7 @@ def budget_figure(view: dict[str, dict[int, Group]], metric: str) -> Any:
             label=label,
             marker="o",
             capsize=3,
+            linestyle=line_style(len(ax.containers)),
         )
     ax.set_xticks(sorted({b for groups in view.values() for b in groups}))
     ax.set_xlabel("budget (epochs)")

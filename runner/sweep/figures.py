@@ -65,6 +65,13 @@ def legend_below(fig: Any, ax: Any) -> Any:
     return legend
 
 
+def line_style(i: int) -> str:
+    """The i-th line's dash: solid for the first 10 (matplotlib's 10 colours), then dashed,
+    dotted, dash-dotted, so that the 11th line is not the 1st's twin (11 rows in the LM
+    budgets sweep)."""
+    return ("-", "--", ":", "-.")[i // 10 % 4]
+
+
 def save_png(fig: Any, path: Path) -> Path:
     """The figure as a png at `path` (replaced whole: a reader never sees half a file),
     then closed."""

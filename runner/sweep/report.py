@@ -32,7 +32,7 @@ from runner.io.files import WriteFailed, read_json, write_text_atomic
 from runner.sweep.budgets import budget_view
 from runner.sweep.compare import ALPHA, BASE_METRICS, METRICS, Comparison, all_pairs
 from runner.sweep.compare import markdown as compare_markdown
-from runner.sweep.figures import legend_below, new_figure, save_png
+from runner.sweep.figures import legend_below, line_style, new_figure, save_png
 from runner.sweep.jobs import Group, Job, common_overrides, group_jobs, load_jobs, without_seed
 from runner.sweep.race import RACE_FILE
 from runner.sweep.sweepdir import describe_refused, refused, take_or_exit
@@ -463,7 +463,8 @@ def overlay_figure(groups: list[Group], key: str, heading: str = "") -> Any:
         if col is None:
             continue
         xs, means, stds = _band(jobs, col)
-        (line,) = ax.plot(xs, means, label=g.label, linewidth=1.6)
+        style = line_style(len(ax.lines))
+        (line,) = ax.plot(xs, means, style, label=g.label, linewidth=1.6)
         if key != "lr" and len(jobs) > 1:
             lo = [m - s for m, s in zip(means, stds, strict=True)]
             hi = [m + s for m, s in zip(means, stds, strict=True)]
