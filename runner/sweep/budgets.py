@@ -26,8 +26,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from runner.io.files import read_jsonl, replace_atomic
+from runner.io.files import read_jsonl
 from runner.sweep.compare import METRICS, paired_ci
+from runner.sweep.figures import legend_below, line_style, new_figure, save_png
 from runner.sweep.jobs import Group, Job, one_per_seed, override_key, trunk_of
 
 # override keys a strategy is read without: the seed, the budget, where a branch starts and
@@ -297,13 +298,14 @@ def markdown(view: dict[str, dict[int, Group]], metric: str, png: str, dirs: int
 
 
 def plot(view: dict[str, dict[int, Group]], metric: str, path: Path) -> Path:
-    """The metric against the budget, a line per strategy, 95 % interval error bars."""
-    import matplotlib  # only when drawn
+    """The metric against the budget (`budget_figure`) as a png at `path`."""
+    return save_png(budget_figure(view, metric), path)
 
-    matplotlib.use("Agg")  # before pyplot: no display needed
-    import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
+def budget_figure(view: dict[str, dict[int, Group]], metric: str) -> Any:
+    """The metric against the budget, a line per strategy, 95 % interval error bars, each
+    strategy named whole below the axes (figures.legend_below)."""
+    fig, ax = new_figure()
     for label, groups in view.items():
         cells = [cell(g, b, metric_for(label, metric)) for b, g in groups.items()]
         cells = [c for c in cells if not math.isnan(c["mean"])]
@@ -317,17 +319,14 @@ def plot(view: dict[str, dict[int, Group]], metric: str, path: Path) -> Path:
             label=label,
             marker="o",
             capsize=3,
+            linestyle=line_style(len(ax.containers)),
         )
     ax.set_xticks(sorted({b for groups in view.values() for b in groups}))
     ax.set_xlabel("budget (epochs)")
     ax.set_title(f"{metric.replace('_', ' ')} by budget (mean, 95 % interval over seeds)")
     ax.grid(alpha=0.3)
-    if ax.lines:
-        ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    replace_atomic(path, lambda tmp: fig.savefig(tmp, format="png"), False)
-    plt.close(fig)
-    return path
+    legend_below(fig, ax)
+    return fig
 
 
 def budget_view(

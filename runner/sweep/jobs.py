@@ -5,6 +5,7 @@ both read, so they judge the same numbers."""
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -88,20 +89,24 @@ def trunk_of(job: Job) -> Path | None:
     return None if trunk in (None, "") else Path(str(trunk)).resolve()
 
 
-def configuration(job: Job, common: set[str]) -> list[str]:
+def configuration(job: Job, common: set[str], short: bool = True) -> list[str]:
     """The overrides that make the job's configuration: not its seed nor those every job
     shares, and a branch's `branch=<run dir>` read as its trunk's configuration
     (`branch=<trunk: ...>`). Each seed's branches start from their own seed's trunk, so
     the dir differs by seed while the strategy does not: read literally, a sweep of
-    branches over 3 seeds would show 3 configurations of one run each, with no statistics."""
+    branches over 3 seeds would show 3 configurations of one run each, with no statistics.
+    `short`: the trunk part leaves out the trunk's overrides that the branch sets the same
+    itself (a WSD branch of a WSD trunk said `scheduler=wsd` twice in one label);
+    `group_jobs` keeps the whole part where leaving them out would merge two trunks."""
+    own = [o for o in without_seed(job.overrides) if o not in common]
     out = []
-    for o in without_seed(job.overrides):
-        if o in common:
-            continue
+    for o in own:
         trunk = trunk_of(job) if override_key(o) == "branch" else None
         told = _read_yaml(trunk / ".hydra" / "overrides.yaml") if trunk is not None else None
         if isinstance(told, list):
-            kept = [str(t) for t in without_seed([str(t) for t in told]) if str(t) not in common]
+            kept = [t for t in without_seed([str(t) for t in told]) if t not in common]
+            if short:
+                kept = [t for t in kept if t not in own]
             o = f"branch=<trunk: {' '.join(kept) or '(defaults)'}>"
         out.append(o)
     return out
@@ -166,13 +171,19 @@ def common_overrides(jobs: list[Job]) -> list[str]:
 
 def group_jobs(jobs: list[Job]) -> list[Group]:
     """One group per configuration (`configuration`): jobs with the same overrides apart
-    from `seed`, branches of trunks that differ only by seed together."""
+    from `seed`, branches of trunks that differ only by seed together. Grouped by the whole
+    configuration, labelled by its short form unless another group's is the same (trunks
+    that differ only in an override their branches set themselves)."""
     common = set(common_overrides(jobs))
     groups: dict[str, Group] = {}
+    short: dict[str, str] = {}
     for job in jobs:
-        label = " ".join(configuration(job, common))
-        groups.setdefault(label or "(defaults)", Group(label or "(defaults)")).jobs.append(job)
-    for group in groups.values():
+        whole = " ".join(configuration(job, common, short=False)) or "(defaults)"
+        short.setdefault(whole, " ".join(configuration(job, common)) or "(defaults)")
+        groups.setdefault(whole, Group(whole)).jobs.append(job)
+    shared = Counter(short.values())
+    for whole, group in groups.items():
+        group.label = short[whole] if shared[short[whole]] == 1 else whole
         one_per_seed(group)
     return list(groups.values())
 

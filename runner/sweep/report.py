@@ -28,10 +28,11 @@ from typing import Any
 
 from hydra.experimental.callback import Callback
 
-from runner.io.files import WriteFailed, read_json, replace_atomic, write_text_atomic
+from runner.io.files import WriteFailed, read_json, write_text_atomic
 from runner.sweep.budgets import budget_view
 from runner.sweep.compare import ALPHA, BASE_METRICS, METRICS, Comparison, all_pairs
 from runner.sweep.compare import markdown as compare_markdown
+from runner.sweep.figures import legend_below, line_style, new_figure, save_png
 from runner.sweep.jobs import Group, Job, common_overrides, group_jobs, load_jobs, without_seed
 from runner.sweep.race import RACE_FILE
 from runner.sweep.sweepdir import describe_refused, refused, take_or_exit
@@ -442,41 +443,39 @@ def plot_overlays(
 ) -> list[Path]:
     """One overlay per key (`<prefix><file name>` in `out`, `<suffix>` before its `.png`,
     titled `<heading><title>`), a line per group."""
-    import matplotlib  # ~0.5 s: only when a plot is drawn, not for the callback's import
-
-    matplotlib.use("Agg")  # before pyplot: no display needed
-    import matplotlib.pyplot as plt
-
     paths = []
     for key in keys:
-        fname, title, log_y = OVERLAYS[key]
-        fname, title = suffixed(prefix + fname, suffix), heading + title
-        fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
-        for g in groups:
-            jobs = [j for j in g.jobs if j.rows]
-            if not jobs:
-                continue
-            col = jobs[0].lr_key if key == "lr" else key
-            if col is None:
-                continue
-            xs, means, stds = _band(jobs, col)
-            (line,) = ax.plot(xs, means, label=g.label, linewidth=1.6)
-            if key != "lr" and len(jobs) > 1:
-                lo = [m - s for m, s in zip(means, stds, strict=True)]
-                hi = [m + s for m, s in zip(means, stds, strict=True)]
-                ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.2)
-        if log_y:
-            ax.set_yscale("log", nonpositive="mask")  # cosine's lr of 0 leaves a gap, not a cliff
-        ax.set_xlabel("epoch")
-        ax.set_title(title)
-        ax.grid(alpha=0.3)
-        if ax.lines:  # a sweep whose jobs all failed has nothing to label
-            ax.legend(fontsize=7, loc="best")
-        fig.tight_layout()
-        replace_atomic(out / fname, lambda tmp, fig=fig: fig.savefig(tmp, format="png"), False)
-        plt.close(fig)
-        paths.append(out / fname)
+        fname = suffixed(prefix + OVERLAYS[key][0], suffix)
+        paths.append(save_png(overlay_figure(groups, key, heading), out / fname))
     return paths
+
+
+def overlay_figure(groups: list[Group], key: str, heading: str = "") -> Any:
+    """The overlay of `key` (OVERLAYS), a line per group labelled by its configuration
+    below the axes (figures.legend_below: every label whole)."""
+    _, title, log_y = OVERLAYS[key]
+    fig, ax = new_figure()
+    for g in groups:
+        jobs = [j for j in g.jobs if j.rows]
+        if not jobs:
+            continue
+        col = jobs[0].lr_key if key == "lr" else key
+        if col is None:
+            continue
+        xs, means, stds = _band(jobs, col)
+        style = line_style(len(ax.lines))
+        (line,) = ax.plot(xs, means, style, label=g.label, linewidth=1.6)
+        if key != "lr" and len(jobs) > 1:
+            lo = [m - s for m, s in zip(means, stds, strict=True)]
+            hi = [m + s for m, s in zip(means, stds, strict=True)]
+            ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.2)
+    if log_y:
+        ax.set_yscale("log", nonpositive="mask")  # cosine's lr of 0 leaves a gap, not a cliff
+    ax.set_xlabel("epoch")
+    ax.set_title(heading + title)
+    ax.grid(alpha=0.3)
+    legend_below(fig, ax)
+    return fig
 
 
 def write_report(
