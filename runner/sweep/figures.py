@@ -75,7 +75,7 @@ def line_style(i: int) -> str:
 def save_png(fig: Any, path: Path) -> Path:
     """The figure as a png at `path` (replaced whole: a reader never sees half a file),
     then closed."""
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # already loaded by `new_figure` (see there)
 
     replace_atomic(path, lambda tmp: fig.savefig(tmp, format="png"), False)
     plt.close(fig)
