@@ -129,3 +129,15 @@ def test_eleven_lines_are_eleven_styles(tmp_path):
     fig = overlay_figure(group_jobs(load_jobs(tmp_path)), "val/acc")
     (ax,) = fig.axes
     assert len({(line.get_color(), line.get_linestyle()) for line in ax.lines}) == 11
+
+
+def test_the_epoch_axis_has_whole_epochs_only(tmp_path):
+    """A 20-epoch sweep's overlays tick whole epochs (matplotlib alone ticks 2.5, 7.5, ...)."""
+    rows = [{"epoch": e, "lr/group0": 0.1, "val/acc": 0.5, "val/loss": 1.0} for e in range(20)]
+    for seed in (0, 1):
+        overrides = ["scheduler=step", f"seed={seed}"]
+        write_job(tmp_path / short_name(overrides), overrides, seed, "completed", rows)
+    for key in OVERLAYS:
+        (ax,) = overlay_figure(group_jobs(load_jobs(tmp_path)), key).axes
+        ticks = [t for t in ax.get_xticks() if 0 <= t <= 19]
+        assert len(ticks) >= 3 and all(float(t).is_integer() for t in ticks), (key, ticks)

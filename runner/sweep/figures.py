@@ -65,6 +65,15 @@ def legend_below(fig: Any, ax: Any) -> Any:
     return legend
 
 
+def epoch_axis(ax: Any, label: str = "epoch") -> None:
+    """An x axis of epochs: labelled, its ticks whole numbers (matplotlib's default puts
+    ticks at 2.5, 7.5, ... on a 20-epoch run, epochs no row has)."""
+    from matplotlib.ticker import MaxNLocator  # matplotlib: loaded by `new_figure` already
+
+    ax.set_xlabel(label)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 def line_style(i: int) -> str:
     """The i-th line's dash: solid for the first 10 (matplotlib's 10 colours), then dashed,
     dotted, dash-dotted, so that the 11th line is not the 1st's twin (11 rows in the LM

@@ -32,7 +32,7 @@ from runner.io.files import WriteFailed, read_json, write_text_atomic
 from runner.sweep.budgets import budget_view
 from runner.sweep.compare import ALPHA, BASE_METRICS, METRICS, Comparison, all_pairs
 from runner.sweep.compare import markdown as compare_markdown
-from runner.sweep.figures import legend_below, line_style, new_figure, save_png
+from runner.sweep.figures import epoch_axis, legend_below, line_style, new_figure, save_png
 from runner.sweep.jobs import Group, Job, common_overrides, group_jobs, load_jobs, without_seed
 from runner.sweep.race import RACE_FILE
 from runner.sweep.sweepdir import describe_refused, refused, take_or_exit
@@ -471,7 +471,7 @@ def overlay_figure(groups: list[Group], key: str, heading: str = "") -> Any:
             ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.2)
     if log_y:
         ax.set_yscale("log", nonpositive="mask")  # cosine's lr of 0 leaves a gap, not a cliff
-    ax.set_xlabel("epoch")
+    epoch_axis(ax)
     ax.set_title(heading + title)
     ax.grid(alpha=0.3)
     legend_below(fig, ax)
