@@ -12,7 +12,11 @@ import pytest
 from tests.helpers import WSD_TRUNK, make_cfg
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
-    # pytest-xdist runs one worker per core: one torch thread each avoids oversubscription
+    # pytest-xdist runs one worker per core: one torch thread each avoids oversubscription,
+    # in the worker and in the `python -m runner` children its tests start (the lecture's
+    # sweeps took 3x their time alone on two threads each beside the other worker). A test
+    # of the thread settings themselves passes its own environment.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
 
     torch.set_num_threads(1)
