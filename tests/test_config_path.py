@@ -243,6 +243,8 @@ def stops_files_climbs(path: list[str]) -> tuple[int, int, int]:
 # in_memory decision they log again), not handed the data's node (stream.py `loaders_for`).
 # -> 41/16/18: the measure no longer counts a generator resumed (the W&B logger's context
 # manager closing) as a call handed the config: it was handed it once, when it opened.
+# -> 42/16/18: width_keys reads the model's kwargs through binder.kwargs_of again, not a
+# copy of its filter written to keep the library off the path.
 # Where the goal (<= 40 stops, <= 8 files, <= 5 climbs) stops being a narrowing:
 # the 16 files are the run (train, check, rundir), the one schema (schema.py and the
 # library's declare, checks, binder), a registry per kind of component (sets, models,
@@ -252,7 +254,7 @@ def stops_files_climbs(path: list[str]) -> tuple[int, int, int]:
 # group's checker calls the schema (floor 0) and the next checker sits higher, a climb per
 # group; each phase of `_run` (run dir, final config, build, record, fit) returns to
 # runner/run once more.
-NEW_RUN_PATH = (41, 16, 18)
+NEW_RUN_PATH = (42, 16, 18)
 
 
 @pytest.fixture(scope="module")

@@ -285,9 +285,8 @@ def width_keys(cfg: Mapping[str, Any]) -> dict[str, int]:
     forward pass names when the width is not the data's classes."""
     return {
         f"model.{key}": value
-        for key, value in cfg.items()
-        if key not in binder.HYDRA_KEYS  # its kwargs (`binder.kwargs_of`)
-        and any(word in key.lower() for word in ("class", "out", "label", "head"))
+        for key, value in binder.kwargs_of(cfg).items()
+        if any(word in key.lower() for word in ("class", "out", "label", "head"))
         and isinstance(value, int)
         and not isinstance(value, bool)
     }
