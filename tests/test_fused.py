@@ -22,6 +22,7 @@ from tests.helpers import (
     SLOW,
     StopAfter,
     assert_same_rows,
+    cli_in_process,
     make_cfg,
     one_torch_thread,
     read_metrics,
@@ -484,7 +485,7 @@ def test_a_crash_in_a_fused_group_marks_its_members_failed_and_returns(tmp_path,
 
 def test_a_bad_max_group_is_a_config_error_before_any_job(tmp_path):
     sweep = tmp_path / "sweep"
-    proc = run_cli(
+    proc = cli_in_process(  # the CLI's checks before Hydra starts, in this process
         "-m",
         "hydra/launcher=fused",
         "hydra.launcher.max_group=0",

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import run_cli
+from tests.helpers import cli_in_process, run_cli
 
 # `python -m runner` with one of Hydra's files failing for lack of space: `.hydra/config.yaml`
 # (written with open()) or `train.log` (opened by logging's FileHandler, which logging's
@@ -72,7 +72,8 @@ def test_hydras_own_errors_still_read_as_before(tmp_path):
 
 
 def test_a_key_under_a_null_node_is_a_config_error(tmp_path):
-    proc = run_cli("-m", "hydra.sweeper.params.seed=0,1", "logger=none", cwd=tmp_path)
+    # a config error before Hydra starts: the CLI's own checks, in this process
+    proc = cli_in_process("-m", "hydra.sweeper.params.seed=0,1", "logger=none", cwd=tmp_path)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "hydra.sweeper.params.<key>" in proc.stderr
 
