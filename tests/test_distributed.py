@@ -28,6 +28,34 @@ from tests.helpers import (
     torchrun,
 )
 
+# the run of the torchrun and submitit tests below, two epochs (the lr steps once): the same
+# global batch of 64 on one or two ranks
+JOB_ARGS = ["epochs=2", "scheduler=step", "scheduler.step_size=1", "scheduler.gamma=0.5",
+            "data.batch_size=64", "trainer.progress=line",
+            "trainer.checkpoint_interval_s=0"]  # fmt: skip
+STREAMED_DATA = ["data=dataset", "data.in_memory=false"]  # FakeData through a DataLoader
+_ONE_PROCESS: dict[tuple[str, ...], list[dict]] = {}
+
+
+def one_process(tmp_path: Path, *data: str) -> list[dict]:
+    """JOB_ARGS (and `data`) trained by one process (this one, one torch thread): the job
+    `python -m runner <args>` runs, computed once per data and shared by the tests."""
+    if data not in _ONE_PROCESS:
+        run_dir = tmp_path / "one"
+        with one_torch_thread():
+            one = train(make_cfg(*JOB_ARGS, *data, "logger=none"), run_dir, overrides=JOB_ARGS)
+        assert one.status == "completed"
+        _ONE_PROCESS[data] = read_metrics(run_dir)
+    return _ONE_PROCESS[data]
+
+
+def assert_like_one_process(rows: list[dict], tmp_path: Path, *data: str) -> None:
+    assert [r["epoch"] for r in rows] == [0, 1]  # one metrics.jsonl, written once
+    for ra, rb in zip(rows, one_process(tmp_path, *data), strict=True):
+        assert ra["lr/group0"] == rb["lr/group0"]  # same schedule, stepped identically
+        for key in ("train/loss", "train/acc", "val/loss", "val/acc"):
+            assert ra[key] == pytest.approx(rb[key], abs=1e-4), key
+
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
@@ -35,28 +63,20 @@ from tests.helpers import (
     [
         [],  # the bundled digits, in memory
         # a Dataset streamed through a DataLoader (torchvision's FakeData, data=dataset's
-        # default), its samples seeded by (seed, epoch, index) on every rank alike
-        ["data=dataset", "data.in_memory=false", "data.num_workers=0"],
+        # default, fetched in each rank's process: num_workers=0, the default), its samples
+        # seeded by (seed, epoch, index) on every rank alike
+        STREAMED_DATA,
     ],
     ids=["in_memory", "streamed"],
 )
 def test_two_ranks_match_one_process_and_write_one_run(tmp_path, data):
-    args = ["epochs=3", "scheduler=step", "scheduler.step_size=1", "scheduler.gamma=0.5",
-            "data.batch_size=64", "trainer.progress=line", *data]  # fmt: skip
     ddp = torchrun(
-        ["trainer.strategy=ddp", *args, f"hydra.run.dir={tmp_path / 'ddp'}"], cwd=tmp_path
+        ["trainer.strategy=ddp", *JOB_ARGS, *data, f"hydra.run.dir={tmp_path / 'ddp'}"],
+        cwd=tmp_path,
     )
     assert ddp.returncode == 0, ddp.stderr[-3000:]
-    # one process on the whole batch: the job `python -m runner <args>` runs, in this process
-    with one_torch_thread():
-        one = train(make_cfg(*args, "logger=none"), tmp_path / "one", overrides=args)
-    assert one.status == "completed"
-    a, b = read_metrics(tmp_path / "ddp"), read_metrics(tmp_path / "one")
-    assert [r["epoch"] for r in a] == [0, 1, 2]  # one metrics.jsonl, written once
-    for ra, rb in zip(a, b, strict=True):
-        assert ra["lr/group0"] == rb["lr/group0"]  # same schedule, stepped identically
-        for key in ("train/loss", "train/acc", "val/loss", "val/acc"):
-            assert ra[key] == pytest.approx(rb[key], abs=1e-4), key
+    # against one process on the whole batch: the job `python -m runner <args>` runs
+    assert_like_one_process(read_metrics(tmp_path / "ddp"), tmp_path, *data)
     assert len(list((tmp_path / "ddp").glob("wandb/offline-run-*"))) == 1  # one W&B run
 
 
@@ -162,23 +182,6 @@ def test_jobs_sharing_a_node_rendezvous_on_their_own_ports_despite_an_inherited_
     assert all(20000 <= p <= 60000 for p in ports)
 
 
-# the torchrun test's run, two epochs: the same global batch of 64 on one or two ranks
-JOB_ARGS = ["epochs=2", "scheduler=step", "scheduler.step_size=1", "scheduler.gamma=0.5",
-            "data.batch_size=64", "trainer.progress=line",
-            "trainer.checkpoint_interval_s=0"]  # fmt: skip
-_ONE_PROCESS: dict[str, list[dict]] = {}
-
-
-def one_process(tmp_path: Path) -> list[dict]:
-    """JOB_ARGS trained by one process (this one, one torch thread), computed once."""
-    if not _ONE_PROCESS:
-        with one_torch_thread():
-            one = train(make_cfg(*JOB_ARGS, "logger=none"), tmp_path / "one", overrides=JOB_ARGS)
-        assert one.status == "completed"
-        _ONE_PROCESS["rows"] = read_metrics(tmp_path / "one")
-    return _ONE_PROCESS["rows"]
-
-
 def two_task_job(sweep: Path, *args: str) -> subprocess.CompletedProcess:
     """A sweep of one job, run by submitit's local executor as two tasks (two processes of
     the job, as Slurm's srun starts them), gloo on CPU."""
@@ -207,14 +210,6 @@ def task_logs(sweep: Path, task: int) -> str:
     return "".join(p.read_text() for p in sorted(sweep.glob(f".submitit/*/*_{task}_log.*")))
 
 
-def assert_like_one_process(rows: list[dict], tmp_path: Path) -> None:
-    assert [r["epoch"] for r in rows] == [0, 1]  # one metrics.jsonl, written once
-    for ra, rb in zip(rows, one_process(tmp_path), strict=True):
-        assert ra["lr/group0"] == rb["lr/group0"]  # same schedule, stepped identically
-        for key in ("train/loss", "train/acc", "val/loss", "val/acc"):
-            assert ra[key] == pytest.approx(rb[key], abs=1e-4), key
-
-
 @pytest.mark.slow
 def test_a_sweep_job_on_two_submitit_tasks_matches_one_process_and_writes_one_run(tmp_path):
     sweep = tmp_path / "sweep"
@@ -237,7 +232,7 @@ def test_a_sweep_job_on_two_submitit_tasks_matches_one_process_and_writes_one_ru
     assert (run_dir / ".hydra" / "config.yaml").is_file()
 
 
-STREAMED = ["data=dataset", "data.in_memory=false", "logger=none"]  # FakeData, DataLoader
+STREAMED = [*STREAMED_DATA, "logger=none"]
 
 
 @pytest.mark.slow
@@ -248,16 +243,8 @@ def test_a_two_task_job_on_streamed_data_matches_one_process(tmp_path):
     proc = two_task_job(sweep, *STREAMED)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "global_rank=1(2)" in task_logs(sweep, 1)
-    with one_torch_thread():
-        one = train(make_cfg(*JOB_ARGS, *STREAMED), tmp_path / "one", overrides=JOB_ARGS)
-    assert one.status == "completed"
     (job,) = (p for p in sweep.iterdir() if (p / "metrics.jsonl").exists())  # the sweep's one
-    rows, ref = read_metrics(job), read_metrics(tmp_path / "one")
-    assert [r["epoch"] for r in rows] == [0, 1]
-    for ra, rb in zip(rows, ref, strict=True):
-        assert ra["lr/group0"] == rb["lr/group0"]
-        for key in ("train/loss", "train/acc", "val/loss", "val/acc"):
-            assert ra[key] == pytest.approx(rb[key], abs=1e-4), key
+    assert_like_one_process(read_metrics(job), tmp_path, *STREAMED_DATA)
 
 
 class StopInEpoch:
@@ -507,85 +494,6 @@ def test_a_signal_to_one_rank_stops_every_rank_after_the_same_batch_and_resumes_
             assert ra[key] == pytest.approx(rb[key], abs=1e-4), (ra["epoch"], key)
 
 
-def _agree(rank: int, init: str, out: str) -> None:
-    """One rank of test_ranks_agree_on_a_signal: epochs of 10 steps, checks every 4th step
-    (4, 8, and 10, the epoch's end), a signal set on some rank before some step; writes
-    after which step each epoch stopped, on what, and how many all-reduces it took."""
-    import torch.distributed as tdist
-
-    from runner.dist.ddp import Dist, agreed_stop
-    from runner.train.stopping import StopFlag
-
-    tdist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
-    calls = [0]
-    real = tdist.all_reduce
-
-    def counted(*args: object, **kwargs: object) -> object:
-        calls[0] += 1
-        return real(*args, **kwargs)
-
-    tdist.all_reduce = counted
-    results = []
-    # (rank: signal number, set before step) for each epoch
-    for signals in (
-        {},
-        {1: (signal.SIGTERM, 5)},
-        {0: (signal.SIGINT, 9)},
-        {0: (signal.SIGINT, 6), 1: (signal.SIGTERM, 7)},
-    ):
-        flag, calls[0] = StopFlag(), 0
-        stop = agreed_stop(flag, Dist(rank, 2, rank, active=True), every=4)
-        stopped = None
-        for step in range(1, 11):
-            sig, before = signals.get(rank, (None, 0))
-            if step == before:
-                flag.signum = sig  # what this rank's handler does
-            if (got := stop.requested(step, 10)) is not None:
-                stopped = (step, got)
-                break
-        results.append({"stopped": stopped, "own": flag.signum, "all_reduces": calls[0]})
-    tdist.destroy_process_group()
-    Path(out, f"{rank}.json").write_text(json.dumps(results))
-
-
-@pytest.mark.slow
-def test_ranks_agree_on_a_signal_every_few_steps_and_at_the_epochs_end(tmp_path):
-    """The agreement alone, on two gloo processes: a signal on one rank stops both after the
-    same check step (none between checks: no collective, no host sync there), the one that
-    got none included; at the epoch's end it always checks; two signals: both stop on the
-    larger number. One process: the flag itself."""
-    import torch.multiprocessing as mp
-
-    from runner.dist.ddp import SINGLE, Dist, agreed_stop
-    from runner.train.stopping import StopFlag
-
-    flag = StopFlag()
-    assert agreed_stop(flag, SINGLE) is flag
-    assert agreed_stop(flag, Dist(0, 1, 0, active=True)) is flag  # nproc 1: nobody to wait for
-
-    init = f"file://{tmp_path / 'store'}"
-    ctx = mp.start_processes(
-        _agree, (init, str(tmp_path)), nprocs=2, join=False, start_method="spawn"
-    )
-    deadline = time.monotonic() + 60
-    while not ctx.join(timeout=max(1.0, deadline - time.monotonic())):
-        if time.monotonic() > deadline:  # a rank left waiting in a collective
-            for p in ctx.processes:
-                p.kill()
-            pytest.fail("a rank waited for ever")
-    r0, r1 = (json.loads((tmp_path / f"{r}.json").read_text()) for r in (0, 1))
-    term, sigint = int(signal.SIGTERM), int(signal.SIGINT)
-    # no signal: checks at steps 4, 8 and 10 only
-    assert r0[0] == r1[0] == {"stopped": None, "own": None, "all_reduces": 3}
-    # SIGTERM to rank 1 before step 5: both stop after step 8; rank 0's own flag stays unset
-    assert r0[1] == {"stopped": [8, term], "own": None, "all_reduces": 2}
-    assert r1[1] == {"stopped": [8, term], "own": term, "all_reduces": 2}
-    # SIGINT to rank 0 before step 9: seen at the epoch's end, step 10
-    assert r0[2]["stopped"] == r1[2]["stopped"] == [10, sigint]
-    # SIGINT on rank 0 (before step 6), SIGTERM on rank 1 (step 7): both on SIGTERM after 8
-    assert r0[3]["stopped"] == r1[3]["stopped"] == [8, term]
-
-
 @pytest.mark.slow
 def test_a_last_batch_too_small_to_share_is_a_config_error_on_every_rank(tmp_path):
     """A rank with an empty share of the epoch's last batch would train on nothing (a NaN
@@ -623,9 +531,78 @@ def make_cfg_data_size() -> int:
     return train_size(make_values()["data"])
 
 
+def _agree(rank: int, init: str, out: str) -> None:
+    """One rank of test_ranks_agree_on_a_signal (in `_pair`): epochs of 10 steps, checks
+    every 4th step (4, 8, and 10, the epoch's end), a signal set on some rank before some
+    step; writes after which step each epoch stopped, on what, and how many all-reduces it
+    took."""
+    import torch.distributed as tdist
+
+    from runner.dist.ddp import Dist, agreed_stop
+    from runner.train.stopping import StopFlag
+
+    tdist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+    calls = [0]
+    real = tdist.all_reduce
+
+    def counted(*args: object, **kwargs: object) -> object:
+        calls[0] += 1
+        return real(*args, **kwargs)
+
+    tdist.all_reduce = counted
+    results = []
+    # (rank: signal number, set before step) for each epoch
+    for signals in (
+        {},
+        {1: (signal.SIGTERM, 5)},
+        {0: (signal.SIGINT, 9)},
+        {0: (signal.SIGINT, 6), 1: (signal.SIGTERM, 7)},
+    ):
+        flag, calls[0] = StopFlag(), 0
+        stop = agreed_stop(flag, Dist(rank, 2, rank, active=True), every=4)
+        stopped = None
+        for step in range(1, 11):
+            sig, before = signals.get(rank, (None, 0))
+            if step == before:
+                flag.signum = sig  # what this rank's handler does
+            if (got := stop.requested(step, 10)) is not None:
+                stopped = (step, got)
+                break
+        results.append({"stopped": stopped, "own": flag.signum, "all_reduces": calls[0]})
+    tdist.all_reduce = real
+    tdist.destroy_process_group()
+    Path(out, f"agree-{rank}.json").write_text(json.dumps(results))
+
+
+@pytest.mark.slow
+def test_ranks_agree_on_a_signal_every_few_steps_and_at_the_epochs_end(gloo_pair):
+    """The agreement alone, on two gloo processes: a signal on one rank stops both after the
+    same check step (none between checks: no collective, no host sync there), the one that
+    got none included; at the epoch's end it always checks; two signals: both stop on the
+    larger number. One process: the flag itself."""
+    from runner.dist.ddp import SINGLE, Dist, agreed_stop
+    from runner.train.stopping import StopFlag
+
+    flag = StopFlag()
+    assert agreed_stop(flag, SINGLE) is flag
+    assert agreed_stop(flag, Dist(0, 1, 0, active=True)) is flag  # nproc 1: nobody to wait for
+
+    r0, r1 = (pair_result(gloo_pair, f"agree-{r}.json") for r in (0, 1))
+    term, sigint = int(signal.SIGTERM), int(signal.SIGINT)
+    # no signal: checks at steps 4, 8 and 10 only
+    assert r0[0] == r1[0] == {"stopped": None, "own": None, "all_reduces": 3}
+    # SIGTERM to rank 1 before step 5: both stop after step 8; rank 0's own flag stays unset
+    assert r0[1] == {"stopped": [8, term], "own": None, "all_reduces": 2}
+    assert r1[1] == {"stopped": [8, term], "own": term, "all_reduces": 2}
+    # SIGINT to rank 0 before step 9: seen at the epoch's end, step 10
+    assert r0[2]["stopped"] == r1[2]["stopped"] == [10, sigint]
+    # SIGINT on rank 0 (before step 6), SIGTERM on rank 1 (step 7): both on SIGTERM after 8
+    assert r0[3]["stopped"] == r1[3]["stopped"] == [8, term]
+
+
 def _start_up(rank: int, port: int, out: str) -> None:
-    """One rank of test_a_signal_during_start_up: launched as torchrun would (its env), the
-    run's config given; rank 1 already holds a SIGTERM when start-up begins."""
+    """One rank of test_a_signal_during_start_up (in `_pair`): launched as torchrun would (its
+    env), the run's config given; rank 1 already holds a SIGTERM when start-up begins."""
     env = {"RANK": rank, "LOCAL_RANK": rank, "WORLD_SIZE": 2, "MASTER_ADDR": "127.0.0.1",
            "MASTER_PORT": port, "OMP_NUM_THREADS": 1}  # fmt: skip
     os.environ.update({k: str(v) for k, v in env.items()})
@@ -634,56 +611,33 @@ def _start_up(rank: int, port: int, out: str) -> None:
     flag = StopFlag(signum=signal.SIGTERM if rank == 1 else None)
     cfg = make_cfg("trainer.strategy=ddp", "logger=none", "epochs=2")
     result = train(cfg, Path(out) / "run", stop=flag)
-    Path(out, f"{rank}.json").write_text(json.dumps([result.status, result.signum]))
+    Path(out, f"start_up-{rank}.json").write_text(json.dumps([result.status, result.signum]))
 
 
-@pytest.mark.slow
-def test_a_signal_during_start_up_on_one_rank_stops_every_rank(tmp_path):
-    """The ranks agree at start-up's checks too: a rank that stopped alone would leave the
-    others in the model's first broadcast."""
-    import socket
-
-    import torch.multiprocessing as mp
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    ctx = mp.start_processes(
-        _start_up, (port, str(tmp_path)), nprocs=2, join=False, start_method="spawn"
-    )
-    deadline = time.monotonic() + 90
-    while not ctx.join(timeout=max(1.0, deadline - time.monotonic())):
-        if time.monotonic() > deadline:
-            for p in ctx.processes:
-                p.kill()
-            pytest.fail("a rank waited for ever")
-    for rank in (0, 1):  # rank 0 got no signal: it stops on rank 1's
-        assert json.loads((tmp_path / f"{rank}.json").read_text()) == ["interrupted", 15]
-    status = json.loads((tmp_path / "run" / "status.json").read_text())
-    assert status["status"] == "interrupted" and status["epochs_done"] == 0
-    assert not (tmp_path / "run" / "metrics.jsonl").exists()
-
-
-def _leave(rank: int, init: str, out: str, peer_stuck: bool) -> None:
-    """One rank of test_ranks_leave_together: both end a run; with `peer_stuck` rank 1 never
-    reaches teardown (it hangs, then dies)."""
+def _leave(rank: int, store: str, out: str, peer_stuck: bool) -> None:
+    """One rank of test_ranks_leave_together (in `_pair`): both end a run; with `peer_stuck`
+    rank 1 never reaches teardown (it hangs, then dies)."""
     import logging
 
     import torch.distributed as tdist
 
     from runner.dist.ddp import Dist, teardown
 
-    tdist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+    tdist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
     if peer_stuck and rank == 1:
         time.sleep(5)
         os._exit(0)
     warnings: list[str] = []
     handler = logging.Handler()
     handler.emit = lambda record: warnings.append(record.getMessage())  # type: ignore[method-assign]
-    logging.getLogger("schedlab").addHandler(handler)
+    schedlab = logging.getLogger("schedlab")
+    schedlab.disabled = False  # as the test process's conftest: whatever train() set up
+    schedlab.setLevel(logging.INFO)
+    schedlab.addHandler(handler)
     t0 = time.monotonic()
     teardown(Dist(rank, 2, rank, active=True), wait_for_peers=True, wait_s=1.0)
-    Path(out, f"{rank}.json").write_text(
+    schedlab.removeHandler(handler)
+    Path(out, f"leave-{rank}-{peer_stuck}.json").write_text(
         json.dumps(
             {
                 "s": time.monotonic() - t0,
@@ -694,33 +648,76 @@ def _leave(rank: int, init: str, out: str, peer_stuck: bool) -> None:
     )
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("peer_stuck", [False, True])
-def test_ranks_leave_the_process_group_together_and_never_wait_for_ever(tmp_path, peer_stuck):
-    """A run that ended alike on every rank: the ranks meet before destroying the gloo group
-    (a rank tearing down while its peer still wrote the checkpoint aborted in gloo); a peer
-    that never comes costs the bounded wait and a warning, not a hang."""
+def _pair(rank: int, port: int, out: str) -> None:
+    """Both ranks of the three tests below, which read only what two gloo processes wrote:
+    one pair of spawned processes (each an interpreter importing torch) runs their parts in
+    turn, each in a process group of its own; rank 1's hang (peer_stuck) comes last."""
+    _agree(rank, f"file://{out}/agree-store", out)
+    _leave(rank, f"{out}/leave-store", out, peer_stuck=False)
+    _start_up(rank, port, out)
+    _leave(rank, f"{out}/stuck-store", out, peer_stuck=True)
+
+
+@pytest.fixture(scope="module")
+def gloo_pair(tmp_path_factory) -> Path:
+    """The dir `_pair`'s two ranks wrote their results into; rank 0 must end within the
+    deadline (a rank left waiting in a collective would hold it for ever)."""
+    import socket
+
     import torch.multiprocessing as mp
 
-    init = f"file://{tmp_path / 'store'}"
-    ctx = mp.start_processes(
-        _leave, (init, str(tmp_path), peer_stuck), nprocs=2, join=False, start_method="spawn"
-    )
-    deadline = time.monotonic() + 60
+    out = tmp_path_factory.mktemp("gloo_pair")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.start_processes(_pair, (port, str(out)), nprocs=2, join=False, start_method="spawn")
     rank0, rank1 = ctx.processes
-    rank0.join(timeout=60)
-    if peer_stuck and not rank0.is_alive():
-        rank1.kill()  # rank 0 has ended (its time is in 0.json): no need to sit out the 5 s hang
-    rank1.join(timeout=max(0.0, deadline - time.monotonic()))
+    rank0.join(timeout=150)
+    if not rank0.is_alive():
+        rank1.kill()  # rank 0 has ended (leave-0-True.json has its time): no need to wait
+        # out rank 1's hang
+    rank1.join(timeout=10)
     alive = [p for p in ctx.processes if p.is_alive()]
     for p in alive:
         p.kill()
-    assert not alive, "a rank waited for ever"
-    r0 = json.loads((tmp_path / "0.json").read_text())
+        p.join()
+    errors = [Path(f).read_text() for f in ctx.error_files if Path(f).exists()]
+    (out / "ended.json").write_text(
+        json.dumps({"rank_0_waited_for_ever": rank0 in alive, "errors": errors})
+    )
+    return out
+
+
+def pair_result(out: Path, name: str) -> object:
+    """A result `_pair` wrote; its absence: a rank that waited for ever, or failed."""
+    ended = json.loads((out / "ended.json").read_text())
+    assert not ended["rank_0_waited_for_ever"], "a rank waited for ever"
+    assert (out / name).exists(), ended["errors"]
+    return json.loads((out / name).read_text())
+
+
+@pytest.mark.slow
+def test_a_signal_during_start_up_on_one_rank_stops_every_rank(gloo_pair):
+    """The ranks agree at start-up's checks too: a rank that stopped alone would leave the
+    others in the model's first broadcast."""
+    for rank in (0, 1):  # rank 0 got no signal: it stops on rank 1's
+        assert pair_result(gloo_pair, f"start_up-{rank}.json") == ["interrupted", 15]
+    status = json.loads((gloo_pair / "run" / "status.json").read_text())
+    assert status["status"] == "interrupted" and status["epochs_done"] == 0
+    assert not (gloo_pair / "run" / "metrics.jsonl").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("peer_stuck", [False, True])
+def test_ranks_leave_the_process_group_together_and_never_wait_for_ever(gloo_pair, peer_stuck):
+    """A run that ended alike on every rank: the ranks meet before destroying the gloo group
+    (a rank tearing down while its peer still wrote the checkpoint aborted in gloo); a peer
+    that never comes costs the bounded wait and a warning, not a hang."""
+    r0 = pair_result(gloo_pair, f"leave-0-{peer_stuck}.json")
     assert r0["initialized"] is False
     if peer_stuck:  # waited wait_s=1, not the 5 s rank 1 hung
         assert 0.8 < r0["s"] < 4.5
         assert any("the other ranks did not reach the run's end" in w for w in r0["warnings"])
     else:
-        r1 = json.loads((tmp_path / "1.json").read_text())
+        r1 = pair_result(gloo_pair, f"leave-1-{peer_stuck}.json")
         assert r1["initialized"] is False and r0["warnings"] == r1["warnings"] == []

@@ -4,13 +4,15 @@ line, as the runner's own files do, and nothing else about Hydra's error output 
 from __future__ import annotations
 
 import errno
+import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from tests.helpers import run_cli
+from tests.helpers import cli_in_process, run_cli
 
 # `python -m runner` with one of Hydra's files failing for lack of space: `.hydra/config.yaml`
 # (written with open()) or `train.log` (opened by logging's FileHandler, which logging's
@@ -70,7 +72,8 @@ def test_hydras_own_errors_still_read_as_before(tmp_path):
 
 
 def test_a_key_under_a_null_node_is_a_config_error(tmp_path):
-    proc = run_cli("-m", "hydra.sweeper.params.seed=0,1", "logger=none", cwd=tmp_path)
+    # a config error before Hydra starts: the CLI's own checks, in this process
+    proc = cli_in_process("-m", "hydra.sweeper.params.seed=0,1", "logger=none", cwd=tmp_path)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "hydra.sweeper.params.<key>" in proc.stderr
 
@@ -115,18 +118,35 @@ def test_a_sweep_refused_a_used_job_dir_leaves_that_runs_hydra_files(tmp_path):
     assert "Overrides shared by every run: `optimizer.lr=0.1 " in (sweep / "report.md").read_text()
 
 
-@pytest.mark.slow
-def test_a_new_run_replaces_the_stale_hydra_files_of_a_run_stopped_in_its_start_up(tmp_path):
-    """A run stopped before it wrote config.yaml leaves .hydra/ (its overrides) behind; the
-    dir holds no run, so the next run takes it, and must write its own .hydra/ (a QA pass
-    found the stale overrides kept: lr=0.3 labelled a run of lr=0.1)."""
+@pytest.fixture(scope="module")
+def run_in_a_stale_dir(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
+    """One run whose results the two tests below read (one interpreter start-up, not two):
+    `optimizer.lr=0.1 epochs=1 hydra/job_logging=disabled` in a run dir that a run stopped
+    before it wrote config.yaml left behind (its .hydra/ overrides: lr=0.3)."""
+    tmp_path = tmp_path_factory.mktemp("stale")
     run_dir = tmp_path / "run"
     (run_dir / ".hydra").mkdir(parents=True)
     (run_dir / ".hydra" / "overrides.yaml").write_text("- optimizer.lr=0.3\n- epochs=1\n")
     (run_dir / "status.json").write_text('{"status": "interrupted"}')
     proc = run_cli(
-        "optimizer.lr=0.1", "epochs=1", "logger=none", f"hydra.run.dir={run_dir}", cwd=tmp_path
+        "optimizer.lr=0.1",
+        "epochs=1",
+        "logger=none",
+        "hydra/job_logging=disabled",
+        f"hydra.run.dir={run_dir}",
+        cwd=tmp_path,
     )
+    return proc, run_dir
+
+
+@pytest.mark.slow
+def test_a_new_run_replaces_the_stale_hydra_files_of_a_run_stopped_in_its_start_up(
+    run_in_a_stale_dir,
+):
+    """A run stopped before it wrote config.yaml leaves .hydra/ (its overrides) behind; the
+    dir holds no run, so the next run takes it, and must write its own .hydra/ (a QA pass
+    found the stale overrides kept: lr=0.3 labelled a run of lr=0.1)."""
+    proc, run_dir = run_in_a_stale_dir
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "optimizer.lr=0.1" in (run_dir / ".hydra" / "overrides.yaml").read_text()
 
@@ -142,7 +162,7 @@ def test_no_rank_but_rank_0_writes_hydra_files(monkeypatch):
 
 
 @pytest.mark.slow
-def test_train_log_is_rank_0s_and_a_users_job_logging_replaces_it(tmp_path, monkeypatch):
+def test_train_log_is_rank_0s_and_a_users_job_logging_replaces_it(run_in_a_stale_dir, monkeypatch):
     """Hydra's job log is our hydra/job_logging=schedlab (Hydra's default, the file on
     torchrun's rank 0 only: the other ranks' Hydra would open the run dir's train.log before
     rank 0 could refuse that dir); choosing another option replaces it whole."""
@@ -152,13 +172,8 @@ def test_train_log_is_rank_0s_and_a_users_job_logging_replaces_it(tmp_path, monk
     monkeypatch.setenv("RANK", "1")
     assert job_log("run/train.log") == os.devnull
     monkeypatch.delenv("RANK")
-    run_dir = tmp_path / "run"
-    proc = run_cli(
-        "epochs=1",
-        "logger=none",
-        "hydra/job_logging=disabled",
-        f"hydra.run.dir={run_dir}",
-        cwd=tmp_path,
-    )
+    proc, run_dir = run_in_a_stale_dir  # hydra/job_logging=disabled
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert (run_dir / "status.json").exists() and not (run_dir / "train.log").exists()
+    # status.json: this run's (the stale dir's said interrupted); no train.log written
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "completed"
+    assert not (run_dir / "train.log").exists()

@@ -16,7 +16,7 @@ from runner.config.schema import run_spec
 from runner.run.check import validate
 from runner.train.builders import build_run
 from schedulers import ConfigError
-from tests.helpers import make_cfg, read_metrics, run_cli
+from tests.helpers import imported_by, make_cfg, read_metrics, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 HERE = "tests.user_models"  # the user models these tests train
@@ -135,3 +135,13 @@ def test_the_inferred_num_classes_reaches_interpolations_and_the_config() -> Non
     validate(cfg)
     assert cfg.data.num_classes == 3
     assert cfg.model.classes == 3
+
+
+def test_a_small_model_is_checked_without_torchs_meta_kernels():
+    """Start-up's forward pass runs a small model on the CPU (a copy of the meta-built one,
+    its storage uninitialised): torch's Python meta kernels import sympy and torch._dynamo
+    on first use (~1.2 s of CPU), which a process that checks a config and trains nothing
+    (a sweep's parent under submitit, a config error) need not pay."""
+    code = "from runner.run.check import validate\nfrom tests.helpers import make_cfg\n"
+    code += "validate(make_cfg('model=lenet'))\nvalidate(make_cfg())"
+    assert imported_by(code, ("sympy",)) == []

@@ -111,8 +111,12 @@ def test_joblib_launcher_runs_jobs_in_parallel_processes_with_the_basic_launcher
     basic launcher's jobs for the same seeds: with no thread variable set by the user,
     joblib's workers would get OMP_NUM_THREADS = cpu_count // n_jobs while the basic
     launcher's jobs use torch's default: other float sums, other metrics.
-    trainer.num_threads=auto gives the workers the user's thread count. (One joblib sweep
-    for both: W&B, which only the joblib one logs to, does not change metrics.jsonl.)"""
+    trainer.num_threads=auto gives the workers the user's thread count. (The basic
+    launcher's job is train() on its composed config in the process the user started:
+    here train() in this process on torch's default thread count, read from a fresh
+    interpreter without the variables, not from the code under test; a second sweep cost
+    an interpreter, its jobs and its report. W&B, which only the joblib sweep logs to, does
+    not change metrics.jsonl.)"""
     import os
     import subprocess
     import sys
@@ -120,39 +124,54 @@ def test_joblib_launcher_runs_jobs_in_parallel_processes_with_the_basic_launcher
     drop = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "SCHEDLAB_USER_THREADS")
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_") and k not in drop}
     args = ["scheduler=step,cosine", "epochs=2"]
-    outputs, rows = {}, {}
-    for launcher in ("joblib", "basic"):
-        sweep = tmp_path / launcher
-        extra = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"] * (launcher == "joblib")
-        logger = ["logger=none"] * (launcher == "basic")
-        proc = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "runner",
-                "-m",
-                *extra,
-                *args,
-                *logger,
-                f"hydra.sweep.dir={sweep}",
-            ],
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert proc.returncode == 0, proc.stderr[-2000:]
-        outputs[launcher] = proc.stdout + proc.stderr
-        rows[launcher] = {
-            o.replace(" logger=none", ""): [
-                {k: v for k, v in r.items() if not k.startswith("time/")} for r in read_metrics(d)
-            ]
-            for o, d in job_dirs(sweep).items()
-        }
+    sweep = tmp_path / "joblib"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "runner",
+            "-m",
+            "hydra/launcher=joblib",
+            "hydra.launcher.n_jobs=2",
+            *args,
+            f"hydra.sweep.dir={sweep}",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = {"joblib": {o: comparable(read_metrics(d)) for o, d in job_dirs(sweep).items()}}
 
-    assert "Joblib.Parallel" in outputs["joblib"]
-    jobs = job_dirs(tmp_path / "joblib")
+    # the basic launcher's jobs: what torch gives a process started without the variables
+    default = subprocess.run(
+        [sys.executable, "-c", "import torch; print(torch.get_num_threads())"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    threads = int(default.stdout.split()[-1])
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        rows["basic"] = {}
+        for scheduler in ("step", "cosine"):
+            overrides = [f"scheduler={scheduler}", "epochs=2"]
+            run_dir = tmp_path / "basic" / scheduler
+            result = train(make_cfg(*overrides, "logger=none"), run_dir, overrides=overrides)
+            assert result.status == "completed"
+            rows["basic"][" ".join(overrides)] = comparable(read_metrics(run_dir))
+    finally:
+        torch.set_num_threads(before)
+
+    assert "Joblib.Parallel" in proc.stdout + proc.stderr
+    jobs = job_dirs(sweep)
     assert len(jobs) == 2
     run_ids = set()
     for job in jobs.values():
@@ -161,7 +180,7 @@ def test_joblib_launcher_runs_jobs_in_parallel_processes_with_the_basic_launcher
         (run,) = [r["run"] for r in wandb_records(job) if r["type"] == "run"]
         run_ids.add(run["run_id"])
     assert len(run_ids) == 2
-    assert len(report_rows(tmp_path / "joblib")) == 2
+    assert len(report_rows(sweep)) == 2
 
     assert len(rows["basic"]) == 2
     assert rows["joblib"] == rows["basic"]  # every value equal, not just close

@@ -12,6 +12,7 @@ built: until then they hold no parameters an optimizer could step.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -25,6 +26,9 @@ from runner.data.text import is_text
 from schedulers import ConfigError
 
 SAMPLES = 2  # a batch of two: BatchNorm in training mode needs more than one value a channel
+# a model on meta up to this many elements (parameters and buffers: 40 MB in float32) is
+# first run on the CPU, its storage allocated uninitialised (`_quick_probe`)
+QUICK_PROBE_MAX = 10_000_000
 
 
 def sample_batch(data: Any, n: int = SAMPLES) -> torch.Tensor:
@@ -69,7 +73,11 @@ def check_model_on_data(
     that names the model and its value (`model_named`), or one of `widths`, its keys that
     can set its output width (`width_keys`)."""
     x = sample_batch(data)
-    model, out = _probe(model, rebuild, x, data_name, named)
+    quick = _quick_probe(model, x)
+    if quick is not None and _fits(quick[1], data.num_classes, x):
+        model, out = quick
+    else:  # as before, and every error from there
+        model, out = _probe(model, rebuild, x, data_name, named)
     if not _fits(out, data.num_classes, x):
         raise _output_error(named, widths, out, data.num_classes, x)
     if not any(p.requires_grad for p in model.parameters()):
@@ -78,6 +86,31 @@ def check_model_on_data(
             "has no trainable parameters (none, or every one "
             "has requires_grad=False): the optimizer would have nothing to train",
         )
+
+
+def _quick_probe(built: nn.Module, x: torch.Tensor) -> tuple[nn.Module, Any] | None:
+    """A small model built on meta, run on the CPU: a copy, its storage allocated there
+    uninitialised (no second build, no random draws), for the output's shape. On meta, the
+    first forward pass goes through torch's Python meta kernels, whose first use imports
+    sympy and torch._dynamo (~1.2 s of CPU): a process that checks a config and trains
+    nothing (a sweep's parent under a submitit or joblib launcher, a job whose run is
+    already complete, a config error) paid it for nothing; one that trains pays it when
+    it builds the optimizer. None (then `_probe`, as before) for anything else: a large or
+    lazy model, mixed dtypes, a forward pass that fails (on values it computed from
+    garbage, say)."""
+    if not _on_meta(built) or has_lazy(built) or _mixed_dtypes(built, x) is not None:
+        return None
+    if sum(t.numel() for t in (*built.parameters(), *built.buffers())) > QUICK_PROBE_MAX:
+        return None
+    try:
+        # as nn.Module.to_empty, by torch.empty: empty_like of a meta tensor is a Python
+        # ref that imports sympy too
+        model = copy.deepcopy(built)._apply(
+            lambda t: torch.empty(t.shape, dtype=t.dtype, device="cpu")
+        )
+        return model, _forward(model, x)
+    except Exception:
+        return None
 
 
 def _probe(
