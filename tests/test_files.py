@@ -244,7 +244,7 @@ def commands(tmp_path_factory) -> tuple[dict[str, FullDisk], Torn]:
     ]
     *procs, first = drive(base, [*faults, clean(torn_argv)])
     cases = {
-        name: FullDisk(dirs[name], proc, before_resume(dirs[name] / "sweep"))
+        name: FullDisk(dirs[name], proc, before_resume(dirs[name] / "sweep", name))
         for name, proc in zip(FULL_DISK, procs, strict=True)
     }
     run_dir = sweep_job(sweep, *ARGS, "seed=0")
@@ -258,11 +258,11 @@ def commands(tmp_path_factory) -> tuple[dict[str, FullDisk], Torn]:
     return cases, Torn(sweep, run_dir, first, damaged, again)
 
 
-def before_resume(sweep: Path) -> dict[str, Any]:
-    """What a FULL_DISK test checks of its run dir (sweep/0) before the resume."""
+def before_resume(sweep: Path, name: str) -> dict[str, Any]:
+    """What the FULL_DISK case's test checks of its run dir (sweep/0) before the resume."""
     run_dir = sweep / "0"
     before: dict[str, Any] = {"temps": list(run_dir.glob(".*.tmp"))}
-    if (run_dir / "last.pt").exists():  # not the config.yaml case: it is not resumed
+    if FULL_DISK[name][1] is not None:  # not config.yaml: a run to resume
         before.update(
             epochs_on_disk=epochs_on_disk(run_dir),
             epochs=[r["epoch"] for r in files.read_jsonl(run_dir / "metrics.jsonl")],
