@@ -229,11 +229,12 @@ def damage_torn(run_dir: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def commands(tmp_path_factory) -> tuple[dict[str, FullDisk], Torn]:
+def full_disk(tmp_path_factory) -> tuple[dict[str, FullDisk], Torn]:
     """The module's commands, each as `python -m runner` runs it, in two interpreters (a
     start-up each instead of one a command): first each FULL_DISK case and the torn-line
     test's first sweep; then, once what the tests check in between was read (and the torn
-    run damaged), each FULL_DISK run's resume and the torn test's sweep run again."""
+    run damaged), each FULL_DISK run's resume and the torn test's sweep run again. Named
+    full_disk: conftest.py's SHARED_FIXTURES_FIRST keeps its tests together under xdist."""
     base = tmp_path_factory.mktemp("commands")
     dirs = {name: base / name.replace(".", "_") for name in FULL_DISK}
     sweep = base / "torn" / "sweep"
@@ -287,8 +288,8 @@ def sweep_report(sweep: Path, write: bool = True) -> dict:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(FULL_DISK))
-def test_a_full_disk_ends_the_run_with_one_line_and_loses_nothing(commands, name):
-    case = commands[0][name]
+def test_a_full_disk_ends_the_run_with_one_line_and_loses_nothing(full_disk, name):
+    case = full_disk[0][name]
     proc, before, left = case.proc, case.before, FULL_DISK[name][1]
     sweep = case.dir / "sweep"
     run_dir = sweep / "0"
@@ -333,8 +334,8 @@ def test_a_report_that_cannot_be_written_is_one_line(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_torn_metrics_and_an_empty_status_are_read_resumed_and_rerun(commands):
-    torn = commands[1]  # its sweep, `python -m runner -m <ARGS> seed=0 hydra.sweep.dir=...`
+def test_torn_metrics_and_an_empty_status_are_read_resumed_and_rerun(full_disk):
+    torn = full_disk[1]  # its sweep, `python -m runner -m <ARGS> seed=0 hydra.sweep.dir=...`
     run_dir = torn.run_dir
     assert torn.first.returncode == 0, torn.first.stderr
     # then damage_torn: a torn metrics row and an empty status.json, read by the report
