@@ -11,7 +11,9 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -27,7 +29,6 @@ from tests.helpers import (
     cli_in_process,
     make_cfg,
     read_metrics,
-    run_cli,
     run_python,
     sweep_job,
 )
@@ -169,36 +170,107 @@ FULL_DISK = {  # the file that cannot be written: (successful writes of it befor
 }
 
 
-@pytest.fixture(scope="module")
-def full_disk(tmp_path_factory) -> dict[str, tuple[Path, subprocess.CompletedProcess]]:
-    """Each FULL_DISK case's dir and its `python -m runner ... hydra.run.dir=<dir>/sweep/0`,
-    all run by one FULL_DISK_DRIVER process."""
-    base = tmp_path_factory.mktemp("full_disk")
-    dirs = {name: base / name.replace(".", "_") for name in FULL_DISK}
-    cases = [
-        {
-            "name": name,
-            "after": after,
-            "argv": [*ARGS, f"hydra.run.dir={dirs[name] / 'sweep/0'}"],
-            "stdout": str(base / f"{name}.stdout"),
-            "stderr": str(base / f"{name}.stderr"),
-        }
-        for name, (after, _) in FULL_DISK.items()
-    ]
+# the torn-line test's sweep (its hydra.sweep.dir added): one job, seed=0
+TORN = ("-m", *ARGS, "seed=0")
+
+
+def drive(base: Path, cases: list[dict]) -> list[subprocess.CompletedProcess]:
+    """Each case's `python -m runner <argv>` (its fault injected, none for name None), run
+    one after the other by one FULL_DISK_DRIVER process in `base`: their exit statuses and
+    outputs, as run_cli returns them."""
+    for i, case in enumerate(cases):
+        case.update(stdout=str(base / f"{i}.stdout"), stderr=str(base / f"{i}.stderr"))
     driver = run_python(
         "-c", FULL_DISK_DRIVER, json.dumps(cases), cwd=base, one_thread=True, timeout=600
     )
     assert driver.returncode == 0, driver.stderr[-3000:]
     codes = json.loads(driver.stdout.splitlines()[-1])
-    return {
-        c["name"]: (
-            dirs[c["name"]],
-            subprocess.CompletedProcess(
-                c["argv"], code, Path(c["stdout"]).read_text(), Path(c["stderr"]).read_text()
-            ),
+    return [
+        subprocess.CompletedProcess(
+            c["argv"], code, Path(c["stdout"]).read_text(), Path(c["stderr"]).read_text()
         )
         for c, code in zip(cases, codes, strict=True)
+    ]
+
+
+def clean(argv: list[str]) -> dict:
+    """A driver case with no fault injected: the command as `python -m runner` runs it."""
+    return {"name": None, "after": 0, "argv": argv}
+
+
+@dataclass
+class FullDisk:
+    """A FULL_DISK case: its dir (its run dir is <dir>/sweep/0), its command, what the run
+    dir held after it (read before the resume), and `python -m runner resume=<run dir>`."""
+
+    dir: Path
+    proc: subprocess.CompletedProcess
+    before: dict[str, Any]
+    resumed: subprocess.CompletedProcess | None = None
+
+
+@dataclass
+class Torn:
+    """The torn-line test's sweep: its first run, its report once its job's files were
+    damaged (damage_torn), and the same sweep run again."""
+
+    sweep: Path
+    run_dir: Path
+    first: subprocess.CompletedProcess
+    damaged: dict
+    again: subprocess.CompletedProcess
+
+
+def damage_torn(run_dir: Path) -> None:
+    """What a crash leaves: a metrics row a full disk cut short, an empty status.json."""
+    with (run_dir / "metrics.jsonl").open("a") as f:
+        f.write('{"epoch": 3, "lr/gro')
+    (run_dir / "status.json").write_bytes(b"")
+
+
+@pytest.fixture(scope="module")
+def full_disk(tmp_path_factory) -> tuple[dict[str, FullDisk], Torn]:
+    """The module's commands, each as `python -m runner` runs it, in two interpreters (a
+    start-up each instead of one a command): first each FULL_DISK case and the torn-line
+    test's first sweep; then, once what the tests check in between was read (and the torn
+    run damaged), each FULL_DISK run's resume and the torn test's sweep run again. Named
+    full_disk: conftest.py's SHARED_FIXTURES_FIRST keeps its tests together under xdist."""
+    base = tmp_path_factory.mktemp("commands")
+    dirs = {name: base / name.replace(".", "_") for name in FULL_DISK}
+    sweep = base / "torn" / "sweep"
+    torn_argv = [*TORN, f"hydra.sweep.dir={sweep}"]
+    faults = [
+        {"name": name, "after": after, "argv": [*ARGS, f"hydra.run.dir={dirs[name] / 'sweep/0'}"]}
+        for name, (after, _) in FULL_DISK.items()
+    ]
+    *procs, first = drive(base, [*faults, clean(torn_argv)])
+    cases = {
+        name: FullDisk(dirs[name], proc, before_resume(dirs[name] / "sweep", name))
+        for name, proc in zip(FULL_DISK, procs, strict=True)
     }
+    run_dir = sweep_job(sweep, *ARGS, "seed=0")
+    damage_torn(run_dir)
+    damaged = sweep_report(sweep)
+    resumed = [name for name, (_, left) in FULL_DISK.items() if left is not None]
+    resumes = [clean([f"resume={dirs[name] / 'sweep' / '0'}"]) for name in resumed]
+    *procs, again = drive(base, [*resumes, clean(torn_argv)])
+    for name, proc in zip(resumed, procs, strict=True):
+        cases[name].resumed = proc
+    return cases, Torn(sweep, run_dir, first, damaged, again)
+
+
+def before_resume(sweep: Path, name: str) -> dict[str, Any]:
+    """What the FULL_DISK case's test checks of its run dir (sweep/0) before the resume."""
+    run_dir = sweep / "0"
+    before: dict[str, Any] = {"temps": list(run_dir.glob(".*.tmp"))}
+    if FULL_DISK[name][1] is not None:  # not config.yaml: a run to resume
+        before.update(
+            epochs_on_disk=epochs_on_disk(run_dir),
+            epochs=[r["epoch"] for r in files.read_jsonl(run_dir / "metrics.jsonl")],
+            status=files.read_json(run_dir / "status.json"),
+            report=sweep_report(sweep),
+        )
+    return before
 
 
 def epochs_on_disk(run_dir: Path) -> int:
@@ -217,32 +289,29 @@ def sweep_report(sweep: Path, write: bool = True) -> dict:
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(FULL_DISK))
 def test_a_full_disk_ends_the_run_with_one_line_and_loses_nothing(full_disk, name):
-    tmp_path, proc = full_disk[name]
-    left = FULL_DISK[name][1]
-    sweep = tmp_path / "sweep"
+    case = full_disk[0][name]
+    proc, before, left = case.proc, case.before, FULL_DISK[name][1]
+    sweep = case.dir / "sweep"
     run_dir = sweep / "0"
     assert proc.returncode == 1, proc.stderr
     assert proc.stderr.strip() == f"error: cannot write {run_dir / name}: {ENOSPC}"
-    assert not list(run_dir.glob(".*.tmp"))  # no temp file left behind
+    assert before["temps"] == []  # no temp file left behind
 
     if left is None:  # config.yaml: no run to resume, and the report says the job failed
         assert json.loads((run_dir / "status.json").read_text())["status"] == "failed"
         assert sweep_report(sweep) == {"status": "failed", "epochs": []}
-        resumed = cli_in_process(f"resume={run_dir}", cwd=tmp_path)
+        resumed = cli_in_process(f"resume={run_dir}", cwd=case.dir)
         assert resumed.returncode == 2 and "config.yaml missing" in resumed.stderr
         return
 
-    # the last good checkpoint and every row before it are whole
-    assert epochs_on_disk(run_dir) == left
-    assert [r["epoch"] for r in files.read_jsonl(run_dir / "metrics.jsonl")][:left] == list(
-        range(left)
-    )
-    status = files.read_json(run_dir / "status.json")
+    # the last good checkpoint and every row before it are whole (read before the resume)
+    assert before["epochs_on_disk"] == left
+    assert before["epochs"][:left] == list(range(left))
+    status = before["status"]
     assert status is None if name == "status.json" else status["status"] == "failed"
-    before = sweep_report(sweep)
-    assert before["status"] == ("incomplete" if name == "status.json" else "failed")
+    assert before["report"]["status"] == ("incomplete" if name == "status.json" else "failed")
 
-    resumed = run_cli(f"resume={run_dir}", cwd=tmp_path)
+    resumed = case.resumed  # `python -m runner resume=<run_dir>`
     assert resumed.returncode == 0, resumed.stderr
     assert [r["epoch"] for r in read_metrics(run_dir)] == [0, 1, 2]  # no torn line, no repeat
     assert json.loads((run_dir / "status.json").read_text())["status"] == "completed"
@@ -265,26 +334,17 @@ def test_a_report_that_cannot_be_written_is_one_line(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_torn_metrics_and_an_empty_status_are_read_resumed_and_rerun(tmp_path):
-    sweep = tmp_path / "sweep"
-    args = ("-m", *ARGS, "seed=0", f"hydra.sweep.dir={sweep}")
-    first = run_cli(*args, cwd=tmp_path)
-    assert first.returncode == 0, first.stderr
-    run_dir = sweep_job(sweep, *ARGS, "seed=0")
-
-    def damage() -> None:
-        with (run_dir / "metrics.jsonl").open("a") as f:
-            f.write('{"epoch": 3, "lr/gro')  # a row a full disk cut short
-        (run_dir / "status.json").write_bytes(b"")
-
-    damage()
-    assert sweep_report(sweep) == {"status": "incomplete", "epochs": [0, 1, 2]}
+def test_torn_metrics_and_an_empty_status_are_read_resumed_and_rerun(full_disk):
+    torn = full_disk[1]  # its sweep, `python -m runner -m <ARGS> seed=0 hydra.sweep.dir=...`
+    run_dir = torn.run_dir
+    assert torn.first.returncode == 0, torn.first.stderr
+    # then damage_torn: a torn metrics row and an empty status.json, read by the report
+    assert torn.damaged == {"status": "incomplete", "epochs": [0, 1, 2]}
     # the same sweep run again: the job resumes its own run, it is not marked failed
-    again = run_cli(*args, cwd=tmp_path)
-    assert again.returncode == 0, again.stderr
+    assert torn.again.returncode == 0, torn.again.stderr
     assert json.loads((run_dir / "status.json").read_text())["status"] == "completed"
-    assert sweep_report(sweep, write=False) == {"status": "completed", "epochs": [0, 1, 2]}
-    damage()
+    assert sweep_report(torn.sweep, write=False) == {"status": "completed", "epochs": [0, 1, 2]}
+    damage_torn(run_dir)
     # composed directly (the CLI quotes it itself): a dir name with `=` and `,` in quotes
     assert train(make_cfg(f"resume='{run_dir}'"), run_dir).status == "completed"
     assert [r["epoch"] for r in read_metrics(run_dir)] == [0, 1, 2]
