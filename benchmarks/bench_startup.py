@@ -1,4 +1,7 @@
-"""Start-up cost: `python -m runner --help` and a 1-epoch run, against `import torch`.
+"""Start-up cost: `python -m runner --help`, a config error, a 1-epoch run and that run's
+command again, against `import torch`. The config error (exit 2) and the command again (its
+run dir complete: nothing to do) are start-up's checks alone: the config composed and
+validated, the model checked on a batch of the data, nothing trained.
 
 python benchmarks/bench_startup.py [--repeats 5]
 """
@@ -24,23 +27,15 @@ def main(argv: list[str] | None = None) -> dict:
     py = sys.executable
     env = {**os.environ, "WANDB_SILENT": "true"}
     with tempfile.TemporaryDirectory() as tmp:
-        commands = {
-            'python -c "import torch"': [py, "-c", "import torch"],
-            "python -m runner --help": [py, "-m", "runner", "--help"],
-            "python -m runner epochs=1 (W&B offline)": [
-                py, "-m", "runner", "epochs=1", f"hydra.run.dir={tmp}/run",
-            ],
-            "python -m runner epochs=1 logger=none": [
-                py, "-m", "runner", "epochs=1", "logger=none", f"hydra.run.dir={tmp}/run2",
-            ],
-        }  # fmt: skip
-        times: dict[str, list[float]] = {name: [] for name in commands}
-        for _ in range(args.repeats):  # interleaved
-            for name, cmd in commands.items():
+        names = list(_commands(py, Path(tmp), 0))
+        times: dict[str, list[float]] = {name: [] for name in names}
+        for r in range(args.repeats):  # interleaved; each round's runs in dirs of their own
+            for name, (cmd, expected) in _commands(py, Path(tmp), r).items():
                 times[name].append(
                     timed(
-                        lambda cmd=cmd: subprocess.run(
-                            cmd, cwd=tmp, env=env, check=True, capture_output=True
+                        lambda cmd=cmd, expected=expected: _ran(
+                            subprocess.run(cmd, cwd=tmp, env=env, capture_output=True),
+                            expected,
                         )
                     )
                 )
@@ -56,6 +51,33 @@ def main(argv: list[str] | None = None) -> dict:
     payload = {"machine": machine(), "times": times}
     write("startup", payload, "\n".join(lines))
     return payload
+
+
+def _commands(py: str, tmp: Path, r: int) -> dict[str, tuple[list[str], int]]:
+    """Round r's commands and the exit status each must end with, in the order run. Each
+    round trains into new run dirs: a run dir that holds the complete run of the same
+    config ends at once ("already complete"), which is the last command's measure."""
+    run = [py, "-m", "runner", "epochs=1", "logger=none", f"hydra.run.dir={tmp}/none_{r}"]
+    return {
+        'python -c "import torch"': ([py, "-c", "import torch"], 0),
+        "python -m runner --help": ([py, "-m", "runner", "--help"], 0),
+        "python -m runner optimizer.lr=-1 (a config error)": (
+            [py, "-m", "runner", "optimizer.lr=-1", f"hydra.run.dir={tmp}/refused"],
+            2,
+        ),
+        "python -m runner epochs=1 (W&B offline)": (
+            [py, "-m", "runner", "epochs=1", f"hydra.run.dir={tmp}/wandb_{r}"],
+            0,
+        ),
+        "python -m runner epochs=1 logger=none": (run, 0),
+        "the same command again (its run dir complete)": (run, 0),
+    }
+
+
+def _ran(proc: subprocess.CompletedProcess, expected: int) -> None:
+    """A timing counts only for the command's own outcome (a crash is not start-up)."""
+    if proc.returncode != expected:
+        raise SystemExit(f"{proc.args} exited {proc.returncode}: {proc.stderr[-2000:]!r}")
 
 
 if __name__ == "__main__":
