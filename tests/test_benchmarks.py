@@ -187,3 +187,25 @@ def test_a_language_model_validates_in_batches_of_about_4096_tokens(tmp_path):
     assert val_batch(*text, "data.block_size=64", "data.batch_size=16") == 64
     assert val_batch(*text, "data.block_size=32", "data.batch_size=256") == 256
     assert val_batch("data.batch_size=64") == 1024  # digits
+
+
+def test_the_startup_benchmark_trains_each_round_into_new_run_dirs(tmp_path):
+    """bench_startup timed "already complete" from its second round on, when every round
+    ran into one run dir: each round's training commands now name dirs of their own, and
+    only the last row runs a command again into its complete run dir (exit 0: nothing to
+    do), as a user rerunning it would."""
+    import bench_startup
+
+    rounds = [bench_startup._commands("python", tmp_path, r) for r in range(2)]
+    assert list(rounds[0]) == list(rounds[1])
+    trains = ("python -m runner epochs=1 (W&B offline)", "python -m runner epochs=1 logger=none")
+    dirs = [
+        [a for a in commands[name][0] if a.startswith("hydra.run.dir=")]
+        for commands in rounds
+        for name in trains
+    ]
+    assert all(len(d) == 1 for d in dirs) and len({d[0] for d in dirs}) == 4
+    for commands in rounds:
+        again = commands["the same command again (its run dir complete)"]
+        assert again == commands["python -m runner epochs=1 logger=none"]
+        assert commands["python -m runner optimizer.lr=-1 (a config error)"][1] == 2
