@@ -149,6 +149,9 @@ def check_composition(argv: list[str]) -> None:
                 del composed["hydra"]
             validate_and_hand_on(composed)  # the job takes the result: checked once
     except (HydraException, ConfigError, OmegaConfBaseException) as err:
+        own = own_component_error(one_line(err), overrides)
+        if own is not None:
+            config_error(own)
         hint = "" if isinstance(err, ConfigError) else primary_hint(dirs)
         print(f"config error: {one_line(err)}{hint}", file=sys.stderr)
         sys.exit(EXIT_CONFIG)
@@ -187,6 +190,42 @@ def check_joblib(launcher: Any) -> None:
     if launcher.get("n_jobs") == 0:  # an int: the launcher's structured config says so
         why = "must be the number of jobs at once (>= 1), or -1 for one per CPU core"
         raise ConfigError("hydra.launcher.n_jobs", 0, f"{why} (-2: all but one, ...)")
+
+
+# the groups whose `target` option takes a class of the user's by its import path
+TARGET_GROUPS = ("model", "optimizer", "scheduler")
+
+
+def own_component_error(message: str, overrides: list[str]) -> ConfigError | None:
+    """A user's own class set on a built-in option: model._target_=mypkg.Net under the
+    default model=mlp, or data.train's keys under data=digits. Hydra answers "use
+    +model._target_=...", which hands the built-in's keys (name, hidden) to the user's class,
+    a second error. What they need is the option that takes a `_target_`."""
+    found = re.search(r"Could not override '([\w.]+)'", message)
+    if found is None:
+        return None
+    key = found.group(1)
+    value = given(overrides).get(key)
+    group, _, rest = key.partition(".")
+    if group in TARGET_GROUPS and rest == "_target_":
+        return ConfigError(
+            key,
+            value,
+            f"a class of your own takes {group}=target: {group}=target {key}={value} "
+            f"(its other arguments: +{group}.<arg>=...; docs/project.md)",
+        )
+    split = rest.split(".")[0]
+    no_split = f"Key '{split}' is not in struct" in message  # a built-in data set's node
+    if group == "data" and split in ("train", "val") and (no_split or rest.endswith("_target_")):
+        return ConfigError(
+            key,
+            value,
+            "a Dataset of your own takes data=dataset, each split given as one node: "
+            "data=dataset 'data.train={_target_: mypkg.MyData, root: data/train}' "
+            "'data.val={_target_: mypkg.MyData, root: data/val}' (or a data/<name>.yaml of "
+            "your own under --config-dir: docs/project.md, Your data)",
+        )
+    return None
 
 
 def primary_hint(dirs: list[str]) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -193,16 +194,18 @@ def test_a_truncated_png_names_its_file_from_a_worker_too(tmp_path):
 
     rng = np.random.default_rng(0)
     for i in range(6):
-        path = tmp_path / f"c{i % 2}" / f"{i}.png"
-        path.parent.mkdir(exist_ok=True)
+        path = tmp_path / "train" / f"c{i % 2}" / f"{i}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(path)
-    bad = tmp_path / "c1" / "3.png"
+    shutil.copytree(tmp_path / "train", tmp_path / "val")  # files of its own: not train's
+    bad = tmp_path / "train" / "c1" / "3.png"
     bad.write_bytes(bad.read_bytes()[:100])
-    node = f"{{_target_:torchvision.datasets.ImageFolder,root:'{tmp_path}',transform:{TO_FLOAT}}}"
+    folder = "_target_:torchvision.datasets.ImageFolder"
+    node = f"{{{folder},root:'{tmp_path}/train',transform:{TO_FLOAT}}}"
     err = raised(
         "data=dataset",
         f"data.train={node}",
-        f"data.val={node}",
+        f"data.val={{{folder},root:'{tmp_path}/val',transform:{TO_FLOAT}}}",
         "data.in_memory=true",
         "data.num_workers=1",
     )

@@ -141,3 +141,16 @@ class SlowBlobs(Blobs):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         time.sleep(self.delay_s)
         return super().__getitem__(i)
+
+
+class Fielded(Blobs):
+    """Blobs whose samples are not (x, y) pairs: (x, y, index) ("triple") or a dict of
+    fields ("dict"), as many users' datasets return them."""
+
+    def __init__(self, size: int, form: str, offset: int = 0) -> None:
+        super().__init__(size, offset)
+        self.form = form
+
+    def __getitem__(self, i: int) -> Any:
+        x, y = super().__getitem__(i)
+        return (x, y, i) if self.form == "triple" else {"image": x, "label": y}

@@ -123,3 +123,19 @@ class BnNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.body(x))
+
+
+class Softmaxed(TinyNet):
+    """TinyNet with a softmax at the end of forward(): probabilities, where the runner's
+    cross_entropy wants raw scores (it trained, badly, with exit 0)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(super().forward(x), -1)
+
+
+class LogSoftmaxed(TinyNet):
+    """TinyNet ending in log_softmax: log-probabilities, which cross_entropy takes as they
+    are (its log-softmax leaves them unchanged)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.log_softmax(super().forward(x), -1)

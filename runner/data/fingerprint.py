@@ -43,12 +43,24 @@ def absolute_roots(cfg: Any) -> list[str]:
     changed = []
     for key, value, always in path_values(dict(plain(cfg.data)), "data"):
         absolute = as_absolute(value, always)
-        if absolute is None or absolute == value:
+        if absolute is None or absolute == value or _through_interpolation(cfg, key):
             continue
         with open_dict(cfg):
             OmegaConf.update(cfg, key, absolute, merge=False)
         changed.append(f"{key}={absolute}")
     return changed
+
+
+def _through_interpolation(cfg: Any, key: str) -> bool:
+    """Whether `key` lies inside a node that is an interpolation (data.val: ${data.train}):
+    its target's path is made absolute itself; writing the key would replace the whole
+    interpolation with a node holding that one key."""
+    node: Any = OmegaConf.to_container(cfg, resolve=False) if OmegaConf.is_config(cfg) else cfg
+    for part in key.split(".")[:-1]:
+        if isinstance(node, str):  # an interpolation, unresolved
+            return True
+        node = node[int(part)] if isinstance(node, list) else node.get(part)
+    return isinstance(node, str)
 
 
 # -- the fingerprint ------------------------------------------------------------------------

@@ -143,6 +143,7 @@ def check_data(node: Mapping[str, Any], found: dict[str, Any]) -> None:
     found["data"], found["data_name"] = data, node["name"]
     found["image_shape"], found["num_classes"] = tuple(data.image_shape), data.num_classes
     found["n_train"] = data.n_train
+    found["batch_size"] = node["batch_size"]
     found["steps_per_epoch"] = steps_per_epoch(
         data.n_train, node["batch_size"], found["accumulate"]
     )

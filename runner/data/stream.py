@@ -41,6 +41,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, Subset, default_colla
 from runner.config.schema import SCHEMAS, check_node
 from runner.data.digits import stratified_split
 from runner.data.labels import check_labels, sample_label_problem, warn_one_class
+from runner.data.paths import as_absolute, path_values
 from runner.dist.workers import in_loky_worker, worker_init
 from runner.io.rngs import numpy_state, same_numpy_state
 from schedulers import ConfigError, binder
@@ -491,6 +492,33 @@ def check_splits(cfg: Mapping[str, Any]) -> None:
             None,
             "must be given with data.val (null is the FakeData demo's random noise)",
         )
+    if train is not None and val is not None and _same_files(train, val):
+        raise ConfigError(
+            "data.val.root" if "root" in val else "data.val",
+            val.get("root"),
+            "is data.train's dataset again (the same files and arguments, transforms aside): "
+            "val/acc would score the training samples; give data.val files of its own, or "
+            "data.val: null and data.val_fraction: 0.1 to hold out a share of data.train",
+        )
+
+
+# the keys of a split's node that change how its samples look, not which samples they are
+_TRANSFORMS = ("transform", "target_transform", "transforms")
+
+
+def _same_files(train: Mapping[str, Any], val: Mapping[str, Any]) -> bool:
+    """Both splits the same dataset over the same files: equal nodes but for their
+    transforms, naming at least one path (relative or not). A copied `root:` line validates
+    on the training samples with exit 0; a class that draws its samples (no path) may be
+    given the same arguments for both splits and still differ."""
+
+    def parts(node: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        kept = {k: v for k, v in node.items() if k not in _TRANSFORMS}
+        paths = {k: as_absolute(v, a) or v for k, v, a in path_values(kept, "")}
+        return paths, {k: v for k, v in kept.items() if f".{k}" not in paths}
+
+    (train_paths, train_rest), (val_paths, val_rest) = parts(train), parts(val)
+    return bool(train_paths) and train_paths == val_paths and train_rest == val_rest
 
 
 def _check_target(where: str, node: Mapping[str, Any], collate: bool = False) -> None:
@@ -665,6 +693,8 @@ def _probe_shape(
     except SampleError as err:  # __getitem__ raised: the dataset's error, not collation's
         raise err.config_error() from None
     pair = isinstance(sample, tuple | list) and len(sample) == 2
+    if collate is None and not pair:  # the loop unpacks each batch as (inputs, labels)
+        raise ConfigError(f"{where}[0]", None, f"{_sample_kind(sample)}; {PAIRS}")
     if collate is None and pair and not _tokens(*sample):
         problem = sample_label_problem(sample[1], num_classes)
         if problem is not None:
@@ -679,6 +709,22 @@ def _probe_shape(
         raise ConfigError(f"{where}.transform", None, f"{how}; got {got}")
     check_labels(where, y, num_classes, tokens=tokens)
     return tuple(x.shape[1:])
+
+
+PAIRS = (
+    "the runner takes (input, label) pairs: return those two from __getitem__, or give "
+    "data.collate_fn (a _target_ function from a list of samples to (inputs, labels))"
+)
+
+
+def _sample_kind(sample: Any) -> str:
+    """What a sample that is no (input, label) pair is, in words: (x, y, index) or a dict
+    of fields got "too many values to unpack" or "got str" and a hint about transforms."""
+    if isinstance(sample, Mapping):
+        return f"a sample is a dict with keys {list(sample)[:6]}"
+    if isinstance(sample, tuple | list):
+        return f"a sample is a {type(sample).__name__} of {len(sample)} values"
+    return f"a sample is a {type(sample).__name__} alone, no label"
 
 
 def _tokens(x: Any, y: Any) -> bool:

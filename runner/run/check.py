@@ -24,7 +24,7 @@ from runner.dist.ddp import wanted
 from runner.run.branch import check_branch
 from runner.train.averaging import validate_average
 from runner.train.builders import resolve_device
-from runner.train.model_check import check_model_on_data
+from runner.train.model_check import check_batch_norm, check_model_on_data
 from runner.train.models import (
     build_model,
     default_no_decay,
@@ -168,9 +168,9 @@ def _check_model(node: Mapping[str, Any], found: dict[str, Any]) -> None:
     found["parts"], found["no_decay"] = part_names(node), default_no_decay(node)
     found["probe"] = partial(probe_parts, node, data.image_shape, data.num_classes)
     rebuild = partial(build_model, node, data.image_shape, data.num_classes)  # on the CPU
-    check_model_on_data(
-        probed, rebuild, data, found["data_name"], model_named(node), width_keys(node)
-    )
+    named = model_named(node)
+    check_model_on_data(probed, rebuild, data, found["data_name"], named, width_keys(node))
+    check_batch_norm(probed, data, found["batch_size"], named)
 
 
 def _check_lr_find(node: Mapping[str, Any], found: dict[str, Any]) -> None:

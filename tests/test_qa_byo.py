@@ -1,0 +1,127 @@
+"""A researcher's own model and data in the first hour (session 19 QA): what trained wrong
+with exit 0, crashed after an epoch, or answered with a hint that led elsewhere.
+
+- a model ending in softmax trained on cross_entropy of probabilities (digits, 3 epochs:
+  val/acc 0.32 against 0.94), exit 0;
+- data.val on data.train's files (a copied `root:`) scored the training samples, exit 0;
+  `data.val: ${data.train}` was broken by the run's absolute paths;
+- BatchNorm and an epoch whose last batch holds one sample crashed at that batch;
+- `model._target_=X` without model=target got Hydra's "+model._target_=X", a second error;
+- samples of (x, y, index) or dicts were blamed on transforms."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from runner.config.schema import run_spec
+from runner.data.fingerprint import absolute_roots
+from runner.data.stream import check_splits
+from runner.run.check import validate
+from runner.train.builders import build_run
+from schedulers import ConfigError
+from tests.helpers import cli_in_process, make_cfg
+
+MODELS = "tests.user_models"
+SMALL = ("data=fake", "data.train_size=9", "data.val_size=4", "data.num_classes=3")
+
+
+def error_of(*overrides: str) -> ConfigError:
+    with pytest.raises(ConfigError) as err:
+        validate(make_cfg(*overrides))
+    return err.value
+
+
+def test_a_model_that_outputs_probabilities_is_refused_when_built() -> None:
+    softmaxed = ("model=target", f"model._target_={MODELS}.Softmaxed", *SMALL)
+    with pytest.raises(ConfigError) as err:
+        build_run(run_spec(make_cfg(*softmaxed)))
+    assert err.value.key == "model._target_"
+    assert "outputs probabilities" in str(err.value) and "before the softmax" in str(err.value)
+    # log-probabilities are what cross_entropy's own log-softmax leaves as they are
+    build_run(run_spec(make_cfg("model=target", f"model._target_={MODELS}.LogSoftmaxed", *SMALL)))
+
+
+def test_batch_norm_and_a_batch_of_one_sample_are_refused_at_start_up() -> None:
+    bn = ("model=target", f"model._target_={MODELS}.BnNet", *SMALL)
+    err = error_of(*bn, "data.batch_size=4")  # 9 = 2 x 4 + 1: the epoch's last batch
+    assert err.key == "data.batch_size" and err.value == 4
+    assert "last batch holds 1 sample" in str(err) and "data.batch_size=5" in str(err)
+    assert "every batch holds 1 sample" in str(error_of(*bn, "data.batch_size=1"))
+    validate(make_cfg(*bn, "data.batch_size=3"))  # 9 = 3 x 3
+    validate(make_cfg(*SMALL, "model.hidden=[8]", "data.batch_size=4"))  # no BatchNorm
+
+
+@pytest.mark.parametrize(
+    "val_root", ["imgs/train", "./imgs/train/", "${data.train.root}"], ids=["same", "spelt", "ref"]
+)
+def test_a_val_split_on_the_train_files_is_a_config_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, val_root: str
+) -> None:
+    for split in ("train", "val"):
+        (tmp_path / "imgs" / split).mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    folder = "_target_:torchvision.datasets.ImageFolder"
+    train = f"data.train={{{folder},root:imgs/train}}"
+    flip = "transform:{_target_:torchvision.transforms.v2.RandomHorizontalFlip}"
+    err = error_of("data=dataset", train, f"data.val={{{folder},root:'{val_root}',{flip}}}")
+    assert err.key == "data.val.root" and "val/acc would score the training samples" in str(err)
+    # data.val: ${data.train}, the whole node: the same error
+    err = error_of("data=dataset", train, "data.val=${data.train}")
+    assert err.key == "data.val.root"
+    # files of its own; a class that draws its samples given the same arguments twice (no
+    # path: they may differ): no error
+    folder = "torchvision.datasets.ImageFolder"
+    own = {"_target_": folder, "root": "imgs/val"}
+    check_splits(
+        {"train": {"_target_": folder, "root": "imgs/train"}, "val": own, "val_fraction": None}
+    )
+    blobs = {"_target_": "tests.user_datasets.Blobs", "size": 8}
+    check_splits({"train": blobs, "val": dict(blobs), "val_fraction": None})
+
+
+def test_absolute_roots_leave_an_interpolated_split_whole(tmp_path: Path) -> None:
+    # a split given as ${...}: its path was written into it, leaving {root: ...} alone
+    folder = "torchvision.datasets.ImageFolder"
+    cfg = OmegaConf.create(
+        {
+            "sets": {"held_out": {"_target_": folder, "root": "imgs/val"}},
+            "data": {
+                "train": {"_target_": folder, "root": "imgs/train"},
+                "val": "${sets.held_out}",
+            },
+        }
+    )
+    absolute_roots(cfg)
+    assert cfg.data.val._target_ == folder  # the interpolation kept
+    assert Path(cfg.data.train.root).is_absolute()
+
+
+@pytest.mark.parametrize(
+    ("override", "wanted"),
+    [
+        (f"model._target_={MODELS}.TinyNet", f"model=target model._target_={MODELS}.TinyNet"),
+        ("optimizer._target_=torch.optim.RMSprop", "optimizer=target optimizer._target_="),
+        ("data.train._target_=tests.user_datasets.Blobs", "data=dataset 'data.train={_target_:"),
+        ("data.train.root=imgs/train", "a Dataset of your own takes data=dataset"),
+    ],
+    ids=["model", "optimizer", "data-target", "data-root"],
+)
+def test_a_target_on_a_built_in_option_says_which_option_takes_it(
+    tmp_path: Path, override: str, wanted: str
+) -> None:
+    out = cli_in_process(override, cwd=tmp_path)
+    assert out.returncode == 2, out.stderr
+    assert wanted in out.stderr and "To append" not in out.stderr, out.stderr
+
+
+@pytest.mark.parametrize(
+    ("form", "kind"), [("triple", "a tuple of 3 values"), ("dict", "a dict with keys")]
+)
+def test_samples_that_are_not_pairs_are_named_as_such(form: str, kind: str) -> None:
+    node = f"{{_target_:tests.user_datasets.Fielded,size:12,form:{form}}}"
+    val = f"{{_target_:tests.user_datasets.Fielded,size:6,form:{form},offset:1}}"
+    err = error_of("data=dataset", f"data.train={node}", f"data.val={val}", "model.hidden=[8]")
+    assert err.key == "data.train[0]" and kind in str(err) and "data.collate_fn" in str(err)
