@@ -201,6 +201,15 @@ def own_component_error(message: str, overrides: list[str]) -> ConfigError | Non
     default model=mlp, or data.train's keys under data=digits. Hydra answers "use
     +model._target_=...", which hands the built-in's keys (name, hidden) to the user's class,
     a second error. What they need is the option that takes a `_target_`."""
+    preset = re.search(r"In '([\w-]+)/([\w-]+)': Could not override '[\w-]+@\1\.", message)
+    if preset is not None:  # its defaults' `override /model: x` read as experiment.model
+        group, name = preset.groups()
+        return ConfigError(
+            f"+{group}",
+            name,
+            f"{group}/{name}.yaml overrides other groups, so it sets the config's own keys: "
+            "start it with the line `# @package _global_` (as conf/experiment/*.yaml do)",
+        )
     found = re.search(r"Could not override '([\w.]+)'", message)
     if found is None:
         return None

@@ -22,7 +22,7 @@ from runner.data.stream import check_splits
 from runner.run.check import validate
 from runner.train.builders import build_run
 from schedulers import ConfigError
-from tests.helpers import cli_in_process, make_cfg
+from tests.helpers import cli_in_process, make_cfg, run_cli
 
 MODELS = "tests.user_models"
 SMALL = ("data=fake", "data.train_size=9", "data.val_size=4", "data.num_classes=3")
@@ -125,3 +125,30 @@ def test_samples_that_are_not_pairs_are_named_as_such(form: str, kind: str) -> N
     val = f"{{_target_:tests.user_datasets.Fielded,size:6,form:{form},offset:1}}"
     err = error_of("data=dataset", f"data.train={node}", f"data.val={val}", "model.hidden=[8]")
     assert err.key == "data.train[0]" and kind in str(err) and "data.collate_fn" in str(err)
+
+
+@pytest.mark.parametrize(
+    ("preset", "key"),
+    [
+        ("defaults:\n  - override /model: logistic\nepochs: 2\n", "+experiment='mine'"),
+        ("epochs: 2\noptimizer:\n  lr: 0.01\n", "experiment={'epochs': 2"),
+    ],
+    ids=["overrides-a-group", "sets-keys"],
+)
+def test_a_preset_without_its_package_line_says_to_add_it(
+    tmp_path: Path, preset: str, key: str
+) -> None:
+    # before: Hydra's "Could not override 'model@experiment.model'. Did you mean to override
+    # model?", or "experiment={...}: unknown key", neither naming the missing line
+    (tmp_path / "conf" / "experiment").mkdir(parents=True)
+    (tmp_path / "conf" / "experiment" / "mine.yaml").write_text(preset)
+    out = cli_in_process("--config-dir", "conf", "+experiment=mine", cwd=tmp_path)
+    assert out.returncode == 2, out.stderr
+    assert f"config error: {key}" in out.stderr and "# @package _global_" in out.stderr
+
+
+def test_help_shows_how_to_bring_a_model_data_and_groups_of_your_own(tmp_path: Path) -> None:
+    # before: the groups listed `target` and `dataset` with no word on how to use them
+    out = run_cli("--help", cwd=tmp_path).stdout
+    assert "model=target model._target_=mypkg" in out and "docs/project.md" in out
+    assert "data=dataset 'data.train={_target_:" in out and "--config-dir my_conf" in out

@@ -146,8 +146,25 @@ def _top(cfg: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _check_top(node: Mapping[str, Any], found: dict[str, Any]) -> None:
+    _check_packages(node)
     check_node("", node, Run)
     found["epochs"] = node["epochs"]
+
+
+def _check_packages(node: Mapping[str, Any]) -> None:
+    """A preset of the user's own (+experiment=mine) whose file lacks `# @package _global_`:
+    its keys land under its group's name, one unknown top-level key holding them all, which
+    "unknown key" alone does not explain."""
+    known = {f.name for f in fields(Run)}
+    for key, value in node.items():
+        if isinstance(value, Mapping) and key not in known:
+            raise ConfigError(
+                key,
+                dict(value),
+                f"unknown key; from +{key}=<name>, {key}/<name>.yaml's keys landed under "
+                f"'{key}.': a preset that sets the config's own keys starts with the line "
+                "`# @package _global_` (as conf/experiment/*.yaml do)",
+            )
 
 
 def _check_trainer(node: Mapping[str, Any], found: dict[str, Any]) -> None:
