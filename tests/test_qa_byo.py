@@ -152,3 +152,10 @@ def test_help_shows_how_to_bring_a_model_data_and_groups_of_your_own(tmp_path: P
     out = run_cli("--help", cwd=tmp_path).stdout
     assert "model=target model._target_=mypkg" in out and "docs/project.md" in out
     assert "data=dataset 'data.train={_target_:" in out and "--config-dir my_conf" in out
+
+
+def test_a_model_half_in_float64_is_refused_at_start_up() -> None:
+    # before: start-up's forward pass ran on meta, whose matmul takes float32 into a float64
+    # layer; the run then crashed at its first batch (exit 1)
+    err = error_of("model=target", f"model._target_={MODELS}.HalfDouble", "data.batch_size=32")
+    assert err.key == "model._target_" and "must have the same dtype" in str(err)

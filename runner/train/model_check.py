@@ -147,6 +147,8 @@ def check_model_on_data(
     can set its output width (`width_keys`)."""
     x = sample_batch(data)
     quick = _quick_probe(model, x)
+    if quick is FAILED:  # on the CPU: built for real and run there, not on meta, whose
+        model, quick = rebuild(), None  # kernels take a float64 layer's float32 input
     if quick is not None and _fits(quick[1], data.num_classes, x):
         model, out = quick
     else:  # as before, and every error from there
@@ -161,6 +163,10 @@ def check_model_on_data(
         )
 
 
+# `_quick_probe`'s answer for a forward pass that raised on the CPU
+FAILED: Any = object()
+
+
 def _quick_probe(built: nn.Module, x: torch.Tensor) -> tuple[nn.Module, Any] | None:
     """A small model built on meta, run on the CPU: a copy, its storage allocated there
     uninitialised (no second build, no random draws), for the output's shape. On meta, the
@@ -169,8 +175,10 @@ def _quick_probe(built: nn.Module, x: torch.Tensor) -> tuple[nn.Module, Any] | N
     nothing (a sweep's parent under a submitit or joblib launcher, a job whose run is
     already complete, a config error) paid it for nothing; one that trains pays it when
     it builds the optimizer. None (then `_probe`, as before) for anything else: a large or
-    lazy model, mixed dtypes, a forward pass that fails (on values it computed from
-    garbage, say)."""
+    lazy model, mixed dtypes. FAILED for a forward pass that raised: then the model is
+    built for real on the CPU (`_probe`): it may have failed on values computed from
+    garbage, or for real (a layer in float64 fed float32), which meta's kernels let pass,
+    and the run then crashed at its first batch."""
     if not _on_meta(built) or has_lazy(built) or _mixed_dtypes(built, x) is not None:
         return None
     if sum(t.numel() for t in (*built.parameters(), *built.buffers())) > QUICK_PROBE_MAX:
@@ -183,7 +191,7 @@ def _quick_probe(built: nn.Module, x: torch.Tensor) -> tuple[nn.Module, Any] | N
         )
         return model, _forward(model, x)
     except Exception:
-        return None
+        return FAILED
 
 
 def _probe(
