@@ -159,3 +159,28 @@ def test_a_model_half_in_float64_is_refused_at_start_up() -> None:
     # layer; the run then crashed at its first batch (exit 1)
     err = error_of("model=target", f"model._target_={MODELS}.HalfDouble", "data.batch_size=32")
     assert err.key == "model._target_" and "must have the same dtype" in str(err)
+
+
+def test_a_val_folder_missing_a_class_is_refused_not_scored_against_other_labels(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # before: val's eel got label 1 (train's dog), val/acc scored it so, exit 0
+    from PIL import Image
+
+    for split, names in (("train", ("cat", "dog", "eel")), ("val", ("cat", "eel"))):
+        for name in names:
+            (tmp_path / split / name).mkdir(parents=True)
+            Image.new("RGB", (4, 4)).save(tmp_path / split / name / "0.png")
+    monkeypatch.chdir(tmp_path)
+    v2 = "torchvision.transforms.v2"
+    to_float = (
+        f"transform:{{_target_:{v2}.Compose,transforms:[{{_target_:{v2}.ToImage}},"
+        f"{{_target_:{v2}.ToDtype,dtype:{{_target_:hydra.utils.get_object,path:torch.float32}},"
+        "scale:true}]}"
+    )
+    folder = f"_target_:torchvision.datasets.ImageFolder,{to_float}"
+    splits = ("data=dataset", f"data.train={{{folder},root:train}}", "model.hidden=[8]")
+    err = error_of(*splits, f"data.val={{{folder},root:val}}")
+    assert err.key == "data.val.root" and "class 'eel' is 1 here and is 2 in data.train" in str(err)
+    (tmp_path / "val" / "dog").mkdir()  # train's class folders, one empty: the same indices
+    validate(make_cfg(*splits, f"data.val={{{folder},root:val,allow_empty:true}}"))

@@ -559,6 +559,8 @@ def load(cfg: Mapping[str, Any]) -> StreamData | Tensors:
     with isolated_rng(0):
         train, val = (None if nodes[s] is None else _build(f"data.{s}", nodes[s]) for s in SPLITS)
     num_classes = _num_classes(cfg, train)
+    if val is not None:
+        _check_class_names(train, val, nodes["val"])
     if val is None:  # data.val_fraction of data.train
         train, val = _split(train, cfg["val_fraction"], cfg["split_seed"])
     collate = _collate(cfg["collate_fn"])
@@ -593,6 +595,40 @@ def load(cfg: Mapping[str, Any]) -> StreamData | Tensors:
         *_materialise(data, val, "data.val"),
         data.num_classes,
     )
+
+
+def _check_class_names(train: Any, val: Any, node: Mapping[str, Any]) -> None:
+    """Each class data.val names has data.train's index for it. ImageFolder numbers the
+    class folders it finds, sorted: a val folder without one of train's classes ("dog" of
+    cat, dog, eel) gives the classes after it other indices (eel: 1, train's dog), and
+    val/acc scored them against the wrong labels with exit 0."""
+    names, val_names = _class_index(train), _class_index(val)
+    if names is None or val_names is None or names == val_names:
+        return
+    for name, i in val_names.items():
+        if names.get(name) == i:
+            continue
+        where = f"is {names[name]} in data.train" if name in names else "is not in data.train"
+        raise ConfigError(
+            "data.val.root" if "root" in node else "data.val",
+            node.get("root"),
+            f"class {name!r} is {i} here and {where} (classes {list(val_names)} against "
+            f"{list(names)}): val's labels would name other classes; give data.val train's "
+            "class folders (ImageFolder numbers those it finds, sorted; an empty one needs "
+            "+data.val.allow_empty=true)",
+        )
+
+
+def _class_index(dataset: Any) -> dict[str, int] | None:
+    """A dataset's class names and their label indices (`class_to_idx`, else the order of
+    `classes`: torchvision's), or None when it names none."""
+    mapping = getattr(dataset, "class_to_idx", None)
+    if isinstance(mapping, Mapping) and all(isinstance(k, str) for k in mapping):
+        return dict(mapping)
+    classes = getattr(dataset, "classes", None)
+    if isinstance(classes, list | tuple) and all(isinstance(c, str) for c in classes):
+        return {c: i for i, c in enumerate(classes)}
+    return None
 
 
 def _targets(dataset: Any) -> torch.Tensor | None:
