@@ -184,3 +184,12 @@ def test_a_val_folder_missing_a_class_is_refused_not_scored_against_other_labels
     assert err.key == "data.val.root" and "class 'eel' is 1 here and is 2 in data.train" in str(err)
     (tmp_path / "val" / "dog").mkdir()  # train's class folders, one empty: the same indices
     validate(make_cfg(*splits, f"data.val={{{folder},root:val,allow_empty:true}}"))
+
+
+def test_pretrained_torchvision_weights_on_other_classes_say_how_to_replace_the_head() -> None:
+    # before: "model._target_=...: building the model failed: The parameter 'num_classes'
+    # expected value 1000 but got 3", a num_classes the user never set
+    err = error_of(
+        "model=target", "model._target_=torchvision.models.resnet18", "+model.weights=DEFAULT"
+    )
+    assert err.key == "model.weights" and "replaces its head" in str(err)

@@ -393,9 +393,21 @@ def probe_model(cfg: Mapping[str, Any], shape: Shape, num_classes: int) -> nn.Mo
     except ConfigError:
         raise
     except Exception as err:
-        key = binder.key_named_in("model", str(err), binder.kwargs_of(cfg))
+        kwargs = binder.kwargs_of(cfg)
+        if "weights" in kwargs and "num_classes" in str(err):  # torchvision's pretrained
+            raise ConfigError("model.weights", kwargs["weights"], f"{err} {WEIGHTS_HINT}") from None
+        key = binder.key_named_in("model", str(err), kwargs)
         value = cfg.get(key.split(".", 1)[1])
         raise ConfigError(key, value, f"building the model failed: {err}") from None
+
+
+# torchvision's factories refuse pretrained weights with a head of another width; the runner
+# offers the data's num_classes to every factory that takes **kwargs
+WEIGHTS_HINT = (
+    "(the runner offers data.num_classes to the factory): pretrained weights bring their own "
+    "head; load them in a model of your own that then replaces its head with one of "
+    "num_classes outputs (e.g. resnet18(weights=...), then .fc = nn.Linear(512, num_classes))"
+)
 
 
 def probe_parts(
