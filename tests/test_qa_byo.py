@@ -193,3 +193,11 @@ def test_pretrained_torchvision_weights_on_other_classes_say_how_to_replace_the_
         "model=target", "model._target_=torchvision.models.resnet18", "+model.weights=DEFAULT"
     )
     assert err.key == "model.weights" and "replaces its head" in str(err)
+
+
+def test_a_run_of_a_model_of_your_own_is_filed_under_its_class_name() -> None:
+    # before: every model=target run under outputs/runs/target-cosine/, whatever the class
+    from runner.config.compose import compose_config
+
+    cfg = compose_config(["model=target", f"model._target_={MODELS}.TinyNet"], with_hydra=True)
+    assert str(cfg.hydra.run.dir).startswith("outputs/runs/TinyNet-cosine/")

@@ -99,7 +99,9 @@ def dir_name(text: str) -> str:
 def run_name(*, _root_: Any = None) -> str:
     """A run's readable name, the folder its run dirs are grouped in (outputs/runs/<name>/):
     the `name` key when set, else the experiment preset's name (+experiment=lecture_lenet),
-    else <model>-<scheduler> as chosen (mlp-cosine, target-step, my_cnn-onecycle)."""
+    else <model>-<scheduler> as chosen (mlp-cosine, my_cnn-onecycle); model=target by its
+    class's name (model._target_=mypkg.nets.SmallCNN: SmallCNN-step), so runs of two models
+    of one's own are not filed together under target-step."""
     root = _root_ if _root_ is not None else OmegaConf.create()
     given = OmegaConf.select(root, "name", default=None)
     if given:
@@ -107,7 +109,11 @@ def run_name(*, _root_: Any = None) -> str:
     choices = OmegaConf.select(root, "hydra.runtime.choices", default=None) or {}
     if choices.get("experiment"):
         return dir_name(str(choices["experiment"]))
-    parts = [choices.get("model"), choices.get("scheduler")]
+    model = choices.get("model")
+    target = OmegaConf.select(root, "model._target_", default=None)
+    if model == "target" and isinstance(target, str) and target.strip("?"):
+        model = target.rsplit(".", 1)[-1]
+    parts = [model, choices.get("scheduler")]
     return dir_name("-".join(str(p) for p in parts if p) or "run")
 
 
