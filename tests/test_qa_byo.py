@@ -34,14 +34,19 @@ def error_of(*overrides: str) -> ConfigError:
     return err.value
 
 
-def test_a_model_that_outputs_probabilities_is_refused_when_built() -> None:
-    softmaxed = ("model=target", f"model._target_={MODELS}.Softmaxed", *SMALL)
+@pytest.mark.parametrize(
+    ("model", "why"),
+    [("Softmaxed", "outputs probabilities"), ("Detached", "carry no gradient")],
+)
+def test_scores_the_loss_cannot_train_on_are_refused_when_built(model: str, why: str) -> None:
+    # before: Softmaxed trained with exit 0 (badly); Detached crashed at its first backward
     with pytest.raises(ConfigError) as err:
-        build_run(run_spec(make_cfg(*softmaxed)))
-    assert err.value.key == "model._target_"
-    assert "outputs probabilities" in str(err.value) and "before the softmax" in str(err.value)
-    # log-probabilities are what cross_entropy's own log-softmax leaves as they are
-    build_run(run_spec(make_cfg("model=target", f"model._target_={MODELS}.LogSoftmaxed", *SMALL)))
+        build_run(run_spec(make_cfg("model=target", f"model._target_={MODELS}.{model}", *SMALL)))
+    assert err.value.key == "model._target_" and why in str(err.value)
+    if model == "Softmaxed":  # log-probabilities: cross_entropy's log-softmax keeps them
+        build_run(
+            run_spec(make_cfg("model=target", f"model._target_={MODELS}.LogSoftmaxed", *SMALL))
+        )
 
 
 def test_batch_norm_and_a_batch_of_one_sample_are_refused_at_start_up() -> None:

@@ -19,7 +19,7 @@ from runner.dist.ddp import SINGLE, Dist
 from runner.dist.workers import USER_THREADS, in_loky_worker
 from runner.train import models, optimizers
 from runner.train.averaging import Averager, averager, first_swa_epoch, swa_schedule
-from runner.train.model_check import materialise, refuse_probabilities
+from runner.train.model_check import check_scores, materialise
 from schedulers import ConfigError, LRSchedule, build_scheduler
 
 
@@ -108,8 +108,8 @@ def build_model(
     seed_everything(spec.seed, spec.trainer.deterministic)
     model = models.build_model(spec.model, data.image_shape, data.num_classes).to(device)
     materialise(model, data, device)  # before the optimizer: lazy modules get parameters
-    if models.spec_of(spec.model) is None:  # a user's: softmax scores are refused
-        refuse_probabilities(model, data, device, models.model_named(spec.model))
+    if models.spec_of(spec.model) is None:  # a user's: scores without gradient or softmaxed
+        check_scores(model, data, device, models.model_named(spec.model))
     parts, default = models.model_parts(model, spec.model), models.default_no_decay(spec.model)
     opt = spec.optimizer
     groups = optimizers.split_params(opt, model, parts, optimizers.exempts_decay(opt, default))

@@ -58,23 +58,29 @@ def materialise(model: nn.Module, data: Any, device: torch.device) -> None:
     model.train(training)
 
 
-def refuse_probabilities(
-    model: nn.Module, data: Any, device: torch.device, named: tuple[str, Any]
-) -> None:
-    """Raise a ConfigError when the built model's scores are already probabilities (a softmax
+def check_scores(model: nn.Module, data: Any, device: torch.device, named: tuple[str, Any]) -> None:
+    """Raise a ConfigError when the built model's scores cannot train as the loop trains
+    them: they carry no gradient (a forward under torch.no_grad(), a .detach(), a NumPy
+    round trip: the first backward crashed), or they are already probabilities (a softmax
     at the end of forward(): every row in [0, 1], summing to 1). The loss is cross_entropy,
     which applies log-softmax itself: on probabilities it trains, slowly and badly, and the
     run ends with exit 0 (digits, 3 epochs: val/acc 0.32 against 0.94). Start-up's models
-    hold no values (meta, or uninitialised storage), so this runs on the built model, once,
-    in eval mode, every RNG as it was (log-probabilities are fine: log-softmax leaves them
-    as they are)."""
+    hold no values (meta, or uninitialised storage) and run without gradients, so this
+    runs on the built model, once, in eval mode, every RNG as it was (log-probabilities are
+    fine: log-softmax leaves them as they are)."""
     training = model.training
     model.eval()
     cuda = [device.index or 0] if device.type == "cuda" else []
-    with torch.no_grad(), torch.random.fork_rng(devices=cuda):
+    with torch.enable_grad(), torch.random.fork_rng(devices=cuda):
         out = model(sample_batch(data).to(device))
     model.train(training)
-    if _probabilities(out):
+    if torch.is_tensor(out) and not out.requires_grad:
+        raise ConfigError(
+            *named,
+            "returns scores that carry no gradient (a forward under torch.no_grad(), a "
+            ".detach(), a NumPy round trip): the loss could not train it",
+        )
+    if _probabilities(out.detach() if torch.is_tensor(out) else out):
         raise ConfigError(
             *named,
             "outputs probabilities (each row in [0, 1], summing to 1: a softmax); the loss is "
