@@ -47,16 +47,35 @@ def given(argv: list[str]) -> dict[str, str]:
     }
 
 
-def check_config_dirs(dirs: list[str]) -> None:
+def check_config_dirs(dirs: list[str], key: str = "--config-dir") -> None:
     """Each `--config-dir` exists: Hydra's own message for one that does not is a warning,
     an error and a hint (exit 1); the preview's Hydra only warns and goes on without it.
-    Its YAML files are checked too (check_yaml_files): a broken one is one line naming it."""
+    Its YAML files are checked too (check_yaml_files): a broken one is one line naming it.
+    `key`: where the dirs were given (hydra.searchpath's file:// entries likewise: Hydra
+    skips one that does not exist without a word, and `model=mine` is then "not found")."""
     for d in dirs:
         if not Path(d).is_dir():
             raise ConfigError(
-                "--config-dir", d, "no such directory (give the dir that holds your config groups)"
+                key, d, "no such directory (give the dir that holds your config groups)"
             )
         check_yaml_files(d)
+
+
+def searchpath_dirs(argv: list[str]) -> list[str]:
+    """The dirs of `hydra.searchpath=[file://DIR, ...]` on the command line (pkg:// entries
+    are packages, not dirs)."""
+    overrides = [a for a in argv if a.lstrip("+").startswith("hydra.searchpath=")]
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except HydraException:  # a malformed override: Hydra's own parse reports it
+        return []
+    dirs = []
+    for override in parsed:
+        value = override.value()
+        for entry in value if isinstance(value, list) else [value]:
+            if isinstance(entry, str) and not entry.startswith("pkg://"):
+                dirs.append(entry.removeprefix("file://"))
+    return dirs
 
 
 # characters an unquoted override value may hold (Hydra's grammar): others, e.g. the `=` and
@@ -127,6 +146,7 @@ def check_composition(argv: list[str]) -> None:
     dirs = config_dirs(argv)
     try:
         check_config_dirs(dirs)
+        check_config_dirs(searchpath_dirs(argv), key="hydra.searchpath")
         check_dir_names(given(argv))
     except ConfigError as err:
         config_error(err)

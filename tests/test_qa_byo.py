@@ -206,3 +206,11 @@ def test_a_run_of_a_model_of_your_own_is_filed_under_its_class_name() -> None:
 
     cfg = compose_config(["model=target", f"model._target_={MODELS}.TinyNet"], with_hydra=True)
     assert str(cfg.hydra.run.dir).startswith("outputs/runs/TinyNet-cosine/")
+
+
+def test_a_searchpath_dir_that_does_not_exist_is_named(tmp_path: Path) -> None:
+    # before: Hydra skipped it without a word: "Could not find 'model/mine'", the options
+    # listed without the user's (--config-dir's own typo was already named)
+    out = cli_in_process("hydra.searchpath=[file://my_conf]", "model=mine", cwd=tmp_path)
+    assert out.returncode == 2
+    assert "config error: hydra.searchpath='my_conf': no such directory" in out.stderr, out.stderr
