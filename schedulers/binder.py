@@ -162,9 +162,10 @@ def key_named_in(
 ) -> str:
     """The config key a constructor's error message names (torch says e.g. 'Invalid alpha
     value: -1', 'Expected positive integer T_max'), in any case; else `fallback`, by
-    default the node's `_target_`."""
+    default the node's `_target_`. A key inside a file name or URL (`train` in
+    train-images-idx3-ubyte.gz, .../train/...) is not named by it."""
     for key in sorted(keys, key=len, reverse=True):
-        if re.search(rf"(?<!\w){re.escape(key)}(?!\w)", message, re.IGNORECASE):
+        if re.search(rf"(?<![\w/-]){re.escape(key)}(?![\w/-])", message, re.IGNORECASE):
             return f"{where}.{key}"
     return f"{where}.{TARGET}" if fallback is None else fallback
 

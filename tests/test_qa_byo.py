@@ -214,3 +214,13 @@ def test_a_searchpath_dir_that_does_not_exist_is_named(tmp_path: Path) -> None:
     out = cli_in_process("hydra.searchpath=[file://my_conf]", "model=mine", cwd=tmp_path)
     assert out.returncode == 2
     assert "config error: hydra.searchpath='my_conf': no such directory" in out.stderr, out.stderr
+
+
+def test_a_key_inside_a_file_name_is_not_the_key_an_error_names() -> None:
+    # before: MNIST's "Error downloading train-images-idx3-ubyte.gz" was blamed on
+    # data.train.train=True, not on its download
+    from schedulers.binder import key_named_in
+
+    failed = "Error downloading train-images-idx3-ubyte.gz: Tried https://x/mnist/train/"
+    assert key_named_in("data.train", failed, ["train", "root"]) == "data.train._target_"
+    assert key_named_in("optimizer", "Invalid alpha value: -1", ["alpha"]) == "optimizer.alpha"
