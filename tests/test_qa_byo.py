@@ -224,3 +224,23 @@ def test_a_key_inside_a_file_name_is_not_the_key_an_error_names() -> None:
     failed = "Error downloading train-images-idx3-ubyte.gz: Tried https://x/mnist/train/"
     assert key_named_in("data.train", failed, ["train", "root"]) == "data.train._target_"
     assert key_named_in("optimizer", "Invalid alpha value: -1", ["alpha"]) == "optimizer.alpha"
+
+
+@pytest.mark.parametrize(
+    ("group", "text", "first"),
+    [
+        ("data", "train: {_target_: tests.user_datasets.Blobs, size: 9}\n", "[dataset, _self_]"),
+        ("model", "name: mlp\nhidden: [8]\n", "[mlp, _self_]"),
+    ],
+    ids=["data-without-name", "model-without-dropout"],
+)
+def test_a_group_file_of_your_own_without_defaults_says_which_line_to_add(
+    tmp_path: Path, group: str, text: str, first: str
+) -> None:
+    # before: data/mine.yaml without `name` was a KeyError traceback (exit 1); a model's
+    # missing key "model.dropout=None: missing; its default is 0.0", not how to keep it
+    (tmp_path / "conf" / group).mkdir(parents=True)
+    (tmp_path / "conf" / group / "mine.yaml").write_text(text)
+    out = cli_in_process("--config-dir", "conf", f"{group}=mine", cwd=tmp_path)
+    assert out.returncode == 2, out.stderr
+    assert f"starts with `defaults: {first}`" in out.stderr, out.stderr

@@ -92,6 +92,8 @@ class TensorData:
 def validate_data(cfg: Mapping[str, Any]) -> None:
     """Fail before training on bad values, or when a file-based dataset is not on disk
     (saying how to get it)."""
+    if "name" not in cfg:  # a data/<name>.yaml of the user's own, without its defaults
+        raise ConfigError("data.name", None, "missing")
     name = cfg["name"]
     if name == "dataset":  # any torch Dataset, streamed: runner/data/stream.py
         stream.validate(cfg)

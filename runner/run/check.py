@@ -17,6 +17,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from runner.config.compose import CONF
 from runner.config.schema import GROUPS, SCHEMAS, LrFind, Run, Trainer, check_node
 from runner.data.fingerprint import absolute_roots
 from runner.data.sets import check_data, data_shape, load_data
@@ -122,12 +123,34 @@ def _validate(cfg: Mapping[str, Any], trunk: bool = True) -> Checked:
     for group, check in CHECKS:
         if values is None:  # resolved once (again once the data filled a value in)
             values = plain(cfg)
-        check(values[group] if group else _top(values), found)
+        try:
+            check(values[group] if group else _top(values), found)
+        except ConfigError as err:
+            raise _with_defaults_hint(err, group, values) from None
         if group == "data" and _inferred_into(cfg, values["data"]):
             values = None  # a `${data.num_classes}` in a later node then gives the number
     found.setdefault("branch_epoch", None)
     checked = Checked(**{f.name: found[f.name] for f in fields(Checked)})
     return use_branch(cfg, checked) if trunk else checked
+
+
+def _with_defaults_hint(err: ConfigError, group: str, values: Mapping[str, Any]) -> ConfigError:
+    """A key missing from a group's node: the node came from a <group>/<name>.yaml of the
+    user's own that lists only its own keys. "missing; its default is 0.9" then says what,
+    not how: the file's first line keeps the built-in's defaults."""
+    if not group or not err.rule.startswith("missing"):
+        return err
+    name = values[group].get("name") if isinstance(values[group], Mapping) else None
+    base = name if isinstance(name, str) and (CONF / group / f"{name}.yaml").is_file() else None
+    if group == "data" and name is None and values["data"].get("train") is not None:
+        base = "dataset"  # splits of one's own
+    first = f"defaults: [{base or '<the built-in it extends>'}, _self_]"
+    return ConfigError(
+        err.key,
+        err.value,
+        f"{err.rule}; a {group}/<name>.yaml of your own keeps the built-in's other keys when "
+        f"it starts with `{first}`",
+    )
 
 
 def _inferred_into(cfg: Mapping[str, Any], data: Mapping[str, Any]) -> bool:
