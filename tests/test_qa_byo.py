@@ -244,3 +244,37 @@ def test_a_group_file_of_your_own_without_defaults_says_which_line_to_add(
     out = cli_in_process("--config-dir", "conf", f"{group}=mine", cwd=tmp_path)
     assert out.returncode == 2, out.stderr
     assert f"starts with `defaults: {first}`" in out.stderr, out.stderr
+
+
+@pytest.mark.parametrize(
+    ("transform", "key", "says"),
+    [
+        (
+            "[{_target_:torchvision.transforms.v2.ToImage}]",
+            "data.train.transform",
+            "v2.Compose, transforms: [...]",
+        ),
+        (
+            "{_target_:torchvision.transforms.v2.ToDtype,dtype:torch.float32}",
+            "data.train.transform.dtype",
+            "{_target_: hydra.utils.get_object, path: torch.float32}",
+        ),
+    ],
+    ids=["list", "dtype-string"],
+)
+def test_transforms_yaml_cannot_say_are_named_at_start_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, transform: str, key: str, says: str
+) -> None:
+    # before: "data.train[0]=None: imgs/train/cat/0.png: could not be read: TypeError:
+    # 'list' object is not callable", or "ImageFolder failed: dtype must be a dict or a
+    # torch.dtype, got str", naming neither the key nor the YAML that works
+    for split in ("train", "val"):
+        (tmp_path / split).mkdir()
+    monkeypatch.chdir(tmp_path)
+    folder = "_target_:torchvision.datasets.ImageFolder"
+    err = error_of(
+        "data=dataset",
+        f"data.train={{{folder},root:train,transform:{transform}}}",
+        f"data.val={{{folder},root:val}}",
+    )
+    assert err.key == key and says in str(err)

@@ -528,8 +528,31 @@ def _check_target(where: str, node: Mapping[str, Any], collate: bool = False) ->
     kwargs = binder.kwargs_of(node)
     batch_first = collate and not inspect.isclass(target)
     binder.need_call(where, target, kwargs, leading=1 if batch_first else 0)
+    torchvision = getattr(target, "__module__", "").startswith("torchvision.")
     for key, value in kwargs.items():
+        if torchvision:
+            _check_yaml_value(f"{where}.{key}", key, value)
         _check_nested(f"{where}.{key}", value)
+
+
+def _check_yaml_value(where: str, key: str, value: Any) -> None:
+    """Two things a torchvision class's kwargs cannot be as YAML writes them, which failed
+    only when a sample was fetched (a list of transforms: "imgs/train/cat/0.png: could not
+    be read: TypeError: 'list' object is not callable") or named only the dataset ("dtype
+    must be a dict or a torch.dtype, got str"). A class of one's own may take either."""
+    if key in ("transform", "target_transform") and isinstance(value, list | tuple):
+        raise ConfigError(
+            where,
+            None,
+            "is a list; a dataset takes one transform: "
+            "{_target_: torchvision.transforms.v2.Compose, transforms: [...]}",
+        )
+    if key == "dtype" and isinstance(value, str) and value.startswith("torch."):
+        raise ConfigError(
+            where,
+            value,
+            f"a string, not a dtype: dtype: {{_target_: hydra.utils.get_object, path: {value}}}",
+        )
 
 
 def _check_nested(where: str, value: Any) -> None:
