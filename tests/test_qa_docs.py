@@ -1,0 +1,128 @@
+"""What the docs promise, held to the code (QA of README.md and docs/*.md, session 19): a
+typo'd key is told the key it meant, the docs' lists of options and of what a resume may
+change stay complete, and no paragraph is left cut in half by a move between pages."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from runner.config.compose import compose_config
+from schedulers import ConfigError
+from tests.helpers import cli_in_process
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
+
+
+# -- a typo'd key ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("override", "key", "meant"),
+    [
+        ("optimizer.lrr=0.1", "optimizer.lrr", "optimizer.lr"),
+        ("trainer.gradclip=1", "trainer.gradclip", "trainer.grad_clip_norm"),
+        ("data.batchsize=32", "data.batchsize", "data.batch_size"),
+        ("logger.wandb.projct=x", "logger.wandb.projct", "logger.wandb.project"),
+        ("epoch=3", "epoch", "epochs"),
+    ],
+)
+def test_a_typod_key_is_a_config_error_naming_the_key_it_meant(override, key, meant):
+    """Hydra's own message said "To append to your config use +optimizer.lrr=0.1", which
+    only failed again at start-up (unknown key): now it is that check's message at once,
+    with the node's keys and the closest one."""
+    with pytest.raises(ConfigError) as err:
+        compose_config([override])
+    assert err.value.key == key
+    assert f"did you mean {meant}?" in err.value.rule
+    assert "unknown key" in err.value.rule
+
+
+def test_the_command_line_says_it_in_one_line_without_the_append_hint(tmp_path):
+    proc = cli_in_process("optimizer.lrr=0.1", cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "config error: optimizer.lrr=0.1: unknown key; optimizer has ['name', 'lr', "
+        "'momentum', 'weight_decay', 'nesterov', 'param_groups', 'no_decay']: did you mean "
+        "optimizer.lr?"
+    ]
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_a_target_nodes_own_arguments_keep_hydras_append_hint():
+    """model=target hands its keys to the class: there `+model.<arg>=` is the right advice
+    (docs/project.md), so Hydra's message stays."""
+    overrides = ["model=target", "model._target_=torch.nn.Linear", "model.in_features=64"]
+    with pytest.raises(Exception, match=r"\+model\.in_features=64") as err:
+        compose_config(overrides)
+    assert not isinstance(err.value, ConfigError)
+
+
+# -- the docs' lists stay complete -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("group", ["model", "optimizer", "data", "logger"])
+def test_the_usage_pages_group_table_lists_every_option(group):
+    """docs/usage.md's table of groups and options (it lacked gpt, text, dataset and the
+    schedule-free optimizers, which `python -m runner --help` lists)."""
+    text = (DOCS / "usage.md").read_text(encoding="utf-8")
+    row = next(line for line in text.splitlines() if line.startswith(f"| `{group}` |"))
+    options = row.split("|")[2]
+    names = [p.stem for p in sorted((ROOT / "conf" / group).glob("*.yaml"))]
+    missing = [name for name in names if f"`{name}`" not in options]
+    assert not missing, f"docs/usage.md's {group} row lacks {missing}"
+
+
+def test_nothing_lost_names_every_key_a_resume_applies():
+    """docs/nothing-lost.md's "Applied:" list of what `resume=` takes (it lacked name and
+    trainer.keep_epochs, which runner/run/rundir.py applies)."""
+    from runner.run.rundir import SAFE_ON_RESUME
+
+    text = " ".join((DOCS / "nothing-lost.md").read_text(encoding="utf-8").split())
+    applied = text.split("none is dropped. Applied:", 1)[1].split("Refused:", 1)[0]
+    missing = [k for k in SAFE_ON_RESUME if f"`{k}`" not in applied]
+    assert not missing, f"docs/nothing-lost.md does not say a resume applies {missing}"
+
+
+# -- no paragraph cut in half ------------------------------------------------------------------
+
+
+def prose_blocks(text: str) -> list[str]:
+    """The page's blocks (split at blank lines), fenced code removed."""
+    text = re.sub(r"```.*?```", "\n\n", text, flags=re.S)
+    return [b.strip("\n") for b in re.split(r"\n[ \t]*\n", text) if b.strip()]
+
+
+def broken_paragraphs(text: str) -> list[str]:
+    """Prose paragraphs whose parentheses do not balance (code spans aside), or that stop
+    without a sentence's end and lead into no list: what cutting a page in two left behind
+    (docs/project.md ended a paragraph with "Checkpoints", docs/nothing-lost.md opened
+    "(tested," and never closed it)."""
+    blocks = prose_blocks(text)
+    found = []
+    for i, block in enumerate(blocks):
+        if block[0] in "#|!<" or re.match(r"([-*]|\d+\.) ", block) or block.startswith("    "):
+            continue  # heading, table, image, html, list, indented code
+        plain = re.sub(r"`[^`]*`", "", block)
+        balanced = plain.count("(") == plain.count(")")
+        ends = re.search(r"[.:!?)]\**$", block.rstrip()) is not None
+        leads_into_list = i + 1 < len(blocks) and blocks[i + 1].lstrip().startswith("- ")
+        if not balanced or not (ends or leads_into_list):
+            found.append(block[:80] + " ... " + block[-60:])
+    return found
+
+
+def test_the_paragraph_check_finds_what_the_docs_split_left():
+    cut = "**Bold.** A (tested,\nload with it.\n\nIt ends with Checkpoints\n\n## Next\n"
+    assert len(broken_paragraphs(cut)) == 2
+    whole = "Text (with `a(` code) ends.\n\nA lead into:\n\nAnd, with\n\n- a list\n"
+    assert broken_paragraphs(whole) == []
+
+
+@pytest.mark.parametrize("page", ["README.md", *sorted(p.name for p in DOCS.glob("*.md"))])
+def test_no_docs_paragraph_is_cut_in_half(page):
+    path = ROOT / page if page == "README.md" else DOCS / page
+    assert broken_paragraphs(path.read_text(encoding="utf-8")) == []
