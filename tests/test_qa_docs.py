@@ -126,3 +126,13 @@ def test_the_paragraph_check_finds_what_the_docs_split_left():
 def test_no_docs_paragraph_is_cut_in_half(page):
     path = ROOT / page if page == "README.md" else DOCS / page
     assert broken_paragraphs(path.read_text(encoding="utf-8")) == []
+
+
+def test_the_usage_pages_example_errors_are_what_the_runner_prints(tmp_path):
+    """docs/usage.md quotes two config errors; each is the line the command prints (the first
+    said `must be > 0`, which the check stopped saying when it learned `find`)."""
+    text = " ".join((DOCS / "usage.md").read_text(encoding="utf-8").split())
+    quoted = re.search(r"`(config error: optimizer\.lr=-1: [^`]*)`", text).group(1)
+    assert cli_in_process("optimizer.lr=-1", cwd=tmp_path).stderr.strip() == quoted
+    typo = re.search(r"`optimizer\.lrr=0\.1`: `unknown key; optimizer has \[\.\.\.\]([^`]*)`", text)
+    assert typo.group(1) in cli_in_process("optimizer.lrr=0.1", cwd=tmp_path).stderr
