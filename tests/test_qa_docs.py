@@ -4,14 +4,19 @@ change stay complete, and no paragraph is left cut in half by a move between pag
 
 from __future__ import annotations
 
+import contextlib
+import io
+import os
 import re
+import shlex
+import sys
 from pathlib import Path
 
 import pytest
 
 from runner.config.compose import compose_config
 from schedulers import ConfigError
-from tests.helpers import cli_in_process
+from tests.helpers import cli_in_process, release_kept_locks
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -136,3 +141,87 @@ def test_the_usage_pages_example_errors_are_what_the_runner_prints(tmp_path):
     assert cli_in_process("optimizer.lr=-1", cwd=tmp_path).stderr.strip() == quoted
     typo = re.search(r"`optimizer\.lrr=0\.1`: `unknown key; optimizer has \[\.\.\.\]([^`]*)`", text)
     assert typo.group(1) in cli_in_process("optimizer.lrr=0.1", cwd=tmp_path).stderr
+
+
+# -- every command the docs show starts -------------------------------------------------------
+
+# what a reader fills in or supplies (a run dir, a package, a file, a data set to download),
+# what the README tour's own test runs (tests/test_docs.py, from examples/custom_project),
+# and performance.md's timed config error
+_SUPPLIED = re.compile(
+    r"<|\.\.\.|mypkg|my_conf|myconf|my\.txt|input\.txt|--config-dir conf|data=mnist|data=cifar10"
+    r"|cifar10_fast|optimizer\.lr=-1"
+)
+_COMMAND = re.compile(r"(?:python|\$PY) -m (runner(?:\.preview)?)\s+(.+)")
+
+
+def docs_commands() -> list[tuple[str, str, list[str]]]:
+    """(page, module, arguments) of each `python -m runner ...` and `... runner.preview ...`
+    the README and docs/ show, in code blocks (continuation lines joined) and in running text,
+    except those naming what the reader supplies (_SUPPLIED); each command once."""
+    found: dict[tuple[str, ...], tuple[str, str, list[str]]] = {}
+    for path in [ROOT / "README.md", *sorted(DOCS.glob("*.md"))]:
+        text = path.read_text(encoding="utf-8")
+        lines = []
+        for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
+            lines += block.replace("\\\n", " ").splitlines()
+        prose = re.sub(r"```.*?```", "", text, flags=re.S)
+        inline = re.findall(r"`([^`]*(?:python|\$PY) -m runner[^`]*)`", prose)
+        lines += [" ".join(s.split()) for s in inline]
+        lines += re.findall(r"^    (python -m runner.*)$", text, flags=re.M)  # indented code
+        for line in lines:
+            match = _COMMAND.search(line)
+            if match and not _SUPPLIED.search(line):
+                module, args = match.group(1), shlex.split(match.group(2), comments=True)
+                found.setdefault((module, *args), (path.name, module, args))
+    return list(found.values())
+
+
+class _Started(BaseException):
+    """The command got past every check made before Hydra starts."""
+
+
+def starts(module: str, args: list[str], cwd: Path, monkeypatch) -> str | None:
+    """None when the command would start (`python -m runner`: every check before Hydra
+    passed; the preview: it drew its curves), else what it printed."""
+    monkeypatch.chdir(cwd)
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        if module == "runner.preview":
+            from runner import preview
+
+            return (
+                None
+                if preview.main([*args, "--out", str(cwd / "preview")]) == 0
+                else (err.getvalue())
+            )
+        import runner.__main__ as entry
+
+        monkeypatch.setenv("HYDRA_FULL_ERROR", os.environ.get("HYDRA_FULL_ERROR", ""))
+        monkeypatch.setattr(entry, "main", lambda: (_ for _ in ()).throw(_Started()))
+        monkeypatch.setattr(entry, "_CLI_STOP", None)
+        monkeypatch.setattr(sys, "argv", ["runner", *args])
+        try:
+            entry.cli()
+        except _Started:
+            return None
+        except SystemExit as exit_:
+            return f"exit {exit_.code}: {err.getvalue()}"
+        finally:
+            release_kept_locks()
+    return f"never started: {err.getvalue()}"
+
+
+@pytest.mark.slow  # ~40 commands, each composed and checked (a single run's data loaded): ~20 s
+def test_every_command_the_docs_show_passes_start_up(tmp_path, monkeypatch):
+    """Each `python -m runner ...` of README.md and docs/*.md, copied as shown, gets past
+    every check made before training starts (keys, options, presets, plugins' keys, a single
+    run's whole config); each preview draws. A renamed key or preset fails here."""
+    commands = docs_commands()
+    assert len(commands) >= 40, commands
+    failed = []
+    for page, module, args in commands:
+        problem = starts(module, args, tmp_path, monkeypatch)
+        if problem is not None:
+            failed.append(f"{page}: python -m {module} {shlex.join(args)}: {problem.strip()}")
+    assert not failed, "\n".join(failed)
