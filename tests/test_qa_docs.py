@@ -57,13 +57,27 @@ def test_the_command_line_says_it_in_one_line_without_the_append_hint(tmp_path):
     assert not list(tmp_path.iterdir())  # nothing written
 
 
-def test_a_target_nodes_own_arguments_keep_hydras_append_hint():
-    """model=target hands its keys to the class: there `+model.<arg>=` is the right advice
-    (docs/project.md), so Hydra's message stays."""
-    overrides = ["model=target", "model._target_=torch.nn.Linear", "model.in_features=64"]
-    with pytest.raises(Exception, match=r"\+model\.in_features=64") as err:
+def test_a_target_nodes_unknown_key_is_told_by_the_class(tmp_path):
+    """A `_target_` node's keys are its class's arguments: one the class has no argument for
+    is told as start-up's bind check tells its `+` form (`model.widht=8: SmallCNN has no
+    argument 'widht'`, docs/project.md); one it takes, that the file does not list, needs
+    the `+` (docs/project.md's `+model.width=32`)."""
+    conf = tmp_path / "conf" / "model"
+    conf.mkdir(parents=True)
+    (conf / "lin.yaml").write_text("_target_: torch.nn.Linear\nin_features: 64\n")
+    proc = cli_in_process("--config-dir", str(tmp_path / "conf"), "model=lin",
+                          "model.in_featurs=8", cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "config error: model.in_featurs=8: Linear has no argument 'in_featurs'; it takes "
+        "['in_features', 'out_features', 'bias', 'device', 'dtype']"
+    ]
+    overrides = ["model=target", "model._target_=torch.nn.Linear", "model.out_features=3"]
+    with pytest.raises(ConfigError) as err:
         compose_config(overrides)
-    assert not isinstance(err.value, ConfigError)
+    assert err.value.rule == (
+        "model does not list it; Linear takes it: give it as +model.out_features=3"
+    )
 
 
 # -- the docs' lists stay complete -----------------------------------------------------------

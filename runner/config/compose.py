@@ -19,7 +19,7 @@ from hydra.errors import ConfigCompositionException, HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf._utils import get_yaml_loader  # what OmegaConf.load reads with (2.3)
 
-from schedulers import ConfigError
+from schedulers import ConfigError, binder
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 
@@ -96,9 +96,9 @@ def unknown_key(
 ) -> ConfigError | None:
     """A typo'd key (`optimizer.lrr=0.1`) as start-up's check says `+optimizer.lrr=0.1`:
     unknown, the node's keys listed, the closest named. Hydra's own message tells the user
-    to append it with `+`, which only moves the failure on, except in a node that hands its
-    keys to a class (`_target_`: model=target's arguments), where that stays its message.
-    None: not such an error, or one to leave as Hydra says it."""
+    to append it with `+`, which only moves the failure on (start-up refuses the key). In a
+    node whose keys are a class's arguments (`_target_`) the class decides (target_key).
+    None: not such an error (Hydra's stays)."""
     found = _NOT_IN_NODE.search(str(err))
     if found is None or found.group(1).startswith("hydra."):
         return None
@@ -112,14 +112,38 @@ def unknown_key(
     except (HydraException, ConfigError):
         return None
     node = OmegaConf.select(cfg, parent) if parent else cfg
-    if not isinstance(node, DictConfig) or "_target_" in node:
+    if not isinstance(node, DictConfig) or not given:
         return None
     values = OmegaConf.to_container(node, resolve=False)
+    if "_target_" in values:
+        return target_key(parent, values, given[0].input_line or key, given[0].value())
     keys = [k for k, v in values.items() if parent or not isinstance(v, dict)]  # root: no groups
     close = difflib.get_close_matches(name, keys, n=1)
     meant = f": did you mean {parent + '.' if parent else ''}{close[0]}?" if close else ""
-    value = given[0].value() if given else None
-    return ConfigError(key, value, f"unknown key; {parent or 'the config'} has {keys}{meant}")
+    return ConfigError(
+        key, given[0].value(), f"unknown key; {parent or 'the config'} has {keys}{meant}"
+    )
+
+
+def target_key(parent: str, node: dict[str, Any], line: str, value: Any) -> ConfigError:
+    """`model.widht=8` where model is a class's arguments: a class that has no such argument
+    is told as start-up's bind check tells `+model.widht=8` (docs/project.md); one that takes
+    it needs only the `+` (a key the config file does not list yet)."""
+    key = line.split("=", 1)[0]
+    name = key.rpartition(".")[2]
+    try:
+        target = binder.locate(parent, node)
+    except ConfigError as err:  # not importable: that is the problem to fix first
+        return err
+    if binder.accepts(target, name) or binder.takes_any_keyword(target):
+        why = f"{parent} does not list it; {binder.label(node)} takes it: give it as +{line}"
+        return ConfigError(key, value, why)
+    try:
+        binder.need_call(parent, target, {name: value})
+    except ConfigError as err:
+        if err.key == key:  # "<class> has no argument '<name>'; it takes [...]"
+            return err
+    return ConfigError(key, value, f"{binder.label(node)} has no argument '{name}'")
 
 
 def one_line(err: Exception) -> str:
