@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 
 from runner.config.compose import compose_config
+from runner.run.rundir import nothing_to_do
 from schedulers import ConfigError
-from tests.helpers import cli_in_process, release_kept_locks
+from tests.helpers import cli_in_process, make_cfg, release_kept_locks
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -239,3 +240,33 @@ def test_every_command_the_docs_show_passes_start_up(tmp_path, monkeypatch):
         if problem is not None:
             failed.append(f"{page}: python -m {module} {shlex.join(args)}: {problem.strip()}")
     assert not failed, "\n".join(failed)
+
+
+# -- a complete run's hint to train longer ------------------------------------------------------
+
+
+def test_a_complete_runs_hint_to_train_longer_is_one_that_works(tmp_path):
+    """ "to train longer: resume=<dir> epochs=<more>" was printed for every complete run, and
+    for the default schedule (cosine, T_max null) that command is refused ("cannot extend"):
+    such a run now says why it cannot be extended and to start a new run instead."""
+    status = {"status": "completed", "epochs_done": 1, "best_val_acc": 0.5}
+    cosine = nothing_to_do(tmp_path, status, make_cfg())
+    assert f"resume={tmp_path} epochs=" not in cosine
+    assert cosine.endswith(
+        "nothing to do; it cannot be extended (scheduler.T_max is null: cosine spans the whole "
+        "run): to train longer, start a new run with epochs=<more>"
+    )
+    step = nothing_to_do(tmp_path, status, make_cfg("scheduler=step"))  # explicit lengths
+    assert step.endswith(f"nothing to do; to train longer: resume={tmp_path} epochs=<more>")
+
+
+@pytest.mark.slow  # a run trained in-process, then resumed: ~4 s
+def test_resuming_a_complete_cosine_run_prints_that_hint(tmp_path):
+    from runner.run.train import train
+
+    run_dir = tmp_path / "run"
+    tiny = ["epochs=1", "logger=none", "data=fake", "data.train_size=32", "data.val_size=16"]
+    assert train(make_cfg(*tiny, "model.hidden=[8]"), run_dir).status == "completed"
+    again = cli_in_process(f"resume={run_dir}", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "already complete" in again.stdout and "start a new run with epochs" in again.stdout
