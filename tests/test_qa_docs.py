@@ -270,3 +270,36 @@ def test_resuming_a_complete_cosine_run_prints_that_hint(tmp_path):
     again = cli_in_process(f"resume={run_dir}", cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     assert "already complete" in again.stdout and "start a new run with epochs" in again.stdout
+
+
+# -- pointers into the docs ------------------------------------------------------------------------
+
+
+def doc_pointers() -> list[tuple[str, str, str | None]]:
+    """(where, page, section) for each `docs/<page>.md` or `README` a config file's comment or
+    the runner's code points a reader to, with the section it names (`, "Datasets"`)."""
+    found = []
+    sources = [*(ROOT / "conf").rglob("*.yaml")]
+    for package in ("runner", "schedulers", "hydra_plugins"):
+        sources += (ROOT / package).rglob("*.py")
+    pattern = re.compile(r"(README(?:\.md)?|docs/[\w-]+\.md)(?:,? \"([^\"]+)\")?")
+    for path in sources:
+        for match in pattern.finditer(path.read_text(encoding="utf-8")):
+            page = "README.md" if match.group(1).startswith("README") else match.group(1)
+            found.append((str(path.relative_to(ROOT)), page, match.group(2)))
+    return found
+
+
+def test_every_pointer_into_the_docs_names_a_page_and_section_that_exist():
+    """conf/data/*.yaml said `see README, "Datasets"` after that section had moved to
+    docs/project.md."""
+    pointers = doc_pointers()
+    assert len(pointers) >= 10, pointers
+    broken = []
+    for where, page, section in pointers:
+        path = ROOT / page
+        text = path.read_text(encoding="utf-8") if path.is_file() else None
+        headings = re.findall(r"^#+ (.*)$", text or "", flags=re.M)
+        if text is None or (section and not any(section in h for h in headings)):
+            broken.append(f"{where}: {page}" + (f', "{section}"' if section else ""))
+    assert not broken, broken
