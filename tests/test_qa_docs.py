@@ -17,7 +17,7 @@ import pytest
 from runner.config.compose import compose_config
 from runner.run.rundir import nothing_to_do
 from schedulers import ConfigError
-from tests.helpers import cli_in_process, make_cfg, release_kept_locks
+from tests.helpers import cli_in_process, make_cfg, release_kept_locks, run_python
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -303,3 +303,19 @@ def test_every_pointer_into_the_docs_names_a_page_and_section_that_exist():
         if text is None or (section and not any(section in h for h in headings)):
             broken.append(f"{where}: {page}" + (f', "{section}"' if section else ""))
     assert not broken, broken
+
+
+# -- the range test's --help -------------------------------------------------------------------
+
+
+@pytest.mark.slow  # a new interpreter (the range test's Hydra app needs `python -m`): ~4 s
+def test_the_range_tests_help_says_what_it_does_not_what_training_does(tmp_path):
+    """`python -m runner.lr_find --help` printed training's help word for word ("schedlab:
+    train a PyTorch model ...", examples of `python -m runner`)."""
+    proc = run_python("-m", "runner.lr_find", "--help", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("python -m runner.lr_find <overrides>: the LR range test")
+    assert "schedlab: train a PyTorch model" not in proc.stdout
+    assert "lr_find:\n  start_lr: 1.0e-06" in proc.stdout  # Hydra's list of keys follows
+    assert "the lr_find.* keys set the test itself" in proc.stdout
+    assert not list(tmp_path.iterdir())  # nothing written
