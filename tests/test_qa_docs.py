@@ -66,8 +66,8 @@ def test_a_target_nodes_unknown_key_is_told_by_the_class(tmp_path):
     conf = tmp_path / "conf" / "model"
     conf.mkdir(parents=True)
     (conf / "lin.yaml").write_text("_target_: torch.nn.Linear\nin_features: 64\n")
-    proc = cli_in_process("--config-dir", str(tmp_path / "conf"), "model=lin",
-                          "model.in_featurs=8", cwd=tmp_path)  # fmt: skip
+    typo = ["--config-dir", str(tmp_path / "conf"), "model=lin", "model.in_featurs=8"]
+    proc = cli_in_process(*typo, cwd=tmp_path)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         "config error: model.in_featurs=8: Linear has no argument 'in_featurs'; it takes "
