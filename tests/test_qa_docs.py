@@ -79,6 +79,9 @@ def test_a_target_nodes_unknown_key_is_told_by_the_class(tmp_path):
     assert err.value.rule == (
         "model does not list it; Linear takes it: give it as +model.out_features=3"
     )
+    with pytest.raises(ConfigError) as err:  # no class named yet: as start-up says it
+        compose_config(["model=target", "model.width=3"])
+    assert str(err.value) == "model._target_='???': must be set (it has no default)"
 
 
 # -- the docs' lists stay complete -----------------------------------------------------------

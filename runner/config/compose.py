@@ -131,6 +131,8 @@ def target_key(parent: str, node: dict[str, Any], line: str, value: Any) -> Conf
     it needs only the `+` (a key the config file does not list yet)."""
     key = line.split("=", 1)[0]
     name = key.rpartition(".")[2]
+    if node["_target_"] == "???":  # model=target with no class named yet: that first
+        return ConfigError(f"{parent}._target_", "???", "must be set (it has no default)")
     try:
         target = binder.locate(parent, node)
     except ConfigError as err:  # not importable: that is the problem to fix first
