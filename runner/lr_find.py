@@ -28,6 +28,23 @@ from schedulers import ConfigError
 # a range test's dir: outputs/lr_find/<name>/<date>_<time>, named as a run's (conf/config.yaml)
 RUN_DIR = "outputs/lr_find/${run_name:}/${now:%Y-%m-%d}_${now:%H-%M-%S-%f}"
 
+# --help: what the range test does, then Hydra's list of groups and keys under its own words
+# (conf/config.yaml's header and footer are training's: "schedlab: train a PyTorch model")
+HELP = """python -m runner.lr_find <overrides>: the LR range test (Smith 2017) on the model,
+optimizer and data these overrides give a training run. It raises the lr every batch from
+lr_find.start_lr to lr_find.end_lr, stops once the loss diverges, prints three suggested lrs
+and the training command with the one lr_find.suggestion picks, and writes lr_find.png and
+lr_find.csv under outputs/lr_find/ (docs/lr-find.md).
+
+Examples:
+  python -m runner.lr_find model=lenet logger=none
+  python -m runner optimizer.lr=find               # the same test first, then training
+"""
+HELP_OVERRIDES = [
+    "hydra.help.header='Its groups and keys, as for python -m runner:'",
+    "hydra.help.footer='Override any key as key=value; the lr_find.* keys set the test itself.'",
+]
+
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float:
@@ -62,6 +79,9 @@ def cli() -> None:
     into a new dir: a sweep (-m) or resume= (whose dir would be a training run's) is
     refused the same way."""
     sys.argv[1:] = argv = options_first(sys.argv[1:])
+    if {"--help", "-h"} & set(argv):
+        print(HELP)
+        sys.argv += HELP_OVERRIDES
     if "-m" in argv or "--multirun" in argv:
         print(
             "config error: -m: the LR range test is one run; run it once per config",

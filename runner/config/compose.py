@@ -4,7 +4,9 @@ and tests. Same config dir and same composition as `python -m runner`."""
 from __future__ import annotations
 
 import contextlib
+import difflib
 import os
+import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -13,9 +15,11 @@ import yaml
 from hydra import compose, initialize_config_dir
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import ConfigCompositionException, HydraException
+from omegaconf import DictConfig, OmegaConf
 from omegaconf._utils import get_yaml_loader  # what OmegaConf.load reads with (2.3)
 
-from schedulers import ConfigError
+from schedulers import ConfigError, binder
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 
@@ -71,9 +75,77 @@ def compose_config(
     overrides: list[str], with_hydra: bool = False, config_dirs: Sequence[str] = ()
 ) -> Any:
     """The job's config; `with_hydra` keeps Hydra's own node (launcher, sweep dir, ...).
-    `config_dirs` are a user's own config dirs (`--config-dir`), searched before conf/."""
-    with searched_first(config_dirs), initialize_config_dir(str(CONF), version_base="1.3"):
-        return compose("config", overrides=overrides, return_hydra_config=with_hydra)
+    `config_dirs` are a user's own config dirs (`--config-dir`), searched before conf/.
+    A key its node does not have is a ConfigError (unknown_key)."""
+    try:
+        with searched_first(config_dirs), initialize_config_dir(str(CONF), version_base="1.3"):
+            return compose("config", overrides=overrides, return_hydra_config=with_hydra)
+    except ConfigCompositionException as err:
+        typo = unknown_key(err, overrides, config_dirs)
+        if typo is None:
+            raise
+        raise typo from None
+
+
+# Hydra's message for `optimizer.lrr=0.1`, a key its node does not have
+_NOT_IN_NODE = re.compile(r"Could not override '([^']+)'\.\s+To append to your config use \+")
+
+
+def unknown_key(
+    err: ConfigCompositionException, overrides: Sequence[str], config_dirs: Sequence[str]
+) -> ConfigError | None:
+    """A typo'd key (`optimizer.lrr=0.1`) as start-up's check says `+optimizer.lrr=0.1`:
+    unknown, the node's keys listed, the closest named. Hydra's own message tells the user
+    to append it with `+`, which only moves the failure on (start-up refuses the key). In a
+    node whose keys are a class's arguments (`_target_`) the class decides (target_key).
+    None: not such an error (Hydra's stays)."""
+    found = _NOT_IN_NODE.search(str(err))
+    if found is None or found.group(1).startswith("hydra."):
+        return None
+    key = found.group(1)
+    parent, _, name = key.rpartition(".")
+    parsed = OverridesParser.create().parse_overrides(list(overrides))
+    given = [o for o in parsed if o.key_or_group == key]
+    rest = [o.input_line or "" for o in parsed if o.key_or_group != key]
+    try:
+        cfg = compose_config(rest, config_dirs=config_dirs)
+    except (HydraException, ConfigError):
+        return None
+    node = OmegaConf.select(cfg, parent) if parent else cfg
+    if not isinstance(node, DictConfig) or not given:
+        return None
+    values = OmegaConf.to_container(node, resolve=False)
+    if "_target_" in values:
+        return target_key(parent, values, given[0].input_line or key, given[0].value())
+    keys = [k for k, v in values.items() if parent or not isinstance(v, dict)]  # root: no groups
+    close = difflib.get_close_matches(name, keys, n=1)
+    meant = f": did you mean {parent + '.' if parent else ''}{close[0]}?" if close else ""
+    return ConfigError(
+        key, given[0].value(), f"unknown key; {parent or 'the config'} has {keys}{meant}"
+    )
+
+
+def target_key(parent: str, node: dict[str, Any], line: str, value: Any) -> ConfigError:
+    """`model.widht=8` where model is a class's arguments: a class that has no such argument
+    is told as start-up's bind check tells `+model.widht=8` (docs/project.md); one that takes
+    it needs only the `+` (a key the config file does not list yet)."""
+    key = line.split("=", 1)[0]
+    name = key.rpartition(".")[2]
+    if node["_target_"] == "???":  # model=target with no class named yet: that first
+        return ConfigError(f"{parent}._target_", "???", "must be set (it has no default)")
+    try:
+        target = binder.locate(parent, node)
+    except ConfigError as err:  # not importable: that is the problem to fix first
+        return err
+    if binder.accepts(target, name) or binder.takes_any_keyword(target):
+        why = f"{parent} does not list it; {binder.label(node)} takes it: give it as +{line}"
+        return ConfigError(key, value, why)
+    try:
+        binder.need_call(parent, target, {name: value})
+    except ConfigError as err:
+        if err.key == key:  # "<class> has no argument '<name>'; it takes [...]"
+            return err
+    return ConfigError(key, value, f"{binder.label(node)} has no argument '{name}'")
 
 
 def one_line(err: Exception) -> str:

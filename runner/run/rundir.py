@@ -284,18 +284,23 @@ def diverged_from(status: dict[str, Any] | None, epoch: int) -> dict[str, Any] |
     return status if status.get("epochs_done") == epoch + 1 else None
 
 
-def nothing_to_do(run_dir: Path, status: dict[str, Any]) -> str:
+def nothing_to_do(run_dir: Path, status: dict[str, Any], cfg: DictConfig) -> str:
+    """The line for a run with nothing left to train. Its way to more epochs is resume= only
+    where the run can be extended (the default cosine cannot: T_max null)."""
     if status.get("status") == "diverged":
         return (
             f"{run_dir} diverged in epoch {status['epochs_done'] - 1} ({scores(status)}): "
             "nothing to do, the same config "
             "diverges again from its last.pt; try a smaller optimizer.lr in a new run"
         )
-    return (
-        f"{run_dir} is already complete ({status['epochs_done']} epochs, {scores(status)}): "
-        "nothing to do; to train longer: "
-        f"resume={run_dir} epochs=<more>"
-    )
+    done = f"{run_dir} is already complete ({status['epochs_done']} epochs, {scores(status)})"
+    blocker = extend_blocker(cfg.scheduler) or swa_extend_blocker(cfg.trainer)
+    if blocker is not None:
+        return (
+            f"{done}: nothing to do; it cannot be extended ({blocker[1]}): to train longer, "
+            "start a new run with epochs=<more>"
+        )
+    return f"{done}: nothing to do; to train longer: resume={run_dir} epochs=<more>"
 
 
 # -- one run per run dir -------------------------------------------------------------------------
@@ -454,7 +459,7 @@ def check_run_dir(
     state = state if state is not None else checkpoint.load(last)
     status = finished(files.read_json(run_dir / "status.json"), saved.epochs)
     if status is not None and state["progress"]["epoch"] >= saved.epochs:
-        return nothing_to_do(run_dir, status)
+        return nothing_to_do(run_dir, status, saved)
     check_same_data(state, plain(saved.data))  # a run to continue: on the data it trained on
     return None
 
@@ -534,7 +539,7 @@ def decide(
     if ended is None and not changes:
         ended = diverged_from(status, start_epoch)
     if ended is not None:  # nothing to train: no W&B run, no file touched
-        log.info(nothing_to_do(run_dir, ended))
+        log.info(nothing_to_do(run_dir, ended, cfg))
         diverged = ended["status"] == "diverged"
         epochs_done = ended["epochs_done"] if diverged else start_epoch
         done = Result(ended["status"], ended.get("best_val_acc", 0.0), epochs_done)
