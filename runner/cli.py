@@ -17,7 +17,15 @@ from hydra.errors import HydraException
 from omegaconf import open_dict
 from omegaconf.errors import OmegaConfBaseException
 
-from runner.config.compose import CONF, check_yaml_files, compose_config, expand, one_line
+from runner.config.compose import (
+    CONF,
+    check_yaml_files,
+    compose_config,
+    expand,
+    given,
+    one_line,
+    own_component_error,
+)
 from runner.io.files import WRITE_ERRNOS
 from runner.sweep.launch import check_callbacks, check_launcher, check_sweeper
 from schedulers import ConfigError
@@ -37,14 +45,6 @@ def config_dirs(argv: list[str]) -> list[str]:
         elif arg.startswith("--config-dir="):
             dirs.append(arg.split("=", 1)[1])
     return dirs
-
-
-def given(argv: list[str]) -> dict[str, str]:
-    """The command's `key=value` overrides by key (`+` dropped, quotes around values too)."""
-    return {
-        k.lstrip("+"): v.strip("'\"")
-        for k, v in (a.split("=", 1) for a in argv if not a.startswith("-") and "=" in a)
-    }
 
 
 def check_config_dirs(dirs: list[str], key: str = "--config-dir") -> None:
@@ -210,51 +210,6 @@ def check_joblib(launcher: Any) -> None:
     if launcher.get("n_jobs") == 0:  # an int: the launcher's structured config says so
         why = "must be the number of jobs at once (>= 1), or -1 for one per CPU core"
         raise ConfigError("hydra.launcher.n_jobs", 0, f"{why} (-2: all but one, ...)")
-
-
-# the groups whose `target` option takes a class of the user's by its import path
-TARGET_GROUPS = ("model", "optimizer", "scheduler")
-
-
-def own_component_error(message: str, overrides: list[str]) -> ConfigError | None:
-    """A user's own class set on a built-in option: model._target_=mypkg.Net under the
-    default model=mlp, or data.train's keys under data=digits. Hydra answers "use
-    +model._target_=...", which hands the built-in's keys (name, hidden) to the user's class,
-    a second error. What they need is the option that takes a `_target_`."""
-    preset = re.search(r"In '([\w-]+)/([\w-]+)': Could not override '[\w-]+@\1\.", message)
-    if preset is not None:  # its defaults' `override /model: x` read as experiment.model
-        group, name = preset.groups()
-        return ConfigError(
-            f"+{group}",
-            name,
-            f"{group}/{name}.yaml overrides other groups, so it sets the config's own keys: "
-            "start it with the line `# @package _global_` (as conf/experiment/*.yaml do)",
-        )
-    found = re.search(r"Could not override '([\w.]+)'", message)
-    if found is None:
-        return None
-    key = found.group(1)
-    value = given(overrides).get(key)
-    group, _, rest = key.partition(".")
-    if group in TARGET_GROUPS and rest == "_target_":
-        return ConfigError(
-            key,
-            value,
-            f"a class of your own takes {group}=target: {group}=target {key}={value} "
-            f"(its other arguments: +{group}.<arg>=...; docs/project.md)",
-        )
-    split = rest.split(".")[0]
-    no_split = f"Key '{split}' is not in struct" in message  # a built-in data set's node
-    if group == "data" and split in ("train", "val") and (no_split or rest.endswith("_target_")):
-        return ConfigError(
-            key,
-            value,
-            "a Dataset of your own takes data=dataset, each split given as one node: "
-            "data=dataset 'data.train={_target_: mypkg.MyData, root: data/train}' "
-            "'data.val={_target_: mypkg.MyData, root: data/val}' (or a data/<name>.yaml of "
-            "your own under --config-dir: docs/project.md, Your data)",
-        )
-    return None
 
 
 def primary_hint(dirs: list[str]) -> str:
