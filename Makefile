@@ -21,11 +21,11 @@ install: $(STAMP) ## create .venv and install schedlab with its dev tools
 train: $(STAMP) ## train the default job (MLP on the bundled digits, cosine lr); ARGS="..." adds overrides
 	$(BIN)/python -m runner $(ARGS)
 
-test: $(STAMP) ## run the test suite (in parallel on all cores; prints the 15 slowest, to see where its 10 minutes go)
+test: $(STAMP) ## run the test suite (in parallel on all cores; prints the 15 slowest, to see where its ~8-9 minutes go)
 	$(BIN)/python -m pytest -n auto --durations=15 $(ARGS)
 
 # tests.reach fails the tier if a module of runner/, schedulers/ or hydra_plugins/ ran no function
-test-fast: $(STAMP) ## the tests a change can wait for (~2 min): all but those marked slow, every module run
+test-fast: $(STAMP) ## the tests a change can wait for (~1.5 min): all but those marked slow, every module run
 	$(BIN)/python -m pytest -n auto -m "not slow" -p tests.reach $(ARGS)
 
 lecture: $(STAMP) ## reproduce the whole lecture -> outputs/lecture/<time>/index.html (ARGS="fresh=true")
@@ -63,5 +63,6 @@ format: $(STAMP) ## apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-clean: ## remove the venv and all run outputs
-	rm -rf $(VENV) outputs/runs outputs/multirun outputs/lr_find .pytest_cache .ruff_cache
+clean: ## remove the venv and all run outputs (everything under outputs/ but its README)
+	rm -rf $(VENV) .pytest_cache .ruff_cache
+	find outputs -mindepth 1 -maxdepth 1 ! -name README.md -exec rm -rf {} +

@@ -9,6 +9,7 @@ import io
 import os
 import re
 import shlex
+import subprocess
 import sys
 from pathlib import Path
 
@@ -322,3 +323,22 @@ def test_the_range_tests_help_says_what_it_does_not_what_training_does(tmp_path)
     assert "lr_find:\n  start_lr: 1.0e-06" in proc.stdout  # Hydra's list of keys follows
     assert "the lr_find.* keys set the test itself" in proc.stdout
     assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_make_clean_removes_every_run_output_but_the_readme(tmp_path):
+    """`make clean` says it removes all run outputs: every folder the commands write under
+    outputs/ (runs, multirun, lr_find, budgets, lecture, preview, ...), not only three."""
+    repo = Path(__file__).resolve().parents[1]
+    (tmp_path / "outputs").mkdir()
+    (tmp_path / "outputs" / "README.md").write_text("kept\n")
+    for made in ("runs/a/b", "multirun/x", "budgets/y", "lecture/z", "preview/p", "lecture_curves"):
+        (tmp_path / "outputs" / made).mkdir(parents=True)
+        (tmp_path / "outputs" / made / "f").write_text("x")
+    (tmp_path / ".venv" / "bin").mkdir(parents=True)
+    makefile = str(repo / "Makefile")
+    out = subprocess.run(
+        ["make", "-s", "-f", makefile, "clean"], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    assert sorted(p.name for p in (tmp_path / "outputs").iterdir()) == ["README.md"]
+    assert not (tmp_path / ".venv").exists()
