@@ -54,7 +54,7 @@ from runner.io.files import (
 )
 from runner.sweep import sweepdir
 from runner.sweep.sweepdir import record_refused
-from runner.train.stopping import SIGNALS, stop_on_signals
+from runner.train.stopping import SIGNALS, exit_on_signals, stop_on_signals
 from schedulers import ConfigError
 
 EXIT_DIVERGED = 3
@@ -332,9 +332,10 @@ def _write_error(err: BaseException | None) -> OSError | None:
 
 def cli() -> None:
     global _CLI_STOP
-    sys.argv[1:] = quote_run_dirs(options_first(sys.argv[1:]))
-    check_composition(sys.argv[1:])
-    check_resume_dir(sys.argv[1:])
+    with exit_on_signals():  # checks that write nothing: a signal ends the command at once
+        sys.argv[1:] = quote_run_dirs(options_first(sys.argv[1:]))
+        check_composition(sys.argv[1:])
+        check_resume_dir(sys.argv[1:])
     multirun = "-m" in sys.argv or "--multirun" in sys.argv
     with ExitStack() as held:
         if not multirun:  # from before the run dir is made: a signal then is start-up's
