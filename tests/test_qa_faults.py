@@ -56,3 +56,39 @@ def test_a_write_that_fails_under_hydras_files_names_the_file(tmp_path):
     config = Path(tmp_path, "run", ".hydra", "config.yaml").resolve()
     assert proc.stderr == f"error: cannot write {config}: File too large\n"  # was `?`
     assert not (tmp_path / "run" / "last.pt").exists()
+
+
+# `python -m runner <args>` whose disk fills up once the run starts: no file may grow past
+# the size train.log has then (a real failed write, EFBIG, as ENOSPC on a full disk), so
+# train.log's next line is the first write to fail
+DISK_FILLS_AT_THE_START = """
+import resource, runpy, signal, sys
+from pathlib import Path
+import torch._dynamo  # its import writes a probe into the temp dir: before the disk is full
+import runner.run.train as t
+real = t.train
+def train(cfg, run_dir, **kwargs):
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
+    size = (Path(run_dir) / "train.log").stat().st_size
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
+    return real(cfg, run_dir, **kwargs)
+t.train = train
+sys.argv = ["runner", *sys.argv[1:]]
+runpy.run_module("runner", run_name="__main__", alter_sys=True)
+"""
+
+
+@pytest.mark.slow
+def test_a_train_log_the_disk_cannot_take_is_one_warning_not_a_trace_per_line(tmp_path):
+    proc = run_python(
+        "-c", DISK_FILLS_AT_THE_START, "epochs=1", "logger=none", "hydra.run.dir=run",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    log = Path(tmp_path, "run", "train.log").resolve()
+    lines = proc.stderr.splitlines()
+    warning = f"warning: cannot write {log}: File too large: its lines go to the console only"
+    assert lines.count(warning) == 1, proc.stderr[-3000:]  # was a trace for every line
+    assert "Traceback" not in proc.stderr and "Logging error" not in proc.stderr
+    assert lines[-1].startswith("error: cannot write ")  # the run's first record it cannot write
+    assert "mlp on digits" in proc.stdout  # every line still on the console
