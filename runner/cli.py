@@ -149,6 +149,8 @@ def check_composition(argv: list[str]) -> None:
                 del composed["hydra"]
             validate_and_hand_on(composed)  # the job takes the result: checked once
     except (HydraException, ConfigError, OmegaConfBaseException) as err:
+        if not isinstance(err, ConfigError) and (kept := kept_on_resume(argv, err)) is not None:
+            config_error(kept)  # not Hydra's "+key" advice, which resume= refuses too
         hint = "" if isinstance(err, ConfigError) else primary_hint(dirs)
         print(f"config error: {one_line(err)}{hint}", file=sys.stderr)
         sys.exit(EXIT_CONFIG)
@@ -187,6 +189,39 @@ def check_joblib(launcher: Any) -> None:
     if launcher.get("n_jobs") == 0:  # an int: the launcher's structured config says so
         why = "must be the number of jobs at once (>= 1), or -1 for one per CPU core"
         raise ConfigError("hydra.launcher.n_jobs", 0, f"{why} (-2: all but one, ...)")
+
+
+def kept_on_resume(argv: list[str], err: Exception) -> ConfigError | None:
+    """A resume= command that fails to compose because it sets a key of the saved run's own
+    config groups (`resume=<dir> data.train_size=64`: the default data group has no such
+    key, and Hydra advises `+data.train_size`, which resume= refuses too): that key, refused
+    as resume= refuses a changed one, with the saved value. None for any other error."""
+    keys = given(argv)
+    value = keys.get("resume", "")
+    failed = re.match(r"Could not override '([^']+)'", str(err))
+    if failed is None or value.lower() in ("", "null", "none", "false"):
+        return None
+    key = failed.group(1)
+    target = Path(keys.get("hydra.run.dir", "") if value.lower() == "true" else value)
+    try:
+        node: Any = yaml.safe_load((target / "config.yaml").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None  # no run there, or a damaged one: resume's own checks say which
+    for part in key.split("."):
+        node = node.get(part, KeyError) if isinstance(node, dict) else KeyError
+    if node is KeyError or key not in keys:
+        return None  # a key the run has not either: Hydra's message stands
+    try:
+        new = yaml.safe_load(keys[key])
+    except yaml.YAMLError:  # Hydra's grammar, not YAML's: the text as given
+        new = keys[key]
+    same = new == node  # Hydra cannot compose it either way
+    return ConfigError(
+        key,
+        new,
+        f"a resumed run keeps the config saved in {target}/config.yaml ({key}={node!r} there"
+        + (" already): leave it out" if same else "): leave it out, or start a new run"),
+    )
 
 
 def primary_hint(dirs: list[str]) -> str:

@@ -1,6 +1,8 @@
 """Faults a user meets (session 19 QA): a signal in the checks every command starts with,
 before anything is written, ends it in one line; a full disk under Hydra's own files names
-the file even when the write (not the open) fails, as on a real full disk."""
+the file even when the write (not the open) fails, as on a real full disk; train.log on a
+full disk is one warning, not a trace per line; resume= with a key of the saved run's own
+config groups is refused as resume= refuses it, not with Hydra's "+key" advice."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import run_python
+from tests.helpers import cli_in_process, run_python
 
 # `python -m runner <args>` with the signal arriving twice (Ctrl-C twice quickly) while the
 # CLI composes and validates the config: seconds of every command's start (torch imported)
@@ -92,3 +94,23 @@ def test_a_train_log_the_disk_cannot_take_is_one_warning_not_a_trace_per_line(tm
     assert "Traceback" not in proc.stderr and "Logging error" not in proc.stderr
     assert lines[-1].startswith("error: cannot write ")  # the run's first record it cannot write
     assert "mlp on digits" in proc.stdout  # every line still on the console
+
+
+@pytest.mark.parametrize(
+    ("value", "then"),
+    [("64", " already): leave it out"), ("128", "): leave it out, or start a new run")],
+)
+def test_resume_with_a_key_of_the_runs_own_data_group_is_refused_naming_the_saved_value(
+    tmp_path, value, then
+):
+    """data.train_size is fake's, not the default data group's: Hydra failed to compose the
+    command and advised `+data.train_size=...`, even for the value the run has."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("epochs: 3\ndata:\n  name: fake\n  train_size: 64\n")
+    proc = cli_in_process("resume=run", f"data.train_size={value}", "epochs=5", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr == (
+        f"config error: data.train_size={value}: a resumed run keeps the config saved in "
+        f"run/config.yaml (data.train_size=64 there{then}\n"
+    )
