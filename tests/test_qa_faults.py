@@ -2,7 +2,8 @@
 before anything is written, ends it in one line; a full disk under Hydra's own files names
 the file even when the write (not the open) fails, as on a real full disk; train.log on a
 full disk is one warning, not a trace per line; resume= with a key of the saved run's own
-config groups is refused as resume= refuses it, not with Hydra's "+key" advice."""
+config groups is refused as resume= refuses it, not with Hydra's "+key" advice; a config.yaml
+a hand edit broke says which line and what is wrong there."""
 
 from __future__ import annotations
 
@@ -113,4 +114,19 @@ def test_resume_with_a_key_of_the_runs_own_data_group_is_refused_naming_the_save
     assert proc.stderr == (
         f"config error: data.train_size={value}: a resumed run keeps the config saved in "
         f"run/config.yaml (data.train_size=64 there{then}\n"
+    )
+
+
+def test_a_config_yaml_a_hand_edit_broke_says_which_line_and_what(tmp_path):
+    """PyYAML's text names the file twice before the problem: cut to 120 characters it said
+    `... line 4, column 11` and no more."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("epochs: 3\noptimizer:\n  lr 0.1\n  momentum: 0.9\n")
+    proc = cli_in_process("resume=run", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr == (
+        "config error: resume='run': run/config.yaml is damaged (ScannerError: line 4, "
+        "column 11: mapping values are not allowed here): fix it there (the config the run trained "
+        "with is in run/last.pt: torch.load(...)['config'])\n"
     )
