@@ -15,6 +15,7 @@ dir another one holds is refused, exit 2 (runner/sweep/sweepdir.py).
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 import signal
@@ -54,7 +55,7 @@ from runner.io.files import (
 )
 from runner.sweep import sweepdir
 from runner.sweep.sweepdir import record_refused
-from runner.train.stopping import SIGNALS, stop_on_signals
+from runner.train.stopping import SIGNALS, exit_on_signals, stop_on_signals
 from schedulers import ConfigError
 
 EXIT_DIVERGED = 3
@@ -330,11 +331,27 @@ def _write_error(err: BaseException | None) -> OSError | None:
     return None
 
 
+def _failed_file(err: OSError) -> str:
+    """The file a failed write was writing. Only open() names it in the OSError; a write or
+    close that fails (a disk that fills up: Hydra's `.hydra/config.yaml` opens, then its
+    write fails) names none, so the open file in the innermost frame that held one does."""
+    if err.filename:
+        return str(err.filename)
+    found, tb = "?", err.__traceback__
+    while tb is not None:  # outermost frame first: the innermost one's file wins
+        for value in tb.tb_frame.f_locals.values():
+            if isinstance(value, io.IOBase) and isinstance(getattr(value, "name", None), str):
+                found = value.name
+        tb = tb.tb_next
+    return found
+
+
 def cli() -> None:
     global _CLI_STOP
-    sys.argv[1:] = quote_run_dirs(options_first(sys.argv[1:]))
-    check_composition(sys.argv[1:])
-    check_resume_dir(sys.argv[1:])
+    with exit_on_signals():  # checks that write nothing: a signal ends the command at once
+        sys.argv[1:] = quote_run_dirs(options_first(sys.argv[1:]))
+        check_composition(sys.argv[1:])
+        check_resume_dir(sys.argv[1:])
     multirun = "-m" in sys.argv or "--multirun" in sys.argv
     with ExitStack() as held:
         if not multirun:  # from before the run dir is made: a signal then is start-up's
@@ -371,7 +388,7 @@ def _launch(multirun: bool) -> None:
     except Exception as err:
         cause = _write_error(err)
         if cause is not None:
-            print(f"error: {WriteFailed(cause.filename or '?', cause)}", file=sys.stderr)
+            print(f"error: {WriteFailed(_failed_file(cause), cause)}", file=sys.stderr)
             sys.exit(EXIT_WRITE)
         if full_error:
             raise

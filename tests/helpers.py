@@ -244,12 +244,17 @@ def wandb_records(run_dir: Path, newest: bool = False, index: int | None = None)
 SLOW = ("model=lenet", "data.batch_size=16", "optimizer.lr=0.02", "trainer.progress=line")
 
 
-def start(args: list[str], cwd: Path, own_group: bool = False) -> subprocess.Popen:
+def start(
+    args: list[str], cwd: Path, own_group: bool = False, script: str | None = None
+) -> subprocess.Popen:
     """`python -m runner <args>` started, its output piped. `own_group`: in a process group
     of its own, so that os.killpg reaches its DataLoader workers too (a worker that outlives
-    its SIGKILLed parent keeps the output pipes open, and reading them to the end hangs)."""
+    its SIGKILLed parent keeps the output pipes open, and reading them to the end hangs).
+    `script`: `python -c script <args>` instead (a script that patches the runner, then
+    runs it as `python -m runner` does)."""
+    entry = ["-c", script] if script is not None else ["-m", "runner"]
     return subprocess.Popen(
-        [sys.executable, "-m", "runner", *args],
+        [sys.executable, *entry, *args],
         cwd=cwd,
         env=quiet_env(one_thread=True),
         stdout=subprocess.PIPE,

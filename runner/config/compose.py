@@ -81,8 +81,10 @@ def compose_config(
         with searched_first(config_dirs), initialize_config_dir(str(CONF), version_base="1.3"):
             return compose("config", overrides=overrides, return_hydra_config=with_hydra)
     except ConfigCompositionException as err:
-        typo = own_component_error(one_line(err), overrides) or unknown_key(
-            err, overrides, config_dirs
+        typo = (
+            own_component_error(one_line(err), overrides)
+            or kept_on_resume(overrides, err)  # not Hydra's "+key", which resume= refuses too
+            or unknown_key(err, overrides, config_dirs)
         )
         if typo is None:
             raise
@@ -140,6 +142,39 @@ def own_component_error(message: str, overrides: list[str]) -> ConfigError | Non
             "your own under --config-dir: docs/project.md, Your data)",
         )
     return None
+
+
+def kept_on_resume(argv: list[str], err: Exception) -> ConfigError | None:
+    """A resume= command that fails to compose because it sets a key of the saved run's own
+    config groups (`resume=<dir> data.train_size=64`: the default data group has no such
+    key, and Hydra advises `+data.train_size`, which resume= refuses too): that key, refused
+    as resume= refuses a changed one, with the saved value. None for any other error."""
+    keys = given(argv)
+    value = keys.get("resume", "")
+    failed = re.match(r"Could not override '([^']+)'", str(err))
+    if failed is None or value.lower() in ("", "null", "none", "false"):
+        return None
+    key = failed.group(1)
+    target = Path(keys.get("hydra.run.dir", "") if value.lower() == "true" else value)
+    try:
+        node: Any = yaml.safe_load((target / "config.yaml").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None  # no run there, or a damaged one: resume's own checks say which
+    for part in key.split("."):
+        node = node.get(part, KeyError) if isinstance(node, dict) else KeyError
+    if node is KeyError or key not in keys:
+        return None  # a key the run has not either: Hydra's message stands
+    try:
+        new = yaml.safe_load(keys[key])
+    except yaml.YAMLError:  # Hydra's grammar, not YAML's: the text as given
+        new = keys[key]
+    same = new == node  # Hydra cannot compose it either way
+    return ConfigError(
+        key,
+        new,
+        f"a resumed run keeps the config saved in {target}/config.yaml ({key}={node!r} there"
+        + (" already): leave it out" if same else "): leave it out, or start a new run"),
+    )
 
 
 # Hydra's message for `optimizer.lrr=0.1`, a key its node does not have

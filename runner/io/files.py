@@ -32,6 +32,7 @@ import json
 import logging
 import os
 import secrets
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -181,6 +182,29 @@ class LineAppender:
         if self._file is not None:
             file, self._file = self._file, None
             file.close()
+
+
+class LogFile(logging.FileHandler):
+    """train.log (Hydra's job logging, conf/hydra/job_logging/schedlab.yaml). A line it cannot
+    write for want of space (or on a read-only or failing disk) is said once, in one line,
+    and the file takes no more lines, instead of logging's traceback for every line after:
+    the console still shows them, and the run ends at the first record it cannot write."""
+
+    failed = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.failed:
+            super().emit(record)
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        err = sys.exc_info()[1]
+        if not isinstance(err, OSError) or err.errno not in WRITE_ERRNOS:
+            super().handleError(record)
+            return
+        self.failed = True
+        sys.stderr.write(
+            f"warning: {WriteFailed(self.baseFilename, err)}: its lines go to the console only\n"
+        )
 
 
 def read_jsonl(path: Path | str) -> list[dict[str, Any]]:

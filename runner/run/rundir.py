@@ -47,14 +47,31 @@ def saved_config_path(resume: Any, run_dir: Path) -> Path:
     return target
 
 
+def yaml_problem(err: Exception) -> str:
+    """What a YAML parser found wrong, and where: `line 24, column 1: could not find
+    expected ':'`. Its own text names the file twice first, so one line cut to length kept
+    the file's name and lost the problem."""
+    problem = getattr(err, "problem", None)
+    # where the construct it could not finish starts (the line with the typo), else where
+    # it gave up
+    mark = getattr(err, "context_mark", None) or getattr(err, "problem_mark", None)
+    if mark is not None and problem:
+        return f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
+    return " ".join(str(err).split())[:120]
+
+
 def read_saved_config(target: Path, value: object) -> DictConfig:
     """A run dir's config.yaml, or a ConfigError (key `resume`) saying why it cannot be used."""
     try:
         saved = OmegaConf.load(target / "config.yaml")
-    except Exception as err:  # not YAML at all
-        why = f"{type(err).__name__}: {' '.join(str(err).split())[:120]}"  # one line
+    except Exception as err:  # not YAML at all (a hand edit's typo, a damaged disk)
+        why = f"{type(err).__name__}: {yaml_problem(err)}"
+        last = target / checkpoint.LAST
         raise ConfigError(
-            "resume", str(value), f"{target}/config.yaml is damaged ({why})"
+            "resume",
+            str(value),
+            f"{target}/config.yaml is damaged ({why}): fix it there (the config the run "
+            f"trained with is in {last}: torch.load(...)['config'])",
         ) from None
     if not isinstance(saved, DictConfig):
         raise ConfigError("resume", str(value), f"{target}/config.yaml is not a run config")

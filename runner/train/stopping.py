@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -87,3 +88,32 @@ def stop_on_signals() -> Iterator[StopFlag]:
         yield flag
     finally:
         restore()
+
+
+@contextmanager
+def exit_on_signals() -> Iterator[None]:
+    """Before a command has written anything (the CLI's checks before Hydra: torch imported,
+    the config validated, seconds of every start), SIGINT or SIGTERM ends it at once, in one
+    line and 130/143, instead of a KeyboardInterrupt traceback from whatever import Ctrl-C
+    landed in (a second Ctrl-C added more from the interpreter's exit) or a silent death.
+    Only where the handler is the default: an ignored signal stays ignored, and a
+    launcher's own handler is left alone."""
+    defaults = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL}
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        name = signal.Signals(signum).name
+        sys.stderr.write(f"{name}: stopped before the run started; nothing was written\n")
+        sys.stderr.flush()
+        os._exit(128 + signum)  # nothing to save, and no exit for a second signal to land in
+
+    previous = {s: h for s, h in defaults.items() if signal.getsignal(s) is h}
+    for s in previous:
+        signal.signal(s, handler)
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
