@@ -83,10 +83,8 @@ runpy.run_module("runner", run_name="__main__", alter_sys=True)
 
 @pytest.mark.slow
 def test_a_train_log_the_disk_cannot_take_is_one_warning_not_a_trace_per_line(tmp_path):
-    proc = run_python(
-        "-c", DISK_FILLS_AT_THE_START, "epochs=1", "logger=none", "hydra.run.dir=run",
-        cwd=tmp_path,
-    )  # fmt: skip
+    args = ("epochs=1", "logger=none", "hydra.run.dir=run")
+    proc = run_python("-c", DISK_FILLS_AT_THE_START, *args, cwd=tmp_path)
     assert proc.returncode == 1, proc.stderr[-2000:]
     log = Path(tmp_path, "run", "train.log").resolve()
     lines = proc.stderr.splitlines()
