@@ -169,16 +169,25 @@ def common_overrides(jobs: list[Job]) -> list[str]:
     return [o for o in jobs[0].overrides if o in shared]
 
 
+def in_key_order(overrides: list[str]) -> list[str]:
+    """The overrides sorted by key (stable: one key's own order kept), as Hydra names a
+    job's dir: `seed=3 optimizer.lr=0.2 scheduler=step`, a seed added later to a sweep of
+    `scheduler=step optimizer.lr=0.2 seed=0,1,2`, is the same configuration in the same
+    sweep dir; grouped by the order typed, each configuration was two rows."""
+    return sorted(overrides, key=override_key)
+
+
 def group_jobs(jobs: list[Job]) -> list[Group]:
     """One group per configuration (`configuration`): jobs with the same overrides apart
-    from `seed`, branches of trunks that differ only by seed together. Grouped by the whole
-    configuration, labelled by its short form unless another group's is the same (trunks
-    that differ only in an override their branches set themselves)."""
+    from `seed` and their order, branches of trunks that differ only by seed together.
+    Grouped by the whole configuration, labelled by its short form as first met unless
+    another group's is the same (trunks that differ only in an override their branches set
+    themselves)."""
     common = set(common_overrides(jobs))
     groups: dict[str, Group] = {}
     short: dict[str, str] = {}
     for job in jobs:
-        whole = " ".join(configuration(job, common, short=False)) or "(defaults)"
+        whole = " ".join(in_key_order(configuration(job, common, short=False))) or "(defaults)"
         short.setdefault(whole, " ".join(configuration(job, common)) or "(defaults)")
         groups.setdefault(whole, Group(whole)).jobs.append(job)
     shared = Counter(short.values())

@@ -1,0 +1,75 @@
+"""Exploratory QA of the sweep report (session 19): what a user running
+`python -m runner -m scheduler=step,cosine,plateau seed=0,1,2` and adding to it later would
+read wrong. Each test pins a fix; all in-process on run dirs written without training."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from runner.sweep.report import write_report
+from tests.helpers import report_rows, write_job
+
+
+def rows_of(best: float, epochs: int = 3) -> list[dict]:
+    """Epoch rows whose val/acc peaks at `best` on the last epoch."""
+    return [
+        {
+            "epoch": e,
+            "lr/group0": 0.1,
+            "val/acc": best - 0.01 * (epochs - 1 - e),
+            "val/loss": 1.0 - best / 2,
+        }
+        for e in range(epochs)
+    ]
+
+
+def job(sweep: Path, overrides: list[str], seed: int, best: float, status="completed") -> Path:
+    """A job dir as the runner leaves it, named as Hydra names it (overrides sorted)."""
+    path = sweep / ",".join(sorted([*overrides, f"seed={seed}"]))
+    write_job(path, [*overrides, f"seed={seed}"], seed, status, rows_of(best))
+    return path
+
+
+def test_a_seed_added_later_with_its_overrides_typed_in_another_order_joins_its_rows(
+    tmp_path,
+):
+    """`-m scheduler=step,cosine optimizer.lr=0.05,0.2 seed=0,1` and later, into the same
+    dir, `-m seed=2 optimizer.lr=0.05,0.2 scheduler=step,cosine`: the same 4 configurations
+    (their job dirs, named by Hydra in key order, are shared). The report grouped by the
+    order typed: 8 rows, each configuration split into one of 2 seeds and one of 1 seed."""
+    sweep = tmp_path / "sweep"
+    for schedule in ("step", "cosine"):
+        for lr in ("0.05", "0.2"):
+            for seed in (0, 1):
+                job(sweep, [f"scheduler={schedule}", f"optimizer.lr={lr}"], seed, 0.9)
+            job(sweep, [f"optimizer.lr={lr}", f"scheduler={schedule}"], 2, 0.9)
+    write_report(sweep)
+    rows = report_rows(sweep)
+    assert sorted(rows) == [  # labelled as first met (dirs in name order: seed 0's)
+        "scheduler=cosine optimizer.lr=0.05",
+        "scheduler=cosine optimizer.lr=0.2",
+        "scheduler=step optimizer.lr=0.05",
+        "scheduler=step optimizer.lr=0.2",
+    ]
+    assert {r["n"] for r in rows.values()} == {"3"}
+
+
+def test_the_budget_view_joins_a_strategy_typed_in_two_orders(tmp_path):
+    """The budget view grouped strategies by the order typed too: a 4-epoch sweep typed
+    `optimizer.lr=... scheduler=...` beside a 2-epoch one typed the other way round gave
+    each strategy two lines of one budget each, and no budget question answered."""
+    sweep = tmp_path / "sweep"
+    for schedule, lr in (("cosine", "0.1"), ("step", "0.2")):
+        for seed in (0, 1):
+            short = [f"scheduler={schedule}", f"optimizer.lr={lr}", "epochs=2"]
+            long = [f"optimizer.lr={lr}", f"scheduler={schedule}", "epochs=4"]
+            for overrides, epochs in ((short, 2), (long, 4)):
+                told = [*overrides, f"seed={seed}"]
+                write_job(
+                    sweep / ",".join(sorted(told)), told, seed, "completed", rows_of(0.9, epochs)
+                )
+    text = write_report(sweep)
+    budgets = text.split("## Budgets")[1]
+    assert "| `scheduler=cosine optimizer.lr=0.1` | 2 | 2/2 |" in budgets
+    assert "| `scheduler=cosine optimizer.lr=0.1` | 4 | 2/2 |" in budgets
+    assert "optimizer.lr=0.1 scheduler=cosine" not in budgets
