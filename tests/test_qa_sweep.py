@@ -73,3 +73,33 @@ def test_the_budget_view_joins_a_strategy_typed_in_two_orders(tmp_path):
     assert "| `scheduler=cosine optimizer.lr=0.1` | 2 | 2/2 |" in budgets
     assert "| `scheduler=cosine optimizer.lr=0.1` | 4 | 2/2 |" in budgets
     assert "optimizer.lr=0.1 scheduler=cosine" not in budgets
+
+
+def ranks(text: str) -> dict[str, str]:
+    """The table's rank per configuration."""
+    out = {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.split("|")]
+        if len(cells) > 3 and cells[2].startswith("`") and cells[1].lstrip("=").isdigit():
+            out[cells[2].strip("`")] = cells[1]
+    return out
+
+
+def test_configurations_with_no_seed_in_common_share_a_rank_as_the_headline_says(tmp_path):
+    """`-m scheduler=step seed=0,1,2` and later `-m scheduler=cosine seed=3,4,5` into the
+    same dir: no pair to compare, and the headline said "tied with `scheduler=step` (no
+    shared seed)" above a table ranking cosine 1 and step 2, as if it had been beaten."""
+    sweep = tmp_path / "sweep"
+    for seed, best in zip((0, 1, 2), (0.90, 0.92, 0.91), strict=True):
+        job(sweep, ["scheduler=step"], seed, best)
+    for seed, best in zip((3, 4, 5), (0.93, 0.92, 0.94), strict=True):
+        job(sweep, ["scheduler=cosine"], seed, best)
+    job(sweep, ["scheduler=plateau"], 0, 0.5, status="diverged")  # no value: no rank shared
+    text = write_report(sweep)
+    assert "tied with `scheduler=step` (no shared seed)" in text
+    assert ranks(text) == {
+        "scheduler=cosine": "1",
+        "scheduler=step": "=1",
+        "scheduler=plateau": "3",
+    }
+    assert "; or with no completed seed in common to compare them on)." in text

@@ -189,11 +189,15 @@ def markdown(
         "|---|---|---|---|---|---|---|" + "---|" * len(columns) + "---|---|",
     ]
     ties = {frozenset((c.a, c.b)) for c in comparisons if c.tie}
-    rank, leader = 0, None
+    paired = {frozenset((c.a, c.b)) for c in comparisons}
+    rank, leader, unpaired = 0, None, False
     for i, r in enumerate(rows):
         # a rank is shared only with its first row: tied with the one above is not enough,
         # as ties chain (1 = 2 and 2 = 3 while 1 is significantly better than 3)
-        tied = leader is not None and frozenset((leader, r["config"])) in ties
+        pair = frozenset((leader, r["config"]))
+        alone = leader is not None and pair not in paired and _ranked(r, metric)
+        tied = leader is not None and (pair in ties or alone)
+        unpaired |= alone
         if not tied:
             rank, leader = i + 1, r["config"]
         label = f"={rank}" if tied else str(rank)
@@ -223,7 +227,9 @@ def markdown(
             "",
             f"The ranking metric, {_name(metric)}, is in bold; `=n` marks a rank "
             "shared with the first row of that rank (not significantly different from "
-            "it after Holm's correction).",
+            "it after Holm's correction"
+            + ("; or with no completed seed in common to compare them on" if unpaired else "")
+            + ").",
             "",
         ]
         lines += compare_markdown(comparisons, metric)
@@ -233,6 +239,11 @@ def markdown(
     )
     lines += ["", images, ""]
     return "\n".join(lines)
+
+
+def _ranked(row: dict[str, Any], metric: str) -> bool:
+    """The row has a value of the ranking metric (completed runs that logged it)."""
+    return not math.isnan(row[f"{metric}_mean"])
 
 
 def table_metrics(rows: Sequence[dict[str, Any]], metric: str) -> list[str]:
@@ -254,7 +265,7 @@ def _tied_with_top(
     by_pair = {frozenset((c.a, c.b)): c for c in comparisons}
     tied = []
     for r in rows[1:]:
-        if math.isnan(r[f"{metric}_mean"]):
+        if not _ranked(r, metric):
             continue  # no completed run: in the table, not in the running for first
         c = by_pair.get(frozenset((top, r["config"])))
         if c is None:
