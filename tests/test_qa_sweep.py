@@ -103,3 +103,31 @@ def test_configurations_with_no_seed_in_common_share_a_rank_as_the_headline_says
         "scheduler=plateau": "3",
     }
     assert "; or with no completed seed in common to compare them on)." in text
+
+
+def test_a_winner_that_diverged_on_some_seeds_says_so_in_the_headline(tmp_path):
+    """cosine beat step on the 6 seeds it completed and diverged on the other 2: the
+    headline named it "Winner ... significantly better than every other configuration"
+    without a word of the 2 seeds its mean and comparisons leave out."""
+    sweep = tmp_path / "sweep"
+    noise = [0.004, -0.006, 0.005, -0.003, 0.0, 0.002, -0.001, 0.003]
+    for seed, e in enumerate(noise):
+        job(sweep, ["scheduler=step"], seed, 0.90 + e)
+        diverged = seed >= 6
+        job(
+            sweep, ["scheduler=cosine"], seed, 0.95 + e / 2, "diverged" if diverged else "completed"
+        )
+    line = write_report(sweep).splitlines()[2]
+    assert line.startswith("**Winner: `scheduler=cosine`**")
+    assert line.endswith(
+        " Of `scheduler=cosine`'s 8 runs, 2 diverged: left out of its mean and comparisons, "
+        "which are over its 6 completed run(s)."
+    )
+    alone = tmp_path / "alone"
+    job(alone, ["scheduler=step"], 0, 0.9)
+    job(alone, ["scheduler=cosine"], 0, 0.1, "diverged")
+    job(alone, ["scheduler=plateau"], 0, 0.1, "failed")
+    assert write_report(alone).splitlines()[2] == (
+        "Only `scheduler=step` has completed runs (the others: 1 diverged and 1 failed): "
+        "nothing to rank it against."
+    )

@@ -302,20 +302,42 @@ def headline(rows: list[dict[str, Any]], comparisons: list[Comparison], metric: 
         return ""
     first, second = rows[0], rows[1]
     if math.isnan(second[mean]):
-        return f"Only `{first['config']}` has completed runs: nothing to rank it against."
+        others = _outcomes([r for r in rows[1:] if not _ranked(r, metric)])
+        return (
+            f"Only `{first['config']}` has completed runs (the others: {others}): nothing to "
+            f"rank it against.{_uncounted(first)}"
+        )
     how = f"by mean {_name(metric)} (paired by seed, Holm-corrected, family-wise error {ALPHA:g})"
     if tied := _tied_with_top(rows, comparisons, metric):
         names = _join([f"`{r['config']}`{why}" for r, why in tied])
         return (
             f"**No significant winner** {how}: `{first['config']}` leads, tied with "
-            f"{names}. {_values([first, *(r for r, _ in tied)], metric)}"
+            f"{names}. {_values([first, *(r for r, _ in tied)], metric)}{_uncounted(first)}"
         )
     gap = abs(first[mean] - second[mean])
     lower = "" if METRICS[metric][2] else " (lower is better)"
     return (
         f"**Winner: `{first['config']}`** {how}: significantly better than every other "
         f"configuration; ahead of `{second['config']}` by {gap:.4f}{lower}. "
-        f"{_values([first, second], metric)}"
+        f"{_values([first, second], metric)}{_uncounted(first)}"
+    )
+
+
+def _outcomes(rows: Sequence[dict[str, Any]]) -> str:
+    """How the rows' runs that are no result ended: `3 diverged and 1 failed`."""
+    n = {k: sum(r[k] for r in rows) for k in ("diverged", "failed", "running")}
+    return _join([f"{v} {k}" for k, v in n.items() if v]) or "no runs"
+
+
+def _uncounted(row: dict[str, Any]) -> str:
+    """The leader's runs that are no result (diverged, failed, running), said beside the
+    headline: its mean and its paired comparisons are over its completed seeds only, so a
+    schedule that diverged on some seeds was named the winner by the others alone."""
+    if row["completed"] == row["n"]:
+        return ""
+    return (
+        f" Of `{row['config']}`'s {row['n']} runs, {_outcomes([row])}: left out of its "
+        f"mean and comparisons, which are over its {row['completed']} completed run(s)."
     )
 
 
