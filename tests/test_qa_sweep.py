@@ -6,7 +6,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from runner.sweep.report import write_report
+import pytest
+
+from runner.sweep.report import main, write_report
 from tests.helpers import report_rows, write_job
 
 
@@ -131,3 +133,33 @@ def test_a_winner_that_diverged_on_some_seeds_says_so_in_the_headline(tmp_path):
         "Only `scheduler=step` has completed runs (the others: 1 diverged and 1 failed): "
         "nothing to rank it against."
     )
+
+
+def test_the_report_on_a_dir_that_is_no_sweep_dir_says_which_one_is(tmp_path, capsys):
+    """`python -m runner.sweep.report` on a job's run dir, on outputs/ or on an empty dir
+    said 'no runs found under X (expected <job>/.hydra/)', exit 1: the job's dir has a
+    .hydra/ of its own, and none of them named the sweep dir to give instead."""
+    sweep = tmp_path / "outputs" / "multirun" / "2026-12-07" / "10-00-00"
+    one = job(sweep, ["scheduler=step"], 0, 0.9)
+    (sweep / "multirun.yaml").write_text("{}\n")
+    (tmp_path / "empty").mkdir()
+    said = {}
+    for name, path in (
+        ("job", one),
+        ("outputs", tmp_path / "outputs"),
+        ("empty", tmp_path / "empty"),
+    ):
+        with pytest.raises(SystemExit) as end:
+            main([str(path)])
+        assert end.value.code == 2
+        said[name] = capsys.readouterr().err.strip()
+    assert (
+        said["job"] == f"error: {one}: a job's run dir, not a sweep dir: its sweep dir is {sweep}"
+    )
+    assert said["outputs"] == (
+        f"error: {tmp_path / 'outputs'}: holds 1 sweep dir(s), no job itself: give one, "
+        f"e.g. {sweep}"
+    )
+    assert said["empty"].startswith(f"error: {tmp_path / 'empty'}: no job in it (a sweep dir ")
+    main([str(sweep)])  # the sweep dir itself: its report
+    assert (sweep / "report.md").is_file()

@@ -71,6 +71,31 @@ def metric_stats(jobs: Sequence[Job], metric: str) -> tuple[float, float]:
     return _mean_std([reduce(s) for s in (j.series(key) for j in jobs) if s], math.nan)
 
 
+class NotASweep(FileNotFoundError):
+    """The report's dir holds no job (`<job>/.hydra/overrides.yaml`): a wrong argument."""
+
+
+def why_no_jobs(path: Path) -> str:
+    """Why a dir with no job is not the sweep dir the user meant, and which one is: a run
+    dir (a job's own, or a single run's) or a dir of sweep dirs were both 'no runs found
+    under X (expected <job>/.hydra/)', a hint that the run dir itself matched."""
+    if (path / ".hydra").is_dir():
+        parent = path.resolve().parent
+        if (parent / "multirun.yaml").is_file():
+            return f"a job's run dir, not a sweep dir: its sweep dir is {parent}"
+        return "a single run's dir, not a sweep dir (one made by `python -m runner -m ...`)"
+    # outputs/multirun/<date>/<time> is 3 deep from outputs; no deeper (a dir of data)
+    sweeps = sorted(
+        p.parent for d in ("*", "*/*", "*/*/*") for p in path.glob(f"{d}/multirun.yaml")
+    )
+    if sweeps:
+        return f"holds {len(sweeps)} sweep dir(s), no job itself: give one, e.g. {sweeps[-1]}"
+    return (
+        "no job in it (a sweep dir holds one dir per job, each with .hydra/overrides.yaml; "
+        "e.g. outputs/multirun/<date>/<time>)"
+    )
+
+
 class NoSuchMetric(ValueError):
     """The report's metric is in no completed run's rows (val_avg/* without trainer.average)."""
 
@@ -526,7 +551,7 @@ def write_report(
     jobs = load_jobs(sweep_dir)
     groups = group_jobs(jobs)
     if not groups:
-        raise FileNotFoundError(f"no runs found under {sweep_dir} (expected <job>/.hydra/)")
+        raise NotASweep(f"{sweep_dir}: {why_no_jobs(sweep_dir)}")
     metric = ranking_metric(groups, metric)
     check_metric(groups, metric)
     rows = sorted((summarize(g, target_acc) for g in groups), key=_sort_key(metric))
@@ -637,7 +662,10 @@ def main(argv: list[str] | None = None) -> None:
         metric = args.metric or AUTO
         print(write_report(args.sweep_dir, args.target_acc, metric, suffix, args.also))
     except (FileNotFoundError, WriteFailed) as err:
-        raise SystemExit(f"error: {err}") from None
+        if not isinstance(err, NotASweep):
+            raise SystemExit(f"error: {err}") from None
+        print(f"error: {err}", file=sys.stderr)  # a bad argument: one line, exit 2
+        raise SystemExit(2) from None
     except NoSuchMetric as err:  # a bad argument for these runs: one line, exit 2
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
