@@ -4,10 +4,14 @@ read wrong. Each test pins a fix; all in-process on run dirs written without tra
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
+from runner.sweep.jobs import BASIC_SWEEPER as BASIC
 from runner.sweep.report import main, write_report
 from tests.helpers import report_rows, write_job
 
@@ -163,3 +167,65 @@ def test_the_report_on_a_dir_that_is_no_sweep_dir_says_which_one_is(tmp_path, ca
     assert said["empty"].startswith(f"error: {tmp_path / 'empty'}: no job in it (a sweep dir ")
     main([str(sweep)])  # the sweep dir itself: its report
     assert (sweep / "report.md").is_file()
+
+
+def multirun_yaml(sweep: Path, task: list[str], sweeper: str = BASIC, **params: str) -> None:
+    """The sweep's multirun.yaml as Hydra saves it, as far as `jobs.grid` reads it."""
+    hydra = {"sweeper": {"_target_": sweeper, "params": params or None}}
+    hydra["overrides"] = {"hydra": [], "task": task}
+    (sweep / "multirun.yaml").write_text(yaml.safe_dump({"hydra": hydra}))
+
+
+def test_jobs_a_stopped_sweep_never_started_are_named_under_the_headline(tmp_path):
+    """`-m scheduler=step,cosine,plateau seed=0,1` stopped (Ctrl-C, kill -9) before plateau
+    started: the report (`python -m runner.sweep.report`) showed step and cosine only, its
+    headline naming a leader, with no word of plateau nor of the sweep being unfinished."""
+    sweep = tmp_path / "sweep"
+    for schedule in ("step", "cosine"):
+        for seed in (0, 1):
+            job(sweep, [f"scheduler={schedule}", "epochs=3"], seed, 0.9 + seed / 100)
+    multirun_yaml(sweep, ["scheduler=step,cosine,plateau", "seed=0,1", "epochs=3"])
+    text = write_report(sweep)
+    assert text.splitlines()[4] == (
+        "**2 job(s) of the last sweep into this dir never started** (its multirun.yaml asks "
+        "for them; the sweep stopped before them): `scheduler=plateau seed=0`, "
+        "`scheduler=plateau seed=1`. The table and the verdict leave them out; the same "
+        f"command with `hydra.sweep.dir={sweep.resolve()}` runs them, keeping the finished "
+        "jobs."
+    )
+    # a preset's sweeper params are the grid's too; a whole grid says nothing
+    multirun_yaml(sweep, ["epochs=3"], scheduler="step,cosine", seed="0,1")
+    assert "never started" not in write_report(sweep)
+    # another sweeper chose its own jobs (a race: c<i>_seed<s>): no grid to hold it to
+    multirun_yaml(sweep, ["scheduler=step,cosine,plateau"], sweeper="x.RaceSweeper")
+    assert "never started" not in write_report(sweep)
+
+
+def test_jobs_of_a_running_sweep_not_started_yet_say_so(tmp_path):
+    """The report on a sweep in progress (another process holds its dir): its jobs to come
+    are not started yet, not lost."""
+    sweep = tmp_path / "sweep"
+    job(sweep, ["scheduler=step"], 0, 0.9)
+    multirun_yaml(sweep, ["scheduler=step,cosine", "seed=0"])
+    holder = start_holding(sweep / ".lock")
+    try:
+        text = write_report(sweep)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert (
+        "**1 job(s) of this sweep have not started yet** (the sweep is running): "
+        "`scheduler=cosine`. This report is of the jobs so far." in text
+    )
+
+
+def start_holding(lock: Path) -> subprocess.Popen:
+    """Another process holding `lock` (flock, as a sweep holds its dir) until killed."""
+    code = (
+        "import fcntl, os, sys, time\n"
+        f"fd = os.open({str(lock)!r}, os.O_RDWR | os.O_CREAT)\n"
+        "fcntl.flock(fd, fcntl.LOCK_EX)\nprint('held', flush=True)\ntime.sleep(60)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
+    return proc

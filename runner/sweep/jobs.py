@@ -207,3 +207,46 @@ def one_per_seed(group: Group) -> None:
             first.setdefault(job.seed, job)
     group.repeats = [j for j in group.jobs if j.seed is not None and first[j.seed] is not j]
     group.jobs = [j for j in group.jobs if j.seed is None or first[j.seed] is j]
+
+
+BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+
+
+def grid(sweep_dir: Path) -> list[list[str]] | None:
+    """Every job's overrides of the last sweep into the dir, as Hydra's basic sweeper
+    expanded them from its `multirun.yaml` (hydra.sweeper.params, then the command line's);
+    None when another sweeper ran it (a race, Optuna: their jobs are theirs to choose) or
+    the file cannot be read or expanded (a glob sweep needs the config loader)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    saved = _read_yaml(sweep_dir / "multirun.yaml")
+    try:
+        hydra = saved["hydra"]
+        if hydra["sweeper"]["_target_"] != BASIC_SWEEPER:
+            return None
+        params = [f"{k}={v}" for k, v in (hydra["sweeper"].get("params") or {}).items()]
+        told = params + [str(o) for o in hydra["overrides"]["task"]]
+        parsed = OverridesParser.create().parse_overrides(told)
+        return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+    except (TypeError, KeyError, AttributeError, HydraException):
+        return None
+
+
+def unstarted(sweep_dir: Path, jobs: list[Job]) -> list[str]:
+    """The jobs of the last sweep into the dir (`grid`) that have no run dir, each named by
+    the overrides that vary in the grid: a sweep stopped part-way (Ctrl-C, a kill, a time
+    limit) or still running. A configuration none of whose jobs started was simply absent
+    from the report, whose headline then named a winner among the others."""
+    wanted = grid(sweep_dir)
+    if not wanted:
+        return []
+    have = {tuple(in_key_order(j.overrides)) for j in jobs}
+    keys = Counter(override_key(o) for o in {o for job in wanted for o in job})
+    varying = {k for k, n in keys.items() if n > 1}
+    return [
+        " ".join(o for o in job if override_key(o) in varying) or " ".join(job)
+        for job in wanted
+        if tuple(in_key_order(job)) not in have
+    ]

@@ -28,12 +28,20 @@ from typing import Any
 
 from hydra.experimental.callback import Callback
 
-from runner.io.files import WriteFailed, read_json, write_text_atomic
+from runner.io.files import WriteFailed, read_json, run_dir_holder, write_text_atomic
 from runner.sweep.budgets import budget_view
 from runner.sweep.compare import ALPHA, BASE_METRICS, METRICS, Comparison, all_pairs
 from runner.sweep.compare import markdown as compare_markdown
 from runner.sweep.figures import epoch_axis, legend_below, line_style, new_figure, save_png
-from runner.sweep.jobs import Group, Job, common_overrides, group_jobs, load_jobs, without_seed
+from runner.sweep.jobs import (
+    Group,
+    Job,
+    common_overrides,
+    group_jobs,
+    load_jobs,
+    unstarted,
+    without_seed,
+)
 from runner.sweep.race import RACE_FILE
 from runner.sweep.sweepdir import describe_refused, refused, take_or_exit
 
@@ -193,12 +201,15 @@ def markdown(
     repeats: int = 0,
     pending: Sequence[dict[str, Any]] = (),
     suffix: str = "",
+    missing: Sequence[str] = (),
 ) -> str:
     shared = " ".join(without_seed(common)) or "none"
     columns = table_metrics(rows, metric)
     lines = [f"# Sweep report: {sweep_dir}", ""]
     if top := headline(rows, comparisons, metric):
         lines += [top, ""]
+    if missing:
+        lines += [not_started(sweep_dir, missing), ""]
     lines += [
         f"Overrides shared by every run: `{shared}`.",
         "",
@@ -269,6 +280,25 @@ def markdown(
 def _ranked(row: dict[str, Any], metric: str) -> bool:
     """The row has a value of the ranking metric (completed runs that logged it)."""
     return not math.isnan(row[f"{metric}_mean"])
+
+
+def not_started(sweep_dir: Path, missing: Sequence[str], shown: int = 10) -> str:
+    """The line naming the jobs of the sweep that have no run dir (`jobs.unstarted`): not
+    started yet while the sweep holds its dir, else never (it stopped before them)."""
+    names = ", ".join(f"`{m}`" for m in missing[:shown])
+    if len(missing) > shown:
+        names += f" and {len(missing) - shown} more"
+    if run_dir_holder(sweep_dir) is not None:
+        return (
+            f"**{len(missing)} job(s) of this sweep have not started yet** (the sweep is "
+            f"running): {names}. This report is of the jobs so far."
+        )
+    return (
+        f"**{len(missing)} job(s) of the last sweep into this dir never started** (its "
+        f"multirun.yaml asks for them; the sweep stopped before them): {names}. The table "
+        f"and the verdict leave them out; the same command with "
+        f"`hydra.sweep.dir={sweep_dir.resolve()}` runs them, keeping the finished jobs."
+    )
 
 
 def table_metrics(rows: Sequence[dict[str, Any]], metric: str) -> list[str]:
@@ -579,6 +609,7 @@ def write_report(
         repeats,
         refused(sweep_dir),
         suffix,
+        unstarted(sweep_dir, jobs),
     )
     race = _race(sweep_dir, jobs, suffix)
     if race:
