@@ -229,3 +229,17 @@ def start_holding(lock: Path) -> subprocess.Popen:
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
     return proc
+
+
+def test_a_configuration_better_on_the_shared_seeds_is_not_called_tied(tmp_path):
+    """step leads by its mean over 6 seeds; cosine diverged on seeds 3-5 and is better on
+    each of 0-2, significantly (paired, on the seeds both completed). The headline said
+    step "leads, tied with `scheduler=cosine`"."""
+    sweep = tmp_path / "sweep"
+    for seed, e in enumerate([0.001, -0.001, 0.0, 0.002, 0.0, -0.002]):
+        job(sweep, ["scheduler=step"], seed, (0.90 if seed < 3 else 0.99) + e)
+        cosine = 0.93 + e + 0.0005 * seed
+        job(sweep, ["scheduler=cosine"], seed, cosine, "completed" if seed < 3 else "diverged")
+    line = write_report(sweep).splitlines()[2]
+    assert "`scheduler=step` leads, but `scheduler=cosine` is significantly better than it " in line
+    assert "tied with" not in line

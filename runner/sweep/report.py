@@ -327,9 +327,14 @@ def _tied_with_top(
             tied.append((r, " (no shared seed)"))
         elif c.n < 2:
             tied.append((r, " (1 shared seed)"))
+        elif c.verdict == f"{r['config']} better":
+            tied.append((r, BEATS_TOP))  # on fewer seeds than its mean is over
         elif c.verdict != f"{top} better":
             tied.append((r, ""))
     return tied
+
+
+BEATS_TOP = "beats the top"  # `_tied_with_top`'s why for a row significantly better than it
 
 
 def _values(rows: list[dict[str, Any]], metric: str) -> str:
@@ -364,10 +369,20 @@ def headline(rows: list[dict[str, Any]], comparisons: list[Comparison], metric: 
         )
     how = f"by mean {_name(metric)} (paired by seed, Holm-corrected, family-wise error {ALPHA:g})"
     if tied := _tied_with_top(rows, comparisons, metric):
-        names = _join([f"`{r['config']}`{why}" for r, why in tied])
+        names = [f"`{r['config']}`{why}" for r, why in tied if why != BEATS_TOP]
+        said = f"`{first['config']}` leads" + (f", tied with {_join(names)}" if names else "")
+        if better := [r for r, why in tied if why == BEATS_TOP]:
+            # the means are over different seeds (runs that diverged or failed, seeds
+            # added to one configuration): the paired test on the shared ones says otherwise
+            who = _join([f"`{r['config']}`" for r in better])
+            said += (
+                f", but {who} "
+                f"{'is' if len(better) == 1 else 'are'} significantly better than it on the "
+                "seeds both completed (the means are over different seeds)"
+            )
         return (
-            f"**No significant winner** {how}: `{first['config']}` leads, tied with "
-            f"{names}. {_values([first, *(r for r, _ in tied)], metric)}{_uncounted(first)}"
+            f"**No significant winner** {how}: {said}. "
+            f"{_values([first, *(r for r, _ in tied)], metric)}{_uncounted(first)}"
         )
     gap = abs(first[mean] - second[mean])
     lower = "" if METRICS[metric][2] else " (lower is better)"
