@@ -4,6 +4,7 @@ read wrong. Each test pins a fix; all in-process on run dirs written without tra
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -243,3 +244,28 @@ def test_a_configuration_better_on_the_shared_seeds_is_not_called_tied(tmp_path)
     line = write_report(sweep).splitlines()[2]
     assert "`scheduler=step` leads, but `scheduler=cosine` is significantly better than it " in line
     assert "tied with" not in line
+
+
+def test_a_job_extended_by_resume_is_reported_at_the_epochs_it_trained(tmp_path):
+    """`resume=<a job of the sweep> epochs=6` extends that job in place; its
+    .hydra/overrides.yaml stays its first launch's (`epochs=3`). The table averaged its
+    6-epoch numbers with the other 3-epoch seeds under `scheduler=step`, while the budget
+    view of the same report put it at 6 epochs."""
+    sweep = tmp_path / "sweep"
+    for seed in (0, 1, 2):
+        for schedule in ("step", "cosine"):
+            path = job(sweep, [f"scheduler={schedule}", "epochs=3"], seed, 0.9)
+            (path / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"epochs": 3}))
+    extended = sweep / "epochs=3,scheduler=step,seed=0"
+    shutil.rmtree(extended)
+    write_job(extended, ["scheduler=step", "epochs=3"], 0, "completed", rows_of(0.97, 6))
+    (extended / "config.yaml").write_text(yaml.safe_dump({"seed": 0, "epochs": 6}))
+    (extended / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"epochs": 3}))
+    write_report(sweep)
+    rows = report_rows(sweep)
+    assert {k: rows[k]["n"] for k in rows} == {
+        "scheduler=step epochs=6": "1",
+        "scheduler=step epochs=3": "2",
+        "scheduler=cosine epochs=3": "3",
+    }
+    assert float(rows["scheduler=step epochs=3"]["best_val_acc_mean"]) == 0.9

@@ -30,6 +30,20 @@ class Job:
     seed: int | None = None
     error: str | None = None  # status.json's, for a failed job
     config: dict[str, Any] = field(default_factory=dict)  # its config.yaml ({} if unreadable)
+    launched_epochs: Any = None  # `epochs` of its first launch (.hydra/config.yaml), if read
+
+    @property
+    def trained(self) -> list[str]:
+        """Its overrides as what it trained: a job extended by `resume=<its dir>
+        epochs=<more>` keeps its first launch's .hydra/overrides.yaml (`epochs=3`), while
+        its config.yaml and rows are the longer run's; read as launched, its 6 epochs were
+        averaged with its configuration's 3-epoch seeds without a word."""
+        now, then = self.config.get("epochs"), self.launched_epochs
+        if not (_whole(now) and _whole(then)) or now == then:
+            return self.overrides
+        told = [o for o in self.overrides if override_key(o) == "epochs"]
+        kept = [f"epochs={now}" if override_key(o) == "epochs" else o for o in self.overrides]
+        return kept if told else [*kept, f"epochs={now}"]
 
     @property
     def config_error(self) -> bool:
@@ -74,6 +88,10 @@ class Group:
         return [j for j in self.jobs if j.status == "completed" and j.readable]
 
 
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def override_key(override: str) -> str:
     return override.lstrip("+~").split("=", 1)[0]
 
@@ -98,7 +116,7 @@ def configuration(job: Job, common: set[str], short: bool = True) -> list[str]:
     `short`: the trunk part leaves out the trunk's overrides that the branch sets the same
     itself (a WSD branch of a WSD trunk said `scheduler=wsd` twice in one label);
     `group_jobs` keeps the whole part where leaving them out would merge two trunks."""
-    own = [o for o in without_seed(job.overrides) if o not in common]
+    own = [o for o in without_seed(job.trained) if o not in common]
     out = []
     for o in own:
         trunk = trunk_of(job) if override_key(o) == "branch" else None
@@ -136,6 +154,7 @@ def load_job(path: Path) -> Job | None:
         return None
     rows = [r for r in read_jsonl(path / "metrics.jsonl") if r.get("kind") != "step"]
     config = _read_yaml(path / "config.yaml")
+    launched = _read_yaml(path / ".hydra" / "config.yaml")
     status = read_json(path / "status.json") or {}
     overrides = _read_yaml(overrides_file)
     running = run_dir_holder(path) is not None
@@ -148,6 +167,7 @@ def load_job(path: Path) -> Job | None:
         seed=config.get("seed") if isinstance(config, dict) else None,
         error=str(status["error"]) if status.get("error") is not None else None,
         config=config if isinstance(config, dict) else {},
+        launched_epochs=launched.get("epochs") if isinstance(launched, dict) else None,
     )
 
 
@@ -165,8 +185,8 @@ def common_overrides(jobs: list[Job]) -> list[str]:
     """Overrides every job shares: said once in the header, left out of the row labels."""
     if not jobs:
         return []
-    shared = set(jobs[0].overrides).intersection(*(j.overrides for j in jobs[1:]))
-    return [o for o in jobs[0].overrides if o in shared]
+    shared = set(jobs[0].trained).intersection(*(j.trained for j in jobs[1:]))
+    return [o for o in jobs[0].trained if o in shared]
 
 
 def in_key_order(overrides: list[str]) -> list[str]:
