@@ -269,3 +269,17 @@ def test_a_job_extended_by_resume_is_reported_at_the_epochs_it_trained(tmp_path)
         "scheduler=cosine epochs=3": "3",
     }
     assert float(rows["scheduler=step epochs=3"]["best_val_acc_mean"]) == 0.9
+
+
+def test_seeds_added_with_another_logger_join_their_configuration(tmp_path):
+    """Seeds 0-1 run with `logger=none`, seed 2 added later with W&B on (the default) and
+    `trainer.progress=false`: the same training (those keys change how a run is shown,
+    never what it computes), which the report split into rows of 2 and 1 seed."""
+    sweep = tmp_path / "sweep"
+    for schedule in ("step", "cosine"):
+        for seed in (0, 1):
+            job(sweep, [f"scheduler={schedule}", "logger=none"], seed, 0.9)
+        job(sweep, [f"scheduler={schedule}", "trainer.progress=false"], 2, 0.9)
+    write_report(sweep)
+    rows = report_rows(sweep)
+    assert {k: rows[k]["n"] for k in rows} == {"scheduler=step": "3", "scheduler=cosine": "3"}

@@ -29,7 +29,15 @@ from typing import Any
 from runner.io.files import read_jsonl
 from runner.sweep.compare import METRICS, paired_ci
 from runner.sweep.figures import legend_below, line_style, new_figure, save_png
-from runner.sweep.jobs import Group, Job, in_key_order, one_per_seed, override_key, trunk_of
+from runner.sweep.jobs import (
+    Group,
+    Job,
+    computes,
+    in_key_order,
+    one_per_seed,
+    override_key,
+    trunk_of,
+)
 
 # override keys a strategy is read without: the seed, the budget, where a branch starts and
 # the epochs a run keeps to branch from (they change nothing it computes)
@@ -45,7 +53,7 @@ def strategy_overrides(job: Job) -> list[str]:
     out = []
     for o in job.overrides:
         key = override_key(o)
-        if key not in NOT_STRATEGY:
+        if key not in NOT_STRATEGY and computes(o):
             out.append(TRUNK if key == "branch" else o)
     return out
 

@@ -100,6 +100,26 @@ def without_seed(overrides: list[str]) -> list[str]:
     return [o for o in overrides if override_key(o) != "seed"]
 
 
+# keys that change how a run is shown, named or saved, never what it computes (those a
+# resume= applies: runner/run/rundir.py SAFE_ON_RESUME), `logger.*` included
+SHOWN_ONLY = (
+    "name",
+    "logger",
+    "trainer.progress",
+    "trainer.checkpoint_interval_s",
+    "trainer.log_every_n_steps",
+    "trainer.keep_epochs",
+)
+
+
+def computes(override: str) -> bool:
+    """Whether the override can change what a run computes (`SHOWN_ONLY`'s cannot): seeds
+    added later with W&B on (`logger=wandb`) beside seeds run with `logger=none` are the
+    same configuration, not two of a few seeds each."""
+    key = override_key(override)
+    return not any(key == k or key.startswith(k + ".") for k in SHOWN_ONLY)
+
+
 def trunk_of(job: Job) -> Path | None:
     """The trunk dir a branch's config.yaml names (a relative one read from the current
     dir, as the runner read it); None for a job that is no branch."""
@@ -116,13 +136,15 @@ def configuration(job: Job, common: set[str], short: bool = True) -> list[str]:
     `short`: the trunk part leaves out the trunk's overrides that the branch sets the same
     itself (a WSD branch of a WSD trunk said `scheduler=wsd` twice in one label);
     `group_jobs` keeps the whole part where leaving them out would merge two trunks."""
-    own = [o for o in without_seed(job.trained) if o not in common]
+    own = [o for o in without_seed(job.trained) if o not in common and computes(o)]
     out = []
     for o in own:
         trunk = trunk_of(job) if override_key(o) == "branch" else None
         told = _read_yaml(trunk / ".hydra" / "overrides.yaml") if trunk is not None else None
         if isinstance(told, list):
-            kept = [t for t in without_seed([str(t) for t in told]) if t not in common]
+            kept = [
+                t for t in without_seed([str(t) for t in told]) if t not in common and computes(t)
+            ]
             if short:
                 kept = [t for t in kept if t not in own]
             o = f"branch=<trunk: {' '.join(kept) or '(defaults)'}>"
