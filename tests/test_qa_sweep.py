@@ -4,6 +4,7 @@ read wrong. Each test pins a fix; all in-process on run dirs written without tra
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -13,7 +14,8 @@ import pytest
 import yaml
 
 from runner.sweep.jobs import BASIC_SWEEPER as BASIC
-from runner.sweep.report import main, write_report
+from runner.sweep.jobs import group_jobs, load_jobs
+from runner.sweep.report import main, overlay_figure, write_report
 from tests.helpers import report_rows, write_job
 
 
@@ -283,3 +285,28 @@ def test_seeds_added_with_another_logger_join_their_configuration(tmp_path):
     write_report(sweep)
     rows = report_rows(sweep)
     assert {k: rows[k]["n"] for k in rows} == {"scheduler=step": "3", "scheduler=cosine": "3"}
+
+
+def test_the_overlays_are_over_the_completed_seeds_their_titles_and_the_table_say(tmp_path):
+    """A seed that diverged at epoch 2 of 4 was in the val acc curve for epochs 0-1 (its
+    mean dipped) and out of it after (the mean jumped back): a curve no run made, under a
+    title 'mean ± std over seeds' above a table over the completed seeds only."""
+    sweep = tmp_path / "sweep"
+    for seed in (0, 1):
+        job(sweep, ["scheduler=cosine"], seed, 0.9)
+    diverged = job(sweep, ["scheduler=cosine"], 2, 0.9, status="diverged")
+    low = [{"epoch": e, "lr/group0": 0.1, "val/acc": 0.1, "val/loss": 9.0} for e in range(2)]
+    (diverged / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in low))
+    for seed in (0, 1, 2):
+        job(sweep, ["scheduler=step"], seed, 0.8, status="diverged")
+    groups = group_jobs(load_jobs(sweep))
+    (ax,) = overlay_figure(groups, "val/acc").axes
+    lines = {line.get_label(): line for line in ax.lines}
+    assert sorted(lines) == [
+        "scheduler=cosine (2 of 3 runs: the completed)",
+        "scheduler=step (no completed run)",  # what there is: where they diverged
+    ]
+    assert list(lines["scheduler=cosine (2 of 3 runs: the completed)"].get_ydata()) == [
+        pytest.approx(v) for v in (0.88, 0.89, 0.9)
+    ]
+    assert ax.get_title() == "val accuracy (mean ± std over completed seeds)"

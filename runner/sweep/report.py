@@ -531,8 +531,8 @@ def _band(jobs: list[Job], key: str) -> tuple[list[int], list[float], list[float
 
 OVERLAYS = {  # key -> (file name, title, log y)
     "lr": ("lr.png", "learning rate (first param group)", True),
-    "val/loss": ("val_loss.png", "val loss (mean ± std over seeds)", False),
-    "val/acc": ("val_acc.png", "val accuracy (mean ± std over seeds)", False),
+    "val/loss": ("val_loss.png", "val loss (mean ± std over completed seeds)", False),
+    "val/acc": ("val_acc.png", "val accuracy (mean ± std over completed seeds)", False),
 }
 
 
@@ -553,13 +553,26 @@ def plot_overlays(
     return paths
 
 
+def plotted(group: Group) -> tuple[list[Job], str]:
+    """The runs a configuration's curve is over, and what its legend label adds: its
+    completed runs, as the table's statistics are (with a seed that diverged at epoch 5 in
+    it, the mean dipped up to that epoch and jumped after it, a curve no run made); a
+    configuration with none completed shows its runs' rows so far (where they diverged)."""
+    done = group.finished
+    if done:
+        n = len(group.jobs)
+        return done, "" if len(done) == n else f" ({len(done)} of {n} runs: the completed)"
+    begun = [j for j in group.jobs if j.rows]
+    return begun, " (no completed run)"
+
+
 def overlay_figure(groups: list[Group], key: str, heading: str = "") -> Any:
     """The overlay of `key` (OVERLAYS), a line per group labelled by its configuration
     below the axes (figures.legend_below: every label whole)."""
     _, title, log_y = OVERLAYS[key]
     fig, ax = new_figure()
     for g in groups:
-        jobs = [j for j in g.jobs if j.rows]
+        jobs, note = plotted(g)
         if not jobs:
             continue
         col = jobs[0].lr_key if key == "lr" else key
@@ -567,7 +580,8 @@ def overlay_figure(groups: list[Group], key: str, heading: str = "") -> Any:
             continue
         xs, means, stds = _band(jobs, col)
         style = line_style(len(ax.lines))
-        (line,) = ax.plot(xs, means, style, label=g.label, linewidth=1.6)
+        marker = "o" if len(xs) == 1 else None  # a run that diverged in its first epoch
+        (line,) = ax.plot(xs, means, style, label=g.label + note, linewidth=1.6, marker=marker)
         if key != "lr" and len(jobs) > 1:
             lo = [m - s for m, s in zip(means, stds, strict=True)]
             hi = [m + s for m, s in zip(means, stds, strict=True)]
