@@ -102,13 +102,13 @@ def without_seed(overrides: list[str]) -> list[str]:
 
 # keys that change how a run is shown, named or saved, never what it computes (those a
 # resume= applies: runner/run/rundir.py SAFE_ON_RESUME), `logger.*` included
+# (trainer.keep_epochs too, but a trunk's label names it: the branches it can give)
 SHOWN_ONLY = (
     "name",
     "logger",
     "trainer.progress",
     "trainer.checkpoint_interval_s",
     "trainer.log_every_n_steps",
-    "trainer.keep_epochs",
 )
 
 
@@ -229,12 +229,14 @@ def group_jobs(jobs: list[Job]) -> list[Group]:
     groups: dict[str, Group] = {}
     short: dict[str, str] = {}
     for job in jobs:
-        whole = " ".join(in_key_order(configuration(job, common, short=False))) or "(defaults)"
+        told = configuration(job, common, short=False)
+        whole = " ".join(in_key_order(told)) or "(defaults)"
         short.setdefault(whole, " ".join(configuration(job, common)) or "(defaults)")
-        groups.setdefault(whole, Group(whole)).jobs.append(job)
+        groups.setdefault(whole, Group(" ".join(told) or "(defaults)")).jobs.append(job)
     shared = Counter(short.values())
     for whole, group in groups.items():
-        group.label = short[whole] if shared[short[whole]] == 1 else whole
+        if shared[short[whole]] == 1:
+            group.label = short[whole]  # else the whole configuration, as first met
         one_per_seed(group)
     return list(groups.values())
 
