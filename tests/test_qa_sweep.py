@@ -310,3 +310,23 @@ def test_the_overlays_are_over_the_completed_seeds_their_titles_and_the_table_sa
         pytest.approx(v) for v in (0.88, 0.89, 0.9)
     ]
     assert ax.get_title() == "val accuracy (mean ± std over completed seeds)"
+
+
+def test_the_wall_time_of_fused_jobs_is_said_to_be_their_groups(tmp_path):
+    """Under hydra/launcher=fused each job's status.json has its whole group's wall time
+    (docs/fused.md): the table's `wall s` showed 7.6 s for every schedule of a sweep whose
+    jobs take 0.3-0.7 s alone, and mixed both kinds when seeds were added with the basic
+    launcher, without a word."""
+    sweep = tmp_path / "sweep"
+    for schedule in ("step", "cosine"):
+        for seed in (0, 1):
+            path = job(sweep, [f"scheduler={schedule}"], seed, 0.9)
+            status = json.loads((path / "status.json").read_text())
+            status.update(wall_time_s=7.6, fused_jobs=4)
+            (path / "status.json").write_text(json.dumps(status))
+        job(sweep, [f"scheduler={schedule}"], 2, 0.9)
+    text = write_report(sweep)
+    assert (
+        " Wall s of the 4 job(s) trained fused (hydra/launcher=fused) is their fused group's "
+        "whole time, every member's the same; 2 others trained alone, theirs is their own." in text
+    )

@@ -31,6 +31,7 @@ class Job:
     error: str | None = None  # status.json's, for a failed job
     config: dict[str, Any] = field(default_factory=dict)  # its config.yaml ({} if unreadable)
     launched_epochs: Any = None  # `epochs` of its first launch (.hydra/config.yaml), if read
+    fused_jobs: int | None = None  # trained in a fused group of this many (its wall time's)
 
     @property
     def trained(self) -> list[str]:
@@ -186,6 +187,7 @@ def load_job(path: Path) -> Job | None:
         status="running" if running else str(status.get("status", "incomplete")),
         rows=rows,
         wall_time_s=status.get("wall_time_s"),
+        fused_jobs=status["fused_jobs"] if _whole(status.get("fused_jobs")) else None,
         seed=config.get("seed") if isinstance(config, dict) else None,
         error=str(status["error"]) if status.get("error") is not None else None,
         config=config if isinstance(config, dict) else {},

@@ -202,6 +202,7 @@ def markdown(
     pending: Sequence[dict[str, Any]] = (),
     suffix: str = "",
     missing: Sequence[str] = (),
+    jobs: Sequence[Job] = (),
 ) -> str:
     shared = " ".join(without_seed(common)) or "none"
     columns = table_metrics(rows, metric)
@@ -217,7 +218,7 @@ def markdown(
         f"runs (± their std; none for a single seed); diverged runs, failed ones "
         f"(crashed, stopped, unfinished or unreadable) and running ones (another process "
         f"holds their run dir) are counted in their own columns. Epochs to "
-        f"{target_acc:.0%}: mean over the seeds that reached it (k/n reached).",
+        f"{target_acc:.0%}: mean over the seeds that reached it (k/n reached)." + fused_wall(jobs),
         "",
         "| # | config | runs | done | diverged | failed | running | "
         + " | ".join(f"**{c}**" if c == _name(metric) else c for c in map(_name, columns))
@@ -275,6 +276,21 @@ def markdown(
     )
     lines += ["", images, ""]
     return "\n".join(lines)
+
+
+def fused_wall(jobs: Sequence[Job]) -> str:
+    """What `wall s` is for jobs trained fused (hydra/launcher=fused): their whole group's
+    time, the same for every member, so not a configuration's cost beside another's, nor
+    beside a job trained alone (seeds added later with the basic launcher)."""
+    fused = [j for j in jobs if j.fused_jobs is not None and j.status == "completed"]
+    if not fused:
+        return ""
+    alone = sum(j.fused_jobs is None and j.status == "completed" for j in jobs)
+    mixed = f"; {alone} others trained alone, theirs is their own" if alone else ""
+    return (
+        f" Wall s of the {len(fused)} job(s) trained fused (hydra/launcher=fused) is their "
+        f"fused group's whole time, every member's the same{mixed}."
+    )
 
 
 def _ranked(row: dict[str, Any], metric: str) -> bool:
@@ -639,6 +655,7 @@ def write_report(
         refused(sweep_dir),
         suffix,
         unstarted(sweep_dir, jobs),
+        jobs,
     )
     race = _race(sweep_dir, jobs, suffix)
     if race:
