@@ -330,3 +330,19 @@ def test_the_wall_time_of_fused_jobs_is_said_to_be_their_groups(tmp_path):
         " Wall s of the 4 job(s) trained fused (hydra/launcher=fused) is their fused group's "
         "whole time, every member's the same; 2 others trained alone, theirs is their own." in text
     )
+
+
+def test_a_single_seed_sweep_says_what_a_verdict_needs(tmp_path):
+    """`-m scheduler=step,cosine seed=0`: the report said 'No pair shares two completed
+    seeds, so none has a verdict; Holm's correction would be (family-wise error 0.05): ...',
+    a sentence that broke off, and not what to run for a verdict."""
+    sweep = tmp_path / "sweep"
+    job(sweep, ["scheduler=step"], 0, 0.90)
+    job(sweep, ["scheduler=cosine"], 0, 0.92)
+    text = write_report(sweep)
+    assert "tied with `scheduler=step` (1 shared seed)" in text
+    assert (
+        "No pair shares two completed seeds, so none has a verdict: a paired test needs 2 or "
+        "more (sweep `seed=0,1,2`, or add seeds into this sweep dir with `hydra.sweep.dir=`)."
+        in text
+    )

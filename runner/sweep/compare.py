@@ -269,7 +269,9 @@ def markdown(comparisons: list[Comparison], metric: str) -> list[str]:
         f"The verdict uses Holm's correction across all {m} comparisons with two or more "
         "shared seeds"
         if m
-        else "No pair shares two completed seeds, so none has a verdict; Holm's correction would be"
+        else "No pair shares two completed seeds, so none has a verdict: a paired test needs "
+        "2 or more (sweep `seed=0,1,2`, or add seeds into this sweep dir with "
+        "`hydra.sweep.dir=`). Holm's correction then applies"
     )
     lines = [
         f"## Is it noise? Paired by seed, metric `{metric}`",
