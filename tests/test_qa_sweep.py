@@ -346,3 +346,16 @@ def test_a_single_seed_sweep_says_what_a_verdict_needs(tmp_path):
         "more (sweep `seed=0,1,2`, or add seeds into this sweep dir with `hydra.sweep.dir=`)."
         in text
     )
+
+
+def test_a_headline_tied_with_many_names_a_few_and_counts_the_rest(tmp_path):
+    """An Optuna study of 50 one-seed trials: the headline named all 49 others ("tied with
+    `optimizer.lr=0.0151... scheduler.gamma=0.869...` (1 shared seed), ..."), each again
+    with its values, one line of several thousand characters above the table."""
+    sweep = tmp_path / "sweep"
+    for i in range(12):
+        job(sweep, [f"optimizer.lr=0.{i + 10}"], 0, 0.9 - i / 100)
+    line = write_report(sweep).splitlines()[2]
+    assert "`optimizer.lr=0.15` (1 shared seed) and 6 more (the table's `=1` rows). " in line
+    assert "optimizer.lr=0.16" not in line
+    assert line.count("(1 shared seed)") == 5
