@@ -29,7 +29,15 @@ from typing import Any
 from runner.io.files import read_jsonl
 from runner.sweep.compare import METRICS, paired_ci
 from runner.sweep.figures import legend_below, line_style, new_figure, save_png
-from runner.sweep.jobs import Group, Job, one_per_seed, override_key, trunk_of
+from runner.sweep.jobs import (
+    Group,
+    Job,
+    computes,
+    in_key_order,
+    one_per_seed,
+    override_key,
+    trunk_of,
+)
 
 # override keys a strategy is read without: the seed, the budget, where a branch starts and
 # the epochs a run keeps to branch from (they change nothing it computes)
@@ -45,7 +53,7 @@ def strategy_overrides(job: Job) -> list[str]:
     out = []
     for o in job.overrides:
         key = override_key(o)
-        if key not in NOT_STRATEGY:
+        if key not in NOT_STRATEGY and computes(o):
             out.append(TRUNK if key == "branch" else o)
     return out
 
@@ -94,10 +102,11 @@ def labels(jobs: list[Job]) -> dict[int, str]:
     common: set[str] = set()
     if len({" ".join(o) for o in overrides.values()}) > 1:
         common = set.intersection(*(set(o) for o in overrides.values()))
-    out = {
-        id(j): " ".join(o for o in overrides[id(j)] if o not in common) or "(defaults)"
-        for j in jobs
-    }
+    first: dict[str, str] = {}  # in key order -> as first met: one label per strategy
+    out = {}
+    for j in jobs:
+        own = [o for o in overrides[id(j)] if o not in common]
+        out[id(j)] = first.setdefault(" ".join(in_key_order(own)), " ".join(own) or "(defaults)")
     trunks = {t: out[id(j)] for j in jobs if (t := trunk_of(j)) is not None}
     for job in jobs:
         if (label := trunks.get(job.path.resolve())) is not None:

@@ -221,11 +221,13 @@ def corrected(
             # of a tie that already has 4)
             needed = seeds_needed(diffs, level)
             verdict = f"tie: Holm-adjusted p = {p_holm:.3g} >= {alpha:g}"
-            if math.isinf(needed):
+            if not any(diffs):  # the same value on every seed: more seeds narrow nothing
+                verdict += f"; equal on all {c.n} seeds (the same training? compare their lr)"
+            elif math.isinf(needed):
                 verdict += "; no number of seeds resolves a difference this small"
             else:
                 verdict += f"; ~{needed:.0f} seeds would resolve a difference this size"
-            if c.n < FEW_SEEDS:
+            if c.n < FEW_SEEDS and any(diffs):
                 verdict += f" ({c.n} seeds are few; more would narrow it)"
         out.append(
             replace(
@@ -269,7 +271,9 @@ def markdown(comparisons: list[Comparison], metric: str) -> list[str]:
         f"The verdict uses Holm's correction across all {m} comparisons with two or more "
         "shared seeds"
         if m
-        else "No pair shares two completed seeds, so none has a verdict; Holm's correction would be"
+        else "No pair shares two completed seeds, so none has a verdict: a paired test needs "
+        "2 or more (sweep `seed=0,1,2`, or add seeds into this sweep dir with "
+        "`hydra.sweep.dir=`). Holm's correction then applies"
     )
     lines = [
         f"## Is it noise? Paired by seed, metric `{metric}`",

@@ -28,12 +28,20 @@ from typing import Any
 
 from hydra.experimental.callback import Callback
 
-from runner.io.files import WriteFailed, read_json, write_text_atomic
+from runner.io.files import WriteFailed, read_json, run_dir_holder, write_text_atomic
 from runner.sweep.budgets import budget_view
 from runner.sweep.compare import ALPHA, BASE_METRICS, METRICS, Comparison, all_pairs
 from runner.sweep.compare import markdown as compare_markdown
 from runner.sweep.figures import epoch_axis, legend_below, line_style, new_figure, save_png
-from runner.sweep.jobs import Group, Job, common_overrides, group_jobs, load_jobs, without_seed
+from runner.sweep.jobs import (
+    Group,
+    Job,
+    common_overrides,
+    group_jobs,
+    load_jobs,
+    unstarted,
+    without_seed,
+)
 from runner.sweep.race import RACE_FILE
 from runner.sweep.sweepdir import describe_refused, refused, take_or_exit
 
@@ -69,6 +77,31 @@ def metric_stats(jobs: Sequence[Job], metric: str) -> tuple[float, float]:
     averaged model's val_avg/* is only in runs with trainer.average on); NaN without any."""
     key, reduce, _ = METRICS[metric]
     return _mean_std([reduce(s) for s in (j.series(key) for j in jobs) if s], math.nan)
+
+
+class NotASweep(FileNotFoundError):
+    """The report's dir holds no job (`<job>/.hydra/overrides.yaml`): a wrong argument."""
+
+
+def why_no_jobs(path: Path) -> str:
+    """Why a dir with no job is not the sweep dir the user meant, and which one is: a run
+    dir (a job's own, or a single run's) or a dir of sweep dirs were both 'no runs found
+    under X (expected <job>/.hydra/)', a hint that the run dir itself matched."""
+    if (path / ".hydra").is_dir():
+        parent = path.resolve().parent
+        if (parent / "multirun.yaml").is_file():
+            return f"a job's run dir, not a sweep dir: its sweep dir is {parent}"
+        return "a single run's dir, not a sweep dir (one made by `python -m runner -m ...`)"
+    # outputs/multirun/<date>/<time> is 3 deep from outputs; no deeper (a dir of data)
+    sweeps = sorted(
+        p.parent for d in ("*", "*/*", "*/*/*") for p in path.glob(f"{d}/multirun.yaml")
+    )
+    if sweeps:
+        return f"holds {len(sweeps)} sweep dir(s), no job itself: give one, e.g. {sweeps[-1]}"
+    return (
+        "no job in it (a sweep dir holds one dir per job, each with .hydra/overrides.yaml; "
+        "e.g. outputs/multirun/<date>/<time>)"
+    )
 
 
 class NoSuchMetric(ValueError):
@@ -168,12 +201,16 @@ def markdown(
     repeats: int = 0,
     pending: Sequence[dict[str, Any]] = (),
     suffix: str = "",
+    missing: Sequence[str] = (),
+    jobs: Sequence[Job] = (),
 ) -> str:
     shared = " ".join(without_seed(common)) or "none"
     columns = table_metrics(rows, metric)
     lines = [f"# Sweep report: {sweep_dir}", ""]
     if top := headline(rows, comparisons, metric):
         lines += [top, ""]
+    if missing:
+        lines += [not_started(sweep_dir, missing), ""]
     lines += [
         f"Overrides shared by every run: `{shared}`.",
         "",
@@ -181,7 +218,7 @@ def markdown(
         f"runs (± their std; none for a single seed); diverged runs, failed ones "
         f"(crashed, stopped, unfinished or unreadable) and running ones (another process "
         f"holds their run dir) are counted in their own columns. Epochs to "
-        f"{target_acc:.0%}: mean over the seeds that reached it (k/n reached).",
+        f"{target_acc:.0%}: mean over the seeds that reached it (k/n reached)." + fused_wall(jobs),
         "",
         "| # | config | runs | done | diverged | failed | running | "
         + " | ".join(f"**{c}**" if c == _name(metric) else c for c in map(_name, columns))
@@ -189,11 +226,15 @@ def markdown(
         "|---|---|---|---|---|---|---|" + "---|" * len(columns) + "---|---|",
     ]
     ties = {frozenset((c.a, c.b)) for c in comparisons if c.tie}
-    rank, leader = 0, None
+    paired = {frozenset((c.a, c.b)) for c in comparisons}
+    rank, leader, unpaired = 0, None, False
     for i, r in enumerate(rows):
         # a rank is shared only with its first row: tied with the one above is not enough,
         # as ties chain (1 = 2 and 2 = 3 while 1 is significantly better than 3)
-        tied = leader is not None and frozenset((leader, r["config"])) in ties
+        pair = frozenset((leader, r["config"]))
+        alone = leader is not None and pair not in paired and _ranked(r, metric)
+        tied = leader is not None and (pair in ties or alone)
+        unpaired |= alone
         if not tied:
             rank, leader = i + 1, r["config"]
         label = f"={rank}" if tied else str(rank)
@@ -223,7 +264,9 @@ def markdown(
             "",
             f"The ranking metric, {_name(metric)}, is in bold; `=n` marks a rank "
             "shared with the first row of that rank (not significantly different from "
-            "it after Holm's correction).",
+            "it after Holm's correction"
+            + ("; or with no completed seed in common to compare them on" if unpaired else "")
+            + ").",
             "",
         ]
         lines += compare_markdown(comparisons, metric)
@@ -233,6 +276,45 @@ def markdown(
     )
     lines += ["", images, ""]
     return "\n".join(lines)
+
+
+def fused_wall(jobs: Sequence[Job]) -> str:
+    """What `wall s` is for jobs trained fused (hydra/launcher=fused): their whole group's
+    time, the same for every member, so not a configuration's cost beside another's, nor
+    beside a job trained alone (seeds added later with the basic launcher)."""
+    fused = [j for j in jobs if j.fused_jobs is not None and j.status == "completed"]
+    if not fused:
+        return ""
+    alone = sum(j.fused_jobs is None and j.status == "completed" for j in jobs)
+    mixed = f"; {alone} others trained alone, theirs is their own" if alone else ""
+    return (
+        f" Wall s of the {len(fused)} job(s) trained fused (hydra/launcher=fused) is their "
+        f"fused group's whole time, every member's the same{mixed}."
+    )
+
+
+def _ranked(row: dict[str, Any], metric: str) -> bool:
+    """The row has a value of the ranking metric (completed runs that logged it)."""
+    return not math.isnan(row[f"{metric}_mean"])
+
+
+def not_started(sweep_dir: Path, missing: Sequence[str], shown: int = 10) -> str:
+    """The line naming the jobs of the sweep that have no run dir (`jobs.unstarted`): not
+    started yet while the sweep holds its dir, else never (it stopped before them)."""
+    names = ", ".join(f"`{m}`" for m in missing[:shown])
+    if len(missing) > shown:
+        names += f" and {len(missing) - shown} more"
+    if run_dir_holder(sweep_dir) is not None:
+        return (
+            f"**{len(missing)} job(s) of this sweep have not started yet** (the sweep is "
+            f"running): {names}. This report is of the jobs so far."
+        )
+    return (
+        f"**{len(missing)} job(s) of the last sweep into this dir never started** (its "
+        f"multirun.yaml asks for them; the sweep stopped before them): {names}. The table "
+        f"and the verdict leave them out; the same command with "
+        f"`hydra.sweep.dir={sweep_dir.resolve()}` runs them, keeping the finished jobs."
+    )
 
 
 def table_metrics(rows: Sequence[dict[str, Any]], metric: str) -> list[str]:
@@ -254,16 +336,21 @@ def _tied_with_top(
     by_pair = {frozenset((c.a, c.b)): c for c in comparisons}
     tied = []
     for r in rows[1:]:
-        if math.isnan(r[f"{metric}_mean"]):
+        if not _ranked(r, metric):
             continue  # no completed run: in the table, not in the running for first
         c = by_pair.get(frozenset((top, r["config"])))
         if c is None:
             tied.append((r, " (no shared seed)"))
         elif c.n < 2:
             tied.append((r, " (1 shared seed)"))
+        elif c.verdict == f"{r['config']} better":
+            tied.append((r, BEATS_TOP))  # on fewer seeds than its mean is over
         elif c.verdict != f"{top} better":
             tied.append((r, ""))
     return tied
+
+
+BEATS_TOP = "beats the top"  # `_tied_with_top`'s why for a row significantly better than it
 
 
 def _values(rows: list[dict[str, Any]], metric: str) -> str:
@@ -275,6 +362,9 @@ def _values(rows: list[dict[str, Any]], metric: str) -> str:
         f"`{r['config']}` {r[f'{best}_mean']:.4f} / {r[f'{final}_mean']:.4f}" for r in rows
     )
     return f"Mean {_name(best)} / {_name(final)}: {values}."
+
+
+HEADLINE_NAMES = 6  # configurations the headline names at most; the table has them all
 
 
 def _join(names: list[str]) -> str:
@@ -291,20 +381,56 @@ def headline(rows: list[dict[str, Any]], comparisons: list[Comparison], metric: 
         return ""
     first, second = rows[0], rows[1]
     if math.isnan(second[mean]):
-        return f"Only `{first['config']}` has completed runs: nothing to rank it against."
+        others = _outcomes([r for r in rows[1:] if not _ranked(r, metric)])
+        return (
+            f"Only `{first['config']}` has completed runs (the others: {others}): nothing to "
+            f"rank it against.{_uncounted(first)}"
+        )
     how = f"by mean {_name(metric)} (paired by seed, Holm-corrected, family-wise error {ALPHA:g})"
     if tied := _tied_with_top(rows, comparisons, metric):
-        names = _join([f"`{r['config']}`{why}" for r, why in tied])
+        names = [f"`{r['config']}`{why}" for r, why in tied if why != BEATS_TOP]
+        if len(names) > HEADLINE_NAMES:  # an Optuna study of 50 one-seed trials: 49 names
+            more = f"{len(names) - HEADLINE_NAMES + 1} more (the table's `=1` rows)"
+            names = [*names[: HEADLINE_NAMES - 1], more]
+        said = f"`{first['config']}` leads" + (f", tied with {_join(names)}" if names else "")
+        if better := [r for r, why in tied if why == BEATS_TOP]:
+            # the means are over different seeds (runs that diverged or failed, seeds
+            # added to one configuration): the paired test on the shared ones says otherwise
+            who = _join([f"`{r['config']}`" for r in better])
+            said += (
+                f", but {who} "
+                f"{'is' if len(better) == 1 else 'are'} significantly better than it on the "
+                "seeds both completed (the means are over different seeds)"
+            )
         return (
-            f"**No significant winner** {how}: `{first['config']}` leads, tied with "
-            f"{names}. {_values([first, *(r for r, _ in tied)], metric)}"
+            f"**No significant winner** {how}: {said}. "
+            f"{_values([first, *(r for r, _ in tied[: HEADLINE_NAMES - 1])], metric)}"
+            f"{_uncounted(first)}"
         )
     gap = abs(first[mean] - second[mean])
     lower = "" if METRICS[metric][2] else " (lower is better)"
     return (
         f"**Winner: `{first['config']}`** {how}: significantly better than every other "
         f"configuration; ahead of `{second['config']}` by {gap:.4f}{lower}. "
-        f"{_values([first, second], metric)}"
+        f"{_values([first, second], metric)}{_uncounted(first)}"
+    )
+
+
+def _outcomes(rows: Sequence[dict[str, Any]]) -> str:
+    """How the rows' runs that are no result ended: `3 diverged and 1 failed`."""
+    n = {k: sum(r[k] for r in rows) for k in ("diverged", "failed", "running")}
+    return _join([f"{v} {k}" for k, v in n.items() if v]) or "no runs"
+
+
+def _uncounted(row: dict[str, Any]) -> str:
+    """The leader's runs that are no result (diverged, failed, running), said beside the
+    headline: its mean and its paired comparisons are over its completed seeds only, so a
+    schedule that diverged on some seeds was named the winner by the others alone."""
+    if row["completed"] == row["n"]:
+        return ""
+    return (
+        f" Of `{row['config']}`'s {row['n']} runs, {_outcomes([row])}: left out of its "
+        f"mean and comparisons, which are over its {row['completed']} completed run(s)."
     )
 
 
@@ -428,8 +554,8 @@ def _band(jobs: list[Job], key: str) -> tuple[list[int], list[float], list[float
 
 OVERLAYS = {  # key -> (file name, title, log y)
     "lr": ("lr.png", "learning rate (first param group)", True),
-    "val/loss": ("val_loss.png", "val loss (mean ± std over seeds)", False),
-    "val/acc": ("val_acc.png", "val accuracy (mean ± std over seeds)", False),
+    "val/loss": ("val_loss.png", "val loss (mean ± std over completed seeds)", False),
+    "val/acc": ("val_acc.png", "val accuracy (mean ± std over completed seeds)", False),
 }
 
 
@@ -450,13 +576,26 @@ def plot_overlays(
     return paths
 
 
+def plotted(group: Group) -> tuple[list[Job], str]:
+    """The runs a configuration's curve is over, and what its legend label adds: its
+    completed runs, as the table's statistics are (with a seed that diverged at epoch 5 in
+    it, the mean dipped up to that epoch and jumped after it, a curve no run made); a
+    configuration with none completed shows its runs' rows so far (where they diverged)."""
+    done = group.finished
+    if done:
+        n = len(group.jobs)
+        return done, "" if len(done) == n else f" ({len(done)} of {n} runs: the completed)"
+    begun = [j for j in group.jobs if j.rows]
+    return begun, " (no completed run)"
+
+
 def overlay_figure(groups: list[Group], key: str, heading: str = "") -> Any:
     """The overlay of `key` (OVERLAYS), a line per group labelled by its configuration
     below the axes (figures.legend_below: every label whole)."""
     _, title, log_y = OVERLAYS[key]
     fig, ax = new_figure()
     for g in groups:
-        jobs = [j for j in g.jobs if j.rows]
+        jobs, note = plotted(g)
         if not jobs:
             continue
         col = jobs[0].lr_key if key == "lr" else key
@@ -464,7 +603,8 @@ def overlay_figure(groups: list[Group], key: str, heading: str = "") -> Any:
             continue
         xs, means, stds = _band(jobs, col)
         style = line_style(len(ax.lines))
-        (line,) = ax.plot(xs, means, style, label=g.label, linewidth=1.6)
+        marker = "o" if len(xs) == 1 else None  # a run that diverged in its first epoch
+        (line,) = ax.plot(xs, means, style, label=g.label + note, linewidth=1.6, marker=marker)
         if key != "lr" and len(jobs) > 1:
             lo = [m - s for m, s in zip(means, stds, strict=True)]
             hi = [m + s for m, s in zip(means, stds, strict=True)]
@@ -493,7 +633,7 @@ def write_report(
     jobs = load_jobs(sweep_dir)
     groups = group_jobs(jobs)
     if not groups:
-        raise FileNotFoundError(f"no runs found under {sweep_dir} (expected <job>/.hydra/)")
+        raise NotASweep(f"{sweep_dir}: {why_no_jobs(sweep_dir)}")
     metric = ranking_metric(groups, metric)
     check_metric(groups, metric)
     rows = sorted((summarize(g, target_acc) for g in groups), key=_sort_key(metric))
@@ -521,6 +661,8 @@ def write_report(
         repeats,
         refused(sweep_dir),
         suffix,
+        unstarted(sweep_dir, jobs),
+        jobs,
     )
     race = _race(sweep_dir, jobs, suffix)
     if race:
@@ -604,7 +746,10 @@ def main(argv: list[str] | None = None) -> None:
         metric = args.metric or AUTO
         print(write_report(args.sweep_dir, args.target_acc, metric, suffix, args.also))
     except (FileNotFoundError, WriteFailed) as err:
-        raise SystemExit(f"error: {err}") from None
+        if not isinstance(err, NotASweep):
+            raise SystemExit(f"error: {err}") from None
+        print(f"error: {err}", file=sys.stderr)  # a bad argument: one line, exit 2
+        raise SystemExit(2) from None
     except NoSuchMetric as err:  # a bad argument for these runs: one line, exit 2
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
