@@ -11,6 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
 
 from runner.io.files import read_json, read_jsonl, run_dir_holder
 
@@ -263,10 +266,6 @@ def grid(sweep_dir: Path) -> list[list[str]] | None:
     expanded them from its `multirun.yaml` (hydra.sweeper.params, then the command line's);
     None when another sweeper ran it (a race, Optuna: their jobs are theirs to choose) or
     the file cannot be read or expanded (a glob sweep needs the config loader)."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import HydraException
-
     saved = _read_yaml(sweep_dir / "multirun.yaml")
     try:
         hydra = saved["hydra"]
