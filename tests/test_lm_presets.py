@@ -151,8 +151,9 @@ TOKENS = (*GPT_ON_TOKENS, "trainer.checkpoint_interval_s=0")
 
 
 def test_a_language_models_best_pt_is_its_lowest_val_loss(tmp_path, caplog):
+    cfg = make_cfg(*TOKENS, "epochs=2")
     with caplog.at_level(logging.INFO, logger="schedlab"):
-        assert train(make_cfg(*TOKENS, "epochs=2"), tmp_path).status == "completed"
+        assert train(cfg.copy(), tmp_path).status == "completed"
     losses = [r["val/loss"] for r in read_metrics(tmp_path)]
     best = torch.load(tmp_path / "best.pt", weights_only=False)["progress"]
     assert best["best_metric"] == pytest.approx(min(losses))  # not the best val/acc
@@ -160,7 +161,7 @@ def test_a_language_models_best_pt_is_its_lowest_val_loss(tmp_path, caplog):
     assert f"completed: final val/loss={losses[-1]:.4f}" in caplog.text
     status = json.loads((tmp_path / "status.json").read_text())
     assert status["final_val_loss"] == losses[-1] and status["best_val_loss"] == min(losses)
-    assert "final val/loss=" in nothing_to_do(tmp_path, status)  # a rerun's message
+    assert "final val/loss=" in nothing_to_do(tmp_path, status, cfg)  # a rerun's message
 
 
 @pytest.mark.slow
