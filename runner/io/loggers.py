@@ -33,6 +33,13 @@ SEND_EVERY_S = 1.0  # rows reach W&B/TensorBoard at most this long after they ar
 
 
 _NOT_SCALARS = ("kind", "epoch", "trainer/global_step")  # axes and tags, not TensorBoard scalars
+# W&B's x axis for each key of a row (its define_metric globs; `*` matches `/` too): an epoch
+# row's keys by `epoch`, a step row's by `trainer/global_step` (an exact name wins over a
+# glob). A key none of them matches is charted against W&B's own count of log calls, which
+# counts step rows too: EMA's val_avg/acc beside val/acc, or momentum beside lr, would sit
+# at other x values than the epochs they belong to.
+EPOCH_KEYS = ("lr/*", "momentum/*", "train/*", "val/*", "val_avg/*", "time/*")
+STEP_KEYS = ("train/step_loss", "lr_step/*", "momentum_step/*")
 
 
 class RunLogger:
@@ -247,9 +254,9 @@ def _start_wandb(
         ),
     )
     run.define_metric("epoch")
-    for pattern in ("lr/*", "train/*", "val/*", "time/*"):
+    for pattern in EPOCH_KEYS:
         run.define_metric(pattern, step_metric="epoch")
     run.define_metric("trainer/global_step")
-    for pattern in ("train/step_loss", "lr_step/*"):
+    for pattern in STEP_KEYS:
         run.define_metric(pattern, step_metric="trainer/global_step")
     return run

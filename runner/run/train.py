@@ -376,6 +376,8 @@ class SingleModel:
         if self.average is not None:
             self.average.after_step()  # ema: every optimizer step
         self.steps += 1
+        if world > 1:  # the step's mean over the global batch, every rank's samples
+            return self._global_loss(sum(sums), total)
         if len(out) == 1:  # most runs: the batch's own loss
             loss = out[0][0]
             return lambda: [loss.item()]
@@ -400,7 +402,23 @@ class SingleModel:
         if self.average is not None:
             self.average.after_step()  # ema: every optimizer step
         self.steps += 1
+        if run.dist.world > 1:
+            return self._global_loss(loss * y.shape[0], n)
         return lambda: [loss.item()]
+
+    def _global_loss(self, local_sum: torch.Tensor, n: int) -> Callable[[], list[float]]:
+        """Under DDP, the step's loss as one process on the global batch of n samples gets it
+        (train/step_loss): the ranks' loss sums all-reduced when a step row reads it, as
+        train/loss's epoch sums are (rank 0's own share alone is another number). Every rank
+        reads the same steps' losses (trainer.log_every_n_steps), so all of them join."""
+        dist = self.run.dist
+
+        def read() -> list[float]:
+            total = local_sum.detach().clone()
+            dist.all_reduce_sum(total)
+            return [total.item() / n]
+
+        return read
 
     def train_metrics(self) -> tuple[list[float], list[float]]:
         # every rank logs and schedules on the same value

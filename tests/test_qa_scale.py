@@ -1,0 +1,67 @@
+"""What a run at scale writes and what reaches W&B (session 19's QA of fused sweeps, DDP and
+the loggers): the numbers a user reads there are the ones one process would give."""
+
+from __future__ import annotations
+
+import fnmatch
+
+import pytest
+
+from runner.run.train import train
+from tests.helpers import make_cfg, one_torch_thread, read_metrics, torchrun, wandb_records
+
+# two epochs of the digits MLP with a step row every 5 optimizer steps; two micro-batches
+# per step (each rank's share of a micro-batch is sliced from the global one)
+STEP_ROWS = ["epochs=2", "trainer.log_every_n_steps=5", "data.batch_size=32",
+             "trainer.accumulate=2", "trainer.checkpoint_interval_s=0"]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_two_ranks_log_the_step_loss_one_process_logs(tmp_path):
+    """train/step_loss under DDP is the global batch's mean loss, as train/loss is (the
+    ranks' sums all-reduced): it was rank 0's own share's loss, 5 % off one process's."""
+    ddp = torchrun(
+        ["trainer.strategy=ddp", *STEP_ROWS, "logger=none", f"hydra.run.dir={tmp_path / 'ddp'}"],
+        cwd=tmp_path,
+    )
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    with one_torch_thread():
+        one = train(make_cfg(*STEP_ROWS, "logger=none"), tmp_path / "one", overrides=STEP_ROWS)
+    assert one.status == "completed"
+    got, want = read_metrics(tmp_path / "ddp", "step"), read_metrics(tmp_path / "one", "step")
+    assert [r["trainer/global_step"] for r in got] == [r["trainer/global_step"] for r in want]
+    assert len(got) == 9  # 46 steps: 2 epochs of 45 batches of 32 (the last 29) in pairs
+    for a, b in zip(got, want, strict=True):
+        assert a["train/step_loss"] == pytest.approx(b["train/step_loss"], rel=1e-4)
+
+
+def chart_axis(key: str, metrics: list[dict]) -> str | None:
+    """The step metric W&B charts `key` against: an exact define_metric name first, else the
+    first glob matching it (W&B's `*` matches `/` as fnmatch's does); None: its own _step."""
+    exact = [m for m in metrics if m.get("name") == key]
+    globbed = [m for m in metrics if fnmatch.fnmatchcase(key, m.get("glob_name", "\0"))]
+    found = (exact or globbed or [{}])[0]
+    return found.get("step_metric")
+
+
+@pytest.mark.slow
+def test_every_key_a_run_logs_is_charted_against_its_epoch_or_its_step_in_w_and_b(tmp_path):
+    """momentum (onecycle), the EMA model's val_avg/* and momentum_step/* had no step metric:
+    W&B charted them against its count of log calls (step rows included), so val_avg/acc
+    sat at x = 23, 47 beside val/acc at epochs 0, 1."""
+    overrides = ["epochs=2", "scheduler=onecycle", "trainer.average=ema",
+                 "trainer.grad_clip_norm=1.0", "trainer.log_every_n_steps=10"]  # fmt: skip
+    with one_torch_thread():
+        assert train(make_cfg(*overrides), tmp_path, overrides=overrides).status == "completed"
+    records = wandb_records(tmp_path)
+    metrics = [r["metric"] for r in records if r["type"] == "metric"]
+    epoch_keys, step_keys = set(), set()
+    for row in read_metrics(tmp_path) + read_metrics(tmp_path, "step"):
+        keys = step_keys if row.get("kind") == "step" else epoch_keys
+        keys.update(k for k in row if k not in ("kind", "epoch", "trainer/global_step"))
+    assert {"momentum/group0", "val_avg/acc", "val_avg/loss"} <= epoch_keys
+    assert {"momentum_step/group0", "train/step_loss"} <= step_keys
+    assert {k: chart_axis(k, metrics) for k in epoch_keys} == dict.fromkeys(epoch_keys, "epoch")
+    assert {k: chart_axis(k, metrics) for k in step_keys} == dict.fromkeys(
+        step_keys, "trainer/global_step"
+    )
