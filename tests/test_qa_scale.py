@@ -3,12 +3,22 @@ the loggers): the numbers a user reads there are the ones one process would give
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
+from collections.abc import Iterator
 
 import pytest
+import torch
 
 from runner.run.train import train
-from tests.helpers import make_cfg, one_torch_thread, read_metrics, torchrun, wandb_records
+from tests.helpers import (
+    make_cfg,
+    one_torch_thread,
+    read_metrics,
+    torchrun,
+    train_members,
+    wandb_records,
+)
 
 # two epochs of the digits MLP with a step row every 5 optimizer steps; two micro-batches
 # per step (each rank's share of a micro-batch is sliced from the global one)
@@ -65,3 +75,25 @@ def test_every_key_a_run_logs_is_charted_against_its_epoch_or_its_step_in_w_and_
     assert {k: chart_axis(k, metrics) for k in step_keys} == dict.fromkeys(
         step_keys, "trainer/global_step"
     )
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_a_jobs_num_threads_ends_with_the_job_and_fused_group(tmp_path):
+    """An in-process sweep's next job with trainer.num_threads=auto trains on the process's
+    count: a job or fused group with num_threads=1 before it left the process on 1 thread."""
+    job = ["epochs=1", "logger=none", "model.hidden=[8]", "trainer.num_threads=1"]
+    with torch_threads(2):  # the process's own count, as `python -m runner` started it
+        assert train(make_cfg(*job), tmp_path / "single").status == "completed"
+        assert torch.get_num_threads() == 2
+        group = train_members(tmp_path, [[*job, "seed=0"], [*job, "seed=1"]])
+        assert [m.result.status for m in group] == ["completed", "completed"]
+        assert torch.get_num_threads() == 2

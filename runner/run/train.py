@@ -33,7 +33,7 @@ from runner.io.loggers import RunLogger, open_logger
 from runner.run import branch
 from runner.run.check import Checked, check_found_lr, validate
 from runner.run.rundir import RUN_DIR_KEY, SWEEP_DIR_KEY, Start, decide, finished, keep_rows_before
-from runner.train.builders import Run, build_run
+from runner.train.builders import Run, build_run, own_threads
 from runner.train.engine import (
     Engine,
     Result,
@@ -579,13 +579,14 @@ def train(
         log.info(f"DDP: {dist.world} process(es), {backend}; rank 0 writes the run dir")
     ended = False  # alike on every rank: completed, diverged, or stopped on the agreed batch
     try:
-        if stop is not None:
-            result = _train(cfg, Path(run_dir), overrides, sweep_name, dist, stop)
-        else:
-            with stop_on_signals() as own:
-                result = _train(cfg, Path(run_dir), overrides, sweep_name, dist, own)
-            if result.status == "interrupted":  # own.chain is set once the handlers are restored
-                result = dataclasses.replace(result, chain=own.chain)
+        with own_threads():  # trainer.num_threads: this job's, not the next job's of a sweep
+            if stop is not None:
+                result = _train(cfg, Path(run_dir), overrides, sweep_name, dist, stop)
+            else:
+                with stop_on_signals() as own:
+                    result = _train(cfg, Path(run_dir), overrides, sweep_name, dist, own)
+                if result.status == "interrupted":  # own.chain: set once handlers are restored
+                    result = dataclasses.replace(result, chain=own.chain)
         ended = True
         return result
     finally:

@@ -80,7 +80,7 @@ from runner.sweep.stacked_gpt import StackedGPT, member_windows
 from runner.sweep.sweepdir import record_refused
 from runner.train import models, optimizers
 from runner.train.averaging import Averager, build_average, with_swa_lr
-from runner.train.builders import build_member, resolve_device
+from runner.train.builders import build_member, own_threads, resolve_device
 from runner.train.engine import Engine, Result, Track
 from runner.train.gpt import GPT
 from runner.train.lm import token_stats, val_batch_size
@@ -174,7 +174,7 @@ def train_group(members: Sequence[Member]) -> None:
     try:
         # checkpoints are written on the background thread; `cleanup` persists the newest
         # epoch of every member however the loop ends, before that thread is joined
-        with ExitStack() as locks:
+        with own_threads(), ExitStack() as locks:  # trainer.num_threads: this group's only
             members = _lock_run_dirs(members, locks)
             if not members:
                 return

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import os
 import random
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,6 +67,20 @@ def set_threads(setting: Any) -> None:
     # what it gives the inter-op pool, which these variables do not change)
     wanted = int(noted) if noted.strip().isdigit() and int(noted) > 0 else 0
     torch.set_num_threads(wanted or torch.get_num_interop_threads())
+
+
+@contextmanager
+def own_threads() -> Iterator[None]:
+    """A job's trainer.num_threads (`set_threads`) for that job alone: the count the process
+    had before is restored when the job ends. An in-process sweep (the basic and fused
+    launchers) runs its jobs one after another in one process: a job with num_threads=auto
+    after one with num_threads=1 trained on 1 thread, not on the process's count, and so
+    summed in another order (and ran slower) than the same job run alone."""
+    before = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
