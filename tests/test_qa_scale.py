@@ -10,7 +10,9 @@ from collections.abc import Iterator
 import pytest
 import torch
 
+from runner.run.check import validate
 from runner.run.train import train
+from schedulers import ConfigError
 from tests.helpers import (
     make_cfg,
     one_torch_thread,
@@ -97,3 +99,10 @@ def test_a_jobs_num_threads_ends_with_the_job_and_fused_group(tmp_path):
         group = train_members(tmp_path, [[*job, "seed=0"], [*job, "seed=1"]])
         assert [m.result.status for m in group] == ["completed", "completed"]
         assert torch.get_num_threads() == 2
+
+
+def test_a_param_group_keyed_by_a_number_that_matches_nothing_is_a_config_error():
+    """`{0: 0.5}` (YAML reads 0 as an int) named no parameter: a KeyError traceback, now the
+    config error a typo'd name gets."""
+    with pytest.raises(ConfigError, match="matches no parameter"):
+        validate(make_cfg("optimizer.param_groups={0: 0.5}"))

@@ -243,13 +243,14 @@ def _by_setting(
             for part, ps in parts.items()
         ]
     hits = {name: [pat for pat in settings if fnmatchcase(name, pat)] for name, _ in named}
+    given = {str(k): v for k, v in cfg["param_groups"].items()}  # `{0: 0.5}`: an int key
     # a key that is neither a part name nor matches a parameter is the likely typo: name it
     for pattern in sorted(settings, key=lambda k: k in parts):
         if not any(pattern in h for h in hits.values()):
             hint = f"; parts of this model: {list(parts)}" if parts else ""
             raise ConfigError(
                 f"optimizer.param_groups.{pattern}",
-                binder.plain(cfg["param_groups"][pattern]),
+                binder.plain(given[pattern]),
                 f"matches no parameter (their names look like '{named[0][0]}'){hint}",
             )
     members: dict[str, list[Any]] = {pattern: [] for pattern in settings}
