@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import logging
 from collections.abc import Iterator
 
 import pytest
@@ -12,6 +13,7 @@ import torch
 
 from runner.run.check import validate
 from runner.run.train import train
+from runner.sweep.fused import Member, train_group
 from schedulers import ConfigError
 from tests.helpers import (
     make_cfg,
@@ -106,3 +108,18 @@ def test_a_param_group_keyed_by_a_number_that_matches_nothing_is_a_config_error(
     config error a typo'd name gets."""
     with pytest.raises(ConfigError, match="matches no parameter"):
         validate(make_cfg("optimizer.param_groups={0: 0.5}"))
+
+
+def test_a_fused_members_warning_shown_during_training_names_its_job(tmp_path, caplog):
+    """A member's warnings show while the group trains (its train.log gets them later): from
+    K members, `loss 2.857 at epoch 0: run diverged` did not say which job diverged."""
+    common = ["epochs=2", "logger=none", "model.hidden=[8]", "trainer.diverge_loss=2.45"]
+    group = [
+        Member(make_cfg(*common, f"optimizer.lr={lr}"), tmp_path / f"optimizer.lr={lr}", [], None)
+        for lr in (0.05, 5.0)
+    ]
+    with caplog.at_level(logging.WARNING, logger="schedlab"):
+        train_group(group)
+    assert [m.result.status for m in group] == ["completed", "diverged"]
+    (line,) = [r.getMessage() for r in caplog.records if "diverged" in r.getMessage()]
+    assert line.startswith("optimizer.lr=5.0: loss "), line

@@ -241,9 +241,12 @@ def _write_status(members: Sequence[Member], wall: float) -> None:
 
 
 def _note(member: Member, level: int, message: str) -> None:
+    """A member's log line: into its train.log when the launcher replays it; a warning
+    also now, named by the member's job dir (from K members, `run diverged` or `interrupted
+    in epoch 2` did not say whose)."""
     member.log_lines.append((level, message))
     if level > logging.INFO:  # warnings show now too, not only in the job's train.log
-        log.log(level, message)
+        log.log(level, f"{member.run_dir.name}: {message}")
 
 
 def _shared(spec: RunSpec) -> tuple[torch.device, TensorData, int]:
