@@ -6,7 +6,9 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import logging
+import re
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
@@ -123,3 +125,13 @@ def test_a_fused_members_warning_shown_during_training_names_its_job(tmp_path, c
     assert [m.result.status for m in group] == ["completed", "diverged"]
     (line,) = [r.getMessage() for r in caplog.records if "diverged" in r.getMessage()]
     assert line.startswith("optimizer.lr=5.0: loss "), line
+
+
+def test_the_fused_page_names_every_model_the_launcher_stacks():
+    """docs/fused.md lists the models that fuse: the registry's `fusable` ones, all of them."""
+    from runner.train.models import MODELS
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "fused.md").read_text()
+    line = next(x for x in page.splitlines() if "fuse; other models" in x)
+    named = set(re.findall(r"`(\w+)`", line.split("fuse;")[0]))
+    assert named == {n for n, spec in MODELS.items() if spec.fusable}
