@@ -1,0 +1,66 @@
+"""Session 19's QA of the language-model task (docs/lm.md): what a user's own text, the LM
+presets and their error messages do at the edges."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from runner.data import text
+from schedulers import ConfigError
+from tests.helpers import cli_in_process, make_cfg
+
+
+def _text_cfg(path: Path, cache: Path, *more: str):
+    return make_cfg("+experiment=lm_tiny", f"data.path={path}", f"data.cache_dir={cache}", *more)
+
+
+def test_a_cache_inside_the_text_folder_is_not_read_as_text(tmp_path: Path) -> None:
+    """data.path=data with the default cache_dir data/cache: the cache the first load
+    writes is not part of the text the next load reads (it was: every run a longer
+    stream, the old one appended, its validation tail a copy of training bytes)."""
+    folder = tmp_path / "data"
+    folder.mkdir()
+    (folder / "a.txt").write_bytes(b"the quick brown fox jumps over the lazy dog. " * 200)
+    cfg = _text_cfg(folder, folder / "cache").data
+    text.validate(cfg)
+    first = text.load(cfg)
+    text.validate(cfg)
+    second = text.load(cfg)
+    assert second.content == first.content
+    cached = list((folder / "cache").glob("*.u8"))
+    assert [f.stat().st_size for f in cached] == [(folder / "a.txt").stat().st_size]
+    assert second.x_val.equal(first.x_val)
+    assert text.source_files(str(folder), str(folder / "cache")) == [folder / "a.txt"]
+
+
+def test_a_text_too_short_to_train_on_says_to_lower_val_fraction(tmp_path: Path) -> None:
+    """Raising data.val_fraction shrinks the training split: the hint for a training split
+    shorter than a window says to lower it (or give more text)."""
+    short = tmp_path / "short.txt"
+    short.write_bytes(b"hello world\n")
+    cfg = _text_cfg(short, tmp_path / "cache").data
+    with pytest.raises(ConfigError, match="train split") as err:
+        text.validate(cfg)
+    assert "lower data.val_fraction" in str(err.value)
+    assert "raise data.val_fraction" not in str(err.value)
+
+
+def test_lm_preset_with_a_whole_split_epoch_is_a_config_error_saying_what_to_set(
+    tmp_path: Path,
+) -> None:
+    """data.tokens_per_epoch=null (an epoch of the whole split, as data/text.yaml allows)
+    under +experiment=lm: the preset's warmup counted from it is a one-line error naming
+    the key and what to set, not OmegaConf's int(None) TypeError; and setting the warmup
+    instead is enough."""
+    (tmp_path / "t.txt").write_bytes(b"abcdefgh " * 2000)
+    args = ("+experiment=lm_tiny", "data.path=t.txt", "data.tokens_per_epoch=null")
+    out = cli_in_process(*args, cwd=tmp_path)
+    assert out.returncode == 2
+    line = out.stderr.strip()
+    assert line.startswith("config error: data.tokens_per_epoch=None: this preset warms up")
+    assert "scheduler.warmup_steps=N" in line and "TypeError" not in line
+    for schedule, warmup in (("cosine", "scheduler"), ("schedulefree", "optimizer")):
+        cfg = make_cfg(*args, f"lm_schedule={schedule}", f"{warmup}.warmup_steps=4")
+        assert cfg[warmup].warmup_steps == 4
