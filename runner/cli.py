@@ -169,6 +169,8 @@ def check_composition(argv: list[str]) -> None:
                 del composed["hydra"]
             validate_and_hand_on(composed)  # the job takes the result: checked once
     except (HydraException, ConfigError, OmegaConfBaseException) as err:
+        if (cause := resolver_error(err)) is not None:
+            config_error(cause)
         own = own_component_error(one_line(err), overrides)
         if own is not None:
             config_error(own)
@@ -236,6 +238,15 @@ def group_list_error(overrides: list[str], dirs: list[str]) -> ConfigError | Non
             why = f"{key}=<name>, or {key}=[<name>,<name>] to merge several"
             return ConfigError(key, value, f"a config group takes option names: {why}")
     return None
+
+
+def resolver_error(err: BaseException) -> ConfigError | None:
+    """The ConfigError a resolver raised (`${text_epoch_steps:...}` on a null value), found
+    under OmegaConf's and Hydra's wrappers: said in its own words, without theirs."""
+    seen = err.__cause__ or err.__context__
+    while seen is not None and not isinstance(seen, ConfigError):
+        seen = seen.__cause__ or seen.__context__
+    return seen
 
 
 def config_error(err: ConfigError) -> NoReturn:
