@@ -64,3 +64,25 @@ def test_lm_preset_with_a_whole_split_epoch_is_a_config_error_saying_what_to_set
     for schedule, warmup in (("cosine", "scheduler"), ("schedulefree", "optimizer")):
         cfg = make_cfg(*args, f"lm_schedule={schedule}", f"{warmup}.warmup_steps=4")
         assert cfg[warmup].warmup_steps == 4
+
+
+def test_the_epoch_line_gives_the_averaged_models_loss() -> None:
+    """An EMA/SWA run's console line shows val_avg/loss beside val_avg/acc, as it shows
+    val/loss beside val/acc: a language model's average is judged by its loss, which the
+    line left out (only metrics.jsonl had it)."""
+    from runner.train.engine import describe_epoch
+
+    row = {
+        "epoch": 2,
+        "lr/group0": 0.003,
+        "train/loss": 3.66,
+        "train/acc": 0.27,
+        "val/loss": 3.2420,
+        "val/acc": 0.291,
+        "val_avg/loss": 4.2416,
+        "val_avg/acc": 0.261,
+        "time/epoch_s": 0.5,
+    }
+    line = describe_epoch(row, 3)
+    assert "val_avg/loss=4.2416 val_avg/acc=0.261" in line
+    assert "val_avg" not in describe_epoch({k: v for k, v in row.items() if "avg" not in k}, 3)

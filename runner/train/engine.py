@@ -52,7 +52,12 @@ class Result:
 def describe_epoch(row: dict[str, Any], epochs: int, note: str = "") -> str:
     """The log line of an epoch row; `note` is added after the epoch's time."""
     lr_text = " ".join(f"{k}={v:.3g}" for k, v in row.items() if k.startswith("lr/"))
-    averaged = f"val_avg/acc={row['val_avg/acc']:.3f}  " if "val_avg/acc" in row else ""
+    # the averaged model's loss too, as the raw model's: a language model is judged by it
+    averaged = (
+        f"val_avg/loss={row['val_avg/loss']:.4f} val_avg/acc={row['val_avg/acc']:.3f}  "
+        if "val_avg/acc" in row
+        else ""
+    )
     bits = f"val/bpb={row['val/bpb']:.4f}  " if "val/bpb" in row else ""
     return (
         f"epoch {row['epoch']:>3}/{epochs}  {lr_text}  train/loss={row['train/loss']:.4f} "
