@@ -86,3 +86,22 @@ def test_the_epoch_line_gives_the_averaged_models_loss() -> None:
     line = describe_epoch(row, 3)
     assert "val_avg/loss=4.2416 val_avg/acc=0.261" in line
     assert "val_avg" not in describe_epoch({k: v for k, v in row.items() if "avg" not in k}, 3)
+
+
+def test_a_branch_on_changed_text_says_branch_not_resume(tmp_path: Path) -> None:
+    """A branch whose trunk trained on other text than data.path now holds is refused in a
+    branch's words (the trunk, without branch=), not a resumed run's (without resume=,
+    which the user never gave)."""
+    from omegaconf import OmegaConf
+
+    from runner.data.fingerprint import check_same_data, fingerprint, load_data
+
+    path = tmp_path / "t.txt"
+    path.write_bytes(b"abcdefgh " * 2000)
+    cfg = OmegaConf.to_container(_text_cfg(path, tmp_path / "cache").data, resolve=True)
+    trained = {**fingerprint(cfg, load_data(cfg)), "content": "0" * 32}  # other text
+    with pytest.raises(ConfigError, match="without branch=") as err:
+        check_same_data({"data": trained}, cfg, branch=True)
+    assert "resume" not in str(err.value) and "the trunk trained on" in str(err.value)
+    with pytest.raises(ConfigError, match="without resume="):
+        check_same_data({"data": trained}, cfg)
