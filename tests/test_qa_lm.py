@@ -105,3 +105,14 @@ def test_a_branch_on_changed_text_says_branch_not_resume(tmp_path: Path) -> None
     assert "resume" not in str(err.value) and "the trunk trained on" in str(err.value)
     with pytest.raises(ConfigError, match="without resume="):
         check_same_data({"data": trained}, cfg)
+
+
+def test_one_epoch_of_an_lm_preset_says_what_to_change(tmp_path: Path) -> None:
+    """`+experiment=lm_tiny epochs=1` (a quick try): the preset's warmup is one epoch's
+    steps, the whole run; the error says to raise epochs or lower the warmup, which the
+    user never set, instead of only that it must be below the run's steps."""
+    (tmp_path / "t.txt").write_bytes(b"abcdefgh " * 2000)
+    out = cli_in_process("+experiment=lm_tiny", "data.path=t.txt", "epochs=1", cwd=tmp_path)
+    assert out.returncode == 2
+    assert "scheduler.warmup_steps=32: must be below the run's 32 optimizer steps" in out.stderr
+    assert "raise epochs or lower scheduler.warmup_steps" in out.stderr
