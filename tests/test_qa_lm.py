@@ -116,3 +116,20 @@ def test_one_epoch_of_an_lm_preset_says_what_to_change(tmp_path: Path) -> None:
     assert out.returncode == 2
     assert "scheduler.warmup_steps=32: must be below the run's 32 optimizer steps" in out.stderr
     assert "raise epochs or lower scheduler.warmup_steps" in out.stderr
+
+
+def test_the_last_line_names_best_pts_metric_when_it_is_another() -> None:
+    """trainer.monitor=val_avg/loss (best.pt by the EMA's loss): the run's last line gave
+    only the raw model's best val/loss, which is not what best.pt holds; it now names the
+    monitored metric and its best too (and says nothing more for the default monitor)."""
+    from runner.train.engine import scores
+
+    status = {"final_val_loss": 3.242, "best_val_loss": 3.242, "best_val_acc": 0.29}
+    averaged = {**status, "monitor": "val_avg/loss", "best_monitored": 4.2416}
+    assert scores(averaged) == (
+        "final val/loss=3.2420 (best 3.2420); best.pt by val_avg/loss: best 4.2416"
+    )
+    plain = {**status, "monitor": "val/loss", "best_monitored": 3.242}
+    assert scores(plain) == "final val/loss=3.2420 (best 3.2420)"
+    classifier = {"best_val_acc": 0.9, "monitor": "val_avg/acc", "best_monitored": 0.91}
+    assert scores(classifier) == "best val/acc=0.9000; best.pt by val_avg/acc: best 0.9100"
