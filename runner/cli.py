@@ -15,7 +15,7 @@ import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from omegaconf import open_dict
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import InterpolationResolutionError, OmegaConfBaseException
 
 from runner.config.compose import (
     CONF,
@@ -242,11 +242,12 @@ def group_list_error(overrides: list[str], dirs: list[str]) -> ConfigError | Non
 
 def resolver_error(err: BaseException) -> ConfigError | None:
     """The ConfigError a resolver raised (`${text_epoch_steps:...}` on a null value), found
-    under OmegaConf's and Hydra's wrappers: said in its own words, without theirs."""
-    seen = err.__cause__ or err.__context__
-    while seen is not None and not isinstance(seen, ConfigError):
+    under OmegaConf's wrappers: said in its own words, without theirs. Only under those: a
+    ConfigError that another ConfigError replaced says less than its replacement."""
+    seen: BaseException | None = err
+    while isinstance(seen, InterpolationResolutionError):
         seen = seen.__cause__ or seen.__context__
-    return seen
+    return seen if seen is not err and isinstance(seen, ConfigError) else None
 
 
 def config_error(err: ConfigError) -> NoReturn:
