@@ -15,7 +15,7 @@ import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from omegaconf import open_dict
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import InterpolationResolutionError, OmegaConfBaseException
 
 from runner.config.compose import (
     CONF,
@@ -169,6 +169,8 @@ def check_composition(argv: list[str]) -> None:
                 del composed["hydra"]
             validate_and_hand_on(composed)  # the job takes the result: checked once
     except (HydraException, ConfigError, OmegaConfBaseException) as err:
+        if (cause := resolver_error(err)) is not None:
+            config_error(cause)
         own = own_component_error(one_line(err), overrides)
         if own is not None:
             config_error(own)
@@ -236,6 +238,16 @@ def group_list_error(overrides: list[str], dirs: list[str]) -> ConfigError | Non
             why = f"{key}=<name>, or {key}=[<name>,<name>] to merge several"
             return ConfigError(key, value, f"a config group takes option names: {why}")
     return None
+
+
+def resolver_error(err: BaseException) -> ConfigError | None:
+    """The ConfigError a resolver raised (`${text_epoch_steps:...}` on a null value), found
+    under OmegaConf's wrappers: said in its own words, without theirs. Only under those: a
+    ConfigError that another ConfigError replaced says less than its replacement."""
+    seen: BaseException | None = err
+    while isinstance(seen, InterpolationResolutionError):
+        seen = seen.__cause__ or seen.__context__
+    return seen if seen is not err and isinstance(seen, ConfigError) else None
 
 
 def config_error(err: ConfigError) -> NoReturn:

@@ -509,7 +509,8 @@ def _warmup_steps(cfg: Mapping[str, Any], total: int) -> int:
         raise ConfigError(
             "scheduler.warmup_steps",
             steps,
-            f"must be below the run's {total} optimizer steps (epochs x steps per epoch)",
+            f"must be below the run's {total} optimizer steps (epochs x steps per epoch): "
+            "raise epochs or lower scheduler.warmup_steps",
         )
     return steps
 

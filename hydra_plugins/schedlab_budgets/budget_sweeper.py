@@ -2,7 +2,7 @@
 
     python -m runner -m +experiment=mnist1d_budgets
     python -m runner -m +experiment=mnist1d_budgets hydra.sweeper.budgets=[10,20] \\
-        hydra.sweeper.params.seed=0,1
+        seed=0,1
 
 A branch needs its trunk on disk, which one Hydra batch cannot order, so this sweeper
 launches two with the configured launcher (fused, joblib, Slurm): the reruns, the anytime

@@ -21,6 +21,7 @@ from omegaconf import ListConfig, OmegaConf
 from runner.dist.ddp import not_rank_0
 from runner.dist.workers import record_user_threads
 from runner.io.files import run_dir_holder
+from schedulers import ConfigError
 
 LECTURE_EPOCHS = 200  # the lecture's demos ran for 200 epochs
 
@@ -60,7 +61,18 @@ def text_epoch_steps(
 ) -> int:
     """Optimizer steps in a data=text epoch (tokens_per_epoch // block_size windows), as
     runner/data/sets.py `steps_per_epoch` counts them: schedule-free AdamW's own warmup
-    (optimizer.warmup_steps) set to the epoch of warmup the scheduled runs get."""
+    (optimizer.warmup_steps) set to the epoch of warmup the scheduled runs get. An epoch of
+    the whole train split (tokens_per_epoch null) has a length only the text knows, which
+    no resolver reads: a config error that says what to set, not int(None)'s TypeError."""
+    if tokens_per_epoch is None:
+        raise ConfigError(
+            "data.tokens_per_epoch",
+            None,
+            "this preset warms up over one epoch's optimizer steps, counted from "
+            "data.tokens_per_epoch: set it (e.g. data.tokens_per_epoch=32768), or the warmup "
+            "itself (scheduler.warmup_steps=N; optimizer.warmup_steps=N with lm_schedule="
+            "schedulefree)",
+        )
     windows = int(tokens_per_epoch) // int(block_size)
     return math.ceil(math.ceil(windows / int(batch_size)) / int(accumulate))
 

@@ -194,22 +194,36 @@ def difference(trained: Mapping[str, Any], now: Mapping[str, Any]) -> ConfigErro
 _WHAT = {"labels": "the first samples' labels (hashed)", "content": "the text (hashed)"}
 
 
+# what to do, in the words of the command given (resume= or branch=)
+RESUMED = (
+    "a resumed run continues on the data it trained on: restore that data, or start a new "
+    "run (without resume=) on this one"
+)
+BRANCHED = (
+    "a branch continues its trunk on the data the trunk trained on: restore that data, or "
+    "start a new run (without branch=) on this one"
+)
+
+
 def _refused(key: str, value: Any, why: str) -> ConfigError:
-    return ConfigError(
-        key,
-        value,
-        f"{why}; a resumed run continues on the data it trained on: restore that "
-        "data, or start a new run (without resume=) on this one",
-    )
+    return ConfigError(key, value, f"{why}; {RESUMED}")
 
 
-def check_same_data(state: Mapping[str, Any], data_cfg: Mapping[str, Any]) -> None:
-    """resume= on other data than the checkpoint's (`state`) is a ConfigError naming what
-    differs; a checkpoint from before fingerprints were kept resumes as before. `data_cfg`:
-    the data node's plain values."""
+def check_same_data(
+    state: Mapping[str, Any], data_cfg: Mapping[str, Any], branch: bool = False
+) -> None:
+    """resume= (or branch=, `branch`) on other data than the checkpoint's (`state`) is a
+    ConfigError naming what differs, and what to do in the words of the command given; a
+    checkpoint from before fingerprints were kept resumes as before. `data_cfg`: the data
+    node's plain values."""
     trained = state.get("data")
     if not isinstance(trained, Mapping):
         return
     refused = difference(trained, fingerprint(data_cfg, load_data(data_cfg)))
+    if refused is not None and branch:
+        rule = refused.rule.replace(RESUMED, BRANCHED).replace(
+            "the run trained", "the trunk trained"
+        )
+        raise ConfigError(refused.key, refused.value, rule)
     if refused is not None:
         raise refused

@@ -146,15 +146,19 @@ def validate(cfg: Mapping[str, Any]) -> None:
     n = _source_size(cfg)
     block = cfg["block_size"]
     n_val = _val_size(n, cfg["val_fraction"])
+    # what gives the split more tokens: the validation split grows with val_fraction and
+    # val_tokens, the training split shrinks with val_fraction (more text, or lower it)
+    more = {
+        "train": "give more text or lower data.val_fraction",
+        "validation": "raise data.val_fraction or data.val_tokens",
+    }
     for split, tokens in (("train", n - n_val), ("validation", _val_used(cfg, n_val))):
         if tokens < block + 1:
             raise ConfigError(
                 "data.block_size",
                 block,
                 f"is longer than the {split} split: it holds {tokens} tokens of {n}, and a "
-                f"window needs block_size + 1 (raise data.val_fraction"
-                + (" or data.val_tokens" if split == "validation" else "")
-                + ", or lower data.block_size)",
+                f"window needs block_size + 1 ({more[split]}, or lower data.block_size)",
             )
     per_epoch = cfg["tokens_per_epoch"]
     if per_epoch is not None and per_epoch < block:
@@ -174,15 +178,23 @@ def _val_used(cfg: Mapping[str, Any], n_val: int) -> int:
     return n_val if cap is None else min(n_val, cap)
 
 
-def source_files(path: str) -> list[Path]:
+def source_files(path: str, cache_dir: str | None = None) -> list[Path]:
     """The file, or every non-hidden file under the folder in sorted order of relative
-    path (hidden files and folders, such as .git, are left out)."""
+    path (hidden files and folders, such as .git, are left out, and so is `cache_dir`
+    when it lies inside: the default data/cache under a data.path=data would otherwise
+    feed each run's cache into the next run's text, a new and longer stream every run,
+    its validation tail a copy of training bytes)."""
     root = Path(os.path.expanduser(path))
     if root.is_file():
         return [root]
+    skip = None if cache_dir is None else os.path.realpath(os.path.expanduser(cache_dir))
     found = []
     for folder, dirs, names in os.walk(root):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        dirs[:] = [
+            d
+            for d in dirs
+            if not d.startswith(".") and os.path.realpath(os.path.join(folder, d)) != skip
+        ]
         found += [Path(folder, n) for n in names if not n.startswith(".")]
     found = [f for f in found if f.is_file()]
     return sorted(found, key=lambda f: f.relative_to(root).as_posix())
@@ -196,7 +208,7 @@ def _source_size(cfg: Mapping[str, Any]) -> int:
     root = Path(os.path.expanduser(path))
     if not root.exists():
         raise ConfigError("data.path", path, f"no such file or folder ({root.absolute()})")
-    found = source_files(path)
+    found = source_files(path, cfg["cache_dir"])
     n = sum(f.stat().st_size for f in found)
     if n == 0:
         what = "is empty" if root.is_file() else f"holds no text ({len(found)} non-hidden files)"
@@ -233,7 +245,7 @@ def user_tokens(path: str, cache_dir: str) -> tuple[Path, str]:
     """The cache file of the user's text and its content hash, written when missing (a
     cache for an earlier version of the same path is removed)."""
     root = Path(os.path.expanduser(path)).absolute()
-    found = source_files(str(root))
+    found = source_files(str(root), cache_dir)
     content = _digest_files(found, root)
     where = hashlib.sha256(str(root).encode()).hexdigest()[:12]  # one cache per path
     folder = Path(os.path.expanduser(cache_dir))

@@ -252,7 +252,9 @@ def start_state(
             "branch_epoch", k, f"{path} is gone (kept: {checkpoint.kept_epochs(path.parent)})"
         )
     state = checkpoint.load(path, "branch")
-    check_same_data(state, data)  # the data on disk is still the data the trunk trained on
+    check_same_data(
+        state, data, branch=True
+    )  # the data on disk is still the data the trunk trained on
     set_by_schedule = scheduled_values(run, k, steps_per_epoch)
     saved = state["optimizer"]
     groups = [{**g, **mine} for g, mine in zip(saved["param_groups"], set_by_schedule, strict=True)]

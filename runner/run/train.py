@@ -831,7 +831,10 @@ def _fit_and_record(
     if dist.is_main:  # W&B closed: every row logged so far is in it (checkpoint.Session)
         # `data`: what it trained on (runner/data/fingerprint.py)
         write_status(run_dir, result, wall, session=session.closed(state), data=data, **losses)
-    score = scores({"best_val_acc": result.best_val_acc, **losses})
+    best = (
+        {} if result.best is None else {"monitor": result.best[0], "best_monitored": result.best[1]}
+    )
+    score = scores({"best_val_acc": result.best_val_acc, **losses, **best})
     log.info(f"{result.status}: {score}; outputs in {run_dir}")
     return result
 

@@ -52,7 +52,12 @@ class Result:
 def describe_epoch(row: dict[str, Any], epochs: int, note: str = "") -> str:
     """The log line of an epoch row; `note` is added after the epoch's time."""
     lr_text = " ".join(f"{k}={v:.3g}" for k, v in row.items() if k.startswith("lr/"))
-    averaged = f"val_avg/acc={row['val_avg/acc']:.3f}  " if "val_avg/acc" in row else ""
+    # the averaged model's loss too, as the raw model's: a language model is judged by it
+    averaged = (
+        f"val_avg/loss={row['val_avg/loss']:.4f} val_avg/acc={row['val_avg/acc']:.3f}  "
+        if "val_avg/acc" in row
+        else ""
+    )
     bits = f"val/bpb={row['val/bpb']:.4f}  " if "val/bpb" in row else ""
     return (
         f"epoch {row['epoch']:>3}/{epochs}  {lr_text}  train/loss={row['train/loss']:.4f} "
@@ -147,10 +152,19 @@ def lm_outcome(rows: list[dict[str, Any]]) -> dict[str, float]:
 def scores(status: dict[str, Any]) -> str:
     """What a run scored, as its last log line and a rerun's "nothing to do" say it, from
     its status.json record: a language model's final val/loss (its report ranks by it) and
-    best; a classifier's best val/acc."""
+    best; a classifier's best val/acc; and where trainer.monitor chose best.pt by another
+    metric (an averaged model's val_avg/loss), that one too: the line's best is not
+    best.pt's then."""
     if "final_val_loss" in status:
-        return f"final val/loss={status['final_val_loss']:.4f} (best {status['best_val_loss']:.4f})"
-    return f"best val/acc={status.get('best_val_acc', float('nan')):.4f}"
+        said = "val/loss"
+        text = f"final val/loss={status['final_val_loss']:.4f} (best {status['best_val_loss']:.4f})"
+    else:
+        said = "val/acc"
+        text = f"best val/acc={status.get('best_val_acc', float('nan')):.4f}"
+    monitor, best = status.get("monitor"), status.get("best_monitored")
+    if monitor not in (None, said) and best is not None:
+        text += f"; best.pt by {monitor}: best {best:.4f}"
+    return text
 
 
 def track_for(
