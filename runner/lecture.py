@@ -70,6 +70,7 @@ class Section:
     figures: list[str] = field(default_factory=list)  # paths relative to the page
     table: str = ""  # markdown
     differs: str = ""  # where the result departs from the lecture
+    in_lecture: bool = True  # False: the claim is the page's own (parts 5, 6), not the lecture's
 
 
 def _on_data(section: Section, data: list[str]) -> Section:
@@ -118,6 +119,31 @@ def _report_table(sweep: Path) -> str:
     return "\n".join(body).strip()
 
 
+LECTURE_SCRIPT = (
+    "the lecture's LeNet script: sgd momentum 0.9, lr 0.01, scheduler step (StepLR 10, 0.1), "
+    "batch 16, 10 epochs"
+)
+
+
+def _setting(overrides: list[str], varied: str) -> str:
+    """What a part trained with, read from its composed config, less the `varied` setting
+    ("lr" or "scheduler") its sweep compares: a sweep's table shows only what its jobs
+    differ by, and these parts do not train at the lecture script's setting."""
+    cfg = _compose([o for o in overrides if not o.startswith("hydra.")])
+    opt = cfg.optimizer
+    momentum = f" momentum {opt.momentum:g}" if opt.get("momentum") is not None else ""
+    setting = {
+        "model": f"{cfg.model.name} on {cfg.data.name}",
+        "optimizer": f"{opt.name}{momentum}",
+        "lr": f"lr {opt.lr:g}",
+        "scheduler": f"scheduler {cfg.scheduler.name}",
+        "batch": f"batch {cfg.data.get('batch_size')}",
+        "epochs": f"{cfg.epochs} epochs",
+    }
+    shown = ", ".join(v for k, v in setting.items() if k != varied)
+    return f"**Setting:** {shown} ({LECTURE_SCRIPT})."
+
+
 def part_curves(out: Path, quick: bool, data: list[str]) -> Section:
     out.mkdir(parents=True, exist_ok=True)
     paths = write_curves(out)
@@ -131,13 +157,19 @@ def part_curves(out: Path, quick: bool, data: list[str]) -> Section:
         traces[name] = flagged_epochs(rows)
     return Section(
         title="1. Six schedulers on the lecture's toy problem",
-        claim_en="scheduler.step() runs once per epoch, after the batch loop, and sets the next "
-        "epoch's lr: StepLR and MultiStepLR decay in steps, ExponentialLR geometrically, "
-        "CosineAnnealingLR along a cosine, ReduceLROnPlateau when a monitored metric "
-        "stalls, "
+        claim_en="A scheduler (_LRScheduler) holds its optimizer, last_epoch (the epoch "
+        "count, from -1) and base_lrs (each param group's initial lr); optimizer.param_groups is "
+        "a list of dicts, each group with its own lr. "
+        "scheduler.step() runs once per epoch, after the batch loop, and sets the next "
+        "epoch's lr (get_lr() computes it): StepLR and MultiStepLR decay in steps, "
+        "ExponentialLR geometrically, CosineAnnealingLR along a cosine, ReduceLROnPlateau when "
+        "a monitored metric stalls, "
         "LambdaLR by any function (one per param group).",
-        claim_zh="scheduler.step() 在每个 epoch 的 batch 循环之后调用一次，"
-        "设置下一个 epoch 的学习率："
+        claim_zh="调度器（_LRScheduler）保存 optimizer（关联的优化器）、last_epoch（epoch 计数，"
+        "从 -1 开始）与 base_lrs（各参数组的初始学习率）；optimizer.param_groups 是字典列表，"
+        "每个参数组有自己的 lr。"
+        "scheduler.step() 在每个 epoch 的 batch 循环之后调用一次，"
+        "设置下一个 epoch 的学习率（由 get_lr() 计算）："
         "StepLR 与 MultiStepLR 阶梯下降，ExponentialLR 指数衰减，CosineAnnealingLR 余弦变化，"
         "ReduceLROnPlateau 在监控指标不再下降时调整，LambdaLR 按自定义函数（每个参数组一个）调整。",
         command="python -m schedulers.lecture   # and: python -m runner.preview "
@@ -148,7 +180,8 @@ def part_curves(out: Path, quick: bool, data: list[str]) -> Section:
         differs="The curves are the lr in optimizer.param_groups (= get_last_lr()). The lecture's "
         "scripts printed get_lr(), which called outside step() differs from the lr in use at "
         f"StepLR epochs {traces['step']} and MultiStepLR epochs {traces['multistep']}: there it "
-        "applies the decay a second time.",
+        "applies the decay a second time. The traces show last_epoch 0 in the first epoch: "
+        "the constructor steps once from -1, setting the first epoch's lr.",
     )
 
 
@@ -219,7 +252,9 @@ def part_lenet(out: Path, quick: bool, data: list[str]) -> Section:
 
 
 def part_schedulers(out: Path, quick: bool, data: list[str]) -> Section:
-    sweep = _sweep(out / "sweep", "lecture_schedulers", [*data, *(QUICK_SWEEP if quick else [])])
+    extra = [*data, *(QUICK_SWEEP if quick else [])]
+    sweep = _sweep(out / "sweep", "lecture_schedulers", extra)
+    setting = _setting(["+experiment=lecture_schedulers", *extra], varied="scheduler")
     return Section(
         title="3. Which scheduler wins on a real model, and is it noise?",
         claim_en="Ordered schedules (Step, MultiStep, Exponential, Cosine), the adaptive one "
@@ -229,7 +264,7 @@ def part_schedulers(out: Path, quick: bool, data: list[str]) -> Section:
         "与自定义调整（LambdaLR）会得到不同的训练曲线；比较它们需要多个随机种子。",
         command="python -m runner -m +experiment=lecture_schedulers",
         figures=_sweep_figures("schedulers"),
-        table=_report_table(sweep),
+        table=f"{setting}\n\n{_report_table(sweep)}",
         differs="The lecture's parameters were for 200 epochs; here they are scaled to the run "
         "(step_size 50/200 of the epochs, gamma 0.95 -> 0.95^(200/epochs), ...). On digits the "
         "top schedules are usually within the paired 95 % interval of each other.",
@@ -246,12 +281,17 @@ def part_init_lr(out: Path, quick: bool, data: list[str]) -> Section:
     found_acc = max(r["val/acc"] for r in rows)
     with (sweep / "report.csv").open() as f:
         best_small = next(csv.DictReader(f))  # ranked best first
-    table = _report_table(sweep) + (
-        f"\n\nLR range test: steepest descent at lr = {result.suggestions['steepest']:.4g}, "
-        f"min-loss lr / 10 = {result.suggestions['min_loss_div_10']:.4g} (used). Training at "
-        f"{lr:.4g} reached best val acc {found_acc:.3f}; the best small value "
-        f"({best_small['config']}) reached {float(best_small['best_val_acc_mean']):.3f} "
-        "(mean over seeds)."
+    setting = _setting(["+experiment=init_lr", *extra], varied="lr")
+    table = (
+        f"{setting}\n\n"
+        + _report_table(sweep)
+        + (
+            f"\n\nLR range test: steepest descent at lr = {result.suggestions['steepest']:.4g}, "
+            f"min-loss lr / 10 = {result.suggestions['min_loss_div_10']:.4g} (used). Training at "
+            f"{lr:.4g} reached best val acc {found_acc:.3f}; the best small value "
+            f"({best_small['config']}) reached {float(best_small['best_val_acc_mean']):.3f} "
+            "(mean over seeds)."
+        )
     )
     return Section(
         title="4. Choosing the initial learning rate",
@@ -281,6 +321,7 @@ def part_mnist1d(out: Path, quick: bool, data: list[str]) -> Section:
     sweep = _sweep(out / "sweep", "mnist1d_schedules", extra)
     return Section(
         title="5. The same question where the schedule matters: MNIST-1D",
+        in_lecture=False,
         claim_en="On digits every sensible schedule ends within noise of the others. MNIST-1D "
         "(Greydanus 2020), 1-D signals built to separate models, also separates schedules: "
         "the lecture's six, a constant lr and one-cycle on the paper's 1-D CNN, 5 seeds each.",
@@ -314,6 +355,7 @@ def part_budgets(out: Path, quick: bool, data: list[str]) -> Section:
     sweep = _sweep(out / "sweep", "mnist1d_budgets", ["trainer.progress=line", *extra])
     return Section(
         title="6. How long should I train, and does the schedule need to know?",
+        in_lecture=False,
         claim_en="A cosine schedule is set for one budget, so a sweep of budgets reruns it for "
         "each. A constant lr with a short cooldown (WSD) matches it, and cooldowns branched "
         "from one constant-lr trunk give every budget for about the cost of the longest "
@@ -343,15 +385,21 @@ RUNNERS: dict[str, Callable[[Path, bool, list[str]], Section]] = {
 }
 
 
+def _label(section: Section) -> tuple[str, str]:
+    """What a section's claim is headed by, in English and Chinese: a claim of the page's own
+    headed "Lecture:" would put words in the lecture's mouth."""
+    return ("Lecture", "讲座") if section.in_lecture else ("Beyond the lecture", "课程之外")
+
+
 def to_markdown(sections: list[Section]) -> str:
     out = ["# The lecture, reproduced / 学习率调整策略：复现", ""]
     for s in sections:
         out += [
             f"## {s.title}",
             "",
-            f"**Lecture:** {s.claim_en}",
+            f"**{_label(s)[0]}:** {s.claim_en}",
             "",
-            f"**讲座：** {s.claim_zh}",
+            f"**{_label(s)[1]}：** {s.claim_zh}",
             "",
             "```bash",
             s.command,
@@ -402,8 +450,8 @@ def to_html(sections: list[Section], root: Path) -> str:
     for s in sections:
         parts += [
             f"<h2>{html.escape(s.title)}</h2>",
-            f"<p><b>Lecture:</b> {html.escape(s.claim_en)}</p>",
-            f"<p lang='zh'><b>讲座：</b>{html.escape(s.claim_zh)}</p>",
+            f"<p><b>{_label(s)[0]}:</b> {html.escape(s.claim_en)}</p>",
+            f"<p lang='zh'><b>{_label(s)[1]}：</b>{html.escape(s.claim_zh)}</p>",
             f"<pre>{html.escape(s.command)}</pre>",
         ]
         for f in s.figures:
