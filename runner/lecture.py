@@ -105,6 +105,12 @@ def _sweep(sweep: Path, experiment: str, extra: list[str]) -> Path:
     return sweep
 
 
+def _with(command: str, extra: list[str]) -> str:
+    """A part's command with the overrides the page ran it with (quick=true's shorter runs,
+    part 4's 10 epochs, part 6's reduced grid): the command reproduces the page's numbers."""
+    return f"{command} {shlex.join(extra)}" if extra else command
+
+
 def _sweep_figures(part: str) -> list[str]:
     """The sweep report's lr and val curves of a part, relative to the page."""
     return [f"{part}/sweep/{name}.png" for name in ("lr", "val_acc", "val_loss")]
@@ -224,7 +230,8 @@ def _plot_run(rows: list[dict[str, Any]], path: Path, title: str) -> None:
 
 def part_lenet(out: Path, quick: bool, data: list[str]) -> Section:
     out.mkdir(parents=True, exist_ok=True)
-    overrides = ["+experiment=lecture_lenet", *data, *(["epochs=3"] if quick else [])]
+    shorter = ["epochs=3"] if quick else []
+    overrides = ["+experiment=lecture_lenet", *data, *shorter]
     rows = _train(overrides, out / "run")
     on = shlex.join(data) if data else "digits"
     _plot_run(rows, out / "lenet.png", f"LeNet, the lecture's setting, on {on}")
@@ -242,7 +249,7 @@ def part_lenet(out: Path, quick: bool, data: list[str]) -> Section:
         "gamma=0.1), 10 epochs, validating every epoch and stepping the scheduler after it.",
         claim_zh="LeNet，随机种子 1，batch 16，SGD（lr 0.01，momentum 0.9），StepLR(step_size=10, "
         "gamma=0.1)，训练 10 个 epoch，每个 epoch 验证一次并在其后调用 scheduler.step()。",
-        command="python -m runner +experiment=lecture_lenet",
+        command=_with("python -m runner +experiment=lecture_lenet", shorter),
         figures=["lenet/lenet.png"],
         table=table,
         differs="The lecture trained on a small two-class image set that is not available here; "
@@ -262,7 +269,7 @@ def part_schedulers(out: Path, quick: bool, data: list[str]) -> Section:
         "comparing them needs several seeds.",
         claim_zh="有序调整（Step、MultiStep、Exponential、Cosine）、自适应调整（ReduceLROnPlateau）"
         "与自定义调整（LambdaLR）会得到不同的训练曲线；比较它们需要多个随机种子。",
-        command="python -m runner -m +experiment=lecture_schedulers",
+        command=_with("python -m runner -m +experiment=lecture_schedulers", extra[len(data) :]),
         figures=_sweep_figures("schedulers"),
         table=f"{setting}\n\n{_report_table(sweep)}",
         differs="The lecture's parameters were for 200 epochs; here they are scaled to the run "
@@ -272,11 +279,12 @@ def part_schedulers(out: Path, quick: bool, data: list[str]) -> Section:
 
 
 def part_init_lr(out: Path, quick: bool, data: list[str]) -> Section:
-    extra = [*data, *(QUICK_SWEEP if quick else ["epochs=10"])]
+    epochs = 3 if quick else 10
+    extra = [*data, *(QUICK_SWEEP if quick else [f"epochs={epochs}"])]
     sweep = _sweep(out / "small_values", "init_lr", extra)
     model = ["model=lenet", *data, "logger=none", "trainer.progress=line"]
     lr, result = find_lr(run_spec(_compose(model)), out / "range_test")
-    rows = _train([*model, f"optimizer.lr={lr}", f"epochs={3 if quick else 10}"], out / "at_found")
+    rows = _train([*model, f"optimizer.lr={lr}", f"epochs={epochs}"], out / "at_found")
     _plot_run(rows, out / "at_found.png", f"LeNet at the range test's lr {lr:.3g}")
     found_acc = max(r["val/acc"] for r in rows)
     with (sweep / "report.csv").open() as f:
@@ -301,15 +309,16 @@ def part_init_lr(out: Path, quick: bool, data: list[str]) -> Section:
         claim_zh="初始学习率：可以设置较小的数（0.01、0.001、0.0001），"
         "或用 Smith（2017）的 LR range "
         "test 搜索损失仍在快速下降的最大学习率，并用它训练。",
-        command="python -m runner -m +experiment=init_lr ; python -m runner.lr_find model=lenet ; "
-        "python -m runner model=lenet optimizer.lr=find",
+        command=_with("python -m runner -m +experiment=init_lr", extra[len(data) :])
+        + " ; python -m runner.lr_find model=lenet ; "
+        f"python -m runner model=lenet optimizer.lr=find epochs={epochs}",
         figures=[
             "init_lr/small_values/val_acc.png",
             "init_lr/range_test/lr_find.png",
             "init_lr/at_found.png",
         ],
         table=table,
-        differs="Same data and model for all three; on digits with 10 epochs the smallest "
+        differs=f"Same data and model for all three; on digits with {epochs} epochs the smallest "
         "values barely learn (see the table), which the lecture's advice does not warn about. "
         "The range test's steepest-descent point sits high for LeNet, so the page trains at "
         "the more conservative min-loss / 10 (lr_find.suggestion).",
@@ -328,12 +337,13 @@ def part_mnist1d(out: Path, quick: bool, data: list[str]) -> Section:
         claim_zh="在 digits 上，各种合理的调度最终都在噪声范围内难分高下。MNIST-1D（Greydanus "
         "2020）是为区分模型而设计的一维信号数据集，也能区分学习率调度：在论文的一维 CNN 上比较"
         "课程的六种调度、恒定学习率与 one-cycle，每种 5 个随机种子。",
-        command="python -m runner -m +experiment=mnist1d_schedules",
+        command=_with("python -m runner -m +experiment=mnist1d_schedules", extra),
         figures=_sweep_figures("mnist1d"),
         table=_report_table(sweep),
         differs="Not in the lecture: a second data set, generated locally by the mnist1d "
         "package (no download). The schedules' parameters are the lecture's, scaled to the "
-        "run's epochs as in part 3; all 40 jobs train as one fused model.",
+        "run's epochs as in part 3; all its jobs train as one fused model"
+        + (" (quick: 3 epochs, seeds 0 and 1, 1000 signals)." if quick else "."),
     )
 
 
@@ -365,7 +375,8 @@ def part_budgets(out: Path, quick: bool, data: list[str]) -> Section:
         "（WSD）可与之相当，而从同一条恒定学习率主干分出的冷却分支，只需约最长一次训练的代价就能"
         "覆盖所有预算（Hägele 等，2024）；无调度优化器（schedule-free）与恒定学习率加 EMA 则"
         "完全不需要调度，一次训练即可报告每个预算。",
-        command="python -m runner -m +experiment=mnist1d_budgets   # make budgets",
+        command=_with("python -m runner -m +experiment=mnist1d_budgets", extra)
+        + "   # the full grid: make budgets",
         figures=["budgets/sweep/budgets.png"],
         table=_budget_table(sweep),
         differs="Not in the lecture. A reduced grid (budgets "

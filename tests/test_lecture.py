@@ -304,7 +304,8 @@ def test_the_lenet_part_runs_on_streamed_data_given_to_the_lecture(tmp_path):
     (section,) = (page / "index.md").read_text().split("\n## ")[1:]
     assert "Run on data=dataset data.in_memory=false data.num_workers=0" in section
     assert "8x8" not in section  # digits' note gave way
-    assert "python -m runner +experiment=lecture_lenet " + " ".join(data) in section
+    # the command reproduces the page: its quick epochs=3, then the data given
+    assert "python -m runner +experiment=lecture_lenet epochs=3 " + " ".join(data) in section
     assert main(["quick=true", f"out={tmp_path}", "part=curves"]) != page  # on digits: its own
 
 

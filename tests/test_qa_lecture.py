@@ -8,6 +8,7 @@ import csv
 import dataclasses
 import json
 import logging
+import shlex
 import shutil
 
 import numpy as np
@@ -90,6 +91,7 @@ def _no_training(monkeypatch, tmp_path) -> None:
 
     monkeypatch.setattr(lecture, "_sweep", sweep)
     monkeypatch.setattr(lecture, "_report_table", lambda sweep: "| # | config |")
+    monkeypatch.setattr(lecture, "_budget_table", lambda sweep: "| strategy | budget |")
     monkeypatch.setattr(lecture, "find_lr", lambda spec, out: (0.03, Found()))
     monkeypatch.setattr(lecture, "_train", lambda overrides, run_dir: [{"val/acc": 0.9}])
     monkeypatch.setattr(lecture, "_plot_run", lambda rows, path, title: None)
@@ -178,3 +180,27 @@ def test_a_single_runs_dir_given_to_the_report_says_how_to_plot_it(tmp_path):
     why = why_no_jobs(run)
     assert str(run / "metrics.jsonl") in why
     assert why.endswith(f"python -m runner.sweep.report {run.parent}")
+
+
+def test_each_parts_command_carries_the_overrides_the_page_ran_it_with(tmp_path, monkeypatch):
+    """Part 4 trained at epochs=10 but showed `+experiment=init_lr` (20 epochs) and
+    `optimizer.lr=find` (20 epochs); part 6 showed the full grid for its reduced one; a quick
+    page showed every command without its 3 epochs and 2 seeds. Each command now runs what
+    its numbers came from (part 5's note: its quick jobs, not 40)."""
+    _no_training(monkeypatch, tmp_path)
+    init_lr = lecture.part_init_lr(tmp_path / "init_lr", False, []).command
+    assert init_lr == (
+        "python -m runner -m +experiment=init_lr epochs=10 ; python -m runner.lr_find "
+        "model=lenet ; python -m runner model=lenet optimizer.lr=find epochs=10"
+    )
+    budgets = lecture.part_budgets(tmp_path / "budgets", False, [])
+    assert budgets.command.startswith(
+        "python -m runner -m +experiment=mnist1d_budgets 'hydra.sweeper.budgets=[10,20]'"
+    )
+    quick = lecture.part_schedulers(tmp_path / "quick", True, ["data=fake"])
+    assert quick.command == (
+        "python -m runner -m +experiment=lecture_schedulers epochs=3 "
+        + shlex.join(["hydra.sweeper.params.seed='0,1'"])
+    )
+    mnist = lecture.part_mnist1d(tmp_path / "mnist1d", True, [])
+    assert "data.num_samples=1000" in mnist.command and "40 jobs" not in mnist.differs
