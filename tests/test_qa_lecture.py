@@ -204,3 +204,24 @@ def test_each_parts_command_carries_the_overrides_the_page_ran_it_with(tmp_path,
     )
     mnist = lecture.part_mnist1d(tmp_path / "mnist1d", True, [])
     assert "data.num_samples=1000" in mnist.command and "40 jobs" not in mnist.differs
+
+
+def test_a_presets_sweep_run_without_m_says_it_is_one_run(monkeypatch):
+    """`python -m runner +experiment=lecture_schedulers` (the -m forgotten) trained one
+    cosine job named lecture_schedulers, no sweep and no report, and said nothing: now a
+    note names the swept keys it left at the config's values and says to add -m. A single
+    job of the preset (every swept key given) and a preset without a sweep get no note."""
+    from runner.cli import check_composition, unswept_note
+    from runner.config.compose import compose_config
+    from runner.run import check
+
+    preset = "+experiment=lecture_schedulers"
+    monkeypatch.setattr(check, "validate_and_hand_on", lambda cfg: None)  # the run's own check
+    said = check_composition([preset, "logger=none"])  # python -m runner prints it
+    assert said.startswith("note: the preset sweeps +lecture_schedule, seed (hydra.sweeper")
+    assert "add -m to run the sweep" in said
+    params = compose_config([preset], with_hydra=True).hydra.sweeper.params
+    assert unswept_note(params, [preset, "+lecture_schedule=step", "seed=1"]) == ""
+    assert unswept_note(params, [preset, "seed=1"]).startswith("note: the preset sweeps +lec")
+    lenet = compose_config(["+experiment=lecture_lenet"], with_hydra=True).hydra.sweeper
+    assert unswept_note(lenet.get("params"), ["+experiment=lecture_lenet"]) == ""
