@@ -30,6 +30,7 @@ import csv
 import html
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -425,8 +426,14 @@ def to_markdown(sections: list[Section]) -> str:
     return "\n".join(out)
 
 
+# [text](href) in a paragraph (part 1's links to its traces), after html.escape
+MD_LINK = re.compile(r"\[([^\]]+)\]\(([^)\s]+)\)")
+LINK = r'<a href="\2">\1</a>'
+
+
 def _md_blocks_to_html(text: str) -> str:
-    """The little markdown the sections use: tables and paragraphs."""
+    """The little markdown the sections use: tables, paragraphs and their links (shown as
+    raw `[StepLR](curves/trace_step.md)` in the html before)."""
     out, rows = [], []
 
     def close_table() -> None:
@@ -443,7 +450,8 @@ def _md_blocks_to_html(text: str) -> str:
             continue
         close_table()
         if line.strip():
-            out.append(f"<p>{html.escape(line.replace('**', '').replace('`', ''))}</p>")
+            text = html.escape(line.replace("**", "").replace("`", ""))
+            out.append("<p>" + MD_LINK.sub(LINK, text) + "</p>")
     close_table()
     return "".join(out)
 

@@ -225,3 +225,14 @@ def test_a_presets_sweep_run_without_m_says_it_is_one_run(monkeypatch):
     assert unswept_note(params, [preset, "seed=1"]).startswith("note: the preset sweeps +lec")
     lenet = compose_config(["+experiment=lecture_lenet"], with_hydra=True).hydra.sweeper
     assert unswept_note(lenet.get("params"), ["+experiment=lecture_lenet"]) == ""
+
+
+def test_the_html_page_links_part_1s_traces(tmp_path):
+    """index.html showed part 1's links as raw markdown, `[StepLR](curves/trace_step.md)`;
+    they are links now (relative to the page, as in index.md), the text around them escaped."""
+    section = lecture.Section(
+        "1. t", "en", "zh", "cmd", table="Traces: [StepLR](curves/trace_step.md), a<b."
+    )
+    page = lecture.to_html([section], tmp_path)
+    assert '<p>Traces: <a href="curves/trace_step.md">StepLR</a>, a&lt;b.</p>' in page
+    assert "](curves" not in page
