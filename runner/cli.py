@@ -132,7 +132,7 @@ def _name_max(path: Path) -> int:
         return 255
 
 
-def check_composition(argv: list[str]) -> None:
+def check_composition(argv: list[str]) -> str:
     """Compose the config for these overrides before Hydra starts, so a typo'd key, an
     unknown group option or a bad override is a config error (exit 2, no run dir) like
     every other bad value, rather than Hydra's generic exit 1. Sweeps are expanded and
@@ -140,9 +140,11 @@ def check_composition(argv: list[str]) -> None:
     A single new run is validated whole here too, so a bad value (a `_target_` that cannot
     be imported, a typo'd kwarg) leaves nothing on disk, and its job takes that result
     rather than validating again (runner/run/check.py); in a sweep each job still checks
-    and records its own config, so one bad combination never stops the others."""
+    and records its own config, so one bad combination never stops the others.
+    Returns a note for `python -m runner` to print: a preset's sweep started without -m
+    (unswept_note), or ""."""
     if NO_COMPOSE & set(argv):
-        return
+        return ""
     dirs = config_dirs(argv)
     try:
         check_config_dirs(dirs)
@@ -162,6 +164,7 @@ def check_composition(argv: list[str]) -> None:
         check_callbacks(composed.hydra.get("callbacks"))
         for combo in others:
             compose_config(combo, config_dirs=dirs)
+        note = "" if multirun else unswept_note(composed.hydra.sweeper.get("params"), overrides)
         if not multirun and not composed.resume:
             from runner.run.check import validate_and_hand_on  # imports torch: once valid
 
@@ -199,6 +202,24 @@ def check_composition(argv: list[str]) -> None:
             file=sys.stderr,
         )
         sys.exit(EXIT_CONFIG)
+    return note
+
+
+def unswept_note(params: Any, overrides: list[str]) -> str:
+    """What a preset's sweep (its hydra.sweeper.params) becomes without -m: one run at the
+    config's own values of the swept keys the command does not give, named after the preset.
+    `python -m runner +experiment=lecture_schedulers` trained one cosine job, no sweep and no
+    report, and said nothing. Only a note: one job of a preset is a fair wish."""
+    if not params:
+        return ""
+    unset = [k for k in params if k.lstrip("+~") not in given(overrides)]
+    if not unset:
+        return ""
+    return (
+        f"note: the preset sweeps {', '.join(unset)} (hydra.sweeper.params), but without -m "
+        "this is one run at the config's own values of them; add -m to run the sweep and "
+        "get its report"
+    )
 
 
 JOBLIB_LAUNCHER = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"

@@ -30,6 +30,7 @@ import csv
 import html
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -70,6 +71,7 @@ class Section:
     figures: list[str] = field(default_factory=list)  # paths relative to the page
     table: str = ""  # markdown
     differs: str = ""  # where the result departs from the lecture
+    in_lecture: bool = True  # False: the claim is the page's own (parts 5, 6), not the lecture's
 
 
 def _on_data(section: Section, data: list[str]) -> Section:
@@ -104,6 +106,12 @@ def _sweep(sweep: Path, experiment: str, extra: list[str]) -> Path:
     return sweep
 
 
+def _with(command: str, extra: list[str]) -> str:
+    """A part's command with the overrides the page ran it with (quick=true's shorter runs,
+    part 4's 10 epochs, part 6's reduced grid): the command reproduces the page's numbers."""
+    return f"{command} {shlex.join(extra)}" if extra else command
+
+
 def _sweep_figures(part: str) -> list[str]:
     """The sweep report's lr and val curves of a part, relative to the page."""
     return [f"{part}/sweep/{name}.png" for name in ("lr", "val_acc", "val_loss")]
@@ -116,6 +124,31 @@ def _report_table(sweep: Path) -> str:
     end = next((i for i, ln in enumerate(lines) if ln.startswith("![")), len(lines))
     body = [f"**{ln[3:]}**" if ln.startswith("## ") else ln for ln in lines[start:end]]
     return "\n".join(body).strip()
+
+
+LECTURE_SCRIPT = (
+    "the lecture's LeNet script: sgd momentum 0.9, lr 0.01, scheduler step (StepLR 10, 0.1), "
+    "batch 16, 10 epochs"
+)
+
+
+def _setting(overrides: list[str], varied: str) -> str:
+    """What a part trained with, read from its composed config, less the `varied` setting
+    ("lr" or "scheduler") its sweep compares: a sweep's table shows only what its jobs
+    differ by, and these parts do not train at the lecture script's setting."""
+    cfg = _compose([o for o in overrides if not o.startswith("hydra.")])
+    opt = cfg.optimizer
+    momentum = f" momentum {opt.momentum:g}" if opt.get("momentum") is not None else ""
+    setting = {
+        "model": f"{cfg.model.name} on {cfg.data.name}",
+        "optimizer": f"{opt.name}{momentum}",
+        "lr": f"lr {opt.lr:g}",
+        "scheduler": f"scheduler {cfg.scheduler.name}",
+        "batch": f"batch {cfg.data.get('batch_size')}",
+        "epochs": f"{cfg.epochs} epochs",
+    }
+    shown = ", ".join(v for k, v in setting.items() if k != varied)
+    return f"**Setting:** {shown} ({LECTURE_SCRIPT})."
 
 
 def part_curves(out: Path, quick: bool, data: list[str]) -> Section:
@@ -131,13 +164,19 @@ def part_curves(out: Path, quick: bool, data: list[str]) -> Section:
         traces[name] = flagged_epochs(rows)
     return Section(
         title="1. Six schedulers on the lecture's toy problem",
-        claim_en="scheduler.step() runs once per epoch, after the batch loop, and sets the next "
-        "epoch's lr: StepLR and MultiStepLR decay in steps, ExponentialLR geometrically, "
-        "CosineAnnealingLR along a cosine, ReduceLROnPlateau when a monitored metric "
-        "stalls, "
+        claim_en="A scheduler (_LRScheduler) holds its optimizer, last_epoch (the epoch "
+        "count, from -1) and base_lrs (each param group's initial lr); optimizer.param_groups is "
+        "a list of dicts, each group with its own lr. "
+        "scheduler.step() runs once per epoch, after the batch loop, and sets the next "
+        "epoch's lr (get_lr() computes it): StepLR and MultiStepLR decay in steps, "
+        "ExponentialLR geometrically, CosineAnnealingLR along a cosine, ReduceLROnPlateau when "
+        "a monitored metric stalls, "
         "LambdaLR by any function (one per param group).",
-        claim_zh="scheduler.step() 在每个 epoch 的 batch 循环之后调用一次，"
-        "设置下一个 epoch 的学习率："
+        claim_zh="调度器（_LRScheduler）保存 optimizer（关联的优化器）、last_epoch（epoch 计数，"
+        "从 -1 开始）与 base_lrs（各参数组的初始学习率）；optimizer.param_groups 是字典列表，"
+        "每个参数组有自己的 lr。"
+        "scheduler.step() 在每个 epoch 的 batch 循环之后调用一次，"
+        "设置下一个 epoch 的学习率（由 get_lr() 计算）："
         "StepLR 与 MultiStepLR 阶梯下降，ExponentialLR 指数衰减，CosineAnnealingLR 余弦变化，"
         "ReduceLROnPlateau 在监控指标不再下降时调整，LambdaLR 按自定义函数（每个参数组一个）调整。",
         command="python -m schedulers.lecture   # and: python -m runner.preview "
@@ -148,7 +187,8 @@ def part_curves(out: Path, quick: bool, data: list[str]) -> Section:
         differs="The curves are the lr in optimizer.param_groups (= get_last_lr()). The lecture's "
         "scripts printed get_lr(), which called outside step() differs from the lr in use at "
         f"StepLR epochs {traces['step']} and MultiStepLR epochs {traces['multistep']}: there it "
-        "applies the decay a second time.",
+        "applies the decay a second time. The traces show last_epoch 0 in the first epoch: "
+        "the constructor steps once from -1, setting the first epoch's lr.",
     )
 
 
@@ -191,7 +231,8 @@ def _plot_run(rows: list[dict[str, Any]], path: Path, title: str) -> None:
 
 def part_lenet(out: Path, quick: bool, data: list[str]) -> Section:
     out.mkdir(parents=True, exist_ok=True)
-    overrides = ["+experiment=lecture_lenet", *data, *(["epochs=3"] if quick else [])]
+    shorter = ["epochs=3"] if quick else []
+    overrides = ["+experiment=lecture_lenet", *data, *shorter]
     rows = _train(overrides, out / "run")
     on = shlex.join(data) if data else "digits"
     _plot_run(rows, out / "lenet.png", f"LeNet, the lecture's setting, on {on}")
@@ -209,7 +250,7 @@ def part_lenet(out: Path, quick: bool, data: list[str]) -> Section:
         "gamma=0.1), 10 epochs, validating every epoch and stepping the scheduler after it.",
         claim_zh="LeNet，随机种子 1，batch 16，SGD（lr 0.01，momentum 0.9），StepLR(step_size=10, "
         "gamma=0.1)，训练 10 个 epoch，每个 epoch 验证一次并在其后调用 scheduler.step()。",
-        command="python -m runner +experiment=lecture_lenet",
+        command=_with("python -m runner +experiment=lecture_lenet", shorter),
         figures=["lenet/lenet.png"],
         table=table,
         differs="The lecture trained on a small two-class image set that is not available here; "
@@ -219,7 +260,9 @@ def part_lenet(out: Path, quick: bool, data: list[str]) -> Section:
 
 
 def part_schedulers(out: Path, quick: bool, data: list[str]) -> Section:
-    sweep = _sweep(out / "sweep", "lecture_schedulers", [*data, *(QUICK_SWEEP if quick else [])])
+    extra = [*data, *(QUICK_SWEEP if quick else [])]
+    sweep = _sweep(out / "sweep", "lecture_schedulers", extra)
+    setting = _setting(["+experiment=lecture_schedulers", *extra], varied="scheduler")
     return Section(
         title="3. Which scheduler wins on a real model, and is it noise?",
         claim_en="Ordered schedules (Step, MultiStep, Exponential, Cosine), the adaptive one "
@@ -227,9 +270,9 @@ def part_schedulers(out: Path, quick: bool, data: list[str]) -> Section:
         "comparing them needs several seeds.",
         claim_zh="有序调整（Step、MultiStep、Exponential、Cosine）、自适应调整（ReduceLROnPlateau）"
         "与自定义调整（LambdaLR）会得到不同的训练曲线；比较它们需要多个随机种子。",
-        command="python -m runner -m +experiment=lecture_schedulers",
+        command=_with("python -m runner -m +experiment=lecture_schedulers", extra[len(data) :]),
         figures=_sweep_figures("schedulers"),
-        table=_report_table(sweep),
+        table=f"{setting}\n\n{_report_table(sweep)}",
         differs="The lecture's parameters were for 200 epochs; here they are scaled to the run "
         "(step_size 50/200 of the epochs, gamma 0.95 -> 0.95^(200/epochs), ...). On digits the "
         "top schedules are usually within the paired 95 % interval of each other.",
@@ -237,21 +280,27 @@ def part_schedulers(out: Path, quick: bool, data: list[str]) -> Section:
 
 
 def part_init_lr(out: Path, quick: bool, data: list[str]) -> Section:
-    extra = [*data, *(QUICK_SWEEP if quick else ["epochs=10"])]
+    epochs = 3 if quick else 10
+    extra = [*data, *(QUICK_SWEEP if quick else [f"epochs={epochs}"])]
     sweep = _sweep(out / "small_values", "init_lr", extra)
     model = ["model=lenet", *data, "logger=none", "trainer.progress=line"]
     lr, result = find_lr(run_spec(_compose(model)), out / "range_test")
-    rows = _train([*model, f"optimizer.lr={lr}", f"epochs={3 if quick else 10}"], out / "at_found")
+    rows = _train([*model, f"optimizer.lr={lr}", f"epochs={epochs}"], out / "at_found")
     _plot_run(rows, out / "at_found.png", f"LeNet at the range test's lr {lr:.3g}")
     found_acc = max(r["val/acc"] for r in rows)
     with (sweep / "report.csv").open() as f:
         best_small = next(csv.DictReader(f))  # ranked best first
-    table = _report_table(sweep) + (
-        f"\n\nLR range test: steepest descent at lr = {result.suggestions['steepest']:.4g}, "
-        f"min-loss lr / 10 = {result.suggestions['min_loss_div_10']:.4g} (used). Training at "
-        f"{lr:.4g} reached best val acc {found_acc:.3f}; the best small value "
-        f"({best_small['config']}) reached {float(best_small['best_val_acc_mean']):.3f} "
-        "(mean over seeds)."
+    setting = _setting(["+experiment=init_lr", *extra], varied="lr")
+    table = (
+        f"{setting}\n\n"
+        + _report_table(sweep)
+        + (
+            f"\n\nLR range test: steepest descent at lr = {result.suggestions['steepest']:.4g}, "
+            f"min-loss lr / 10 = {result.suggestions['min_loss_div_10']:.4g} (used). Training at "
+            f"{lr:.4g} reached best val acc {found_acc:.3f}; the best small value "
+            f"({best_small['config']}) reached {float(best_small['best_val_acc_mean']):.3f} "
+            "(mean over seeds)."
+        )
     )
     return Section(
         title="4. Choosing the initial learning rate",
@@ -261,15 +310,16 @@ def part_init_lr(out: Path, quick: bool, data: list[str]) -> Section:
         claim_zh="初始学习率：可以设置较小的数（0.01、0.001、0.0001），"
         "或用 Smith（2017）的 LR range "
         "test 搜索损失仍在快速下降的最大学习率，并用它训练。",
-        command="python -m runner -m +experiment=init_lr ; python -m runner.lr_find model=lenet ; "
-        "python -m runner model=lenet optimizer.lr=find",
+        command=_with("python -m runner -m +experiment=init_lr", extra[len(data) :])
+        + " ; python -m runner.lr_find model=lenet ; "
+        f"python -m runner model=lenet optimizer.lr=find epochs={epochs}",
         figures=[
             "init_lr/small_values/val_acc.png",
             "init_lr/range_test/lr_find.png",
             "init_lr/at_found.png",
         ],
         table=table,
-        differs="Same data and model for all three; on digits with 10 epochs the smallest "
+        differs=f"Same data and model for all three; on digits with {epochs} epochs the smallest "
         "values barely learn (see the table), which the lecture's advice does not warn about. "
         "The range test's steepest-descent point sits high for LeNet, so the page trains at "
         "the more conservative min-loss / 10 (lr_find.suggestion).",
@@ -281,18 +331,20 @@ def part_mnist1d(out: Path, quick: bool, data: list[str]) -> Section:
     sweep = _sweep(out / "sweep", "mnist1d_schedules", extra)
     return Section(
         title="5. The same question where the schedule matters: MNIST-1D",
+        in_lecture=False,
         claim_en="On digits every sensible schedule ends within noise of the others. MNIST-1D "
         "(Greydanus 2020), 1-D signals built to separate models, also separates schedules: "
         "the lecture's six, a constant lr and one-cycle on the paper's 1-D CNN, 5 seeds each.",
         claim_zh="在 digits 上，各种合理的调度最终都在噪声范围内难分高下。MNIST-1D（Greydanus "
         "2020）是为区分模型而设计的一维信号数据集，也能区分学习率调度：在论文的一维 CNN 上比较"
         "课程的六种调度、恒定学习率与 one-cycle，每种 5 个随机种子。",
-        command="python -m runner -m +experiment=mnist1d_schedules",
+        command=_with("python -m runner -m +experiment=mnist1d_schedules", extra),
         figures=_sweep_figures("mnist1d"),
         table=_report_table(sweep),
         differs="Not in the lecture: a second data set, generated locally by the mnist1d "
         "package (no download). The schedules' parameters are the lecture's, scaled to the "
-        "run's epochs as in part 3; all 40 jobs train as one fused model.",
+        "run's epochs as in part 3; all its jobs train as one fused model"
+        + (" (quick: 3 epochs, seeds 0 and 1, 1000 signals)." if quick else "."),
     )
 
 
@@ -314,6 +366,7 @@ def part_budgets(out: Path, quick: bool, data: list[str]) -> Section:
     sweep = _sweep(out / "sweep", "mnist1d_budgets", ["trainer.progress=line", *extra])
     return Section(
         title="6. How long should I train, and does the schedule need to know?",
+        in_lecture=False,
         claim_en="A cosine schedule is set for one budget, so a sweep of budgets reruns it for "
         "each. A constant lr with a short cooldown (WSD) matches it, and cooldowns branched "
         "from one constant-lr trunk give every budget for about the cost of the longest "
@@ -323,7 +376,8 @@ def part_budgets(out: Path, quick: bool, data: list[str]) -> Section:
         "（WSD）可与之相当，而从同一条恒定学习率主干分出的冷却分支，只需约最长一次训练的代价就能"
         "覆盖所有预算（Hägele 等，2024）；无调度优化器（schedule-free）与恒定学习率加 EMA 则"
         "完全不需要调度，一次训练即可报告每个预算。",
-        command="python -m runner -m +experiment=mnist1d_budgets   # make budgets",
+        command=_with("python -m runner -m +experiment=mnist1d_budgets", extra)
+        + "   # the full grid: make budgets",
         figures=["budgets/sweep/budgets.png"],
         table=_budget_table(sweep),
         differs="Not in the lecture. A reduced grid (budgets "
@@ -343,15 +397,21 @@ RUNNERS: dict[str, Callable[[Path, bool, list[str]], Section]] = {
 }
 
 
+def _label(section: Section) -> tuple[str, str]:
+    """What a section's claim is headed by, in English and Chinese: a claim of the page's own
+    headed "Lecture:" would put words in the lecture's mouth."""
+    return ("Lecture", "讲座") if section.in_lecture else ("Beyond the lecture", "课程之外")
+
+
 def to_markdown(sections: list[Section]) -> str:
     out = ["# The lecture, reproduced / 学习率调整策略：复现", ""]
     for s in sections:
         out += [
             f"## {s.title}",
             "",
-            f"**Lecture:** {s.claim_en}",
+            f"**{_label(s)[0]}:** {s.claim_en}",
             "",
-            f"**讲座：** {s.claim_zh}",
+            f"**{_label(s)[1]}：** {s.claim_zh}",
             "",
             "```bash",
             s.command,
@@ -366,8 +426,14 @@ def to_markdown(sections: list[Section]) -> str:
     return "\n".join(out)
 
 
+# [text](href) in a paragraph (part 1's links to its traces), after html.escape
+MD_LINK = re.compile(r"\[([^\]]+)\]\(([^)\s]+)\)")
+LINK = r'<a href="\2">\1</a>'
+
+
 def _md_blocks_to_html(text: str) -> str:
-    """The little markdown the sections use: tables and paragraphs."""
+    """The little markdown the sections use: tables, paragraphs and their links (shown as
+    raw `[StepLR](curves/trace_step.md)` in the html before)."""
     out, rows = [], []
 
     def close_table() -> None:
@@ -384,7 +450,8 @@ def _md_blocks_to_html(text: str) -> str:
             continue
         close_table()
         if line.strip():
-            out.append(f"<p>{html.escape(line.replace('**', '').replace('`', ''))}</p>")
+            text = html.escape(line.replace("**", "").replace("`", ""))
+            out.append("<p>" + MD_LINK.sub(LINK, text) + "</p>")
     close_table()
     return "".join(out)
 
@@ -402,8 +469,8 @@ def to_html(sections: list[Section], root: Path) -> str:
     for s in sections:
         parts += [
             f"<h2>{html.escape(s.title)}</h2>",
-            f"<p><b>Lecture:</b> {html.escape(s.claim_en)}</p>",
-            f"<p lang='zh'><b>讲座：</b>{html.escape(s.claim_zh)}</p>",
+            f"<p><b>{_label(s)[0]}:</b> {html.escape(s.claim_en)}</p>",
+            f"<p lang='zh'><b>{_label(s)[1]}：</b>{html.escape(s.claim_zh)}</p>",
             f"<pre>{html.escape(s.command)}</pre>",
         ]
         for f in s.figures:

@@ -83,6 +83,11 @@ def run_toy(name: str, cfg: dict[str, Any] | None = None) -> list[list[float]]:
     return sim.per_epoch
 
 
+def _at(lrs: list[list[float]], group: int) -> str:
+    """A group's lr at the epochs where the lecture's curves turn (its printout's columns)."""
+    return " ".join(f"{lrs[e][group]:.3g}" for e in (0, 50, 100, 150, 199))
+
+
 def write_curves(out: Path) -> list[Path]:
     written = []
     for name, cfg in LECTURE.items():
@@ -97,10 +102,9 @@ def write_curves(out: Path) -> list[Path]:
         params = ", ".join(f"{k}={v}" for k, v in cfg.items() if k != "name")
         title = f"{name}: {params}"
         written.append(plot_lr_curves(curves, out / f"lecture_{name}.png", title))
-        print(
-            f"{name:<12} lr at epochs 0/50/100/150/199: "
-            + " ".join(f"{lrs[e][0]:.3g}" for e in (0, 50, 100, 150, 199))
-        )
+        for g in range(groups):  # every group: LambdaLR's two follow different functions
+            label = name if groups == 1 else f"{name} group {g}"
+            print(f"{label:<16} lr at epochs 0/50/100/150/199: " + _at(lrs, g))
     return written
 
 

@@ -59,21 +59,52 @@ def generate(args: Mapping[str, Any]) -> dict[str, Any]:
 
 def cache_path(cfg: Mapping[str, Any]) -> Path:
     """`<root>/mnist1d/mnist1d-<hash of the generator's arguments>.npz`."""
-    args = generator_args(cfg)
+    return _path(cfg["root"], generator_args(cfg))
+
+
+def _path(root: str, args: Mapping[str, Any]) -> Path:
     digest = hashlib.sha256(json.dumps(args, sort_keys=True).encode()).hexdigest()[:16]
-    return Path(cfg["root"]) / "mnist1d" / f"mnist1d-{digest}.npz"
+    return Path(root) / "mnist1d" / f"mnist1d-{digest}.npz"
 
 
-def _read(path: Path) -> dict[str, Any] | None:
-    """The cached arrays, or None when the file is missing or damaged (then regenerated)."""
+def _read(path: Path, args: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The cached arrays, or None when the file is missing, damaged or not the set of `args`
+    (then regenerated). Read without pickle (a crafted file runs no code), and checked
+    against the arguments it records and the shapes they give: a readable file of other
+    data (another config's copied over it, an edited one) would otherwise train silently."""
     if not path.exists():
         return None
     try:
         with np.load(path, allow_pickle=False) as npz:
-            return {k: npz[k] for k in _ARRAYS}
+            arrays = {k: npz[k] for k in _ARRAYS}
+            stored = json.loads(str(npz["args"]))
     except Exception as err:  # truncated, not a zip, a key missing: generate it again
         log.warning("MNIST-1D cache %s unreadable (%s): generating it again", path, err)
         return None
+    problem = _mismatch(arrays, stored, args)
+    if problem:
+        log.warning("MNIST-1D cache %s is not this set (%s): generating it again", path, problem)
+        return None
+    return arrays
+
+
+def _mismatch(arrays: Mapping[str, Any], stored: Any, args: Mapping[str, Any]) -> str:
+    """Why cached arrays are not what `args` generate ("" when they are): other recorded
+    arguments, or shapes, dtypes or labels the generator never makes."""
+    if stored != json.loads(json.dumps(args)):
+        return "it records other generator arguments"
+    x, y, x_test, y_test = (arrays[k] for k in _ARRAYS)
+    length, n = args["final_seq_length"], args["num_samples"]
+    if any(a.ndim != 2 or a.shape[1] != length for a in (x, x_test)):
+        return f"signals are not [N, {length}]"
+    if y.shape != (len(x),) or y_test.shape != (len(x_test),) or len(x) + len(x_test) != n:
+        return f"not {n} signals with one label each"
+    if not all(np.issubdtype(a.dtype, np.floating) and np.isfinite(a).all() for a in (x, x_test)):
+        return "signals are not finite floats"
+    labels = np.concatenate([y, y_test])
+    if not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0 or labels.max() > 9:
+        return "labels are not digits 0-9"
+    return ""
 
 
 def _write(path: Path, arrays: Mapping[str, Any], args: Mapping[str, Any]) -> None:
@@ -93,10 +124,10 @@ def load_mnist1d(cfg: Mapping[str, Any]) -> tuple[Any, Any, Any, Any]:
     labels (runner/data/sets.py makes them its TensorData)."""
     import torch  # at call time: the cache helpers above are used without torch
 
-    path = cache_path(cfg)
-    arrays = _read(path)
+    args = generator_args(cfg)
+    path = _path(cfg["root"], args)
+    arrays = _read(path, args)
     if arrays is None:
-        args = generator_args(cfg)
         arrays = generate(args)
         _write(path, arrays, args)
 

@@ -91,7 +91,11 @@ def why_no_jobs(path: Path) -> str:
         parent = path.resolve().parent
         if (parent / "multirun.yaml").is_file():
             return f"a job's run dir, not a sweep dir: its sweep dir is {parent}"
-        return "a single run's dir, not a sweep dir (one made by `python -m runner -m ...`)"
+        return (
+            "a single run's dir, not a sweep dir (one made by `python -m runner -m ...`); "
+            f"its numbers per epoch are in {path / 'metrics.jsonl'}, and the report plots "
+            f"every run of its name, this one included: python -m runner.sweep.report {parent}"
+        )
     # outputs/multirun/<date>/<time> is 3 deep from outputs; no deeper (a dir of data)
     sweeps = sorted(
         p.parent for d in ("*", "*/*", "*/*/*") for p in path.glob(f"{d}/multirun.yaml")
