@@ -150,9 +150,12 @@ def range_test(
 ) -> RangeTest:
     """Run the test on `model`/`optimizer`; both (and the torch RNG) are restored afterwards.
 
-    Param groups keep their lr ratios: each group's lr is its initial lr / the first
-    group's initial lr, times the lr of the iteration. A streamed data set (data=dataset
-    not in memory) is streamed through the run's DataLoaders, not materialised for the test.
+    The lr tried is the optimizer's own (optimizer.lr, which training's
+    `optimizer.lr=<found>` sets): each param group gets it times its multiplier (its initial
+    lr / the optimizer's default lr), as training does; relative to the first group's, a
+    first part at 0.1x (`{backbone: 0.1, head: 1.0}`) would make the found lr 10x too small.
+    A streamed data set (data=dataset not in memory) is streamed through the run's
+    DataLoaders, not materialised for the test.
     """
     device = next(model.parameters()).device
     saved = (
@@ -161,7 +164,7 @@ def range_test(
         torch.get_rng_state(),
         torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
     )
-    ratios = [g["lr"] / optimizer.param_groups[0]["lr"] for g in optimizer.param_groups]
+    ratios = [g["lr"] / base_lr(optimizer) for g in optimizer.param_groups]
     amp_ctx, scaler = autocast(device, amp)
     shuffle = torch.Generator().manual_seed(seed)
     result = RangeTest()
@@ -241,6 +244,13 @@ def range_test(
         )
     result.suggestions = suggest(result.lrs, result.smooth)
     return result
+
+
+def base_lr(optimizer: Any) -> float:
+    """The lr the optimizer was built with (optimizer.lr: its param groups' lrs are it times
+    their multipliers); the first group's where an optimizer keeps no default lr."""
+    lr = optimizer.defaults.get("lr")
+    return lr if isinstance(lr, (int, float)) and lr > 0 else optimizer.param_groups[0]["lr"]
 
 
 def without_warmup(optimizer: Any) -> None:
@@ -333,6 +343,32 @@ def describe(result: RangeTest, chosen: str) -> str:
     return "\n".join(lines)
 
 
+def edge_note(result: RangeTest) -> str | None:
+    """What to change when the smoothed loss is lowest at an end of the range: there the
+    suggestions come from the range the user gave, not from the model (min_loss_div_10 is
+    then just end_lr / 10, or start_lr / 10, below anything tested)."""
+    lowest = min(range(len(result.smooth)), key=result.smooth.__getitem__)
+    if lowest == 0 and result.stopped_early:
+        return (
+            f"note: the loss never fell below its value at the first lr ({result.lrs[0]:.3g}) "
+            "before it diverged: the suggestions lie at or below the start of the test; "
+            "lower lr_find.start_lr and run it again"
+        )
+    if lowest == 0:  # flat: too low to learn in the batches given, or noise only
+        return (
+            "note: the loss never fell below its value at the first lr: the test saw no "
+            "learning, so its suggestions mean nothing; widen the range (lr_find.start_lr, "
+            "lr_find.end_lr) or give it more batches (lr_find.num_iters)"
+        )
+    if lowest == len(result.smooth) - 1 and not result.stopped_early:
+        return (
+            f"note: the loss was still falling at the last lr tried ({result.lrs[-1]:.3g}): "
+            "the test never saw it turn up, so the suggestions depend on where it stopped; "
+            "raise lr_find.end_lr (or lr_find.num_iters) and run it again"
+        )
+    return None
+
+
 def find_lr(spec: RunSpec, out: Path) -> tuple[float, RangeTest]:
     """Build the run's model/data/optimizer (same seed as training), test, write outputs."""
     # group lrs become the param-group multipliers
@@ -351,4 +387,6 @@ def find_lr(spec: RunSpec, out: Path) -> tuple[float, RangeTest]:
     chosen = spec.lr_find.suggestion
     write_outputs(result, out, chosen)
     print(describe(result, chosen))
+    if note := edge_note(result):  # logged: train.log keeps it (a sweep job's printout is gone)
+        log.warning(note)
     return result.suggestions[chosen], result

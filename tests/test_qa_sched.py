@@ -1,0 +1,78 @@
+"""QA of the schedules and the LR range test as a user runs them (session 19): the lr the
+range test tries is optimizer.lr whatever the param groups' multipliers, and a test whose
+loss is lowest at an end of its range says which end to move."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+import runner.train.range_test as rt
+from runner.config.schema import run_spec
+from tests.helpers import make_cfg
+
+SMALL = (
+    "logger=none",
+    "trainer.progress=line",
+    "model.hidden=[16]",
+    "data=fake",
+    "data.train_size=64",
+    "data.val_size=32",
+    "data.batch_size=16",
+)
+
+
+def test_the_range_test_tries_optimizer_lr_with_each_groups_multiplier(tmp_path, monkeypatch):
+    # {hidden: 0.1, head: 1.0}: training with optimizer.lr=<found> gives the head <found>
+    # and the hidden layer a tenth of it; the test must try the same (it gave the hidden
+    # layer the tried lr and the head 10x it, so the found lr came out 10x too small)
+    groups = "optimizer.param_groups={hidden: 0.1, head: 1.0}"
+    cfg = make_cfg(*SMALL, groups, "lr_find.num_iters=10")
+    tried: list[dict[str, float]] = []
+    real_step = rt.train_step
+
+    def step(model, optimizer, *a, **kw):
+        tried.append({g["name"]: g["lr"] for g in optimizer.param_groups})
+        return real_step(model, optimizer, *a, **kw)
+
+    monkeypatch.setattr(rt, "train_step", step)
+    _, result = rt.find_lr(run_spec(cfg), tmp_path)
+    assert len(tried) >= len(result.lrs) >= 3
+    for lr, groups in zip(result.lrs, tried, strict=False):
+        assert groups["head"] == pytest.approx(lr)
+        assert groups["hidden"] == pytest.approx(0.1 * lr)
+
+
+def _test(lrs: list[float], losses: list[float], stopped: bool) -> rt.RangeTest:
+    return rt.RangeTest(lrs=lrs, losses=losses, smooth=losses, stopped_early=stopped)
+
+
+def test_a_loss_still_falling_at_end_lr_says_to_raise_it():
+    # min_loss_div_10 is then end_lr / 10: the user's range, not the model, decided it
+    note = rt.edge_note(_test([1e-4, 1e-3, 1e-2], [2.3, 2.0, 1.5], stopped=False))
+    assert note is not None and "lr_find.end_lr" in note and "0.01" in note
+
+
+def test_a_loss_lowest_at_start_lr_says_to_lower_it():
+    note = rt.edge_note(_test([1.0, 2.0, 4.0, 8.0], [2.3, 2.4, 9.0, 30.0], stopped=True))
+    assert note is not None and "lr_find.start_lr" in note
+
+
+def test_a_loss_that_never_falls_nor_diverges_says_the_test_saw_no_learning():
+    # not "lower start_lr": a range far too low is flat noise, lowest anywhere
+    note = rt.edge_note(_test([1e-6, 1e-5, 1e-4], [2.30, 2.31, 2.305], stopped=False))
+    assert note is not None and "no learning" in note and "lower lr_find.start_lr" not in note
+
+
+def test_a_loss_that_turns_up_inside_the_range_has_no_note():
+    assert rt.edge_note(_test([1e-3, 1e-2, 1e-1, 1.0], [2.3, 1.0, 1.2, 9.0], stopped=True)) is None
+    # stopped on divergence right after its lowest point: it did turn up
+    assert rt.edge_note(_test([1e-3, 1e-2, 1e-1], [2.3, 1.5, 1.0], stopped=True)) is None
+
+
+def test_find_lr_logs_the_note_so_train_log_keeps_it(tmp_path, caplog):
+    cfg = make_cfg(*SMALL, "lr_find.num_iters=10", "lr_find.start_lr=1e-3", "lr_find.end_lr=1e-2")
+    with caplog.at_level(logging.WARNING, logger="schedlab"):
+        rt.find_lr(run_spec(cfg), tmp_path)
+    assert any("raise lr_find.end_lr" in r.getMessage() for r in caplog.records)
