@@ -76,3 +76,22 @@ def test_find_lr_logs_the_note_so_train_log_keeps_it(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="schedlab"):
         rt.find_lr(run_spec(cfg), tmp_path)
     assert any("raise lr_find.end_lr" in r.getMessage() for r in caplog.records)
+
+
+def test_the_range_test_steps_as_training_does_clipped_and_label_smoothed(tmp_path, monkeypatch):
+    # it stepped unclipped and without smoothing: trainer.grad_clip_norm=0.1 gave the same
+    # curve and lr as no clipping, while clipped training survives a far higher lr
+    cfg = make_cfg(
+        *SMALL, "trainer.grad_clip_norm=0.1", "trainer.label_smoothing=0.2", "lr_find.num_iters=10"
+    )
+    seen: list[dict[str, object]] = []
+    real_step = rt.train_step
+
+    def step(*a, **kw):
+        seen.append(kw)
+        return real_step(*a, **kw)
+
+    monkeypatch.setattr(rt, "train_step", step)
+    rt.find_lr(run_spec(cfg), tmp_path)
+    assert seen and all(kw.get("clip_norm") == 0.1 for kw in seen)
+    assert all(kw.get("label_smoothing") == 0.2 and kw.get("params") for kw in seen)

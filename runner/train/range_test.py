@@ -147,6 +147,9 @@ def range_test(
     batch_size: int,
     amp: bool = False,
     progress: str = "auto",
+    clip_norm: float | None = None,
+    clip_value: float | None = None,
+    label_smoothing: float = 0.0,
 ) -> RangeTest:
     """Run the test on `model`/`optimizer`; both (and the torch RNG) are restored afterwards.
 
@@ -155,7 +158,9 @@ def range_test(
     lr / the optimizer's default lr), as training does; relative to the first group's, a
     first part at 0.1x (`{backbone: 0.1, head: 1.0}`) would make the found lr 10x too small.
     A streamed data set (data=dataset not in memory) is streamed through the run's
-    DataLoaders, not materialised for the test.
+    DataLoaders, not materialised for the test. Each step is training's (trainer's
+    grad_clip_norm / grad_clip_value, label_smoothing): clipping moves where the loss
+    diverges, so a test without it finds the lr of another update rule.
     """
     device = next(model.parameters()).device
     saved = (
@@ -165,6 +170,9 @@ def range_test(
         torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
     )
     ratios = [g["lr"] / base_lr(optimizer) for g in optimizer.param_groups]
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    knobs = {"params": params, "clip_norm": clip_norm, "clip_value": clip_value}
+    knobs["label_smoothing"] = label_smoothing
     amp_ctx, scaler = autocast(device, amp)
     shuffle = torch.Generator().manual_seed(seed)
     result = RangeTest()
@@ -204,7 +212,7 @@ def range_test(
             for group, ratio in zip(optimizer.param_groups, ratios, strict=True):
                 group["lr"] = lr * ratio
             [(loss, _)], _ = train_step(
-                model, optimizer, [(x.to(device), y.to(device), 1.0)], amp_ctx, scaler
+                model, optimizer, [(x.to(device), y.to(device), 1.0)], amp_ctx, scaler, **knobs
             )
             bar.update()
             if cfg["val_every"]:
@@ -383,6 +391,9 @@ def find_lr(spec: RunSpec, out: Path) -> tuple[float, RangeTest]:
         batch_size=spec.data["batch_size"],
         amp=spec.trainer.amp,
         progress=spec.trainer.progress,
+        clip_norm=spec.trainer.grad_clip_norm,
+        clip_value=spec.trainer.grad_clip_value,
+        label_smoothing=spec.trainer.label_smoothing,
     )
     chosen = spec.lr_find.suggestion
     write_outputs(result, out, chosen)
