@@ -95,3 +95,11 @@ def test_the_range_test_steps_as_training_does_clipped_and_label_smoothed(tmp_pa
     rt.find_lr(run_spec(cfg), tmp_path)
     assert seen and all(kw.get("clip_norm") == 0.1 for kw in seen)
     assert all(kw.get("label_smoothing") == 0.2 and kw.get("params") for kw in seen)
+
+
+def test_the_plot_title_carries_the_note():
+    # lr_find.png said only "a decade below where the loss turns up" of a curve that never did
+    result = _test([1e-4, 1e-3, 1e-2], [2.3, 2.0, 1.5], stopped=False)
+    assert "raise lr_find.end_lr" in " ".join(rt.plot_title(result, "min_loss_div_10").split())
+    turned = _test([1e-3, 1e-2, 1e-1, 1.0], [2.3, 1.0, 1.2, 9.0], stopped=True)
+    assert "note" not in rt.plot_title(turned, "min_loss_div_10")

@@ -306,7 +306,7 @@ def write_outputs(result: RangeTest, out: Path, chosen: str) -> tuple[Path, Path
     ax.set_ylim(low - 0.05 * abs(low), max(result.smooth[0], low) * 1.5)  # divergence off-chart
     fig.suptitle("LR range test (Smith 2017)")
     # which one a run with optimizer.lr=find uses, and why
-    ax.set_title("\n".join(textwrap.wrap(why_chosen(chosen), 100)), fontsize=8)
+    ax.set_title(plot_title(result, chosen), fontsize=8)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -328,6 +328,13 @@ def why_chosen(chosen: str) -> str:
     return (
         f"optimizer.lr=find uses {chosen} (lr_find.suggestion={chosen}, {setting}): {WHY[chosen]}"
     )
+
+
+def plot_title(result: RangeTest, chosen: str) -> str:
+    """The plot's title: which suggestion optimizer.lr=find uses and why, and the note when
+    the curve is lowest at an end of its range (the plot is what gets looked at later)."""
+    texts = [why_chosen(chosen), edge_note(result) or ""]
+    return "\n".join(line for text in texts for line in textwrap.wrap(text, 100))
 
 
 def legend_labels(suggestions: Mapping[str, float], chosen: str) -> dict[str, str]:
