@@ -10,6 +10,8 @@ import pytest
 
 import runner.train.range_test as rt
 from runner.config.schema import run_spec
+from runner.run.check import validate
+from schedulers import ConfigError
 from tests.helpers import make_cfg
 
 SMALL = (
@@ -103,3 +105,35 @@ def test_the_plot_title_carries_the_note():
     assert "raise lr_find.end_lr" in " ".join(rt.plot_title(result, "min_loss_div_10").split())
     turned = _test([1e-3, 1e-2, 1e-1, 1.0], [2.3, 1.0, 1.2, 9.0], stopped=True)
     assert "note" not in rt.plot_title(turned, "min_loss_div_10")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        (("scheduler=onecycle",), "scheduler.cycle_momentum"),
+        (("scheduler=cyclic", "scheduler.cycle_momentum=true"), "scheduler.cycle_momentum"),
+        (
+            ("scheduler=sequence", "scheduler.phases=[{name: none, length: 1}, {name: onecycle}]"),
+            "scheduler.phases.1.cycle_momentum",
+        ),
+    ],
+)
+def test_cycling_momentum_over_sgd_without_momentum_is_a_config_error(overrides, key):
+    # it trained at momentum 0.85..0.95, which torch writes into the group, after the user
+    # turned momentum off (only the momentum/ columns showed it)
+    with pytest.raises(ConfigError) as err:
+        validate(make_cfg(*SMALL, "epochs=4", "optimizer.momentum=0", *overrides))
+    assert err.value.key == key and "false" in str(err.value)
+
+
+def test_momentum_off_with_a_schedule_that_leaves_momentum_alone_validates():
+    validate(make_cfg(*SMALL, "epochs=4", "optimizer.momentum=0", "scheduler=cyclic"))
+    validate(
+        make_cfg(
+            *SMALL,
+            "epochs=4",
+            "optimizer.momentum=0",
+            "scheduler=onecycle",
+            "scheduler.cycle_momentum=false",
+        )
+    )
