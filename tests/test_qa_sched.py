@@ -137,3 +137,12 @@ def test_momentum_off_with_a_schedule_that_leaves_momentum_alone_validates():
             "scheduler.cycle_momentum=false",
         )
     )
+
+
+def test_val_every_leaving_under_3_points_names_val_every_not_start_lr():
+    # the test ran, recorded 2 val losses and said "the loss diverged within 2 points:
+    # lower lr_find.start_lr": untrue, and the wrong key
+    with pytest.raises(ConfigError) as err:
+        validate(make_cfg(*SMALL, "optimizer.lr=find", "lr_find.val_every=40"))
+    assert err.value.key == "lr_find.val_every" and "lr_find.num_iters=100" in str(err.value)
+    validate(make_cfg(*SMALL, "optimizer.lr=find", "lr_find.val_every=33"))  # 3 points

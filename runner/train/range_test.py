@@ -33,6 +33,7 @@ from runner.train.steps import eval_weights, evaluate, progress_bar, train_step,
 from schedulers import ConfigError
 
 log = logging.getLogger("schedlab")
+MIN_POINTS = 3  # the fewest points the suggestions are computed from
 EXPLAIN = {
     "steepest": "lr where the smoothed loss falls fastest per decade of lr, before its "
     "minimum (Smith's choice)",
@@ -51,6 +52,20 @@ def validate_lr_find(cfg: Mapping[str, Any]) -> None:
     """Each key by its schema, then the range itself (`check_range`)."""
     check_node("lr_find", cfg, LrFind)
     check_range(cfg["start_lr"], cfg["end_lr"])
+    check_points(cfg["num_iters"], cfg["val_every"])
+
+
+def check_points(num_iters: int, val_every: int) -> None:
+    """val_every leaves enough points for a curve: with fewer than 3 the test ended as if
+    the loss had diverged at once, and blamed lr_find.start_lr."""
+    if val_every and num_iters // val_every < MIN_POINTS:
+        raise ConfigError(
+            "lr_find.val_every",
+            val_every,
+            f"records a point every {val_every} batches: {num_iters // val_every} of "
+            f"lr_find.num_iters={num_iters}, and a curve needs at least {MIN_POINTS}; lower "
+            "it or raise lr_find.num_iters",
+        )
 
 
 def check_range(start_lr: float, end_lr: float) -> None:
@@ -244,7 +259,7 @@ def range_test(
     result.lrs = [result.lrs[i] for i in finite]
     result.losses = [result.losses[i] for i in finite]
     result.smooth = smoothed(result.losses, cfg["smooth"])
-    if len(result.lrs) < 3:  # a config to change, not a crash: one line, exit 2
+    if len(result.lrs) < MIN_POINTS:  # a config to change, not a crash: one line, exit 2
         raise ConfigError(
             "lr_find.start_lr",
             cfg["start_lr"],
