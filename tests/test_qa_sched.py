@@ -146,3 +146,20 @@ def test_val_every_leaving_under_3_points_names_val_every_not_start_lr():
         validate(make_cfg(*SMALL, "optimizer.lr=find", "lr_find.val_every=40"))
     assert err.value.key == "lr_find.val_every" and "lr_find.num_iters=100" in str(err.value)
     validate(make_cfg(*SMALL, "optimizer.lr=find", "lr_find.val_every=33"))  # 3 points
+
+
+def test_the_range_test_accumulates_as_training_does(tmp_path, monkeypatch):
+    # trainer.accumulate=4 trains on steps of 4 batches; the test stepped on one batch (the
+    # lr of a 4x smaller step's noise: 0.033 found where the accumulated test finds 0.14)
+    cfg = make_cfg(*SMALL, "trainer.accumulate=4", "lr_find.num_iters=10")
+    micros: list[list[float]] = []
+    real_step = rt.train_step
+
+    def step(model, optimizer, micro, *a, **kw):
+        micros.append([weight for _, _, weight in micro])
+        return real_step(model, optimizer, micro, *a, **kw)
+
+    monkeypatch.setattr(rt, "train_step", step)
+    _, result = rt.find_lr(run_spec(cfg), tmp_path)
+    assert len(micros) == len(result.lrs)  # one point per optimizer step
+    assert all(w == pytest.approx([0.25] * 4) for w in micros)

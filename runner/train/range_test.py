@@ -29,7 +29,14 @@ from runner.data.sets import batches
 from runner.data.stream import Loaders, is_streamed
 from runner.io import files
 from runner.train.builders import autocast, build_training_parts
-from runner.train.steps import eval_weights, evaluate, progress_bar, train_step, train_weights
+from runner.train.steps import (
+    eval_weights,
+    evaluate,
+    groups,
+    progress_bar,
+    train_step,
+    train_weights,
+)
 from schedulers import ConfigError
 
 log = logging.getLogger("schedlab")
@@ -165,6 +172,7 @@ def range_test(
     clip_norm: float | None = None,
     clip_value: float | None = None,
     label_smoothing: float = 0.0,
+    accumulate: int = 1,
 ) -> RangeTest:
     """Run the test on `model`/`optimizer`; both (and the torch RNG) are restored afterwards.
 
@@ -174,8 +182,9 @@ def range_test(
     first part at 0.1x (`{backbone: 0.1, head: 1.0}`) would make the found lr 10x too small.
     A streamed data set (data=dataset not in memory) is streamed through the run's
     DataLoaders, not materialised for the test. Each step is training's (trainer's
-    grad_clip_norm / grad_clip_value, label_smoothing): clipping moves where the loss
-    diverges, so a test without it finds the lr of another update rule.
+    grad_clip_norm / grad_clip_value, label_smoothing, and `accumulate` batches per step):
+    clipping and the step's batch size move where the loss diverges, so a test without
+    them finds the lr of another update rule.
     """
     device = next(model.parameters()).device
     saved = (
@@ -222,13 +231,11 @@ def range_test(
         without_warmup(optimizer)
         train_weights(optimizer)  # a schedule-free optimizer steps only in train mode
         best = math.inf
-        for i, (x, y) in zip(range(cfg["num_iters"]), stream(), strict=False):
+        for i, group in zip(range(cfg["num_iters"]), groups(stream(), accumulate), strict=False):
             lr = lr_at(i, cfg)
-            for group, ratio in zip(optimizer.param_groups, ratios, strict=True):
-                group["lr"] = lr * ratio
-            [(loss, _)], _ = train_step(
-                model, optimizer, [(x.to(device), y.to(device), 1.0)], amp_ctx, scaler, **knobs
-            )
+            for param_group, ratio in zip(optimizer.param_groups, ratios, strict=True):
+                param_group["lr"] = lr * ratio
+            loss = accumulated_step(model, optimizer, group, device, amp_ctx, scaler, knobs)
             bar.update()
             if cfg["val_every"]:
                 if (i + 1) % cfg["val_every"]:
@@ -267,6 +274,25 @@ def range_test(
         )
     result.suggestions = suggest(result.lrs, result.smooth)
     return result
+
+
+def accumulated_step(
+    model: Any,
+    optimizer: Any,
+    group: list[tuple[torch.Tensor, torch.Tensor]],
+    device: torch.device,
+    amp_ctx: Any,
+    scaler: Any,
+    knobs: Mapping[str, Any],
+) -> torch.Tensor:
+    """One optimizer step on `group`'s micro-batches (trainer.accumulate), each weighted by
+    its share of the step's samples as training weighs it; returns the step's mean loss."""
+    total = sum(y.shape[0] for _, y in group)
+    micro = [(x.to(device), y.to(device), y.shape[0] / total) for x, y in group]
+    out, _ = train_step(model, optimizer, micro, amp_ctx, scaler, **knobs)
+    if len(out) == 1:  # most runs: the batch's own loss, as before accumulation
+        return out[0][0]
+    return sum(loss * y.shape[0] for (loss, _), (_, y, _) in zip(out, micro, strict=True)) / total
 
 
 def base_lr(optimizer: Any) -> float:
@@ -416,6 +442,7 @@ def find_lr(spec: RunSpec, out: Path) -> tuple[float, RangeTest]:
         clip_norm=spec.trainer.grad_clip_norm,
         clip_value=spec.trainer.grad_clip_value,
         label_smoothing=spec.trainer.label_smoothing,
+        accumulate=spec.trainer.accumulate,
     )
     chosen = spec.lr_find.suggestion
     write_outputs(result, out, chosen)
