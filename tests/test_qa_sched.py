@@ -163,3 +163,30 @@ def test_the_range_test_accumulates_as_training_does(tmp_path, monkeypatch):
     _, result = rt.find_lr(run_spec(cfg), tmp_path)
     assert len(micros) == len(result.lrs)  # one point per optimizer step
     assert all(w == pytest.approx([0.25] * 4) for w in micros)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "nulls"),
+    [
+        (["scheduler=onecycle", "scheduler.max_lr=0.5"], ["scheduler.max_lr=null"]),
+        (
+            ["scheduler=cyclic", "scheduler.max_lr=0.5", "scheduler.base_lr=0.01"],
+            ["scheduler.max_lr=null", "scheduler.base_lr=null"],
+        ),
+        (["scheduler=onecycle"], []),
+        (["scheduler=step", "scheduler.step_size=3"], []),
+    ],
+)
+def test_the_printed_command_trains_at_the_found_lr_under_a_schedule_with_its_own_bounds(
+    overrides, nulls
+):
+    # `scheduler=onecycle scheduler.max_lr=0.5 optimizer.lr=<found>` peaked at 0.5: the
+    # found lr did nothing; optimizer.lr=find resets the bounds, the printed command now too
+    from runner.lr_find import next_step
+
+    cfg = make_cfg(*SMALL, *overrides)
+    text = next_step(["logger=none", *overrides], 0.03, rt.bounds_from_lr(cfg.scheduler))
+    command = text.splitlines()[1]
+    assert command.endswith("optimizer.lr=0.03")
+    assert all(n in command for n in nulls) and "max_lr=0.5" not in command
+    assert ("null" in command) == bool(nulls)

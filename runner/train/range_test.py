@@ -425,6 +425,16 @@ def edge_note(result: RangeTest) -> str | None:
     return None
 
 
+def bounds_from_lr(scheduler: Mapping[str, Any]) -> list[str]:
+    """The schedule's own lr bounds that must be null for the found lr to be trained with:
+    onecycle's max_lr, cyclic's max_lr and base_lr (null: optimizer.lr and optimizer.lr /
+    10, Smith's bounds); those the config sets, for optimizer.lr=find to reset and the
+    range test's printed command to give as null. A `_target_` class keeps its arguments."""
+    if scheduler.get("name") not in ("onecycle", "cyclic"):
+        return []
+    return [k for k in ("max_lr", "base_lr") if scheduler.get(k) is not None]
+
+
 def find_lr(spec: RunSpec, out: Path) -> tuple[float, RangeTest]:
     """Build the run's model/data/optimizer (same seed as training), test, write outputs."""
     # group lrs become the param-group multipliers
