@@ -4,6 +4,7 @@ lr_find.png into the run dir, and prints the user's own command (config dir, ove
 the training run at the found lr (runner/hints.py)."""
 
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import hydra
@@ -22,7 +23,7 @@ from runner.cli import (
 from runner.config.compose import options_first, searched_first
 from runner.config.schema import run_spec
 from runner.run.check import validate
-from runner.train.range_test import find_lr
+from runner.train.range_test import bounds_from_lr, find_lr
 from schedulers import ConfigError
 
 # a range test's dir: outputs/lr_find/<name>/<date>_<time>, named as a run's (conf/config.yaml)
@@ -59,13 +60,17 @@ def main(cfg: DictConfig) -> float:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)
     print(f"wrote {out / 'lr_find.png'} and {out / 'lr_find.csv'}")
-    print(next_step(sys.argv[1:], lr))
+    print(next_step(sys.argv[1:], lr, bounds_from_lr(cfg.scheduler)))
     return lr
 
 
-def next_step(argv: list[str], lr: float) -> str:
+def next_step(argv: list[str], lr: float, bounds: Sequence[str] = ()) -> str:
     """The user's own command (--config-dir, overrides) as the training run at `lr`, and
-    optimizer.lr=find, which runs this test first and takes its suggestion."""
+    optimizer.lr=find, which runs this test first and takes its suggestion. `bounds`: the
+    schedule's lr bounds given as null, as optimizer.lr=find resets them (a onecycle's own
+    max_lr would otherwise set its peak, whatever optimizer.lr says)."""
+    for key in bounds:
+        argv = hints.with_value(argv, f"scheduler.{key}", "null")
     return (
         f"train with it:\n  {hints.train_with_lr(argv, f'{lr:.4g}')}\n"
         "or give optimizer.lr=find in place of the value: the run tests first and trains "

@@ -43,7 +43,7 @@ from runner.train.optimizers import (
     validate_optimizer,
     validate_schedule,
 )
-from runner.train.range_test import check_range
+from runner.train.range_test import check_points, check_range
 from schedulers import ConfigError
 from schedulers.binder import plain
 
@@ -216,6 +216,7 @@ def _check_model(node: Mapping[str, Any], found: dict[str, Any]) -> None:
 def _check_lr_find(node: Mapping[str, Any], found: dict[str, Any]) -> None:
     check_node("lr_find", node, LrFind)  # as range_test.validate_lr_find, its range as numbers
     check_range(node["start_lr"], node["end_lr"])
+    check_points(node["num_iters"], node["val_every"])
     found["end_lr"] = node["end_lr"]
 
 

@@ -44,7 +44,7 @@ from runner.train.engine import (
     track_for,
 )
 from runner.train.lm import token_stats, val_batch_size
-from runner.train.range_test import find_lr
+from runner.train.range_test import bounds_from_lr, find_lr
 from runner.train.steps import (
     evaluate,
     groups,
@@ -541,9 +541,8 @@ def use_range_test(cfg: DictConfig, run_dir: Path) -> float:
     means optimizer.lr and optimizer.lr / 10, Smith's bounds)."""
     lr, _ = find_lr(run_spec(cfg), run_dir / "lr_find")
     cfg.optimizer.lr = float(lr)
-    for key in ("max_lr", "base_lr"):
-        if key in cfg.scheduler and cfg.scheduler.get("name") in ("onecycle", "cyclic"):
-            cfg.scheduler[key] = None  # a `_target_` class keeps the arguments it was given
+    for key in bounds_from_lr(cfg.scheduler):
+        cfg.scheduler[key] = None
     return lr
 
 

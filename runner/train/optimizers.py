@@ -415,18 +415,39 @@ def check_optimizer(node: Mapping[str, Any], found: dict[str, Any]) -> None:
     groups = plan_groups(node, found["parts"], found["no_decay"], found["probe"])
     found["groups"] = tuple(groups)
     found["schedule_free"] = schedule_free_key(node)  # what the scheduler's check warns on
+    found["momentum"] = node.get("momentum")  # SGD's: 0 is no momentum, which cycling turns on
 
 
 def check_scheduler(node: Mapping[str, Any], found: dict[str, Any]) -> None:
     """Against the run's length and each planned group's lr; then a schedule on top of a
     schedule-free optimizer warns (this is where the two nodes meet)."""
     validate_schedule(node, found["epochs"], found["steps_per_epoch"], found["lr"], found["groups"])
+    if found.get("momentum") == 0:
+        keep_momentum_off(node)
     if found["schedule_free"] is not None:
         warn_schedule_free(
             found["schedule_free"],
             binder.label(node),
             {k: node.get(k, 0) for k in ("warmup_epochs", "warmup_steps")},
         )
+
+
+def keep_momentum_off(node: Mapping[str, Any]) -> None:
+    """optimizer.momentum=0 (plain SGD) under a schedule that cycles momentum: torch's
+    OneCycleLR/CyclicLR write 0.85..0.95 into the group's momentum, so the run would train
+    with the momentum the user turned off (only the momentum/ columns would show it)."""
+    phases = node.get("phases") if node.get("name") == "sequence" else None
+    parts = [("scheduler", node)]
+    parts += [(f"scheduler.phases.{i}", p) for i, p in enumerate(phases or [])]
+    for where, part in parts:
+        name = part.get("name") if isinstance(part, Mapping) else None
+        if name in ("onecycle", "cyclic") and part.get("cycle_momentum", name == "onecycle"):
+            raise ConfigError(
+                f"{where}.cycle_momentum",
+                True,
+                f"{name} would cycle momentum between 0.85 and 0.95, turning on the momentum "
+                "optimizer.momentum=0 turns off: set it to false to train without momentum",
+            )
 
 
 def base_lr(lr: Any, end_lr: float) -> float:

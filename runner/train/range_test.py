@@ -29,10 +29,18 @@ from runner.data.sets import batches
 from runner.data.stream import Loaders, is_streamed
 from runner.io import files
 from runner.train.builders import autocast, build_training_parts
-from runner.train.steps import eval_weights, evaluate, progress_bar, train_step, train_weights
+from runner.train.steps import (
+    eval_weights,
+    evaluate,
+    groups,
+    progress_bar,
+    train_step,
+    train_weights,
+)
 from schedulers import ConfigError
 
 log = logging.getLogger("schedlab")
+MIN_POINTS = 3  # the fewest points the suggestions are computed from
 EXPLAIN = {
     "steepest": "lr where the smoothed loss falls fastest per decade of lr, before its "
     "minimum (Smith's choice)",
@@ -51,6 +59,20 @@ def validate_lr_find(cfg: Mapping[str, Any]) -> None:
     """Each key by its schema, then the range itself (`check_range`)."""
     check_node("lr_find", cfg, LrFind)
     check_range(cfg["start_lr"], cfg["end_lr"])
+    check_points(cfg["num_iters"], cfg["val_every"])
+
+
+def check_points(num_iters: int, val_every: int) -> None:
+    """val_every leaves enough points for a curve: with fewer than 3 the test ended as if
+    the loss had diverged at once, and blamed lr_find.start_lr."""
+    if val_every and num_iters // val_every < MIN_POINTS:
+        raise ConfigError(
+            "lr_find.val_every",
+            val_every,
+            f"records a point every {val_every} batches: {num_iters // val_every} of "
+            f"lr_find.num_iters={num_iters}, and a curve needs at least {MIN_POINTS}; lower "
+            "it or raise lr_find.num_iters",
+        )
 
 
 def check_range(start_lr: float, end_lr: float) -> None:
@@ -147,12 +169,22 @@ def range_test(
     batch_size: int,
     amp: bool = False,
     progress: str = "auto",
+    clip_norm: float | None = None,
+    clip_value: float | None = None,
+    label_smoothing: float = 0.0,
+    accumulate: int = 1,
 ) -> RangeTest:
     """Run the test on `model`/`optimizer`; both (and the torch RNG) are restored afterwards.
 
-    Param groups keep their lr ratios: each group's lr is its initial lr / the first
-    group's initial lr, times the lr of the iteration. A streamed data set (data=dataset
-    not in memory) is streamed through the run's DataLoaders, not materialised for the test.
+    The lr tried is the optimizer's own (optimizer.lr, which training's
+    `optimizer.lr=<found>` sets): each param group gets it times its multiplier (its initial
+    lr / the optimizer's default lr), as training does; relative to the first group's, a
+    first part at 0.1x (`{backbone: 0.1, head: 1.0}`) would make the found lr 10x too small.
+    A streamed data set (data=dataset not in memory) is streamed through the run's
+    DataLoaders, not materialised for the test. Each step is training's (trainer's
+    grad_clip_norm / grad_clip_value, label_smoothing, and `accumulate` batches per step):
+    clipping and the step's batch size move where the loss diverges, so a test without
+    them finds the lr of another update rule.
     """
     device = next(model.parameters()).device
     saved = (
@@ -161,7 +193,10 @@ def range_test(
         torch.get_rng_state(),
         torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
     )
-    ratios = [g["lr"] / optimizer.param_groups[0]["lr"] for g in optimizer.param_groups]
+    ratios = [g["lr"] / base_lr(optimizer) for g in optimizer.param_groups]
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    knobs = {"params": params, "clip_norm": clip_norm, "clip_value": clip_value}
+    knobs["label_smoothing"] = label_smoothing
     amp_ctx, scaler = autocast(device, amp)
     shuffle = torch.Generator().manual_seed(seed)
     result = RangeTest()
@@ -196,13 +231,11 @@ def range_test(
         without_warmup(optimizer)
         train_weights(optimizer)  # a schedule-free optimizer steps only in train mode
         best = math.inf
-        for i, (x, y) in zip(range(cfg["num_iters"]), stream(), strict=False):
+        for i, group in zip(range(cfg["num_iters"]), groups(stream(), accumulate), strict=False):
             lr = lr_at(i, cfg)
-            for group, ratio in zip(optimizer.param_groups, ratios, strict=True):
-                group["lr"] = lr * ratio
-            [(loss, _)], _ = train_step(
-                model, optimizer, [(x.to(device), y.to(device), 1.0)], amp_ctx, scaler
-            )
+            for param_group, ratio in zip(optimizer.param_groups, ratios, strict=True):
+                param_group["lr"] = lr * ratio
+            loss = accumulated_step(model, optimizer, group, device, amp_ctx, scaler, knobs)
             bar.update()
             if cfg["val_every"]:
                 if (i + 1) % cfg["val_every"]:
@@ -233,7 +266,7 @@ def range_test(
     result.lrs = [result.lrs[i] for i in finite]
     result.losses = [result.losses[i] for i in finite]
     result.smooth = smoothed(result.losses, cfg["smooth"])
-    if len(result.lrs) < 3:  # a config to change, not a crash: one line, exit 2
+    if len(result.lrs) < MIN_POINTS:  # a config to change, not a crash: one line, exit 2
         raise ConfigError(
             "lr_find.start_lr",
             cfg["start_lr"],
@@ -241,6 +274,32 @@ def range_test(
         )
     result.suggestions = suggest(result.lrs, result.smooth)
     return result
+
+
+def accumulated_step(
+    model: Any,
+    optimizer: Any,
+    group: list[tuple[torch.Tensor, torch.Tensor]],
+    device: torch.device,
+    amp_ctx: Any,
+    scaler: Any,
+    knobs: Mapping[str, Any],
+) -> torch.Tensor:
+    """One optimizer step on `group`'s micro-batches (trainer.accumulate), each weighted by
+    its share of the step's samples as training weighs it; returns the step's mean loss."""
+    total = sum(y.shape[0] for _, y in group)
+    micro = [(x.to(device), y.to(device), y.shape[0] / total) for x, y in group]
+    out, _ = train_step(model, optimizer, micro, amp_ctx, scaler, **knobs)
+    if len(out) == 1:  # most runs: the batch's own loss, as before accumulation
+        return out[0][0]
+    return sum(loss * y.shape[0] for (loss, _), (_, y, _) in zip(out, micro, strict=True)) / total
+
+
+def base_lr(optimizer: Any) -> float:
+    """The lr the optimizer was built with (optimizer.lr: its param groups' lrs are it times
+    their multipliers); the first group's where an optimizer keeps no default lr."""
+    lr = optimizer.defaults.get("lr")
+    return lr if isinstance(lr, (int, float)) and lr > 0 else optimizer.param_groups[0]["lr"]
 
 
 def without_warmup(optimizer: Any) -> None:
@@ -288,7 +347,7 @@ def write_outputs(result: RangeTest, out: Path, chosen: str) -> tuple[Path, Path
     ax.set_ylim(low - 0.05 * abs(low), max(result.smooth[0], low) * 1.5)  # divergence off-chart
     fig.suptitle("LR range test (Smith 2017)")
     # which one a run with optimizer.lr=find uses, and why
-    ax.set_title("\n".join(textwrap.wrap(why_chosen(chosen), 100)), fontsize=8)
+    ax.set_title(plot_title(result, chosen), fontsize=8)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -312,6 +371,13 @@ def why_chosen(chosen: str) -> str:
     )
 
 
+def plot_title(result: RangeTest, chosen: str) -> str:
+    """The plot's title: which suggestion optimizer.lr=find uses and why, and the note when
+    the curve is lowest at an end of its range (the plot is what gets looked at later)."""
+    texts = [why_chosen(chosen), edge_note(result) or ""]
+    return "\n".join(line for text in texts for line in textwrap.wrap(text, 100))
+
+
 def legend_labels(suggestions: Mapping[str, float], chosen: str) -> dict[str, str]:
     """The plot's legend: each suggestion, the chosen one marked as optimizer.lr=find's."""
     return {
@@ -333,6 +399,42 @@ def describe(result: RangeTest, chosen: str) -> str:
     return "\n".join(lines)
 
 
+def edge_note(result: RangeTest) -> str | None:
+    """What to change when the smoothed loss is lowest at an end of the range: there the
+    suggestions come from the range the user gave, not from the model (min_loss_div_10 is
+    then just end_lr / 10, or start_lr / 10, below anything tested)."""
+    lowest = min(range(len(result.smooth)), key=result.smooth.__getitem__)
+    if lowest == 0 and result.stopped_early:
+        return (
+            f"note: the loss never fell below its value at the first lr ({result.lrs[0]:.3g}) "
+            "before it diverged: the suggestions lie at or below the start of the test; "
+            "lower lr_find.start_lr and run it again"
+        )
+    if lowest == 0:  # flat: too low to learn in the batches given, or noise only
+        return (
+            "note: the loss never fell below its value at the first lr: the test saw no "
+            "learning, so its suggestions mean nothing; widen the range (lr_find.start_lr, "
+            "lr_find.end_lr) or give it more batches (lr_find.num_iters)"
+        )
+    if lowest == len(result.smooth) - 1 and not result.stopped_early:
+        return (
+            f"note: the loss was still falling at the last lr tried ({result.lrs[-1]:.3g}): "
+            "the test never saw it turn up, so the suggestions depend on where it stopped; "
+            "raise lr_find.end_lr (or lr_find.num_iters) and run it again"
+        )
+    return None
+
+
+def bounds_from_lr(scheduler: Mapping[str, Any]) -> list[str]:
+    """The schedule's own lr bounds that must be null for the found lr to be trained with:
+    onecycle's max_lr, cyclic's max_lr and base_lr (null: optimizer.lr and optimizer.lr /
+    10, Smith's bounds); those the config sets, for optimizer.lr=find to reset and the
+    range test's printed command to give as null. A `_target_` class keeps its arguments."""
+    if scheduler.get("name") not in ("onecycle", "cyclic"):
+        return []
+    return [k for k in ("max_lr", "base_lr") if scheduler.get(k) is not None]
+
+
 def find_lr(spec: RunSpec, out: Path) -> tuple[float, RangeTest]:
     """Build the run's model/data/optimizer (same seed as training), test, write outputs."""
     # group lrs become the param-group multipliers
@@ -347,8 +449,14 @@ def find_lr(spec: RunSpec, out: Path) -> tuple[float, RangeTest]:
         batch_size=spec.data["batch_size"],
         amp=spec.trainer.amp,
         progress=spec.trainer.progress,
+        clip_norm=spec.trainer.grad_clip_norm,
+        clip_value=spec.trainer.grad_clip_value,
+        label_smoothing=spec.trainer.label_smoothing,
+        accumulate=spec.trainer.accumulate,
     )
     chosen = spec.lr_find.suggestion
     write_outputs(result, out, chosen)
     print(describe(result, chosen))
+    if note := edge_note(result):  # logged: train.log keeps it (a sweep job's printout is gone)
+        log.warning(note)
     return result.suggestions[chosen], result
