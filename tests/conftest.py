@@ -11,6 +11,11 @@ import pytest
 
 from tests.helpers import WSD_TRUNK, make_cfg
 
+# The tests' runs are W&B-offline whatever the shell says: WANDB_MODE=disabled (W&B's off
+# switch, which the runner honours: runner/io/loggers.py wandb_wanted) would turn off the
+# runs whose offline files the tests read back. Children get quiet_env, without it too.
+os.environ.pop("WANDB_MODE", None)
+
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # pytest-xdist runs one worker per core: one torch thread each avoids oversubscription,
     # in the worker and in the `python -m runner` children its tests start (the lecture's

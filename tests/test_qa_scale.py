@@ -135,3 +135,22 @@ def test_the_fused_page_names_every_model_the_launcher_stacks():
     line = next(x for x in page.splitlines() if "fuse; other models" in x)
     named = set(re.findall(r"`(\w+)`", line.split("fuse;")[0]))
     assert named == {n for n, spec in MODELS.items() if spec.fusable}
+
+
+def test_wandb_mode_disabled_in_the_environment_turns_w_and_b_off(tmp_path, monkeypatch):
+    """WANDB_MODE=disabled is W&B's own off switch; the run's explicit mode= (offline) would
+    override it inside wandb.init, so the runner reads it: no W&B run, no wandb/ dir,
+    metrics.jsonl as ever. Any other value leaves logger.wandb.mode in charge."""
+    from runner.io.loggers import wandb_wanted
+
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    small = ("logger=wandb", "epochs=1", "model.hidden=[16]", "data=fake")
+    cfg = make_cfg(*small, "data.train_size=64", "data.val_size=32")
+    assert train(cfg, tmp_path / "off").status == "completed"
+    assert not (tmp_path / "off" / "wandb").exists()
+    assert len(read_metrics(tmp_path / "off")) == 1
+    assert not wandb_wanted("offline") and not wandb_wanted("disabled")
+    monkeypatch.setenv("WANDB_MODE", "online")  # never turns a run online
+    assert wandb_wanted("offline")
+    monkeypatch.delenv("WANDB_MODE")
+    assert wandb_wanted("offline") and not wandb_wanted("disabled")

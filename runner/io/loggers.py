@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -165,7 +166,7 @@ def open_logger(
     if the body raised (Hydra would otherwise record a crash as exit 0). A backend that
     cannot start (unwritable dir, no service) costs one warning."""
     wandb_run = tb_writer = None
-    if "wandb" in cfg and cfg["wandb"]["mode"] != "disabled":
+    if "wandb" in cfg and wandb_wanted(cfg["wandb"]["mode"]):
         wandb_run = _start(
             "W&B",
             lambda: _start_wandb(cfg["wandb"], run_dir, config, overrides, sweep_name, resume_id),
@@ -179,6 +180,19 @@ def open_logger(
         _finish(logger, exit_code=1)
         raise
     _finish(logger, exit_code=0)
+
+
+def wandb_wanted(mode: str) -> bool:
+    """Whether a run starts W&B: logger.wandb.mode is not `disabled`, and neither is the
+    environment's WANDB_MODE, W&B's own off switch for every wandb.init. The run passes its
+    mode to wandb.init explicitly, which would otherwise override the variable, so a user
+    who turned W&B off in their shell still got offline runs written."""
+    if mode == "disabled":
+        return False
+    if os.environ.get("WANDB_MODE", "").strip().lower() == "disabled":
+        log.info("W&B off: WANDB_MODE=disabled in the environment (metrics.jsonl is written)")
+        return False
+    return True
 
 
 def _start(what: str, start: Callable[[], Any]) -> Any:
