@@ -24,7 +24,6 @@ from runner.config.compose import (
     expand,
     given,
     one_line,
-    own_component_error,
 )
 from runner.io.files import WRITE_ERRNOS
 from runner.sweep.launch import check_callbacks, check_launcher, check_sweeper
@@ -174,9 +173,6 @@ def check_composition(argv: list[str]) -> str:
     except (HydraException, ConfigError, OmegaConfBaseException) as err:
         if (cause := resolver_error(err)) is not None:
             config_error(cause)
-        own = own_component_error(one_line(err), overrides)
-        if own is not None:
-            config_error(own)
         hint = "" if isinstance(err, ConfigError) else primary_hint(dirs)
         print(f"config error: {one_line(err)}{hint}", file=sys.stderr)
         sys.exit(EXIT_CONFIG)
